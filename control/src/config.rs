@@ -1,0 +1,461 @@
+//! Command-line and environment settings, validated once into a [`Config`].
+//!
+//! Nothing below `main` reads the environment: `main` parses [`ControlArgs`] (flags, then
+//! environment variables, then `.env`), calls [`ControlArgs::resolve`], and hands the resulting
+//! [`Config`] to [`crate::serve`].
+
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use boson_shared::TurnSecret;
+use rand::RngCore as _;
+
+/// Control-plane settings as given on the command line or in the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Address the REST API listens on.
+    #[arg(long, env = "BOSON_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+
+    /// Directory for the embedded SQLite database and generated development secrets.
+    #[arg(long, env = "BOSON_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL, `sqlite://PATH` or `postgres://USER@HOST/DB`. Default: SQLite in the data dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Password for a PostgreSQL `DATABASE_URL` that carries none.
+    #[arg(long, env = "POSTGRES_PASSWORD", hide_env_values = true)]
+    pub postgres_password: Option<String>,
+
+    /// Redis URL for rate limits and presence shared between hosts. Default: kept in process.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, so that several deployments can share one Redis.
+    #[arg(long, env = "BOSON_REDIS_PREFIX", default_value = "boson:")]
+    pub redis_prefix: String,
+
+    /// HS256 secret for node tokens, at least 32 bytes. Default: a generated development secret.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// How long a node token is valid.
+    #[arg(long, env = "BOSON_TOKEN_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+
+    /// TURN REST API secrets, comma separated: the first mints credentials, all are accepted.
+    /// Default: a generated development secret.
+    #[arg(
+        long,
+        env = "TURN_STATIC_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub turn_static_secret: Vec<String>,
+
+    /// How long a TURN credential handed out by `/api/v1/turn/ice` is valid.
+    #[arg(long, env = "BOSON_TURN_CREDENTIAL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub turn_credential_ttl: Duration,
+
+    /// Host name or address that clients use to reach this server's STUN/TURN listener.
+    #[arg(long, env = "BOSON_PUBLIC_HOST", default_value = "127.0.0.1")]
+    pub public_host: String,
+
+    /// UDP port of this server's STUN/TURN listener.
+    #[arg(long, env = "BOSON_TURN_PORT", default_value_t = 3478)]
+    pub turn_port: u16,
+
+    /// Extra ICE server URLs (`stun:`, `turn:`, `turns:`) handed out beside ours, comma separated.
+    #[arg(long, env = "BOSON_EXTRA_ICE_URLS", value_delimiter = ',')]
+    pub extra_ice_urls: Vec<String>,
+
+    /// A node that sends no heartbeat for this long is marked inactive.
+    #[arg(long, env = "BOSON_NODE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub node_timeout: Duration,
+
+    /// Heartbeat interval the server asks nodes to keep.
+    #[arg(long, env = "BOSON_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Registrations accepted per client IP address per minute.
+    #[arg(long, env = "BOSON_REGISTER_RATE_LIMIT", default_value_t = 20)]
+    pub register_rate_limit: u32,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "BOSON_MAX_BODY_BYTES", default_value_t = 16 * 1024, hide = true)]
+    pub max_body_bytes: usize,
+}
+
+/// Validated control-plane configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the REST API listens.
+    pub http_listen: SocketAddr,
+    /// A `sqlite:` or `postgres:` URL, with any password filled in.
+    pub database_url: String,
+    /// Redis, when shared state is wanted.
+    pub redis: Option<RedisConfig>,
+    /// Node tokens.
+    pub jwt: JwtConfig,
+    /// ICE servers and TURN credentials.
+    pub turn: TurnConfig,
+    /// Liveness of nodes.
+    pub nodes: NodePolicy,
+    /// Registrations per IP per minute.
+    pub register_rate_limit: u32,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Prefix of every key.
+    pub prefix: String,
+}
+
+/// Node-token settings.
+#[derive(Clone)]
+pub struct JwtConfig {
+    /// HS256 key, at least [`MIN_JWT_SECRET_LEN`] bytes.
+    pub secret: Vec<u8>,
+    /// Token lifetime.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+/// ICE and TURN settings.
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    /// Never empty; the first one mints.
+    pub secrets: Vec<TurnSecret>,
+    /// Lifetime of a minted credential.
+    pub credential_ttl: Duration,
+    /// Host clients use for our STUN/TURN listener.
+    pub public_host: String,
+    /// Port of our STUN/TURN listener.
+    pub port: u16,
+    /// Other ICE servers handed out beside ours.
+    pub extra_urls: Vec<String>,
+}
+
+/// When nodes count as alive.
+#[derive(Debug, Clone, Copy)]
+pub struct NodePolicy {
+    /// Silence after which a node is inactive.
+    pub timeout: Duration,
+    /// Interval the server asks nodes to keep.
+    pub heartbeat_interval: Duration,
+    /// How often the server marks silent nodes inactive.
+    pub sweep_interval: Duration,
+}
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+impl ControlArgs {
+    /// Validates the settings and fills in the embedded defaults (SQLite file, development
+    /// secrets persisted in the data directory so that tokens survive a restart).
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        ensure!(
+            self.heartbeat_interval < self.node_timeout,
+            "--heartbeat-interval ({}) must be shorter than --node-timeout ({})",
+            humantime::format_duration(self.heartbeat_interval),
+            humantime::format_duration(self.node_timeout)
+        );
+        ensure!(
+            self.node_timeout >= Duration::from_millis(100),
+            "--node-timeout must be at least 100ms"
+        );
+        ensure!(
+            self.token_ttl >= Duration::from_secs(60),
+            "--token-ttl must be at least one minute"
+        );
+        ensure!(
+            self.turn_credential_ttl >= Duration::from_secs(60),
+            "--turn-credential-ttl must be at least one minute"
+        );
+        ensure!(
+            self.register_rate_limit >= 1,
+            "--register-rate-limit must be at least 1"
+        );
+        ensure!(
+            self.max_body_bytes >= 1024,
+            "--max-body-bytes must be at least 1024"
+        );
+        ensure!(
+            !self.public_host.trim().is_empty(),
+            "--public-host is empty"
+        );
+        for url in &self.extra_ice_urls {
+            ensure!(
+                ["stun:", "turn:", "turns:"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme)),
+                "extra ICE URL {url:?} must start with stun:, turn: or turns:"
+            );
+        }
+
+        let database_url = match self.database_url {
+            Some(url) => with_postgres_password(url, self.postgres_password.as_deref())?,
+            None => {
+                fs::create_dir_all(&self.data_dir).with_context(|| {
+                    format!("creating data directory {}", self.data_dir.display())
+                })?;
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    self.data_dir.join("bosonserver.db").display()
+                )
+            }
+        };
+
+        let jwt_secret = match self.jwt_secret {
+            Some(secret) => secret.into_bytes(),
+            None => dev_secret(&self.data_dir, "jwt-secret", "JWT_SECRET")?,
+        };
+        ensure!(
+            jwt_secret.len() >= MIN_JWT_SECRET_LEN,
+            "JWT_SECRET must be at least {MIN_JWT_SECRET_LEN} bytes"
+        );
+
+        let mut turn_secrets: Vec<TurnSecret> = self
+            .turn_static_secret
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(TurnSecret::new)
+            .collect();
+        if turn_secrets.is_empty() {
+            turn_secrets.push(TurnSecret::new(dev_secret(
+                &self.data_dir,
+                "turn-secret",
+                "TURN_STATIC_SECRET",
+            )?));
+        }
+
+        Ok(Config {
+            http_listen: self.http_listen,
+            database_url,
+            redis: self.redis_url.map(|url| RedisConfig {
+                url,
+                prefix: self.redis_prefix,
+            }),
+            jwt: JwtConfig {
+                secret: jwt_secret,
+                ttl: self.token_ttl,
+            },
+            turn: TurnConfig {
+                secrets: turn_secrets,
+                credential_ttl: self.turn_credential_ttl,
+                public_host: self.public_host,
+                port: self.turn_port,
+                extra_urls: self.extra_ice_urls,
+            },
+            nodes: NodePolicy {
+                timeout: self.node_timeout,
+                heartbeat_interval: self.heartbeat_interval,
+                sweep_interval: sweep_interval(self.node_timeout),
+            },
+            register_rate_limit: self.register_rate_limit,
+            max_body_bytes: self.max_body_bytes,
+        })
+    }
+}
+
+/// A quarter of the timeout, so a silent node turns inactive at most 25% late, and at most
+/// every five seconds, so a long timeout still reacts promptly.
+fn sweep_interval(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(25), Duration::from_secs(5))
+}
+
+/// Puts `password` into a PostgreSQL URL that has none.
+fn with_postgres_password(url: String, password: Option<&str>) -> anyhow::Result<String> {
+    let Some(password) = password else {
+        return Ok(url);
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("DATABASE_URL is not a URL");
+    };
+    if !matches!(scheme, "postgres" | "postgresql") {
+        return Ok(url);
+    }
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        bail!("POSTGRES_PASSWORD is set but DATABASE_URL names no user");
+    };
+    if userinfo.contains(':') {
+        // The URL's own password wins.
+        return Ok(url);
+    }
+    Ok(format!(
+        "{scheme}://{userinfo}:{}@{host}{tail}",
+        percent_encode(password)
+    ))
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Reads the development secret `name` from the data directory, creating it (mode 0600) on
+/// first use. Loud, because a production deployment must set `env_var` instead.
+fn dev_secret(data_dir: &Path, name: &str, env_var: &str) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join(name);
+    let secret = match fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => text.trim().as_bytes().to_vec(),
+        Ok(_) | Err(_) => {
+            fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            text.into_bytes()
+        }
+    };
+    tracing::warn!(
+        "{env_var} is not set: using a development secret from {}. \
+         Set {env_var} before exposing this server to anyone.",
+        path.display()
+    );
+    Ok(secret)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControlArgs,
+    }
+
+    fn args(extra: &[&str]) -> ControlArgs {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn postgres_password_is_inserted_only_where_missing() {
+        let url = |u: &str, p| with_postgres_password(u.to_owned(), p).unwrap();
+        assert_eq!(
+            url("postgres://boson@db:5432/boson", Some("p@ss word")),
+            "postgres://boson:p%40ss%20word@db:5432/boson"
+        );
+        assert_eq!(
+            url("postgres://boson:own@db/boson", Some("x")),
+            "postgres://boson:own@db/boson"
+        );
+        assert_eq!(url("sqlite://x.db", Some("x")), "sqlite://x.db");
+        assert_eq!(url("postgres://boson@db/b", None), "postgres://boson@db/b");
+        assert!(with_postgres_password("postgres://db/b".into(), Some("x")).is_err());
+    }
+
+    #[test]
+    fn embedded_defaults_generate_and_keep_dev_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let first = args(&["--data-dir", data]).resolve().unwrap();
+        assert!(first.database_url.starts_with("sqlite://"));
+        assert!(first.redis.is_none());
+        assert_eq!(first.jwt.secret.len(), 64);
+        let second = args(&["--data-dir", data]).resolve().unwrap();
+        assert_eq!(
+            first.jwt.secret, second.jwt.secret,
+            "restart keeps tokens valid"
+        );
+        assert_eq!(first.turn.secrets, second.turn.secrets);
+        assert_ne!(first.jwt.secret, second.turn.secrets[0].as_bytes());
+    }
+
+    #[test]
+    fn invalid_combinations_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        for bad in [
+            &["--jwt-secret", "short"][..],
+            &["--heartbeat-interval", "90s", "--node-timeout", "60s"],
+            &["--extra-ice-urls", "http://example.com"],
+            &["--register-rate-limit", "0"],
+            &["--token-ttl", "1s"],
+        ] {
+            let mut argv = vec!["--data-dir", data];
+            argv.extend_from_slice(bad);
+            assert!(args(&argv).resolve().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn turn_secrets_split_on_commas_for_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = args(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--turn-static-secret",
+            "new,old",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            config.turn.secrets,
+            vec![TurnSecret::new("new"), TurnSecret::new("old")]
+        );
+    }
+
+    #[test]
+    fn sweep_interval_is_a_quarter_of_the_timeout_within_bounds() {
+        assert_eq!(
+            sweep_interval(Duration::from_secs(90)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_secs(8)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            sweep_interval(Duration::from_millis(40)),
+            Duration::from_millis(25)
+        );
+    }
+}

@@ -1,0 +1,639 @@
+//! The REST API: routes, extractors and handlers. Handlers do I/O and call the pure decision
+//! functions in [`crate::registry`] and [`crate::routing`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use boson_shared::{NodeId, TurnCredential};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::AppState;
+use crate::auth::{NodeToken, TokenError};
+use crate::cache::RateDecision;
+use crate::error::ApiError;
+use crate::model::{HeartbeatRequest, NodeStatus, NodeView, RegisterRequest, ReportedStatus};
+use crate::registry::{self, Decision};
+use crate::routing::{self, Route, RoutingRequest};
+use crate::store::{Heartbeat, HeartbeatOutcome, NodeFilter, NodeRecord, WriteOutcome};
+
+/// Window of the per-IP registration limit.
+const REGISTER_WINDOW: Duration = Duration::from_secs(60);
+/// How long readiness checks may take before a dependency counts as down.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest page of `GET /api/v1/nodes`.
+const MAX_PAGE: i64 = 1000;
+
+/// Every route of the API.
+pub(crate) fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/api/v1/nodes/register", post(register))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{node_id}", get(get_node))
+        .route("/api/v1/nodes/{node_id}/heartbeat", post(heartbeat))
+        .route("/api/v1/routing/request", post(request_route))
+        .route("/api/v1/turn/ice", get(ice_servers))
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+// ---- extractors ----
+
+/// A JSON body whose every rejection is an [`ApiError`].
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// The caller's node token; 401 without a valid one.
+pub(crate) struct NodeAuth(pub(crate) NodeToken);
+
+/// The caller's node token if an `Authorization` header is present (401 if it is invalid).
+pub(crate) struct MaybeNodeAuth(pub(crate) Option<NodeToken>);
+
+fn token_error(error: TokenError) -> ApiError {
+    ApiError::unauthorized(error.code(), error.to_string())
+}
+
+impl FromRequestParts<AppState> for MaybeNodeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Self(None));
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| token_error(TokenError::NotBearer))?;
+        let token = state
+            .tokens
+            .verify_header(value, state.clock.now())
+            .map_err(token_error)?;
+        Ok(Self(Some(token)))
+    }
+}
+
+impl FromRequestParts<AppState> for NodeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match MaybeNodeAuth::from_request_parts(parts, state).await? {
+            MaybeNodeAuth(Some(token)) => Ok(Self(token)),
+            MaybeNodeAuth(None) => Err(token_error(TokenError::Missing)),
+        }
+    }
+}
+
+fn parse_node_id(text: &str) -> Result<NodeId, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request("invalid_node_id", format!("{text:?} is not a UUID")))
+}
+
+// ---- nodes ----
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisterResponse {
+    node_id: NodeId,
+    status: &'static str,
+    node: NodeView,
+    session_token: String,
+    token_type: &'static str,
+    expires_at: i64,
+    heartbeat_interval: u64,
+    stun_servers: Vec<HostPort>,
+    relay_servers: Vec<HostPort>,
+}
+
+#[derive(Serialize)]
+struct HostPort {
+    host: String,
+    port: u16,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    MaybeNodeAuth(token): MaybeNodeAuth,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    let now = state.clock.now();
+    let limit = state.config.register_rate_limit;
+    let decision = state
+        .cache
+        .hit(
+            "register",
+            &peer.ip().to_string(),
+            limit,
+            REGISTER_WINDOW,
+            now,
+        )
+        .await
+        .map_err(|e| ApiError::unavailable("the rate limiter", e.into()))?;
+    if let RateDecision::Deny { retry_after_secs } = decision {
+        return Err(ApiError::rate_limited(retry_after_secs));
+    }
+
+    let valid = request.validate(peer.ip())?;
+    let existing = state.store.find(valid.node_id).await?;
+    let node_timeout = state.config.nodes.timeout;
+    let (generation, registered_at) =
+        match registry::decide(existing.as_ref(), &valid, token, now, node_timeout) {
+            Decision::Refuse(error) => return Err(error),
+            Decision::Create => (1, now),
+            Decision::Replace => existing
+                .as_ref()
+                .map(|old| (old.generation + 1, old.registered_at))
+                .ok_or_else(|| {
+                    ApiError::internal(anyhow::anyhow!("replace without a stored node"))
+                })?,
+        };
+    let record = NodeRecord {
+        node_id: valid.node_id,
+        public_key: valid.public_key,
+        generation,
+        registration: valid.registration,
+        status: NodeStatus::Active,
+        reported_status: None,
+        metrics: valid.metrics,
+        registered_at,
+        last_seen: now,
+    };
+    let outcome = if existing.is_some() {
+        state.store.replace(&record).await?
+    } else {
+        state.store.insert(&record).await?
+    };
+    match outcome {
+        WriteOutcome::Written => {}
+        WriteOutcome::KeyInUse => {
+            return Err(ApiError::conflict(
+                "public_key_in_use",
+                "another node is registered with this public key",
+            ));
+        }
+        WriteOutcome::Raced => {
+            return Err(ApiError::conflict(
+                "registration_conflict",
+                "this node was registered concurrently; retry",
+            ));
+        }
+    }
+    if let Some(metrics) = &record.metrics {
+        state.metrics.observe_node_latency(metrics.latency);
+    }
+    publish_presence(&state, &record).await;
+
+    let issued = state
+        .tokens
+        .issue(record.node_id, record.generation, now)
+        .map_err(ApiError::internal)?;
+    let status = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let turn = &state.config.turn;
+    Ok((
+        status,
+        Json(RegisterResponse {
+            node_id: record.node_id,
+            status: "registered",
+            node: record.view(),
+            session_token: issued.token,
+            token_type: "Bearer",
+            expires_at: issued.expires_at.0,
+            heartbeat_interval: state.config.nodes.heartbeat_interval.as_secs().max(1),
+            stun_servers: vec![HostPort {
+                host: turn.public_host.clone(),
+                port: turn.port,
+            }],
+            // The WebSocket relay is not served yet; the list fills when it is.
+            relay_servers: Vec::new(),
+        }),
+    ))
+}
+
+/// Tells other hosts (through Redis) that the node is alive here. A failure is logged, not
+/// returned: presence is advisory and the database already holds the truth.
+async fn publish_presence(state: &AppState, node: &NodeRecord) {
+    let result = if node.status == NodeStatus::Active {
+        let value =
+            json!({ "lastSeen": node.last_seen.0, "generation": node.generation }).to_string();
+        state
+            .cache
+            .set_presence(node.node_id, &value, state.config.nodes.timeout)
+            .await
+    } else {
+        state.cache.clear_presence(node.node_id).await
+    };
+    if let Err(error) = result {
+        tracing::warn!(node = %node.node_id, "presence not published: {error}");
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HeartbeatResponse {
+    status: &'static str,
+    next_heartbeat: u64,
+    actions: Vec<serde_json::Value>,
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    NodeAuth(token): NodeAuth,
+    Path(node_id): Path<String>,
+    body: Result<ApiJson<HeartbeatRequest>, ApiError>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let node_id = parse_node_id(&node_id)?;
+    if token.node_id != node_id {
+        return Err(ApiError::forbidden(
+            "a node may only send its own heartbeat",
+        ));
+    }
+    let ApiJson(request) = body?;
+    let (metrics, reported_status) = request.validate()?;
+    let now = state.clock.now();
+    let status = if reported_status == Some(ReportedStatus::Offline) {
+        NodeStatus::Inactive
+    } else {
+        NodeStatus::Active
+    };
+    let latency = metrics.latency;
+    let beat = Heartbeat {
+        metrics,
+        reported_status,
+        status,
+        at: now,
+    };
+    match state
+        .store
+        .heartbeat(node_id, token.generation, &beat)
+        .await?
+    {
+        HeartbeatOutcome::Recorded => {}
+        HeartbeatOutcome::NotFound => {
+            return Err(ApiError::not_found(
+                "node_not_found",
+                "no such node; register again",
+            ));
+        }
+        HeartbeatOutcome::Revoked => return Err(token_error(TokenError::Revoked)),
+    }
+    state.metrics.observe_node_latency(latency);
+    if let Some(node) = state.store.find(node_id).await? {
+        publish_presence(&state, &node).await;
+    }
+    Ok(Json(HeartbeatResponse {
+        status: "ok",
+        next_heartbeat: state.config.nodes.heartbeat_interval.as_secs().max(1),
+        actions: Vec::new(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    region: Option<String>,
+    country: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct NodeList {
+    nodes: Vec<NodeView>,
+    count: usize,
+    limit: i64,
+    offset: i64,
+}
+
+async fn list_nodes(
+    State(state): State<AppState>,
+    NodeAuth(_): NodeAuth,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<NodeList>, ApiError> {
+    let Query(query) = query?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            NodeStatus::parse(s).ok_or_else(|| {
+                ApiError::bad_request("invalid_query", "status must be \"active\" or \"inactive\"")
+            })
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(100);
+    let offset = query.offset.unwrap_or(0);
+    if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}, offset at least 0"),
+        ));
+    }
+    let filter = NodeFilter {
+        region: query.region,
+        country: query.country.map(|c| c.to_ascii_uppercase()),
+        status,
+        limit,
+        offset,
+    };
+    let nodes: Vec<NodeView> = state
+        .store
+        .list(&filter)
+        .await?
+        .iter()
+        .map(NodeRecord::view)
+        .collect();
+    Ok(Json(NodeList {
+        count: nodes.len(),
+        nodes,
+        limit,
+        offset,
+    }))
+}
+
+async fn get_node(
+    State(state): State<AppState>,
+    NodeAuth(_): NodeAuth,
+    Path(node_id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    let node_id = parse_node_id(&node_id)?;
+    match state.store.find(node_id).await? {
+        Some(node) => Ok(Json(node.view())),
+        None => Err(ApiError::not_found(
+            "node_not_found",
+            format!("no node {node_id}"),
+        )),
+    }
+}
+
+// ---- routing ----
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RoutingResponse {
+    routes: Vec<Route>,
+    selected_route: Option<Route>,
+}
+
+async fn request_route(
+    State(state): State<AppState>,
+    NodeAuth(token): NodeAuth,
+    ApiJson(request): ApiJson<RoutingRequest>,
+) -> Result<Json<RoutingResponse>, ApiError> {
+    if request.client_id != token.node_id {
+        return Err(ApiError::forbidden(
+            "clientId must be the node the token belongs to",
+        ));
+    }
+    let now = state.clock.now();
+    let timeout = state.config.nodes.timeout;
+    let candidates: Vec<NodeRecord> = match request.target_node_id {
+        Some(target) => {
+            let node = state.store.find(target).await?.ok_or_else(|| {
+                ApiError::not_found("node_not_found", format!("no node {target}"))
+            })?;
+            if !registry::is_live(&node, now, timeout) {
+                return Err(ApiError::conflict(
+                    "node_inactive",
+                    format!("node {target} is inactive"),
+                ));
+            }
+            vec![node]
+        }
+        None => {
+            let filter = NodeFilter {
+                status: Some(NodeStatus::Active),
+                limit: MAX_PAGE,
+                ..NodeFilter::default()
+            };
+            let mut nodes = state.store.list(&filter).await?;
+            nodes.retain(|node| registry::is_live(node, now, timeout));
+            nodes
+        }
+    };
+    let routes = routing::rank(&request, &candidates);
+    Ok(Json(RoutingResponse {
+        selected_route: routes.first().cloned(),
+        routes,
+    }))
+}
+
+// ---- ICE ----
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IceServer {
+    urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential_type: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IceResponse {
+    ice_servers: Vec<IceServer>,
+    ttl: u64,
+    expires_at: i64,
+}
+
+/// `host` as it goes into a URI: IPv6 literals in brackets.
+fn uri_host(host: &str) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+async fn ice_servers(
+    State(state): State<AppState>,
+    NodeAuth(token): NodeAuth,
+) -> Result<Json<IceResponse>, ApiError> {
+    let turn = &state.config.turn;
+    let now = state.clock.now();
+    let expires_at = now.add(turn.credential_ttl);
+    let expiry_secs = u64::try_from(expires_at.as_secs()).unwrap_or(0);
+    let credential =
+        TurnCredential::mint(&turn.secrets[0], &token.node_id.to_string(), expiry_secs);
+    let host = uri_host(&turn.public_host);
+    let with_credential = |urls: Vec<String>| IceServer {
+        urls,
+        username: Some(credential.username.clone()),
+        credential: Some(credential.password.clone()),
+        credential_type: Some("password"),
+    };
+    let mut servers = vec![
+        IceServer {
+            urls: vec![format!("stun:{host}:{}", turn.port)],
+            username: None,
+            credential: None,
+            credential_type: None,
+        },
+        with_credential(vec![format!("turn:{host}:{}?transport=udp", turn.port)]),
+    ];
+    // Extra TURN servers are assumed to share our secret (coturn's use-auth-secret).
+    let (stun, relay): (Vec<String>, Vec<String>) = turn
+        .extra_urls
+        .iter()
+        .cloned()
+        .partition(|url| url.starts_with("stun:"));
+    if !stun.is_empty() {
+        servers.push(IceServer {
+            urls: stun,
+            username: None,
+            credential: None,
+            credential_type: None,
+        });
+    }
+    if !relay.is_empty() {
+        servers.push(with_credential(relay));
+    }
+    Ok(Json(IceResponse {
+        ice_servers: servers,
+        ttl: turn.credential_ttl.as_secs(),
+        expires_at: i64::try_from(expiry_secs).unwrap_or(i64::MAX) * 1000,
+    }))
+}
+
+// ---- health and metrics ----
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "live" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let database = match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    };
+    let redis = if state.cache.is_redis() {
+        Some(
+            match tokio::time::timeout(READY_TIMEOUT, state.cache.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            },
+        )
+    } else {
+        None
+    };
+    let describe = |check: &Result<(), String>| match check {
+        Ok(()) => "ok".to_owned(),
+        Err(error) => format!("failed: {error}"),
+    };
+    let mut failed = Vec::new();
+    if database.is_err() {
+        failed.push("database");
+    }
+    if matches!(redis, Some(Err(_))) {
+        failed.push("redis");
+    }
+    let checks = json!({
+        "database": describe(&database),
+        "redis": redis.as_ref().map_or_else(|| "not_configured".to_owned(), describe),
+    });
+    if failed.is_empty() {
+        return Json(json!({ "status": "ready", "checks": checks })).into_response();
+    }
+    for what in &failed {
+        tracing::warn!("not ready: {what} check failed");
+    }
+    let body = json!({
+        "status": "not_ready",
+        "checks": checks,
+        "error": { "code": "not_ready", "message": format!("unavailable: {}", failed.join(", ")) },
+    });
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let activity = match state.store.activity().await {
+        Ok(activity) => Some(activity),
+        Err(error) => {
+            tracing::warn!("metrics: node gauges are stale: {error}");
+            None
+        }
+    };
+    state.metrics.set_activity(activity);
+    let text = state
+        .metrics
+        .render()
+        .map_err(|e| ApiError::internal(e.into()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .record_request(&route, &method, response.status().as_u16());
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}

@@ -1,0 +1,211 @@
+//! Who may register a node id: the decision as a pure function of what is stored and who asks.
+
+use std::time::Duration;
+
+use crate::auth::NodeToken;
+use crate::clock::UnixMillis;
+use crate::error::ApiError;
+use crate::model::{NodeStatus, ValidRegistration};
+use crate::store::NodeRecord;
+
+/// What to do with a registration.
+#[derive(Debug)]
+pub enum Decision {
+    /// A new node: generation 1.
+    Create,
+    /// Replace the stored registration; the generation goes up, revoking older tokens.
+    Replace,
+    /// Refuse with this error.
+    Refuse(ApiError),
+}
+
+/// Decides a registration.
+///
+/// * A token, when sent, must be for this node id (else 403) and of its current generation.
+/// * A new node id registers freely (the rate limit and the unique key bound abuse).
+/// * The holder of the node's current token may re-register, including with a new key.
+/// * Without a token, re-registering is allowed only with the same key and only once the node
+///   has gone inactive, so a node that lost its token can come back, but nobody can take over
+///   a live node's id, or move it to another key.
+pub fn decide(
+    existing: Option<&NodeRecord>,
+    request: &ValidRegistration,
+    token: Option<NodeToken>,
+    now: UnixMillis,
+    node_timeout: Duration,
+) -> Decision {
+    if let Some(token) = token {
+        if token.node_id != request.node_id {
+            return Decision::Refuse(ApiError::forbidden("the token belongs to another node"));
+        }
+    }
+    let Some(existing) = existing else {
+        return Decision::Create;
+    };
+    match token {
+        Some(token) if token.generation == existing.generation => Decision::Replace,
+        Some(_) => Decision::Refuse(ApiError::unauthorized(
+            "token_revoked",
+            "the token was revoked by a newer registration",
+        )),
+        None if existing.public_key != request.public_key => Decision::Refuse(ApiError::conflict(
+            "public_key_mismatch",
+            "this nodeId is registered with another public key; \
+             authenticate as the node to change its key",
+        )),
+        None if is_live(existing, now, node_timeout) => Decision::Refuse(ApiError::conflict(
+            "node_active",
+            "this node is active; authenticate with its token to re-register it",
+        )),
+        None => Decision::Replace,
+    }
+}
+
+/// Whether the node counts as active at `now`, whatever the sweeper has stored so far.
+pub fn is_live(node: &NodeRecord, now: UnixMillis, node_timeout: Duration) -> bool {
+    node.status == NodeStatus::Active && node.last_seen >= now.sub(node_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use boson_shared::{NodeId, WgPublicKey};
+
+    use super::*;
+    use crate::model::{Bandwidth, Capabilities, Location, NatType, NetworkInfo, Registration};
+
+    const TIMEOUT: Duration = Duration::from_secs(90);
+    const NOW: UnixMillis = UnixMillis(10_000_000);
+
+    fn id(n: u8) -> NodeId {
+        format!("00000000-0000-4000-8000-0000000000{n:02}")
+            .parse()
+            .unwrap()
+    }
+
+    fn request(node: u8, key: u8) -> ValidRegistration {
+        ValidRegistration {
+            node_id: id(node),
+            public_key: WgPublicKey::from_bytes([key; 32]),
+            registration: Registration {
+                network_info: NetworkInfo {
+                    ipv4: [10, 0, 0, 1].into(),
+                    ipv6: None,
+                    nat_type: NatType::FullCone,
+                    stun_mapped_address: None,
+                    local_port: 51820,
+                    public_ip: None,
+                },
+                capabilities: Capabilities {
+                    max_connections: 10,
+                    bandwidth: Bandwidth { up: 1.0, down: 1.0 },
+                    routing: false,
+                    natting: false,
+                },
+                location: Location {
+                    country: "DE".into(),
+                    region: "DE-BE".into(),
+                    coordinates: None,
+                },
+            },
+            metrics: None,
+        }
+    }
+
+    fn stored(node: u8, key: u8, last_seen: UnixMillis) -> NodeRecord {
+        let r = request(node, key);
+        NodeRecord {
+            node_id: r.node_id,
+            public_key: r.public_key,
+            generation: 4,
+            registration: r.registration,
+            status: NodeStatus::Active,
+            reported_status: None,
+            metrics: None,
+            registered_at: UnixMillis(0),
+            last_seen,
+        }
+    }
+
+    fn token(node: u8, generation: i64) -> Option<NodeToken> {
+        Some(NodeToken {
+            node_id: id(node),
+            generation,
+        })
+    }
+
+    fn refusal(decision: Decision) -> (StatusCode, &'static str) {
+        match decision {
+            Decision::Refuse(e) => (e.status(), e.code()),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_nodes_register_with_or_without_their_own_token() {
+        assert!(matches!(
+            decide(None, &request(1, 1), None, NOW, TIMEOUT),
+            Decision::Create
+        ));
+        assert!(matches!(
+            decide(None, &request(1, 1), token(1, 1), NOW, TIMEOUT),
+            Decision::Create
+        ));
+        assert_eq!(
+            refusal(decide(None, &request(1, 1), token(2, 1), NOW, TIMEOUT)),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+    }
+
+    #[test]
+    fn the_current_token_may_change_the_key() {
+        let live = stored(1, 1, NOW);
+        assert!(matches!(
+            decide(Some(&live), &request(1, 9), token(1, 4), NOW, TIMEOUT),
+            Decision::Replace
+        ));
+        assert_eq!(
+            refusal(decide(
+                Some(&live),
+                &request(1, 9),
+                token(1, 3),
+                NOW,
+                TIMEOUT
+            )),
+            (StatusCode::UNAUTHORIZED, "token_revoked")
+        );
+        assert_eq!(
+            refusal(decide(
+                Some(&live),
+                &request(1, 1),
+                token(2, 4),
+                NOW,
+                TIMEOUT
+            )),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+    }
+
+    #[test]
+    fn without_a_token_only_an_inactive_node_with_the_same_key_comes_back() {
+        let live = stored(1, 1, NOW.sub(Duration::from_secs(10)));
+        assert_eq!(
+            refusal(decide(Some(&live), &request(1, 2), None, NOW, TIMEOUT)),
+            (StatusCode::CONFLICT, "public_key_mismatch")
+        );
+        assert_eq!(
+            refusal(decide(Some(&live), &request(1, 1), None, NOW, TIMEOUT)),
+            (StatusCode::CONFLICT, "node_active")
+        );
+        // Silent past the timeout, even if the sweeper has not run yet.
+        let silent = stored(1, 1, NOW.sub(Duration::from_secs(91)));
+        assert!(matches!(
+            decide(Some(&silent), &request(1, 1), None, NOW, TIMEOUT),
+            Decision::Replace
+        ));
+        assert_eq!(
+            refusal(decide(Some(&silent), &request(1, 2), None, NOW, TIMEOUT)),
+            (StatusCode::CONFLICT, "public_key_mismatch")
+        );
+    }
+}

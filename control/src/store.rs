@@ -1,0 +1,505 @@
+//! Persistent node registry on SQLite (the embedded default) or PostgreSQL, through sqlx's
+//! `Any` driver so that every query is written once.
+//!
+//! Portability rules for the SQL in this file: `$N` placeholders (both drivers accept them),
+//! only `TEXT` and `BIGINT` columns, and aggregates cast back to `BIGINT` (PostgreSQL's `SUM`
+//! of a `BIGINT` is `NUMERIC`, which the `Any` driver cannot decode).
+
+use std::time::Duration;
+
+use boson_shared::{NodeId, WgPublicKey};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor as _, Row as _};
+
+use crate::clock::UnixMillis;
+use crate::model::{NodeMetrics, NodeStatus, NodeView, Registration, ReportedStatus};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database cannot be reached (down, restarting, pool exhausted). Worth retrying.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A query failed for another reason.
+    #[error("database query failed: {0}")]
+    Query(#[source] sqlx::Error),
+    /// A row holds something this version cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        let unavailable = match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE class 08 is "connection exception"; 57P0x are server shutdowns.
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        };
+        if unavailable {
+            Self::Unavailable(error)
+        } else {
+            Self::Query(error)
+        }
+    }
+}
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    /// Id.
+    pub node_id: NodeId,
+    /// WireGuard key; unique across nodes.
+    pub public_key: WgPublicKey,
+    /// Bumped by every registration; tokens of older generations are refused.
+    pub generation: i64,
+    /// What the node registered.
+    pub registration: Registration,
+    /// Whether the server hears from it.
+    pub status: NodeStatus,
+    /// What it last said about itself.
+    pub reported_status: Option<ReportedStatus>,
+    /// Last metrics.
+    pub metrics: Option<NodeMetrics>,
+    /// First registration.
+    pub registered_at: UnixMillis,
+    /// Last registration or heartbeat.
+    pub last_seen: UnixMillis,
+}
+
+impl NodeRecord {
+    /// The API's view of the node.
+    pub fn view(&self) -> NodeView {
+        NodeView {
+            node_id: self.node_id,
+            public_key: self.public_key,
+            network_info: self.registration.network_info.clone(),
+            capabilities: self.registration.capabilities.clone(),
+            location: self.registration.location.clone(),
+            status: self.status,
+            reported_status: self.reported_status,
+            metrics: self.metrics.clone(),
+            registered_at: self.registered_at.0,
+            last_seen: self.last_seen.0,
+        }
+    }
+}
+
+/// Result of [`Store::insert`] and [`Store::replace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Written.
+    Written,
+    /// Another node already uses this public key.
+    KeyInUse,
+    /// The node was created or re-registered concurrently; nothing written.
+    Raced,
+}
+
+/// Result of [`Store::heartbeat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// Recorded.
+    Recorded,
+    /// No such node.
+    NotFound,
+    /// The node re-registered since the token was issued.
+    Revoked,
+}
+
+/// A heartbeat to record.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// Metrics sent.
+    pub metrics: NodeMetrics,
+    /// Health the node reported.
+    pub reported_status: Option<ReportedStatus>,
+    /// Status it gets.
+    pub status: NodeStatus,
+    /// When it arrived.
+    pub at: UnixMillis,
+}
+
+/// Filters of [`Store::list`]. `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFilter {
+    /// Exact region.
+    pub region: Option<String>,
+    /// Exact country code.
+    pub country: Option<String>,
+    /// Status.
+    pub status: Option<NodeStatus>,
+    /// Page size.
+    pub limit: i64,
+    /// Rows skipped.
+    pub offset: i64,
+}
+
+/// Totals over active nodes, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Activity {
+    /// Active nodes.
+    pub nodes: i64,
+    /// Sum of their reported active connections.
+    pub connections: i64,
+}
+
+/// The node registry.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The columns [`decode`] reads, as a literal so that queries stay `&'static str`.
+macro_rules! node_columns {
+    () => {
+        "node_id, public_key, generation, registration, status, reported_status, metrics, \
+         registered_at_ms, last_seen_ms"
+    };
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite:` or `postgres:`) and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Corrupt(
+                "DATABASE_URL must start with sqlite: or postgres:".to_owned(),
+            ));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                // One writer at a time anyway; a few readers share the WAL.
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            })
+            // Short, so that an outage answers 503 quickly instead of hanging requests.
+            .acquire_timeout(Duration::from_secs(3))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                             PRAGMA synchronous = NORMAL;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Query(e.into()))?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Round trip to the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The node with this id.
+    pub async fn find(&self, node_id: NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            node_columns!(),
+            " FROM nodes WHERE node_id = $1"
+        ))
+        .bind(node_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// The node that uses this key, if any.
+    pub async fn find_by_key(&self, key: &WgPublicKey) -> Result<Option<NodeId>, StoreError> {
+        let row = sqlx::query("SELECT node_id FROM nodes WHERE public_key = $1")
+            .bind(key.to_base64())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| parse_id(&row.try_get::<String, _>("node_id")?))
+            .transpose()
+    }
+
+    /// Creates a node.
+    pub async fn insert(&self, node: &NodeRecord) -> Result<WriteOutcome, StoreError> {
+        if self.key_taken(node).await? {
+            return Ok(WriteOutcome::KeyInUse);
+        }
+        let result = sqlx::query(
+            "INSERT INTO nodes (node_id, public_key, generation, registration, country, region, \
+             status, reported_status, metrics, active_connections, registered_at_ms, last_seen_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(node.node_id.to_string())
+        .bind(node.public_key.to_base64())
+        .bind(node.generation)
+        .bind(to_json(&node.registration)?)
+        .bind(node.registration.location.country.clone())
+        .bind(node.registration.location.region.clone())
+        .bind(node.status.as_str())
+        .bind(node.reported_status.map(reported_str))
+        .bind(node.metrics.as_ref().map(to_json).transpose()?)
+        .bind(active_connections(node.metrics.as_ref()))
+        .bind(node.registered_at.0)
+        .bind(node.last_seen.0)
+        .execute(&self.pool)
+        .await;
+        self.unique_outcome(node, result.map(|_| ())).await
+    }
+
+    /// Re-registers a node whose stored generation is `node.generation - 1`.
+    pub async fn replace(&self, node: &NodeRecord) -> Result<WriteOutcome, StoreError> {
+        if self.key_taken(node).await? {
+            return Ok(WriteOutcome::KeyInUse);
+        }
+        let result = sqlx::query(
+            "UPDATE nodes SET public_key = $1, generation = $2, registration = $3, country = $4, \
+             region = $5, status = $6, reported_status = $7, metrics = $8, \
+             active_connections = $9, last_seen_ms = $10 \
+             WHERE node_id = $11 AND generation = $12",
+        )
+        .bind(node.public_key.to_base64())
+        .bind(node.generation)
+        .bind(to_json(&node.registration)?)
+        .bind(node.registration.location.country.clone())
+        .bind(node.registration.location.region.clone())
+        .bind(node.status.as_str())
+        .bind(node.reported_status.map(reported_str))
+        .bind(node.metrics.as_ref().map(to_json).transpose()?)
+        .bind(active_connections(node.metrics.as_ref()))
+        .bind(node.last_seen.0)
+        .bind(node.node_id.to_string())
+        .bind(node.generation - 1)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(done) if done.rows_affected() == 0 => Ok(WriteOutcome::Raced),
+            other => self.unique_outcome(node, other.map(|_| ())).await,
+        }
+    }
+
+    /// Records a heartbeat sent with a token of `generation`.
+    pub async fn heartbeat(
+        &self,
+        node_id: NodeId,
+        generation: i64,
+        beat: &Heartbeat,
+    ) -> Result<HeartbeatOutcome, StoreError> {
+        let done = sqlx::query(
+            "UPDATE nodes SET metrics = $1, active_connections = $2, reported_status = $3, \
+             status = $4, last_seen_ms = $5 WHERE node_id = $6 AND generation = $7",
+        )
+        .bind(to_json(&beat.metrics)?)
+        .bind(active_connections(Some(&beat.metrics)))
+        .bind(beat.reported_status.map(reported_str))
+        .bind(beat.status.as_str())
+        .bind(beat.at.0)
+        .bind(node_id.to_string())
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            return Ok(HeartbeatOutcome::Recorded);
+        }
+        Ok(match self.find(node_id).await? {
+            None => HeartbeatOutcome::NotFound,
+            Some(_) => HeartbeatOutcome::Revoked,
+        })
+    }
+
+    /// Nodes matching `filter`, ordered by id.
+    pub async fn list(&self, filter: &NodeFilter) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut conditions = Vec::new();
+        let mut values = Vec::new();
+        for (column, value) in [
+            ("region", filter.region.clone()),
+            ("country", filter.country.clone()),
+            ("status", filter.status.map(|s| s.as_str().to_owned())),
+        ] {
+            if let Some(value) = value {
+                values.push(value);
+                conditions.push(format!("{column} = ${}", values.len()));
+            }
+        }
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {} FROM nodes {where_clause} ORDER BY node_id LIMIT ${} OFFSET ${}",
+            node_columns!(),
+            values.len() + 1,
+            values.len() + 2
+        );
+        // Built from fixed column names and placeholder numbers only; values are bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in values {
+            query = query.bind(value);
+        }
+        let rows = query
+            .bind(filter.limit)
+            .bind(filter.offset)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Marks active nodes last seen before `cutoff` inactive; returns how many.
+    pub async fn sweep(&self, cutoff: UnixMillis) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("UPDATE nodes SET status = $1 WHERE status = $2 AND last_seen_ms < $3")
+                .bind(NodeStatus::Inactive.as_str())
+                .bind(NodeStatus::Active.as_str())
+                .bind(cutoff.0)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Counts over active nodes.
+    pub async fn activity(&self) -> Result<Activity, StoreError> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS nodes, \
+             CAST(COALESCE(SUM(active_connections), 0) AS BIGINT) AS connections \
+             FROM nodes WHERE status = $1",
+        )
+        .bind(NodeStatus::Active.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Activity {
+            nodes: row.try_get("nodes")?,
+            connections: row.try_get("connections")?,
+        })
+    }
+
+    async fn key_taken(&self, node: &NodeRecord) -> Result<bool, StoreError> {
+        Ok(self
+            .find_by_key(&node.public_key)
+            .await?
+            .is_some_and(|owner| owner != node.node_id))
+    }
+
+    /// Turns a unique violation into the outcome it means.
+    async fn unique_outcome(
+        &self,
+        node: &NodeRecord,
+        result: Result<(), sqlx::Error>,
+    ) -> Result<WriteOutcome, StoreError> {
+        match result {
+            Ok(()) => Ok(WriteOutcome::Written),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                if self.key_taken(node).await? {
+                    Ok(WriteOutcome::KeyInUse)
+                } else {
+                    Ok(WriteOutcome::Raced)
+                }
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+fn active_connections(metrics: Option<&NodeMetrics>) -> i64 {
+    metrics.map_or(0, |m| i64::from(m.active_connections))
+}
+
+fn reported_str(status: ReportedStatus) -> &'static str {
+    match status {
+        ReportedStatus::Online => "online",
+        ReportedStatus::Degraded => "degraded",
+        ReportedStatus::Offline => "offline",
+    }
+}
+
+fn parse_reported(text: &str) -> Result<ReportedStatus, StoreError> {
+    match text {
+        "online" => Ok(ReportedStatus::Online),
+        "degraded" => Ok(ReportedStatus::Degraded),
+        "offline" => Ok(ReportedStatus::Offline),
+        other => Err(StoreError::Corrupt(format!("reported status {other:?}"))),
+    }
+}
+
+fn parse_id(text: &str) -> Result<NodeId, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("node id {text:?}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode(row: &AnyRow) -> Result<NodeRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    let key: String = row.try_get("public_key")?;
+    Ok(NodeRecord {
+        node_id: parse_id(&row.try_get::<String, _>("node_id")?)?,
+        public_key: key
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("public key {key:?}")))?,
+        generation: row.try_get("generation")?,
+        registration: from_json(&row.try_get::<String, _>("registration")?)?,
+        status: NodeStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?,
+        reported_status: row
+            .try_get::<Option<String>, _>("reported_status")?
+            .as_deref()
+            .map(parse_reported)
+            .transpose()?,
+        metrics: row
+            .try_get::<Option<String>, _>("metrics")?
+            .as_deref()
+            .map(from_json)
+            .transpose()?,
+        registered_at: UnixMillis(row.try_get("registered_at_ms")?),
+        last_seen: UnixMillis(row.try_get("last_seen_ms")?),
+    })
+}

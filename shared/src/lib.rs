@@ -1,0 +1,11 @@
+//! Types both planes of BosonServer agree on: node ids, WireGuard keys and TURN credentials.
+//!
+//! Contract: no I/O, no clock, no threads. Every function that depends on time takes the
+//! current time as an argument, so the control plane, the dataplane and the tests all agree on
+//! what "now" is.
+
+pub mod credentials;
+pub mod id;
+
+pub use credentials::{CredentialError, TurnCredential, TurnSecret};
+pub use id::{NodeId, ParseKeyError, WgPublicKey};
