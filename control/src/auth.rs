@@ -128,7 +128,7 @@ impl Tokens {
         generation: i64,
         now: UnixMillis,
     ) -> anyhow::Result<IssuedToken> {
-        let expires_at = now.add(self.ttl);
+        let expires_at = now.saturating_add(self.ttl);
         let claims = Claims {
             sub: node_id.to_string(),
             iss: ISSUER.to_owned(),
@@ -210,14 +210,14 @@ mod tests {
             generation: 3,
         };
         assert_eq!(keys.verify(&issued.token, NOW), Ok(ok));
-        let expiry = NOW.add(Duration::from_secs(3600));
+        let expiry = NOW.saturating_add(Duration::from_secs(3600));
         assert_eq!(issued.expires_at, expiry);
         assert_eq!(
-            keys.verify(&issued.token, expiry.add(Duration::from_secs(5))),
+            keys.verify(&issued.token, expiry.saturating_add(Duration::from_secs(5))),
             Ok(ok)
         );
         assert_eq!(
-            keys.verify(&issued.token, expiry.add(Duration::from_secs(6))),
+            keys.verify(&issued.token, expiry.saturating_add(Duration::from_secs(6))),
             Err(TokenError::Expired)
         );
         let header = format!("Bearer {}", issued.token);
@@ -236,7 +236,7 @@ mod tests {
             Err(TokenError::Invalid)
         );
         let future = tokens(&[1; 32])
-            .issue(node(), 1, NOW.add(Duration::from_secs(60)))
+            .issue(node(), 1, NOW.saturating_add(Duration::from_secs(60)))
             .unwrap();
         assert_eq!(
             tokens(&[1; 32]).verify(&future.token, NOW),

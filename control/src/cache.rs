@@ -47,7 +47,11 @@ pub fn rate_decision(
     if count <= u64::from(limit) {
         return RateDecision::Allow;
     }
-    let remaining_ms = window_start.add(window).0.saturating_sub(now.0).max(0);
+    let remaining_ms = window_start
+        .saturating_add(window)
+        .0
+        .saturating_sub(now.0)
+        .max(0);
     RateDecision::Deny {
         retry_after_secs: u64::try_from(remaining_ms)
             .unwrap_or(0)
@@ -252,7 +256,7 @@ mod tests {
             cache.hit("other", "a", 2, MINUTE, t0).await.unwrap(),
             RateDecision::Allow
         );
-        let next = t0.add(MINUTE);
+        let next = t0.saturating_add(MINUTE);
         assert_eq!(
             cache.hit("r", "a", 2, MINUTE, next).await.unwrap(),
             RateDecision::Allow
@@ -266,7 +270,7 @@ mod tests {
         for i in 0..MEMORY_PRUNE_AT {
             cache.hit("r", &i.to_string(), 1, MINUTE, t0).await.unwrap();
         }
-        let later = t0.add(MINUTE);
+        let later = t0.saturating_add(MINUTE);
         cache.hit("r", "fresh", 1, MINUTE, later).await.unwrap();
         let Cache::Memory(map) = &cache else {
             unreachable!()

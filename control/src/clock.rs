@@ -15,12 +15,12 @@ impl UnixMillis {
     }
 
     /// `self + d`, saturating.
-    pub fn add(self, d: Duration) -> Self {
+    pub fn saturating_add(self, d: Duration) -> Self {
         Self(self.0.saturating_add(duration_millis(d)))
     }
 
     /// `self - d`, saturating.
-    pub fn sub(self, d: Duration) -> Self {
+    pub fn saturating_sub(self, d: Duration) -> Self {
         Self(self.0.saturating_sub(duration_millis(d)))
     }
 }

@@ -486,7 +486,7 @@ async fn ice_servers(
 ) -> Result<Json<IceResponse>, ApiError> {
     let turn = &state.config.turn;
     let now = state.clock.now();
-    let expires_at = now.add(turn.credential_ttl);
+    let expires_at = now.saturating_add(turn.credential_ttl);
     let expiry_secs = u64::try_from(expires_at.as_secs()).unwrap_or(0);
     let credential =
         TurnCredential::mint(&turn.secrets[0], &token.node_id.to_string(), expiry_secs);

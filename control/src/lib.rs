@@ -120,7 +120,7 @@ async fn sweep_forever(state: AppState) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let cutoff = state.clock.now().sub(policy.timeout);
+        let cutoff = state.clock.now().saturating_sub(policy.timeout);
         match state.store.sweep(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} node(s) missed their heartbeats and are now inactive"),

@@ -34,10 +34,10 @@ pub fn decide(
     now: UnixMillis,
     node_timeout: Duration,
 ) -> Decision {
-    if let Some(token) = token {
-        if token.node_id != request.node_id {
-            return Decision::Refuse(ApiError::forbidden("the token belongs to another node"));
-        }
+    if let Some(token) = token
+        && token.node_id != request.node_id
+    {
+        return Decision::Refuse(ApiError::forbidden("the token belongs to another node"));
     }
     let Some(existing) = existing else {
         return Decision::Create;
@@ -63,7 +63,7 @@ pub fn decide(
 
 /// Whether the node counts as active at `now`, whatever the sweeper has stored so far.
 pub fn is_live(node: &NodeRecord, now: UnixMillis, node_timeout: Duration) -> bool {
-    node.status == NodeStatus::Active && node.last_seen >= now.sub(node_timeout)
+    node.status == NodeStatus::Active && node.last_seen >= now.saturating_sub(node_timeout)
 }
 
 #[cfg(test)]
@@ -137,7 +137,9 @@ mod tests {
     fn refusal(decision: Decision) -> (StatusCode, &'static str) {
         match decision {
             Decision::Refuse(e) => (e.status(), e.code()),
-            other => panic!("expected a refusal, got {other:?}"),
+            other @ (Decision::Create | Decision::Replace) => {
+                panic!("expected a refusal, got {other:?}")
+            }
         }
     }
 
@@ -188,7 +190,7 @@ mod tests {
 
     #[test]
     fn without_a_token_only_an_inactive_node_with_the_same_key_comes_back() {
-        let live = stored(1, 1, NOW.sub(Duration::from_secs(10)));
+        let live = stored(1, 1, NOW.saturating_sub(Duration::from_secs(10)));
         assert_eq!(
             refusal(decide(Some(&live), &request(1, 2), None, NOW, TIMEOUT)),
             (StatusCode::CONFLICT, "public_key_mismatch")
@@ -198,7 +200,7 @@ mod tests {
             (StatusCode::CONFLICT, "node_active")
         );
         // Silent past the timeout, even if the sweeper has not run yet.
-        let silent = stored(1, 1, NOW.sub(Duration::from_secs(91)));
+        let silent = stored(1, 1, NOW.saturating_sub(Duration::from_secs(91)));
         assert!(matches!(
             decide(Some(&silent), &request(1, 1), None, NOW, TIMEOUT),
             Decision::Replace

@@ -31,18 +31,18 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        let unavailable = match &error {
+        let unavailable = matches!(
+            &error,
             sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => true,
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed
+        ) || error
+            .as_database_error()
             // SQLSTATE class 08 is "connection exception"; 57P0x are server shutdowns.
-            sqlx::Error::Database(db) => db
-                .code()
-                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-            _ => false,
-        };
+            .and_then(|db| db.code())
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P"));
         if unavailable {
             Self::Unavailable(error)
         } else {

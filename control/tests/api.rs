@@ -1,0 +1,975 @@
+//! The REST API end to end: a real server on a loopback port, spoken to over HTTP, against
+//! SQLite and against PostgreSQL + Redis.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use boson_shared::credentials;
+use common::{Backend, Node, Options, TURN_SECRET, TestServer};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both_backends!(
+    register_heartbeat_and_metrics,
+    missed_heartbeats_make_a_node_inactive,
+    reregistration_is_refused_unless_it_is_safe,
+    bad_inputs_get_json_errors,
+    registration_is_rate_limited_per_ip,
+    listing_filters_and_requires_a_token,
+    routing_ranks_routes_for_the_caller_only,
+    ice_credentials_verify_like_coturn,
+    health_endpoints_report_readiness,
+    concurrent_registrations_of_one_id_create_it_once,
+);
+
+async fn register_heartbeat_and_metrics(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("US-CA");
+    let (status, body) = server
+        .post("/api/v1/nodes/register", None, &node.registration())
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "registered");
+    assert_eq!(body["tokenType"], "Bearer");
+    assert_eq!(body["node"]["nodeId"], node.id.to_string());
+    assert_eq!(body["node"]["publicKey"], node.key);
+    assert_eq!(body["node"]["status"], "active");
+    assert_eq!(body["node"]["networkInfo"]["publicIp"], "127.0.0.1");
+    assert_eq!(body["stunServers"][0]["port"], 3478);
+    let token = body["sessionToken"].as_str().unwrap();
+
+    let (status, body) = server.heartbeat(&node, token, 5).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["nextHeartbeat"], 30);
+
+    let (status, body) = server
+        .get(&format!("/api/v1/nodes/{}", node.id), Some(token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["metrics"]["activeConnections"], 5);
+    assert_eq!(body["lastSeen"], common::START.0);
+
+    assert_eq!(server.sample("bosonserver_active_nodes").await, 1.0);
+    assert_eq!(server.sample("bosonserver_active_connections").await, 5.0);
+    // One latency from the registration (50 ms), one from the heartbeat (12.5 ms).
+    assert_eq!(
+        server.sample("bosonserver_node_latency_ms_count").await,
+        2.0
+    );
+    assert_eq!(server.sample("bosonserver_node_latency_ms_sum").await, 62.5);
+    let text = server.metrics().await;
+    assert!(text.contains(
+        r#"bosonserver_api_requests_total{method="POST",route="/api/v1/nodes/{node_id}/heartbeat",status="200"} 1"#
+    ), "{text}");
+    assert!(
+        !text.contains(&node.id.to_string()),
+        "raw paths leak into labels:\n{text}"
+    );
+    server.stop().await;
+}
+
+async fn missed_heartbeats_make_a_node_inactive(backend: Backend) {
+    let options = Options {
+        node_timeout: Duration::from_secs(60),
+        ..Options::default()
+    };
+    let Some(server) = TestServer::start_with(backend, options).await else {
+        return;
+    };
+    let node = Node::new("DE-BE");
+    let token = server.register(&node).await;
+    assert_eq!(server.sample("bosonserver_active_nodes").await, 1.0);
+
+    server.clock.advance(Duration::from_secs(59));
+    assert_eq!(server.heartbeat(&node, &token, 1).await.0, 200);
+    server.clock.advance(Duration::from_secs(61));
+    let path = format!("/api/v1/nodes/{}", node.id);
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        status = server.get(&path, Some(&token)).await.1["status"].clone();
+        if status == "inactive" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, "inactive", "the sweeper did not mark the node");
+    assert_eq!(server.sample("bosonserver_active_nodes").await, 0.0);
+    assert_eq!(server.sample("bosonserver_active_connections").await, 0.0);
+
+    // A heartbeat brings it back; a node that says it goes offline leaves at once.
+    assert_eq!(server.heartbeat(&node, &token, 2).await.0, 200);
+    assert_eq!(server.sample("bosonserver_active_nodes").await, 1.0);
+    let (code, _) = server
+        .post(
+            &format!("/api/v1/nodes/{}/heartbeat", node.id),
+            Some(&token),
+            &json!({"metrics": {"latency": 1, "cpuUsage": 1, "activeConnections": 0}, "status": "offline"}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(server.sample("bosonserver_active_nodes").await, 0.0);
+    server.stop().await;
+}
+
+async fn reregistration_is_refused_unless_it_is_safe(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("US-NY");
+    let token = server.register(&node).await;
+    let register = "/api/v1/nodes/register";
+
+    let mut new_key = node.clone();
+    new_key.key = Node::new("US-NY").key;
+    let (status, body) = server.post(register, None, &new_key.registration()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("public_key_mismatch")),
+        "{body}"
+    );
+    let (status, body) = server.post(register, None, &node.registration()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("node_active")),
+        "{body}"
+    );
+
+    let other = Node::new("US-NY");
+    let other_token = server.register(&other).await;
+    let (status, body) = server
+        .post(register, Some(&other_token), &new_key.registration())
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+
+    // A key another node holds stays with it.
+    let mut steal = node.clone();
+    steal.key = other.key.clone();
+    let (status, body) = server
+        .post(register, Some(&token), &steal.registration())
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("public_key_in_use")),
+        "{body}"
+    );
+
+    // The node itself rotates its key; its old token dies with the old registration.
+    let (status, body) = server
+        .post(register, Some(&token), &new_key.registration())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["node"]["publicKey"], new_key.key);
+    let new_token = body["sessionToken"].as_str().unwrap().to_owned();
+    let (status, body) = server.heartbeat(&node, &token, 0).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked")),
+        "{body}"
+    );
+    assert_eq!(server.heartbeat(&node, &new_token, 0).await.0, 200);
+
+    // Once silent past the timeout, the same key may come back without a token.
+    server.clock.advance(Duration::from_secs(91));
+    let (status, body) = server.post(register, None, &new_key.registration()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.heartbeat(&node, &new_token, 0).await.0, 401);
+    server.stop().await;
+}
+
+#[expect(
+    clippy::type_complexity,
+    reason = "the table of cases reads best as tuples"
+)]
+async fn bad_inputs_get_json_errors(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("FR-IDF");
+    let token = server.register(&node).await;
+    let heartbeat = format!("/api/v1/nodes/{}/heartbeat", node.id);
+    let register = "/api/v1/nodes/register";
+    let with = |field: &str, value: Value| {
+        let mut body = Node::new("FR-IDF").registration();
+        let mut target = &mut body;
+        let parts: Vec<&str> = field.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            target = &mut target[*part];
+        }
+        target[parts[parts.len() - 1]] = value;
+        body.to_string()
+    };
+    let short_key = common::base64_encode(&[1u8; 31]);
+    let forged = {
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        parts[2] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned();
+        parts.join(".")
+    };
+    let other_token = server.register(&Node::new("FR-IDF")).await;
+    let ghost = uuid::Uuid::new_v4();
+    let ghost_token = server
+        .state
+        .tokens
+        .issue(ghost.to_string().parse().unwrap(), 1, server.clock_now())
+        .unwrap()
+        .token;
+    // Deep nesting is refused at the first wrong type, before any recursion.
+    let nested = format!("{{\"nodeId\":{}{}}}", "[".repeat(8_000), "]".repeat(8_000));
+    let beat = r#"{"metrics":{"latency":1,"cpuUsage":1,"activeConnections":1}}"#;
+
+    let cases: Vec<(
+        Method,
+        String,
+        Option<&str>,
+        Option<&str>,
+        Vec<u8>,
+        u16,
+        &str,
+    )> = vec![
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            b"{\"nodeId\":".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            nested.clone().into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            b"{\"nodeId\":\"\xff\xfe\"}".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("surprise", json!(1)).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("networkInfo.localPort", json!("51820")).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("networkInfo.localPort", json!(70000)).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("networkInfo.localPort", json!(0)).into_bytes(),
+            422,
+            "invalid_network_info",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("networkInfo.natType", json!("Open")).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("networkInfo.ipv4", json!("::1")).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("publicKey", json!(short_key)).into_bytes(),
+            422,
+            "invalid_public_key",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("publicKey", json!("%%%")).into_bytes(),
+            422,
+            "invalid_public_key",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("nodeId", json!("550e8400")).into_bytes(),
+            422,
+            "invalid_node_id",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("location.country", json!("USA")).into_bytes(),
+            422,
+            "invalid_location",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("capabilities.maxConnections", json!(0)).into_bytes(),
+            422,
+            "invalid_capabilities",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("capabilities.maxConnections", json!(1e300)).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("metrics.cpuUsage", json!(101)).into_bytes(),
+            422,
+            "invalid_metrics",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            vec![b' '; 17 * 1024],
+            413,
+            "payload_too_large",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            None,
+            with("nodeId", json!(node.id)).into_bytes(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            None,
+            Some("application/json"),
+            beat.into(),
+            401,
+            "missing_token",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some("Basic abc"),
+            Some("application/json"),
+            beat.into(),
+            401,
+            "invalid_token",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&forged),
+            Some("application/json"),
+            beat.into(),
+            401,
+            "invalid_token",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&other_token),
+            Some("application/json"),
+            beat.into(),
+            403,
+            "forbidden",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/nodes/{ghost}/heartbeat"),
+            Some(&ghost_token),
+            Some("application/json"),
+            beat.into(),
+            404,
+            "node_not_found",
+        ),
+        (
+            Method::POST,
+            "/api/v1/nodes/not-a-uuid/heartbeat".into(),
+            Some(&token),
+            Some("application/json"),
+            beat.into(),
+            400,
+            "invalid_node_id",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            br#"{"metrics":{"latency":1,"cpuUsage":1,"activeConnections":-1}}"#.to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            br#"{"metrics":{"latency":1,"cpuUsage":1,"activeConnections":1e30}}"#.to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            br#"{"metrics":{"latency":-1,"cpuUsage":1,"activeConnections":1}}"#.to_vec(),
+            422,
+            "invalid_metrics",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            br#"{"metrics":{"cpuUsage":1,"activeConnections":1}}"#.to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/nodes/{ghost}"),
+            Some(&token),
+            None,
+            Vec::new(),
+            404,
+            "node_not_found",
+        ),
+        (
+            Method::GET,
+            "/api/v1/nodes?status=zombie".into(),
+            Some(&token),
+            None,
+            Vec::new(),
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::GET,
+            "/api/v1/nodes?limit=0".into(),
+            Some(&token),
+            None,
+            Vec::new(),
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::GET,
+            "/api/v1/nodes?colour=red".into(),
+            Some(&token),
+            None,
+            Vec::new(),
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::GET,
+            "/api/v1/nowhere".into(),
+            None,
+            None,
+            Vec::new(),
+            404,
+            "not_found",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/nodes/register".into(),
+            None,
+            None,
+            Vec::new(),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, auth, content_type, body, want_status, want_code) in cases {
+        let mut request = server
+            .http
+            .request(method.clone(), server.url(&path))
+            .body(body);
+        if let Some(auth) = auth {
+            let value = if auth.contains(' ') {
+                auth.to_owned()
+            } else {
+                format!("Bearer {auth}")
+            };
+            request = request.header("authorization", value);
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let www_authenticate = response.headers().contains_key("www-authenticate");
+        let text = response.text().await.unwrap();
+        let what = format!("{method} {path} -> {status} {text}");
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {what}"));
+        assert_eq!(status, want_status, "{what}");
+        assert_eq!(body["error"]["code"], want_code, "{what}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+        assert_eq!(www_authenticate, status == 401, "{what}");
+    }
+
+    // Expired: the clock moves past the token's hour.
+    server.clock.advance(Duration::from_secs(3600 + 6));
+    let (status, body) = server.heartbeat(&node, &token, 0).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_expired")),
+        "{body}"
+    );
+
+    // Nothing above reached the registry.
+    server.clock.advance(Duration::from_secs(1));
+    let fresh = server.register(&Node::new("FR-IDF")).await;
+    let (_, body) = server.get("/api/v1/nodes", Some(&fresh)).await;
+    assert_eq!(body["count"], 3, "{body}");
+    server.stop().await;
+}
+
+async fn registration_is_rate_limited_per_ip(backend: Backend) {
+    let options = Options {
+        register_rate_limit: 3,
+        ..Options::default()
+    };
+    let Some(server) = TestServer::start_with(backend, options).await else {
+        return;
+    };
+    for _ in 0..3 {
+        server.register(&Node::new("JP-13")).await;
+    }
+    let response = server
+        .http
+        .post(server.url("/api/v1/nodes/register"))
+        .json(&Node::new("JP-13").registration())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // The next window admits again.
+    server.clock.advance(Duration::from_secs(60));
+    server.register(&Node::new("JP-13")).await;
+    server.stop().await;
+}
+
+async fn listing_filters_and_requires_a_token(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let a = Node::new("US-CA");
+    let b = Node::new("US-NY");
+    let c = Node::new("DE-BE");
+    let token = server.register(&a).await;
+    server.register(&b).await;
+    let c_token = server.register(&c).await;
+    assert_eq!(server.get("/api/v1/nodes", None).await.0, 401);
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["nodeId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, body) = server.get("/api/v1/nodes", Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["count"], 3);
+    let (_, body) = server.get("/api/v1/nodes?region=US-NY", Some(&token)).await;
+    assert_eq!(ids(&body), vec![b.id.to_string()]);
+    let (_, body) = server.get("/api/v1/nodes?country=us", Some(&token)).await;
+    assert_eq!(body["count"], 2);
+    let (_, body) = server
+        .get("/api/v1/nodes?limit=2&offset=2", Some(&token))
+        .await;
+    assert_eq!(body["count"], 1);
+
+    server.post(
+        &format!("/api/v1/nodes/{}/heartbeat", c.id),
+        Some(&c_token),
+        &json!({"metrics": {"latency": 1, "cpuUsage": 1, "activeConnections": 0}, "status": "offline"}),
+    ).await;
+    let (_, body) = server
+        .get("/api/v1/nodes?status=inactive", Some(&token))
+        .await;
+    assert_eq!(ids(&body), vec![c.id.to_string()]);
+    let (_, body) = server
+        .get("/api/v1/nodes?status=active&region=US-CA", Some(&token))
+        .await;
+    assert_eq!(ids(&body), vec![a.id.to_string()]);
+    server.stop().await;
+}
+
+async fn routing_ranks_routes_for_the_caller_only(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let mut client = Node::new("US-CA");
+    client.nat = "Symmetric";
+    let mut target = Node::new("US-CA");
+    target.nat = "Symmetric";
+    let open = Node::new("US-NY");
+    let token = server.register(&client).await;
+    server.register(&target).await;
+    server.register(&open).await;
+    let request = |client_id: uuid::Uuid, target: Option<uuid::Uuid>| {
+        json!({
+            "clientId": client_id,
+            "targetNodeId": target,
+            "requirements": {"maxLatency": 100, "preferredLocation": "US-CA", "preferredCountry": "US"},
+            "clientNetworkInfo": {"ipv4": "192.168.1.2", "natType": "Symmetric", "stunMappedAddress": null}
+        })
+    };
+    let path = "/api/v1/routing/request";
+    let (status, body) = server
+        .post(path, Some(&token), &request(client.id, Some(target.id)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let routes = body["routes"].as_array().unwrap();
+    assert_eq!(
+        routes.len(),
+        1,
+        "two symmetric NATs get only a relay: {body}"
+    );
+    assert_eq!(routes[0]["type"], "relay");
+    assert_eq!(body["selectedRoute"]["id"], format!("relay:{}", target.id));
+
+    let (_, body) = server
+        .post(path, Some(&token), &request(client.id, None))
+        .await;
+    let first = &body["selectedRoute"];
+    assert_eq!(first["type"], "direct", "{body}");
+    assert_eq!(first["path"][0], open.id.to_string());
+    assert!(
+        body["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["path"][0] != client.id.to_string())
+    );
+
+    let (status, body) = server
+        .post(path, Some(&token), &request(target.id, None))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, _) = server.post(path, None, &request(client.id, None)).await;
+    assert_eq!(status, 401);
+    let (status, body) = server
+        .post(
+            path,
+            Some(&token),
+            &request(client.id, Some(uuid::Uuid::new_v4())),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("node_not_found"))
+    );
+    server.stop().await;
+}
+
+async fn ice_credentials_verify_like_coturn(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("BR-SP");
+    let token = server.register(&node).await;
+    assert_eq!(server.get("/api/v1/turn/ice", None).await.0, 401);
+    let (status, body) = server.get("/api/v1/turn/ice", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ttl"], 600);
+    let servers = body["iceServers"].as_array().unwrap();
+    assert_eq!(servers[0]["urls"][0], "stun:turn.example.test:3478");
+    assert!(servers[0].get("username").is_none());
+    let turn = &servers[1];
+    assert_eq!(turn["urls"][0], "turn:turn.example.test:3478?transport=udp");
+    assert_eq!(servers[2]["urls"][0], "stun:stun.example.test:3478");
+    let username = turn["username"].as_str().unwrap();
+    let password = turn["credential"].as_str().unwrap();
+    let expiry = common::START.as_secs() + 600;
+    assert_eq!(username, format!("{expiry}:{}", node.id));
+    let now = u64::try_from(common::START.as_secs()).unwrap();
+    let secrets = &server.state.config.turn.secrets;
+    let secret = credentials::verify(secrets, username, password, now).unwrap();
+    assert_eq!(secret.as_bytes(), TURN_SECRET.as_bytes());
+    assert_eq!(
+        credentials::verify(secrets, username, password, now + 601),
+        Err(credentials::CredentialError::Expired)
+    );
+    server.stop().await;
+}
+
+async fn health_endpoints_report_readiness(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    assert_eq!(
+        server.get("/health", None).await,
+        (
+            200,
+            json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})
+        )
+    );
+    assert_eq!(
+        server.get("/health/live", None).await,
+        (200, json!({"status": "live"}))
+    );
+    let (status, body) = server.get("/health/ready", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["database"], "ok");
+    let redis = if backend == Backend::Sqlite {
+        "not_configured"
+    } else {
+        "ok"
+    };
+    assert_eq!(body["checks"]["redis"], redis);
+
+    // The database goes away: ready says so, live does not care.
+    server.state.store.close().await;
+    let response = server
+        .http
+        .get(server.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert!(
+        body["checks"]["database"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed"),
+        "{body}"
+    );
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert_eq!(server.get("/health/live", None).await.0, 200);
+    // And the API answers 503, not 500.
+    let (status, body) = server
+        .post(
+            "/api/v1/nodes/register",
+            None,
+            &Node::new("US-CA").registration(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert_eq!(server.sample("bosonserver_database_up").await, 0.0);
+}
+
+async fn concurrent_registrations_of_one_id_create_it_once(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("IN-MH");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let http = server.http.clone();
+        let url = server.url("/api/v1/nodes/register");
+        let body = node.registration();
+        tasks.push(tokio::spawn(async move {
+            let response = http.post(url).json(&body).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body["error"]["code"].as_str().map(str::to_owned))
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (201, None) => created += 1,
+            (409, Some(code)) => assert!(
+                ["node_active", "registration_conflict"].contains(&code.as_str()),
+                "{code}"
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 1);
+    server.stop().await;
+}
+
+/// Redis holds presence with the node timeout as its expiry.
+#[tokio::test]
+async fn presence_is_published_to_redis_with_expiry() {
+    let Some(server) = TestServer::start(Backend::PostgresRedis).await else {
+        return;
+    };
+    let node = Node::new("GB-LND");
+    let token = server.register(&node).await;
+    assert_eq!(server.heartbeat(&node, &token, 3).await.0, 200);
+    let redis = server.state.config.redis.clone().unwrap();
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}presence:{}", redis.prefix, node.id);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((1..=90_000).contains(&ttl), "{key} has PTTL {ttl}");
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(value.contains("\"generation\":1"), "{value}");
+    server.stop().await;
+}
+
+/// A Redis that dies makes the server not ready and the registration answer 503.
+#[tokio::test]
+async fn readiness_names_redis_when_it_is_down() {
+    if common::postgres_and_redis().is_none() {
+        return;
+    }
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed for this test");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut ready = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "private redis-server did not start");
+    let options = Options {
+        redis_url: Some(url),
+        ..Options::default()
+    };
+    let server = TestServer::start_with(Backend::PostgresRedis, options)
+        .await
+        .unwrap();
+    assert_eq!(server.get("/health/ready", None).await.0, 200);
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let (status, body) = server.get("/health/ready", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed"),
+        "{body}"
+    );
+    assert_eq!(body["checks"]["database"], "ok");
+    let (status, body) = server
+        .post(
+            "/api/v1/nodes/register",
+            None,
+            &Node::new("US-CA").registration(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+impl TestServer {
+    fn clock_now(&self) -> boson_control::clock::UnixMillis {
+        use boson_control::clock::Clock as _;
+        self.clock.now()
+    }
+}

@@ -1,0 +1,337 @@
+//! Starts the real control plane on an ephemeral loopback port, against a fresh SQLite file or
+//! a fresh PostgreSQL database plus a private Redis key prefix, with a manual clock.
+//!
+//! PostgreSQL and Redis come from `BOSON_TEST_DATABASE_URL` (a URL the tests may use to
+//! `CREATE DATABASE`) and `BOSON_TEST_REDIS_URL`. Without them these tests are skipped with a
+//! message, except when `CI` is set: then they fail.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use boson_control::AppState;
+use boson_control::clock::{ManualClock, UnixMillis};
+use boson_control::config::{Config, JwtConfig, NodePolicy, RedisConfig, TurnConfig};
+use boson_shared::TurnSecret;
+use serde_json::{Value, json};
+use sqlx::Connection as _;
+use tokio::sync::oneshot;
+
+/// Which storage the server under test uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// SQLite file, limits in process.
+    Sqlite,
+    /// PostgreSQL and Redis.
+    PostgresRedis,
+}
+
+/// Unix ms the manual clock starts at (2027-01-15).
+pub(crate) const START: UnixMillis = UnixMillis(1_800_000_000_000);
+pub(crate) const JWT_SECRET: &[u8] = b"integration-test-secret-of-32-bytes!";
+pub(crate) const TURN_SECRET: &str = "turn-test-secret";
+
+/// Settings a test may change before the server starts.
+pub(crate) struct Options {
+    pub(crate) node_timeout: Duration,
+    pub(crate) register_rate_limit: u32,
+    pub(crate) redis_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            node_timeout: Duration::from_secs(90),
+            register_rate_limit: 1000,
+            redis_url: None,
+        }
+    }
+}
+
+pub(crate) struct TestServer {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) clock: ManualClock,
+    pub(crate) state: AppState,
+    pub(crate) backend: Backend,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+fn required_env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{name} must be set when CI is set: PostgreSQL/Redis tests may not be skipped")
+        }
+        _ => {
+            eprintln!(
+                "skipped: {name} is not set (run scripts/test.sh to start PostgreSQL and Redis)"
+            );
+            None
+        }
+    }
+}
+
+/// The PostgreSQL and Redis URLs, or `None` when the test should be skipped.
+pub(crate) fn postgres_and_redis() -> Option<(String, String)> {
+    Some((
+        required_env("BOSON_TEST_DATABASE_URL")?,
+        required_env("BOSON_TEST_REDIS_URL")?,
+    ))
+}
+
+async fn fresh_postgres_database(admin_url: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let name = format!("boson_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::AnyConnection::connect(admin_url)
+        .await
+        .expect("connecting to BOSON_TEST_DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("creating a test database");
+    admin.close().await.ok();
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("BOSON_TEST_DATABASE_URL has a database path");
+    format!("{base}/{name}")
+}
+
+impl TestServer {
+    /// Starts a server, or returns `None` if the backend is not available here (never in CI).
+    pub(crate) async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, Options::default()).await
+    }
+
+    pub(crate) async fn start_with(backend: Backend, options: Options) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let (database_url, redis) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display()),
+                options.redis_url.map(|url| RedisConfig {
+                    url,
+                    prefix: format!("boson-test:{}:", uuid::Uuid::new_v4().simple()),
+                }),
+            ),
+            Backend::PostgresRedis => {
+                let (pg, redis) = postgres_and_redis()?;
+                (
+                    fresh_postgres_database(&pg).await,
+                    Some(RedisConfig {
+                        url: options.redis_url.unwrap_or(redis),
+                        prefix: format!("boson-test:{}:", uuid::Uuid::new_v4().simple()),
+                    }),
+                )
+            }
+        };
+        let config = Config {
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            database_url,
+            redis,
+            jwt: JwtConfig {
+                secret: JWT_SECRET.to_vec(),
+                ttl: Duration::from_secs(3600),
+            },
+            turn: TurnConfig {
+                secrets: vec![TurnSecret::new(TURN_SECRET), TurnSecret::new("older")],
+                credential_ttl: Duration::from_secs(600),
+                public_host: "turn.example.test".to_owned(),
+                port: 3478,
+                extra_urls: vec!["stun:stun.example.test:3478".to_owned()],
+            },
+            nodes: NodePolicy {
+                timeout: options.node_timeout,
+                heartbeat_interval: options.node_timeout / 3,
+                sweep_interval: Duration::from_millis(20),
+            },
+            register_rate_limit: options.register_rate_limit,
+            max_body_bytes: 16 * 1024,
+        };
+        let clock = ManualClock::new(START);
+        let state = AppState::connect(config, Arc::new(clock.clone()))
+            .await
+            .expect("starting the control plane");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(boson_control::serve(state.clone(), listener, async move {
+            let _ = rx.await;
+        }));
+        Some(Self {
+            base,
+            http: reqwest::Client::new(),
+            clock,
+            state,
+            backend,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        })
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `body` as JSON with an optional bearer token; returns status and parsed body.
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    /// Registers `node` and returns its token, asserting 201.
+    pub(crate) async fn register(&self, node: &Node) -> String {
+        let (status, body) = self
+            .post("/api/v1/nodes/register", None, &node.registration())
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["sessionToken"].as_str().unwrap().to_owned()
+    }
+
+    pub(crate) async fn heartbeat(&self, node: &Node, token: &str, active: u32) -> (u16, Value) {
+        self.post(
+            &format!("/api/v1/nodes/{}/heartbeat", node.id),
+            Some(token),
+            &json!({"metrics": {"latency": 12.5, "cpuUsage": 30, "activeConnections": active}}),
+        )
+        .await
+    }
+
+    /// The Prometheus text.
+    pub(crate) async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of an unlabelled sample in the Prometheus text.
+    pub(crate) async fn sample(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A node a test registers.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub(crate) id: uuid::Uuid,
+    pub(crate) key: String,
+    pub(crate) region: &'static str,
+    pub(crate) nat: &'static str,
+}
+
+impl Node {
+    pub(crate) fn new(region: &'static str) -> Self {
+        let key: [u8; 32] = rand_bytes();
+        Self {
+            id: uuid::Uuid::new_v4(),
+            key: base64_encode(&key),
+            region,
+            nat: "FullCone",
+        }
+    }
+
+    pub(crate) fn registration(&self) -> Value {
+        json!({
+            "nodeId": self.id,
+            "publicKey": self.key,
+            "networkInfo": {
+                "ipv4": "192.168.1.1", "ipv6": null, "natType": self.nat,
+                "stunMappedAddress": "203.0.113.1:51820", "localPort": 51820
+            },
+            "capabilities": {
+                "maxConnections": 100, "bandwidth": {"up": 100, "down": 100},
+                "routing": true, "natting": true
+            },
+            "location": {"country": &self.region[..2], "region": self.region, "coordinates": [37.7749, -122.4194]},
+            "metrics": {"latency": 50, "jitter": 5, "packetLoss": 0.1, "cpuUsage": 30, "memoryUsage": 40},
+            "heartbeatInterval": 30
+        })
+    }
+}
+
+/// 32 random bytes (two v4 UUIDs: the tests need uniqueness, not key quality).
+fn rand_bytes() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    out[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    out
+}
+
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Generates one `#[tokio::test]` per backend for each listed `async fn name(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::PostgresRedis).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests.
+# Exports BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL; stops both on exit.
+
+services_dir=""
+
+stop_test_services() {
+    [ -n "$services_dir" ] || return 0
+    if [ -f "$services_dir/redis.pid" ]; then
+        kill "$(cat "$services_dir/redis.pid")" 2>/dev/null || true
+    fi
+    if [ -f "$services_dir/pg/postmaster.pid" ]; then
+        as_postgres "$pg_bin/pg_ctl" -D "$services_dir/pg" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$services_dir"
+}
+
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+install_if_missing() {
+    local need=()
+    [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ] || need+=(postgresql)
+    command -v redis-server >/dev/null || need+=(redis-server)
+    [ ${#need[@]} -gt 0 ] || return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing ${need[*]} from Debian's packages" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing ${need[*]}: install them (or set BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL)" >&2
+        return 1
+    fi
+}
+
+start_test_services() {
+    if [ -n "${BOSON_TEST_DATABASE_URL:-}" ] && [ -n "${BOSON_TEST_REDIS_URL:-}" ]; then
+        echo "using BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL as given" >&2
+        return 0
+    fi
+    if ! install_if_missing; then
+        if [ -n "${CI:-}" ]; then
+            echo "CI is set: PostgreSQL and Redis are required" >&2
+            exit 1
+        fi
+        echo "PostgreSQL/Redis tests will be skipped" >&2
+        return 0
+    fi
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    services_dir=$(mktemp -d /tmp/boson-test-services.XXXXXX)
+    chmod 755 "$services_dir"
+    trap stop_test_services EXIT
+
+    local pg_port redis_port
+    pg_port=$(free_port)
+    mkdir "$services_dir/pg"
+    [ "$(id -u)" = 0 ] && chown postgres: "$services_dir/pg"
+    as_postgres "$pg_bin/initdb" -D "$services_dir/pg" -U postgres -A trust --no-sync >"$services_dir/initdb.log" 2>&1 \
+        || { cat "$services_dir/initdb.log" >&2; exit 1; }
+    as_postgres "$pg_bin/pg_ctl" -D "$services_dir/pg" -l "$services_dir/pg/server.log" -w \
+        -o "-p $pg_port -k $services_dir/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" \
+        start >/dev/null || { cat "$services_dir/pg/server.log" >&2; exit 1; }
+    export BOSON_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+        --pidfile "$services_dir/redis.pid" --logfile "$services_dir/redis.log" --dir "$services_dir"
+    for _ in $(seq 50); do
+        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    export BOSON_TEST_REDIS_URL="redis://127.0.0.1:$redis_port/"
+    echo "PostgreSQL on 127.0.0.1:$pg_port, Redis on 127.0.0.1:$redis_port (throw-away)" >&2
+}
