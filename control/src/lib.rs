@@ -4,7 +4,7 @@
 //! routes and for TURN credentials. State lives in SQLite (embedded default) or PostgreSQL,
 //! and, when configured, in Redis for limits and presence shared between hosts.
 //!
-//! The handlers in [`http`] are plain async functions; the decisions they make are pure
+//! The handlers (module `http`) are plain async functions; the decisions they make are pure
 //! functions of `now` and data ([`registry::decide`], [`routing::rank`],
 //! [`cache::rate_decision`], [`auth::Tokens::verify`]), tested without a database.
 
