@@ -16,7 +16,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 
 type HmacSha1 = Hmac<Sha1>;
@@ -46,7 +46,7 @@ impl TurnSecret {
 
     fn mac(&self, username: &str) -> HmacSha1 {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = <HmacSha1 as Mac>::new_from_slice(&self.0)
+        let mut mac = <HmacSha1 as KeyInit>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(username.as_bytes());
         mac

@@ -1,0 +1,194 @@
+//! The `bosonserver` binary as a user runs it: no configuration at all, in an empty directory.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Variables that would change the embedded defaults if the caller's environment had them.
+const CONFIG_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "TURN_STATIC_SECRET",
+    "POSTGRES_PASSWORD",
+    "BOSON_DATA_DIR",
+    "BOSON_HTTP_LISTEN",
+    "BOSON_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+struct Running {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary in `dir` with `args` and waits for the "listening" log line.
+fn start(dir: &std::path::Path, args: &[&str]) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bosonserver"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for var in CONFIG_VARS {
+        command.env_remove(var);
+    }
+    let mut child = command.spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server never said where it listens");
+    Running { child, base }
+}
+
+#[test]
+fn runs_on_embedded_defaults_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["run", "--http-listen", "127.0.0.1:0"]);
+    let http = reqwest::blocking_client();
+    let (status, body) = http.get(&format!("{}/health/ready", server.base));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"]["database"], "ok");
+    assert_eq!(body["checks"]["redis"], "not_configured");
+
+    let node = json!({
+        "nodeId": "550e8400-e29b-41d4-a716-446655440000",
+        "publicKey": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+        "networkInfo": {"ipv4": "192.168.1.1", "natType": "FullCone", "localPort": 51820},
+        "capabilities": {"maxConnections": 100, "bandwidth": {"up": 100, "down": 100}},
+        "location": {"country": "US", "region": "US-CA"}
+    });
+    let (status, body) = http.post(
+        &format!("{}/api/v1/nodes/register", server.base),
+        &node,
+        None,
+    );
+    assert_eq!(status, 201, "{body}");
+    let token = body["sessionToken"].as_str().unwrap().to_owned();
+    let beat = json!({"metrics": {"latency": 20, "cpuUsage": 5, "activeConnections": 2}});
+    let url = format!(
+        "{}/api/v1/nodes/550e8400-e29b-41d4-a716-446655440000/heartbeat",
+        server.base
+    );
+    assert_eq!(http.post(&url, &beat, Some(&token)).0, 200);
+    let metrics = http.text(&format!("{}/metrics", server.base));
+    assert!(
+        metrics.contains("\nbosonserver_active_nodes 1\n"),
+        "{metrics}"
+    );
+
+    // The embedded defaults live in ./data: database and development secrets.
+    for file in ["bosonserver.db", "jwt-secret", "turn-secret"] {
+        assert!(dir.path().join("data").join(file).exists(), "{file}");
+    }
+
+    // SIGTERM: graceful shutdown, exit 0.
+    let mut server = server;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..500 {
+        exited = server.child.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = exited.expect("no exit within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+
+    // A restart keeps the node and its token (the development secret is persisted).
+    let again = start(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    assert_eq!(
+        http.post(&url.replace(&server.base, &again.base), &beat, Some(&token))
+            .0,
+        200
+    );
+}
+
+#[test]
+fn invalid_configuration_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_bosonserver"))
+        .args(["run", "--jwt-secret", "too-short"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("JWT_SECRET must be at least 32 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A tiny blocking HTTP client over reqwest's async one.
+mod reqwest {
+    use super::Value;
+
+    pub(super) struct Client(tokio::runtime::Runtime, ::reqwest::Client);
+
+    pub(super) fn blocking_client() -> Client {
+        Client(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            ::reqwest::Client::new(),
+        )
+    }
+
+    impl Client {
+        pub(super) fn get(&self, url: &str) -> (u16, Value) {
+            self.0.block_on(async {
+                let response = self.1.get(url).send().await.unwrap();
+                (response.status().as_u16(), response.json().await.unwrap())
+            })
+        }
+
+        pub(super) fn post(&self, url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
+            self.0.block_on(async {
+                let mut request = self.1.post(url).json(body);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.unwrap();
+                (response.status().as_u16(), response.json().await.unwrap())
+            })
+        }
+
+        pub(super) fn text(&self, url: &str) -> String {
+            self.0
+                .block_on(async { self.1.get(url).send().await.unwrap().text().await.unwrap() })
+        }
+    }
+}
