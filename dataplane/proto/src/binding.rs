@@ -6,8 +6,9 @@
 //! an output buffer, and acts on the [`BindingOutcome`]:
 //!
 //! 1. not STUN, malformed, or with a wrong FINGERPRINT → [`BindingOutcome::Drop`];
-//! 2. a response, or a method other than Binding → `Drop` (the TURN layer, once it exists,
-//!    dispatches other methods before they get here, via [`StunServer::handle_message`]);
+//! 2. a response, or a method other than Binding → `Drop` (the TURN server,
+//!    [`crate::turn::Server`], dispatches other methods itself and shares this responder's code
+//!    for Binding);
 //! 3. a Binding indication (keepalive) → [`BindingOutcome::Absorb`], or `Drop` if it carries
 //!    unknown comprehension-required attributes;
 //! 4. a Binding request with unknown comprehension-required attributes → 420 error response
@@ -179,43 +180,7 @@ impl StunServer {
         message: &Message<'_>,
         out: &mut [u8],
     ) -> BindingOutcome {
-        if message.has_fingerprint() && message.verify_fingerprint().is_err() {
-            return self.drop(DropReason::BadFingerprint);
-        }
-        let class = message.class();
-        if class.is_response() {
-            return self.drop(DropReason::UnexpectedResponse);
-        }
-        if message.method() != Method::BINDING {
-            return self.drop(DropReason::UnsupportedMethod);
-        }
-
-        let mut unknown = [AttrType::new(0); MAX_UNKNOWN_REPORTED];
-        let unknown = collect_unknown(message, self.config.is_known, &mut unknown);
-
-        if class == Class::Indication {
-            if !unknown.is_empty() {
-                return self.drop(DropReason::UnknownAttributeInIndication);
-            }
-            self.stats.binding_indications += 1;
-            return BindingOutcome::Absorb;
-        }
-
-        let written = if unknown.is_empty() {
-            self.write_success(src, message, out)
-        } else {
-            self.write_unknown_attributes(unknown, message, out)
-        };
-        let Ok(len) = written else {
-            return self.drop(DropReason::BufferTooSmall);
-        };
-        self.stats.binding_requests += 1;
-        if unknown.is_empty() {
-            self.stats.binding_success += 1;
-        } else {
-            self.stats.binding_errors += 1;
-        }
-        BindingOutcome::Reply { dst: src, len }
+        respond(&self.config, &mut self.stats, src, message, out)
     }
 
     /// The counters so far.
@@ -227,52 +192,108 @@ impl StunServer {
         self.stats.drops.record(reason);
         BindingOutcome::Drop(reason)
     }
+}
 
-    fn write_success(
-        &self,
-        src: ClientAddr,
-        request: &Message<'_>,
-        out: &mut [u8],
-    ) -> Result<usize, EncodeError> {
-        let mut enc = Encoder::new(out, MessageType::BINDING_SUCCESS, request.transaction_id())?;
-        enc.add(&XorMappedAddress(src.reflexive()))?;
-        let len = self.finish(enc, request)?;
-        Ok(len)
+/// The Binding responder as a function of its configuration and counters, so the TURN server
+/// answers Binding requests with the same code while keeping one [`Stats`].
+pub(crate) fn respond(
+    config: &BindingConfig,
+    stats: &mut Stats,
+    src: ClientAddr,
+    message: &Message<'_>,
+    out: &mut [u8],
+) -> BindingOutcome {
+    let mut drop = |reason: DropReason| {
+        stats.drops.record(reason);
+        BindingOutcome::Drop(reason)
+    };
+    if message.has_fingerprint() && message.verify_fingerprint().is_err() {
+        return drop(DropReason::BadFingerprint);
+    }
+    let class = message.class();
+    if class.is_response() {
+        return drop(DropReason::UnexpectedResponse);
+    }
+    if message.method() != Method::BINDING {
+        return drop(DropReason::UnsupportedMethod);
     }
 
-    fn write_unknown_attributes(
-        &self,
-        unknown: &[AttrType],
-        request: &Message<'_>,
-        out: &mut [u8],
-    ) -> Result<usize, EncodeError> {
-        let mut enc = Encoder::new(out, MessageType::BINDING_ERROR, request.transaction_id())?;
-        enc.add(&ErrorCodeAttr::with_default_reason(
-            ErrorCode::UNKNOWN_ATTRIBUTE,
-        ))?;
-        enc.add(&UnknownAttributes::new(unknown))?;
-        let len = self.finish(enc, request)?;
-        Ok(len)
-    }
+    let mut unknown = [AttrType::new(0); MAX_UNKNOWN_REPORTED];
+    let unknown = collect_unknown(message, config.is_known, &mut unknown);
 
-    /// SOFTWARE if configured, then FINGERPRINT if the request had one.
-    fn finish(&self, mut enc: Encoder<'_>, request: &Message<'_>) -> Result<usize, EncodeError> {
-        if let Some(software) = &self.config.software {
-            enc.add(software)?;
+    if class == Class::Indication {
+        if !unknown.is_empty() {
+            return drop(DropReason::UnknownAttributeInIndication);
         }
-        let trailer = if request.has_fingerprint() {
-            Trailer::new().with_fingerprint()
-        } else {
-            Trailer::new()
-        };
-        let len = enc.finish(trailer)?;
-        Ok(len)
+        stats.binding_indications += 1;
+        return BindingOutcome::Absorb;
     }
+
+    let written = if unknown.is_empty() {
+        write_success(config, src, message, out)
+    } else {
+        write_unknown_attributes(config, unknown, message, out)
+    };
+    let Ok(len) = written else {
+        return drop(DropReason::BufferTooSmall);
+    };
+    stats.binding_requests += 1;
+    if unknown.is_empty() {
+        stats.binding_success += 1;
+    } else {
+        stats.binding_errors += 1;
+    }
+    BindingOutcome::Reply { dst: src, len }
+}
+
+fn write_success(
+    config: &BindingConfig,
+    src: ClientAddr,
+    request: &Message<'_>,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mut enc = Encoder::new(out, MessageType::BINDING_SUCCESS, request.transaction_id())?;
+    enc.add(&XorMappedAddress(src.reflexive()))?;
+    let len = finish(config, enc, request)?;
+    Ok(len)
+}
+
+fn write_unknown_attributes(
+    config: &BindingConfig,
+    unknown: &[AttrType],
+    request: &Message<'_>,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mut enc = Encoder::new(out, MessageType::BINDING_ERROR, request.transaction_id())?;
+    enc.add(&ErrorCodeAttr::with_default_reason(
+        ErrorCode::UNKNOWN_ATTRIBUTE,
+    ))?;
+    enc.add(&UnknownAttributes::new(unknown))?;
+    let len = finish(config, enc, request)?;
+    Ok(len)
+}
+
+/// SOFTWARE if configured, then FINGERPRINT if the request had one.
+fn finish(
+    config: &BindingConfig,
+    mut enc: Encoder<'_>,
+    request: &Message<'_>,
+) -> Result<usize, EncodeError> {
+    if let Some(software) = &config.software {
+        enc.add(software)?;
+    }
+    let trailer = if request.has_fingerprint() {
+        Trailer::new().with_fingerprint()
+    } else {
+        Trailer::new()
+    };
+    let len = enc.finish(trailer)?;
+    Ok(len)
 }
 
 /// Fills `out` with the distinct unknown comprehension-required types of `message`, in wire
 /// order, up to `out.len()`, and returns the filled part.
-fn collect_unknown<'o>(
+pub(crate) fn collect_unknown<'o>(
     message: &Message<'_>,
     is_known: fn(AttrType) -> bool,
     out: &'o mut [AttrType],

@@ -4,7 +4,7 @@
 //! with `stats()` and aggregates on scrape. [`DropReason::as_str`] labels are stable metric label
 //! values; renaming one is a breaking change for dashboards.
 
-use crate::stun::ParseError;
+use crate::stun::{ErrorCode, ParseError};
 
 /// Why a datagram was dropped without a response.
 ///
@@ -32,13 +32,39 @@ pub enum DropReason {
     /// An indication with unknown comprehension-required attributes; RFC 8489 §6.3.2 says to
     /// discard it silently.
     UnknownAttributeInIndication,
-    /// The caller's output buffer cannot hold the response.
+    /// The caller's output buffer cannot hold the response (or, for peer data, the
+    /// encapsulation).
     BufferTooSmall,
+    /// ChannelData shorter than its 4-byte header or than the length it declares.
+    ChannelDataTruncated,
+    /// ChannelData followed by more than the 3 padding bytes UDP allows.
+    ChannelDataTrailingBytes,
+    /// ChannelData on a reserved channel number (0x5000..=0x7FFF).
+    ReservedChannel,
+    /// ChannelData on a channel that is not bound (or whose binding expired).
+    UnboundChannel,
+    /// ChannelData or a Send indication from a 5-tuple without an allocation, or peer data for
+    /// a relay port without one.
+    NoAllocation,
+    /// Relaying needs a live permission for the peer's IP, and there is none.
+    NoPermission,
+    /// A Send indication toward a peer the peer filter denies.
+    PeerFiltered,
+    /// A Send indication toward a peer of another address family than the relay.
+    PeerFamilyMismatch,
+    /// A Send indication without XOR-PEER-ADDRESS or DATA, or with undecodable ones.
+    MalformedIndication,
+    /// An indication of a method that has none (or a Data indication from a client).
+    UnexpectedIndication,
+    /// A response before authentication (401, 438, 400) over the source's rate limit.
+    RateLimited,
+    /// Peer data too large to encapsulate (ChannelData or STUN length field overflow).
+    PayloadTooLarge,
 }
 
 impl DropReason {
     /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 22] = [
         Self::NotStun,
         Self::Truncated,
         Self::BadLength,
@@ -49,6 +75,18 @@ impl DropReason {
         Self::UnsupportedMethod,
         Self::UnknownAttributeInIndication,
         Self::BufferTooSmall,
+        Self::ChannelDataTruncated,
+        Self::ChannelDataTrailingBytes,
+        Self::ReservedChannel,
+        Self::UnboundChannel,
+        Self::NoAllocation,
+        Self::NoPermission,
+        Self::PeerFiltered,
+        Self::PeerFamilyMismatch,
+        Self::MalformedIndication,
+        Self::UnexpectedIndication,
+        Self::RateLimited,
+        Self::PayloadTooLarge,
     ];
 
     /// Number of reasons.
@@ -67,6 +105,18 @@ impl DropReason {
             Self::UnsupportedMethod => "unsupported_method",
             Self::UnknownAttributeInIndication => "unknown_attribute_in_indication",
             Self::BufferTooSmall => "buffer_too_small",
+            Self::ChannelDataTruncated => "channel_data_truncated",
+            Self::ChannelDataTrailingBytes => "channel_data_trailing_bytes",
+            Self::ReservedChannel => "reserved_channel",
+            Self::UnboundChannel => "unbound_channel",
+            Self::NoAllocation => "no_allocation",
+            Self::NoPermission => "no_permission",
+            Self::PeerFiltered => "peer_filtered",
+            Self::PeerFamilyMismatch => "peer_family_mismatch",
+            Self::MalformedIndication => "malformed_indication",
+            Self::UnexpectedIndication => "unexpected_indication",
+            Self::RateLimited => "rate_limited",
+            Self::PayloadTooLarge => "payload_too_large",
         }
     }
 
@@ -117,7 +167,81 @@ impl DropCounters {
     }
 }
 
-/// Counters of the STUN Binding responder. Plain `u64`s, monotonically increasing.
+/// Error responses sent, by code. The codes the TURN server sends have their own counter;
+/// anything else lands in [`other`](Self::other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ErrorCounters {
+    counts: [u64; Self::CODES.len()],
+    other: u64,
+}
+
+impl ErrorCounters {
+    /// The codes with a counter of their own, in [`iter`](Self::iter) order.
+    pub const CODES: [ErrorCode; 13] = [
+        ErrorCode::BAD_REQUEST,
+        ErrorCode::UNAUTHENTICATED,
+        ErrorCode::FORBIDDEN,
+        ErrorCode::UNKNOWN_ATTRIBUTE,
+        ErrorCode::ALLOCATION_MISMATCH,
+        ErrorCode::STALE_NONCE,
+        ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
+        ErrorCode::WRONG_CREDENTIALS,
+        ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL,
+        ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
+        ErrorCode::ALLOCATION_QUOTA_REACHED,
+        ErrorCode::SERVER_ERROR,
+        ErrorCode::INSUFFICIENT_CAPACITY,
+    ];
+
+    /// Responses sent with `code` (0 for a code without its own counter).
+    pub fn get(&self, code: ErrorCode) -> u64 {
+        Self::CODES
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.counts[i])
+    }
+
+    /// Responses with a code outside [`CODES`](Self::CODES).
+    pub const fn other(&self) -> u64 {
+        self.other
+    }
+
+    /// Every code with its own counter, with its count.
+    pub fn iter(&self) -> impl Iterator<Item = (ErrorCode, u64)> + '_ {
+        Self::CODES.into_iter().zip(self.counts.iter().copied())
+    }
+
+    /// Error responses of any code.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum::<u64>() + self.other
+    }
+
+    pub(crate) fn record(&mut self, code: ErrorCode) {
+        match Self::CODES.iter().position(|c| *c == code) {
+            Some(i) => self.counts[i] += 1,
+            None => self.other += 1,
+        }
+    }
+}
+
+/// Packets and payload bytes relayed in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayCounters {
+    /// Datagrams relayed.
+    pub packets: u64,
+    /// Application payload bytes relayed (without ChannelData or STUN framing).
+    pub bytes: u64,
+}
+
+impl RelayCounters {
+    pub(crate) const fn record(&mut self, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+/// Counters of the STUN Binding responder and the TURN server. Plain `u64`s: monotonically
+/// increasing, except the gauges, which say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Stats {
@@ -131,6 +255,28 @@ pub struct Stats {
     pub binding_indications: u64,
     /// Datagrams dropped, by reason.
     pub drops: DropCounters,
+    /// Gauge: live TURN allocations.
+    pub allocations: u64,
+    /// Allocations created.
+    pub allocations_created: u64,
+    /// Allocations that expired (lifetime ran out without a Refresh).
+    pub allocations_expired: u64,
+    /// Allocations deleted by a Refresh with LIFETIME 0, or because the shell could not bind
+    /// their port.
+    pub allocations_deleted: u64,
+    /// Gauge: installed permissions, over all allocations.
+    pub permissions: u64,
+    /// Gauge: channel bindings, over all allocations, including those in their post-expiry
+    /// cooldown.
+    pub channels: u64,
+    /// TURN success responses (Allocate, Refresh, CreatePermission, ChannelBind).
+    pub success_responses: u64,
+    /// TURN error responses, by code.
+    pub error_responses: ErrorCounters,
+    /// ChannelData and Send-indication payloads relayed from clients to peers.
+    pub client_to_peer: RelayCounters,
+    /// Peer datagrams relayed to clients as ChannelData or Data indications.
+    pub peer_to_client: RelayCounters,
 }
 
 #[cfg(test)]

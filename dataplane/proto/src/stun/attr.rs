@@ -305,7 +305,26 @@ fn decode_address(
     Ok(SocketAddr::new(ip, port))
 }
 
-const fn address_value_len(addr: &SocketAddr) -> usize {
+/// Decodes an XOR-ed address attribute value (XOR-MAPPED-ADDRESS layout), for the TURN layer's
+/// XOR-PEER-ADDRESS and XOR-RELAYED-ADDRESS.
+pub(crate) fn decode_xor_address(
+    attr: AttrType,
+    value: &[u8],
+    transaction_id: &TransactionId,
+) -> Result<SocketAddr, AttrError> {
+    decode_address(attr, value, Obfuscation::Xor, transaction_id)
+}
+
+/// Encodes an XOR-ed address attribute value into `out` ([`address_value_len`] bytes).
+pub(crate) fn encode_xor_address(
+    addr: &SocketAddr,
+    transaction_id: &TransactionId,
+    out: &mut [u8],
+) {
+    encode_address(addr, Obfuscation::Xor, transaction_id, out);
+}
+
+pub(crate) const fn address_value_len(addr: &SocketAddr) -> usize {
     match addr {
         SocketAddr::V4(_) => 4 + 4,
         SocketAddr::V6(_) => 4 + 16,

@@ -114,6 +114,15 @@ pub enum AttrError {
         /// The limit in characters.
         max: usize,
     },
+    /// A value outside the range its attribute allows (a CHANNEL-NUMBER outside
+    /// 0x4000..=0x4FFF, for example).
+    #[error("attribute {attr:?} has out-of-range value {value:#x}")]
+    OutOfRange {
+        /// Type of the attribute.
+        attr: AttrType,
+        /// The value found.
+        value: u32,
+    },
     /// ERROR-CODE with a class outside 3..=6 or a number above 99.
     #[error("error code class {class} number {number} is outside 300..=699")]
     InvalidErrorCode {

@@ -58,6 +58,7 @@ pub use attr::{
     AttrType, Attribute, ErrorCode, ErrorCodeAttr, MappedAddress, Nonce, Realm, Software,
     UnknownAttributes, Username, XorMappedAddress,
 };
+pub(crate) use attr::{address_value_len, decode_xor_address, encode_xor_address};
 pub use encode::{Encoder, Trailer};
 pub use error::{AttrError, EncodeError, FingerprintError, IntegrityError, ParseError};
 pub use fingerprint::FINGERPRINT_XOR;

@@ -1,0 +1,230 @@
+//! One allocation's state: its client, relay port, lifetime, permissions and channel bindings.
+//!
+//! Lookups the relay hot path makes (permission by peer IP, peer by channel, channel by peer)
+//! are hash maps. Nothing here is iterated: expiry is driven by the server's timer queue, which
+//! names the entry to look at, so maps never need walking.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::{ChannelNumber, PeerAddr};
+use crate::binding::ClientAddr;
+use crate::stun::TransactionId;
+
+/// Tells apart allocations that used the same relay port at different times, so a timer set
+/// for an old one never touches its successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct AllocationId(pub(crate) u64);
+
+/// A channel binding. Active until `expires_at`, then in cooldown for the configured time,
+/// during which neither its number nor its peer can be rebound to something else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Channel {
+    pub(crate) peer: PeerAddr,
+    pub(crate) expires_at: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Allocation {
+    pub(crate) id: AllocationId,
+    pub(crate) client: ClientAddr,
+    /// The REST username that created it; later requests must use the same.
+    username: String,
+    /// Where the `user` part starts in `username`.
+    user_start: usize,
+    /// Transaction id of the Allocate that created it, to recognise retransmissions.
+    pub(crate) transaction_id: TransactionId,
+    /// The LIFETIME that Allocate's success response carried.
+    pub(crate) granted_lifetime: u32,
+    pub(crate) expires_at: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<ChannelNumber, Channel>,
+    peer_channels: HashMap<PeerAddr, ChannelNumber>,
+}
+
+impl Allocation {
+    pub(crate) fn new(
+        id: AllocationId,
+        client: ClientAddr,
+        username: &str,
+        user: &str,
+        transaction_id: TransactionId,
+        granted_lifetime: u32,
+        expires_at: Instant,
+    ) -> Self {
+        Self {
+            id,
+            client,
+            username: username.to_owned(),
+            user_start: username.len() - user.len(),
+            transaction_id,
+            granted_lifetime,
+            expires_at,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            peer_channels: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The quota key: what follows the first `:` of the REST username.
+    pub(crate) fn user(&self) -> &str {
+        self.username.get(self.user_start..).unwrap_or_default()
+    }
+
+    pub(crate) fn is_live(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+
+    // Permissions.
+
+    pub(crate) fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions.get(&ip).is_some_and(|&t| now < t)
+    }
+
+    pub(crate) fn permission_expiry(&self, ip: IpAddr) -> Option<Instant> {
+        self.permissions.get(&ip).copied()
+    }
+
+    /// Installs or refreshes a permission; returns the previous expiry if there was one.
+    pub(crate) fn set_permission(&mut self, ip: IpAddr, expires_at: Instant) -> Option<Instant> {
+        self.permissions.insert(ip, expires_at)
+    }
+
+    /// Removes the permission for `ip` if it has expired at `now`.
+    pub(crate) fn expire_permission(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.permissions.get(&ip).is_some_and(|&t| t <= now) {
+            self.permissions.remove(&ip);
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn permission_count(&self) -> usize {
+        self.permissions.len()
+    }
+
+    // Channels.
+
+    /// The peer of an active channel.
+    pub(crate) fn channel_peer(&self, number: ChannelNumber, now: Instant) -> Option<PeerAddr> {
+        self.channels
+            .get(&number)
+            .filter(|c| now < c.expires_at)
+            .map(|c| c.peer)
+    }
+
+    /// The active channel bound to `peer`.
+    pub(crate) fn peer_channel(&self, peer: PeerAddr, now: Instant) -> Option<ChannelNumber> {
+        let number = *self.peer_channels.get(&peer)?;
+        self.channel_peer(number, now).map(|_| number)
+    }
+
+    /// A binding of `number`, active or cooling down.
+    pub(crate) fn channel(&self, number: ChannelNumber) -> Option<Channel> {
+        self.channels.get(&number).copied()
+    }
+
+    /// The number bound to `peer`, active or cooling down.
+    pub(crate) fn channel_of(&self, peer: PeerAddr) -> Option<ChannelNumber> {
+        self.peer_channels.get(&peer).copied()
+    }
+
+    /// Binds or refreshes `number` ↔ `peer`. The caller has checked the RFC 8656 §12 rules.
+    pub(crate) fn bind_channel(
+        &mut self,
+        number: ChannelNumber,
+        peer: PeerAddr,
+        expires_at: Instant,
+    ) -> Option<Channel> {
+        self.peer_channels.insert(peer, number);
+        self.channels.insert(number, Channel { peer, expires_at })
+    }
+
+    /// Removes the binding of `number` if it expired and its cooldown ended at `now`.
+    pub(crate) fn release_channel(
+        &mut self,
+        number: ChannelNumber,
+        cooldown: std::time::Duration,
+        now: Instant,
+    ) -> bool {
+        let Some(channel) = self.channels.get(&number) else {
+            return false;
+        };
+        if channel.expires_at + cooldown > now {
+            return false;
+        }
+        let peer = channel.peer;
+        self.channels.remove(&number);
+        self.peer_channels.remove(&peer);
+        true
+    }
+
+    pub(crate) fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn allocation(now: Instant) -> Allocation {
+        Allocation::new(
+            AllocationId(1),
+            ClientAddr::new("198.51.100.1:4000".parse().unwrap()),
+            "1700000000:alice:x",
+            "alice:x",
+            TransactionId::new([1; 12]),
+            600,
+            now + Duration::from_secs(600),
+        )
+    }
+
+    #[test]
+    fn user_is_the_part_after_the_first_colon() {
+        let a = allocation(crate::turn::test_epoch());
+        assert_eq!(a.username(), "1700000000:alice:x");
+        assert_eq!(a.user(), "alice:x");
+    }
+
+    #[test]
+    fn permissions_expire_by_time() {
+        let t0 = crate::turn::test_epoch();
+        let mut a = allocation(t0);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(!a.has_permission(ip, t0));
+        assert_eq!(a.set_permission(ip, t0 + Duration::from_secs(300)), None);
+        assert!(a.has_permission(ip, t0 + Duration::from_secs(299)));
+        assert!(!a.has_permission(ip, t0 + Duration::from_secs(300)));
+        assert!(!a.expire_permission(ip, t0 + Duration::from_secs(299)));
+        assert!(a.expire_permission(ip, t0 + Duration::from_secs(300)));
+        assert_eq!(a.permission_count(), 0);
+    }
+
+    #[test]
+    fn channels_cool_down_before_release() {
+        let t0 = crate::turn::test_epoch();
+        let mut a = allocation(t0);
+        let number = ChannelNumber::new(0x4000).unwrap();
+        let peer = PeerAddr::new("192.0.2.9:7".parse().unwrap());
+        let end = t0 + Duration::from_secs(600);
+        a.bind_channel(number, peer, end);
+        assert_eq!(a.channel_peer(number, t0), Some(peer));
+        assert_eq!(a.peer_channel(peer, t0), Some(number));
+        assert_eq!(a.channel_peer(number, end), None, "inactive once expired");
+        assert_eq!(a.peer_channel(peer, end), None);
+        assert_eq!(a.channel_of(peer), Some(number), "still reserved");
+        let cooldown = Duration::from_secs(300);
+        assert!(!a.release_channel(number, cooldown, end + Duration::from_secs(299)));
+        assert!(a.release_channel(number, cooldown, end + cooldown));
+        assert_eq!(a.channel(number), None);
+        assert_eq!(a.channel_of(peer), None);
+    }
+}

@@ -1,0 +1,306 @@
+//! [`TurnConfig`]: everything a [`Server`](super::Server) needs, validated once.
+//!
+//! Built with [`TurnConfig::new`] from the four values that have no sensible default (realm,
+//! secrets, advertised relay address, port range), then adjusted with `with_*` methods. Each
+//! default below says why it is what it is.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use boson_shared::credentials::TurnSecret;
+
+use super::PeerFilter;
+use crate::stun::{AttrError, Realm, Software};
+
+/// Configuration of one TURN [`Server`](super::Server) instance (one per core).
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    pub(crate) realm: String,
+    pub(crate) secrets: Vec<TurnSecret>,
+    pub(crate) relay_ip: Ipv4Addr,
+    pub(crate) ports: RangeInclusive<u16>,
+    pub(crate) software: Option<Software<'static>>,
+    pub(crate) default_lifetime: u32,
+    pub(crate) max_lifetime: u32,
+    pub(crate) permission_lifetime: u32,
+    pub(crate) channel_lifetime: u32,
+    pub(crate) channel_cooldown: u32,
+    pub(crate) nonce_lifetime: u32,
+    pub(crate) port_quarantine: u32,
+    pub(crate) max_allocations: usize,
+    pub(crate) max_allocations_per_user: u32,
+    pub(crate) max_permissions_per_allocation: usize,
+    pub(crate) max_channels_per_allocation: usize,
+    pub(crate) peer_filter: PeerFilter,
+    pub(crate) unauthenticated_per_second: u32,
+    pub(crate) unauthenticated_burst: u32,
+    pub(crate) rate_limit_buckets: usize,
+}
+
+/// Why a [`TurnConfig`] is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The realm is empty or not a valid REALM value (UTF-8, fewer than 128 characters).
+    #[error("invalid realm")]
+    InvalidRealm(#[source] Option<AttrError>),
+    /// No secret: no credential could ever be valid.
+    #[error("at least one TURN secret is required")]
+    NoSecret,
+    /// The relay port range is empty or includes port 0.
+    #[error("relay port range {first}..={last} is empty or includes port 0")]
+    InvalidPortRange {
+        /// First port.
+        first: u16,
+        /// Last port.
+        last: u16,
+    },
+    /// A duration is zero, not whole seconds, or longer than `u32::MAX` seconds.
+    #[error("{what} must be a whole, non-zero number of seconds below 2^32")]
+    InvalidDuration {
+        /// Which setting.
+        what: &'static str,
+    },
+    /// The default allocation lifetime exceeds the maximum.
+    #[error("default allocation lifetime exceeds the maximum")]
+    LifetimeOrder,
+}
+
+/// Default allocation lifetime: RFC 8656 §7.2's 10 minutes.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+/// Longest lifetime a client can ask for: RFC 8656 §7.2's suggested 1 hour.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// Permission lifetime, fixed by RFC 8656 §9 at 5 minutes.
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// Channel binding lifetime, fixed by RFC 8656 §12 at 10 minutes.
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// After a channel binding expires, neither its number nor its peer can be bound to something
+/// else for 5 minutes (RFC 8656 §12), so late packets are not misdelivered.
+pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+/// Nonce validity: 10 minutes, coturn's `stale-nonce` default. Long enough that a client
+/// refreshing every ~5 minutes sees at most one 438 per two refreshes; short enough to bound
+/// replay of a captured request.
+pub const NONCE_LIFETIME: Duration = Duration::from_secs(600);
+/// How long a port the shell failed to bind stays out of the pool: something else holds it,
+/// and handing it out again at once would fail again.
+pub const PORT_QUARANTINE: Duration = Duration::from_secs(60);
+
+impl TurnConfig {
+    /// A configuration with every default:
+    ///
+    /// * lifetimes: [`DEFAULT_LIFETIME`], [`MAX_LIFETIME`], [`PERMISSION_LIFETIME`],
+    ///   [`CHANNEL_LIFETIME`], [`CHANNEL_COOLDOWN`], [`NONCE_LIFETIME`], [`PORT_QUARANTINE`];
+    /// * at most 10 000 allocations per instance (far more than one core relays well; the
+    ///   port range usually binds first), 32 per user (a browser opens a few per
+    ///   PeerConnection; 32 leaves room for many tabs and reconnects while stopping one
+    ///   credential from exhausting a core), 128 permissions and 128 channels per allocation
+    ///   (ICE needs one per remote candidate; the cap bounds per-allocation memory);
+    /// * the built-in peer filter ([`PeerFilter::new`]) plus `relay_ip` as an own address;
+    /// * 401/438/400 limited to 10 per second per source, bursts of 20, over 4096 buckets
+    ///   (a legitimate client needs one or two per Allocate);
+    /// * no SOFTWARE (it helps attackers pick exploits, and costs bytes in every response).
+    ///
+    /// `ports` is the relay port range this instance owns exclusively; `relay_ip` is what
+    /// XOR-RELAYED-ADDRESS advertises (the public address, behind 1:1 NAT too).
+    pub fn new(
+        realm: &str,
+        secrets: Vec<TurnSecret>,
+        relay_ip: Ipv4Addr,
+        ports: RangeInclusive<u16>,
+    ) -> Result<Self, ConfigError> {
+        match Realm::new(realm) {
+            Ok(_) if !realm.is_empty() => {}
+            Ok(_) => return Err(ConfigError::InvalidRealm(None)),
+            Err(err) => return Err(ConfigError::InvalidRealm(Some(err))),
+        }
+        if secrets.is_empty() {
+            return Err(ConfigError::NoSecret);
+        }
+        if ports.is_empty() || *ports.start() == 0 {
+            return Err(ConfigError::InvalidPortRange {
+                first: *ports.start(),
+                last: *ports.end(),
+            });
+        }
+        Ok(Self {
+            realm: realm.to_owned(),
+            secrets,
+            relay_ip,
+            ports,
+            software: None,
+            default_lifetime: secs(DEFAULT_LIFETIME),
+            max_lifetime: secs(MAX_LIFETIME),
+            permission_lifetime: secs(PERMISSION_LIFETIME),
+            channel_lifetime: secs(CHANNEL_LIFETIME),
+            channel_cooldown: secs(CHANNEL_COOLDOWN),
+            nonce_lifetime: secs(NONCE_LIFETIME),
+            port_quarantine: secs(PORT_QUARANTINE),
+            max_allocations: 10_000,
+            max_allocations_per_user: 32,
+            max_permissions_per_allocation: 128,
+            max_channels_per_allocation: 128,
+            peer_filter: PeerFilter::new(),
+            unauthenticated_per_second: 10,
+            unauthenticated_burst: 20,
+            rate_limit_buckets: 4096,
+        })
+    }
+
+    /// Adds SOFTWARE to every response.
+    pub const fn with_software(mut self, software: Software<'static>) -> Self {
+        self.software = Some(software);
+        self
+    }
+
+    /// Sets the default and maximum allocation lifetimes.
+    pub fn with_allocation_lifetime(
+        mut self,
+        default: Duration,
+        max: Duration,
+    ) -> Result<Self, ConfigError> {
+        self.default_lifetime = whole_secs(default, "default allocation lifetime")?;
+        self.max_lifetime = whole_secs(max, "maximum allocation lifetime")?;
+        if self.default_lifetime > self.max_lifetime {
+            return Err(ConfigError::LifetimeOrder);
+        }
+        Ok(self)
+    }
+
+    /// Sets how long a nonce stays valid.
+    pub fn with_nonce_lifetime(mut self, lifetime: Duration) -> Result<Self, ConfigError> {
+        self.nonce_lifetime = whole_secs(lifetime, "nonce lifetime")?;
+        Ok(self)
+    }
+
+    /// Sets the allocation quotas: per instance, and per user (the part of the REST username
+    /// after the first `:`).
+    pub const fn with_allocation_quota(mut self, total: usize, per_user: u32) -> Self {
+        self.max_allocations = total;
+        self.max_allocations_per_user = per_user;
+        self
+    }
+
+    /// Sets the per-allocation caps on permissions and channel bindings.
+    pub const fn with_allocation_limits(mut self, permissions: usize, channels: usize) -> Self {
+        self.max_permissions_per_allocation = permissions;
+        self.max_channels_per_allocation = channels;
+        self
+    }
+
+    /// Replaces the peer filter. The relay address is always added as an own address.
+    pub fn with_peer_filter(mut self, filter: PeerFilter) -> Self {
+        self.peer_filter = filter;
+        self
+    }
+
+    /// Lets clients relay to loopback peers ([`PeerFilter::danger_allow_loopback`]): for
+    /// tests and benches only.
+    pub fn danger_allow_loopback_peers(mut self) -> Self {
+        self.peer_filter = self.peer_filter.danger_allow_loopback();
+        self
+    }
+
+    /// Sets the rate limit on responses sent before authentication: `per_second` refill and
+    /// `burst` tokens per bucket, over `buckets` buckets (fixed memory, 16 bytes each).
+    pub const fn with_unauthenticated_rate(
+        mut self,
+        per_second: u32,
+        burst: u32,
+        buckets: usize,
+    ) -> Self {
+        self.unauthenticated_per_second = per_second;
+        self.unauthenticated_burst = burst;
+        self.rate_limit_buckets = buckets;
+        self
+    }
+
+    /// The relay port range this instance owns.
+    pub const fn ports(&self) -> &RangeInclusive<u16> {
+        &self.ports
+    }
+
+    /// The advertised relay address.
+    pub const fn relay_ip(&self) -> Ipv4Addr {
+        self.relay_ip
+    }
+
+    /// The peer filter in force, own relay address included.
+    /// The configured filter with the relay address added as an own address, and, unless the
+    /// host's relay ports were given, this instance's ports as the only own relay ports.
+    pub(crate) fn effective_peer_filter(&self) -> PeerFilter {
+        let filter = self
+            .peer_filter
+            .clone()
+            .own_address(IpAddr::V4(self.relay_ip));
+        if filter.knows_relay_ports() {
+            filter
+        } else {
+            filter.own_relay_ports(self.ports.clone())
+        }
+    }
+}
+
+const fn secs(duration: Duration) -> u32 {
+    duration.as_secs() as u32
+}
+
+fn whole_secs(duration: Duration, what: &'static str) -> Result<u32, ConfigError> {
+    match u32::try_from(duration.as_secs()) {
+        Ok(secs) if secs > 0 && duration.subsec_nanos() == 0 => Ok(secs),
+        Ok(_) | Err(_) => Err(ConfigError::InvalidDuration { what }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Vec<TurnSecret> {
+        vec![TurnSecret::new("s")]
+    }
+
+    #[test]
+    fn validates_once() {
+        let ip = Ipv4Addr::new(203, 0, 113, 1);
+        assert!(TurnConfig::new("example.org", secret(), ip, 49152..=65535).is_ok());
+        assert_eq!(
+            TurnConfig::new("", secret(), ip, 1..=2).map(|_| ()),
+            Err(ConfigError::InvalidRealm(None))
+        );
+        assert!(matches!(
+            TurnConfig::new(&"r".repeat(200), secret(), ip, 1..=2),
+            Err(ConfigError::InvalidRealm(Some(_)))
+        ));
+        assert_eq!(
+            TurnConfig::new("r", vec![], ip, 1..=2).map(|_| ()),
+            Err(ConfigError::NoSecret)
+        );
+        #[expect(clippy::reversed_empty_ranges, reason = "testing the empty range")]
+        let empty = 5..=4;
+        for ports in [0..=10, empty] {
+            assert!(matches!(
+                TurnConfig::new("r", secret(), ip, ports),
+                Err(ConfigError::InvalidPortRange { .. })
+            ));
+        }
+        let config = TurnConfig::new("r", secret(), ip, 1..=2).unwrap();
+        assert_eq!(
+            config
+                .clone()
+                .with_allocation_lifetime(Duration::from_secs(700), Duration::from_secs(600))
+                .map(|_| ()),
+            Err(ConfigError::LifetimeOrder)
+        );
+        assert!(matches!(
+            config
+                .clone()
+                .with_nonce_lifetime(Duration::from_millis(1500)),
+            Err(ConfigError::InvalidDuration { .. })
+        ));
+        assert!(matches!(
+            config.with_nonce_lifetime(Duration::ZERO),
+            Err(ConfigError::InvalidDuration { .. })
+        ));
+    }
+}
