@@ -599,10 +599,13 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         }
     };
     state.metrics.set_activity(activity);
-    let text = state
+    let mut text = state
         .metrics
         .render()
         .map_err(|e| ApiError::internal(e.into()))?;
+    if let Some(extra) = state.extra_metrics() {
+        text.push_str(&extra);
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -23,7 +23,7 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -49,7 +49,13 @@ pub struct App {
     pub metrics: Metrics,
     /// The time source.
     pub clock: Arc<dyn Clock>,
+    /// More Prometheus text for `/metrics`, such as the dataplane's per-core counters when
+    /// both planes run in one process. Set once at start.
+    extra_metrics: OnceLock<MetricsSource>,
 }
+
+/// Renders Prometheus text appended to `/metrics`.
+pub type MetricsSource = Box<dyn Fn() -> String + Send + Sync>;
 
 /// Shared handle to the [`App`].
 #[derive(Clone)]
@@ -84,7 +90,21 @@ impl AppState {
             tokens,
             metrics,
             clock,
+            extra_metrics: OnceLock::new(),
         })))
+    }
+
+    /// Appends `source`'s text to every `/metrics` answer. Only one source may be set; a
+    /// second call is an error.
+    pub fn set_metrics_source(&self, source: MetricsSource) -> anyhow::Result<()> {
+        self.extra_metrics
+            .set(source)
+            .map_err(|_| anyhow::anyhow!("a metrics source is already set"))
+    }
+
+    /// The extra text for `/metrics`, if a source is set.
+    pub(crate) fn extra_metrics(&self) -> Option<String> {
+        self.extra_metrics.get().map(|source| source())
     }
 
     /// The API's router.
