@@ -97,8 +97,9 @@ impl TurnCredential {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CredentialError {
-    /// The username has no `:` or its expiry is not a decimal number of seconds.
-    #[error("username is not of the form <expiry>:<user>")]
+    /// The expiry (before the first `:`, or the whole username) is not a decimal number of
+    /// seconds.
+    #[error("username is not of the form <expiry>[:<user>]")]
     Malformed,
     /// The expiry is in the past.
     #[error("credential expired")]
@@ -121,9 +122,11 @@ pub struct RestUsername<'a> {
 }
 
 impl<'a> RestUsername<'a> {
-    /// Splits `"<expiry>:<user>"`. The expiry must be plain ASCII digits (no sign, no spaces).
+    /// Splits `"<expiry>:<user>"`, or takes a bare `"<expiry>"` with an empty user, as coturn
+    /// does (its own client, `turnutils_uclient -W`, sends that). The expiry must be plain
+    /// ASCII digits (no sign, no spaces).
     pub fn parse(username: &'a str) -> Result<Self, CredentialError> {
-        let (expiry, user) = username.split_once(':').ok_or(CredentialError::Malformed)?;
+        let (expiry, user) = username.split_once(':').unwrap_or((username, ""));
         if expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
             return Err(CredentialError::Malformed);
         }
@@ -238,6 +241,15 @@ mod tests {
             ),
             Err(CredentialError::BadPassword)
         );
+    }
+
+    #[test]
+    fn a_bare_expiry_is_a_username_with_an_empty_user() {
+        let secret = TurnSecret::new("s");
+        let password = secret.password_for("100");
+        assert!(verify(&[secret], "100", &password, 100).is_ok());
+        let parsed = RestUsername::parse("100").unwrap();
+        assert_eq!((parsed.expires_at, parsed.user), (100, ""));
     }
 
     #[test]

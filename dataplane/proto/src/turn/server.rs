@@ -558,7 +558,13 @@ impl<R: RngCore> Server<R> {
             request,
             key,
             username,
-            user: rest.user,
+            // Quotas count per user; a bare-expiry username (coturn's client sends those)
+            // names no user, so it counts on its own.
+            user: if rest.user.is_empty() {
+                username
+            } else {
+                rest.user
+            },
         })
     }
 
