@@ -39,8 +39,6 @@ pub enum DropReason {
     ChannelDataTruncated,
     /// ChannelData followed by more than the 3 padding bytes UDP allows.
     ChannelDataTrailingBytes,
-    /// ChannelData on a reserved channel number (0x5000..=0x7FFF).
-    ReservedChannel,
     /// ChannelData on a channel that is not bound (or whose binding expired).
     UnboundChannel,
     /// ChannelData or a Send indication from a 5-tuple without an allocation, or peer data for
@@ -64,7 +62,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 21] = [
         Self::NotStun,
         Self::Truncated,
         Self::BadLength,
@@ -77,7 +75,6 @@ impl DropReason {
         Self::BufferTooSmall,
         Self::ChannelDataTruncated,
         Self::ChannelDataTrailingBytes,
-        Self::ReservedChannel,
         Self::UnboundChannel,
         Self::NoAllocation,
         Self::NoPermission,
@@ -107,7 +104,6 @@ impl DropReason {
             Self::BufferTooSmall => "buffer_too_small",
             Self::ChannelDataTruncated => "channel_data_truncated",
             Self::ChannelDataTrailingBytes => "channel_data_trailing_bytes",
-            Self::ReservedChannel => "reserved_channel",
             Self::UnboundChannel => "unbound_channel",
             Self::NoAllocation => "no_allocation",
             Self::NoPermission => "no_permission",

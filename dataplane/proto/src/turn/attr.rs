@@ -293,7 +293,7 @@ mod tests {
                 })
             );
         }
-        for raw in [0x3FFF_u16, 0x5000, 0x7FFF] {
+        for raw in [0x3FFF_u16, 0x8000, 0xFFFF] {
             let [hi, lo] = raw.to_be_bytes();
             assert_eq!(
                 ChannelNumber::decode(&[hi, lo, 0, 0], &TID),

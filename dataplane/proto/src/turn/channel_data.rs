@@ -49,12 +49,8 @@ impl ChannelData {
         };
         let raw = u16::from_be_bytes([n0, n1]);
         let Some(number) = ChannelNumber::new(raw) else {
-            // 0x5000..=0x7FFF are reserved (RFC 8656 §12); the rest is not ChannelData at all.
-            return Err(if raw >> 14 == 0b01 {
-                DropReason::ReservedChannel
-            } else {
-                DropReason::NotStun
-            });
+            // Outside 0x4000..=0x7FFF it is not ChannelData at all.
+            return Err(DropReason::NotStun);
         };
         let len = usize::from(u16::from_be_bytes([l0, l1]));
         let end = HEADER_LEN + len;
@@ -111,13 +107,14 @@ mod tests {
             ChannelData::parse(&hex!("4001 0001 68 000000 00")),
             Err(DropReason::ChannelDataTrailingBytes)
         );
+        // RFC 5766's upper channels are ChannelData too (see `ChannelNumber`).
         assert_eq!(
-            ChannelData::parse(&hex!("5000 0000")),
-            Err(DropReason::ReservedChannel)
+            ChannelData::parse(&hex!("7FFF 0000")).map(|c| c.number.get()),
+            Ok(0x7FFF)
         );
         assert_eq!(
-            ChannelData::parse(&hex!("7FFF 0000")),
-            Err(DropReason::ReservedChannel)
+            ChannelData::parse(&hex!("8000 0000")),
+            Err(DropReason::NotStun)
         );
         assert_eq!(
             ChannelData::parse(&hex!("0001 0000")),

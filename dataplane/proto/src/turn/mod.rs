@@ -134,18 +134,23 @@ impl fmt::Display for RelayPort {
     }
 }
 
-/// A TURN channel number, always in 0x4000..=0x4FFF
-/// ([RFC 8656 §12](https://www.rfc-editor.org/rfc/rfc8656#section-12)).
+/// A TURN channel number, always in 0x4000..=0x7FFF.
+///
+/// [RFC 8656 §12](https://www.rfc-editor.org/rfc/rfc8656#section-12) narrowed the range to
+/// 0x4000..=0x4FFF so that clients can multiplex more protocols on one 5-tuple (RFC 7983), but
+/// RFC 5766 clients, coturn's own `turnutils_uclient` among them, still pick numbers up to
+/// 0x7FFF. A server loses nothing by accepting them: the first two bits still tell ChannelData
+/// from STUN, and a client that multiplexes simply never uses the upper numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelNumber(u16);
 
 impl ChannelNumber {
     /// The first valid number.
     pub const MIN: Self = Self(0x4000);
-    /// The last valid number; 0x5000..=0x7FFF are reserved.
-    pub const MAX: Self = Self(0x4FFF);
+    /// The last valid number (RFC 5766's range; see the type's doc).
+    pub const MAX: Self = Self(0x7FFF);
 
-    /// The channel `number`, if it is in 0x4000..=0x4FFF.
+    /// The channel `number`, if it is in 0x4000..=0x7FFF.
     pub const fn new(number: u16) -> Option<Self> {
         if Self::MIN.0 <= number && number <= Self::MAX.0 {
             Some(Self(number))
@@ -178,8 +183,16 @@ mod tests {
     fn channel_number_range() {
         assert_eq!(ChannelNumber::new(0x3FFF), None);
         assert_eq!(ChannelNumber::new(0x4000), Some(ChannelNumber::MIN));
-        assert_eq!(ChannelNumber::new(0x4FFF), Some(ChannelNumber::MAX));
-        assert_eq!(ChannelNumber::new(0x5000), None);
+        assert_eq!(
+            ChannelNumber::new(0x4FFF).map(ChannelNumber::get),
+            Some(0x4FFF)
+        );
+        assert_eq!(
+            ChannelNumber::new(0x61A2).map(ChannelNumber::get),
+            Some(0x61A2)
+        );
+        assert_eq!(ChannelNumber::new(0x7FFF), Some(ChannelNumber::MAX));
+        assert_eq!(ChannelNumber::new(0x8000), None);
         assert_eq!(RelayPort::new(5).to_string(), "5");
         assert_eq!(
             PeerAddr::new("192.0.2.1:9".parse().unwrap()).to_string(),
