@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests.
+# Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests, and coturn's
+# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests.
 # Exports BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL; stops both on exit.
 
 services_dir=""
@@ -31,6 +32,8 @@ install_if_missing() {
     local need=()
     [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ] || need+=(postgresql)
     command -v redis-server >/dev/null || need+=(redis-server)
+    # coturn's own client and peer, for the TURN interop tests.
+    command -v turnutils_uclient >/dev/null || need+=(coturn)
     [ ${#need[@]} -gt 0 ] || return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing ${need[*]} from Debian's packages" >&2

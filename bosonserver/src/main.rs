@@ -1,12 +1,17 @@
 //! `bosonserver`: parses the configuration once, sets up logging, and runs the planes.
 
+mod dataplane;
+
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use boson_control::config::ControlArgs;
-use boson_control::{AppState, clock::SystemClock};
+use boson_control::AppState;
+use boson_control::clock::SystemClock;
+use boson_control::config::{Config, ControlArgs};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
+
+use crate::dataplane::DataplaneArgs;
 
 /// BosonServer: registry, STUN/TURN and relay for a WireGuard-style VPN.
 ///
@@ -21,7 +26,7 @@ struct Cli {
 
     /// Settings of `run` when no subcommand is given.
     #[command(flatten)]
-    run: ControlArgs,
+    run: RunArgs,
 
     /// Log format.
     #[arg(long, global = true, env = "BOSON_LOG_FORMAT", default_value = "text")]
@@ -30,13 +35,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every plane in one process (the default).
-    ///
-    /// Today that is the control plane; the STUN/TURN dataplane joins it in this process as it
-    /// lands.
-    Run(ControlArgs),
+    /// Run every plane in one process (the default): the REST API and the STUN/TURN dataplane.
+    Run(RunArgs),
     /// Run the control plane alone (REST API, registry, health, metrics).
     Control(ControlArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    #[command(flatten)]
+    dataplane: DataplaneArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,21 +66,52 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let args = match cli.command {
-        Some(Command::Run(args) | Command::Control(args)) => args,
-        None => cli.run,
-    };
-    let config = args.resolve().context("invalid configuration")?;
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
+        Command::Run(args) => run_all(args),
+        Command::Control(args) => {
+            let config = args.resolve().context("invalid configuration")?;
+            runtime()?.block_on(serve_control(config, None))
+        }
+    }
+}
+
+/// Both planes: the dataplane's pinned worker threads, and the control plane on tokio.
+fn run_all(args: RunArgs) -> anyhow::Result<()> {
+    let explicit_turn_port = args.control.turn_port.is_some();
+    let mut config = args.control.resolve().context("invalid configuration")?;
+    let plan = args
+        .dataplane
+        .plan(&config.turn.public_host, &config.turn.secrets)
+        .context("invalid configuration")?;
+    let dataplane = plan.start()?;
+    if !explicit_turn_port {
+        config.turn.port = dataplane.local_addr().port();
+    }
+    let reader = dataplane.stats_reader();
+    let metrics: boson_control::MetricsSource =
+        Box::new(move || boson_dataplane::metrics::render(&reader.read()));
+    let served = runtime()?.block_on(serve_control(config, Some(metrics)));
+    let stopped = dataplane.shutdown().map(|_| ());
+    served?;
+    stopped.context("stopping the dataplane")
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?
-        .block_on(run_control(config))
+        .context("starting the async runtime")
 }
 
-async fn run_control(config: boson_control::config::Config) -> anyhow::Result<()> {
+async fn serve_control(
+    config: Config,
+    metrics: Option<boson_control::MetricsSource>,
+) -> anyhow::Result<()> {
     let listen = config.http_listen;
     let state = AppState::connect(config, Arc::new(SystemClock)).await?;
+    if let Some(metrics) = metrics {
+        state.set_metrics_source(metrics)?;
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the REST API to {listen}"))?;

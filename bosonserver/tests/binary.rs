@@ -2,74 +2,34 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
+use common::start;
 use serde_json::{Value, json};
-
-/// Variables that would change the embedded defaults if the caller's environment had them.
-const CONFIG_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "REDIS_URL",
-    "JWT_SECRET",
-    "TURN_STATIC_SECRET",
-    "POSTGRES_PASSWORD",
-    "BOSON_DATA_DIR",
-    "BOSON_HTTP_LISTEN",
-    "BOSON_LOG_FORMAT",
-    "RUST_LOG",
-];
-
-struct Running {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary in `dir` with `args` and waits for the "listening" log line.
-fn start(dir: &std::path::Path, args: &[&str]) -> Running {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bosonserver"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for var in CONFIG_VARS {
-        command.env_remove(var);
-    }
-    let mut child = command.spawn().unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server never said where it listens");
-    Running { child, base }
-}
 
 #[test]
 fn runs_on_embedded_defaults_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path(), &["run", "--http-listen", "127.0.0.1:0"]);
+    let server = start(
+        dir.path(),
+        &[
+            "run",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ],
+        true,
+    );
+    // The dataplane answers STUN on its port, with the address it saw.
+    let turn = server.turn.unwrap();
+    let (mapped, local) = common::stun_mapped_address(turn);
+    assert_eq!(mapped, local);
     let http = reqwest::blocking_client();
     let (status, body) = http.get(&format!("{}/health/ready", server.base));
     assert_eq!(status, 200, "{body}");
@@ -101,6 +61,18 @@ fn runs_on_embedded_defaults_and_stops_cleanly_on_sigterm() {
         metrics.contains("\nbosonserver_active_nodes 1\n"),
         "{metrics}"
     );
+    // The dataplane's counters are on the same page, per core.
+    for core in ["0", "1"] {
+        let sample = format!("bosonserver_dataplane_binding_requests_total{{core=\"{core}\"}}");
+        assert!(metrics.contains(&sample), "{sample} missing:\n{metrics}");
+    }
+    // The ICE servers point at the dataplane's actual port.
+    let (status, ice) = http.get_auth(&format!("{}/api/v1/turn/ice", server.base), &token);
+    assert_eq!(status, 200, "{ice}");
+    assert_eq!(
+        ice["iceServers"][0]["urls"][0],
+        format!("stun:127.0.0.1:{}", turn.port())
+    );
 
     // The embedded defaults live in ./data: database and development secrets.
     for file in ["bosonserver.db", "jwt-secret", "turn-secret"] {
@@ -126,7 +98,16 @@ fn runs_on_embedded_defaults_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "exit status {status}");
 
     // A restart keeps the node and its token (the development secret is persisted).
-    let again = start(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let again = start(
+        dir.path(),
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+        ],
+        true,
+    );
     assert_eq!(
         http.post(&url.replace(&server.base, &again.base), &beat, Some(&token))
             .0,
@@ -171,6 +152,13 @@ mod reqwest {
         pub(super) fn get(&self, url: &str) -> (u16, Value) {
             self.0.block_on(async {
                 let response = self.1.get(url).send().await.unwrap();
+                (response.status().as_u16(), response.json().await.unwrap())
+            })
+        }
+
+        pub(super) fn get_auth(&self, url: &str, token: &str) -> (u16, Value) {
+            self.0.block_on(async {
+                let response = self.1.get(url).bearer_auth(token).send().await.unwrap();
                 (response.status().as_u16(), response.json().await.unwrap())
             })
         }

@@ -67,9 +67,10 @@ pub struct ControlArgs {
     #[arg(long, env = "BOSON_PUBLIC_HOST", default_value = "127.0.0.1")]
     pub public_host: String,
 
-    /// UDP port of this server's STUN/TURN listener.
-    #[arg(long, env = "BOSON_TURN_PORT", default_value_t = 3478)]
-    pub turn_port: u16,
+    /// Port in the STUN/TURN URLs handed out. Default: the TURN listener's port when the
+    /// dataplane runs in this process, else 3478.
+    #[arg(long, env = "BOSON_TURN_PORT")]
+    pub turn_port: Option<u16>,
 
     /// Extra ICE server URLs (`stun:`, `turn:`, `turns:`) handed out beside ours, comma separated.
     #[arg(long, env = "BOSON_EXTRA_ICE_URLS", value_delimiter = ',')]
@@ -165,6 +166,9 @@ pub struct NodePolicy {
     /// How often the server marks silent nodes inactive.
     pub sweep_interval: Duration,
 }
+
+/// The STUN/TURN port of RFC 8489 §18.6 and RFC 8656 §18.7.
+pub const DEFAULT_TURN_PORT: u16 = 3478;
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
 pub const MIN_JWT_SECRET_LEN: usize = 32;
@@ -264,7 +268,7 @@ impl ControlArgs {
                 secrets: turn_secrets,
                 credential_ttl: self.turn_credential_ttl,
                 public_host: self.public_host,
-                port: self.turn_port,
+                port: self.turn_port.unwrap_or(DEFAULT_TURN_PORT),
                 extra_urls: self.extra_ice_urls,
             },
             nodes: NodePolicy {

@@ -1,0 +1,271 @@
+//! Dataplane settings and start-up: one sans-IO TURN server per worker, each owning a slice
+//! of the relay port range, driven by the thread-per-core shell.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use anyhow::{Context as _, bail, ensure};
+use boson_dataplane::{Dataplane, DataplaneConfig, IoBackend, WorkerInfo};
+use boson_dataplane_proto::turn::{Cidr, PeerFilter};
+use boson_dataplane_proto::{Server, TurnConfig};
+use boson_shared::TurnSecret;
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+
+/// STUN/TURN dataplane settings.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DataplaneArgs {
+    /// UDP address of the STUN/TURN listener; every worker binds it (SO_REUSEPORT).
+    #[arg(long, env = "BOSON_TURN_LISTEN", default_value = "0.0.0.0:3478")]
+    turn_listen: SocketAddr,
+
+    /// IPv4 address clients reach relayed allocations at (XOR-RELAYED-ADDRESS). Default:
+    /// `--public-host` when it is an IPv4 address, else the listener's address.
+    #[arg(long, env = "BOSON_RELAY_IP")]
+    relay_ip: Option<Ipv4Addr>,
+
+    /// Relay ports, `FIRST-LAST`, split evenly between the workers.
+    #[arg(long, env = "BOSON_RELAY_PORTS", default_value = "49152-65535")]
+    relay_ports: PortRange,
+
+    /// Dataplane worker threads, one pinned to each core. Default: every core.
+    #[arg(long, env = "BOSON_WORKERS")]
+    workers: Option<usize>,
+
+    /// I/O backend: `auto` uses io_uring where the kernel (and seccomp) allow, else epoll.
+    #[arg(long, env = "BOSON_IO_BACKEND", default_value = "auto")]
+    io_backend: Backend,
+
+    /// Do not pin workers to cores.
+    #[arg(long, env = "BOSON_NO_PIN")]
+    no_pin: bool,
+
+    /// TURN realm.
+    #[arg(long, env = "BOSON_TURN_REALM", default_value = "bosonserver")]
+    turn_realm: String,
+
+    /// Peer networks to allow despite the built-in filter (CIDRs, comma separated).
+    #[arg(long, env = "BOSON_ALLOWED_PEERS", value_delimiter = ',')]
+    allowed_peers: Vec<Cidr>,
+
+    /// Peer networks to refuse, whatever else says (CIDRs, comma separated).
+    #[arg(long, env = "BOSON_DENIED_PEERS", value_delimiter = ',')]
+    denied_peers: Vec<Cidr>,
+
+    /// TURN allocations one user may hold on one worker.
+    #[arg(long, env = "BOSON_MAX_ALLOCATIONS_PER_USER", default_value_t = 32)]
+    max_allocations_per_user: u32,
+
+    /// Let clients relay to loopback peers. Only for tests and benchmarks on one machine: it
+    /// opens this host's local services to every client.
+    #[arg(long, env = "BOSON_DANGER_ALLOW_LOOPBACK_PEERS", hide = true)]
+    danger_allow_loopback_peers: bool,
+
+    /// Seed of the workers' random number generators (nonce keys, transaction ids), for
+    /// reproducible runs. Default: from the operating system.
+    #[arg(long, env = "BOSON_RNG_SEED", hide = true)]
+    rng_seed: Option<u64>,
+}
+
+/// `auto`, `uring` or `epoll`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Backend {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// An inclusive port range written `FIRST-LAST`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PortRange(RangeInclusive<u16>);
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (first, last) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{p:?} is not a port"))
+        };
+        let (first, last) = (parse(first)?, parse(last)?);
+        if first == 0 || first > last {
+            return Err(format!("{s:?} is not a range of ports from 1 to 65535"));
+        }
+        Ok(Self(first..=last))
+    }
+}
+
+/// Splits `ports` into `parts` contiguous, nearly equal, non-empty slices.
+fn split_ports(
+    ports: &RangeInclusive<u16>,
+    parts: usize,
+) -> anyhow::Result<Vec<RangeInclusive<u16>>> {
+    let first = usize::from(*ports.start());
+    let len = usize::from(*ports.end()) - first + 1;
+    ensure!(
+        parts >= 1 && len >= parts,
+        "the relay port range has {len} ports, fewer than the {parts} workers that share it"
+    );
+    (0..parts)
+        .map(|i| {
+            let start = first + i * len / parts;
+            let end = first + (i + 1) * len / parts - 1;
+            Ok(u16::try_from(start)?..=u16::try_from(end)?)
+        })
+        .collect()
+}
+
+/// Validated dataplane settings.
+#[derive(Debug, Clone)]
+pub(crate) struct DataplanePlan {
+    shell: DataplaneConfig,
+    relay_ip: Ipv4Addr,
+    slices: Vec<RangeInclusive<u16>>,
+    filter: PeerFilter,
+    realm: String,
+    secrets: Vec<TurnSecret>,
+    max_allocations_per_user: u32,
+    danger_allow_loopback_peers: bool,
+    rng_seed: Option<u64>,
+}
+
+impl DataplaneArgs {
+    /// Validates the settings; `public_host` and `secrets` come from the control plane's
+    /// configuration, so ICE credentials and the TURN server agree.
+    pub(crate) fn plan(
+        self,
+        public_host: &str,
+        secrets: &[TurnSecret],
+    ) -> anyhow::Result<DataplanePlan> {
+        let relay_ip = match (
+            self.relay_ip,
+            public_host.parse::<Ipv4Addr>(),
+            self.turn_listen.ip(),
+        ) {
+            (Some(ip), _, _) => ip,
+            (None, Ok(ip), _) => ip,
+            (None, Err(_), IpAddr::V4(ip)) if !ip.is_unspecified() => ip,
+            (None, Err(_), _) => bail!(
+                "set --relay-ip (BOSON_RELAY_IP): the public host {public_host:?} is not an IPv4 \
+                 address and the TURN listener {} names none",
+                self.turn_listen
+            ),
+        };
+        ensure!(!relay_ip.is_unspecified(), "--relay-ip may not be 0.0.0.0");
+        let mut shell = DataplaneConfig {
+            listen: self.turn_listen,
+            pin: !self.no_pin,
+            backend: match self.io_backend {
+                Backend::Auto => IoBackend::Auto,
+                Backend::Uring => IoBackend::Uring,
+                Backend::Epoll => IoBackend::Epoll,
+            },
+            ..DataplaneConfig::default()
+        };
+        if let Some(workers) = self.workers {
+            ensure!(workers >= 1, "--workers must be at least 1");
+            shell.workers = workers;
+        }
+        let slices = split_ports(&self.relay_ports.0, shell.workers)?;
+        let mut filter = PeerFilter::new().own_relay_ports(self.relay_ports.0.clone());
+        if !self.turn_listen.ip().is_unspecified() {
+            filter = filter.own_address(self.turn_listen.ip());
+        }
+        for cidr in self.allowed_peers {
+            filter = filter.allow(cidr);
+        }
+        for cidr in self.denied_peers {
+            filter = filter.deny(cidr);
+        }
+        if self.danger_allow_loopback_peers {
+            tracing::warn!(
+                "--danger-allow-loopback-peers: TURN clients may relay to this host's loopback \
+                 services. Never use this outside tests and benchmarks."
+            );
+        }
+        let plan = DataplanePlan {
+            shell,
+            relay_ip,
+            slices,
+            filter,
+            realm: self.turn_realm,
+            secrets: secrets.to_vec(),
+            max_allocations_per_user: self.max_allocations_per_user,
+            danger_allow_loopback_peers: self.danger_allow_loopback_peers,
+            rng_seed: self.rng_seed,
+        };
+        // Fail now, not on a worker thread, if the TURN settings are invalid.
+        for worker in 0..plan.slices.len() {
+            plan.turn_config(worker)?;
+        }
+        Ok(plan)
+    }
+}
+
+impl DataplanePlan {
+    fn turn_config(&self, worker: usize) -> anyhow::Result<TurnConfig> {
+        let ports = self.slices[worker].clone();
+        let mut config = TurnConfig::new(&self.realm, self.secrets.clone(), self.relay_ip, ports)
+            .context("invalid TURN settings")?
+            .with_peer_filter(self.filter.clone());
+        let total = config.ports().len();
+        config = config.with_allocation_quota(total, self.max_allocations_per_user);
+        if self.danger_allow_loopback_peers {
+            config = config.danger_allow_loopback_peers();
+        }
+        Ok(config)
+    }
+
+    /// Starts the workers.
+    pub(crate) fn start(self) -> anyhow::Result<Dataplane> {
+        let shell = self.shell.clone();
+        boson_dataplane::start(shell, move |info: WorkerInfo| {
+            let config = self
+                .turn_config(info.index)
+                .unwrap_or_else(|error| unreachable!("validated in plan(): {error:#}"));
+            let rng = match self.rng_seed {
+                Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(info.index as u64)),
+                None => StdRng::from_os_rng(),
+            };
+            Server::new(config, rng, info.now, info.unix_now)
+        })
+        .context("starting the STUN/TURN dataplane")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_split_evenly() {
+        assert_eq!(
+            "49152-65535".parse::<PortRange>(),
+            Ok(PortRange(49152..=65535))
+        );
+        for bad in ["0-10", "10-5", "10", "a-b", "1-70000"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+        let slices = split_ports(&(49152..=65535), 3).unwrap();
+        assert_eq!(slices.len(), 3);
+        assert_eq!(*slices[0].start(), 49152);
+        assert_eq!(*slices[2].end(), 65535);
+        for pair in slices.windows(2) {
+            assert_eq!(
+                *pair[0].end() + 1,
+                *pair[1].start(),
+                "contiguous, no overlap"
+            );
+        }
+        assert_eq!(
+            split_ports(&(100..=101), 2).unwrap(),
+            vec![100..=100, 101..=101]
+        );
+        assert!(split_ports(&(100..=101), 3).is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! Runs the `bosonserver` binary as a user would, in a directory of its own, and learns its
+//! addresses from its log.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Variables that would change the embedded defaults if the caller's environment had them.
+const CONFIG_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "TURN_STATIC_SECRET",
+    "POSTGRES_PASSWORD",
+    "BOSON_DATA_DIR",
+    "BOSON_HTTP_LISTEN",
+    "BOSON_TURN_LISTEN",
+    "BOSON_RELAY_PORTS",
+    "BOSON_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// A running server; killed when dropped.
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    /// `http://127.0.0.1:PORT` of the REST API.
+    pub(crate) base: String,
+    /// The STUN/TURN listener, when the dataplane runs.
+    pub(crate) turn: Option<SocketAddr>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value after `key` on a log line, up to the next space.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = line.split(key).nth(1)?;
+    rest.split_whitespace().next()
+}
+
+/// Starts the binary in `dir` with `args`, waits until the REST API (and, if `dataplane`, the
+/// STUN/TURN listener) say where they listen.
+pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bosonserver"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for var in CONFIG_VARS {
+        command.env_remove(var);
+    }
+    let mut child = command.spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            if let Some(base) = field(&line, "listening on ") {
+                let _ = tx.send(("http", base.to_owned()));
+            }
+            if line.contains("dataplane started")
+                && let Some(addr) = field(&line, "local_addr=")
+            {
+                let _ = tx.send(("turn", addr.to_owned()));
+            }
+        }
+    });
+    let mut base = None;
+    let mut turn = None;
+    while base.is_none() || (dataplane && turn.is_none()) {
+        let (what, value) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server never said where it listens");
+        match what {
+            "http" => base = Some(value),
+            _ => turn = Some(value.parse().unwrap()),
+        }
+    }
+    Running {
+        child,
+        base: base.unwrap(),
+        turn,
+    }
+}
+
+/// Sends a STUN Binding request to `server` and returns the XOR-MAPPED-ADDRESS it reports,
+/// decoded by hand (no dependency on our own codec).
+pub(crate) fn stun_mapped_address(server: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(&[9; 12]);
+    let mut buf = [0u8; 1500];
+    for _ in 0..50 {
+        socket.send_to(&request, server).unwrap();
+        let Ok((len, _)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let response = &buf[..len];
+        assert_eq!(&response[..2], &[0x01, 0x01], "a Binding success response");
+        assert_eq!(&response[8..20], &request[8..20], "same transaction id");
+        let mut at = 20;
+        while at + 4 <= len {
+            let kind = u16::from_be_bytes([response[at], response[at + 1]]);
+            let size = usize::from(u16::from_be_bytes([response[at + 2], response[at + 3]]));
+            let value = &response[at + 4..at + 4 + size];
+            if kind == 0x0020 && value[1] == 0x01 {
+                let port = u16::from_be_bytes([value[2], value[3]]) ^ 0x2112;
+                let ip = std::net::Ipv4Addr::from(
+                    u32::from_be_bytes([value[4], value[5], value[6], value[7]]) ^ 0x2112_a442,
+                );
+                return (SocketAddr::from((ip, port)), socket.local_addr().unwrap());
+            }
+            at += 4 + size.div_ceil(4) * 4;
+        }
+        panic!("no XOR-MAPPED-ADDRESS in {response:?}");
+    }
+    panic!("no STUN answer from {server}");
+}

@@ -1,0 +1,276 @@
+//! coturn's own test client, `turnutils_uclient`, against a TURN server on loopback, with
+//! coturn's `turnutils_peer` as the peer. The same runs go against coturn itself (the
+//! reference, proving the harness) and against `bosonserver`.
+//!
+//! coturn's tools come from Debian's `coturn` package; `scripts/test.sh` installs it. Without
+//! them these tests are skipped with a message, except when `CI` is set: then they fail.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const SECRET: &str = "interop-secret";
+
+/// Kills the child when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn have_coturn_tools() -> bool {
+    let found = ["turnserver", "turnutils_uclient", "turnutils_peer"]
+        .iter()
+        .all(|tool| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "coturn's tools are required when CI is set (apt-get install coturn)"
+        );
+        eprintln!("skipped: coturn's tools are not installed");
+    }
+    found
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(program: &str, args: &[&str]) -> Guard {
+    Guard(
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}")),
+    )
+}
+
+/// Waits until something answers a STUN Binding request on `port`.
+fn wait_for_stun(port: u16) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // A Binding request: type 0x0001, length 0, magic cookie, transaction id.
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(&[7; 12]);
+    let mut buf = [0u8; 1500];
+    for _ in 0..100 {
+        socket.send_to(&request, ("127.0.0.1", port)).unwrap();
+        if socket.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("no STUN answer on 127.0.0.1:{port}");
+}
+
+/// What `turnutils_uclient` reported.
+#[derive(Debug)]
+struct Report {
+    sent: u64,
+    received: u64,
+    lost_percent: f64,
+    output: String,
+}
+
+/// Runs `turnutils_uclient` with REST-API credentials against `server_port`, relaying to a
+/// `turnutils_peer` it starts, and parses the totals.
+fn uclient(server_port: u16, flags: &[&str], clients: u32, messages: u32) -> Report {
+    let peer_port = free_udp_port();
+    let _peer = spawn(
+        "turnutils_peer",
+        &["-L", "127.0.0.1", "-p", &peer_port.to_string()],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let mut args = vec![
+        "-W".to_owned(),
+        SECRET.to_owned(),
+        "-e".to_owned(),
+        "127.0.0.1".to_owned(),
+        "-r".to_owned(),
+        peer_port.to_string(),
+        "-p".to_owned(),
+        server_port.to_string(),
+        "-m".to_owned(),
+        clients.to_string(),
+        "-n".to_owned(),
+        messages.to_string(),
+        "-z".to_owned(),
+        "5".to_owned(),
+    ];
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
+    args.push("127.0.0.1".to_owned());
+    let output = Command::new("timeout")
+        .arg("120")
+        .arg("turnutils_uclient")
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let number_after = |key: &str| -> Option<f64> {
+        let line = text.lines().rev().find(|line| line.contains(key))?;
+        let rest = &line[line.find(key)? + key.len()..];
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        digits.parse().ok()
+    };
+    let lost_percent = text
+        .lines()
+        .rev()
+        .find(|line| line.contains("Total lost packets"))
+        .and_then(|line| {
+            let inside = line.split('(').nth(1)?.split('%').next()?;
+            inside.trim().parse().ok()
+        })
+        .unwrap_or(f64::NAN);
+    Report {
+        sent: number_after("tot_send_msgs=").unwrap_or(0.0) as u64,
+        received: number_after("tot_recv_msgs=").unwrap_or(0.0) as u64,
+        lost_percent,
+        output: text,
+    }
+}
+
+fn assert_lossless(report: &Report, expected: u64) {
+    let tail: Vec<&str> = report.output.lines().rev().take(15).collect();
+    assert_eq!(report.sent, expected, "{tail:#?}");
+    assert_eq!(report.received, expected, "{tail:#?}");
+    assert_eq!(report.lost_percent, 0.0, "{tail:#?}");
+}
+
+fn coturn(port: u16) -> Guard {
+    let relay_min = free_udp_port().max(20000);
+    let guard = spawn(
+        "turnserver",
+        &[
+            "-n",
+            "--use-auth-secret",
+            &format!("--static-auth-secret={SECRET}"),
+            "--realm=interop",
+            "--allow-loopback-peers",
+            "--listening-ip=127.0.0.1",
+            &format!("--listening-port={port}"),
+            &format!("--min-port={relay_min}"),
+            &format!("--max-port={}", relay_min.saturating_add(200)),
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--log-file=stdout",
+        ],
+    );
+    wait_for_stun(port);
+    guard
+}
+
+#[test]
+fn reference_coturn_relays_channels_without_loss() {
+    if !have_coturn_tools() {
+        return;
+    }
+    let port = free_udp_port();
+    let _server = coturn(port);
+    assert_lossless(&uclient(port, &["-y"], 4, 200), 800);
+}
+
+#[test]
+fn reference_coturn_relays_send_indications_without_loss() {
+    if !have_coturn_tools() {
+        return;
+    }
+    let port = free_udp_port();
+    let _server = coturn(port);
+    assert_lossless(&uclient(port, &["-s"], 4, 200), 800);
+}
+
+/// `bosonserver run` on loopback with the interop secret; peers on loopback are allowed, as
+/// coturn's `--allow-loopback-peers` above.
+fn bosonserver(dir: &std::path::Path, relay_base: u16) -> common::Running {
+    let relay_ports = format!("{relay_base}-{}", relay_base + 399);
+    common::start(
+        dir,
+        &[
+            "run",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--no-pin",
+            "--turn-static-secret",
+            SECRET,
+            "--turn-realm",
+            "interop",
+            "--relay-ports",
+            &relay_ports,
+            "--danger-allow-loopback-peers",
+        ],
+        true,
+    )
+}
+
+/// A relay port range unlikely to collide with another test's (the server survives a busy
+/// port anyway: the client retransmits and gets another).
+fn relay_base(slot: u16) -> u16 {
+    let jitter = u16::try_from(std::process::id() % 20).unwrap();
+    20_000 + slot * 2_000 + jitter * 50
+}
+
+#[test]
+fn bosonserver_relays_channel_data_without_loss() {
+    if !have_coturn_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = bosonserver(dir.path(), relay_base(0));
+    let report = uclient(server.turn.unwrap().port(), &["-c"], 10, 1000);
+    assert_lossless(&report, 10_000);
+}
+
+#[test]
+fn bosonserver_relays_send_indications_without_loss() {
+    if !have_coturn_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = bosonserver(dir.path(), relay_base(1));
+    let report = uclient(server.turn.unwrap().port(), &["-s", "-c"], 10, 1000);
+    assert_lossless(&report, 10_000);
+}
+
+#[test]
+fn bosonserver_relays_client_to_client_without_loss() {
+    if !have_coturn_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = bosonserver(dir.path(), relay_base(2));
+    let report = uclient(server.turn.unwrap().port(), &["-y", "-c"], 10, 1000);
+    assert_lossless(&report, 10_000);
+}

@@ -1,0 +1,540 @@
+//! Platform I/O behind one small surface, [`Io`], with two backends: [`uring`] (io_uring,
+//! preferred) and [`epoll`] (fallback for kernels or sandboxes without io_uring, e.g. Docker's
+//! default seccomp profile, which makes `io_uring_setup` fail with `EPERM`).
+//!
+//! # The surface
+//!
+//! One [`Io`] value belongs to one worker thread and is driven by its event loop:
+//!
+//! * [`register`](Io::register) a UDP socket (the listener, or a relay socket) with its
+//!   [`SocketRole`]; the backend starts receiving on it at once. [`unregister`](Io::unregister)
+//!   stops receiving and closes it.
+//! * [`submit_and_wait`](Io::submit_and_wait): once per loop turn, hand queued sends and
+//!   re-armed receives to the kernel and wait until something completes or `timeout` (the
+//!   core's next timer) passes. This is the loop's only blocking call.
+//! * [`reap`](Io::reap): the next received [`Datagram`], or `None` when nothing is left from
+//!   this wait. The worker calls it at most its budget times per turn; completions of sends
+//!   are processed inside `reap` and `submit_and_wait` and show up only in [`IoCounters`].
+//! * [`send`](Io::send) a range of a buffer slot from a registered socket to an address. The
+//!   slot is consumed: the backend returns it to the pool once the kernel is done with it.
+//!   Sends are batched: io_uring queues one SQE per send and submits them all in the next
+//!   `submit_and_wait`; epoll collects them and flushes them with `sendmmsg` at the end of
+//!   the turn ([`flush`](Io::flush)).
+//! * [`alloc`](Io::alloc) / [`release`](Io::release) buffer slots, and [`bufs`](Io::bufs) to
+//!   read and write them (see [`bufs`] for the ownership rules).
+//!
+//! # Headroom: how the payload lands at [`HEADROOM`] without a copy
+//!
+//! The TURN core wraps a peer's payload in place: a 4-byte ChannelData header, or a Data
+//! indication (20-byte header + XOR-PEER-ADDRESS + DATA attribute header = up to 48 bytes), in
+//! front of it. So every datagram is received at offset [`HEADROOM`] of its slot.
+//!
+//! * **epoll**: `recvmmsg` is given an iovec that starts at `slot + HEADROOM`. Trivial.
+//! * **io_uring**: with a provided buffer ring the kernel chooses the buffer and writes at its
+//!   start, and multishot `RecvMsg` lays the buffer out as `io_uring_recvmsg_out` (16 bytes),
+//!   then the source address area (exactly `msg_namelen` bytes, zero-padded), then control
+//!   data (`msg_controllen`, 0 here), then the payload. We set `msg_namelen` to 32, which is
+//!   enough for a `sockaddr_in6` (28 bytes), so the payload starts at 16 + 32 = 48 =
+//!   [`HEADROOM`]. The shell decodes the source address before handing the slot to the core,
+//!   after which the header and name area are dead bytes the core may overwrite. The ring
+//!   entries advertise `SLOT_SIZE - TAILROOM` bytes, so the kernel never writes into the
+//!   tailroom the core may need for DATA padding.
+//!
+//! Result: **no payload copy on any path with either backend**. Client → peer (ChannelData or
+//! Send indication) sends a sub-range of the received slot from the relay socket; peer →
+//! client (ChannelData and Data indication alike) sends the slot after the core wrote the
+//! header into the headroom. Only STUN responses are written fresh, into a second slot.
+//!
+//! # Backend selection
+//!
+//! [`resolve`] turns the configured [`IoBackend`] into a concrete one once per process, before
+//! workers start: `Auto` sets up a small io_uring instance with every feature the worker
+//! needs (see [`uring`]) and falls back to epoll with exactly one `warn!` line saying why;
+//! `Uring` fails instead.
+
+pub(crate) mod bufs;
+pub(crate) mod epoll;
+pub(crate) mod uring;
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::packet_core::RelayPort;
+pub(crate) use bufs::{BufId, BufPool};
+
+/// Bytes reserved in front of every received payload for encapsulation headers, as the TURN
+/// core defines them: a Data indication's 20-byte STUN header + XOR-PEER-ADDRESS (4 + 20 for
+/// IPv6) + DATA header (4). ChannelData needs only 4 of them.
+pub use boson_dataplane_proto::HEADROOM;
+
+/// Which I/O backend the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring if this kernel and sandbox allow it, else epoll (with one warning).
+    #[default]
+    Auto,
+    /// io_uring; starting fails if it is unavailable.
+    Uring,
+    /// epoll with `recvmmsg`/`sendmmsg`.
+    Epoll,
+}
+
+impl IoBackend {
+    /// Stable lowercase name, for logs and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Uring => "io_uring",
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
+/// Checks whether io_uring can run a worker here, as [`IoBackend::Auto`] does; the error says
+/// why not.
+pub fn check_uring() -> anyhow::Result<()> {
+    uring::probe()
+}
+
+/// Picks the concrete backend for `requested`. Called once per process.
+pub(crate) fn resolve(requested: IoBackend) -> anyhow::Result<IoBackend> {
+    match requested {
+        IoBackend::Epoll => Ok(IoBackend::Epoll),
+        IoBackend::Uring => {
+            uring::probe().context("io_uring backend requested but unavailable")?;
+            Ok(IoBackend::Uring)
+        }
+        IoBackend::Auto => match uring::probe() {
+            Ok(()) => Ok(IoBackend::Uring),
+            Err(err) => {
+                tracing::warn!(
+                    "io_uring unavailable, falling back to epoll: {err:#}{}",
+                    hint(&err)
+                );
+                Ok(IoBackend::Epoll)
+            }
+        },
+    }
+}
+
+/// A likely cause for a setup error, for the fallback warning.
+fn hint(err: &anyhow::Error) -> &'static str {
+    let errno = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error);
+    match errno {
+        Some(libc::EPERM) => {
+            " (blocked by a seccomp profile, e.g. Docker's default, or kernel.io_uring_disabled)"
+        }
+        Some(libc::ENOSYS) => " (kernel built without io_uring)",
+        _ => "",
+    }
+}
+
+/// What a registered socket is for; reported with every datagram it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketRole {
+    /// The worker's SO_REUSEPORT socket on the public port.
+    Listener,
+    /// The relay socket of one allocation.
+    Relay(RelayPort),
+}
+
+/// Handle of a registered socket. The generation makes a handle of a closed socket stale even
+/// after its slot is reused, so late completions and queued sends cannot hit the new socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SocketId {
+    index: u32,
+    generation: u32,
+}
+
+impl SocketId {
+    /// Generations wrap at 24 bits so a packed id fits the 56-bit payload of io_uring user
+    /// data (see [`uring`]); a stale handle would need 16 million reuses of one slot to alias.
+    const GENERATION_MASK: u32 = (1 << 24) - 1;
+
+    /// Packs into 56 bits (epoll data, io_uring user data).
+    const fn to_u64(self) -> u64 {
+        ((self.generation as u64) << 32) | self.index as u64
+    }
+
+    const fn from_u64(raw: u64) -> Self {
+        Self {
+            index: raw as u32,
+            generation: (raw >> 32) as u32,
+        }
+    }
+}
+
+/// One received datagram: the payload is `slot[HEADROOM..HEADROOM + len]` of `buf`.
+#[derive(Debug)]
+pub(crate) struct Datagram {
+    pub(crate) role: SocketRole,
+    pub(crate) from: SocketAddr,
+    pub(crate) buf: BufId,
+    pub(crate) len: usize,
+}
+
+/// Counters kept by a backend, monotonically increasing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IoCounters {
+    /// Datagrams handed to the worker.
+    pub(crate) rx_packets: u64,
+    /// Payload bytes handed to the worker.
+    pub(crate) rx_bytes: u64,
+    /// Datagrams larger than a slot's payload area, dropped.
+    pub(crate) rx_truncated: u64,
+    /// Receives re-armed because a multishot receive ended (io_uring only), mostly because
+    /// the buffer ring ran dry.
+    pub(crate) rx_rearms: u64,
+    /// Datagrams the kernel accepted for sending.
+    pub(crate) tx_packets: u64,
+    /// Bytes the kernel accepted for sending.
+    pub(crate) tx_bytes: u64,
+    /// Sends that failed (socket buffer full, unreachable, socket gone, …).
+    pub(crate) tx_failed: u64,
+}
+
+/// The I/O surface both backends implement; see the [module docs](self).
+pub(crate) trait Io {
+    /// Starts receiving on `socket`.
+    fn register(&mut self, socket: UdpSocket, role: SocketRole) -> io::Result<SocketId>;
+    /// Stops receiving on the socket and closes it (once the kernel has let go of it). A
+    /// stale id is ignored.
+    fn unregister(&mut self, id: SocketId);
+    /// Submits queued work and waits for completions, at most `timeout` (`None`: until
+    /// something happens, including a [`Waker::wake`]).
+    fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+    /// The next received datagram, if any is ready.
+    fn reap(&mut self) -> Option<Datagram>;
+    /// A free slot for an output buffer.
+    fn alloc(&mut self) -> Option<BufId>;
+    /// Hands a slot back without sending it.
+    fn release(&mut self, buf: BufId);
+    /// Access to slot contents.
+    fn bufs(&mut self) -> &mut BufPool;
+    /// Queues `slot[range]` of `buf` for sending from `socket` to `dst`; consumes `buf`.
+    /// `range` must lie within the slot.
+    fn send(&mut self, socket: SocketId, dst: SocketAddr, buf: BufId, range: Range<usize>);
+    /// Hands sends queued so far to the kernel if the backend does that synchronously
+    /// (epoll), so the counters are current when the worker publishes them before it sleeps.
+    /// A no-op for io_uring, whose sends go with the next submit and complete as CQEs.
+    fn flush(&mut self);
+    /// The counters so far.
+    fn counters(&self) -> IoCounters;
+    /// Unregisters every socket and waits (bounded) for the kernel to let go of every buffer.
+    fn close(&mut self);
+}
+
+/// Slab of registered sockets, shared by both backends.
+#[derive(Debug)]
+struct Sockets<E> {
+    slots: Vec<SocketSlot<E>>,
+    free: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct SocketSlot<E> {
+    generation: u32,
+    entry: Option<E>,
+}
+
+impl<E> Sockets<E> {
+    const fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, entry: E) -> SocketId {
+        if let Some(index) = self.free.pop() {
+            let slot = &mut self.slots[index as usize];
+            slot.generation = (slot.generation + 1) & SocketId::GENERATION_MASK;
+            slot.entry = Some(entry);
+            return SocketId {
+                index,
+                generation: slot.generation,
+            };
+        }
+        let index = u32::try_from(self.slots.len()).unwrap_or_else(|_| unreachable!());
+        self.slots.push(SocketSlot {
+            generation: 0,
+            entry: Some(entry),
+        });
+        SocketId {
+            index,
+            generation: 0,
+        }
+    }
+
+    fn get(&self, id: SocketId) -> Option<&E> {
+        let slot = self.slots.get(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.entry.as_ref()
+    }
+
+    fn get_mut(&mut self, id: SocketId) -> Option<&mut E> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.entry.as_mut()
+    }
+
+    fn remove(&mut self, id: SocketId) -> Option<E> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let entry = slot.entry.take()?;
+        self.free.push(id.index);
+        Some(entry)
+    }
+
+    /// Ids of every live socket (for teardown), in slot order.
+    fn ids(&self) -> impl Iterator<Item = SocketId> + '_ {
+        self.slots.iter().zip(0u32..).filter_map(|(slot, index)| {
+            slot.entry.as_ref().map(|_| SocketId {
+                index,
+                generation: slot.generation,
+            })
+        })
+    }
+}
+
+/// A `sockaddr_in` or `sockaddr_in6`, as the kernel reads and writes them.
+#[derive(Clone, Copy)]
+#[repr(C)]
+union RawAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl RawAddr {
+    /// Size of the name area we give the kernel: the larger of the two.
+    const LEN: usize = size_of::<Self>();
+
+    const fn zeroed() -> Self {
+        // SAFETY: all-zero is a valid value of both plain C structs.
+        unsafe { std::mem::zeroed() }
+    }
+
+    /// Encodes `addr`; returns the value and the length to pass as `msg_namelen`.
+    fn encode(addr: SocketAddr) -> (Self, libc::socklen_t) {
+        let mut raw = Self::zeroed();
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                raw.v4 = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                raw.v6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (raw, len as libc::socklen_t)
+    }
+}
+
+/// Decodes the source address the kernel wrote (`bytes` is the filled part of the name area).
+fn decode_addr(bytes: &[u8]) -> Option<SocketAddr> {
+    let family = libc::sa_family_t::from_ne_bytes(
+        bytes
+            .get(..size_of::<libc::sa_family_t>())?
+            .try_into()
+            .ok()?,
+    );
+    match i32::from(family) {
+        libc::AF_INET if bytes.len() >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: long enough; read_unaligned copes with any alignment.
+            let a = unsafe { bytes.as_ptr().cast::<libc::sockaddr_in>().read_unaligned() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if bytes.len() >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above.
+            let a = unsafe { bytes.as_ptr().cast::<libc::sockaddr_in6>().read_unaligned() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Wakes one worker's blocking wait from another thread: an eventfd that both backends watch.
+/// Used for shutdown now, and for cross-core mailboxes later.
+#[derive(Debug)]
+pub(crate) struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    /// Makes the worker's current or next wait return.
+    pub(crate) fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer. A full counter (EAGAIN) is still a
+        // pending wake-up, so the result needs no handling.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Clears pending wake-ups (the fd is non-blocking).
+    fn drain(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer. EAGAIN means nothing was pending.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn raw_addresses_round_trip() {
+        for addr in [
+            "192.0.2.1:3478",
+            "[2001:db8::1]:49152",
+            "[::ffff:192.0.2.9]:1",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let (raw, len) = RawAddr::encode(addr);
+            // SAFETY: reading the bytes of a plain C union.
+            let bytes: [u8; RawAddr::LEN] = unsafe { std::mem::transmute(raw) };
+            assert_eq!(decode_addr(&bytes[..len as usize]), Some(addr));
+        }
+        assert_eq!(decode_addr(&[]), None);
+        assert_eq!(decode_addr(&[0; 32]), None);
+        const { assert!(RawAddr::LEN <= uring::NAME_LEN) };
+    }
+
+    /// Receive at HEADROOM, write a header in place, send the slot back: the surface works the
+    /// same on both backends.
+    fn round_trip<I: Io>(mut io: I) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let role = SocketRole::Relay(RelayPort::new(addr.port()));
+        let id = io.register(socket, role).unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        peer.send_to(b"ping", addr).unwrap();
+
+        let datagram = (0..100)
+            .find_map(|_| {
+                io.submit_and_wait(Some(Duration::from_millis(20))).unwrap();
+                io.reap()
+            })
+            .expect("a datagram");
+        assert_eq!(datagram.role, role);
+        assert_eq!(datagram.from, peer.local_addr().unwrap());
+        assert_eq!(datagram.len, 4);
+        let slot = io.bufs().slot_mut(&datagram.buf);
+        assert_eq!(&slot[HEADROOM..HEADROOM + 4], b"ping");
+        slot[HEADROOM - 4..HEADROOM].copy_from_slice(b"pong");
+        io.send(id, datagram.from, datagram.buf, HEADROOM - 4..HEADROOM + 4);
+        io.flush();
+        for _ in 0..100 {
+            if io.counters().tx_packets == 1 {
+                break;
+            }
+            io.submit_and_wait(Some(Duration::from_millis(20))).unwrap();
+            while let Some(d) = io.reap() {
+                io.release(d.buf);
+            }
+        }
+        let mut buf = [0u8; 64];
+        let (len, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"pongping");
+        assert_eq!(from, addr);
+        let counters = io.counters();
+        assert_eq!((counters.rx_packets, counters.rx_bytes), (1, 4));
+        assert_eq!((counters.tx_packets, counters.tx_bytes), (1, 8));
+
+        io.unregister(id);
+        io.unregister(id); // stale: ignored
+        io.close();
+    }
+
+    #[test]
+    fn epoll_round_trip() {
+        let waker = Arc::new(Waker::new().unwrap());
+        round_trip(epoll::Epoll::new(64, waker).unwrap());
+    }
+
+    #[test]
+    fn uring_round_trip() {
+        if let Err(err) = check_uring() {
+            eprintln!("skipped: io_uring unavailable: {err:#}");
+            return;
+        }
+        let waker = Arc::new(Waker::new().unwrap());
+        round_trip(uring::Uring::new(64, waker).unwrap());
+    }
+
+    #[test]
+    fn fallback_hint_names_seccomp_for_eperm() {
+        let err = anyhow::Error::new(io::Error::from_raw_os_error(libc::EPERM))
+            .context("io_uring_setup failed");
+        assert!(hint(&err).contains("seccomp"));
+        assert_eq!(hint(&anyhow::anyhow!("other")), "");
+    }
+
+    #[test]
+    fn socket_ids_go_stale() {
+        let mut s = Sockets::new();
+        let a = s.insert("a");
+        assert_eq!(s.remove(a), Some("a"));
+        let b = s.insert("b");
+        assert_eq!(a.index, b.index);
+        assert_eq!(s.get(a), None);
+        assert_eq!(s.get(b), Some(&"b"));
+        assert_eq!(SocketId::from_u64(b.to_u64()), b);
+        assert_eq!(s.ids().collect::<Vec<_>>(), [b]);
+    }
+}

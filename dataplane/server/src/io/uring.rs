@@ -1,0 +1,845 @@
+//! io_uring backend, on the `io-uring` crate directly (no runtime on top).
+//!
+//! # Kernel features used
+//!
+//! | Feature | Why | Since |
+//! |---|---|---|
+//! | `IORING_SETUP_SINGLE_ISSUER` + `DEFER_TASKRUN` (if accepted, else a plain ring) | one thread per ring; completions run only when the worker waits, so they batch | 6.1 |
+//! | `IORING_FEAT_EXT_ARG` | the wait takes a timeout for the core's next timer, without a timeout SQE | 5.11 |
+//! | `IORING_FEAT_NODROP` | completions are never lost if the worker falls behind its budget | 5.5 |
+//! | provided buffer ring (`IORING_REGISTER_PBUF_RING`) | the kernel picks a free slot per datagram; no per-receive SQE | 5.19 |
+//! | multishot `RECVMSG` (`IORING_RECV_MULTISHOT`) | one SQE receives on a socket until it ends; re-armed then | 6.0 |
+//! | `SENDMSG` | a send with a destination address, one SQE per datagram, submitted in batches | 5.3 |
+//! | `POLL_ADD` on an eventfd | cross-thread wake-up ([`Waker`]) | 5.1 |
+//! | `ASYNC_CANCEL` | stop a socket's multishot receive before closing it | 5.5 |
+//!
+//! [`probe`] checks every one of them (opcodes through `IORING_REGISTER_PROBE`, and multishot
+//! receive by arming one on an unbound socket and cancelling it: older kernels reject it
+//! with `EINVAL`), so `Auto` falls back to epoll on any kernel that lacks one.
+//!
+//! Not used: `SEND_ZC`/`SENDMSG_ZC`. Relay datagrams are at most an MTU, where zero-copy send
+//! costs more (page pinning plus a second notification CQE per send) than the copy it saves;
+//! it pays off above a few KiB.
+//!
+//! # Buffers
+//!
+//! Half of the worker's slots live in the buffer ring (the receive pool); the rest are the
+//! free list for replies. A returned slot refills the ring first, so received datagrams that
+//! go out again (relayed) come back to the ring when their send completes. The ring entries
+//! advertise `SLOT_SIZE - TAILROOM` bytes, and `msg_namelen` is [`NAME_LEN`], which puts the
+//! payload at exactly `HEADROOM` (see the [parent module](super)). When the ring runs dry a
+//! multishot receive ends with `ENOBUFS`; the socket is re-armed at the next submit once
+//! slots are back.
+//!
+//! # Lifetimes of kernel-visible memory
+//!
+//! Slots, the buffer ring, the shared `msghdr` of the receives and the per-slot `msghdr` of
+//! the sends are boxed once and never move. Teardown cancels every operation and waits for
+//! the completions; if they do not all arrive within a bound, the memory is leaked rather
+//! than freed under the kernel.
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+
+use super::bufs::{SLOT_SIZE, TAILROOM};
+use super::{
+    BufId, BufPool, Datagram, HEADROOM, Io, IoCounters, RawAddr, SocketId, SocketRole, Sockets,
+    Waker, decode_addr,
+};
+
+/// Size of the source-address area of a multishot `RecvMsg` buffer: holds a `sockaddr_in6`
+/// (28 bytes) and makes the payload start at [`HEADROOM`].
+pub(super) const NAME_LEN: usize = HEADROOM - RECVMSG_OUT_LEN;
+
+/// `size_of::<io_uring_recvmsg_out>()`: four `u32`s the kernel writes at the buffer start.
+const RECVMSG_OUT_LEN: usize = 16;
+
+/// Submission queue size. A turn queues at most its budget of sends plus re-arms; a full
+/// queue is submitted early, so this only bounds syscall batching.
+const SQ_ENTRIES: u32 = 1024;
+
+/// Completion queue size: room for a few turns of receives and send completions.
+const CQ_ENTRIES: u32 = 8 * SQ_ENTRIES;
+
+/// Buffer group id of the worker's (single) buffer ring.
+const BGID: u16 = 0;
+
+/// Length the ring advertises per slot: the kernel leaves the tailroom alone.
+const RING_BUF_LEN: u32 = (SLOT_SIZE - TAILROOM) as u32;
+
+/// How long teardown waits for cancelled operations, in steps of [`CLOSE_STEP`].
+const CLOSE_STEPS: u32 = 200;
+const CLOSE_STEP: Duration = Duration::from_millis(10);
+
+/// User data: operation kind in the top 8 bits, a 56-bit payload below.
+mod user_data {
+    pub(super) const RECV: u64 = 1;
+    pub(super) const SEND: u64 = 2;
+    pub(super) const WAKE: u64 = 3;
+    pub(super) const CANCEL: u64 = 4;
+    pub(super) const PROBE: u64 = 5;
+
+    const SHIFT: u32 = 56;
+
+    pub(super) const fn pack(kind: u64, payload: u64) -> u64 {
+        (kind << SHIFT) | (payload & ((1 << SHIFT) - 1))
+    }
+
+    pub(super) const fn unpack(raw: u64) -> (u64, u64) {
+        (raw >> SHIFT, raw & ((1 << SHIFT) - 1))
+    }
+}
+
+/// Checks that io_uring can run a worker here: sets up a small instance with everything
+/// [`Uring::new`] needs, then tears it down.
+///
+/// This runs on a throwaway thread. A thread that has used a ring gets an io_uring task
+/// context, and when the ring is destroyed the kernel's asynchronous exit work queues task
+/// work with `TWA_SIGNAL` to every such thread, tens of milliseconds later. On the caller's
+/// thread that would make an unrelated blocking syscall with a timeout (say, a `recv` with
+/// `SO_RCVTIMEO`) fail with `EINTR`. A thread that has exited is skipped.
+pub(crate) fn probe() -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("boson-uring-probe".into())
+        .spawn(|| {
+            let waker = Arc::new(Waker::new().context("creating an eventfd")?);
+            let _uring = Uring::new(64, waker)?;
+            Ok(())
+        })
+        .context("spawning the io_uring probe thread")?
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the io_uring probe panicked")))
+}
+
+/// The io_uring [`Io`] backend of one worker.
+pub(crate) struct Uring {
+    ring: IoUring,
+    mem: ManuallyDrop<KernelMem>,
+    sockets: Sockets<Entry>,
+    /// Slots the buffer ring should hold; its entry count.
+    ring_target: usize,
+    /// Slots pushed to the ring and not yet reported used by a completion.
+    in_ring: usize,
+    /// Sockets whose receive must be (re-)armed at the next submit.
+    rearm: Vec<SocketId>,
+    waker: Arc<Waker>,
+    wake_armed: bool,
+    inflight_recvs: usize,
+    inflight_sends: usize,
+    counters: IoCounters,
+    closed: bool,
+    /// Every operation completed after `close`: `mem` may be freed.
+    drained: bool,
+}
+
+/// Memory the kernel reads or writes while operations are in flight.
+struct KernelMem {
+    pool: BufPool,
+    bufring: BufRing,
+    /// Template of every multishot receive: only `msg_namelen` and `msg_controllen` matter.
+    recv_msg: Box<libc::msghdr>,
+    /// Per slot: the header, iovec and destination of the send that slot is in.
+    sends: Box<[SendMeta]>,
+}
+
+struct SendMeta {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    addr: RawAddr,
+}
+
+struct Entry {
+    socket: UdpSocket,
+    role: SocketRole,
+    state: RecvState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvState {
+    /// A multishot receive is in flight.
+    Armed,
+    /// No receive in flight; queued in `rearm`.
+    Idle,
+    /// Cancelled; the socket closes when the receive's final completion arrives.
+    Closing,
+}
+
+impl Uring {
+    /// Sets up a ring with a pool of `buffers` slots (a power of two, at least 2).
+    pub(crate) fn new(buffers: usize, waker: Arc<Waker>) -> anyhow::Result<Self> {
+        let (ring, deferred) = build_ring().context("io_uring_setup failed")?;
+        ensure!(
+            ring.params().is_feature_ext_arg(),
+            "io_uring lacks IORING_FEAT_EXT_ARG (Linux 5.11+)"
+        );
+        ensure!(
+            ring.params().is_feature_nodrop(),
+            "io_uring lacks IORING_FEAT_NODROP (Linux 5.5+)"
+        );
+        let mut probe = Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .context("IORING_REGISTER_PROBE failed")?;
+        for (code, name) in [
+            (opcode::RecvMsg::CODE, "RECVMSG"),
+            (opcode::SendMsg::CODE, "SENDMSG"),
+            (opcode::PollAdd::CODE, "POLL_ADD"),
+            (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        ] {
+            ensure!(
+                probe.is_supported(code),
+                "io_uring opcode {name} unsupported"
+            );
+        }
+
+        let ring_target = buffers / 2;
+        let entries = u16::try_from(ring_target).context("buffer ring too large")?;
+        ensure!(
+            entries.is_power_of_two(),
+            "buffer ring size {entries} is not a power of two"
+        );
+        let mut pool = BufPool::new(buffers);
+        let mut bufring = BufRing::new(entries);
+        // SAFETY: `bufring` is page-aligned, has `entries` entries, and lives in `mem` until
+        // it is unregistered in `Drop` (or leaked).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(bufring.addr(), entries, BGID, 0)
+        }
+        .context(
+            "registering a provided buffer ring failed (IORING_REGISTER_PBUF_RING, Linux 5.19+)",
+        )?;
+        for _ in 0..ring_target {
+            let buf = pool
+                .alloc()
+                .unwrap_or_else(|| unreachable!("half the pool"));
+            bufring.push(buf.index(), pool.slot_ptr(buf.index()), RING_BUF_LEN);
+        }
+        bufring.publish();
+
+        // SAFETY: all-zero is a valid msghdr.
+        let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        recv_msg.msg_namelen = NAME_LEN as libc::socklen_t;
+        let sends = (0..buffers)
+            .map(|_| SendMeta {
+                // SAFETY: all-zero is a valid msghdr and iovec.
+                msg: unsafe { std::mem::zeroed() },
+                // SAFETY: as above.
+                iov: unsafe { std::mem::zeroed() },
+                addr: RawAddr::zeroed(),
+            })
+            .collect();
+
+        let mut uring = Self {
+            ring,
+            mem: ManuallyDrop::new(KernelMem {
+                pool,
+                bufring,
+                recv_msg,
+                sends,
+            }),
+            sockets: Sockets::new(),
+            ring_target,
+            in_ring: ring_target,
+            rearm: Vec::with_capacity(64),
+            waker,
+            wake_armed: false,
+            inflight_recvs: 0,
+            inflight_sends: 0,
+            counters: IoCounters::default(),
+            closed: false,
+            drained: false,
+        };
+        uring.verify_multishot()?;
+        tracing::debug!(
+            defer_taskrun = deferred,
+            buffers,
+            ring_entries = entries,
+            "io_uring ready"
+        );
+        Ok(uring)
+    }
+
+    /// Arms a multishot receive on an unbound socket and cancels it: a kernel without
+    /// multishot `RecvMsg` rejects the SQE with `EINVAL` instead.
+    fn verify_multishot(&mut self) -> anyhow::Result<()> {
+        let socket = UdpSocket::bind("0.0.0.0:0")
+            .or_else(|_| UdpSocket::bind("[::]:0"))
+            .context("creating a probe socket")?;
+        let recv = opcode::RecvMsgMulti::new(
+            types::Fd(socket.as_raw_fd()),
+            &raw const *self.mem.recv_msg,
+            BGID,
+        )
+        .build()
+        .user_data(user_data::pack(user_data::PROBE, 0));
+        let cancel = opcode::AsyncCancel::new(user_data::pack(user_data::PROBE, 0))
+            .build()
+            .user_data(user_data::pack(user_data::PROBE, 1));
+        // SAFETY: the msghdr lives in `mem`; the socket outlives the receive (we wait for its
+        // final completion below, or leak `mem` and the socket if it never comes).
+        unsafe { self.push(&recv) }.context("queueing the probe receive")?;
+        self.inflight_recvs += 1;
+        // SAFETY: a cancel references no memory.
+        unsafe { self.push(&cancel) }.context("queueing the probe cancel")?;
+
+        let mut result = None;
+        for _ in 0..CLOSE_STEPS {
+            self.enter(1, Some(CLOSE_STEP))
+                .context("io_uring_enter failed")?;
+            while let Some(cqe) = self.next_cqe() {
+                let (kind, payload) = user_data::unpack(cqe.user_data());
+                if kind == user_data::PROBE && payload == 0 && !cqueue::more(cqe.flags()) {
+                    result = Some(cqe.result());
+                }
+                if let Some(datagram) = self.complete(&cqe) {
+                    self.release(datagram.buf);
+                }
+            }
+            if result.is_some() {
+                break;
+            }
+        }
+        let Some(result) = result else {
+            std::mem::forget(socket);
+            bail!("the multishot receive probe did not complete");
+        };
+        match -result {
+            libc::ECANCELED => Ok(()),
+            libc::EINVAL => bail!("multishot RECVMSG unsupported (Linux 6.0+)"),
+            errno => Err(io::Error::from_raw_os_error(errno))
+                .context("the multishot receive probe failed"),
+        }
+    }
+
+    /// Queues an SQE, submitting early if the queue is full.
+    ///
+    /// # Safety
+    ///
+    /// Memory the SQE points to must stay valid until its (final) completion.
+    unsafe fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
+        // SAFETY: forwarded to the caller.
+        if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+            return Ok(());
+        }
+        self.ring.submit()?;
+        // SAFETY: as above.
+        unsafe { self.ring.submission().push(sqe) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))
+    }
+
+    fn next_cqe(&mut self) -> Option<cqueue::Entry> {
+        self.ring.completion().next()
+    }
+
+    /// One `io_uring_enter`: submit, and wait for `want` completions or `timeout`.
+    fn enter(&self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        let submitter = self.ring.submitter();
+        let result = match timeout {
+            None => submitter.submit_and_wait(want),
+            Some(timeout) => {
+                let ts = types::Timespec::from(timeout);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                submitter.submit_with_args(want, &args)
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            // ETIME: the timer is due. EINTR: a signal. EBUSY/EAGAIN: the completion queue is
+            // backed up; the worker drains it next.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Processes one completion; returns a datagram for the worker, if it carried one.
+    fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Datagram> {
+        let (kind, payload) = user_data::unpack(cqe.user_data());
+        let flags = cqe.flags();
+        let buf = cqueue::buffer_select(flags).map(|bid| {
+            self.in_ring -= 1;
+            BufId::from_kernel(bid)
+        });
+        match kind {
+            user_data::RECV => {
+                let id = SocketId::from_u64(payload);
+                if !cqueue::more(flags) {
+                    self.inflight_recvs -= 1;
+                    self.recv_ended(id, cqe.result());
+                }
+                self.received(id, cqe.result(), buf?)
+            }
+            user_data::SEND => {
+                self.inflight_sends -= 1;
+                match u64::try_from(cqe.result()) {
+                    Ok(sent) => {
+                        self.counters.tx_packets += 1;
+                        self.counters.tx_bytes += sent;
+                    }
+                    Err(_) => {
+                        self.counters.tx_failed += 1;
+                        tracing::debug!(
+                            err = %io::Error::from_raw_os_error(-cqe.result()),
+                            "send failed"
+                        );
+                    }
+                }
+                let slot = u16::try_from(payload).unwrap_or_else(|_| unreachable!("slot id"));
+                self.release(BufId::from_kernel(slot));
+                None
+            }
+            user_data::WAKE => {
+                self.wake_armed = false;
+                self.waker.drain();
+                None
+            }
+            user_data::PROBE if payload == 0 && !cqueue::more(flags) => {
+                self.inflight_recvs -= 1;
+                self.release(buf?);
+                None
+            }
+            _ => {
+                self.release(buf?);
+                None
+            }
+        }
+    }
+
+    /// A socket's multishot receive ended: close it if it was cancelled, else re-arm it.
+    fn recv_ended(&mut self, id: SocketId, result: i32) {
+        let Some(entry) = self.sockets.get_mut(id) else {
+            return;
+        };
+        if entry.state == RecvState::Closing {
+            self.sockets.remove(id);
+            return;
+        }
+        entry.state = RecvState::Idle;
+        self.rearm.push(id);
+        self.counters.rx_rearms += 1;
+        if result < 0 && result != -libc::ENOBUFS {
+            tracing::debug!(
+                err = %io::Error::from_raw_os_error(-result),
+                "multishot receive ended; re-arming"
+            );
+        }
+    }
+
+    /// Turns a receive completion that carried slot `buf` into a datagram, or drops it.
+    fn received(&mut self, id: SocketId, result: i32, buf: BufId) -> Option<Datagram> {
+        let role = match self.sockets.get(id) {
+            Some(entry) if entry.state != RecvState::Closing => entry.role,
+            _ => {
+                self.release(buf);
+                return None;
+            }
+        };
+        let Ok(filled) = usize::try_from(result) else {
+            self.release(buf);
+            return None;
+        };
+        let parsed = {
+            let KernelMem { pool, recv_msg, .. } = &mut *self.mem;
+            let slot = pool.slot_mut(&buf);
+            let slot = &slot[..filled.min(SLOT_SIZE)];
+            match types::RecvMsgOut::parse(slot, recv_msg) {
+                Err(()) => None,
+                Ok(out) if out.is_payload_truncated() => Some(None),
+                Ok(out) => {
+                    debug_assert_eq!(
+                        out.payload_data().as_ptr() as usize - slot.as_ptr() as usize,
+                        HEADROOM,
+                        "payload not at HEADROOM"
+                    );
+                    Some(decode_addr(out.name_data()).map(|from| (from, out.payload_data().len())))
+                }
+            }
+        };
+        match parsed {
+            Some(Some((from, len))) => {
+                self.counters.rx_packets += 1;
+                self.counters.rx_bytes += len as u64;
+                Some(Datagram {
+                    role,
+                    from,
+                    buf,
+                    len,
+                })
+            }
+            Some(None) => {
+                self.counters.rx_truncated += 1;
+                self.release(buf);
+                None
+            }
+            None => {
+                self.release(buf);
+                None
+            }
+        }
+    }
+
+    /// Arms the receives of idle sockets, if the ring has slots for them.
+    fn arm_receives(&mut self) {
+        if self.rearm.is_empty() {
+            return;
+        }
+        if self.in_ring == 0 {
+            // Nothing in flight will refill the ring soon: lend it half the free slots.
+            let lend = (self.mem.pool.free_len() / 2).min(self.ring_target);
+            for _ in 0..lend {
+                let Some(buf) = self.mem.pool.alloc() else {
+                    break;
+                };
+                self.push_to_ring(buf);
+            }
+            self.mem.bufring.publish();
+            if self.in_ring == 0 {
+                return;
+            }
+        }
+        let mut rearm = std::mem::take(&mut self.rearm);
+        for id in rearm.drain(..) {
+            let Some(entry) = self.sockets.get_mut(id) else {
+                continue;
+            };
+            if entry.state != RecvState::Idle {
+                continue;
+            }
+            let sqe = opcode::RecvMsgMulti::new(
+                types::Fd(entry.socket.as_raw_fd()),
+                &raw const *self.mem.recv_msg,
+                BGID,
+            )
+            .build()
+            .user_data(user_data::pack(user_data::RECV, id.to_u64()));
+            entry.state = RecvState::Armed;
+            // SAFETY: the msghdr lives in `mem`; the socket stays open until the receive's
+            // final completion (`recv_ended`).
+            match unsafe { self.push(&sqe) } {
+                Ok(()) => self.inflight_recvs += 1,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot arm a receive; retrying next turn");
+                    if let Some(entry) = self.sockets.get_mut(id) {
+                        entry.state = RecvState::Idle;
+                    }
+                    self.rearm.push(id);
+                }
+            }
+        }
+        // Keep the allocation for the next turn.
+        if self.rearm.is_empty() {
+            self.rearm = rearm;
+        }
+    }
+
+    fn push_to_ring(&mut self, buf: BufId) {
+        let index = buf.index();
+        let ptr = self.mem.pool.slot_ptr(index);
+        self.mem.bufring.push(index, ptr, RING_BUF_LEN);
+        self.in_ring += 1;
+    }
+
+    fn arm_waker(&mut self) {
+        if self.wake_armed || self.closed {
+            return;
+        }
+        let sqe = opcode::PollAdd::new(types::Fd(self.waker.raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data::pack(user_data::WAKE, 0));
+        // SAFETY: the eventfd is kept alive by `self.waker` until the poll completes.
+        match unsafe { self.push(&sqe) } {
+            Ok(()) => self.wake_armed = true,
+            Err(err) => tracing::warn!(%err, "cannot arm the waker; retrying next turn"),
+        }
+    }
+}
+
+impl Io for Uring {
+    fn register(&mut self, socket: UdpSocket, role: SocketRole) -> io::Result<SocketId> {
+        let id = self.sockets.insert(Entry {
+            socket,
+            role,
+            state: RecvState::Idle,
+        });
+        // Armed at the next submit; datagrams queue in the socket meanwhile.
+        self.rearm.push(id);
+        Ok(id)
+    }
+
+    fn unregister(&mut self, id: SocketId) {
+        let Some(entry) = self.sockets.get_mut(id) else {
+            return;
+        };
+        match entry.state {
+            RecvState::Idle => {
+                self.sockets.remove(id);
+            }
+            RecvState::Closing => {}
+            RecvState::Armed => {
+                entry.state = RecvState::Closing;
+                let sqe = opcode::AsyncCancel::new(user_data::pack(user_data::RECV, id.to_u64()))
+                    .build()
+                    .user_data(user_data::pack(user_data::CANCEL, 0));
+                // SAFETY: a cancel references no memory.
+                if let Err(err) = unsafe { self.push(&sqe) } {
+                    tracing::warn!(%err, "cannot cancel a receive; the socket stays open");
+                }
+            }
+        }
+    }
+
+    fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.mem.bufring.publish();
+        self.arm_receives();
+        self.arm_waker();
+        self.enter(1, timeout)
+    }
+
+    fn reap(&mut self) -> Option<Datagram> {
+        loop {
+            let cqe = self.next_cqe()?;
+            if let Some(datagram) = self.complete(&cqe) {
+                return Some(datagram);
+            }
+        }
+    }
+
+    fn alloc(&mut self) -> Option<BufId> {
+        self.mem.pool.alloc()
+    }
+
+    fn release(&mut self, buf: BufId) {
+        if self.in_ring < self.ring_target && !self.closed {
+            self.push_to_ring(buf);
+        } else {
+            self.mem.pool.free(buf);
+        }
+    }
+
+    fn bufs(&mut self) -> &mut BufPool {
+        &mut self.mem.pool
+    }
+
+    fn send(&mut self, socket: SocketId, dst: SocketAddr, buf: BufId, range: Range<usize>) {
+        assert!(range.start <= range.end && range.end <= SLOT_SIZE);
+        let Some(fd) = self.sockets.get(socket).map(|e| e.socket.as_raw_fd()) else {
+            self.counters.tx_failed += 1;
+            self.release(buf);
+            return;
+        };
+        let index = buf.index();
+        let base = self.mem.pool.slot_ptr(index);
+        let meta = &mut self.mem.sends[usize::from(index)];
+        let (addr, addr_len) = RawAddr::encode(dst);
+        meta.addr = addr;
+        meta.iov = libc::iovec {
+            // SAFETY: `range` lies within the slot (asserted above).
+            iov_base: unsafe { base.add(range.start) }.cast(),
+            iov_len: range.len(),
+        };
+        meta.msg.msg_name = (&raw mut meta.addr).cast();
+        meta.msg.msg_namelen = addr_len;
+        meta.msg.msg_iov = &raw mut meta.iov;
+        meta.msg.msg_iovlen = 1;
+        let sqe = opcode::SendMsg::new(types::Fd(fd), &raw const meta.msg)
+            .build()
+            .user_data(user_data::pack(user_data::SEND, u64::from(index)));
+        // SAFETY: the header, iovec, address and slot belong to this send until its
+        // completion returns the slot (`complete`); the socket closes only after its receive
+        // is cancelled, which is submitted after this SQE.
+        match unsafe { self.push(&sqe) } {
+            Ok(()) => self.inflight_sends += 1,
+            Err(_) => {
+                self.counters.tx_failed += 1;
+                self.release(buf);
+            }
+        }
+    }
+
+    fn flush(&mut self) {}
+
+    fn counters(&self) -> IoCounters {
+        self.counters
+    }
+
+    fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        let ids: Vec<SocketId> = self.sockets.ids().collect();
+        for id in ids {
+            self.unregister(id);
+        }
+        self.closed = true;
+        self.rearm.clear();
+        if self.wake_armed {
+            let sqe = opcode::AsyncCancel::new(user_data::pack(user_data::WAKE, 0))
+                .build()
+                .user_data(user_data::pack(user_data::CANCEL, 0));
+            // SAFETY: a cancel references no memory.
+            let _ = unsafe { self.push(&sqe) };
+        }
+        for _ in 0..CLOSE_STEPS {
+            if self.inflight_recvs == 0 && self.inflight_sends == 0 && !self.wake_armed {
+                self.drained = true;
+                break;
+            }
+            if let Err(err) = self.enter(1, Some(CLOSE_STEP)) {
+                tracing::warn!(%err, "io_uring_enter failed during teardown");
+                break;
+            }
+            while let Some(datagram) = self.reap() {
+                self.release(datagram.buf);
+            }
+        }
+        if !self.drained {
+            tracing::warn!(
+                recvs = self.inflight_recvs,
+                sends = self.inflight_sends,
+                "io_uring operations still in flight at teardown; leaking their memory"
+            );
+        }
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        self.close();
+        if self.drained {
+            let _ = self.ring.submitter().unregister_buf_ring(BGID);
+            // SAFETY: every operation has completed and the ring is unregistered, so the
+            // kernel holds no reference into `mem`; it is not used again.
+            unsafe { ManuallyDrop::drop(&mut self.mem) };
+        } else {
+            // Leaked on purpose: the sockets of unfinished operations too.
+            for id in self.sockets.ids().collect::<Vec<_>>() {
+                if let Some(entry) = self.sockets.remove(id) {
+                    std::mem::forget(entry.socket);
+                }
+            }
+        }
+    }
+}
+
+/// Sets up a ring, single-issuer with deferred task running if the kernel accepts it.
+/// Returns whether it did.
+fn build_ring() -> io::Result<(IoUring, bool)> {
+    let deferred = IoUring::builder()
+        .setup_cqsize(CQ_ENTRIES)
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(SQ_ENTRIES);
+    match deferred {
+        Ok(ring) => Ok((ring, true)),
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+            let ring = IoUring::builder()
+                .setup_cqsize(CQ_ENTRIES)
+                .build(SQ_ENTRIES)?;
+            Ok((ring, false))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// A provided buffer ring: `entries` descriptors the kernel consumes at its head while we
+/// append at the tail.
+struct BufRing {
+    base: NonNull<types::BufRingEntry>,
+    layout: std::alloc::Layout,
+    mask: u16,
+    /// Our tail; published to the kernel by [`publish`](Self::publish).
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(entries: u16) -> Self {
+        let layout = std::alloc::Layout::from_size_align(
+            usize::from(entries) * size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .unwrap_or_else(|_| unreachable!("small, page-aligned"));
+        // SAFETY: non-zero size (entries >= 1).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(base) = NonNull::new(ptr.cast()) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        Self {
+            base,
+            layout,
+            mask: entries - 1,
+            tail: 0,
+        }
+    }
+
+    fn addr(&self) -> u64 {
+        self.base.as_ptr() as u64
+    }
+
+    /// Appends a slot (visible to the kernel after `publish`). The caller keeps at most
+    /// `entries` slots in the ring, so this never overwrites one the kernel has not consumed.
+    fn push(&mut self, bid: u16, addr: *mut u8, len: u32) {
+        // SAFETY: the index is masked into the ring; the entry is not the kernel's (see
+        // above), and its `resv` field (the shared tail, in entry 0) is not touched.
+        let entry = unsafe { &mut *self.base.as_ptr().add(usize::from(self.tail & self.mask)) };
+        entry.set_addr(addr as u64);
+        entry.set_len(len);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes pushed entries visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: `tail` points into the ring's first entry, 2-aligned; the kernel only
+        // reads it, with acquire ordering.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.base.as_ptr()).cast_mut();
+            AtomicU16::from_ptr(tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.base.as_ptr().cast(), self.layout) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        let id = SocketId {
+            index: 7,
+            generation: SocketId::GENERATION_MASK,
+        };
+        let raw = user_data::pack(user_data::RECV, id.to_u64());
+        assert_eq!(user_data::unpack(raw), (user_data::RECV, id.to_u64()));
+        assert_eq!(SocketId::from_u64(id.to_u64()), id);
+    }
+
+    #[test]
+    fn name_area_puts_the_payload_at_headroom() {
+        const { assert!(RECVMSG_OUT_LEN + NAME_LEN == HEADROOM) };
+        const { assert!(NAME_LEN >= size_of::<libc::sockaddr_in6>()) };
+    }
+}

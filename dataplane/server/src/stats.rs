@@ -1,0 +1,205 @@
+//! Per-worker counters: written by the worker thread only, read by anyone without locks.
+//!
+//! The worker keeps plain counters (its backend's [`IoCounters`](crate::io::IoCounters), its
+//! core's [`Stats`](boson_dataplane_proto::Stats) and its own), and once per loop turn copies
+//! them into a [`SharedStats`] with `Relaxed` stores. Readers load them with `Relaxed` loads
+//! into a [`WorkerStatsSnapshot`]. Each value is a monotonic counter (or a gauge) on its own,
+//! so a snapshot needs no cross-field consistency and no seqlock: a reader may see one
+//! counter from this turn and another from the previous one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use boson_dataplane_proto::DropReason;
+
+use crate::io::IoBackend;
+
+macro_rules! worker_counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// The shell's and the core's counters of one worker. Monotonic unless noted.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct WorkerCounters {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        /// [`WorkerCounters`] as atomics.
+        #[derive(Debug, Default)]
+        struct AtomicCounters {
+            $($name: AtomicU64,)*
+        }
+
+        impl AtomicCounters {
+            fn store(&self, counters: &WorkerCounters) {
+                $(self.$name.store(counters.$name, Ordering::Relaxed);)*
+            }
+
+            fn load(&self) -> WorkerCounters {
+                WorkerCounters {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+worker_counters! {
+    /// Datagrams received (listener and relay sockets).
+    packets_in,
+    /// Payload bytes received.
+    bytes_in,
+    /// Datagrams the kernel accepted for sending.
+    packets_out,
+    /// Bytes the kernel accepted for sending.
+    bytes_out,
+    /// Sends that failed.
+    sends_failed,
+    /// Datagrams dropped by the shell because they did not fit a buffer slot.
+    rx_truncated,
+    /// Listener datagrams dropped because no buffer was free for the reply.
+    no_tx_buffer,
+    /// Relay actions naming a port without a relay socket.
+    relay_missing,
+    /// Actions whose range did not fit the buffer (a core bug), dropped.
+    bad_core_range,
+    /// Relay sockets that could not be bound.
+    relay_bind_failed,
+    /// Relay sockets open now (a gauge).
+    relay_sockets,
+    /// Multishot receives re-armed (io_uring only).
+    rx_rearms,
+    /// Event-loop turns.
+    turns,
+    /// Turns that ended because the datagram budget ran out.
+    budget_exhausted,
+    /// Binding requests the core answered (success or error).
+    binding_requests,
+    /// Binding success responses.
+    binding_success,
+    /// Binding error responses.
+    binding_errors,
+    /// Binding indications absorbed.
+    binding_indications,
+    /// TURN allocations alive now (a gauge).
+    allocations,
+    /// TURN allocations created.
+    allocations_created,
+    /// TURN allocations that ran out without a Refresh.
+    allocations_expired,
+    /// TURN allocations deleted (Refresh with lifetime 0, or a relay port that could not bind).
+    allocations_deleted,
+    /// TURN permissions installed now (a gauge).
+    permissions,
+    /// TURN channel bindings now, including those cooling down after expiry (a gauge).
+    channels,
+    /// TURN success responses.
+    turn_success_responses,
+    /// TURN error responses (all codes).
+    turn_error_responses,
+    /// Payloads relayed from clients to peers (ChannelData and Send indications).
+    relayed_to_peer_packets,
+    /// Payload bytes relayed from clients to peers, without framing.
+    relayed_to_peer_bytes,
+    /// Peer datagrams relayed to clients (ChannelData and Data indications).
+    relayed_to_client_packets,
+    /// Payload bytes relayed from peers to clients, without framing.
+    relayed_to_client_bytes,
+}
+
+/// One worker's counters at some instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStatsSnapshot {
+    /// Worker index, 0-based: the `core` label in metrics.
+    pub worker: usize,
+    /// The CPU the worker is pinned to, if pinned.
+    pub cpu: Option<usize>,
+    /// The backend it runs (never [`IoBackend::Auto`]).
+    pub backend: IoBackend,
+    /// The counters.
+    pub counters: WorkerCounters,
+    drops: [u64; DropReason::COUNT],
+}
+
+impl WorkerStatsSnapshot {
+    /// Datagrams the core dropped for `reason`.
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.drops[i])
+    }
+
+    /// Every drop reason with its count, in [`DropReason::ALL`] order.
+    pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.into_iter().zip(self.drops.iter().copied())
+    }
+}
+
+/// The published counters of one worker.
+#[derive(Debug)]
+pub(crate) struct SharedStats {
+    worker: usize,
+    cpu: Option<usize>,
+    backend: IoBackend,
+    counters: AtomicCounters,
+    drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl SharedStats {
+    pub(crate) fn new(worker: usize, cpu: Option<usize>, backend: IoBackend) -> Self {
+        Self {
+            worker,
+            cpu,
+            backend,
+            counters: AtomicCounters::default(),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Publishes; called by the owning worker only.
+    pub(crate) fn publish(
+        &self,
+        counters: &WorkerCounters,
+        drops: impl Iterator<Item = (DropReason, u64)>,
+    ) {
+        self.counters.store(counters);
+        for (slot, (_, count)) in self.drops.iter().zip(drops) {
+            slot.store(count, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> WorkerStatsSnapshot {
+        WorkerStatsSnapshot {
+            worker: self.worker,
+            cpu: self.cpu,
+            backend: self.backend,
+            counters: self.counters.load(),
+            drops: std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishes_and_snapshots() {
+        let shared = SharedStats::new(1, Some(3), IoBackend::Epoll);
+        let counters = WorkerCounters {
+            packets_in: 5,
+            ..WorkerCounters::default()
+        };
+        let drops = DropReason::ALL
+            .into_iter()
+            .map(|r| (r, u64::from(r == DropReason::NotStun) * 7));
+        shared.publish(&counters, drops);
+        let snap = shared.snapshot();
+        assert_eq!(snap.worker, 1);
+        assert_eq!(snap.cpu, Some(3));
+        assert_eq!(snap.counters.packets_in, 5);
+        assert_eq!(snap.drop_count(DropReason::NotStun), 7);
+        assert_eq!(snap.drop_count(DropReason::Truncated), 0);
+        assert_eq!(snap.drops().map(|(_, n)| n).sum::<u64>(), 7);
+    }
+}

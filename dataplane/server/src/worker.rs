@@ -1,0 +1,493 @@
+//! One worker: a thread pinned to a core, owning its I/O backend, its SO_REUSEPORT listener
+//! socket, its protocol core, its relay sockets and its buffers, and running one event loop.
+//! Nothing is shared with other workers except the published counters and the control flag.
+//!
+//! # Event loop
+//!
+//! Each turn makes exactly one blocking call, [`Io::submit_and_wait`], which submits the
+//! previous turn's sends and receive re-arms and sleeps until a datagram arrives, the core's
+//! next timer is due, or the control flag is raised. Then, in this order (STYLE §11):
+//!
+//! 1. **pending commands**: drain [`PacketCore::next_command`] (bind or close relay sockets);
+//! 2. **input**: reap up to `budget` datagrams and hand each to the core, executing the
+//!    action and draining commands after every call; if the budget runs out, the next wait has
+//!    a zero timeout so timers and control still run between bursts;
+//! 3. **re-arm the timer** from [`PacketCore::poll_timeout`];
+//! 4. **fire timers**: [`PacketCore::handle_timeout`] if due, then drain commands;
+//! 5. **control**: stop if shutdown was requested;
+//!
+//! and publishes its counters.
+//!
+//! The hot path takes no lock and allocates nothing: datagrams live in pool slots, the core
+//! gets borrowed slices, actions and commands are returned by value, and relay sockets are
+//! found with a hash-map point lookup.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use boson_dataplane_proto::{ClientAddr, DropReason};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::clock;
+use crate::io::bufs::SLOT_SIZE;
+use crate::io::epoll::Epoll;
+use crate::io::uring::Uring;
+use crate::io::{Datagram, HEADROOM, Io, IoBackend, SocketId, SocketRole, Waker};
+use crate::packet_core::{ClientAction, Command, PacketCore, PeerAction, PeerAddr, RelayPort};
+use crate::stats::{SharedStats, WorkerCounters};
+
+/// At most one dropped datagram is logged per this interval per worker; the rest are
+/// counted in the next log line.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Receive buffer asked for on listener sockets: absorbs bursts while a worker handles a
+/// turn. The kernel caps it at `net.core.rmem_max`.
+const LISTENER_RCVBUF: usize = 4 << 20;
+
+/// What a core constructor learns about the worker it will run on.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// Index of this worker, `0..workers`.
+    pub index: usize,
+    /// Number of workers (to split a relay port range, for example).
+    pub workers: usize,
+    /// The current time, for cores whose constructor takes `now`.
+    pub now: Instant,
+    /// The current wall-clock time in Unix seconds.
+    pub unix_now: u64,
+}
+
+/// The control link of one worker: a shutdown flag and the waker that makes it notice.
+#[derive(Debug)]
+pub(crate) struct Control {
+    shutdown: AtomicBool,
+    waker: Arc<Waker>,
+}
+
+impl Control {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Self {
+            shutdown: AtomicBool::new(false),
+            waker: Arc::new(Waker::new()?),
+        })
+    }
+
+    pub(crate) fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// Everything a worker thread starts from.
+pub(crate) struct WorkerSetup {
+    pub(crate) index: usize,
+    pub(crate) workers: usize,
+    pub(crate) cpu: Option<core_affinity::CoreId>,
+    pub(crate) backend: IoBackend,
+    pub(crate) listener: UdpSocket,
+    pub(crate) relay_ip: IpAddr,
+    pub(crate) budget: usize,
+    pub(crate) buffers: usize,
+    pub(crate) control: Arc<Control>,
+    pub(crate) stats: Arc<SharedStats>,
+}
+
+/// Body of a worker thread: pins, sets up, reports readiness on `ready`, then runs the loop
+/// until shutdown. A setup error goes to `ready` (the thread then returns `Ok`).
+pub(crate) fn main<C, F>(
+    setup: WorkerSetup,
+    make_core: &F,
+    ready: &mpsc::Sender<anyhow::Result<()>>,
+) -> anyhow::Result<()>
+where
+    C: PacketCore,
+    F: Fn(WorkerInfo) -> C,
+{
+    if let Some(cpu) = setup.cpu
+        && !core_affinity::set_for_current(cpu)
+    {
+        tracing::warn!(
+            worker = setup.index,
+            cpu = cpu.id,
+            "cannot pin worker; it runs unpinned"
+        );
+    }
+    let waker = Arc::clone(&setup.control.waker);
+    match setup.backend {
+        IoBackend::Epoll => match Epoll::new(setup.buffers, waker).context("setting up epoll") {
+            Ok(io) => launch(setup, io, make_core, ready),
+            Err(err) => {
+                let _ = ready.send(Err(err));
+                Ok(())
+            }
+        },
+        IoBackend::Uring | IoBackend::Auto => match Uring::new(setup.buffers, waker) {
+            Ok(io) => launch(setup, io, make_core, ready),
+            Err(err) => {
+                let _ = ready.send(Err(err.context("setting up io_uring")));
+                Ok(())
+            }
+        },
+    }
+}
+
+fn launch<C, I, F>(
+    setup: WorkerSetup,
+    io: I,
+    make_core: &F,
+    ready: &mpsc::Sender<anyhow::Result<()>>,
+) -> anyhow::Result<()>
+where
+    C: PacketCore,
+    I: Io,
+    F: Fn(WorkerInfo) -> C,
+{
+    match Worker::new(setup, io, make_core) {
+        Ok(worker) => {
+            let _ = ready.send(Ok(()));
+            worker.run()
+        }
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            Ok(())
+        }
+    }
+}
+
+/// Binds a UDP socket, with SO_REUSEPORT for listeners (every worker binds the same port and
+/// the kernel spreads clients over them by 4-tuple hash). An IPv6 wildcard accepts IPv4 too.
+pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+        // Best effort: a smaller buffer only means earlier drops under bursts.
+        let _ = socket.set_recv_buffer_size(LISTENER_RCVBUF);
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Counters only the worker itself keeps.
+#[derive(Debug, Default)]
+struct ShellCounters {
+    no_tx_buffer: u64,
+    relay_missing: u64,
+    bad_core_range: u64,
+    relay_bind_failed: u64,
+    turns: u64,
+    budget_exhausted: u64,
+}
+
+/// Rate-limited debug log of dropped datagrams.
+#[derive(Debug, Default)]
+struct DropLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl DropLog {
+    fn record(&mut self, now: Instant, worker: usize, reason: DropReason, from: SocketAddr) {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < DROP_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::debug!(
+            worker,
+            reason = reason.as_str(),
+            %from,
+            suppressed = self.suppressed,
+            "dropped datagram"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// One worker's state; see the [module docs](self).
+pub(crate) struct Worker<C, I> {
+    index: usize,
+    core: C,
+    io: I,
+    listener: SocketId,
+    relays: HashMap<RelayPort, SocketId>,
+    relay_ip: IpAddr,
+    budget: usize,
+    control: Arc<Control>,
+    shared: Arc<SharedStats>,
+    counters: ShellCounters,
+    drop_log: DropLog,
+}
+
+impl<C: PacketCore, I: Io> Worker<C, I> {
+    fn new<F>(setup: WorkerSetup, mut io: I, make_core: &F) -> anyhow::Result<Self>
+    where
+        F: Fn(WorkerInfo) -> C,
+    {
+        let listener = io
+            .register(setup.listener, SocketRole::Listener)
+            .context("registering the listener socket")?;
+        let core = make_core(WorkerInfo {
+            index: setup.index,
+            workers: setup.workers,
+            now: clock::now(),
+            unix_now: clock::unix_now(),
+        });
+        Ok(Self {
+            index: setup.index,
+            core,
+            io,
+            listener,
+            relays: HashMap::new(),
+            relay_ip: setup.relay_ip,
+            budget: setup.budget,
+            control: setup.control,
+            shared: setup.stats,
+            counters: ShellCounters::default(),
+            drop_log: DropLog::default(),
+        })
+    }
+
+    /// Runs the event loop until shutdown, then closes every socket.
+    fn run(mut self) -> anyhow::Result<()> {
+        tracing::debug!(worker = self.index, "dataplane worker running");
+        let result = self.event_loop();
+        self.io.close();
+        self.relays.clear();
+        self.publish();
+        if let Err(err) = &result {
+            tracing::error!(worker = self.index, "dataplane worker failed: {err:#}");
+        }
+        result
+    }
+
+    fn event_loop(&mut self) -> anyhow::Result<()> {
+        let mut wait = Some(Duration::ZERO);
+        loop {
+            self.io
+                .submit_and_wait(wait)
+                .context("waiting for I/O completions")?;
+            let now = clock::now();
+            self.counters.turns += 1;
+
+            // 1. Pending commands.
+            self.run_commands();
+            // 2. Completions and input, within the budget.
+            let exhausted = self.handle_input(now);
+            // 3. Re-arm the timer.
+            let mut deadline = self.core.poll_timeout();
+            // 4. Fire timers.
+            if deadline.is_some_and(|at| at <= now) {
+                self.core.handle_timeout(now);
+                self.run_commands();
+                deadline = self.core.poll_timeout();
+            }
+            // 5. Control.
+            if self.control.is_shutdown() {
+                return Ok(());
+            }
+
+            self.io.flush();
+            self.publish();
+            wait = if exhausted {
+                self.counters.budget_exhausted += 1;
+                Some(Duration::ZERO)
+            } else {
+                deadline.map(|at| at.saturating_duration_since(now))
+            };
+        }
+    }
+
+    /// Handles up to `budget` datagrams; returns whether the budget ran out.
+    fn handle_input(&mut self, now: Instant) -> bool {
+        for _ in 0..self.budget {
+            let Some(datagram) = self.io.reap() else {
+                return false;
+            };
+            match datagram.role {
+                SocketRole::Listener => self.on_listener(now, datagram),
+                SocketRole::Relay(port) => self.on_relay(now, port, datagram),
+            }
+            self.run_commands();
+        }
+        true
+    }
+
+    fn on_listener(&mut self, now: Instant, datagram: Datagram) {
+        let Datagram { from, buf, len, .. } = datagram;
+        let Some(out) = self.io.alloc() else {
+            self.counters.no_tx_buffer += 1;
+            self.io.release(buf);
+            return;
+        };
+        let (rx, tx) = self.io.bufs().pair_mut(&buf, &out);
+        let packet = &rx[HEADROOM..HEADROOM + len];
+        let action = self
+            .core
+            .handle_listener(now, ClientAddr::new(from), packet, tx);
+        // Bind the relay sockets this datagram asked for before its reply is queued. If one
+        // cannot be bound, the reply (an Allocate success naming that port) is withheld: the
+        // client retransmits and the core, told by `handle_relay_failed`, answers afresh.
+        let failed_before = self.counters.relay_bind_failed;
+        self.run_commands();
+        let bind_failed = self.counters.relay_bind_failed != failed_before;
+        match action {
+            ClientAction::Reply { .. } if bind_failed => {
+                self.io.release(buf);
+                self.io.release(out);
+            }
+            ClientAction::Reply { dst, len } => {
+                self.io.release(buf);
+                if len <= SLOT_SIZE {
+                    self.io.send(self.listener, dst.get(), out, 0..len);
+                } else {
+                    self.counters.bad_core_range += 1;
+                    self.io.release(out);
+                }
+            }
+            ClientAction::Relay {
+                port,
+                peer,
+                payload,
+            } => {
+                self.io.release(out);
+                let relay = self.relays.get(&port).copied();
+                match relay {
+                    _ if payload.start > payload.end || payload.end > len => {
+                        self.counters.bad_core_range += 1;
+                        self.io.release(buf);
+                    }
+                    Some(socket) => {
+                        let range = HEADROOM + payload.start..HEADROOM + payload.end;
+                        self.io.send(socket, peer.get(), buf, range);
+                    }
+                    None => {
+                        self.counters.relay_missing += 1;
+                        self.io.release(buf);
+                    }
+                }
+            }
+            ClientAction::Absorb => {
+                self.io.release(buf);
+                self.io.release(out);
+            }
+            ClientAction::Drop(reason) => {
+                self.io.release(buf);
+                self.io.release(out);
+                self.drop_log.record(now, self.index, reason, from);
+            }
+        }
+    }
+
+    fn on_relay(&mut self, now: Instant, port: RelayPort, datagram: Datagram) {
+        let Datagram { from, buf, len, .. } = datagram;
+        let slot = self.io.bufs().slot_mut(&buf);
+        match self
+            .core
+            .handle_relay(now, port, PeerAddr::new(from), slot, len)
+        {
+            PeerAction::Forward { dst, range } => {
+                if range.start <= range.end && range.end <= SLOT_SIZE {
+                    self.io.send(self.listener, dst.get(), buf, range);
+                } else {
+                    self.counters.bad_core_range += 1;
+                    self.io.release(buf);
+                }
+            }
+            PeerAction::Drop(reason) => {
+                self.io.release(buf);
+                self.drop_log.record(now, self.index, reason, from);
+            }
+        }
+    }
+
+    /// Executes every queued command of the core.
+    fn run_commands(&mut self) {
+        while let Some(command) = self.core.next_command() {
+            match command {
+                Command::CreateAllocation { port } => self.bind_relay(port),
+                Command::FreeAllocation { port } => match self.relays.remove(&port) {
+                    Some(socket) => self.io.unregister(socket),
+                    None => {
+                        tracing::debug!(worker = self.index, %port, "free of an unknown relay port")
+                    }
+                },
+            }
+        }
+    }
+
+    fn bind_relay(&mut self, port: RelayPort) {
+        if self.relays.contains_key(&port) {
+            tracing::warn!(worker = self.index, %port, "relay port allocated twice; ignored");
+            return;
+        }
+        let addr = SocketAddr::new(self.relay_ip, port.get());
+        let registered = bind_udp(addr, false)
+            .and_then(|socket| self.io.register(socket, SocketRole::Relay(port)));
+        match registered {
+            Ok(socket) => {
+                self.relays.insert(port, socket);
+            }
+            Err(err) => {
+                self.counters.relay_bind_failed += 1;
+                tracing::debug!(worker = self.index, %addr, %err, "cannot bind relay socket");
+                self.core.handle_relay_failed(port);
+            }
+        }
+    }
+
+    /// Copies every counter into the shared block (Relaxed stores; this thread is the only
+    /// writer).
+    fn publish(&self) {
+        let io = self.io.counters();
+        let core = self.core.stats();
+        let counters = WorkerCounters {
+            packets_in: io.rx_packets,
+            bytes_in: io.rx_bytes,
+            packets_out: io.tx_packets,
+            bytes_out: io.tx_bytes,
+            sends_failed: io.tx_failed,
+            rx_truncated: io.rx_truncated,
+            no_tx_buffer: self.counters.no_tx_buffer,
+            relay_missing: self.counters.relay_missing,
+            bad_core_range: self.counters.bad_core_range,
+            relay_bind_failed: self.counters.relay_bind_failed,
+            relay_sockets: self.relays.len() as u64,
+            rx_rearms: io.rx_rearms,
+            turns: self.counters.turns,
+            budget_exhausted: self.counters.budget_exhausted,
+            binding_requests: core.binding_requests,
+            binding_success: core.binding_success,
+            binding_errors: core.binding_errors,
+            binding_indications: core.binding_indications,
+            allocations: core.allocations,
+            allocations_created: core.allocations_created,
+            allocations_expired: core.allocations_expired,
+            allocations_deleted: core.allocations_deleted,
+            permissions: core.permissions,
+            channels: core.channels,
+            turn_success_responses: core.success_responses,
+            turn_error_responses: core.error_responses.total(),
+            relayed_to_peer_packets: core.client_to_peer.packets,
+            relayed_to_peer_bytes: core.client_to_peer.bytes,
+            relayed_to_client_packets: core.peer_to_client.packets,
+            relayed_to_client_bytes: core.peer_to_client.bytes,
+        };
+        self.shared.publish(&counters, core.drops.iter());
+    }
+}

@@ -1,0 +1,101 @@
+//! Helpers shared by the integration tests: loopback configs, STUN messages, polling waits.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::thread;
+use std::time::Duration;
+
+use boson_dataplane::{DataplaneConfig, IoBackend, WorkerStatsSnapshot};
+use boson_dataplane_proto::stun::{
+    Encoder, Message, MessageType, Trailer, TransactionId, XorMappedAddress,
+};
+
+/// Whether forcing `backend` can work here; says so on stderr when not.
+pub(crate) fn available(backend: IoBackend) -> bool {
+    if backend != IoBackend::Uring {
+        return true;
+    }
+    match boson_dataplane::check_uring() {
+        Ok(()) => true,
+        Err(err) => {
+            eprintln!("skipped: io_uring unavailable: {err:#}");
+            false
+        }
+    }
+}
+
+/// Loopback, ephemeral port, unpinned (tests share the machine).
+pub(crate) fn config(backend: IoBackend, workers: usize) -> DataplaneConfig {
+    DataplaneConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers,
+        pin: false,
+        backend,
+        ..DataplaneConfig::default()
+    }
+}
+
+/// A client socket on loopback with a read timeout.
+pub(crate) fn client() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    socket
+}
+
+/// A Binding request with FINGERPRINT.
+pub(crate) fn binding_request(tid: [u8; 12]) -> Vec<u8> {
+    let mut buf = vec![0; 128];
+    let enc = Encoder::new(
+        &mut buf,
+        MessageType::BINDING_REQUEST,
+        TransactionId::new(tid),
+    )
+    .unwrap();
+    let len = enc.finish(Trailer::new().with_fingerprint()).unwrap();
+    buf.truncate(len);
+    buf
+}
+
+/// Sends a Binding request from `socket` to `server` (retransmitting like a STUN client)
+/// and returns the XOR-MAPPED-ADDRESS of the success response.
+pub(crate) fn bind(socket: &UdpSocket, server: SocketAddr, tid: [u8; 12]) -> SocketAddr {
+    let request = binding_request(tid);
+    let mut buf = [0u8; 1500];
+    for _ in 0..3 {
+        socket.send_to(&request, server).unwrap();
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        assert_eq!(from, server, "response from the listener address");
+        let response = Message::parse(&buf[..len]).unwrap();
+        assert_eq!(response.message_type(), MessageType::BINDING_SUCCESS);
+        assert_eq!(response.transaction_id(), TransactionId::new(tid));
+        assert_eq!(response.verify_fingerprint(), Ok(()));
+        return response.get::<XorMappedAddress>().unwrap().unwrap().0;
+    }
+    panic!("no Binding response from {server}");
+}
+
+/// Polls `stats` until `done` holds, for up to 5 s.
+pub(crate) fn wait_for(
+    stats: impl Fn() -> Vec<WorkerStatsSnapshot>,
+    done: impl Fn(&[WorkerStatsSnapshot]) -> bool,
+) -> Vec<WorkerStatsSnapshot> {
+    for _ in 0..500 {
+        let now = stats();
+        if done(&now) {
+            return now;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let last = stats();
+    panic!("condition not reached; stats: {last:#?}");
+}
+
+/// Sum of one counter over workers.
+pub(crate) fn total(stats: &[WorkerStatsSnapshot], f: impl Fn(&WorkerStatsSnapshot) -> u64) -> u64 {
+    stats.iter().map(f).sum()
+}
