@@ -23,6 +23,16 @@ impl NodeId {
     pub const fn as_uuid(&self) -> &Uuid {
         &self.0
     }
+
+    /// The id from its 16 bytes, as wire formats carry it.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The id's 16 bytes, as wire formats carry it.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
 }
 
 impl fmt::Display for NodeId {
@@ -148,6 +158,13 @@ mod tests {
             "".parse::<WgPublicKey>(),
             Err(ParseKeyError::WrongLength(0))
         );
+    }
+
+    #[test]
+    fn node_id_round_trips_through_its_bytes() {
+        let id: NodeId = "550e8400-e29b-41d4-a716-446655440000".parse().unwrap();
+        assert_eq!(id.as_bytes()[..2], [0x55, 0x0e]);
+        assert_eq!(NodeId::from_bytes(*id.as_bytes()), id);
     }
 
     #[test]

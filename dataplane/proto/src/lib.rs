@@ -29,6 +29,8 @@
 //! * [`turn`]: the TURN server ([`Server`]), its attributes, ChannelData framing, peer filter
 //!   and configuration.
 //! * [`stats`]: plain counters and [`DropReason`] labels, exported by the shell.
+//! * [`ws`]: the node-to-node WebSocket relay ([`Hub`], [`Session`]), with its own RFC 6455
+//!   codec and counters.
 //!
 //! # Drive loop (TURN)
 //!
@@ -82,6 +84,7 @@ pub mod binding;
 pub mod stats;
 pub mod stun;
 pub mod turn;
+pub mod ws;
 
 pub use binding::{BindingConfig, BindingOutcome, ClientAddr, StunServer};
 pub use stats::{DropCounters, DropReason, ErrorCounters, RelayCounters, Stats};
@@ -89,3 +92,4 @@ pub use turn::{
     ChannelNumber, ClientAction, Command, HEADROOM, PeerAction, PeerAddr, PeerFilter, RelayPort,
     Server, TurnConfig,
 };
+pub use ws::{ConnId, Hub, HubEvent, Session, SessionEvent, WsConfig};

@@ -1,0 +1,609 @@
+//! The opening handshake ([RFC 6455 §4.2]): the client's HTTP/1.1 upgrade request and the
+//! server's 101 (or error) response.
+//!
+//! ```text
+//! GET /relay HTTP/1.1                              HTTP/1.1 101 Switching Protocols
+//! Host: relay.example                              Upgrade: websocket
+//! Upgrade: websocket                        ──▶    Connection: Upgrade
+//! Connection: Upgrade                              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+//! Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==
+//! Sec-WebSocket-Version: 13
+//! Authorization: Bearer <token>                    (optional; else an AUTH frame follows)
+//! ```
+//!
+//! [`parse_request`] is incremental: it answers `Ok(None)` until the blank line that ends the
+//! header block, and refuses a block that grows past [`MAX_HEADER_BLOCK`] (431) so a client
+//! cannot make the server buffer an endless header. Checks run in this order, and the first
+//! failure decides the response: method `GET` and HTTP/1.1 (400), path (404), `Host`,
+//! `Upgrade: websocket`, `Connection: upgrade` (400), `Sec-WebSocket-Version: 13` (426 with
+//! `Sec-WebSocket-Version: 13`, also when missing), a `Sec-WebSocket-Key` that is base64 of
+//! 16 bytes (400), and a well-formed `Authorization: Bearer` if one is present (401).
+//! Header names and the `Upgrade`/`Connection` tokens compare case-insensitively; the
+//! headers that must appear once (`Host`, the key, the version, `Authorization`) are refused
+//! when repeated.
+//!
+//! [RFC 6455 §4.2]: https://www.rfc-editor.org/rfc/rfc6455#section-4.2
+
+use std::io::Write as _;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use sha1::{Digest as _, Sha1};
+
+use super::frame::BufferTooSmall;
+
+/// Largest header block accepted, request line included. 8 KiB is the common server default
+/// (nginx's `large_client_header_buffers`): far above any real upgrade request.
+pub const MAX_HEADER_BLOCK: usize = 8 * 1024;
+
+/// Most header lines parsed; more is refused (431). A browser or client library sends about
+/// ten on an upgrade.
+pub const MAX_HEADERS: usize = 32;
+
+/// Longest bearer token kept, in bytes. Tokens are opaque to the relay and checked by the
+/// owner; 4 KiB leaves room for a signed JWT with a few claims.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// The GUID appended to the key before hashing ([RFC 6455 §1.3]).
+///
+/// [RFC 6455 §1.3]: https://www.rfc-editor.org/rfc/rfc6455#section-1.3
+pub const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Longest response [`write_response`]/[`write_error`] produce; size staging buffers by it.
+pub const MAX_RESPONSE_LEN: usize = 160;
+
+/// A valid upgrade request, borrowing the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpgradeRequest<'a> {
+    /// `Sec-WebSocket-Accept` to answer with.
+    pub accept: AcceptKey,
+    /// The bearer token from `Authorization`, if the request had one.
+    pub token: Option<&'a [u8]>,
+    /// Bytes of the header block (through the blank line); frames start after it.
+    pub len: usize,
+}
+
+/// The 28-character `Sec-WebSocket-Accept` value: base64(SHA-1(key ‖ GUID)).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AcceptKey([u8; 28]);
+
+impl AcceptKey {
+    /// Derives the accept value from the `Sec-WebSocket-Key` as sent (its base64 text).
+    pub fn derive(key: &[u8]) -> Self {
+        let mut hasher = Sha1::new();
+        hasher.update(key);
+        hasher.update(WEBSOCKET_GUID);
+        let digest = hasher.finalize();
+        let mut out = [0u8; 28];
+        // 20 bytes always encode to exactly 28 base64 characters.
+        let _ = STANDARD.encode_slice(digest.as_slice(), &mut out);
+        Self(out)
+    }
+
+    /// The value as ASCII.
+    pub fn as_bytes(&self) -> &[u8; 28] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AcceptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AcceptKey")
+            .field(&String::from_utf8_lossy(&self.0))
+            .finish()
+    }
+}
+
+/// Why an upgrade request is refused. [`status`](Self::status) gives the response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// No complete header block within [`MAX_HEADER_BLOCK`] bytes, or more than
+    /// [`MAX_HEADERS`] headers.
+    #[error("header block too large")]
+    TooLarge,
+    /// Not parseable as HTTP/1.x.
+    #[error("malformed HTTP request")]
+    Malformed,
+    /// A method other than GET.
+    #[error("method is not GET")]
+    NotGet,
+    /// HTTP/1.0.
+    #[error("not HTTP/1.1")]
+    NotHttp11,
+    /// A path other than the relay's.
+    #[error("unknown path")]
+    NotFound,
+    /// No `Host`, or more than one.
+    #[error("missing or repeated Host")]
+    BadHost,
+    /// No `websocket` token in `Upgrade`.
+    #[error("Upgrade does not name websocket")]
+    NotWebSocket,
+    /// No `upgrade` token in `Connection`.
+    #[error("Connection does not name upgrade")]
+    NoConnectionUpgrade,
+    /// `Sec-WebSocket-Version` missing, repeated or not 13.
+    #[error("unsupported WebSocket version")]
+    UnsupportedVersion,
+    /// `Sec-WebSocket-Key` missing, repeated or not base64 of 16 bytes.
+    #[error("bad Sec-WebSocket-Key")]
+    BadKey,
+    /// `Authorization` repeated, not `Bearer`, or with an empty, oversized or ill-formed
+    /// token.
+    #[error("bad Authorization")]
+    BadAuthorization,
+}
+
+/// The HTTP error statuses the handshake answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// 400 Bad Request.
+    BadRequest,
+    /// 401 Unauthorized (with `WWW-Authenticate: Bearer`).
+    Unauthorized,
+    /// 404 Not Found.
+    NotFound,
+    /// 426 Upgrade Required (with `Sec-WebSocket-Version: 13`).
+    UpgradeRequired,
+    /// 431 Request Header Fields Too Large.
+    HeaderTooLarge,
+}
+
+impl Status {
+    /// The status line after `HTTP/1.1 `.
+    pub const fn line(self) -> &'static str {
+        match self {
+            Self::BadRequest => "400 Bad Request",
+            Self::Unauthorized => "401 Unauthorized",
+            Self::NotFound => "404 Not Found",
+            Self::UpgradeRequired => "426 Upgrade Required",
+            Self::HeaderTooLarge => "431 Request Header Fields Too Large",
+        }
+    }
+}
+
+impl HandshakeError {
+    /// The response status for this refusal.
+    pub const fn status(self) -> Status {
+        match self {
+            Self::TooLarge => Status::HeaderTooLarge,
+            Self::NotFound => Status::NotFound,
+            Self::UnsupportedVersion => Status::UpgradeRequired,
+            Self::BadAuthorization => Status::Unauthorized,
+            Self::Malformed
+            | Self::NotGet
+            | Self::NotHttp11
+            | Self::BadHost
+            | Self::NotWebSocket
+            | Self::NoConnectionUpgrade
+            | Self::BadKey => Status::BadRequest,
+        }
+    }
+}
+
+/// Parses and validates an upgrade request for `path` from the start of `buf`: `Ok(None)`
+/// while the header block is incomplete. Never copies; the token borrows `buf`.
+pub fn parse_request<'a>(
+    buf: &'a [u8],
+    path: &str,
+) -> Result<Option<UpgradeRequest<'a>>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let window = &buf[..buf.len().min(MAX_HEADER_BLOCK)];
+    let len = match request.parse(window) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if window.len() < MAX_HEADER_BLOCK => return Ok(None),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(HandshakeError::TooLarge);
+        }
+        Err(_) => return Err(HandshakeError::Malformed),
+    };
+    if request.method != Some("GET") {
+        return Err(HandshakeError::NotGet);
+    }
+    if request.version != Some(1) {
+        return Err(HandshakeError::NotHttp11);
+    }
+    let target = request.path.unwrap_or_default();
+    let request_path = target.split_once('?').map_or(target, |(p, _)| p);
+    if request_path != path {
+        return Err(HandshakeError::NotFound);
+    }
+    let mut host = 0;
+    let mut upgrade = false;
+    let mut connection = false;
+    let mut version = None;
+    let mut key = None;
+    let mut authorization = None;
+    for header in request.headers.iter() {
+        let name = header.name;
+        let value = header.value;
+        if name.eq_ignore_ascii_case("host") {
+            host += 1;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= has_token(value, b"websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection |= has_token(value, b"upgrade");
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            version = once(version, value, HandshakeError::UnsupportedVersion)?;
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            key = once(key, value, HandshakeError::BadKey)?;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = once(authorization, value, HandshakeError::BadAuthorization)?;
+        }
+    }
+    if host != 1 {
+        return Err(HandshakeError::BadHost);
+    }
+    if !upgrade {
+        return Err(HandshakeError::NotWebSocket);
+    }
+    if !connection {
+        return Err(HandshakeError::NoConnectionUpgrade);
+    }
+    if version.map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    let key = key.map(<[u8]>::trim_ascii).ok_or(HandshakeError::BadKey)?;
+    if !is_valid_key(key) {
+        return Err(HandshakeError::BadKey);
+    }
+    let token = authorization.map(bearer_token).transpose()?;
+    Ok(Some(UpgradeRequest {
+        accept: AcceptKey::derive(key),
+        token,
+        len,
+    }))
+}
+
+/// Writes the 101 Switching Protocols response into `out`; returns its length.
+pub fn write_response(accept: &AcceptKey, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
+    let mut w = Cursor::new(out);
+    w.put(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    w.put(b"Sec-WebSocket-Accept: ");
+    w.put(accept.as_bytes());
+    w.put(b"\r\n\r\n");
+    let len = w.finish()?;
+    Ok(len)
+}
+
+/// Writes an error response for `status` into `out`; returns its length. The connection is
+/// to be closed after it (`Connection: close`).
+pub fn write_error(status: Status, out: &mut [u8]) -> Result<usize, BufferTooSmall> {
+    let mut w = Cursor::new(out);
+    w.put(b"HTTP/1.1 ");
+    w.put(status.line().as_bytes());
+    w.put(b"\r\n");
+    match status {
+        Status::UpgradeRequired => w.put(b"Sec-WebSocket-Version: 13\r\n"),
+        Status::Unauthorized => w.put(b"WWW-Authenticate: Bearer\r\n"),
+        Status::BadRequest | Status::NotFound | Status::HeaderTooLarge => {}
+    }
+    w.put(b"Connection: close\r\nContent-Length: 0\r\n\r\n");
+    let len = w.finish()?;
+    Ok(len)
+}
+
+/// Whether the comma-separated `list` holds `token`, ignoring case and spaces.
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The value of a header that must appear at most once.
+fn once<'a>(
+    seen: Option<&'a [u8]>,
+    value: &'a [u8],
+    err: HandshakeError,
+) -> Result<Option<&'a [u8]>, HandshakeError> {
+    if seen.is_some() {
+        return Err(err);
+    }
+    Ok(Some(value))
+}
+
+/// §4.2.1 item 5: base64 that decodes to 16 bytes, so exactly 24 characters.
+fn is_valid_key(key: &[u8]) -> bool {
+    let mut decoded = [0u8; 18];
+    key.len() == 24 && STANDARD.decode_slice(key, &mut decoded) == Ok(16)
+}
+
+/// The token of `Bearer <token>` ([RFC 6750 §2.1]: case-insensitive scheme, a token68).
+///
+/// [RFC 6750 §2.1]: https://www.rfc-editor.org/rfc/rfc6750#section-2.1
+fn bearer_token(value: &[u8]) -> Result<&[u8], HandshakeError> {
+    let value = value.trim_ascii();
+    let Some((scheme, rest)) = value.split_at_checked(6) else {
+        return Err(HandshakeError::BadAuthorization);
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return Err(HandshakeError::BadAuthorization);
+    }
+    let token = rest.trim_ascii();
+    let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
+    let well_formed = token.len() <= MAX_TOKEN_LEN
+        && body_len > 0
+        && token[..body_len]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+    if !well_formed {
+        return Err(HandshakeError::BadAuthorization);
+    }
+    Ok(token)
+}
+
+/// An allocation-free writer into a fixed slice that remembers overflow.
+struct Cursor<'a> {
+    out: &'a mut [u8],
+    len: usize,
+    overflow: usize,
+}
+
+impl<'a> Cursor<'a> {
+    const fn new(out: &'a mut [u8]) -> Self {
+        Self {
+            out,
+            len: 0,
+            overflow: 0,
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        if self.overflow == 0 {
+            let mut rest = &mut self.out[self.len..];
+            if rest.write_all(bytes).is_ok() {
+                self.len += bytes.len();
+                return;
+            }
+        }
+        self.overflow += bytes.len();
+    }
+
+    const fn finish(self) -> Result<usize, BufferTooSmall> {
+        if self.overflow > 0 {
+            return Err(BufferTooSmall {
+                needed: self.len + self.overflow,
+            });
+        }
+        Ok(self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUEST: &[u8] = b"GET /relay HTTP/1.1\r\n\
+        Host: server.example.com\r\n\
+        Upgrade: websocket\r\n\
+        Connection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Origin: http://example.com\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    fn with(replace: &str, by: &str) -> Vec<u8> {
+        let text = std::str::from_utf8(REQUEST).unwrap();
+        assert!(text.contains(replace), "{replace}");
+        text.replacen(replace, by, 1).into_bytes()
+    }
+
+    fn parse(buf: &[u8]) -> Result<Option<UpgradeRequest<'_>>, HandshakeError> {
+        parse_request(buf, "/relay")
+    }
+
+    #[test]
+    fn rfc6455_section_1_3_accept_key() {
+        let accept = AcceptKey::derive(b"dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(accept.as_bytes(), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn accepts_the_rfc_request_and_writes_101() {
+        let request = parse(REQUEST).unwrap().unwrap();
+        assert_eq!(request.len, REQUEST.len());
+        assert_eq!(request.token, None);
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let len = write_response(&request.accept, &mut out).unwrap();
+        assert_eq!(
+            &out[..len],
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+        assert_eq!(
+            write_response(&request.accept, &mut out[..20]),
+            Err(BufferTooSmall { needed: len })
+        );
+    }
+
+    #[test]
+    fn incremental_until_the_blank_line() {
+        for cut in 0..REQUEST.len() {
+            assert_eq!(parse(&REQUEST[..cut]), Ok(None), "cut {cut}");
+        }
+        let mut more = REQUEST.to_vec();
+        more.extend_from_slice(&[0x82, 0x80, 1, 2, 3, 4]);
+        assert_eq!(parse(&more).unwrap().unwrap().len, REQUEST.len());
+    }
+
+    #[test]
+    fn header_block_is_capped() {
+        let mut huge = b"GET /relay HTTP/1.1\r\nX-Pad: ".to_vec();
+        huge.resize(MAX_HEADER_BLOCK - 1, b'a');
+        assert_eq!(parse(&huge), Ok(None));
+        huge.push(b'a');
+        assert_eq!(parse(&huge), Err(HandshakeError::TooLarge));
+        let mut many = b"GET /relay HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&many), Err(HandshakeError::TooLarge));
+        assert_eq!(HandshakeError::TooLarge.status(), Status::HeaderTooLarge);
+    }
+
+    #[test]
+    fn every_refusal_and_its_status() {
+        let cases: &[(&str, &str, HandshakeError, Status)] = &[
+            ("GET", "POST", HandshakeError::NotGet, Status::BadRequest),
+            (
+                "HTTP/1.1\r\n",
+                "HTTP/1.0\r\n",
+                HandshakeError::NotHttp11,
+                Status::BadRequest,
+            ),
+            (
+                "/relay",
+                "/other",
+                HandshakeError::NotFound,
+                Status::NotFound,
+            ),
+            (
+                "Host: server.example.com\r\n",
+                "",
+                HandshakeError::BadHost,
+                Status::BadRequest,
+            ),
+            (
+                "Host: server.example.com\r\n",
+                "Host: a\r\nHost: b\r\n",
+                HandshakeError::BadHost,
+                Status::BadRequest,
+            ),
+            (
+                "Upgrade: websocket",
+                "Upgrade: h2c",
+                HandshakeError::NotWebSocket,
+                Status::BadRequest,
+            ),
+            (
+                "Connection: Upgrade",
+                "Connection: keep-alive",
+                HandshakeError::NoConnectionUpgrade,
+                Status::BadRequest,
+            ),
+            (
+                "Sec-WebSocket-Version: 13",
+                "Sec-WebSocket-Version: 8",
+                HandshakeError::UnsupportedVersion,
+                Status::UpgradeRequired,
+            ),
+            (
+                "Sec-WebSocket-Version: 13\r\n",
+                "",
+                HandshakeError::UnsupportedVersion,
+                Status::UpgradeRequired,
+            ),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ",
+                HandshakeError::BadKey,
+                Status::BadRequest,
+            ),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZXM=",
+                HandshakeError::BadKey,
+                Status::BadRequest,
+            ),
+            (
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+                "",
+                HandshakeError::BadKey,
+                Status::BadRequest,
+            ),
+            (
+                "Origin",
+                "Authorization: Basic dXNlcjpwYXNz\r\nOrigin",
+                HandshakeError::BadAuthorization,
+                Status::Unauthorized,
+            ),
+            (
+                "Origin",
+                "Authorization: Bearer \r\nOrigin",
+                HandshakeError::BadAuthorization,
+                Status::Unauthorized,
+            ),
+            (
+                "Origin",
+                "Authorization: Bearer a b\r\nOrigin",
+                HandshakeError::BadAuthorization,
+                Status::Unauthorized,
+            ),
+        ];
+        for (replace, by, err, status) in cases {
+            let request = with(replace, by);
+            assert_eq!(parse(&request), Err(*err), "{replace} -> {by}");
+            assert_eq!(err.status(), *status);
+        }
+        assert_eq!(
+            parse(b"GARBAGE\x00\r\n\r\n"),
+            Err(HandshakeError::Malformed)
+        );
+    }
+
+    #[test]
+    fn token_lists_and_case() {
+        let request = with("Upgrade: websocket", "uPgRaDe: foo, WebSocket");
+        let request = String::from_utf8(request)
+            .unwrap()
+            .replace("Connection: Upgrade", "connection: keep-alive, upgrade");
+        assert!(parse(request.as_bytes()).unwrap().is_some());
+        let query = with("/relay", "/relay?v=1");
+        assert!(parse(&query).unwrap().is_some());
+        assert_eq!(
+            parse_request(REQUEST, "/derp"),
+            Err(HandshakeError::NotFound)
+        );
+    }
+
+    #[test]
+    fn extracts_the_bearer_token() {
+        let request = with(
+            "Origin",
+            "authorization: bearer abc.DEF-_~+/xyz==\r\nOrigin",
+        );
+        let parsed = parse(&request).unwrap().unwrap();
+        assert_eq!(parsed.token, Some(&b"abc.DEF-_~+/xyz=="[..]));
+        let twice = with(
+            "Origin",
+            "Authorization: Bearer a\r\nAuthorization: Bearer b\r\nOrigin",
+        );
+        assert_eq!(parse(&twice), Err(HandshakeError::BadAuthorization));
+        let long = with(
+            "Origin",
+            &format!(
+                "Authorization: Bearer {}\r\nOrigin",
+                "a".repeat(MAX_TOKEN_LEN + 1)
+            ),
+        );
+        assert_eq!(parse(&long), Err(HandshakeError::BadAuthorization));
+    }
+
+    #[test]
+    fn error_responses() {
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let len = write_error(Status::UpgradeRequired, &mut out).unwrap();
+        assert_eq!(
+            &out[..len],
+            b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n\
+              Connection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        let len = write_error(Status::Unauthorized, &mut out).unwrap();
+        assert!(
+            out[..len].starts_with(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n")
+        );
+        for status in [
+            Status::BadRequest,
+            Status::NotFound,
+            Status::HeaderTooLarge,
+            Status::Unauthorized,
+            Status::UpgradeRequired,
+        ] {
+            let len = write_error(status, &mut out).unwrap();
+            assert!(len <= MAX_RESPONSE_LEN);
+            assert!(write_error(status, &mut out[..len - 1]).is_err());
+        }
+    }
+}

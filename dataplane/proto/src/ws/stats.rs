@@ -1,0 +1,229 @@
+//! Plain counters of the WebSocket relay, and the named reasons a relay message is dropped.
+//!
+//! Same contract as [`crate::stats`]: no registry, each core's [`Hub`](super::Hub) owns its
+//! [`Stats`], the shell reads them with `stats()` and aggregates on scrape. The
+//! [`DropReason::as_str`] labels are stable metric label values.
+
+use crate::stats::RelayCounters;
+
+/// Why a relay message (or a queued frame) was dropped. Drops are counted, never errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// A frame queued toward a client was dropped to make room for a newer one (the client
+    /// reads slower than its peers send), or a frame found no room at all.
+    QueueFull,
+    /// SEND before the session was authenticated (before READY).
+    Unauthenticated,
+    /// A relay message of a type this version does not know; ignored for forward
+    /// compatibility.
+    UnknownType,
+    /// A relay message that does not parse, or a server-to-client type sent by a client.
+    Malformed,
+    /// SEND to a node connected neither here nor anywhere the presence lookup knows.
+    PeerGone,
+    /// Frames still queued when the session closed.
+    Closing,
+}
+
+impl DropReason {
+    /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
+    pub const ALL: [Self; 6] = [
+        Self::QueueFull,
+        Self::Unauthenticated,
+        Self::UnknownType,
+        Self::Malformed,
+        Self::PeerGone,
+        Self::Closing,
+    ];
+
+    /// Number of reasons.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// Stable `snake_case` label for metrics and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::Unauthenticated => "unauthenticated",
+            Self::UnknownType => "unknown_type",
+            Self::Malformed => "malformed",
+            Self::PeerGone => "peer_gone",
+            Self::Closing => "closing",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One counter per [`DropReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DropCounters([u64; DropReason::COUNT]);
+
+impl DropCounters {
+    /// Drops counted for `reason`.
+    pub const fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.index()]
+    }
+
+    /// Every reason with its count, in [`DropReason::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.into_iter().zip(self.0.iter().copied())
+    }
+
+    /// Drops of any reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub(crate) const fn record(&mut self, reason: DropReason) {
+        self.add(reason, 1);
+    }
+
+    pub(crate) const fn add(&mut self, reason: DropReason, n: u64) {
+        self.0[reason.index()] += n;
+    }
+
+    fn merge(&mut self, other: &Self) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// Counters of one [`Session`](super::Session), or of a whole [`Hub`](super::Hub) (its
+/// sessions, live and gone, plus the hub's own). Monotonic except the gauges, which say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Gauge (hub): live sessions, in any state.
+    pub sessions: u64,
+    /// Gauge (hub): authenticated sessions (nodes reachable here).
+    pub authenticated: u64,
+    /// Upgrade requests answered with 101.
+    pub handshakes: u64,
+    /// Upgrade requests refused with an HTTP error.
+    pub handshake_failures: u64,
+    /// Connections closed for not completing the upgrade in time.
+    pub handshake_timeouts: u64,
+    /// Sessions the owner accepted.
+    pub auth_accepted: u64,
+    /// Sessions the owner rejected.
+    pub auth_rejected: u64,
+    /// Sessions closed for not authenticating in time.
+    pub auth_timeouts: u64,
+    /// Sessions closed because a newer session of the same node was accepted.
+    pub replaced: u64,
+    /// Sessions closed because a keepalive ping went unanswered.
+    pub idle_timeouts: u64,
+    /// Sessions the client closed with a Close frame.
+    pub peer_closes: u64,
+    /// Sessions failed for a protocol violation (close 1002, 1003, 1007, 1008, 1009).
+    pub protocol_errors: u64,
+    /// Sessions whose connection the shell dropped before they reached `Closed`.
+    pub disconnects: u64,
+    /// Keepalive pings sent.
+    pub pings_sent: u64,
+    /// Pongs sent in answer to client pings.
+    pub pongs_sent: u64,
+    /// SEND packets accepted from clients (bytes: WireGuard packet bytes).
+    pub received: RelayCounters,
+    /// Frames queued toward clients: RECV and notices (bytes: whole frames).
+    pub queued: RelayCounters,
+    /// (hub) SENDs whose destination was a local session.
+    pub forwarded_local: u64,
+    /// (hub) SENDs handed to the shell for another core or host.
+    pub forwarded_remote: u64,
+    /// (hub) PEER_GONE messages queued.
+    pub peer_gone_sent: u64,
+    /// (hub) PEER_GONE messages the per-pair rate limit held back.
+    pub peer_gone_suppressed: u64,
+    /// Messages and frames dropped, by reason.
+    pub drops: DropCounters,
+}
+
+impl Stats {
+    /// Adds `other`'s counters (gauges included) to these.
+    pub(crate) fn merge(&mut self, other: &Self) {
+        let Self {
+            sessions,
+            authenticated,
+            handshakes,
+            handshake_failures,
+            handshake_timeouts,
+            auth_accepted,
+            auth_rejected,
+            auth_timeouts,
+            replaced,
+            idle_timeouts,
+            peer_closes,
+            protocol_errors,
+            disconnects,
+            pings_sent,
+            pongs_sent,
+            received,
+            queued,
+            forwarded_local,
+            forwarded_remote,
+            peer_gone_sent,
+            peer_gone_suppressed,
+            drops,
+        } = other;
+        self.sessions += sessions;
+        self.authenticated += authenticated;
+        self.handshakes += handshakes;
+        self.handshake_failures += handshake_failures;
+        self.handshake_timeouts += handshake_timeouts;
+        self.auth_accepted += auth_accepted;
+        self.auth_rejected += auth_rejected;
+        self.auth_timeouts += auth_timeouts;
+        self.replaced += replaced;
+        self.idle_timeouts += idle_timeouts;
+        self.peer_closes += peer_closes;
+        self.protocol_errors += protocol_errors;
+        self.disconnects += disconnects;
+        self.pings_sent += pings_sent;
+        self.pongs_sent += pongs_sent;
+        self.received.packets += received.packets;
+        self.received.bytes += received.bytes;
+        self.queued.packets += queued.packets;
+        self.queued.bytes += queued.bytes;
+        self.forwarded_local += forwarded_local;
+        self.forwarded_remote += forwarded_remote;
+        self.peer_gone_sent += peer_gone_sent;
+        self.peer_gone_suppressed += peer_gone_suppressed;
+        self.drops.merge(drops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_declaration_order_with_unique_labels() {
+        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn merge_adds_everything() {
+        let mut a = Stats::default();
+        a.drops.record(DropReason::QueueFull);
+        a.received.record(10);
+        a.replaced = 2;
+        let mut total = Stats::default();
+        total.merge(&a);
+        total.merge(&a);
+        assert_eq!(total.drops.get(DropReason::QueueFull), 2);
+        assert_eq!(total.received.bytes, 20);
+        assert_eq!(total.replaced, 4);
+        assert_eq!(total.drops.total(), 2);
+    }
+}
