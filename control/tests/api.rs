@@ -823,18 +823,7 @@ async fn health_endpoints_report_readiness(backend: Backend) {
     assert_eq!(body["error"]["code"], "not_ready");
     assert_eq!(server.get("/health/live", None).await.0, 200);
     // And the API answers 503, not 500.
-    let (status, body) = server
-        .post(
-            "/api/v1/nodes/register",
-            None,
-            &Node::new("US-CA").registration(),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (503, Some("unavailable")),
-        "{body}"
-    );
+    assert_registration_unavailable(&server).await;
     assert_eq!(server.sample("bosonserver_database_up").await, 0.0);
 }
 
@@ -868,6 +857,30 @@ async fn concurrent_registrations_of_one_id_create_it_once(backend: Backend) {
     }
     assert_eq!(created, 1);
     server.stop().await;
+}
+
+/// A registration while a dependency is down answers 503, not 500.
+async fn assert_registration_unavailable(server: &TestServer) {
+    let (status, body) = server
+        .post(
+            "/api/v1/nodes/register",
+            None,
+            &Node::new("US-CA").registration(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    let response = server
+        .http
+        .post(server.url("/api/v1/nodes/register"))
+        .json(&Node::new("US-CA").registration())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["retry-after"], "5");
 }
 
 /// Redis holds presence with the node timeout as its expiry.
@@ -952,18 +965,7 @@ async fn readiness_names_redis_when_it_is_down() {
         "{body}"
     );
     assert_eq!(body["checks"]["database"], "ok");
-    let (status, body) = server
-        .post(
-            "/api/v1/nodes/register",
-            None,
-            &Node::new("US-CA").registration(),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (503, Some("unavailable")),
-        "{body}"
-    );
+    assert_registration_unavailable(&server).await;
     server.stop().await;
 }
 
