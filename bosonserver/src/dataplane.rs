@@ -1,13 +1,14 @@
-//! Dataplane settings and start-up: one sans-IO TURN server per worker, each owning a slice
-//! of the relay port range, driven by the thread-per-core shell.
+//! Dataplane settings and start-up: one sans-IO TURN server per worker, all taking relay
+//! ports from one shared [`PortTable`], driven by the thread-per-core shell.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail, ensure};
 use boson_dataplane::{Dataplane, DataplaneConfig, IoBackend, WorkerInfo};
-use boson_dataplane_proto::turn::{Cidr, PeerFilter};
+use boson_dataplane_proto::turn::{Cidr, PeerFilter, PortTable};
 use boson_dataplane_proto::{Server, TurnConfig};
 use boson_shared::TurnSecret;
 use rand::SeedableRng as _;
@@ -25,7 +26,7 @@ pub(crate) struct DataplaneArgs {
     #[arg(long, env = "BOSON_RELAY_IP")]
     relay_ip: Option<Ipv4Addr>,
 
-    /// Relay ports, `FIRST-LAST`, split evenly between the workers.
+    /// Relay ports, `FIRST-LAST`, shared by the workers.
     #[arg(long, env = "BOSON_RELAY_PORTS", default_value = "49152-65535")]
     relay_ports: PortRange,
 
@@ -100,37 +101,13 @@ impl FromStr for PortRange {
     }
 }
 
-/// Splits `ports` into `parts` contiguous, nearly equal, non-empty slices.
-fn split_ports(
-    ports: &RangeInclusive<u16>,
-    parts: usize,
-) -> anyhow::Result<Vec<RangeInclusive<u16>>> {
-    let first = usize::from(*ports.start());
-    let len = usize::from(*ports.end()) - first + 1;
-    ensure!(
-        parts >= 1 && len >= parts,
-        "the relay port range has {len} ports, fewer than the {parts} workers that share it"
-    );
-    (0..parts)
-        .map(|i| {
-            let start = first + i * len / parts;
-            let end = first + (i + 1) * len / parts - 1;
-            Ok(u16::try_from(start)?..=u16::try_from(end)?)
-        })
-        .collect()
-}
-
 /// Validated dataplane settings.
 #[derive(Debug, Clone)]
 pub(crate) struct DataplanePlan {
     shell: DataplaneConfig,
-    relay_ip: Ipv4Addr,
-    slices: Vec<RangeInclusive<u16>>,
-    filter: PeerFilter,
-    realm: String,
-    secrets: Vec<TurnSecret>,
-    max_allocations_per_user: u32,
-    danger_allow_loopback_peers: bool,
+    /// Every worker's TURN configuration: clones share its port table, so an EVEN-PORT
+    /// reservation made on one worker can be claimed on any.
+    turn: TurnConfig,
     rng_seed: Option<u64>,
 }
 
@@ -171,7 +148,6 @@ impl DataplaneArgs {
             ensure!(workers >= 1, "--workers must be at least 1");
             shell.workers = workers;
         }
-        let slices = split_ports(&self.relay_ports.0, shell.workers)?;
         let mut filter = PeerFilter::new().own_relay_ports(self.relay_ports.0.clone());
         if !self.turn_listen.ip().is_unspecified() {
             filter = filter.own_address(self.turn_listen.ip());
@@ -188,46 +164,32 @@ impl DataplaneArgs {
                  services. Never use this outside tests and benchmarks."
             );
         }
-        let plan = DataplanePlan {
-            shell,
-            relay_ip,
-            slices,
-            filter,
-            realm: self.turn_realm,
-            secrets: secrets.to_vec(),
-            max_allocations_per_user: self.max_allocations_per_user,
-            danger_allow_loopback_peers: self.danger_allow_loopback_peers,
-            rng_seed: self.rng_seed,
-        };
-        // Fail now, not on a worker thread, if the TURN settings are invalid.
-        for worker in 0..plan.slices.len() {
-            plan.turn_config(worker)?;
+        let ports = self.relay_ports.0;
+        let table = Arc::new(PortTable::new(ports.clone()).context("invalid --relay-ports")?);
+        let mut turn = TurnConfig::new(&self.turn_realm, secrets.to_vec(), relay_ip, ports)
+            .context("invalid TURN settings")?
+            .with_port_table(table)
+            .with_peer_filter(filter);
+        // Any worker may end up holding every port of the shared range.
+        let total = turn.ports().len();
+        turn = turn.with_allocation_quota(total, self.max_allocations_per_user);
+        if self.danger_allow_loopback_peers {
+            turn = turn.danger_allow_loopback_peers();
         }
-        Ok(plan)
+        Ok(DataplanePlan {
+            shell,
+            turn,
+            rng_seed: self.rng_seed,
+        })
     }
 }
 
 impl DataplanePlan {
-    fn turn_config(&self, worker: usize) -> anyhow::Result<TurnConfig> {
-        let ports = self.slices[worker].clone();
-        let mut config = TurnConfig::new(&self.realm, self.secrets.clone(), self.relay_ip, ports)
-            .context("invalid TURN settings")?
-            .with_peer_filter(self.filter.clone());
-        let total = config.ports().len();
-        config = config.with_allocation_quota(total, self.max_allocations_per_user);
-        if self.danger_allow_loopback_peers {
-            config = config.danger_allow_loopback_peers();
-        }
-        Ok(config)
-    }
-
     /// Starts the workers.
     pub(crate) fn start(self) -> anyhow::Result<Dataplane> {
         let shell = self.shell.clone();
         boson_dataplane::start(shell, move |info: WorkerInfo| {
-            let config = self
-                .turn_config(info.index)
-                .unwrap_or_else(|error| unreachable!("validated in plan(): {error:#}"));
+            let config = self.turn.clone();
             let rng = match self.rng_seed {
                 Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(info.index as u64)),
                 None => StdRng::from_os_rng(),
@@ -243,7 +205,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn port_ranges_parse_and_split_evenly() {
+    fn port_ranges_parse() {
         assert_eq!(
             "49152-65535".parse::<PortRange>(),
             Ok(PortRange(49152..=65535))
@@ -251,21 +213,5 @@ mod tests {
         for bad in ["0-10", "10-5", "10", "a-b", "1-70000"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }
-        let slices = split_ports(&(49152..=65535), 3).unwrap();
-        assert_eq!(slices.len(), 3);
-        assert_eq!(*slices[0].start(), 49152);
-        assert_eq!(*slices[2].end(), 65535);
-        for pair in slices.windows(2) {
-            assert_eq!(
-                *pair[0].end() + 1,
-                *pair[1].start(),
-                "contiguous, no overlap"
-            );
-        }
-        assert_eq!(
-            split_ports(&(100..=101), 2).unwrap(),
-            vec![100..=100, 101..=101]
-        );
-        assert!(split_ports(&(100..=101), 3).is_err());
     }
 }

@@ -249,7 +249,7 @@ fn bosonserver_relays_channel_data_without_loss() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = bosonserver(dir.path(), relay_base(0));
-    let report = uclient(server.turn.unwrap().port(), &["-c"], 10, 1000);
+    let report = uclient(server.turn.unwrap().port(), &[], 10, 1000);
     assert_lossless(&report, 10_000);
 }
 
@@ -260,7 +260,7 @@ fn bosonserver_relays_send_indications_without_loss() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = bosonserver(dir.path(), relay_base(1));
-    let report = uclient(server.turn.unwrap().port(), &["-s", "-c"], 10, 1000);
+    let report = uclient(server.turn.unwrap().port(), &["-s"], 10, 1000);
     assert_lossless(&report, 10_000);
 }
 
@@ -271,6 +271,8 @@ fn bosonserver_relays_client_to_client_without_loss() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = bosonserver(dir.path(), relay_base(2));
-    let report = uclient(server.turn.unwrap().port(), &["-y", "-c"], 10, 1000);
-    assert_lossless(&report, 10_000);
+    let report = uclient(server.turn.unwrap().port(), &["-y"], 10, 1000);
+    // Client to client, the RTCP allocations carry traffic too: coturn's own server reports
+    // 12 000 messages for this run.
+    assert_lossless(&report, 12_000);
 }

@@ -3,6 +3,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use boson_dataplane_proto::stun::{
@@ -12,7 +13,7 @@ use boson_dataplane_proto::stun::{
 use boson_dataplane_proto::turn::attr::{
     Data, EvenPort, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress,
 };
-use boson_dataplane_proto::turn::{Cidr, PeerFilter};
+use boson_dataplane_proto::turn::{Cidr, PeerFilter, PortTable};
 use boson_dataplane_proto::{ClientAction, Command, DropReason, PeerAction, RelayPort};
 use common::*;
 
@@ -155,7 +156,7 @@ fn allocate_retransmission_gets_the_same_response_and_a_new_one_437() {
 #[test]
 fn allocate_attribute_errors() {
     type Attrs = fn(&mut boson_dataplane_proto::stun::Encoder<'_>);
-    let cases: [(Attrs, u16); 7] = [
+    let cases: [(Attrs, u16); 8] = [
         (|_| {}, 400),
         (|enc| enc.add(&RequestedTransport(6)).unwrap(), 442),
         (
@@ -168,16 +169,24 @@ fn allocate_attribute_errors() {
         (
             |enc| {
                 enc.add(&RequestedTransport::UDP).unwrap();
-                enc.add(&EvenPort { reserve: true }).unwrap();
+                enc.add_raw(AttrType::RESERVATION_TOKEN, &[1; 8]).unwrap();
             },
             508,
         ),
         (
             |enc| {
                 enc.add(&RequestedTransport::UDP).unwrap();
-                enc.add_raw(AttrType::RESERVATION_TOKEN, &[1; 8]).unwrap();
+                enc.add_raw(AttrType::RESERVATION_TOKEN, &[1; 4]).unwrap();
             },
-            508,
+            400,
+        ),
+        (
+            |enc| {
+                enc.add(&RequestedTransport::UDP).unwrap();
+                enc.add_raw(AttrType::RESERVATION_TOKEN, &[1; 8]).unwrap();
+                enc.add(&RequestedAddressFamily::IPV4).unwrap();
+            },
+            400,
         ),
         (
             |enc| {
@@ -222,6 +231,179 @@ fn even_port_without_reservation_gets_an_even_port() {
         enc.add(&EvenPort { reserve: false }).unwrap();
     });
     assert_eq!(response.code(), Some(508), "no even port left");
+}
+
+/// RTCP's socket: another address of the client that reserved.
+fn rtcp() -> Client {
+    Client::new("192.0.2.10:40001", &secret_a(), "alice")
+}
+
+#[test]
+fn even_port_with_reserve_returns_a_token_for_the_next_port() {
+    let mut h = Harness::new();
+    let mut alice = alice();
+    let tid = alice.next_tid();
+    let reserve = |enc: &mut boson_dataplane_proto::stun::Encoder<'_>| {
+        enc.add(&RequestedTransport::UDP).unwrap();
+        enc.add(&EvenPort { reserve: true }).unwrap();
+    };
+    let response = h.request_with_tid(&mut alice, Method::ALLOCATE, tid, reserve);
+    assert!(response.is_success(), "{:?}", response.code());
+    let port = response.relay_port();
+    assert_eq!(port.get() % 2, 0);
+    let token = response.reservation_token().expect("a RESERVATION-TOKEN");
+    assert_eq!(token.0[..2], (port.get() + 1).to_be_bytes(), "names P + 1");
+    assert_eq!(h.commands, [Command::CreateAllocation { port }], "P only");
+    assert_eq!(h.server.available_ports(), 8, "P allocated, P + 1 reserved");
+    let again = h.request_with_tid(&mut alice, Method::ALLOCATE, tid, reserve);
+    assert_eq!(again, response, "a retransmission carries the same token");
+    // Plain allocations take the other 8 ports, never P + 1.
+    for i in 0..8 {
+        let mut c = Client::new(&format!("192.0.2.11:{i}"), &secret_a(), &format!("u{i}"));
+        assert_ne!(h.allocate(&mut c).get(), port.get() + 1);
+    }
+    let mut late = Client::new("192.0.2.11:99", &secret_a(), "late");
+    let response = h.request(&mut late, Method::ALLOCATE, |enc| {
+        enc.add(&RequestedTransport::UDP).unwrap();
+    });
+    assert_eq!(response.code(), Some(508));
+    assert_eq!(
+        h.allocate_reserved(&mut rtcp(), token).relay_port().get(),
+        port.get() + 1
+    );
+}
+
+#[test]
+fn even_port_with_reserve_needs_a_free_pair() {
+    let mut h = Harness::with_config(
+        boson_dataplane_proto::TurnConfig::new(REALM, vec![secret_a()], RELAY_IP.into(), 7..=9)
+            .unwrap(),
+    );
+    // 8 with 9 is the only pair; take 9.
+    let mut taken = Vec::new();
+    while taken.len() < 3 {
+        let mut c = Client::new(&format!("192.0.2.11:{}", taken.len()), &secret_a(), "u");
+        let port = h.allocate(&mut c);
+        taken.push((port, c));
+        if port.get() == 9 {
+            break;
+        }
+    }
+    for (port, c) in &mut taken {
+        if port.get() != 9 {
+            assert!(h.refresh(c, Some(0)).is_success());
+        }
+    }
+    let response = h.allocate_reserving(&mut alice());
+    assert_eq!(response.code(), Some(508));
+    assert_eq!(h.server.allocation_count(), 1, "nothing left claimed");
+    assert_eq!(h.server.available_ports(), 2);
+}
+
+#[test]
+fn another_client_allocates_the_reserved_port_with_the_token_once() {
+    let mut h = Harness::new();
+    let response = h.allocate_reserving(&mut alice());
+    let (rtp, token) = (response.relay_port(), response.reservation_token().unwrap());
+    let mut rtcp = rtcp();
+    let tid = rtcp.next_tid();
+    let with_token = |enc: &mut boson_dataplane_proto::stun::Encoder<'_>| {
+        enc.add(&RequestedTransport::UDP).unwrap();
+        enc.add(&token).unwrap();
+    };
+    let second = h.request_with_tid(&mut rtcp, Method::ALLOCATE, tid, with_token);
+    assert!(second.is_success(), "{:?}", second.code());
+    assert_eq!(second.relay_port().get(), rtp.get() + 1);
+    assert_eq!(second.reservation_token(), None);
+    assert_eq!(
+        h.commands.last(),
+        Some(&Command::CreateAllocation {
+            port: second.relay_port()
+        })
+    );
+    let again = h.request_with_tid(&mut rtcp, Method::ALLOCATE, tid, with_token);
+    assert_eq!(again, second, "a retransmission gets the same response");
+    assert_eq!(h.server.allocation_count(), 2);
+    let mut carol = Client::new("192.0.2.12:1", &secret_a(), "carol");
+    assert_eq!(
+        h.allocate_reserved(&mut carol, token).code(),
+        Some(508),
+        "used"
+    );
+    // The reservation's timer finds the port taken and leaves it be.
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.server.available_ports(), 8);
+    assert!(h.refresh(&mut rtcp, None).is_success());
+}
+
+#[test]
+fn an_expired_reservation_frees_the_port_and_its_token_gets_508() {
+    let mut h = Harness::new();
+    let token = h
+        .allocate_reserving(&mut alice())
+        .reservation_token()
+        .unwrap();
+    h.advance(Duration::from_secs(29));
+    assert_eq!(h.server.available_ports(), 8);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.server.available_ports(), 9, "P + 1 free again");
+    assert_eq!(h.allocate_reserved(&mut rtcp(), token).code(), Some(508));
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn a_failed_bind_of_the_even_port_drops_its_reservation() {
+    let mut h = Harness::new();
+    let response = h.allocate_reserving(&mut alice());
+    let (port, token) = (response.relay_port(), response.reservation_token().unwrap());
+    h.server.handle_allocation_failed(port);
+    assert_eq!(h.server.available_ports(), 9, "P quarantined, P + 1 free");
+    assert_eq!(h.allocate_reserved(&mut rtcp(), token).code(), Some(508));
+}
+
+#[test]
+fn servers_sharing_a_port_table_honour_each_others_reservations() {
+    // Two workers: the kernel sent the RTCP socket's Allocate to the second one.
+    let table = Arc::new(PortTable::new(50_000..=50_009).unwrap());
+    let mut first = Harness::with_config(config().with_port_table(Arc::clone(&table)));
+    let mut second = Harness::with_config(config().with_port_table(Arc::clone(&table)));
+    let response = first.allocate_reserving(&mut alice());
+    let (rtp, token) = (response.relay_port(), response.reservation_token().unwrap());
+    assert_eq!(table.available(), 8);
+    let rtcp_response = second.allocate_reserved(&mut rtcp(), token);
+    assert_eq!(rtcp_response.relay_port().get(), rtp.get() + 1);
+    assert_eq!(
+        second.commands,
+        [Command::CreateAllocation {
+            port: rtcp_response.relay_port()
+        }],
+        "the second worker binds P + 1"
+    );
+    assert_eq!(
+        first
+            .allocate_reserved(&mut Client::new("192.0.2.12:1", &secret_a(), "c"), token)
+            .code(),
+        Some(508),
+        "used, on either worker"
+    );
+    // The first worker's reservation timer fires after the second took the port.
+    first.advance(Duration::from_secs(30));
+    assert_eq!(table.available(), 8);
+    // Plain allocations on both never collide, and together they use up the table.
+    let mut ports = vec![rtp, rtcp_response.relay_port()];
+    for i in 0..8 {
+        let h = if i % 2 == 0 { &mut first } else { &mut second };
+        let mut c = Client::new(&format!("192.0.2.13:{i}"), &secret_a(), &format!("u{i}"));
+        ports.push(h.allocate(&mut c));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 10);
+    assert_eq!(second.server.available_ports(), 0);
+    // The reservation's P + 1 is freed by the worker holding its allocation.
+    let mut rtcp = rtcp();
+    assert!(second.refresh(&mut rtcp, Some(0)).is_success());
+    assert_eq!(first.server.available_ports(), 1);
 }
 
 #[test]

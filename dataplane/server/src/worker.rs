@@ -55,7 +55,7 @@ const LISTENER_RCVBUF: usize = 4 << 20;
 pub struct WorkerInfo {
     /// Index of this worker, `0..workers`.
     pub index: usize,
-    /// Number of workers (to split a relay port range, for example).
+    /// Number of workers.
     pub workers: usize,
     /// The current time, for cores whose constructor takes `now`.
     pub now: Instant,

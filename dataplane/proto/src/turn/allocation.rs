@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::attr::ReservationToken;
 use super::{ChannelNumber, PeerAddr};
 use crate::binding::ClientAddr;
 use crate::stun::TransactionId;
@@ -37,6 +38,8 @@ pub(crate) struct Allocation {
     pub(crate) transaction_id: TransactionId,
     /// The LIFETIME that Allocate's success response carried.
     pub(crate) granted_lifetime: u32,
+    /// The RESERVATION-TOKEN that response carried (EVEN-PORT R=1), for retransmissions.
+    pub(crate) reservation: Option<ReservationToken>,
     pub(crate) expires_at: Instant,
     permissions: HashMap<IpAddr, Instant>,
     channels: HashMap<ChannelNumber, Channel>,
@@ -60,6 +63,7 @@ impl Allocation {
             user_start: username.len() - user.len(),
             transaction_id,
             granted_lifetime,
+            reservation: None,
             expires_at,
             permissions: HashMap::new(),
             channels: HashMap::new(),

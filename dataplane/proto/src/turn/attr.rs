@@ -10,10 +10,10 @@
 //! EVEN-PORT (0x0018)            | R (1) | RFFU (7)                              |
 //! REQUESTED-TRANSPORT (0x0019)  | protocol (8) | RFFU (24)                      |
 //! CHANNEL-NUMBER (0x000C)       | channel (16) | RFFU (16)                      |
+//! RESERVATION-TOKEN (0x0022)    | token (64), opaque to clients                 |
 //! ```
 //!
-//! DONT-FRAGMENT (empty) and RESERVATION-TOKEN (8 opaque bytes) need no type: the server only
-//! looks at their presence.
+//! DONT-FRAGMENT (empty) needs no type: the server only looks at its presence.
 //!
 //! [RFC 8656 §18]: https://www.rfc-editor.org/rfc/rfc8656#section-18
 
@@ -200,6 +200,33 @@ impl Attribute<'_> for EvenPort {
     }
 }
 
+/// RESERVATION-TOKEN: names the port an Allocate with EVEN-PORT R=1 reserved, for a later
+/// Allocate to claim. [RFC 8656 §18.9](https://www.rfc-editor.org/rfc/rfc8656#section-18.9)
+///
+/// Opaque to clients; this server's tokens are `port (16) | secret (48)`, see
+/// [`PortTable`](super::PortTable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationToken(pub [u8; 8]);
+
+impl Attribute<'_> for ReservationToken {
+    const TYPE: AttrType = AttrType::RESERVATION_TOKEN;
+
+    fn decode(value: &[u8], _: &TransactionId) -> Result<Self, AttrError> {
+        match <[u8; 8]>::try_from(value) {
+            Ok(token) => Ok(Self(token)),
+            Err(_) => Err(invalid_length(Self::TYPE, value)),
+        }
+    }
+
+    fn value_len(&self) -> usize {
+        8
+    }
+
+    fn encode_value(&self, _: &TransactionId, out: &mut [u8]) {
+        out.copy_from_slice(&self.0);
+    }
+}
+
 impl Attribute<'_> for ChannelNumber {
     const TYPE: AttrType = AttrType::CHANNEL_NUMBER;
 
@@ -261,6 +288,9 @@ mod tests {
             EvenPort::decode(&[0x7F], &TID),
             Ok(EvenPort { reserve: false })
         );
+        let token = ReservationToken([0xC3, 0x51, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(encode(&token), token.0);
+        assert_eq!(ReservationToken::decode(&token.0, &TID), Ok(token));
         let channel = ChannelNumber::new(0x4001).unwrap();
         assert_eq!(encode(&channel), [0x40, 0x01, 0, 0]);
         assert_eq!(
@@ -275,6 +305,7 @@ mod tests {
             (AttrType::LIFETIME, &[0u8; 3][..]),
             (AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0, 0][..]),
             (AttrType::EVEN_PORT, &[][..]),
+            (AttrType::RESERVATION_TOKEN, &[0; 4][..]),
             (AttrType::CHANNEL_NUMBER, &[0x40, 0x00][..]),
         ] {
             let err = match attr {
@@ -283,6 +314,7 @@ mod tests {
                     RequestedTransport::decode(value, &TID).map(|_| ())
                 }
                 AttrType::EVEN_PORT => EvenPort::decode(value, &TID).map(|_| ()),
+                AttrType::RESERVATION_TOKEN => ReservationToken::decode(value, &TID).map(|_| ()),
                 _ => ChannelNumber::decode(value, &TID).map(|_| ()),
             };
             assert_eq!(

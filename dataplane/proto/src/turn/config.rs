@@ -6,20 +6,24 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 use std::time::Duration;
 
 use boson_shared::credentials::TurnSecret;
 
-use super::PeerFilter;
+use super::{PeerFilter, PortTable};
 use crate::stun::{AttrError, Realm, Software};
 
 /// Configuration of one TURN [`Server`](super::Server) instance (one per core).
+///
+/// Clones share the [`PortTable`]: servers built from clones of one config never hand out the
+/// same port.
 #[derive(Debug, Clone)]
 pub struct TurnConfig {
     pub(crate) realm: String,
     pub(crate) secrets: Vec<TurnSecret>,
     pub(crate) relay_ip: Ipv4Addr,
-    pub(crate) ports: RangeInclusive<u16>,
+    pub(crate) ports: Arc<PortTable>,
     pub(crate) software: Option<Software<'static>>,
     pub(crate) default_lifetime: u32,
     pub(crate) max_lifetime: u32,
@@ -28,6 +32,7 @@ pub struct TurnConfig {
     pub(crate) channel_cooldown: u32,
     pub(crate) nonce_lifetime: u32,
     pub(crate) port_quarantine: u32,
+    pub(crate) reservation_lifetime: u32,
     pub(crate) max_allocations: usize,
     pub(crate) max_allocations_per_user: u32,
     pub(crate) max_permissions_per_allocation: usize,
@@ -85,12 +90,18 @@ pub const NONCE_LIFETIME: Duration = Duration::from_secs(600);
 /// How long a port the shell failed to bind stays out of the pool: something else holds it,
 /// and handing it out again at once would fail again.
 pub const PORT_QUARANTINE: Duration = Duration::from_secs(60);
+/// How long the port after an EVEN-PORT R=1 allocation stays reserved for its
+/// RESERVATION-TOKEN. [RFC 8656 §7.2](https://www.rfc-editor.org/rfc/rfc8656#section-7.2)
+/// asks for "at least 30 seconds"; the client sends the second Allocate right after the
+/// first succeeds, so the minimum is plenty, and a shorter hold returns unused ports sooner.
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 impl TurnConfig {
     /// A configuration with every default:
     ///
     /// * lifetimes: [`DEFAULT_LIFETIME`], [`MAX_LIFETIME`], [`PERMISSION_LIFETIME`],
-    ///   [`CHANNEL_LIFETIME`], [`CHANNEL_COOLDOWN`], [`NONCE_LIFETIME`], [`PORT_QUARANTINE`];
+    ///   [`CHANNEL_LIFETIME`], [`CHANNEL_COOLDOWN`], [`NONCE_LIFETIME`], [`PORT_QUARANTINE`],
+    ///   [`RESERVATION_LIFETIME`];
     /// * at most 10 000 allocations per instance (far more than one core relays well; the
     ///   port range usually binds first), 32 per user (a browser opens a few per
     ///   PeerConnection; 32 leaves room for many tabs and reconnects while stopping one
@@ -101,7 +112,9 @@ impl TurnConfig {
     ///   (a legitimate client needs one or two per Allocate);
     /// * no SOFTWARE (it helps attackers pick exploits, and costs bytes in every response).
     ///
-    /// `ports` is the relay port range this instance owns exclusively; `relay_ip` is what
+    /// `ports` is the relay port range, in a [`PortTable`] of this config (and its clones)
+    /// alone; servers on one host share the host's table with
+    /// [`with_port_table`](Self::with_port_table) instead. `relay_ip` is what
     /// XOR-RELAYED-ADDRESS advertises (the public address, behind 1:1 NAT too).
     pub fn new(
         realm: &str,
@@ -117,12 +130,7 @@ impl TurnConfig {
         if secrets.is_empty() {
             return Err(ConfigError::NoSecret);
         }
-        if ports.is_empty() || *ports.start() == 0 {
-            return Err(ConfigError::InvalidPortRange {
-                first: *ports.start(),
-                last: *ports.end(),
-            });
-        }
+        let ports = Arc::new(PortTable::new(ports)?);
         Ok(Self {
             realm: realm.to_owned(),
             secrets,
@@ -136,6 +144,7 @@ impl TurnConfig {
             channel_cooldown: secs(CHANNEL_COOLDOWN),
             nonce_lifetime: secs(NONCE_LIFETIME),
             port_quarantine: secs(PORT_QUARANTINE),
+            reservation_lifetime: secs(RESERVATION_LIFETIME),
             max_allocations: 10_000,
             max_allocations_per_user: 32,
             max_permissions_per_allocation: 128,
@@ -145,6 +154,15 @@ impl TurnConfig {
             unauthenticated_burst: 20,
             rate_limit_buckets: 4096,
         })
+    }
+
+    /// Takes relay ports from `table`, shared with the host's other servers, instead of the
+    /// range given to [`new`](Self::new). Every worker of a host must share one table: an
+    /// EVEN-PORT reservation made on one worker is claimed on whichever worker the kernel
+    /// hands the client's next socket to (see [`PortTable`]).
+    pub fn with_port_table(mut self, table: Arc<PortTable>) -> Self {
+        self.ports = table;
+        self
     }
 
     /// Adds SOFTWARE to every response.
@@ -215,8 +233,13 @@ impl TurnConfig {
         self
     }
 
-    /// The relay port range this instance owns.
-    pub const fn ports(&self) -> &RangeInclusive<u16> {
+    /// The relay port range: the port table's.
+    pub fn ports(&self) -> RangeInclusive<u16> {
+        self.ports.range()
+    }
+
+    /// The port table this server takes relay ports from.
+    pub const fn port_table(&self) -> &Arc<PortTable> {
         &self.ports
     }
 
@@ -225,9 +248,8 @@ impl TurnConfig {
         self.relay_ip
     }
 
-    /// The peer filter in force, own relay address included.
     /// The configured filter with the relay address added as an own address, and, unless the
-    /// host's relay ports were given, this instance's ports as the only own relay ports.
+    /// host's relay ports were given, the port table's range as the only own relay ports.
     pub(crate) fn effective_peer_filter(&self) -> PeerFilter {
         let filter = self
             .peer_filter
@@ -236,7 +258,7 @@ impl TurnConfig {
         if filter.knows_relay_ports() {
             filter
         } else {
-            filter.own_relay_ports(self.ports.clone())
+            filter.own_relay_ports(self.ports.range())
         }
     }
 }
@@ -285,6 +307,14 @@ mod tests {
             ));
         }
         let config = TurnConfig::new("r", secret(), ip, 1..=2).unwrap();
+        let shared = Arc::new(PortTable::new(10..=20).unwrap());
+        let other = config.clone().with_port_table(Arc::clone(&shared));
+        assert_eq!(other.ports(), 10..=20);
+        assert!(Arc::ptr_eq(other.port_table(), &shared));
+        assert!(Arc::ptr_eq(
+            config.clone().port_table(),
+            config.port_table()
+        ));
         assert_eq!(
             config
                 .clone()

@@ -13,12 +13,12 @@
 //! A client first sends an Allocate without credentials and gets 401 with a REALM and a
 //! stateless NONCE ([`nonce`] explains the format); it retries with USERNAME, REALM, NONCE and
 //! MESSAGE-INTEGRITY under the long-term key derived from its REST credential. On success the
-//! server takes a relay port from its range, queues [`Command::CreateAllocation`] and answers
-//! with XOR-RELAYED-ADDRESS, XOR-MAPPED-ADDRESS and LIFETIME. CreatePermission and
-//! ChannelBind then open the relay to peers (after the [`PeerFilter`]); data flows as Send/Data
-//! indications or, once a channel is bound, as 4-byte-framed ChannelData ([`channel_data`]).
-//! Refresh extends or (LIFETIME 0) deletes the allocation; otherwise it expires and the server
-//! queues [`Command::FreeAllocation`].
+//! server takes a relay port from the host's [`PortTable`], queues
+//! [`Command::CreateAllocation`] and answers with XOR-RELAYED-ADDRESS, XOR-MAPPED-ADDRESS and
+//! LIFETIME. CreatePermission and ChannelBind then open the relay to peers (after the
+//! [`PeerFilter`]); data flows as Send/Data indications or, once a channel is bound, as
+//! 4-byte-framed ChannelData ([`channel_data`]). Refresh extends or (LIFETIME 0) deletes the
+//! allocation; otherwise it expires and the server queues [`Command::FreeAllocation`].
 //!
 //! # Choices where the RFC leaves room
 //!
@@ -30,9 +30,14 @@
 //!   error, carries MESSAGE-INTEGRITY, and FINGERPRINT if the request had one. A REST
 //!   credential is checked on every request, so Refresh fails with 401 once it expired and
 //!   the allocation runs out: clients must allocate again with a fresh credential.
-//! * **EVEN-PORT** without the R bit is honoured (an even port); with R, and any
-//!   RESERVATION-TOKEN, the request gets 508 (this server never reserves ports, so no token is
-//!   valid). RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY is 400.
+//! * **EVEN-PORT** without the R bit gets an even port. With R (RTP/RTCP clients), the server
+//!   allocates an even port P whose successor is free, reserves P + 1 for
+//!   [`RESERVATION_LIFETIME`] and returns a RESERVATION-TOKEN for it; 508 if no such pair is
+//!   free. An Allocate with that token, from any client address and on any worker sharing the
+//!   [`PortTable`], gets P + 1; an unknown, expired or used token gets 508, and
+//!   RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY is 400. The reservation
+//!   outlives its allocation: it lapses only by time (or when the shell cannot bind P, since
+//!   the client never saw the token then).
 //! * **DONT-FRAGMENT** is accepted; the shell's relay sockets do not set DF per packet.
 //! * **REQUESTED-ADDRESS-FAMILY** other than IPv4 → 440; peers must be IPv4 (443 otherwise,
 //!   after the peer filter, so a denied IPv6 spelling of anything gets 403 first).
@@ -80,9 +85,10 @@ use std::net::SocketAddr;
 pub use crate::binding::ClientAddr;
 pub use config::{
     CHANNEL_COOLDOWN, CHANNEL_LIFETIME, ConfigError, DEFAULT_LIFETIME, MAX_LIFETIME,
-    NONCE_LIFETIME, PERMISSION_LIFETIME, PORT_QUARANTINE, TurnConfig,
+    NONCE_LIFETIME, PERMISSION_LIFETIME, PORT_QUARANTINE, RESERVATION_LIFETIME, TurnConfig,
 };
 pub use peer_filter::{Cidr, CidrError, Denied, PeerFilter};
+pub use ports::PortTable;
 pub use server::{ClientAction, Command, PeerAction, Server};
 
 /// Bytes the shell reserves before a peer payload so the server can prepend its

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boson_shared::credentials::RestUsername;
@@ -10,14 +11,14 @@ use rand_core::RngCore;
 
 use super::allocation::{Allocation, AllocationId};
 use super::attr::{
-    EvenPort, Lifetime, RequestedAddressFamily, RequestedTransport, XorPeerAddress,
-    XorRelayedAddress,
+    EvenPort, Lifetime, RequestedAddressFamily, RequestedTransport, ReservationToken,
+    XorPeerAddress, XorRelayedAddress,
 };
 use super::channel_data::{self, ChannelData};
 use super::nonce::{NonceCheck, NonceKey};
 use super::rate_limit::RateLimiter;
 use super::{
-    ChannelNumber, ClientAddr, HEADROOM, PeerAddr, PeerFilter, RelayPort, TurnConfig,
+    ChannelNumber, ClientAddr, HEADROOM, PeerAddr, PeerFilter, PortTable, RelayPort, TurnConfig,
     data_indication,
 };
 use crate::binding::{self, BindingConfig, BindingOutcome, MAX_UNKNOWN_REPORTED};
@@ -87,7 +88,8 @@ pub enum Command {
     },
 }
 
-/// The sans-IO TURN server: one per core, owning a disjoint slice of the relay port range.
+/// The sans-IO TURN server: one per core. The servers of a host take relay ports from one
+/// shared [`PortTable`] (see [`TurnConfig::with_port_table`]).
 ///
 /// # Driving it
 ///
@@ -129,7 +131,7 @@ pub struct Server<R> {
     allocations: HashMap<RelayPort, Allocation>,
     by_client: HashMap<ClientAddr, RelayPort>,
     per_user: HashMap<String, u32>,
-    ports: super::ports::PortPool,
+    ports: Arc<PortTable>,
     timers: BTreeSet<(Instant, Timer)>,
     commands: VecDeque<Command>,
     next_id: u64,
@@ -159,8 +161,13 @@ enum Timer {
         id: AllocationId,
         number: ChannelNumber,
     },
+    /// Ends the quarantine of a port this server could not bind.
     Quarantine {
         port: RelayPort,
+    },
+    /// Ends a reservation this server made, unless some server took it.
+    Reservation {
+        token: ReservationToken,
     },
 }
 
@@ -198,7 +205,7 @@ impl<R: RngCore> Server<R> {
         );
         Self {
             filter: config.effective_peer_filter(),
-            ports: super::ports::PortPool::new(config.ports.clone()),
+            ports: Arc::clone(&config.ports),
             config,
             binding,
             rng,
@@ -291,13 +298,14 @@ impl<R: RngCore> Server<R> {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has work: the earliest expiry of an
-    /// allocation, permission, channel cooldown or port quarantine.
+    /// allocation, permission, channel cooldown, port quarantine or port reservation.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.first().map(|(at, _)| *at)
     }
 
     /// Expires everything due at `now`: allocations (queueing
-    /// [`Command::FreeAllocation`]), permissions, channel bindings and port quarantines.
+    /// [`Command::FreeAllocation`]), permissions, channel bindings, port quarantines and the
+    /// port reservations this server made.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         while let Some(&(at, timer)) = self.timers.first() {
@@ -321,8 +329,10 @@ impl<R: RngCore> Server<R> {
     }
 
     /// The shell could not bind `port`: the allocation on it is deleted (the client's next
-    /// request gets 437) and the port stays out of the pool for a while. No
-    /// [`Command::FreeAllocation`] follows: there is no socket to close.
+    /// request gets 437), the port stays out of the table for
+    /// [`PORT_QUARANTINE`](super::PORT_QUARANTINE), and a port the allocation reserved is
+    /// freed (its token was never sent). No [`Command::FreeAllocation`] follows: there is no
+    /// socket to close.
     pub fn handle_allocation_failed(&mut self, port: RelayPort) {
         if self.allocations.contains_key(&port) {
             self.end_allocation(port, Ending::BindFailed, self.last_now);
@@ -344,7 +354,8 @@ impl<R: RngCore> Server<R> {
         self.allocations.len()
     }
 
-    /// Relay ports free for new allocations (quarantined ports excluded).
+    /// Relay ports free for new allocations in the port table, which other servers may share
+    /// (quarantined and reserved ports excluded). O(ports).
     pub fn available_ports(&self) -> usize {
         self.ports.available()
     }
@@ -587,8 +598,9 @@ impl<R: RngCore> Server<R> {
             return match existing {
                 // A retransmission: same response again (RFC 8656 §7.2).
                 Some(allocation) => {
-                    let lifetime = allocation.granted_lifetime;
-                    self.allocate_success(from, auth, port, lifetime, out)
+                    let (lifetime, reservation) =
+                        (allocation.granted_lifetime, allocation.reservation);
+                    self.allocate_success(from, auth, port, lifetime, reservation, out)
                 }
                 None => self.error(from, auth, ErrorCode::ALLOCATION_MISMATCH, out),
             };
@@ -600,24 +612,16 @@ impl<R: RngCore> Server<R> {
             }
             Ok(None) | Err(_) => return self.error(from, auth, ErrorCode::BAD_REQUEST, out),
         }
-        let (Ok(even_port), Ok(family), Ok(lifetime)) = (
+        let (Ok(even_port), Ok(family), Ok(lifetime), Ok(token)) = (
             message.get::<EvenPort>(),
             message.get::<RequestedAddressFamily>(),
             message.get::<Lifetime>(),
+            message.get::<ReservationToken>(),
         ) else {
             return self.error(from, auth, ErrorCode::BAD_REQUEST, out);
         };
-        if message.attribute(AttrType::RESERVATION_TOKEN).is_some() {
-            let code = if even_port.is_some() || family.is_some() {
-                ErrorCode::BAD_REQUEST
-            } else {
-                // No token this server issued exists.
-                ErrorCode::INSUFFICIENT_CAPACITY
-            };
-            return self.error(from, auth, code, out);
-        }
-        if even_port.is_some_and(|e| e.reserve) {
-            return self.error(from, auth, ErrorCode::INSUFFICIENT_CAPACITY, out);
+        if token.is_some() && (even_port.is_some() || family.is_some()) {
+            return self.error(from, auth, ErrorCode::BAD_REQUEST, out);
         }
         if family.is_some_and(|f| f != RequestedAddressFamily::IPV4) {
             return self.error(from, auth, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, out);
@@ -632,15 +636,34 @@ impl<R: RngCore> Server<R> {
         if self.allocations.len() >= self.config.max_allocations {
             return self.error(from, auth, ErrorCode::INSUFFICIENT_CAPACITY, out);
         }
-        let Some(port) = self.ports.take(&mut self.rng, even_port.is_some()) else {
+        // The port last: a request refused above leaves the table and the token untouched.
+        let hint = self.rng.next_u64();
+        let claimed = match (token, even_port) {
+            (Some(token), _) => self.ports.take_reservation(token).map(|port| (port, None)),
+            (None, Some(EvenPort { reserve: true })) => {
+                let secret = self.rng.next_u64();
+                self.ports
+                    .claim_reserving_next(hint, secret)
+                    .map(|(port, token)| (port, Some(token)))
+            }
+            (None, even_port) => self
+                .ports
+                .claim(hint, even_port.is_some())
+                .map(|port| (port, None)),
+        };
+        let Some((port, reservation)) = claimed else {
             return self.error(from, auth, ErrorCode::INSUFFICIENT_CAPACITY, out);
         };
+        if let Some(token) = reservation {
+            let until = now + secs(self.config.reservation_lifetime);
+            self.timers.insert((until, Timer::Reservation { token }));
+        }
 
         let granted = self.granted_lifetime(lifetime);
         let expires_at = now + secs(granted);
         let id = AllocationId(self.next_id);
         self.next_id += 1;
-        let allocation = Allocation::new(
+        let mut allocation = Allocation::new(
             id,
             from,
             auth.username,
@@ -649,6 +672,7 @@ impl<R: RngCore> Server<R> {
             granted,
             expires_at,
         );
+        allocation.reservation = reservation;
         self.allocations.insert(port, allocation);
         self.by_client.insert(from, port);
         *self.per_user.entry(auth.user.to_owned()).or_default() += 1;
@@ -657,7 +681,7 @@ impl<R: RngCore> Server<R> {
         self.stats.allocations += 1;
         self.stats.allocations_created += 1;
         self.commands.push_back(Command::CreateAllocation { port });
-        self.allocate_success(from, auth, port, granted, out)
+        self.allocate_success(from, auth, port, granted, reservation, out)
     }
 
     fn allocate_success(
@@ -666,12 +690,16 @@ impl<R: RngCore> Server<R> {
         auth: &Authed<'_>,
         port: RelayPort,
         lifetime: u32,
+        reservation: Option<ReservationToken>,
         out: &mut [u8],
     ) -> ClientAction {
         let relayed = SocketAddr::new(IpAddr::V4(self.config.relay_ip), port.get());
         let written = self.write_success(out, auth, |enc| {
             enc.add(&XorRelayedAddress(relayed))?;
             enc.add(&Lifetime(lifetime))?;
+            if let Some(token) = &reservation {
+                enc.add(token)?;
+            }
             enc.add(&XorMappedAddress(from.reflexive()))
         });
         self.success_sent(from, written)
@@ -908,7 +936,10 @@ impl<R: RngCore> Server<R> {
                     self.stats.channels -= 1;
                 }
             }
-            Timer::Quarantine { port } => self.ports.release(port),
+            Timer::Quarantine { port } => self.ports.end_quarantine(port),
+            Timer::Reservation { token } => {
+                self.ports.cancel_reservation(token);
+            }
         }
     }
 
@@ -949,6 +980,10 @@ impl<R: RngCore> Server<R> {
             }
             Ending::BindFailed => {
                 self.stats.allocations_deleted += 1;
+                if let Some(token) = allocation.reservation {
+                    self.ports.cancel_reservation(token);
+                }
+                self.ports.quarantine(port);
                 let until = now + secs(self.config.port_quarantine);
                 self.timers.insert((until, Timer::Quarantine { port }));
             }

@@ -19,7 +19,8 @@ use boson_dataplane_proto::stun::{
     Realm, Trailer, TransactionId, Username,
 };
 use boson_dataplane_proto::turn::attr::{
-    Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
+    Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
+    XorRelayedAddress,
 };
 use boson_dataplane_proto::{
     ChannelNumber, ClientAction, ClientAddr, Command, HEADROOM, PeerAction, PeerAddr, RelayPort,
@@ -308,6 +309,10 @@ impl Response {
     pub fn relay_port(&self) -> RelayPort {
         RelayPort::new(self.relayed().port())
     }
+
+    pub fn reservation_token(&self) -> Option<ReservationToken> {
+        self.message().get::<ReservationToken>().unwrap()
+    }
 }
 
 impl Harness {
@@ -385,6 +390,22 @@ impl Harness {
             response.code()
         );
         response.relay_port()
+    }
+
+    /// An Allocate with EVEN-PORT R=1 from `client`.
+    pub fn allocate_reserving(&mut self, client: &mut Client) -> Response {
+        self.request(client, Method::ALLOCATE, |enc| {
+            enc.add(&RequestedTransport::UDP).unwrap();
+            enc.add(&EvenPort { reserve: true }).unwrap();
+        })
+    }
+
+    /// An Allocate with RESERVATION-TOKEN `token` from `client`.
+    pub fn allocate_reserved(&mut self, client: &mut Client, token: ReservationToken) -> Response {
+        self.request(client, Method::ALLOCATE, |enc| {
+            enc.add(&RequestedTransport::UDP).unwrap();
+            enc.add(&token).unwrap();
+        })
     }
 
     pub fn create_permission(&mut self, client: &mut Client, peers: &[SocketAddr]) -> Response {
