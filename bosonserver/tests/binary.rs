@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::start;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[test]
 fn runs_on_embedded_defaults_and_stops_cleanly_on_sigterm() {
@@ -30,7 +30,7 @@ fn runs_on_embedded_defaults_and_stops_cleanly_on_sigterm() {
     let turn = server.turn.unwrap();
     let (mapped, local) = common::stun_mapped_address(turn);
     assert_eq!(mapped, local);
-    let http = reqwest::blocking_client();
+    let http = common::Http::new();
     let (status, body) = http.get(&format!("{}/health/ready", server.base));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["database"], "ok");
@@ -130,53 +130,4 @@ fn invalid_configuration_is_a_clear_error_not_a_panic() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-/// A tiny blocking HTTP client over reqwest's async one.
-mod reqwest {
-    use super::Value;
-
-    pub(super) struct Client(tokio::runtime::Runtime, ::reqwest::Client);
-
-    pub(super) fn blocking_client() -> Client {
-        Client(
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            ::reqwest::Client::new(),
-        )
-    }
-
-    impl Client {
-        pub(super) fn get(&self, url: &str) -> (u16, Value) {
-            self.0.block_on(async {
-                let response = self.1.get(url).send().await.unwrap();
-                (response.status().as_u16(), response.json().await.unwrap())
-            })
-        }
-
-        pub(super) fn get_auth(&self, url: &str, token: &str) -> (u16, Value) {
-            self.0.block_on(async {
-                let response = self.1.get(url).bearer_auth(token).send().await.unwrap();
-                (response.status().as_u16(), response.json().await.unwrap())
-            })
-        }
-
-        pub(super) fn post(&self, url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
-            self.0.block_on(async {
-                let mut request = self.1.post(url).json(body);
-                if let Some(token) = token {
-                    request = request.bearer_auth(token);
-                }
-                let response = request.send().await.unwrap();
-                (response.status().as_u16(), response.json().await.unwrap())
-            })
-        }
-
-        pub(super) fn text(&self, url: &str) -> String {
-            self.0
-                .block_on(async { self.1.get(url).send().await.unwrap().text().await.unwrap() })
-        }
-    }
 }

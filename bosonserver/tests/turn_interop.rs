@@ -95,15 +95,25 @@ struct Report {
 /// Runs `turnutils_uclient` with REST-API credentials against `server_port`, relaying to a
 /// `turnutils_peer` it starts, and parses the totals.
 fn uclient(server_port: u16, flags: &[&str], clients: u32, messages: u32) -> Report {
+    uclient_with(&["-W", SECRET], server_port, flags, clients, messages)
+}
+
+/// [`uclient`] with other credential flags: `-W <secret>`, or `-u <user> -w <password>`.
+fn uclient_with(
+    credentials: &[&str],
+    server_port: u16,
+    flags: &[&str],
+    clients: u32,
+    messages: u32,
+) -> Report {
     let peer_port = free_udp_port();
     let _peer = spawn(
         "turnutils_peer",
         &["-L", "127.0.0.1", "-p", &peer_port.to_string()],
     );
     std::thread::sleep(Duration::from_millis(200));
-    let mut args = vec![
-        "-W".to_owned(),
-        SECRET.to_owned(),
+    let mut args: Vec<String> = credentials.iter().map(|c| (*c).to_owned()).collect();
+    args.extend([
         "-e".to_owned(),
         "127.0.0.1".to_owned(),
         "-r".to_owned(),
@@ -116,7 +126,7 @@ fn uclient(server_port: u16, flags: &[&str], clients: u32, messages: u32) -> Rep
         messages.to_string(),
         "-z".to_owned(),
         "5".to_owned(),
-    ];
+    ]);
     args.extend(flags.iter().map(|f| (*f).to_owned()));
     args.push("127.0.0.1".to_owned());
     let output = Command::new("timeout")
@@ -275,4 +285,59 @@ fn bosonserver_relays_client_to_client_without_loss() {
     // Client to client, the RTCP allocations carry traffic too: coturn's own server reports
     // 12 000 messages for this run.
     assert_lossless(&report, 12_000);
+}
+
+/// The issue's "done when": a node registers over the REST API, asks for ICE servers, and
+/// coturn's client relays with exactly those credentials (a static username and password to
+/// it, `-u`/`-w`), not with the shared secret.
+#[test]
+fn ice_credentials_from_the_api_relay_coturns_client_without_loss() {
+    if !have_coturn_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = bosonserver(dir.path(), relay_base(3));
+    let http = common::Http::new();
+    let node = serde_json::json!({
+        "nodeId": "7d2f6a10-5b7e-4c1a-9f00-0123456789ab",
+        "publicKey": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+        "networkInfo": {"ipv4": "192.168.1.1", "natType": "Symmetric", "localPort": 51820},
+        "capabilities": {"maxConnections": 10, "bandwidth": {"up": 10, "down": 10}},
+        "location": {"country": "DE", "region": "DE-BE"}
+    });
+    let (status, body) = http.post(
+        &format!("{}/api/v1/nodes/register", server.base),
+        &node,
+        None,
+    );
+    assert_eq!(status, 201, "{body}");
+    let token = body["sessionToken"].as_str().unwrap().to_owned();
+    let (status, ice) = http.get_auth(&format!("{}/api/v1/turn/ice", server.base), &token);
+    assert_eq!(status, 200, "{ice}");
+    let turn = &ice["iceServers"][1];
+    let url = turn["urls"][0].as_str().unwrap();
+    let port = server.turn.unwrap().port();
+    assert_eq!(url, format!("turn:127.0.0.1:{port}?transport=udp"));
+    let username = turn["username"].as_str().unwrap();
+    let password = turn["credential"].as_str().unwrap();
+    assert!(
+        username.ends_with(":7d2f6a10-5b7e-4c1a-9f00-0123456789ab"),
+        "{username}"
+    );
+    let report = uclient_with(&["-u", username, "-w", password], port, &[], 4, 500);
+    assert_lossless(&report, 2_000);
+    // And a forged password gets nothing through.
+    let forged = uclient_with(
+        &["-u", username, "-w", "Zm9yZ2VkIHBhc3N3b3JkIQ=="],
+        port,
+        &[],
+        1,
+        10,
+    );
+    assert_eq!(
+        forged.received,
+        0,
+        "{:?}",
+        forged.output.lines().rev().take(5).collect::<Vec<_>>()
+    );
 }

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use serde_json::Value;
+
 /// Variables that would change the embedded defaults if the caller's environment had them.
 const CONFIG_VARS: &[&str] = &[
     "DATABASE_URL",
@@ -132,4 +134,49 @@ pub(crate) fn stun_mapped_address(server: SocketAddr) -> (SocketAddr, SocketAddr
         panic!("no XOR-MAPPED-ADDRESS in {response:?}");
     }
     panic!("no STUN answer from {server}");
+}
+
+/// A small blocking HTTP client over reqwest's async one.
+pub(crate) struct Http(tokio::runtime::Runtime, reqwest::Client);
+
+impl Http {
+    pub(crate) fn new() -> Self {
+        Self(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            reqwest::Client::new(),
+        )
+    }
+
+    pub(crate) fn get(&self, url: &str) -> (u16, Value) {
+        self.0.block_on(async {
+            let response = self.1.get(url).send().await.unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        })
+    }
+
+    pub(crate) fn get_auth(&self, url: &str, token: &str) -> (u16, Value) {
+        self.0.block_on(async {
+            let response = self.1.get(url).bearer_auth(token).send().await.unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        })
+    }
+
+    pub(crate) fn post(&self, url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
+        self.0.block_on(async {
+            let mut request = self.1.post(url).json(body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        })
+    }
+
+    pub(crate) fn text(&self, url: &str) -> String {
+        self.0
+            .block_on(async { self.1.get(url).send().await.unwrap().text().await.unwrap() })
+    }
 }
