@@ -1,0 +1,337 @@
+//! The command line: `turn`, `raw-forwarder`, `run` and `plot`.
+//!
+//! Arguments are parsed once here, checked, and turned into the configs of [`generator`],
+//! [`forwarder`], [`runner`] and [`plot`]; nothing below reads the environment.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::generator::{self, LoadConfig, Rate, Target};
+use crate::report::ServerKind;
+use crate::runner::{self, RunConfig};
+use crate::{forwarder, plot};
+
+/// Benchmarks of the BosonServer TURN relay against coturn and a raw UDP forwarder.
+#[derive(Debug, Parser)]
+#[command(name = "boson-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load one TURN server (or the raw forwarder) with ChannelData and measure it.
+    Turn(TurnArgs),
+    /// The raw forwarder: strips ChannelData headers and forwards payloads to one sink.
+    RawForwarder(ForwarderArgs),
+    /// Side by side: rounds of bosonserver (uring, epoll), coturn and the raw forwarder.
+    Run(RunArgs),
+    /// Draw the PNG of a `run --json` report.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TurnArgs {
+    /// The TURN server (or, with --raw, the forwarder), on loopback.
+    #[arg(long)]
+    server: SocketAddr,
+    /// The server is the raw forwarder: no TURN, one setup datagram per flow.
+    #[arg(long)]
+    raw: bool,
+    /// TURN REST secret (the server's static-auth-secret).
+    #[arg(long, default_value = "bench-secret")]
+    secret: String,
+    /// Allocations (flows), each with its own client socket.
+    #[arg(long, default_value_t = 8)]
+    allocations: usize,
+    /// Payload bytes per packet (ChannelData adds 4).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Offered load: `max` or packets per second (`20000`, `20k`).
+    #[arg(long, default_value = "max")]
+    rate: Rate,
+    /// How long to send.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How long the sink keeps receiving after sending stops.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Packets per sendmmsg.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Core to pin the generator to.
+    #[arg(long)]
+    core: Option<usize>,
+    /// The server's pid, to measure its CPU time per packet.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The core the server runs on, to measure how busy it was.
+    #[arg(long)]
+    server_core: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Write the outcome as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ForwarderArgs {
+    /// Address to listen on (127.0.0.1 only).
+    #[arg(long)]
+    listen: SocketAddrV4,
+    /// Exit after this long.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Rounds; each visits every server once. Medians are over rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Load per scenario.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Drain after each scenario.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Payload sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1200")]
+    sizes: Vec<usize>,
+    /// Offered loads, comma separated: `max` and/or packets per second.
+    #[arg(long, value_delimiter = ',', default_value = "max,20k,50k,100k")]
+    loads: Vec<Rate>,
+    /// Servers, comma separated, in the order each round visits them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "boson-uring,boson-epoll,coturn,raw"
+    )]
+    servers: Vec<ServerKind>,
+    /// Allocations (flows) per scenario.
+    #[arg(long, default_value_t = 8)]
+    allocations: usize,
+    /// Packets per sendmmsg.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// The bosonserver binary. Default: next to this binary (target/release/bosonserver for a
+    /// release build; `cargo build --release -p bosonserver`).
+    #[arg(long)]
+    bosonserver: Option<PathBuf>,
+    /// coturn's turnserver binary.
+    #[arg(long, default_value = "turnserver")]
+    turnserver: PathBuf,
+    /// TURN REST secret given to both TURN servers.
+    #[arg(long, default_value = "bench-secret")]
+    secret: String,
+    /// Core the servers run on (taskset -c).
+    #[arg(long, default_value_t = 1)]
+    server_core: usize,
+    /// Core the generator runs on.
+    #[arg(long, default_value_t = 0)]
+    generator_core: usize,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Before each server's turn, wait up to this long for other tenants' CPU use to drop
+    /// below 15% (the load is sampled and recorded either way).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    idle_wait: Duration,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+    /// CI mode: 1 round of 0.5 s at max rate, 2 allocations, both sizes; fails if any server
+    /// relays nothing. Without coturn installed it skips coturn, unless CI is set.
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct PlotArgs {
+    /// A report written by `run --json`.
+    #[arg(long)]
+    json: PathBuf,
+    /// The PNG to write.
+    #[arg(long, default_value = "results.png")]
+    out: PathBuf,
+    /// A TrueType font for the labels.
+    #[arg(long, default_value = plot::DEFAULT_FONT)]
+    font: PathBuf,
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Turn(args) => turn(args),
+        Command::RawForwarder(args) => {
+            let socket = forwarder::bind(args.listen)?;
+            let stats = forwarder::run(&socket, args.lifetime)?;
+            eprintln!("raw forwarder done: {stats:?}");
+            Ok(())
+        }
+        Command::Run(args) => run(args),
+        Command::Plot(args) => plot::plot_file(&args.json, &args.out, &args.font),
+    }
+}
+
+fn turn(args: TurnArgs) -> anyhow::Result<()> {
+    let target = if args.raw {
+        Target::Raw {
+            forwarder: args.server,
+        }
+    } else {
+        Target::Turn {
+            server: args.server,
+            secret: args.secret,
+        }
+    };
+    let config = LoadConfig {
+        target,
+        flows: args.allocations,
+        payload: args.size,
+        rate: args.rate,
+        duration: args.duration,
+        drain: args.drain,
+        batch: args.batch,
+        core: args.core,
+        user_prefix: format!("bench{}", std::process::id()),
+        server_pid: args.server_pid,
+        server_core: args.server_core,
+    };
+    config.validate()?;
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("[{bar:30}] {elapsed} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let outcome = generator::run(&config, &progress)?;
+    progress.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "| payload | offered | sent pps | delivered pps | loss | reordered | p50 µs | p99 µs | p999 µs | CPU ns/pkt | sink drops | server drops |"
+    )?;
+    writeln!(
+        out,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    writeln!(
+        out,
+        "| {} B | {} | {:.0} | {:.0} | {:.2}% | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+        config.payload,
+        config.rate,
+        outcome.sent_pps,
+        outcome.delivered_pps,
+        outcome.loss_ratio * 100.0,
+        outcome.reordered,
+        outcome.latency.p50_us,
+        outcome.latency.p99_us,
+        outcome.latency.p999_us,
+        outcome
+            .cpu_ns_per_packet
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
+        outcome.sink_drops,
+        outcome.server_ingress_drops,
+    )?;
+    if let Some(path) = args.json {
+        write_json(&path, &outcome)?;
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut args = args;
+    if args.smoke {
+        args.rounds = 1;
+        args.duration = Duration::from_millis(500);
+        args.drain = Duration::from_millis(200);
+        args.allocations = 2;
+        args.loads = vec![Rate::Max];
+    }
+    ensure!(
+        args.rounds >= 1 && args.rounds <= 100,
+        "--rounds must be 1..=100"
+    );
+    ensure!(
+        !args.sizes.is_empty() && !args.loads.is_empty(),
+        "no sizes or loads"
+    );
+    ensure!(!args.servers.is_empty(), "no servers");
+    ensure!(
+        args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
+        "--duration must be above 0 and at most 10 min"
+    );
+    let bench = std::env::current_exe().context("locating this binary")?;
+    let bosonserver = match args.bosonserver {
+        Some(path) => path,
+        None => sibling(&bench, "bosonserver"),
+    };
+    let mut servers = args.servers;
+    if servers.contains(&ServerKind::Coturn) && !runner::on_path(&args.turnserver) {
+        if !args.smoke || std::env::var_os("CI").is_some() {
+            bail!(
+                "{} not found: install coturn (apt-get install coturn) or leave out coturn \
+                 with --servers",
+                args.turnserver.display()
+            );
+        }
+        eprintln!("warning: coturn's turnserver is not installed; the smoke run skips it");
+        servers.retain(|s| *s != ServerKind::Coturn);
+    }
+    let config = RunConfig {
+        servers,
+        rounds: args.rounds,
+        duration: args.duration,
+        drain: args.drain,
+        payloads: args.sizes,
+        rates: args.loads,
+        flows: args.allocations,
+        batch: args.batch,
+        bosonserver,
+        turnserver: args.turnserver,
+        bench,
+        secret: args.secret,
+        server_core: args.server_core,
+        generator_core: args.generator_core,
+        idle_wait: args.idle_wait,
+        quiet: args.quiet,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let report = runner::run(&config)?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", report.tables())?;
+    let silent = report.silent();
+    if !silent.is_empty() {
+        bail!("some servers relayed nothing:\n  {}", silent.join("\n  "));
+    }
+    Ok(())
+}
+
+/// `name` in the directory of `exe`.
+fn sibling(exe: &Path, name: &str) -> PathBuf {
+    exe.parent()
+        .map_or_else(|| PathBuf::from(name), |dir| dir.join(name))
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,313 @@
+//! Batched UDP I/O: `sendmmsg(2)` and `recvmmsg(2)` over IPv4 sockets, one system call per
+//! batch, so neither the generator nor the raw forwarder pays a syscall per packet.
+//!
+//! This is the only module with `unsafe` code. Both types rebuild their `mmsghdr`/`iovec`
+//! arrays on every call from buffers they own or borrow for the duration of the call, so no
+//! pointer outlives the data it points to.
+
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::ptr;
+
+/// How [`RecvBatch::recv`] waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Return at once, with 0 packets if none are queued (`MSG_DONTWAIT`).
+    No,
+    /// Block until at least one packet arrives, or the socket's read timeout passes
+    /// (`MSG_WAITFORONE`); then take whatever else is queued.
+    ForOne,
+}
+
+/// Up to `count` receive buffers of `slot` bytes each, filled by one `recvmmsg`.
+pub struct RecvBatch {
+    buf: Vec<u8>,
+    slot: usize,
+    lens: Vec<usize>,
+    sources: Vec<libc::sockaddr_in>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    filled: usize,
+}
+
+impl RecvBatch {
+    /// `count` buffers of `slot` bytes (datagrams longer than `slot` are truncated).
+    pub fn new(count: usize, slot: usize) -> Self {
+        let count = count.max(1);
+        Self {
+            buf: vec![0; count * slot],
+            slot,
+            lens: vec![0; count],
+            sources: vec![zeroed_sockaddr_in(); count],
+            iovs: Vec::with_capacity(count),
+            hdrs: Vec::with_capacity(count),
+            filled: 0,
+        }
+    }
+
+    /// Receives up to `count` datagrams from `socket`; returns how many. A timeout, an
+    /// interrupted call or (with [`Wait::No`]) an empty queue is `Ok(0)`.
+    pub fn recv(&mut self, socket: &impl AsRawFd, wait: Wait) -> io::Result<usize> {
+        let count = self.lens.len();
+        self.filled = 0;
+        self.iovs.clear();
+        self.hdrs.clear();
+        let base = self.buf.as_mut_ptr();
+        for i in 0..count {
+            self.iovs.push(libc::iovec {
+                // SAFETY: `i * slot` is within `buf` (its length is `count * slot`).
+                iov_base: unsafe { base.add(i * self.slot) }.cast(),
+                iov_len: self.slot,
+            });
+        }
+        let sources = self.sources.as_mut_ptr();
+        let iovs = self.iovs.as_mut_ptr();
+        for i in 0..count {
+            let mut hdr = zeroed_mmsghdr();
+            // SAFETY (both `add`s): `i < count`, the length of `sources` and of `iovs`.
+            hdr.msg_hdr.msg_name = unsafe { sources.add(i) }.cast();
+            hdr.msg_hdr.msg_namelen = sockaddr_in_len();
+            hdr.msg_hdr.msg_iov = unsafe { iovs.add(i) };
+            hdr.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(hdr);
+        }
+        let flags = match wait {
+            Wait::No => libc::MSG_DONTWAIT,
+            Wait::ForOne => libc::MSG_WAITFORONE,
+        };
+        let vlen = u32::try_from(count).unwrap_or(u32::MAX);
+        // SAFETY: `hdrs` holds `count` headers whose name and iovec pointers point into
+        // `sources`, `iovs` and `buf`, all owned by `self`, alive and not moved until the call
+        // returns; each iovec covers `slot` bytes inside `buf`.
+        let received = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                vlen,
+                flags,
+                ptr::null_mut(),
+            )
+        };
+        let Ok(received) = usize::try_from(received) else {
+            return quiet_error(io::Error::last_os_error());
+        };
+        for i in 0..received {
+            self.lens[i] =
+                usize::try_from(self.hdrs[i].msg_len).map_or(0, |len| len.min(self.slot));
+        }
+        self.filled = received;
+        Ok(received)
+    }
+
+    /// Datagrams received by the last [`recv`](Self::recv).
+    pub const fn len(&self) -> usize {
+        self.filled
+    }
+
+    /// Whether the last [`recv`](Self::recv) got nothing.
+    pub const fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// The `i`th datagram of the last receive (empty past [`len`](Self::len)).
+    pub fn packet(&self, i: usize) -> &[u8] {
+        if i >= self.filled {
+            return &[];
+        }
+        &self.buf[i * self.slot..i * self.slot + self.lens[i]]
+    }
+
+    /// Where the `i`th datagram came from, if it was IPv4.
+    pub fn source(&self, i: usize) -> Option<SocketAddrV4> {
+        let addr = self.sources.get(i).filter(|_| i < self.filled)?;
+        if i32::from(addr.sin_family) != libc::AF_INET {
+            return None;
+        }
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+            u16::from_be(addr.sin_port),
+        ))
+    }
+}
+
+/// Scratch space for `sendmmsg`: the caller passes the packets, borrowed for one call.
+pub struct SendBatch {
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    dst: libc::sockaddr_in,
+}
+
+impl SendBatch {
+    /// Room for `count` packets per call (more are sent by later calls).
+    pub fn new(count: usize) -> Self {
+        Self {
+            iovs: Vec::with_capacity(count.max(1)),
+            hdrs: Vec::with_capacity(count.max(1)),
+            dst: zeroed_sockaddr_in(),
+        }
+    }
+
+    /// Sends `packets` (at most the batch's count; the rest are ignored) on `socket`, to `dst`
+    /// or, if `None`, to the address the socket is connected to. Returns how many the kernel
+    /// took, from the first; a full send buffer or an interrupted call is `Ok(0)`.
+    pub fn send<'p>(
+        &mut self,
+        socket: &impl AsRawFd,
+        dst: Option<SocketAddrV4>,
+        packets: impl IntoIterator<Item = &'p [u8]>,
+    ) -> io::Result<usize> {
+        let capacity = self.iovs.capacity();
+        self.iovs.clear();
+        self.hdrs.clear();
+        for packet in packets.into_iter().take(capacity) {
+            self.iovs.push(libc::iovec {
+                // sendmmsg only reads through this pointer.
+                iov_base: packet.as_ptr().cast_mut().cast(),
+                iov_len: packet.len(),
+            });
+        }
+        if self.iovs.is_empty() {
+            return Ok(0);
+        }
+        let name = match dst {
+            Some(dst) => {
+                self.dst = sockaddr_in(dst);
+                ptr::from_mut(&mut self.dst).cast()
+            }
+            None => ptr::null_mut(),
+        };
+        let namelen = if dst.is_some() { sockaddr_in_len() } else { 0 };
+        let iovs = self.iovs.as_mut_ptr();
+        for i in 0..self.iovs.len() {
+            let mut hdr = zeroed_mmsghdr();
+            hdr.msg_hdr.msg_name = name;
+            hdr.msg_hdr.msg_namelen = namelen;
+            // SAFETY: `i` is below the length of `iovs`.
+            hdr.msg_hdr.msg_iov = unsafe { iovs.add(i) };
+            hdr.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(hdr);
+        }
+        let vlen = u32::try_from(self.hdrs.len()).unwrap_or(u32::MAX);
+        // SAFETY: every header points at one iovec in `iovs` and (optionally) at `self.dst`,
+        // both owned by `self`; every iovec points at a packet borrowed for `'p`, which outlives
+        // this call. The kernel only reads the packets.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                vlen,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        self.iovs.clear();
+        self.hdrs.clear();
+        match usize::try_from(sent) {
+            Ok(sent) => Ok(sent),
+            Err(_) => quiet_error(io::Error::last_os_error()),
+        }
+    }
+}
+
+/// `Ok(0)` for the errors that only mean "nothing this time".
+fn quiet_error(error: io::Error) -> io::Result<usize> {
+    let nothing = matches!(
+        error.raw_os_error(),
+        Some(libc::EAGAIN | libc::EINTR | libc::ETIMEDOUT | libc::ENOBUFS)
+    );
+    if nothing { Ok(0) } else { Err(error) }
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    let mut raw = zeroed_sockaddr_in();
+    raw.sin_family = libc::sa_family_t::try_from(libc::AF_INET).unwrap_or_default();
+    raw.sin_port = addr.port().to_be();
+    raw.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+    raw
+}
+
+fn sockaddr_in_len() -> libc::socklen_t {
+    libc::socklen_t::try_from(size_of::<libc::sockaddr_in>()).unwrap_or(0)
+}
+
+fn zeroed_sockaddr_in() -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is a plain C struct of integers; all zeros is a valid value.
+    unsafe { mem::zeroed() }
+}
+
+fn zeroed_mmsghdr() -> libc::mmsghdr {
+    // SAFETY: mmsghdr is a plain C struct of integers and raw pointers; all zeros (null
+    // pointers, zero lengths) is a valid value.
+    unsafe { mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn v4(socket: &UdpSocket) -> SocketAddrV4 {
+        match socket.local_addr().unwrap() {
+            std::net::SocketAddr::V4(addr) => addr,
+            std::net::SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_out_and_comes_back_in_order() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let packets: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let mut send = SendBatch::new(4);
+        let sent = send
+            .send(
+                &sender,
+                Some(v4(&receiver)),
+                packets.iter().map(Vec::as_slice),
+            )
+            .unwrap();
+        assert_eq!(sent, 4, "at most the batch's count");
+
+        let mut recv = RecvBatch::new(8, 64);
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let n = recv.recv(&receiver, Wait::ForOne).unwrap();
+            assert!(n > 0, "timed out");
+            for i in 0..recv.len() {
+                assert_eq!(recv.source(i), Some(v4(&sender)));
+                got.push(recv.packet(i).to_vec());
+            }
+        }
+        assert_eq!(got, packets[..4]);
+        assert_eq!(recv.packet(99), &[] as &[u8]);
+    }
+
+    #[test]
+    fn empty_queue_without_waiting_is_zero() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut recv = RecvBatch::new(4, 64);
+        assert_eq!(recv.recv(&receiver, Wait::No).unwrap(), 0);
+        assert!(recv.is_empty());
+    }
+
+    #[test]
+    fn connected_sockets_need_no_destination() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.connect(receiver.local_addr().unwrap()).unwrap();
+        let mut send = SendBatch::new(2);
+        assert_eq!(send.send(&sender, None, [&b"ab"[..]]).unwrap(), 1);
+        let mut recv = RecvBatch::new(2, 1);
+        assert_eq!(recv.recv(&receiver, Wait::ForOne).unwrap(), 1);
+        assert_eq!(recv.packet(0), b"a", "truncated to the slot");
+    }
+}

@@ -1,0 +1,498 @@
+//! The runner's results: every round's record, medians per (server, payload, load), ratios
+//! between servers, the JSON file that holds them and the Markdown tables printed from them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::generator::{Outcome, Rate};
+use crate::maths::{median, ratio};
+
+/// A server under test.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerKind {
+    /// `bosonserver run --io-backend uring`.
+    BosonUring,
+    /// `bosonserver run --io-backend epoll`.
+    BosonEpoll,
+    /// coturn's `turnserver`.
+    Coturn,
+    /// `boson-bench raw-forwarder`.
+    Raw,
+}
+
+impl ServerKind {
+    /// Every server, in the order rounds visit them.
+    pub const ALL: [Self; 4] = [Self::BosonUring, Self::BosonEpoll, Self::Coturn, Self::Raw];
+
+    /// Short name for tables and the plot.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::BosonUring => "boson-uring",
+            Self::BosonEpoll => "boson-epoll",
+            Self::Coturn => "coturn",
+            Self::Raw => "raw",
+        }
+    }
+
+    /// Whether this is one of ours.
+    pub const fn is_ours(self) -> bool {
+        match self {
+            Self::BosonUring | Self::BosonEpoll => true,
+            Self::Coturn | Self::Raw => false,
+        }
+    }
+}
+
+/// The machine the run happened on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Processors listed in `/proc/cpuinfo`.
+    pub nproc: usize,
+    /// `model name` of the first processor.
+    pub cpu_model: String,
+    /// `/proc/sys/kernel/osrelease`.
+    pub kernel: String,
+}
+
+impl Machine {
+    /// Reads `/proc`; unknown fields are empty.
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let nproc = cpuinfo
+            .lines()
+            .filter(|line| line.starts_with("processor"))
+            .count();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+            .map(|(_, model)| model.trim().to_owned())
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Self {
+            nproc,
+            cpu_model,
+            kernel,
+        }
+    }
+}
+
+/// One scenario of one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Round number, from 1.
+    pub round: usize,
+    /// The server.
+    pub server: ServerKind,
+    /// Payload bytes per packet.
+    pub payload: usize,
+    /// Offered load.
+    pub rate: Rate,
+    /// What was measured, unless the scenario failed.
+    pub outcome: Option<Outcome>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Share of the whole machine busy in the second before this server's turn of the round
+    /// (our servers stopped): other tenants' load, a measure of noise.
+    pub background_busy: Option<f64>,
+}
+
+/// Medians over the rounds of one (server, payload, load).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Median {
+    /// The server.
+    pub server: ServerKind,
+    /// Payload bytes per packet.
+    pub payload: usize,
+    /// Offered load.
+    pub rate: Rate,
+    /// Rounds that produced a result.
+    pub rounds: usize,
+    /// Packets per second generated.
+    pub sent_pps: f64,
+    /// Packets per second delivered to the sink.
+    pub delivered_pps: f64,
+    /// Share of packets lost.
+    pub loss_ratio: f64,
+    /// Latency percentiles, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// 99.9th percentile, µs.
+    pub p999_us: f64,
+    /// Server CPU per delivered packet, ns.
+    pub cpu_ns_per_packet: Option<f64>,
+    /// Server CPU seconds per second of the load phase (1.0 = one core busy).
+    pub server_cpu_util: Option<f64>,
+    /// Share of the server core busy (anything, softirq included).
+    pub server_core_busy: Option<f64>,
+    /// Share of the server core in softirq.
+    pub server_core_softirq: Option<f64>,
+    /// Drops at the sink (the generator's side).
+    pub sink_drops: f64,
+    /// Drops at the server's listener queue.
+    pub server_ingress_drops: f64,
+}
+
+/// One of our servers against a reference, for one (payload, load).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratio {
+    /// Payload bytes.
+    pub payload: usize,
+    /// Offered load.
+    pub rate: Rate,
+    /// Ours.
+    pub ours: ServerKind,
+    /// The reference (coturn or raw).
+    pub against: ServerKind,
+    /// Delivered pps, ours / reference (above 1: ours relays more).
+    pub pps: Option<f64>,
+    /// CPU per packet, ours / reference (below 1: ours is cheaper).
+    pub cpu_per_packet: Option<f64>,
+}
+
+/// Everything one `boson-bench run` produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Where it ran.
+    pub machine: Machine,
+    /// The command line.
+    pub command: String,
+    /// Seconds of load per scenario.
+    pub duration_s: f64,
+    /// Flows (allocations) per scenario.
+    pub flows: usize,
+    /// Every scenario of every round.
+    pub records: Vec<Record>,
+    /// Medians per (server, payload, load).
+    pub medians: Vec<Median>,
+    /// Ours against coturn and raw.
+    pub ratios: Vec<Ratio>,
+}
+
+impl Report {
+    /// Builds the medians and ratios from the records.
+    pub fn new(
+        machine: Machine,
+        command: String,
+        duration_s: f64,
+        flows: usize,
+        records: Vec<Record>,
+    ) -> Self {
+        let medians = medians(&records);
+        let ratios = ratios(&medians);
+        Self {
+            machine,
+            command,
+            duration_s,
+            flows,
+            records,
+            medians,
+            ratios,
+        }
+    }
+
+    /// The (server, payload, load) combinations that delivered nothing in some round, or failed.
+    pub fn silent(&self) -> Vec<String> {
+        self.records
+            .iter()
+            .filter(|r| r.outcome.as_ref().is_none_or(|o| o.received == 0))
+            .map(|r| {
+                let why = r.error.as_deref().unwrap_or("delivered nothing");
+                format!(
+                    "round {} {} {} B {}: {why}",
+                    r.round,
+                    r.server.name(),
+                    r.payload,
+                    r.rate
+                )
+            })
+            .collect()
+    }
+
+    /// The medians and ratios as Markdown tables.
+    pub fn tables(&self) -> String {
+        let mut out = String::new();
+        let background: Vec<f64> = self
+            .records
+            .iter()
+            .filter_map(|r| r.background_busy)
+            .collect();
+        if let Some(mid) = median(&background) {
+            let max = background.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                out,
+                "Other tenants' CPU before each server's turn (whole machine): median {:.0}%, max {:.0}%.\n",
+                mid * 100.0,
+                max * 100.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| server | payload | offered | sent pps | delivered pps | loss | p50 µs | p99 µs | p999 µs | server CPU | core busy (softirq) | CPU ns/pkt | sink drops | server drops | rounds |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for m in &self.medians {
+            let _ = writeln!(
+                out,
+                "| {} | {} B | {} | {:.0} | {:.0} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} | {} | {:.0} | {:.0} | {} |",
+                m.server.name(),
+                m.payload,
+                m.rate,
+                m.sent_pps,
+                m.delivered_pps,
+                m.loss_ratio * 100.0,
+                m.p50_us,
+                m.p99_us,
+                m.p999_us,
+                m.server_cpu_util
+                    .map_or_else(|| "-".to_owned(), |u| format!("{:.0}%", u * 100.0)),
+                m.server_core_busy.zip(m.server_core_softirq).map_or_else(
+                    || "-".to_owned(),
+                    |(busy, soft)| format!("{:.0}% ({:.0}%)", busy * 100.0, soft * 100.0)
+                ),
+                m.cpu_ns_per_packet
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
+                m.sink_drops,
+                m.server_ingress_drops,
+                m.rounds,
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| payload | offered | ours | vs | delivered pps ratio | CPU/packet ratio |"
+        );
+        let _ = writeln!(out, "|---:|---:|---|---|---:|---:|");
+        for r in &self.ratios {
+            let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                out,
+                "| {} B | {} | {} | {} | {} | {} |",
+                r.payload,
+                r.rate,
+                r.ours.name(),
+                r.against.name(),
+                show(r.pps),
+                show(r.cpu_per_packet),
+            );
+        }
+        out
+    }
+}
+
+/// Medians per (server, payload, load), in the order of [`ServerKind::ALL`], payload, load.
+pub fn medians(records: &[Record]) -> Vec<Median> {
+    let mut groups: BTreeMap<(ServerKind, usize, Rate), Vec<&Outcome>> = BTreeMap::new();
+    for record in records {
+        let entry = groups
+            .entry((record.server, record.payload, record.rate))
+            .or_default();
+        if let Some(outcome) = &record.outcome {
+            entry.push(outcome);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((server, payload, rate), outcomes)| {
+            let of = |f: &dyn Fn(&Outcome) -> f64| {
+                median(&outcomes.iter().map(|o| f(o)).collect::<Vec<_>>()).unwrap_or(0.0)
+            };
+            let maybe = |f: &dyn Fn(&Outcome) -> Option<f64>| {
+                median(&outcomes.iter().filter_map(|o| f(o)).collect::<Vec<_>>())
+            };
+            Median {
+                server,
+                payload,
+                rate,
+                rounds: outcomes.len(),
+                sent_pps: of(&|o| o.sent_pps),
+                delivered_pps: of(&|o| o.delivered_pps),
+                loss_ratio: of(&|o| o.loss_ratio),
+                p50_us: of(&|o| o.latency.p50_us),
+                p99_us: of(&|o| o.latency.p99_us),
+                p999_us: of(&|o| o.latency.p999_us),
+                cpu_ns_per_packet: maybe(&|o| o.cpu_ns_per_packet),
+                server_cpu_util: maybe(&|o| o.server_cpu_s.map(|cpu| cpu / o.window_s)),
+                server_core_busy: maybe(&|o| o.server_core_busy),
+                server_core_softirq: maybe(&|o| o.server_core_softirq),
+                sink_drops: of(&|o| o.sink_drops as f64),
+                server_ingress_drops: of(&|o| o.server_ingress_drops as f64),
+            }
+        })
+        .collect()
+}
+
+/// Ours (uring, epoll) against coturn and raw, for every (payload, load) both have.
+pub fn ratios(medians: &[Median]) -> Vec<Ratio> {
+    let find = |server: ServerKind, payload: usize, rate: Rate| {
+        medians
+            .iter()
+            .find(|m| m.server == server && m.payload == payload && m.rate == rate)
+            .filter(|m| m.rounds > 0)
+    };
+    let mut cases: Vec<(usize, Rate)> = medians.iter().map(|m| (m.payload, m.rate)).collect();
+    cases.sort();
+    cases.dedup();
+    let mut out = Vec::new();
+    for (payload, rate) in cases {
+        for ours in ServerKind::ALL.into_iter().filter(|s| s.is_ours()) {
+            for against in [ServerKind::Coturn, ServerKind::Raw] {
+                let (Some(a), Some(b)) = (find(ours, payload, rate), find(against, payload, rate))
+                else {
+                    continue;
+                };
+                out.push(Ratio {
+                    payload,
+                    rate,
+                    ours,
+                    against,
+                    pps: ratio(Some(a.delivered_pps), Some(b.delivered_pps)),
+                    cpu_per_packet: ratio(a.cpu_ns_per_packet, b.cpu_ns_per_packet),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::LatencySummary;
+
+    fn outcome(delivered_pps: f64, cpu_ns: f64) -> Outcome {
+        Outcome {
+            sent: 100,
+            received: 100,
+            lost: 0,
+            loss_ratio: 0.0,
+            reordered: 0,
+            foreign: 0,
+            send_errors: 0,
+            elapsed_s: 1.0,
+            window_s: 2.0,
+            offered_pps: None,
+            sent_pps: delivered_pps,
+            delivered_pps,
+            latency: LatencySummary::default(),
+            sink_drops: 0,
+            server_ingress_drops: 0,
+            server_cpu_s: Some(0.5),
+            cpu_ns_per_packet: Some(cpu_ns),
+            server_core_busy: Some(1.0),
+            server_core_softirq: Some(0.1),
+        }
+    }
+
+    fn record(round: usize, server: ServerKind, pps: f64, cpu: f64) -> Record {
+        Record {
+            round,
+            server,
+            payload: 100,
+            rate: Rate::Max,
+            outcome: Some(outcome(pps, cpu)),
+            error: None,
+            background_busy: Some(0.01),
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios_across_rounds() {
+        let mut records = Vec::new();
+        for (round, (ours, coturn, raw)) in [
+            (300.0, 100.0, 400.0),
+            (360.0, 90.0, 380.0),
+            (330.0, 110.0, 1.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            records.push(record(round + 1, ServerKind::BosonUring, ours, 1000.0));
+            records.push(record(round + 1, ServerKind::Coturn, coturn, 4000.0));
+            records.push(record(round + 1, ServerKind::Raw, raw, 800.0));
+        }
+        // A failed round does not count.
+        records.push(Record {
+            outcome: None,
+            error: Some("boom".into()),
+            ..record(4, ServerKind::Coturn, 0.0, 0.0)
+        });
+        let report = Report::new(
+            Machine {
+                nproc: 2,
+                cpu_model: "x".into(),
+                kernel: "y".into(),
+            },
+            "cmd".into(),
+            1.0,
+            1,
+            records,
+        );
+        let uring = &report.medians[0];
+        assert_eq!(uring.server, ServerKind::BosonUring);
+        assert_eq!(uring.delivered_pps, 330.0);
+        let coturn = report
+            .medians
+            .iter()
+            .find(|m| m.server == ServerKind::Coturn)
+            .unwrap();
+        assert_eq!((coturn.rounds, coturn.delivered_pps), (3, 100.0));
+        assert_eq!(
+            report.ratios.len(),
+            2,
+            "uring vs coturn and vs raw; no epoll data"
+        );
+        let vs_coturn = &report.ratios[0];
+        assert_eq!(vs_coturn.against, ServerKind::Coturn);
+        assert_eq!(vs_coturn.pps, Some(3.3));
+        assert_eq!(vs_coturn.cpu_per_packet, Some(0.25));
+        let vs_raw = &report.ratios[1];
+        assert_eq!(vs_raw.pps, Some(330.0 / 380.0));
+        assert_eq!(
+            report.silent(),
+            vec!["round 4 coturn 100 B max: boom".to_owned()]
+        );
+        assert!(
+            report
+                .tables()
+                .contains("| boson-uring | coturn | 3.30 | 0.25 |")
+        );
+    }
+
+    #[test]
+    fn reports_round_trip_through_json() {
+        let report = Report::new(
+            Machine::detect(),
+            "cmd".into(),
+            1.0,
+            1,
+            vec![record(1, ServerKind::Raw, 10.0, 1.0)],
+        );
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains("\"rate\":\"max\""));
+        assert!(json.contains("\"server\":\"raw\""));
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+    }
+}

@@ -1,0 +1,504 @@
+//! The side-by-side runner: rounds of A B C D A B C D … over bosonserver (io_uring),
+//! bosonserver (epoll), coturn and the raw forwarder, on one machine, in one invocation.
+//!
+//! Each round starts each server in turn, on 127.0.0.1 only and pinned to the server core
+//! (`taskset -c`), runs every (payload, load) scenario against it with the generator pinned
+//! to the generator core, and stops it. The server's CPU time per delivered packet comes from
+//! `/proc/PID/stat` around each scenario's load phase. Medians over the rounds and the ratios
+//! are in the [`Report`].
+//!
+//! Every wait is bounded: readiness probes (10 s), TURN transactions (2 s), the load itself
+//! (its duration plus drain), the stop of a server (SIGTERM, then SIGKILL after 3 s). Servers
+//! get `PR_SET_PDEATHSIG`, so they die with the runner even when it is killed; the raw
+//! forwarder also exits by itself when its lifetime ends.
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use boson_dataplane_proto::stun::{Class, Encoder, Message, MessageType, Trailer, TransactionId};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::generator::{self, LoadConfig, Rate, Target};
+use crate::report::{Machine, Record, Report, ServerKind};
+use crate::{forwarder, procfs};
+
+/// Variables that would change bosonserver's configuration if inherited.
+const BOSON_CONFIG_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "TURN_STATIC_SECRET",
+    "POSTGRES_PASSWORD",
+    "BOSON_DATA_DIR",
+    "BOSON_HTTP_LISTEN",
+    "BOSON_TURN_LISTEN",
+    "BOSON_RELAY_PORTS",
+    "BOSON_RELAY_IP",
+    "BOSON_WORKERS",
+    "BOSON_IO_BACKEND",
+    "BOSON_NO_PIN",
+    "BOSON_PUBLIC_HOST",
+    "BOSON_LOG_FORMAT",
+    "BOSON_MAX_ALLOCATIONS_PER_USER",
+    "BOSON_DANGER_ALLOW_LOOPBACK_PEERS",
+    "RUST_LOG",
+];
+
+/// How long a server may take to answer its first probe.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The whole machine's busy share under which it counts as quiet (our own processes are
+/// stopped when it is sampled).
+pub const QUIET_BELOW: f64 = 0.15;
+
+/// Relay ports each TURN server may use.
+const RELAY_PORTS: u16 = 500;
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Servers, in the order each round visits them.
+    pub servers: Vec<ServerKind>,
+    /// Rounds.
+    pub rounds: usize,
+    /// Load per scenario.
+    pub duration: Duration,
+    /// Drain after each scenario.
+    pub drain: Duration,
+    /// Payload sizes.
+    pub payloads: Vec<usize>,
+    /// Offered loads.
+    pub rates: Vec<Rate>,
+    /// Flows (allocations) per scenario.
+    pub flows: usize,
+    /// Packets per `sendmmsg`.
+    pub batch: usize,
+    /// The `bosonserver` binary.
+    pub bosonserver: PathBuf,
+    /// coturn's `turnserver` binary.
+    pub turnserver: PathBuf,
+    /// This binary (to start the raw forwarder).
+    pub bench: PathBuf,
+    /// TURN REST secret given to both TURN servers.
+    pub secret: String,
+    /// Core the servers are pinned to.
+    pub server_core: usize,
+    /// Core the generator is pinned to.
+    pub generator_core: usize,
+    /// Before each server's turn, wait up to this long for the machine to be quiet (other
+    /// tenants' CPU use below [`QUIET_BELOW`]); zero: do not wait.
+    pub idle_wait: Duration,
+    /// No progress bars.
+    pub quiet: bool,
+    /// The command line, recorded in the report.
+    pub command: String,
+}
+
+/// Runs every round and returns the report.
+pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
+    let machine = Machine::detect();
+    let scenarios =
+        config.rounds * config.servers.len() * config.payloads.len() * config.rates.len();
+    let multi = MultiProgress::with_draw_target(if config.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let overall = multi.add(ProgressBar::new(scenarios as u64));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    overall.set_prefix("scenarios");
+    let current = multi.add(ProgressBar::new(0));
+    current.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    current.set_prefix("     load");
+
+    let mut records = Vec::with_capacity(scenarios);
+    let mut scenario_id = 0usize;
+    for round in 1..=config.rounds {
+        for &server in &config.servers {
+            overall.set_message(format!("round {round}/{} {}", config.rounds, server.name()));
+            let background = wait_quiet(config.idle_wait);
+            if background.is_some_and(|busy| busy >= QUIET_BELOW) {
+                multi.suspend(|| {
+                    eprintln!(
+                        "warning: the machine is busy ({:.0}% CPU) before {} in round {round}",
+                        background.unwrap_or_default() * 100.0,
+                        server.name()
+                    );
+                });
+            }
+            let running = match start_server(config, server, scenario_id) {
+                Ok(running) => running,
+                Err(error) => {
+                    let error = format!("{error:#}");
+                    multi.suspend(|| eprintln!("{} failed to start: {error}", server.name()));
+                    for &payload in &config.payloads {
+                        for &rate in &config.rates {
+                            records.push(Record {
+                                round,
+                                server,
+                                payload,
+                                rate,
+                                outcome: None,
+                                error: Some(format!("server did not start: {error}")),
+                                background_busy: background,
+                            });
+                            overall.inc(1);
+                        }
+                    }
+                    continue;
+                }
+            };
+            for &payload in &config.payloads {
+                for &rate in &config.rates {
+                    scenario_id += 1;
+                    overall.set_message(format!(
+                        "round {round}/{} {} {payload} B {rate}",
+                        config.rounds,
+                        server.name()
+                    ));
+                    let load = LoadConfig {
+                        target: running.target(&config.secret),
+                        flows: config.flows,
+                        payload,
+                        rate,
+                        duration: config.duration,
+                        drain: config.drain,
+                        batch: config.batch,
+                        core: Some(config.generator_core),
+                        user_prefix: format!("bench{}-{scenario_id}", std::process::id()),
+                        server_pid: Some(running.pid()),
+                        server_core: Some(config.server_core),
+                    };
+                    let result = generator::run(&load, &current);
+                    let (outcome, error) = match result {
+                        Ok(outcome) => (Some(outcome), None),
+                        Err(error) => {
+                            let error = format!("{error:#}");
+                            multi.suspend(|| {
+                                eprintln!(
+                                    "{} {payload} B {rate}: {error}\n{}",
+                                    server.name(),
+                                    running.log_tail()
+                                );
+                            });
+                            (None, Some(error))
+                        }
+                    };
+                    records.push(Record {
+                        round,
+                        server,
+                        payload,
+                        rate,
+                        outcome,
+                        error,
+                        background_busy: background,
+                    });
+                    overall.inc(1);
+                }
+            }
+            running.stop();
+        }
+    }
+    current.finish_and_clear();
+    overall.finish_and_clear();
+    Ok(Report::new(
+        machine,
+        config.command.clone(),
+        config.duration.as_secs_f64(),
+        config.flows,
+        records,
+    ))
+}
+
+/// The machine's busy share over `window`.
+fn background_busy(window: Duration) -> Option<f64> {
+    let before = procfs::machine_ticks().ok()?;
+    std::thread::sleep(window);
+    let after = procfs::machine_ticks().ok()?;
+    Some(before.fractions(&after).0)
+}
+
+/// Samples the machine until it is quiet or `wait` has passed; returns the last sample.
+/// The sample is 1 s long when waiting, else 200 ms (which keeps the smoke run short).
+fn wait_quiet(wait: Duration) -> Option<f64> {
+    let window = if wait.is_zero() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(1)
+    };
+    let mut busy = background_busy(window);
+    let mut waited = Duration::ZERO;
+    while busy.is_some_and(|b| b >= QUIET_BELOW) && waited < wait {
+        std::thread::sleep(Duration::from_secs(4));
+        waited += Duration::from_secs(5);
+        busy = background_busy(window);
+    }
+    busy
+}
+
+/// A server process; stopped when dropped.
+struct Running {
+    child: Child,
+    kind: ServerKind,
+    addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn target(&self, secret: &str) -> Target {
+        match self.kind {
+            ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => Target::Turn {
+                server: self.addr,
+                secret: secret.to_owned(),
+            },
+            ServerKind::Raw => Target::Raw {
+                forwarder: self.addr,
+            },
+        }
+    }
+
+    /// The last lines of the server's log, for error messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(15)..];
+        format!(
+            "--- {} (last lines) ---\n{}",
+            self.log.display(),
+            tail.join("\n")
+        )
+    }
+
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    /// SIGTERM, up to 3 s to exit, then SIGKILL.
+    fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a pid this process spawned and has not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        for _ in 0..30 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The first relay port for this process's servers: spread by pid so concurrent runs (and
+/// other tests on the machine) rarely share ports. Both servers survive a busy port.
+fn relay_base(kind: ServerKind) -> u16 {
+    let slot = u16::try_from(std::process::id() % 8).unwrap_or(0);
+    let offset = match kind {
+        ServerKind::BosonUring | ServerKind::BosonEpoll => 0,
+        ServerKind::Coturn | ServerKind::Raw => RELAY_PORTS,
+    };
+    50_000 + slot * 2 * RELAY_PORTS + offset
+}
+
+fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Result<Running> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("boson-bench-{}-", kind.name()))
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let port = free_udp_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let relay = relay_base(kind);
+    let relay_range = format!("{relay}-{}", relay + RELAY_PORTS - 1);
+    let mut command = Command::new("taskset");
+    command.arg("-c").arg(config.server_core.to_string());
+    match kind {
+        ServerKind::BosonUring | ServerKind::BosonEpoll => {
+            let backend = if kind == ServerKind::BosonUring {
+                "uring"
+            } else {
+                "epoll"
+            };
+            ensure_file(&config.bosonserver, "cargo build --release -p bosonserver")?;
+            command
+                .arg(&config.bosonserver)
+                .args(["run", "--http-listen", "127.0.0.1:0", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(["--turn-listen", &addr.to_string()])
+                .args(["--public-host", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+                .args(["--workers", "1", "--no-pin", "--io-backend", backend])
+                .args(["--relay-ports", &relay_range])
+                .args(["--turn-static-secret", &config.secret])
+                .arg("--danger-allow-loopback-peers");
+            for var in BOSON_CONFIG_VARS {
+                command.env_remove(var);
+            }
+            command.env("RUST_LOG", "warn");
+        }
+        ServerKind::Coturn => {
+            command
+                .arg(&config.turnserver)
+                .args(["-n", "--use-auth-secret"])
+                .arg(format!("--static-auth-secret={}", config.secret))
+                .args(["--realm=bench", "--allow-loopback-peers"])
+                .args(["--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1"])
+                .arg(format!("--listening-port={port}"))
+                .arg(format!("--min-port={relay}"))
+                .arg(format!("--max-port={}", relay + RELAY_PORTS - 1))
+                .args(["--relay-threads=1", "--no-cli", "--no-tls", "--no-dtls"])
+                .arg(format!(
+                    "--pidfile={}",
+                    dir.path().join("turnserver.pid").display()
+                ))
+                .arg(format!("--userdb={}", dir.path().join("turndb").display()))
+                .args([
+                    "--log-file=stdout",
+                    "--simple-log",
+                    "--no-software-attribute",
+                ]);
+        }
+        ServerKind::Raw => {
+            let lifetime = scenario_budget(config) + Duration::from_secs(30);
+            command
+                .arg(&config.bench)
+                .args(["raw-forwarder", "--listen", &addr.to_string(), "--lifetime"])
+                .arg(format!("{}s", lifetime.as_secs()));
+        }
+    }
+    let log = dir.path().join(format!("{}-{id}.log", kind.name()));
+    let file = File::create(&log).context("creating the server log")?;
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            // The server dies with this process, even if it is killed (no Drop runs then).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {} under taskset", kind.name()))?;
+    let mut running = Running {
+        child,
+        kind,
+        addr,
+        log,
+        _dir: dir,
+    };
+    wait_ready(&mut running)?;
+    Ok(running)
+}
+
+/// An upper bound of the time one server spends on its scenarios.
+fn scenario_budget(config: &RunConfig) -> Duration {
+    let per = config.duration + config.drain + Duration::from_secs(5);
+    per * u32::try_from(config.payloads.len() * config.rates.len()).unwrap_or(u32::MAX)
+}
+
+fn ensure_file(path: &Path, hint: &str) -> anyhow::Result<()> {
+    if !path.is_file() {
+        bail!("{} not found (build it: {hint})", path.display());
+    }
+    Ok(())
+}
+
+/// Probes until the server answers: a STUN Binding for TURN servers, a setup probe for the
+/// raw forwarder. At most [`READY_TIMEOUT`].
+fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.connect(running.addr)?;
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let tid = TransactionId::new([0x42; 12]);
+    let probe = match running.kind {
+        ServerKind::Raw => forwarder::setup_message(0),
+        ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => {
+            let mut buf = [0u8; 64];
+            let encoder = Encoder::new(&mut buf, MessageType::BINDING_REQUEST, tid)?;
+            let len = encoder.finish(Trailer::new())?;
+            buf[..len].to_vec()
+        }
+    };
+    let mut buf = [0u8; 1500];
+    let attempts = READY_TIMEOUT.as_millis() / 100;
+    for _ in 0..attempts {
+        if let Some(status) = running.child.try_wait()? {
+            bail!(
+                "{} exited during start-up ({status})\n{}",
+                running.kind.name(),
+                running.log_tail()
+            );
+        }
+        let _ = socket.send(&probe);
+        let Ok(len) = socket.recv(&mut buf) else {
+            // A refused send returns at once; pace the retries.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let answer = &buf[..len];
+        let ready = match running.kind {
+            ServerKind::Raw => answer == forwarder::SETUP_OK,
+            ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => {
+                Message::parse(answer)
+                    .is_ok_and(|m| m.transaction_id() == tid && m.class() == Class::SuccessResponse)
+            }
+        };
+        if ready {
+            return Ok(());
+        }
+    }
+    bail!(
+        "{} did not answer on {} within {READY_TIMEOUT:?}\n{}",
+        running.kind.name(),
+        running.addr,
+        running.log_tail()
+    )
+}
+
+/// Whether `program` is on the PATH (or is a path to a file).
+pub fn on_path(program: &Path) -> bool {
+    if program.components().count() > 1 {
+        return program.is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}

@@ -1,0 +1,110 @@
+//! End to end on loopback: the generator against the raw forwarder in process, then the
+//! `boson-bench run --smoke` binary (raw forwarder always; bosonserver too when a build of it
+//! sits next to the test's `boson-bench`, as after `cargo build -p bosonserver`).
+//!
+//! The full smoke over every server is `benches/smoke.sh`, which builds bosonserver first.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use boson_bench::clock;
+use boson_bench::forwarder;
+use boson_bench::generator::{self, LoadConfig, Rate, Target};
+use boson_bench::report::Report;
+use indicatif::ProgressBar;
+
+#[test]
+fn generator_through_the_raw_forwarder_in_process() {
+    let socket = forwarder::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = socket.local_addr().unwrap();
+    let deadline = clock::now() + Duration::from_secs(5);
+    let thread = std::thread::spawn(move || forwarder::run_until(&socket, deadline).unwrap());
+    let config = LoadConfig {
+        target: Target::Raw { forwarder: addr },
+        flows: 3,
+        payload: 100,
+        rate: Rate::Pps(10_000),
+        duration: Duration::from_millis(500),
+        drain: Duration::from_millis(300),
+        batch: 16,
+        core: None,
+        user_prefix: "test".into(),
+        server_pid: None,
+        server_core: None,
+    };
+    let outcome = generator::run(&config, &ProgressBar::hidden()).unwrap();
+    assert!(
+        (3_000..=6_000).contains(&outcome.sent),
+        "paced at 10k pps for 0.5 s: {outcome:?}"
+    );
+    assert!(outcome.received > 0, "{outcome:?}");
+    assert!(outcome.received <= outcome.sent, "{outcome:?}");
+    assert_eq!(outcome.foreign, 0, "{outcome:?}");
+    assert!(outcome.latency.p50_us > 0.0, "{outcome:?}");
+    assert!(outcome.delivered_pps > 0.0);
+    let stats = thread.join().unwrap();
+    assert_eq!(stats.setups, 3, "one setup per flow");
+    assert_eq!(stats.forwarded, outcome.received + outcome.sink_drops);
+}
+
+/// The server core for the smoke runs: 1 where there are two cores or more.
+fn server_core() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores.min(2).saturating_sub(1).to_string()
+}
+
+fn smoke(servers: &str, json: &Path) -> Report {
+    let output = Command::new(env!("CARGO_BIN_EXE_boson-bench"))
+        .args(["run", "--smoke", "--quiet", "--servers", servers])
+        .args(["--server-core", &server_core(), "--generator-core", "0"])
+        .arg("--json")
+        .arg(json)
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert!(report.silent().is_empty());
+    report
+}
+
+#[test]
+fn smoke_run_of_the_raw_forwarder() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = smoke("raw", &dir.path().join("smoke.json"));
+    assert_eq!(report.records.len(), 2, "both sizes at max rate, one round");
+    assert!(report.medians.iter().all(|m| m.delivered_pps > 0.0));
+}
+
+#[test]
+fn smoke_run_of_bosonserver_when_built() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_boson-bench"));
+    let bosonserver = bench.with_file_name("bosonserver");
+    if !bosonserver.is_file() {
+        eprintln!(
+            "skipped: no {} (cargo build -p bosonserver; benches/smoke.sh runs it all)",
+            bosonserver.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let report = smoke(
+        "boson-uring,boson-epoll,raw",
+        &dir.path().join("smoke.json"),
+    );
+    assert_eq!(report.records.len(), 6);
+    assert!(
+        report.ratios.iter().all(|r| r.pps.is_some()),
+        "{:?}",
+        report.ratios
+    );
+}
