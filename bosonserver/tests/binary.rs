@@ -43,13 +43,7 @@ fn runs_on_embedded_defaults_and_stops_cleanly_on_sigterm() {
         "capabilities": {"maxConnections": 100, "bandwidth": {"up": 100, "down": 100}},
         "location": {"country": "US", "region": "US-CA"}
     });
-    let (status, body) = http.post(
-        &format!("{}/api/v1/nodes/register", server.base),
-        &node,
-        None,
-    );
-    assert_eq!(status, 201, "{body}");
-    let token = body["sessionToken"].as_str().unwrap().to_owned();
+    let token = http.register(&server.base, &node);
     let beat = json!({"metrics": {"latency": 20, "cpuUsage": 5, "activeConnections": 2}});
     let url = format!(
         "{}/api/v1/nodes/550e8400-e29b-41d4-a716-446655440000/heartbeat",

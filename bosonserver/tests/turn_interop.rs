@@ -305,13 +305,7 @@ fn ice_credentials_from_the_api_relay_coturns_client_without_loss() {
         "capabilities": {"maxConnections": 10, "bandwidth": {"up": 10, "down": 10}},
         "location": {"country": "DE", "region": "DE-BE"}
     });
-    let (status, body) = http.post(
-        &format!("{}/api/v1/nodes/register", server.base),
-        &node,
-        None,
-    );
-    assert_eq!(status, 201, "{body}");
-    let token = body["sessionToken"].as_str().unwrap().to_owned();
+    let token = http.register(&server.base, &node);
     let (status, ice) = http.get_auth(&format!("{}/api/v1/turn/ice", server.base), &token);
     assert_eq!(status, 200, "{ice}");
     let turn = &ice["iceServers"][1];

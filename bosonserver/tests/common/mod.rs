@@ -175,6 +175,13 @@ impl Http {
         })
     }
 
+    /// Registers `node` with the server at `base`, asserting 201, and returns its token.
+    pub(crate) fn register(&self, base: &str, node: &Value) -> String {
+        let (status, body) = self.post(&format!("{base}/api/v1/nodes/register"), node, None);
+        assert_eq!(status, 201, "{body}");
+        body["sessionToken"].as_str().unwrap().to_owned()
+    }
+
     pub(crate) fn text(&self, url: &str) -> String {
         self.0
             .block_on(async { self.1.get(url).send().await.unwrap().text().await.unwrap() })
