@@ -1,4 +1,5 @@
-//! Types both planes of BosonServer agree on: node ids, WireGuard keys and TURN credentials.
+//! Types both planes of BosonServer agree on: node ids, WireGuard keys, TURN credentials and
+//! the messages between the planes ([`plane`]).
 //!
 //! Contract: no I/O, no clock, no threads. Every function that depends on time takes the
 //! current time as an argument, so the control plane, the dataplane and the tests all agree on
@@ -6,6 +7,7 @@
 
 pub mod credentials;
 pub mod id;
+pub mod plane;
 
 pub use credentials::{CredentialError, TurnCredential, TurnSecret};
 pub use id::{NodeId, ParseKeyError, WgPublicKey};

@@ -1,0 +1,129 @@
+//! The messages between the control plane and the dataplane.
+//!
+//! The control plane owns decisions (who may relay, with which secrets and limits); the
+//! dataplane owns packets. They talk in two directions:
+//!
+//! * [`Command`], control → dataplane: grants and revocations of relay sessions, TURN secret
+//!   rotation, quotas, drain, and where remote nodes are (for the relay mesh).
+//! * [`Event`], dataplane → control: nodes connecting to and leaving the relay, TURN
+//!   allocations created and expired.
+//!
+//! Both are plain data. How they travel (an in-process queue in `bosonserver run`, a
+//! shared-memory ring between two processes) is the transport's business; this module is the
+//! contract both sides compile against. Every variant is idempotent or carries enough to be
+//! re-sent safely: the control plane re-pushes the whole grant table after a dataplane
+//! restart, and the dataplane re-announces its connected nodes after a control restart.
+
+use crate::NodeId;
+
+/// A registration generation: bumped by every re-registration of a node, which revokes the
+/// tokens of older generations.
+pub type Generation = i64;
+
+/// Milliseconds since the Unix epoch.
+pub type UnixMs = u64;
+
+/// Which relay host, by the id it registers under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostId(pub uuid::Uuid);
+
+/// Permission for `node` to hold a relay session with tokens of `generation`, until
+/// `expires_at` (a grant outlives token expiry by nothing: the dataplane also checks the
+/// token's own expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The node.
+    pub node: NodeId,
+    /// The only generation whose tokens are accepted.
+    pub generation: Generation,
+    /// After this the grant is void, unless renewed.
+    pub expires_at: UnixMs,
+}
+
+/// How a relay session reached the dataplane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// WebSocket over plain TCP.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+    /// QUIC datagrams.
+    Quic,
+    /// A mesh link from another relay host.
+    Mesh,
+}
+
+/// Control → dataplane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Allow (or renew) a node's relay sessions. Replaces any older grant of the node.
+    Grant(Grant),
+    /// Withdraw a node's grant: its live sessions are closed, new ones refused.
+    Revoke {
+        /// The node.
+        node: NodeId,
+    },
+    /// Forget every grant (the first message of a full re-push).
+    ClearGrants,
+    /// The TURN REST secrets, newest first; the first signs, all verify.
+    TurnSecrets(Vec<Vec<u8>>),
+    /// Per-user TURN allocation quota.
+    TurnQuota {
+        /// Allocations per REST username.
+        max_allocations_per_user: u32,
+    },
+    /// Stop accepting new allocations and sessions; existing ones are served until they end
+    /// or `deadline`.
+    Drain {
+        /// When the dataplane may stop regardless.
+        deadline: UnixMs,
+    },
+    /// `node` is connected to relay host `host` (`None`: to no other host any more).
+    Presence {
+        /// The node.
+        node: NodeId,
+        /// The host it is connected to.
+        host: Option<HostId>,
+    },
+}
+
+/// Dataplane → control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A node authenticated a relay session on `core`.
+    NodeConnected {
+        /// The node.
+        node: NodeId,
+        /// The worker core.
+        core: u16,
+        /// How it connected.
+        transport: Transport,
+    },
+    /// A node's relay session on `core` ended.
+    NodeDisconnected {
+        /// The node.
+        node: NodeId,
+        /// The worker core.
+        core: u16,
+    },
+    /// A TURN allocation was created for REST username `user`.
+    AllocationCreated {
+        /// The worker core.
+        core: u16,
+        /// The REST username's user part (empty for bare-expiry usernames).
+        user: String,
+        /// The relayed transport address.
+        relay: std::net::SocketAddr,
+    },
+    /// A TURN allocation ended (expiry, refresh to 0 or drain).
+    AllocationExpired {
+        /// The worker core.
+        core: u16,
+        /// The relayed transport address.
+        relay: std::net::SocketAddr,
+    },
+    /// The dataplane (re)started with no grants: the control plane must re-push them.
+    NeedGrants,
+}
