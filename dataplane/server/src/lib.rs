@@ -188,8 +188,11 @@ where
         wakers,
         reload_stop: None,
     };
-    if let Some(tls) = tls {
-        dataplane.reload_stop = Some(relay::tls::spawn_reloader(tls)?);
+    if let (Some(tls), Some(relay)) = (tls, &config.relay) {
+        dataplane.reload_stop = Some(
+            relay::tls::spawn_reloader(tls, relay.tls_reload_interval)
+                .context("starting the certificate reloader")?,
+        );
     }
     for (index, listener) in listeners.into_iter().enumerate() {
         let cpu = cpus.as_ref().map(|cpus| cpus[index % cpus.len()]);

@@ -204,16 +204,19 @@ fn cross_core_exchange(backend: IoBackend) {
         handle.join().unwrap();
     }
 
-    let stats = dataplane.stats();
+    // Counters are published at the end of each worker's turn: let the last turn finish.
     let sum = |f: fn(&boson_dataplane::WorkerCounters) -> u64| -> u64 {
-        stats.iter().map(|s| f(&s.counters)).sum()
+        dataplane.stats().iter().map(|s| f(&s.counters)).sum()
     };
+    wait_for(
+        || sum(|c| c.ws_cross_core_in) == 2 * COUNT,
+        "the counters to settle",
+    );
     assert_eq!(
         sum(|c| c.ws_cross_core_out),
         2 * COUNT,
         "every packet crossed cores"
     );
-    assert_eq!(sum(|c| c.ws_cross_core_in), 2 * COUNT);
     assert_eq!(sum(|c| c.ws_cross_core_full), 0);
     assert_eq!(sum(|c| c.ws_cross_core_gone), 0);
     dataplane.shutdown().unwrap();
@@ -478,5 +481,97 @@ fn ping_pong_keepalive_keeps_the_session() {
             Incoming::Binary(b) => panic!("{b:?}"),
         }
     }
+    dataplane.shutdown().unwrap();
+}
+
+/// A self-signed certificate for `localhost`, written to `dir` as `cert.pem`/`key.pem`.
+fn write_cert(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    // Write both, then rename, so the reloader never sees half a pair.
+    std::fs::write(dir.join("cert.tmp"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.tmp"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("key.tmp"), dir.join("key.pem")).unwrap();
+    std::fs::rename(dir.join("cert.tmp"), dir.join("cert.pem")).unwrap();
+    cert.cert.der().clone()
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_client(
+    addr: SocketAddr,
+    trust: &rustls::pki_types::CertificateDer<'static>,
+) -> Client<TlsStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    Client::new(rustls::StreamOwned::new(conn, connect(addr)))
+}
+
+#[test]
+fn wss_relays_and_reloads_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_cert(dir.path());
+    let mut relay = relay_config(WsConfig::new());
+    relay.tls = Some(boson_dataplane::relay::TlsSource {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    });
+    relay.tls_reload_interval = Duration::from_millis(50);
+    let mut config = common::config(IoBackend::Epoll, 2);
+    config.relay = Some(relay);
+    let dataplane = start(config, stun_core).unwrap();
+    let addr = dataplane.relay_addr().unwrap();
+
+    let (a, b) = (node(20), node(21));
+    let mut client_a = tls_client(addr, &first);
+    assert_eq!(client_a.upgrade(Some(&token(&a))).unwrap(), 101);
+    assert_eq!(client_a.ready(), a);
+    let mut client_b = tls_client(addr, &first);
+    assert_eq!(client_b.upgrade(Some(&token(&b))).unwrap(), 101);
+    assert_eq!(client_b.ready(), b);
+    for i in 0..2000u32 {
+        let packet = [&i.to_le_bytes()[..], &[0xab; 1000]].concat();
+        client_a.send(&b, &packet).unwrap();
+        assert_eq!(client_b.recv_packet(), (a, packet));
+    }
+
+    // A renewed certificate: new connections get it, established ones go on.
+    let second = write_cert(dir.path());
+    wait_for(
+        || {
+            let mut probe = tls_client(addr, &second);
+            probe.upgrade(None).is_ok()
+        },
+        "the new certificate to be served",
+    );
+    let mut stale = tls_client(addr, &first);
+    assert!(
+        stale.upgrade(None).is_err(),
+        "the old certificate is retired"
+    );
+    client_b.send(&a, b"still here").unwrap();
+    assert_eq!(client_a.recv_packet(), (b, b"still here".to_vec()));
+
+    // Plain text to the TLS port is a TLS failure, counted.
+    let mut plain = Client::new(connect(addr));
+    assert!(plain.upgrade(None).is_err());
+    wait_for(
+        || {
+            dataplane
+                .stats()
+                .iter()
+                .map(|s| s.counters.ws_tls_errors)
+                .sum::<u64>()
+                >= 1
+        },
+        "the TLS error to be counted",
+    );
     dataplane.shutdown().unwrap();
 }

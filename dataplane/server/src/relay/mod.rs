@@ -152,6 +152,8 @@ pub struct RelayConfig {
     pub ws: WsConfig,
     /// Serve TLS (wss) with this certificate, reloaded when its files change.
     pub tls: Option<TlsSource>,
+    /// How often the certificate files are checked for changes.
+    pub tls_reload_interval: Duration,
     /// Connections per worker beyond which new ones are closed at once.
     pub max_connections_per_worker: usize,
     /// Bytes of each cross-core ring (one per ordered pair of workers).
@@ -185,6 +187,7 @@ impl RelayConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_RELAY_PORT)),
             ws: WsConfig::new(),
             tls: None,
+            tls_reload_interval: Duration::from_secs(5),
             max_connections_per_worker: 65_536,
             cross_core_ring_bytes: 4 << 20,
             authenticator,

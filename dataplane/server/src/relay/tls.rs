@@ -146,18 +146,16 @@ impl Drop for ReloadStop {
     }
 }
 
-/// How often the certificate files are checked for changes.
-const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Checks the files every few seconds on a small thread until the returned guard is dropped.
-pub(crate) fn spawn_reloader(reloader: Arc<Reloader>) -> std::io::Result<ReloadStop> {
+/// Checks the files every `interval` on a small thread until the returned guard is dropped.
+pub(crate) fn spawn_reloader(
+    reloader: Arc<Reloader>,
+    interval: std::time::Duration,
+) -> std::io::Result<ReloadStop> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("boson-tls-reload".into())
         .spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                rx.recv_timeout(RELOAD_INTERVAL)
-            {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
                 reloader.check();
             }
         })?;
