@@ -26,6 +26,7 @@ pub mod model;
 pub mod presence;
 pub mod registry;
 pub mod routing;
+mod server;
 pub mod store;
 
 use std::future::Future;
@@ -175,11 +176,7 @@ pub async fn serve(
     let mut background = JoinSet::new();
     background.spawn(sweep_forever(state.clone()));
     background.spawn(mesh_forever(state.clone()));
-    let app = state
-        .router()
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let served = server::run(listener, state.clone(), shutdown)
         .await
         .context("serving the REST API");
     background.abort_all();
