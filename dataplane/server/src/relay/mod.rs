@@ -320,6 +320,16 @@ pub(crate) fn wire(
         )),
         None => None,
     };
+    if config.listen.port() != 0 {
+        // As for the UDP listener: another process of this user holding the port with
+        // SO_REUSEPORT would silently share it with us. A plain bind fails on any holder.
+        drop(TcpListener::bind(config.listen).with_context(|| {
+            format!(
+                "the relay port {} is in use (is another server running?)",
+                config.listen
+            )
+        })?);
+    }
     let first = bind_tcp(config.listen)
         .with_context(|| format!("binding the relay listener on {}", config.listen))?;
     let addr = first.local_addr().context("reading the relay address")?;
