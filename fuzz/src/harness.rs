@@ -298,6 +298,12 @@ pub fn ws_frame(data: &[u8]) {
         assert_eq!(out[..len], data[..header.header_len], "header round trip");
     }
     let _ = header.check_client(125);
+    // The mesh client's mirror of the rule: unmasked, and within the mesh cap.
+    let mesh_cap = DEFAULT_MAX_MESSAGE + relay::NODE_ID_LEN;
+    assert_eq!(
+        header.check_server(mesh_cap).is_ok(),
+        header.mask.is_none() && header.payload_len <= mesh_cap as u64
+    );
     if header.check_client(DEFAULT_MAX_MESSAGE).is_err() {
         return;
     }
@@ -426,6 +432,27 @@ pub fn relay_message(data: &[u8]) {
         relay::Message::Auth { token } => {
             assert_eq!(token, &data[1..]);
             assert!(!token.is_empty() && token.len() <= MAX_TOKEN_LEN);
+        }
+        relay::Message::Forward { dest, src, packet } => {
+            assert_eq!(packet, &data[relay::FORWARD_PREFIX_LEN..]);
+            // The mesh client's rewrite: FORWARD → RECV in place, behind a server header.
+            let mut buf = vec![0u8; MAX_SERVER_HEADER_LEN + data.len()];
+            buf[MAX_SERVER_HEADER_LEN..].copy_from_slice(data);
+            let end = buf.len();
+            let (to, range) = relay::forward_to_recv_in_place(&mut buf, MAX_SERVER_HEADER_LEN..end)
+                .expect("a FORWARD with headroom becomes a RECV frame");
+            assert_eq!(to, dest);
+            let recv = server_frame_payload(&buf[range]).to_vec();
+            assert_eq!(
+                relay::Message::parse(&recv),
+                Ok(relay::Message::Recv { src, packet })
+            );
+            // The hub's splice rebuilds the FORWARD frame from that RECV payload.
+            let mut head = [0u8; relay::MAX_FORWARD_HEAD];
+            let len = relay::encode_forward_head(&dest, recv.len(), &mut head);
+            let mut wire = head[..len].to_vec();
+            wire.extend_from_slice(&recv[1..]);
+            assert_eq!(server_frame_payload(&wire), data);
         }
     }
 }

@@ -88,7 +88,7 @@ pub use hub::{
     ConnId, Delivery, Forward, Hub, HubError, HubEvent, Input, LocalOnly, Presence, Route,
 };
 pub use session::{CloseReason, Session, SessionError, SessionEvent, SessionState, Violation};
-pub use stats::{DropCounters, DropReason, Stats};
+pub use stats::{DropCounters, DropReason, MeshStats, Stats};
 
 use frame::{MAX_CLIENT_HEADER_LEN, MAX_SERVER_HEADER_LEN};
 
@@ -112,6 +112,8 @@ pub struct WsConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) queue_frames: usize,
     pub(crate) queue_bytes: usize,
+    pub(crate) mesh_queue_frames: usize,
+    pub(crate) mesh_queue_bytes: usize,
     pub(crate) peer_gone_interval: Duration,
     pub(crate) peer_gone_slots: usize,
 }
@@ -164,6 +166,8 @@ impl WsConfig {
             close_timeout: Duration::from_secs(5),
             queue_frames: 64,
             queue_bytes: 128 * 1024,
+            mesh_queue_frames: 4096,
+            mesh_queue_bytes: 4 * 1024 * 1024,
             peer_gone_interval: Duration::from_secs(5),
             peer_gone_slots: 4096,
         }
@@ -235,6 +239,18 @@ impl WsConfig {
         Ok(self)
     }
 
+    /// The outbound queue of a mesh link: at most `frames` frames and `bytes` bytes
+    /// (defaults 4096 and 4 MiB: some 2 800 full-MTU packets, 34 ms at 1 Gbit/s). One link
+    /// carries the packets of all this hub's clients to all the nodes of one peer host, so
+    /// it gets 32 times a node's queue; there is one per peer host. Must hold one largest
+    /// FORWARD frame ([`max_mesh_frame`](Self::max_mesh_frame)) and at least 2 frames.
+    pub fn with_mesh_queue(mut self, frames: usize, bytes: usize) -> Result<Self, ConfigError> {
+        self.mesh_queue_frames = frames;
+        self.mesh_queue_bytes = bytes;
+        self.check_queue()?;
+        Ok(self)
+    }
+
     /// PEER_GONE rate limit: at most one per sender and destination per `interval` (default
     /// 5 s), tracked in `slots` fixed slots (default 4096, 64 KiB) shared by the hub.
     pub fn with_peer_gone_limit(
@@ -266,12 +282,42 @@ impl WsConfig {
         self.max_message
     }
 
+    /// The largest message on a mesh link: a FORWARD carrying the largest SEND, 16 bytes
+    /// longer than the message cap. Both hosts of a link must use the same cap.
+    pub const fn max_mesh_message(&self) -> usize {
+        self.max_message + relay::NODE_ID_LEN
+    }
+
+    /// The largest FORWARD frame: header plus [`max_mesh_message`](Self::max_mesh_message).
+    pub const fn max_mesh_frame(&self) -> usize {
+        MAX_SERVER_HEADER_LEN + self.max_mesh_message()
+    }
+
+    /// The smallest input buffer of a [`MeshClient`]: the 101 response (at most
+    /// [`handshake::MAX_HEADER_BLOCK`]) or one whole FORWARD frame, whichever is larger.
+    pub const fn min_mesh_input_buffer(&self) -> usize {
+        let frame = self.max_mesh_frame();
+        if frame > handshake::MAX_HEADER_BLOCK {
+            frame
+        } else {
+            handshake::MAX_HEADER_BLOCK
+        }
+    }
+
     fn check_queue(&self) -> Result<(), ConfigError> {
         let needed = self.max_frame();
         if self.queue_frames < 2 || self.queue_bytes < needed {
             return Err(ConfigError::QueueTooSmall {
                 frames: self.queue_frames,
                 bytes: self.queue_bytes,
+                needed,
+            });
+        }
+        let needed = self.max_mesh_frame();
+        if self.mesh_queue_frames < 2 || self.mesh_queue_bytes < needed {
+            return Err(ConfigError::QueueTooSmall {
+                frames: self.mesh_queue_frames,
+                bytes: self.mesh_queue_bytes,
                 needed,
             });
         }
@@ -330,5 +376,28 @@ mod tests {
                 .is_err()
         );
         assert_eq!(WsConfig::new().min_input_buffer(), 65_550);
+        assert_eq!(WsConfig::new().max_mesh_frame(), 65_562);
+        assert_eq!(WsConfig::new().min_mesh_input_buffer(), 65_562);
+        assert_eq!(
+            WsConfig::new()
+                .with_max_message(1024)
+                .unwrap()
+                .min_mesh_input_buffer(),
+            handshake::MAX_HEADER_BLOCK
+        );
+        assert!(matches!(
+            WsConfig::new().with_mesh_queue(4096, 65_561),
+            Err(ConfigError::QueueTooSmall { needed: 65_562, .. })
+        ));
+        assert!(WsConfig::new().with_mesh_queue(2, 65_562).is_ok());
+        assert!(WsConfig::new().with_mesh_queue(1, 1 << 22).is_err());
+        assert!(
+            WsConfig::new()
+                .with_mesh_queue(2, 65_562)
+                .unwrap()
+                .with_max_message(65_537)
+                .is_err(),
+            "mesh queue too small for it"
+        );
     }
 }
