@@ -76,6 +76,7 @@
 pub mod frame;
 pub mod handshake;
 mod hub;
+mod mesh;
 mod queue;
 pub mod relay;
 mod session;
@@ -86,6 +87,10 @@ use std::time::Duration;
 
 pub use hub::{
     ConnId, Delivery, Forward, Hub, HubError, HubEvent, Input, LocalOnly, Presence, Route,
+};
+pub use mesh::{
+    MeshClient, MeshCloseReason, MeshError, MeshEvent, MeshHandshakeError, MeshInput, MeshState,
+    MeshViolation,
 };
 pub use session::{CloseReason, Session, SessionError, SessionEvent, SessionState, Violation};
 pub use stats::{DropCounters, DropReason, MeshStats, Stats};
