@@ -1,19 +1,5 @@
 //! [`MeshClient`]: the receiving end of a mesh link, the WebSocket client a relay host opens
 //! to a peer host's relay so the peer pushes it the packets of its nodes.
-//!
-//! ```text
-//!  Connecting ──101──▶ Connecting ──READY(host)──▶ Open ──▶ Closing ──▶ Closed
-//!  (upgrade sent)      (awaiting READY)             │ (keepalive)  (deadline)  ▲
-//!         └──non-101 / bad accept / timeout / Close / violation─────────────────┘
-//! ```
-//!
-//! The client writes the upgrade request with the mesh token in `Authorization: Bearer`,
-//! checks the 101 (status, `Upgrade`, `Connection`, `Sec-WebSocket-Accept`, and no extension
-//! or subprotocol it did not ask for: [RFC 6455 §4.1]), waits for READY, then reads FORWARD
-//! frames. It sends no data: only masked control frames (its keepalive pings, pongs to the
-//! server's pings, Close), with masking keys from the caller's RNG.
-//!
-//! [RFC 6455 §4.1]: https://www.rfc-editor.org/rfc/rfc6455#section-4.1
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -235,8 +221,25 @@ const MAX_PATH_LEN: usize = 2048;
 /// One masked control frame: 2-byte header, 4-byte key, at most 125 bytes.
 const CONTROL_FRAME_LEN: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
 
-/// The receiving end of a mesh link (see the [module](self) doc), generic over the RNG that
-/// picks masking keys.
+/// The receiving end of a mesh link (see [Mesh](super#mesh-relaying-across-hosts)), generic
+/// over the RNG that picks masking keys.
+///
+/// ```text
+///  Connecting ──101──▶ Connecting ──READY(host)──▶ Open ──▶ Closing ──▶ Closed
+///  (upgrade sent)      (awaiting READY)             │ (keepalive)  (deadline)  ▲
+///         └──non-101 / bad accept / timeout / Close / violation─────────────────┘
+/// ```
+///
+/// The client writes the upgrade request with the mesh token in `Authorization: Bearer`,
+/// checks the 101 (status, `Upgrade`, `Connection`, `Sec-WebSocket-Accept`, and no extension
+/// or subprotocol it did not ask for: [RFC 6455 §4.1]), waits for READY, then reads FORWARD
+/// frames. It sends no data: only masked control frames (its keepalive pings, pongs to the
+/// server's pings, Close), with masking keys from the caller's RNG. A frame above
+/// [`WsConfig::max_mesh_message`] fails the link with 1009 from its header; unknown relay
+/// types and malformed messages are counted and ignored; any other relay message a server
+/// does not send on a mesh link fails it with 1008.
+///
+/// [RFC 6455 §4.1]: https://www.rfc-editor.org/rfc/rfc6455#section-4.1
 ///
 /// # Driving it
 ///

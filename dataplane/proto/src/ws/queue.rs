@@ -20,7 +20,7 @@ struct Entry {
     span: usize,
 }
 
-/// Outcome of [`OutQueue::push`].
+/// Outcome of [`OutQueue::push_parts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pushed {
     /// Whether the new frame was queued (it is not when only a pinned frame is left and

@@ -30,8 +30,8 @@ use super::stats::{DropReason, Stats};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent<'a> {
     /// The client presented `token` (Bearer header, AUTH or text message). Check it and call
-    /// [`Session::accept`] or [`Session::reject`]; until then SENDs are dropped and the auth
-    /// deadline runs.
+    /// [`Session::accept`], [`Session::accept_mesh`] or [`Session::reject`]; until then SENDs
+    /// are dropped and the auth deadline runs.
     Authenticate {
         /// The token, opaque to the relay.
         token: &'a [u8],
@@ -206,7 +206,8 @@ const STAGING_LEN: usize = if MAX_RESPONSE_LEN > 2 + MAX_CONTROL_PAYLOAD {
 ///   at most the upgrade request or one frame per call; keep the unconsumed tail and call
 ///   again until it returns 0, then read more), [`handle_timeout`](Self::handle_timeout) at
 ///   [`poll_timeout`](Self::poll_timeout), [`accept`](Self::accept) /
-///   [`reject`](Self::reject) after [`SessionEvent::Authenticate`], [`close`](Self::close),
+///   [`accept_mesh`](Self::accept_mesh) / [`reject`](Self::reject) after
+///   [`SessionEvent::Authenticate`], [`close`](Self::close),
 ///   [`enqueue_frame`](Self::enqueue_frame) for frames from other sessions.
 /// * **Outputs**, drained in this order after every input: [`poll_event`](Self::poll_event)
 ///   until `None` (a `Packet` must be acted on before the next input), then
