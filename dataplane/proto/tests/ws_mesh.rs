@@ -486,6 +486,20 @@ fn the_upgrade_request_is_what_the_server_expects() {
          Sec-WebSocket-Version: 13\r\nAuthorization: Bearer mesh.tok\r\n\r\n"
     );
     assert!(!link.has_transmit());
+    let fresh = MeshClient::new(
+        WsConfig::new(),
+        "r",
+        "/relay",
+        b"mesh.secret-token",
+        epoch(),
+        NONCE,
+        TestRng(1),
+    )
+    .unwrap();
+    assert!(
+        !format!("{fresh:?}").contains("secret-token"),
+        "Debug does not print the token"
+    );
     for (host, path, token) in [
         ("", "/relay", &b"t"[..]),
         ("a b", "/relay", b"t"),

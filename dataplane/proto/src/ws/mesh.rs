@@ -279,7 +279,7 @@ pub struct MeshClient<R> {
     /// The `Sec-WebSocket-Accept` the server must answer with.
     accept: AcceptKey,
     /// The upgrade request until it is written; `request_sent` of it is.
-    request: Vec<u8>,
+    request: Request,
     request_sent: usize,
     staging: [u8; CONTROL_FRAME_LEN],
     /// The unsent part of `staging`.
@@ -312,6 +312,15 @@ enum State {
         reason: MeshCloseReason,
     },
     Closed(MeshCloseReason),
+}
+
+/// The upgrade request. It holds the mesh token, a credential: `Debug` shows its length only.
+struct Request(Vec<u8>);
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Request(<{} bytes>)", self.0.len())
+    }
 }
 
 /// An encoded, masked control frame.
@@ -402,7 +411,7 @@ impl<R: RngCore> MeshClient<R> {
             rng,
             state: State::Upgrading { deadline },
             accept: AcceptKey::derive(&key),
-            request,
+            request: Request(request),
             request_sent: 0,
             staging: [0; CONTROL_FRAME_LEN],
             staged: 0..0,
@@ -443,15 +452,15 @@ impl<R: RngCore> MeshClient<R> {
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
         let mut n = 0;
         while n < buf.len() {
-            if self.request_sent < self.request.len() {
-                let take = (self.request.len() - self.request_sent).min(buf.len() - n);
+            if self.request_sent < self.request.0.len() {
+                let take = (self.request.0.len() - self.request_sent).min(buf.len() - n);
                 let from = self.request_sent;
-                buf[n..n + take].copy_from_slice(&self.request[from..from + take]);
+                buf[n..n + take].copy_from_slice(&self.request.0[from..from + take]);
                 self.request_sent += take;
                 n += take;
-                if self.request_sent == self.request.len() {
+                if self.request_sent == self.request.0.len() {
                     // Sent once: the token need not stay in memory.
-                    self.request = Vec::new();
+                    self.request = Request(Vec::new());
                     self.request_sent = 0;
                 }
                 continue;
@@ -484,7 +493,7 @@ impl<R: RngCore> MeshClient<R> {
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has something to write.
     pub fn has_transmit(&self) -> bool {
-        self.request_sent < self.request.len()
+        self.request_sent < self.request.0.len()
             || !self.staged.is_empty()
             || (!self.close_sent
                 && (self.close.is_some() || self.pong.is_some() || self.ping.is_some()))
