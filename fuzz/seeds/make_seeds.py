@@ -114,9 +114,46 @@ def relay_seeds():
     write("relay_message", "ready", b"\x07" + node)
 
 
+def mesh_client_seeds():
+    # The first byte: bit 0 puts a valid 101 and READY first, bit 1 picks the 1 KiB cap, the
+    # rest the read size. What follows is the server's stream.
+    x, y = b"\xaa" * 16, b"\xbb" * 16
+
+    def frame(first, payload):
+        n = len(payload)
+        if n < 126:
+            head = bytes([first, n])
+        elif n < 65536:
+            head = bytes([first, 126]) + n.to_bytes(2, "big")
+        else:
+            head = bytes([first, 127]) + n.to_bytes(8, "big")
+        return head + payload
+
+    forward = frame(0x82, b"\x08" + x + y + b"wireguard packet")
+    write("mesh_client", "open-forward", b"\x01" + forward)
+    write("mesh_client", "open-forward-split-reads", b"\x05" + forward * 3)
+    write("mesh_client", "open-ping-hint-close",
+          b"\x01" + frame(0x89, b"ping") + frame(0x82, b"\x06") + frame(0x88, b"\x03\xe8"))
+    write("mesh_client", "open-masked", b"\x01" + masked(0x2, b"\x08" + x + y))
+    write("mesh_client", "open-too-big-small-cap",
+          b"\x03" + frame(0x82, b"\x08" + x + y + bytes(1024)))
+    write("mesh_client", "open-unknown-and-send",
+          b"\x01" + frame(0x82, b"\x7fnew") + frame(0x82, b"\x01" + x + b"p"))
+    accept = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    response = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    write("mesh_client", "handshake-then-ready",
+          b"\x00" + response + frame(0x82, b"\x07" + b"\xa0" * 16) + forward)
+    write("mesh_client", "handshake-rejected", b"\x00" + response + frame(0x88, b"\x03\xf0"))
+    write("mesh_client", "handshake-401",
+          b"\x00HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n\r\n")
+    write("mesh_client", "handshake-bad-accept", b"\x00" + response.replace(b"s3pP", b"AAAA"))
+
+
 if __name__ == "__main__":
     stun_seeds()
     channel_data_seeds()
     ws_frame_seeds()
     ws_handshake_seeds()
     relay_seeds()
+    mesh_client_seeds()

@@ -30,12 +30,12 @@ use boson_dataplane_proto::ws::frame::{
     MAX_SERVER_HEADER_LEN, OpCode,
 };
 use boson_dataplane_proto::ws::handshake::{
-    self, MAX_HEADER_BLOCK, MAX_RESPONSE_LEN, MAX_TOKEN_LEN,
+    self, AcceptKey, MAX_HEADER_BLOCK, MAX_RESPONSE_LEN, MAX_TOKEN_LEN,
 };
 use boson_dataplane_proto::ws::relay::{self, MessageType as RelayType, PREFIX_LEN};
 use boson_dataplane_proto::ws::{
     ConnId, DEFAULT_MAX_MESSAGE, DEFAULT_PATH, Delivery, Forward, Hub, HubError, HubEvent,
-    SessionError, WsConfig,
+    MeshClient, MeshEvent, MeshInput, MeshState, SessionError, WsConfig,
 };
 use boson_dataplane_proto::{
     BindingConfig, BindingOutcome, ChannelNumber, ClientAction, ClientAddr, Command, HEADROOM,
@@ -56,6 +56,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ws_handshake", ws_handshake),
     ("ws_session", ws_session),
     ("relay_message", relay_message),
+    ("mesh_client", mesh_client),
 ];
 
 /// The fixed short-term key `stun_parse` verifies MESSAGE-INTEGRITY with: RFC 5769's, so the
@@ -298,6 +299,12 @@ pub fn ws_frame(data: &[u8]) {
         assert_eq!(out[..len], data[..header.header_len], "header round trip");
     }
     let _ = header.check_client(125);
+    // The mesh client's mirror of the rule: unmasked, and within the mesh cap.
+    let mesh_cap = DEFAULT_MAX_MESSAGE + relay::NODE_ID_LEN;
+    assert_eq!(
+        header.check_server(mesh_cap).is_ok(),
+        header.mask.is_none() && header.payload_len <= mesh_cap as u64
+    );
     if header.check_client(DEFAULT_MAX_MESSAGE).is_err() {
         return;
     }
@@ -426,6 +433,27 @@ pub fn relay_message(data: &[u8]) {
         relay::Message::Auth { token } => {
             assert_eq!(token, &data[1..]);
             assert!(!token.is_empty() && token.len() <= MAX_TOKEN_LEN);
+        }
+        relay::Message::Forward { dest, src, packet } => {
+            assert_eq!(packet, &data[relay::FORWARD_PREFIX_LEN..]);
+            // The mesh client's rewrite: FORWARD → RECV in place, behind a server header.
+            let mut buf = vec![0u8; MAX_SERVER_HEADER_LEN + data.len()];
+            buf[MAX_SERVER_HEADER_LEN..].copy_from_slice(data);
+            let end = buf.len();
+            let (to, range) = relay::forward_to_recv_in_place(&mut buf, MAX_SERVER_HEADER_LEN..end)
+                .expect("a FORWARD with headroom becomes a RECV frame");
+            assert_eq!(to, dest);
+            let recv = server_frame_payload(&buf[range]).to_vec();
+            assert_eq!(
+                relay::Message::parse(&recv),
+                Ok(relay::Message::Recv { src, packet })
+            );
+            // The hub's splice rebuilds the FORWARD frame from that RECV payload.
+            let mut head = [0u8; relay::MAX_FORWARD_HEAD];
+            let len = relay::encode_forward_head(&dest, recv.len(), &mut head);
+            let mut wire = head[..len].to_vec();
+            wire.extend_from_slice(&recv[1..]);
+            assert_eq!(server_frame_payload(&wire), data);
         }
     }
 }
@@ -1723,4 +1751,148 @@ fn check_output(conn: &mut WsConn) {
         }
     }
     conn.out.drain(..at);
+}
+
+// ---------------------------------------------------------------------------------------------
+// mesh_client
+
+/// The `Sec-WebSocket-Key` nonce of every `mesh_client` run: RFC 6455's sample, so the
+/// accept key is the RFC's too.
+const MESH_NONCE: [u8; 16] = *b"the sample nonce";
+
+/// The mesh client on arbitrary server bytes. The first byte picks whether a valid 101 and
+/// READY come first, the message cap and the read size; the rest is the server's stream.
+/// Checks the consumption contract, that a Deliver is one complete RECV frame within the
+/// consumed bytes (what `Hub::handle_remote` takes), that events and states agree, and that
+/// the client's output is the upgrade request then whole masked control frames, with nothing
+/// after a Close.
+pub fn mesh_client(data: &[u8]) {
+    let Some((&setup, stream)) = data.split_first() else {
+        return;
+    };
+    let opened = setup & 1 != 0;
+    let config = if setup & 2 != 0 {
+        WsConfig::new().with_max_message(1024).expect("a valid cap")
+    } else {
+        WsConfig::new()
+    };
+    let cap = config.max_mesh_message();
+    let chunk = usize::from(setup >> 2) * 37 + 1;
+    let mut now = time_origin();
+    let mut client = MeshClient::new(
+        config,
+        "relay.fuzz",
+        "/relay",
+        b"mesh.token",
+        now,
+        MESH_NONCE,
+        XorShift(u64::from(setup) + 1),
+    )
+    .expect("valid arguments");
+    let mut out = Vec::new();
+    mesh_transmit(&mut client, &mut out);
+    assert!(out.starts_with(b"GET /relay HTTP/1.1\r\n") && out.ends_with(b"\r\n\r\n"));
+    let request_len = out.len();
+    let mut server = Vec::new();
+    if opened {
+        let accept = AcceptKey::derive(b"dGhlIHNhbXBsZSBub25jZQ==");
+        server.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Accept: ",
+        );
+        server.extend_from_slice(accept.as_bytes());
+        server.extend_from_slice(b"\r\n\r\n\x82\x11\x07");
+        server.extend_from_slice(&[0xA0; 16]);
+    }
+    server.extend_from_slice(stream);
+    let mut buffer = Vec::new();
+    let mut closed = false;
+    for piece in server.chunks(chunk) {
+        buffer.extend_from_slice(piece);
+        loop {
+            let len = buffer.len();
+            let input = client.handle_input(now, &mut buffer);
+            let consumed = input.consumed();
+            assert!(consumed <= len);
+            if let MeshInput::Deliver { frame, .. } = &input {
+                assert!(
+                    frame.end <= consumed,
+                    "the frame is within the consumed bytes"
+                );
+                assert!(matches!(client.state(), MeshState::Open(_)));
+                let bytes = &buffer[frame.clone()];
+                let payload = server_frame_payload(bytes);
+                assert!(payload.len() <= cap - relay::NODE_ID_LEN);
+                assert!(matches!(
+                    relay::Message::parse(payload),
+                    Ok(relay::Message::Recv { .. })
+                ));
+            }
+            while let Some(event) = client.poll_event() {
+                assert!(!closed, "no event after Closed");
+                match event {
+                    MeshEvent::Ready(_) => {
+                        assert!(matches!(
+                            client.state(),
+                            MeshState::Open(_) | MeshState::Closed(_)
+                        ));
+                    }
+                    MeshEvent::ReconnectHint => {}
+                    MeshEvent::Closed(reason) => {
+                        closed = true;
+                        assert_eq!(client.state(), MeshState::Closed(reason));
+                    }
+                }
+            }
+            buffer.drain(..consumed);
+            if client.is_closed() {
+                assert!(buffer.is_empty(), "a closed client consumes everything");
+            }
+            if consumed == 0 || buffer.is_empty() {
+                break;
+            }
+        }
+        mesh_transmit(&mut client, &mut out);
+        now += Duration::from_secs(1);
+        client.handle_timeout(now);
+        mesh_transmit(&mut client, &mut out);
+        if let Some(next) = client.poll_timeout() {
+            assert!(next > now, "handle_timeout leaves nothing due");
+        }
+    }
+    if client.is_closed() {
+        assert_eq!(client.poll_timeout(), None);
+    }
+    check_mesh_output(&out[request_len..]);
+}
+
+fn mesh_transmit<R: RngCore>(client: &mut MeshClient<R>, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 61];
+    while let Some(len) = client.poll_transmit(&mut buf) {
+        assert!(len <= buf.len());
+        out.extend_from_slice(&buf[..len]);
+    }
+    assert!(!client.has_transmit());
+}
+
+/// A mesh client writes only whole masked control frames, and nothing after its Close.
+fn check_mesh_output(mut out: &[u8]) {
+    while !out.is_empty() {
+        let header = FrameHeader::parse(out)
+            .expect("a valid client frame")
+            .expect("a whole header");
+        assert!(header.fin && header.opcode.is_control());
+        let key = header.mask.expect("client frames are masked");
+        let end = header.frame_len().expect("a sane length");
+        let mut payload = out
+            .get(header.header_len..end)
+            .expect("a whole frame")
+            .to_vec();
+        frame::apply_mask(&mut payload, key);
+        out = &out[end..];
+        if header.opcode == OpCode::Close {
+            ClosePayload::parse(&payload).expect("a valid Close payload");
+            assert!(out.is_empty(), "nothing after a Close");
+        }
+    }
 }

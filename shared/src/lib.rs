@@ -1,5 +1,5 @@
-//! Types both planes of BosonServer agree on: node ids, WireGuard keys, TURN credentials and
-//! the messages between the planes ([`plane`]).
+//! Types both planes of BosonServer agree on: node ids, WireGuard keys, TURN credentials, mesh
+//! credentials between relay hosts ([`mesh`]) and the messages between the planes ([`plane`]).
 //!
 //! Contract: no I/O, no clock, no threads. Every function that depends on time takes the
 //! current time as an argument, so the control plane, the dataplane and the tests all agree on
@@ -7,7 +7,10 @@
 
 pub mod credentials;
 pub mod id;
+pub mod mesh;
 pub mod plane;
 
 pub use credentials::{CredentialError, TurnCredential, TurnSecret};
 pub use id::{NodeId, ParseKeyError, WgPublicKey};
+pub use mesh::{MeshKey, MeshKeyError, MeshTokenError};
+pub use plane::HostId;

@@ -27,6 +27,33 @@ pub type UnixMs = u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostId(pub uuid::Uuid);
 
+impl HostId {
+    /// The id from its 16 bytes, as wire formats carry it.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
+
+    /// The id's 16 bytes, as wire formats carry it.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Display for HostId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Hyphenated lower case, as in mesh tokens.
+        std::fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl std::str::FromStr for HostId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self)
+    }
+}
+
 /// Permission for `node` to hold a relay session with tokens of `generation`, until
 /// `expires_at` (a grant outlives token expiry by nothing: the dataplane also checks the
 /// token's own expiry).

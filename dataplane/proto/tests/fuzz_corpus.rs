@@ -100,3 +100,8 @@ fn ws_session() {
 fn relay_message() {
     replay("relay_message");
 }
+
+#[test]
+fn mesh_client() {
+    replay("mesh_client");
+}

@@ -23,6 +23,8 @@
 //! bytes that decide it are present, and answers `Ok(None)` until the whole header is.
 //! [`FrameHeader::check_client`] adds the server-side rules: masked, and not above the
 //! message cap, so an oversized frame is refused from its header, before its payload arrives.
+//! [`FrameHeader::check_server`] is the client-side mirror (unmasked, not above the cap), for
+//! a relay host reading a mesh link.
 //!
 //! Encoding writes server frames (unmasked) in front of a payload the caller already placed
 //! after [`MAX_SERVER_HEADER_LEN`] bytes of headroom ([`write_header_before`]), so nothing is
@@ -183,6 +185,9 @@ pub enum FrameError {
     /// A client frame without a mask (§5.1: the server MUST close).
     #[error("client frame is not masked")]
     Unmasked,
+    /// A server frame with a mask (§5.1: the client MUST close).
+    #[error("server frame is masked")]
+    Masked,
     /// A frame above the message cap.
     #[error("frame of {len} bytes above the {max}-byte cap")]
     TooLarge {
@@ -205,7 +210,8 @@ impl FrameError {
             | Self::FragmentedControl
             | Self::NonMinimalLength(_)
             | Self::LengthMsbSet
-            | Self::Unmasked => CloseCode::PROTOCOL_ERROR,
+            | Self::Unmasked
+            | Self::Masked => CloseCode::PROTOCOL_ERROR,
         }
     }
 }
@@ -294,6 +300,21 @@ impl FrameHeader {
     pub const fn check_client(&self, max_payload: usize) -> Result<(), FrameError> {
         if self.mask.is_none() {
             return Err(FrameError::Unmasked);
+        }
+        if self.payload_len > max_payload as u64 {
+            return Err(FrameError::TooLarge {
+                len: self.payload_len,
+                max: max_payload,
+            });
+        }
+        Ok(())
+    }
+
+    /// The client-side rules on a server frame: it is not masked, and its payload is at most
+    /// `max_payload` bytes.
+    pub const fn check_server(&self, max_payload: usize) -> Result<(), FrameError> {
+        if self.mask.is_some() {
+            return Err(FrameError::Masked);
         }
         if self.payload_len > max_payload as u64 {
             return Err(FrameError::TooLarge {
@@ -589,6 +610,22 @@ mod tests {
         let exact = parse_ok(&hex!("82 ff 00 00 00 00 00 01 00 00 01 02 03 04"));
         assert_eq!(exact.check_client(65_536), Ok(()));
         assert_eq!(exact.frame_len(), Some(65_536 + 14));
+    }
+
+    #[test]
+    fn server_rules_unmasked_and_cap() {
+        let masked = parse_ok(&hex!("82 85 01 02 03 04"));
+        assert_eq!(masked.check_server(1024), Err(FrameError::Masked));
+        assert_eq!(FrameError::Masked.close_code(), CloseCode::PROTOCOL_ERROR);
+        let big = parse_ok(&hex!("82 7f 00 00 00 00 00 01 00 01"));
+        assert_eq!(
+            big.check_server(65_536),
+            Err(FrameError::TooLarge {
+                len: 65_537,
+                max: 65_536
+            })
+        );
+        assert_eq!(parse_ok(&hex!("82 7e 01 00")).check_server(256), Ok(()));
     }
 
     #[test]

@@ -287,7 +287,7 @@ pub fn write_error(status: Status, out: &mut [u8]) -> Result<usize, BufferTooSma
 }
 
 /// Whether the comma-separated `list` holds `token`, ignoring case and spaces.
-fn has_token(list: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
@@ -322,16 +322,21 @@ fn bearer_token(value: &[u8]) -> Result<&[u8], HandshakeError> {
         return Err(HandshakeError::BadAuthorization);
     }
     let token = rest.trim_ascii();
-    let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
-    let well_formed = token.len() <= MAX_TOKEN_LEN
-        && body_len > 0
-        && token[..body_len]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
-    if !well_formed {
+    if !is_bearer_token(token) {
         return Err(HandshakeError::BadAuthorization);
     }
     Ok(token)
+}
+
+/// Whether `token` is a `token68` of at most [`MAX_TOKEN_LEN`] bytes: what a `Bearer`
+/// header may carry.
+pub(crate) fn is_bearer_token(token: &[u8]) -> bool {
+    let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
+    token.len() <= MAX_TOKEN_LEN
+        && body_len > 0
+        && token[..body_len]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 /// An allocation-free writer into a fixed slice that remembers overflow.

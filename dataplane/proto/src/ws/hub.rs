@@ -7,6 +7,11 @@
 //! ([`Forward::Remote`]: the shell ships the ready frame and the far hub takes it with
 //! [`Hub::handle_remote`]), or nowhere, in which case the sender gets a PEER_GONE, at most
 //! one per sender and destination per interval.
+//!
+//! Mesh links from other relay hosts are sessions too, keyed by [`HostId`] apart from the
+//! nodes: [`Hub::accept_mesh`] makes one (a newer link of the same host replaces the older,
+//! like a node's), and [`Hub::forward_to_mesh`] queues a [`Forward::Remote`] frame to it as
+//! FORWARD.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -15,7 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use boson_shared::NodeId;
+use boson_shared::{HostId, NodeId};
 
 use super::WsConfig;
 use super::frame::{CloseCode, FrameHeader, OpCode};
@@ -107,7 +112,9 @@ pub enum Forward {
 pub enum Delivery {
     /// Queued to this session.
     Queued(ConnId),
-    /// The node is not connected to this hub (any more).
+    /// The node is not connected to this hub (any more); for
+    /// [`Hub::forward_to_mesh`], the host has no mesh link here
+    /// ([`DropReason::NoMeshLink`]).
     Gone,
     /// Not a single unmasked binary RECV frame: dropped ([`DropReason::Malformed`]).
     Malformed,
@@ -116,7 +123,8 @@ pub enum Delivery {
 /// What the hub reports, drained with [`Hub::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HubEvent<'a> {
-    /// `conn` presented `token`: check it, then [`Hub::accept`] or [`Hub::reject`].
+    /// `conn` presented `token`: check it, then [`Hub::accept`] (a node's token),
+    /// [`Hub::accept_mesh`] (a relay host's mesh token) or [`Hub::reject`].
     Authenticate {
         /// The connection.
         conn: ConnId,
@@ -158,8 +166,10 @@ pub enum HubError {
 /// * **Inputs**: [`handle_connect`](Self::handle_connect) per accepted connection,
 ///   [`handle_input`](Self::handle_input) with its bytes (one upgrade or frame per call;
 ///   call again while it consumes), [`handle_remote`](Self::handle_remote) for frames from
-///   other cores or hosts, [`accept`](Self::accept)/[`reject`](Self::reject) on
-///   [`HubEvent::Authenticate`], [`handle_timeout`](Self::handle_timeout) at
+///   other cores or hosts, [`accept`](Self::accept)/[`accept_mesh`](Self::accept_mesh)/
+///   [`reject`](Self::reject) on [`HubEvent::Authenticate`],
+///   [`forward_to_mesh`](Self::forward_to_mesh) for a [`Forward::Remote`] whose destination
+///   is connected to a peer host, [`handle_timeout`](Self::handle_timeout) at
 ///   [`poll_timeout`](Self::poll_timeout), [`handle_disconnect`](Self::handle_disconnect)
 ///   when a socket is gone.
 /// * **Outputs**, after every input: act on the returned [`Forward`] (its range points into
@@ -179,6 +189,8 @@ pub struct Hub<P = LocalOnly> {
     presence: P,
     sessions: BTreeMap<ConnId, Slot>,
     by_node: HashMap<NodeId, ConnId>,
+    /// Mesh links, by peer host: few, and iterated by [`Hub::mesh_hosts`].
+    by_host: BTreeMap<HostId, ConnId>,
     timers: BTreeSet<(Instant, ConnId)>,
     events: VecDeque<(ConnId, Notice)>,
     gone: GoneLimiter,
@@ -195,6 +207,8 @@ struct Slot {
     session: Session,
     /// The node this session was accepted as.
     node: Option<NodeId>,
+    /// The peer host this session was accepted as (a mesh link).
+    host: Option<HostId>,
     /// The deadline this slot has in `timers`.
     timer: Option<Instant>,
     /// A `Wake` is out and `poll_transmit` has not returned `None` since.
@@ -217,6 +231,7 @@ impl<P: Presence> Hub<P> {
             presence,
             sessions: BTreeMap::new(),
             by_node: HashMap::new(),
+            by_host: BTreeMap::new(),
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             gone,
@@ -234,6 +249,7 @@ impl<P: Presence> Hub<P> {
         let slot = Slot {
             session: Session::new(self.config.clone(), now),
             node: None,
+            host: None,
             timer: None,
             woken: false,
         };
@@ -301,6 +317,88 @@ impl<P: Presence> Hub<P> {
         Ok(())
     }
 
+    /// The owner accepted `conn`'s token as the mesh token of relay host `host`: from now on
+    /// [`forward_to_mesh`](Self::forward_to_mesh) for `host` queues to it. An older mesh
+    /// link of `host` is replaced (closed with 4000).
+    pub fn accept_mesh(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        host: HostId,
+    ) -> Result<(), HubError> {
+        let draining = self.draining;
+        let slot = self.slot_mut(conn)?;
+        slot.session.accept_mesh(now, host)?;
+        slot.host = Some(host);
+        if draining {
+            // An accepted session always takes a notice.
+            let _ = slot
+                .session
+                .enqueue_notice(MessageType::ReconnectHint, None);
+        }
+        if let Some(old) = self.by_host.insert(host, conn)
+            && old != conn
+            && let Some(old_slot) = self.sessions.get_mut(&old)
+        {
+            old_slot.session.replace(now);
+            self.drain(now, old, None);
+            self.after(old);
+        }
+        self.drain(now, conn, None);
+        self.after(conn);
+        Ok(())
+    }
+
+    /// Queues the packet of `recv_frame` — a RECV frame this hub built, as handed out in
+    /// [`Forward::Remote`] — for `dest` on `host`'s mesh link, as a FORWARD frame. The frame
+    /// is copied once, from two slices straight into the link's queue; a full queue drops
+    /// its oldest frames ([`DropReason::MeshQueueFull`]).
+    pub fn forward_to_mesh(&mut self, host: &HostId, dest: &NodeId, recv_frame: &[u8]) -> Delivery {
+        let Some(payload) = recv_payload(recv_frame) else {
+            self.stats.drops.record(DropReason::Malformed);
+            return Delivery::Malformed;
+        };
+        if payload.len() > self.config.max_message {
+            // The peer would fail the link on it (1009): not a frame this hub built.
+            self.stats.drops.record(DropReason::Malformed);
+            return Delivery::Malformed;
+        }
+        let Some(slot) = self
+            .by_host
+            .get(host)
+            .copied()
+            .and_then(|conn| Some((conn, self.sessions.get_mut(&conn)?)))
+        else {
+            self.stats.drops.record(DropReason::NoMeshLink);
+            return Delivery::Gone;
+        };
+        let (conn, slot) = slot;
+        let mut head = [0u8; relay::MAX_FORWARD_HEAD];
+        let head_len = relay::encode_forward_head(dest, payload.len(), &mut head);
+        // `[0x02]` gives way to `[0x08][dest]`, in the head.
+        let body = &payload[1..];
+        match slot.session.enqueue_parts(&[&head[..head_len], body]) {
+            Ok(true) => self.stats.forwarded_mesh.record(head_len + body.len()),
+            Ok(false) => {}
+            Err(_) => {
+                self.stats.drops.record(DropReason::NoMeshLink);
+                return Delivery::Gone;
+            }
+        }
+        self.wake(conn);
+        Delivery::Queued(conn)
+    }
+
+    /// The peer hosts with a mesh link here, and their connections, in host order.
+    pub fn mesh_hosts(&self) -> impl Iterator<Item = (HostId, ConnId)> + '_ {
+        self.by_host.iter().map(|(&host, &conn)| (host, conn))
+    }
+
+    /// The connection of `host`'s mesh link, if it has one here.
+    pub fn mesh_conn(&self, host: &HostId) -> Option<ConnId> {
+        self.by_host.get(host).copied()
+    }
+
     /// The owner rejected `conn`'s token: it closes with 1008.
     pub fn reject(&mut self, now: Instant, conn: ConnId) -> Result<(), HubError> {
         self.slot_mut(conn)?.session.reject(now)?;
@@ -328,6 +426,7 @@ impl<P: Presence> Hub<P> {
             self.timers.remove(&(at, conn));
         }
         self.unmap(conn, slot.node);
+        self.unmap_host(conn, slot.host);
         slot.session.handle_disconnect();
         self.retired.merge(slot.session.stats());
         Ok(())
@@ -456,6 +555,7 @@ impl<P: Presence> Hub<P> {
         }
         total.sessions = self.sessions.len() as u64;
         total.authenticated = self.by_node.len() as u64;
+        total.mesh_sessions = self.by_host.len() as u64;
         total
     }
 
@@ -554,12 +654,19 @@ impl<P: Presence> Hub<P> {
             }
             slot.timer = next;
         }
-        let node = slot.node;
-        if node.is_some() && slot.session.node().is_none() {
-            slot.node = None;
-            self.unmap(conn, node);
-        }
+        let node = slot.node.take_if(|_| slot.session.node().is_none());
+        let host = slot.host.take_if(|_| slot.session.host().is_none());
+        self.unmap(conn, node);
+        self.unmap_host(conn, host);
         self.wake(conn);
+    }
+
+    fn unmap_host(&mut self, conn: ConnId, host: Option<HostId>) {
+        if let Some(host) = host
+            && self.by_host.get(&host) == Some(&conn)
+        {
+            self.by_host.remove(&host);
+        }
     }
 
     fn unmap(&mut self, conn: ConnId, node: Option<NodeId>) {
@@ -583,15 +690,22 @@ impl<P: Presence> Hub<P> {
 
 /// Whether `frame` is exactly one unmasked, final binary frame holding a RECV message.
 fn is_recv_frame(frame: &[u8]) -> bool {
+    recv_payload(frame).is_some()
+}
+
+/// The payload, `[0x02][src][packet]`, if `frame` is exactly one unmasked, final binary
+/// frame holding a RECV message.
+fn recv_payload(frame: &[u8]) -> Option<&[u8]> {
     let Ok(Some(header)) = FrameHeader::parse(frame) else {
-        return false;
+        return None;
     };
-    header.fin
+    let is_recv = header.fin
         && header.opcode == OpCode::Binary
         && header.mask.is_none()
         && header.frame_len() == Some(frame.len())
         && header.payload_len >= PREFIX_LEN as u64
-        && frame.get(header.header_len) == Some(&(MessageType::Recv as u8))
+        && frame.get(header.header_len) == Some(&(MessageType::Recv as u8));
+    is_recv.then(|| &frame[header.header_len..])
 }
 
 /// Fixed-memory rate limit of PEER_GONE: one slot per hash of (sender, destination),

@@ -18,17 +18,70 @@
 //!                  AwaitingHandshake: HTTP upgrade ─▶ 101 (or 400/401/404/426/431 and close)
 //!                  AwaitingAuth: Bearer header or AUTH message ─▶ HubEvent::Authenticate
 //!                                owner checks the token ─▶ Hub::accept(node) / Hub::reject
+//!                                                         Hub::accept_mesh(host) (mesh token)
 //!                  Authenticated: SEND ─▶ Forward::Local (RECV queued to the destination)
-//!                                              Forward::Remote (shell ships the RECV frame)
+//!                                              Forward::Remote (shell ships the RECV frame:
+//!                                                to another core, or Hub::forward_to_mesh)
 //!                                              Forward::Gone (PEER_GONE queued, rate-limited)
+//!                  Mesh: pings, pongs and Close only (a relay message fails it: 1008)
 //!  HubEvent::Wake(conn) ─▶ Hub::poll_transmit(conn, buf) until None ─▶ write to TCP
 //!  timer ──────▶ Hub::handle_timeout (handshake/auth deadlines, keepalive ping, idle close)
 //!  HubEvent::Closed(conn) ─▶ flush poll_transmit, close TCP ─▶ Hub::handle_disconnect
 //! ```
 //!
 //! [`handshake`] parses the upgrade, [`frame`] is the RFC 6455 frame codec, [`relay`] holds
-//! the relay framing and its byte table, [`Session`] is one connection's state machine and
-//! [`Hub`] routes between the sessions of one core.
+//! the relay framing and its byte table, [`Session`] is one connection's state machine,
+//! [`Hub`] routes between the sessions of one core, and [`MeshClient`] reads a mesh link
+//! from another relay host.
+//!
+//! # Mesh: relaying across hosts
+//!
+//! When a SEND's destination is connected to another relay host, the packet crosses a mesh
+//! link between the two hosts, authenticated by the deployment's shared mesh key
+//! ([`boson_shared::mesh`]).
+//!
+//! * **Direction.** Every host A that wants to receive mesh traffic from host B opens a
+//!   WebSocket to B's relay path (A is the WS client, B the server) and authenticates as a
+//!   mesh peer. B then *pushes* to A, as unmasked server frames, every packet B's clients
+//!   send to nodes connected to A; A sends nothing but control frames. So each pair of hosts
+//!   has two TCP connections, each carrying data server → client only, and the data path
+//!   never pays for masking. A's own traffic to B's nodes goes on the link B opened to A.
+//! * **Authentication.** A's upgrade request carries
+//!   `Authorization: Bearer mesh.<A's host id>.<unix secs>.<base64url HMAC-SHA256>`, minted
+//!   per connection with [`MeshKey::token`](boson_shared::MeshKey::token). B's hub reports it
+//!   like any token ([`HubEvent::Authenticate`]); B's shell tells it from node tokens by its
+//!   prefix ([`is_mesh_token`](boson_shared::mesh::is_mesh_token)), checks it with
+//!   [`MeshKey::verify`](boson_shared::MeshKey::verify) and calls [`Hub::accept_mesh`] (or
+//!   [`Hub::reject`]: close 1008). The link gets READY with A's host id; it is keyed by
+//!   host, apart from nodes, one per host (a newer replaces the older with 4000), kept
+//!   alive like any session, with its own larger queue ([`WsConfig::with_mesh_queue`]).
+//! * **Forwarding.** B's hub answers a SEND for a node its presence lookup places elsewhere
+//!   with [`Forward::Remote`] and a RECV frame built in B's input buffer. B's shell finds
+//!   the node's host in its presence table and calls [`Hub::forward_to_mesh`], which queues
+//!   the FORWARD frame to that host's link from two slices, with no intermediate buffer.
+//!   A's [`MeshClient`] rewrites each FORWARD in A's input buffer back into that RECV frame
+//!   and returns [`MeshInput::Deliver`]; A's shell calls its own hub's
+//!   [`Hub::handle_remote`], which copies the frame into the destination's queue.
+//!
+//! Byte by byte, for node Y on B sending a 30-byte packet to node X on A (`X`, `Y`: 16
+//! bytes each; offsets in the frame):
+//!
+//! ```text
+//!  Y → B   SEND, masked    [82 af][mask:4] then, unmasked: [01][X][packet:30]     (53 bytes)
+//!  B hub   RECV in place   [82 2f][02][Y][packet:30]                              (49 bytes)
+//!  B → A   FORWARD         [82 3f][08][X][Y][packet:30]                           (65 bytes)
+//!            queued as     head [82 3f][08][X] (19 bytes) + RECV payload from [Y] (46 bytes)
+//!  A client in place       byte 18 (last of X) := 02, bytes 16..18 := [82 2f]
+//!            delivers      frame 16..65 = [82 2f][02][Y][packet:30], dest X       (49 bytes)
+//!  A hub   handle_remote   copies those 49 bytes into X's queue: X reads RECV from Y
+//! ```
+//!
+//! A FORWARD message is 16 bytes longer than the SEND it carries, so the mesh cap is the
+//! message cap plus 16 ([`WsConfig::max_mesh_message`]); both hosts must use the same
+//! message cap. The shell owns everything around the link: minting a fresh token per
+//! connection, reconnecting with backoff (after [`MeshCloseReason::Rejected`], checking its
+//! key), the presence table (node → host), and, on a multi-core host, taking a
+//! `Forward::Remote` to the core that holds the destination host's link.
 //!
 //! # Why our own RFC 6455 codec instead of tungstenite
 //!
@@ -69,13 +122,19 @@
 //! outbound queue once: `queue_bytes` of ring plus 24 bytes per entry of `queue_frames`, by
 //! default 128 KiB + 1.5 KiB, so about 131 KiB per authenticated node. Nothing grows after
 //! that: a client that never reads loses its oldest queued frames
-//! ([`DropReason::QueueFull`]). The hub adds a fixed PEER_GONE table (16 bytes per slot, 64
-//! KiB by default) and a map and timer entry per session. The shell's input buffer must hold
-//! one whole frame, [`WsConfig::min_input_buffer`] bytes.
+//! ([`DropReason::QueueFull`]). A mesh link allocates `mesh_queue_bytes` plus 24 bytes per
+//! entry of `mesh_queue_frames`, by default 4 MiB + 96 KiB, once per peer host; a peer that
+//! stops reading loses its oldest frames ([`DropReason::MeshQueueFull`]). The hub adds a
+//! fixed PEER_GONE table (16 bytes per slot, 64 KiB by default) and a map and timer entry
+//! per session. The shell's input buffer must hold one whole frame,
+//! [`WsConfig::min_input_buffer`] bytes ([`WsConfig::min_mesh_input_buffer`] for a
+//! [`MeshClient`]). A `MeshClient` holds about 500 bytes plus its upgrade request until it
+//! is sent, and queues nothing.
 
 pub mod frame;
 pub mod handshake;
 mod hub;
+mod mesh;
 mod queue;
 pub mod relay;
 mod session;
@@ -87,8 +146,12 @@ use std::time::Duration;
 pub use hub::{
     ConnId, Delivery, Forward, Hub, HubError, HubEvent, Input, LocalOnly, Presence, Route,
 };
+pub use mesh::{
+    MeshClient, MeshCloseReason, MeshError, MeshEvent, MeshHandshakeError, MeshInput, MeshState,
+    MeshViolation,
+};
 pub use session::{CloseReason, Session, SessionError, SessionEvent, SessionState, Violation};
-pub use stats::{DropCounters, DropReason, Stats};
+pub use stats::{DropCounters, DropReason, MeshStats, Stats};
 
 use frame::{MAX_CLIENT_HEADER_LEN, MAX_SERVER_HEADER_LEN};
 
@@ -112,6 +175,8 @@ pub struct WsConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) queue_frames: usize,
     pub(crate) queue_bytes: usize,
+    pub(crate) mesh_queue_frames: usize,
+    pub(crate) mesh_queue_bytes: usize,
     pub(crate) peer_gone_interval: Duration,
     pub(crate) peer_gone_slots: usize,
 }
@@ -164,6 +229,8 @@ impl WsConfig {
             close_timeout: Duration::from_secs(5),
             queue_frames: 64,
             queue_bytes: 128 * 1024,
+            mesh_queue_frames: 4096,
+            mesh_queue_bytes: 4 * 1024 * 1024,
             peer_gone_interval: Duration::from_secs(5),
             peer_gone_slots: 4096,
         }
@@ -235,6 +302,18 @@ impl WsConfig {
         Ok(self)
     }
 
+    /// The outbound queue of a mesh link: at most `frames` frames and `bytes` bytes
+    /// (defaults 4096 and 4 MiB: some 2 800 full-MTU packets, 34 ms at 1 Gbit/s). One link
+    /// carries the packets of all this hub's clients to all the nodes of one peer host, so
+    /// it gets 32 times a node's queue; there is one per peer host. Must hold one largest
+    /// FORWARD frame ([`max_mesh_frame`](Self::max_mesh_frame)) and at least 2 frames.
+    pub fn with_mesh_queue(mut self, frames: usize, bytes: usize) -> Result<Self, ConfigError> {
+        self.mesh_queue_frames = frames;
+        self.mesh_queue_bytes = bytes;
+        self.check_queue()?;
+        Ok(self)
+    }
+
     /// PEER_GONE rate limit: at most one per sender and destination per `interval` (default
     /// 5 s), tracked in `slots` fixed slots (default 4096, 64 KiB) shared by the hub.
     pub fn with_peer_gone_limit(
@@ -266,12 +345,42 @@ impl WsConfig {
         self.max_message
     }
 
+    /// The largest message on a mesh link: a FORWARD carrying the largest SEND, 16 bytes
+    /// longer than the message cap. Both hosts of a link must use the same cap.
+    pub const fn max_mesh_message(&self) -> usize {
+        self.max_message + relay::NODE_ID_LEN
+    }
+
+    /// The largest FORWARD frame: header plus [`max_mesh_message`](Self::max_mesh_message).
+    pub const fn max_mesh_frame(&self) -> usize {
+        MAX_SERVER_HEADER_LEN + self.max_mesh_message()
+    }
+
+    /// The smallest input buffer of a [`MeshClient`]: the 101 response (at most
+    /// [`handshake::MAX_HEADER_BLOCK`]) or one whole FORWARD frame, whichever is larger.
+    pub const fn min_mesh_input_buffer(&self) -> usize {
+        let frame = self.max_mesh_frame();
+        if frame > handshake::MAX_HEADER_BLOCK {
+            frame
+        } else {
+            handshake::MAX_HEADER_BLOCK
+        }
+    }
+
     fn check_queue(&self) -> Result<(), ConfigError> {
         let needed = self.max_frame();
         if self.queue_frames < 2 || self.queue_bytes < needed {
             return Err(ConfigError::QueueTooSmall {
                 frames: self.queue_frames,
                 bytes: self.queue_bytes,
+                needed,
+            });
+        }
+        let needed = self.max_mesh_frame();
+        if self.mesh_queue_frames < 2 || self.mesh_queue_bytes < needed {
+            return Err(ConfigError::QueueTooSmall {
+                frames: self.mesh_queue_frames,
+                bytes: self.mesh_queue_bytes,
                 needed,
             });
         }
@@ -330,5 +439,28 @@ mod tests {
                 .is_err()
         );
         assert_eq!(WsConfig::new().min_input_buffer(), 65_550);
+        assert_eq!(WsConfig::new().max_mesh_frame(), 65_562);
+        assert_eq!(WsConfig::new().min_mesh_input_buffer(), 65_562);
+        assert_eq!(
+            WsConfig::new()
+                .with_max_message(1024)
+                .unwrap()
+                .min_mesh_input_buffer(),
+            handshake::MAX_HEADER_BLOCK
+        );
+        assert!(matches!(
+            WsConfig::new().with_mesh_queue(4096, 65_561),
+            Err(ConfigError::QueueTooSmall { needed: 65_562, .. })
+        ));
+        assert!(WsConfig::new().with_mesh_queue(2, 65_562).is_ok());
+        assert!(WsConfig::new().with_mesh_queue(1, 1 << 22).is_err());
+        assert!(
+            WsConfig::new()
+                .with_mesh_queue(2, 65_562)
+                .unwrap()
+                .with_max_message(65_537)
+                .is_err(),
+            "mesh queue too small for it"
+        );
     }
 }

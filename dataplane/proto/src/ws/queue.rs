@@ -20,7 +20,7 @@ struct Entry {
     span: usize,
 }
 
-/// Outcome of [`OutQueue::push`].
+/// Outcome of [`OutQueue::push_parts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pushed {
     /// Whether the new frame was queued (it is not when only a pinned frame is left and
@@ -71,9 +71,16 @@ impl OutQueue {
     }
 
     /// Queues a copy of `frame`, dropping the oldest unpinned frames as needed.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, frame: &[u8]) -> Pushed {
+        self.push_parts(&[frame])
+    }
+
+    /// Queues one frame made of `parts` back to back (a header and a body that live apart),
+    /// copied straight into the ring, dropping the oldest unpinned frames as needed.
+    pub(crate) fn push_parts(&mut self, parts: &[&[u8]]) -> Pushed {
         let cap = self.ring.len();
-        let need = frame.len();
+        let need: usize = parts.iter().map(|part| part.len()).sum();
         let mut dropped = 0;
         if need > cap || self.max_frames == 0 {
             return Pushed {
@@ -111,9 +118,14 @@ impl OutQueue {
             .entries
             .front()
             .map_or(0, |front| (front.start + self.used) % cap);
-        let first = need.min(cap - start);
-        self.ring[start..start + first].copy_from_slice(&frame[..first]);
-        self.ring[..need - first].copy_from_slice(&frame[first..]);
+        let mut at = start;
+        for part in parts {
+            let first = part.len().min(cap - at);
+            self.ring[at..at + first].copy_from_slice(&part[..first]);
+            let rest = part.len() - first;
+            self.ring[..rest].copy_from_slice(&part[first..]);
+            at = if rest > 0 { rest } else { (at + first) % cap };
+        }
         self.entries.push_back(Entry {
             start,
             len: need,
@@ -207,6 +219,33 @@ mod tests {
         got.extend(drain(&mut queue, 7));
         assert_eq!(got, expected);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn parts_make_one_frame_across_the_wrap() {
+        let mut queue = OutQueue::new();
+        queue.allocate(10, 8);
+        let mut got = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..40u8 {
+            // Every split of a 3-byte frame, wrapping at every offset of the ring.
+            let frame = [i, i.wrapping_add(1), i.wrapping_add(2)];
+            let split = usize::from(i % 4);
+            let (head, body) = frame.split_at(split.min(3));
+            let pushed = queue.push_parts(&[head, &[], body]);
+            assert!(pushed.queued && pushed.dropped == 0);
+            expected.extend_from_slice(&frame);
+            got.extend(drain(&mut queue, 2));
+        }
+        assert_eq!(got, expected);
+        queue.push_parts(&[b"abcd", b"efgh"]);
+        let pushed = queue.push_parts(&[b"ij", b"k"]);
+        assert_eq!(pushed.dropped, 1, "8 + 3 bytes do not fit in 10");
+        assert_eq!(drain(&mut queue, 64), b"ijk");
+        assert!(
+            !queue.push_parts(&[b"abcdef", b"ghijk"]).queued,
+            "larger than the ring"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The relay framing: what travels inside the WebSocket binary messages.
 //!
 //! Every relay message is exactly one binary WebSocket message (one frame, FIN set; see
-//! [`super`] for why fragmentation is refused). Its first byte is the type; NodeIds are the
-//! 16 raw bytes of the node's UUID, in the UUID's own (big-endian) byte order.
+//! [`super`] for why fragmentation is refused). Its first byte is the type; NodeIds and
+//! HostIds are the 16 raw bytes of the UUID, in the UUID's own (big-endian) byte order.
 //!
 //! ```text
 //! type  name            dir   layout (bytes)                              total
@@ -13,7 +13,15 @@
 //! 0x05  AUTH            C→S   [0x05][token: 1..=4096]                     1 + token
 //! 0x06  RECONNECT_HINT  S→C   [0x06]                                      1
 //! 0x07  READY           S→C   [0x07][own NodeId: 16]                      17
+//!                       S→M   [0x07][own HostId: 16]                      17
+//! 0x08  FORWARD         S→M   [0x08][dest NodeId: 16][src NodeId: 16]     33 + packet
+//!                             [packet: 0..=max]
 //! ```
+//!
+//! `C` is a node's client, `S` the relay server, `M` a mesh client: another relay host that
+//! opened this link to receive the packets this host's clients send to nodes connected there
+//! (see [`MeshClient`](super::MeshClient)). A mesh link carries data server → mesh client
+//! only; the mesh client sends no relay message at all.
 //!
 //! * **SEND → RECV.** A client sends a WireGuard packet to `dest` with SEND; the relay hands it
 //!   to `dest` as RECV carrying the *source* id instead. The two prefixes have the same
@@ -31,6 +39,20 @@
 //!   may send from then on (SENDs before it are dropped). It is not part of DERP's framing;
 //!   without it a client cannot tell "authenticated" from "verdict pending".
 //! * **RECONNECT_HINT**: the server is draining; reconnect (to another relay) at leisure.
+//! * **FORWARD** carries one SEND across hosts: the relay that received the SEND (host B)
+//!   pushes it to the host where `dest` is connected (host A) on the link A opened to B.
+//!   It is the RECV frame B built in place, with `dest` spliced in after the type byte:
+//!   B queues it from two slices without an intermediate buffer ([`encode_forward_head`]),
+//!   and A turns it back into a RECV frame in its input buffer with
+//!   [`forward_to_recv_in_place`]: the 17 bytes `[0x08][dest]` leave room for A's frame
+//!   header and the RECV type byte in front of `[src][packet]`, so the packet is never
+//!   copied on A before its destination's queue. A's hub takes the result as it takes any
+//!   frame from another core ([`Hub::handle_remote`](super::Hub::handle_remote)). Its
+//!   message is 16 bytes longer than the SEND it carries, so a mesh client accepts messages
+//!   of the cap plus 16 ([`WsConfig::max_mesh_message`](super::WsConfig::max_mesh_message)).
+//! * **READY on a mesh link** carries the HostId the mesh token named: the link is up.
+//!   Normal clients never receive FORWARD; a mesh client that sends any known relay type is
+//!   failed with 1008.
 //! * **Keepalive** is the WebSocket ping/pong, not a relay message.
 //! * Unknown types from a client are counted and ignored, so newer clients can talk to older
 //!   servers; clients should do the same.
@@ -48,6 +70,13 @@ pub const NODE_ID_LEN: usize = 16;
 /// Type byte plus a NodeId: the prefix of SEND and RECV, and all of PEER_GONE, PEER_PRESENT
 /// and READY.
 pub const PREFIX_LEN: usize = 1 + NODE_ID_LEN;
+
+/// Type byte plus two NodeIds: the prefix of FORWARD.
+pub const FORWARD_PREFIX_LEN: usize = 1 + 2 * NODE_ID_LEN;
+
+/// Length of the buffer [`encode_forward_head`] writes into: the largest server frame header
+/// plus `[0x08][dest]`.
+pub const MAX_FORWARD_HEAD: usize = MAX_SERVER_HEADER_LEN + PREFIX_LEN;
 
 /// Bytes to leave in front of a packet for [`encode_recv`]: the largest server frame header
 /// plus the RECV prefix.
@@ -72,8 +101,10 @@ pub enum MessageType {
     Auth = 0x05,
     /// 0x06: `[0x06]`, server to client.
     ReconnectHint = 0x06,
-    /// 0x07: `[0x07][node]`, server to client.
+    /// 0x07: `[0x07][node]` (or `[0x07][host]` on a mesh link), server to client.
     Ready = 0x07,
+    /// 0x08: `[0x08][dest][src][packet]`, server to mesh client.
+    Forward = 0x08,
 }
 
 /// A parsed relay message, borrowing the (unmasked) WebSocket payload.
@@ -104,8 +135,18 @@ pub enum Message<'a> {
     },
     /// The server is draining.
     ReconnectHint,
-    /// Authenticated as this node.
+    /// Authenticated as this node (on a mesh link: the 16 bytes are the HostId).
     Ready(NodeId),
+    /// `packet` from `src` (connected to the sending host) for `dest` (connected to the
+    /// receiving host).
+    Forward {
+        /// The destination node.
+        dest: NodeId,
+        /// The sending node.
+        src: NodeId,
+        /// The WireGuard packet.
+        packet: &'a [u8],
+    },
 }
 
 /// Why a relay message does not parse.
@@ -156,6 +197,11 @@ impl<'a> Message<'a> {
             MessageType::PeerGone => Self::PeerGone(node_only(body)?),
             MessageType::PeerPresent => Self::PeerPresent(node_only(body)?),
             MessageType::Ready => Self::Ready(node_only(body)?),
+            MessageType::Forward => {
+                let (dest, rest) = node_then(body)?;
+                let (src, packet) = node_then(rest)?;
+                Self::Forward { dest, src, packet }
+            }
             MessageType::Auth => {
                 if body.is_empty() || body.len() > MAX_TOKEN_LEN {
                     return Err(RelayError::BadToken);
@@ -173,6 +219,22 @@ impl<'a> Message<'a> {
     }
 }
 
+impl Message<'_> {
+    /// The message's type.
+    pub const fn kind(&self) -> MessageType {
+        match self {
+            Self::Send { .. } => MessageType::Send,
+            Self::Recv { .. } => MessageType::Recv,
+            Self::PeerGone(_) => MessageType::PeerGone,
+            Self::PeerPresent(_) => MessageType::PeerPresent,
+            Self::Auth { .. } => MessageType::Auth,
+            Self::ReconnectHint => MessageType::ReconnectHint,
+            Self::Ready(_) => MessageType::Ready,
+            Self::Forward { .. } => MessageType::Forward,
+        }
+    }
+}
+
 impl MessageType {
     /// The type for `byte`, if known.
     pub const fn from_byte(byte: u8) -> Option<Self> {
@@ -184,6 +246,7 @@ impl MessageType {
             0x05 => Some(Self::Auth),
             0x06 => Some(Self::ReconnectHint),
             0x07 => Some(Self::Ready),
+            0x08 => Some(Self::Forward),
             _ => None,
         }
     }
@@ -235,6 +298,59 @@ pub fn encode_recv(
     };
     let frame = send_to_recv_in_place(buf, start..packet.end, src)?;
     Ok(frame)
+}
+
+/// Writes the head of a FORWARD frame into `out`: the server frame header for a message of
+/// `recv_payload_len + NODE_ID_LEN` bytes, then `[0x08][dest]`; returns its length. The
+/// frame is complete when followed by the RECV payload `[0x02][src][packet]` without its
+/// type byte, `recv_payload_len - 1` bytes: so a RECV frame becomes a FORWARD frame with
+/// no copy but the one into the queue.
+pub fn encode_forward_head(
+    dest: &NodeId,
+    recv_payload_len: usize,
+    out: &mut [u8; MAX_FORWARD_HEAD],
+) -> usize {
+    let header_len = frame::header_len(recv_payload_len + NODE_ID_LEN, false);
+    // A header of at most MAX_SERVER_HEADER_LEN bytes always fits in front of the prefix.
+    let _ = frame::encode_header(
+        true,
+        OpCode::Binary,
+        recv_payload_len + NODE_ID_LEN,
+        None,
+        out,
+    );
+    if let Some(prefix) = out
+        .get_mut(header_len..header_len + PREFIX_LEN)
+        .and_then(|p| p.first_chunk_mut::<PREFIX_LEN>())
+    {
+        write_prefix(prefix, MessageType::Forward, dest);
+    }
+    header_len + PREFIX_LEN
+}
+
+/// Turns the FORWARD message at `buf[message]` into a complete server RECV frame, in place:
+/// `[0x02]` goes where the last byte of `dest` was, right before `[src][packet]`, and a
+/// binary frame header in front of it (there are `17 + header` bytes of room, at least 19,
+/// for at most [`MAX_SERVER_HEADER_LEN`]). Returns `dest` and the frame's range.
+pub fn forward_to_recv_in_place(
+    buf: &mut [u8],
+    message: Range<usize>,
+) -> Result<(NodeId, Range<usize>), BufferTooSmall> {
+    let too_small = BufferTooSmall {
+        needed: message.start + FORWARD_PREFIX_LEN,
+    };
+    let Some(prefix) = buf
+        .get(message.clone())
+        .and_then(|m| m.first_chunk::<FORWARD_PREFIX_LEN>())
+    else {
+        return Err(too_small);
+    };
+    let mut dest = [0u8; NODE_ID_LEN];
+    dest.copy_from_slice(&prefix[1..PREFIX_LEN]);
+    let recv = message.start + NODE_ID_LEN..message.end;
+    buf[recv.start] = MessageType::Recv as u8;
+    let frame = frame::write_header_before(buf, recv, OpCode::Binary)?;
+    Ok((node_id(dest), frame))
 }
 
 /// Encodes a SEND frame, masked with `mask` as a client must, with a copy of `packet` into
@@ -342,12 +458,36 @@ mod tests {
             Ok(Message::Auth { token: b"tok" })
         );
         assert_eq!(Message::parse(b"\x06"), Ok(Message::ReconnectHint));
+        let mut forward = vec![0x08];
+        forward.extend_from_slice(&A);
+        forward.extend_from_slice(&B);
+        assert_eq!(
+            Message::parse(&forward),
+            Ok(Message::Forward {
+                dest: node_id(A),
+                src: node_id(B),
+                packet: b""
+            })
+        );
+        forward.extend_from_slice(b"pkt");
+        assert_eq!(
+            Message::parse(&forward),
+            Ok(Message::Forward {
+                dest: node_id(A),
+                src: node_id(B),
+                packet: b"pkt"
+            })
+        );
     }
 
     #[test]
     fn refuses_bad_messages() {
         assert_eq!(Message::parse(&[]), Err(RelayError::Empty));
-        assert_eq!(Message::parse(&[0x08]), Err(RelayError::UnknownType(8)));
+        assert_eq!(Message::parse(&[0x09]), Err(RelayError::UnknownType(9)));
+        assert_eq!(
+            Message::parse(&[0x08; 32]),
+            Err(RelayError::BadLength(MessageType::Forward))
+        );
         assert_eq!(Message::parse(&[0]), Err(RelayError::UnknownType(0)));
         assert_eq!(
             Message::parse(&[0x01; 16]),
@@ -410,5 +550,42 @@ mod tests {
         );
         let len = encode_notice(MessageType::ReconnectHint, None, &mut out);
         assert_eq!(out[..len], hex!("82 01 06"));
+    }
+
+    #[test]
+    fn recv_frame_becomes_forward_and_back() {
+        for len in [0usize, 1, 90, 91, 200, 65_000] {
+            let packet: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            // On host B: a RECV frame from a local sender, as the hub builds it.
+            let mut buf = vec![0u8; HEADROOM + len];
+            buf[HEADROOM..].copy_from_slice(&packet);
+            let recv = encode_recv(&mut buf, HEADROOM..HEADROOM + len, &node_id(B)).unwrap();
+            let header = FrameHeader::parse(&buf[recv.clone()]).unwrap().unwrap();
+            let recv_payload = &buf[recv.start + header.header_len..recv.end];
+            let mut head = [0u8; MAX_FORWARD_HEAD];
+            let head_len = encode_forward_head(&node_id(A), recv_payload.len(), &mut head);
+            let mut wire = head[..head_len].to_vec();
+            wire.extend_from_slice(&recv_payload[1..]);
+            let forward = FrameHeader::parse(&wire).unwrap().unwrap();
+            assert_eq!(forward.frame_len(), Some(wire.len()));
+            assert_eq!(
+                (forward.opcode, forward.mask, forward.fin),
+                (OpCode::Binary, None, true)
+            );
+            let message = forward.header_len..wire.len();
+            assert_eq!(
+                Message::parse(&wire[message.clone()]),
+                Ok(Message::Forward {
+                    dest: node_id(A),
+                    src: node_id(B),
+                    packet: &packet
+                })
+            );
+            // A: back to the RECV frame, byte for byte, in place.
+            let (dest, frame) = forward_to_recv_in_place(&mut wire, message).unwrap();
+            assert_eq!(dest, node_id(A));
+            assert_eq!(&wire[frame], &buf[recv]);
+        }
+        assert!(forward_to_recv_in_place(&mut [0x08; 40], 8..40).is_err());
     }
 }

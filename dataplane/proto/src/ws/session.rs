@@ -4,14 +4,18 @@
 //! ```text
 //!  AwaitingHandshake ──101──▶ AwaitingAuth ──accept(node)──▶ Authenticated ──▶ Closing ──▶ Closed
 //!         │  (deadline)             │  (deadline)                 │  (keepalive)    (deadline)   ▲
+//!         │                         └──accept_mesh(host)──▶ Mesh ─┤                              │
 //!         └──4xx / timeout──────────┴──reject / timeout / violation┴─────────────────────────────┘
 //! ```
+//!
+//! A `Mesh` session is another relay host's link: it receives FORWARD frames and sends no
+//! relay message at all (see [`relay`]).
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Instant;
 
-use boson_shared::NodeId;
+use boson_shared::{HostId, NodeId};
 
 use super::WsConfig;
 use super::frame::{
@@ -26,8 +30,8 @@ use super::stats::{DropReason, Stats};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEvent<'a> {
     /// The client presented `token` (Bearer header, AUTH or text message). Check it and call
-    /// [`Session::accept`] or [`Session::reject`]; until then SENDs are dropped and the auth
-    /// deadline runs.
+    /// [`Session::accept`], [`Session::accept_mesh`] or [`Session::reject`]; until then SENDs
+    /// are dropped and the auth deadline runs.
     Authenticate {
         /// The token, opaque to the relay.
         token: &'a [u8],
@@ -113,6 +117,8 @@ pub enum Violation {
     BadToken,
     /// A second token while the first awaits its verdict (1008).
     DuplicateAuth,
+    /// A relay message of a known type from a mesh peer, which may send none (1008).
+    MeshMessage,
 }
 
 impl Violation {
@@ -124,7 +130,7 @@ impl Violation {
             Self::Fragmented | Self::Text => CloseCode::UNSUPPORTED_DATA,
             Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
             Self::BadClose(code) => code,
-            Self::BadToken | Self::DuplicateAuth => CloseCode::POLICY_VIOLATION,
+            Self::BadToken | Self::DuplicateAuth | Self::MeshMessage => CloseCode::POLICY_VIOLATION,
         }
     }
 
@@ -140,6 +146,7 @@ impl Violation {
             Self::BadClose(_) => "bad_close",
             Self::BadToken => "bad_token",
             Self::DuplicateAuth => "duplicate_auth",
+            Self::MeshMessage => "mesh_message",
         }
     }
 }
@@ -157,6 +164,8 @@ pub enum SessionState {
     },
     /// Authenticated as this node; relaying.
     Authenticated(NodeId),
+    /// Authenticated as this peer relay host; it receives FORWARD frames.
+    Mesh(HostId),
     /// A server-initiated Close is sent or queued; waiting for the client's.
     Closing,
     /// Done: flush [`Session::poll_transmit`] and close the connection.
@@ -197,7 +206,8 @@ const STAGING_LEN: usize = if MAX_RESPONSE_LEN > 2 + MAX_CONTROL_PAYLOAD {
 ///   at most the upgrade request or one frame per call; keep the unconsumed tail and call
 ///   again until it returns 0, then read more), [`handle_timeout`](Self::handle_timeout) at
 ///   [`poll_timeout`](Self::poll_timeout), [`accept`](Self::accept) /
-///   [`reject`](Self::reject) after [`SessionEvent::Authenticate`], [`close`](Self::close),
+///   [`accept_mesh`](Self::accept_mesh) / [`reject`](Self::reject) after
+///   [`SessionEvent::Authenticate`], [`close`](Self::close),
 ///   [`enqueue_frame`](Self::enqueue_frame) for frames from other sessions.
 /// * **Outputs**, drained in this order after every input: [`poll_event`](Self::poll_event)
 ///   until `None` (a `Packet` must be acted on before the next input), then
@@ -249,6 +259,9 @@ enum State {
     },
     Authenticated {
         node: NodeId,
+    },
+    Mesh {
+        host: HostId,
     },
     Closing {
         deadline: Instant,
@@ -330,9 +343,10 @@ impl Session {
         }
         let consumed = match self.state {
             State::AwaitingHandshake { .. } => self.handle_handshake(now, input),
-            State::AwaitingAuth { .. } | State::Authenticated { .. } | State::Closing { .. } => {
-                self.handle_frame(now, input)
-            }
+            State::AwaitingAuth { .. }
+            | State::Authenticated { .. }
+            | State::Mesh { .. }
+            | State::Closing { .. } => self.handle_frame(now, input),
             State::Closed => input.len(),
         };
         Ok(consumed)
@@ -407,7 +421,7 @@ impl Session {
             State::AwaitingHandshake { deadline }
             | State::AwaitingAuth { deadline, .. }
             | State::Closing { deadline, .. } => Some(deadline),
-            State::Authenticated { .. } => Some(match self.ping_sent {
+            State::Authenticated { .. } | State::Mesh { .. } => Some(match self.ping_sent {
                 Some(sent) => sent + self.config.pong_timeout,
                 None => self.last_rx + self.config.keepalive_interval,
             }),
@@ -429,7 +443,7 @@ impl Session {
                 self.stats.auth_timeouts += 1;
                 self.fail_with(CloseCode::POLICY_VIOLATION, CloseReason::AuthTimeout);
             }
-            State::Authenticated { .. } => match self.ping_sent {
+            State::Authenticated { .. } | State::Mesh { .. } => match self.ping_sent {
                 Some(sent) if now >= sent + self.config.pong_timeout => {
                     self.stats.idle_timeouts += 1;
                     self.fail_with(CloseCode::GOING_AWAY, CloseReason::IdleTimeout);
@@ -467,6 +481,24 @@ impl Session {
         Ok(())
     }
 
+    /// The owner accepted the token as the mesh token of relay host `host`: the session is
+    /// that host's mesh link from now on. Allocates the (larger) mesh queue and queues READY
+    /// with the host's id.
+    pub fn accept_mesh(&mut self, now: Instant, host: HostId) -> Result<(), SessionError> {
+        let State::AwaitingAuth { verdict: true, .. } = self.state else {
+            return Err(SessionError::NoVerdictPending);
+        };
+        self.clear_token();
+        self.state = State::Mesh { host };
+        self.stats.mesh_accepted += 1;
+        self.queue
+            .allocate(self.config.mesh_queue_bytes, self.config.mesh_queue_frames);
+        self.last_rx = now;
+        self.ping_sent = None;
+        self.enqueue_notice(MessageType::Ready, Some(&relay::node_id(*host.as_bytes())))?;
+        Ok(())
+    }
+
     /// The owner rejected the token: close with 1008.
     pub fn reject(&mut self, _now: Instant) -> Result<(), SessionError> {
         let State::AwaitingAuth { verdict: true, .. } = self.state else {
@@ -491,20 +523,33 @@ impl Session {
 
     /// Queues a complete server frame (from [`relay::send_to_recv_in_place`],
     /// [`relay::encode_recv`] or [`relay::encode_notice`]) toward the client, dropping the
-    /// oldest queued frames if the queue is full ([`DropReason::QueueFull`]).
+    /// oldest queued frames if the queue is full ([`DropReason::QueueFull`], or
+    /// [`DropReason::MeshQueueFull`] on a mesh link).
     pub fn enqueue_frame(&mut self, frame: &[u8]) -> Result<(), SessionError> {
-        if !matches!(self.state, State::Authenticated { .. }) {
-            return Err(SessionError::NotAuthenticated);
-        }
-        let pushed = self.queue.push(frame);
-        self.stats.drops.add(
-            DropReason::QueueFull,
-            pushed.dropped + u64::from(!pushed.queued),
-        );
-        if pushed.queued {
-            self.stats.queued.record(frame.len());
-        }
+        self.enqueue_parts(&[frame])?;
         Ok(())
+    }
+
+    /// Queues one frame made of `parts` back to back; returns whether it was queued.
+    pub(crate) fn enqueue_parts(&mut self, parts: &[&[u8]]) -> Result<bool, SessionError> {
+        let full = match self.state {
+            State::Authenticated { .. } => DropReason::QueueFull,
+            State::Mesh { .. } => DropReason::MeshQueueFull,
+            State::AwaitingHandshake { .. }
+            | State::AwaitingAuth { .. }
+            | State::Closing { .. }
+            | State::Closed => return Err(SessionError::NotAuthenticated),
+        };
+        let pushed = self.queue.push_parts(parts);
+        self.stats
+            .drops
+            .add(full, pushed.dropped + u64::from(!pushed.queued));
+        if pushed.queued {
+            self.stats
+                .queued
+                .record(parts.iter().map(|part| part.len()).sum());
+        }
+        Ok(pushed.queued)
     }
 
     /// Queues a PEER_GONE, PEER_PRESENT or READY about `node`, or a RECONNECT_HINT (`None`).
@@ -527,6 +572,7 @@ impl Session {
                 verdict_pending: verdict,
             },
             State::Authenticated { node } => SessionState::Authenticated(node),
+            State::Mesh { host } => SessionState::Mesh(host),
             State::Closing { .. } => SessionState::Closing,
             State::Closed => SessionState::Closed,
         }
@@ -538,6 +584,19 @@ impl Session {
             State::Authenticated { node } => Some(node),
             State::AwaitingHandshake { .. }
             | State::AwaitingAuth { .. }
+            | State::Mesh { .. }
+            | State::Closing { .. }
+            | State::Closed => None,
+        }
+    }
+
+    /// The peer relay host, if the session is a mesh link.
+    pub const fn host(&self) -> Option<HostId> {
+        match self.state {
+            State::Mesh { host } => Some(host),
+            State::AwaitingHandshake { .. }
+            | State::AwaitingAuth { .. }
+            | State::Authenticated { .. }
             | State::Closing { .. }
             | State::Closed => None,
         }
@@ -671,6 +730,7 @@ impl Session {
             State::AwaitingAuth { verdict: true, .. } => self.fail(Violation::DuplicateAuth),
             State::AwaitingHandshake { .. }
             | State::Authenticated { .. }
+            | State::Mesh { .. }
             | State::Closing { .. }
             | State::Closed => self.fail(Violation::Text),
         }
@@ -678,6 +738,16 @@ impl Session {
 
     /// A binary message `payload`, which starts at `offset` in the input.
     fn handle_binary(&mut self, payload: &[u8], offset: usize) {
+        if let State::Mesh { .. } = self.state {
+            // The mesh client sends no relay message; unknown types stay ignored, for newer
+            // peers.
+            match payload.first().map(|&kind| MessageType::from_byte(kind)) {
+                None => self.stats.drops.record(DropReason::Malformed),
+                Some(None) => self.stats.drops.record(DropReason::UnknownType),
+                Some(Some(_)) => self.fail(Violation::MeshMessage),
+            }
+            return;
+        }
         let message = match Message::parse(payload) {
             Ok(message) => message,
             Err(RelayError::UnknownType(_)) => {
@@ -774,7 +844,7 @@ impl Session {
                 self.close_sent = true;
                 self.finish(reason);
             }
-            State::AwaitingAuth { .. } | State::Authenticated { .. } => {
+            State::AwaitingAuth { .. } | State::Authenticated { .. } | State::Mesh { .. } => {
                 self.clear_token();
                 self.discard_queue();
                 self.queue_close(ControlFrame::close(code, reason.as_str()));
@@ -1302,6 +1372,94 @@ mod tests {
             hex!("8a 01 70"),
             "pong after the frame in progress"
         );
+    }
+
+    #[test]
+    fn a_mesh_peer_gets_ready_with_its_host_and_may_send_no_message() {
+        let t0 = test_epoch();
+        let host = HostId::from_bytes([0x11; 16]);
+        let mut session = upgraded(t0);
+        assert_eq!(
+            session.accept_mesh(t0, host),
+            Err(SessionError::NoVerdictPending)
+        );
+        feed(
+            &mut session,
+            t0,
+            &client_frame(true, OpCode::Text, b"mesh.tok"),
+        );
+        assert_eq!(events(&mut session).len(), 1);
+        session.accept_mesh(t0, host).unwrap();
+        assert_eq!(session.state(), SessionState::Mesh(host));
+        assert_eq!((session.node(), session.host()), (None, Some(host)));
+        assert_eq!(
+            drain(&mut session),
+            hex!("82 11 07 11111111111111111111111111111111")
+        );
+        assert_eq!(session.stats().mesh_accepted, 1);
+        // Keepalive as for nodes.
+        assert_eq!(session.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        feed(&mut session, t0, &client_frame(true, OpCode::Ping, b"p"));
+        assert_eq!(drain(&mut session), hex!("8a 01 70"));
+        // Unknown types are ignored, for newer peers; an empty message is malformed.
+        feed(
+            &mut session,
+            t0,
+            &client_frame(true, OpCode::Binary, b"\x7fnew"),
+        );
+        feed(&mut session, t0, &client_frame(true, OpCode::Binary, b""));
+        assert_eq!(session.stats().drops.get(DropReason::UnknownType), 1);
+        assert_eq!(session.stats().drops.get(DropReason::Malformed), 1);
+        assert_eq!(session.state(), SessionState::Mesh(host));
+        // Any known relay message fails the link.
+        for message in [&b"\x01short"[..], b"\x05token", &[0x08; 40]] {
+            let mut session = upgraded(t0);
+            feed(
+                &mut session,
+                t0,
+                &client_frame(true, OpCode::Text, b"mesh.tok"),
+            );
+            session.accept_mesh(t0, host).unwrap();
+            drain(&mut session);
+            feed(
+                &mut session,
+                t0,
+                &client_frame(true, OpCode::Binary, message),
+            );
+            assert_eq!(
+                closed_with(&mut session),
+                (
+                    Some(CloseCode::POLICY_VIOLATION),
+                    CloseReason::PeerMisbehaved(Violation::MeshMessage)
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_mesh_queue_is_the_mesh_size_and_counts_its_own_drops() {
+        let t0 = test_epoch();
+        let config = WsConfig::new()
+            .with_max_message(1024)
+            .unwrap()
+            .with_mesh_queue(3, 4096)
+            .unwrap();
+        let mut session = Session::new(config, t0);
+        feed(&mut session, t0, UPGRADE);
+        feed(
+            &mut session,
+            t0,
+            &client_frame(true, OpCode::Text, b"mesh.tok"),
+        );
+        session
+            .accept_mesh(t0, HostId::from_bytes([1; 16]))
+            .unwrap();
+        for _ in 0..5 {
+            session.enqueue_frame(&[0x82, 0x01, 0x08]).unwrap();
+        }
+        assert_eq!(session.queued_frames(), 3, "READY went first");
+        assert_eq!(session.stats().drops.get(DropReason::MeshQueueFull), 3);
+        assert_eq!(session.stats().drops.get(DropReason::QueueFull), 0);
     }
 
     #[test]

@@ -24,17 +24,24 @@ pub enum DropReason {
     PeerGone,
     /// Frames still queued when the session closed.
     Closing,
+    /// A FORWARD frame toward a mesh peer was dropped to make room for a newer one (the peer
+    /// host reads slower than this host's clients send to its nodes), or found no room.
+    MeshQueueFull,
+    /// A packet for a host that has no mesh link to this hub (not connected, or gone).
+    NoMeshLink,
 }
 
 impl DropReason {
     /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::QueueFull,
         Self::Unauthenticated,
         Self::UnknownType,
         Self::Malformed,
         Self::PeerGone,
         Self::Closing,
+        Self::MeshQueueFull,
+        Self::NoMeshLink,
     ];
 
     /// Number of reasons.
@@ -49,6 +56,8 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::PeerGone => "peer_gone",
             Self::Closing => "closing",
+            Self::MeshQueueFull => "mesh_queue_full",
+            Self::NoMeshLink => "no_mesh_link",
         }
     }
 
@@ -101,14 +110,18 @@ pub struct Stats {
     pub sessions: u64,
     /// Gauge (hub): authenticated sessions (nodes reachable here).
     pub authenticated: u64,
+    /// Gauge (hub): mesh sessions (peer hosts that receive their nodes' packets from here).
+    pub mesh_sessions: u64,
     /// Upgrade requests answered with 101.
     pub handshakes: u64,
     /// Upgrade requests refused with an HTTP error.
     pub handshake_failures: u64,
     /// Connections closed for not completing the upgrade in time.
     pub handshake_timeouts: u64,
-    /// Sessions the owner accepted.
+    /// Sessions the owner accepted as a node.
     pub auth_accepted: u64,
+    /// Sessions the owner accepted as a mesh peer.
+    pub mesh_accepted: u64,
     /// Sessions the owner rejected.
     pub auth_rejected: u64,
     /// Sessions closed for not authenticating in time.
@@ -135,6 +148,8 @@ pub struct Stats {
     pub forwarded_local: u64,
     /// (hub) SENDs handed to the shell for another core or host.
     pub forwarded_remote: u64,
+    /// (hub) FORWARD frames queued to mesh peers (bytes: whole frames).
+    pub forwarded_mesh: RelayCounters,
     /// (hub) PEER_GONE messages queued.
     pub peer_gone_sent: u64,
     /// (hub) PEER_GONE messages the per-pair rate limit held back.
@@ -143,16 +158,43 @@ pub struct Stats {
     pub drops: DropCounters,
 }
 
+/// Counters of one [`MeshClient`](super::MeshClient): the receiving end of a mesh link.
+/// Monotonic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MeshStats {
+    /// FORWARD packets delivered (bytes: WireGuard packet bytes).
+    pub delivered: RelayCounters,
+    /// Answers to the upgrade refused (not an acceptable 101).
+    pub handshake_failures: u64,
+    /// Keepalive pings sent.
+    pub pings_sent: u64,
+    /// Pongs sent in answer to server pings.
+    pub pongs_sent: u64,
+    /// Relay messages of a type this version does not know; ignored.
+    pub unknown_types: u64,
+    /// Relay messages that do not parse; ignored.
+    pub malformed: u64,
+    /// Links failed for a server's protocol violation.
+    pub protocol_errors: u64,
+    /// Links closed because a keepalive ping went unanswered.
+    pub idle_timeouts: u64,
+    /// Links the server closed with a Close frame.
+    pub peer_closes: u64,
+}
+
 impl Stats {
     /// Adds `other`'s counters (gauges included) to these.
     pub(crate) fn merge(&mut self, other: &Self) {
         let Self {
             sessions,
             authenticated,
+            mesh_sessions,
             handshakes,
             handshake_failures,
             handshake_timeouts,
             auth_accepted,
+            mesh_accepted,
             auth_rejected,
             auth_timeouts,
             replaced,
@@ -166,16 +208,19 @@ impl Stats {
             queued,
             forwarded_local,
             forwarded_remote,
+            forwarded_mesh,
             peer_gone_sent,
             peer_gone_suppressed,
             drops,
         } = other;
         self.sessions += sessions;
         self.authenticated += authenticated;
+        self.mesh_sessions += mesh_sessions;
         self.handshakes += handshakes;
         self.handshake_failures += handshake_failures;
         self.handshake_timeouts += handshake_timeouts;
         self.auth_accepted += auth_accepted;
+        self.mesh_accepted += mesh_accepted;
         self.auth_rejected += auth_rejected;
         self.auth_timeouts += auth_timeouts;
         self.replaced += replaced;
@@ -191,6 +236,8 @@ impl Stats {
         self.queued.bytes += queued.bytes;
         self.forwarded_local += forwarded_local;
         self.forwarded_remote += forwarded_remote;
+        self.forwarded_mesh.packets += forwarded_mesh.packets;
+        self.forwarded_mesh.bytes += forwarded_mesh.bytes;
         self.peer_gone_sent += peer_gone_sent;
         self.peer_gone_suppressed += peer_gone_suppressed;
         self.drops.merge(drops);

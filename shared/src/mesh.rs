@@ -1,0 +1,439 @@
+//! Mesh credentials: how one relay host proves to another that it belongs to the same
+//! deployment, so the other pushes it the packets of nodes connected to it.
+//!
+//! Every host holds the same mesh key (configured, never sent). A host that opens a mesh
+//! link presents a bearer token, in the upgrade request's `Authorization` header:
+//!
+//! ```text
+//! token = "mesh." <host> "." <secs> "." <sig>
+//!   host = the connecting host's id: a UUID, hyphenated lower case (36 characters)
+//!   secs = unix seconds at minting: decimal, no sign, no leading zero (1 to 20 digits)
+//!   sig  = base64url without padding (43 characters) of
+//!          HMAC-SHA256(key, "boson-mesh-v1|" <host> "|" <secs>)
+//! ```
+//!
+//! The token fits the `token68` grammar of a bearer header. The receiving host accepts it
+//! while `secs` is within a skew window of its own clock ([`DEFAULT_MAX_SKEW`], ±5 min):
+//! tokens are minted per connection, so the window only has to cover clock skew and the
+//! connect time. Within the window a token can be replayed by whoever saw it: mesh links
+//! run over TLS, and the token authenticates the host, not the channel.
+//!
+//! Several keys can be valid at once, newest first: the first signs, all verify, so a key
+//! is rotated by adding the new one behind the old on every host, then moving it to the
+//! front, then dropping the old one.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use crate::plane::HostId;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What every mesh token starts with; [`is_mesh_token`] tells them from node tokens by it.
+pub const MESH_TOKEN_PREFIX: &str = "mesh.";
+
+/// Shortest mesh key accepted: 32 bytes, the output size of SHA-256, so the key is never the
+/// weaker half of the HMAC.
+pub const MIN_KEY_LEN: usize = 32;
+
+/// Default skew window of [`MeshKey::verify`]: ±5 minutes, well above NTP-synced skew plus
+/// a connect, well below a useful replay window.
+pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// Domain separation: the versioned label in front of every signed message.
+const CONTEXT: &str = "boson-mesh-v1";
+
+/// Length of a hyphenated UUID.
+const HOST_LEN: usize = 36;
+
+/// Most digits of the seconds field: `u64::MAX` has 20.
+const MAX_SECS_DIGITS: usize = 20;
+
+/// Length of the base64url (unpadded) text of an HMAC-SHA256 tag.
+const SIG_LEN: usize = 43;
+
+/// Length of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+
+/// The mesh keys of a deployment, newest first: the first signs, all verify. Never printed.
+#[derive(Clone)]
+pub struct MeshKey {
+    keys: Vec<Vec<u8>>,
+}
+
+/// Why a mesh key is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshKeyError {
+    /// No key given.
+    #[error("no mesh key configured")]
+    NoKey,
+    /// A key shorter than [`MIN_KEY_LEN`].
+    #[error("mesh key {index} has {len} bytes, fewer than {MIN_KEY_LEN}")]
+    TooShort {
+        /// Its position in the list, 0 for the signing key.
+        index: usize,
+        /// Its length.
+        len: usize,
+    },
+}
+
+/// Why a mesh token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshTokenError {
+    /// The token does not start with [`MESH_TOKEN_PREFIX`]: it is not a mesh token at all.
+    #[error("not a mesh token")]
+    NotMesh,
+    /// A mesh token that does not follow the grammar (see the module doc).
+    #[error("malformed mesh token")]
+    Malformed,
+    /// No configured key produces the signature: a wrong key, or an altered host or time.
+    #[error("mesh token signature does not verify")]
+    BadSignature,
+    /// Minted more than the skew window before `now`.
+    #[error("mesh token minted at {minted}, too long before {now}")]
+    Stale {
+        /// The token's seconds.
+        minted: u64,
+        /// The verifier's clock.
+        now: u64,
+    },
+    /// Minted more than the skew window after `now`.
+    #[error("mesh token minted at {minted}, too far after {now}")]
+    FromFuture {
+        /// The token's seconds.
+        minted: u64,
+        /// The verifier's clock.
+        now: u64,
+    },
+}
+
+/// Whether `token` is a mesh token (by its prefix), so the owner of a relay session knows to
+/// check it with [`MeshKey::verify`] rather than as a node token.
+pub fn is_mesh_token(token: &[u8]) -> bool {
+    token.starts_with(MESH_TOKEN_PREFIX.as_bytes())
+}
+
+impl MeshKey {
+    /// One key.
+    pub fn new(key: impl Into<Vec<u8>>) -> Result<Self, MeshKeyError> {
+        let key = Self::with_keys([key.into()])?;
+        Ok(key)
+    }
+
+    /// Several keys, newest first: the first signs, all verify.
+    pub fn with_keys(keys: impl IntoIterator<Item = Vec<u8>>) -> Result<Self, MeshKeyError> {
+        let keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        if keys.is_empty() {
+            return Err(MeshKeyError::NoKey);
+        }
+        if let Some((index, key)) = keys
+            .iter()
+            .enumerate()
+            .find(|(_, key)| key.len() < MIN_KEY_LEN)
+        {
+            return Err(MeshKeyError::TooShort {
+                index,
+                len: key.len(),
+            });
+        }
+        Ok(Self { keys })
+    }
+
+    /// The token `host` presents at `unix_now` (seconds), signed with the first key.
+    pub fn token(&self, host: HostId, unix_now: u64) -> String {
+        let mut host_text = [0u8; HOST_LEN];
+        let host_text = host.0.hyphenated().encode_lower(&mut host_text);
+        let secs = unix_now.to_string();
+        let tag = self.keys.first().map_or([0; TAG_LEN], |key| {
+            mac(key, host_text, &secs).finalize().into_bytes().into()
+        });
+        let mut token = String::with_capacity(MESH_TOKEN_PREFIX.len() + HOST_LEN + 22 + SIG_LEN);
+        token.push_str(MESH_TOKEN_PREFIX);
+        token.push_str(host_text);
+        token.push('.');
+        token.push_str(&secs);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag, &mut token);
+        token
+    }
+
+    /// Checks `token` at `unix_now` (seconds): the host it names if the signature verifies
+    /// under any key (compared in constant time) and it was minted within `max_skew` of
+    /// `unix_now`, either way.
+    pub fn verify(
+        &self,
+        token: &[u8],
+        unix_now: u64,
+        max_skew: Duration,
+    ) -> Result<HostId, MeshTokenError> {
+        let parsed = Parsed::parse(token)?;
+        let verifies = self.keys.iter().any(|key| {
+            mac(key, parsed.host_text, parsed.secs_text)
+                .verify_slice(&parsed.tag)
+                .is_ok()
+        });
+        if !verifies {
+            return Err(MeshTokenError::BadSignature);
+        }
+        let skew = max_skew.as_secs();
+        if parsed.secs < unix_now.saturating_sub(skew) {
+            return Err(MeshTokenError::Stale {
+                minted: parsed.secs,
+                now: unix_now,
+            });
+        }
+        if parsed.secs > unix_now.saturating_add(skew) {
+            return Err(MeshTokenError::FromFuture {
+                minted: parsed.secs,
+                now: unix_now,
+            });
+        }
+        Ok(parsed.host)
+    }
+}
+
+impl fmt::Debug for MeshKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MeshKey(<{} redacted>)", self.keys.len())
+    }
+}
+
+/// HMAC-SHA256 over `CONTEXT|host|secs`.
+fn mac(key: &[u8], host: &str, secs: &str) -> HmacSha256 {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(CONTEXT.as_bytes());
+    mac.update(b"|");
+    mac.update(host.as_bytes());
+    mac.update(b"|");
+    mac.update(secs.as_bytes());
+    mac
+}
+
+/// A token split into its fields, each in the one canonical spelling the signature covers.
+struct Parsed<'a> {
+    host: HostId,
+    host_text: &'a str,
+    secs: u64,
+    secs_text: &'a str,
+    tag: [u8; TAG_LEN],
+}
+
+impl<'a> Parsed<'a> {
+    fn parse(token: &'a [u8]) -> Result<Self, MeshTokenError> {
+        if !is_mesh_token(token) {
+            return Err(MeshTokenError::NotMesh);
+        }
+        let token = std::str::from_utf8(token).map_err(|_| MeshTokenError::Malformed)?;
+        let rest = &token[MESH_TOKEN_PREFIX.len()..];
+        let mut fields = rest.split('.');
+        let (Some(host_text), Some(secs_text), Some(sig), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(MeshTokenError::Malformed);
+        };
+        // One spelling per host: hyphenated lower case, as `token` writes it.
+        let host = Uuid::try_parse(host_text).map_err(|_| MeshTokenError::Malformed)?;
+        let mut canonical = [0u8; HOST_LEN];
+        if host.hyphenated().encode_lower(&mut canonical) != host_text {
+            return Err(MeshTokenError::Malformed);
+        }
+        // One spelling per number: digits only, no leading zero.
+        let digits_ok = !secs_text.is_empty()
+            && secs_text.len() <= MAX_SECS_DIGITS
+            && secs_text.bytes().all(|b| b.is_ascii_digit())
+            && (secs_text == "0" || !secs_text.starts_with('0'));
+        if !digits_ok {
+            return Err(MeshTokenError::Malformed);
+        }
+        let secs = secs_text.parse().map_err(|_| MeshTokenError::Malformed)?;
+        let mut tag = [0u8; TAG_LEN];
+        // 43 characters decode to exactly 32 bytes; the engine refuses non-zero trailing
+        // bits, so the signature has one spelling too.
+        let decoded_ok =
+            sig.len() == SIG_LEN && URL_SAFE_NO_PAD.decode_slice(sig, &mut tag) == Ok(TAG_LEN);
+        if !decoded_ok {
+            return Err(MeshTokenError::Malformed);
+        }
+        Ok(Self {
+            host: HostId(host),
+            host_text,
+            secs,
+            secs_text,
+            tag,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"boson mesh test key, 32+ bytes long!";
+    const HOST: &str = "550e8400-e29b-41d4-a716-446655440000";
+    const NOW: u64 = 1_700_000_000;
+    /// Computed independently with
+    /// `printf '%s' 'boson-mesh-v1|550e8400-e29b-41d4-a716-446655440000|1700000000' |
+    /// openssl dgst -sha256 -hmac 'boson mesh test key, 32+ bytes long!' -binary |
+    /// base64 | tr '+/' '-_' | tr -d '='`.
+    const VECTOR: &str = "mesh.550e8400-e29b-41d4-a716-446655440000.1700000000.jYSKpDaJQvdIfPmF-MQbDI9fi9TYVY4kTtuUfJgj328";
+
+    fn host() -> HostId {
+        HOST.parse().unwrap()
+    }
+
+    fn key() -> MeshKey {
+        MeshKey::new(KEY).unwrap()
+    }
+
+    #[test]
+    fn token_matches_an_independent_hmac() {
+        assert_eq!(key().token(host(), NOW), VECTOR);
+        assert_eq!(
+            key().verify(VECTOR.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            Ok(host())
+        );
+        assert!(is_mesh_token(VECTOR.as_bytes()));
+        // It passes as a bearer token68.
+        assert!(
+            VECTOR
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+        );
+    }
+
+    #[test]
+    fn keys_must_be_long_enough() {
+        assert_eq!(
+            MeshKey::new(&KEY[..31]).unwrap_err(),
+            MeshKeyError::TooShort { index: 0, len: 31 }
+        );
+        assert_eq!(
+            MeshKey::with_keys([KEY.to_vec(), vec![1; 8]]).unwrap_err(),
+            MeshKeyError::TooShort { index: 1, len: 8 }
+        );
+        assert_eq!(MeshKey::with_keys([]).unwrap_err(), MeshKeyError::NoKey);
+        assert_eq!(format!("{:?}", key()), "MeshKey(<1 redacted>)");
+    }
+
+    #[test]
+    fn rotation_first_signs_all_verify() {
+        let new = vec![0x42; 32];
+        let rotated = MeshKey::with_keys([new.clone(), KEY.to_vec()]).unwrap();
+        assert_eq!(
+            rotated.verify(VECTOR.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            Ok(host()),
+            "old tokens still verify"
+        );
+        let token = rotated.token(host(), NOW);
+        assert_ne!(token, VECTOR, "the new key signs");
+        assert_eq!(
+            MeshKey::new(new)
+                .unwrap()
+                .verify(token.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            Ok(host())
+        );
+        assert_eq!(
+            key().verify(token.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            Err(MeshTokenError::BadSignature),
+            "hosts without the new key refuse it"
+        );
+    }
+
+    #[test]
+    fn wrong_key_and_altered_fields_fail_the_signature() {
+        let other = MeshKey::new([7u8; 32]).unwrap();
+        assert_eq!(
+            other.verify(VECTOR.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            Err(MeshTokenError::BadSignature)
+        );
+        // Host mismatch: the signature covers the host, so naming another one fails.
+        let other_host = VECTOR.replace("550e8400", "550e8401");
+        assert_eq!(
+            key().verify(other_host.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            Err(MeshTokenError::BadSignature)
+        );
+        let other_time = VECTOR.replace("1700000000", "1700000001");
+        assert_eq!(
+            key().verify(other_time.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            Err(MeshTokenError::BadSignature)
+        );
+        let mut flipped = VECTOR.as_bytes().to_vec();
+        let last = flipped.len() - 2;
+        flipped[last] = b'A';
+        assert_eq!(
+            key().verify(&flipped, NOW, DEFAULT_MAX_SKEW),
+            Err(MeshTokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn skew_window_both_ways() {
+        let skew = DEFAULT_MAX_SKEW;
+        let token = VECTOR.as_bytes();
+        assert!(key().verify(token, NOW + 300, skew).is_ok());
+        assert!(key().verify(token, NOW - 300, skew).is_ok());
+        assert_eq!(
+            key().verify(token, NOW + 301, skew),
+            Err(MeshTokenError::Stale {
+                minted: NOW,
+                now: NOW + 301
+            })
+        );
+        assert_eq!(
+            key().verify(token, NOW - 301, skew),
+            Err(MeshTokenError::FromFuture {
+                minted: NOW,
+                now: NOW - 301
+            })
+        );
+        // No overflow at the ends of time.
+        let late = key().token(host(), u64::MAX);
+        assert!(key().verify(late.as_bytes(), u64::MAX, skew).is_ok());
+        let early = key().token(host(), 0);
+        assert!(key().verify(early.as_bytes(), 0, skew).is_ok());
+        assert!(key().verify(early.as_bytes(), 300, skew).is_ok());
+    }
+
+    #[test]
+    fn malformed_tokens() {
+        let k = key();
+        let verify = |token: &str| k.verify(token.as_bytes(), NOW, DEFAULT_MAX_SKEW);
+        assert_eq!(verify("eyJhbGciOi.x.y"), Err(MeshTokenError::NotMesh));
+        assert_eq!(verify(""), Err(MeshTokenError::NotMesh));
+        assert!(!is_mesh_token(b"MESH.x"));
+        let sig = &VECTOR[VECTOR.len() - SIG_LEN..];
+        for bad in [
+            "mesh.".to_owned(),
+            "mesh...".to_owned(),
+            format!("mesh.{HOST}.1700000000"),
+            format!("mesh.{HOST}.1700000000.{sig}.extra"),
+            format!("mesh.{}.1700000000.{sig}", HOST.to_uppercase()),
+            format!("mesh.{}.1700000000.{sig}", HOST.replace('-', "")),
+            format!("mesh.{HOST}.01700000000.{sig}"),
+            format!("mesh.{HOST}.+1700000000.{sig}"),
+            format!("mesh.{HOST}..{sig}"),
+            format!("mesh.{HOST}.99999999999999999999.{sig}"),
+            format!("mesh.{HOST}.123456789012345678901.{sig}"),
+            format!("mesh.{HOST}.1700000000.{sig}="),
+            format!("mesh.{HOST}.1700000000.{}", &sig[1..]),
+            format!("mesh.{HOST}.1700000000.{}", sig.replace('-', "+")),
+            // Non-zero trailing bits: another spelling of a near-identical tag.
+            format!("mesh.{HOST}.1700000000.{}9", &sig[..SIG_LEN - 1]),
+        ] {
+            assert_eq!(verify(&bad), Err(MeshTokenError::Malformed), "{bad}");
+        }
+        assert_eq!(
+            k.verify(b"mesh.\xff\xfe", NOW, DEFAULT_MAX_SKEW),
+            Err(MeshTokenError::Malformed)
+        );
+    }
+}
