@@ -102,16 +102,15 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     });
     let relay = args
         .relay
-        .config(auth, Some(events.clone()))
+        .config(auth, Some(events.clone()), config.host.id)
         .context("invalid configuration")?;
     let dataplane = plan.with_relay(relay).start()?;
     if !explicit_turn_port {
         config.turn.port = dataplane.local_addr().port();
     }
-    let applier = CommandApplier::new(
-        grants,
-        dataplane.relay_addr().map(|_| dataplane.relay_handle()),
-    );
+    let relay_handle = dataplane.relay_handle();
+    let applier = CommandApplier::new(grants, relay_handle.clone());
+    let mesh = relay_handle.filter(|_| args.relay.mesh_enabled());
     // A fresh dataplane holds no grants: ask for all of them.
     events(boson_shared::plane::Event::NeedGrants);
     let reader = dataplane.stats_reader();
@@ -121,6 +120,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let planes = Planes {
         metrics,
         applier,
+        mesh,
         events: event_rx,
         load: Box::new(move || host_load(&load_reader.read())),
     };
@@ -141,6 +141,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 struct Planes {
     metrics: boson_control::MetricsSource,
     applier: CommandApplier,
+    /// The relay, when it links to other hosts.
+    mesh: Option<boson_dataplane::relay::RelayHandle>,
     events: tokio::sync::mpsc::UnboundedReceiver<boson_shared::plane::Event>,
     load: Box<dyn Fn() -> boson_control::hosts::HostLoad + Send + Sync>,
 }
@@ -164,6 +166,7 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
         let Planes {
             metrics,
             applier,
+            mesh,
             mut events,
             load,
         } = planes;
@@ -175,6 +178,10 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
                 events_state.handle_event(event).await;
             }
         });
+        if let Some(relay) = mesh {
+            let interval = state.config.host.heartbeat_interval;
+            tokio::spawn(relay::mesh_links_forever(state.clone(), relay, interval));
+        }
         let load_state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

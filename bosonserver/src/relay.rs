@@ -13,10 +13,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 use boson_control::auth::Tokens;
 use boson_control::clock::{Clock, UnixMillis};
-use boson_dataplane::relay::{AuthError, RelayCommand, RelayConfig, RelayHandle, TlsSource};
+use boson_dataplane::relay::{
+    AuthError, MeshLink, MeshSettings, RelayCommand, RelayConfig, RelayHandle, TlsSource,
+};
 use boson_shared::NodeId;
 use boson_shared::plane::{Command, Grant};
 
@@ -43,14 +45,32 @@ pub(crate) struct RelayArgs {
     /// Relay connections one worker accepts before refusing new ones.
     #[arg(long, env = "BOSON_RELAY_MAX_CONNECTIONS", default_value_t = 65_536)]
     relay_max_connections: usize,
+
+    /// Shared key(s) of the relay mesh, at least 32 bytes each, comma separated, newest first
+    /// (it signs; all verify). With it, this host links to every live relay host in the
+    /// registry and forwards packets for their nodes; without it, it relays only between its
+    /// own nodes.
+    #[arg(
+        long,
+        env = "BOSON_MESH_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    mesh_key: Vec<String>,
 }
 
 impl RelayArgs {
+    /// Whether the relay links to other hosts.
+    pub(crate) fn mesh_enabled(&self) -> bool {
+        !self.no_relay && !self.mesh_key.is_empty()
+    }
+
     /// The dataplane's relay configuration, authenticating with `auth`; `None` when disabled.
     pub(crate) fn config(
         &self,
         auth: Arc<RelayAuth>,
         events: Option<boson_dataplane::relay::EventSink>,
+        host: boson_shared::plane::HostId,
     ) -> anyhow::Result<Option<RelayConfig>> {
         if self.no_relay {
             return Ok(None);
@@ -63,6 +83,13 @@ impl RelayArgs {
         config.listen = self.relay_listen;
         config.max_connections_per_worker = self.relay_max_connections;
         config.events = events;
+        if !self.mesh_key.is_empty() {
+            let key = boson_shared::MeshKey::with_keys(
+                self.mesh_key.iter().map(|k| k.as_bytes().to_vec()),
+            )
+            .context("invalid --mesh-key")?;
+            config.mesh = Some(MeshSettings { host, key });
+        }
         config.tls = match (&self.relay_cert, &self.relay_key) {
             (Some(cert), Some(key)) => Some(TlsSource {
                 cert: cert.clone(),
@@ -151,6 +178,7 @@ impl CommandApplier {
     }
 
     pub(crate) fn apply(&self, command: &Command) {
+        tracing::debug!(?command, "control → dataplane");
         match command {
             Command::Grant(grant) => {
                 let old = self.grants.write().insert(grant.node, *grant);
@@ -165,9 +193,12 @@ impl CommandApplier {
             }
             Command::ClearGrants => self.grants.write().clear(),
             Command::Drain { .. } => self.relay(&RelayCommand::Drain),
-            // TURN secrets and quotas are fixed at start in this process; presence of nodes on
-            // other hosts is for the mesh.
-            Command::TurnSecrets(_) | Command::TurnQuota { .. } | Command::Presence { .. } | _ => {}
+            Command::Presence { node, host } => self.relay(&RelayCommand::Presence {
+                node: *node,
+                host: *host,
+            }),
+            // TURN secrets and quotas are fixed at start in this process.
+            Command::TurnSecrets(_) | Command::TurnQuota { .. } | _ => {}
         }
     }
 
@@ -176,6 +207,68 @@ impl CommandApplier {
             relay.send(command);
         }
     }
+}
+
+/// Keeps a mesh link open to every live relay host in the registry: each host receives,
+/// over the link it opened, what the other host's nodes send to its nodes.
+pub(crate) async fn mesh_links_forever(
+    state: boson_control::AppState,
+    relay: RelayHandle,
+    interval: std::time::Duration,
+) {
+    let own = state.host_id();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        let hosts = match state.live_hosts().await {
+            Ok(hosts) => hosts,
+            Err(error) => {
+                tracing::debug!("mesh: cannot list relay hosts: {error}");
+                continue;
+            }
+        };
+        let linked = relay.mesh_links();
+        for host in hosts {
+            if host.host_id == own || linked.contains(&host.host_id) {
+                continue;
+            }
+            let Some(url) = host.addresses.relay_url.as_deref() else {
+                continue;
+            };
+            let Some((authority, path)) = parse_ws_url(url) else {
+                tracing::warn!(host = %host.host_id, url, "mesh: only ws:// relay URLs are linked");
+                continue;
+            };
+            let connect = tokio::net::TcpStream::connect(authority);
+            match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
+                Ok(Ok(stream)) => match stream.into_std() {
+                    Ok(stream) => {
+                        relay.mesh_link(MeshLink {
+                            host: host.host_id,
+                            stream,
+                            authority: authority.to_owned(),
+                            path: path.to_owned(),
+                        });
+                    }
+                    Err(error) => tracing::warn!("mesh: {error}"),
+                },
+                Ok(Err(error)) => {
+                    tracing::debug!(host = %host.host_id, url, "mesh: cannot connect: {error}");
+                }
+                Err(_) => tracing::debug!(host = %host.host_id, url, "mesh: connect timed out"),
+            }
+        }
+    }
+}
+
+/// `ws://AUTHORITY/PATH` → (authority, path).
+fn parse_ws_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("ws://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/relay"),
+    };
+    (!authority.is_empty()).then_some((authority, path))
 }
 
 #[cfg(test)]
@@ -202,6 +295,17 @@ mod tests {
             "an expired grant"
         );
         assert_eq!(decide(None, 3, UnixMillis(0)), Err(AuthError::NoGrant));
+    }
+
+    #[test]
+    fn ws_urls_split() {
+        assert_eq!(
+            parse_ws_url("ws://10.0.0.1:8443/relay"),
+            Some(("10.0.0.1:8443", "/relay"))
+        );
+        assert_eq!(parse_ws_url("ws://h:1"), Some(("h:1", "/relay")));
+        assert_eq!(parse_ws_url("wss://h:1/relay"), None);
+        assert_eq!(parse_ws_url("ws:///relay"), None);
     }
 
     #[test]

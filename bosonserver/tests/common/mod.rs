@@ -83,12 +83,20 @@ pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
     for var in CONFIG_VARS {
         command.env_remove(var);
     }
+    // BOSON_TEST_SERVER_LOG=<filter> shows the server's log on the test's stderr.
+    let echo = std::env::var("BOSON_TEST_SERVER_LOG").ok();
+    if let Some(filter) = &echo {
+        command.env("RUST_LOG", filter);
+    }
     let mut child = command.spawn().unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines() {
             let Ok(line) = line else { break };
+            if echo.is_some() {
+                eprintln!("[server] {line}");
+            }
             if let Some(base) = field(&line, "listening on ") {
                 let _ = tx.send(("http", base.to_owned()));
             }

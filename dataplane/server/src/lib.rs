@@ -161,20 +161,20 @@ where
         .collect::<Result<Vec<_>, _>>()
         .context("creating a worker waker")?;
     let wakers: Vec<_> = controls.iter().map(|c| c.waker()).collect();
-    let (mut wirings, relay_commands, relay_addr, tls) = match &config.relay {
+    let (mut wirings, relay_handle, relay_addr, tls) = match &config.relay {
         Some(relay) => {
-            let (wirings, senders, addr) = relay::wire(relay, &wakers)?;
+            let (wirings, handle, addr) = relay::wire(relay, &wakers)?;
             let tls = wirings.first().and_then(|w| w.tls.clone());
             (
                 wirings.into_iter().map(Some).collect(),
-                senders,
+                Some(handle),
                 Some(addr),
                 tls,
             )
         }
         None => (
             (0..config.workers).map(|_| None).collect::<Vec<_>>(),
-            Vec::new(),
+            None,
             None,
             None,
         ),
@@ -184,8 +184,7 @@ where
         local_addr,
         backend,
         relay_addr,
-        relay_commands,
-        wakers,
+        relay_handle,
         reload_stop: None,
     };
     if let (Some(tls), Some(relay)) = (tls, &config.relay) {
@@ -296,8 +295,7 @@ pub struct Dataplane {
     local_addr: SocketAddr,
     backend: IoBackend,
     relay_addr: Option<SocketAddr>,
-    relay_commands: Vec<mpsc::Sender<relay::RelayCommand>>,
-    wakers: Vec<Arc<io::Waker>>,
+    relay_handle: Option<relay::RelayHandle>,
     reload_stop: Option<relay::tls::ReloadStop>,
 }
 
@@ -321,16 +319,15 @@ impl Dataplane {
 
     /// Hands `command` to every worker's relay and wakes them. A no-op without a relay.
     pub fn relay_command(&self, command: &relay::RelayCommand) {
-        for (tx, waker) in self.relay_commands.iter().zip(&self.wakers) {
-            if tx.send(command.clone()).is_ok() {
-                waker.wake();
-            }
+        if let Some(handle) = &self.relay_handle {
+            handle.send(command);
         }
     }
 
-    /// A cloneable handle for [`relay_command`](Self::relay_command) from other threads.
-    pub fn relay_handle(&self) -> relay::RelayHandle {
-        relay::RelayHandle::new(self.relay_commands.clone(), self.wakers.clone())
+    /// A cloneable handle for [`relay_command`](Self::relay_command) and mesh links, from
+    /// other threads; `None` without a relay.
+    pub fn relay_handle(&self) -> Option<relay::RelayHandle> {
+        self.relay_handle.clone()
     }
 
     /// The backend the workers run ([`IoBackend::Uring`] or [`IoBackend::Epoll`]).

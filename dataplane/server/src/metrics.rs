@@ -385,6 +385,34 @@ const METRICS: &[Metric] = &[
         label: None,
         value: |c| c.ws_cross_core_depth,
     },
+    Metric {
+        name: "mesh_packets_total",
+        kind: Kind::Counter,
+        help: "Relay mesh packets between relay hosts, by direction.",
+        label: Some(("direction", "out")),
+        value: |c| c.mesh_out,
+    },
+    Metric {
+        name: "mesh_packets_total",
+        kind: Kind::Counter,
+        help: "",
+        label: Some(("direction", "in")),
+        value: |c| c.mesh_in,
+    },
+    Metric {
+        name: "mesh_no_link_drops_total",
+        kind: Kind::Counter,
+        help: "Packets for a node on another relay host with no mesh link to it, dropped.",
+        label: None,
+        value: |c| c.mesh_no_link,
+    },
+    Metric {
+        name: "mesh_links",
+        kind: Kind::Gauge,
+        help: "Relay mesh links open on this core, both directions.",
+        label: None,
+        value: |c| c.mesh_links,
+    },
 ];
 
 /// Name (without prefix) of the per-reason drop counter of the protocol core.

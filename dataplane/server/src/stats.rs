@@ -141,6 +141,14 @@ worker_counters! {
     ws_cross_core_gone,
     /// Node relay: bytes waiting in this core's inbound cross-core rings (a gauge).
     ws_cross_core_depth,
+    /// Relay mesh: packets forwarded to other relay hosts.
+    mesh_out,
+    /// Relay mesh: packets received from other relay hosts.
+    mesh_in,
+    /// Relay mesh: packets for a node on another host without a link to it, dropped.
+    mesh_no_link,
+    /// Relay mesh: links open on this core, both directions (a gauge).
+    mesh_links,
 }
 
 /// One worker's counters at some instant.

@@ -547,6 +547,10 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             ws_cross_core_full: ws.cross_core_full,
             ws_cross_core_gone: ws.cross_core_gone,
             ws_cross_core_depth: ws.cross_core_depth,
+            mesh_out: ws.mesh_out,
+            mesh_in: ws.mesh_in,
+            mesh_no_link: ws.mesh_no_link,
+            mesh_links: ws.mesh_links,
         };
         self.shared.publish(&counters, core.drops.iter());
     }

@@ -10,8 +10,23 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use boson_dataplane_proto::ws::{ConnId, Hub, Presence};
+use boson_dataplane_proto::ws::{ConnId, Hub, MeshClient, MeshInput, Presence};
 use boson_shared::NodeId;
+use boson_shared::plane::HostId;
+
+/// Masking keys of the mesh client's frames (RFC 6455 wants them unpredictable).
+pub(super) type MeshRng = rand::rngs::StdRng;
+
+/// What drives a connection.
+pub(super) enum ConnKind {
+    /// A client (node or mesh peer) of this host's hub, as the hub knows it.
+    Hub(ConnId),
+    /// The receiving end of a mesh link this host opened to another host.
+    Mesh {
+        host: HostId,
+        client: Box<MeshClient<MeshRng>>,
+    },
+}
 
 /// Input bytes allocated at accept.
 const INITIAL_INPUT: usize = 8 * 1024;
@@ -51,7 +66,9 @@ pub(super) struct Conn {
     /// Plaintext (plain TCP only) the socket did not take yet.
     pending: Vec<u8>,
     pending_pos: usize,
-    pub(super) hub: ConnId,
+    pub(super) kind: ConnKind,
+    /// The host this connection is a mesh session of, once accepted as one.
+    pub(super) mesh_host: Option<HostId>,
     pub(super) token: u64,
     pub(super) node: Option<NodeId>,
     pub(super) epoch: u64,
@@ -66,7 +83,7 @@ impl Conn {
         stream: TcpStream,
         tls: Option<Arc<rustls::ServerConfig>>,
         max_input: usize,
-        hub: ConnId,
+        kind: ConnKind,
         token: u64,
     ) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
@@ -88,13 +105,22 @@ impl Conn {
             end: 0,
             pending: Vec::new(),
             pending_pos: 0,
-            hub,
+            kind,
+            mesh_host: None,
             token,
             node: None,
             epoch: 0,
             closing: false,
             want_write: false,
         })
+    }
+
+    /// The hub's handle, for hub clients.
+    pub(super) const fn hub_conn(&self) -> Option<ConnId> {
+        match self.kind {
+            ConnKind::Hub(conn) => Some(conn),
+            ConnKind::Mesh { .. } => None,
+        }
     }
 
     pub(super) fn fd(&self) -> RawFd {
@@ -108,6 +134,28 @@ impl Conn {
 
     pub(super) fn pending_input_ref(&self) -> &[u8] {
         &self.input[self.start..self.end]
+    }
+
+    /// Hands the unparsed input to the mesh client; `None` for hub clients.
+    pub(super) fn mesh_input(&mut self, now: std::time::Instant) -> Option<MeshInput> {
+        let ConnKind::Mesh { client, .. } = &mut self.kind else {
+            return None;
+        };
+        let input = &mut self.input[self.start..self.end];
+        if input.is_empty() {
+            return Some(MeshInput::NeedMore);
+        }
+        Some(client.handle_input(now, input))
+    }
+
+    /// The input buffer, lent out (`restore_input` gives it back), with the offset of the
+    /// unparsed input in it.
+    pub(super) fn take_input(&mut self) -> (Vec<u8>, usize) {
+        (std::mem::take(&mut self.input), self.start)
+    }
+
+    pub(super) fn restore_input(&mut self, input: Vec<u8>) {
+        self.input = input;
     }
 
     /// The hub consumed `n` bytes.
@@ -214,6 +262,14 @@ impl Conn {
         }
     }
 
+    /// The next output bytes: from the hub for its clients, from the mesh client otherwise.
+    fn next_output<P: Presence>(&mut self, hub: &mut Hub<P>, scratch: &mut [u8]) -> Option<usize> {
+        match &mut self.kind {
+            ConnKind::Hub(conn) => hub.poll_transmit(*conn, scratch),
+            ConnKind::Mesh { client, .. } => client.poll_transmit(scratch),
+        }
+    }
+
     fn flush_plain<P: Presence>(&mut self, hub: &mut Hub<P>, scratch: &mut [u8]) -> Flush {
         let mut written = 0;
         while self.pending_pos < self.pending.len() {
@@ -230,7 +286,7 @@ impl Conn {
         self.pending.clear();
         self.pending_pos = 0;
         loop {
-            let Some(n) = hub.poll_transmit(self.hub, scratch) else {
+            let Some(n) = self.next_output(hub, scratch) else {
                 return Flush::Done(written);
             };
             written += n;
@@ -251,11 +307,11 @@ impl Conn {
     }
 
     fn flush_tls<P: Presence>(&mut self, hub: &mut Hub<P>, scratch: &mut [u8]) -> Flush {
-        let Some(tls) = self.tls.as_mut() else {
-            return Flush::Failed;
-        };
         let mut written = 0;
         loop {
+            let Some(tls) = self.tls.as_mut() else {
+                return Flush::Failed;
+            };
             while tls.wants_write() {
                 match tls.write_tls(&mut self.stream) {
                     Ok(0) => return Flush::Failed,
@@ -271,8 +327,11 @@ impl Conn {
                 // Application data waits for the handshake; rustls would buffer it anyway.
                 return Flush::Done(written);
             }
-            let Some(n) = hub.poll_transmit(self.hub, scratch) else {
+            let Some(n) = self.next_output(hub, scratch) else {
                 return Flush::Done(written);
+            };
+            let Some(tls) = self.tls.as_mut() else {
+                return Flush::Failed;
             };
             if tls.writer().write_all(&scratch[..n]).is_err() {
                 return Flush::Failed;

@@ -43,24 +43,27 @@ pub(crate) mod spsc;
 pub mod tls;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use boson_dataplane_proto::ws::frame::CloseCode;
-use boson_dataplane_proto::ws::{ConnId, Delivery, Forward, Hub, HubEvent, Presence, WsConfig};
-use boson_shared::NodeId;
-use boson_shared::plane::{Event, Transport};
+use boson_dataplane_proto::ws::{
+    ConnId, Delivery, Forward, Hub, HubEvent, MeshClient, MeshEvent, MeshInput, Presence, Route,
+    WsConfig,
+};
+use boson_shared::plane::{Event, HostId, Transport};
+use boson_shared::{MeshKey, NodeId};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::Waker;
-use conn::{Conn, Flush, ReadOutcome};
+use conn::{Conn, ConnKind, Flush, ReadOutcome};
 use poller::{Poller, Ready};
 
 pub use tls::{TlsError, TlsSource};
@@ -105,13 +108,50 @@ pub enum RelayCommand {
     Revoke(NodeId),
     /// Send RECONNECT_HINT to every session and to every new one.
     Drain,
+    /// `node` holds its session on relay host `host` (`None`: on no other host any more).
+    Presence {
+        /// The node.
+        node: NodeId,
+        /// Its host.
+        host: Option<HostId>,
+    },
+}
+
+/// What a worker's order channel carries: broadcast commands, or a mesh link for it alone.
+pub(crate) enum Order {
+    Command(RelayCommand),
+    MeshLink(MeshLink),
+}
+
+/// A TCP connection to another relay host, opened by the binary, for this worker to run the
+/// receiving end of the mesh link on.
+#[derive(Debug)]
+pub struct MeshLink {
+    /// The host at the other end.
+    pub host: HostId,
+    /// The connected socket.
+    pub stream: std::net::TcpStream,
+    /// `Host` header of the upgrade (the peer's `host:port`).
+    pub authority: String,
+    /// Upgrade path (the peer's relay path).
+    pub path: String,
+}
+
+/// Mesh settings: who this host is, and the key hosts prove themselves with.
+#[derive(Clone)]
+pub struct MeshSettings {
+    /// This host.
+    pub host: HostId,
+    /// The shared mesh key(s).
+    pub key: MeshKey,
 }
 
 /// Sends [`RelayCommand`]s to every worker from any thread.
 #[derive(Clone)]
 pub struct RelayHandle {
-    senders: Vec<mpsc::Sender<RelayCommand>>,
+    senders: Vec<mpsc::Sender<Order>>,
     wakers: Vec<Arc<Waker>>,
+    links: Arc<Mutex<BTreeSet<HostId>>>,
 }
 
 impl std::fmt::Debug for RelayHandle {
@@ -124,17 +164,50 @@ impl std::fmt::Debug for RelayHandle {
 
 impl RelayHandle {
     pub(crate) const fn new(
-        senders: Vec<mpsc::Sender<RelayCommand>>,
+        senders: Vec<mpsc::Sender<Order>>,
         wakers: Vec<Arc<Waker>>,
+        links: Arc<Mutex<BTreeSet<HostId>>>,
     ) -> Self {
-        Self { senders, wakers }
+        Self {
+            senders,
+            wakers,
+            links,
+        }
+    }
+
+    /// Hands a connected socket to a worker (chosen by the host id) to run the receiving end
+    /// of the mesh link to `link.host` on.
+    pub fn mesh_link(&self, link: MeshLink) -> bool {
+        if self.senders.is_empty() {
+            return false;
+        }
+        let worker = (link.host.as_bytes()[15] as usize) % self.senders.len();
+        let host = link.host;
+        let sent = self.senders[worker].send(Order::MeshLink(link)).is_ok();
+        if sent {
+            // Until the worker's link closes (it removes it then), the host counts as linked.
+            self.links
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(host);
+            self.wakers[worker].wake();
+        }
+        sent
+    }
+
+    /// Hosts whose mesh link toward this host is open or being opened.
+    pub fn mesh_links(&self) -> BTreeSet<HostId> {
+        self.links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Hands `command` to every worker and wakes it. Returns `false` once the workers are gone.
     pub fn send(&self, command: &RelayCommand) -> bool {
         let mut any = false;
         for (tx, waker) in self.senders.iter().zip(&self.wakers) {
-            if tx.send(command.clone()).is_ok() {
+            if tx.send(Order::Command(command.clone())).is_ok() {
                 waker.wake();
                 any = true;
             }
@@ -162,6 +235,8 @@ pub struct RelayConfig {
     pub authenticator: Arc<dyn Authenticator>,
     /// Receives node connected/disconnected events, if set.
     pub events: Option<EventSink>,
+    /// Relay mesh between hosts; `None`: this host relays only between its own nodes.
+    pub mesh: Option<MeshSettings>,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -175,6 +250,7 @@ impl std::fmt::Debug for RelayConfig {
                 &self.max_connections_per_worker,
             )
             .field("cross_core_ring_bytes", &self.cross_core_ring_bytes)
+            .field("mesh", &self.mesh.as_ref().map(|m| m.host))
             .finish_non_exhaustive()
     }
 }
@@ -192,6 +268,7 @@ impl RelayConfig {
             cross_core_ring_bytes: 4 << 20,
             authenticator,
             events: None,
+            mesh: None,
         }
     }
 }
@@ -238,6 +315,14 @@ pub struct RelayCounters {
     pub cross_core_depth: u64,
     /// Tokens refused.
     pub auth_rejected: u64,
+    /// Packets forwarded to another relay host over the mesh.
+    pub mesh_out: u64,
+    /// Packets received from other relay hosts over the mesh.
+    pub mesh_in: u64,
+    /// Packets for a node on another host with no mesh link to that host: dropped.
+    pub mesh_no_link: u64,
+    /// Gauge: mesh links open (both directions).
+    pub mesh_links: u64,
 }
 
 /// Where a node not connected to this core is.
@@ -245,6 +330,8 @@ pub struct RelayCounters {
 enum Location {
     /// On another core of this host, with the session epoch of the record that said so.
     Core { core: usize, epoch: u64 },
+    /// On another relay host, per the control plane's presence.
+    Host(HostId),
 }
 
 /// This core's view of the nodes on the other cores.
@@ -267,10 +354,26 @@ impl Directory {
         let mut map = self.0.borrow_mut();
         let newer = match map.get(&node) {
             Some(Location::Core { epoch: known, .. }) => epoch > *known,
-            None => true,
+            Some(Location::Host(_)) | None => true,
         };
         if newer {
             map.insert(node, Location::Core { core, epoch });
+        }
+    }
+
+    /// The control plane says `node` is on `host` (or on no other host): a session on this
+    /// host's cores wins over it.
+    fn set_host(&self, node: NodeId, host: Option<HostId>) {
+        let mut map = self.0.borrow_mut();
+        match (map.get(&node), host) {
+            (Some(Location::Core { .. }), _) => {}
+            (_, Some(host)) => {
+                map.insert(node, Location::Host(host));
+            }
+            (Some(Location::Host(_)), None) => {
+                map.remove(&node);
+            }
+            (None, None) => {}
         }
     }
 
@@ -288,6 +391,9 @@ mod record {
     pub(super) const FRAME: u8 = 0;
     pub(super) const ARRIVE: u8 = 1;
     pub(super) const LEAVE: u8 = 2;
+    /// A host's mesh session (it receives from us through it) is up on the sending core.
+    pub(super) const MESH_UP: u8 = 3;
+    pub(super) const MESH_DOWN: u8 = 4;
 }
 
 /// What every worker's relay shares, built once by [`start`](crate::start).
@@ -298,8 +404,9 @@ pub(crate) struct RelayWiring {
     /// `inbound[j]`: the ring from worker `j` (`None` for itself).
     pub(crate) inbound: Vec<Option<spsc::Consumer>>,
     pub(crate) wakers: Vec<Arc<Waker>>,
-    pub(crate) commands: mpsc::Receiver<RelayCommand>,
+    pub(crate) commands: mpsc::Receiver<Order>,
     pub(crate) epochs: Arc<AtomicU64>,
+    pub(crate) links: Arc<Mutex<BTreeSet<HostId>>>,
     pub(crate) config: RelayConfig,
     pub(crate) tls: Option<Arc<tls::Reloader>>,
 }
@@ -308,11 +415,7 @@ pub(crate) struct RelayWiring {
 pub(crate) fn wire(
     config: &RelayConfig,
     wakers: &[Arc<Waker>],
-) -> anyhow::Result<(
-    Vec<RelayWiring>,
-    Vec<mpsc::Sender<RelayCommand>>,
-    SocketAddr,
-)> {
+) -> anyhow::Result<(Vec<RelayWiring>, RelayHandle, SocketAddr)> {
     let workers = wakers.len();
     let tls = match &config.tls {
         Some(source) => Some(Arc::new(
@@ -355,6 +458,7 @@ pub(crate) fn wire(
         }
     }
     let epochs = Arc::new(AtomicU64::new(1));
+    let links = Arc::new(Mutex::new(BTreeSet::new()));
     let mut senders = Vec::with_capacity(workers);
     let mut wirings = Vec::with_capacity(workers);
     for ((listener, outbound), inbound) in listeners.into_iter().zip(outbound).zip(inbound) {
@@ -367,11 +471,16 @@ pub(crate) fn wire(
             wakers: wakers.to_vec(),
             commands: rx,
             epochs: Arc::clone(&epochs),
+            links: Arc::clone(&links),
             config: config.clone(),
             tls: tls.clone(),
         });
     }
-    Ok((wirings, senders, addr))
+    Ok((
+        wirings,
+        RelayHandle::new(senders, wakers.to_vec(), links),
+        addr,
+    ))
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -414,8 +523,15 @@ pub(crate) struct RelayShell {
     wakers: Vec<Arc<Waker>>,
     /// Cores sent something this turn: woken once at its end.
     dirty: Vec<bool>,
-    commands: mpsc::Receiver<RelayCommand>,
+    commands: mpsc::Receiver<Order>,
     epochs: Arc<AtomicU64>,
+    links: Arc<Mutex<BTreeSet<HostId>>>,
+    mesh: Option<MeshSettings>,
+    /// Which core holds the mesh session of each host (this core's own are in the hub).
+    mesh_cores: HashMap<HostId, usize>,
+    /// Connections that are receiving ends of mesh links (few): their timers.
+    mesh_clients: Vec<usize>,
+    ws: WsConfig,
     authenticator: Arc<dyn Authenticator>,
     events: Option<EventSink>,
     tls: Option<Arc<tls::Reloader>>,
@@ -450,6 +566,7 @@ impl RelayShell {
             wakers,
             commands,
             epochs,
+            links,
             config,
             tls,
         } = wiring;
@@ -464,7 +581,7 @@ impl RelayShell {
             core,
             poller,
             listener,
-            hub: Hub::new(config.ws, directory.clone(), now),
+            hub: Hub::new(config.ws.clone(), directory.clone(), now),
             directory,
             conns: Vec::new(),
             free: Vec::new(),
@@ -475,6 +592,11 @@ impl RelayShell {
             dirty: vec![false; workers],
             commands,
             epochs,
+            links,
+            mesh: config.mesh,
+            mesh_cores: HashMap::new(),
+            mesh_clients: Vec::new(),
+            ws: config.ws,
             authenticator: config.authenticator,
             events: config.events,
             tls,
@@ -504,10 +626,18 @@ impl RelayShell {
             (true, Some(at)) => Some(at + STATS_INTERVAL),
             _ => None,
         };
-        match (self.hub.poll_timeout(), refresh) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let mesh = self
+            .mesh_clients
+            .iter()
+            .filter_map(|&index| match &self.conn(index)?.kind {
+                ConnKind::Mesh { client, .. } => client.poll_timeout(),
+                ConnKind::Hub(_) => None,
+            })
+            .min();
+        [self.hub.poll_timeout(), refresh, mesh]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Whether the next wait must not sleep (ready sockets were left for the next turn).
@@ -526,22 +656,119 @@ impl RelayShell {
         if self.hub.poll_timeout().is_some_and(|at| at <= now) {
             self.hub.handle_timeout(now);
         }
+        for index in self.mesh_clients.clone() {
+            if let Some(Conn {
+                kind: ConnKind::Mesh { client, .. },
+                ..
+            }) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut())
+                && client.poll_timeout().is_some_and(|at| at <= now)
+            {
+                client.handle_timeout(now);
+                self.mesh_events(index);
+            }
+        }
         self.handle_events(now);
         self.flush_and_close(now);
         self.wake_dirty();
     }
 
     fn run_commands(&mut self, now: Instant) {
-        while let Ok(command) = self.commands.try_recv() {
-            match command {
-                RelayCommand::Revoke(node) => {
-                    if let boson_dataplane_proto::ws::Route::Local(conn) = self.hub.route(&node) {
+        while let Ok(order) = self.commands.try_recv() {
+            match order {
+                Order::Command(RelayCommand::Revoke(node)) => {
+                    if let Route::Local(conn) = self.hub.route(&node) {
                         let _ = self.hub.close(now, conn, CloseCode::POLICY_VIOLATION);
                     }
                 }
-                RelayCommand::Drain => self.hub.start_draining(),
+                Order::Command(RelayCommand::Drain) => self.hub.start_draining(),
+                Order::Command(RelayCommand::Presence { node, host }) => {
+                    tracing::debug!(core = self.core, %node, ?host, "presence");
+                    self.directory.set_host(node, host);
+                }
+                Order::MeshLink(link) => self.open_mesh_link(now, link),
             }
         }
+    }
+
+    /// Runs the receiving end of a mesh link on `link.stream`.
+    fn open_mesh_link(&mut self, now: Instant, link: MeshLink) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        let token = mesh.key.token(mesh.host, crate::clock::unix_now());
+        let mut nonce = [0u8; 16];
+        let mut rng = <conn::MeshRng as rand::SeedableRng>::from_os_rng();
+        rand::RngCore::fill_bytes(&mut rng, &mut nonce);
+        let client = match MeshClient::new(
+            self.ws.clone(),
+            &link.authority,
+            &link.path,
+            token.as_bytes(),
+            now,
+            nonce,
+            rng,
+        ) {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(host = %link.host, %err, "cannot start a mesh link");
+                self.link_down(link.host);
+                return;
+            }
+        };
+        let index = self.alloc_slot();
+        let token = self.slot_token(index);
+        let kind = ConnKind::Mesh {
+            host: link.host,
+            client: Box::new(client),
+        };
+        let input = self.ws.min_mesh_input_buffer();
+        let conn = match Conn::new(link.stream, None, input, kind, token) {
+            Ok(conn) => conn,
+            Err(err) => {
+                tracing::warn!(host = %link.host, %err, "cannot set up a mesh link");
+                self.free.push(index);
+                self.link_down(link.host);
+                return;
+            }
+        };
+        if let Err(err) = self.poller.add(conn.fd(), token) {
+            tracing::warn!(host = %link.host, %err, "cannot watch a mesh link");
+            self.free.push(index);
+            self.link_down(link.host);
+            return;
+        }
+        tracing::info!(core = self.core, host = %link.host, "mesh link connecting");
+        self.conns[index].conn = Some(conn);
+        self.mesh_clients.push(index);
+        self.counters.mesh_links += 1;
+        self.to_flush.push(index);
+    }
+
+    fn link_down(&self, host: HostId) {
+        self.links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&host);
+    }
+
+    fn alloc_slot(&mut self) -> usize {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.conns.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                self.conns.len() - 1
+            }
+        };
+        let slot = &mut self.conns[index];
+        slot.generation = slot.generation.wrapping_add(1);
+        index
+    }
+
+    fn slot_token(&self, index: usize) -> u64 {
+        (u64::from(self.conns[index].generation) << 32) | index as u64
     }
 
     fn drain_inbound(&mut self, now: Instant) {
@@ -552,35 +779,42 @@ impl RelayShell {
             };
             let hub = &mut self.hub;
             let directory = &self.directory;
+            let mesh_cores = &mut self.mesh_cores;
             let counters = &mut self.counters;
             let mut replaced = Vec::new();
             rx.drain(|record| {
                 let Some((&kind, rest)) = record.split_first() else {
                     return;
                 };
-                let Some(node) = rest.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                let Some(id) = rest.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
                     return;
                 };
-                let node = NodeId::from_bytes(node);
                 let rest = &rest[16..];
-                match kind {
-                    record::FRAME => {
+                let epoch = rest
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes);
+                match (kind, epoch) {
+                    (record::FRAME, _) => {
+                        let dest = NodeId::from_bytes(id);
                         counters.cross_core_in += 1;
-                        match hub.handle_remote(&node, rest) {
-                            Delivery::Queued(_) => {}
-                            Delivery::Gone | Delivery::Malformed => counters.cross_core_gone += 1,
-                        }
+                        deliver_remote(hub, directory, counters, &dest, rest);
                     }
-                    record::ARRIVE | record::LEAVE => {
-                        let Some(epoch) = rest.get(..8).and_then(|b| b.try_into().ok()) else {
-                            return;
-                        };
-                        let epoch = u64::from_le_bytes(epoch);
-                        if kind == record::ARRIVE {
-                            directory.arrive(node, from, epoch);
-                            replaced.push((node, epoch));
-                        } else {
-                            directory.leave(&node, from, epoch);
+                    (record::ARRIVE, Some(epoch)) => {
+                        let node = NodeId::from_bytes(id);
+                        directory.arrive(node, from, epoch);
+                        replaced.push((node, epoch));
+                    }
+                    (record::LEAVE, Some(epoch)) => {
+                        directory.leave(&NodeId::from_bytes(id), from, epoch);
+                    }
+                    (record::MESH_UP, _) => {
+                        mesh_cores.insert(HostId::from_bytes(id), from);
+                    }
+                    (record::MESH_DOWN, _) => {
+                        let host = HostId::from_bytes(id);
+                        if mesh_cores.get(&host) == Some(&from) {
+                            mesh_cores.remove(&host);
                         }
                     }
                     _ => {}
@@ -589,7 +823,7 @@ impl RelayShell {
             depth += rx.depth();
             // A newer session of a node we hold lives on another core now: close ours.
             for (node, epoch) in replaced {
-                if let boson_dataplane_proto::ws::Route::Local(conn) = self.hub.route(&node)
+                if let Route::Local(conn) = self.hub.route(&node)
                     && let Some(&index) = self.by_hub.get(&conn)
                     && self.conn(index).is_some_and(|c| c.epoch < epoch)
                 {
@@ -648,21 +882,11 @@ impl RelayShell {
                 continue;
             }
             let tls = self.tls.as_ref().map(|reloader| reloader.config());
-            let index = match self.free.pop() {
-                Some(index) => index,
-                None => {
-                    self.conns.push(Slot {
-                        generation: 0,
-                        conn: None,
-                    });
-                    self.conns.len() - 1
-                }
-            };
-            let slot = &mut self.conns[index];
-            slot.generation = slot.generation.wrapping_add(1);
-            let token = (u64::from(slot.generation) << 32) | index as u64;
+            let index = self.alloc_slot();
+            let token = self.slot_token(index);
             let hub_conn = self.hub.handle_connect(now);
-            let conn = match Conn::new(stream, tls, self.input_len, hub_conn, token) {
+            let kind = ConnKind::Hub(hub_conn);
+            let conn = match Conn::new(stream, tls, self.input_len, kind, token) {
                 Ok(conn) => conn,
                 Err(err) => {
                     tracing::debug!(core = self.core, %peer, %err, "cannot set up a connection");
@@ -731,13 +955,16 @@ impl RelayShell {
         true
     }
 
-    /// Hands the buffered input of `index` to the hub, frame by frame.
+    /// Hands the buffered input of `index` to the hub (or its mesh client), frame by frame.
     fn feed(&mut self, now: Instant, index: usize) {
         loop {
             let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) else {
                 return;
             };
-            let hub_conn = conn.hub;
+            let Some(hub_conn) = conn.hub_conn() else {
+                self.feed_mesh(now, index);
+                return;
+            };
             let input = conn.pending_input();
             if input.is_empty() {
                 conn.compact();
@@ -760,6 +987,108 @@ impl RelayShell {
                 conn.consume(input.consumed);
             }
             self.handle_events(now);
+        }
+    }
+
+    /// Input of the receiving end of a mesh link: FORWARDs become RECVs for our nodes.
+    fn feed_mesh(&mut self, now: Instant, index: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) else {
+                return;
+            };
+            let Some(outcome) = conn.mesh_input(now) else {
+                return;
+            };
+            match outcome {
+                MeshInput::NeedMore => {
+                    conn.compact();
+                    break;
+                }
+                MeshInput::Consumed(n) => conn.consume(n),
+                MeshInput::Deliver {
+                    dest,
+                    frame,
+                    consumed,
+                } => {
+                    self.counters.mesh_in += 1;
+                    // Lend the input buffer out while the frame is routed.
+                    let (input, start) = conn.take_input();
+                    if let Some(bytes) = input.get(start + frame.start..start + frame.end) {
+                        self.route_frame(&dest, bytes);
+                    }
+                    if let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) {
+                        conn.restore_input(input);
+                        conn.consume(consumed);
+                    }
+                }
+            }
+        }
+        self.mesh_events(index);
+    }
+
+    /// A finished RECV frame for `dest` that arrived from outside this core's hub clients (a
+    /// mesh link): to a local session, another core, or nowhere.
+    fn route_frame(&mut self, dest: &NodeId, frame: &[u8]) {
+        match self.hub.route(dest) {
+            Route::Local(_) => {
+                if !matches!(self.hub.handle_remote(dest, frame), Delivery::Queued(_)) {
+                    self.counters.cross_core_gone += 1;
+                }
+            }
+            Route::Remote(_) | Route::Unknown => match self.directory.get(dest) {
+                Some(Location::Core { core, .. }) => self.push_frame(core, dest, frame),
+                // Never back out over the mesh: a packet from another host is for our nodes.
+                Some(Location::Host(_)) | None => self.counters.cross_core_gone += 1,
+            },
+        }
+    }
+
+    fn push_frame(&mut self, core: usize, dest: &NodeId, frame: &[u8]) {
+        let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) else {
+            return;
+        };
+        if tx.push(&[&[record::FRAME], dest.as_bytes(), frame]) {
+            self.counters.cross_core_out += 1;
+            self.dirty[core] = true;
+        } else {
+            self.counters.cross_core_full += 1;
+        }
+    }
+
+    /// Acts on what the mesh client of `index` reports.
+    fn mesh_events(&mut self, index: usize) {
+        loop {
+            let Some(Conn {
+                kind: ConnKind::Mesh { client, host },
+                ..
+            }) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut())
+            else {
+                return;
+            };
+            let host = *host;
+            let wants_write = client.has_transmit();
+            let Some(event) = client.poll_event() else {
+                if wants_write {
+                    self.to_flush.push(index);
+                }
+                return;
+            };
+            match event {
+                MeshEvent::Ready(_) => {
+                    tracing::info!(core = self.core, %host, "mesh link up");
+                }
+                MeshEvent::ReconnectHint => {
+                    tracing::info!(core = self.core, %host, "mesh peer is draining");
+                }
+                MeshEvent::Closed(reason) => {
+                    tracing::info!(core = self.core, %host, ?reason, "mesh link closed");
+                    self.to_flush.push(index);
+                    self.to_close.push(index);
+                    if let Some(conn) = self.conns[index].conn.as_mut() {
+                        conn.closing = true;
+                    }
+                }
+            }
         }
     }
 
@@ -786,10 +1115,41 @@ impl RelayShell {
                             self.counters.cross_core_full += 1;
                         }
                     }
+                    Some(Location::Host(host)) => {
+                        if self.hub.mesh_conn(&host).is_some() {
+                            match self.hub.forward_to_mesh(&host, dest, bytes) {
+                                Delivery::Queued(_) => {
+                                    self.counters.mesh_out += 1;
+                                    self.counters.packets_relayed += 1;
+                                }
+                                Delivery::Gone | Delivery::Malformed => {
+                                    self.counters.mesh_no_link += 1;
+                                }
+                            }
+                        } else if let Some(&core) = self.mesh_cores.get(&host) {
+                            // The host's mesh session is on another core: that core's
+                            // inbound handling forwards it (see `deliver_remote`).
+                            let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut)
+                            else {
+                                return;
+                            };
+                            if tx.push(&[&[record::FRAME], dest.as_bytes(), bytes]) {
+                                self.counters.cross_core_out += 1;
+                                self.counters.packets_relayed += 1;
+                                self.dirty[core] = true;
+                            } else {
+                                self.counters.cross_core_full += 1;
+                            }
+                        } else {
+                            self.counters.mesh_no_link += 1;
+                        }
+                    }
                     None => self.counters.cross_core_gone += 1,
                 }
             }
-            Forward::Gone(_) => {}
+            Forward::Gone(dest) => {
+                tracing::trace!(core = self.core, %dest, "SEND to a node connected nowhere");
+            }
         }
     }
 
@@ -821,6 +1181,10 @@ impl RelayShell {
     }
 
     fn authenticate(&mut self, now: Instant, conn: ConnId) {
+        if boson_shared::mesh::is_mesh_token(&self.token) {
+            self.authenticate_mesh(now, conn);
+            return;
+        }
         match self.authenticator.authenticate(&self.token) {
             Ok(node) => {
                 if self.hub.accept(now, conn, node).is_err() {
@@ -849,6 +1213,52 @@ impl RelayShell {
                 self.counters.auth_rejected += 1;
                 tracing::debug!(core = self.core, %conn, %err, "relay token refused");
                 let _ = self.hub.reject(now, conn);
+            }
+        }
+    }
+
+    /// A mesh peer presents its token: it will receive, through this connection, what our
+    /// nodes send to nodes on its host.
+    fn authenticate_mesh(&mut self, now: Instant, conn: ConnId) {
+        let verified = match &self.mesh {
+            Some(mesh) => mesh
+                .key
+                .verify(
+                    &self.token,
+                    crate::clock::unix_now(),
+                    boson_shared::mesh::DEFAULT_MAX_SKEW,
+                )
+                .map_err(|err| err.to_string()),
+            None => Err("this host has no mesh key".to_owned()),
+        };
+        match verified {
+            Ok(host) if self.hub.accept_mesh(now, conn, host).is_ok() => {
+                tracing::info!(core = self.core, %host, "mesh peer connected");
+                if let Some(&index) = self.by_hub.get(&conn)
+                    && let Some(c) = self.conns[index].conn.as_mut()
+                {
+                    c.mesh_host = Some(host);
+                }
+                self.counters.mesh_links += 1;
+                self.mesh_cores.remove(&host);
+                self.broadcast_host(record::MESH_UP, &host);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                self.counters.auth_rejected += 1;
+                tracing::info!(core = self.core, %conn, %err, "mesh token refused");
+                let _ = self.hub.reject(now, conn);
+            }
+        }
+    }
+
+    fn broadcast_host(&mut self, kind: u8, host: &HostId) {
+        for (core, tx) in self.outbound.iter_mut().enumerate() {
+            let Some(tx) = tx else { continue };
+            if tx.push(&[&[kind], host.as_bytes()]) {
+                self.dirty[core] = true;
+            } else {
+                self.counters.cross_core_full += 1;
             }
         }
     }
@@ -938,15 +1348,28 @@ impl RelayShell {
         };
         self.poller.remove(conn.fd());
         self.free.push(index);
-        self.by_hub.remove(&conn.hub);
-        let _ = self.hub.handle_disconnect(conn.hub);
+        if let ConnKind::Mesh { host, .. } = &conn.kind {
+            self.mesh_clients.retain(|&i| i != index);
+            self.counters.mesh_links -= 1;
+            self.link_down(*host);
+            conn.shutdown();
+            return;
+        }
+        let Some(hub_conn) = conn.hub_conn() else {
+            return;
+        };
+        self.by_hub.remove(&hub_conn);
+        let _ = self.hub.handle_disconnect(hub_conn);
+        if let Some(host) = conn.mesh_host {
+            self.counters.mesh_links -= 1;
+            if self.hub.mesh_conn(&host).is_none() {
+                self.broadcast_host(record::MESH_DOWN, &host);
+            }
+        }
         if let Some(node) = conn.node {
             self.counters.sessions -= 1;
             // Only if no newer session of the node took over on this core.
-            if !matches!(
-                self.hub.route(&node),
-                boson_dataplane_proto::ws::Route::Local(_)
-            ) {
+            if !matches!(self.hub.route(&node), Route::Local(_)) {
                 self.broadcast(record::LEAVE, &node, conn.epoch);
                 self.emit(Event::NodeDisconnected {
                     node,
@@ -983,7 +1406,7 @@ impl RelayShell {
                 .conns
                 .iter()
                 .filter_map(|slot| slot.conn.as_ref())
-                .filter_map(|conn| self.hub.session(conn.hub))
+                .filter_map(|conn| self.hub.session(conn.hub_conn()?))
                 .map(|session| session.queued_frames())
                 .sum();
             self.counters.queued_frames = queued as u64;
@@ -997,5 +1420,27 @@ impl RelayShell {
         for index in 0..self.conns.len() {
             self.close(now, index);
         }
+    }
+}
+
+/// A RECV frame from another core for `dest`: to its local session, or on over the mesh when
+/// `dest` is on another host and this core holds that host's mesh session.
+fn deliver_remote(
+    hub: &mut Hub<Directory>,
+    directory: &Directory,
+    counters: &mut RelayCounters,
+    dest: &NodeId,
+    frame: &[u8],
+) {
+    match hub.handle_remote(dest, frame) {
+        Delivery::Queued(_) => {}
+        Delivery::Malformed => counters.cross_core_gone += 1,
+        Delivery::Gone => match directory.get(dest) {
+            Some(Location::Host(host)) => match hub.forward_to_mesh(&host, dest, frame) {
+                Delivery::Queued(_) => counters.mesh_out += 1,
+                Delivery::Gone | Delivery::Malformed => counters.mesh_no_link += 1,
+            },
+            Some(Location::Core { .. }) | None => counters.cross_core_gone += 1,
+        },
     }
 }
