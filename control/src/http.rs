@@ -57,6 +57,7 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/api/v1/routing/request", post(request_route)),
         (Method::GET, "/api/v1/turn/ice", get(ice_servers)),
         (Method::GET, "/api/v1/hosts", get(list_hosts)),
+        (Method::GET, "/api/v1/openapi.json", get(openapi)),
         (Method::GET, "/health", get(health)),
         (Method::GET, "/health/live", get(live)),
         (Method::GET, "/health/ready", get(ready)),
@@ -706,7 +707,7 @@ async fn ice_servers(
     }))
 }
 
-// ---- relay hosts ----
+// ---- relay hosts and the API document ----
 
 #[derive(Serialize)]
 struct HostList {
@@ -727,6 +728,14 @@ async fn list_hosts(
         count: hosts.len(),
         hosts,
     }))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
 }
 
 // ---- health and metrics ----

@@ -23,6 +23,7 @@ mod http;
 pub mod mesh;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod presence;
 pub mod registry;
 pub mod routing;
