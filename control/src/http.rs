@@ -57,6 +57,7 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         (Method::POST, "/api/v1/routing/request", post(request_route)),
         (Method::GET, "/api/v1/turn/ice", get(ice_servers)),
         (Method::GET, "/api/v1/hosts", get(list_hosts)),
+        (Method::GET, "/api/v1/openapi.json", get(openapi)),
         (Method::GET, "/health", get(health)),
         (Method::GET, "/health/live", get(live)),
         (Method::GET, "/health/ready", get(ready)),
@@ -115,6 +116,52 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             )),
         }
     }
+}
+
+/// A query string whose every rejection is an [`ApiError`]. Unlike axum's `Query`, which
+/// decodes invalid UTF-8 lossily into U+FFFD (so `?region=%FF` silently filtered on a
+/// replacement character), it refuses a query that is not UTF-8 once percent-decoded.
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if !percent_decodes_to_utf8(parts.uri.query().unwrap_or("")) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "the query string is not UTF-8 once percent-decoded",
+            ));
+        }
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Whether `raw` percent-decodes to UTF-8 as `application/x-www-form-urlencoded` does it
+/// (a `%` without two hex digits after it stands for itself).
+fn percent_decodes_to_utf8(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push(u8::try_from(high * 16 + low).unwrap_or(0));
+                i += 3;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// The `{node_id}` of a path; 400 `invalid_node_id` if it is not a UUID (or not even UTF-8).
@@ -410,9 +457,8 @@ struct NodeList {
 async fn list_nodes(
     State(state): State<AppState>,
     NodeAuth(_): NodeAuth,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<NodeList>, ApiError> {
-    let Query(query) = query?;
     let status = query
         .status
         .as_deref()
@@ -661,7 +707,7 @@ async fn ice_servers(
     }))
 }
 
-// ---- relay hosts ----
+// ---- relay hosts and the API document ----
 
 #[derive(Serialize)]
 struct HostList {
@@ -682,6 +728,14 @@ async fn list_hosts(
         count: hosts.len(),
         hosts,
     }))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
 }
 
 // ---- health and metrics ----
@@ -793,4 +847,27 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this endpoint",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_must_percent_decode_to_utf8() {
+        for (raw, ok) in [
+            ("", true),
+            ("region=US-CA&limit=2", true),
+            ("region=%C3%A9", true),
+            ("region=%e2%82%ac", true),
+            ("region=100%", true),
+            ("region=%zz", true),
+            ("region=%FF", false),
+            ("region=%C0%AF", false),
+            ("region=%ED%A0%80", false),
+            ("region=%E2%82", false),
+        ] {
+            assert_eq!(percent_decodes_to_utf8(raw), ok, "{raw}");
+        }
+    }
 }

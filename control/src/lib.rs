@@ -23,6 +23,7 @@ mod http;
 pub mod mesh;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod presence;
 pub mod registry;
 pub mod routing;
@@ -180,6 +181,8 @@ pub async fn serve(
         .await
         .context("serving the REST API");
     background.abort_all();
+    // Wait until they are gone, so that no heartbeat publishes this host after it left.
+    while background.join_next().await.is_some() {}
     state.leave().await;
     state.store.close().await;
     served

@@ -23,6 +23,9 @@ on_both_backends!(
     ice_credentials_verify_like_coturn,
     health_endpoints_report_readiness,
     concurrent_registrations_of_one_id_create_it_once,
+    forged_and_stale_tokens_are_refused,
+    replayed_registrations_and_tokens_change_nothing,
+    oversized_streamed_bodies_are_refused,
 );
 
 async fn register_heartbeat_and_metrics(backend: Backend) {
@@ -207,6 +210,12 @@ async fn bad_inputs_get_json_errors(backend: Backend) {
         }
         target[parts[parts.len() - 1]] = value;
         body.to_string()
+    };
+    // The body of `with`, but with raw bytes (not JSON-encoded) as the field's value.
+    let with_raw = |field: &str, raw: &[u8]| -> Vec<u8> {
+        let text = with(field, json!("@@RAW@@"));
+        let (before, after) = text.split_once("\"@@RAW@@\"").unwrap();
+        [before.as_bytes(), raw, after.as_bytes()].concat()
     };
     let short_key = common::base64_encode(&[1u8; 31]);
     let forged = {
@@ -487,6 +496,211 @@ async fn bad_inputs_get_json_errors(backend: Backend) {
             br#"{"metrics":{"cpuUsage":1,"activeConnections":1}}"#.to_vec(),
             422,
             "invalid_body",
+        ),
+        // Huge numbers: out of f64's range is not JSON we can represent (400); out of the
+        // field's range is a wrong value (422).
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            br#"{"metrics":{"latency":1e400,"cpuUsage":1,"activeConnections":1}}"#.to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            br#"{"metrics":{"latency":1e308,"cpuUsage":1,"activeConnections":1}}"#.to_vec(),
+            422,
+            "invalid_metrics",
+        ),
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            br#"{"metrics":{"latency":1,"cpuUsage":1,"activeConnections":18446744073709551616}}"#
+                .to_vec(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("capabilities.maxConnections", json!(4_294_967_296_u64)).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("networkInfo.localPort", json!(-1)).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("capabilities.bandwidth.up", json!(1e300)).into_bytes(),
+            422,
+            "invalid_metrics",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("nodeId", json!(format!("{}{}", "9".repeat(400), node.id))).into_bytes(),
+            422,
+            "invalid_node_id",
+        ),
+        // Bad Unicode: lone surrogates in escapes, overlong and truncated UTF-8, control
+        // characters where text must be printable.
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with_raw("location.region", br#""\ud800""#),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with_raw("location.region", br#""\udc00\ud800""#),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with_raw("nodeId", br#""\ud83d""#),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with_raw("location.region", b"\"\xc0\xaf\""),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with_raw("location.region", b"\"US-\xe2\x82\""),
+            400,
+            "malformed_json",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("location.region", json!("US\u{0000}CA")).into_bytes(),
+            422,
+            "invalid_location",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            with("location.region", json!("US\u{202E}CA\u{0007}")).into_bytes(),
+            422,
+            "invalid_location",
+        ),
+        (
+            Method::GET,
+            "/api/v1/nodes/%FF%FE".into(),
+            Some(&token),
+            None,
+            Vec::new(),
+            400,
+            "invalid_node_id",
+        ),
+        (
+            Method::POST,
+            "/api/v1/nodes/%ED%A0%80/heartbeat".into(),
+            Some(&token),
+            Some("application/json"),
+            beat.into(),
+            400,
+            "invalid_node_id",
+        ),
+        (
+            Method::GET,
+            "/api/v1/nodes?region=%FF".into(),
+            Some(&token),
+            None,
+            Vec::new(),
+            400,
+            "invalid_query",
+        ),
+        // Deep nesting at every body, refused at the first wrong type without recursing.
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            format!("{}{}", "[".repeat(8_000), "]".repeat(8_000)).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            "/api/v1/routing/request".into(),
+            Some(&token),
+            Some("application/json"),
+            format!("{{\"clientId\":{}", "{\"a\":".repeat(3_000)).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        (
+            Method::POST,
+            register.into(),
+            None,
+            Some("application/json"),
+            "[".repeat(16_000).into_bytes(),
+            422,
+            "invalid_body",
+        ),
+        // Oversized bodies on every endpoint that takes one.
+        (
+            Method::POST,
+            heartbeat.clone(),
+            Some(&token),
+            Some("application/json"),
+            format!("{{\"metrics\":{{\"latency\":1{}}}}}", " ".repeat(17 * 1024)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            Method::POST,
+            "/api/v1/routing/request".into(),
+            Some(&token),
+            Some("application/json"),
+            vec![b'{'; 64 * 1024],
+            413,
+            "payload_too_large",
         ),
         (
             Method::GET,
@@ -857,6 +1071,433 @@ async fn concurrent_registrations_of_one_id_create_it_once(backend: Backend) {
         }
     }
     assert_eq!(created, 1);
+    server.stop().await;
+}
+
+/// Signs `claims` under `header` with `key` (HMAC-SHA256 whatever the header says, when
+/// `alg` is `None`; else with that algorithm).
+fn sign(
+    header: &Value,
+    claims: &Value,
+    key: &[u8],
+    alg: Option<jsonwebtoken::Algorithm>,
+) -> String {
+    use base64::Engine as _;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let message = format!("{}.{}", b64(header), b64(claims));
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(key),
+        alg.unwrap_or(jsonwebtoken::Algorithm::HS256),
+    )
+    .unwrap();
+    format!("{message}.{signature}")
+}
+
+/// Every way to forge, bend or replay a node token gets 401 with a JSON error, on every
+/// endpoint that takes a token.
+async fn forged_and_stale_tokens_are_refused(backend: Backend) {
+    use base64::Engine as _;
+    use jsonwebtoken::Algorithm;
+
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("NL-NH");
+    let token = server.register(&node).await;
+    let now = common::START.as_secs();
+    let claims = |edit: &dyn Fn(&mut Value)| {
+        let mut claims = json!({
+            "sub": node.id.to_string(), "iss": "bosonserver", "aud": "bosonserver-node",
+            "iat": now, "exp": now + 3600, "generation": 1,
+        });
+        edit(&mut claims);
+        claims
+    };
+    let hs256 = json!({"alg": "HS256", "typ": "JWT"});
+    let secret = common::JWT_SECRET;
+    let good = sign(&hs256, &claims(&|_| {}), secret, None);
+    // Sanity: a token built this way is accepted.
+    assert_eq!(server.get("/api/v1/nodes", Some(&good)).await.0, 200);
+    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let parts: Vec<&str> = good.split('.').collect();
+    let tampered =
+        |claims: &Value| format!("{}.{}.{}", parts[0], b64(&claims.to_string()), parts[2]);
+
+    // Re-registration revokes the first token; a token claiming a newer generation than the
+    // node's is no better.
+    let (status, body) = server
+        .post("/api/v1/nodes/register", Some(&token), &node.registration())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let current = body["sessionToken"].as_str().unwrap().to_owned();
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "alg none, no signature",
+            format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none","typ":"JWT"}"#),
+                b64(&claims(&|_| {}).to_string())
+            ),
+            "invalid_token",
+        ),
+        (
+            "alg none with a real signature",
+            format!("{}.{}.{}", b64(r#"{"alg":"none"}"#), parts[1], parts[2]),
+            "invalid_token",
+        ),
+        (
+            "HS384 with the real secret",
+            sign(
+                &json!({"alg": "HS384"}),
+                &claims(&|_| {}),
+                secret,
+                Some(Algorithm::HS384),
+            ),
+            "invalid_token",
+        ),
+        (
+            "HS512 with the real secret",
+            sign(
+                &json!({"alg": "HS512"}),
+                &claims(&|_| {}),
+                secret,
+                Some(Algorithm::HS512),
+            ),
+            "invalid_token",
+        ),
+        (
+            "RS256 header, HMAC signature with the secret as the public key",
+            sign(
+                &json!({"alg": "RS256", "typ": "JWT"}),
+                &claims(&|_| {}),
+                secret,
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "ES256 header, HMAC signature",
+            sign(&json!({"alg": "ES256"}), &claims(&|_| {}), secret, None),
+            "invalid_token",
+        ),
+        (
+            "forged kid pointing at an empty key",
+            sign(
+                &json!({"alg": "HS256", "kid": "../../../../dev/null"}),
+                &claims(&|_| {}),
+                b"",
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "kid with SQL, signed with the real secret",
+            sign(
+                &json!({"alg": "HS256", "kid": "x' UNION SELECT 'k"}),
+                &claims(&|_| {}),
+                secret,
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "jku to an attacker's key set",
+            sign(
+                &json!({"alg": "HS256", "jku": "https://attacker.example/jwks"}),
+                &claims(&|_| {}),
+                secret,
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "wrong secret",
+            sign(
+                &hs256,
+                &claims(&|_| {}),
+                b"another-secret-of-at-least-32-bytes!!",
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "tampered generation",
+            tampered(&claims(&|c| c["generation"] = json!(2))),
+            "invalid_token",
+        ),
+        (
+            "tampered subject",
+            tampered(&claims(&|c| {
+                c["sub"] = json!(uuid::Uuid::new_v4().to_string())
+            })),
+            "invalid_token",
+        ),
+        (
+            "tampered expiry",
+            tampered(&claims(&|c| c["exp"] = json!(now + 10 * 365 * 86400))),
+            "invalid_token",
+        ),
+        (
+            "wrong audience",
+            sign(
+                &hs256,
+                &claims(&|c| c["aud"] = json!("bosonserver-admin")),
+                secret,
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "audience list without ours",
+            sign(
+                &hs256,
+                &claims(&|c| c["aud"] = json!(["other", "more"])),
+                secret,
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "wrong issuer",
+            sign(&hs256, &claims(&|c| c["iss"] = json!("evil")), secret, None),
+            "invalid_token",
+        ),
+        (
+            "issued in the future",
+            sign(
+                &hs256,
+                &claims(&|c| c["iat"] = json!(now + 600)),
+                secret,
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "expired past the leeway",
+            sign(
+                &hs256,
+                &claims(&|c| {
+                    c["iat"] = json!(now - 7200);
+                    c["exp"] = json!(now - 6);
+                }),
+                secret,
+                None,
+            ),
+            "token_expired",
+        ),
+        (
+            "no expiry",
+            sign(
+                &hs256,
+                &claims(&|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+                secret,
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "string generation",
+            sign(
+                &hs256,
+                &claims(&|c| c["generation"] = json!("1")),
+                secret,
+                None,
+            ),
+            "invalid_token",
+        ),
+        ("garbage", "not.a.token".to_owned(), "invalid_token"),
+        (
+            "two parts",
+            format!("{}.{}", parts[0], parts[1]),
+            "invalid_token",
+        ),
+        ("empty", String::new(), "invalid_token"),
+        ("huge", "A".repeat(8 * 1024), "invalid_token"),
+        ("revoked by re-registration", token.clone(), "token_revoked"),
+        (
+            "a generation the node never had",
+            sign(
+                &hs256,
+                &claims(&|c| c["generation"] = json!(7)),
+                secret,
+                None,
+            ),
+            "token_revoked",
+        ),
+    ];
+    let heartbeat = format!("/api/v1/nodes/{}/heartbeat", node.id);
+    let beat = json!({"metrics": {"latency": 1, "cpuUsage": 1, "activeConnections": 0}});
+    let route = json!({
+        "clientId": node.id,
+        "clientNetworkInfo": {"ipv4": "192.168.1.2", "natType": "FullCone"}
+    });
+    let endpoints: Vec<(Method, String, Option<&Value>)> = vec![
+        (Method::GET, "/api/v1/nodes".into(), None),
+        (Method::GET, format!("/api/v1/nodes/{}", node.id), None),
+        (Method::GET, "/api/v1/turn/ice".into(), None),
+        (Method::GET, "/api/v1/hosts".into(), None),
+        (Method::POST, heartbeat.clone(), Some(&beat)),
+        (Method::POST, "/api/v1/routing/request".into(), Some(&route)),
+        (Method::DELETE, format!("/api/v1/nodes/{}", node.id), None),
+    ];
+    for (what, bad, want_code) in &cases {
+        for (method, path, body) in &endpoints {
+            let mut request = server
+                .http
+                .request(method.clone(), server.url(path))
+                .header("authorization", format!("Bearer {bad}"));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let challenge = response.headers().get("www-authenticate").cloned();
+            let text = response.text().await.unwrap();
+            let where_ = format!("{what}: {method} {path} -> {status} {text}");
+            let body: Value =
+                serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {where_}"));
+            assert_eq!(status, 401, "{where_}");
+            assert_eq!(body["error"]["code"], *want_code, "{where_}");
+            assert!(challenge.is_some(), "{where_}");
+        }
+    }
+    // Registration with a bad token is refused the same way (and creates nothing).
+    let stranger = Node::new("NL-NH");
+    for (what, bad, want_code) in &cases[..cases.len() - 2] {
+        let (status, body) = server
+            .send(
+                Method::POST,
+                "/api/v1/nodes/register",
+                Some(bad),
+                Some(&stranger.registration()),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some(*want_code)),
+            "{what}: {body}"
+        );
+    }
+    // Header bytes that are not text are no better.
+    let response = server
+        .http
+        .get(server.url("/api/v1/nodes"))
+        .header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_token");
+
+    // Nothing above touched the node: the current token still works.
+    assert_eq!(server.heartbeat(&node, &current, 1).await.0, 200);
+    let (status, body) = server
+        .get(&format!("/api/v1/nodes/{}", stranger.id), Some(&current))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("node_not_found"))
+    );
+    server.stop().await;
+}
+
+/// The same registration sent twice, and a token captured before a re-registration: the
+/// replay is refused and changes nothing.
+async fn replayed_registrations_and_tokens_change_nothing(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("SE-AB");
+    let body = node.registration();
+    let (status, first) = server.post("/api/v1/nodes/register", None, &body).await;
+    assert_eq!(status, 201, "{first}");
+    let token = first["sessionToken"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/nodes/{}", node.id);
+    let (_, before) = server.get(&path, Some(&token)).await;
+
+    // The identical body again, as an eavesdropper or a retrying proxy would send it.
+    server.clock.advance(Duration::from_secs(1));
+    let (status, replay) = server.post("/api/v1/nodes/register", None, &body).await;
+    assert_eq!(
+        (status, replay["error"]["code"].as_str()),
+        (409, Some("node_active")),
+        "{replay}"
+    );
+    let (_, after) = server.get(&path, Some(&token)).await;
+    assert_eq!(before, after, "the replay changed the node");
+    assert_eq!(
+        server.heartbeat(&node, &token, 0).await.0,
+        200,
+        "the first token still works"
+    );
+
+    // The node re-registers; the token captured before is dead everywhere, also for
+    // registering again (which would otherwise hand out a fresh token).
+    let (status, renewed) = server
+        .post("/api/v1/nodes/register", Some(&token), &body)
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    let current = renewed["sessionToken"].as_str().unwrap().to_owned();
+    server.take_commands();
+    for (status, body) in [
+        server
+            .post("/api/v1/nodes/register", Some(&token), &body)
+            .await,
+        server.heartbeat(&node, &token, 0).await,
+        server.get("/api/v1/turn/ice", Some(&token)).await,
+        server.get(&path, Some(&token)).await,
+        server.send(Method::DELETE, &path, Some(&token), None).await,
+    ] {
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("token_revoked")),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        server.take_commands(),
+        vec![],
+        "no grant or revocation for a stale token"
+    );
+    let (status, node_now) = server.get(&path, Some(&current)).await;
+    assert_eq!(status, 200);
+    assert_eq!(node_now["status"], "active", "{node_now}");
+    server.stop().await;
+}
+
+/// Bodies without a length, streamed in chunks past the limit, get 413 like any other.
+async fn oversized_streamed_bodies_are_refused(backend: Backend) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = "POST /api/v1/nodes/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 1024, " ".repeat(1024));
+    for _ in 0..32 {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server answered and closed early
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    assert_eq!(server.get("/health", None).await.0, 200);
     server.stop().await;
 }
 
