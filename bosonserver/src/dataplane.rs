@@ -185,6 +185,12 @@ impl DataplaneArgs {
 }
 
 impl DataplanePlan {
+    /// Adds the node relay to the workers.
+    pub(crate) fn with_relay(mut self, relay: Option<boson_dataplane::relay::RelayConfig>) -> Self {
+        self.shell.relay = relay;
+        self
+    }
+
     /// Starts the workers.
     pub(crate) fn start(self) -> anyhow::Result<Dataplane> {
         let shell = self.shell.clone();

@@ -2,6 +2,7 @@
 
 mod dataplane;
 mod healthcheck;
+mod relay;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use crate::dataplane::DataplaneArgs;
+use crate::relay::{CommandApplier, Grants, RelayArgs, RelayAuth};
 
 /// BosonServer: registry, STUN/TURN and relay for a WireGuard-style VPN.
 ///
@@ -37,9 +39,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every plane in one process (the default): the REST API and the STUN/TURN dataplane.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the control plane alone (REST API, registry, health, metrics).
-    Control(ControlArgs),
+    Control(Box<ControlArgs>),
     /// Exit 0 if the local REST API answers `/health/ready`, else 1 (for container health checks).
     Healthcheck(healthcheck::HealthcheckArgs),
 }
@@ -50,6 +52,8 @@ struct RunArgs {
     control: ControlArgs,
     #[command(flatten)]
     dataplane: DataplaneArgs,
+    #[command(flatten)]
+    relay: RelayArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -69,10 +73,10 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command.unwrap_or(Command::Run(cli.run)) {
-        Command::Run(args) => run_all(args),
+    match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
+        Command::Run(args) => run_all(*args),
         Command::Control(args) => {
-            let config = args.resolve().context("invalid configuration")?;
+            let config = (*args).resolve().context("invalid configuration")?;
             runtime()?.block_on(serve_control(config, None))
         }
         Command::Healthcheck(args) => healthcheck::run(&args),
@@ -87,14 +91,44 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         .dataplane
         .plan(&config.turn.public_host, &config.turn.secrets)
         .context("invalid configuration")?;
-    let dataplane = plan.start()?;
+    let clock: Arc<dyn boson_control::clock::Clock> = Arc::new(SystemClock);
+    let grants = Arc::new(Grants::default());
+    let auth = Arc::new(RelayAuth::new(
+        boson_control::auth::Tokens::new(&config.jwt),
+        Arc::clone(&grants),
+        Arc::clone(&clock),
+    ));
+    // Dataplane → control: relay events, handed to the async side through an unbounded
+    // channel (the workers must never block; events are a few per session).
+    let (event_tx, event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let events: boson_dataplane::relay::EventSink = Arc::new(move |event| {
+        let _ = event_tx.send(event);
+    });
+    let relay = args
+        .relay
+        .config(auth, Some(events.clone()))
+        .context("invalid configuration")?;
+    let dataplane = plan.with_relay(relay).start()?;
     if !explicit_turn_port {
         config.turn.port = dataplane.local_addr().port();
     }
+    let applier = CommandApplier::new(
+        grants,
+        dataplane.relay_addr().map(|_| dataplane.relay_handle()),
+    );
+    // A fresh dataplane holds no grants: ask for all of them.
+    events(boson_shared::plane::Event::NeedGrants);
     let reader = dataplane.stats_reader();
+    let load_reader = dataplane.stats_reader();
     let metrics: boson_control::MetricsSource =
         Box::new(move || boson_dataplane::metrics::render(&reader.read()));
-    let served = runtime()?.block_on(serve_control(config, Some(metrics)));
+    let planes = Planes {
+        metrics,
+        applier,
+        events: event_rx,
+        load: Box::new(move || host_load(&load_reader.read())),
+    };
+    let served = runtime()?.block_on(serve_control(config, Some(planes)));
     let stopped = dataplane.shutdown().map(|_| ());
     served?;
     stopped.context("stopping the dataplane")
@@ -107,14 +141,52 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-async fn serve_control(
-    config: Config,
-    metrics: Option<boson_control::MetricsSource>,
-) -> anyhow::Result<()> {
+/// What links the control plane to an in-process dataplane.
+struct Planes {
+    metrics: boson_control::MetricsSource,
+    applier: CommandApplier,
+    events: tokio::sync::mpsc::UnboundedReceiver<boson_shared::plane::Event>,
+    load: Box<dyn Fn() -> boson_control::hosts::HostLoad + Send + Sync>,
+}
+
+/// The host's live load from the workers' counters, for the relay host registry.
+fn host_load(stats: &[boson_dataplane::WorkerStatsSnapshot]) -> boson_control::hosts::HostLoad {
+    let sum = |f: fn(&boson_dataplane::WorkerCounters) -> u64| -> u32 {
+        u32::try_from(stats.iter().map(|s| f(&s.counters)).sum::<u64>()).unwrap_or(u32::MAX)
+    };
+    boson_control::hosts::HostLoad {
+        allocations: sum(|c| c.allocations),
+        sessions: sum(|c| c.ws_sessions),
+        bandwidth: 0.0,
+    }
+}
+
+async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result<()> {
     let listen = config.http_listen;
     let state = AppState::connect(config, Arc::new(SystemClock)).await?;
-    if let Some(metrics) = metrics {
+    if let Some(planes) = planes {
+        let Planes {
+            metrics,
+            applier,
+            mut events,
+            load,
+        } = planes;
         state.set_metrics_source(metrics)?;
+        state.set_command_sink(move |command| applier.apply(&command))?;
+        let events_state = state.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                events_state.handle_event(event).await;
+            }
+        });
+        let load_state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                load_state.set_host_load(load());
+            }
+        });
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -48,6 +48,8 @@ pub struct NodeToken {
     pub node_id: NodeId,
     /// Registration generation it was issued for.
     pub generation: i64,
+    /// When it expires (`exp`), whole seconds.
+    pub expires_at: UnixMillis,
 }
 
 /// A freshly issued token.
@@ -145,7 +147,20 @@ impl Tokens {
     }
 
     /// Checks signature, algorithm, issuer, audience and lifetime of `token` at `now`.
+    ///
+    /// Tokens whose header names a key (`kid`, `jku`, `jwk`, `x5u`, `x5c`) are refused before
+    /// their signature is checked: this server never issues them, there is one key, and a
+    /// header that picks the key is the lever of key-confusion attacks.
     pub fn verify(&self, token: &str, now: UnixMillis) -> Result<NodeToken, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.kid.is_some()
+            || header.jku.is_some()
+            || header.jwk.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+        {
+            return Err(TokenError::Invalid);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| TokenError::Invalid)?;
         let claims = data.claims;
@@ -160,6 +175,7 @@ impl Tokens {
         Ok(NodeToken {
             node_id,
             generation: claims.generation,
+            expires_at: UnixMillis(claims.exp.saturating_mul(1000)),
         })
     }
 
@@ -208,6 +224,7 @@ mod tests {
         let ok = NodeToken {
             node_id: node(),
             generation: 3,
+            expires_at: issued.expires_at,
         };
         assert_eq!(keys.verify(&issued.token, NOW), Ok(ok));
         let expiry = NOW.saturating_add(Duration::from_secs(3600));
@@ -256,6 +273,40 @@ mod tests {
         let hs512 = forge(r#"{"alg":"HS512","typ":"JWT"}"#, &claims, "AAAA");
         assert_eq!(keys.verify(&hs512, NOW), Err(TokenError::Invalid));
         assert_eq!(keys.verify("garbage", NOW), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn headers_that_pick_a_key_are_refused_even_with_a_good_signature() {
+        let keys = tokens(&[1; 32]);
+        let encoding = EncodingKey::from_secret(&[1; 32]);
+        let claims = serde_json::json!({
+            "sub": node().to_string(), "iss": ISSUER, "aud": AUDIENCE,
+            "iat": NOW.as_secs(), "exp": NOW.as_secs() + 60, "generation": 1,
+        });
+        let plain = Header::new(Algorithm::HS256);
+        assert!(
+            keys.verify(
+                &jsonwebtoken::encode(&plain, &claims, &encoding).unwrap(),
+                NOW
+            )
+            .is_ok()
+        );
+        let headers: [fn(&mut Header); 4] = [
+            |h| h.kid = Some("../../../dev/null".into()),
+            |h| h.jku = Some("https://attacker.example/jwks.json".into()),
+            |h| h.x5u = Some("https://attacker.example/cert.pem".into()),
+            |h| h.x5c = Some(vec!["MIIB".into()]),
+        ];
+        for set in headers {
+            let mut header = plain.clone();
+            set(&mut header);
+            let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
+            assert_eq!(
+                keys.verify(&token, NOW),
+                Err(TokenError::Invalid),
+                "{header:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,19 +1,34 @@
-//! Short-lived shared state: per-IP rate limits and node presence.
+//! Short-lived shared state: per-IP rate limits, node presence, relay hosts and relay
+//! presence.
 //!
 //! With `REDIS_URL` set it lives in Redis, so that every host behind one address shares the
 //! limits and the relay mesh can see which host a node talks to. Without it, rate limits are
-//! kept in this process and presence is not published (one host has no one to tell).
+//! kept in this process, node presence is not published (one host has no one to tell), and
+//! relay hosts and relay presence live in the store alone (see [`crate::mesh`]).
+//!
+//! Redis keys, each under the configured prefix:
+//!
+//! | Key | Type | Expiry | Holds |
+//! |---|---|---|---|
+//! | `rl:{bucket}:{key}:{window}` | counter | two windows | a rate-limit window |
+//! | `presence:{node}` | string | node timeout | `{lastSeen, generation}` of a live node |
+//! | `hosts` | set | none | ids of hosts that may be alive (pruned by readers) |
+//! | `host:{host}` | string | host timeout | the host's [`HostRecord`] as JSON |
+//! | `relay:{node}` | string | host timeout | the host the node holds its relay session on |
+//! | `relay-nodes:{host}` | set | host timeout | the nodes holding relay sessions on the host |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use boson_shared::NodeId;
+use boson_shared::plane::HostId;
 use redis::AsyncCommands as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::clock::UnixMillis;
 use crate::config::RedisConfig;
+use crate::hosts::{self, HostRecord};
 
 /// Why the cache could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +37,19 @@ pub enum CacheError {
     /// Redis failed or timed out.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A value in Redis is not what this version writes.
+    #[error("corrupt value under {key}: {message}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
 }
+
+/// Deletes `KEYS[1]` only if it still holds `ARGV[1]`: a host withdraws a node's relay
+/// presence only if no other host has taken it over since.
+const DELETE_IF_EQUAL: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 /// The outcome of counting one request against a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +220,227 @@ impl Cache {
         }
         Ok(())
     }
+
+    /// Publishes a relay host's record for `ttl`. A no-op in process.
+    pub async fn put_host(&self, host: &HostRecord, ttl: Duration) -> Result<(), CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(());
+        };
+        let id = hosts::host_id_string(host.host_id);
+        let value = serde_json::to_string(host).map_err(|e| CacheError::Corrupt {
+            key: format!("{prefix}host:{id}"),
+            message: e.to_string(),
+        })?;
+        let () = redis::pipe()
+            .atomic()
+            .pset_ex(format!("{prefix}host:{id}"), value, millis(ttl))
+            .ignore()
+            .sadd(format!("{prefix}hosts"), &id)
+            .ignore()
+            .query_async(&mut conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Every host record that has not expired, by id; `None` in process (the store has them).
+    /// Ids whose record expired are pruned from the `hosts` set on the way.
+    pub async fn hosts(&self) -> Result<Option<Vec<HostRecord>>, CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(None);
+        };
+        let mut conn = conn.clone();
+        let mut ids: Vec<String> = conn.smembers(format!("{prefix}hosts")).await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let keys: Vec<String> = ids.iter().map(|id| format!("{prefix}host:{id}")).collect();
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut records = Vec::with_capacity(ids.len());
+        let mut expired = Vec::new();
+        for ((id, key), value) in ids.iter().zip(&keys).zip(values) {
+            match value {
+                Some(text) => {
+                    records.push(
+                        serde_json::from_str(&text).map_err(|e| CacheError::Corrupt {
+                            key: key.clone(),
+                            message: e.to_string(),
+                        })?,
+                    )
+                }
+                None => expired.push(id.clone()),
+            }
+        }
+        if !expired.is_empty() {
+            let _: i64 = conn.srem(format!("{prefix}hosts"), &expired).await?;
+        }
+        Ok(Some(records))
+    }
+
+    /// Withdraws a host that shuts down cleanly, with the relay presence it published.
+    pub async fn remove_host(&self, host: HostId) -> Result<(), CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(());
+        };
+        let id = hosts::host_id_string(host);
+        let mut conn = conn.clone();
+        let nodes: Vec<String> = conn.smembers(format!("{prefix}relay-nodes:{id}")).await?;
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.cmd("EVAL")
+                .arg(DELETE_IF_EQUAL)
+                .arg(1)
+                .arg(format!("{prefix}relay:{node}"))
+                .arg(&id)
+                .ignore();
+        }
+        pipe.del(format!("{prefix}relay-nodes:{id}"))
+            .ignore()
+            .del(format!("{prefix}host:{id}"))
+            .ignore()
+            .srem(format!("{prefix}hosts"), &id)
+            .ignore();
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Records that `node` holds its relay session on `host`, for `ttl`. A no-op in process.
+    pub async fn set_relay_presence(
+        &self,
+        node: NodeId,
+        host: HostId,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(());
+        };
+        let id = hosts::host_id_string(host);
+        let () = redis::pipe()
+            .atomic()
+            .pset_ex(format!("{prefix}relay:{node}"), &id, millis(ttl))
+            .ignore()
+            .sadd(format!("{prefix}relay-nodes:{id}"), node.to_string())
+            .ignore()
+            .pexpire(format!("{prefix}relay-nodes:{id}"), to_i64(millis(ttl)))
+            .ignore()
+            .query_async(&mut conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Withdraws `node`'s relay presence on `host`, unless another host has taken it over.
+    pub async fn clear_relay_presence(&self, node: NodeId, host: HostId) -> Result<(), CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(());
+        };
+        let id = hosts::host_id_string(host);
+        let () = redis::pipe()
+            .atomic()
+            .cmd("EVAL")
+            .arg(DELETE_IF_EQUAL)
+            .arg(1)
+            .arg(format!("{prefix}relay:{node}"))
+            .arg(&id)
+            .ignore()
+            .srem(format!("{prefix}relay-nodes:{id}"), node.to_string())
+            .ignore()
+            .query_async(&mut conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Re-publishes the relay presence of every node in `nodes` (all of `host`'s) for `ttl`,
+    /// and rewrites the host's node set to exactly them.
+    pub async fn refresh_relay_presence(
+        &self,
+        host: HostId,
+        nodes: &[NodeId],
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(());
+        };
+        let id = hosts::host_id_string(host);
+        let set = format!("{prefix}relay-nodes:{id}");
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&set).ignore();
+        for node in nodes {
+            pipe.pset_ex(format!("{prefix}relay:{node}"), &id, millis(ttl))
+                .ignore()
+                .sadd(&set, node.to_string())
+                .ignore();
+        }
+        if !nodes.is_empty() {
+            pipe.pexpire(&set, to_i64(millis(ttl))).ignore();
+        }
+        let () = pipe.query_async(&mut conn.clone()).await?;
+        Ok(())
+    }
+
+    /// The host `node` holds its relay session on; `None` in process or when there is none.
+    pub async fn relay_presence(&self, node: NodeId) -> Result<Option<HostId>, CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(None);
+        };
+        let key = format!("{prefix}relay:{node}");
+        let value: Option<String> = conn.clone().get(&key).await?;
+        value
+            .map(|text| {
+                hosts::parse_host_id(&text).ok_or(CacheError::Corrupt {
+                    key,
+                    message: format!("{text:?} is not a host id"),
+                })
+            })
+            .transpose()
+    }
+
+    /// The nodes on each of `hosts`, as those hosts published them. A node listed by two hosts
+    /// (it moved, and the old host has not refreshed yet) goes to the host its `relay:` key
+    /// names.
+    pub async fn relay_nodes(
+        &self,
+        hosts: &[HostId],
+    ) -> Result<BTreeMap<NodeId, HostId>, CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(BTreeMap::new());
+        };
+        let mut conn = conn.clone();
+        let mut found: BTreeMap<NodeId, HostId> = BTreeMap::new();
+        let mut contested = Vec::new();
+        for host in hosts {
+            let key = format!("{prefix}relay-nodes:{}", hosts::host_id_string(*host));
+            let members: Vec<String> = conn.smembers(&key).await?;
+            for member in members {
+                let node: NodeId = member.parse().map_err(|_| CacheError::Corrupt {
+                    key: key.clone(),
+                    message: format!("{member:?} is not a node id"),
+                })?;
+                if found.insert(node, *host).is_some() {
+                    contested.push(node);
+                }
+            }
+        }
+        for node in contested {
+            match self.relay_presence(node).await? {
+                Some(host) if hosts.contains(&host) => {
+                    found.insert(node, host);
+                }
+                Some(_) | None => {
+                    found.remove(&node);
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn to_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

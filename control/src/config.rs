@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use boson_shared::TurnSecret;
+use boson_shared::plane::HostId;
 use rand::RngCore as _;
 
 /// Control-plane settings as given on the command line or in the environment.
@@ -91,6 +92,66 @@ pub struct ControlArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "BOSON_MAX_BODY_BYTES", default_value_t = 16 * 1024, hide = true)]
     pub max_body_bytes: usize,
+
+    /// A client that has not sent a request's complete headers this long after starting it
+    /// (or after connecting) is disconnected.
+    #[arg(long, env = "BOSON_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A request whose body has not fully arrived this long after its headers answers 408.
+    #[arg(long, env = "BOSON_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_body_timeout: Duration,
+
+    /// Open connections accepted from one client IP address; more are closed at once. Raise it
+    /// behind a reverse proxy, where every client shares the proxy's address.
+    #[arg(long, env = "BOSON_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: u32,
+
+    /// This host's id in the relay host registry. Default: generated once and kept in the data
+    /// dir (`host-id`), so a restart keeps it.
+    #[arg(long, env = "BOSON_HOST_ID")]
+    pub host_id: Option<uuid::Uuid>,
+
+    /// Region of this host, in the nodes' `CC-REGION` form such as `US-CA`; routing prefers
+    /// relay hosts near both ends of a route.
+    #[arg(long, env = "BOSON_REGION", default_value = "")]
+    pub region: String,
+
+    /// Latitude and longitude of this host in degrees, `LAT,LON`; with a node's coordinates it
+    /// gives a better distance estimate than regions alone.
+    #[arg(long, env = "BOSON_COORDINATES", value_parser = parse_coordinates)]
+    pub coordinates: Option<[f64; 2]>,
+
+    /// `ws://` or `wss://` URL of this host's WebSocket relay, as nodes reach it. Default: none
+    /// (no WebSocket relay routes through this host).
+    #[arg(long, env = "BOSON_PUBLIC_RELAY_URL")]
+    pub public_relay_url: Option<String>,
+
+    /// `HOST:PORT` of this host's QUIC relay, as nodes reach it. Default: none.
+    #[arg(long, env = "BOSON_PUBLIC_QUIC_ADDR")]
+    pub public_quic_addr: Option<String>,
+
+    /// Relay sessions plus TURN allocations this host takes before routing avoids it.
+    #[arg(long, env = "BOSON_MAX_RELAY_CONNECTIONS", default_value_t = 10_000)]
+    pub max_relay_connections: u32,
+
+    /// Relay bandwidth of this host in Mbit/s, against which its reported use is weighed.
+    #[arg(long, env = "BOSON_RELAY_BANDWIDTH", default_value_t = 1000.0)]
+    pub relay_bandwidth: f64,
+
+    /// How often this host publishes its record and load to the other hosts.
+    #[arg(long, env = "BOSON_HOST_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub host_heartbeat_interval: Duration,
+
+    /// A host silent for this long is out of the registry (and its nodes' relay presence
+    /// expires with it).
+    #[arg(long, env = "BOSON_HOST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub host_timeout: Duration,
+
+    /// Seed of the routing's random choices (power of two choices between relay hosts), for
+    /// reproducible runs. Default: from the operating system.
+    #[arg(long, env = "BOSON_ROUTING_SEED", hide = true)]
+    pub routing_seed: Option<u64>,
 }
 
 /// Validated control-plane configuration.
@@ -112,6 +173,48 @@ pub struct Config {
     pub register_rate_limit: u32,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Limits on slow or greedy HTTP clients.
+    pub http: HttpLimits,
+    /// This host in the relay host registry.
+    pub host: HostConfig,
+    /// Seed of the routing's random choices; `None` seeds from the operating system.
+    pub routing_seed: Option<u64>,
+}
+
+/// Limits on slow or greedy HTTP clients.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Time a client has to send a request's headers (hyper's `header_read_timeout`; it also
+    /// closes idle keep-alive connections after as long).
+    pub header_read_timeout: Duration,
+    /// Time a request's body has to arrive once its headers are in.
+    pub body_read_timeout: Duration,
+    /// Open connections per client IP address.
+    pub max_connections_per_ip: u32,
+}
+
+/// This host as it registers in the relay host registry. Its TURN address is the one handed
+/// out in ICE answers (`TurnConfig::public_host` and `port`).
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Stable id, kept in the data dir.
+    pub id: HostId,
+    /// `CC-REGION`, or empty when unknown.
+    pub region: String,
+    /// Latitude and longitude in degrees.
+    pub coordinates: Option<[f64; 2]>,
+    /// `ws://` or `wss://` URL of the WebSocket relay.
+    pub relay_url: Option<String>,
+    /// `HOST:PORT` of the QUIC relay.
+    pub quic_addr: Option<String>,
+    /// Relay sessions plus TURN allocations it takes.
+    pub max_connections: u32,
+    /// Relay bandwidth, Mbit/s.
+    pub bandwidth_mbps: f64,
+    /// How often it publishes its record.
+    pub heartbeat_interval: Duration,
+    /// Silence after which other hosts drop it.
+    pub timeout: Duration,
 }
 
 /// Redis connection settings.
@@ -207,6 +310,51 @@ impl ControlArgs {
             !self.public_host.trim().is_empty(),
             "--public-host is empty"
         );
+        ensure!(
+            self.http_header_timeout >= Duration::from_millis(100)
+                && self.http_body_timeout >= Duration::from_millis(100),
+            "--http-header-timeout and --http-body-timeout must be at least 100ms"
+        );
+        ensure!(
+            self.max_connections_per_ip >= 1,
+            "--max-connections-per-ip must be at least 1"
+        );
+        ensure!(
+            self.host_heartbeat_interval >= Duration::from_millis(10)
+                && self.host_heartbeat_interval * 2 <= self.host_timeout,
+            "--host-timeout ({}) must be at least twice --host-heartbeat-interval ({}), \
+             so one lost heartbeat does not drop a host",
+            humantime::format_duration(self.host_timeout),
+            humantime::format_duration(self.host_heartbeat_interval)
+        );
+        ensure!(
+            self.max_relay_connections >= 1,
+            "--max-relay-connections must be at least 1"
+        );
+        ensure!(
+            self.relay_bandwidth.is_finite() && self.relay_bandwidth > 0.0,
+            "--relay-bandwidth must be a positive number of Mbit/s"
+        );
+        ensure!(
+            self.region.chars().count() <= crate::model::MAX_REGION_LEN
+                && !self.region.chars().any(char::is_control),
+            "--region must be at most {} printable characters",
+            crate::model::MAX_REGION_LEN
+        );
+        if let Some(url) = &self.public_relay_url {
+            ensure!(
+                url.starts_with("ws://") || url.starts_with("wss://"),
+                "--public-relay-url {url:?} must start with ws:// or wss://"
+            );
+        }
+        if let Some(addr) = &self.public_quic_addr {
+            ensure!(
+                addr.rsplit_once(':').is_some_and(
+                    |(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                ),
+                "--public-quic-addr {addr:?} must be HOST:PORT"
+            );
+        }
         for url in &self.extra_ice_urls {
             ensure!(
                 ["stun:", "turn:", "turns:"]
@@ -253,6 +401,11 @@ impl ControlArgs {
             )?));
         }
 
+        let host_id = match self.host_id {
+            Some(id) => HostId(id),
+            None => persistent_host_id(&self.data_dir)?,
+        };
+
         Ok(Config {
             http_listen: self.http_listen,
             database_url,
@@ -278,7 +431,71 @@ impl ControlArgs {
             },
             register_rate_limit: self.register_rate_limit,
             max_body_bytes: self.max_body_bytes,
+            http: HttpLimits {
+                header_read_timeout: self.http_header_timeout,
+                body_read_timeout: self.http_body_timeout,
+                max_connections_per_ip: self.max_connections_per_ip,
+            },
+            host: HostConfig {
+                id: host_id,
+                region: self.region,
+                coordinates: self.coordinates,
+                relay_url: self.public_relay_url,
+                quic_addr: self.public_quic_addr,
+                max_connections: self.max_relay_connections,
+                bandwidth_mbps: self.relay_bandwidth,
+                heartbeat_interval: self.host_heartbeat_interval,
+                timeout: self.host_timeout,
+            },
+            routing_seed: self.routing_seed,
         })
+    }
+}
+
+/// `LAT,LON` in degrees.
+fn parse_coordinates(text: &str) -> Result<[f64; 2], String> {
+    let bad = || format!("{text:?} is not LAT,LON (degrees)");
+    let (lat, lon) = text.split_once(',').ok_or_else(bad)?;
+    let lat: f64 = lat.trim().parse().map_err(|_| bad())?;
+    let lon: f64 = lon.trim().parse().map_err(|_| bad())?;
+    let in_range = lat.is_finite()
+        && (-90.0..=90.0).contains(&lat)
+        && lon.is_finite()
+        && (-180.0..=180.0).contains(&lon);
+    if !in_range {
+        return Err(format!(
+            "{text:?}: latitude must be -90..90 and longitude -180..180"
+        ));
+    }
+    Ok([lat, lon])
+}
+
+/// Reads this host's id from `host-id` in the data dir, creating it on first start so that a
+/// restart registers as the same host.
+fn persistent_host_id(data_dir: &Path) -> anyhow::Result<HostId> {
+    let path = data_dir.join("host-id");
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = uuid::Uuid::parse_str(text.trim()).with_context(|| {
+                format!(
+                    "{} does not hold a UUID; fix or delete it (or set BOSON_HOST_ID)",
+                    path.display()
+                )
+            })?;
+            Ok(HostId(id))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+            let id = uuid::Uuid::new_v4();
+            fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("writing {} (or set BOSON_HOST_ID)", path.display()))?;
+            tracing::info!("new relay host id {id}, kept in {}", path.display());
+            Ok(HostId(id))
+        }
+        Err(error) => {
+            Err(error).with_context(|| format!("reading {} (or set BOSON_HOST_ID)", path.display()))
+        }
     }
 }
 
@@ -411,6 +628,30 @@ mod tests {
         );
         assert_eq!(first.turn.secrets, second.turn.secrets);
         assert_ne!(first.jwt.secret, second.turn.secrets[0].as_bytes());
+        assert_eq!(first.host.id, second.host.id, "restart keeps the host id");
+        let pinned = uuid::Uuid::new_v4();
+        let given = args(&["--data-dir", data, "--host-id", &pinned.to_string()])
+            .resolve()
+            .unwrap();
+        assert_eq!(given.host.id, HostId(pinned));
+    }
+
+    #[test]
+    fn a_corrupt_host_id_file_is_an_error_not_a_new_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("host-id"), "not a uuid").unwrap();
+        let error = args(&["--data-dir", dir.path().to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("host-id"), "{error:#}");
+    }
+
+    #[test]
+    fn coordinates_parse_within_range() {
+        assert_eq!(parse_coordinates("37.77, -122.42"), Ok([37.77, -122.42]));
+        for bad in ["37.77", "91,0", "0,181", "a,b", "NaN,0"] {
+            assert!(parse_coordinates(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -423,6 +664,12 @@ mod tests {
             &["--extra-ice-urls", "http://example.com"],
             &["--register-rate-limit", "0"],
             &["--token-ttl", "1s"],
+            &["--host-heartbeat-interval", "10s", "--host-timeout", "15s"],
+            &["--public-relay-url", "http://relay.example.com"],
+            &["--public-quic-addr", "relay.example.com"],
+            &["--max-connections-per-ip", "0"],
+            &["--relay-bandwidth", "0"],
+            &["--http-header-timeout", "1ms"],
         ] {
             let mut argv = vec!["--data-dir", data];
             argv.extend_from_slice(bad);

@@ -1,6 +1,7 @@
 //! The REST API: routes, extractors and handlers. Handlers do I/O and call the pure decision
 //! functions in [`crate::registry`] and [`crate::routing`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -8,10 +9,10 @@ use axum::extract::{
     ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
 };
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use boson_shared::{NodeId, TurnCredential};
 use serde::de::DeserializeOwned;
@@ -22,9 +23,10 @@ use crate::AppState;
 use crate::auth::{NodeToken, TokenError};
 use crate::cache::RateDecision;
 use crate::error::ApiError;
+use crate::hosts::HostRecord;
 use crate::model::{HeartbeatRequest, NodeStatus, NodeView, RegisterRequest, ReportedStatus};
 use crate::registry::{self, Decision};
-use crate::routing::{self, Route, RoutingRequest};
+use crate::routing::{self, Place, RankInput, Route, RoutingRequest};
 use crate::store::{Heartbeat, HeartbeatOutcome, NodeFilter, NodeRecord, WriteOutcome};
 
 /// Window of the per-IP registration limit.
@@ -34,20 +36,51 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest page of `GET /api/v1/nodes`.
 const MAX_PAGE: i64 = 1000;
 
+/// Every route of the API: method, path template (axum's `{param}` syntax) and handler. The
+/// router is built from this table and [`api_routes`] lists it, so the OpenAPI test compares
+/// the document with what is really served.
+fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::POST, "/api/v1/nodes/register", post(register)),
+        (Method::GET, "/api/v1/nodes", get(list_nodes)),
+        (Method::GET, "/api/v1/nodes/{node_id}", get(get_node)),
+        (
+            Method::DELETE,
+            "/api/v1/nodes/{node_id}",
+            delete(delete_node),
+        ),
+        (
+            Method::POST,
+            "/api/v1/nodes/{node_id}/heartbeat",
+            post(heartbeat),
+        ),
+        (Method::POST, "/api/v1/routing/request", post(request_route)),
+        (Method::GET, "/api/v1/turn/ice", get(ice_servers)),
+        (Method::GET, "/api/v1/hosts", get(list_hosts)),
+        (Method::GET, "/health", get(health)),
+        (Method::GET, "/health/live", get(live)),
+        (Method::GET, "/health/ready", get(ready)),
+        (Method::GET, "/metrics", get(metrics)),
+    ]
+}
+
+/// The method and path template of every route the API serves, in axum's `{param}` syntax.
+pub fn api_routes() -> Vec<(Method, &'static str)> {
+    routes()
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect()
+}
+
 /// Every route of the API.
 pub(crate) fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
-        .route("/api/v1/nodes/register", post(register))
-        .route("/api/v1/nodes", get(list_nodes))
-        .route("/api/v1/nodes/{node_id}", get(get_node))
-        .route("/api/v1/nodes/{node_id}/heartbeat", post(heartbeat))
-        .route("/api/v1/routing/request", post(request_route))
-        .route("/api/v1/turn/ice", get(ice_servers))
-        .route("/health", get(health))
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        // Routes of one path merge into one method router.
+        router = router.route(path, handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -60,15 +93,41 @@ pub(crate) fn router(state: AppState) -> Router {
 
 // ---- extractors ----
 
-/// A JSON body whose every rejection is an [`ApiError`].
+/// A JSON body whose every rejection is an [`ApiError`], and which must arrive within the
+/// body read timeout (408 otherwise).
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(value) = Json::<T>::from_request(req, state).await?;
-        Ok(Self(value))
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let timeout = state.config.http.body_read_timeout;
+        match tokio::time::timeout(timeout, Json::<T>::from_request(req, state)).await {
+            Ok(Ok(Json(value))) => Ok(Self(value)),
+            Ok(Err(rejection)) => Err(rejection.into()),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(timeout)
+                ),
+            )),
+        }
+    }
+}
+
+/// The `{node_id}` of a path; 400 `invalid_node_id` if it is not a UUID (or not even UTF-8).
+pub(crate) struct NodePath(pub(crate) NodeId);
+
+impl<S: Send + Sync> FromRequestParts<S> for NodePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::bad_request("invalid_node_id", rejection.body_text()))?;
+        parse_node_id(&text).map(Self)
     }
 }
 
@@ -100,13 +159,19 @@ impl FromRequestParts<AppState> for MaybeNodeAuth {
     }
 }
 
+/// A valid token is also a current one: its generation must still be the node's (every
+/// re-registration revokes older tokens, and a deleted node's tokens die with it).
 impl FromRequestParts<AppState> for NodeAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match MaybeNodeAuth::from_request_parts(parts, state).await? {
-            MaybeNodeAuth(Some(token)) => Ok(Self(token)),
-            MaybeNodeAuth(None) => Err(token_error(TokenError::Missing)),
+        let token = match MaybeNodeAuth::from_request_parts(parts, state).await? {
+            MaybeNodeAuth(Some(token)) => token,
+            MaybeNodeAuth(None) => return Err(token_error(TokenError::Missing)),
+        };
+        match state.store.generation(token.node_id).await? {
+            Some(generation) if generation == token.generation => Ok(Self(token)),
+            Some(_) | None => Err(token_error(TokenError::Revoked)),
         }
     }
 }
@@ -175,6 +240,10 @@ async fn register(
                     ApiError::internal(anyhow::anyhow!("replace without a stored node"))
                 })?,
         };
+    let issued = state
+        .tokens
+        .issue(valid.node_id, generation, now)
+        .map_err(ApiError::internal)?;
     let record = NodeRecord {
         node_id: valid.node_id,
         public_key: valid.public_key,
@@ -185,6 +254,7 @@ async fn register(
         metrics: valid.metrics,
         registered_at,
         last_seen: now,
+        token_expires_at: issued.expires_at,
     };
     let outcome = if existing.is_some() {
         state.store.replace(&record).await?
@@ -210,11 +280,8 @@ async fn register(
         state.metrics.observe_node_latency(metrics.latency);
     }
     publish_presence(&state, &record).await;
+    state.grant(record.node_id, record.generation, now, issued.expires_at);
 
-    let issued = state
-        .tokens
-        .issue(record.node_id, record.generation, now)
-        .map_err(ApiError::internal)?;
     let status = if existing.is_some() {
         StatusCode::OK
     } else {
@@ -270,10 +337,9 @@ struct HeartbeatResponse {
 async fn heartbeat(
     State(state): State<AppState>,
     NodeAuth(token): NodeAuth,
-    Path(node_id): Path<String>,
+    NodePath(node_id): NodePath,
     body: Result<ApiJson<HeartbeatRequest>, ApiError>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let node_id = parse_node_id(&node_id)?;
     if token.node_id != node_id {
         return Err(ApiError::forbidden(
             "a node may only send its own heartbeat",
@@ -307,6 +373,10 @@ async fn heartbeat(
             ));
         }
         HeartbeatOutcome::Revoked => return Err(token_error(TokenError::Revoked)),
+    }
+    match status {
+        NodeStatus::Active => state.grant(node_id, token.generation, now, token.expires_at),
+        NodeStatus::Inactive => state.revoke(node_id, Some(token.generation)),
     }
     state.metrics.observe_node_latency(latency);
     if let Some(node) = state.store.find(node_id).await? {
@@ -385,9 +455,8 @@ async fn list_nodes(
 async fn get_node(
     State(state): State<AppState>,
     NodeAuth(_): NodeAuth,
-    Path(node_id): Path<String>,
+    NodePath(node_id): NodePath,
 ) -> Result<Json<NodeView>, ApiError> {
-    let node_id = parse_node_id(&node_id)?;
     match state.store.find(node_id).await? {
         Some(node) => Ok(Json(node.view())),
         None => Err(ApiError::not_found(
@@ -395,6 +464,36 @@ async fn get_node(
             format!("no node {node_id}"),
         )),
     }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Deleted {
+    node_id: NodeId,
+    status: &'static str,
+}
+
+/// A node deregisters itself: its row, its tokens and its relay grant go.
+async fn delete_node(
+    State(state): State<AppState>,
+    NodeAuth(token): NodeAuth,
+    NodePath(node_id): NodePath,
+) -> Result<Json<Deleted>, ApiError> {
+    if token.node_id != node_id {
+        return Err(ApiError::forbidden("a node may only delete itself"));
+    }
+    if !state.store.delete(node_id, token.generation).await? {
+        // Re-registered (or deleted) since the token was checked.
+        return Err(token_error(TokenError::Revoked));
+    }
+    state.revoke(node_id, None);
+    if let Err(error) = state.cache.clear_presence(node_id).await {
+        tracing::warn!(node = %node_id, "presence not withdrawn: {error}");
+    }
+    Ok(Json(Deleted {
+        node_id,
+        status: "deleted",
+    }))
 }
 
 // ---- routing ----
@@ -442,7 +541,26 @@ async fn request_route(
             nodes
         }
     };
-    let routes = routing::rank(&request, &candidates);
+    let client = state.store.find(token.node_id).await?;
+    let hosts = relay_hosts(&state).await;
+    let mut presence = BTreeMap::new();
+    if let Some(target) = request.target_node_id {
+        match state.relay_presence(target).await {
+            Ok(Some(at)) => {
+                presence.insert(target, at.host);
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(node = %target, "relay presence unknown: {error}"),
+        }
+    }
+    let input = RankInput {
+        request: &request,
+        client: client.as_ref(),
+        candidates: &candidates,
+        hosts: &hosts,
+        presence: &presence,
+    };
+    let routes = state.with_rng(|rng| routing::rank(&input, rng));
     Ok(Json(RoutingResponse {
         selected_route: routes.first().cloned(),
         routes,
@@ -471,15 +589,20 @@ struct IceResponse {
     expires_at: i64,
 }
 
-/// `host` as it goes into a URI: IPv6 literals in brackets.
-fn uri_host(host: &str) -> String {
-    if host.parse::<std::net::Ipv6Addr>().is_ok() {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
+/// The live relay hosts; this host alone when the registry cannot be read (it is alive: it
+/// is answering), so routing degrades instead of failing.
+async fn relay_hosts(state: &AppState) -> Vec<HostRecord> {
+    match state.live_hosts().await {
+        Ok(hosts) => hosts,
+        Err(error) => {
+            tracing::warn!("relay host registry unreadable, routing through this host: {error}");
+            vec![state.own_record(state.clock.now())]
+        }
     }
 }
 
+/// ICE servers on the relay host chosen for the caller (two choices on distance and load) and
+/// a fallback host. Every host verifies the credentials: they share `TURN_STATIC_SECRET`.
 async fn ice_servers(
     State(state): State<AppState>,
     NodeAuth(token): NodeAuth,
@@ -490,7 +613,15 @@ async fn ice_servers(
     let expiry_secs = u64::try_from(expires_at.as_secs()).unwrap_or(0);
     let credential =
         TurnCredential::mint(&turn.secrets[0], &token.node_id.to_string(), expiry_secs);
-    let host = uri_host(&turn.public_host);
+    let client = state.store.find(token.node_id).await?;
+    let hosts = relay_hosts(&state).await;
+    let caller = client.as_ref().map(Place::of_node);
+    let chosen: Vec<HostRecord> = state.with_rng(|rng| {
+        routing::choose_ice_hosts(caller.as_ref(), &hosts, rng)
+            .into_iter()
+            .cloned()
+            .collect()
+    });
     let with_credential = |urls: Vec<String>| IceServer {
         urls,
         username: Some(credential.username.clone()),
@@ -499,12 +630,12 @@ async fn ice_servers(
     };
     let mut servers = vec![
         IceServer {
-            urls: vec![format!("stun:{host}:{}", turn.port)],
+            urls: chosen.iter().map(|h| h.addresses.stun_url()).collect(),
             username: None,
             credential: None,
             credential_type: None,
         },
-        with_credential(vec![format!("turn:{host}:{}?transport=udp", turn.port)]),
+        with_credential(chosen.iter().map(|h| h.addresses.turn_url()).collect()),
     ];
     // Extra TURN servers are assumed to share our secret (coturn's use-auth-secret).
     let (stun, relay): (Vec<String>, Vec<String>) = turn
@@ -527,6 +658,29 @@ async fn ice_servers(
         ice_servers: servers,
         ttl: turn.credential_ttl.as_secs(),
         expires_at: i64::try_from(expiry_secs).unwrap_or(i64::MAX) * 1000,
+    }))
+}
+
+// ---- relay hosts ----
+
+#[derive(Serialize)]
+struct HostList {
+    hosts: Vec<HostRecord>,
+    count: usize,
+}
+
+/// The live relay hosts, this one included.
+async fn list_hosts(
+    State(state): State<AppState>,
+    NodeAuth(_): NodeAuth,
+) -> Result<Json<HostList>, ApiError> {
+    let hosts = state
+        .live_hosts()
+        .await
+        .map_err(|e| ApiError::unavailable("the relay host registry", e.into()))?;
+    Ok(Json(HostList {
+        count: hosts.len(),
+        hosts,
     }))
 }
 

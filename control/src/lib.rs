@@ -1,39 +1,56 @@
-//! BosonServer's control plane: the node registry and its REST API.
+//! BosonServer's control plane: the node registry and its REST API, the relay host registry,
+//! and the decisions the dataplane enforces.
 //!
 //! Nodes register, prove who they are with the token they get back, send heartbeats, ask for
 //! routes and for TURN credentials. State lives in SQLite (embedded default) or PostgreSQL,
-//! and, when configured, in Redis for limits and presence shared between hosts.
+//! and, when configured, in Redis for limits and presence shared between hosts. Every
+//! BosonServer process registers itself as a relay host ([`hosts`]), and tells its dataplane
+//! which nodes may relay and where remote nodes are ([`mesh`]).
 //!
 //! The handlers (module `http`) are plain async functions; the decisions they make are pure
 //! functions of `now` and data ([`registry::decide`], [`routing::rank`],
-//! [`cache::rate_decision`], [`auth::Tokens::verify`]), tested without a database.
+//! [`cache::rate_decision`], [`auth::Tokens::verify`], [`grants::GrantTable`],
+//! [`hosts::is_live`]), tested without a database.
 
 pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod grants;
+pub mod hosts;
 mod http;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
+pub mod presence;
 pub mod registry;
 pub mod routing;
+mod server;
 pub mod store;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 use crate::auth::Tokens;
 use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::grants::GrantTable;
+use crate::hosts::LocalHost;
+use crate::mesh::CommandSink;
 use crate::metrics::Metrics;
+use crate::presence::{LocalSessions, RemotePresence};
 use crate::store::Store;
+
+pub use crate::http::api_routes;
 
 /// Everything a request handler can reach.
 pub struct App {
@@ -52,6 +69,18 @@ pub struct App {
     /// More Prometheus text for `/metrics`, such as the dataplane's per-core counters when
     /// both planes run in one process. Set once at start.
     extra_metrics: OnceLock<MetricsSource>,
+    /// This process as a relay host.
+    host: LocalHost,
+    /// The grants the dataplane was told about.
+    grants: Mutex<GrantTable>,
+    /// Relay sessions on this host, from the dataplane's events.
+    sessions: Mutex<LocalSessions>,
+    /// Nodes on other hosts, as the dataplane was told.
+    remote: Mutex<RemotePresence>,
+    /// Where commands to the dataplane go. Set once at start.
+    sink: OnceLock<Box<dyn CommandSink>>,
+    /// The routing's random choices.
+    rng: Mutex<StdRng>,
 }
 
 /// Renders Prometheus text appended to `/metrics`.
@@ -83,6 +112,12 @@ impl AppState {
         };
         let tokens = Tokens::new(&config.jwt);
         let metrics = Metrics::new().context("registering metrics")?;
+        let host = LocalHost::new(&config.host, &config.turn, clock.now());
+        let rng = match config.routing_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let grants = GrantTable::new(config.nodes.timeout / 2);
         Ok(Self(Arc::new(App {
             config,
             store,
@@ -91,7 +126,22 @@ impl AppState {
             metrics,
             clock,
             extra_metrics: OnceLock::new(),
+            host,
+            grants: Mutex::new(grants),
+            sessions: Mutex::new(LocalSessions::default()),
+            remote: Mutex::new(RemotePresence::default()),
+            sink: OnceLock::new(),
+            rng: Mutex::new(rng),
         })))
+    }
+
+    /// Runs `f` with the routing's random number generator.
+    pub(crate) fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        let mut rng = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut rng)
     }
 
     /// Appends `source`'s text to every `/metrics` answer. Only one source may be set; a
@@ -113,38 +163,67 @@ impl AppState {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, and marks silent nodes inactive
-/// in the background meanwhile.
+/// Serves the API on `listener` until `shutdown` completes. Meanwhile, in the background, it
+/// marks silent nodes inactive and, every host heartbeat interval, publishes this host in the
+/// relay host registry, polls relay presence and syncs grants (see [`mesh`]). On shutdown it
+/// leaves the registry. Dropping the future stops everything it started, as a crash would
+/// (without leaving the registry).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let sweeper = tokio::spawn(sweep_forever(state.clone()));
-    let app = state
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let mut background = JoinSet::new();
+    background.spawn(sweep_forever(state.clone()));
+    background.spawn(mesh_forever(state.clone()));
+    let served = server::run(listener, state.clone(), shutdown)
         .await
         .context("serving the REST API");
-    sweeper.abort();
+    background.abort_all();
+    state.leave().await;
     state.store.close().await;
     served
 }
 
-/// Every `sweep_interval`, marks nodes silent for longer than the timeout inactive.
+/// Every `sweep_interval`, marks nodes silent for longer than the timeout inactive and
+/// revokes their grants.
 async fn sweep_forever(state: AppState) {
     let policy = state.config.nodes;
     let mut ticks = tokio::time::interval(policy.sweep_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let since = state.grant_epoch();
         let cutoff = state.clock.now().saturating_sub(policy.timeout);
         match state.store.sweep(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("{n} node(s) missed their heartbeats and are now inactive"),
+            Ok(nodes) if nodes.is_empty() => {}
+            Ok(nodes) => {
+                tracing::info!(
+                    "{} node(s) missed their heartbeats and are now inactive",
+                    nodes.len()
+                );
+                state.revoke_stale(&nodes, since);
+            }
             Err(error) => tracing::warn!("sweeping silent nodes failed: {error}"),
+        }
+    }
+}
+
+/// Every `host_heartbeat_interval` (the first at once): this host's heartbeat, then the
+/// presence poll and the grant sync.
+async fn mesh_forever(state: AppState) {
+    let mut ticks = tokio::time::interval(state.config.host.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = state.heartbeat_host().await {
+            tracing::warn!("relay host heartbeat failed: {error}");
+        }
+        if let Err(error) = state.poll_presence().await {
+            tracing::warn!("polling relay presence failed: {error}");
+        }
+        if let Err(error) = state.sync_grants().await {
+            tracing::warn!("syncing grants failed: {error}");
         }
     }
 }

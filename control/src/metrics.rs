@@ -4,7 +4,8 @@
 //! text format by `GET /metrics`.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::store::Activity;
@@ -22,6 +23,9 @@ pub struct Metrics {
     active_nodes: IntGauge,
     active_connections: IntGauge,
     database_up: IntGauge,
+    plane_commands: IntCounterVec,
+    relay_hosts: IntGauge,
+    connections_refused: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,7 +64,26 @@ impl Metrics {
             "bosonserver_database_up",
             "1 if the last scrape could read the database, else 0 (node gauges are then stale).",
         )?;
+        let plane_commands = IntCounterVec::new(
+            Opts::new(
+                "bosonserver_plane_commands_total",
+                "Commands the control plane sent the dataplane, by kind (grant, revoke, \
+                 clear_grants, presence, ...).",
+            ),
+            &["command"],
+        )?;
+        let relay_hosts = IntGauge::new(
+            "bosonserver_relay_hosts",
+            "Live relay hosts this host sees, itself included, at its last presence poll.",
+        )?;
+        let connections_refused = IntCounter::new(
+            "bosonserver_http_connections_refused_total",
+            "HTTP connections closed on accept because their IP address had too many open.",
+        )?;
         registry.register(Box::new(api_requests.clone()))?;
+        registry.register(Box::new(plane_commands.clone()))?;
+        registry.register(Box::new(relay_hosts.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(node_latency.clone()))?;
         registry.register(Box::new(active_nodes.clone()))?;
         registry.register(Box::new(active_connections.clone()))?;
@@ -72,7 +95,26 @@ impl Metrics {
             active_nodes,
             active_connections,
             database_up,
+            plane_commands,
+            relay_hosts,
+            connections_refused,
         })
+    }
+
+    /// Counts one command sent to the dataplane.
+    pub fn count_command(&self, kind: &str) {
+        self.plane_commands.with_label_values(&[kind]).inc();
+    }
+
+    /// Records how many relay hosts are live.
+    pub fn set_relay_hosts(&self, count: usize) {
+        self.relay_hosts
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one connection refused by the per-IP limit.
+    pub fn count_refused_connection(&self) {
+        self.connections_refused.inc();
     }
 
     /// Counts one API request. `route` must be a template such as `/api/v1/nodes/{node_id}`,

@@ -124,6 +124,7 @@ mod tests {
             metrics: None,
             registered_at: UnixMillis(0),
             last_seen,
+            token_expires_at: UnixMillis(0),
         }
     }
 
@@ -131,6 +132,7 @@ mod tests {
         Some(NodeToken {
             node_id: id(node),
             generation,
+            expires_at: NOW.saturating_add(TIMEOUT),
         })
     }
 

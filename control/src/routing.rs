@@ -1,15 +1,60 @@
-//! Route ranking for `POST /api/v1/routing/request`: pure functions over the nodes the store
-//! returned, tested with tables.
+//! Route ranking for `POST /api/v1/routing/request` and the relay host choice of
+//! `GET /api/v1/turn/ice`: pure functions over the nodes and relay hosts the handlers read,
+//! with the random number generator passed in, tested with tables.
 //!
-//! This is the first version: one cost per candidate from live heartbeat data, and a relay
-//! route through this server's TURN service wherever a direct path may fail. The NAT table is
-//! [`can_punch`].
+//! # Routes
+//!
+//! For each candidate node (every live node, or the requested target):
+//!
+//! * a **direct** route when the two NAT types can punch through each other ([`can_punch`]);
+//! * a **relay** route through TURN on the best relay host, always, as the fallback;
+//! * a relay route through the WebSocket and the QUIC relay of the best host that serves
+//!   them, preferring the host where the target already holds its relay session (no mesh
+//!   hop).
+//!
+//! # NAT compatibility
+//!
+//! RFC 4787 behaviours. A symmetric NAT picks a new mapping per destination, which a
+//! port-restricted peer's filter drops (it only admits the address and port it sent to) and
+//! another symmetric NAT cannot predict. Every other pair punches with simultaneous sends.
+//!
+//! | client \ node   | FullCone | RestrictedCone | PortRestricted | Symmetric |
+//! |-----------------|----------|----------------|----------------|-----------|
+//! | FullCone        | direct   | direct         | direct         | direct    |
+//! | RestrictedCone  | direct   | direct         | direct         | direct    |
+//! | PortRestricted  | direct   | direct         | direct         | relay     |
+//! | Symmetric       | direct   | direct         | relay          | relay     |
+//!
+//! # Cost
+//!
+//! Lower is better; the unit is roughly milliseconds of latency.
+//!
+//! * Node: its heartbeat latency ([`UNKNOWN_LATENCY_MS`] before it reported one), plus
+//!   [`LOAD_WEIGHT`] times its load (the fuller of `activeConnections / maxConnections` and
+//!   bandwidth in use over its capacity), plus [`REGION_PENALTY`] and [`COUNTRY_PENALTY`]
+//!   when it misses the requested preferences.
+//! * Relay: [`RELAY_PENALTY`] (so a working direct route wins) and a per-transport penalty
+//!   (UDP TURN 0, QUIC [`QUIC_PENALTY`], WebSocket [`WS_PENALTY`]: TCP's head-of-line
+//!   blocking), plus the relay host's cost: the detour it adds between client and node
+//!   ([`distance_ms`]) and [`HOST_LOAD_WEIGHT`] times its utilization. Hosts at capacity are
+//!   skipped while any has room.
+//!
+//! # Balancing
+//!
+//! Every answer is computed from the same heartbeat data until the next heartbeats arrive, so
+//! always taking the cheapest host would send a burst of requests to one host. Instead
+//! [`two_choices`] draws two distinct hosts at random and takes the cheaper (the "power of two
+//! choices"): load spreads, and a host that is clearly worse than another is never picked.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use boson_shared::NodeId;
+use boson_shared::plane::HostId;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::hosts::HostRecord;
 use crate::model::NatType;
 use crate::store::NodeRecord;
 
@@ -66,19 +111,70 @@ pub struct ClientNetworkInfo {
 pub enum RouteType {
     /// Peer to peer, after hole punching.
     Direct,
-    /// Through this server's TURN relay.
+    /// Through a relay host.
     Relay,
+}
+
+/// How a relayed route reaches its relay host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTransport {
+    /// TURN over UDP (RFC 8656).
+    Turn,
+    /// The QUIC relay.
+    Quic,
+    /// The WebSocket relay over TCP.
+    Ws,
+    /// The WebSocket relay over TLS.
+    Wss,
+}
+
+impl RelayTransport {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Turn => "turn",
+            Self::Quic => "quic",
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+        }
+    }
+
+    fn penalty(self) -> f64 {
+        match self {
+            Self::Turn => 0.0,
+            Self::Quic => QUIC_PENALTY,
+            Self::Ws | Self::Wss => WS_PENALTY,
+        }
+    }
+}
+
+/// The relay host of a relayed route.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayHop {
+    /// The host.
+    #[serde(with = "crate::hosts::host_id_text")]
+    pub host_id: HostId,
+    /// Its region.
+    pub region: String,
+    /// Where to reach it: a `turn:` URL, the `ws://`/`wss://` relay URL, or `quic://HOST:PORT`.
+    pub url: String,
 }
 
 /// One ranked route.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
-    /// Stable for the same type and node: `direct:<nodeId>` or `relay:<nodeId>`.
+    /// Stable for the same type, transport and node: `direct:<nodeId>`, `relay:<nodeId>`
+    /// (TURN), `relay-quic:<nodeId>`, `relay-ws:<nodeId>` or `relay-wss:<nodeId>`.
     pub id: String,
     /// Direct or relayed.
     #[serde(rename = "type")]
     pub route_type: RouteType,
+    /// For a relayed route, how it reaches the relay.
+    pub transport: Option<RelayTransport>,
+    /// For a relayed route, the relay host.
+    pub relay: Option<RelayHop>,
     /// Node ids from the client's side to the target.
     pub path: Vec<NodeId>,
     /// The node's WireGuard endpoint for a direct route.
@@ -95,31 +191,54 @@ pub struct Route {
     pub explanation: String,
 }
 
+/// Everything [`rank`] decides from.
+#[derive(Debug, Clone, Copy)]
+pub struct RankInput<'a> {
+    /// The request.
+    pub request: &'a RoutingRequest,
+    /// The client's own registration, for its location (absent if it vanished meanwhile).
+    pub client: Option<&'a NodeRecord>,
+    /// Live nodes to route to.
+    pub candidates: &'a [NodeRecord],
+    /// Live relay hosts.
+    pub hosts: &'a [HostRecord],
+    /// Where candidates hold relay sessions, as far as known.
+    pub presence: &'a BTreeMap<NodeId, HostId>,
+}
+
 /// Latency assumed for a node that has not reported one yet, ms.
-const UNKNOWN_LATENCY_MS: f64 = 200.0;
-/// Extra latency a relay adds (two legs through this server), ms.
-const RELAY_EXTRA_LATENCY_MS: f64 = 20.0;
+pub const UNKNOWN_LATENCY_MS: f64 = 200.0;
+/// Extra latency a relay adds (two legs and a hop through a host), ms.
+pub const RELAY_EXTRA_LATENCY_MS: f64 = 20.0;
 /// Cost added to a relayed route, so that a working direct route wins.
-const RELAY_PENALTY: f64 = 50.0;
+pub const RELAY_PENALTY: f64 = 50.0;
+/// Cost of a QUIC relay leg over TURN's plain UDP.
+pub const QUIC_PENALTY: f64 = 5.0;
+/// Cost of a WebSocket relay leg over TURN's plain UDP (TCP head-of-line blocking).
+pub const WS_PENALTY: f64 = 10.0;
+/// Cost of a relay route to a node that holds no relay session now (it must connect first)
+/// or holds it on another host (one more hop through the mesh).
+pub const MESH_HOP_PENALTY: f64 = 15.0;
 /// Cost of a fully loaded node.
-const LOAD_WEIGHT: f64 = 100.0;
-/// Cost of missing the preferred region, and of missing the preferred country.
-const REGION_PENALTY: f64 = 40.0;
-const COUNTRY_PENALTY: f64 = 20.0;
+pub const LOAD_WEIGHT: f64 = 100.0;
+/// Cost of a fully utilized relay host.
+pub const HOST_LOAD_WEIGHT: f64 = 100.0;
+/// Cost of missing the preferred region.
+pub const REGION_PENALTY: f64 = 40.0;
+/// Cost of missing the preferred country.
+pub const COUNTRY_PENALTY: f64 = 20.0;
+/// Estimated round trip between two places in one country, ms.
+pub const SAME_COUNTRY_MS: f64 = 15.0;
+/// Estimated round trip between two countries, ms.
+pub const OTHER_COUNTRY_MS: f64 = 80.0;
+/// Estimated round trip when a place is unknown, ms.
+pub const UNKNOWN_DISTANCE_MS: f64 = 40.0;
+/// Light in fibre covers about 100 km per millisecond of round trip (200 000 km/s, both ways).
+pub const KM_PER_RTT_MS: f64 = 100.0;
 /// Routes returned at most.
 pub const MAX_ROUTES: usize = 10;
 
-/// Whether two NATs can usually be punched through (RFC 4787 behaviours).
-///
-/// | client \ node   | FullCone | RestrictedCone | PortRestricted | Symmetric |
-/// |-----------------|----------|----------------|----------------|-----------|
-/// | FullCone        | yes      | yes            | yes            | yes       |
-/// | RestrictedCone  | yes      | yes            | yes            | yes       |
-/// | PortRestricted  | yes      | yes            | yes            | no        |
-/// | Symmetric       | yes      | yes            | no             | no        |
-///
-/// A symmetric NAT picks a new port per destination, which a port-restricted peer's filter
-/// drops and another symmetric NAT cannot predict.
+/// Whether two NATs can usually be punched through; the table is in the module doc.
 pub fn can_punch(a: NatType, b: NatType) -> bool {
     use NatType::{PortRestricted, Symmetric};
     !matches!(
@@ -128,15 +247,189 @@ pub fn can_punch(a: NatType, b: NatType) -> bool {
     )
 }
 
+/// Where a node or host is, as far as known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Place<'a> {
+    /// `CC-REGION` or free form; empty when unknown.
+    pub region: &'a str,
+    /// ISO country code; empty when unknown.
+    pub country: &'a str,
+    /// Latitude and longitude, degrees.
+    pub coordinates: Option<[f64; 2]>,
+}
+
+impl<'a> Place<'a> {
+    /// Where a node registered.
+    pub fn of_node(node: &'a NodeRecord) -> Self {
+        let location = &node.registration.location;
+        Self {
+            region: &location.region,
+            country: &location.country,
+            coordinates: location.coordinates,
+        }
+    }
+
+    /// Where a host is configured; its country is its region's `CC-` prefix.
+    pub fn of_host(host: &'a HostRecord) -> Self {
+        let country = match host.region.split_once('-') {
+            Some((cc, _)) if cc.len() == 2 => cc,
+            _ if host.region.len() == 2 => &host.region,
+            _ => "",
+        };
+        Self {
+            region: &host.region,
+            country,
+            coordinates: host.coordinates,
+        }
+    }
+}
+
+/// Estimated round trip between two places, ms: from coordinates when both have them (great
+/// circle distance over [`KM_PER_RTT_MS`]), else 0 in one region, [`SAME_COUNTRY_MS`] in one
+/// country, [`OTHER_COUNTRY_MS`] between countries, [`UNKNOWN_DISTANCE_MS`] when unknown.
+pub fn distance_ms(a: &Place<'_>, b: &Place<'_>) -> f64 {
+    if let (Some(x), Some(y)) = (a.coordinates, b.coordinates) {
+        return great_circle_km(x, y) / KM_PER_RTT_MS;
+    }
+    let known = |text: &str| !text.is_empty();
+    if known(a.region) && a.region.eq_ignore_ascii_case(b.region) {
+        0.0
+    } else if !known(a.country) || !known(b.country) {
+        UNKNOWN_DISTANCE_MS
+    } else if a.country.eq_ignore_ascii_case(b.country) {
+        SAME_COUNTRY_MS
+    } else {
+        OTHER_COUNTRY_MS
+    }
+}
+
+/// Haversine distance between two `[lat, lon]` points in degrees, km.
+fn great_circle_km(a: [f64; 2], b: [f64; 2]) -> f64 {
+    const EARTH_RADIUS_KM: f64 = 6371.0;
+    let (lat1, lat2) = (a[0].to_radians(), b[0].to_radians());
+    let dlat = lat2 - lat1;
+    let dlon = (b[1] - a[1]).to_radians();
+    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+/// A host picked by [`two_choices`], with its cost and the rival it beat.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice<'h> {
+    /// The host.
+    pub host: &'h HostRecord,
+    /// Its cost.
+    pub cost: f64,
+    /// The other host drawn, and its cost.
+    pub rival: Option<(&'h HostRecord, f64)>,
+}
+
+impl Choice<'_> {
+    fn explain(&self) -> String {
+        match self.rival {
+            Some((rival, cost)) => format!(
+                "power of two choices: host {} (cost {:.1}) over {} (cost {cost:.1})",
+                self.host.host_id.0, self.cost, rival.host_id.0
+            ),
+            None => format!(
+                "the only eligible host {} (cost {:.1})",
+                self.host.host_id.0, self.cost
+            ),
+        }
+    }
+}
+
+/// The power of two choices: draws two distinct hosts and keeps the cheaper (the first drawn
+/// on a tie). `None` without hosts.
+pub fn two_choices<'h, R: Rng + ?Sized>(
+    hosts: &[&'h HostRecord],
+    cost: impl Fn(&HostRecord) -> f64,
+    rng: &mut R,
+) -> Option<Choice<'h>> {
+    let n = hosts.len();
+    match n {
+        0 => None,
+        1 => Some(Choice {
+            host: hosts[0],
+            cost: cost(hosts[0]),
+            rival: None,
+        }),
+        _ => {
+            let first = rng.random_range(0..n);
+            let mut second = rng.random_range(0..n - 1);
+            if second >= first {
+                second += 1;
+            }
+            let (a, b) = (hosts[first], hosts[second]);
+            let (cost_a, cost_b) = (cost(a), cost(b));
+            Some(if cost_b < cost_a {
+                Choice {
+                    host: b,
+                    cost: cost_b,
+                    rival: Some((a, cost_a)),
+                }
+            } else {
+                Choice {
+                    host: a,
+                    cost: cost_a,
+                    rival: Some((b, cost_b)),
+                }
+            })
+        }
+    }
+}
+
+/// Hosts with room, or every host when none has (an overloaded relay beats none).
+fn eligible<'h>(
+    hosts: impl Iterator<Item = &'h HostRecord> + Clone,
+) -> (Vec<&'h HostRecord>, bool) {
+    let with_room: Vec<&HostRecord> = hosts.clone().filter(|h| h.has_room()).collect();
+    if with_room.is_empty() {
+        (hosts.collect(), true)
+    } else {
+        (with_room, false)
+    }
+}
+
+/// The relay hosts for a node's ICE servers: the first by [`two_choices`] on distance to the
+/// caller and utilization, then the cheapest other eligible host as a fallback.
+pub fn choose_ice_hosts<'h, R: Rng + ?Sized>(
+    caller: Option<&Place<'_>>,
+    hosts: &'h [HostRecord],
+    rng: &mut R,
+) -> Vec<&'h HostRecord> {
+    let cost = |host: &HostRecord| {
+        caller.map_or(0.0, |caller| distance_ms(caller, &Place::of_host(host)))
+            + HOST_LOAD_WEIGHT * host.utilization().min(2.0)
+    };
+    let (pool, _) = eligible(hosts.iter());
+    let Some(first) = two_choices(&pool, cost, rng) else {
+        return Vec::new();
+    };
+    let runner_up = pool
+        .iter()
+        .filter(|host| host.host_id != first.host.host_id)
+        .min_by(|a, b| {
+            cost(a)
+                .total_cmp(&cost(b))
+                .then_with(|| a.host_id.cmp(&b.host_id))
+        });
+    let mut chosen = vec![first.host];
+    chosen.extend(runner_up);
+    chosen
+}
+
 /// Ranks routes from the client to each candidate (the client itself is skipped), cheapest
 /// first, at most [`MAX_ROUTES`].
-pub fn rank(request: &RoutingRequest, candidates: &[NodeRecord]) -> Vec<Route> {
-    let mut routes: Vec<Route> = candidates
-        .iter()
-        .filter(|node| node.node_id != request.client_id)
-        .filter(|node| meets(&request.requirements, node))
-        .flat_map(|node| routes_to(request, node))
-        .collect();
+pub fn rank<R: Rng + ?Sized>(input: &RankInput<'_>, rng: &mut R) -> Vec<Route> {
+    let request = input.request;
+    let mut routes: Vec<Route> = Vec::new();
+    for node in input.candidates {
+        if node.node_id == request.client_id || !meets(&request.requirements, node) {
+            continue;
+        }
+        routes.extend(routes_to(input, node, rng));
+    }
     routes.sort_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| a.id.cmp(&b.id)));
     routes.truncate(MAX_ROUTES);
     for (rank, route) in routes.iter_mut().enumerate() {
@@ -151,6 +444,23 @@ fn latency(node: &NodeRecord) -> f64 {
         .map_or(UNKNOWN_LATENCY_MS, |m| m.latency)
 }
 
+/// The fuller of connections and bandwidth in use, as a fraction of the node's capacity.
+fn node_load(node: &NodeRecord) -> f64 {
+    let capabilities = &node.registration.capabilities;
+    let Some(metrics) = &node.metrics else {
+        return 0.0;
+    };
+    let connections =
+        f64::from(metrics.active_connections) / f64::from(capabilities.max_connections.max(1));
+    let bandwidth = match metrics.bandwidth {
+        Some(used) if capabilities.bandwidth.up > 0.0 && capabilities.bandwidth.down > 0.0 => {
+            (used.up / capabilities.bandwidth.up).max(used.down / capabilities.bandwidth.down)
+        }
+        Some(_) | None => 0.0,
+    };
+    connections.max(bandwidth)
+}
+
 fn meets(requirements: &Requirements, node: &NodeRecord) -> bool {
     let bandwidth_ok = requirements
         .min_bandwidth
@@ -161,17 +471,20 @@ fn meets(requirements: &Requirements, node: &NodeRecord) -> bool {
     bandwidth_ok && latency_ok
 }
 
-fn routes_to(request: &RoutingRequest, node: &NodeRecord) -> Vec<Route> {
+fn routes_to<R: Rng + ?Sized>(input: &RankInput<'_>, node: &NodeRecord, rng: &mut R) -> Vec<Route> {
+    let request = input.request;
     let requirements = &request.requirements;
     let capabilities = &node.registration.capabilities;
     let location = &node.registration.location;
     let mut reasons = Vec::new();
 
     let active = node.metrics.as_ref().map_or(0, |m| m.active_connections);
-    let load = f64::from(active) / f64::from(capabilities.max_connections.max(1));
+    let load = node_load(node);
     reasons.push(format!(
-        "load {active}/{} connections",
-        capabilities.max_connections
+        "node latency {:.1} ms, load {active}/{} connections ({:.0}%)",
+        latency(node),
+        capabilities.max_connections,
+        load * 100.0
     ));
     let mut base_cost = latency(node) + LOAD_WEIGHT * load.min(1.0);
     if let Some(region) = &requirements.preferred_location {
@@ -191,14 +504,15 @@ fn routes_to(request: &RoutingRequest, node: &NodeRecord) -> Vec<Route> {
     let bandwidth = capabilities.bandwidth.up;
     let client_nat = request.client_network_info.nat_type;
     let node_nat = node.registration.network_info.nat_type;
+    let punches = can_punch(client_nat, node_nat);
     let explain = |first: String| {
         let mut all = vec![first];
         all.extend(reasons.iter().cloned());
         all.join("; ")
     };
 
-    let mut routes = Vec::with_capacity(2);
-    if can_punch(client_nat, node_nat) {
+    let mut routes = Vec::with_capacity(4);
+    if punches {
         let info = &node.registration.network_info;
         let endpoint = info
             .stun_mapped_address
@@ -206,6 +520,8 @@ fn routes_to(request: &RoutingRequest, node: &NodeRecord) -> Vec<Route> {
         routes.push(Route {
             id: format!("direct:{}", node.node_id),
             route_type: RouteType::Direct,
+            transport: None,
+            relay: None,
             path: vec![node.node_id],
             endpoint,
             estimated_latency: latency(node),
@@ -217,30 +533,138 @@ fn routes_to(request: &RoutingRequest, node: &NodeRecord) -> Vec<Route> {
             )),
         });
     }
-    routes.push(Route {
-        id: format!("relay:{}", node.node_id),
-        route_type: RouteType::Relay,
-        path: vec![node.node_id],
-        endpoint: None,
-        estimated_latency: latency(node) + RELAY_EXTRA_LATENCY_MS,
-        estimated_bandwidth: bandwidth,
-        cost: base_cost + RELAY_PENALTY,
-        priority: 0,
-        explanation: explain(if can_punch(client_nat, node_nat) {
-            "fallback through this server's TURN relay".to_owned()
+    let why_relay = if punches {
+        "fallback if hole punching fails".to_owned()
+    } else {
+        format!("{client_nat:?} and {node_nat:?} NATs cannot punch through")
+    };
+
+    let client = input.client.map(Place::of_node);
+    let target = Place::of_node(node);
+    let detour = |host: &HostRecord| {
+        let via = Place::of_host(host);
+        let direct = client.as_ref().map_or(0.0, |c| distance_ms(c, &target));
+        let legs =
+            client.as_ref().map_or(0.0, |c| distance_ms(c, &via)) + distance_ms(&via, &target);
+        (legs - direct).max(0.0)
+    };
+    let host_cost =
+        |host: &HostRecord| detour(host) + HOST_LOAD_WEIGHT * host.utilization().min(2.0);
+    let at = input.presence.get(&node.node_id).copied();
+
+    let relay_route = |transport: RelayTransport, choice: Choice<'_>, url: String, note: String| {
+        let host = choice.host;
+        let id = match transport {
+            RelayTransport::Turn => format!("relay:{}", node.node_id),
+            other @ (RelayTransport::Quic | RelayTransport::Ws | RelayTransport::Wss) => {
+                format!("relay-{}:{}", other.label(), node.node_id)
+            }
+        };
+        let mesh = if transport == RelayTransport::Turn || at == Some(host.host_id) {
+            0.0
         } else {
-            format!("{client_nat:?} and {node_nat:?} NATs cannot punch through: relay via TURN")
-        }),
-    });
+            MESH_HOP_PENALTY
+        };
+        Route {
+            id,
+            route_type: RouteType::Relay,
+            transport: Some(transport),
+            relay: Some(RelayHop {
+                host_id: host.host_id,
+                region: host.region.clone(),
+                url,
+            }),
+            path: vec![node.node_id],
+            endpoint: None,
+            estimated_latency: latency(node) + RELAY_EXTRA_LATENCY_MS + detour(host),
+            estimated_bandwidth: bandwidth,
+            cost: base_cost + RELAY_PENALTY + transport.penalty() + choice.cost + mesh,
+            priority: 0,
+            explanation: explain(format!(
+                "{why_relay}: {} relay; {}; host load {:.0}%{note}",
+                transport.label(),
+                choice.explain(),
+                host.utilization() * 100.0
+            )),
+        }
+    };
+
+    let (pool, overloaded) = eligible(input.hosts.iter());
+    let full_note = if overloaded {
+        "; every relay host is at capacity".to_owned()
+    } else {
+        String::new()
+    };
+    if let Some(choice) = two_choices(&pool, host_cost, rng) {
+        let url = choice.host.addresses.turn_url();
+        routes.push(relay_route(RelayTransport::Turn, choice, url, full_note));
+    }
+
+    for transport in [RelayTransport::Quic, RelayTransport::Ws] {
+        let url_of = |host: &HostRecord| -> Option<(RelayTransport, String)> {
+            match transport {
+                RelayTransport::Quic => host
+                    .addresses
+                    .quic_addr
+                    .as_ref()
+                    .map(|addr| (RelayTransport::Quic, format!("quic://{addr}"))),
+                RelayTransport::Turn | RelayTransport::Ws | RelayTransport::Wss => {
+                    host.addresses.relay_url.as_ref().map(|url| {
+                        let t = if url.starts_with("wss://") {
+                            RelayTransport::Wss
+                        } else {
+                            RelayTransport::Ws
+                        };
+                        (t, url.clone())
+                    })
+                }
+            }
+        };
+        let serving: Vec<&HostRecord> =
+            input.hosts.iter().filter(|h| url_of(h).is_some()).collect();
+        // Where the node holds its relay session, the relay needs no mesh hop.
+        let home = at.and_then(|at| serving.iter().copied().find(|h| h.host_id == at));
+        let (choice, note) = match home {
+            Some(host) => (
+                Some(Choice {
+                    host,
+                    cost: host_cost(host),
+                    rival: None,
+                }),
+                "; the node holds its relay session on this host".to_owned(),
+            ),
+            None => {
+                let (pool, overloaded) = eligible(serving.iter().copied());
+                let note = match (at, overloaded) {
+                    (_, true) => "; every relay host is at capacity".to_owned(),
+                    (Some(_), false) => {
+                        "; the node's relay host does not serve this transport: one mesh hop"
+                            .to_owned()
+                    }
+                    (None, false) => "; the node holds no relay session now".to_owned(),
+                };
+                (two_choices(&pool, host_cost, rng), note)
+            }
+        };
+        if let Some(choice) = choice
+            && let Some((transport, url)) = url_of(choice.host)
+        {
+            routes.push(relay_route(transport, choice, url, note));
+        }
+    }
     routes
 }
 
 #[cfg(test)]
 mod tests {
     use boson_shared::WgPublicKey;
+    use rand::SeedableRng as _;
+    use rand::rngs::StdRng;
 
     use super::*;
     use crate::clock::UnixMillis;
+    use crate::hosts::HostLoad;
+    use crate::hosts::tests::host;
     use crate::model::{
         Bandwidth, Capabilities, Location, NetworkInfo, NodeMetrics, NodeStatus, Registration,
     };
@@ -293,6 +717,7 @@ mod tests {
             }),
             registered_at: UnixMillis(0),
             last_seen: UnixMillis(0),
+            token_expires_at: UnixMillis(0),
         }
     }
 
@@ -306,6 +731,38 @@ mod tests {
                 nat_type: nat,
                 stun_mapped_address: None,
             },
+        }
+    }
+
+    fn one_host() -> Vec<HostRecord> {
+        vec![host(1, "US-CA", HostLoad::default())]
+    }
+
+    fn rank_with(
+        request: &RoutingRequest,
+        nodes: &[NodeRecord],
+        hosts: &[HostRecord],
+        presence: &BTreeMap<NodeId, HostId>,
+    ) -> Vec<Route> {
+        let input = RankInput {
+            request,
+            client: None,
+            candidates: nodes,
+            hosts,
+            presence,
+        };
+        rank(&input, &mut StdRng::seed_from_u64(7))
+    }
+
+    fn simple_rank(request: &RoutingRequest, nodes: &[NodeRecord]) -> Vec<Route> {
+        rank_with(request, nodes, &one_host(), &BTreeMap::new())
+    }
+
+    fn load(allocations: u32) -> HostLoad {
+        HostLoad {
+            allocations,
+            sessions: 0,
+            bandwidth: 0.0,
         }
     }
 
@@ -327,11 +784,35 @@ mod tests {
     }
 
     #[test]
+    fn route_types_follow_the_nat_table() {
+        use NatType::*;
+        let all = [FullCone, RestrictedCone, PortRestricted, Symmetric];
+        for client in all {
+            for target in all {
+                let routes =
+                    simple_rank(&request(client, None), &[node(1, target, 10.0, 0, "US-CA")]);
+                let types: Vec<RouteType> = routes.iter().map(|r| r.route_type).collect();
+                let want = if can_punch(client, target) {
+                    vec![RouteType::Direct, RouteType::Relay]
+                } else {
+                    vec![RouteType::Relay]
+                };
+                assert_eq!(types, want, "{client:?} -> {target:?}");
+            }
+        }
+    }
+
+    #[test]
     fn symmetric_pairs_get_only_a_relay_route() {
         let nodes = [node(1, NatType::Symmetric, 10.0, 0, "US-CA")];
-        let routes = rank(&request(NatType::Symmetric, None), &nodes);
+        let routes = simple_rank(&request(NatType::Symmetric, None), &nodes);
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].route_type, RouteType::Relay);
+        assert_eq!(routes[0].transport, Some(RelayTransport::Turn));
+        assert_eq!(
+            routes[0].relay.as_ref().unwrap().url,
+            "turn:h1.example.test:3478?transport=udp"
+        );
         assert!(routes[0].explanation.contains("cannot punch"));
     }
 
@@ -342,7 +823,7 @@ mod tests {
             node(2, NatType::FullCone, 20.0, 0, "US-CA"),
             node(3, NatType::FullCone, 20.0, 100, "US-CA"),
         ];
-        let routes = rank(&request(NatType::PortRestricted, None), &nodes);
+        let routes = simple_rank(&request(NatType::PortRestricted, None), &nodes);
         let order: Vec<_> = routes.iter().map(|r| r.id.clone()).collect();
         assert_eq!(order[0], format!("direct:{}", id(2)));
         assert_eq!(order[1], format!("relay:{}", id(2)));
@@ -365,16 +846,251 @@ mod tests {
         let mut req = request(NatType::FullCone, None);
         req.requirements.max_latency = Some(100.0);
         req.requirements.preferred_location = Some("us-ca".into());
-        let routes = rank(&req, &nodes);
+        let routes = simple_rank(&req, &nodes);
         assert!(routes.iter().all(|r| r.path != vec![id(3)]), "too slow");
         assert_eq!(routes[0].path, vec![id(1)]);
         req.requirements.min_bandwidth = Some(1000.0);
-        assert!(rank(&req, &nodes).is_empty());
+        assert!(simple_rank(&req, &nodes).is_empty());
     }
 
     #[test]
     fn the_client_is_never_its_own_route() {
         let nodes = [node(99, NatType::FullCone, 1.0, 0, "US-CA")];
-        assert!(rank(&request(NatType::FullCone, None), &nodes).is_empty());
+        assert!(simple_rank(&request(NatType::FullCone, None), &nodes).is_empty());
+    }
+
+    #[test]
+    fn node_bandwidth_in_use_counts_as_load() {
+        let idle = node(1, NatType::FullCone, 10.0, 0, "US-CA");
+        let mut busy = node(2, NatType::FullCone, 10.0, 0, "US-CA");
+        busy.metrics.as_mut().unwrap().bandwidth = Some(Bandwidth {
+            up: 90.0,
+            down: 10.0,
+        });
+        assert!((node_load(&busy) - 0.9).abs() < 1e-9);
+        let routes = simple_rank(&request(NatType::FullCone, None), &[busy, idle]);
+        assert_eq!(routes[0].id, format!("direct:{}", id(1)));
+    }
+
+    #[test]
+    fn distances_from_coordinates_regions_and_countries() {
+        let place = |region, country, coordinates| Place {
+            region,
+            country,
+            coordinates,
+        };
+        let sf = Some([37.7749, -122.4194]);
+        let ny = Some([40.7128, -74.0060]);
+        let cases = [
+            (place("US-CA", "US", sf), place("US-NY", "US", ny), 41.3),
+            (place("US-CA", "US", sf), place("US-CA", "US", sf), 0.0),
+            (place("US-CA", "US", None), place("us-ca", "US", None), 0.0),
+            (
+                place("US-CA", "US", None),
+                place("US-NY", "US", None),
+                SAME_COUNTRY_MS,
+            ),
+            (
+                place("US-CA", "US", sf),
+                place("DE-BE", "DE", None),
+                OTHER_COUNTRY_MS,
+            ),
+            (
+                place("", "", None),
+                place("DE-BE", "DE", None),
+                UNKNOWN_DISTANCE_MS,
+            ),
+            (
+                place("", "", None),
+                place("", "", None),
+                UNKNOWN_DISTANCE_MS,
+            ),
+        ];
+        for (a, b, want) in cases {
+            let got = distance_ms(&a, &b);
+            assert!((got - want).abs() < 0.1, "{a:?} {b:?}: {got}");
+            assert!((distance_ms(&b, &a) - got).abs() < 1e-9, "symmetric");
+        }
+        let mut h = host(1, "DE-BE", HostLoad::default());
+        assert_eq!(Place::of_host(&h).country, "DE");
+        h.region = "europe-west".to_owned();
+        assert_eq!(Place::of_host(&h).country, "");
+        h.region = "DE".to_owned();
+        assert_eq!(Place::of_host(&h).country, "DE");
+    }
+
+    #[test]
+    fn two_choices_never_picks_the_worse_of_its_pair_and_spreads_ties() {
+        let hosts: Vec<HostRecord> = (1..=4).map(|n| host(n, "US-CA", load(0))).collect();
+        let refs: Vec<&HostRecord> = hosts.iter().collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut picks = BTreeMap::new();
+        for _ in 0..400 {
+            let choice = two_choices(&refs, |_| 1.0, &mut rng).unwrap();
+            *picks.entry(choice.host.host_id).or_insert(0) += 1;
+            assert!(
+                choice
+                    .rival
+                    .is_some_and(|(r, _)| r.host_id != choice.host.host_id)
+            );
+        }
+        assert_eq!(picks.len(), 4, "equal hosts all get traffic: {picks:?}");
+        assert!(picks.values().all(|&n| n > 50), "{picks:?}");
+        // The single costliest host can never win a draw.
+        let cost = |h: &HostRecord| {
+            if h.host_id == hosts[3].host_id {
+                9.0
+            } else {
+                1.0
+            }
+        };
+        for _ in 0..100 {
+            assert_ne!(
+                two_choices(&refs, cost, &mut rng).unwrap().host.host_id,
+                hosts[3].host_id
+            );
+        }
+        assert!(two_choices(&[], cost, &mut rng).is_none());
+        assert!(
+            two_choices(&refs[..1], cost, &mut rng)
+                .unwrap()
+                .rival
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn relay_hosts_are_chosen_by_load_and_distance() {
+        let target = node(1, NatType::Symmetric, 10.0, 0, "DE-BE");
+        let req = request(NatType::Symmetric, None);
+        let hosts_of = |specs: &[(u8, &str, u32)]| -> Vec<HostRecord> {
+            specs
+                .iter()
+                .map(|&(n, region, used)| host(n, region, load(used)))
+                .collect()
+        };
+        let cases: [(&str, Vec<HostRecord>, u8); 4] = [
+            (
+                "idle beats busy",
+                hosts_of(&[(1, "DE-BE", 90), (2, "DE-BE", 0)]),
+                2,
+            ),
+            (
+                "near beats far",
+                hosts_of(&[(1, "US-CA", 0), (2, "DE-BE", 0)]),
+                2,
+            ),
+            (
+                "full is skipped",
+                hosts_of(&[(1, "DE-BE", 100), (2, "US-CA", 50)]),
+                2,
+            ),
+            (
+                "all full: least bad",
+                hosts_of(&[(1, "DE-BE", 100), (2, "DE-BE", 150)]),
+                1,
+            ),
+        ];
+        for (what, hosts, want) in cases {
+            for seed in 0..20 {
+                let input = RankInput {
+                    request: &req,
+                    client: None,
+                    candidates: std::slice::from_ref(&target),
+                    hosts: &hosts,
+                    presence: &BTreeMap::new(),
+                };
+                let routes = rank(&input, &mut StdRng::seed_from_u64(seed));
+                let hop = routes[0].relay.as_ref().unwrap();
+                assert_eq!(
+                    hop.host_id,
+                    host(want, "", load(0)).host_id,
+                    "{what}: {}",
+                    routes[0].explanation
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn websocket_and_quic_relays_prefer_the_host_the_node_is_on() {
+        let mut hosts: Vec<HostRecord> = (1..=3).map(|n| host(n, "US-CA", load(0))).collect();
+        for h in &mut hosts[..2] {
+            h.addresses.relay_url = Some(format!("wss://{}/relay", h.addresses.turn_host));
+            h.addresses.quic_addr = Some(format!("{}:443", h.addresses.turn_host));
+        }
+        let target = node(1, NatType::Symmetric, 10.0, 0, "US-CA");
+        let req = request(NatType::Symmetric, Some(1));
+        let presence = BTreeMap::from([(id(1), hosts[1].host_id)]);
+        for seed in 0..10 {
+            let input = RankInput {
+                request: &req,
+                client: None,
+                candidates: std::slice::from_ref(&target),
+                hosts: &hosts,
+                presence: &presence,
+            };
+            let routes = rank(&input, &mut StdRng::seed_from_u64(seed));
+            let kinds: Vec<(String, Option<RelayTransport>)> =
+                routes.iter().map(|r| (r.id.clone(), r.transport)).collect();
+            assert_eq!(
+                kinds,
+                vec![
+                    (format!("relay:{}", id(1)), Some(RelayTransport::Turn)),
+                    (format!("relay-quic:{}", id(1)), Some(RelayTransport::Quic)),
+                    (format!("relay-wss:{}", id(1)), Some(RelayTransport::Wss)),
+                ]
+            );
+            for route in &routes[1..] {
+                let hop = route.relay.as_ref().unwrap();
+                assert_eq!(hop.host_id, hosts[1].host_id, "{}", route.explanation);
+                assert!(
+                    route
+                        .explanation
+                        .contains("holds its relay session on this host")
+                );
+            }
+            assert_eq!(
+                routes[1].relay.as_ref().unwrap().url,
+                "quic://h2.example.test:443"
+            );
+        }
+        // Not connected anywhere: still offered, behind TURN, with the reason.
+        let routes = rank_with(
+            &req,
+            std::slice::from_ref(&target),
+            &hosts,
+            &BTreeMap::new(),
+        );
+        assert!(
+            routes[2].explanation.contains("holds no relay session"),
+            "{}",
+            routes[2].explanation
+        );
+        assert!(routes[2].cost > routes[0].cost);
+    }
+
+    #[test]
+    fn ice_hosts_are_the_two_choices_pick_and_a_fallback() {
+        let hosts = vec![
+            host(1, "US-CA", load(0)),
+            host(2, "DE-BE", load(0)),
+            host(3, "DE-BE", load(99)),
+        ];
+        let berlin = Place {
+            region: "DE-BE",
+            country: "DE",
+            coordinates: None,
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..20 {
+            let chosen = choose_ice_hosts(Some(&berlin), &hosts, &mut rng);
+            assert_eq!(chosen.len(), 2);
+            assert_ne!(chosen[0].host_id, chosen[1].host_id);
+            // Host 2 is the cheapest: it is picked whenever drawn, else it is the fallback.
+            assert!(chosen.iter().any(|h| h.host_id == hosts[1].host_id));
+        }
+        assert_eq!(choose_ice_hosts(None, &hosts[..1], &mut rng).len(), 1);
+        assert!(choose_ice_hosts(None, &[], &mut rng).is_empty());
     }
 }

@@ -7,11 +7,13 @@
 
 use std::time::Duration;
 
+use boson_shared::plane::HostId;
 use boson_shared::{NodeId, WgPublicKey};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row as _};
 
 use crate::clock::UnixMillis;
+use crate::hosts::{self, HostRecord};
 use crate::model::{NodeMetrics, NodeStatus, NodeView, Registration, ReportedStatus};
 
 /// Why a store operation failed.
@@ -81,6 +83,9 @@ pub struct NodeRecord {
     pub registered_at: UnixMillis,
     /// Last registration or heartbeat.
     pub last_seen: UnixMillis,
+    /// When the token of the current generation expires (0: unknown, for rows written
+    /// before this was kept).
+    pub token_expires_at: UnixMillis,
 }
 
 impl NodeRecord {
@@ -151,6 +156,19 @@ pub struct NodeFilter {
     pub offset: i64,
 }
 
+/// What a node's relay grant is computed from (see [`crate::grants::grant_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantSource {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its current generation.
+    pub generation: i64,
+    /// Its last registration or heartbeat.
+    pub last_seen: UnixMillis,
+    /// Expiry of its current token.
+    pub token_expires_at: UnixMillis,
+}
+
 /// Totals over active nodes, for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Activity {
@@ -174,9 +192,14 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 macro_rules! node_columns {
     () => {
         "node_id, public_key, generation, registration, status, reported_status, metrics, \
-         registered_at_ms, last_seen_ms"
+         registered_at_ms, last_seen_ms, token_expires_ms"
     };
 }
+
+/// `relay_hosts.status` of a host that heartbeats.
+const HOST_UP: &str = "up";
+/// `relay_hosts.status` of a host that shut down cleanly.
+const HOST_LEFT: &str = "left";
 
 impl Store {
     /// Connects to `url` (`sqlite:` or `postgres:`) and applies pending migrations.
@@ -270,8 +293,9 @@ impl Store {
         }
         let result = sqlx::query(
             "INSERT INTO nodes (node_id, public_key, generation, registration, country, region, \
-             status, reported_status, metrics, active_connections, registered_at_ms, last_seen_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             status, reported_status, metrics, active_connections, registered_at_ms, last_seen_ms, \
+             token_expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(node.node_id.to_string())
         .bind(node.public_key.to_base64())
@@ -285,6 +309,7 @@ impl Store {
         .bind(active_connections(node.metrics.as_ref()))
         .bind(node.registered_at.0)
         .bind(node.last_seen.0)
+        .bind(node.token_expires_at.0)
         .execute(&self.pool)
         .await;
         self.unique_outcome(node, result.map(|_| ())).await
@@ -298,8 +323,8 @@ impl Store {
         let result = sqlx::query(
             "UPDATE nodes SET public_key = $1, generation = $2, registration = $3, country = $4, \
              region = $5, status = $6, reported_status = $7, metrics = $8, \
-             active_connections = $9, last_seen_ms = $10 \
-             WHERE node_id = $11 AND generation = $12",
+             active_connections = $9, last_seen_ms = $10, token_expires_ms = $11 \
+             WHERE node_id = $12 AND generation = $13",
         )
         .bind(node.public_key.to_base64())
         .bind(node.generation)
@@ -311,6 +336,7 @@ impl Store {
         .bind(node.metrics.as_ref().map(to_json).transpose()?)
         .bind(active_connections(node.metrics.as_ref()))
         .bind(node.last_seen.0)
+        .bind(node.token_expires_at.0)
         .bind(node.node_id.to_string())
         .bind(node.generation - 1)
         .execute(&self.pool)
@@ -388,16 +414,198 @@ impl Store {
         rows.iter().map(decode).collect()
     }
 
-    /// Marks active nodes last seen before `cutoff` inactive; returns how many.
-    pub async fn sweep(&self, cutoff: UnixMillis) -> Result<u64, StoreError> {
-        let done =
-            sqlx::query("UPDATE nodes SET status = $1 WHERE status = $2 AND last_seen_ms < $3")
-                .bind(NodeStatus::Inactive.as_str())
-                .bind(NodeStatus::Active.as_str())
-                .bind(cutoff.0)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected())
+    /// Marks active nodes last seen before `cutoff` inactive; returns which.
+    pub async fn sweep(&self, cutoff: UnixMillis) -> Result<Vec<NodeId>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE nodes SET status = $1 WHERE status = $2 AND last_seen_ms < $3 \
+             RETURNING node_id",
+        )
+        .bind(NodeStatus::Inactive.as_str())
+        .bind(NodeStatus::Active.as_str())
+        .bind(cutoff.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| parse_id(&row.try_get::<String, _>("node_id")?))
+            .collect()
+    }
+
+    /// The current registration generation of `node_id`, if it exists.
+    pub async fn generation(&self, node_id: NodeId) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT generation FROM nodes WHERE node_id = $1")
+            .bind(node_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("generation")).transpose()?)
+    }
+
+    /// Deletes `node_id` if its generation is still `generation`; returns whether it did.
+    pub async fn delete(&self, node_id: NodeId, generation: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM nodes WHERE node_id = $1 AND generation = $2")
+            .bind(node_id.to_string())
+            .bind(generation)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// What the grants of active nodes seen since `cutoff` are made of, by node id.
+    pub async fn grant_sources(&self, cutoff: UnixMillis) -> Result<Vec<GrantSource>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node_id, generation, last_seen_ms, token_expires_ms FROM nodes \
+             WHERE status = $1 AND last_seen_ms >= $2 ORDER BY node_id",
+        )
+        .bind(NodeStatus::Active.as_str())
+        .bind(cutoff.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(GrantSource {
+                    node_id: parse_id(&row.try_get::<String, _>("node_id")?)?,
+                    generation: row.try_get("generation")?,
+                    last_seen: UnixMillis(row.try_get("last_seen_ms")?),
+                    token_expires_at: UnixMillis(row.try_get("token_expires_ms")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Publishes a relay host's record (creating or replacing it).
+    pub async fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO relay_hosts (host_id, region, record, status, started_at_ms, \
+             last_heartbeat_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (host_id) DO UPDATE SET region = excluded.region, \
+             record = excluded.record, status = excluded.status, \
+             started_at_ms = excluded.started_at_ms, last_heartbeat_ms = excluded.last_heartbeat_ms",
+        )
+        .bind(hosts::host_id_string(host.host_id))
+        .bind(host.region.clone())
+        .bind(to_json(host)?)
+        .bind(HOST_UP)
+        .bind(host.started_at)
+        .bind(host.last_heartbeat)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Hosts that heartbeat at or after `cutoff` and did not leave, by id.
+    pub async fn hosts(&self, cutoff: UnixMillis) -> Result<Vec<HostRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT record FROM relay_hosts WHERE status = $1 AND last_heartbeat_ms >= $2 \
+             ORDER BY host_id",
+        )
+        .bind(HOST_UP)
+        .bind(cutoff.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| from_json(&row.try_get::<String, _>("record")?))
+            .collect()
+    }
+
+    /// Marks `host` as gone (a clean shutdown), so routing stops using it at once.
+    pub async fn host_left(&self, host: HostId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE relay_hosts SET status = $1 WHERE host_id = $2")
+            .bind(HOST_LEFT)
+            .bind(hosts::host_id_string(host))
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM relay_presence WHERE host_id = $1")
+            .bind(hosts::host_id_string(host))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records that `node` holds its relay session on `host` until `expires_at`.
+    pub async fn set_presence(
+        &self,
+        node: NodeId,
+        host: HostId,
+        now: UnixMillis,
+        expires_at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO relay_presence (node_id, host_id, connected_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (node_id) DO UPDATE SET \
+             host_id = excluded.host_id, connected_at_ms = excluded.connected_at_ms, \
+             expires_at_ms = excluded.expires_at_ms",
+        )
+        .bind(node.to_string())
+        .bind(hosts::host_id_string(host))
+        .bind(now.0)
+        .bind(expires_at.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Withdraws `node`'s presence if it is still on `host` (it may have moved on).
+    pub async fn clear_presence(&self, node: NodeId, host: HostId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM relay_presence WHERE node_id = $1 AND host_id = $2")
+            .bind(node.to_string())
+            .bind(hosts::host_id_string(host))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends the presence of every node on `host` to `expires_at`.
+    pub async fn refresh_presence(
+        &self,
+        host: HostId,
+        expires_at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE relay_presence SET expires_at_ms = $1 WHERE host_id = $2")
+            .bind(expires_at.0)
+            .bind(hosts::host_id_string(host))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The host `node` holds its relay session on, if that has not expired at `now`.
+    pub async fn presence(
+        &self,
+        node: NodeId,
+        now: UnixMillis,
+    ) -> Result<Option<HostId>, StoreError> {
+        let row = sqlx::query(
+            "SELECT host_id FROM relay_presence WHERE node_id = $1 AND expires_at_ms > $2",
+        )
+        .bind(node.to_string())
+        .bind(now.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| parse_host(&row.try_get::<String, _>("host_id")?))
+            .transpose()
+    }
+
+    /// Every unexpired presence on a host other than `except`, by node id.
+    pub async fn remote_presence(
+        &self,
+        except: HostId,
+        now: UnixMillis,
+    ) -> Result<Vec<(NodeId, HostId)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node_id, host_id FROM relay_presence WHERE host_id <> $1 \
+             AND expires_at_ms > $2 ORDER BY node_id",
+        )
+        .bind(hosts::host_id_string(except))
+        .bind(now.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    parse_id(&row.try_get::<String, _>("node_id")?)?,
+                    parse_host(&row.try_get::<String, _>("host_id")?)?,
+                ))
+            })
+            .collect()
     }
 
     /// Counts over active nodes.
@@ -469,6 +677,10 @@ fn parse_id(text: &str) -> Result<NodeId, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("node id {text:?}")))
 }
 
+fn parse_host(text: &str) -> Result<HostId, StoreError> {
+    hosts::parse_host_id(text).ok_or_else(|| StoreError::Corrupt(format!("host id {text:?}")))
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -501,5 +713,6 @@ fn decode(row: &AnyRow) -> Result<NodeRecord, StoreError> {
             .transpose()?,
         registered_at: UnixMillis(row.try_get("registered_at_ms")?),
         last_seen: UnixMillis(row.try_get("last_seen_ms")?),
+        token_expires_at: UnixMillis(row.try_get("token_expires_ms")?),
     })
 }

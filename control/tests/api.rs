@@ -433,14 +433,15 @@ async fn bad_inputs_get_json_errors(backend: Backend) {
             403,
             "forbidden",
         ),
+        // A token of a node that does not exist (any more) is revoked with it.
         (
             Method::POST,
             format!("/api/v1/nodes/{ghost}/heartbeat"),
             Some(&ghost_token),
             Some("application/json"),
             beat.into(),
-            404,
-            "node_not_found",
+            401,
+            "token_revoked",
         ),
         (
             Method::POST,

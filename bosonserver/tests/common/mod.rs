@@ -27,6 +27,11 @@ const CONFIG_VARS: &[&str] = &[
     "BOSON_HTTP_LISTEN",
     "BOSON_TURN_LISTEN",
     "BOSON_RELAY_PORTS",
+    "BOSON_RELAY_LISTEN",
+    "BOSON_NO_RELAY",
+    "BOSON_RELAY_CERT",
+    "BOSON_RELAY_KEY",
+    "BOSON_RELAY_MAX_CONNECTIONS",
     "BOSON_LOG_FORMAT",
     "RUST_LOG",
 ];
@@ -38,6 +43,8 @@ pub(crate) struct Running {
     pub(crate) base: String,
     /// The STUN/TURN listener, when the dataplane runs.
     pub(crate) turn: Option<SocketAddr>,
+    /// The node relay's TCP listener, when it runs.
+    pub(crate) relay: Option<SocketAddr>,
 }
 
 impl Drop for Running {
@@ -57,8 +64,19 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// STUN/TURN listener) say where they listen.
 pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
     let mut command = Command::new(env!("CARGO_BIN_EXE_bosonserver"));
+    // Tests run in parallel: unless told otherwise, the relay takes any free loopback port.
+    let relay_args: &[&str] = if dataplane
+        && !args
+            .iter()
+            .any(|a| *a == "--relay-listen" || *a == "--no-relay")
+    {
+        &["--relay-listen", "127.0.0.1:0"]
+    } else {
+        &[]
+    };
     command
         .args(args)
+        .args(relay_args)
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -74,6 +92,11 @@ pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
             if let Some(base) = field(&line, "listening on ") {
                 let _ = tx.send(("http", base.to_owned()));
             }
+            if line.contains("node relay listening")
+                && let Some(addr) = field(&line, "relay_addr=")
+            {
+                let _ = tx.send(("relay", addr.to_owned()));
+            }
             if line.contains("dataplane started")
                 && let Some(addr) = field(&line, "local_addr=")
             {
@@ -83,12 +106,14 @@ pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
     });
     let mut base = None;
     let mut turn = None;
+    let mut relay = None;
     while base.is_none() || (dataplane && turn.is_none()) {
         let (what, value) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the server never said where it listens");
         match what {
             "http" => base = Some(value),
+            "relay" => relay = Some(value.parse().unwrap()),
             _ => turn = Some(value.parse().unwrap()),
         }
     }
@@ -96,6 +121,7 @@ pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
         child,
         base: base.unwrap(),
         turn,
+        relay,
     }
 }
 

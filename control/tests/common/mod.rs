@@ -11,13 +11,16 @@
 )]
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use boson_control::AppState;
 use boson_control::clock::{ManualClock, UnixMillis};
-use boson_control::config::{Config, JwtConfig, NodePolicy, RedisConfig, TurnConfig};
+use boson_control::config::{
+    Config, HostConfig, HttpLimits, JwtConfig, NodePolicy, RedisConfig, TurnConfig,
+};
 use boson_shared::TurnSecret;
+use boson_shared::plane::{Command, HostId};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 use tokio::sync::oneshot;
@@ -37,10 +40,20 @@ pub(crate) const JWT_SECRET: &[u8] = b"integration-test-secret-of-32-bytes!";
 pub(crate) const TURN_SECRET: &str = "turn-test-secret";
 
 /// Settings a test may change before the server starts.
+#[derive(Clone)]
 pub(crate) struct Options {
     pub(crate) node_timeout: Duration,
     pub(crate) register_rate_limit: u32,
     pub(crate) redis_url: Option<String>,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) max_connections_per_ip: u32,
+    /// The host's heartbeat interval; its timeout is three times as long. Long by default, so
+    /// that tests drive heartbeats themselves (the first one runs at start).
+    pub(crate) host_heartbeat_interval: Duration,
+    pub(crate) region: &'static str,
+    pub(crate) relay_url: Option<String>,
+    pub(crate) quic_addr: Option<String>,
 }
 
 impl Default for Options {
@@ -49,16 +62,34 @@ impl Default for Options {
             node_timeout: Duration::from_secs(90),
             register_rate_limit: 1000,
             redis_url: None,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 256,
+            host_heartbeat_interval: Duration::from_secs(3600),
+            region: "US-CA",
+            relay_url: None,
+            quic_addr: None,
         }
     }
 }
 
+/// What the hosts of one cluster share.
+#[derive(Clone)]
+struct Shared {
+    database_url: String,
+    redis: Option<RedisConfig>,
+    clock: ManualClock,
+}
+
 pub(crate) struct TestServer {
     pub(crate) base: String,
+    pub(crate) addr: std::net::SocketAddr,
     pub(crate) http: reqwest::Client,
     pub(crate) clock: ManualClock,
     pub(crate) state: AppState,
     pub(crate) backend: Backend,
+    /// Every command the control plane sent to the (absent) dataplane.
+    pub(crate) commands: Arc<Mutex<Vec<Command>>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -112,29 +143,61 @@ impl TestServer {
 
     pub(crate) async fn start_with(backend: Backend, options: Options) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
-        let (database_url, redis) = match backend {
-            Backend::Sqlite => (
-                format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display()),
-                options.redis_url.map(|url| RedisConfig {
+        let shared = match backend {
+            Backend::Sqlite => Shared {
+                database_url: format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display()),
+                redis: options.redis_url.clone().map(|url| RedisConfig {
                     url,
                     prefix: format!("boson-test:{}:", uuid::Uuid::new_v4().simple()),
                 }),
-            ),
+                clock: ManualClock::new(START),
+            },
             Backend::PostgresRedis => {
                 let (pg, redis) = postgres_and_redis()?;
-                (
-                    fresh_postgres_database(&pg).await,
-                    Some(RedisConfig {
-                        url: options.redis_url.unwrap_or(redis),
+                Shared {
+                    database_url: fresh_postgres_database(&pg).await,
+                    redis: Some(RedisConfig {
+                        url: options.redis_url.clone().unwrap_or(redis),
                         prefix: format!("boson-test:{}:", uuid::Uuid::new_v4().simple()),
                     }),
-                )
+                    clock: ManualClock::new(START),
+                }
             }
         };
+        Some(Self::start_member(backend, &options, &shared, 1, dir).await)
+    }
+
+    /// `n` hosts sharing one database, one Redis prefix and one clock (PostgreSQL and Redis
+    /// only: SQLite is one host's file). Host `i` (from 1) serves TURN as `hI.example.test`.
+    pub(crate) async fn start_cluster(n: u8, options: Options) -> Option<Vec<Self>> {
+        let (pg, redis) = postgres_and_redis()?;
+        let shared = Shared {
+            database_url: fresh_postgres_database(&pg).await,
+            redis: Some(RedisConfig {
+                url: redis,
+                prefix: format!("boson-test:{}:", uuid::Uuid::new_v4().simple()),
+            }),
+            clock: ManualClock::new(START),
+        };
+        let mut hosts = Vec::new();
+        for i in 1..=n {
+            let dir = tempfile::tempdir().unwrap();
+            hosts.push(Self::start_member(Backend::PostgresRedis, &options, &shared, i, dir).await);
+        }
+        Some(hosts)
+    }
+
+    async fn start_member(
+        backend: Backend,
+        options: &Options,
+        shared: &Shared,
+        index: u8,
+        dir: tempfile::TempDir,
+    ) -> Self {
         let config = Config {
             http_listen: "127.0.0.1:0".parse().unwrap(),
-            database_url,
-            redis,
+            database_url: shared.database_url.clone(),
+            redis: shared.redis.clone(),
             jwt: JwtConfig {
                 secret: JWT_SECRET.to_vec(),
                 ttl: Duration::from_secs(3600),
@@ -142,7 +205,11 @@ impl TestServer {
             turn: TurnConfig {
                 secrets: vec![TurnSecret::new(TURN_SECRET), TurnSecret::new("older")],
                 credential_ttl: Duration::from_secs(600),
-                public_host: "turn.example.test".to_owned(),
+                public_host: if index == 1 {
+                    "turn.example.test".to_owned()
+                } else {
+                    format!("h{index}.example.test")
+                },
                 port: 3478,
                 extra_urls: vec!["stun:stun.example.test:3478".to_owned()],
             },
@@ -153,27 +220,65 @@ impl TestServer {
             },
             register_rate_limit: options.register_rate_limit,
             max_body_bytes: 16 * 1024,
+            http: HttpLimits {
+                header_read_timeout: options.header_read_timeout,
+                body_read_timeout: options.body_read_timeout,
+                max_connections_per_ip: options.max_connections_per_ip,
+            },
+            host: HostConfig {
+                id: HostId(uuid::Uuid::new_v4()),
+                region: options.region.to_owned(),
+                coordinates: None,
+                relay_url: options.relay_url.clone(),
+                quic_addr: options.quic_addr.clone(),
+                max_connections: 100,
+                bandwidth_mbps: 1000.0,
+                heartbeat_interval: options.host_heartbeat_interval,
+                timeout: options.host_heartbeat_interval * 3,
+            },
+            routing_seed: Some(u64::from(index)),
         };
-        let clock = ManualClock::new(START);
+        let clock = shared.clock.clone();
         let state = AppState::connect(config, Arc::new(clock.clone()))
             .await
             .expect("starting the control plane");
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let recorder = Arc::clone(&commands);
+        state
+            .set_command_sink(move |command| recorder.lock().unwrap().push(command))
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let base = format!("http://{addr}");
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(boson_control::serve(state.clone(), listener, async move {
             let _ = rx.await;
         }));
-        Some(Self {
+        Self {
             base,
+            addr,
             http: reqwest::Client::new(),
             clock,
             state,
             backend,
+            commands,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
-        })
+        }
+    }
+
+    /// The commands sent since the last call.
+    pub(crate) fn take_commands(&self) -> Vec<Command> {
+        std::mem::take(&mut *self.commands.lock().unwrap())
+    }
+
+    /// Stops the server as a crash would: no clean leave from the host registry.
+    pub(crate) async fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

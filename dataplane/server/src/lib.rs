@@ -44,6 +44,7 @@ pub mod clock;
 mod io;
 pub mod metrics;
 pub mod packet_core;
+pub mod relay;
 mod stats;
 mod worker;
 
@@ -89,6 +90,8 @@ pub struct DataplaneConfig {
     /// times `budget`. Default: 1024 (2 MiB): half for the receive ring, half for replies and
     /// sends in flight.
     pub buffers: usize,
+    /// The node relay (WebSocket over TCP, optionally TLS) on the same workers. Default: off.
+    pub relay: Option<relay::RelayConfig>,
 }
 
 impl Default for DataplaneConfig {
@@ -101,6 +104,7 @@ impl Default for DataplaneConfig {
             relay_ip: None,
             budget: 256,
             buffers: 1024,
+            relay: None,
         }
     }
 }
@@ -152,14 +156,47 @@ where
 
     let make_core = Arc::new(make_core);
     let (ready_tx, ready_rx) = mpsc::channel();
+    let controls = (0..config.workers)
+        .map(|_| Control::new().map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .context("creating a worker waker")?;
+    let wakers: Vec<_> = controls.iter().map(|c| c.waker()).collect();
+    let (mut wirings, relay_commands, relay_addr, tls) = match &config.relay {
+        Some(relay) => {
+            let (wirings, senders, addr) = relay::wire(relay, &wakers)?;
+            let tls = wirings.first().and_then(|w| w.tls.clone());
+            (
+                wirings.into_iter().map(Some).collect(),
+                senders,
+                Some(addr),
+                tls,
+            )
+        }
+        None => (
+            (0..config.workers).map(|_| None).collect::<Vec<_>>(),
+            Vec::new(),
+            None,
+            None,
+        ),
+    };
     let mut dataplane = Dataplane {
         workers: Vec::with_capacity(config.workers),
         local_addr,
         backend,
+        relay_addr,
+        relay_commands,
+        wakers,
+        reload_stop: None,
     };
+    if let (Some(tls), Some(relay)) = (tls, &config.relay) {
+        dataplane.reload_stop = Some(
+            relay::tls::spawn_reloader(tls, relay.tls_reload_interval)
+                .context("starting the certificate reloader")?,
+        );
+    }
     for (index, listener) in listeners.into_iter().enumerate() {
         let cpu = cpus.as_ref().map(|cpus| cpus[index % cpus.len()]);
-        let control = Arc::new(Control::new().context("creating a worker waker")?);
+        let control = Arc::clone(&controls[index]);
         let stats = Arc::new(SharedStats::new(index, cpu.map(|c| c.id), backend));
         let setup = WorkerSetup {
             index,
@@ -172,6 +209,7 @@ where
             buffers: config.buffers,
             control: Arc::clone(&control),
             stats: Arc::clone(&stats),
+            relay: wirings[index].take(),
         };
         let make_core = Arc::clone(&make_core);
         let ready = ready_tx.clone();
@@ -200,6 +238,13 @@ where
                     .context("starting a dataplane worker");
             }
         }
+    }
+    if let Some(addr) = relay_addr {
+        tracing::info!(
+            relay_addr = %addr,
+            tls = config.relay.as_ref().is_some_and(|r| r.tls.is_some()),
+            "node relay listening"
+        );
     }
     tracing::info!(
         %local_addr,
@@ -250,6 +295,10 @@ pub struct Dataplane {
     workers: Vec<WorkerHandle>,
     local_addr: SocketAddr,
     backend: IoBackend,
+    relay_addr: Option<SocketAddr>,
+    relay_commands: Vec<mpsc::Sender<relay::RelayCommand>>,
+    wakers: Vec<Arc<io::Waker>>,
+    reload_stop: Option<relay::tls::ReloadStop>,
 }
 
 #[derive(Debug)]
@@ -263,6 +312,25 @@ impl Dataplane {
     /// The listener address (with the actual port when configured with port 0).
     pub const fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The node relay's TCP address, if it runs (with the actual port when configured with 0).
+    pub const fn relay_addr(&self) -> Option<SocketAddr> {
+        self.relay_addr
+    }
+
+    /// Hands `command` to every worker's relay and wakes them. A no-op without a relay.
+    pub fn relay_command(&self, command: &relay::RelayCommand) {
+        for (tx, waker) in self.relay_commands.iter().zip(&self.wakers) {
+            if tx.send(command.clone()).is_ok() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// A cloneable handle for [`relay_command`](Self::relay_command) from other threads.
+    pub fn relay_handle(&self) -> relay::RelayHandle {
+        relay::RelayHandle::new(self.relay_commands.clone(), self.wakers.clone())
     }
 
     /// The backend the workers run ([`IoBackend::Uring`] or [`IoBackend::Epoll`]).
@@ -290,6 +358,7 @@ impl Dataplane {
     }
 
     fn stop(&mut self) -> anyhow::Result<()> {
+        self.reload_stop.take();
         for worker in &self.workers {
             worker.control.request_shutdown();
         }

@@ -103,6 +103,44 @@ worker_counters! {
     relayed_to_client_packets,
     /// Payload bytes relayed from peers to clients, without framing.
     relayed_to_client_bytes,
+    /// Node relay (WebSocket): TCP connections accepted.
+    ws_accepted,
+    /// Node relay: connections refused at the per-worker limit.
+    ws_refused_full,
+    /// Node relay: open connections (a gauge).
+    ws_connections,
+    /// Node relay: authenticated sessions (a gauge).
+    ws_sessions,
+    /// Node relay: tokens refused.
+    ws_auth_rejected,
+    /// Node relay: TLS failures.
+    ws_tls_errors,
+    /// Node relay: frames received from clients.
+    ws_frames_in,
+    /// Node relay: packets relayed (SENDs delivered to a local queue or another core).
+    ws_packets_relayed,
+    /// Node relay: WireGuard bytes received in SENDs.
+    ws_bytes_relayed,
+    /// Node relay: bytes read from sockets (after TLS).
+    ws_bytes_read,
+    /// Node relay: bytes written to sockets (before TLS).
+    ws_bytes_written,
+    /// Node relay: frames dropped because a client's queue was full (oldest first).
+    ws_queue_drops,
+    /// Node relay: all frames the hub dropped, any reason.
+    ws_drops,
+    /// Node relay: frames waiting in client queues (a gauge).
+    ws_queued_frames,
+    /// Node relay: frames handed to another core.
+    ws_cross_core_out,
+    /// Node relay: frames taken from other cores.
+    ws_cross_core_in,
+    /// Node relay: frames dropped because the ring to another core was full.
+    ws_cross_core_full,
+    /// Node relay: frames whose destination was gone when they reached its core.
+    ws_cross_core_gone,
+    /// Node relay: bytes waiting in this core's inbound cross-core rings (a gauge).
+    ws_cross_core_depth,
 }
 
 /// One worker's counters at some instant.

@@ -39,6 +39,7 @@ use crate::io::epoll::Epoll;
 use crate::io::uring::Uring;
 use crate::io::{Datagram, HEADROOM, Io, IoBackend, SocketId, SocketRole, Waker};
 use crate::packet_core::{ClientAction, Command, PacketCore, PeerAction, PeerAddr, RelayPort};
+use crate::relay::{RelayShell, RelayWiring};
 use crate::stats::{SharedStats, WorkerCounters};
 
 /// At most one dropped datagram is logged per this interval per worker; the rest are
@@ -83,6 +84,10 @@ impl Control {
         self.waker.wake();
     }
 
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
     fn is_shutdown(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
@@ -100,6 +105,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) buffers: usize,
     pub(crate) control: Arc<Control>,
     pub(crate) stats: Arc<SharedStats>,
+    pub(crate) relay: Option<RelayWiring>,
 }
 
 /// Body of a worker thread: pins, sets up, reports readiness on `ready`, then runs the loop
@@ -232,6 +238,7 @@ pub(crate) struct Worker<C, I> {
     shared: Arc<SharedStats>,
     counters: ShellCounters,
     drop_log: DropLog,
+    relay: Option<RelayShell>,
 }
 
 impl<C: PacketCore, I: Io> Worker<C, I> {
@@ -242,12 +249,23 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
         let listener = io
             .register(setup.listener, SocketRole::Listener)
             .context("registering the listener socket")?;
+        let now = clock::now();
         let core = make_core(WorkerInfo {
             index: setup.index,
             workers: setup.workers,
-            now: clock::now(),
+            now,
             unix_now: clock::unix_now(),
         });
+        let relay = match setup.relay {
+            Some(wiring) => {
+                let shell = RelayShell::new(setup.index, wiring, now)
+                    .context("setting up the node relay")?;
+                io.watch_aux(shell.poll_fd())
+                    .context("watching the node relay's sockets")?;
+                Some(shell)
+            }
+            None => None,
+        };
         Ok(Self {
             index: setup.index,
             core,
@@ -260,6 +278,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             shared: setup.stats,
             counters: ShellCounters::default(),
             drop_log: DropLog::default(),
+            relay,
         })
     }
 
@@ -267,9 +286,12 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
     fn run(mut self) -> anyhow::Result<()> {
         tracing::debug!(worker = self.index, "dataplane worker running");
         let result = self.event_loop();
+        if let Some(relay) = &mut self.relay {
+            relay.close_all(clock::now());
+        }
         self.io.close();
         self.relays.clear();
-        self.publish();
+        self.publish(clock::now());
         if let Err(err) = &result {
             tracing::error!(worker = self.index, "dataplane worker failed: {err:#}");
         }
@@ -289,6 +311,14 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             self.run_commands();
             // 2. Completions and input, within the budget.
             let exhausted = self.handle_input(now);
+            // 2b. The node relay: cross-core rings, TCP sockets, its timers, its writes.
+            let relay_more = match &mut self.relay {
+                Some(relay) => {
+                    relay.turn(now, self.io.take_aux_ready());
+                    relay.has_more()
+                }
+                None => false,
+            };
             // 3. Re-arm the timer.
             let mut deadline = self.core.poll_timeout();
             // 4. Fire timers.
@@ -297,14 +327,20 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 self.run_commands();
                 deadline = self.core.poll_timeout();
             }
+            if let Some(relay) = &self.relay {
+                deadline = match (deadline, relay.poll_timeout()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
             // 5. Control.
             if self.control.is_shutdown() {
                 return Ok(());
             }
 
             self.io.flush();
-            self.publish();
-            wait = if exhausted {
+            self.publish(now);
+            wait = if exhausted || relay_more {
                 self.counters.budget_exhausted += 1;
                 Some(Duration::ZERO)
             } else {
@@ -453,9 +489,14 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
 
     /// Copies every counter into the shared block (Relaxed stores; this thread is the only
     /// writer).
-    fn publish(&self) {
+    fn publish(&mut self, now: Instant) {
         let io = self.io.counters();
         let core = self.core.stats();
+        let ws = self
+            .relay
+            .as_mut()
+            .map(|relay| relay.counters(now))
+            .unwrap_or_default();
         let counters = WorkerCounters {
             packets_in: io.rx_packets,
             bytes_in: io.rx_bytes,
@@ -487,6 +528,25 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             relayed_to_peer_bytes: core.client_to_peer.bytes,
             relayed_to_client_packets: core.peer_to_client.packets,
             relayed_to_client_bytes: core.peer_to_client.bytes,
+            ws_accepted: ws.accepted,
+            ws_refused_full: ws.refused_full,
+            ws_connections: ws.connections,
+            ws_sessions: ws.sessions,
+            ws_auth_rejected: ws.auth_rejected,
+            ws_tls_errors: ws.tls_errors,
+            ws_frames_in: ws.frames_in,
+            ws_packets_relayed: ws.packets_relayed,
+            ws_bytes_relayed: ws.bytes_relayed,
+            ws_bytes_read: ws.bytes_read,
+            ws_bytes_written: ws.bytes_written,
+            ws_queue_drops: ws.queue_drops,
+            ws_drops: ws.drops,
+            ws_queued_frames: ws.queued_frames,
+            ws_cross_core_out: ws.cross_core_out,
+            ws_cross_core_in: ws.cross_core_in,
+            ws_cross_core_full: ws.cross_core_full,
+            ws_cross_core_gone: ws.cross_core_gone,
+            ws_cross_core_depth: ws.cross_core_depth,
         };
         self.shared.publish(&counters, core.drops.iter());
     }

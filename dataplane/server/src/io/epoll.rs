@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,12 +39,17 @@ const MAX_PENDING: usize = 1024;
 /// epoll data of the waker; socket ids use at most 56 bits.
 const WAKE_TOKEN: u64 = u64::MAX;
 
+/// epoll data of the auxiliary fd.
+const AUX_TOKEN: u64 = u64::MAX - 1;
+
 /// The epoll [`Io`] backend of one worker.
 pub(crate) struct Epoll {
     epfd: OwnedFd,
     pool: BufPool,
     sockets: Sockets<Entry>,
     waker: Arc<Waker>,
+    /// The auxiliary fd reported readiness since the last [`Io::take_aux_ready`].
+    aux_ready: bool,
     events: Vec<libc::epoll_event>,
     /// Sockets reported readable by the last wait; `cursor` is the next to read.
     ready: Vec<SocketId>,
@@ -125,6 +130,7 @@ impl Epoll {
             pool: BufPool::new(buffers),
             sockets: Sockets::new(),
             waker,
+            aux_ready: false,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS],
             ready: Vec::with_capacity(MAX_EVENTS),
             cursor: 0,
@@ -352,6 +358,8 @@ impl Io for Epoll {
             let token = event.u64;
             if token == WAKE_TOKEN {
                 self.waker.drain();
+            } else if token == AUX_TOKEN {
+                self.aux_ready = true;
             } else {
                 self.ready.push(SocketId::from_u64(token));
             }
@@ -400,6 +408,14 @@ impl Io for Epoll {
 
     fn flush(&mut self) {
         self.send_pending();
+    }
+
+    fn watch_aux(&mut self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, AUX_TOKEN)
+    }
+
+    fn take_aux_ready(&mut self) -> bool {
+        std::mem::take(&mut self.aux_ready)
     }
 
     fn counters(&self) -> IoCounters {

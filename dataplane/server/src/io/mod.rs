@@ -226,6 +226,12 @@ pub(crate) trait Io {
     /// (epoll), so the counters are current when the worker publishes them before it sleeps.
     /// A no-op for io_uring, whose sends go with the next submit and complete as CQEs.
     fn flush(&mut self);
+    /// Also wakes the wait when `fd` becomes readable (level-triggered): the relay's own
+    /// epoll set of TCP sockets is watched this way, so one wait covers UDP and TCP. At most
+    /// one aux fd; it must stay open until [`close`](Io::close).
+    fn watch_aux(&mut self, fd: RawFd) -> io::Result<()>;
+    /// Whether the aux fd reported readiness since the last call.
+    fn take_aux_ready(&mut self) -> bool;
     /// The counters so far.
     fn counters(&self) -> IoCounters;
     /// Unregisters every socket and waits (bounded) for the kernel to let go of every buffer.

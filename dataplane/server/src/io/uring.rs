@@ -42,7 +42,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -88,6 +88,7 @@ mod user_data {
     pub(super) const WAKE: u64 = 3;
     pub(super) const CANCEL: u64 = 4;
     pub(super) const PROBE: u64 = 5;
+    pub(super) const AUX: u64 = 6;
 
     const SHIFT: u32 = 56;
 
@@ -134,6 +135,11 @@ pub(crate) struct Uring {
     rearm: Vec<SocketId>,
     waker: Arc<Waker>,
     wake_armed: bool,
+    /// The auxiliary fd (see [`Io::watch_aux`]), whether a poll on it is in flight, and
+    /// whether it reported readiness since the last [`Io::take_aux_ready`].
+    aux: Option<RawFd>,
+    aux_armed: bool,
+    aux_ready: bool,
     inflight_recvs: usize,
     inflight_sends: usize,
     counters: IoCounters,
@@ -254,6 +260,9 @@ impl Uring {
             rearm: Vec::with_capacity(64),
             waker,
             wake_armed: false,
+            aux: None,
+            aux_armed: false,
+            aux_ready: false,
             inflight_recvs: 0,
             inflight_sends: 0,
             counters: IoCounters::default(),
@@ -410,6 +419,11 @@ impl Uring {
                 self.waker.drain();
                 None
             }
+            user_data::AUX => {
+                self.aux_armed = false;
+                self.aux_ready |= cqe.result() >= 0;
+                None
+            }
             user_data::PROBE if payload == 0 && !cqueue::more(flags) => {
                 self.inflight_recvs -= 1;
                 self.release(buf?);
@@ -556,6 +570,24 @@ impl Uring {
         self.in_ring += 1;
     }
 
+    fn arm_aux(&mut self) {
+        let Some(fd) = self.aux else {
+            return;
+        };
+        if self.aux_armed || self.closed {
+            return;
+        }
+        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(user_data::pack(user_data::AUX, 0));
+        // SAFETY: a poll references no memory; the kernel holds its own reference to the
+        // file until the poll completes.
+        match unsafe { self.push(&sqe) } {
+            Ok(()) => self.aux_armed = true,
+            Err(err) => tracing::warn!(%err, "cannot arm the aux poll; retrying next turn"),
+        }
+    }
+
     fn arm_waker(&mut self) {
         if self.wake_armed || self.closed {
             return;
@@ -609,6 +641,7 @@ impl Io for Uring {
         self.mem.bufring.publish();
         self.arm_receives();
         self.arm_waker();
+        self.arm_aux();
         self.enter(1, timeout)
     }
 
@@ -675,6 +708,15 @@ impl Io for Uring {
 
     fn flush(&mut self) {}
 
+    fn watch_aux(&mut self, fd: RawFd) -> io::Result<()> {
+        self.aux = Some(fd);
+        Ok(())
+    }
+
+    fn take_aux_ready(&mut self) -> bool {
+        std::mem::take(&mut self.aux_ready)
+    }
+
     fn counters(&self) -> IoCounters {
         self.counters
     }
@@ -696,8 +738,19 @@ impl Io for Uring {
             // SAFETY: a cancel references no memory.
             let _ = unsafe { self.push(&sqe) };
         }
+        if self.aux_armed {
+            let sqe = opcode::AsyncCancel::new(user_data::pack(user_data::AUX, 0))
+                .build()
+                .user_data(user_data::pack(user_data::CANCEL, 0));
+            // SAFETY: a cancel references no memory.
+            let _ = unsafe { self.push(&sqe) };
+        }
         for _ in 0..CLOSE_STEPS {
-            if self.inflight_recvs == 0 && self.inflight_sends == 0 && !self.wake_armed {
+            if self.inflight_recvs == 0
+                && self.inflight_sends == 0
+                && !self.wake_armed
+                && !self.aux_armed
+            {
                 self.drained = true;
                 break;
             }

@@ -99,3 +99,5 @@ pub(crate) fn wait_for(
 pub(crate) fn total(stats: &[WorkerStatsSnapshot], f: impl Fn(&WorkerStatsSnapshot) -> u64) -> u64 {
     stats.iter().map(f).sum()
 }
+
+pub(crate) mod ws_client;

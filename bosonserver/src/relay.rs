@@ -1,0 +1,225 @@
+//! The node relay's settings and its two links to the control plane: which tokens it accepts
+//! (a JWT the control plane issued, for a node the control plane granted) and what it reports
+//! (nodes connecting and leaving).
+//!
+//! A token alone is not enough: the control plane pushes a [`Grant`] per registered node
+//! (and a newer one on every re-registration, which bumps the generation), so a token of an
+//! older registration, or of a node deleted or revoked since, is refused even though its
+//! signature still verifies. The grants live here, in the process's memory, read once per
+//! session by the worker that authenticates it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use anyhow::ensure;
+use boson_control::auth::Tokens;
+use boson_control::clock::{Clock, UnixMillis};
+use boson_dataplane::relay::{AuthError, RelayCommand, RelayConfig, RelayHandle, TlsSource};
+use boson_shared::NodeId;
+use boson_shared::plane::{Command, Grant};
+
+/// Node relay settings (WebSocket over TCP, with TLS when a certificate is given).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RelayArgs {
+    /// TCP address of the node relay (WebSocket; wss with --relay-cert). Every worker binds it
+    /// (SO_REUSEPORT).
+    #[arg(long, env = "BOSON_RELAY_LISTEN", default_value = "0.0.0.0:8443")]
+    relay_listen: SocketAddr,
+
+    /// Do not serve the node relay.
+    #[arg(long, env = "BOSON_NO_RELAY")]
+    no_relay: bool,
+
+    /// PEM certificate chain for wss; reloaded when the file changes. Needs --relay-key.
+    #[arg(long, env = "BOSON_RELAY_CERT", requires = "relay_key")]
+    relay_cert: Option<PathBuf>,
+
+    /// PEM private key for wss. Needs --relay-cert.
+    #[arg(long, env = "BOSON_RELAY_KEY", requires = "relay_cert")]
+    relay_key: Option<PathBuf>,
+
+    /// Relay connections one worker accepts before refusing new ones.
+    #[arg(long, env = "BOSON_RELAY_MAX_CONNECTIONS", default_value_t = 65_536)]
+    relay_max_connections: usize,
+}
+
+impl RelayArgs {
+    /// The dataplane's relay configuration, authenticating with `auth`; `None` when disabled.
+    pub(crate) fn config(
+        &self,
+        auth: Arc<RelayAuth>,
+        events: Option<boson_dataplane::relay::EventSink>,
+    ) -> anyhow::Result<Option<RelayConfig>> {
+        if self.no_relay {
+            return Ok(None);
+        }
+        ensure!(
+            self.relay_max_connections >= 1,
+            "--relay-max-connections must be at least 1"
+        );
+        let mut config = RelayConfig::new(auth);
+        config.listen = self.relay_listen;
+        config.max_connections_per_worker = self.relay_max_connections;
+        config.events = events;
+        config.tls = match (&self.relay_cert, &self.relay_key) {
+            (Some(cert), Some(key)) => Some(TlsSource {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Some(config))
+    }
+}
+
+/// The grants the control plane pushed, by node.
+#[derive(Debug, Default)]
+pub(crate) struct Grants(RwLock<HashMap<NodeId, Grant>>);
+
+impl Grants {
+    fn get(&self, node: &NodeId) -> Option<Grant> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(node)
+            .copied()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Grant>> {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Checks relay tokens: the JWT's signature, issuer, audience and lifetime, then the grant.
+pub(crate) struct RelayAuth {
+    tokens: Tokens,
+    grants: Arc<Grants>,
+    clock: Arc<dyn Clock>,
+}
+
+impl RelayAuth {
+    pub(crate) fn new(tokens: Tokens, grants: Arc<Grants>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            tokens,
+            grants,
+            clock,
+        }
+    }
+}
+
+impl boson_dataplane::relay::Authenticator for RelayAuth {
+    fn authenticate(&self, token: &[u8]) -> Result<NodeId, AuthError> {
+        let token =
+            std::str::from_utf8(token).map_err(|_| AuthError::Invalid("not UTF-8".into()))?;
+        let now = self.clock.now();
+        let claims = self
+            .tokens
+            .verify(token, now)
+            .map_err(|err| AuthError::Invalid(err.to_string()))?;
+        decide(self.grants.get(&claims.node_id), claims.generation, now)?;
+        Ok(claims.node_id)
+    }
+}
+
+/// Whether a token of `generation` is covered by `grant` at `now`.
+fn decide(grant: Option<Grant>, generation: i64, now: UnixMillis) -> Result<(), AuthError> {
+    match grant {
+        Some(grant)
+            if grant.generation == generation
+                && i64::try_from(grant.expires_at).unwrap_or(i64::MAX) > now.0 =>
+        {
+            Ok(())
+        }
+        _ => Err(AuthError::NoGrant),
+    }
+}
+
+/// Applies control-plane commands: grants to the table, revocations and drain to the workers.
+#[derive(Debug, Clone)]
+pub(crate) struct CommandApplier {
+    grants: Arc<Grants>,
+    relay: Option<RelayHandle>,
+}
+
+impl CommandApplier {
+    pub(crate) const fn new(grants: Arc<Grants>, relay: Option<RelayHandle>) -> Self {
+        Self { grants, relay }
+    }
+
+    pub(crate) fn apply(&self, command: &Command) {
+        match command {
+            Command::Grant(grant) => {
+                let old = self.grants.write().insert(grant.node, *grant);
+                // A newer registration revokes the older one's live session.
+                if old.is_some_and(|old| old.generation != grant.generation) {
+                    self.relay(&RelayCommand::Revoke(grant.node));
+                }
+            }
+            Command::Revoke { node } => {
+                self.grants.write().remove(node);
+                self.relay(&RelayCommand::Revoke(*node));
+            }
+            Command::ClearGrants => self.grants.write().clear(),
+            Command::Drain { .. } => self.relay(&RelayCommand::Drain),
+            // TURN secrets and quotas are fixed at start in this process; presence of nodes on
+            // other hosts is for the mesh.
+            Command::TurnSecrets(_) | Command::TurnQuota { .. } | Command::Presence { .. } | _ => {}
+        }
+    }
+
+    fn relay(&self, command: &RelayCommand) {
+        if let Some(relay) = &self.relay {
+            relay.send(command);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_decide_generation_and_expiry() {
+        let node = NodeId::from_bytes([1; 16]);
+        let grant = Grant {
+            node,
+            generation: 3,
+            expires_at: 10_000,
+        };
+        assert_eq!(decide(Some(grant), 3, UnixMillis(9_999)), Ok(()));
+        assert_eq!(
+            decide(Some(grant), 2, UnixMillis(9_999)),
+            Err(AuthError::NoGrant),
+            "an older registration's token"
+        );
+        assert_eq!(
+            decide(Some(grant), 3, UnixMillis(10_000)),
+            Err(AuthError::NoGrant),
+            "an expired grant"
+        );
+        assert_eq!(decide(None, 3, UnixMillis(0)), Err(AuthError::NoGrant));
+    }
+
+    #[test]
+    fn commands_update_the_table() {
+        let grants = Arc::new(Grants::default());
+        let applier = CommandApplier::new(Arc::clone(&grants), None);
+        let node = NodeId::from_bytes([2; 16]);
+        let grant = Grant {
+            node,
+            generation: 1,
+            expires_at: 5,
+        };
+        applier.apply(&Command::Grant(grant));
+        assert_eq!(grants.get(&node), Some(grant));
+        applier.apply(&Command::Revoke { node });
+        assert_eq!(grants.get(&node), None);
+        applier.apply(&Command::Grant(grant));
+        applier.apply(&Command::ClearGrants);
+        assert_eq!(grants.get(&node), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! Issue 4's done-when on one host: two nodes registered through the REST API exchange packets
+//! through the relay of the real binary, with the tokens the API issued; a re-registration
+//! revokes the older token and its live session.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+#![allow(
+    clippy::wildcard_enum_match_arm,
+    reason = "tests panic on any message they do not expect"
+)]
+
+mod common;
+
+#[allow(
+    dead_code,
+    reason = "shared with the dataplane's tests; this file uses part of it"
+)]
+#[path = "../../dataplane/server/tests/common/ws_client.rs"]
+mod ws_client;
+
+use boson_shared::NodeId;
+use serde_json::json;
+use ws_client::{Client, connect};
+
+fn node_body(id: &str, key: &str) -> serde_json::Value {
+    json!({
+        "nodeId": id,
+        "publicKey": key,
+        "networkInfo": {"ipv4": "192.168.1.1", "natType": "Symmetric", "localPort": 51820},
+        "capabilities": {"maxConnections": 100, "bandwidth": {"up": 100, "down": 100}},
+        "location": {"country": "US", "region": "US-CA"}
+    })
+}
+
+#[test]
+fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(
+        dir.path(),
+        &[
+            "run",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+        ],
+        true,
+    );
+    let relay = server.relay.expect("the relay runs by default");
+    let http = common::Http::new();
+    let (id_a, id_b) = (
+        "6f1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a01",
+        "6f1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a02",
+    );
+    let key_a = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    let key_b = "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    let token_a = http.register(&server.base, &node_body(id_a, key_a));
+    let token_b = http.register(&server.base, &node_body(id_b, key_b));
+    let (a, b): (NodeId, NodeId) = (id_a.parse().unwrap(), id_b.parse().unwrap());
+
+    let mut client_a = Client::new(connect(relay));
+    assert_eq!(client_a.upgrade(Some(&token_a)).unwrap(), 101);
+    assert_eq!(client_a.ready(), a);
+    let mut client_b = Client::new(connect(relay));
+    assert_eq!(client_b.upgrade(None).unwrap(), 101);
+    client_b.auth(&token_b).unwrap();
+    assert_eq!(client_b.ready(), b);
+
+    for i in 0..1000u32 {
+        let packet = [&i.to_le_bytes()[..], &[7u8; 500]].concat();
+        client_a.send(&b, &packet).unwrap();
+        assert_eq!(client_b.recv_packet(), (a, packet.clone()));
+        client_b.send(&a, &packet).unwrap();
+        assert_eq!(client_a.recv_packet(), (b, packet));
+    }
+
+    // A token that is not the API's: refused with 1008.
+    let mut forged = Client::new(connect(relay));
+    assert_eq!(forged.upgrade(Some(&format!("{token_a}x"))).unwrap(), 101);
+    assert_eq!(forged.recv_message().unwrap(), Err(Some(1008)));
+
+    // B re-registers with its token (a new generation): its live session is closed and the
+    // old token no longer opens one; the new token does.
+    let (status, body) = http.post(
+        &format!("{}/api/v1/nodes/register", server.base),
+        &node_body(id_b, key_b),
+        Some(&token_b),
+    );
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let new_token_b = body["sessionToken"].as_str().unwrap().to_owned();
+    assert_eq!(client_b.recv_message().unwrap(), Err(Some(1008)));
+    let mut old = Client::new(connect(relay));
+    assert_eq!(old.upgrade(Some(&token_b)).unwrap(), 101);
+    assert_eq!(old.recv_message().unwrap(), Err(Some(1008)));
+    let mut renewed = Client::new(connect(relay));
+    assert_eq!(renewed.upgrade(Some(&new_token_b)).unwrap(), 101);
+    assert_eq!(renewed.ready(), b);
+    client_a.send(&b, b"welcome back").unwrap();
+    assert_eq!(renewed.recv_packet(), (a, b"welcome back".to_vec()));
+
+    // The relay's counters are on /metrics, per core.
+    let metrics = http.text(&format!("{}/metrics", server.base));
+    assert!(
+        metrics.contains("bosonserver_dataplane_ws_packets_relayed_total{core=\"0\"}"),
+        "{metrics}"
+    );
+}

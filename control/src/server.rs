@@ -1,0 +1,186 @@
+//! The HTTP/1 server loop under the REST API: accept, limit, serve, drain.
+//!
+//! `axum::serve` has no header read timeout, so a client that sends its headers one byte at a
+//! time (slowloris) holds a connection and a task for as long as it likes. Here each
+//! connection is served by hyper's HTTP/1 builder with `header_read_timeout`, which closes a
+//! connection whose request headers have not all arrived in time; the same timer closes idle
+//! keep-alive connections, because it starts whenever the server waits for a request. Bodies
+//! have their own timeout in the JSON extractor (408 with a JSON error). And a client IP
+//! address may hold at most `max_connections_per_ip` connections: more are closed on accept,
+//! before any byte is read, and counted in `bosonserver_http_connections_refused_total`.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
+
+use crate::AppState;
+
+/// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Largest request head (request line and headers). A node's requests carry one bearer token
+/// of a few hundred bytes; hyper's own default (about 400 KiB) would let a client make the
+/// server buffer far more. Over it, hyper answers 431 and closes.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Serves `state`'s router on `listener` until `shutdown` completes, then lets open requests
+/// finish and returns.
+pub(crate) async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.config.http;
+    let router = state.router();
+    let per_ip = ConnectionLimiter::new(limits.max_connections_per_ip);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!("accepting an HTTP connection failed: {error}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        while connections.try_join_next().is_some() {}
+        let Some(permit) = per_ip.try_acquire(peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from this address: closed");
+            state.metrics.count_refused_connection();
+            drop(stream);
+            continue;
+        };
+        let router = router.clone();
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(ConnectInfo::<SocketAddr>(peer));
+                    router.clone().oneshot(request)
+                });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_header_size(MAX_HEADER_BYTES);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let stopping = async move {
+                // An error means the server is gone: stop as well.
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            };
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%peer, "HTTP connection ended: {error}");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Counts open connections per IP address. Only point lookups: the map is never iterated.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionLimiter {
+    open: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    limit: u32,
+}
+
+/// One open connection; dropping it frees the slot.
+#[derive(Debug)]
+pub(crate) struct ConnectionPermit {
+    limiter: ConnectionLimiter,
+    ip: IpAddr,
+}
+
+impl ConnectionLimiter {
+    pub(crate) fn new(limit: u32) -> Self {
+        Self {
+            open: Arc::new(Mutex::new(HashMap::new())),
+            limit,
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it already holds the limit.
+    pub(crate) fn try_acquire(&self, ip: IpAddr) -> Option<ConnectionPermit> {
+        let mut open = self.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut open = self.limiter.lock();
+        if let Entry::Occupied(mut entry) = open.entry(self.ip) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_gets_its_own_slots_back_when_connections_close() {
+        let limiter = ConnectionLimiter::new(2);
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let first = limiter.try_acquire(a).unwrap();
+        let _second = limiter.try_acquire(a).unwrap();
+        assert!(limiter.try_acquire(a).is_none());
+        let _other = limiter.try_acquire(b).unwrap();
+        drop(first);
+        let _third = limiter.try_acquire(a).unwrap();
+        assert!(limiter.try_acquire(a).is_none());
+        assert_eq!(limiter.lock().len(), 2);
+        drop((_second, _third, _other));
+        assert!(
+            limiter.lock().is_empty(),
+            "no entry outlives its connections"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! One relay connection's socket side: non-blocking reads into an input buffer the hub parses
+//! in place, batched writes of what the hub queued, and TLS (rustls) when configured.
+//!
+//! The input buffer starts small (a handshake fits in [`INITIAL_INPUT`]) and grows, once, to
+//! the hub's whole-frame size only when a frame needs it, so an idle or unauthenticated
+//! connection costs a few KiB, not 64.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use boson_dataplane_proto::ws::{ConnId, Hub, Presence};
+use boson_shared::NodeId;
+
+/// Input bytes allocated at accept.
+const INITIAL_INPUT: usize = 8 * 1024;
+
+/// Plaintext rustls may buffer for sending: a scratch buffer's worth plus records overhead.
+const TLS_SEND_LIMIT: usize = 512 * 1024;
+
+pub(super) enum ReadOutcome {
+    /// This many bytes were added to the input.
+    Data(usize),
+    /// Nothing to read now.
+    Nothing,
+    /// The peer closed.
+    Closed,
+    /// A socket error.
+    Failed,
+    /// TLS failed (bad record, handshake failure).
+    TlsFailed,
+}
+
+pub(super) enum Flush {
+    /// Everything the hub had is written; this many plaintext bytes.
+    Done(usize),
+    /// The socket is full; the rest waits for writability.
+    Blocked(usize),
+    /// A socket or TLS error.
+    Failed,
+}
+
+pub(super) struct Conn {
+    stream: TcpStream,
+    tls: Option<Box<rustls::ServerConnection>>,
+    input: Vec<u8>,
+    max_input: usize,
+    start: usize,
+    end: usize,
+    /// Plaintext (plain TCP only) the socket did not take yet.
+    pending: Vec<u8>,
+    pending_pos: usize,
+    pub(super) hub: ConnId,
+    pub(super) token: u64,
+    pub(super) node: Option<NodeId>,
+    pub(super) epoch: u64,
+    /// The session is closed: close the socket once flushed.
+    pub(super) closing: bool,
+    /// EPOLLOUT is armed.
+    pub(super) want_write: bool,
+}
+
+impl Conn {
+    pub(super) fn new(
+        stream: TcpStream,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        max_input: usize,
+        hub: ConnId,
+        token: u64,
+    ) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        let tls = match tls {
+            Some(config) => {
+                let mut tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+                tls.set_buffer_limit(Some(TLS_SEND_LIMIT));
+                Some(Box::new(tls))
+            }
+            None => None,
+        };
+        Ok(Self {
+            stream,
+            tls,
+            input: vec![0; INITIAL_INPUT.min(max_input)],
+            max_input,
+            start: 0,
+            end: 0,
+            pending: Vec::new(),
+            pending_pos: 0,
+            hub,
+            token,
+            node: None,
+            epoch: 0,
+            closing: false,
+            want_write: false,
+        })
+    }
+
+    pub(super) fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Unparsed input, from a frame boundary.
+    pub(super) fn pending_input(&mut self) -> &mut [u8] {
+        &mut self.input[self.start..self.end]
+    }
+
+    pub(super) fn pending_input_ref(&self) -> &[u8] {
+        &self.input[self.start..self.end]
+    }
+
+    /// The hub consumed `n` bytes.
+    pub(super) fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+    }
+
+    /// Moves a partial frame to the front; grows the buffer (once) when a frame needs more room
+    /// than it has.
+    pub(super) fn compact(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            return;
+        }
+        if self.end < self.input.len() {
+            return;
+        }
+        if self.start > 0 {
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        } else if self.input.len() < self.max_input {
+            self.input.resize(self.max_input, 0);
+        }
+    }
+
+    /// Whether TLS has records to send (handshake, alerts).
+    pub(super) fn tls_wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// One read from the socket (through TLS if any) into the input buffer.
+    pub(super) fn read(&mut self) -> ReadOutcome {
+        self.compact();
+        if self.end == self.input.len() {
+            // A whole frame is buffered and the hub did not take it: nothing to read into.
+            return ReadOutcome::Nothing;
+        }
+        let Some(tls) = self.tls.as_mut() else {
+            return match self.stream.read(&mut self.input[self.end..]) {
+                Ok(0) => ReadOutcome::Closed,
+                Ok(n) => {
+                    self.end += n;
+                    ReadOutcome::Data(n)
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Nothing,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => ReadOutcome::Nothing,
+                Err(_) => ReadOutcome::Failed,
+            };
+        };
+        let mut eof = false;
+        match tls.read_tls(&mut self.stream) {
+            Ok(0) => eof = true,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return ReadOutcome::Failed,
+        }
+        if tls.process_new_packets().is_err() {
+            // Best effort: send the alert rustls queued.
+            let _ = tls.write_tls(&mut self.stream);
+            return ReadOutcome::TlsFailed;
+        }
+        let mut added = 0;
+        while self.end < self.input.len() {
+            match tls.reader().read(&mut self.input[self.end..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.end += n;
+                    added += n;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        match (added, eof) {
+            (0, true) => ReadOutcome::Closed,
+            (0, false) => ReadOutcome::Nothing,
+            (n, _) => ReadOutcome::Data(n),
+        }
+    }
+
+    /// Whether decrypted input is still buffered inside rustls (the socket will not report it).
+    pub(super) fn has_buffered_plaintext(&mut self) -> bool {
+        self.tls.as_mut().is_some_and(|tls| {
+            tls.process_new_packets()
+                .is_ok_and(|state| state.plaintext_bytes_to_read() > 0)
+        })
+    }
+
+    /// Writes what is pending, then what the hub has for this connection, in batches of
+    /// `scratch`'s size.
+    pub(super) fn flush<P: Presence>(&mut self, hub: &mut Hub<P>, scratch: &mut [u8]) -> Flush {
+        match self.tls.as_mut() {
+            None => self.flush_plain(hub, scratch),
+            Some(_) => self.flush_tls(hub, scratch),
+        }
+    }
+
+    fn flush_plain<P: Presence>(&mut self, hub: &mut Hub<P>, scratch: &mut [u8]) -> Flush {
+        let mut written = 0;
+        while self.pending_pos < self.pending.len() {
+            match self.stream.write(&self.pending[self.pending_pos..]) {
+                Ok(0) => return Flush::Failed,
+                Ok(n) => self.pending_pos += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return Flush::Blocked(written);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Flush::Failed,
+            }
+        }
+        self.pending.clear();
+        self.pending_pos = 0;
+        loop {
+            let Some(n) = hub.poll_transmit(self.hub, scratch) else {
+                return Flush::Done(written);
+            };
+            written += n;
+            let mut off = 0;
+            while off < n {
+                match self.stream.write(&scratch[off..n]) {
+                    Ok(0) => return Flush::Failed,
+                    Ok(k) => off += k,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        self.pending.extend_from_slice(&scratch[off..n]);
+                        return Flush::Blocked(written);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Flush::Failed,
+                }
+            }
+        }
+    }
+
+    fn flush_tls<P: Presence>(&mut self, hub: &mut Hub<P>, scratch: &mut [u8]) -> Flush {
+        let Some(tls) = self.tls.as_mut() else {
+            return Flush::Failed;
+        };
+        let mut written = 0;
+        loop {
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(0) => return Flush::Failed,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        return Flush::Blocked(written);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Flush::Failed,
+                }
+            }
+            if tls.is_handshaking() {
+                // Application data waits for the handshake; rustls would buffer it anyway.
+                return Flush::Done(written);
+            }
+            let Some(n) = hub.poll_transmit(self.hub, scratch) else {
+                return Flush::Done(written);
+            };
+            if tls.writer().write_all(&scratch[..n]).is_err() {
+                return Flush::Failed;
+            }
+            written += n;
+        }
+    }
+
+    /// Closes the connection: TLS close_notify (best effort), then FIN.
+    pub(super) fn shutdown(mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = tls.write_tls(&mut self.stream);
+        }
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}

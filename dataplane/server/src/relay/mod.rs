@@ -1,0 +1,1001 @@
+//! The node-to-node relay's shell on each worker: a TCP listener (SO_REUSEPORT, one per worker),
+//! its connections (plain WebSocket, or TLS with rustls), the per-core [`Hub`] of the sans-IO
+//! WebSocket core, and the cross-core hand-off.
+//!
+//! # One loop per core
+//!
+//! The relay has no thread of its own. Its sockets live in a small epoll set ([`poller`])
+//! whose fd the worker's I/O backend watches ([`Io::watch_aux`](crate::io::Io::watch_aux)):
+//! a readable TCP socket wakes the same blocking wait as a UDP datagram. Each loop turn the
+//! worker calls [`RelayShell::turn`]: drain the inbound cross-core rings, handle ready sockets
+//! within a budget, fire the hub's timers, flush the connections that have output, wake the
+//! cores that were sent something. Non-blocking reads and writes on readiness; io_uring for TCP
+//! is a later step (measured first, as the UDP path was).
+//!
+//! # Cross-core hand-off
+//!
+//! A node's session lives on the core whose listener accepted its connection. Every core keeps
+//! a [`Directory`] of the nodes connected to the other cores, kept current by presence records
+//! every core broadcasts when a session is accepted or ends. A SEND whose destination is on
+//! another core comes out of the hub as [`Forward::Remote`] with the finished RECV frame in the
+//! sender's input buffer; the shell appends it to the SPSC ring ([`spsc`]) of that core pair
+//! (one copy, instead of the copy into a local destination's queue) and wakes the core once per
+//! turn. The receiving core hands the record, read in place from the ring, to
+//! [`Hub::handle_remote`], which copies it into the destination's bounded queue. A full ring
+//! drops the frame and counts it (`cross_core_full`): the relay carries WireGuard packets,
+//! which tolerate loss, and a slow core must not stall the others.
+//!
+//! Presence records carry a host-wide session epoch, so records of one node from two cores,
+//! read in either order, settle on the newest session; a core that learns a newer session of a
+//! node it holds closes its own with 4000 (replaced), so a node has one session per host.
+//!
+//! # What the shell decides
+//!
+//! Tokens: [`Authenticator`] (the binary checks the JWT and the control plane's grant).
+//! Write batching: everything a connection has queued is copied into one scratch buffer and
+//! written with one syscall; when the socket is full the rest waits in the connection's own
+//! pending buffer and the hub's bounded queue absorbs (and, when full, drops the oldest of)
+//! what arrives meanwhile, so a client that never reads costs a bounded amount of memory.
+
+mod conn;
+mod poller;
+pub(crate) mod spsc;
+pub mod tls;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use boson_dataplane_proto::ws::frame::CloseCode;
+use boson_dataplane_proto::ws::{ConnId, Delivery, Forward, Hub, HubEvent, Presence, WsConfig};
+use boson_shared::NodeId;
+use boson_shared::plane::{Event, Transport};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::io::Waker;
+use conn::{Conn, Flush, ReadOutcome};
+use poller::{Poller, Ready};
+
+pub use tls::{TlsError, TlsSource};
+
+/// Default TCP port of the relay.
+pub const DEFAULT_RELAY_PORT: u16 = 8443;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The token does not verify (signature, audience, issuer, expiry, format).
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The token is fine but the control plane granted this node nothing (or revoked it, or
+    /// a newer registration replaced it).
+    #[error("no grant for the node")]
+    NoGrant,
+}
+
+/// Checks a relay token; implemented by the binary (JWT + control-plane grants). Called once
+/// per session on the worker thread, never per packet.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The node the token authenticates.
+    fn authenticate(&self, token: &[u8]) -> Result<NodeId, AuthError>;
+}
+
+impl<F: Fn(&[u8]) -> Result<NodeId, AuthError> + Send + Sync + 'static> Authenticator for F {
+    fn authenticate(&self, token: &[u8]) -> Result<NodeId, AuthError> {
+        self(token)
+    }
+}
+
+/// Where relay events (node connected / disconnected) go: the control plane.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// Orders for the relay from outside the worker threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayCommand {
+    /// Close the node's session (its grant was withdrawn), with 1008.
+    Revoke(NodeId),
+    /// Send RECONNECT_HINT to every session and to every new one.
+    Drain,
+}
+
+/// Sends [`RelayCommand`]s to every worker from any thread.
+#[derive(Clone)]
+pub struct RelayHandle {
+    senders: Vec<mpsc::Sender<RelayCommand>>,
+    wakers: Vec<Arc<Waker>>,
+}
+
+impl std::fmt::Debug for RelayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayHandle")
+            .field("workers", &self.senders.len())
+            .finish()
+    }
+}
+
+impl RelayHandle {
+    pub(crate) const fn new(
+        senders: Vec<mpsc::Sender<RelayCommand>>,
+        wakers: Vec<Arc<Waker>>,
+    ) -> Self {
+        Self { senders, wakers }
+    }
+
+    /// Hands `command` to every worker and wakes it. Returns `false` once the workers are gone.
+    pub fn send(&self, command: &RelayCommand) -> bool {
+        let mut any = false;
+        for (tx, waker) in self.senders.iter().zip(&self.wakers) {
+            if tx.send(command.clone()).is_ok() {
+                waker.wake();
+                any = true;
+            }
+        }
+        any
+    }
+}
+
+/// The relay's configuration, part of [`DataplaneConfig`](crate::DataplaneConfig).
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// TCP listen address; every worker binds it with SO_REUSEPORT. Port 0 picks one.
+    pub listen: SocketAddr,
+    /// Session settings (limits, timeouts, queue bounds).
+    pub ws: WsConfig,
+    /// Serve TLS (wss) with this certificate, reloaded when its files change.
+    pub tls: Option<TlsSource>,
+    /// How often the certificate files are checked for changes.
+    pub tls_reload_interval: Duration,
+    /// Connections per worker beyond which new ones are closed at once.
+    pub max_connections_per_worker: usize,
+    /// Bytes of each cross-core ring (one per ordered pair of workers).
+    pub cross_core_ring_bytes: usize,
+    /// Checks tokens.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Receives node connected/disconnected events, if set.
+    pub events: Option<EventSink>,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("listen", &self.listen)
+            .field("ws", &self.ws)
+            .field("tls", &self.tls)
+            .field(
+                "max_connections_per_worker",
+                &self.max_connections_per_worker,
+            )
+            .field("cross_core_ring_bytes", &self.cross_core_ring_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayConfig {
+    /// Defaults around `authenticator`: `0.0.0.0:8443`, plain ws, default session limits,
+    /// 65 536 connections per worker, 4 MiB cross-core rings.
+    pub fn new(authenticator: Arc<dyn Authenticator>) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_RELAY_PORT)),
+            ws: WsConfig::new(),
+            tls: None,
+            tls_reload_interval: Duration::from_secs(5),
+            max_connections_per_worker: 65_536,
+            cross_core_ring_bytes: 4 << 20,
+            authenticator,
+            events: None,
+        }
+    }
+}
+
+/// Counters of one worker's relay, published with the worker's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayCounters {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused because the worker was at its limit.
+    pub refused_full: u64,
+    /// Gauge: open connections.
+    pub connections: u64,
+    /// Gauge: authenticated sessions (a replaced one counts until its socket closes).
+    pub sessions: u64,
+    /// TLS handshakes or records that failed.
+    pub tls_errors: u64,
+    /// Frames sent to another core.
+    pub cross_core_out: u64,
+    /// Frames taken from other cores.
+    pub cross_core_in: u64,
+    /// Frames dropped because the ring to the destination core was full.
+    pub cross_core_full: u64,
+    /// Frames from other cores whose destination had left.
+    pub cross_core_gone: u64,
+    /// Frames received (binary messages of any type).
+    pub frames_in: u64,
+    /// SEND packets relayed (to any core).
+    pub packets_relayed: u64,
+    /// WireGuard bytes relayed.
+    pub bytes_relayed: u64,
+    /// Bytes read from sockets (after TLS).
+    pub bytes_read: u64,
+    /// Bytes written to sockets (before TLS).
+    pub bytes_written: u64,
+    /// Frames dropped because a destination's queue was full (drop-oldest).
+    pub queue_drops: u64,
+    /// All drops by the hub, any reason.
+    pub drops: u64,
+    /// Gauge: frames waiting in the sessions' queues.
+    pub queued_frames: u64,
+    /// Gauge: bytes waiting in this core's inbound cross-core rings.
+    pub cross_core_depth: u64,
+    /// Tokens refused.
+    pub auth_rejected: u64,
+}
+
+/// Where a node not connected to this core is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Location {
+    /// On another core of this host, with the session epoch of the record that said so.
+    Core { core: usize, epoch: u64 },
+}
+
+/// This core's view of the nodes on the other cores.
+#[derive(Debug, Clone, Default)]
+struct Directory(Rc<RefCell<HashMap<NodeId, Location>>>);
+
+impl Presence for Directory {
+    fn is_remote(&self, node: &NodeId) -> bool {
+        self.0.borrow().contains_key(node)
+    }
+}
+
+impl Directory {
+    fn get(&self, node: &NodeId) -> Option<Location> {
+        self.0.borrow().get(node).copied()
+    }
+
+    /// A session of `node` with `epoch` is on `core`; keeps the newest.
+    fn arrive(&self, node: NodeId, core: usize, epoch: u64) {
+        let mut map = self.0.borrow_mut();
+        let newer = match map.get(&node) {
+            Some(Location::Core { epoch: known, .. }) => epoch > *known,
+            None => true,
+        };
+        if newer {
+            map.insert(node, Location::Core { core, epoch });
+        }
+    }
+
+    /// The session of `node` with `epoch` on `core` ended.
+    fn leave(&self, node: &NodeId, core: usize, epoch: u64) {
+        let mut map = self.0.borrow_mut();
+        if map.get(node) == Some(&Location::Core { core, epoch }) {
+            map.remove(node);
+        }
+    }
+}
+
+/// Record types in the cross-core rings.
+mod record {
+    pub(super) const FRAME: u8 = 0;
+    pub(super) const ARRIVE: u8 = 1;
+    pub(super) const LEAVE: u8 = 2;
+}
+
+/// What every worker's relay shares, built once by [`start`](crate::start).
+pub(crate) struct RelayWiring {
+    pub(crate) listener: TcpListener,
+    /// `outbound[j]`: the ring to worker `j` (`None` for itself).
+    pub(crate) outbound: Vec<Option<spsc::Producer>>,
+    /// `inbound[j]`: the ring from worker `j` (`None` for itself).
+    pub(crate) inbound: Vec<Option<spsc::Consumer>>,
+    pub(crate) wakers: Vec<Arc<Waker>>,
+    pub(crate) commands: mpsc::Receiver<RelayCommand>,
+    pub(crate) epochs: Arc<AtomicU64>,
+    pub(crate) config: RelayConfig,
+    pub(crate) tls: Option<Arc<tls::Reloader>>,
+}
+
+/// Binds one SO_REUSEPORT TCP listener per worker on `listen` and cross-wires the rings.
+pub(crate) fn wire(
+    config: &RelayConfig,
+    wakers: &[Arc<Waker>],
+) -> anyhow::Result<(
+    Vec<RelayWiring>,
+    Vec<mpsc::Sender<RelayCommand>>,
+    SocketAddr,
+)> {
+    let workers = wakers.len();
+    let tls = match &config.tls {
+        Some(source) => Some(Arc::new(
+            tls::Reloader::new(source.clone()).context("loading the relay's TLS certificate")?,
+        )),
+        None => None,
+    };
+    if config.listen.port() != 0 {
+        // As for the UDP listener: another process of this user holding the port with
+        // SO_REUSEPORT would silently share it with us. A plain bind fails on any holder.
+        drop(TcpListener::bind(config.listen).with_context(|| {
+            format!(
+                "the relay port {} is in use (is another server running?)",
+                config.listen
+            )
+        })?);
+    }
+    let first = bind_tcp(config.listen)
+        .with_context(|| format!("binding the relay listener on {}", config.listen))?;
+    let addr = first.local_addr().context("reading the relay address")?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(
+            bind_tcp(addr).with_context(|| format!("binding another relay listener on {addr}"))?,
+        );
+    }
+    let mut outbound: Vec<Vec<Option<spsc::Producer>>> = (0..workers)
+        .map(|_| (0..workers).map(|_| None).collect())
+        .collect();
+    let mut inbound: Vec<Vec<Option<spsc::Consumer>>> = (0..workers)
+        .map(|_| (0..workers).map(|_| None).collect())
+        .collect();
+    for from in 0..workers {
+        for to in 0..workers {
+            if from != to {
+                let (tx, rx) = spsc::channel(config.cross_core_ring_bytes);
+                outbound[from][to] = Some(tx);
+                inbound[to][from] = Some(rx);
+            }
+        }
+    }
+    let epochs = Arc::new(AtomicU64::new(1));
+    let mut senders = Vec::with_capacity(workers);
+    let mut wirings = Vec::with_capacity(workers);
+    for ((listener, outbound), inbound) in listeners.into_iter().zip(outbound).zip(inbound) {
+        let (tx, rx) = mpsc::channel();
+        senders.push(tx);
+        wirings.push(RelayWiring {
+            listener,
+            outbound,
+            inbound,
+            wakers: wakers.to_vec(),
+            commands: rx,
+            epochs: Arc::clone(&epochs),
+            config: config.clone(),
+            tls: tls.clone(),
+        });
+    }
+    Ok((wirings, senders, addr))
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Token of the listener in the poller; connections use their slab index and generation.
+const LISTENER_TOKEN: u64 = u64::MAX;
+
+/// Ready sockets handled per turn.
+const READY_BUDGET: usize = 256;
+
+/// Bytes written per `write` syscall at most: many frames of one connection are batched.
+const SCRATCH_BYTES: usize = 256 * 1024;
+
+/// How often the hub's O(sessions) counters are gathered.
+const STATS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// One worker's relay; see the [module docs](self).
+pub(crate) struct RelayShell {
+    core: usize,
+    poller: Poller,
+    listener: TcpListener,
+    hub: Hub<Directory>,
+    directory: Directory,
+    conns: Vec<Slot>,
+    free: Vec<usize>,
+    by_hub: HashMap<ConnId, usize>,
+    outbound: Vec<Option<spsc::Producer>>,
+    inbound: Vec<Option<spsc::Consumer>>,
+    wakers: Vec<Arc<Waker>>,
+    /// Cores sent something this turn: woken once at its end.
+    dirty: Vec<bool>,
+    commands: mpsc::Receiver<RelayCommand>,
+    epochs: Arc<AtomicU64>,
+    authenticator: Arc<dyn Authenticator>,
+    events: Option<EventSink>,
+    tls: Option<Arc<tls::Reloader>>,
+    max_connections: usize,
+    input_len: usize,
+    ready: Vec<Ready>,
+    /// Connections with output to flush at the end of the turn.
+    to_flush: Vec<usize>,
+    /// Connections to close at the end of the turn.
+    to_close: Vec<usize>,
+    scratch: Box<[u8]>,
+    token: Vec<u8>,
+    counters: RelayCounters,
+    hub_stats_at: Option<Instant>,
+    /// Something happened since the hub's counters were last gathered.
+    stats_stale: bool,
+    /// There may be ready sockets left over from the budget: poll again without sleeping.
+    more: bool,
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+impl RelayShell {
+    pub(crate) fn new(core: usize, wiring: RelayWiring, now: Instant) -> anyhow::Result<Self> {
+        let RelayWiring {
+            listener,
+            outbound,
+            inbound,
+            wakers,
+            commands,
+            epochs,
+            config,
+            tls,
+        } = wiring;
+        let poller = Poller::new(READY_BUDGET).context("creating the relay's epoll set")?;
+        poller
+            .add(listener.as_raw_fd(), LISTENER_TOKEN)
+            .context("watching the relay listener")?;
+        let directory = Directory::default();
+        let input_len = config.ws.min_input_buffer();
+        let workers = wakers.len();
+        Ok(Self {
+            core,
+            poller,
+            listener,
+            hub: Hub::new(config.ws, directory.clone(), now),
+            directory,
+            conns: Vec::new(),
+            free: Vec::new(),
+            by_hub: HashMap::new(),
+            outbound,
+            inbound,
+            wakers,
+            dirty: vec![false; workers],
+            commands,
+            epochs,
+            authenticator: config.authenticator,
+            events: config.events,
+            tls,
+            max_connections: config.max_connections_per_worker,
+            input_len,
+            ready: Vec::with_capacity(READY_BUDGET),
+            to_flush: Vec::new(),
+            to_close: Vec::new(),
+            scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+            token: Vec::new(),
+            counters: RelayCounters::default(),
+            hub_stats_at: None,
+            stats_stale: true,
+            more: false,
+        })
+    }
+
+    /// The fd the worker's backend watches.
+    pub(crate) fn poll_fd(&self) -> std::os::fd::RawFd {
+        self.poller.raw_fd()
+    }
+
+    /// The earliest hub deadline, or the next refresh of the hub's counters if they are
+    /// stale (so an idle worker still publishes the final figures of a burst).
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let refresh = match (self.stats_stale, self.hub_stats_at) {
+            (true, Some(at)) => Some(at + STATS_INTERVAL),
+            _ => None,
+        };
+        match (self.hub.poll_timeout(), refresh) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the next wait must not sleep (ready sockets were left for the next turn).
+    pub(crate) const fn has_more(&self) -> bool {
+        self.more
+    }
+
+    /// One loop turn; `sockets_ready`: the poller's fd reported readiness.
+    pub(crate) fn turn(&mut self, now: Instant, sockets_ready: bool) {
+        self.stats_stale = true;
+        self.run_commands(now);
+        self.drain_inbound(now);
+        if sockets_ready || self.more {
+            self.poll_sockets(now);
+        }
+        if self.hub.poll_timeout().is_some_and(|at| at <= now) {
+            self.hub.handle_timeout(now);
+        }
+        self.handle_events(now);
+        self.flush_and_close(now);
+        self.wake_dirty();
+    }
+
+    fn run_commands(&mut self, now: Instant) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                RelayCommand::Revoke(node) => {
+                    if let boson_dataplane_proto::ws::Route::Local(conn) = self.hub.route(&node) {
+                        let _ = self.hub.close(now, conn, CloseCode::POLICY_VIOLATION);
+                    }
+                }
+                RelayCommand::Drain => self.hub.start_draining(),
+            }
+        }
+    }
+
+    fn drain_inbound(&mut self, now: Instant) {
+        let mut depth = 0;
+        for from in 0..self.inbound.len() {
+            let Some(rx) = self.inbound[from].as_mut() else {
+                continue;
+            };
+            let hub = &mut self.hub;
+            let directory = &self.directory;
+            let counters = &mut self.counters;
+            let mut replaced = Vec::new();
+            rx.drain(|record| {
+                let Some((&kind, rest)) = record.split_first() else {
+                    return;
+                };
+                let Some(node) = rest.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                    return;
+                };
+                let node = NodeId::from_bytes(node);
+                let rest = &rest[16..];
+                match kind {
+                    record::FRAME => {
+                        counters.cross_core_in += 1;
+                        match hub.handle_remote(&node, rest) {
+                            Delivery::Queued(_) => {}
+                            Delivery::Gone | Delivery::Malformed => counters.cross_core_gone += 1,
+                        }
+                    }
+                    record::ARRIVE | record::LEAVE => {
+                        let Some(epoch) = rest.get(..8).and_then(|b| b.try_into().ok()) else {
+                            return;
+                        };
+                        let epoch = u64::from_le_bytes(epoch);
+                        if kind == record::ARRIVE {
+                            directory.arrive(node, from, epoch);
+                            replaced.push((node, epoch));
+                        } else {
+                            directory.leave(&node, from, epoch);
+                        }
+                    }
+                    _ => {}
+                }
+            });
+            depth += rx.depth();
+            // A newer session of a node we hold lives on another core now: close ours.
+            for (node, epoch) in replaced {
+                if let boson_dataplane_proto::ws::Route::Local(conn) = self.hub.route(&node)
+                    && let Some(&index) = self.by_hub.get(&conn)
+                    && self.conn(index).is_some_and(|c| c.epoch < epoch)
+                {
+                    let _ = self.hub.close(now, conn, CloseCode::REPLACED);
+                }
+            }
+        }
+        self.counters.cross_core_depth = depth as u64;
+    }
+
+    fn poll_sockets(&mut self, now: Instant) {
+        let mut ready = std::mem::take(&mut self.ready);
+        if let Err(err) = self.poller.poll(&mut ready) {
+            tracing::warn!(core = self.core, %err, "relay epoll_wait failed");
+        }
+        self.more = ready.len() == READY_BUDGET;
+        for event in &ready {
+            if event.token == LISTENER_TOKEN {
+                self.accept(now);
+                continue;
+            }
+            let index = (event.token & u64::from(u32::MAX)) as usize;
+            let generation = (event.token >> 32) as u32;
+            if self
+                .conns
+                .get(index)
+                .is_none_or(|slot| slot.generation != generation)
+            {
+                continue;
+            }
+            if event.writable {
+                self.to_flush.push(index);
+            }
+            if event.readable || event.hangup {
+                self.read(now, index);
+            }
+        }
+        self.ready = ready;
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..64 {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    // EMFILE and friends: the listener stays readable; try next turn.
+                    tracing::warn!(core = self.core, %err, "relay accept failed");
+                    self.more = true;
+                    return;
+                }
+            };
+            if self.by_hub.len() >= self.max_connections {
+                self.counters.refused_full += 1;
+                drop(stream);
+                continue;
+            }
+            let tls = self.tls.as_ref().map(|reloader| reloader.config());
+            let index = match self.free.pop() {
+                Some(index) => index,
+                None => {
+                    self.conns.push(Slot {
+                        generation: 0,
+                        conn: None,
+                    });
+                    self.conns.len() - 1
+                }
+            };
+            let slot = &mut self.conns[index];
+            slot.generation = slot.generation.wrapping_add(1);
+            let token = (u64::from(slot.generation) << 32) | index as u64;
+            let hub_conn = self.hub.handle_connect(now);
+            let conn = match Conn::new(stream, tls, self.input_len, hub_conn, token) {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::debug!(core = self.core, %peer, %err, "cannot set up a connection");
+                    let _ = self.hub.handle_disconnect(hub_conn);
+                    self.free.push(index);
+                    continue;
+                }
+            };
+            if let Err(err) = self.poller.add(conn.fd(), token) {
+                tracing::warn!(core = self.core, %err, "cannot watch a relay connection");
+                let _ = self.hub.handle_disconnect(hub_conn);
+                self.free.push(index);
+                continue;
+            }
+            self.conns[index].conn = Some(conn);
+            self.by_hub.insert(hub_conn, index);
+            self.counters.accepted += 1;
+        }
+        self.more = true;
+    }
+
+    fn conn(&self, index: usize) -> Option<&Conn> {
+        self.conns.get(index)?.conn.as_ref()
+    }
+
+    /// Reads what `index` has and feeds it to the hub; with TLS, until rustls holds no more
+    /// decrypted input (the socket would not report it again).
+    fn read(&mut self, now: Instant, index: usize) {
+        for _ in 0..16 {
+            if !self.read_once(now, index) {
+                return;
+            }
+            let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) else {
+                return;
+            };
+            if conn.closing || !conn.has_buffered_plaintext() {
+                return;
+            }
+        }
+        // Still more: come back next turn.
+        self.more = true;
+    }
+
+    /// One read and feed; returns whether the connection is still open.
+    fn read_once(&mut self, now: Instant, index: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) else {
+            return false;
+        };
+        match conn.read() {
+            ReadOutcome::Data(n) => self.counters.bytes_read += n as u64,
+            ReadOutcome::Nothing => {}
+            ReadOutcome::Closed | ReadOutcome::Failed => {
+                self.to_close.push(index);
+                return false;
+            }
+            ReadOutcome::TlsFailed => {
+                self.counters.tls_errors += 1;
+                self.to_close.push(index);
+                return false;
+            }
+        }
+        if conn.tls_wants_write() {
+            self.to_flush.push(index);
+        }
+        self.feed(now, index);
+        true
+    }
+
+    /// Hands the buffered input of `index` to the hub, frame by frame.
+    fn feed(&mut self, now: Instant, index: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) else {
+                return;
+            };
+            let hub_conn = conn.hub;
+            let input = conn.pending_input();
+            if input.is_empty() {
+                conn.compact();
+                return;
+            }
+            let result = self.hub.handle_input(now, hub_conn, input);
+            let Ok(input) = result else {
+                self.to_close.push(index);
+                return;
+            };
+            if input.consumed == 0 {
+                conn.compact();
+                return;
+            }
+            self.counters.frames_in += 1;
+            if let Some(forward) = &input.forward {
+                self.forward(index, forward);
+            }
+            if let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) {
+                conn.consume(input.consumed);
+            }
+            self.handle_events(now);
+        }
+    }
+
+    fn forward(&mut self, index: usize, forward: &Forward) {
+        match forward {
+            Forward::Local(_) => {
+                self.counters.packets_relayed += 1;
+            }
+            Forward::Remote { dest, frame } => {
+                let Some(conn) = self.conns.get(index).and_then(|s| s.conn.as_ref()) else {
+                    return;
+                };
+                let bytes = &conn.pending_input_ref()[frame.clone()];
+                match self.directory.get(dest) {
+                    Some(Location::Core { core, .. }) => {
+                        let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) else {
+                            return;
+                        };
+                        if tx.push(&[&[record::FRAME], dest.as_bytes(), bytes]) {
+                            self.counters.cross_core_out += 1;
+                            self.counters.packets_relayed += 1;
+                            self.dirty[core] = true;
+                        } else {
+                            self.counters.cross_core_full += 1;
+                        }
+                    }
+                    None => self.counters.cross_core_gone += 1,
+                }
+            }
+            Forward::Gone(_) => {}
+        }
+    }
+
+    fn handle_events(&mut self, now: Instant) {
+        while let Some(event) = self.hub.poll_event() {
+            match event {
+                HubEvent::Authenticate { conn, token } => {
+                    self.token.clear();
+                    self.token.extend_from_slice(token);
+                    self.authenticate(now, conn);
+                }
+                HubEvent::Wake { conn } => {
+                    if let Some(&index) = self.by_hub.get(&conn) {
+                        self.to_flush.push(index);
+                    }
+                }
+                HubEvent::Closed { conn, reason } => {
+                    if let Some(&index) = self.by_hub.get(&conn) {
+                        tracing::debug!(core = self.core, %conn, reason = reason.as_str(), "relay session closed");
+                        if let Some(c) = self.conns[index].conn.as_mut() {
+                            c.closing = true;
+                        }
+                        self.to_flush.push(index);
+                        self.to_close.push(index);
+                    }
+                }
+            }
+        }
+    }
+
+    fn authenticate(&mut self, now: Instant, conn: ConnId) {
+        match self.authenticator.authenticate(&self.token) {
+            Ok(node) => {
+                if self.hub.accept(now, conn, node).is_err() {
+                    return;
+                }
+                let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
+                if let Some(&index) = self.by_hub.get(&conn)
+                    && let Some(c) = self.conns[index].conn.as_mut()
+                {
+                    c.node = Some(node);
+                    c.epoch = epoch;
+                    self.counters.sessions += 1;
+                }
+                self.broadcast(record::ARRIVE, &node, epoch);
+                self.emit(Event::NodeConnected {
+                    node,
+                    core: self.core_u16(),
+                    transport: if self.tls.is_some() {
+                        Transport::Wss
+                    } else {
+                        Transport::Ws
+                    },
+                });
+            }
+            Err(err) => {
+                self.counters.auth_rejected += 1;
+                tracing::debug!(core = self.core, %conn, %err, "relay token refused");
+                let _ = self.hub.reject(now, conn);
+            }
+        }
+    }
+
+    fn core_u16(&self) -> u16 {
+        u16::try_from(self.core).unwrap_or(u16::MAX)
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(sink) = &self.events {
+            sink(event);
+        }
+    }
+
+    fn broadcast(&mut self, kind: u8, node: &NodeId, epoch: u64) {
+        for (core, tx) in self.outbound.iter_mut().enumerate() {
+            let Some(tx) = tx else { continue };
+            // Presence records are small and rare; a full ring loses one, and the node's next
+            // session (or its peers' PEER_GONE) corrects it.
+            if tx.push(&[&[kind], node.as_bytes(), &epoch.to_le_bytes()]) {
+                self.dirty[core] = true;
+            } else {
+                self.counters.cross_core_full += 1;
+            }
+        }
+    }
+
+    fn flush_and_close(&mut self, now: Instant) {
+        // Flushing may close (a write error) and closing may queue flushes (Closed events),
+        // so loop until both lists are empty.
+        loop {
+            let mut flush = std::mem::take(&mut self.to_flush);
+            flush.sort_unstable();
+            flush.dedup();
+            for &index in &flush {
+                self.flush(index);
+            }
+            flush.clear();
+            if self.to_flush.is_empty() {
+                self.to_flush = flush;
+            }
+            let mut close = std::mem::take(&mut self.to_close);
+            close.sort_unstable();
+            close.dedup();
+            for &index in &close {
+                self.close(now, index);
+            }
+            close.clear();
+            if self.to_close.is_empty() {
+                self.to_close = close;
+            }
+            self.handle_events(now);
+            if self.to_flush.is_empty() && self.to_close.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn flush(&mut self, index: usize) {
+        let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) else {
+            return;
+        };
+        let (written, blocked) = match conn.flush(&mut self.hub, &mut self.scratch) {
+            Flush::Done(written) => (written, false),
+            Flush::Blocked(written) => (written, true),
+            Flush::Failed => {
+                self.to_close.push(index);
+                return;
+            }
+        };
+        self.counters.bytes_written += written as u64;
+        if conn.want_write != blocked {
+            conn.want_write = blocked;
+            let _ = self.poller.set_writable(conn.fd(), conn.token, blocked);
+        }
+        if conn.closing && !blocked {
+            self.to_close.push(index);
+        }
+    }
+
+    fn close(&mut self, _now: Instant, index: usize) {
+        let Some(slot) = self.conns.get_mut(index) else {
+            return;
+        };
+        let Some(conn) = slot.conn.take() else {
+            return;
+        };
+        self.poller.remove(conn.fd());
+        self.free.push(index);
+        self.by_hub.remove(&conn.hub);
+        let _ = self.hub.handle_disconnect(conn.hub);
+        if let Some(node) = conn.node {
+            self.counters.sessions -= 1;
+            // Only if no newer session of the node took over on this core.
+            if !matches!(
+                self.hub.route(&node),
+                boson_dataplane_proto::ws::Route::Local(_)
+            ) {
+                self.broadcast(record::LEAVE, &node, conn.epoch);
+                self.emit(Event::NodeDisconnected {
+                    node,
+                    core: self.core_u16(),
+                });
+            }
+        }
+        conn.shutdown();
+    }
+
+    fn wake_dirty(&mut self) {
+        for (core, dirty) in self.dirty.iter_mut().enumerate() {
+            if std::mem::take(dirty) {
+                self.wakers[core].wake();
+            }
+        }
+    }
+
+    /// Counters for publishing; the hub's part is refreshed at most every [`STATS_INTERVAL`].
+    pub(crate) fn counters(&mut self, now: Instant) -> RelayCounters {
+        if self
+            .hub_stats_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= STATS_INTERVAL)
+        {
+            self.hub_stats_at = Some(now);
+            self.stats_stale = false;
+            let stats = self.hub.stats();
+            self.counters.drops = stats.drops.total();
+            self.counters.queue_drops = stats
+                .drops
+                .get(boson_dataplane_proto::ws::DropReason::QueueFull);
+            self.counters.bytes_relayed = stats.received.bytes;
+            let queued: usize = self
+                .conns
+                .iter()
+                .filter_map(|slot| slot.conn.as_ref())
+                .filter_map(|conn| self.hub.session(conn.hub))
+                .map(|session| session.queued_frames())
+                .sum();
+            self.counters.queued_frames = queued as u64;
+        }
+        self.counters.connections = self.by_hub.len() as u64;
+        self.counters
+    }
+
+    /// Closes every connection (shutdown).
+    pub(crate) fn close_all(&mut self, now: Instant) {
+        for index in 0..self.conns.len() {
+            self.close(now, index);
+        }
+    }
+}
