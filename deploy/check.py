@@ -434,6 +434,21 @@ def check_k8s(documents: dict[Path, list], runtime_uid: int | None) -> None:
             if "ALL" not in security.get("capabilities", {}).get("drop", []):
                 problem(where, "capabilities must drop ALL")
             check_env_names(where, [e["name"] for e in container.get("env", [])], "env")
+            # Without a writable data directory the host id must come from the environment
+            # or from a .env an init container writes where this container starts.
+            if "BOSON_HOST_ID" not in {e["name"] for e in container.get("env", [])}:
+                written = []
+                for init in pod.get("initContainers", []):
+                    script = " ".join(init.get("command", []) + init.get("args", []))
+                    check_env_names(where, re.findall(r"\b(BOSON_[A-Z0-9_]+)=", script),
+                                    f"init container {init['name']} writes")
+                    mounts = {m["mountPath"] for m in init.get("volumeMounts", [])}
+                    target = re.search(r">\s*(\S+)/\.env\b", script)
+                    if "BOSON_HOST_ID=" in script and target and target[1] in mounts:
+                        written.append(target[1])
+                if container.get("workingDir") not in written:
+                    problem(where, "BOSON_HOST_ID is neither set nor written by an init container "
+                                   "into the .env of the container's workingDir")
         for kind in ("Service", "PodDisruptionBudget"):
             for other_path, other in objects.get(kind, []):
                 chosen = other["spec"]["selector"]
