@@ -60,12 +60,14 @@ COPY --chmod=0755 deploy/allinone/exit-on-fatal.py /usr/local/lib/boson/exit-on-
 # it generates on first start.
 ENV BOSON_HTTP_LISTEN=0.0.0.0:8080 \
     BOSON_TURN_LISTEN=0.0.0.0:3478 \
+    BOSON_RELAY_LISTEN=0.0.0.0:8443 \
     BOSON_DATA_DIR=/data/bosonserver \
     DATABASE_URL=postgres://boson@127.0.0.1:5432/boson \
     REDIS_URL=redis://127.0.0.1:6379/
 VOLUME ["/data"]
-# API, STUN/TURN, the WebSocket/QUIC relay, and the TURN relay ports (publishing 16k ports
-# through docker-proxy is slow: prefer --network host, see deploy/README.md).
+# API, STUN/TURN, the node relay (WebSocket on tcp, QUIC to come on udp) and the TURN relay
+# ports (publishing 16k ports through docker-proxy is slow: prefer --network host, see
+# deploy/README.md).
 EXPOSE 8080/tcp 3478/udp 8443/tcp 8443/udp 49152-65535/udp
 # Ready means the database and Redis answer too, which is what "healthy" should mean here.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
@@ -87,12 +89,14 @@ COPY --from=builder /out/bosonserver /usr/local/bin/bosonserver
 # and, when JWT_SECRET/TURN_STATIC_SECRET are unset, the generated development secrets.
 ENV BOSON_HTTP_LISTEN=0.0.0.0:8080 \
     BOSON_TURN_LISTEN=0.0.0.0:3478 \
+    BOSON_RELAY_LISTEN=0.0.0.0:8443 \
     BOSON_DATA_DIR=/data
 VOLUME ["/data"]
 WORKDIR /data
 USER 10001:10001
-# API, STUN/TURN, the WebSocket/QUIC relay, and the TURN relay ports (publishing 16k ports
-# through docker-proxy is slow: prefer --network host, see deploy/README.md).
+# API, STUN/TURN, the node relay (WebSocket on tcp, QUIC to come on udp) and the TURN relay
+# ports (publishing 16k ports through docker-proxy is slow: prefer --network host, see
+# deploy/README.md).
 EXPOSE 8080/tcp 3478/udp 8443/tcp 8443/udp 49152-65535/udp
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/bosonserver", "healthcheck"]
