@@ -1,6 +1,7 @@
 //! `bosonserver`: parses the configuration once, sets up logging, and runs the planes.
 
 mod dataplane;
+mod healthcheck;
 mod relay;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Run the control plane alone (REST API, registry, health, metrics).
     Control(Box<ControlArgs>),
+    /// Exit 0 if the local REST API answers `/health/ready`, else 1 (for container health checks).
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             let config = (*args).resolve().context("invalid configuration")?;
             runtime()?.block_on(serve_control(config, None))
         }
+        Command::Healthcheck(args) => healthcheck::run(&args),
     }
 }
 
