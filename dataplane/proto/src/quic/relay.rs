@@ -244,8 +244,8 @@ const TX_CHUNK: usize = 8 * 1024;
 /// timer.arm(relay.poll_timeout());
 /// ```
 ///
-/// Events hold at most [`EVENT_BACKLOG`](self) SENDs; a shell that batches inputs must still
-/// drain events well before that. `poll_transmit` answers endpoint-level responses first,
+/// Events hold at most 8 192 SENDs ([`DropReason::EventBacklog`] beyond); a shell that
+/// batches inputs must still drain events well before that. `poll_transmit` answers endpoint-level responses first,
 /// then the connections round-robin, one QUIC datagram (or GSO batch) per call.
 pub struct QuicRelay {
     config: QuicConfig,
@@ -260,6 +260,8 @@ pub struct QuicRelay {
     timers: BTreeSet<(Instant, usize)>,
     /// Connections that may have something to send, in the order they got it.
     dirty: VecDeque<usize>,
+    /// Scratch list of connections whose deadline is due.
+    due: Vec<usize>,
     events: VecDeque<QuicEvent>,
     responses: VecDeque<Response>,
     /// Recycled response buffers.
@@ -358,6 +360,7 @@ impl QuicRelay {
             by_node: HashMap::new(),
             timers: BTreeSet::new(),
             dirty: VecDeque::new(),
+            due: Vec::new(),
             events: VecDeque::new(),
             responses: VecDeque::new(),
             spare: Vec::new(),
@@ -594,18 +597,25 @@ impl QuicRelay {
         self.timers.first().map(|&(at, _)| at)
     }
 
-    /// Fires every deadline due at `now`.
+    /// Fires every deadline due at `now`. Each due connection is handled once per call, so a
+    /// deadline that stays due cannot spin the loop.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock.advance(now);
+        let mut due = std::mem::take(&mut self.due);
         while let Some(&(at, handle)) = self.timers.first() {
             if at > now {
                 break;
             }
             self.timers.pop_first();
+            if let Some(conn) = self.conn_mut(handle) {
+                conn.timer = None;
+                due.push(handle);
+            }
+        }
+        for &handle in &due {
             let Some(conn) = self.conn_mut(handle) else {
                 continue;
             };
-            conn.timer = None;
             let expired = conn.deadline.is_some_and(|deadline| deadline <= now)
                 && conn.phase.is_unauthenticated();
             if expired {
@@ -617,6 +627,8 @@ impl QuicRelay {
                 self.service(now, handle);
             }
         }
+        due.clear();
+        self.due = due;
     }
 
     /// The relay is draining: every authenticated connection (and every one accepted from
