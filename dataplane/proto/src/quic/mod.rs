@@ -155,19 +155,26 @@
 //!   decrypts in place. The relay reuses one buffer: once the views of the previous
 //!   datagram (the `packet` of [`QuicEvent::Send`]) are dropped, `reserve` reclaims it, so
 //!   a shell that drops each packet after delivering it allocates nothing; one that keeps
-//!   packets (e.g. to hand them to another core) causes one 2 KiB allocation per datagram,
-//!   as quinn's own runtime does. The SEND's packet is a zero-copy view.
+//!   packets (e.g. to hand them to another core) costs a fresh buffer per datagram (two
+//!   allocations, about what quinn's own runtime spends). The SEND's packet is a zero-copy
+//!   view.
 //! * **Out**: [`QuicRelay::deliver`] copies the packet once, behind the RECV prefix, into a
 //!   per-connection 8 KiB chunk and hands quinn a view of it. The chunk is reclaimed once
 //!   quinn has sent everything staged in it, so a connection whose queue empties between
-//!   packets allocates nothing; one with a standing queue allocates one chunk per ~5
-//!   full-size packets. quinn copies the datagram into the caller's transmit buffer,
-//!   encrypting in place; that buffer is the caller's and is reused.
-//! * **Per event**: the event queue is a `VecDeque` that grows once. quinn allocates for
-//!   its own bookkeeping (sent-packet records, ACK ranges) in amortized fashion; it
-//!   allocates nothing per datagram frame beyond the above.
+//!   packets allocates nothing; while a queue stands (several packets delivered before the
+//!   next `poll_transmit`), each fresh chunk costs two allocations (the buffer and the
+//!   `bytes` header shared by its views), one per ~6 full-size packets. quinn copies the
+//!   datagram into the caller's transmit buffer, encrypting in place; that buffer is the
+//!   caller's and is reused.
+//! * **quinn** allocates for its own bookkeeping (sent-packet records, ACK ranges),
+//!   amortized per QUIC packet, not per datagram frame.
 //! * **Per connection**: quinn's state, a boxed slot here, the TX chunk on first delivery,
 //!   and the 4 KiB control inbox until AUTH. Endpoint responses reuse a pool of buffers.
+//!
+//! Measured (`tests/quic_allocs.rs`, two clients relaying through one relay, 16 packets in
+//! flight each way, each arrival batch delivered before the relay transmits): 0.03
+//! allocations per relayed packet at 100 bytes (several datagrams share a QUIC packet),
+//! 0.42 at 1 200 bytes (0.29 of them TX chunks, 0.13 quinn's), none in `handle_datagram`.
 //!
 //! [RFC 9221]: https://www.rfc-editor.org/rfc/rfc9221
 //! [quinn-proto]: https://docs.rs/quinn-proto/0.11

@@ -7,6 +7,7 @@
     reason = "shared by several test crates, each using a part"
 )]
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -26,6 +27,19 @@ use quinn_proto::{
 use rustls::pki_types::CertificateDer;
 
 pub const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 8443);
+
+thread_local! {
+    /// Set while the harness is inside a call to the relay, for allocation counting.
+    pub static IN_RELAY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, a call into the relay, with [`IN_RELAY`] set.
+pub fn relay_scope<T>(f: impl FnOnce() -> T) -> T {
+    IN_RELAY.set(true);
+    let out = f();
+    IN_RELAY.set(false);
+    out
+}
 
 /// An arbitrary origin for virtual time: only differences from it matter.
 #[expect(
@@ -405,7 +419,7 @@ impl Sim {
 
     /// Feeds one UDP datagram to the relay as the shell would, and acts on the events.
     pub fn inject(&mut self, from: SocketAddr, data: &[u8]) {
-        self.relay.handle_datagram(self.now, from, None, data);
+        relay_scope(|| self.relay.handle_datagram(self.now, from, None, data));
         self.drain_relay();
     }
 
@@ -442,7 +456,7 @@ impl Sim {
 
     fn fire_timers(&mut self) {
         if self.relay.poll_timeout().is_some_and(|at| at <= self.now) {
-            self.relay.handle_timeout(self.now);
+            relay_scope(|| self.relay.handle_timeout(self.now));
             self.drain_relay();
         }
         for client in &mut self.clients {
@@ -464,7 +478,8 @@ impl Sim {
                 });
             }
         }
-        while let Some(transmit) = self.relay.poll_transmit(self.now, &mut self.buf) {
+        while let Some(transmit) = relay_scope(|| self.relay.poll_transmit(self.now, &mut self.buf))
+        {
             busy = true;
             let data = &self.buf[..transmit.len];
             let size = transmit.segment_size.unwrap_or(transmit.len).max(1);
@@ -495,12 +510,12 @@ impl Sim {
     /// Acts on the relay's events as the shell does.
     pub fn drain_relay(&mut self) {
         let now = self.now;
-        while let Some(event) = self.relay.poll_event() {
+        while let Some(event) = relay_scope(|| self.relay.poll_event()) {
             match event {
                 QuicEvent::Authenticate { conn, token } => {
                     match self.shell.verdicts.get(token.as_ref()).copied() {
                         Some(Verdict::Accept(node)) => {
-                            self.relay.accept(now, conn, node).unwrap();
+                            relay_scope(|| self.relay.accept(now, conn, node)).unwrap();
                             self.shell.authenticated.push((conn, node));
                         }
                         Some(Verdict::Reject) => self.relay.reject(now, conn).unwrap(),
@@ -515,7 +530,7 @@ impl Sim {
                 } => {
                     self.shell.sends += 1;
                     if self.relay.is_connected(&dest) {
-                        match self.relay.deliver(now, &dest, &src, &packet) {
+                        match relay_scope(|| self.relay.deliver(now, &dest, &src, &packet)) {
                             Delivery::Queued => self.shell.queued += 1,
                             Delivery::Dropped(reason) => {
                                 *self.shell.dropped.entry(reason).or_default() += 1;
@@ -524,7 +539,7 @@ impl Sim {
                         }
                     } else {
                         self.shell.gone += 1;
-                        let _ = self.relay.peer_gone(now, conn, &dest);
+                        let _ = relay_scope(|| self.relay.peer_gone(now, conn, &dest));
                     }
                 }
                 QuicEvent::Closed { conn, node, reason } => {
