@@ -1,6 +1,7 @@
 //! [`QuicConfig`]: the relay's QUIC settings, validated when built, and the quinn-proto
 //! configurations derived from them.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -41,7 +42,7 @@ pub const DEFAULT_RETRY_THRESHOLD: usize = 64;
 /// Configuration of a [`QuicRelay`](super::QuicRelay), validated when built.
 #[derive(Debug, Clone)]
 pub struct QuicConfig {
-    pub(crate) tls: Arc<rustls::ServerConfig>,
+    pub(crate) tls: CheckedTls,
     pub(crate) max_datagram_size: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) keepalive: Duration,
@@ -101,9 +102,8 @@ impl QuicConfig {
     /// [`ALPN`], TLS 1.3 with TLS_AES_128_GCM_SHA256, and no early data. Any provider works;
     /// [`tls_config_from_pem`] builds one on `ring`.
     pub fn new(tls: Arc<rustls::ServerConfig>) -> Result<Self, ConfigError> {
-        check_tls(&tls)?;
         Ok(Self {
-            tls,
+            tls: check_tls(tls)?,
             max_datagram_size: DEFAULT_MAX_DATAGRAM_SIZE,
             idle_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(15),
@@ -246,8 +246,8 @@ impl QuicConfig {
     }
 
     /// The TLS configuration.
-    pub fn tls(&self) -> &Arc<rustls::ServerConfig> {
-        &self.tls
+    pub const fn tls(&self) -> &Arc<rustls::ServerConfig> {
+        &self.tls.rustls
     }
 
     fn check_keepalive(&self) -> Result<(), ConfigError> {
@@ -290,14 +290,9 @@ impl QuicConfig {
     }
 
     /// The server side: TLS, transport, token keys and the virtual clock for Retry tokens.
-    pub(crate) fn server(
-        &self,
-        keys: &Keys,
-        clock: Arc<VirtualClock>,
-    ) -> Result<ServerConfig, ConfigError> {
-        let crypto = QuicServerConfig::try_from(Arc::clone(&self.tls))
-            .map_err(|_| ConfigError::NoInitialCipherSuite)?;
-        let mut server = ServerConfig::new(Arc::new(crypto), Arc::clone(&keys.token) as _);
+    pub(crate) fn server(&self, keys: &Keys, clock: Arc<VirtualClock>) -> ServerConfig {
+        let crypto = Arc::clone(&self.tls.quic);
+        let mut server = ServerConfig::new(crypto, Arc::clone(&keys.token) as _);
         server.transport_config(Arc::new(self.transport()));
         server.time_source(clock);
         // We issue no NEW_TOKEN tokens (there is no 0-RTT to speed up), so there is nothing
@@ -307,7 +302,7 @@ impl QuicConfig {
         server.validation_token_config(tokens);
         // Every Incoming is decided at once, so nothing waits in quinn's incoming buffers.
         server.max_incoming(self.max_connections.min(1 << 16));
-        Ok(server)
+        server
     }
 }
 
@@ -352,19 +347,38 @@ fn tls_config(
     Ok(Arc::new(tls))
 }
 
+/// A rustls configuration that passed [`check_tls`], with quinn's wrapper around it.
+#[derive(Clone)]
+pub(crate) struct CheckedTls {
+    pub(crate) rustls: Arc<rustls::ServerConfig>,
+    quic: Arc<QuicServerConfig>,
+}
+
+impl fmt::Debug for CheckedTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckedTls")
+            .field("rustls", &self.rustls)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Refuses a TLS configuration quinn would panic on or that breaks the relay's rules.
-pub(crate) fn check_tls(tls: &Arc<rustls::ServerConfig>) -> Result<(), ConfigError> {
+pub(crate) fn check_tls(tls: Arc<rustls::ServerConfig>) -> Result<CheckedTls, ConfigError> {
     if !tls.alpn_protocols.iter().any(|p| p.as_slice() == ALPN) {
         return Err(ConfigError::MissingAlpn);
     }
     if tls.max_early_data_size != 0 {
         return Err(ConfigError::EarlyData);
     }
-    QuicServerConfig::try_from(Arc::clone(tls)).map_err(|_| ConfigError::NoInitialCipherSuite)?;
     // The checks quinn's `start_session` would otherwise turn into a panic (TLS 1.3, a QUIC
     // cipher suite).
-    rustls::quic::ServerConnection::new(Arc::clone(tls), rustls::quic::Version::V1, Vec::new())?;
-    Ok(())
+    rustls::quic::ServerConnection::new(Arc::clone(&tls), rustls::quic::Version::V1, Vec::new())?;
+    let quic = QuicServerConfig::try_from(Arc::clone(&tls))
+        .map_err(|_| ConfigError::NoInitialCipherSuite)?;
+    Ok(CheckedTls {
+        rustls: tls,
+        quic: Arc::new(quic),
+    })
 }
 
 fn nonzero(duration: Duration, what: &'static str) -> Result<Duration, ConfigError> {

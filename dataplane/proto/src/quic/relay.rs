@@ -337,12 +337,14 @@ enum ControlInput {
 impl QuicRelay {
     /// A relay with no connections. `seed` is secret key material: it seeds quinn's RNG
     /// (connection IDs) and derives the stateless-reset and Retry-token keys, so the shell
-    /// must draw it from the OS CSPRNG, a different one per core (tests fix it). TLS key
-    /// exchange draws from `ring`'s OS random source regardless.
-    pub fn new(config: QuicConfig, now: Instant, seed: [u8; 32]) -> Result<Self, ConfigError> {
+    /// must draw it from the OS CSPRNG (tests fix it), and a different one per core: a core
+    /// that gets a packet of another core's connection (a NAT rebinding re-hashed by
+    /// `SO_REUSEPORT`) answers with a stateless reset, which the client must not accept.
+    /// TLS key exchange draws from `ring`'s OS random source regardless.
+    pub fn new(config: QuicConfig, now: Instant, seed: [u8; 32]) -> Self {
         let keys = Keys::derive(&seed);
         let clock = Arc::new(VirtualClock::new(now));
-        let server = config.server(&keys, Arc::clone(&clock) as _)?;
+        let server = config.server(&keys, Arc::clone(&clock) as _);
         let endpoint = Endpoint::new(
             Arc::new(keys.endpoint()),
             Some(Arc::new(server)),
@@ -350,7 +352,7 @@ impl QuicRelay {
             None,
         );
         let gone = GoneLimiter::new(now, config.peer_gone_interval, config.peer_gone_slots);
-        Ok(Self {
+        Self {
             config,
             keys,
             clock,
@@ -372,7 +374,7 @@ impl QuicRelay {
             buffered: 0,
             draining: false,
             stats: QuicStats::default(),
-        })
+        }
     }
 
     /// One UDP datagram from `from`, received on `local_ip` if the shell knows it (pass it
@@ -655,11 +657,8 @@ impl QuicRelay {
     /// Replaces the TLS configuration (a reloaded certificate) for connections from now on;
     /// established ones keep theirs. Checked like [`QuicConfig::new`].
     pub fn set_server_config(&mut self, tls: Arc<rustls::ServerConfig>) -> Result<(), ConfigError> {
-        check_tls(&tls)?;
-        self.config.tls = tls;
-        let server = self
-            .config
-            .server(&self.keys, Arc::clone(&self.clock) as _)?;
+        self.config.tls = check_tls(tls)?;
+        let server = self.config.server(&self.keys, Arc::clone(&self.clock) as _);
         self.endpoint.set_server_config(Some(Arc::new(server)));
         Ok(())
     }

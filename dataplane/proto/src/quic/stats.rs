@@ -119,7 +119,8 @@ pub struct QuicStats {
     /// Gauge: authenticated connections (nodes reachable here).
     pub authenticated: u64,
     /// Gauge: bytes in the connections' outbound datagram buffers, quinn's per-datagram
-    /// overhead included; at most connections × the configured send buffer.
+    /// overhead included, as of each connection's last delivery or transmission; at most
+    /// connections × the configured send buffer.
     pub datagram_send_buffered: u64,
     /// UDP datagrams handed in (bytes: UDP payload).
     pub udp_rx: RelayCounters,

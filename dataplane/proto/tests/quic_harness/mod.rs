@@ -377,7 +377,7 @@ impl Sim {
         let now = epoch();
         Self {
             now,
-            relay: QuicRelay::new(config, now, [7; 32]).unwrap(),
+            relay: QuicRelay::new(config, now, [7; 32]),
             clients: Vec::new(),
             shell: Shell::default(),
             latency: Duration::from_millis(1),
