@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use quinn_proto::crypto::rustls::QuicServerConfig;
 use quinn_proto::{
-    EndpointConfig, IdleTimeout, ServerConfig, TimeSource, TransportConfig, ValidationTokenConfig,
-    VarInt,
+    ConnectionId, ConnectionIdGenerator, EndpointConfig, IdleTimeout, InvalidCid, ServerConfig,
+    TimeSource, TransportConfig, ValidationTokenConfig, VarInt,
 };
 use ring::{hkdf, hmac};
 use rustls::pki_types::pem::PemObject;
@@ -400,6 +400,8 @@ pub(crate) struct Keys {
     pub(crate) reset: Arc<hmac::Key>,
     /// Retry tokens.
     pub(crate) token: Arc<hkdf::Prk>,
+    /// Connection IDs: their unpredictable part, and the tag that lets us recognize ours.
+    cid: (hmac::Key, hmac::Key),
 }
 
 impl Keys {
@@ -415,17 +417,84 @@ impl Keys {
         };
         let reset = hmac::Key::new(hmac::HMAC_SHA256, &expand(b"stateless reset"));
         let token = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(&expand(b"retry token"));
+        let cid = (
+            hmac::Key::new(hmac::HMAC_SHA256, &expand(b"connection id")),
+            hmac::Key::new(hmac::HMAC_SHA256, &expand(b"connection id tag")),
+        );
         Self {
             rng_seed: expand(b"endpoint rng"),
             reset: Arc::new(reset),
             token: Arc::new(token),
+            cid,
         }
     }
 
     pub(crate) fn endpoint(&self) -> EndpointConfig {
         let mut endpoint = EndpointConfig::new(Arc::clone(&self.reset) as _);
         endpoint.rng_seed(Some(self.rng_seed));
+        let (id, tag) = self.cid.clone();
+        endpoint.cid_generator(move || Box::new(SeededCids::new(id.clone(), tag.clone())));
         endpoint
+    }
+}
+
+/// Connection IDs from the seed instead of quinn's generators, which draw from the OS. Eight
+/// bytes: five of HMAC-SHA256(key, counter) — unpredictable and unlinkable to an observer,
+/// as RFC 9000 §5.1 requires — then three of HMAC-SHA256(tag key, those five), so
+/// [`validate`](ConnectionIdGenerator::validate) turns away short-header garbage before it
+/// earns a stateless reset. quinn retries on the rare collision with a live ID.
+struct SeededCids {
+    id: hmac::Key,
+    tag: hmac::Key,
+    counter: u64,
+}
+
+const CID_NONCE: usize = 5;
+const CID_LEN: usize = 8;
+
+impl SeededCids {
+    const fn new(id: hmac::Key, tag: hmac::Key) -> Self {
+        Self {
+            id,
+            tag,
+            counter: 0,
+        }
+    }
+
+    fn tag(&self, nonce: &[u8]) -> [u8; CID_LEN - CID_NONCE] {
+        let mut out = [0; CID_LEN - CID_NONCE];
+        out.copy_from_slice(&hmac::sign(&self.tag, nonce).as_ref()[..CID_LEN - CID_NONCE]);
+        out
+    }
+}
+
+impl ConnectionIdGenerator for SeededCids {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let nonce = hmac::sign(&self.id, &self.counter.to_be_bytes());
+        self.counter += 1;
+        let mut cid = [0; CID_LEN];
+        cid[..CID_NONCE].copy_from_slice(&nonce.as_ref()[..CID_NONCE]);
+        let tag = self.tag(&cid[..CID_NONCE]);
+        cid[CID_NONCE..].copy_from_slice(&tag);
+        ConnectionId::new(&cid)
+    }
+
+    fn validate(&self, cid: &ConnectionId) -> Result<(), InvalidCid> {
+        let Some((nonce, tag)) = cid.split_at_checked(CID_NONCE) else {
+            return Err(InvalidCid);
+        };
+        if cid.len() != CID_LEN || self.tag(nonce) != tag {
+            return Err(InvalidCid);
+        }
+        Ok(())
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
     }
 }
 
@@ -527,6 +596,36 @@ mod tests {
         let key = certified.signing_key.serialize_pem();
         let tls = tls_config_from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
         assert!(QuicConfig::new(tls).is_ok());
+    }
+
+    #[test]
+    fn connection_ids_come_from_the_seed_and_validate() {
+        let keys = Keys::derive(&[3; 32]);
+        let ids = |keys: &Keys| {
+            let (id, tag) = keys.cid.clone();
+            let mut generator = SeededCids::new(id, tag);
+            (0..64)
+                .map(|_| generator.generate_cid())
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (ids(&keys), ids(&Keys::derive(&[3; 32])));
+        assert_eq!(a, b);
+        assert_ne!(a, ids(&Keys::derive(&[4; 32])));
+        let mut unique = a.clone();
+        unique.sort_unstable_by_key(|cid| cid.to_vec());
+        unique.dedup();
+        assert_eq!(unique.len(), a.len());
+        let (id, tag) = keys.cid;
+        let generator = SeededCids::new(id, tag);
+        assert!(a.iter().all(|cid| generator.validate(cid).is_ok()));
+        let mut forged = a[0].to_vec();
+        forged[7] ^= 1;
+        assert!(generator.validate(&ConnectionId::new(&forged)).is_err());
+        assert!(
+            generator
+                .validate(&ConnectionId::new(&forged[..5]))
+                .is_err()
+        );
     }
 
     #[test]

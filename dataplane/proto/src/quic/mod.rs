@@ -116,8 +116,10 @@
 //! * **Notices** per connection: quinn's stream send window (8 KiB unacknowledged) plus a
 //!   304-byte outbox; a notice that does not fit is dropped ([`DropReason::ControlBacklog`]).
 //! * **Connections**: at most [`QuicConfig::with_max_connections`] per relay, in any
-//!   state; beyond it, and while draining, new clients get CONNECTION_REFUSED. Connection
-//!   IDs are 8 random bytes from the seeded RNG (quinn's hashed generator).
+//!   state; beyond it, and while draining, new clients get CONNECTION_REFUSED.
+//! * **Connection IDs** are 8 bytes derived from the seed (a keyed PRF of a counter plus a
+//!   3-byte tag; quinn's own generators would draw from the OS), so a garbage short-header
+//!   packet is recognized as not ours before it earns a stateless reset.
 //!
 //! # Address validation: Retry above a threshold
 //!
