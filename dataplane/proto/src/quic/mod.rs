@@ -98,10 +98,12 @@
 //!   [`max_size`](quinn_proto::Datagrams::max_size) (path MTU less QUIC overhead: about
 //!   1 160 bytes of datagram before path MTU discovery, about 1 410 after it on a 1500-byte
 //!   path) and the relay's cap [`QuicConfig::with_max_datagram_size`]; otherwise it is
-//!   dropped ([`DropReason::Oversized`]). So WireGuard over this relay needs a tunnel MTU
-//!   of at most about 1 360 (1 100 until discovery completes, a few round trips in);
-//!   1 280 is a safe choice. The relay advertises `max_datagram_frame_size` 65 535 and
-//!   enforces its cap by dropping, not by closing.
+//!   dropped ([`DropReason::Oversized`]). Measured on a 1500-byte path: 1 145 bytes of
+//!   WireGuard packet fit at READY, 1 397 once discovery has run (a few round trips
+//!   later). So a tunnel over this relay needs an inner MTU of at most 1 365 (WireGuard
+//!   adds 32 bytes), and until discovery completes its largest packets are dropped
+//!   (counted). The relay advertises `max_datagram_frame_size` 65 535 and enforces its cap
+//!   by dropping, not by closing.
 //! * **Outbound datagrams** per connection are bounded by
 //!   [`QuicConfig::with_datagram_send_buffer`] (quinn's `datagram_send_buffer_size`, 64 KiB
 //!   by default). A client that stops reading, or whose path is slower than its peers
