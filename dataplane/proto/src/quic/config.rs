@@ -151,21 +151,21 @@ impl QuicConfig {
         Ok(self)
     }
 
-    /// Idle timeout (default 30 s, RFC 9308 §3.2's recommendation): a connection with no
-    /// packet from the client for this long is dropped. The effective value is the smaller of
-    /// ours and the client's.
-    pub fn with_idle_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        self.idle_timeout = nonzero(timeout, "idle timeout")?;
-        self.check_keepalive()?;
-        Ok(self)
-    }
-
-    /// The server sends a PING after this long without sending anything (default 15 s: below
-    /// the 30 s UDP binding timeout of common NATs, and half the idle timeout). Must be below
-    /// the idle timeout.
-    pub fn with_keepalive(mut self, interval: Duration) -> Result<Self, ConfigError> {
+    /// Keepalive and idle timeout, set together because one must be below the other. The
+    /// server sends a PING after `interval` without sending anything (default 15 s: below
+    /// the 30 s UDP binding timeout of common NATs), and a connection with no packet from
+    /// the client for `idle_timeout` is dropped (default 30 s, RFC 9308 §3.2's
+    /// recommendation; the effective value is the smaller of ours and the client's).
+    pub fn with_keepalive(
+        mut self,
+        interval: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
         self.keepalive = nonzero(interval, "keepalive interval")?;
-        self.check_keepalive()?;
+        self.idle_timeout = nonzero(idle_timeout, "idle timeout")?;
+        if self.keepalive >= self.idle_timeout {
+            return Err(ConfigError::KeepaliveNotBelowIdle);
+        }
         Ok(self)
     }
 
@@ -248,13 +248,6 @@ impl QuicConfig {
     /// The TLS configuration.
     pub const fn tls(&self) -> &Arc<rustls::ServerConfig> {
         &self.tls.rustls
-    }
-
-    fn check_keepalive(&self) -> Result<(), ConfigError> {
-        if self.keepalive >= self.idle_timeout {
-            return Err(ConfigError::KeepaliveNotBelowIdle);
-        }
-        Ok(())
     }
 
     // -----------------------------------------------------------------------------------
@@ -538,20 +531,22 @@ mod tests {
     #[test]
     fn validates_settings() {
         let (config, _) = QuicConfig::self_signed(&["localhost"]).unwrap();
+        let secs = Duration::from_secs;
         assert_eq!(
             config
                 .clone()
-                .with_keepalive(Duration::from_secs(30))
+                .with_keepalive(secs(30), secs(30))
                 .unwrap_err(),
             ConfigError::KeepaliveNotBelowIdle
         );
         assert_eq!(
             config
                 .clone()
-                .with_idle_timeout(Duration::ZERO)
+                .with_keepalive(secs(5), Duration::ZERO)
                 .unwrap_err(),
             ConfigError::InvalidDuration("idle timeout")
         );
+        assert!(config.clone().with_keepalive(secs(2), secs(5)).is_ok());
         assert!(config.clone().with_max_datagram_size(17).is_err());
         assert!(config.clone().with_max_datagram_size(18).is_ok());
         assert!(config.clone().with_max_connections(0).is_err());

@@ -84,8 +84,8 @@
 //!   for a violation (`no_datagrams`, `bad_control_frame`, `unexpected_message`,
 //!   `bad_token`, `duplicate_auth`, `control_stream_closed`, `second_stream`). A client that
 //!   does not offer DATAGRAM frames is closed right after the handshake.
-//! * **Keepalive and idle** are QUIC's: the server PINGs after [`QuicConfig::with_keepalive`]
-//!   of silence, and quinn closes a connection idle for [`QuicConfig::with_idle_timeout`].
+//! * **Keepalive and idle** are QUIC's ([`QuicConfig::with_keepalive`]): the server PINGs
+//!   after 15 s of silence, and quinn closes a connection that heard nothing for 30 s.
 //!
 //! # Limits
 //!
