@@ -31,6 +31,9 @@
 //! * [`stats`]: plain counters and [`DropReason`] labels, exported by the shell.
 //! * [`ws`]: the node-to-node WebSocket relay ([`Hub`], [`Session`]), with its own RFC 6455
 //!   codec and counters.
+//! * [`quic`]: the same relay over QUIC datagrams ([`QuicRelay`]), on quinn-proto driven
+//!   sans-IO. quinn owns its packet buffers, so this one path copies into buffers it
+//!   reuses rather than being strictly allocation-free; its module doc says exactly where.
 //!
 //! # Drive loop (TURN)
 //!
@@ -81,12 +84,14 @@
 //! [RFC 8656]: https://www.rfc-editor.org/rfc/rfc8656
 
 pub mod binding;
+pub mod quic;
 pub mod stats;
 pub mod stun;
 pub mod turn;
 pub mod ws;
 
 pub use binding::{BindingConfig, BindingOutcome, ClientAddr, StunServer};
+pub use quic::{QuicConfig, QuicEvent, QuicRelay};
 pub use stats::{DropCounters, DropReason, ErrorCounters, RelayCounters, Stats};
 pub use turn::{
     ChannelNumber, ClientAction, Command, HEADROOM, PeerAction, PeerAddr, PeerFilter, RelayPort,
