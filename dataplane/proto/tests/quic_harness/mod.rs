@@ -281,7 +281,10 @@ impl Client {
                 Message::PeerGone(node) => Notice::PeerGone(node),
                 Message::PeerPresent(node) => Notice::PeerPresent(node),
                 Message::ReconnectHint => Notice::ReconnectHint,
-                other @ (Message::Send { .. } | Message::Recv { .. } | Message::Auth { .. }) => {
+                other @ (Message::Send { .. }
+                | Message::Recv { .. }
+                | Message::Auth { .. }
+                | Message::Forward { .. }) => {
                     panic!("unexpected control message {other:?}")
                 }
             };
