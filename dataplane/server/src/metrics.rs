@@ -413,6 +413,41 @@ const METRICS: &[Metric] = &[
         label: None,
         value: |c| c.mesh_links,
     },
+    Metric {
+        name: "quic_sessions",
+        kind: Kind::Gauge,
+        help: "QUIC relay sessions authenticated.",
+        label: None,
+        value: |c| c.quic_sessions,
+    },
+    Metric {
+        name: "quic_packets_total",
+        kind: Kind::Counter,
+        help: "QUIC relay packets, by direction (in: SENDs from clients, out: RECVs queued to clients).",
+        label: Some(("direction", "in")),
+        value: |c| c.quic_packets_in,
+    },
+    Metric {
+        name: "quic_packets_total",
+        kind: Kind::Counter,
+        help: "",
+        label: Some(("direction", "out")),
+        value: |c| c.quic_packets_out,
+    },
+    Metric {
+        name: "quic_drops_total",
+        kind: Kind::Counter,
+        help: "QUIC relay drops (the core's, any reason; oversized_tx: datagrams larger than a buffer slot).",
+        label: Some(("reason", "core")),
+        value: |c| c.quic_drops,
+    },
+    Metric {
+        name: "quic_drops_total",
+        kind: Kind::Counter,
+        help: "",
+        label: Some(("reason", "oversized_tx")),
+        value: |c| c.quic_oversized_tx,
+    },
 ];
 
 /// Name (without prefix) of the per-reason drop counter of the protocol core.

@@ -149,6 +149,16 @@ worker_counters! {
     mesh_no_link,
     /// Relay mesh: links open on this core, both directions (a gauge).
     mesh_links,
+    /// QUIC relay: sessions authenticated on this core (a gauge).
+    quic_sessions,
+    /// QUIC relay: SEND packets received from clients.
+    quic_packets_in,
+    /// QUIC relay: RECV packets queued to clients.
+    quic_packets_out,
+    /// QUIC relay: packets and datagrams the QUIC core dropped, any reason.
+    quic_drops,
+    /// QUIC relay: datagrams larger than a buffer slot, not sent.
+    quic_oversized_tx,
 }
 
 /// One worker's counters at some instant.

@@ -239,6 +239,9 @@ pub(crate) struct Worker<C, I> {
     counters: ShellCounters,
     drop_log: DropLog,
     relay: Option<RelayShell>,
+    /// The QUIC relay's socket, and the buffer its datagrams are written into.
+    quic_socket: Option<SocketId>,
+    quic_buf: Vec<u8>,
 }
 
 impl<C: PacketCore, I: Io> Worker<C, I> {
@@ -256,8 +259,15 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             now,
             unix_now: clock::unix_now(),
         });
+        let mut quic_socket = None;
         let relay = match setup.relay {
-            Some(wiring) => {
+            Some(mut wiring) => {
+                if let Some(socket) = wiring.quic_socket.take() {
+                    quic_socket = Some(
+                        io.register(socket, SocketRole::Quic)
+                            .context("registering the QUIC relay socket")?,
+                    );
+                }
                 let shell = RelayShell::new(setup.index, wiring, now)
                     .context("setting up the node relay")?;
                 io.watch_aux(shell.poll_fd())
@@ -279,6 +289,8 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             counters: ShellCounters::default(),
             drop_log: DropLog::default(),
             relay,
+            quic_socket,
+            quic_buf: Vec::with_capacity(64 * 1024),
         })
     }
 
@@ -315,7 +327,9 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             let relay_more = match &mut self.relay {
                 Some(relay) => {
                     relay.turn(now, self.io.take_aux_ready());
-                    relay.has_more()
+                    let more = relay.has_more();
+                    self.send_quic(now);
+                    more
                 }
                 None => false,
             };
@@ -358,6 +372,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             match datagram.role {
                 SocketRole::Listener => self.on_listener(now, datagram),
                 SocketRole::Relay(port) => self.on_relay(now, port, datagram),
+                SocketRole::Quic => self.on_quic(now, datagram),
             }
             self.run_commands();
         }
@@ -426,6 +441,40 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 self.io.release(buf);
                 self.io.release(out);
                 self.drop_log.record(now, self.index, reason, from);
+            }
+        }
+    }
+
+    fn on_quic(&mut self, now: Instant, datagram: Datagram) {
+        let Datagram { from, buf, len, .. } = datagram;
+        if let Some(relay) = &mut self.relay {
+            let slot = self.io.bufs().slot_mut(&buf);
+            relay.handle_quic_datagram(now, from, &slot[HEADROOM..HEADROOM + len]);
+        }
+        self.io.release(buf);
+        self.send_quic(now);
+    }
+
+    /// Sends what the QUIC relay has queued, one buffer slot per datagram (a GSO batch is
+    /// split into its segments).
+    fn send_quic(&mut self, now: Instant) {
+        let (Some(relay), Some(socket)) = (&mut self.relay, self.quic_socket) else {
+            return;
+        };
+        while let Some(transmit) = relay.poll_quic_transmit(now, &mut self.quic_buf) {
+            let data = &self.quic_buf[..transmit.len.min(self.quic_buf.len())];
+            let segment = transmit.segment_size.unwrap_or(data.len()).max(1);
+            for datagram in data.chunks(segment) {
+                if datagram.len() > SLOT_SIZE {
+                    relay.quic_tx_oversized();
+                    continue;
+                }
+                let Some(out) = self.io.alloc() else {
+                    self.counters.no_tx_buffer += 1;
+                    continue;
+                };
+                self.io.bufs().slot_mut(&out)[..datagram.len()].copy_from_slice(datagram);
+                self.io.send(socket, transmit.dst, out, 0..datagram.len());
             }
         }
     }
@@ -551,6 +600,11 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             mesh_in: ws.mesh_in,
             mesh_no_link: ws.mesh_no_link,
             mesh_links: ws.mesh_links,
+            quic_sessions: ws.quic_sessions,
+            quic_packets_in: ws.quic_packets_in,
+            quic_packets_out: ws.quic_packets_out,
+            quic_drops: ws.quic_drops,
+            quic_oversized_tx: ws.quic_oversized_tx,
         };
         self.shared.publish(&counters, core.drops.iter());
     }

@@ -590,6 +590,18 @@ impl QuicRelay {
     }
 
     /// Whether `node` is authenticated on this relay.
+    /// Closes `node`'s connection, if it has one here: `Rejected` (1008) when its grant was
+    /// revoked, `Replaced` (4000) when a newer session of the node lives elsewhere. Returns
+    /// whether there was one.
+    pub fn close_node(&mut self, now: Instant, node: &NodeId, reason: CloseReason) -> bool {
+        self.clock.advance(now);
+        let Some(&handle) = self.by_node.get(node) else {
+            return false;
+        };
+        self.close(now, handle, reason);
+        true
+    }
+
     pub fn is_connected(&self, node: &NodeId) -> bool {
         self.by_node.contains_key(node)
     }

@@ -144,6 +144,8 @@ pub(crate) enum SocketRole {
     Listener,
     /// The relay socket of one allocation.
     Relay(RelayPort),
+    /// The worker's SO_REUSEPORT socket of the QUIC node relay.
+    Quic,
 }
 
 /// Handle of a registered socket. The generation makes a handle of a closed socket stale even

@@ -132,10 +132,6 @@ impl Conn {
         &mut self.input[self.start..self.end]
     }
 
-    pub(super) fn pending_input_ref(&self) -> &[u8] {
-        &self.input[self.start..self.end]
-    }
-
     /// Hands the unparsed input to the mesh client; `None` for hub clients.
     pub(super) fn mesh_input(&mut self, now: std::time::Instant) -> Option<MeshInput> {
         let ConnKind::Mesh { client, .. } = &mut self.kind else {
@@ -149,7 +145,7 @@ impl Conn {
     }
 
     /// The input buffer, lent out (`restore_input` gives it back), with the offset of the
-    /// unparsed input in it.
+    /// unparsed input in it (ranges the hub returns are relative to that offset).
     pub(super) fn take_input(&mut self) -> (Vec<u8>, usize) {
         (std::mem::take(&mut self.input), self.start)
     }

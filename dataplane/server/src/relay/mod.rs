@@ -53,7 +53,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use boson_dataplane_proto::ws::frame::CloseCode;
+use boson_dataplane_proto::quic::{self, QuicConfig, QuicEvent, QuicRelay};
+use boson_dataplane_proto::ws::frame::{self, CloseCode};
+use boson_dataplane_proto::ws::relay::{self, MessageType};
 use boson_dataplane_proto::ws::{
     ConnId, Delivery, Forward, Hub, HubEvent, MeshClient, MeshEvent, MeshInput, Presence, Route,
     WsConfig,
@@ -237,6 +239,8 @@ pub struct RelayConfig {
     pub events: Option<EventSink>,
     /// Relay mesh between hosts; `None`: this host relays only between its own nodes.
     pub mesh: Option<MeshSettings>,
+    /// The same relay over QUIC datagrams on the same port number (UDP); `None`: off.
+    pub quic: Option<QuicConfig>,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -269,6 +273,7 @@ impl RelayConfig {
             authenticator,
             events: None,
             mesh: None,
+            quic: None,
         }
     }
 }
@@ -323,6 +328,16 @@ pub struct RelayCounters {
     pub mesh_no_link: u64,
     /// Gauge: mesh links open (both directions).
     pub mesh_links: u64,
+    /// Gauge: QUIC relay sessions authenticated on this core.
+    pub quic_sessions: u64,
+    /// QUIC relay packets received from clients (SEND datagrams).
+    pub quic_packets_in: u64,
+    /// QUIC relay packets queued to clients (RECV datagrams).
+    pub quic_packets_out: u64,
+    /// QUIC relay drops, any reason (see the core's counters).
+    pub quic_drops: u64,
+    /// QUIC datagrams larger than a buffer slot, not sent.
+    pub quic_oversized_tx: u64,
 }
 
 /// Where a node not connected to this core is.
@@ -332,6 +347,8 @@ enum Location {
     Core { core: usize, epoch: u64 },
     /// On another relay host, per the control plane's presence.
     Host(HostId),
+    /// On this core, over QUIC, with its session epoch.
+    Quic { epoch: u64 },
 }
 
 /// This core's view of the nodes on the other cores.
@@ -353,7 +370,9 @@ impl Directory {
     fn arrive(&self, node: NodeId, core: usize, epoch: u64) {
         let mut map = self.0.borrow_mut();
         let newer = match map.get(&node) {
-            Some(Location::Core { epoch: known, .. }) => epoch > *known,
+            Some(Location::Core { epoch: known, .. } | Location::Quic { epoch: known }) => {
+                epoch > *known
+            }
             Some(Location::Host(_)) | None => true,
         };
         if newer {
@@ -366,7 +385,7 @@ impl Directory {
     fn set_host(&self, node: NodeId, host: Option<HostId>) {
         let mut map = self.0.borrow_mut();
         match (map.get(&node), host) {
-            (Some(Location::Core { .. }), _) => {}
+            (Some(Location::Core { .. } | Location::Quic { .. }), _) => {}
             (_, Some(host)) => {
                 map.insert(node, Location::Host(host));
             }
@@ -399,6 +418,8 @@ mod record {
 /// What every worker's relay shares, built once by [`start`](crate::start).
 pub(crate) struct RelayWiring {
     pub(crate) listener: TcpListener,
+    /// This worker's QUIC socket, when QUIC is on.
+    pub(crate) quic_socket: Option<std::net::UdpSocket>,
     /// `outbound[j]`: the ring to worker `j` (`None` for itself).
     pub(crate) outbound: Vec<Option<spsc::Producer>>,
     /// `inbound[j]`: the ring from worker `j` (`None` for itself).
@@ -461,11 +482,27 @@ pub(crate) fn wire(
     let links = Arc::new(Mutex::new(BTreeSet::new()));
     let mut senders = Vec::with_capacity(workers);
     let mut wirings = Vec::with_capacity(workers);
-    for ((listener, outbound), inbound) in listeners.into_iter().zip(outbound).zip(inbound) {
+    let mut quic_sockets: Vec<Option<std::net::UdpSocket>> = match &config.quic {
+        Some(_) => {
+            let udp = SocketAddr::new(addr.ip(), addr.port());
+            (0..workers)
+                .map(|_| {
+                    crate::worker::bind_udp(udp, true)
+                        .map(Some)
+                        .with_context(|| format!("binding the QUIC relay socket on {udp}"))
+                })
+                .collect::<anyhow::Result<_>>()?
+        }
+        None => (0..workers).map(|_| None).collect(),
+    };
+    for (index, ((listener, outbound), inbound)) in
+        listeners.into_iter().zip(outbound).zip(inbound).enumerate()
+    {
         let (tx, rx) = mpsc::channel();
         senders.push(tx);
         wirings.push(RelayWiring {
             listener,
+            quic_socket: quic_sockets[index].take(),
             outbound,
             inbound,
             wakers: wakers.to_vec(),
@@ -532,6 +569,11 @@ pub(crate) struct RelayShell {
     /// Connections that are receiving ends of mesh links (few): their timers.
     mesh_clients: Vec<usize>,
     ws: WsConfig,
+    quic: Option<QuicRelay>,
+    /// Authenticated QUIC connections of this core: node and session epoch.
+    quic_sessions: std::collections::BTreeMap<quic::QuicConnId, (NodeId, u64)>,
+    /// Where RECV frames for hub clients are built from QUIC packets.
+    frame_scratch: Vec<u8>,
     authenticator: Arc<dyn Authenticator>,
     events: Option<EventSink>,
     tls: Option<Arc<tls::Reloader>>,
@@ -569,6 +611,7 @@ impl RelayShell {
             links,
             config,
             tls,
+            quic_socket: _,
         } = wiring;
         let poller = Poller::new(READY_BUDGET).context("creating the relay's epoll set")?;
         poller
@@ -596,6 +639,13 @@ impl RelayShell {
             mesh: config.mesh,
             mesh_cores: HashMap::new(),
             mesh_clients: Vec::new(),
+            frame_scratch: Vec::with_capacity(config.ws.max_frame()),
+            quic_sessions: std::collections::BTreeMap::new(),
+            quic: config.quic.map(|quic| {
+                let mut seed = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+                QuicRelay::new(quic, now, seed)
+            }),
             ws: config.ws,
             authenticator: config.authenticator,
             events: config.events,
@@ -634,7 +684,8 @@ impl RelayShell {
                 ConnKind::Hub(_) => None,
             })
             .min();
-        [self.hub.poll_timeout(), refresh, mesh]
+        let quic = self.quic.as_ref().and_then(QuicRelay::poll_timeout);
+        [self.hub.poll_timeout(), refresh, mesh, quic]
             .into_iter()
             .flatten()
             .min()
@@ -655,6 +706,12 @@ impl RelayShell {
         }
         if self.hub.poll_timeout().is_some_and(|at| at <= now) {
             self.hub.handle_timeout(now);
+        }
+        if let Some(quic) = self.quic.as_mut()
+            && quic.poll_timeout().is_some_and(|at| at <= now)
+        {
+            quic.handle_timeout(now);
+            self.quic_events(now);
         }
         for index in self.mesh_clients.clone() {
             if let Some(Conn {
@@ -679,8 +736,17 @@ impl RelayShell {
                     if let Route::Local(conn) = self.hub.route(&node) {
                         let _ = self.hub.close(now, conn, CloseCode::POLICY_VIOLATION);
                     }
+                    if let Some(quic) = self.quic.as_mut() {
+                        quic.close_node(now, &node, quic::CloseReason::Rejected);
+                    }
+                    self.quic_events(now);
                 }
-                Order::Command(RelayCommand::Drain) => self.hub.start_draining(),
+                Order::Command(RelayCommand::Drain) => {
+                    self.hub.start_draining();
+                    if let Some(quic) = self.quic.as_mut() {
+                        quic.start_draining(now);
+                    }
+                }
                 Order::Command(RelayCommand::Presence { node, host }) => {
                     tracing::debug!(core = self.core, %node, ?host, "presence");
                     self.directory.set_host(node, host);
@@ -778,6 +844,7 @@ impl RelayShell {
                 continue;
             };
             let hub = &mut self.hub;
+            let mut quic = self.quic.as_mut();
             let directory = &self.directory;
             let mesh_cores = &mut self.mesh_cores;
             let counters = &mut self.counters;
@@ -798,7 +865,15 @@ impl RelayShell {
                     (record::FRAME, _) => {
                         let dest = NodeId::from_bytes(id);
                         counters.cross_core_in += 1;
-                        deliver_remote(hub, directory, counters, &dest, rest);
+                        deliver_remote(
+                            now,
+                            hub,
+                            quic.as_deref_mut(),
+                            directory,
+                            counters,
+                            &dest,
+                            rest,
+                        );
                     }
                     (record::ARRIVE, Some(epoch)) => {
                         let node = NodeId::from_bytes(id);
@@ -828,6 +903,14 @@ impl RelayShell {
                     && self.conn(index).is_some_and(|c| c.epoch < epoch)
                 {
                     let _ = self.hub.close(now, conn, CloseCode::REPLACED);
+                }
+                if let Some(quic) = self.quic.as_mut()
+                    && self
+                        .quic_sessions
+                        .values()
+                        .any(|&(n, e)| n == node && e < epoch)
+                {
+                    quic.close_node(now, &node, quic::CloseReason::Replaced);
                 }
             }
         }
@@ -981,7 +1064,7 @@ impl RelayShell {
             }
             self.counters.frames_in += 1;
             if let Some(forward) = &input.forward {
-                self.forward(index, forward);
+                self.forward(now, index, forward);
             }
             if let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) {
                 conn.consume(input.consumed);
@@ -1014,7 +1097,7 @@ impl RelayShell {
                     // Lend the input buffer out while the frame is routed.
                     let (input, start) = conn.take_input();
                     if let Some(bytes) = input.get(start + frame.start..start + frame.end) {
-                        self.route_frame(&dest, bytes);
+                        self.route_frame(now, &dest, bytes);
                     }
                     if let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) {
                         conn.restore_input(input);
@@ -1028,30 +1111,88 @@ impl RelayShell {
 
     /// A finished RECV frame for `dest` that arrived from outside this core's hub clients (a
     /// mesh link): to a local session, another core, or nowhere.
-    fn route_frame(&mut self, dest: &NodeId, frame: &[u8]) {
+    fn route_frame(&mut self, now: Instant, dest: &NodeId, frame: &[u8]) {
         match self.hub.route(dest) {
             Route::Local(_) => {
                 if !matches!(self.hub.handle_remote(dest, frame), Delivery::Queued(_)) {
                     self.counters.cross_core_gone += 1;
                 }
             }
-            Route::Remote(_) | Route::Unknown => match self.directory.get(dest) {
-                Some(Location::Core { core, .. }) => self.push_frame(core, dest, frame),
-                // Never back out over the mesh: a packet from another host is for our nodes.
-                Some(Location::Host(_)) | None => self.counters.cross_core_gone += 1,
-            },
+            // Never back out over the mesh: a packet from another host is for our nodes.
+            Route::Remote(_) | Route::Unknown => {
+                self.deliver_frame(now, dest, frame, true);
+            }
         }
     }
 
-    fn push_frame(&mut self, core: usize, dest: &NodeId, frame: &[u8]) {
+    /// A finished RECV frame for `dest`, which is not a hub client of this core: to the core
+    /// or host it is on, or to its QUIC session here. Returns whether it was handed on.
+    fn deliver_frame(
+        &mut self,
+        now: Instant,
+        dest: &NodeId,
+        frame: &[u8],
+        from_mesh: bool,
+    ) -> bool {
+        match self.directory.get(dest) {
+            Some(Location::Core { core, .. }) => self.push_frame(core, dest, frame),
+            Some(Location::Quic { .. }) => {
+                let (Some(quic), Some((src, packet))) = (self.quic.as_mut(), recv_parts(frame))
+                else {
+                    self.counters.cross_core_gone += 1;
+                    return false;
+                };
+                let queued = matches!(
+                    quic.deliver(now, dest, &src, packet),
+                    quic::Delivery::Queued
+                );
+                if queued {
+                    self.counters.quic_packets_out += 1;
+                }
+                queued
+            }
+            Some(Location::Host(host)) if !from_mesh => self.send_to_host(&host, dest, frame),
+            Some(Location::Host(_)) | None => {
+                self.counters.cross_core_gone += 1;
+                false
+            }
+        }
+    }
+
+    /// Over the mesh link of `host`: from this core if it holds the link, else via the core
+    /// that does.
+    fn send_to_host(&mut self, host: &HostId, dest: &NodeId, frame: &[u8]) -> bool {
+        if self.hub.mesh_conn(host).is_some() {
+            match self.hub.forward_to_mesh(host, dest, frame) {
+                Delivery::Queued(_) => {
+                    self.counters.mesh_out += 1;
+                    true
+                }
+                Delivery::Gone | Delivery::Malformed => {
+                    self.counters.mesh_no_link += 1;
+                    false
+                }
+            }
+        } else if let Some(&core) = self.mesh_cores.get(host) {
+            // That core's inbound handling forwards it (see `deliver_remote`).
+            self.push_frame(core, dest, frame)
+        } else {
+            self.counters.mesh_no_link += 1;
+            false
+        }
+    }
+
+    fn push_frame(&mut self, core: usize, dest: &NodeId, frame: &[u8]) -> bool {
         let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) else {
-            return;
+            return false;
         };
         if tx.push(&[&[record::FRAME], dest.as_bytes(), frame]) {
             self.counters.cross_core_out += 1;
             self.dirty[core] = true;
+            true
         } else {
             self.counters.cross_core_full += 1;
+            false
         }
     }
 
@@ -1092,59 +1233,160 @@ impl RelayShell {
         }
     }
 
-    fn forward(&mut self, index: usize, forward: &Forward) {
+    /// One UDP datagram on this worker's QUIC socket.
+    pub(crate) fn handle_quic_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Some(quic) = self.quic.as_mut() else {
+            return;
+        };
+        quic.handle_datagram(now, from, None, data);
+        self.quic_events(now);
+    }
+
+    /// The next QUIC datagram(s) to send, written into `buf`.
+    pub(crate) fn poll_quic_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut Vec<u8>,
+    ) -> Option<quic::Transmit> {
+        self.quic.as_mut()?.poll_transmit(now, buf)
+    }
+
+    /// Counts a QUIC datagram the worker could not send.
+    pub(crate) fn quic_tx_oversized(&mut self) {
+        self.counters.quic_oversized_tx += 1;
+    }
+
+    fn quic_events(&mut self, now: Instant) {
+        loop {
+            let Some(quic) = self.quic.as_mut() else {
+                return;
+            };
+            let Some(event) = quic.poll_event() else {
+                return;
+            };
+            match event {
+                QuicEvent::Authenticate { conn, token } => {
+                    let verdict = if boson_shared::mesh::is_mesh_token(&token) {
+                        Err(AuthError::Invalid("mesh links use WebSocket".into()))
+                    } else {
+                        self.authenticator.authenticate(&token)
+                    };
+                    match verdict {
+                        Ok(node) => self.accept_quic(now, conn, node),
+                        Err(err) => {
+                            self.counters.auth_rejected += 1;
+                            tracing::debug!(core = self.core, %err, "QUIC relay token refused");
+                            let _ = quic.reject(now, conn);
+                        }
+                    }
+                }
+                QuicEvent::Send {
+                    conn,
+                    src,
+                    dest,
+                    packet,
+                } => {
+                    self.counters.quic_packets_in += 1;
+                    self.route_quic_packet(now, conn, &src, &dest, &packet);
+                }
+                QuicEvent::Closed { conn, .. } => {
+                    let Some((node, epoch)) = self.quic_sessions.remove(&conn) else {
+                        continue;
+                    };
+                    if self.directory.get(&node) == Some(Location::Quic { epoch }) {
+                        self.directory.0.borrow_mut().remove(&node);
+                        self.broadcast(record::LEAVE, &node, epoch);
+                        self.emit(Event::NodeDisconnected {
+                            node,
+                            core: self.core_u16(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept_quic(&mut self, now: Instant, conn: quic::QuicConnId, node: NodeId) {
+        let Some(quic) = self.quic.as_mut() else {
+            return;
+        };
+        if quic.accept(now, conn, node).is_err() {
+            return;
+        }
+        let epoch = self.epochs.fetch_add(1, Ordering::Relaxed);
+        // One session per node: a WebSocket session of it on this core gives way.
+        if let Route::Local(old) = self.hub.route(&node) {
+            let _ = self.hub.close(now, old, CloseCode::REPLACED);
+        }
+        self.quic_sessions.insert(conn, (node, epoch));
+        self.directory
+            .0
+            .borrow_mut()
+            .insert(node, Location::Quic { epoch });
+        self.broadcast(record::ARRIVE, &node, epoch);
+        self.emit(Event::NodeConnected {
+            node,
+            core: self.core_u16(),
+            transport: Transport::Quic,
+        });
+    }
+
+    /// A SEND from a QUIC client: to a WebSocket session here, a QUIC session here, another
+    /// core or host, or back as PEER_GONE.
+    fn route_quic_packet(
+        &mut self,
+        now: Instant,
+        conn: quic::QuicConnId,
+        src: &NodeId,
+        dest: &NodeId,
+        packet: &[u8],
+    ) {
+        if let Some(Location::Quic { .. }) = self.directory.get(dest) {
+            if let Some(quic) = self.quic.as_mut()
+                && matches!(quic.deliver(now, dest, src, packet), quic::Delivery::Queued)
+            {
+                self.counters.quic_packets_out += 1;
+                self.counters.packets_relayed += 1;
+            }
+            return;
+        }
+        let route = self.hub.route(dest);
+        if matches!(route, Route::Unknown) {
+            if let Some(quic) = self.quic.as_mut() {
+                quic.peer_gone(now, conn, dest);
+            }
+            return;
+        }
+        let mut frame = std::mem::take(&mut self.frame_scratch);
+        build_recv(&mut frame, src, packet);
+        let delivered = match route {
+            Route::Local(_) => matches!(self.hub.handle_remote(dest, &frame), Delivery::Queued(_)),
+            Route::Remote(_) | Route::Unknown => self.deliver_frame(now, dest, &frame, false),
+        };
+        if delivered {
+            self.counters.packets_relayed += 1;
+        }
+        self.frame_scratch = frame;
+    }
+
+    fn forward(&mut self, now: Instant, index: usize, forward: &Forward) {
         match forward {
             Forward::Local(_) => {
                 self.counters.packets_relayed += 1;
             }
             Forward::Remote { dest, frame } => {
-                let Some(conn) = self.conns.get(index).and_then(|s| s.conn.as_ref()) else {
+                let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) else {
                     return;
                 };
-                let bytes = &conn.pending_input_ref()[frame.clone()];
-                match self.directory.get(dest) {
-                    Some(Location::Core { core, .. }) => {
-                        let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) else {
-                            return;
-                        };
-                        if tx.push(&[&[record::FRAME], dest.as_bytes(), bytes]) {
-                            self.counters.cross_core_out += 1;
-                            self.counters.packets_relayed += 1;
-                            self.dirty[core] = true;
-                        } else {
-                            self.counters.cross_core_full += 1;
-                        }
-                    }
-                    Some(Location::Host(host)) => {
-                        if self.hub.mesh_conn(&host).is_some() {
-                            match self.hub.forward_to_mesh(&host, dest, bytes) {
-                                Delivery::Queued(_) => {
-                                    self.counters.mesh_out += 1;
-                                    self.counters.packets_relayed += 1;
-                                }
-                                Delivery::Gone | Delivery::Malformed => {
-                                    self.counters.mesh_no_link += 1;
-                                }
-                            }
-                        } else if let Some(&core) = self.mesh_cores.get(&host) {
-                            // The host's mesh session is on another core: that core's
-                            // inbound handling forwards it (see `deliver_remote`).
-                            let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut)
-                            else {
-                                return;
-                            };
-                            if tx.push(&[&[record::FRAME], dest.as_bytes(), bytes]) {
-                                self.counters.cross_core_out += 1;
-                                self.counters.packets_relayed += 1;
-                                self.dirty[core] = true;
-                            } else {
-                                self.counters.cross_core_full += 1;
-                            }
-                        } else {
-                            self.counters.mesh_no_link += 1;
-                        }
-                    }
-                    None => self.counters.cross_core_gone += 1,
+                // Lend the input buffer out while the frame is routed.
+                let (input, start) = conn.take_input();
+                if let Some(bytes) = input.get(start + frame.start..start + frame.end)
+                    && self.deliver_frame(now, dest, bytes, false)
+                {
+                    self.counters.packets_relayed += 1;
+                }
+                if let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) {
+                    conn.restore_input(input);
                 }
             }
             Forward::Gone(dest) => {
@@ -1412,6 +1654,10 @@ impl RelayShell {
             self.counters.queued_frames = queued as u64;
         }
         self.counters.connections = self.by_hub.len() as u64;
+        self.counters.quic_sessions = self.quic_sessions.len() as u64;
+        if let Some(quic) = &self.quic {
+            self.counters.quic_drops = quic.stats().drops.total();
+        }
         self.counters
     }
 
@@ -1423,10 +1669,12 @@ impl RelayShell {
     }
 }
 
-/// A RECV frame from another core for `dest`: to its local session, or on over the mesh when
-/// `dest` is on another host and this core holds that host's mesh session.
+/// A RECV frame from another core for `dest`: to its local session (WebSocket or QUIC), or
+/// on over the mesh when `dest` is on another host and this core holds that host's link.
 fn deliver_remote(
+    now: Instant,
     hub: &mut Hub<Directory>,
+    quic: Option<&mut QuicRelay>,
     directory: &Directory,
     counters: &mut RelayCounters,
     dest: &NodeId,
@@ -1440,7 +1688,51 @@ fn deliver_remote(
                 Delivery::Queued(_) => counters.mesh_out += 1,
                 Delivery::Gone | Delivery::Malformed => counters.mesh_no_link += 1,
             },
+            Some(Location::Quic { .. }) => {
+                let delivered = match (quic, recv_parts(frame)) {
+                    (Some(quic), Some((src, packet))) => {
+                        matches!(
+                            quic.deliver(now, dest, &src, packet),
+                            quic::Delivery::Queued
+                        )
+                    }
+                    _ => false,
+                };
+                if delivered {
+                    counters.quic_packets_out += 1;
+                } else {
+                    counters.cross_core_gone += 1;
+                }
+            }
             Some(Location::Core { .. }) | None => counters.cross_core_gone += 1,
         },
     }
+}
+
+/// The source and packet of a RECV frame the hub built (`[header][0x02][src][packet]`).
+fn recv_parts(frame: &[u8]) -> Option<(NodeId, &[u8])> {
+    let header = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    if let relay::Message::Recv { src, packet } =
+        relay::Message::parse(frame.get(header..)?).ok()?
+    {
+        Some((src, packet))
+    } else {
+        None
+    }
+}
+
+/// Writes a RECV frame of `packet` from `src` into `buf` (cleared first; its capacity is
+/// reserved once for the largest frame, so this does not allocate).
+fn build_recv(buf: &mut Vec<u8>, src: &NodeId, packet: &[u8]) {
+    let payload = relay::PREFIX_LEN + packet.len();
+    buf.clear();
+    buf.resize(frame::header_len(payload, false), 0);
+    let _ = frame::encode_header(true, frame::OpCode::Binary, payload, None, buf);
+    buf.push(MessageType::Recv as u8);
+    buf.extend_from_slice(src.as_bytes());
+    buf.extend_from_slice(packet);
 }
