@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
 /// Both planes: the dataplane's pinned worker threads, and the control plane on tokio.
 fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let explicit_turn_port = args.control.turn_port.is_some();
+    let data_dir = args.control.data_dir.clone();
     let mut config = args.control.resolve().context("invalid configuration")?;
     let plan = args
         .dataplane
@@ -106,7 +107,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     });
     let relay = args
         .relay
-        .config(auth, Some(events.clone()), config.host.id)
+        .config(auth, Some(events.clone()), config.host.id, &data_dir)
         .context("invalid configuration")?;
     let dataplane = plan.with_relay(relay).start()?;
     if !explicit_turn_port {

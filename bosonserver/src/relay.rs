@@ -42,6 +42,10 @@ pub(crate) struct RelayArgs {
     #[arg(long, env = "BOSON_RELAY_KEY", requires = "relay_cert")]
     relay_key: Option<PathBuf>,
 
+    /// Do not serve the relay over QUIC (UDP, same port number as --relay-listen).
+    #[arg(long, env = "BOSON_NO_RELAY_QUIC")]
+    no_relay_quic: bool,
+
     /// Relay connections one worker accepts before refusing new ones.
     #[arg(long, env = "BOSON_RELAY_MAX_CONNECTIONS", default_value_t = 65_536)]
     relay_max_connections: usize,
@@ -71,6 +75,7 @@ impl RelayArgs {
         auth: Arc<RelayAuth>,
         events: Option<boson_dataplane::relay::EventSink>,
         host: boson_shared::plane::HostId,
+        data_dir: &std::path::Path,
     ) -> anyhow::Result<Option<RelayConfig>> {
         if self.no_relay {
             return Ok(None);
@@ -90,6 +95,19 @@ impl RelayArgs {
             .context("invalid --mesh-key")?;
             config.mesh = Some(MeshSettings { host, key });
         }
+        if !self.no_relay_quic {
+            let (cert, key) = match (&self.relay_cert, &self.relay_key) {
+                (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+                _ => dev_certificate(data_dir)?,
+            };
+            let read = |path: &PathBuf| {
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+            };
+            config.quic = Some(
+                boson_dataplane_proto::quic::QuicConfig::from_pem(&read(&cert)?, &read(&key)?)
+                    .context("the QUIC relay's certificate")?,
+            );
+        }
         config.tls = match (&self.relay_cert, &self.relay_key) {
             (Some(cert), Some(key)) => Some(TlsSource {
                 cert: cert.clone(),
@@ -99,6 +117,42 @@ impl RelayArgs {
         };
         Ok(Some(config))
     }
+}
+
+/// QUIC always needs TLS: without --relay-cert, a self-signed certificate for `localhost`,
+/// made once and kept in the data dir (`relay-cert.pem`, `relay-key.pem`, 0600), so clients
+/// can pin it. Fine on one machine; give a real certificate before exposing the relay.
+fn dev_certificate(data_dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cert = data_dir.join("relay-cert.pem");
+    let key = data_dir.join("relay-key.pem");
+    if !(cert.exists() && key.exists()) {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .context("making a self-signed certificate")?;
+        write_private(&key, made.signing_key.serialize_pem().as_bytes())?;
+        write_private(&cert, made.cert.pem().as_bytes())?;
+    }
+    tracing::warn!(
+        "--relay-cert is not set: the QUIC relay uses a self-signed certificate from {}. \
+         Set --relay-cert/--relay-key (BOSON_RELAY_CERT/BOSON_RELAY_KEY) before exposing it.",
+        cert.display()
+    );
+    Ok((cert, key))
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The grants the control plane pushed, by node.

@@ -99,10 +99,83 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     client_a.send(&b, b"welcome back").unwrap();
     assert_eq!(renewed.recv_packet(), (a, b"welcome back".to_vec()));
 
+    // A third node over QUIC, trusting the development certificate the server wrote.
+    let id_c = "6f1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a03";
+    let token_c = http.register(
+        &server.base,
+        &node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+    );
+    let c: NodeId = id_c.parse().unwrap();
+    let pem = std::fs::read(dir.path().join("data/relay-cert.pem")).unwrap();
+    let cert = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    // Multi-threaded: quinn's endpoint driver must run while this thread blocks on the
+    // WebSocket client.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (quic, _control) = runtime.block_on(quic_join(relay, cert, &token_c));
+    for i in 0..200u32 {
+        let packet = [&i.to_le_bytes()[..], &[3u8; 900]].concat();
+        let mut datagram = vec![0x01];
+        datagram.extend_from_slice(a.as_bytes());
+        datagram.extend_from_slice(&packet);
+        quic.send_datagram(datagram.into()).unwrap();
+        assert_eq!(
+            client_a.recv_packet(),
+            (c, packet.clone()),
+            "QUIC → WebSocket"
+        );
+        client_a.send(&c, &packet).unwrap();
+        let back = runtime
+            .block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), quic.read_datagram()).await
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(back[0], 0x02);
+        assert_eq!(&back[1..17], a.as_bytes());
+        assert_eq!(&back[17..], &packet[..], "WebSocket → QUIC");
+    }
+
     // The relay's counters are on /metrics, per core.
     let metrics = http.text(&format!("{}/metrics", server.base));
     assert!(
         metrics.contains("bosonserver_dataplane_ws_packets_relayed_total{core=\"0\"}"),
         "{metrics}"
     );
+}
+
+/// A QUIC relay session: handshake trusting `cert`, AUTH on the control stream, READY.
+async fn quic_join(
+    addr: std::net::SocketAddr,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    token: &str,
+) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![b"boson-relay/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut auth = u16::try_from(1 + token.len())
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    auth.push(0x05);
+    auth.extend_from_slice(token.as_bytes());
+    send.write_all(&auth).await.unwrap();
+    let mut ready = [0u8; 19];
+    recv.read_exact(&mut ready).await.unwrap();
+    assert_eq!(&ready[..3], &[0x00, 0x11, 0x07], "READY");
+    (conn, (send, recv))
 }
