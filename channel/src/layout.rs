@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::mem::WORD;
+use crate::stats::block_words;
 use crate::sync::{AtomicU64, Ordering};
 
 /// The first 8 bytes of every segment: `"BOSONSHM"` read as a little-endian `u64`.
@@ -250,8 +251,7 @@ const H_LEN: usize = 6;
 /// Bytes of a ring's control block (producer and consumer indices), before its data.
 pub(crate) const RING_CONTROL_LEN: usize = PAGE;
 
-/// Bytes of a stats block's fixed part (sequence, heartbeat, incarnation, reserved), before
-/// the slots.
+/// Bytes of a stats block's fixed part (the sequence, reserved), before its two copies.
 pub(crate) const STATS_HEADER_LEN: usize = 64;
 
 /// Stats blocks are padded to this so two cores' blocks never share a cache line, nor a
@@ -289,7 +289,7 @@ impl Layout {
         let event = to_usize(spec.event_ring_bytes);
         let core_stride = 2 * RING_CONTROL_LEN + command + event;
         let stats_stride =
-            (STATS_HEADER_LEN + usize::from(spec.stats_slots) * WORD).next_multiple_of(STATS_ALIGN);
+            (block_words(usize::from(spec.stats_slots)) * WORD).next_multiple_of(STATS_ALIGN);
         let stats_offset = PAGE + cores * core_stride;
         let len = stats_offset + (cores * stats_stride).next_multiple_of(PAGE);
         Ok(Self {
@@ -498,7 +498,10 @@ mod tests {
             regions.push((stats, stats + layout.stats_stride));
         }
         assert_eq!(layout.stats_block(0) % PAGE, 0);
-        assert_eq!(layout.stats_stride, 128, "64 + 5 × 8 rounds up to 128");
+        assert_eq!(
+            layout.stats_stride, 256,
+            "64 + 2 × (2 + 5) × 8 rounds up to 256"
+        );
         regions.sort_unstable();
         for pair in regions.windows(2) {
             assert!(pair[0].1 <= pair[1].0, "{pair:?} overlap");

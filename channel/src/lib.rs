@@ -50,8 +50,9 @@
 //! * Nothing read from the segment is trusted: every access is atomic (no data race even
 //!   with a misbehaving peer), lengths and indices are checked, and the codec rejects any
 //!   malformed input with a typed error ([`codec`]).
-//! * Stats snapshots are consistent (a seqlock with one writer per block); the writer never
-//!   waits for readers.
+//! * Stats snapshots are consistent (a two-copy seqlock with one writer per block), and
+//!   neither side waits for the other: a worker preempted or killed mid-publish leaves the
+//!   copy readers use intact.
 //!
 //! # Layout
 //!
@@ -65,7 +66,7 @@
 //! | … + 4096 | R_c | core c: command ring data |
 //! | … + R_c | 4096 | core c: event ring control block |
 //! | … + 4096 | R_e | core c: event ring data |
-//! | 4096 + C·(8192 + R_c + R_e) | C·B rounded up to 4096 | stats blocks, B = (64 + 8·S) rounded up to 128 |
+//! | 4096 + C·(8192 + R_c + R_e) | C·B rounded up to 4096 | stats blocks, B = 64 + 16·(2 + S) rounded up to 128 |
 //!
 //! Header (checked on attach; any difference is a [`HeaderError`]):
 //!
@@ -99,18 +100,20 @@
 //! zero padding to a multiple of 8. A frame starts at `position mod capacity` and may wrap
 //! past the end of the data to its start. Positions and counts are wrapping `u32`s.
 //!
-//! Stats block (one writer: the core's [`CoreEnd`]):
+//! Stats block (one writer: the core's [`CoreEnd`]); a latch of two copies, readers use
+//! copy `sequence & 1` and the writer only writes the other one before moving them over:
 //!
 //! | byte | field |
 //! |---|---|
-//! | 0x00 | sequence: odd while a publish is in progress, +2 per publish |
-//! | 0x08 | heartbeat (caller's clock) |
-//! | 0x10 | dataplane incarnation of the last publish |
-//! | 0x40 | S slots, meaning defined by the dataplane |
+//! | 0x00 | sequence: +1 per copy switch, +2 per publish |
+//! | 0x40 | copy 0: heartbeat (caller's clock), dataplane incarnation, then S slots |
+//! | 0x40 + 8·(2 + S) | copy 1: the same |
 //!
 //! # Model checking
 //!
-//! The ring and seqlock protocols are checked with loom (about a minute in release mode):
+//! The ring and stats protocols are checked with loom (seconds in release mode, once loom is
+//! built; every Acquire/Release on the ring tail and in the stats latch is load-bearing in
+//! these models: weakening one makes them fail):
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" cargo test -p boson-channel --release --lib loom

@@ -1,13 +1,18 @@
-//! Per-core stats blocks: a seqlock with one writer (the core's worker thread) and any
-//! number of readers (the control plane's `/metrics`), so a reader gets a consistent
-//! snapshot without ever making the writer wait.
+//! Per-core stats blocks: one writer (the core's worker thread), any number of readers
+//! (the control plane's `/metrics`), consistent snapshots, and neither side ever waits for
+//! the other.
 //!
-//! The writer makes the sequence odd, stores the heartbeat, its incarnation and every slot,
-//! and makes it even again. A reader copies everything between two loads of the sequence and
-//! keeps the copy only if both loads saw the same even value. Every field is an atomic
-//! (relaxed), so a torn read is merely discarded, never undefined behaviour; the fences
-//! order the relaxed accesses against the sequence (Boehm, "Can seqlocks get along with
-//! programming language memory models?", 2012).
+//! A block holds a sequence number and two copies of the stats (a "latch", as Linux's
+//! `seqcount_latch`). Readers read the copy the sequence's parity names; the writer only
+//! ever writes the other copy, then bumps the sequence to make readers switch to it, and
+//! does that twice per publish so both copies end up current. So the copy readers use is
+//! always complete: a writer preempted (or killed) mid-write costs readers nothing, which a
+//! plain odd/even seqlock cannot offer (its readers spin until the writer runs again, and
+//! forever if it died). A reader retries only if the sequence moved while it copied.
+//!
+//! Every field is an atomic (relaxed), so a torn read is merely discarded, never undefined
+//! behaviour; the fences order the relaxed accesses against the sequence (as in Boehm, "Can
+//! seqlocks get along with programming language memory models?", 2012).
 
 use std::sync::Arc;
 
@@ -18,22 +23,26 @@ use crate::mem::{Mem, WORD};
 use crate::sync::{AtomicU64, Ordering, fence, spin};
 
 // Words of a stats block (byte offset / 8).
-/// Even: stable; odd: a write is in progress. Bumped by 2 per publish.
+/// Readers use copy `sequence & 1`; +2 per publish.
 const SEQ: usize = 0;
-/// The writer's last heartbeat (caller-supplied time).
-const HEARTBEAT: usize = 1;
-/// The dataplane incarnation that wrote the block last.
-const INCARNATION: usize = 2;
-/// First slot.
-const SLOTS: usize = STATS_HEADER_LEN / WORD;
+/// First word of copy 0; copy 1 follows it. A copy is the heartbeat, the incarnation, then
+/// the slots.
+const COPIES: usize = STATS_HEADER_LEN / WORD;
+/// Words of a copy before its slots.
+const COPY_HEADER: usize = 2;
 
-/// How often a reader retries before reporting the block as being written. A publish takes
-/// well under a microsecond, so a thousand attempts only fail if the writer died mid-write.
+/// How often a reader retries before giving up: it only retries when the writer switched
+/// copies during its read, so a thousand failures in a row mean a pathological writer.
 #[cfg(not(loom))]
 const READ_ATTEMPTS: u32 = 1000;
 /// Under loom every retry multiplies the interleavings to explore.
 #[cfg(loom)]
 const READ_ATTEMPTS: u32 = 2;
+
+/// Words of a block with `slots` slots (before padding).
+pub(crate) const fn block_words(slots: usize) -> usize {
+    COPIES + 2 * (COPY_HEADER + slots)
+}
 
 /// A consistent copy of one core's stats block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +72,10 @@ impl Snapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StatsError {
-    /// The block was mid-write at every attempt: its writer publishes extremely often, or
-    /// died in the middle of a publish (then its heartbeat is stale too, and the block
-    /// stays unreadable until the next dataplane incarnation publishes).
-    #[error("stats block still being written after {attempts} attempts")]
-    WriteInProgress {
+    /// The writer switched copies during every attempt: it publishes back to back without
+    /// pause (only possible for a writer that does nothing else).
+    #[error("stats block rewritten during each of {attempts} read attempts")]
+    Contended {
         /// Read attempts made.
         attempts: u32,
     },
@@ -103,7 +111,7 @@ impl StatsBlock {
     /// this crate's layout and panics here, once.
     pub(crate) fn new(mem: Arc<Mem>, offset: usize, slots: usize) -> Self {
         assert!(offset.is_multiple_of(WORD));
-        assert!(offset / WORD + SLOTS + slots <= mem.words().len());
+        assert!(offset / WORD + block_words(slots) <= mem.words().len());
         Self {
             mem,
             base: offset / WORD,
@@ -115,31 +123,41 @@ impl StatsBlock {
         &self.mem.words()[self.base + word]
     }
 
-    /// A consistent snapshot, or `WriteInProgress` after [`READ_ATTEMPTS`] tries.
+    /// Word `word` of copy `copy` (0 or 1).
+    fn copy_word(&self, copy: u64, word: usize) -> &AtomicU64 {
+        let start = COPIES
+            + if copy == 0 {
+                0
+            } else {
+                COPY_HEADER + self.slots
+            };
+        self.word(start + word)
+    }
+
+    /// A consistent snapshot, or `Contended` after [`READ_ATTEMPTS`] tries.
     pub(crate) fn read(&self) -> Result<Snapshot, StatsError> {
         let mut values = vec![0; self.slots];
         for _ in 0..READ_ATTEMPTS {
-            // Acquire: if the writer's final (even) store is what we read, everything it
-            // stored before is visible to the loads below.
-            let before = self.word(SEQ).load(Ordering::Acquire);
-            if before % 2 == 1 {
-                spin();
-                continue;
-            }
+            // Acquire: pairs with the writer's Release store of this value, which followed
+            // its writes of the copy this value points readers to.
+            let seq = self.word(SEQ).load(Ordering::Acquire);
+            let copy = seq & 1;
             // Relaxed: validated by the sequence check below.
-            let heartbeat = self.word(HEARTBEAT).load(Ordering::Relaxed);
-            let incarnation = self.word(INCARNATION).load(Ordering::Relaxed);
+            let heartbeat = self.copy_word(copy, 0).load(Ordering::Relaxed);
+            let incarnation = self.copy_word(copy, 1).load(Ordering::Relaxed);
             for (slot, value) in values.iter_mut().enumerate() {
-                *value = self.word(SLOTS + slot).load(Ordering::Relaxed);
+                *value = self
+                    .copy_word(copy, COPY_HEADER + slot)
+                    .load(Ordering::Relaxed);
             }
-            // Acquire fence: if any load above read a store of a later publish, the writer's
-            // Release fence (after its odd store) happens before this fence, so the load
-            // below sees that odd value or later and the copy is discarded.
+            // Acquire fence: if any load above read a store the writer made to this copy
+            // after moving readers off it, the writer's Release fence (between that move
+            // and its stores) happens before this fence, so the load below sees the moved
+            // sequence and the copy is discarded.
             fence(Ordering::Acquire);
-            let after = self.word(SEQ).load(Ordering::Relaxed);
-            if before == after {
+            if self.word(SEQ).load(Ordering::Relaxed) == seq {
                 return Ok(Snapshot {
-                    publishes: before / 2,
+                    publishes: seq / 2,
                     heartbeat,
                     incarnation: Incarnation(incarnation),
                     values,
@@ -147,7 +165,7 @@ impl StatsBlock {
             }
             spin();
         }
-        Err(StatsError::WriteInProgress {
+        Err(StatsError::Contended {
             attempts: READ_ATTEMPTS,
         })
     }
@@ -157,22 +175,27 @@ impl StatsBlock {
 /// [`CoreEnd`](crate::CoreEnd).
 pub struct StatsWriter {
     block: StatsBlock,
-    /// The sequence's stable (even) value: only we write it.
+    /// The sequence: only we write it.
     seq: u64,
     incarnation: Incarnation,
+    heartbeat: UnixMs,
+    /// What the next publish writes (a heartbeat alone rewrites both copies, so the writer
+    /// keeps the values; they start at zero with each incarnation).
+    values: Vec<u64>,
 }
 
 impl StatsWriter {
     pub(crate) fn new(block: StatsBlock, incarnation: Incarnation) -> Self {
-        // Acquire: see the previous writer's last publish as complete. An odd value means
-        // it died mid-publish; starting from the even value below it, our first publish
-        // stores that same odd value, then the next even one, so readers never accept the
-        // half-written block in between.
-        let seq = block.word(SEQ).load(Ordering::Acquire) & !1;
+        // Acquire: see the previous writer's copies as it left them. Whatever point it
+        // died at, the copy readers use is complete and we only write the other one.
+        let seq = block.word(SEQ).load(Ordering::Acquire);
+        let values = vec![0; block.slots];
         Self {
             block,
             seq,
             incarnation,
+            heartbeat: 0,
+            values,
         }
     }
 
@@ -189,37 +212,46 @@ impl StatsWriter {
                 slots: self.block.slots,
             });
         }
-        self.write(now, Some(values));
+        let (given, rest) = self.values.split_at_mut(values.len());
+        given.copy_from_slice(values);
+        rest.fill(0);
+        self.heartbeat = now;
+        self.write();
         Ok(())
     }
 
-    /// Publishes only the heartbeat `now` (a worker with nothing new to count).
+    /// Publishes the heartbeat `now` with the last published values (a worker with nothing
+    /// new to count).
     pub fn heartbeat(&mut self, now: UnixMs) {
-        self.write(now, None);
+        self.heartbeat = now;
+        self.write();
     }
 
-    fn write(&mut self, now: UnixMs, values: Option<&[u64]>) {
-        let seq = self.block.word(SEQ);
-        // Relaxed, then the Release fence: every store below is ordered after the odd
-        // sequence (see the reader's Acquire fence).
-        seq.store(self.seq + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        // Relaxed: published by the Release store of the even sequence.
-        self.block.word(HEARTBEAT).store(now, Ordering::Relaxed);
-        self.block
-            .word(INCARNATION)
-            .store(self.incarnation.0, Ordering::Relaxed);
-        if let Some(values) = values {
-            for slot in 0..self.block.slots {
-                let value = values.get(slot).copied().unwrap_or(0);
+    /// Writes the copy readers are not using and moves them to it, twice.
+    fn write(&mut self) {
+        for _ in 0..2 {
+            let copy = (self.seq & 1) ^ 1;
+            // Release fence: our previous store of the sequence (which moved readers onto
+            // the copy we are about to write) is ordered before these stores, for the
+            // reader's Acquire fence.
+            fence(Ordering::Release);
+            // Relaxed: published by the Release store of the sequence below.
+            self.block
+                .copy_word(copy, 0)
+                .store(self.heartbeat, Ordering::Relaxed);
+            self.block
+                .copy_word(copy, 1)
+                .store(self.incarnation.0, Ordering::Relaxed);
+            for (slot, &value) in self.values.iter().enumerate() {
                 self.block
-                    .word(SLOTS + slot)
+                    .copy_word(copy, COPY_HEADER + slot)
                     .store(value, Ordering::Relaxed);
             }
+            self.seq += 1;
+            // Release: pairs with the reader's Acquire load; the copy is complete before
+            // any reader is sent to it.
+            self.block.word(SEQ).store(self.seq, Ordering::Release);
         }
-        self.seq += 2;
-        // Release: pairs with the reader's first Acquire load.
-        seq.store(self.seq, Ordering::Release);
     }
 }
 
@@ -230,32 +262,46 @@ mod tests {
     use crate::mem::memfd;
 
     fn block(slots: usize) -> StatsBlock {
-        let len = STATS_HEADER_LEN + slots * WORD;
+        let len = block_words(slots) * WORD;
         let file = memfd(c"stats-test").expect("memfd");
         file.set_len(len as u64).expect("set_len");
         StatsBlock::new(Arc::new(Mem::map(file, len).expect("map")), 0, slots)
     }
 
     #[test]
-    fn a_writer_killed_mid_publish_leaves_the_block_unreadable_until_its_successor_publishes() {
+    fn a_writer_killed_mid_write_never_makes_the_block_unreadable() {
         let block = block(2);
         let mut first = StatsWriter::new(block.clone(), Incarnation(1));
         first.publish(10, &[1, 1]).expect("publish");
-        // Killed between the odd store and the even one, after a partial write.
-        block.word(SEQ).store(3, Ordering::SeqCst);
-        block.word(SLOTS).store(2, Ordering::SeqCst);
+        // Killed after moving readers to copy 1 and half rewriting copy 0.
+        first.seq += 1;
+        block.word(SEQ).store(first.seq, Ordering::SeqCst);
+        block.copy_word(0, COPY_HEADER).store(99, Ordering::SeqCst);
+        let snapshot = block.read().expect("readers use the complete copy");
         assert_eq!(
-            block.read(),
-            Err(StatsError::WriteInProgress {
-                attempts: READ_ATTEMPTS
-            })
+            (snapshot.heartbeat, snapshot.values.as_slice()),
+            (10, &[1, 1][..])
         );
+        assert_eq!(snapshot.publishes, 1);
 
         let mut second = StatsWriter::new(block.clone(), Incarnation(2));
-        second.publish(20, &[5, 5]).expect("publish");
-        let snapshot = block.read().expect("readable again");
-        assert_eq!(snapshot.values, [5, 5]);
-        assert_eq!(snapshot.incarnation, Incarnation(2));
-        assert_eq!(snapshot.publishes, 2, "the torn publish never counted");
+        second.heartbeat(20);
+        let snapshot = block.read().expect("readable");
+        assert_eq!(
+            snapshot.values,
+            [0, 0],
+            "a new incarnation's counters start at zero"
+        );
+        assert_eq!(
+            (snapshot.heartbeat, snapshot.incarnation),
+            (20, Incarnation(2))
+        );
+        second.publish(30, &[5]).expect("publish");
+        let snapshot = block.read().expect("readable");
+        assert_eq!(
+            (snapshot.heartbeat, snapshot.values.as_slice()),
+            (30, &[5, 0][..])
+        );
+        assert_eq!(snapshot.publishes, 3);
     }
 }
