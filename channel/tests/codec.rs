@@ -90,6 +90,8 @@ fn event() -> impl Strategy<Value = Event> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
     #[test]
     fn commands_round_trip(command in command()) {
         let mut bytes = Vec::new();
