@@ -49,7 +49,9 @@
 //!   side is attached right now (the kernel drops a killed process's lock).
 //! * Nothing read from the segment is trusted: every access is atomic (no data race even
 //!   with a misbehaving peer), lengths and indices are checked, and the codec rejects any
-//!   malformed input with a typed error ([`codec`]).
+//!   malformed input with a typed error ([`codec`]). The only `unsafe` code (mapping the
+//!   file, `memfd_create`, `fcntl`) is in one private module, `mem`; the rest of the crate
+//!   denies `unsafe_code`.
 //! * Stats snapshots are consistent (a two-copy seqlock with one writer per block), and
 //!   neither side waits for the other: a worker preempted or killed mid-publish leaves the
 //!   copy readers use intact.
@@ -122,6 +124,7 @@
 //! [`Command`]: boson_shared::plane::Command
 //! [`Event`]: boson_shared::plane::Event
 
+#![deny(unsafe_code)]
 #![cfg_attr(
     loom,
     allow(
@@ -135,6 +138,7 @@ compile_error!("boson-channel needs Linux: memfd_create and open-file-descriptio
 
 pub mod codec;
 mod layout;
+#[allow(unsafe_code, reason = "the one module that maps memory and calls libc")]
 mod mem;
 mod ring;
 mod stats;

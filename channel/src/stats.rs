@@ -247,7 +247,8 @@ impl StatsWriter {
                     .copy_word(copy, COPY_HEADER + slot)
                     .store(value, Ordering::Relaxed);
             }
-            self.seq += 1;
+            // Wrapping: the sequence is read from shared memory and may be anything.
+            self.seq = self.seq.wrapping_add(1);
             // Release: pairs with the reader's Acquire load; the copy is complete before
             // any reader is sent to it.
             self.block.word(SEQ).store(self.seq, Ordering::Release);
