@@ -151,12 +151,20 @@ pub enum HeaderError {
     /// The header's geometry is out of bounds.
     #[error("invalid geometry: {0}")]
     Geometry(#[source] SpecError),
-    /// The file's length is not what the header's geometry needs.
-    #[error("{found} bytes long, but its header describes {expected}")]
-    Length {
-        /// What the header's geometry needs (and what its length field must say).
+    /// The header's length field disagrees with its own geometry.
+    #[error("header says the segment is {declared} bytes, but its geometry needs {expected}")]
+    LengthField {
+        /// What the header's geometry needs.
         expected: u64,
-        /// The file's length, or the header's length field where that is what differs.
+        /// The header's length field.
+        declared: u64,
+    },
+    /// The file is not as long as the header says.
+    #[error("file is {found} bytes long, but its header describes {expected}")]
+    FileLength {
+        /// What the header describes.
+        expected: u64,
+        /// The file's length.
         found: u64,
     },
     /// A field differs from what the attaching side was configured with.
@@ -378,13 +386,10 @@ impl Layout {
         let expected = to_u64(layout.len);
         let declared = field(H_LEN);
         if declared != expected {
-            return Err(HeaderError::Length {
-                expected,
-                found: declared,
-            });
+            return Err(HeaderError::LengthField { expected, declared });
         }
         if file_len != expected {
-            return Err(HeaderError::Length {
+            return Err(HeaderError::FileLength {
                 expected,
                 found: file_len,
             });

@@ -163,19 +163,19 @@ fn every_header_field_is_checked_on_attach() {
             "length",
             0x30,
             12345,
-            HeaderError::Length {
+            HeaderError::LengthField {
                 expected: layout_len,
-                found: 12345,
+                declared: 12345,
             },
         ),
         (
-            // A valid geometry that needs another length than the file has.
-            "cores vs file",
+            // A valid geometry, but not the one the length field was computed from.
+            "cores vs length",
             0x10,
             3,
-            HeaderError::Length {
+            HeaderError::LengthField {
                 expected: 4096 + 3 * (8192 + 65_536 + 131_072) + 4096,
-                found: layout_len,
+                declared: layout_len,
             },
         ),
     ];
@@ -185,6 +185,18 @@ fn every_header_field_is_checked_on_attach() {
         write_word(&path, offset, value);
         assert_eq!(header_error(Segment::attach(&path)), expected, "{name}");
     }
+
+    // A consistent header for three cores on a two-core file.
+    let three_cores = 4096 + 3 * (8192 + 65_536 + 131_072) + 4096;
+    write_word(&path, 0x10, 3);
+    write_word(&path, 0x30, three_cores);
+    assert_eq!(
+        header_error(Segment::attach(&path)),
+        HeaderError::FileLength {
+            expected: three_cores,
+            found: layout_len
+        }
+    );
 
     // The file's own length.
     fs::remove_file(&path).unwrap();
@@ -197,7 +209,7 @@ fn every_header_field_is_checked_on_attach() {
         .unwrap();
     assert_eq!(
         header_error(Segment::attach(&path)),
-        HeaderError::Length {
+        HeaderError::FileLength {
             expected: layout_len,
             found: layout_len + 4096
         }
@@ -267,6 +279,18 @@ fn every_header_field_is_checked_on_attach() {
     assert!(error.contains(path.to_str().unwrap()), "{error}");
     assert_eq!(MAGIC.to_le_bytes(), *b"BOSONSHM");
     assert_eq!(LAYOUT_VERSION, 1);
+}
+
+#[test]
+fn handles_are_send_and_observers_are_shareable() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync + Clone>() {}
+    send::<boson_channel::ControlEnd>();
+    send::<boson_channel::CoreLink>();
+    send::<boson_channel::DataplaneEnd>();
+    send::<boson_channel::CoreEnd>();
+    shared::<boson_channel::Observer>();
+    shared::<Segment>();
 }
 
 #[test]
