@@ -333,8 +333,9 @@ fn exchange() {
     let (snapshots, busy, distinct) = reader.join().unwrap();
     assert!(exit.success(), "child: {exit}");
     eprintln!("stats: {snapshots} consistent snapshots ({distinct} distinct), {busy} busy");
-    // The reader really raced the writers: it saw the blocks at many different values.
-    assert!(distinct > 100, "only {distinct} distinct snapshots");
+    // The reader really raced the writers: it saw the blocks at many different values
+    // (hundreds to thousands; the bound is low so a loaded machine does not fail it).
+    assert!(distinct > 20, "only {distinct} distinct snapshots");
 }
 
 /// Dataplane of `restart`: echoes each command's sequence number back as an event tagged
