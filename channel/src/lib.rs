@@ -3,7 +3,8 @@
 //! block per core, and each side's liveness.
 //!
 //! Contract: no clock (heartbeats are times the caller supplies), no threads, no blocking,
-//! no allocation per message once buffers are warm. The only I/O is creating, opening and
+//! and no allocation per message once buffers are warm beyond what a decoded value owns (a
+//! `TurnSecrets` list, an allocation's user name). The only I/O is creating, opening and
 //! mapping the segment, and the file locks that make a side's claim exclusive. Linux only
 //! (memfd, open-file-description locks).
 //!
@@ -58,7 +59,8 @@
 //!
 //! # Layout
 //!
-//! All integers are little-endian `u64` words (atomics); regions are page-aligned. With
+//! Every field is a `u64` word, accessed atomically and stored little-endian (big-endian
+//! targets are refused at compile time); regions are page-aligned. With
 //! `C` = cores, `R_c` / `R_e` = command / event ring bytes, `S` = stats slots:
 //!
 //! | offset | length | region |
@@ -135,6 +137,10 @@
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("boson-channel needs Linux: memfd_create and open-file-description locks");
+// The words are native-endian in memory; the layout tables (and tools that read a segment
+// file) assume little-endian, which every target we deploy to is.
+#[cfg(not(target_endian = "little"))]
+compile_error!("boson-channel's segment layout is little-endian");
 
 pub mod codec;
 mod layout;
