@@ -252,7 +252,7 @@ impl CommandApplier {
                 host: *host,
             }),
             // TURN secrets and quotas are fixed at start in this process.
-            Command::TurnSecrets(_) | Command::TurnQuota { .. } | _ => {}
+            Command::TurnSecrets(_) | Command::TurnQuota { .. } => {}
         }
     }
 

@@ -111,7 +111,6 @@ impl AppState {
             }
             // The binary reports load through `set_host_load`, from the dataplane's counters.
             Event::AllocationCreated { .. } | Event::AllocationExpired { .. } => {}
-            other => tracing::debug!("ignoring dataplane event {other:?}"),
         }
     }
 
@@ -400,6 +399,5 @@ fn command_kind(command: &Command) -> &'static str {
         Command::TurnQuota { .. } => "turn_quota",
         Command::Drain { .. } => "drain",
         Command::Presence { .. } => "presence",
-        _ => "other",
     }
 }

@@ -102,6 +102,46 @@ def ws_handshake_seeds():
     write("ws_handshake", "partial", request[:40])
 
 
+def plane_codec_seeds():
+    # Byte 0 picks the decoder (even: Command, odd: Event); then codec version 1 and a tag.
+    node = bytes(range(16))
+    host = b"\xee" * 16
+    le = lambda n, size: n.to_bytes(size, "little", signed=n < 0)
+    commands = {
+        "grant": b"\x01" + node + le(-2, 8) + le(1_700_000_000_000, 8),
+        "revoke": b"\x02" + node,
+        "clear-grants": b"\x03",
+        "turn-secrets": b"\x04\x02" + le(6, 2) + b"secret" + le(0, 2),
+        "turn-quota": b"\x05" + le(10, 4),
+        "drain": b"\x06" + le(60_000, 8),
+        "presence-host": b"\x07" + node + b"\x01" + host,
+        "presence-none": b"\x07" + node + b"\x00",
+    }
+    for name, body in commands.items():
+        write("plane_codec", "command-" + name, b"\x00\x01" + body)
+    v4 = b"\x04" + bytes([192, 0, 2, 1]) + le(3478, 2)
+    v6 = b"\x06" + bytes(15) + b"\x01" + le(3478, 2) + le(7, 4) + le(2, 4)
+    events = {
+        "node-connected": b"\x01" + node + le(3, 2) + b"\x01",
+        "node-disconnected": b"\x02" + node + le(3, 2),
+        "allocation-created-v4": b"\x03" + le(1, 2) + le(5, 2) + b"alice" + v4,
+        "allocation-created-v6": b"\x03" + le(1, 2) + le(0, 2) + v6,
+        "allocation-expired": b"\x04" + le(1, 2) + v4,
+        "need-grants": b"\x05",
+    }
+    for name, body in events.items():
+        write("plane_codec", "event-" + name, b"\x01\x01" + body)
+
+
+def channel_ring_seeds():
+    # Structured input (arbitrary::Unstructured): any bytes are a run of operations; these
+    # give libFuzzer a few different starting mixes.
+    write("channel_ring", "zeros", bytes(64))
+    write("channel_ring", "counting", bytes(range(256)))
+    write("channel_ring", "sends", bytes([0, 0, 7, 0, 0xff, 0x3f, 1] * 40))
+    write("channel_ring", "mixed", bytes((i * 37 + 11) % 256 for i in range(512)))
+
+
 def relay_seeds():
     node = h("00112233445566778899aabbccddeeff")
     write("relay_message", "send", b"\x01" + node + b"wireguard packet")
@@ -156,4 +196,9 @@ if __name__ == "__main__":
     ws_frame_seeds()
     ws_handshake_seeds()
     relay_seeds()
+<<<<<<< HEAD
     mesh_client_seeds()
+=======
+    plane_codec_seeds()
+    channel_ring_seeds()
+>>>>>>> channel

@@ -81,8 +81,12 @@ pub enum Transport {
 }
 
 /// Control → dataplane.
+///
+/// Deliberately exhaustive (no `#[non_exhaustive]`): both planes are built from this
+/// workspace, and a new variant must fail to compile in the wire codec (`boson-channel`) and
+/// in every `match` until each side handles it, rather than fall into a catch-all arm at run
+/// time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Command {
     /// Allow (or renew) a node's relay sessions. Replaces any older grant of the node.
     Grant(Grant),
@@ -116,8 +120,9 @@ pub enum Command {
 }
 
 /// Dataplane → control.
+///
+/// Exhaustive for the same reason as [`Command`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Event {
     /// A node authenticated a relay session on `core`.
     NodeConnected {
