@@ -115,7 +115,7 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
         .enable_all()
         .build()
         .unwrap();
-    let (quic, _control) = runtime.block_on(quic_join(relay, cert, &token_c));
+    let (quic, _control) = runtime.block_on(common::quic_join(relay, cert, &token_c));
     for i in 0..200u32 {
         let packet = [&i.to_le_bytes()[..], &[3u8; 900]].concat();
         let mut datagram = vec![0x01];
@@ -147,35 +147,76 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     );
 }
 
-/// A QUIC relay session: handshake trusting `cert`, AUTH on the control stream, READY.
-async fn quic_join(
+/// wss through the binary: the operator's certificate, a node registered through the API.
+#[test]
+fn registered_nodes_relay_through_wss() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, made.cert.pem()).unwrap();
+    std::fs::write(&key_path, made.signing_key.serialize_pem()).unwrap();
+    let server = common::start(
+        dir.path(),
+        &[
+            "run",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--relay-cert",
+            cert_path.to_str().unwrap(),
+            "--relay-key",
+            key_path.to_str().unwrap(),
+        ],
+        true,
+    );
+    let relay = server.relay.unwrap();
+    let http = common::Http::new();
+    let (id_a, id_b) = (
+        "8f1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a01",
+        "8f1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a02",
+    );
+    let token_a = http.register(
+        &server.base,
+        &node_body(id_a, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+    );
+    let token_b = http.register(
+        &server.base,
+        &node_body(id_b, "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+    );
+    let (a, b): (NodeId, NodeId) = (id_a.parse().unwrap(), id_b.parse().unwrap());
+    let cert = made.cert.der().clone();
+    let mut client_a = tls_client(relay, &cert);
+    assert_eq!(client_a.upgrade(Some(&token_a)).unwrap(), 101);
+    assert_eq!(client_a.ready(), a);
+    let mut client_b = tls_client(relay, &cert);
+    assert_eq!(client_b.upgrade(Some(&token_b)).unwrap(), 101);
+    assert_eq!(client_b.ready(), b);
+    for i in 0..1000u32 {
+        let packet = [&i.to_le_bytes()[..], &[1u8; 1200]].concat();
+        client_a.send(&b, &packet).unwrap();
+        assert_eq!(client_b.recv_packet(), (a, packet.clone()));
+        client_b.send(&a, &packet).unwrap();
+        assert_eq!(client_a.recv_packet(), (b, packet));
+    }
+}
+
+fn tls_client(
     addr: std::net::SocketAddr,
-    cert: rustls::pki_types::CertificateDer<'static>,
-    token: &str,
-) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
+    trust: &rustls::pki_types::CertificateDer<'static>,
+) -> Client<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
+    roots.add(trust.clone()).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    crypto.alpn_protocols = vec![b"boson-relay/1".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut auth = u16::try_from(1 + token.len())
-        .unwrap()
-        .to_be_bytes()
-        .to_vec();
-    auth.push(0x05);
-    auth.extend_from_slice(token.as_bytes());
-    send.write_all(&auth).await.unwrap();
-    let mut ready = [0u8; 19];
-    recv.read_exact(&mut ready).await.unwrap();
-    assert_eq!(&ready[..3], &[0x00, 0x11, 0x07], "READY");
-    (conn, (send, recv))
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    Client::new(rustls::StreamOwned::new(conn, connect(addr)))
 }

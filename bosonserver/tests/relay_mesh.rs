@@ -196,6 +196,50 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
         assert_eq!(client_y.recv_packet(), (x, packet), "packet {i} X→Y");
     }
     // A fresh client: the pooled connection may have idled past the server's header timeout.
+    // A node on host A over QUIC reaches Y on host B over the mesh, both ways.
+    let id_c = "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a03";
+    let token_c = http.register(
+        &host_a.base,
+        &node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+    );
+    let c: NodeId = id_c.parse().unwrap();
+    let pem = std::fs::read(dir_a.path().join("data/relay-cert.pem")).unwrap();
+    let cert = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (quic, _control) = runtime.block_on(common::quic_join(relay_a, cert, &token_c));
+    // Host B learns where C is at its next presence poll: probe until a packet gets through.
+    let mut reached = false;
+    for _ in 0..100 {
+        client_y.send(&c, b"to quic").unwrap();
+        let got = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(200), quic.read_datagram()).await
+        });
+        if let Ok(Ok(datagram)) = got {
+            assert_eq!(&datagram[..17], &[&[0x02u8][..], y.as_bytes()].concat()[..]);
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "no packet reached the QUIC node across the mesh");
+    client_y
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while client_y.recv_message().is_ok() {}
+    client_y
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut datagram = vec![0x01];
+    datagram.extend_from_slice(y.as_bytes());
+    datagram.extend_from_slice(b"from quic");
+    quic.send_datagram(datagram.into()).unwrap();
+    assert_eq!(client_y.recv_packet(), (c, b"from quic".to_vec()));
+
     let metrics = common::Http::new().text(&format!("{}/metrics", host_b.base));
     let sent: u64 = metrics
         .lines()

@@ -221,3 +221,36 @@ impl Http {
             .block_on(async { self.1.get(url).send().await.unwrap().text().await.unwrap() })
     }
 }
+
+/// A QUIC relay session: handshake trusting `cert`, AUTH on the control stream, READY.
+pub(crate) async fn quic_join(
+    addr: SocketAddr,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    token: &str,
+) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![b"boson-relay/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut auth = u16::try_from(1 + token.len())
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    auth.push(0x05);
+    auth.extend_from_slice(token.as_bytes());
+    send.write_all(&auth).await.unwrap();
+    let mut ready = [0u8; 19];
+    recv.read_exact(&mut ready).await.unwrap();
+    assert_eq!(&ready[..3], &[0x00, 0x11, 0x07], "READY");
+    (conn, (send, recv))
+}
