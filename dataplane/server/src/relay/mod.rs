@@ -4,10 +4,10 @@
 //!
 //! # One loop per core
 //!
-//! The relay has no thread of its own. Its sockets live in a small epoll set ([`poller`])
-//! whose fd the worker's I/O backend watches ([`Io::watch_aux`](crate::io::Io::watch_aux)):
+//! The relay has no thread of its own. Its sockets live in a small epoll set (`poller`)
+//! whose fd the worker's I/O backend watches (`Io::watch_aux`):
 //! a readable TCP socket wakes the same blocking wait as a UDP datagram. Each loop turn the
-//! worker calls [`RelayShell::turn`]: drain the inbound cross-core rings, handle ready sockets
+//! worker calls `RelayShell::turn`: drain the inbound cross-core rings, handle ready sockets
 //! within a budget, fire the hub's timers, flush the connections that have output, wake the
 //! cores that were sent something. Non-blocking reads and writes on readiness; io_uring for TCP
 //! is a later step (measured first, as the UDP path was).
@@ -15,10 +15,10 @@
 //! # Cross-core hand-off
 //!
 //! A node's session lives on the core whose listener accepted its connection. Every core keeps
-//! a [`Directory`] of the nodes connected to the other cores, kept current by presence records
+//! a `Directory` of the nodes connected to the other cores, kept current by presence records
 //! every core broadcasts when a session is accepted or ends. A SEND whose destination is on
 //! another core comes out of the hub as [`Forward::Remote`] with the finished RECV frame in the
-//! sender's input buffer; the shell appends it to the SPSC ring ([`spsc`]) of that core pair
+//! sender's input buffer; the shell appends it to the SPSC ring (`spsc`) of that core pair
 //! (one copy, instead of the copy into a local destination's queue) and wakes the core once per
 //! turn. The receiving core hands the record, read in place from the ring, to
 //! [`Hub::handle_remote`], which copies it into the destination's bounded queue. A full ring
