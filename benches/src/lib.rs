@@ -27,6 +27,7 @@ pub mod maths;
 pub mod mmsg;
 pub mod payload;
 pub mod plot;
+pub mod process;
 pub mod procfs;
 pub mod report;
 pub mod runner;
