@@ -1,7 +1,8 @@
-//! The command line: `turn`, `raw-forwarder`, `run` and `plot`.
+//! The command line: `turn`, `raw-forwarder`, `ws`, `ws-baseline`, `run` and `plot`.
 //!
 //! Arguments are parsed once here, checked, and turned into the configs of [`generator`],
-//! [`forwarder`], [`runner`] and [`plot`]; nothing below reads the environment.
+//! [`forwarder`], [`ws_generator`], [`ws_baseline`], [`runner`] and [`plot`]; nothing below
+//! reads the environment.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -13,9 +14,17 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::generator::{self, LoadConfig, Rate, Target};
+use crate::nodes::{self, TokenKeys};
 use crate::report::ServerKind;
 use crate::runner::{self, RunConfig};
-use crate::{forwarder, plot};
+use crate::ws_baseline::{self, BaselineConfig};
+use crate::ws_client::Auth;
+use crate::ws_generator::{self, WsLoadConfig, WsOutcome};
+use crate::{clock, forwarder, plot};
+
+/// The JWT secret the WebSocket commands share by default (benchmarks only: every server
+/// they start listens on 127.0.0.1).
+pub const DEFAULT_JWT_SECRET: &str = "boson-bench-jwt-secret-0123456789abcdef";
 
 /// Benchmarks of the BosonServer TURN relay against coturn and a raw UDP forwarder.
 #[derive(Debug, Parser)]
@@ -31,6 +40,11 @@ enum Command {
     Turn(TurnArgs),
     /// The raw forwarder: strips ChannelData headers and forwards payloads to one sink.
     RawForwarder(ForwarderArgs),
+    /// Load one WebSocket relay (bosonserver's or the baseline) with SEND messages between
+    /// pairs of nodes and measure it.
+    Ws(WsArgs),
+    /// The WebSocket relay baseline: a plain tokio-tungstenite relay of the same framing.
+    WsBaseline(WsBaselineArgs),
     /// Side by side: rounds of bosonserver (uring, epoll), coturn and the raw forwarder.
     Run(RunArgs),
     /// Draw the PNG of a `run --json` report.
@@ -91,6 +105,103 @@ struct ForwarderArgs {
     /// Exit after this long.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     lifetime: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct WsArgs {
+    /// The relay's TCP address, on loopback.
+    #[arg(long)]
+    relay: SocketAddr,
+    /// The upgrade path.
+    #[arg(long, default_value = ws_baseline::PATH)]
+    path: String,
+    /// Register the nodes with bosonserver's REST API at this address (its --http-listen)
+    /// and use the tokens it issues. Without it, tokens are minted with --jwt-secret.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// HS256 secret to mint node tokens with (the baseline's --jwt-secret).
+    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
+    jwt_secret: String,
+    /// How the token is presented: `header` (Authorization: Bearer on the upgrade) or
+    /// `message` (an AUTH message after it).
+    #[arg(long, value_enum, default_value = "header")]
+    auth: AuthArg,
+    /// Sender/receiver pairs (2 connections each).
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Packet bytes per SEND (RECV carries the same).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Offered load: `max` or messages per second, all pairs together (`20000`, `20k`).
+    #[arg(long, default_value = "max")]
+    rate: Rate,
+    /// How long to send.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How long the receivers keep reading after sending stops.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Frames per write at most.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Generator threads; pairs are shared among them.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Cores to pin the generator threads to, comma separated (round robin).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// The relay's pid, to measure its CPU time per message.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The core the relay runs on, to measure how busy it was.
+    #[arg(long)]
+    server_core: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Write the outcome as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `--auth`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuthArg {
+    /// `Authorization: Bearer` on the upgrade.
+    Header,
+    /// An AUTH message after the 101.
+    Message,
+}
+
+impl From<AuthArg> for Auth {
+    fn from(arg: AuthArg) -> Self {
+        match arg {
+            AuthArg::Header => Self::Header,
+            AuthArg::Message => Self::Message,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct WsBaselineArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// HS256 secret node tokens are verified with (at least 32 bytes).
+    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
+    jwt_secret: String,
+    /// tokio worker threads (match the compared server's --workers).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Messages each connection's outbound channel holds before dropping.
+    #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
+    queue: usize,
+    /// Exit after this long.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+    /// Never yield between SENDs (to measure what the cooperative yield is worth).
+    #[arg(long, hide = true)]
+    no_coop: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +290,15 @@ pub fn main() -> anyhow::Result<()> {
             eprintln!("raw forwarder done: {stats:?}");
             Ok(())
         }
+        Command::Ws(args) => ws(args),
+        Command::WsBaseline(args) => ws_baseline::run(&BaselineConfig {
+            listen: args.listen,
+            secret: args.jwt_secret.into_bytes(),
+            workers: args.workers,
+            queue: args.queue,
+            lifetime: args.lifetime,
+            coop: !args.no_coop,
+        }),
         Command::Run(args) => run(args),
         Command::Plot(args) => plot::plot_file(&args.json, &args.out, &args.font),
     }
@@ -252,6 +372,86 @@ fn turn(args: TurnArgs) -> anyhow::Result<()> {
         write_json(&path, &outcome)?;
     }
     Ok(())
+}
+
+fn ws(args: WsArgs) -> anyhow::Result<()> {
+    let count = 2 * args.pairs;
+    let nodes = match args.api {
+        Some(api) => nodes::register(api, count)?,
+        None => {
+            let now = i64::try_from(clock::unix_now()).unwrap_or(i64::MAX);
+            TokenKeys::new(args.jwt_secret.as_bytes())?.mint_nodes(count, now)?
+        }
+    };
+    let config = WsLoadConfig {
+        relay: args.relay,
+        path: args.path,
+        auth: args.auth.into(),
+        nodes,
+        pairs: args.pairs,
+        packet: args.size,
+        rate: args.rate,
+        duration: args.duration,
+        drain: args.drain,
+        batch: args.batch,
+        threads: args.threads,
+        cores: args.cores,
+        server_pid: args.server_pid,
+        server_core: args.server_core,
+    };
+    config.validate()?;
+    let progress = bar(args.quiet);
+    let outcome = ws_generator::run(&config, &progress)?;
+    progress.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", ws_table_header())?;
+    writeln!(
+        out,
+        "{}",
+        ws_table_row(config.packet, config.rate, &outcome)
+    )?;
+    if let Some(path) = args.json {
+        write_json(&path, &outcome)?;
+    }
+    Ok(())
+}
+
+/// The header of the WebSocket generator's one-line table.
+fn ws_table_header() -> &'static str {
+    "| packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | CPU ns/msg | gen idle | write stalls | PEER_GONE | closed |\n\
+     |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+}
+
+fn ws_table_row(packet: usize, rate: Rate, o: &WsOutcome) -> String {
+    format!(
+        "| {packet} B | {rate} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {} | {} | {} |",
+        o.sent_mps,
+        o.delivered_mps,
+        o.delivered_mbps,
+        o.loss_ratio * 100.0,
+        o.latency.p50_us,
+        o.latency.p99_us,
+        o.latency.p999_us,
+        o.cpu_ns_per_message
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
+        o.generator_idle * 100.0,
+        o.write_stalls,
+        o.peer_gone,
+        o.closed,
+    )
+}
+
+/// A progress bar on stderr, or a hidden one.
+fn bar(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30}] {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
