@@ -24,8 +24,10 @@
 //!   [`Stamp`], one clock read per `read`); a Ping is answered;
 //! * every millisecond, the senders' sockets are read too (PEER_GONE, pings, a Close).
 //!
-//! Sending stops after the duration; the receivers then drain until everything sent arrived
-//! or the drain time passed.
+//! Sending stops after the duration; the receivers then drain until everything sent arrived,
+//! or nothing arrived for the drain time (at most 10 s more while messages keep coming), so
+//! *lost* means dropped, not late. Throughput counts only what arrived while sending: at max
+//! rate the socket buffers hold megabytes that arrive after it.
 //!
 //! # Is the generator the bottleneck?
 //!
@@ -64,6 +66,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes a receiver reads at most per `read`.
 const READ_BUFFER: usize = 256 * 1024;
 
+/// How long a drain may go on while messages keep arriving.
+const MAX_DRAIN: Duration = Duration::from_secs(10);
+
 /// How often the senders' own sockets are read.
 const SENDER_READ_EVERY: Duration = Duration::from_millis(1);
 
@@ -86,7 +91,7 @@ pub struct WsLoadConfig {
     pub rate: Rate,
     /// How long to send.
     pub duration: Duration,
-    /// How long receivers keep draining after sending stops.
+    /// After sending stops, receivers drain until nothing arrived for this long.
     pub drain: Duration,
     /// Frames per `write` at most.
     pub batch: usize,
@@ -103,7 +108,7 @@ pub struct WsLoadConfig {
 impl WsLoadConfig {
     /// Checks the settings.
     pub fn validate(&self) -> anyhow::Result<()> {
-        ensure!((1..=2048).contains(&self.pairs), "pairs must be 1..=2048");
+        self.validate_settings()?;
         ensure!(
             self.nodes.len() >= 2 * self.pairs,
             "{} pairs need {} nodes, got {}",
@@ -111,6 +116,12 @@ impl WsLoadConfig {
             2 * self.pairs,
             self.nodes.len()
         );
+        Ok(())
+    }
+
+    /// Checks everything but the nodes (which a runner prepares later).
+    pub fn validate_settings(&self) -> anyhow::Result<()> {
+        ensure!((1..=2048).contains(&self.pairs), "pairs must be 1..=2048");
         ensure!(
             (STAMP_LEN..=MAX_PACKET).contains(&self.packet),
             "packet size must be {STAMP_LEN}..={MAX_PACKET} bytes"
@@ -175,7 +186,12 @@ pub struct WsOutcome {
     pub offered_mps: Option<u64>,
     /// `sent / elapsed_s`.
     pub sent_mps: f64,
-    /// `received / elapsed_s`: the throughput in messages.
+    /// Messages received before sending stopped: what the relay delivered during the window
+    /// the throughput is measured over (the rest arrived during the drain).
+    pub received_in_window: u64,
+    /// `received_in_window / elapsed_s`: the throughput in messages. (At max rate the
+    /// senders' socket buffers fill with megabytes the relay delivers after sending stops;
+    /// counting those would overstate its rate.)
     pub delivered_mps: f64,
     /// Packet bytes delivered per second, in MB (10^6 bytes): `delivered_mps × packet`.
     pub delivered_mbps: f64,
@@ -266,7 +282,7 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
                     let mut worker = Worker::new(pairs, config, Epoch::new(start));
                     worker.pin(core);
                     worker.load(end, live);
-                    worker.drain(clock::now() + config.drain);
+                    worker.drain(config.drain);
                     worker
                 })
             })
@@ -298,7 +314,9 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
     let (mut sent, mut peer_gone, mut closed, mut stalls, mut foreign) = (0, 0, 0, 0, 0);
     let (mut idle, mut busy_window) = (Duration::ZERO, Duration::ZERO);
     let mut stopped = start;
+    let mut in_window = 0;
     for worker in &workers {
+        in_window += worker.received_in_window;
         delivery.merge(&worker.delivery);
         sent += worker.pairs.iter().map(|p| p.sent).sum::<u64>();
         peer_gone += worker.counts.peer_gone;
@@ -322,7 +340,7 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
         .map(|(before, after)| after.saturating_sub(before).as_secs_f64());
     let elapsed_s = (stopped - start).as_secs_f64().max(1e-9);
     let received = delivery.received();
-    let delivered_mps = received as f64 / elapsed_s;
+    let delivered_mps = in_window as f64 / elapsed_s;
     Ok(WsOutcome {
         sent,
         received,
@@ -342,6 +360,7 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
         window_s,
         offered_mps: config.rate.pps(),
         sent_mps: sent as f64 / elapsed_s,
+        received_in_window: in_window,
         delivered_mps,
         delivered_mbps: delivered_mps * config.packet as f64 / 1e6,
         latency: delivery.latency(),
@@ -518,6 +537,8 @@ struct Worker {
     counts: Counts,
     idle: Duration,
     stopped: Instant,
+    /// Messages received when sending stopped.
+    received_in_window: u64,
 }
 
 impl Worker {
@@ -530,6 +551,7 @@ impl Worker {
             counts: Counts::default(),
             idle: Duration::ZERO,
             stopped: clock::now(),
+            received_in_window: 0,
         }
     }
 
@@ -586,12 +608,27 @@ impl Worker {
             }
         }
         self.stopped = clock::now();
+        self.received_in_window = self.delivery.received();
     }
 
-    /// Reads the receivers until every message sent arrived or `deadline` passed.
-    fn drain(&mut self, deadline: Instant) {
-        while self.delivery.received() < self.sent() && clock::now() < deadline {
-            if !self.read_receivers() {
+    /// Reads the receivers until every message sent arrived, or nothing arrived for `quiet`,
+    /// or [`MAX_DRAIN`] beyond `quiet` passed. A relay that still delivers what the socket
+    /// buffers held when sending stopped (megabytes at max rate) is waited for, so what is
+    /// then missing was dropped, not late.
+    fn drain(&mut self, quiet: Duration) {
+        let start = clock::now();
+        let mut last_arrival = start;
+        loop {
+            let now = clock::now();
+            if self.delivery.received() >= self.sent()
+                || now.saturating_duration_since(last_arrival) >= quiet
+                || now.saturating_duration_since(start) >= quiet + MAX_DRAIN
+            {
+                return;
+            }
+            if self.read_receivers() {
+                last_arrival = now;
+            } else {
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
