@@ -20,6 +20,8 @@ use crate::runner::{self, RunConfig};
 use crate::ws_baseline::{self, BaselineConfig};
 use crate::ws_client::Auth;
 use crate::ws_generator::{self, WsLoadConfig, WsOutcome};
+use crate::ws_report::WsServerKind;
+use crate::ws_runner::{self, WsRunConfig};
 use crate::{clock, forwarder, plot};
 
 /// The JWT secret the WebSocket commands share by default (benchmarks only: every server
@@ -138,7 +140,8 @@ struct WsArgs {
     /// How long to send.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// How long the receivers keep reading after sending stops.
+    /// After sending stops, the receivers read until nothing arrived for this long (at most
+    /// 10 s more while messages keep arriving).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     drain: Duration,
     /// Frames per write at most.
@@ -221,13 +224,42 @@ struct RunArgs {
     /// Offered loads, comma separated: `max` and/or packets per second.
     #[arg(long, value_delimiter = ',', default_value = "max,20k,50k,100k")]
     loads: Vec<Rate>,
-    /// Servers, comma separated, in the order each round visits them.
+    /// TURN servers, comma separated, in the order each round visits them. Default:
+    /// boson-uring,boson-epoll,coturn,raw.
+    #[arg(long, value_delimiter = ',', conflicts_with = "ws")]
+    servers: Option<Vec<ServerKind>>,
+    /// The WebSocket relays instead of TURN: bosonserver's relay against the
+    /// tokio-tungstenite baseline (--ws-servers), with --pairs, --threads, --workers;
+    /// --sizes are packet bytes per message and --loads messages per second.
+    #[arg(long)]
+    ws: bool,
+    /// WebSocket relays, comma separated, in the order each round visits them.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "boson-uring,boson-epoll,coturn,raw"
+        default_value = "boson-ws,ws-baseline",
+        requires = "ws"
     )]
-    servers: Vec<ServerKind>,
+    ws_servers: Vec<WsServerKind>,
+    /// WebSocket sender/receiver pairs per scenario.
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// WebSocket generator threads (all pinned to --generator-core).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// WebSocket frames per write.
+    #[arg(long, default_value_t = 64)]
+    ws_batch: usize,
+    /// Worker threads of each WebSocket relay (bosonserver --workers, the baseline's tokio
+    /// workers).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// The baseline's per-connection channel, in messages.
+    #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
+    ws_queue: usize,
+    /// HS256 secret of node tokens, given to both WebSocket relays.
+    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
+    jwt_secret: String,
     /// Allocations (flows) per scenario.
     #[arg(long, default_value_t = 8)]
     allocations: usize,
@@ -261,7 +293,9 @@ struct RunArgs {
     #[arg(long)]
     quiet: bool,
     /// CI mode: 1 round of 0.5 s at max rate, 2 allocations, both sizes; fails if any server
-    /// relays nothing. Without coturn installed it skips coturn, unless CI is set.
+    /// relays nothing. Without coturn installed it skips coturn, unless CI is set. With --ws:
+    /// 1 round of 1 s at 2k messages/s and at max rate, 2 pairs, both sizes; fails on any
+    /// loss at 2k/s or figures that are not sane (see `WsReport::smoke_failures`).
     #[arg(long)]
     smoke: bool,
 }
@@ -455,6 +489,9 @@ fn bar(quiet: bool) -> ProgressBar {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.ws {
+        return run_ws(args);
+    }
     let mut args = args;
     if args.smoke {
         args.rounds = 1;
@@ -471,7 +508,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         !args.sizes.is_empty() && !args.loads.is_empty(),
         "no sizes or loads"
     );
-    ensure!(!args.servers.is_empty(), "no servers");
+    let mut servers = args.servers.unwrap_or_else(|| ServerKind::ALL.to_vec());
+    ensure!(!servers.is_empty(), "no servers");
     ensure!(
         args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
         "--duration must be above 0 and at most 10 min"
@@ -481,7 +519,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => path,
         None => sibling(&bench, "bosonserver"),
     };
-    let mut servers = args.servers;
     if servers.contains(&ServerKind::Coturn) && !runner::on_path(&args.turnserver) {
         if !args.smoke || std::env::var_os("CI").is_some() {
             bail!(
@@ -521,6 +558,94 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let silent = report.silent();
     if !silent.is_empty() {
         bail!("some servers relayed nothing:\n  {}", silent.join("\n  "));
+    }
+    Ok(())
+}
+
+/// `run --ws`: the WebSocket relays side by side.
+fn run_ws(args: RunArgs) -> anyhow::Result<()> {
+    let mut args = args;
+    if args.smoke {
+        args.rounds = 1;
+        args.duration = Duration::from_secs(1);
+        args.drain = Duration::from_millis(500);
+        args.pairs = 2;
+        args.threads = 1;
+        args.loads = vec![Rate::Pps(2_000), Rate::Max];
+    }
+    ensure!(
+        args.rounds >= 1 && args.rounds <= 100,
+        "--rounds must be 1..=100"
+    );
+    ensure!(
+        !args.sizes.is_empty() && !args.loads.is_empty(),
+        "no sizes or loads"
+    );
+    ensure!(!args.ws_servers.is_empty(), "no relays");
+    ensure!(
+        args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
+        "--duration must be above 0 and at most 10 min"
+    );
+    ensure!((1..=64).contains(&args.workers), "--workers must be 1..=64");
+    let bench = std::env::current_exe().context("locating this binary")?;
+    let bosonserver = match args.bosonserver {
+        Some(path) => path,
+        None => sibling(&bench, "bosonserver"),
+    };
+    let config = WsRunConfig {
+        servers: args.ws_servers,
+        rounds: args.rounds,
+        duration: args.duration,
+        drain: args.drain,
+        packets: args.sizes,
+        rates: args.loads,
+        pairs: args.pairs,
+        threads: args.threads,
+        batch: args.ws_batch,
+        workers: args.workers,
+        queue: args.ws_queue,
+        bosonserver,
+        bench,
+        jwt_secret: args.jwt_secret,
+        server_core: args.server_core,
+        generator_core: args.generator_core,
+        idle_wait: args.idle_wait,
+        quiet: args.quiet,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    // Checks pairs, sizes, threads and batch once, before any relay starts.
+    for &packet in &config.packets {
+        WsLoadConfig {
+            relay: SocketAddr::from(([127, 0, 0, 1], 1)),
+            path: ws_baseline::PATH.to_owned(),
+            auth: Auth::Header,
+            nodes: Vec::new(),
+            pairs: config.pairs,
+            packet,
+            rate: Rate::Max,
+            duration: config.duration,
+            drain: config.drain,
+            batch: config.batch,
+            threads: config.threads,
+            cores: Vec::new(),
+            server_pid: None,
+            server_core: None,
+        }
+        .validate_settings()?;
+    }
+    let report = ws_runner::run(&config)?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", report.tables())?;
+    let failures = if args.smoke {
+        report.smoke_failures()
+    } else {
+        report.silent()
+    };
+    if !failures.is_empty() {
+        bail!("the WebSocket run failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
 }

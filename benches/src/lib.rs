@@ -17,7 +17,9 @@
 //! * [`ws_baseline`]: the tokio-tungstenite relay our WebSocket relay is compared against.
 //! * [`nodes`]: node tokens, minted and verified as the control plane does, or registered
 //!   through its REST API.
-//! * [`runner`]: the side-by-side runner (rounds of uring, epoll, coturn, raw).
+//! * [`runner`]: the side-by-side runner (rounds of uring, epoll, coturn, raw), and
+//!   [`ws_runner`] for the WebSocket relays (rounds of bosonserver's relay and the baseline);
+//!   their results are in [`report`] and [`ws_report`].
 //! * [`process`]: the guard of every server process a runner starts.
 //! * [`plot`]: the PNG of a runner's JSON results.
 //! * Pure parts, unit tested: [`payload`] (sequence number and timestamp in each packet),
@@ -45,3 +47,5 @@ pub mod turn_client;
 pub mod ws_baseline;
 pub mod ws_client;
 pub mod ws_generator;
+pub mod ws_report;
+pub mod ws_runner;

@@ -26,7 +26,7 @@ use crate::report::{Machine, Record, Report, ServerKind};
 use crate::{forwarder, procfs};
 
 /// Variables that would change bosonserver's configuration if inherited.
-const BOSON_CONFIG_VARS: &[&str] = &[
+pub const BOSON_CONFIG_VARS: &[&str] = &[
     "DATABASE_URL",
     "REDIS_URL",
     "JWT_SECRET",
@@ -44,6 +44,8 @@ const BOSON_CONFIG_VARS: &[&str] = &[
     "BOSON_LOG_FORMAT",
     "BOSON_MAX_ALLOCATIONS_PER_USER",
     "BOSON_DANGER_ALLOW_LOOPBACK_PEERS",
+    "BOSON_REGISTER_RATE_LIMIT",
+    "BOSON_TOKEN_TTL",
     "RUST_LOG",
 ];
 
@@ -102,23 +104,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     let machine = Machine::detect();
     let scenarios =
         config.rounds * config.servers.len() * config.payloads.len() * config.rates.len();
-    let multi = MultiProgress::with_draw_target(if config.quiet {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    });
-    let overall = multi.add(ProgressBar::new(scenarios as u64));
-    overall.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    overall.set_prefix("scenarios");
-    let current = multi.add(ProgressBar::new(0));
-    current.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    current.set_prefix("     load");
+    let (multi, overall, current) = progress_bars(config.quiet, scenarios);
 
     let mut records = Vec::with_capacity(scenarios);
     let mut scenario_id = 0usize;
@@ -219,6 +205,29 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     ))
 }
 
+/// The runner's two progress bars on stderr (hidden if `quiet`): scenarios done of
+/// `scenarios`, and the current load.
+pub fn progress_bars(quiet: bool, scenarios: usize) -> (MultiProgress, ProgressBar, ProgressBar) {
+    let multi = MultiProgress::with_draw_target(if quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let overall = multi.add(ProgressBar::new(scenarios as u64));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    overall.set_prefix("scenarios");
+    let current = multi.add(ProgressBar::new(0));
+    current.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    current.set_prefix("     load");
+    (multi, overall, current)
+}
+
 /// The machine's busy share over `window`.
 fn background_busy(window: Duration) -> Option<f64> {
     let before = procfs::machine_ticks().ok()?;
@@ -229,7 +238,7 @@ fn background_busy(window: Duration) -> Option<f64> {
 
 /// Samples the machine until it is quiet or `wait` has passed; returns the last sample.
 /// The sample is 1 s long when waiting, else 200 ms (which keeps the smoke run short).
-fn wait_quiet(wait: Duration) -> Option<f64> {
+pub fn wait_quiet(wait: Duration) -> Option<f64> {
     let window = if wait.is_zero() {
         Duration::from_millis(200)
     } else {
