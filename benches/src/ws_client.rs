@@ -623,6 +623,73 @@ mod tests {
         }
     }
 
+    /// What framing costs per message, ours against a tungstenite client, in this process
+    /// (the write system call, the same for both, left out). Run in release:
+    /// `cargo test --release -p boson-bench --lib codec_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn codec_cost_against_tungstenite() {
+        use bytes::{BufMut as _, BytesMut};
+
+        /// A socket that takes everything.
+        struct Discard;
+        impl io::Read for Discard {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Ok(0)
+            }
+        }
+        impl io::Write for Discard {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+
+        const MESSAGES: u64 = 2_000_000;
+        let dest = NodeId::from_bytes([7; 16]);
+        for size in [100, 1200] {
+            let template = SendTemplate::new(&dest, size, rand::random());
+            let mut batch = template.bytes().repeat(64);
+            let start = crate::clock::now();
+            for seq in 0..MESSAGES {
+                let at = (seq % 64) as usize * template.len();
+                let stamp = Stamp {
+                    flow: 1,
+                    seq,
+                    sent_ns: seq,
+                };
+                template.stamp(&mut batch[at..at + template.len()], &stamp);
+            }
+            let ours = (crate::clock::now() - start).as_nanos() as f64 / MESSAGES as f64;
+            std::hint::black_box(&batch);
+
+            let mut ws = WebSocket::from_raw_socket(Discard, Role::Client, None);
+            let start = crate::clock::now();
+            for seq in 0..MESSAGES {
+                let mut message = BytesMut::with_capacity(PREFIX_LEN + size);
+                message.put_u8(MessageType::Send as u8);
+                message.put_slice(dest.as_bytes());
+                let mut stamp = [0u8; STAMP_LEN];
+                Stamp {
+                    flow: 1,
+                    seq,
+                    sent_ns: seq,
+                }
+                .encode(&mut stamp);
+                message.put_slice(&stamp);
+                message.put_bytes(0, size - STAMP_LEN);
+                ws.write(Message::Binary(message.freeze())).unwrap();
+            }
+            ws.flush().unwrap();
+            let theirs = (crate::clock::now() - start).as_nanos() as f64 / MESSAGES as f64;
+            eprintln!(
+                "{size} B: ours {ours:.1} ns/message, tungstenite client {theirs:.1} ns/message"
+            );
+        }
+    }
+
     #[test]
     fn recv_messages() {
         let mut message = vec![0x02];

@@ -178,6 +178,10 @@ pub struct WsOutcome {
     pub write_stalls: u64,
     /// Share of the generator threads' time spent in turns that moved no byte (0..=1).
     pub generator_idle: f64,
+    /// The generator threads' busy time (not idle) while sending, per message delivered
+    /// then, in nanoseconds: comparable with `cpu_ns_per_message`; below it, the generator
+    /// spends less per message than the relay.
+    pub generator_ns_per_message: Option<f64>,
     /// Seconds spent sending.
     pub elapsed_s: f64,
     /// Seconds of the whole load phase (sending and draining): the CPU window.
@@ -356,6 +360,8 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
         } else {
             idle.as_secs_f64() / busy_window.as_secs_f64()
         },
+        generator_ns_per_message: (in_window > 0)
+            .then(|| busy_window.saturating_sub(idle).as_nanos() as f64 / in_window as f64),
         elapsed_s,
         window_s,
         offered_mps: config.rate.pps(),
