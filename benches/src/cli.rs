@@ -24,6 +24,22 @@ use crate::ws_report::WsServerKind;
 use crate::ws_runner::{self, WsRunConfig};
 use crate::{clock, forwarder, plot};
 
+/// `run`'s offered loads unless --loads says otherwise.
+const TURN_LOADS: [Rate; 4] = [
+    Rate::Max,
+    Rate::Pps(20_000),
+    Rate::Pps(50_000),
+    Rate::Pps(100_000),
+];
+
+/// `run --ws`'s offered loads unless --loads says otherwise.
+const WS_LOADS: [Rate; 4] = [
+    Rate::Max,
+    Rate::Pps(20_000),
+    Rate::Pps(100_000),
+    Rate::Pps(500_000),
+];
+
 /// The JWT secret the WebSocket commands share by default (benchmarks only: every server
 /// they start listens on 127.0.0.1).
 pub const DEFAULT_JWT_SECRET: &str = "boson-bench-jwt-secret-0123456789abcdef";
@@ -221,9 +237,11 @@ struct RunArgs {
     /// Payload sizes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "100,1200")]
     sizes: Vec<usize>,
-    /// Offered loads, comma separated: `max` and/or packets per second.
-    #[arg(long, value_delimiter = ',', default_value = "max,20k,50k,100k")]
-    loads: Vec<Rate>,
+    /// Offered loads, comma separated: `max` and/or packets (with --ws: messages) per
+    /// second. Default: max,20k,50k,100k; with --ws max,20k,100k,500k (the baseline relays
+    /// a few hundred thousand to two million messages per second on one core).
+    #[arg(long, value_delimiter = ',')]
+    loads: Option<Vec<Rate>>,
     /// TURN servers, comma separated, in the order each round visits them. Default:
     /// boson-uring,boson-epoll,coturn,raw.
     #[arg(long, value_delimiter = ',', conflicts_with = "ws")]
@@ -500,14 +518,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.duration = Duration::from_millis(500);
         args.drain = Duration::from_millis(200);
         args.allocations = 2;
-        args.loads = vec![Rate::Max];
+        args.loads = Some(vec![Rate::Max]);
     }
     ensure!(
         args.rounds >= 1 && args.rounds <= 100,
         "--rounds must be 1..=100"
     );
+    let loads = args.loads.unwrap_or_else(|| TURN_LOADS.to_vec());
     ensure!(
-        !args.sizes.is_empty() && !args.loads.is_empty(),
+        !args.sizes.is_empty() && !loads.is_empty(),
         "no sizes or loads"
     );
     let mut servers = args.servers.unwrap_or_else(|| ServerKind::ALL.to_vec());
@@ -538,7 +557,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         duration: args.duration,
         drain: args.drain,
         payloads: args.sizes,
-        rates: args.loads,
+        rates: loads,
         flows: args.allocations,
         batch: args.batch,
         bosonserver,
@@ -573,14 +592,15 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         args.drain = Duration::from_millis(500);
         args.pairs = 2;
         args.threads = 1;
-        args.loads = vec![Rate::Pps(2_000), Rate::Max];
+        args.loads = Some(vec![Rate::Pps(2_000), Rate::Max]);
     }
     ensure!(
         args.rounds >= 1 && args.rounds <= 100,
         "--rounds must be 1..=100"
     );
+    let loads = args.loads.unwrap_or_else(|| WS_LOADS.to_vec());
     ensure!(
-        !args.sizes.is_empty() && !args.loads.is_empty(),
+        !args.sizes.is_empty() && !loads.is_empty(),
         "no sizes or loads"
     );
     ensure!(!args.ws_servers.is_empty(), "no relays");
@@ -600,7 +620,7 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         duration: args.duration,
         drain: args.drain,
         packets: args.sizes,
-        rates: args.loads,
+        rates: loads,
         pairs: args.pairs,
         threads: args.threads,
         batch: args.ws_batch,
