@@ -536,10 +536,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "--duration must be above 0 and at most 10 min"
     );
     let bench = std::env::current_exe().context("locating this binary")?;
-    let bosonserver = match args.bosonserver {
-        Some(path) => path,
-        None => sibling(&bench, "bosonserver"),
-    };
+    let bosonserver = bosonserver_path(args.bosonserver, &bench)?;
     if servers.contains(&ServerKind::Coturn) && !runner::on_path(&args.turnserver) {
         if !args.smoke || std::env::var_os("CI").is_some() {
             bail!(
@@ -610,10 +607,7 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
     );
     ensure!((1..=64).contains(&args.workers), "--workers must be 1..=64");
     let bench = std::env::current_exe().context("locating this binary")?;
-    let bosonserver = match args.bosonserver {
-        Some(path) => path,
-        None => sibling(&bench, "bosonserver"),
-    };
+    let bosonserver = bosonserver_path(args.bosonserver, &bench)?;
     let config = WsRunConfig {
         servers: args.ws_servers,
         rounds: args.rounds,
@@ -670,6 +664,17 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         bail!("the WebSocket run failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
+}
+
+/// `--bosonserver`, made absolute (servers run in a directory of their own), or the
+/// `bosonserver` next to this binary.
+fn bosonserver_path(given: Option<PathBuf>, bench: &Path) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) => {
+            std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
+        }
+        None => Ok(sibling(bench, "bosonserver")),
+    }
 }
 
 /// `name` in the directory of `exe`.
