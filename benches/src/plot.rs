@@ -161,16 +161,21 @@ pub fn draw_ws(report: &WsReport, png: &Path) -> anyhow::Result<()> {
             .iter()
             .filter(|m| m.packet == *packet)
             .collect();
+        // A relay that failed in every round keeps its place, as an empty bar that says so.
         let bars = medians
             .iter()
-            .filter(|m| m.rate == Rate::Max && m.rounds > 0)
+            .filter(|m| m.rate == Rate::Max)
             .map(|m| Bar {
-                label: format!(
-                    "{} {:.0}k/s {:.0} MB/s",
-                    m.server.name(),
-                    m.delivered_mps / 1_000.0,
-                    m.delivered_mbps
-                ),
+                label: if m.rounds == 0 {
+                    format!("{}: no result", m.server.name())
+                } else {
+                    format!(
+                        "{} {:.0}k/s {:.0} MB/s",
+                        m.server.name(),
+                        m.delivered_mps / 1_000.0,
+                        m.delivered_mbps
+                    )
+                },
                 color: ws_color(m.server),
                 value: m.delivered_mps / 1_000.0,
             })
