@@ -123,3 +123,70 @@ fn refused_tokens_are_reported_clearly() {
     assert!(text.contains("pair 0 sender"), "{text}");
     assert!(text.contains("401"), "{text}");
 }
+
+/// Registration through bosonserver's REST API, when a build of it sits next to the test's
+/// `boson-bench`: the tokens it issues verify with the baseline's checks and the same secret,
+/// so the baseline's minted tokens and bosonserver's are the same kind.
+#[test]
+fn bosonserver_issues_tokens_the_baseline_accepts_when_built() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_boson-bench"));
+    let bosonserver = bench.with_file_name("bosonserver");
+    if !bosonserver.is_file() {
+        eprintln!("skipped: no bosonserver build next to boson-bench (cargo build -p bosonserver)");
+        return;
+    }
+    let secret = "a bosonserver test secret, 32 bytes or more";
+    let dir = tempfile::tempdir().unwrap();
+    let free = |udp: bool| {
+        if udp {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        } else {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        }
+    };
+    let (api, turn) = (free(false), free(true));
+    let mut child = std::process::Command::new(&bosonserver)
+        .args(["run", "--http-listen", &api.to_string()])
+        .args([
+            "--turn-listen",
+            &turn.to_string(),
+            "--relay-ports",
+            "58900-58909",
+        ])
+        .args(["--workers", "1", "--no-pin", "--jwt-secret", secret])
+        .args(["--register-rate-limit", "1000"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("JWT_SECRET")
+        .env("RUST_LOG", "warn")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut registered = None;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(api).is_ok() {
+            registered = Some(boson_bench::nodes::register(api, 3));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let nodes = registered.expect("the REST API never came up").unwrap();
+    let keys = TokenKeys::new(secret.as_bytes()).unwrap();
+    let now = i64::try_from(clock::unix_now()).unwrap();
+    assert_eq!(nodes.len(), 3);
+    for node in &nodes {
+        assert_eq!(keys.verify(&node.token, now), Ok(node.node));
+    }
+}
