@@ -85,6 +85,21 @@ impl Delivery {
         self.foreign += 1;
     }
 
+    /// Adds what `other` counted (another thread's sinks, for the same flows) to this.
+    pub fn merge(&mut self, other: &Self) {
+        if self.flows.len() < other.flows.len() {
+            self.flows.resize(other.flows.len(), FlowTracker::default());
+        }
+        for (mine, theirs) in self.flows.iter_mut().zip(&other.flows) {
+            mine.next = mine.next.max(theirs.next);
+            mine.received += theirs.received;
+            mine.reordered += theirs.reordered;
+        }
+        self.foreign += other.foreign;
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+    }
+
     /// Packets delivered, all flows.
     pub fn received(&self) -> u64 {
         self.flows.iter().map(FlowTracker::received).sum()
@@ -191,6 +206,25 @@ mod tests {
         let latency = delivery.latency();
         assert!((latency.p50_us - 20.0).abs() < 0.05, "{latency:?}");
         assert!((latency.max_us - 20.0).abs() < 0.05, "{latency:?}");
+    }
+
+    #[test]
+    fn deliveries_of_two_threads_merge() {
+        let mut one = Delivery::new(3);
+        one.handle(0, 0, 0, 10_000);
+        one.handle(0, 1, 0, 10_000);
+        let mut two = Delivery::new(3);
+        two.handle(2, 0, 0, 30_000);
+        two.handle(2, 2, 0, 30_000);
+        two.handle(2, 1, 0, 30_000);
+        two.handle_foreign();
+        one.merge(&two);
+        assert_eq!(one.received(), 5);
+        assert_eq!(one.reordered(), 1);
+        assert_eq!(one.foreign(), 1);
+        let latency = one.latency();
+        assert!((latency.p50_us - 30.0).abs() < 0.05, "{latency:?}");
+        assert!((latency.max_us - 30.0).abs() < 0.05, "{latency:?}");
     }
 
     #[test]

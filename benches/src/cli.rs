@@ -1,7 +1,8 @@
-//! The command line: `turn`, `raw-forwarder`, `run` and `plot`.
+//! The command line: `turn`, `raw-forwarder`, `ws`, `ws-baseline`, `run` and `plot`.
 //!
 //! Arguments are parsed once here, checked, and turned into the configs of [`generator`],
-//! [`forwarder`], [`runner`] and [`plot`]; nothing below reads the environment.
+//! [`forwarder`], [`ws_generator`], [`ws_baseline`], [`runner`] and [`plot`]; nothing below
+//! reads the environment.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -13,9 +14,35 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::generator::{self, LoadConfig, Rate, Target};
+use crate::nodes::{self, TokenKeys};
 use crate::report::ServerKind;
 use crate::runner::{self, RunConfig};
-use crate::{forwarder, plot};
+use crate::ws_baseline::{self, BaselineConfig};
+use crate::ws_client::Auth;
+use crate::ws_generator::{self, WsLoadConfig, WsOutcome};
+use crate::ws_report::WsServerKind;
+use crate::ws_runner::{self, WsRunConfig};
+use crate::{clock, forwarder, plot};
+
+/// `run`'s offered loads unless --loads says otherwise.
+const TURN_LOADS: [Rate; 4] = [
+    Rate::Max,
+    Rate::Pps(20_000),
+    Rate::Pps(50_000),
+    Rate::Pps(100_000),
+];
+
+/// `run --ws`'s offered loads unless --loads says otherwise.
+const WS_LOADS: [Rate; 4] = [
+    Rate::Max,
+    Rate::Pps(20_000),
+    Rate::Pps(100_000),
+    Rate::Pps(500_000),
+];
+
+/// The JWT secret the WebSocket commands share by default (benchmarks only: every server
+/// they start listens on 127.0.0.1).
+pub const DEFAULT_JWT_SECRET: &str = "boson-bench-jwt-secret-0123456789abcdef";
 
 /// Benchmarks of the BosonServer TURN relay against coturn and a raw UDP forwarder.
 #[derive(Debug, Parser)]
@@ -31,6 +58,11 @@ enum Command {
     Turn(TurnArgs),
     /// The raw forwarder: strips ChannelData headers and forwards payloads to one sink.
     RawForwarder(ForwarderArgs),
+    /// Load one WebSocket relay (bosonserver's or the baseline) with SEND messages between
+    /// pairs of nodes and measure it.
+    Ws(WsArgs),
+    /// The WebSocket relay baseline: a plain tokio-tungstenite relay of the same framing.
+    WsBaseline(WsBaselineArgs),
     /// Side by side: rounds of bosonserver (uring, epoll), coturn and the raw forwarder.
     Run(RunArgs),
     /// Draw the PNG of a `run --json` report.
@@ -94,6 +126,104 @@ struct ForwarderArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct WsArgs {
+    /// The relay's TCP address, on loopback.
+    #[arg(long)]
+    relay: SocketAddr,
+    /// The upgrade path.
+    #[arg(long, default_value = ws_baseline::PATH)]
+    path: String,
+    /// Register the nodes with bosonserver's REST API at this address (its --http-listen)
+    /// and use the tokens it issues. Without it, tokens are minted with --jwt-secret.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// HS256 secret to mint node tokens with (the baseline's --jwt-secret).
+    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
+    jwt_secret: String,
+    /// How the token is presented: `header` (Authorization: Bearer on the upgrade) or
+    /// `message` (an AUTH message after it).
+    #[arg(long, value_enum, default_value = "header")]
+    auth: AuthArg,
+    /// Sender/receiver pairs (2 connections each).
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Packet bytes per SEND (RECV carries the same).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Offered load: `max` or messages per second, all pairs together (`20000`, `20k`).
+    #[arg(long, default_value = "max")]
+    rate: Rate,
+    /// How long to send.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// After sending stops, the receivers read until nothing arrived for this long (at most
+    /// 10 s more while messages keep arriving).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Frames per write at most.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Generator threads; pairs are shared among them.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Cores to pin the generator threads to, comma separated (round robin).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// The relay's pid, to measure its CPU time per message.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The core the relay runs on, to measure how busy it was.
+    #[arg(long)]
+    server_core: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Write the outcome as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `--auth`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuthArg {
+    /// `Authorization: Bearer` on the upgrade.
+    Header,
+    /// An AUTH message after the 101.
+    Message,
+}
+
+impl From<AuthArg> for Auth {
+    fn from(arg: AuthArg) -> Self {
+        match arg {
+            AuthArg::Header => Self::Header,
+            AuthArg::Message => Self::Message,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct WsBaselineArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// HS256 secret node tokens are verified with (at least 32 bytes).
+    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
+    jwt_secret: String,
+    /// tokio worker threads (match the compared server's --workers).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Messages each connection's outbound channel holds before dropping.
+    #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
+    queue: usize,
+    /// Exit after this long.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+    /// Never yield between SENDs (to measure what the cooperative yield is worth).
+    #[arg(long, hide = true)]
+    no_coop: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Rounds; each visits every server once. Medians are over rounds.
     #[arg(long, default_value_t = 5)]
@@ -107,16 +237,47 @@ struct RunArgs {
     /// Payload sizes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "100,1200")]
     sizes: Vec<usize>,
-    /// Offered loads, comma separated: `max` and/or packets per second.
-    #[arg(long, value_delimiter = ',', default_value = "max,20k,50k,100k")]
-    loads: Vec<Rate>,
-    /// Servers, comma separated, in the order each round visits them.
+    /// Offered loads, comma separated: `max` and/or packets (with --ws: messages) per
+    /// second. Default: max,20k,50k,100k; with --ws max,20k,100k,500k (the baseline relays
+    /// a few hundred thousand to two million messages per second on one core).
+    #[arg(long, value_delimiter = ',')]
+    loads: Option<Vec<Rate>>,
+    /// TURN servers, comma separated, in the order each round visits them. Default:
+    /// boson-uring,boson-epoll,coturn,raw.
+    #[arg(long, value_delimiter = ',', conflicts_with = "ws")]
+    servers: Option<Vec<ServerKind>>,
+    /// The WebSocket relays instead of TURN: bosonserver's relay against the
+    /// tokio-tungstenite baseline (--ws-servers), with --pairs, --threads, --workers;
+    /// --sizes are packet bytes per message and --loads messages per second.
+    #[arg(long)]
+    ws: bool,
+    /// WebSocket relays, comma separated, in the order each round visits them.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "boson-uring,boson-epoll,coturn,raw"
+        default_value = "boson-ws,ws-baseline",
+        requires = "ws"
     )]
-    servers: Vec<ServerKind>,
+    ws_servers: Vec<WsServerKind>,
+    /// WebSocket sender/receiver pairs per scenario.
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// WebSocket generator threads (all pinned to --generator-core).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// WebSocket frames per write.
+    #[arg(long, default_value_t = 64)]
+    ws_batch: usize,
+    /// Worker threads of each WebSocket relay (bosonserver --workers, the baseline's tokio
+    /// workers).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// The baseline's per-connection channel, in messages.
+    #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
+    ws_queue: usize,
+    /// HS256 secret of node tokens, given to both WebSocket relays.
+    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
+    jwt_secret: String,
     /// Allocations (flows) per scenario.
     #[arg(long, default_value_t = 8)]
     allocations: usize,
@@ -150,7 +311,9 @@ struct RunArgs {
     #[arg(long)]
     quiet: bool,
     /// CI mode: 1 round of 0.5 s at max rate, 2 allocations, both sizes; fails if any server
-    /// relays nothing. Without coturn installed it skips coturn, unless CI is set.
+    /// relays nothing. Without coturn installed it skips coturn, unless CI is set. With --ws:
+    /// 1 round of 1 s at 2k messages/s and at max rate, 2 pairs, both sizes; fails on any
+    /// loss at 2k/s or figures that are not sane (see `WsReport::smoke_failures`).
     #[arg(long)]
     smoke: bool,
 }
@@ -179,6 +342,15 @@ pub fn main() -> anyhow::Result<()> {
             eprintln!("raw forwarder done: {stats:?}");
             Ok(())
         }
+        Command::Ws(args) => ws(args),
+        Command::WsBaseline(args) => ws_baseline::run(&BaselineConfig {
+            listen: args.listen,
+            secret: args.jwt_secret.into_bytes(),
+            workers: args.workers,
+            queue: args.queue,
+            lifetime: args.lifetime,
+            coop: !args.no_coop,
+        }),
         Command::Run(args) => run(args),
         Command::Plot(args) => plot::plot_file(&args.json, &args.out, &args.font),
     }
@@ -254,34 +426,117 @@ fn turn(args: TurnArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn ws(args: WsArgs) -> anyhow::Result<()> {
+    let count = 2 * args.pairs;
+    let nodes = match args.api {
+        Some(api) => nodes::register(api, count)?,
+        None => {
+            let now = i64::try_from(clock::unix_now()).unwrap_or(i64::MAX);
+            TokenKeys::new(args.jwt_secret.as_bytes())?.mint_nodes(count, now)?
+        }
+    };
+    let config = WsLoadConfig {
+        relay: args.relay,
+        path: args.path,
+        auth: args.auth.into(),
+        nodes,
+        pairs: args.pairs,
+        packet: args.size,
+        rate: args.rate,
+        duration: args.duration,
+        drain: args.drain,
+        batch: args.batch,
+        threads: args.threads,
+        cores: args.cores,
+        server_pid: args.server_pid,
+        server_core: args.server_core,
+    };
+    config.validate()?;
+    let progress = bar(args.quiet);
+    let outcome = ws_generator::run(&config, &progress)?;
+    progress.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", ws_table_header())?;
+    writeln!(
+        out,
+        "{}",
+        ws_table_row(config.packet, config.rate, &outcome)
+    )?;
+    if let Some(path) = args.json {
+        write_json(&path, &outcome)?;
+    }
+    Ok(())
+}
+
+/// The header of the WebSocket generator's one-line table.
+fn ws_table_header() -> &'static str {
+    "| packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | CPU ns/msg | gen idle | gen ns/msg | write stalls | PEER_GONE | closed |\n\
+     |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+}
+
+fn ws_table_row(packet: usize, rate: Rate, o: &WsOutcome) -> String {
+    format!(
+        "| {packet} B | {rate} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {} | {} | {} | {} |",
+        o.sent_mps,
+        o.delivered_mps,
+        o.delivered_mbps,
+        o.loss_ratio * 100.0,
+        o.latency.p50_us,
+        o.latency.p99_us,
+        o.latency.p999_us,
+        o.cpu_ns_per_message
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
+        o.generator_idle * 100.0,
+        o.generator_ns_per_message
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
+        o.write_stalls,
+        o.peer_gone,
+        o.closed,
+    )
+}
+
+/// A progress bar on stderr, or a hidden one.
+fn bar(quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30}] {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.ws {
+        return run_ws(args);
+    }
     let mut args = args;
     if args.smoke {
         args.rounds = 1;
         args.duration = Duration::from_millis(500);
         args.drain = Duration::from_millis(200);
         args.allocations = 2;
-        args.loads = vec![Rate::Max];
+        args.loads = Some(vec![Rate::Max]);
     }
     ensure!(
         args.rounds >= 1 && args.rounds <= 100,
         "--rounds must be 1..=100"
     );
+    let loads = args.loads.unwrap_or_else(|| TURN_LOADS.to_vec());
     ensure!(
-        !args.sizes.is_empty() && !args.loads.is_empty(),
+        !args.sizes.is_empty() && !loads.is_empty(),
         "no sizes or loads"
     );
-    ensure!(!args.servers.is_empty(), "no servers");
+    let mut servers = args.servers.unwrap_or_else(|| ServerKind::ALL.to_vec());
+    ensure!(!servers.is_empty(), "no servers");
     ensure!(
         args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
         "--duration must be above 0 and at most 10 min"
     );
     let bench = std::env::current_exe().context("locating this binary")?;
-    let bosonserver = match args.bosonserver {
-        Some(path) => path,
-        None => sibling(&bench, "bosonserver"),
-    };
-    let mut servers = args.servers;
+    let bosonserver = bosonserver_path(args.bosonserver, &bench)?;
     if servers.contains(&ServerKind::Coturn) && !runner::on_path(&args.turnserver) {
         if !args.smoke || std::env::var_os("CI").is_some() {
             bail!(
@@ -299,7 +554,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         duration: args.duration,
         drain: args.drain,
         payloads: args.sizes,
-        rates: args.loads,
+        rates: loads,
         flows: args.allocations,
         batch: args.batch,
         bosonserver,
@@ -323,6 +578,103 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("some servers relayed nothing:\n  {}", silent.join("\n  "));
     }
     Ok(())
+}
+
+/// `run --ws`: the WebSocket relays side by side.
+fn run_ws(args: RunArgs) -> anyhow::Result<()> {
+    let mut args = args;
+    if args.smoke {
+        args.rounds = 1;
+        args.duration = Duration::from_secs(1);
+        args.drain = Duration::from_millis(500);
+        args.pairs = 2;
+        args.threads = 1;
+        args.loads = Some(vec![Rate::Pps(2_000), Rate::Max]);
+    }
+    ensure!(
+        args.rounds >= 1 && args.rounds <= 100,
+        "--rounds must be 1..=100"
+    );
+    let loads = args.loads.unwrap_or_else(|| WS_LOADS.to_vec());
+    ensure!(
+        !args.sizes.is_empty() && !loads.is_empty(),
+        "no sizes or loads"
+    );
+    ensure!(!args.ws_servers.is_empty(), "no relays");
+    ensure!(
+        args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
+        "--duration must be above 0 and at most 10 min"
+    );
+    ensure!((1..=64).contains(&args.workers), "--workers must be 1..=64");
+    let bench = std::env::current_exe().context("locating this binary")?;
+    let bosonserver = bosonserver_path(args.bosonserver, &bench)?;
+    let config = WsRunConfig {
+        servers: args.ws_servers,
+        rounds: args.rounds,
+        duration: args.duration,
+        drain: args.drain,
+        packets: args.sizes,
+        rates: loads,
+        pairs: args.pairs,
+        threads: args.threads,
+        batch: args.ws_batch,
+        workers: args.workers,
+        queue: args.ws_queue,
+        bosonserver,
+        bench,
+        jwt_secret: args.jwt_secret,
+        server_core: args.server_core,
+        generator_core: args.generator_core,
+        idle_wait: args.idle_wait,
+        quiet: args.quiet,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    // Checks pairs, sizes, threads and batch once, before any relay starts.
+    for &packet in &config.packets {
+        WsLoadConfig {
+            relay: SocketAddr::from(([127, 0, 0, 1], 1)),
+            path: ws_baseline::PATH.to_owned(),
+            auth: Auth::Header,
+            nodes: Vec::new(),
+            pairs: config.pairs,
+            packet,
+            rate: Rate::Max,
+            duration: config.duration,
+            drain: config.drain,
+            batch: config.batch,
+            threads: config.threads,
+            cores: Vec::new(),
+            server_pid: None,
+            server_core: None,
+        }
+        .validate_settings()?;
+    }
+    let report = ws_runner::run(&config)?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", report.tables())?;
+    let failures = if args.smoke {
+        report.smoke_failures()
+    } else {
+        report.silent()
+    };
+    if !failures.is_empty() {
+        bail!("the WebSocket run failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+/// `--bosonserver`, made absolute (servers run in a directory of their own), or the
+/// `bosonserver` next to this binary.
+fn bosonserver_path(given: Option<PathBuf>, bench: &Path) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) => {
+            std::path::absolute(&path).with_context(|| format!("resolving {}", path.display()))
+        }
+        None => Ok(sibling(bench, "bosonserver")),
+    }
 }
 
 /// `name` in the directory of `exe`.

@@ -1,5 +1,6 @@
-//! End-to-end benchmarks of the BosonServer TURN relay, side by side with coturn and a raw UDP
-//! forwarder, on one machine over loopback.
+//! End-to-end benchmarks of the BosonServer relays, side by side with references on one
+//! machine over loopback: TURN against coturn and a raw UDP forwarder, the WebSocket relay
+//! against a plain tokio-tungstenite relay.
 //!
 //! # Contract
 //!
@@ -11,12 +12,22 @@
 //!
 //! * [`generator`]: the TURN load generator (allocations, ChannelData flood, sinks).
 //! * [`forwarder`]: the raw forwarder, the ceiling the relays are compared against.
-//! * [`runner`]: the side-by-side runner (rounds of uring, epoll, coturn, raw).
+//! * [`ws_generator`]: the WebSocket load generator (pairs of nodes, SEND → RECV), over
+//!   [`ws_client`], its own minimal client codec and handshake.
+//! * [`ws_baseline`]: the tokio-tungstenite relay our WebSocket relay is compared against.
+//! * [`nodes`]: node tokens, minted and verified as the control plane does, or registered
+//!   through its REST API.
+//! * [`runner`]: the side-by-side runner (rounds of uring, epoll, coturn, raw), and
+//!   [`ws_runner`] for the WebSocket relays (rounds of bosonserver's relay and the baseline);
+//!   their results are in [`report`] and [`ws_report`].
+//! * [`process`]: the guard of every server process a runner starts.
 //! * [`plot`]: the PNG of a runner's JSON results.
 //! * Pure parts, unit tested: [`payload`] (sequence number and timestamp in each packet),
 //!   [`accounting`] (loss, reordering, percentiles), [`maths`] (medians and ratios),
-//!   [`procfs`] (CPU time and socket drops from `/proc`), [`turn_client`]'s message codec.
-//! * [`mmsg`]: batched `sendmmsg`/`recvmmsg`, the only `unsafe` code.
+//!   [`procfs`] (CPU time and socket drops from `/proc`), [`turn_client`]'s message codec,
+//!   [`ws_client`]'s frame codec.
+//! * `unsafe` is confined to system calls: [`mmsg`] (batched `sendmmsg`/`recvmmsg`),
+//!   [`process`] (`prctl`, `kill`) and [`procfs`] (`sysconf`).
 
 pub mod accounting;
 pub mod cli;
@@ -25,9 +36,16 @@ pub mod forwarder;
 pub mod generator;
 pub mod maths;
 pub mod mmsg;
+pub mod nodes;
 pub mod payload;
 pub mod plot;
+pub mod process;
 pub mod procfs;
 pub mod report;
 pub mod runner;
 pub mod turn_client;
+pub mod ws_baseline;
+pub mod ws_client;
+pub mod ws_generator;
+pub mod ws_report;
+pub mod ws_runner;

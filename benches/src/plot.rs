@@ -1,6 +1,7 @@
-//! The PNG of a runner's report: per payload size, the delivered packets per second at max
-//! rate (one bar per server) and the p99 latency at each fixed offered load (one line per
-//! server).
+//! The PNGs of the runners' reports, per payload size: delivered throughput at max rate (one
+//! bar per server) and the p99 latency at each fixed offered load (one line per server).
+//! A TURN report ([`Report`]) plots packets per second; a WebSocket report ([`WsReport`],
+//! the JSON has `pairs`) plots messages per second with MB/s on the bars.
 //!
 //! Text is drawn with a TrueType font read at run time (DejaVu Sans by default, Debian's
 //! `fonts-dejavu-core`), so the build links no font library.
@@ -8,17 +9,21 @@
 use std::path::Path;
 
 use anyhow::{Context as _, anyhow, ensure};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::generator::Rate;
 use crate::report::{Median, Report, ServerKind};
+use crate::ws_report::{WsMedian, WsReport, WsServerKind};
 
 /// The font used when none is given.
 pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Width and height of the image.
 const SIZE: (u32, u32) = (1100, 720);
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
 fn color(server: ServerKind) -> RGBColor {
     match server {
@@ -29,14 +34,43 @@ fn color(server: ServerKind) -> RGBColor {
     }
 }
 
-/// Reads `json` (a runner report) and writes the plot to `png`.
+fn ws_color(server: WsServerKind) -> RGBColor {
+    match server {
+        WsServerKind::BosonWs => RGBColor(0x1f, 0x77, 0xb4),
+        WsServerKind::WsBaseline => RGBColor(0xff, 0x7f, 0x0e),
+    }
+}
+
+/// One bar: its label, colour and height.
+struct Bar {
+    label: String,
+    color: RGBColor,
+    value: f64,
+}
+
+/// One line: its legend, colour and points (x, y).
+struct Line {
+    label: &'static str,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+}
+
+/// Reads `json` (a `run` or `run --ws` report) and writes the plot to `png`.
 pub fn plot_file(json: &Path, png: &Path, font: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
-    let report: Report =
+    let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
     register_font(font)?;
-    draw(&report, png)
+    if value.get("pairs").is_some() {
+        let report: WsReport = serde_json::from_value(value)
+            .with_context(|| format!("parsing {} as a WebSocket report", json.display()))?;
+        draw_ws(&report, png)
+    } else {
+        let report: Report = serde_json::from_value(value)
+            .with_context(|| format!("parsing {} as a TURN report", json.display()))?;
+        draw(&report, png)
+    }
 }
 
 fn register_font(path: &Path) -> anyhow::Result<()> {
@@ -70,30 +104,118 @@ pub fn draw(report: &Report, png: &Path) -> anyhow::Result<()> {
             .iter()
             .filter(|m| m.payload == *payload)
             .collect();
-        throughput(&rows[row * 2], *payload, &medians)?;
-        latency(&rows[row * 2 + 1], *payload, &medians)?;
+        let bars = medians
+            .iter()
+            .filter(|m| m.rate == Rate::Max && m.rounds > 0)
+            .map(|m| Bar {
+                label: format!("{} {:.0}k", m.server.name(), m.delivered_pps / 1_000.0),
+                color: color(m.server),
+                value: m.delivered_pps / 1_000.0,
+            })
+            .collect();
+        let caption = format!("{payload} B payload: delivered kpps at max offered rate (median)");
+        bars_panel(&rows[row * 2], &caption, "kpps", bars)?;
+        let lines = ServerKind::ALL
+            .into_iter()
+            .map(|server| Line {
+                label: server.name(),
+                color: color(server),
+                points: fixed_load_p99(
+                    medians
+                        .iter()
+                        .filter(|m| m.server == server)
+                        .map(|m| (m.rate, m.rounds, m.p99_us)),
+                ),
+            })
+            .collect();
+        let caption = format!("{payload} B payload: p99 one-way latency at fixed offered load");
+        lines_panel(&rows[row * 2 + 1], &caption, "offered kpps", lines)?;
     }
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
 
-/// Bars of delivered pps at max rate, one per server.
-fn throughput(
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-    payload: usize,
-    medians: &[&Median],
-) -> anyhow::Result<()> {
-    let bars: Vec<(ServerKind, f64)> = medians
-        .iter()
-        .filter(|m| m.rate == Rate::Max && m.rounds > 0)
-        .map(|m| (m.server, m.delivered_pps / 1_000.0))
-        .collect();
-    let top = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.2;
+/// Draws a WebSocket `report` into `png`.
+pub fn draw_ws(report: &WsReport, png: &Path) -> anyhow::Result<()> {
+    let mut packets: Vec<usize> = report.medians.iter().map(|m| m.packet).collect();
+    packets.sort_unstable();
+    packets.dedup();
+    ensure!(!packets.is_empty(), "the report has no results to plot");
+    let root = BitMapBackend::new(png, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let title = format!(
+        "WebSocket relay, {} worker(s) on one core: {} ({} CPUs), {} s/round, {} pairs",
+        report.workers,
+        report.machine.cpu_model,
+        report.machine.nproc,
+        report.duration_s,
+        report.pairs
+    );
+    let root = root
+        .titled(&title, ("sans-serif", 20))
+        .map_err(|e| anyhow!("{e}"))?;
+    let rows = root.split_evenly((packets.len(), 2));
+    for (row, packet) in packets.iter().enumerate() {
+        let medians: Vec<&WsMedian> = report
+            .medians
+            .iter()
+            .filter(|m| m.packet == *packet)
+            .collect();
+        // A relay that failed in every round keeps its place, as an empty bar that says so.
+        let bars = medians
+            .iter()
+            .filter(|m| m.rate == Rate::Max)
+            .map(|m| Bar {
+                label: if m.rounds == 0 {
+                    format!("{}: no result", m.server.name())
+                } else {
+                    format!(
+                        "{} {:.0}k/s {:.0} MB/s",
+                        m.server.name(),
+                        m.delivered_mps / 1_000.0,
+                        m.delivered_mbps
+                    )
+                },
+                color: ws_color(m.server),
+                value: m.delivered_mps / 1_000.0,
+            })
+            .collect();
+        let caption =
+            format!("{packet} B packets: delivered k messages/s at max offered rate (median)");
+        bars_panel(&rows[row * 2], &caption, "k msg/s", bars)?;
+        let lines = WsServerKind::ALL
+            .into_iter()
+            .map(|server| Line {
+                label: server.name(),
+                color: ws_color(server),
+                points: fixed_load_p99(
+                    medians
+                        .iter()
+                        .filter(|m| m.server == server)
+                        .map(|m| (m.rate, m.rounds, m.p99_us)),
+                ),
+            })
+            .collect();
+        let caption = format!("{packet} B packets: p99 one-way latency at fixed offered load");
+        lines_panel(&rows[row * 2 + 1], &caption, "offered k msg/s", lines)?;
+    }
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// (offered thousands per second, p99) of the fixed loads that have results.
+fn fixed_load_p99(medians: impl Iterator<Item = (Rate, usize, f64)>) -> Vec<(f64, f64)> {
+    medians
+        .filter(|&(_, rounds, _)| rounds > 0)
+        .filter_map(|(rate, _, p99)| Some((rate.pps()? as f64 / 1_000.0, p99)))
+        .collect()
+}
+
+/// A bar chart, one labelled bar per entry.
+fn bars_panel(area: &Area<'_>, caption: &str, unit: &str, bars: Vec<Bar>) -> anyhow::Result<()> {
+    let top = bars.iter().map(|b| b.value).fold(1.0, f64::max) * 1.2;
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("{payload} B payload: delivered kpps at max offered rate (median)"),
-            ("sans-serif", 16),
-        )
+        .caption(caption, ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(10)
         .y_label_area_size(60)
@@ -105,24 +227,21 @@ fn throughput(
         .light_line_style(WHITE)
         .x_labels(0)
         .y_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("kpps")
+        .y_desc(unit)
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     chart
-        .draw_series(bars.iter().enumerate().map(|(i, (server, kpps))| {
+        .draw_series(bars.iter().enumerate().map(|(i, bar)| {
             let x = i as f64;
-            Rectangle::new(
-                [(x + 0.15, 0.0), (x + 0.85, *kpps)],
-                color(*server).filled(),
-            )
+            Rectangle::new([(x + 0.15, 0.0), (x + 0.85, bar.value)], bar.color.filled())
         }))
         .map_err(|e| anyhow!("{e}"))?;
     chart
-        .draw_series(bars.iter().enumerate().map(|(i, (server, kpps))| {
+        .draw_series(bars.into_iter().enumerate().map(|(i, bar)| {
             Text::new(
-                format!("{} {kpps:.0}k", server.name()),
-                (i as f64 + 0.12, kpps + top * 0.06),
+                bar.label,
+                (i as f64 + 0.12, bar.value + top * 0.06),
                 ("sans-serif", 13),
             )
         }))
@@ -130,21 +249,14 @@ fn throughput(
     Ok(())
 }
 
-/// Lines of p99 latency against the fixed offered loads, one per server.
-fn latency(
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-    payload: usize,
-    medians: &[&Median],
+/// p99 latency (log scale) against offered load, one line per entry with points.
+fn lines_panel(
+    area: &Area<'_>,
+    caption: &str,
+    x_desc: &str,
+    lines: Vec<Line>,
 ) -> anyhow::Result<()> {
-    let points = |server: ServerKind| -> Vec<(f64, f64)> {
-        medians
-            .iter()
-            .filter(|m| m.server == server && m.rounds > 0)
-            .filter_map(|m| Some((m.rate.pps()? as f64 / 1_000.0, m.p99_us)))
-            .collect()
-    };
-    let all: Vec<(f64, f64)> = ServerKind::ALL.into_iter().flat_map(points).collect();
-    let caption = format!("{payload} B payload: p99 one-way latency at fixed offered load");
+    let all: Vec<(f64, f64)> = lines.iter().flat_map(|l| l.points.clone()).collect();
     if all.is_empty() {
         area.draw(&Text::new(
             format!("{caption}: no fixed-load results"),
@@ -167,27 +279,27 @@ fn latency(
     chart
         .configure_mesh()
         .light_line_style(WHITE)
-        .x_desc("offered kpps")
+        .x_desc(x_desc)
         .y_desc("p99 µs (log)")
         .y_labels(6)
         .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    for server in ServerKind::ALL {
-        let line = points(server);
-        if line.is_empty() {
+    for line in lines {
+        if line.points.is_empty() {
             continue;
         }
-        let style = color(server);
+        let style = line.color;
         chart
-            .draw_series(LineSeries::new(line.clone(), style.stroke_width(2)))
+            .draw_series(LineSeries::new(line.points.clone(), style.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
-            .label(server.name())
+            .label(line.label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style.stroke_width(2)));
         chart
             .draw_series(
-                line.into_iter()
+                line.points
+                    .into_iter()
                     .filter(|p| p.1 > 0.0)
                     .map(|p| Circle::new(p, 3, style.filled())),
             )

@@ -12,23 +12,21 @@
 //! get `PR_SET_PDEATHSIG`, so they die with the runner even when it is killed; the raw
 //! forwarder also exits by itself when its lifetime ends.
 
-use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use boson_dataplane_proto::stun::{Class, Encoder, Message, MessageType, Trailer, TransactionId};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::generator::{self, LoadConfig, Rate, Target};
+use crate::process::{ServerProcess, ensure_file, pinned};
 use crate::report::{Machine, Record, Report, ServerKind};
 use crate::{forwarder, procfs};
 
 /// Variables that would change bosonserver's configuration if inherited.
-const BOSON_CONFIG_VARS: &[&str] = &[
+pub const BOSON_CONFIG_VARS: &[&str] = &[
     "DATABASE_URL",
     "REDIS_URL",
     "JWT_SECRET",
@@ -46,6 +44,8 @@ const BOSON_CONFIG_VARS: &[&str] = &[
     "BOSON_LOG_FORMAT",
     "BOSON_MAX_ALLOCATIONS_PER_USER",
     "BOSON_DANGER_ALLOW_LOOPBACK_PEERS",
+    "BOSON_REGISTER_RATE_LIMIT",
+    "BOSON_TOKEN_TTL",
     "RUST_LOG",
 ];
 
@@ -104,23 +104,7 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     let machine = Machine::detect();
     let scenarios =
         config.rounds * config.servers.len() * config.payloads.len() * config.rates.len();
-    let multi = MultiProgress::with_draw_target(if config.quiet {
-        ProgressDrawTarget::hidden()
-    } else {
-        ProgressDrawTarget::stderr()
-    });
-    let overall = multi.add(ProgressBar::new(scenarios as u64));
-    overall.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    overall.set_prefix("scenarios");
-    let current = multi.add(ProgressBar::new(0));
-    current.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    current.set_prefix("     load");
+    let (multi, overall, current) = progress_bars(config.quiet, scenarios);
 
     let mut records = Vec::with_capacity(scenarios);
     let mut scenario_id = 0usize;
@@ -221,6 +205,29 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     ))
 }
 
+/// The runner's two progress bars on stderr (hidden if `quiet`): scenarios done of
+/// `scenarios`, and the current load.
+pub fn progress_bars(quiet: bool, scenarios: usize) -> (MultiProgress, ProgressBar, ProgressBar) {
+    let multi = MultiProgress::with_draw_target(if quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let overall = multi.add(ProgressBar::new(scenarios as u64));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    overall.set_prefix("scenarios");
+    let current = multi.add(ProgressBar::new(0));
+    current.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    current.set_prefix("     load");
+    (multi, overall, current)
+}
+
 /// The machine's busy share over `window`.
 fn background_busy(window: Duration) -> Option<f64> {
     let before = procfs::machine_ticks().ok()?;
@@ -231,7 +238,7 @@ fn background_busy(window: Duration) -> Option<f64> {
 
 /// Samples the machine until it is quiet or `wait` has passed; returns the last sample.
 /// The sample is 1 s long when waiting, else 200 ms (which keeps the smoke run short).
-fn wait_quiet(wait: Duration) -> Option<f64> {
+pub fn wait_quiet(wait: Duration) -> Option<f64> {
     let window = if wait.is_zero() {
         Duration::from_millis(200)
     } else {
@@ -247,18 +254,16 @@ fn wait_quiet(wait: Duration) -> Option<f64> {
     busy
 }
 
-/// A server process; stopped when dropped.
+/// A TURN server (or the raw forwarder) under test.
 struct Running {
-    child: Child,
+    process: ServerProcess,
     kind: ServerKind,
     addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Running {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     fn target(&self, secret: &str) -> Target {
@@ -273,47 +278,12 @@ impl Running {
         }
     }
 
-    /// The last lines of the server's log, for error messages.
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(15)..];
-        format!(
-            "--- {} (last lines) ---\n{}",
-            self.log.display(),
-            tail.join("\n")
-        )
+        self.process.log_tail()
     }
 
-    fn stop(mut self) {
-        self.terminate();
-    }
-
-    /// SIGTERM, up to 3 s to exit, then SIGKILL.
-    fn terminate(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) with a pid this process spawned and has not reaped yet.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        for _ in 0..30 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.terminate();
+    fn stop(self) {
+        self.process.stop();
     }
 }
 
@@ -334,17 +304,12 @@ fn relay_base(kind: ServerKind) -> u16 {
 }
 
 fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Result<Running> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("boson-bench-{}-", kind.name()))
-        .tempdir()
-        .context("creating a temporary directory")?;
+    let dir = ServerProcess::tempdir(kind.name())?;
     let port = free_udp_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let relay = relay_base(kind);
     let relay_range = format!("{relay}-{}", relay + RELAY_PORTS - 1);
-    let mut command = Command::new("taskset");
-    command.arg("-c").arg(config.server_core.to_string());
-    match kind {
+    let command = match kind {
         ServerKind::BosonUring | ServerKind::BosonEpoll => {
             let backend = if kind == ServerKind::BosonUring {
                 "uring"
@@ -352,8 +317,8 @@ fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Resu
                 "epoll"
             };
             ensure_file(&config.bosonserver, "cargo build --release -p bosonserver")?;
+            let mut command = pinned(config.server_core, &config.bosonserver);
             command
-                .arg(&config.bosonserver)
                 .args(["run", "--http-listen", "127.0.0.1:0", "--data-dir"])
                 .arg(dir.path().join("data"))
                 .args(["--turn-listen", &addr.to_string()])
@@ -366,10 +331,11 @@ fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Resu
                 command.env_remove(var);
             }
             command.env("RUST_LOG", "warn");
+            command
         }
         ServerKind::Coturn => {
+            let mut command = pinned(config.server_core, &config.turnserver);
             command
-                .arg(&config.turnserver)
                 .args(["-n", "--use-auth-secret"])
                 .arg(format!("--static-auth-secret={}", config.secret))
                 .args(["--realm=bench", "--allow-loopback-peers"])
@@ -388,42 +354,22 @@ fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Resu
                     "--simple-log",
                     "--no-software-attribute",
                 ]);
+            command
         }
         ServerKind::Raw => {
             let lifetime = scenario_budget(config) + Duration::from_secs(30);
+            let mut command = pinned(config.server_core, &config.bench);
             command
-                .arg(&config.bench)
                 .args(["raw-forwarder", "--listen", &addr.to_string(), "--lifetime"])
                 .arg(format!("{}s", lifetime.as_secs()));
+            command
         }
-    }
-    let log = dir.path().join(format!("{}-{id}.log", kind.name()));
-    let file = File::create(&log).context("creating the server log")?;
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-    // async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            // The server dies with this process, even if it is killed (no Drop runs then).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file);
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting {} under taskset", kind.name()))?;
+    };
+    let process = ServerProcess::spawn(command, kind.name(), id, dir)?;
     let mut running = Running {
-        child,
+        process,
         kind,
         addr,
-        log,
-        _dir: dir,
     };
     wait_ready(&mut running)?;
     Ok(running)
@@ -433,13 +379,6 @@ fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Resu
 fn scenario_budget(config: &RunConfig) -> Duration {
     let per = config.duration + config.drain + Duration::from_secs(5);
     per * u32::try_from(config.payloads.len() * config.rates.len()).unwrap_or(u32::MAX)
-}
-
-fn ensure_file(path: &Path, hint: &str) -> anyhow::Result<()> {
-    if !path.is_file() {
-        bail!("{} not found (build it: {hint})", path.display());
-    }
-    Ok(())
 }
 
 /// Probes until the server answers: a STUN Binding for TURN servers, a setup probe for the
@@ -461,7 +400,7 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
     let mut buf = [0u8; 1500];
     let attempts = READY_TIMEOUT.as_millis() / 100;
     for _ in 0..attempts {
-        if let Some(status) = running.child.try_wait()? {
+        if let Some(status) = running.process.exited()? {
             bail!(
                 "{} exited during start-up ({status})\n{}",
                 running.kind.name(),

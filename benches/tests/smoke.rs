@@ -1,6 +1,7 @@
 //! End to end on loopback: the generator against the raw forwarder in process, then the
 //! `boson-bench run --smoke` binary (raw forwarder always; bosonserver too when a build of it
-//! sits next to the test's `boson-bench`, as after `cargo build -p bosonserver`).
+//! sits next to the test's `boson-bench`, as after `cargo build -p bosonserver`), and
+//! `run --ws --smoke` (the tokio-tungstenite baseline always; bosonserver's relay when built).
 //!
 //! The full smoke over every server is `benches/smoke.sh`, which builds bosonserver first.
 
@@ -15,6 +16,7 @@ use boson_bench::clock;
 use boson_bench::forwarder;
 use boson_bench::generator::{self, LoadConfig, Rate, Target};
 use boson_bench::report::Report;
+use boson_bench::ws_report::WsReport;
 use indicatif::ProgressBar;
 
 #[test]
@@ -106,5 +108,82 @@ fn smoke_run_of_bosonserver_when_built() {
         report.ratios.iter().all(|r| r.pps.is_some()),
         "{:?}",
         report.ratios
+    );
+}
+
+/// `run --ws --smoke` against the given relays; the exit status and the report.
+fn ws_smoke(servers: &str, json: &Path) -> (std::process::Output, Option<WsReport>) {
+    let output = Command::new(env!("CARGO_BIN_EXE_boson-bench"))
+        .args(["run", "--ws", "--smoke", "--quiet", "--ws-servers", servers])
+        .args(["--server-core", &server_core(), "--generator-core", "0"])
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    let report = std::fs::read_to_string(json)
+        .ok()
+        .map(|text| serde_json::from_str(&text).unwrap());
+    (output, report)
+}
+
+#[test]
+fn ws_smoke_run_of_the_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, report) = ws_smoke("ws-baseline", &dir.path().join("ws.json"));
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report.unwrap();
+    assert_eq!(
+        report.records.len(),
+        4,
+        "both sizes at 2k/s and max, one round"
+    );
+    assert_eq!(report.smoke_failures(), Vec::<String>::new());
+    assert!(report.medians.iter().all(|m| m.delivered_mps > 0.0));
+}
+
+/// Until bosonserver serves the WebSocket relay, its turn must fail and say so; once it
+/// does, the smoke run must pass with ratios.
+#[test]
+fn ws_smoke_run_of_bosonserver_when_built() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_boson-bench"));
+    if !bench.with_file_name("bosonserver").is_file() {
+        eprintln!("skipped: no bosonserver build next to boson-bench (cargo build -p bosonserver)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (output, report) = ws_smoke("boson-ws,ws-baseline", &dir.path().join("ws.json"));
+    let report = report.unwrap();
+    if output.status.success() {
+        assert_eq!(report.smoke_failures(), Vec::<String>::new());
+        assert!(report.ratios.iter().all(|r| r.delivered.is_some()));
+        return;
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bosonserver does not serve the WebSocket relay"),
+        "{stderr}"
+    );
+    let failed: Vec<_> = report
+        .records
+        .iter()
+        .filter(|r| r.error.is_some())
+        .collect();
+    assert_eq!(
+        failed.len(),
+        4,
+        "every boson-ws scenario, none of the baseline's"
+    );
+    assert!(
+        report
+            .records
+            .iter()
+            .filter(|r| r.error.is_none())
+            .all(|r| r.outcome.as_ref().is_some_and(|o| o.received > 0)),
+        "the baseline still ran"
     );
 }

@@ -1,0 +1,355 @@
+//! The WebSocket side-by-side runner: rounds of A B A B … over bosonserver's WebSocket relay
+//! and the tokio-tungstenite baseline, on one machine, in one invocation.
+//!
+//! Each round starts each relay in turn, on 127.0.0.1 only and pinned to the server core
+//! (`taskset -c`), prepares `2 × pairs + 1` nodes with tokens, checks with the extra node
+//! that the relay answers an upgrade with READY, runs every (packet, load) scenario with the
+//! generator's threads pinned to the generator core, and stops the relay. The relay's CPU
+//! time per delivered message comes from `/proc/PID/stat` around each load phase. Medians
+//! over the rounds and the ratios are in the [`WsReport`].
+//!
+//! | relay | command (on 127.0.0.1, free ports) | tokens |
+//! |---|---|---|
+//! | boson-ws | `bosonserver run --http-listen H --relay-listen R --turn-listen T --workers W --no-pin --jwt-secret S --register-rate-limit 1000000 …` | `POST /api/v1/nodes/register` on H |
+//! | ws-baseline | `boson-bench ws-baseline --listen R --jwt-secret S --workers W --queue Q` | minted with S |
+//!
+//! Until bosonserver serves the relay, its turn fails with a message that starts
+//! "bosonserver does not serve the WebSocket relay:" and says what was seen (the flag
+//! refused, nothing listening, or the upgrade not answered with READY); the failure is
+//! recorded for each of its scenarios and the run exits non-zero after the baseline's
+//! figures are printed.
+//!
+//! Every wait is bounded: start-up (10 s), each connection's set-up (5 s), the load (its
+//! duration plus drain), the stop of a relay (SIGTERM, then SIGKILL after 3 s).
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::clock;
+use crate::generator::Rate;
+use crate::nodes::{self, NodeCredential, TokenKeys};
+use crate::process::{ServerProcess, ensure_file, pinned};
+use crate::report::Machine;
+use crate::runner::{BOSON_CONFIG_VARS, QUIET_BELOW, progress_bars, wait_quiet};
+use crate::ws_baseline;
+use crate::ws_client::{self, Auth};
+use crate::ws_generator::{self, WsLoadConfig};
+use crate::ws_report::{WsRecord, WsReport, WsRunInfo, WsServerKind};
+
+/// bosonserver's flag for the WebSocket relay's TCP listener.
+pub const RELAY_LISTEN_FLAG: &str = "--relay-listen";
+
+/// The beginning of every error that means bosonserver's relay is not there (yet).
+pub const NOT_SERVED: &str = "bosonserver does not serve the WebSocket relay";
+
+/// How long a relay may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound of the probe connection's set-up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of one WebSocket run.
+#[derive(Debug, Clone)]
+pub struct WsRunConfig {
+    /// Relays, in the order each round visits them.
+    pub servers: Vec<WsServerKind>,
+    /// Rounds.
+    pub rounds: usize,
+    /// Load per scenario.
+    pub duration: Duration,
+    /// Drain after each scenario.
+    pub drain: Duration,
+    /// Packet sizes.
+    pub packets: Vec<usize>,
+    /// Offered loads, messages per second.
+    pub rates: Vec<Rate>,
+    /// Sender/receiver pairs per scenario.
+    pub pairs: usize,
+    /// Generator threads.
+    pub threads: usize,
+    /// Frames per write.
+    pub batch: usize,
+    /// Worker threads of each relay (bosonserver's `--workers`, the baseline's tokio workers).
+    pub workers: usize,
+    /// The baseline's per-connection channel, in messages.
+    pub queue: usize,
+    /// The `bosonserver` binary.
+    pub bosonserver: PathBuf,
+    /// This binary (to start the baseline).
+    pub bench: PathBuf,
+    /// The HS256 secret of node tokens, given to both relays.
+    pub jwt_secret: String,
+    /// Core the relays are pinned to.
+    pub server_core: usize,
+    /// Core the generator's threads are pinned to.
+    pub generator_core: usize,
+    /// Before each relay's turn, wait up to this long for the machine to be quiet.
+    pub idle_wait: Duration,
+    /// No progress bars.
+    pub quiet: bool,
+    /// The command line, recorded in the report.
+    pub command: String,
+}
+
+/// Runs every round and returns the report.
+pub fn run(config: &WsRunConfig) -> anyhow::Result<WsReport> {
+    TokenKeys::new(config.jwt_secret.as_bytes())?;
+    let machine = Machine::detect();
+    let scenarios =
+        config.rounds * config.servers.len() * config.packets.len() * config.rates.len();
+    let (multi, overall, current) = progress_bars(config.quiet, scenarios);
+    let mut records = Vec::with_capacity(scenarios);
+    let mut scenario_id = 0usize;
+    for round in 1..=config.rounds {
+        for &server in &config.servers {
+            overall.set_message(format!("round {round}/{} {}", config.rounds, server.name()));
+            let background = wait_quiet(config.idle_wait);
+            if background.is_some_and(|busy| busy >= QUIET_BELOW) {
+                multi.suspend(|| {
+                    eprintln!(
+                        "warning: the machine is busy ({:.0}% CPU) before {} in round {round}",
+                        background.unwrap_or_default() * 100.0,
+                        server.name()
+                    );
+                });
+            }
+            scenario_id += 1;
+            let relay = match start(config, server, scenario_id) {
+                Ok(relay) => relay,
+                Err(error) => {
+                    let error = format!("{error:#}");
+                    multi.suspend(|| eprintln!("{} failed: {error}", server.name()));
+                    for &packet in &config.packets {
+                        for &rate in &config.rates {
+                            records.push(WsRecord {
+                                round,
+                                server,
+                                packet,
+                                rate,
+                                outcome: None,
+                                error: Some(error.clone()),
+                                background_busy: background,
+                            });
+                            overall.inc(1);
+                        }
+                    }
+                    continue;
+                }
+            };
+            for &packet in &config.packets {
+                for &rate in &config.rates {
+                    overall.set_message(format!(
+                        "round {round}/{} {} {packet} B {rate}",
+                        config.rounds,
+                        server.name()
+                    ));
+                    let load = WsLoadConfig {
+                        relay: relay.addr,
+                        path: ws_baseline::PATH.to_owned(),
+                        auth: Auth::Header,
+                        nodes: relay.nodes[..2 * config.pairs].to_vec(),
+                        pairs: config.pairs,
+                        packet,
+                        rate,
+                        duration: config.duration,
+                        drain: config.drain,
+                        batch: config.batch,
+                        threads: config.threads,
+                        cores: vec![config.generator_core],
+                        server_pid: Some(relay.process.pid()),
+                        server_core: Some(config.server_core),
+                    };
+                    let (outcome, error) = match ws_generator::run(&load, &current) {
+                        Ok(outcome) => (Some(outcome), None),
+                        Err(error) => {
+                            let error = format!("{error:#}");
+                            multi.suspend(|| {
+                                eprintln!(
+                                    "{} {packet} B {rate}: {error}\n{}",
+                                    server.name(),
+                                    relay.process.log_tail()
+                                );
+                            });
+                            (None, Some(error))
+                        }
+                    };
+                    records.push(WsRecord {
+                        round,
+                        server,
+                        packet,
+                        rate,
+                        outcome,
+                        error,
+                        background_busy: background,
+                    });
+                    overall.inc(1);
+                }
+            }
+            relay.process.stop();
+        }
+    }
+    current.finish_and_clear();
+    overall.finish_and_clear();
+    let info = WsRunInfo {
+        machine,
+        command: config.command.clone(),
+        pairs: config.pairs,
+        threads: config.threads,
+        workers: config.workers,
+    };
+    Ok(WsReport::new(info, config.duration.as_secs_f64(), records))
+}
+
+/// A relay under test, ready, with its nodes.
+struct Relay {
+    process: ServerProcess,
+    addr: SocketAddr,
+    /// `2 × pairs` nodes for the scenarios (and the probe's, last).
+    nodes: Vec<NodeCredential>,
+}
+
+/// Starts `kind`, waits until it accepts, prepares the nodes and probes one upgrade.
+fn start(config: &WsRunConfig, kind: WsServerKind, id: usize) -> anyhow::Result<Relay> {
+    let dir = ServerProcess::tempdir(kind.name())?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+    let count = 2 * config.pairs + 1;
+    let workers = config.workers.to_string();
+    match kind {
+        WsServerKind::BosonWs => {
+            ensure_file(&config.bosonserver, "cargo build --release -p bosonserver")?;
+            let api = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+            let turn = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+            let mut command = pinned(config.server_core, &config.bosonserver);
+            command
+                .args(["run", "--http-listen", &api.to_string()])
+                .args([RELAY_LISTEN_FLAG, &addr.to_string()])
+                .args(["--turn-listen", &turn.to_string()])
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args(["--public-host", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+                .args(["--relay-ports", &turn_relay_ports()])
+                .args(["--workers", &workers, "--no-pin"])
+                .args(["--jwt-secret", &config.jwt_secret])
+                // Every node of every round registers from 127.0.0.1.
+                .args(["--register-rate-limit", "1000000"]);
+            for var in BOSON_CONFIG_VARS {
+                command.env_remove(var);
+            }
+            command.env("RUST_LOG", "warn");
+            let mut process = ServerProcess::spawn(command, kind.name(), id, dir)?;
+            wait_listening(&mut process, &[api, addr]).map_err(|error| {
+                anyhow::anyhow!(
+                    "{NOT_SERVED}: {error}; it was started with {RELAY_LISTEN_FLAG} {addr}\n{}",
+                    process.log_tail()
+                )
+            })?;
+            let nodes = nodes::register(api, count)
+                .context("registering nodes through bosonserver's REST API")?;
+            probe(&process, addr, &nodes)
+                .map_err(|error| anyhow::anyhow!("{NOT_SERVED} on ws://{addr}: {error:#}"))?;
+            Ok(Relay {
+                process,
+                addr,
+                nodes,
+            })
+        }
+        WsServerKind::WsBaseline => {
+            let lifetime = turn_budget(config) + Duration::from_secs(30);
+            let mut command = pinned(config.server_core, &config.bench);
+            command
+                .args(["ws-baseline", "--listen", &addr.to_string()])
+                .args(["--jwt-secret", &config.jwt_secret])
+                .args(["--workers", &workers])
+                .args(["--queue", &config.queue.to_string()])
+                .arg("--lifetime")
+                .arg(format!("{}s", lifetime.as_secs()));
+            let mut process = ServerProcess::spawn(command, kind.name(), id, dir)?;
+            wait_listening(&mut process, &[addr])
+                .map_err(|error| anyhow::anyhow!("{error}\n{}", process.log_tail()))?;
+            let now = i64::try_from(clock::unix_now()).unwrap_or(i64::MAX);
+            let nodes = TokenKeys::new(config.jwt_secret.as_bytes())?.mint_nodes(count, now)?;
+            probe(&process, addr, &nodes)
+                .with_context(|| format!("the baseline on ws://{addr}"))?;
+            Ok(Relay {
+                process,
+                addr,
+                nodes,
+            })
+        }
+    }
+}
+
+/// Waits until every address accepts TCP connections, the process exits, or
+/// [`READY_TIMEOUT`] passes.
+fn wait_listening(process: &mut ServerProcess, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    let attempts = READY_TIMEOUT.as_millis() / 50;
+    for _ in 0..attempts {
+        if let Some(status) = process.exited()? {
+            bail!("it exited during start-up ({status})");
+        }
+        if addrs.iter().all(|addr| accepts(*addr)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let silent: Vec<String> = addrs
+        .iter()
+        .filter(|addr| !accepts(**addr))
+        .map(ToString::to_string)
+        .collect();
+    bail!(
+        "nothing accepts TCP connections on {} after {READY_TIMEOUT:?}",
+        silent.join(", ")
+    )
+}
+
+fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+}
+
+/// One upgrade with the last node's token, up to READY, then a close.
+fn probe(
+    process: &ServerProcess,
+    addr: SocketAddr,
+    nodes: &[NodeCredential],
+) -> anyhow::Result<()> {
+    let node = nodes.last().context("no nodes")?;
+    let connection = ws_client::connect(
+        addr,
+        ws_baseline::PATH,
+        &node.node,
+        &node.token,
+        Auth::Header,
+        PROBE_TIMEOUT,
+    )
+    .with_context(|| format!("upgrading as {}\n{}", node.node, process.log_tail()))?;
+    let _ = connection.stream.shutdown(std::net::Shutdown::Both);
+    Ok(())
+}
+
+/// An upper bound of the time one relay spends on its scenarios.
+fn turn_budget(config: &WsRunConfig) -> Duration {
+    let per = config.duration + config.drain + Duration::from_secs(10);
+    per * u32::try_from(config.packets.len() * config.rates.len()).unwrap_or(u32::MAX)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// TURN relay ports for bosonserver's (idle) TURN dataplane: 100 ports, spread by pid, apart
+/// from the TURN runner's 50000-57999.
+fn turn_relay_ports() -> String {
+    let slot = u16::try_from(std::process::id() % 8).unwrap_or(0);
+    let first = 58_000 + slot * 100;
+    format!("{first}-{}", first + 99)
+}

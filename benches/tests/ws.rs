@@ -1,0 +1,192 @@
+//! The WebSocket generator against the tokio-tungstenite baseline, both in this process.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use boson_bench::clock;
+use boson_bench::generator::Rate;
+use boson_bench::nodes::{NodeCredential, TokenKeys};
+use boson_bench::ws_baseline::{self, Relay};
+use boson_bench::ws_client::Auth;
+use boson_bench::ws_generator::{self, WsLoadConfig};
+use indicatif::ProgressBar;
+
+const SECRET: &[u8] = b"the in-process baseline's test secret";
+
+/// A baseline on a runtime of its own; it stops when the runtime drops.
+fn baseline() -> (tokio::runtime::Runtime, SocketAddr, Arc<Relay>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let relay = Arc::new(Relay::new(SECRET, ws_baseline::DEFAULT_QUEUE).unwrap());
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    runtime.spawn(ws_baseline::serve(listener, Arc::clone(&relay)));
+    (runtime, addr, relay)
+}
+
+fn nodes(count: usize) -> Vec<NodeCredential> {
+    let now = i64::try_from(clock::unix_now()).unwrap();
+    TokenKeys::new(SECRET)
+        .unwrap()
+        .mint_nodes(count, now)
+        .unwrap()
+}
+
+fn config(relay: SocketAddr, pairs: usize, rate: Rate) -> WsLoadConfig {
+    WsLoadConfig {
+        relay,
+        path: ws_baseline::PATH.to_owned(),
+        auth: Auth::Header,
+        nodes: nodes(2 * pairs),
+        pairs,
+        packet: 100,
+        rate,
+        duration: Duration::from_millis(500),
+        drain: Duration::from_millis(500),
+        batch: 16,
+        threads: 1,
+        cores: Vec::new(),
+        server_pid: None,
+        server_core: None,
+    }
+}
+
+#[test]
+fn a_fixed_rate_through_the_baseline_loses_nothing() {
+    let (_runtime, addr, _relay) = baseline();
+    let mut config = config(addr, 4, Rate::Pps(4_000));
+    config.threads = 2;
+    config.packet = 1200;
+    let outcome = ws_generator::run(&config, &ProgressBar::hidden()).unwrap();
+    assert!(
+        (1_600..=2_400).contains(&outcome.sent),
+        "paced at 4k/s for 0.5 s: {outcome:?}"
+    );
+    assert_eq!(outcome.received, outcome.sent, "{outcome:?}");
+    assert_eq!(outcome.lost, 0);
+    assert_eq!(outcome.reordered, 0, "TCP keeps order: {outcome:?}");
+    assert_eq!(
+        (outcome.foreign, outcome.peer_gone, outcome.closed),
+        (0, 0, 0),
+        "{outcome:?}"
+    );
+    assert!(outcome.latency.p50_us > 0.0, "{outcome:?}");
+    let mbps = outcome.delivered_mps * 1200.0 / 1e6;
+    assert!((outcome.delivered_mbps - mbps).abs() < 1e-9);
+}
+
+#[test]
+fn max_rate_and_auth_messages_through_the_baseline() {
+    let (_runtime, addr, relay) = baseline();
+    let mut config = config(addr, 2, Rate::Max);
+    config.auth = Auth::Message;
+    let outcome = ws_generator::run(&config, &ProgressBar::hidden()).unwrap();
+    assert!(outcome.received > 1_000, "{outcome:?}");
+    assert!(outcome.received <= outcome.sent, "{outcome:?}");
+    assert_eq!((outcome.foreign, outcome.closed), (0, 0), "{outcome:?}");
+    // Every RECV that arrived was counted by the baseline, once its connections closed.
+    for _ in 0..100 {
+        let relayed = relay
+            .stats()
+            .relayed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if relayed >= outcome.received {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the baseline counted fewer RECVs than arrived: {outcome:?}");
+}
+
+#[test]
+fn refused_tokens_are_reported_clearly() {
+    let (_runtime, addr, _relay) = baseline();
+    let mut config = config(addr, 1, Rate::Pps(100));
+    let other = TokenKeys::new(b"another secret, also 32 bytes long!")
+        .unwrap()
+        .mint(
+            &config.nodes[0].node,
+            i64::try_from(clock::unix_now()).unwrap(),
+        )
+        .unwrap();
+    config.nodes[0].token = other;
+    let error = ws_generator::run(&config, &ProgressBar::hidden()).unwrap_err();
+    let text = format!("{error:#}");
+    assert!(text.contains("pair 0 sender"), "{text}");
+    assert!(text.contains("401"), "{text}");
+}
+
+/// Registration through bosonserver's REST API, when a build of it sits next to the test's
+/// `boson-bench`: the tokens it issues verify with the baseline's checks and the same secret,
+/// so the baseline's minted tokens and bosonserver's are the same kind.
+#[test]
+fn bosonserver_issues_tokens_the_baseline_accepts_when_built() {
+    let bench = std::path::Path::new(env!("CARGO_BIN_EXE_boson-bench"));
+    let bosonserver = bench.with_file_name("bosonserver");
+    if !bosonserver.is_file() {
+        eprintln!("skipped: no bosonserver build next to boson-bench (cargo build -p bosonserver)");
+        return;
+    }
+    let secret = "a bosonserver test secret, 32 bytes or more";
+    let dir = tempfile::tempdir().unwrap();
+    let free = |udp: bool| {
+        if udp {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        } else {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        }
+    };
+    let (api, turn) = (free(false), free(true));
+    let mut child = std::process::Command::new(&bosonserver)
+        .args(["run", "--http-listen", &api.to_string()])
+        .args([
+            "--turn-listen",
+            &turn.to_string(),
+            "--relay-ports",
+            "58900-58909",
+        ])
+        .args(["--workers", "1", "--no-pin", "--jwt-secret", secret])
+        .args(["--register-rate-limit", "1000"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("JWT_SECRET")
+        .env("RUST_LOG", "warn")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut registered = None;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(api).is_ok() {
+            registered = Some(boson_bench::nodes::register(api, 3));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let nodes = registered.expect("the REST API never came up").unwrap();
+    let keys = TokenKeys::new(secret.as_bytes()).unwrap();
+    let now = i64::try_from(clock::unix_now()).unwrap();
+    assert_eq!(nodes.len(), 3);
+    for node in &nodes {
+        assert_eq!(keys.verify(&node.token, now), Ok(node.node));
+    }
+}
