@@ -102,9 +102,10 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         boson_channel::Backing::Memfd,
     )
     .context("creating the planes' segment")?;
-    let link = planes::ControlLink::new(segment.control()?);
-    let (dataplane, pump) =
+    let control_end = segment.control()?;
+    let (dataplane, pump, waker) =
         split::start_dataplane(&config, plan, &args.relay, &data_dir, segment.dataplane()?)?;
+    let link = planes::ControlLink::new(control_end, Some(waker));
     if !explicit_turn_port {
         config.turn.port = dataplane.local_addr().port();
     }

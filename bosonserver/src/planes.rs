@@ -80,19 +80,37 @@ pub(crate) fn spec(cores: usize) -> anyhow::Result<SegmentSpec> {
     Ok(spec)
 }
 
-/// The relay's event callback, and the receiver the [`DataplanePump`] drains.
-pub(crate) fn event_channel() -> (EventSink, mpsc::Receiver<Event>) {
+/// What wakes the [`DataplanePump`] at once.
+pub(crate) enum PumpInput {
+    /// The relay reported an event.
+    Event(Event),
+    /// A control plane in this process wrote a command.
+    Wake,
+}
+
+/// Wakes the [`DataplanePump`] of this process after a command is written (`bosonserver
+/// run`), so a grant takes effect in microseconds rather than up to [`POLL`].
+pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// The relay's event callback, a [`Waker`], and the receiver the [`DataplanePump`] drains.
+pub(crate) fn pump_inbox() -> (EventSink, Waker, mpsc::Receiver<PumpInput>) {
     let (tx, rx) = mpsc::channel();
-    // A Mutex: `mpsc::Sender` is `Sync` since 1.72, but the sink is called from every worker
-    // and this keeps it obviously so.
+    let wake_tx = Mutex::new(tx.clone());
+    // A Mutex: the sink is called from every worker thread.
     let tx = Mutex::new(tx);
     let sink: EventSink = Arc::new(move |event| {
         let _ = tx
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(event);
+            .send(PumpInput::Event(event));
     });
-    (sink, rx)
+    let waker: Waker = Arc::new(move || {
+        let _ = wake_tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(PumpInput::Wake);
+    });
+    (sink, waker, rx)
 }
 
 fn now_ms() -> UnixMs {
@@ -110,7 +128,7 @@ impl DataplanePump {
     /// publishing `stats`.
     pub(crate) fn spawn(
         end: DataplaneEnd,
-        events: mpsc::Receiver<Event>,
+        events: mpsc::Receiver<PumpInput>,
         applier: CommandApplier,
         stats: StatsReader,
     ) -> anyhow::Result<Self> {
@@ -145,7 +163,7 @@ impl Drop for DataplanePump {
 
 struct Pump {
     cores: Vec<CoreEnd>,
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<PumpInput>,
     applier: CommandApplier,
     stats: StatsReader,
     /// Sessions reported connected and not yet disconnected: what a new control plane is
@@ -161,10 +179,10 @@ impl Pump {
             self.handle_control_restarts();
             self.apply_commands();
             match self.events.recv_timeout(POLL) {
-                Ok(event) => {
-                    self.forward(&event);
-                    while let Ok(event) = self.events.try_recv() {
-                        self.forward(&event);
+                Ok(input) => {
+                    self.handle_input(input);
+                    while let Ok(input) = self.events.try_recv() {
+                        self.handle_input(input);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -219,6 +237,14 @@ impl Pump {
         }
     }
 
+    fn handle_input(&mut self, input: PumpInput) {
+        match input {
+            PumpInput::Event(event) => self.forward(&event),
+            // The next turn applies the commands.
+            PumpInput::Wake => {}
+        }
+    }
+
     fn forward(&mut self, event: &Event) {
         let core = match *event {
             Event::NodeConnected {
@@ -261,6 +287,7 @@ pub(crate) struct ControlLink {
     outbox: Arc<Mutex<Outbox>>,
     observer: Observer,
     counters: Arc<LinkCounters>,
+    wake: Option<Waker>,
 }
 
 struct Outbox {
@@ -274,11 +301,15 @@ struct LinkCounters {
     backlog: AtomicU64,
     backlog_dropped: AtomicU64,
     unsendable: AtomicU64,
+    /// Relay sessions the dataplane reported (or re-announced) and not yet ended.
+    sessions: AtomicU64,
 }
 
 impl ControlLink {
-    pub(crate) fn new(end: ControlEnd) -> Self {
+    /// The link over `end`; `wake` wakes a dataplane pump in this process.
+    pub(crate) fn new(end: ControlEnd, wake: Option<Waker>) -> Self {
         Self {
+            wake,
             observer: end.observer(),
             outbox: Arc::new(Mutex::new(Outbox {
                 end,
@@ -297,6 +328,13 @@ impl ControlLink {
     /// Sends `command` to the dataplane, or queues it behind those already waiting. Never
     /// blocks.
     pub(crate) fn send(&self, command: Command) {
+        self.enqueue(command);
+        if let Some(wake) = &self.wake {
+            wake();
+        }
+    }
+
+    fn enqueue(&self, command: Command) {
         let mut outbox = self.lock();
         if outbox.backlog.is_empty() {
             match outbox.core0().try_send_keep(&command) {
@@ -378,6 +416,9 @@ impl ControlLink {
                 }
                 state.handle_event(event).await;
             }
+            self.counters
+                .sessions
+                .store(sessions.len() as u64, Ordering::Relaxed);
         }
     }
 
@@ -528,7 +569,13 @@ fn render_link(
             )?;
         }
     }
-    let own: [(&str, &str, &str, &AtomicU64); 3] = [
+    let own: [(&str, &str, &str, &AtomicU64); 4] = [
+        (
+            "relay_sessions",
+            "gauge",
+            "Relay sessions the dataplane reports open (re-announced to a restarted control plane).",
+            &counters.sessions,
+        ),
         (
             "command_backlog",
             "gauge",

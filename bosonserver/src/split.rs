@@ -75,7 +75,7 @@ pub(crate) fn run_control(args: ControlProcessArgs) -> anyhow::Result<()> {
         "control plane attached to the segment"
     );
     let planes = crate::Planes {
-        link: ControlLink::new(end),
+        link: ControlLink::new(end, None),
         // Mesh links are opened by the process that owns the relay's sockets.
         mesh: None,
     };
@@ -105,7 +105,7 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
         .dataplane()
         .with_context(|| format!("claiming the dataplane end of {}", path.display()))?;
     let incarnation = end.incarnation().get();
-    let (dataplane, pump) = start_dataplane(&config, plan, &run.relay, &data_dir, end)?;
+    let (dataplane, pump, _) = start_dataplane(&config, plan, &run.relay, &data_dir, end)?;
     tracing::info!(
         segment = %path.display(),
         incarnation,
@@ -123,28 +123,29 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
         .context("stopping the dataplane")
 }
 
-/// Starts the workers with the node relay, and the pump linking them to `end`.
+/// Starts the workers with the node relay, and the pump linking them to `end`; the waker
+/// is for a control plane in the same process.
 pub(crate) fn start_dataplane(
     config: &Config,
     plan: DataplanePlan,
     relay: &RelayArgs,
     data_dir: &Path,
     end: DataplaneEnd,
-) -> anyhow::Result<(Dataplane, DataplanePump)> {
+) -> anyhow::Result<(Dataplane, DataplanePump, planes::Waker)> {
     let grants = Arc::new(Grants::default());
     let auth = Arc::new(RelayAuth::new(
         boson_control::auth::Tokens::new(&config.jwt),
         Arc::clone(&grants),
         Arc::new(SystemClock),
     ));
-    let (events, event_rx) = planes::event_channel();
+    let (events, waker, inbox) = planes::pump_inbox();
     let relay = relay
         .config(auth, Some(events), config.host.id, data_dir)
         .context("invalid configuration")?;
     let dataplane = plan.with_relay(relay).start()?;
     let applier = CommandApplier::new(grants, dataplane.relay_handle());
-    let pump = DataplanePump::spawn(end, event_rx, applier, dataplane.stats_reader())?;
-    Ok((dataplane, pump))
+    let pump = DataplanePump::spawn(end, inbox, applier, dataplane.stats_reader())?;
+    Ok((dataplane, pump, waker))
 }
 
 /// Attaches the segment at `path` once the dataplane has created it.
