@@ -17,8 +17,9 @@
 //!
 //! The workers themselves do not touch the segment: the relay already hands events to a
 //! callback and the workers publish counters lock-free, so one pump keeps the worker loops
-//! unchanged. The cost is up to [`POLL`] of latency on commands and [`STATS_EVERY`] of lag
-//! on counters; each stats block still has a single writer.
+//! unchanged. The cost is up to [`POLL`] of latency on commands between two processes (in
+//! one process the command sink wakes the pump at once, see [`Waker`]) and [`STATS_EVERY`] of
+//! lag on counters; each stats block still has a single writer.
 //!
 //! # Control side: [`ControlLink`]
 //!
