@@ -35,6 +35,8 @@
 //! [`ControlLink::run`] also drains every core's events into `AppState::handle_event`, and on
 //! a new dataplane incarnation first withdraws the sessions the old one reported (it cannot
 //! say so itself after `kill -9`), then re-pushes every grant (`resync_grants`).
+//!
+//! [`Segment`]: boson_channel::Segment
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -59,6 +61,10 @@ pub(crate) const POLL: Duration = Duration::from_millis(5);
 
 /// How often the dataplane pump copies the workers' counters into the segment.
 pub(crate) const STATS_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest `/metrics` waits for a pump in this process to publish fresh counters (it
+/// takes microseconds unless the pump is stuck).
+pub(crate) const FRESH_WAIT: Duration = Duration::from_millis(50);
 
 /// Commands the control side holds while core 0's ring is full, before it drops and counts.
 /// Far above a full grant re-push of any realistic host (the ring alone holds ~6 000).
@@ -87,11 +93,15 @@ pub(crate) enum PumpInput {
     Event(Event),
     /// A control plane in this process wrote a command.
     Wake,
+    /// A control plane in this process is rendering `/metrics`: publish the counters now.
+    PublishStats,
 }
 
-/// Wakes the [`DataplanePump`] of this process after a command is written (`bosonserver
-/// run`), so a grant takes effect in microseconds rather than up to [`POLL`].
-pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
+/// Wakes the [`DataplanePump`] of this process (`bosonserver run`): after a command is
+/// written, so a grant takes effect in microseconds rather than up to [`POLL`], and before
+/// `/metrics` is rendered, so it shows the counters of now rather than up to
+/// [`STATS_EVERY`] ago.
+pub(crate) type Waker = Arc<dyn Fn(PumpInput) + Send + Sync>;
 
 /// The relay's event callback, a [`Waker`], and the receiver the [`DataplanePump`] drains.
 pub(crate) fn pump_inbox() -> (EventSink, Waker, mpsc::Receiver<PumpInput>) {
@@ -105,11 +115,11 @@ pub(crate) fn pump_inbox() -> (EventSink, Waker, mpsc::Receiver<PumpInput>) {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .send(PumpInput::Event(event));
     });
-    let waker: Waker = Arc::new(move || {
+    let waker: Waker = Arc::new(move |input| {
         let _ = wake_tx
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .send(PumpInput::Wake);
+            .send(input);
     });
     (sink, waker, rx)
 }
@@ -243,6 +253,7 @@ impl Pump {
             PumpInput::Event(event) => self.forward(&event),
             // The next turn applies the commands.
             PumpInput::Wake => {}
+            PumpInput::PublishStats => self.publish_stats(now_ms()),
         }
     }
 
@@ -331,7 +342,7 @@ impl ControlLink {
     pub(crate) fn send(&self, command: Command) {
         self.enqueue(command);
         if let Some(wake) = &self.wake {
-            wake();
+            wake(PumpInput::Wake);
         }
     }
 
@@ -447,8 +458,24 @@ impl ControlLink {
         worker_stats(&self.observer)
     }
 
-    /// The dataplane's counters and the link's own, in Prometheus text.
+    /// The dataplane's counters and the link's own, in Prometheus text. With a pump in this
+    /// process, first has it publish and waits for that (at most [`FRESH_WAIT`]).
     pub(crate) fn render_metrics(&self) -> String {
+        if let Some(wake) = &self.wake {
+            let publishes = |observer: &Observer| {
+                observer
+                    .stats(CoreId(0))
+                    .map_or(0, |snapshot| snapshot.publishes)
+            };
+            let before = publishes(&self.observer);
+            wake(PumpInput::PublishStats);
+            let step = Duration::from_millis(1);
+            let mut waited = Duration::ZERO;
+            while publishes(&self.observer) == before && waited < FRESH_WAIT {
+                std::thread::sleep(step);
+                waited += step;
+            }
+        }
         let mut out = boson_dataplane::metrics::render(&self.worker_stats());
         // Writing to a String cannot fail.
         let _ = render_link(&mut out, &self.observer, &self.counters, now_ms());
