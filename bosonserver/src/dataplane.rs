@@ -185,6 +185,11 @@ impl DataplaneArgs {
 }
 
 impl DataplanePlan {
+    /// Worker threads, one per core: the segment's core count.
+    pub(crate) const fn workers(&self) -> usize {
+        self.shell.workers
+    }
+
     /// Adds the node relay to the workers.
     pub(crate) fn with_relay(mut self, relay: Option<boson_dataplane::relay::RelayConfig>) -> Self {
         self.shell.relay = relay;

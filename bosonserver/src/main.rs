@@ -2,7 +2,9 @@
 
 mod dataplane;
 mod healthcheck;
+mod planes;
 mod relay;
+mod split;
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use crate::dataplane::DataplaneArgs;
-use crate::relay::{CommandApplier, Grants, RelayArgs, RelayAuth};
+use crate::relay::RelayArgs;
 
 /// BosonServer: registry, STUN/TURN and relay for a WireGuard-style VPN.
 ///
@@ -40,8 +42,12 @@ struct Cli {
 enum Command {
     /// Run every plane in one process (the default): the REST API and the STUN/TURN dataplane.
     Run(Box<RunArgs>),
-    /// Run the control plane alone (REST API, registry, health, metrics).
-    Control(Box<ControlArgs>),
+    /// Run the control plane alone (REST API, registry, health, metrics); with --segment,
+    /// linked to a `bosonserver dataplane` through shared memory.
+    Control(Box<split::ControlProcessArgs>),
+    /// Run the dataplane alone (STUN/TURN, node relay), linked to a `bosonserver control`
+    /// through the shared-memory segment --segment.
+    Dataplane(Box<split::DataplaneProcessArgs>),
     /// Exit 0 if the local REST API answers `/health/ready`, else 1 (for container health checks).
     Healthcheck(healthcheck::HealthcheckArgs),
 }
@@ -75,10 +81,8 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::Run(args) => run_all(*args),
-        Command::Control(args) => {
-            let config = (*args).resolve().context("invalid configuration")?;
-            runtime()?.block_on(serve_control(config, None))
-        }
+        Command::Control(args) => split::run_control(*args),
+        Command::Dataplane(args) => split::run_dataplane(*args),
         Command::Healthcheck(args) => healthcheck::run(&args),
     }
 }
@@ -92,44 +96,25 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
         .dataplane
         .plan(&config.turn.public_host, &config.turn.secrets)
         .context("invalid configuration")?;
-    let clock: Arc<dyn boson_control::clock::Clock> = Arc::new(SystemClock);
-    let grants = Arc::new(Grants::default());
-    let auth = Arc::new(RelayAuth::new(
-        boson_control::auth::Tokens::new(&config.jwt),
-        Arc::clone(&grants),
-        Arc::clone(&clock),
-    ));
-    // Dataplane → control: relay events, handed to the async side through an unbounded
-    // channel (the workers must never block; events are a few per session).
-    let (event_tx, event_rx) = tokio::sync::mpsc::unbounded_channel();
-    let events: boson_dataplane::relay::EventSink = Arc::new(move |event| {
-        let _ = event_tx.send(event);
-    });
-    let relay = args
-        .relay
-        .config(auth, Some(events.clone()), config.host.id, &data_dir)
-        .context("invalid configuration")?;
-    let dataplane = plan.with_relay(relay).start()?;
+    // Both ends of one in-memory segment: the same rings as two processes would share.
+    let segment = boson_channel::Segment::create(
+        planes::spec(plan.workers())?,
+        boson_channel::Backing::Memfd,
+    )
+    .context("creating the planes' segment")?;
+    let control_end = segment.control()?;
+    let (dataplane, pump, waker) =
+        split::start_dataplane(&config, plan, &args.relay, &data_dir, segment.dataplane()?)?;
+    let link = planes::ControlLink::new(control_end, Some(waker));
     if !explicit_turn_port {
         config.turn.port = dataplane.local_addr().port();
     }
-    let relay_handle = dataplane.relay_handle();
-    let applier = CommandApplier::new(grants, relay_handle.clone());
-    let mesh = relay_handle.filter(|_| args.relay.mesh_enabled());
-    // A fresh dataplane holds no grants: ask for all of them.
-    events(boson_shared::plane::Event::NeedGrants);
-    let reader = dataplane.stats_reader();
-    let load_reader = dataplane.stats_reader();
-    let metrics: boson_control::MetricsSource =
-        Box::new(move || boson_dataplane::metrics::render(&reader.read()));
-    let planes = Planes {
-        metrics,
-        applier,
-        mesh,
-        events: event_rx,
-        load: Box::new(move || host_load(&load_reader.read())),
-    };
+    let mesh = dataplane
+        .relay_handle()
+        .filter(|_| args.relay.mesh_enabled());
+    let planes = Planes { link, mesh };
     let served = runtime()?.block_on(serve_control(config, Some(planes)));
+    drop(pump);
     let stopped = dataplane.shutdown().map(|_| ());
     served?;
     stopped.context("stopping the dataplane")
@@ -142,14 +127,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// What links the control plane to an in-process dataplane.
+/// What links the control plane to the dataplane.
 struct Planes {
-    metrics: boson_control::MetricsSource,
-    applier: CommandApplier,
-    /// The relay, when it links to other hosts.
+    link: planes::ControlLink,
+    /// The relay, when it links to other hosts (in this process).
     mesh: Option<boson_dataplane::relay::RelayHandle>,
-    events: tokio::sync::mpsc::UnboundedReceiver<boson_shared::plane::Event>,
-    load: Box<dyn Fn() -> boson_control::hosts::HostLoad + Send + Sync>,
 }
 
 /// The host's live load from the workers' counters, for the relay host registry.
@@ -168,21 +150,12 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     let listen = config.http_listen;
     let state = AppState::connect(config, Arc::new(SystemClock)).await?;
     if let Some(planes) = planes {
-        let Planes {
-            metrics,
-            applier,
-            mesh,
-            mut events,
-            load,
-        } = planes;
-        state.set_metrics_source(metrics)?;
-        state.set_command_sink(move |command| applier.apply(&command))?;
-        let events_state = state.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                events_state.handle_event(event).await;
-            }
-        });
+        let Planes { link, mesh } = planes;
+        let metrics = link.clone();
+        state.set_metrics_source(Box::new(move || metrics.render_metrics()))?;
+        let sink = link.clone();
+        state.set_command_sink(move |command| sink.send(command))?;
+        tokio::spawn(link.clone().run(state.clone()));
         if let Some(relay) = mesh {
             let interval = state.config.host.heartbeat_interval;
             tokio::spawn(relay::mesh_links_forever(state.clone(), relay, interval));
@@ -192,7 +165,7 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                load_state.set_host_load(load());
+                load_state.set_host_load(host_load(&link.worker_stats()));
             }
         });
     }

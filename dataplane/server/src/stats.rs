@@ -22,6 +22,24 @@ macro_rules! worker_counters {
             $($(#[$doc])* pub $name: u64,)*
         }
 
+        impl WorkerCounters {
+            /// How many counters there are.
+            pub const LEN: usize = [$(stringify!($name),)*].len();
+
+            /// The counters in declaration order: the order of a segment's stats slots.
+            pub const fn to_array(&self) -> [u64; Self::LEN] {
+                [$(self.$name,)*]
+            }
+
+            /// The counters from `values` in declaration order; `None` if it is too short.
+            pub fn from_slice(values: &[u64]) -> Option<Self> {
+                let mut values = values.iter().copied();
+                Some(Self {
+                    $($name: values.next()?,)*
+                })
+            }
+        }
+
         /// [`WorkerCounters`] as atomics.
         #[derive(Debug, Default)]
         struct AtomicCounters {
@@ -191,6 +209,55 @@ impl WorkerStatsSnapshot {
     }
 }
 
+impl WorkerStatsSnapshot {
+    /// Slots of [`to_slots`](Self::to_slots): the backend, the CPU, every counter, every
+    /// drop reason.
+    pub const SLOTS: usize = 2 + WorkerCounters::LEN + DropReason::COUNT;
+
+    /// The snapshot as `u64` slots, for a shared-memory stats block. The order is fixed
+    /// (both planes of one build agree on it; a segment's layout version does not cover it):
+    ///
+    /// | slot | value |
+    /// |---|---|
+    /// | 0 | backend: 1 io_uring, 2 epoll (0 unknown) |
+    /// | 1 | pinned CPU + 1 (0: unpinned) |
+    /// | 2 .. 2 + [`WorkerCounters::LEN`] | [`WorkerCounters::to_array`] |
+    /// | then [`DropReason::COUNT`] | drops, in [`DropReason::ALL`] order |
+    pub fn to_slots(&self) -> [u64; Self::SLOTS] {
+        let mut slots = [0; Self::SLOTS];
+        slots[0] = match self.backend {
+            IoBackend::Uring => 1,
+            IoBackend::Epoll => 2,
+            IoBackend::Auto => 0,
+        };
+        slots[1] = self.cpu.map_or(0, |cpu| cpu as u64 + 1);
+        let counters = 2 + WorkerCounters::LEN;
+        slots[2..counters].copy_from_slice(&self.counters.to_array());
+        slots[counters..].copy_from_slice(&self.drops);
+        slots
+    }
+
+    /// The snapshot of worker `worker` from [`to_slots`](Self::to_slots)'s output; `None`
+    /// if `slots` is too short.
+    pub fn from_slots(worker: usize, slots: &[u64]) -> Option<Self> {
+        let slots = slots.get(..Self::SLOTS)?;
+        let counters = 2 + WorkerCounters::LEN;
+        Some(Self {
+            worker,
+            cpu: slots[1]
+                .checked_sub(1)
+                .and_then(|cpu| usize::try_from(cpu).ok()),
+            backend: match slots[0] {
+                1 => IoBackend::Uring,
+                2 => IoBackend::Epoll,
+                _ => IoBackend::Auto,
+            },
+            counters: WorkerCounters::from_slice(&slots[2..counters])?,
+            drops: slots[counters..].try_into().ok()?,
+        })
+    }
+}
+
 /// The published counters of one worker.
 #[derive(Debug)]
 pub(crate) struct SharedStats {
@@ -257,5 +324,23 @@ mod tests {
         assert_eq!(snap.drop_count(DropReason::NotStun), 7);
         assert_eq!(snap.drop_count(DropReason::Truncated), 0);
         assert_eq!(snap.drops().map(|(_, n)| n).sum::<u64>(), 7);
+    }
+
+    #[test]
+    fn slots_round_trip() {
+        let shared = SharedStats::new(2, Some(0), IoBackend::Uring);
+        let counters = WorkerCounters {
+            packets_in: 5,
+            quic_oversized_tx: 9,
+            ..WorkerCounters::default()
+        };
+        let drops = DropReason::ALL.into_iter().map(|r| (r, 3));
+        shared.publish(&counters, drops);
+        let snap = shared.snapshot();
+        let slots = snap.to_slots();
+        assert_eq!(slots[..3], [1, 1, 5]);
+        assert_eq!(slots[WorkerCounters::LEN + 1], 9, "the last counter");
+        assert_eq!(WorkerStatsSnapshot::from_slots(2, &slots), Some(snap));
+        assert_eq!(WorkerStatsSnapshot::from_slots(2, &slots[1..]), None);
     }
 }
