@@ -71,6 +71,26 @@ pub enum PeerAction {
     Drop(DropReason),
 }
 
+/// The sizes of a [`Server`]'s tables, from [`Server::footprint`]. Only an authenticated
+/// Allocate adds to the per-client ones, so unauthenticated traffic from any number of
+/// sources leaves them as they are; the rate limit's buckets are fixed at construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Footprint {
+    /// Allocations, each holding a relay port.
+    pub allocations: usize,
+    /// Client transport addresses with an allocation.
+    pub clients: usize,
+    /// Users holding allocations (the per-user quota's table).
+    pub users: usize,
+    /// Pending timers: allocations, permissions, channels, quarantines, reservations.
+    pub timers: usize,
+    /// Commands the shell has not taken yet.
+    pub commands: usize,
+    /// Token buckets of the rate limit on unauthenticated responses.
+    pub rate_limit_buckets: usize,
+}
+
 /// Work for the shell, drained with [`Server::next_command`] after every `handle_*` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
@@ -352,6 +372,18 @@ impl<R: RngCore> Server<R> {
     /// Live allocations.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// The sizes of every table the server keeps: what traffic could make it grow.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            allocations: self.allocations.len(),
+            clients: self.by_client.len(),
+            users: self.per_user.len(),
+            timers: self.timers.len(),
+            commands: self.commands.len(),
+            rate_limit_buckets: self.limiter.len(),
+        }
     }
 
     /// Relay ports free for new allocations in the port table, which other servers may share
