@@ -1617,3 +1617,29 @@ impl TestServer {
         self.clock.now()
     }
 }
+
+/// A host that began a graceful shutdown reports not ready (so load balancers move away) and
+/// keeps answering the API for the clients it has.
+#[tokio::test]
+async fn a_draining_host_is_not_ready_but_keeps_serving() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    assert_eq!(server.get("/health/ready", None).await.0, 200);
+    server.state.start_draining();
+    let response = server
+        .http
+        .get(server.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready", "{body}");
+    assert_eq!(body["error"]["code"], "draining", "{body}");
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
+    assert_eq!(server.get("/health/live", None).await.0, 200);
+    let node = Node::new("US-CA");
+    let token = server.register(&node).await;
+    assert_eq!(server.heartbeat(&node, &token, 1).await.0, 200);
+    server.stop().await;
+}
