@@ -1,6 +1,7 @@
 //! `bosonserver`: parses the configuration once, sets up logging, and runs the planes.
 
 mod dataplane;
+mod drain;
 mod healthcheck;
 mod relay;
 
@@ -54,6 +55,8 @@ struct RunArgs {
     dataplane: DataplaneArgs,
     #[command(flatten)]
     relay: RelayArgs,
+    #[command(flatten)]
+    drain: drain::DrainArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -122,6 +125,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let metrics: boson_control::MetricsSource =
         Box::new(move || boson_dataplane::metrics::render(&reader.read()));
     let planes = Planes {
+        drain: Some((dataplane.drain_handle(), args.drain.drain_timeout)),
         metrics,
         applier,
         mesh,
@@ -143,6 +147,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// What links the control plane to an in-process dataplane.
 struct Planes {
+    /// Drains the dataplane on SIGTERM, within this timeout.
+    drain: Option<(boson_dataplane::DrainHandle, std::time::Duration)>,
     metrics: boson_control::MetricsSource,
     applier: CommandApplier,
     /// The relay, when it links to other hosts.
@@ -166,14 +172,17 @@ fn host_load(stats: &[boson_dataplane::WorkerStatsSnapshot]) -> boson_control::h
 async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result<()> {
     let listen = config.http_listen;
     let state = AppState::connect(config, Arc::new(SystemClock)).await?;
+    let mut drain = None;
     if let Some(planes) = planes {
         let Planes {
+            drain: dataplane_drain,
             metrics,
             applier,
             mesh,
             mut events,
             load,
         } = planes;
+        drain = dataplane_drain;
         state.set_metrics_source(metrics)?;
         state.set_command_sink(move |command| applier.apply(&command))?;
         let events_state = state.clone();
@@ -204,7 +213,14 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
         "REST API listening on http://{}",
         listener.local_addr().unwrap_or(listen)
     );
-    boson_control::serve(state, listener, shutdown_signal()).await?;
+    let drain_state = state.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some((dataplane, timeout)) = drain {
+            drain::run(&drain_state, &dataplane, timeout, shutdown_signal()).await;
+        }
+    };
+    boson_control::serve(state, listener, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
