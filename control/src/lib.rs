@@ -111,7 +111,7 @@ impl AppState {
         let cache = match &config.redis {
             Some(redis) => Cache::redis(redis)
                 .await
-                .with_context(|| format!("connecting to Redis at {}", redis.url))?,
+                .context("setting up Redis (is REDIS_URL a redis:// URL?)")?,
             None => Cache::memory(),
         };
         let tokens = Tokens::new(&config.jwt);
