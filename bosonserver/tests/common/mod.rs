@@ -219,6 +219,34 @@ impl Http {
         body["sessionToken"].as_str().unwrap().to_owned()
     }
 
+    /// Any request: its status, `Retry-After` header and JSON body (panics if not JSON).
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Option<String>, Value) {
+        self.0.block_on(async {
+            let mut request = self.1.request(method, url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let text = response.text().await.unwrap();
+            let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+            (status, retry_after, json)
+        })
+    }
+
     pub(crate) fn text(&self, url: &str) -> String {
         self.0
             .block_on(async { self.1.get(url).send().await.unwrap().text().await.unwrap() })
