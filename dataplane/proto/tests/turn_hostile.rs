@@ -665,3 +665,42 @@ fn amplification_of_unauthenticated_responses_is_bounded() {
     }
     assert_stateless(&h, "after the amplification probes");
 }
+
+#[test]
+fn allocation_churn_leaves_no_timers_behind() {
+    // A client with a valid credential allocates, opens permissions and a channel, and
+    // deletes, in a loop: every timer of each allocation goes with it, so the queue does not
+    // grow for the 15 minutes a channel's timer would otherwise stay.
+    let mut h = Harness::new();
+    let mut alice = alice();
+    for i in 0..1_000u32 {
+        h.allocate(&mut alice);
+        let peer = SocketAddr::from(([198, 51, 100, 1 + (i % 200) as u8], 7000));
+        assert!(
+            h.create_permission(&mut alice, &[addr(PEER), peer])
+                .is_success()
+        );
+        assert!(h.channel_bind(&mut alice, 0x4000, peer).is_success());
+        assert!(h.refresh(&mut alice, Some(0)).is_success());
+        h.commands.clear();
+        assert_stateless(&h, &format!("after cycle {i}"));
+    }
+    // An allocation that expires, or whose socket could not be bound, takes its timers too.
+    let port = h.allocate(&mut alice);
+    assert!(h.channel_bind(&mut alice, 0x4000, addr(PEER)).is_success());
+    h.server.handle_allocation_failed(port);
+    let footprint = h.server.footprint();
+    assert_eq!(
+        footprint.timers, 1,
+        "the port's quarantine only: {footprint:?}"
+    );
+    h.advance(Duration::from_secs(60));
+    h.commands.clear();
+    assert_stateless(&h, "after a failed bind");
+    h.allocate(&mut alice);
+    assert!(h.channel_bind(&mut alice, 0x4000, addr(PEER)).is_success());
+    h.advance(Duration::from_secs(601));
+    h.commands.clear();
+    assert_stateless(&h, "after an expiry");
+    assert_eq!(h.server.stats().allocations_expired, 1);
+}

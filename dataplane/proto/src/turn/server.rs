@@ -975,19 +975,14 @@ impl<R: RngCore> Server<R> {
         }
     }
 
-    /// Removes the allocation on `port` and frees its port and quota. Its permission and
-    /// channel timers stay queued and find nothing when they fire.
+    /// Removes the allocation on `port`, its timers, and frees its port and quota.
     fn end_allocation(&mut self, port: RelayPort, ending: Ending, now: Instant) {
         let Some(allocation) = self.allocations.remove(&port) else {
             return;
         };
-        self.timers.remove(&(
-            allocation.expires_at,
-            Timer::Allocation {
-                port,
-                id: allocation.id,
-            },
-        ));
+        let id = allocation.id;
+        self.timers
+            .remove(&(allocation.expires_at, Timer::Allocation { port, id }));
         if self.by_client.get(&allocation.client) == Some(&port) {
             self.by_client.remove(&allocation.client);
         }
@@ -1000,6 +995,20 @@ impl<R: RngCore> Server<R> {
         self.stats.allocations -= 1;
         self.stats.permissions -= allocation.permission_count() as u64;
         self.stats.channels -= allocation.channel_count() as u64;
+        let reservation = allocation.reservation;
+        // Left queued, they would only find nothing when they fire, but a client that
+        // allocates, binds and deletes in a loop would grow the queue for their whole
+        // lifetime (up to 15 minutes for a channel).
+        let expiries = allocation.into_expiries();
+        for (ip, at) in expiries.permissions {
+            self.timers
+                .remove(&(at, Timer::Permission { port, id, ip }));
+        }
+        let cooldown = secs(self.config.channel_cooldown);
+        for (number, expires_at) in expiries.channels {
+            self.timers
+                .remove(&(expires_at + cooldown, Timer::Channel { port, id, number }));
+        }
         match ending {
             Ending::Expired | Ending::Deleted => {
                 if ending == Ending::Expired {
@@ -1012,7 +1021,7 @@ impl<R: RngCore> Server<R> {
             }
             Ending::BindFailed => {
                 self.stats.allocations_deleted += 1;
-                if let Some(token) = allocation.reservation {
+                if let Some(token) = reservation {
                     self.ports.cancel_reservation(token);
                 }
                 self.ports.quarantine(port);
