@@ -547,6 +547,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             relayed_to_client_packets: core.peer_to_client.packets,
             relayed_to_client_bytes: core.peer_to_client.bytes,
             ws_accepted: ws.accepted,
+            ws_closed: ws.closed,
             ws_refused_full: ws.refused_full,
             ws_connections: ws.connections,
             ws_sessions: ws.sessions,
