@@ -183,7 +183,12 @@ impl Http {
                 .enable_all()
                 .build()
                 .unwrap(),
-            reqwest::Client::new(),
+            // Idle connections are dropped before the server's idle timeout (10 s) closes
+            // them under a request.
+            reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
         )
     }
 

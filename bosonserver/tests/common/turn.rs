@@ -50,8 +50,20 @@ impl TurnClient {
     /// A client of `server` with a credential for `user` minted under `secret`, valid for an
     /// hour from `unix_now`.
     pub(crate) fn new(server: SocketAddr, secret: &str, user: &str, unix_now: u64) -> Self {
+        Self::from_ip(server, secret, user, unix_now, [127, 0, 0, 1].into())
+    }
+
+    /// As [`new`](Self::new), from a socket on `ip` (any of 127.0.0.0/8 works on loopback):
+    /// the server rate-limits unauthenticated answers per source address.
+    pub(crate) fn from_ip(
+        server: SocketAddr,
+        secret: &str,
+        user: &str,
+        unix_now: u64,
+        ip: std::net::IpAddr,
+    ) -> Self {
         let credential = TurnCredential::mint(&TurnSecret::new(secret), user, unix_now + 3600);
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = UdpSocket::bind((ip, 0)).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(250)))
             .unwrap();
@@ -235,14 +247,21 @@ pub(crate) fn unix_now() -> u64 {
     now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// A free port range of `len` UDP ports for relay sockets, unlikely to collide with other
-/// tests running at the same time (a range starting at a free port, below the default range).
+/// A range of `len` UDP ports for relay sockets, below the kernel's ephemeral range (where
+/// the tests' own sockets live) and picked from a free port, so tests running at the same time
+/// rarely share one. A port that is taken anyway costs a retransmission: the server
+/// quarantines it and answers from another.
 pub(crate) fn relay_ports(len: u16) -> String {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
     let base = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let first = 20_000 + base % 20_000;
+    let span = ephemeral.saturating_sub(10_000 + len).max(1);
+    let first = 10_000 + base % span;
     format!("{first}-{}", first + len - 1)
 }
