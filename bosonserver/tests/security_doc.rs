@@ -59,5 +59,8 @@ fn every_test_the_threat_table_names_exists() {
             );
         }
     }
-    assert!(named >= 50, "only {named} tests named: is the table still there?");
+    assert!(
+        named >= 50,
+        "only {named} tests named: is the table still there?"
+    );
 }
