@@ -125,7 +125,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let metrics: boson_control::MetricsSource =
         Box::new(move || boson_dataplane::metrics::render(&reader.read()));
     let planes = Planes {
-        drain: Some((dataplane.drain_handle(), args.drain.drain_timeout)),
+        drain: (dataplane.drain_handle(), args.drain.drain_timeout),
         metrics,
         applier,
         mesh,
@@ -148,7 +148,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// What links the control plane to an in-process dataplane.
 struct Planes {
     /// Drains the dataplane on SIGTERM, within this timeout.
-    drain: Option<(boson_dataplane::DrainHandle, std::time::Duration)>,
+    drain: (boson_dataplane::DrainHandle, std::time::Duration),
     metrics: boson_control::MetricsSource,
     applier: CommandApplier,
     /// The relay, when it links to other hosts.
@@ -182,7 +182,7 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
             mut events,
             load,
         } = planes;
-        drain = dataplane_drain;
+        drain = Some(dataplane_drain);
         state.set_metrics_source(metrics)?;
         state.set_command_sink(move |command| applier.apply(&command))?;
         let events_state = state.clone();
