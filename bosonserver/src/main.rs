@@ -1,6 +1,7 @@
 //! `bosonserver`: parses the configuration once, sets up logging, and runs the planes.
 
 mod dataplane;
+mod drain;
 mod healthcheck;
 mod planes;
 mod relay;
@@ -60,6 +61,8 @@ struct RunArgs {
     dataplane: DataplaneArgs,
     #[command(flatten)]
     relay: RelayArgs,
+    #[command(flatten)]
+    drain: drain::DrainArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -112,7 +115,11 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let mesh = dataplane
         .relay_handle()
         .filter(|_| args.relay.mesh_enabled());
-    let planes = Planes { link, mesh };
+    let planes = Planes {
+        link,
+        mesh,
+        drain: Some((dataplane.drain_handle(), args.drain.drain_timeout)),
+    };
     let served = runtime()?.block_on(serve_control(config, Some(planes)));
     drop(pump);
     let stopped = dataplane.shutdown().map(|_| ());
@@ -130,6 +137,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// What links the control plane to the dataplane.
 struct Planes {
     link: planes::ControlLink,
+    /// Drains the dataplane on SIGTERM, within this timeout (when it runs in this process).
+    drain: Option<(boson_dataplane::DrainHandle, std::time::Duration)>,
     /// The relay, when it links to other hosts (in this process).
     mesh: Option<boson_dataplane::relay::RelayHandle>,
 }
@@ -149,8 +158,14 @@ fn host_load(stats: &[boson_dataplane::WorkerStatsSnapshot]) -> boson_control::h
 async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result<()> {
     let listen = config.http_listen;
     let state = AppState::connect(config, Arc::new(SystemClock)).await?;
+    let mut drain = None;
     if let Some(planes) = planes {
-        let Planes { link, mesh } = planes;
+        let Planes {
+            link,
+            mesh,
+            drain: dataplane_drain,
+        } = planes;
+        drain = dataplane_drain;
         let metrics = link.clone();
         state.set_metrics_source(Box::new(move || metrics.render_metrics()))?;
         let sink = link.clone();
@@ -178,7 +193,14 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
         "REST API listening on http://{}",
         listener.local_addr().unwrap_or(listen)
     );
-    boson_control::serve(state, listener, shutdown_signal()).await?;
+    let drain_state = state.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some((dataplane, timeout)) = drain {
+            drain::run(&drain_state, &dataplane, timeout, shutdown_signal()).await;
+        }
+    };
+    boson_control::serve(state, listener, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -78,6 +78,8 @@ pub(crate) fn run_control(args: ControlProcessArgs) -> anyhow::Result<()> {
         link: ControlLink::new(end, None),
         // Mesh links are opened by the process that owns the relay's sockets.
         mesh: None,
+        // The dataplane process is drained by its own signals, not from here.
+        drain: None,
     };
     crate::runtime()?.block_on(crate::serve_control(config, Some(planes)))
 }

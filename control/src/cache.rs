@@ -124,7 +124,9 @@ impl Cache {
         Self::Memory(Mutex::new(HashMap::new()))
     }
 
-    /// Connects to Redis.
+    /// Connects to Redis. Only a malformed URL is an error: a Redis that does not answer yet
+    /// is logged, and the server starts without it, not ready (and answering 503 where it
+    /// needs Redis) until the connection, retried on each use, succeeds.
     pub async fn redis(config: &RedisConfig) -> Result<Self, CacheError> {
         let client = redis::Client::open(config.url.as_str())?;
         // Short timeouts so that a Redis outage turns into a quick 503, not a hung request.
@@ -132,12 +134,17 @@ impl Cache {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let mut conn = ConnectionManager::new_with_config(client, manager_config).await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(Self::Redis {
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let cache = Self::Redis {
             conn,
             prefix: config.prefix.clone(),
-        })
+        };
+        if let Err(error) = cache.ping().await {
+            tracing::warn!(
+                "Redis does not answer ({error}); starting without it: not ready until it does"
+            );
+        }
+        Ok(cache)
     }
 
     /// Whether this is Redis.

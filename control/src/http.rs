@@ -780,17 +780,21 @@ async fn ready(State(state): State<AppState>) -> Response {
         "database": describe(&database),
         "redis": redis.as_ref().map_or_else(|| "not_configured".to_owned(), describe),
     });
-    if failed.is_empty() {
+    // A draining host is not ready whatever its dependencies say: load balancers should move
+    // new clients elsewhere while it finishes with the ones it has.
+    let draining = state.is_draining();
+    if failed.is_empty() && !draining {
         return Json(json!({ "status": "ready", "checks": checks })).into_response();
     }
     for what in &failed {
         tracing::warn!("not ready: {what} check failed");
     }
-    let body = json!({
-        "status": "not_ready",
-        "checks": checks,
-        "error": { "code": "not_ready", "message": format!("unavailable: {}", failed.join(", ")) },
-    });
+    let error = if draining {
+        json!({ "code": "draining", "message": "this host is shutting down" })
+    } else {
+        json!({ "code": "not_ready", "message": format!("unavailable: {}", failed.join(", ")) })
+    };
+    let body = json!({ "status": "not_ready", "checks": checks, "error": error });
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     response
         .headers_mut()

@@ -32,6 +32,7 @@ pub mod store;
 
 use std::future::Future;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
@@ -82,6 +83,8 @@ pub struct App {
     sink: OnceLock<Box<dyn CommandSink>>,
     /// The routing's random choices.
     rng: Mutex<StdRng>,
+    /// Set once a graceful shutdown began: readiness fails from then on.
+    draining: AtomicBool,
 }
 
 /// Renders Prometheus text appended to `/metrics`.
@@ -108,7 +111,7 @@ impl AppState {
         let cache = match &config.redis {
             Some(redis) => Cache::redis(redis)
                 .await
-                .with_context(|| format!("connecting to Redis at {}", redis.url))?,
+                .context("setting up Redis (is REDIS_URL a redis:// URL?)")?,
             None => Cache::memory(),
         };
         let tokens = Tokens::new(&config.jwt);
@@ -133,7 +136,19 @@ impl AppState {
             remote: Mutex::new(RemotePresence::default()),
             sink: OnceLock::new(),
             rng: Mutex::new(rng),
+            draining: AtomicBool::new(false),
         })))
+    }
+
+    /// A graceful shutdown began: `/health/ready` answers 503 from now on, so load balancers
+    /// move new clients elsewhere while the API keeps serving the ones it has.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`start_draining`](Self::start_draining) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Runs `f` with the routing's random number generator.

@@ -1617,3 +1617,87 @@ impl TestServer {
         self.clock.now()
     }
 }
+
+/// A host that began a graceful shutdown reports not ready (so load balancers move away) and
+/// keeps answering the API for the clients it has.
+#[tokio::test]
+async fn a_draining_host_is_not_ready_but_keeps_serving() {
+    let server = TestServer::start(Backend::Sqlite).await.unwrap();
+    assert_eq!(server.get("/health/ready", None).await.0, 200);
+    server.state.start_draining();
+    let response = server
+        .http
+        .get(server.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready", "{body}");
+    assert_eq!(body["error"]["code"], "draining", "{body}");
+    assert_eq!(body["checks"]["database"], "ok", "{body}");
+    assert_eq!(server.get("/health/live", None).await.0, 200);
+    let node = Node::new("US-CA");
+    let token = server.register(&node).await;
+    assert_eq!(server.heartbeat(&node, &token, 1).await.0, 200);
+    server.stop().await;
+}
+
+/// A Redis that is down when the server starts does not stop it: it starts not ready, answers
+/// 503 where it needs Redis, and recovers by itself once Redis answers.
+#[tokio::test]
+async fn the_server_starts_without_redis_and_recovers_when_it_comes() {
+    if common::postgres_and_redis().is_none() {
+        return;
+    }
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let options = Options {
+        redis_url: Some(format!("redis://127.0.0.1:{port}/")),
+        ..Options::default()
+    };
+    let server = TestServer::start_with(Backend::PostgresRedis, options)
+        .await
+        .expect("starts with Redis down");
+    let (status, body) = server.get("/health/ready", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed"),
+        "{body}"
+    );
+    assert_registration_unavailable(&server).await;
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed for this test");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = server.get("/health/ready", None).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "ready once Redis answers");
+    let node = Node::new("US-CA");
+    server.register(&node).await;
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    server.stop().await;
+}

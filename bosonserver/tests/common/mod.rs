@@ -7,6 +7,8 @@
 )]
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+pub(crate) mod turn;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -33,6 +35,7 @@ const CONFIG_VARS: &[&str] = &[
     "BOSON_RELAY_KEY",
     "BOSON_RELAY_MAX_CONNECTIONS",
     "BOSON_LOG_FORMAT",
+    "BOSON_DRAIN_TIMEOUT",
     "RUST_LOG",
 ];
 
@@ -180,7 +183,12 @@ impl Http {
                 .enable_all()
                 .build()
                 .unwrap(),
-            reqwest::Client::new(),
+            // Idle connections are dropped before the server's idle timeout (10 s) closes
+            // them under a request.
+            reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
         )
     }
 
@@ -214,6 +222,34 @@ impl Http {
         let (status, body) = self.post(&format!("{base}/api/v1/nodes/register"), node, None);
         assert_eq!(status, 201, "{body}");
         body["sessionToken"].as_str().unwrap().to_owned()
+    }
+
+    /// Any request: its status, `Retry-After` header and JSON body (panics if not JSON).
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Option<String>, Value) {
+        self.0.block_on(async {
+            let mut request = self.1.request(method, url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let text = response.text().await.unwrap();
+            let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+            (status, retry_after, json)
+        })
     }
 
     pub(crate) fn text(&self, url: &str) -> String {
@@ -253,4 +289,113 @@ pub(crate) async fn quic_join(
     recv.read_exact(&mut ready).await.unwrap();
     assert_eq!(&ready[..3], &[0x00, 0x11, 0x07], "READY");
     (conn, (send, recv))
+}
+
+/// A registration body for node `id` with WireGuard key `key`.
+pub(crate) fn node_body(id: &str, key: &str) -> Value {
+    serde_json::json!({
+        "nodeId": id,
+        "publicKey": key,
+        "networkInfo": {"ipv4": "192.168.1.1", "natType": "Symmetric", "localPort": 51820},
+        "capabilities": {"maxConnections": 100, "bandwidth": {"up": 100, "down": 100}},
+        "location": {"country": "US", "region": "US-CA"}
+    })
+}
+
+/// Node id number `i` of a test (`tag` keeps tests apart).
+pub(crate) fn node_id(tag: u8, i: u16) -> String {
+    format!("6f1d3a52-8a5e-4c1e-9a{tag:02x}-{i:012x}")
+}
+
+/// A distinct, valid WireGuard public key (base64 of 32 bytes) for node `i` of `tag`.
+pub(crate) fn wg_key(tag: u8, i: u16) -> String {
+    let mut bytes = [7u8; 32];
+    bytes[0] = tag;
+    bytes[1..3].copy_from_slice(&i.to_be_bytes());
+    base64(&bytes)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+        }
+        for _ in chunk.len()..3 {
+            out.push('=');
+        }
+    }
+    out
+}
+
+impl Running {
+    /// Sends `signal` (such as `TERM`) to the server.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits up to `timeout` for the server to exit.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let step = Duration::from_millis(20);
+        for _ in 0..=timeout.as_millis() / step.as_millis() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(step);
+        }
+        None
+    }
+
+    /// The server's resident memory (kB), open file descriptors, and CPU time (clock ticks,
+    /// user + system) from `/proc`.
+    pub(crate) fn resources(&self) -> Resources {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kb = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse().ok())
+            .unwrap();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name (which may hold spaces) in parentheses; utime and
+        // stime are fields 14 and 15, so 12 and 13 after it.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let cpu_ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Resources {
+            rss_kb,
+            fds,
+            cpu_ticks,
+        }
+    }
+}
+
+/// See [`Running::resources`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resources {
+    pub(crate) rss_kb: u64,
+    pub(crate) fds: usize,
+    pub(crate) cpu_ticks: u64,
+}
+
+/// Clock ticks per second, the unit of [`Resources::cpu_ticks`].
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    let output = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
 }

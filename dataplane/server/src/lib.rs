@@ -23,7 +23,13 @@
 //! // On scrape:
 //! let text = boson_dataplane::metrics::render(&dataplane.stats());
 //! # drop(text);
-//! // On SIGTERM:
+//! // On SIGTERM: stop taking new work, wait for what runs to end (or a deadline), stop.
+//! let drain = dataplane.drain_handle();
+//! drain.start();
+//! while !drain.remaining().is_empty() {
+//!     # break;
+//!     std::thread::sleep(std::time::Duration::from_millis(100));
+//! }
 //! dataplane.shutdown()?;
 //! # Ok(())
 //! # }
@@ -39,8 +45,10 @@
 //! * `stats` (private, re-exported: [`WorkerStatsSnapshot`]) and [`metrics`]: per-worker
 //!   counters, read without locks, rendered for Prometheus.
 //! * [`clock`]: the only place that reads the time.
+//! * `drain` (private, re-exported: [`DrainHandle`]): graceful shutdown.
 
 pub mod clock;
+mod drain;
 mod io;
 pub mod metrics;
 pub mod packet_core;
@@ -54,6 +62,7 @@ use std::thread;
 
 use anyhow::{Context as _, anyhow, ensure};
 
+pub use drain::{DrainHandle, Remaining};
 pub use io::{HEADROOM, IoBackend, check_uring};
 pub use packet_core::{ClientAction, Command, PacketCore, PeerAction, PeerAddr, RelayPort};
 pub use stats::{WorkerCounters, WorkerStatsSnapshot};
@@ -328,6 +337,19 @@ impl Dataplane {
     /// other threads; `None` without a relay.
     pub fn relay_handle(&self) -> Option<relay::RelayHandle> {
         self.relay_handle.clone()
+    }
+
+    /// A handle that starts a graceful drain (see [`DrainHandle`]) and watches it, from any
+    /// thread.
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle::new(
+            self.workers
+                .iter()
+                .map(|w| Arc::clone(&w.control))
+                .collect(),
+            self.relay_handle.clone(),
+            self.stats_reader(),
+        )
     }
 
     /// The backend the workers run ([`IoBackend::Uring`] or [`IoBackend::Epoll`]).

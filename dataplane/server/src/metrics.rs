@@ -260,6 +260,13 @@ const METRICS: &[Metric] = &[
         value: |c| c.ws_accepted,
     },
     Metric {
+        name: "ws_connections_closed_total",
+        kind: Kind::Counter,
+        help: "Node relay TCP connections closed (accepted ones, for any reason).",
+        label: None,
+        value: |c| c.ws_closed,
+    },
+    Metric {
         name: "ws_connections_refused_total",
         kind: Kind::Counter,
         help: "Node relay connections refused at the per-worker connection limit.",

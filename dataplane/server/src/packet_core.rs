@@ -74,6 +74,10 @@ pub trait PacketCore {
 
     /// The core's counters, exported per worker by the shell.
     fn stats(&self) -> &Stats;
+
+    /// Graceful shutdown: refuse new work from now on and let what exists run its course.
+    /// The default does nothing, for cores that hold nothing to let run out.
+    fn start_draining(&mut self) {}
 }
 
 impl PacketCore for StunServer {
@@ -160,5 +164,10 @@ impl<R: RngCore> PacketCore for Server<R> {
 
     fn stats(&self) -> &Stats {
         Self::stats(self)
+    }
+
+    /// New Allocates get 403; existing allocations keep relaying until they end.
+    fn start_draining(&mut self) {
+        Self::start_draining(self);
     }
 }

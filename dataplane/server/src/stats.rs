@@ -123,6 +123,8 @@ worker_counters! {
     relayed_to_client_bytes,
     /// Node relay (WebSocket): TCP connections accepted.
     ws_accepted,
+    /// Node relay: accepted connections closed since.
+    ws_closed,
     /// Node relay: connections refused at the per-worker limit.
     ws_refused_full,
     /// Node relay: open connections (a gauge).

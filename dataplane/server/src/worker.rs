@@ -16,7 +16,8 @@
 //! 4. **fire timers**: [`PacketCore::handle_timeout`] if due, then drain commands;
 //! 5. **control**: stop if shutdown was requested;
 //!
-//! and publishes its counters.
+//! and publishes its counters. A drain request is passed to the core at the start of the
+//! turn, before any input, so no datagram reaped after the request is handled as before it.
 //!
 //! The hot path takes no lock and allocates nothing: datagrams live in pool slots, the core
 //! gets borrowed slices, actions and commands are returned by value, and relay sockets are
@@ -64,10 +65,12 @@ pub struct WorkerInfo {
     pub unix_now: u64,
 }
 
-/// The control link of one worker: a shutdown flag and the waker that makes it notice.
+/// The control link of one worker: the shutdown and drain flags and the waker that makes it
+/// notice.
 #[derive(Debug)]
 pub(crate) struct Control {
     shutdown: AtomicBool,
+    drain: AtomicBool,
     waker: Arc<Waker>,
 }
 
@@ -75,6 +78,7 @@ impl Control {
     pub(crate) fn new() -> io::Result<Self> {
         Ok(Self {
             shutdown: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
             waker: Arc::new(Waker::new()?),
         })
     }
@@ -82,6 +86,16 @@ impl Control {
     pub(crate) fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    pub(crate) fn request_drain(&self) {
+        self.drain.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether a drain was requested since the last call.
+    fn take_drain(&self) -> bool {
+        self.drain.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn waker(&self) -> Arc<Waker> {
@@ -318,6 +332,10 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 .context("waiting for I/O completions")?;
             let now = clock::now();
             self.counters.turns += 1;
+            // A drain requested before this turn covers every datagram it reaps.
+            if self.control.take_drain() {
+                self.core.start_draining();
+            }
 
             // 1. Pending commands.
             self.run_commands();
@@ -578,6 +596,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             relayed_to_client_packets: core.peer_to_client.packets,
             relayed_to_client_bytes: core.peer_to_client.bytes,
             ws_accepted: ws.accepted,
+            ws_closed: ws.closed,
             ws_refused_full: ws.refused_full,
             ws_connections: ws.connections,
             ws_sessions: ws.sessions,

@@ -1,8 +1,9 @@
 //! One allocation's state: its client, relay port, lifetime, permissions and channel bindings.
 //!
 //! Lookups the relay hot path makes (permission by peer IP, peer by channel, channel by peer)
-//! are hash maps. Nothing here is iterated: expiry is driven by the server's timer queue, which
-//! names the entry to look at, so maps never need walking.
+//! are hash maps. Expiry is driven by the server's timer queue, which names the entry to look
+//! at, so the maps are walked only once, in [`Allocation::into_expiries`] when the allocation
+//! ends, to take its entries out of that queue (in any order: removals commute).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -171,6 +172,28 @@ impl Allocation {
     pub(crate) fn channel_count(&self) -> usize {
         self.channels.len()
     }
+
+    /// Consumes the allocation into the expiry of each permission (by peer IP) and each
+    /// channel binding (by number): what the server's timer queue holds for it. The order is
+    /// arbitrary.
+    pub(crate) fn into_expiries(self) -> Expiries {
+        Expiries {
+            permissions: self.permissions.into_iter().collect(),
+            channels: self
+                .channels
+                .into_iter()
+                .map(|(number, channel)| (number, channel.expires_at))
+                .collect(),
+        }
+    }
+}
+
+/// See [`Allocation::into_expiries`]. At most the per-allocation permission and channel
+/// limits long.
+#[derive(Debug)]
+pub(crate) struct Expiries {
+    pub(crate) permissions: Vec<(IpAddr, Instant)>,
+    pub(crate) channels: Vec<(ChannelNumber, Instant)>,
 }
 
 #[cfg(test)]

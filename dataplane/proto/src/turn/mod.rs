@@ -89,7 +89,7 @@ pub use config::{
 };
 pub use peer_filter::{Cidr, CidrError, Denied, PeerFilter};
 pub use ports::PortTable;
-pub use server::{ClientAction, Command, PeerAction, Server};
+pub use server::{ClientAction, Command, Footprint, PeerAction, Server};
 
 /// Bytes the shell reserves before a peer payload so the server can prepend its
 /// encapsulation in place: a Data indication header (20) + XOR-PEER-ADDRESS (4 + 20 for IPv6)

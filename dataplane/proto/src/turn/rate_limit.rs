@@ -57,6 +57,11 @@ impl RateLimiter {
         }
     }
 
+    /// Number of buckets, fixed at construction.
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
     /// Takes one token for `ip` at `now`; `false` if its bucket is empty.
     pub(crate) fn try_take(&mut self, now: Instant, ip: IpAddr) -> bool {
         let index = self.index(ip);

@@ -71,6 +71,26 @@ pub enum PeerAction {
     Drop(DropReason),
 }
 
+/// The sizes of a [`Server`]'s tables, from [`Server::footprint`]. Only an authenticated
+/// Allocate adds to the per-client ones, so unauthenticated traffic from any number of
+/// sources leaves them as they are; the rate limit's buckets are fixed at construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Footprint {
+    /// Allocations, each holding a relay port.
+    pub allocations: usize,
+    /// Client transport addresses with an allocation.
+    pub clients: usize,
+    /// Users holding allocations (the per-user quota's table).
+    pub users: usize,
+    /// Pending timers: allocations, permissions, channels, quarantines, reservations.
+    pub timers: usize,
+    /// Commands the shell has not taken yet.
+    pub commands: usize,
+    /// Token buckets of the rate limit on unauthenticated responses.
+    pub rate_limit_buckets: usize,
+}
+
 /// Work for the shell, drained with [`Server::next_command`] after every `handle_*` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
@@ -352,6 +372,18 @@ impl<R: RngCore> Server<R> {
     /// Live allocations.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// The sizes of every table the server keeps: what traffic could make it grow.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            allocations: self.allocations.len(),
+            clients: self.by_client.len(),
+            users: self.per_user.len(),
+            timers: self.timers.len(),
+            commands: self.commands.len(),
+            rate_limit_buckets: self.limiter.len(),
+        }
     }
 
     /// Relay ports free for new allocations in the port table, which other servers may share
@@ -943,19 +975,14 @@ impl<R: RngCore> Server<R> {
         }
     }
 
-    /// Removes the allocation on `port` and frees its port and quota. Its permission and
-    /// channel timers stay queued and find nothing when they fire.
+    /// Removes the allocation on `port`, its timers, and frees its port and quota.
     fn end_allocation(&mut self, port: RelayPort, ending: Ending, now: Instant) {
         let Some(allocation) = self.allocations.remove(&port) else {
             return;
         };
-        self.timers.remove(&(
-            allocation.expires_at,
-            Timer::Allocation {
-                port,
-                id: allocation.id,
-            },
-        ));
+        let id = allocation.id;
+        self.timers
+            .remove(&(allocation.expires_at, Timer::Allocation { port, id }));
         if self.by_client.get(&allocation.client) == Some(&port) {
             self.by_client.remove(&allocation.client);
         }
@@ -968,6 +995,20 @@ impl<R: RngCore> Server<R> {
         self.stats.allocations -= 1;
         self.stats.permissions -= allocation.permission_count() as u64;
         self.stats.channels -= allocation.channel_count() as u64;
+        let reservation = allocation.reservation;
+        // Left queued, they would only find nothing when they fire, but a client that
+        // allocates, binds and deletes in a loop would grow the queue for their whole
+        // lifetime (up to 15 minutes for a channel).
+        let expiries = allocation.into_expiries();
+        for (ip, at) in expiries.permissions {
+            self.timers
+                .remove(&(at, Timer::Permission { port, id, ip }));
+        }
+        let cooldown = secs(self.config.channel_cooldown);
+        for (number, expires_at) in expiries.channels {
+            self.timers
+                .remove(&(expires_at + cooldown, Timer::Channel { port, id, number }));
+        }
         match ending {
             Ending::Expired | Ending::Deleted => {
                 if ending == Ending::Expired {
@@ -980,7 +1021,7 @@ impl<R: RngCore> Server<R> {
             }
             Ending::BindFailed => {
                 self.stats.allocations_deleted += 1;
-                if let Some(token) = allocation.reservation {
+                if let Some(token) = reservation {
                     self.ports.cancel_reservation(token);
                 }
                 self.ports.quarantine(port);

@@ -284,6 +284,8 @@ impl RelayConfig {
 pub struct RelayCounters {
     /// Connections accepted.
     pub accepted: u64,
+    /// Accepted connections closed since, for any reason.
+    pub closed: u64,
     /// Connections refused because the worker was at its limit.
     pub refused_full: u64,
     /// Gauge: open connections.
@@ -1600,7 +1602,9 @@ impl RelayShell {
         let Some(hub_conn) = conn.hub_conn() else {
             return;
         };
-        self.by_hub.remove(&hub_conn);
+        if self.by_hub.remove(&hub_conn).is_some() {
+            self.counters.closed += 1;
+        }
         let _ = self.hub.handle_disconnect(hub_conn);
         if let Some(host) = conn.mesh_host {
             self.counters.mesh_links -= 1;
