@@ -272,7 +272,7 @@ fn two_nodes_exchange_100k_packets_in_order_without_loss() {
     let b = sim.join(B);
     let mut next_ab = 0;
     for round in 0..2_000u64 {
-        // 50 packets A→B (bursts stay under the 64-frame queue), one B→A, then both read.
+        // 50 packets A→B (bursts stay under the 256-frame queue), one B→A, then both read.
         for _ in 0..50 {
             let len = 60 + (next_ab as usize * 7) % 1400;
             sim.send(a, B, &seq_packet(next_ab, len));
@@ -294,7 +294,8 @@ fn two_nodes_exchange_100k_packets_in_order_without_loss() {
 
 #[test]
 fn a_reader_that_never_reads_loses_the_oldest_frames_only() {
-    let mut sim = Sim::new(WsConfig::new());
+    // The frame bound explicitly (the default is 256 frames), so 200-byte frames hit it first.
+    let mut sim = Sim::new(WsConfig::new().with_queue(64, 128 * 1024).unwrap());
     let a = sim.join(A);
     let b = sim.join(B);
     sim.peers.get_mut(&b).unwrap().reading = false;

@@ -120,7 +120,7 @@
 //! staging buffer for the HTTP response and control frames, three 127-byte control slots)
 //! plus the token, at most [`handshake::MAX_TOKEN_LEN`] bytes. Accepting it allocates its
 //! outbound queue once: `queue_bytes` of ring plus 24 bytes per entry of `queue_frames`, by
-//! default 128 KiB + 1.5 KiB, so about 131 KiB per authenticated node. Nothing grows after
+//! default 128 KiB + 6 KiB, so about 134 KiB per authenticated node. Nothing grows after
 //! that: a client that never reads loses its oldest queued frames
 //! ([`DropReason::QueueFull`]). A mesh link allocates `mesh_queue_bytes` plus 24 bytes per
 //! entry of `mesh_queue_frames`, by default 4 MiB + 96 KiB, once per peer host; a peer that
@@ -227,7 +227,7 @@ impl WsConfig {
             keepalive_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(15),
             close_timeout: Duration::from_secs(5),
-            queue_frames: 64,
+            queue_frames: 256,
             queue_bytes: 128 * 1024,
             mesh_queue_frames: 4096,
             mesh_queue_bytes: 4 * 1024 * 1024,
@@ -291,9 +291,10 @@ impl WsConfig {
         Ok(self)
     }
 
-    /// The per-session outbound queue: at most `frames` frames and `bytes` bytes (defaults 64
-    /// and 128 KiB: about two largest frames, or 64 full-MTU packets, some 75 ms at
-    /// 10 Mbit/s). Must hold one largest frame and at least 2 frames. This is the session's
+    /// The per-session outbound queue: at most `frames` frames and `bytes` bytes (defaults 256
+    /// and 128 KiB: about two largest frames, or ~100 full-MTU packets, some 100 ms at
+    /// 10 Mbit/s; the frame bound only matters for small packets, where 64 dropped bursts
+    /// of 100-byte packets that the byte bound holds easily). Must hold one largest frame and at least 2 frames. This is the session's
     /// memory bound; see the module doc.
     pub fn with_queue(mut self, frames: usize, bytes: usize) -> Result<Self, ConfigError> {
         self.queue_frames = frames;

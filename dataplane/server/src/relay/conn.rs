@@ -192,10 +192,16 @@ impl Conn {
             return ReadOutcome::Nothing;
         }
         let Some(tls) = self.tls.as_mut() else {
+            let free = self.input.len() - self.end;
             return match self.stream.read(&mut self.input[self.end..]) {
                 Ok(0) => ReadOutcome::Closed,
                 Ok(n) => {
                     self.end += n;
+                    // A read that filled the buffer means a busy client: read in whole-frame
+                    // sized chunks from now on (one allocation, once) to batch syscalls.
+                    if n == free && self.input.len() < self.max_input {
+                        self.input.resize(self.max_input, 0);
+                    }
                     ReadOutcome::Data(n)
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Nothing,
