@@ -18,18 +18,7 @@ mod common;
 mod ws_client;
 
 use boson_shared::NodeId;
-use serde_json::json;
 use ws_client::{Client, connect};
-
-fn node_body(id: &str, key: &str) -> serde_json::Value {
-    json!({
-        "nodeId": id,
-        "publicKey": key,
-        "networkInfo": {"ipv4": "192.168.1.1", "natType": "Symmetric", "localPort": 51820},
-        "capabilities": {"maxConnections": 100, "bandwidth": {"up": 100, "down": 100}},
-        "location": {"country": "US", "region": "US-CA"}
-    })
-}
 
 #[test]
 fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
@@ -55,8 +44,8 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     );
     let key_a = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
     let key_b = "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
-    let token_a = http.register(&server.base, &node_body(id_a, key_a));
-    let token_b = http.register(&server.base, &node_body(id_b, key_b));
+    let token_a = http.register(&server.base, &common::node_body(id_a, key_a));
+    let token_b = http.register(&server.base, &common::node_body(id_b, key_b));
     let (a, b): (NodeId, NodeId) = (id_a.parse().unwrap(), id_b.parse().unwrap());
 
     let mut client_a = Client::new(connect(relay));
@@ -84,7 +73,7 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     // old token no longer opens one; the new token does.
     let (status, body) = http.post(
         &format!("{}/api/v1/nodes/register", server.base),
-        &node_body(id_b, key_b),
+        &common::node_body(id_b, key_b),
         Some(&token_b),
     );
     assert!(status == 200 || status == 201, "{status} {body}");
@@ -103,7 +92,7 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     let id_c = "6f1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a03";
     let token_c = http.register(
         &server.base,
-        &node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+        &common::node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let c: NodeId = id_c.parse().unwrap();
     let pem = std::fs::read(dir.path().join("data/relay-cert.pem")).unwrap();
@@ -180,11 +169,11 @@ fn registered_nodes_relay_through_wss() {
     );
     let token_a = http.register(
         &server.base,
-        &node_body(id_a, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+        &common::node_body(id_a, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let token_b = http.register(
         &server.base,
-        &node_body(id_b, "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+        &common::node_body(id_b, "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let (a, b): (NodeId, NodeId) = (id_a.parse().unwrap(), id_b.parse().unwrap());
     let cert = made.cert.der().clone();

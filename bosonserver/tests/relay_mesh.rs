@@ -23,7 +23,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use boson_shared::NodeId;
-use serde_json::json;
 use ws_client::{Client, connect};
 
 const MESH_KEY: &str = "mesh-key-for-tests-0123456789abcdef";
@@ -85,16 +84,6 @@ fn host(dir: &std::path::Path, redis: &str, prefix: &str) -> (common::Running, S
     (server, relay.parse().unwrap())
 }
 
-fn node_body(id: &str, key: &str) -> serde_json::Value {
-    json!({
-        "nodeId": id,
-        "publicKey": key,
-        "networkInfo": {"ipv4": "192.168.1.1", "natType": "Symmetric", "localPort": 51820},
-        "capabilities": {"maxConnections": 100, "bandwidth": {"up": 100, "down": 100}},
-        "location": {"country": "US", "region": "US-CA"}
-    })
-}
-
 #[test]
 fn nodes_on_two_hosts_relay_over_the_mesh() {
     let Some(redis) = redis_url() else { return };
@@ -110,11 +99,11 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     );
     let token_x = http.register(
         &host_a.base,
-        &node_body(id_x, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+        &common::node_body(id_x, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let token_y = http.register(
         &host_b.base,
-        &node_body(id_y, "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+        &common::node_body(id_y, "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let (x, y): (NodeId, NodeId) = (id_x.parse().unwrap(), id_y.parse().unwrap());
     let mut client_x = Client::new(connect(relay_a));
@@ -200,7 +189,7 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     let id_c = "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a03";
     let token_c = http.register(
         &host_a.base,
-        &node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+        &common::node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let c: NodeId = id_c.parse().unwrap();
     let pem = std::fs::read(dir_a.path().join("data/relay-cert.pem")).unwrap();

@@ -25,7 +25,6 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use boson_shared::NodeId;
-use serde_json::json;
 use ws_client::{Client, connect};
 
 /// Both processes must agree on these; set explicitly so neither generates its own.
@@ -143,16 +142,6 @@ fn dataplane_args<'a>(segment: &'a str, workers: &'a str) -> Vec<&'a str> {
     ]
 }
 
-fn node_body(id: &str, key: &str) -> serde_json::Value {
-    json!({
-        "nodeId": id,
-        "publicKey": key,
-        "networkInfo": {"ipv4": "192.168.1.1", "natType": "Symmetric", "localPort": 51820},
-        "capabilities": {"maxConnections": 100, "bandwidth": {"up": 100, "down": 100}},
-        "location": {"country": "US", "region": "US-CA"}
-    })
-}
-
 /// A relay session for `node` with `token`. Grants reach the dataplane asynchronously, so
 /// a refusal (1008) is retried for up to five seconds, as a real node would.
 fn join(relay: SocketAddr, token: &str, node: NodeId) -> Client<TcpStream> {
@@ -210,8 +199,8 @@ fn control_plane_killed_and_restarted_while_a_relay_stream_flows() {
     let (control, base) = Proc::control(dir.path(), segment, "2");
     let (_dataplane, relay) = Proc::dataplane(dir.path(), segment, "2");
     let http = common::Http::new();
-    let token_a = http.register(&base, &node_body(IDS[0], KEYS[0]));
-    let token_b = http.register(&base, &node_body(IDS[1], KEYS[1]));
+    let token_a = http.register(&base, &common::node_body(IDS[0], KEYS[0]));
+    let token_b = http.register(&base, &common::node_body(IDS[1], KEYS[1]));
     let (a, b): (NodeId, NodeId) = (IDS[0].parse().unwrap(), IDS[1].parse().unwrap());
     let mut client_a = join(relay, &token_a, a);
     let mut client_b = join(relay, &token_b, b);
@@ -285,7 +274,7 @@ fn control_plane_killed_and_restarted_while_a_relay_stream_flows() {
     );
 
     // Grants flow again: a node registered after the restart relays.
-    let token_c = http.register(&base, &node_body(IDS[2], KEYS[2]));
+    let token_c = http.register(&base, &common::node_body(IDS[2], KEYS[2]));
     let c: NodeId = IDS[2].parse().unwrap();
     let mut client_c = join(relay, &token_c, c);
     let mut client_a = client_a;
@@ -304,8 +293,8 @@ fn dataplane_killed_and_restarted_gets_every_grant_again() {
     let (dataplane, relay) = Proc::dataplane(dir.path(), segment, "2");
     let (_control, base) = Proc::control(dir.path(), segment, "2");
     let http = common::Http::new();
-    let token_a = http.register(&base, &node_body(IDS[0], KEYS[0]));
-    let token_b = http.register(&base, &node_body(IDS[1], KEYS[1]));
+    let token_a = http.register(&base, &common::node_body(IDS[0], KEYS[0]));
+    let token_b = http.register(&base, &common::node_body(IDS[1], KEYS[1]));
     let (a, b): (NodeId, NodeId) = (IDS[0].parse().unwrap(), IDS[1].parse().unwrap());
     drop(join(relay, &token_a, a));
     wait_metrics(&http, &base, "the first dataplane", |m| {

@@ -18,46 +18,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use boson_dataplane::relay::{AuthError, RelayConfig};
-use boson_dataplane::{Dataplane, IoBackend, WorkerInfo, start};
+use boson_dataplane::relay::RelayConfig;
+use boson_dataplane::{Dataplane, IoBackend, start};
 use boson_dataplane_proto::quic::{ALPN, QuicConfig};
-use boson_dataplane_proto::{BindingConfig, StunServer};
 use boson_shared::NodeId;
 use common::ws_client::{Client, connect};
 use rustls::pki_types::CertificateDer;
 
-fn stun_core(_: WorkerInfo) -> StunServer {
-    StunServer::new(BindingConfig::default())
-}
-
-fn authenticate(token: &[u8]) -> Result<NodeId, AuthError> {
-    std::str::from_utf8(token)
-        .ok()
-        .and_then(|t| t.strip_prefix("node."))
-        .and_then(|id| id.parse::<uuid::Uuid>().ok())
-        .map(|id| NodeId::from_bytes(*id.as_bytes()))
-        .ok_or_else(|| AuthError::Invalid("not a test token".into()))
-}
-
-fn node(n: u8) -> NodeId {
-    let mut bytes = [0u8; 16];
-    bytes[0] = n;
-    bytes[15] = 0x51;
-    NodeId::from_bytes(bytes)
-}
-
-fn token(node: &NodeId) -> String {
-    format!("node.{}", uuid::Uuid::from_bytes(*node.as_bytes()))
-}
-
 fn start_quic(backend: IoBackend, workers: usize) -> (Dataplane, CertificateDer<'static>) {
     let (quic, cert) = QuicConfig::self_signed(&["localhost"]).unwrap();
-    let mut relay = RelayConfig::new(Arc::new(authenticate));
+    let mut relay = RelayConfig::new(Arc::new(common::relay_authenticate));
     relay.listen = "127.0.0.1:0".parse().unwrap();
     relay.quic = Some(quic);
     let mut config = common::config(backend, workers);
     config.relay = Some(relay);
-    (start(config, stun_core).unwrap(), cert)
+    (start(config, common::stun_core).unwrap(), cert)
 }
 
 struct QuicClient {
@@ -252,4 +227,12 @@ async fn quic_refuses_bad_tokens_and_answers_peer_gone() {
     tokio::task::spawn_blocking(move || dataplane.shutdown().unwrap())
         .await
         .unwrap();
+}
+
+fn node(n: u8) -> NodeId {
+    common::relay_node(n, 0x51)
+}
+
+fn token(node: &NodeId) -> String {
+    common::relay_token(node)
 }

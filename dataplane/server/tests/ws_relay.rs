@@ -19,30 +19,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use boson_dataplane::relay::{AuthError, RelayCommand, RelayConfig};
-use boson_dataplane::{Dataplane, IoBackend, WorkerInfo, start};
+use boson_dataplane::relay::{RelayCommand, RelayConfig};
+use boson_dataplane::{Dataplane, IoBackend, start};
 use boson_dataplane_proto::ws::WsConfig;
 use boson_dataplane_proto::ws::frame::OpCode;
-use boson_dataplane_proto::{BindingConfig, StunServer};
 use boson_shared::NodeId;
 use common::ws_client::{Client, Incoming, connect};
 
-fn stun_core(_: WorkerInfo) -> StunServer {
-    StunServer::new(BindingConfig::default())
-}
-
-/// Tokens are `node.<uuid>`; anything else is refused.
-fn authenticate(token: &[u8]) -> Result<NodeId, AuthError> {
-    std::str::from_utf8(token)
-        .ok()
-        .and_then(|t| t.strip_prefix("node."))
-        .and_then(|id| id.parse::<uuid::Uuid>().ok())
-        .map(|id| NodeId::from_bytes(*id.as_bytes()))
-        .ok_or_else(|| AuthError::Invalid("not a test token".into()))
-}
-
 fn relay_config(ws: WsConfig) -> RelayConfig {
-    let mut relay = RelayConfig::new(Arc::new(authenticate));
+    let mut relay = RelayConfig::new(Arc::new(common::relay_authenticate));
     relay.listen = "127.0.0.1:0".parse().unwrap();
     relay.ws = ws;
     relay
@@ -51,18 +36,7 @@ fn relay_config(ws: WsConfig) -> RelayConfig {
 fn start_relay(backend: IoBackend, workers: usize, ws: WsConfig) -> Dataplane {
     let mut config = common::config(backend, workers);
     config.relay = Some(relay_config(ws));
-    start(config, stun_core).unwrap()
-}
-
-fn node(n: u8) -> NodeId {
-    let mut bytes = [0u8; 16];
-    bytes[0] = n;
-    bytes[15] = 0x42;
-    NodeId::from_bytes(bytes)
-}
-
-fn token(node: &NodeId) -> String {
-    format!("node.{}", uuid::Uuid::from_bytes(*node.as_bytes()))
+    start(config, common::stun_core).unwrap()
 }
 
 /// A client authenticated as `node` with the Bearer header, READY received.
@@ -526,7 +500,7 @@ fn wss_relays_and_reloads_its_certificate() {
     relay.tls_reload_interval = Duration::from_millis(50);
     let mut config = common::config(IoBackend::Epoll, 2);
     config.relay = Some(relay);
-    let dataplane = start(config, stun_core).unwrap();
+    let dataplane = start(config, common::stun_core).unwrap();
     let addr = dataplane.relay_addr().unwrap();
 
     let (a, b) = (node(20), node(21));
@@ -574,4 +548,12 @@ fn wss_relays_and_reloads_its_certificate() {
         "the TLS error to be counted",
     );
     dataplane.shutdown().unwrap();
+}
+
+fn node(n: u8) -> NodeId {
+    common::relay_node(n, 0x42)
+}
+
+fn token(node: &NodeId) -> String {
+    common::relay_token(node)
 }

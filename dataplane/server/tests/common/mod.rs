@@ -101,3 +101,33 @@ pub(crate) fn total(stats: &[WorkerStatsSnapshot], f: impl Fn(&WorkerStatsSnapsh
 }
 
 pub(crate) mod ws_client;
+
+/// Relay tokens of the tests are `node.<uuid>`; anything else is refused.
+pub(crate) fn relay_authenticate(
+    token: &[u8],
+) -> Result<boson_shared::NodeId, boson_dataplane::relay::AuthError> {
+    std::str::from_utf8(token)
+        .ok()
+        .and_then(|t| t.strip_prefix("node."))
+        .and_then(|id| id.parse::<uuid::Uuid>().ok())
+        .map(|id| boson_shared::NodeId::from_bytes(*id.as_bytes()))
+        .ok_or_else(|| boson_dataplane::relay::AuthError::Invalid("not a test token".into()))
+}
+
+/// Test node number `n`; `tag` keeps test files apart.
+pub(crate) fn relay_node(n: u8, tag: u8) -> boson_shared::NodeId {
+    let mut bytes = [0u8; 16];
+    bytes[0] = n;
+    bytes[15] = tag;
+    boson_shared::NodeId::from_bytes(bytes)
+}
+
+/// The token [`relay_authenticate`] accepts for `node`.
+pub(crate) fn relay_token(node: &boson_shared::NodeId) -> String {
+    format!("node.{}", uuid::Uuid::from_bytes(*node.as_bytes()))
+}
+
+/// A STUN-only core for relay tests, which do not use TURN.
+pub(crate) fn stun_core(_: boson_dataplane::WorkerInfo) -> boson_dataplane_proto::StunServer {
+    boson_dataplane_proto::StunServer::new(boson_dataplane_proto::BindingConfig::default())
+}
