@@ -65,7 +65,7 @@ fn spawn(program: &str, args: &[&str]) -> Guard {
 }
 
 /// Waits until something answers a STUN Binding request on `port`.
-fn wait_for_stun(port: u16) {
+fn wait_for_stun(port: u16) -> bool {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -77,10 +77,10 @@ fn wait_for_stun(port: u16) {
     for _ in 0..100 {
         socket.send_to(&request, ("127.0.0.1", port)).unwrap();
         if socket.recv_from(&mut buf).is_ok() {
-            return;
+            return true;
         }
     }
-    panic!("no STUN answer on 127.0.0.1:{port}");
+    false
 }
 
 /// What `turnutils_uclient` reported.
@@ -174,9 +174,23 @@ fn assert_lossless(report: &Report, expected: u64) {
     assert_eq!(report.lost_percent, 0.0, "{tail:#?}");
 }
 
-fn coturn(port: u16) -> Guard {
+/// coturn on a free port, and that port. A port found free can be taken again before coturn
+/// binds it (other tests bind thousands of relay ports in the same range), so a coturn that
+/// does not answer within 10 s is replaced, on new ports, up to three times.
+fn coturn() -> (Guard, u16) {
+    for _ in 0..3 {
+        let port = free_udp_port();
+        let guard = coturn_on(port);
+        if wait_for_stun(port) {
+            return (guard, port);
+        }
+    }
+    panic!("coturn never answered STUN, on three ports");
+}
+
+fn coturn_on(port: u16) -> Guard {
     let relay_min = free_udp_port().max(20000);
-    let guard = spawn(
+    spawn(
         "turnserver",
         &[
             "-n",
@@ -193,9 +207,7 @@ fn coturn(port: u16) -> Guard {
             "--no-dtls",
             "--log-file=stdout",
         ],
-    );
-    wait_for_stun(port);
-    guard
+    )
 }
 
 #[test]
@@ -203,8 +215,7 @@ fn reference_coturn_relays_channels_without_loss() {
     if !have_coturn_tools() {
         return;
     }
-    let port = free_udp_port();
-    let _server = coturn(port);
+    let (_server, port) = coturn();
     assert_lossless(&uclient(port, &["-y"], 4, 200), 800);
 }
 
@@ -213,8 +224,7 @@ fn reference_coturn_relays_send_indications_without_loss() {
     if !have_coturn_tools() {
         return;
     }
-    let port = free_udp_port();
-    let _server = coturn(port);
+    let (_server, port) = coturn();
     assert_lossless(&uclient(port, &["-s"], 4, 200), 800);
 }
 
