@@ -1139,19 +1139,13 @@ impl RelayShell {
         match self.directory.get(dest) {
             Some(Location::Core { core, .. }) => self.push_frame(core, dest, frame),
             Some(Location::Quic { .. }) => {
-                let (Some(quic), Some((src, packet))) = (self.quic.as_mut(), recv_parts(frame))
-                else {
-                    self.counters.cross_core_gone += 1;
-                    return false;
-                };
-                let queued = matches!(
-                    quic.deliver(now, dest, &src, packet),
-                    quic::Delivery::Queued
-                );
-                if queued {
-                    self.counters.quic_packets_out += 1;
+                match deliver_quic(now, self.quic.as_mut(), &mut self.counters, dest, frame) {
+                    Some(queued) => queued,
+                    None => {
+                        self.counters.cross_core_gone += 1;
+                        false
+                    }
                 }
-                queued
             }
             Some(Location::Host(host)) if !from_mesh => self.send_to_host(&host, dest, frame),
             Some(Location::Host(_)) | None => {
@@ -1165,16 +1159,7 @@ impl RelayShell {
     /// that does.
     fn send_to_host(&mut self, host: &HostId, dest: &NodeId, frame: &[u8]) -> bool {
         if self.hub.mesh_conn(host).is_some() {
-            match self.hub.forward_to_mesh(host, dest, frame) {
-                Delivery::Queued(_) => {
-                    self.counters.mesh_out += 1;
-                    true
-                }
-                Delivery::Gone | Delivery::Malformed => {
-                    self.counters.mesh_no_link += 1;
-                    false
-                }
-            }
+            forward_mesh(&mut self.hub, &mut self.counters, host, dest, frame)
         } else if let Some(&core) = self.mesh_cores.get(host) {
             // That core's inbound handling forwards it (see `deliver_remote`).
             self.push_frame(core, dest, frame)
@@ -1496,17 +1481,6 @@ impl RelayShell {
         }
     }
 
-    fn broadcast_host(&mut self, kind: u8, host: &HostId) {
-        for (core, tx) in self.outbound.iter_mut().enumerate() {
-            let Some(tx) = tx else { continue };
-            if tx.push(&[&[kind], host.as_bytes()]) {
-                self.dirty[core] = true;
-            } else {
-                self.counters.cross_core_full += 1;
-            }
-        }
-    }
-
     fn core_u16(&self) -> u16 {
         u16::try_from(self.core).unwrap_or(u16::MAX)
     }
@@ -1517,12 +1491,22 @@ impl RelayShell {
         }
     }
 
+    /// Node presence (`ARRIVE`/`LEAVE`) to every other core.
     fn broadcast(&mut self, kind: u8, node: &NodeId, epoch: u64) {
+        self.broadcast_record(&[&[kind], node.as_bytes(), &epoch.to_le_bytes()]);
+    }
+
+    /// Where a host's mesh session is (`MESH_UP`/`MESH_DOWN`) to every other core.
+    fn broadcast_host(&mut self, kind: u8, host: &HostId) {
+        self.broadcast_record(&[&[kind], host.as_bytes()]);
+    }
+
+    fn broadcast_record(&mut self, parts: &[&[u8]]) {
         for (core, tx) in self.outbound.iter_mut().enumerate() {
             let Some(tx) = tx else { continue };
             // Presence records are small and rare; a full ring loses one, and the node's next
             // session (or its peers' PEER_GONE) corrects it.
-            if tx.push(&[&[kind], node.as_bytes(), &epoch.to_le_bytes()]) {
+            if tx.push(parts) {
                 self.dirty[core] = true;
             } else {
                 self.counters.cross_core_full += 1;
@@ -1688,29 +1672,57 @@ fn deliver_remote(
         Delivery::Queued(_) => {}
         Delivery::Malformed => counters.cross_core_gone += 1,
         Delivery::Gone => match directory.get(dest) {
-            Some(Location::Host(host)) => match hub.forward_to_mesh(&host, dest, frame) {
-                Delivery::Queued(_) => counters.mesh_out += 1,
-                Delivery::Gone | Delivery::Malformed => counters.mesh_no_link += 1,
-            },
+            Some(Location::Host(host)) => {
+                forward_mesh(hub, counters, &host, dest, frame);
+            }
             Some(Location::Quic { .. }) => {
-                let delivered = match (quic, recv_parts(frame)) {
-                    (Some(quic), Some((src, packet))) => {
-                        matches!(
-                            quic.deliver(now, dest, &src, packet),
-                            quic::Delivery::Queued
-                        )
-                    }
-                    _ => false,
-                };
-                if delivered {
-                    counters.quic_packets_out += 1;
-                } else {
+                if deliver_quic(now, quic, counters, dest, frame) != Some(true) {
                     counters.cross_core_gone += 1;
                 }
             }
             Some(Location::Core { .. }) | None => counters.cross_core_gone += 1,
         },
     }
+}
+
+/// A RECV frame for `dest` over `host`'s mesh link, if this hub holds it; counted either way.
+fn forward_mesh(
+    hub: &mut Hub<Directory>,
+    counters: &mut RelayCounters,
+    host: &HostId,
+    dest: &NodeId,
+    frame: &[u8],
+) -> bool {
+    match hub.forward_to_mesh(host, dest, frame) {
+        Delivery::Queued(_) => {
+            counters.mesh_out += 1;
+            true
+        }
+        Delivery::Gone | Delivery::Malformed => {
+            counters.mesh_no_link += 1;
+            false
+        }
+    }
+}
+
+/// A RECV frame for `dest`'s QUIC session on this core: whether it was queued, or `None`
+/// when there is no QUIC relay or the frame is not a RECV.
+fn deliver_quic(
+    now: Instant,
+    quic: Option<&mut QuicRelay>,
+    counters: &mut RelayCounters,
+    dest: &NodeId,
+    frame: &[u8],
+) -> Option<bool> {
+    let (src, packet) = recv_parts(frame)?;
+    let queued = matches!(
+        quic?.deliver(now, dest, &src, packet),
+        quic::Delivery::Queued
+    );
+    if queued {
+        counters.quic_packets_out += 1;
+    }
+    Some(queued)
 }
 
 /// The source and packet of a RECV frame the hub built (`[header][0x02][src][packet]`).
