@@ -95,16 +95,8 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
         &common::node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let c: NodeId = id_c.parse().unwrap();
-    let pem = std::fs::read(dir.path().join("data/relay-cert.pem")).unwrap();
-    let cert = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
-    // Multi-threaded: quinn's endpoint driver must run while this thread blocks on the
-    // WebSocket client.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (quic, _control) = runtime.block_on(common::quic_join(relay, cert, &token_c));
+    let node_c = common::quic_node(relay, &dir.path().join("data"), &token_c);
+    let (runtime, quic) = (&node_c.runtime, &node_c.conn);
     for i in 0..200u32 {
         let packet = [&i.to_le_bytes()[..], &[3u8; 900]].concat();
         let mut datagram = vec![0x01];

@@ -130,6 +130,7 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     }
     if !through {
         for base in [&host_a.base, &host_b.base] {
+            // A fresh client: the pooled connection may have idled past the server's header timeout.
             let metrics = common::Http::new().text(&format!("{base}/metrics"));
             let lines: Vec<&str> = metrics
                 .lines()
@@ -184,7 +185,6 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
         client_x.send(&y, &packet).unwrap();
         assert_eq!(client_y.recv_packet(), (x, packet), "packet {i} X→Y");
     }
-    // A fresh client: the pooled connection may have idled past the server's header timeout.
     // A node on host A over QUIC reaches Y on host B over the mesh, both ways.
     let id_c = "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a03";
     let token_c = http.register(
@@ -192,14 +192,8 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
         &common::node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let c: NodeId = id_c.parse().unwrap();
-    let pem = std::fs::read(dir_a.path().join("data/relay-cert.pem")).unwrap();
-    let cert = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (quic, _control) = runtime.block_on(common::quic_join(relay_a, cert, &token_c));
+    let node_c = common::quic_node(relay_a, &dir_a.path().join("data"), &token_c);
+    let (runtime, quic) = (&node_c.runtime, &node_c.conn);
     // Host B learns where C is at its next presence poll: probe until a packet gets through.
     let mut reached = false;
     for _ in 0..100 {

@@ -258,6 +258,32 @@ impl Http {
     }
 }
 
+/// A QUIC relay node of a test: its own runtime (multi-threaded, so quinn's endpoint driver
+/// runs while the test thread blocks on a WebSocket client) and its connection.
+pub(crate) struct QuicNode {
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) conn: quinn::Connection,
+    _control: (quinn::SendStream, quinn::RecvStream),
+}
+
+/// Joins the QUIC relay at `relay` with `token`, trusting the development certificate the
+/// server wrote into `data_dir`.
+pub(crate) fn quic_node(relay: SocketAddr, data_dir: &Path, token: &str) -> QuicNode {
+    let pem = std::fs::read(data_dir.join("relay-cert.pem")).unwrap();
+    let cert = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (conn, control) = runtime.block_on(quic_join(relay, cert, token));
+    QuicNode {
+        runtime,
+        conn,
+        _control: control,
+    }
+}
+
 /// A QUIC relay session: handshake trusting `cert`, AUTH on the control stream, READY.
 pub(crate) async fn quic_join(
     addr: SocketAddr,
