@@ -130,7 +130,6 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     }
     if !through {
         for base in [&host_a.base, &host_b.base] {
-            // A fresh client: the pooled connection may have idled past the server's header timeout.
             let metrics = common::Http::new().text(&format!("{base}/metrics"));
             let lines: Vec<&str> = metrics
                 .lines()
@@ -223,6 +222,7 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     quic.send_datagram(datagram.into()).unwrap();
     assert_eq!(client_y.recv_packet(), (c, b"from quic".to_vec()));
 
+    // A fresh client: the pooled connection may have idled past the server's header timeout.
     let metrics = common::Http::new().text(&format!("{}/metrics", host_b.base));
     let sent: u64 = metrics
         .lines()
