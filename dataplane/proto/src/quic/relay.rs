@@ -1,13 +1,12 @@
 //! [`QuicRelay`]: one core's QUIC endpoint, its connections keyed by NodeId, and the relay
 //! protocol on top of them.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use boson_shared::NodeId;
 use bytes::{Bytes, BytesMut};
@@ -21,6 +20,7 @@ use super::stats::{DropReason, QuicStats};
 use super::wire::{
     self, MAX_CONTROL_FRAME, MAX_NOTICE_FRAME, POLICY_VIOLATION, PROTOCOL_ERROR, REPLACED,
 };
+use crate::ws::GoneLimiter;
 use crate::ws::relay::{Message, MessageType, PREFIX_LEN, RelayError};
 
 /// A connection's handle in its relay, never reused by that relay.
@@ -1222,50 +1222,9 @@ fn next_control(inbox: &mut Vec<u8>) -> Option<ControlInput> {
     Some(input)
 }
 
-/// Fixed-memory rate limit of PEER_GONE, as in the WebSocket hub: one slot per hash of
-/// (sender, destination), holding the pair's hash and until when it stays quiet. Two pairs
-/// that collide evict each other, which only ever lets an extra PEER_GONE through.
-#[derive(Debug)]
-struct GoneLimiter {
-    /// `(pair hash, quiet until, in ms since epoch)`.
-    slots: Box<[(u64, u64)]>,
-    epoch: Instant,
-    interval_ms: u64,
-}
-
-impl GoneLimiter {
-    fn new(now: Instant, interval: Duration, slots: usize) -> Self {
-        Self {
-            slots: vec![(0, 0); slots.max(1)].into_boxed_slice(),
-            epoch: now,
-            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
-        }
-    }
-
-    fn allow(&mut self, now: Instant, src: &NodeId, dest: &NodeId) -> bool {
-        let mut hasher = DefaultHasher::new();
-        (src, dest).hash(&mut hasher);
-        let key = hasher.finish();
-        let now_ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(u64::MAX);
-        // The remainder is below `slots.len()`, so it fits in usize.
-        let index = (key % self.slots.len() as u64) as usize;
-        let Some(slot) = self.slots.get_mut(index) else {
-            return true;
-        };
-        if slot.0 == key && now_ms < slot.1 {
-            return false;
-        }
-        *slot = (key, now_ms.saturating_add(self.interval_ms));
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::relay::node_id;
-    use crate::ws::test_epoch;
 
     #[test]
     fn control_inputs() {
@@ -1295,16 +1254,6 @@ mod tests {
             next_control(&mut empty_token),
             Some(ControlInput::Invalid(Violation::BadToken))
         ));
-    }
-
-    #[test]
-    fn gone_limiter_per_pair() {
-        let t0 = test_epoch();
-        let mut limiter = GoneLimiter::new(t0, Duration::from_secs(5), 64);
-        let (a, b) = (node_id([1; 16]), node_id([2; 16]));
-        assert!(limiter.allow(t0, &a, &b));
-        assert!(!limiter.allow(t0 + Duration::from_secs(4), &a, &b));
-        assert!(limiter.allow(t0 + Duration::from_secs(5), &a, &b));
     }
 
     #[test]

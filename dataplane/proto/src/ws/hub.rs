@@ -711,8 +711,9 @@ fn recv_payload(frame: &[u8]) -> Option<&[u8]> {
 /// Fixed-memory rate limit of PEER_GONE: one slot per hash of (sender, destination),
 /// holding the pair's hash and until when it stays quiet. Two pairs that collide evict each
 /// other, which only ever lets an extra PEER_GONE through, to the sender that caused it.
+/// The QUIC relay limits its PEER_GONEs with the same type.
 #[derive(Debug)]
-struct GoneLimiter {
+pub(crate) struct GoneLimiter {
     /// `(pair hash, quiet until, in ms since epoch)`.
     slots: Box<[(u64, u64)]>,
     epoch: Instant,
@@ -720,7 +721,7 @@ struct GoneLimiter {
 }
 
 impl GoneLimiter {
-    fn new(now: Instant, interval: Duration, slots: usize) -> Self {
+    pub(crate) fn new(now: Instant, interval: Duration, slots: usize) -> Self {
         Self {
             slots: vec![(0, 0); slots.max(1)].into_boxed_slice(),
             epoch: now,
@@ -730,7 +731,7 @@ impl GoneLimiter {
 
     /// Whether a PEER_GONE about `dest` may go to `src` at `now`; if so, the pair is quiet
     /// for one interval.
-    fn allow(&mut self, now: Instant, src: &NodeId, dest: &NodeId) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant, src: &NodeId, dest: &NodeId) -> bool {
         let mut hasher = DefaultHasher::new();
         (src, dest).hash(&mut hasher);
         let key = hasher.finish();

@@ -134,6 +134,7 @@
 pub mod frame;
 pub mod handshake;
 mod hub;
+pub(crate) use hub::GoneLimiter;
 mod mesh;
 mod queue;
 pub mod relay;
