@@ -196,9 +196,6 @@ if __name__ == "__main__":
     ws_frame_seeds()
     ws_handshake_seeds()
     relay_seeds()
-<<<<<<< HEAD
     mesh_client_seeds()
-=======
     plane_codec_seeds()
     channel_ring_seeds()
->>>>>>> channel
