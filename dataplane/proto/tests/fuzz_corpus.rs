@@ -3,8 +3,6 @@
 //! that name, so `cargo test` catches regressions without nightly or libFuzzer. Nightly jobs
 //! explore with `cargo +nightly fuzz run`; see `fuzz/README.md`.
 
-use std::fs;
-use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 #[allow(
@@ -14,56 +12,21 @@ use std::path::{Path, PathBuf};
 #[path = "../../../fuzz/src/harness.rs"]
 mod harness;
 
+#[path = "../../../fuzz/src/replay.rs"]
+mod replay;
+
 fn corpus_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus")
 }
 
-/// The files of one target's corpus, sorted so failures are reproducible by name.
-fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = corpus_root().join(target);
-    let entries = fs::read_dir(&dir)
-        .unwrap_or_else(|err| panic!("corpus {} unreadable: {err}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|entry| entry.expect("a directory entry").path())
-        .filter(|path| path.is_file())
-        .collect();
-    files.sort();
-    files
-}
-
 /// Runs every file of `target`'s corpus and names each one that panicked.
 fn replay(target: &str) {
-    let run = harness::TARGETS
-        .iter()
-        .find(|(name, _)| *name == target)
-        .map(|&(_, run)| run)
-        .expect("a known target");
-    let files = corpus(target);
-    assert!(!files.is_empty(), "corpus of {target} is empty");
-    let mut failed = Vec::new();
-    for path in &files {
-        let data = fs::read(path).expect("a readable corpus file");
-        if panic::catch_unwind(AssertUnwindSafe(|| run(&data))).is_err() {
-            failed.push(path.display().to_string());
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{target}: {} of {} corpus files failed:\n{}",
-        failed.len(),
-        files.len(),
-        failed.join("\n")
-    );
+    replay::replay(harness::TARGETS, &corpus_root(), target);
 }
 
 #[test]
 fn every_target_has_a_corpus() {
-    for (target, _) in harness::TARGETS {
-        assert!(
-            corpus_root().join(target).is_dir(),
-            "no corpus for {target}"
-        );
-    }
+    replay::assert_every_target_has_a_corpus(harness::TARGETS, &corpus_root());
 }
 
 #[test]
