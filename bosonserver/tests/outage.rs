@@ -23,15 +23,15 @@ mod common;
 #[path = "../../dataplane/server/tests/common/ws_client.rs"]
 mod ws_client;
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use boson_shared::NodeId;
+use common::services::{Postgres, Redis, installed, postgres_bin};
 use common::turn::{self, TurnClient};
 use reqwest::Method;
 use serde_json::Value;
@@ -44,206 +44,6 @@ const JWT_SECRET: &str = "outage-jwt-secret-0123456789abcdef-0123";
 const CHANNEL: u16 = 0x4000;
 /// Node ids of this test.
 const TAG: u8 = 0x0e;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Whether `program` runs from `PATH`.
-fn installed(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The newest PostgreSQL server binaries, Debian's layout.
-fn postgres_bin() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
-        .filter(|bin| bin.join("pg_ctl").exists() && bin.join("initdb").exists())
-        .collect();
-    dirs.sort_by_key(|bin| {
-        bin.parent()
-            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    dirs.pop()
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// A private PostgreSQL cluster on loopback that the test can stop and start.
-struct Postgres {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-    root: bool,
-}
-
-impl Postgres {
-    fn init(bin: PathBuf) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = is_root();
-        let data = dir.path().join("pg");
-        std::fs::create_dir(&data).unwrap();
-        if root {
-            // PostgreSQL refuses to run as root: the cluster belongs to `postgres`.
-            Command::new("chmod")
-                .args(["755", dir.path().to_str().unwrap()])
-                .status()
-                .unwrap();
-            Command::new("chown")
-                .args(["postgres:", data.to_str().unwrap()])
-                .status()
-                .unwrap();
-        }
-        let postgres = Self {
-            dir,
-            bin,
-            port: free_port(),
-            root,
-        };
-        let status = postgres
-            .command("initdb")
-            .args([
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-            ])
-            .arg("--no-sync")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "initdb failed");
-        postgres.start();
-        postgres
-    }
-
-    fn command(&self, tool: &str) -> Command {
-        let program = self.bin.join(tool);
-        if self.root {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            Command::new(program)
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("pg")
-    }
-
-    fn start(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.data().display()
-        );
-        let status = self
-            .command("pg_ctl")
-            .args(["-D", self.data().to_str().unwrap(), "-w", "-o", &options])
-            .args(["-l", self.data().join("server.log").to_str().unwrap()])
-            .arg("start")
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl start failed");
-    }
-
-    /// Stops it the way an outage does: every connection is cut.
-    fn stop(&self) {
-        let status = self
-            .command("pg_ctl")
-            .args(["-D", self.data().to_str().unwrap(), "-w", "-m", "immediate"])
-            .arg("stop")
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl stop failed");
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args(["-D", self.data().to_str().unwrap(), "-m", "immediate"])
-            .arg("stop")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A private redis-server that the test can stop and start on one port.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn new() -> Self {
-        Self {
-            port: free_port(),
-            child: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        for _ in 0..200 {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// The services, or `None` (skip) when they are not installed and `CI` is not set.
 fn services() -> Option<PathBuf> {

@@ -7,6 +7,7 @@
 )]
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+pub(crate) mod services;
 pub(crate) mod turn;
 
 use std::io::{BufRead as _, BufReader};
@@ -66,7 +67,21 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// Starts the binary in `dir` with `args`, waits until the REST API (and, if `dataplane`, the
 /// STUN/TURN listener) say where they listen.
 pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bosonserver"));
+    start_with(&[], dir, args, dataplane)
+}
+
+/// As [`start`], run through `wrapper` (such as `ip netns exec NAME`), which must exec the
+/// binary in place so that the child's pid is the server's.
+pub(crate) fn start_with(wrapper: &[&str], dir: &Path, args: &[&str], dataplane: bool) -> Running {
+    let binary = env!("CARGO_BIN_EXE_bosonserver");
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     // Tests run in parallel: unless told otherwise, the relay takes any free loopback port.
     let relay_args: &[&str] = if dataplane
         && !args
@@ -139,7 +154,15 @@ pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
 /// Sends a STUN Binding request to `server` and returns the XOR-MAPPED-ADDRESS it reports,
 /// decoded by hand (no dependency on our own codec).
 pub(crate) fn stun_mapped_address(server: SocketAddr) -> (SocketAddr, SocketAddr) {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stun_mapped_address_from([127, 0, 0, 1].into(), server)
+}
+
+/// As [`stun_mapped_address`], from a socket on `local`.
+pub(crate) fn stun_mapped_address_from(
+    local: std::net::IpAddr,
+    server: SocketAddr,
+) -> (SocketAddr, SocketAddr) {
+    let socket = std::net::UdpSocket::bind((local, 0)).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();

@@ -34,7 +34,7 @@ impl Answer {
     }
 }
 
-/// One TURN client: one UDP socket on loopback, one REST credential.
+/// One TURN client: one UDP socket (on loopback unless told otherwise), one REST credential.
 pub(crate) struct TurnClient {
     pub(crate) socket: UdpSocket,
     server: SocketAddr,
@@ -63,6 +63,17 @@ impl TurnClient {
         ip: std::net::IpAddr,
     ) -> Self {
         let credential = TurnCredential::mint(&TurnSecret::new(secret), user, unix_now + 3600);
+        Self::with_credential(server, credential.username, credential.password, ip)
+    }
+
+    /// A client of `server` from a socket on `ip`, with a credential handed out elsewhere
+    /// (such as by `/api/v1/turn/ice`).
+    pub(crate) fn with_credential(
+        server: SocketAddr,
+        username: String,
+        password: String,
+        ip: std::net::IpAddr,
+    ) -> Self {
         let socket = UdpSocket::bind((ip, 0)).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(250)))
@@ -70,8 +81,8 @@ impl TurnClient {
         Self {
             socket,
             server,
-            username: credential.username,
-            password: credential.password,
+            username,
+            password,
             realm: None,
             nonce: None,
             counter: 0,
