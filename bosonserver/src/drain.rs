@@ -2,7 +2,9 @@
 //! work and lets the work it has run out before it exits.
 //!
 //! 1. `/health/ready` answers 503 (`draining`), so load balancers send new clients elsewhere;
-//!    the REST API keeps serving.
+//!    the REST API keeps serving. The host's record in the relay host registry says it is
+//!    draining, published at once, so routing and ICE on every host leave it out; it stays
+//!    in the registry, so the mesh keeps relaying to the nodes it still holds.
 //! 2. Every worker's TURN server answers new Allocates with 403; existing allocations keep
 //!    relaying, and their clients may refresh them.
 //! 3. The node relay sends RECONNECT_HINT to every session, and to every session opened from
@@ -39,6 +41,9 @@ pub(crate) async fn run(
     // The dataplane first, so that by the time readiness fails every worker has been told.
     dataplane.start();
     state.start_draining();
+    if let Err(error) = state.heartbeat_host().await {
+        tracing::warn!("draining: not published to the other hosts yet: {error}");
+    }
     let at_start = dataplane.remaining();
     tracing::info!(
         allocations = at_start.allocations,

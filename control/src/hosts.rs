@@ -12,6 +12,7 @@
 //! [`crate::cache`] and the `AppState` methods of [`crate::mesh`].
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use boson_shared::plane::HostId;
@@ -38,6 +39,11 @@ pub struct HostRecord {
     pub capacity: HostCapacity,
     /// What it carries now.
     pub load: HostLoad,
+    /// It is shutting down: it still relays for the nodes and allocations it holds (so it
+    /// stays in the registry, and the mesh keeps reaching its nodes), but takes no new ones,
+    /// so routing and ICE leave it out. Absent in records of older versions: `false`.
+    #[serde(default)]
+    pub draining: bool,
     /// When this process started, unix ms.
     pub started_at: i64,
     /// Its latest heartbeat, unix ms.
@@ -126,6 +132,11 @@ impl HostRecord {
         self.utilization() < 1.0
     }
 
+    /// Whether it takes new allocations and relay sessions at all (it is not draining).
+    pub fn is_accepting(&self) -> bool {
+        !self.draining
+    }
+
     /// Its latest heartbeat.
     pub fn last_heartbeat(&self) -> UnixMillis {
         UnixMillis(self.last_heartbeat)
@@ -162,6 +173,7 @@ pub struct LocalHost {
     addresses: HostAddresses,
     started_at: UnixMillis,
     load: Mutex<HostLoad>,
+    draining: AtomicBool,
 }
 
 impl LocalHost {
@@ -177,6 +189,7 @@ impl LocalHost {
             config: config.clone(),
             started_at: now,
             load: Mutex::new(HostLoad::default()),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -191,6 +204,12 @@ impl LocalHost {
             .load
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = load;
+    }
+
+    /// From now on its record says it is draining. There is no way back: a drain ends with
+    /// the process.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// The record it publishes at `now`.
@@ -208,6 +227,7 @@ impl LocalHost {
                 .load
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            draining: self.draining.load(Ordering::Relaxed),
             started_at: self.started_at.0,
             last_heartbeat: now.0,
         }
@@ -262,6 +282,7 @@ pub(crate) mod tests {
                 bandwidth: 1000.0,
             },
             load,
+            draining: false,
             started_at: 0,
             last_heartbeat: 1_000_000,
         }
@@ -339,6 +360,44 @@ pub(crate) mod tests {
             "{text}"
         );
         assert_eq!(serde_json::from_str::<HostRecord>(&text).unwrap(), h);
+    }
+
+    #[test]
+    fn records_of_older_versions_are_not_draining() {
+        let mut value = serde_json::to_value(host(7, "US-CA", HostLoad::default())).unwrap();
+        value.as_object_mut().unwrap().remove("draining").unwrap();
+        let record: HostRecord = serde_json::from_value(value).unwrap();
+        assert!(!record.draining && record.is_accepting());
+    }
+
+    #[test]
+    fn a_draining_host_says_so_from_its_next_record() {
+        let config = HostConfig {
+            id: HostId(uuid::Uuid::from_bytes([3; 16])),
+            region: "DE-BE".to_owned(),
+            coordinates: None,
+            relay_url: None,
+            quic_addr: None,
+            max_connections: 10,
+            bandwidth_mbps: 100.0,
+            heartbeat_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+        };
+        let turn = TurnConfig {
+            secrets: vec![boson_shared::TurnSecret::new("s")],
+            credential_ttl: Duration::from_secs(60),
+            public_host: "192.0.2.1".to_owned(),
+            port: 3478,
+            extra_urls: Vec::new(),
+        };
+        let local = LocalHost::new(&config, &turn, UnixMillis(5));
+        assert!(local.record(UnixMillis(6)).is_accepting());
+        local.start_draining();
+        let record = local.record(UnixMillis(7));
+        assert!(record.draining && !record.is_accepting());
+        assert_eq!(record.last_heartbeat, 7);
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains("\"draining\":true"), "{text}");
     }
 
     #[test]

@@ -141,9 +141,13 @@ impl AppState {
     }
 
     /// A graceful shutdown began: `/health/ready` answers 503 from now on, so load balancers
-    /// move new clients elsewhere while the API keeps serving the ones it has.
+    /// move new clients elsewhere while the API keeps serving the ones it has, and this host's
+    /// record in the relay host registry says it is draining, so routing and ICE (here and on
+    /// every other host) leave it out. The other hosts learn it at the next host heartbeat;
+    /// call [`heartbeat_host`](Self::heartbeat_host) to tell them at once.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.host.start_draining();
     }
 
     /// Whether [`start_draining`](Self::start_draining) was called.

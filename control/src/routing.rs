@@ -36,8 +36,9 @@
 //! * Relay: [`RELAY_PENALTY`] (so a working direct route wins) and a per-transport penalty
 //!   (UDP TURN 0, QUIC [`QUIC_PENALTY`], WebSocket [`WS_PENALTY`]: TCP's head-of-line
 //!   blocking), plus the relay host's cost: the detour it adds between client and node
-//!   ([`distance_ms`]) and [`HOST_LOAD_WEIGHT`] times its utilization. Hosts at capacity are
-//!   skipped while any has room.
+//!   ([`distance_ms`]) and [`HOST_LOAD_WEIGHT`] times its utilization. Draining hosts (they
+//!   take no new allocations or sessions) are skipped while any host is not draining, and
+//!   hosts at capacity while any has room.
 //!
 //! # Balancing
 //!
@@ -313,28 +314,39 @@ fn great_circle_km(a: [f64; 2], b: [f64; 2]) -> f64 {
     2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
 }
 
-/// A host picked by [`two_choices`], with its cost and the rival it beat.
+/// A relay host picked for a route, with its cost and why it was picked.
 #[derive(Debug, Clone, Copy)]
 pub struct Choice<'h> {
     /// The host.
     pub host: &'h HostRecord,
     /// Its cost.
     pub cost: f64,
-    /// The other host drawn, and its cost.
-    pub rival: Option<(&'h HostRecord, f64)>,
+    /// Why this host.
+    pub pick: Pick<'h>,
+}
+
+/// Why a [`Choice`] fell on its host.
+#[derive(Debug, Clone, Copy)]
+pub enum Pick<'h> {
+    /// [`two_choices`] drew it and this other host (with its cost), and it was not dearer.
+    Over(&'h HostRecord, f64),
+    /// It was the only eligible host.
+    Only,
+    /// The route's node holds its relay session there.
+    Home,
 }
 
 impl Choice<'_> {
     fn explain(&self) -> String {
-        match self.rival {
-            Some((rival, cost)) => format!(
-                "power of two choices: host {} (cost {:.1}) over {} (cost {cost:.1})",
-                self.host.host_id.0, self.cost, rival.host_id.0
+        let (host, cost) = (self.host.host_id.0, self.cost);
+        match self.pick {
+            Pick::Over(rival, rival_cost) => format!(
+                "power of two choices: host {host} (cost {cost:.1}) over {} (cost \
+                 {rival_cost:.1})",
+                rival.host_id.0
             ),
-            None => format!(
-                "the only eligible host {} (cost {:.1})",
-                self.host.host_id.0, self.cost
-            ),
+            Pick::Only => format!("the only eligible host {host} (cost {cost:.1})"),
+            Pick::Home => format!("host {host} (cost {cost:.1})"),
         }
     }
 }
@@ -352,7 +364,7 @@ pub fn two_choices<'h, R: Rng + ?Sized>(
         1 => Some(Choice {
             host: hosts[0],
             cost: cost(hosts[0]),
-            rival: None,
+            pick: Pick::Only,
         }),
         _ => {
             let first = rng.random_range(0..n);
@@ -366,28 +378,72 @@ pub fn two_choices<'h, R: Rng + ?Sized>(
                 Choice {
                     host: b,
                     cost: cost_b,
-                    rival: Some((a, cost_a)),
+                    pick: Pick::Over(a, cost_a),
                 }
             } else {
                 Choice {
                     host: a,
                     cost: cost_a,
-                    rival: Some((b, cost_b)),
+                    pick: Pick::Over(b, cost_b),
                 }
             })
         }
     }
 }
 
-/// Hosts with room, or every host when none has (an overloaded relay beats none).
-fn eligible<'h>(
-    hosts: impl Iterator<Item = &'h HostRecord> + Clone,
-) -> (Vec<&'h HostRecord>, bool) {
-    let with_room: Vec<&HostRecord> = hosts.clone().filter(|h| h.has_room()).collect();
+/// The hosts a new route may use, and whether they are a fallback.
+#[derive(Debug)]
+struct Pool<'h> {
+    hosts: Vec<&'h HostRecord>,
+    fallback: Fallback,
+}
+
+/// Which hosts a [`Pool`] had to settle for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// None: hosts that accept new work and have room.
+    None,
+    /// Every host is at capacity: those that accept new work.
+    Full,
+    /// Every host is draining: all of them (they still answer STUN and relay for what they
+    /// hold, and routing through one beats no route).
+    Draining,
+}
+
+impl Fallback {
+    /// What a route's explanation says about it.
+    fn note(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::Full => "; every relay host is at capacity",
+            Self::Draining => "; every relay host is draining",
+        }
+    }
+}
+
+/// Hosts that are not draining and have room. Failing that, the least bad: those not
+/// draining (an overloaded relay beats none), else every host.
+fn eligible<'h>(hosts: impl Iterator<Item = &'h HostRecord> + Clone) -> Pool<'h> {
+    let accepting: Vec<&HostRecord> = hosts.clone().filter(|h| h.is_accepting()).collect();
+    if accepting.is_empty() {
+        let all: Vec<&HostRecord> = hosts.collect();
+        let with_room: Vec<&HostRecord> = all.iter().copied().filter(|h| h.has_room()).collect();
+        return Pool {
+            hosts: if with_room.is_empty() { all } else { with_room },
+            fallback: Fallback::Draining,
+        };
+    }
+    let with_room: Vec<&HostRecord> = accepting.iter().copied().filter(|h| h.has_room()).collect();
     if with_room.is_empty() {
-        (hosts.collect(), true)
+        Pool {
+            hosts: accepting,
+            fallback: Fallback::Full,
+        }
     } else {
-        (with_room, false)
+        Pool {
+            hosts: with_room,
+            fallback: Fallback::None,
+        }
     }
 }
 
@@ -402,7 +458,7 @@ pub fn choose_ice_hosts<'h, R: Rng + ?Sized>(
         caller.map_or(0.0, |caller| distance_ms(caller, &Place::of_host(host)))
             + HOST_LOAD_WEIGHT * host.utilization().min(2.0)
     };
-    let (pool, _) = eligible(hosts.iter());
+    let pool = eligible(hosts.iter()).hosts;
     let Some(first) = two_choices(&pool, cost, rng) else {
         return Vec::new();
     };
@@ -589,15 +645,11 @@ fn routes_to<R: Rng + ?Sized>(input: &RankInput<'_>, node: &NodeRecord, rng: &mu
         }
     };
 
-    let (pool, overloaded) = eligible(input.hosts.iter());
-    let full_note = if overloaded {
-        "; every relay host is at capacity".to_owned()
-    } else {
-        String::new()
-    };
-    if let Some(choice) = two_choices(&pool, host_cost, rng) {
+    let pool = eligible(input.hosts.iter());
+    if let Some(choice) = two_choices(&pool.hosts, host_cost, rng) {
         let url = choice.host.addresses.turn_url();
-        routes.push(relay_route(RelayTransport::Turn, choice, url, full_note));
+        let note = pool.fallback.note().to_owned();
+        routes.push(relay_route(RelayTransport::Turn, choice, url, note));
     }
 
     for transport in [RelayTransport::Quic, RelayTransport::Ws] {
@@ -622,30 +674,35 @@ fn routes_to<R: Rng + ?Sized>(input: &RankInput<'_>, node: &NodeRecord, rng: &mu
         };
         let serving: Vec<&HostRecord> =
             input.hosts.iter().filter(|h| url_of(h).is_some()).collect();
-        // Where the node holds its relay session, the relay needs no mesh hop.
+        let pool = eligible(serving.iter().copied());
+        // Where the node holds its relay session, the relay needs no mesh hop; unless that
+        // host is draining: it takes no new sessions.
         let home = at.and_then(|at| serving.iter().copied().find(|h| h.host_id == at));
-        let (choice, note) = match home {
+        let open_home = home.filter(|h| h.is_accepting() || pool.fallback == Fallback::Draining);
+        let (choice, note) = match open_home {
             Some(host) => (
                 Some(Choice {
                     host,
                     cost: host_cost(host),
-                    rival: None,
+                    pick: Pick::Home,
                 }),
-                "; the node holds its relay session on this host".to_owned(),
+                "; the node holds its relay session on this host",
             ),
             None => {
-                let (pool, overloaded) = eligible(serving.iter().copied());
-                let note = match (at, overloaded) {
-                    (_, true) => "; every relay host is at capacity".to_owned(),
-                    (Some(_), false) => {
-                        "; the node's relay host does not serve this transport: one mesh hop"
-                            .to_owned()
+                let note = match (pool.fallback, at, home) {
+                    (Fallback::Full | Fallback::Draining, _, _) => pool.fallback.note(),
+                    (Fallback::None, _, Some(_)) => {
+                        "; the node's relay host is draining: one mesh hop"
                     }
-                    (None, false) => "; the node holds no relay session now".to_owned(),
+                    (Fallback::None, Some(_), None) => {
+                        "; the node's relay host does not serve this transport: one mesh hop"
+                    }
+                    (Fallback::None, None, None) => "; the node holds no relay session now",
                 };
-                (two_choices(&pool, host_cost, rng), note)
+                (two_choices(&pool.hosts, host_cost, rng), note)
             }
         };
+        let note = note.to_owned();
         if let Some(choice) = choice
             && let Some((transport, url)) = url_of(choice.host)
         {
@@ -928,11 +985,7 @@ mod tests {
         for _ in 0..400 {
             let choice = two_choices(&refs, |_| 1.0, &mut rng).unwrap();
             *picks.entry(choice.host.host_id).or_insert(0) += 1;
-            assert!(
-                choice
-                    .rival
-                    .is_some_and(|(r, _)| r.host_id != choice.host.host_id)
-            );
+            assert!(matches!(choice.pick, Pick::Over(r, _) if r.host_id != choice.host.host_id));
         }
         assert_eq!(picks.len(), 4, "equal hosts all get traffic: {picks:?}");
         assert!(picks.values().all(|&n| n > 50), "{picks:?}");
@@ -951,12 +1004,10 @@ mod tests {
             );
         }
         assert!(two_choices(&[], cost, &mut rng).is_none());
-        assert!(
-            two_choices(&refs[..1], cost, &mut rng)
-                .unwrap()
-                .rival
-                .is_none()
-        );
+        assert!(matches!(
+            two_choices(&refs[..1], cost, &mut rng).unwrap().pick,
+            Pick::Only
+        ));
     }
 
     #[test]
@@ -1049,6 +1100,12 @@ mod tests {
                         .explanation
                         .contains("holds its relay session on this host")
                 );
+                // Two hosts serve it: the home host is not "the only eligible" one.
+                assert!(
+                    !route.explanation.contains("only eligible"),
+                    "{}",
+                    route.explanation
+                );
             }
             assert_eq!(
                 routes[1].relay.as_ref().unwrap().url,
@@ -1068,6 +1125,82 @@ mod tests {
             routes[2].explanation
         );
         assert!(routes[2].cost > routes[0].cost);
+    }
+
+    #[test]
+    fn draining_hosts_get_no_new_routes_while_another_host_takes_them() {
+        let mut hosts: Vec<HostRecord> = (1..=3).map(|n| host(n, "US-CA", load(0))).collect();
+        for h in &mut hosts {
+            h.addresses.relay_url = Some(format!("ws://{}/relay", h.addresses.turn_host));
+        }
+        hosts[1].draining = true;
+        let draining = hosts[1].host_id;
+        let target = node(1, NatType::Symmetric, 10.0, 0, "US-CA");
+        let req = request(NatType::Symmetric, Some(1));
+        // The node holds its relay session on the draining host.
+        let presence = BTreeMap::from([(id(1), draining)]);
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..40 {
+            let input = RankInput {
+                request: &req,
+                client: None,
+                candidates: std::slice::from_ref(&target),
+                hosts: &hosts,
+                presence: &presence,
+            };
+            let routes = rank(&input, &mut rng);
+            assert_eq!(routes.len(), 2, "TURN and WebSocket");
+            for route in &routes {
+                let hop = route.relay.as_ref().unwrap();
+                assert_ne!(hop.host_id, draining, "{}", route.explanation);
+            }
+            let ws = &routes[1];
+            assert_eq!(ws.transport, Some(RelayTransport::Ws));
+            assert!(
+                ws.explanation
+                    .contains("the node's relay host is draining: one mesh hop"),
+                "{}",
+                ws.explanation
+            );
+            let ice = choose_ice_hosts(None, &hosts, &mut rng);
+            assert_eq!(ice.len(), 2);
+            assert!(ice.iter().all(|h| h.host_id != draining));
+        }
+
+        // A full host that accepts beats an idle one that drains.
+        let mut full = host(4, "US-CA", load(100));
+        full.addresses.relay_url = Some("ws://h4.example.test/relay".to_owned());
+        let pair = [full, hosts[1].clone()];
+        let routes = rank_with(&req, std::slice::from_ref(&target), &pair, &presence);
+        for route in &routes {
+            assert_eq!(route.relay.as_ref().unwrap().host_id, pair[0].host_id);
+            assert!(
+                route
+                    .explanation
+                    .contains("every relay host is at capacity")
+            );
+        }
+
+        // Every host draining: routes still name one (it relays what it holds, and answers
+        // STUN), say why, and the node's own host is preferred again.
+        for h in &mut hosts {
+            h.draining = true;
+        }
+        let routes = rank_with(&req, std::slice::from_ref(&target), &hosts, &presence);
+        assert!(
+            routes[0]
+                .explanation
+                .contains("every relay host is draining"),
+            "{}",
+            routes[0].explanation
+        );
+        assert_eq!(routes[1].relay.as_ref().unwrap().host_id, draining);
+        assert!(
+            routes[1]
+                .explanation
+                .contains("holds its relay session on this host")
+        );
+        assert_eq!(choose_ice_hosts(None, &hosts, &mut rng).len(), 2);
     }
 
     #[test]
