@@ -143,14 +143,13 @@ struct Planes {
     mesh: Option<boson_dataplane::relay::RelayHandle>,
 }
 
-/// The host's live load from the workers' counters, for the relay host registry.
+/// The host's live load from the workers' counters, for the relay host registry: what a
+/// drain would wait for.
 fn host_load(stats: &[boson_dataplane::WorkerStatsSnapshot]) -> boson_control::hosts::HostLoad {
-    let sum = |f: fn(&boson_dataplane::WorkerCounters) -> u64| -> u32 {
-        u32::try_from(stats.iter().map(|s| f(&s.counters)).sum::<u64>()).unwrap_or(u32::MAX)
-    };
+    let carried = boson_dataplane::Remaining::of(stats);
     boson_control::hosts::HostLoad {
-        allocations: sum(|c| c.allocations),
-        sessions: sum(|c| c.ws_sessions),
+        allocations: u32::try_from(carried.allocations).unwrap_or(u32::MAX),
+        sessions: u32::try_from(carried.sessions).unwrap_or(u32::MAX),
         bandwidth: 0.0,
     }
 }

@@ -107,7 +107,7 @@ pub struct HostCapacity {
 pub struct HostLoad {
     /// Live TURN allocations.
     pub allocations: u32,
-    /// Live relay sessions (WebSocket, QUIC, mesh).
+    /// Live node relay sessions (WebSocket and QUIC).
     pub sessions: u32,
     /// Relayed traffic, Mbit/s, both directions together.
     pub bandwidth: f64,

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::StatsReader;
 use crate::relay::{RelayCommand, RelayHandle};
 use crate::worker::Control;
+use crate::{StatsReader, WorkerStatsSnapshot};
 
 /// Starts a drain and watches it run down, from any thread. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -23,11 +23,23 @@ pub struct DrainHandle {
 pub struct Remaining {
     /// Live TURN allocations.
     pub allocations: u64,
-    /// Authenticated node relay sessions.
+    /// Authenticated node relay sessions, WebSocket and QUIC (mesh links between hosts are
+    /// not work of their own: they carry other hosts' nodes' packets to these).
     pub sessions: u64,
 }
 
 impl Remaining {
+    /// What `workers` report, summed.
+    pub fn of(workers: &[WorkerStatsSnapshot]) -> Self {
+        workers.iter().fold(Self::default(), |sum, worker| {
+            let counters = &worker.counters;
+            Self {
+                allocations: sum.allocations + counters.allocations,
+                sessions: sum.sessions + counters.ws_sessions + counters.quic_sessions,
+            }
+        })
+    }
+
     /// Whether nothing is left.
     pub const fn is_empty(&self) -> bool {
         self.allocations == 0 && self.sessions == 0
@@ -59,12 +71,32 @@ impl DrainHandle {
 
     /// What is still running. The counters lag by at most one loop turn of each worker.
     pub fn remaining(&self) -> Remaining {
-        self.stats
-            .read()
-            .iter()
-            .fold(Remaining::default(), |sum, worker| Remaining {
-                allocations: sum.allocations + worker.counters.allocations,
-                sessions: sum.sessions + worker.counters.ws_sessions,
-            })
+        Remaining::of(&self.stats.read())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(allocations: u64, ws: u64, quic: u64, mesh_links: u64) -> WorkerStatsSnapshot {
+        let mut snapshot =
+            WorkerStatsSnapshot::from_slots(0, &[0; WorkerStatsSnapshot::SLOTS]).unwrap();
+        snapshot.counters.allocations = allocations;
+        snapshot.counters.ws_sessions = ws;
+        snapshot.counters.quic_sessions = quic;
+        snapshot.counters.mesh_links = mesh_links;
+        snapshot
+    }
+
+    #[test]
+    fn websocket_and_quic_sessions_remain_and_mesh_links_do_not() {
+        assert!(Remaining::of(&[]).is_empty());
+        assert!(Remaining::of(&[worker(0, 0, 0, 4), worker(0, 0, 0, 2)]).is_empty());
+        let only_quic = Remaining::of(&[worker(0, 0, 1, 2)]);
+        assert!(!only_quic.is_empty(), "a QUIC node still relays");
+        assert_eq!(only_quic.sessions, 1);
+        let all = Remaining::of(&[worker(2, 1, 0, 1), worker(1, 3, 5, 1)]);
+        assert_eq!((all.allocations, all.sessions), (3, 9));
     }
 }
