@@ -323,7 +323,13 @@ pub(crate) async fn quic_join(
         .with_no_client_auth();
     crypto.alpn_protocols = vec![b"boson-relay/1".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    // From loopback to loopback; from any address to another host's.
+    let local = if addr.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let mut endpoint = quinn::Endpoint::client(local.parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
     let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
