@@ -3,6 +3,7 @@
 mod dataplane;
 mod drain;
 mod healthcheck;
+mod mesh;
 mod planes;
 mod relay;
 mod split;
@@ -112,12 +113,8 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     if !explicit_turn_port {
         config.turn.port = dataplane.local_addr().port();
     }
-    let mesh = dataplane
-        .relay_handle()
-        .filter(|_| args.relay.mesh_enabled());
     let planes = Planes {
         link,
-        mesh,
         drain: Some((dataplane.drain_handle(), args.drain.drain_timeout)),
     };
     let served = runtime()?.block_on(serve_control(config, Some(planes)));
@@ -139,8 +136,6 @@ struct Planes {
     link: planes::ControlLink,
     /// Drains the dataplane on SIGTERM, within this timeout (when it runs in this process).
     drain: Option<(boson_dataplane::DrainHandle, std::time::Duration)>,
-    /// The relay, when it links to other hosts (in this process).
-    mesh: Option<boson_dataplane::relay::RelayHandle>,
 }
 
 /// The host's live load from the workers' counters, for the relay host registry: what a
@@ -161,7 +156,6 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     if let Some(planes) = planes {
         let Planes {
             link,
-            mesh,
             drain: dataplane_drain,
         } = planes;
         drain = dataplane_drain;
@@ -170,10 +164,6 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
         let sink = link.clone();
         state.set_command_sink(move |command| sink.send(command))?;
         tokio::spawn(link.clone().run(state.clone()));
-        if let Some(relay) = mesh {
-            let interval = state.config.host.heartbeat_interval;
-            tokio::spawn(relay::mesh_links_forever(state.clone(), relay, interval));
-        }
         let load_state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

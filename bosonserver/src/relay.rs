@@ -17,10 +17,12 @@ use anyhow::{Context as _, ensure};
 use boson_control::auth::Tokens;
 use boson_control::clock::{Clock, UnixMillis};
 use boson_dataplane::relay::{
-    AuthError, MeshLink, MeshSettings, RelayCommand, RelayConfig, RelayHandle, TlsSource,
+    AuthError, MeshSettings, RelayCommand, RelayConfig, RelayHandle, TlsSource,
 };
 use boson_shared::NodeId;
 use boson_shared::plane::{Command, Grant};
+
+use crate::mesh::MeshHosts;
 
 /// Node relay settings (WebSocket over TCP, with TLS when a certificate is given).
 #[derive(Debug, Clone, clap::Args)]
@@ -219,16 +221,27 @@ fn decide(grant: Option<Grant>, generation: i64, now: UnixMillis) -> Result<(), 
     }
 }
 
-/// Applies control-plane commands: grants to the table, revocations and drain to the workers.
+/// Applies control-plane commands: grants to the table, revocations and drain to the workers,
+/// mesh host announcements to the mesh linker's table.
 #[derive(Debug, Clone)]
 pub(crate) struct CommandApplier {
     grants: Arc<Grants>,
     relay: Option<RelayHandle>,
+    /// `None` when this relay opens no mesh links (no mesh key, or no relay).
+    mesh: Option<Arc<MeshHosts>>,
 }
 
 impl CommandApplier {
-    pub(crate) const fn new(grants: Arc<Grants>, relay: Option<RelayHandle>) -> Self {
-        Self { grants, relay }
+    pub(crate) const fn new(
+        grants: Arc<Grants>,
+        relay: Option<RelayHandle>,
+        mesh: Option<Arc<MeshHosts>>,
+    ) -> Self {
+        Self {
+            grants,
+            relay,
+            mesh,
+        }
     }
 
     pub(crate) fn apply(&self, command: &Command) {
@@ -251,6 +264,15 @@ impl CommandApplier {
                 node: *node,
                 host: *host,
             }),
+            Command::MeshHost {
+                host,
+                relay_url,
+                until,
+            } => {
+                if let Some(mesh) = &self.mesh {
+                    mesh.announce(*host, relay_url.clone(), *until);
+                }
+            }
             // TURN secrets and quotas are fixed at start in this process.
             Command::TurnSecrets(_) | Command::TurnQuota { .. } => {}
         }
@@ -261,68 +283,6 @@ impl CommandApplier {
             relay.send(command);
         }
     }
-}
-
-/// Keeps a mesh link open to every live relay host in the registry: each host receives,
-/// over the link it opened, what the other host's nodes send to its nodes.
-pub(crate) async fn mesh_links_forever(
-    state: boson_control::AppState,
-    relay: RelayHandle,
-    interval: std::time::Duration,
-) {
-    let own = state.host_id();
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tick.tick().await;
-        let hosts = match state.live_hosts().await {
-            Ok(hosts) => hosts,
-            Err(error) => {
-                tracing::debug!("mesh: cannot list relay hosts: {error}");
-                continue;
-            }
-        };
-        let linked = relay.mesh_links();
-        for host in hosts {
-            if host.host_id == own || linked.contains(&host.host_id) {
-                continue;
-            }
-            let Some(url) = host.addresses.relay_url.as_deref() else {
-                continue;
-            };
-            let Some((authority, path)) = parse_ws_url(url) else {
-                tracing::warn!(host = %host.host_id, url, "mesh: only ws:// relay URLs are linked");
-                continue;
-            };
-            let connect = tokio::net::TcpStream::connect(authority);
-            match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
-                Ok(Ok(stream)) => match stream.into_std() {
-                    Ok(stream) => {
-                        relay.mesh_link(MeshLink {
-                            host: host.host_id,
-                            stream,
-                            authority: authority.to_owned(),
-                            path: path.to_owned(),
-                        });
-                    }
-                    Err(error) => tracing::warn!("mesh: {error}"),
-                },
-                Ok(Err(error)) => {
-                    tracing::debug!(host = %host.host_id, url, "mesh: cannot connect: {error}");
-                }
-                Err(_) => tracing::debug!(host = %host.host_id, url, "mesh: connect timed out"),
-            }
-        }
-    }
-}
-
-/// `ws://AUTHORITY/PATH` → (authority, path).
-fn parse_ws_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("ws://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(at) => (&rest[..at], &rest[at..]),
-        None => (rest, "/relay"),
-    };
-    (!authority.is_empty()).then_some((authority, path))
 }
 
 #[cfg(test)]
@@ -352,20 +312,9 @@ mod tests {
     }
 
     #[test]
-    fn ws_urls_split() {
-        assert_eq!(
-            parse_ws_url("ws://10.0.0.1:8443/relay"),
-            Some(("10.0.0.1:8443", "/relay"))
-        );
-        assert_eq!(parse_ws_url("ws://h:1"), Some(("h:1", "/relay")));
-        assert_eq!(parse_ws_url("wss://h:1/relay"), None);
-        assert_eq!(parse_ws_url("ws:///relay"), None);
-    }
-
-    #[test]
     fn commands_update_the_table() {
         let grants = Arc::new(Grants::default());
-        let applier = CommandApplier::new(Arc::clone(&grants), None);
+        let applier = CommandApplier::new(Arc::clone(&grants), None, None);
         let node = NodeId::from_bytes([2; 16]);
         let grant = Grant {
             node,

@@ -76,8 +76,6 @@ pub(crate) fn run_control(args: ControlProcessArgs) -> anyhow::Result<()> {
     );
     let planes = crate::Planes {
         link: ControlLink::new(end, None),
-        // Mesh links are opened by the process that owns the relay's sockets.
-        mesh: None,
         // The dataplane process is drained by its own signals, not from here.
         drain: None,
     };
@@ -90,12 +88,6 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
     let DataplaneProcessArgs { segment: path, run } = args;
     let data_dir = run.control.data_dir.clone();
     let config = run.control.resolve().context("invalid configuration")?;
-    if run.relay.mesh_enabled() {
-        tracing::warn!(
-            "--mesh-key: this process accepts mesh links but opens none; \
-             outgoing mesh links need `bosonserver run`"
-        );
-    }
     let plan = run
         .dataplane
         .plan(&config.turn.public_host, &config.turn.secrets)
@@ -141,11 +133,21 @@ pub(crate) fn start_dataplane(
         Arc::new(SystemClock),
     ));
     let (events, waker, inbox) = planes::pump_inbox();
+    let mesh_enabled = relay.mesh_enabled();
     let relay = relay
         .config(auth, Some(events), config.host.id, data_dir)
         .context("invalid configuration")?;
     let dataplane = plan.with_relay(relay).start()?;
-    let applier = CommandApplier::new(grants, dataplane.relay_handle());
+    // Mesh links are opened by the process that owns the relay's sockets, to the hosts the
+    // control plane announces over the segment.
+    let mesh = match dataplane.relay_handle().filter(|_| mesh_enabled) {
+        Some(handle) => Some(
+            crate::mesh::spawn_linker(handle, config.host.id)
+                .context("starting the mesh linker")?,
+        ),
+        None => None,
+    };
+    let applier = CommandApplier::new(grants, dataplane.relay_handle(), mesh);
     let pump = DataplanePump::spawn(end, inbox, applier, dataplane.stats_reader())?;
     Ok((dataplane, pump, waker))
 }

@@ -19,7 +19,7 @@ mod common;
 #[path = "../../dataplane/server/tests/common/ws_client.rs"]
 mod ws_client;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use boson_shared::NodeId;
@@ -50,68 +50,82 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn host(dir: &std::path::Path, redis: &str, prefix: &str) -> (common::Running, SocketAddr) {
-    let port = free_port();
-    let relay = format!("127.0.0.1:{port}");
-    let url = format!("ws://{relay}/relay");
-    let server = common::start(
-        dir,
-        &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--relay-listen",
-            &relay,
-            "--public-relay-url",
-            &url,
-            "--mesh-key",
-            MESH_KEY,
-            "--jwt-secret",
-            JWT_SECRET,
-            "--redis-url",
-            redis,
-            "--redis-prefix",
-            prefix,
-            "--host-heartbeat-interval",
-            "1s",
-        ],
-        true,
-    );
-    (server, relay.parse().unwrap())
+/// The settings every process of one host shares (the host id, so that the control plane
+/// and the dataplane of a split host agree on who they are).
+fn host_args<'a>(relay: &'a str, url: &'a str, redis: &'a str, prefix: &'a str) -> Vec<&'a str> {
+    vec![
+        "--turn-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--relay-listen",
+        relay,
+        "--public-relay-url",
+        url,
+        "--mesh-key",
+        MESH_KEY,
+        "--jwt-secret",
+        JWT_SECRET,
+        "--redis-url",
+        redis,
+        "--redis-prefix",
+        prefix,
+        "--host-heartbeat-interval",
+        "1s",
+    ]
 }
 
-#[test]
-fn nodes_on_two_hosts_relay_over_the_mesh() {
-    let Some(redis) = redis_url() else { return };
-    let prefix = format!("boson-mesh-test-{}:", std::process::id());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (host_a, relay_a) = host(dir_a.path(), &redis, &prefix);
-    let (host_b, relay_b) = host(dir_b.path(), &redis, &prefix);
+fn host(dir: &std::path::Path, redis: &str, prefix: &str) -> (common::Running, SocketAddr) {
+    let relay = format!("127.0.0.1:{}", free_port());
+    let url = format!("ws://{relay}/relay");
+    let mut args = vec!["run", "--http-listen", "127.0.0.1:0"];
+    args.extend(host_args(&relay, &url, redis, prefix));
+    (common::start(dir, &args, true), relay.parse().unwrap())
+}
 
+/// A relay session for `node` with `token`. The grant reaches the dataplane asynchronously
+/// (over the planes' segment, polled every few ms between two processes), so a refusal
+/// (1008) is retried for up to five seconds, as a real node would.
+fn join(relay: SocketAddr, token: &str, node: NodeId) -> Client<TcpStream> {
+    for _ in 0..100 {
+        let mut client = Client::new(connect(relay));
+        assert_eq!(client.upgrade(Some(token)).unwrap(), 101);
+        match client.recv_message().unwrap() {
+            Ok((0x07, payload)) => {
+                assert_eq!(&payload[1..], node.as_bytes(), "READY names the node");
+                return client;
+            }
+            Ok((kind, payload)) => panic!("expected READY, got {kind}: {payload:?}"),
+            Err(code) => {
+                assert_eq!(code, Some(1008), "only a missing grant is retried");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    panic!("{node} was never granted a session");
+}
+
+/// Registers node X on host A and node Y on host B, joins each to its host's relay, waits
+/// until the hosts have linked both ways, then checks 2000 packets each way, in order and
+/// complete. Returns both sessions and Y's id.
+fn relay_across(
+    (base_a, relay_a): (&str, SocketAddr),
+    (base_b, relay_b): (&str, SocketAddr),
+    ids: [&str; 2],
+) -> (Client<TcpStream>, Client<TcpStream>, NodeId) {
     let http = common::Http::new();
-    let (id_x, id_y) = (
-        "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a01",
-        "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a02",
-    );
+    let [id_x, id_y] = ids;
     let token_x = http.register(
-        &host_a.base,
+        base_a,
         &common::node_body(id_x, "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let token_y = http.register(
-        &host_b.base,
+        base_b,
         &common::node_body(id_y, "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let (x, y): (NodeId, NodeId) = (id_x.parse().unwrap(), id_y.parse().unwrap());
-    let mut client_x = Client::new(connect(relay_a));
-    assert_eq!(client_x.upgrade(Some(&token_x)).unwrap(), 101);
-    assert_eq!(client_x.ready(), x);
-    let mut client_y = Client::new(connect(relay_b));
-    assert_eq!(client_y.upgrade(Some(&token_y)).unwrap(), 101);
-    assert_eq!(client_y.ready(), y);
+    let mut client_x = join(relay_a, &token_x, x);
+    let mut client_y = join(relay_b, &token_y, y);
 
     // Until the hosts have linked and learnt each other's nodes, a SEND across is dropped
     // (counted) or answered PEER_GONE; probe until one gets through, within a few heartbeats.
@@ -129,7 +143,7 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
         }
     }
     if !through {
-        for base in [&host_a.base, &host_b.base] {
+        for base in [base_a, base_b] {
             let metrics = common::Http::new().text(&format!("{base}/metrics"));
             let lines: Vec<&str> = metrics
                 .lines()
@@ -184,6 +198,25 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
         client_x.send(&y, &packet).unwrap();
         assert_eq!(client_y.recv_packet(), (x, packet), "packet {i} X→Y");
     }
+    (client_x, client_y, y)
+}
+
+#[test]
+fn nodes_on_two_hosts_relay_over_the_mesh() {
+    let Some(redis) = redis_url() else { return };
+    let prefix = format!("boson-mesh-test-{}:", std::process::id());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (host_a, relay_a) = host(dir_a.path(), &redis, &prefix);
+    let (host_b, relay_b) = host(dir_b.path(), &redis, &prefix);
+    let (_client_x, mut client_y, y) = relay_across(
+        (&host_a.base, relay_a),
+        (&host_b.base, relay_b),
+        [
+            "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a01",
+            "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a02",
+        ],
+    );
+    let http = common::Http::new();
     // A node on host A over QUIC reaches Y on host B over the mesh, both ways.
     let id_c = "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a03";
     let token_c = http.register(
@@ -236,5 +269,58 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
         sent >= 2000,
         "host B forwarded {sent} packets over the mesh\n{metrics}"
     );
+    drop(host_a);
+}
+
+/// Issue 5: the same channel serves both modes. Host B runs as `bosonserver control` and
+/// `bosonserver dataplane` on one segment: the control plane announces host A over the
+/// segment, and the dataplane process opens the mesh link itself.
+#[test]
+fn a_split_host_links_over_the_mesh_from_its_dataplane_process() {
+    let Some(redis) = redis_url() else { return };
+    let prefix = format!("boson-mesh-split-test-{}:", std::process::id());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (host_a, relay_a) = host(dir_a.path(), &redis, &prefix);
+
+    let relay = format!("127.0.0.1:{}", free_port());
+    let url = format!("ws://{relay}/relay");
+    let segment = dir_b.path().join("segment").display().to_string();
+    let host_id = "5f0c9a7e-3b1d-4c2a-9e8f-0a1b2c3d4e5f";
+    let shared = host_args(&relay, &url, &redis, &prefix);
+    let mut control = vec![
+        "control",
+        "--segment",
+        &segment,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--host-id",
+        host_id,
+    ];
+    // The control process takes the control plane's settings only.
+    for pair in shared.chunks(2) {
+        if !matches!(pair[0], "--turn-listen" | "--relay-listen" | "--mesh-key") {
+            control.extend_from_slice(pair);
+        }
+    }
+    let host_b_control = common::start(dir_b.path(), &control, false);
+    let mut dataplane = vec!["--segment", &segment, "--no-pin", "--host-id", host_id];
+    dataplane.extend(shared);
+    let host_b_dataplane = common::start_dataplane(dir_b.path(), &dataplane);
+
+    let (_x, _y, _) = relay_across(
+        (&host_a.base, relay_a),
+        (&host_b_control.base, relay.parse().unwrap()),
+        [
+            "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5b01",
+            "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5b02",
+        ],
+    );
+    // Host B's control plane reads the dataplane's mesh counters from the segment.
+    let metrics = common::Http::new().text(&format!("{}/metrics", host_b_control.base));
+    let linked = metrics
+        .lines()
+        .any(|l| l.starts_with("bosonserver_dataplane_mesh_") && !l.ends_with(" 0"));
+    assert!(linked, "no mesh counter moved on host B\n{metrics}");
+    drop(host_b_dataplane);
     drop(host_a);
 }

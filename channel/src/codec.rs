@@ -12,6 +12,7 @@
 //!   5 TurnQuota     max_allocations_per_user:u32
 //!   6 Drain         deadline:u64
 //!   7 Presence      node:16 has_host:u8 (0|1) [host:16 if 1]
+//!   9 MeshHost      host:16 until:u64 url_len:u16 (≤ 1024) url:utf8
 //!
 //! Event tag    body
 //!   1 NodeConnected     node:16 core:u16 transport:u8 (0 ws, 1 wss, 2 quic, 3 mesh)
@@ -47,6 +48,9 @@ pub const MAX_SECRET_LEN: usize = 1024;
 
 /// Longest REST username user part in [`Event::AllocationCreated`], in bytes.
 pub const MAX_USER_LEN: usize = 1024;
+
+/// Longest relay URL in [`Command::MeshHost`], in bytes.
+pub const MAX_URL_LEN: usize = 1024;
 
 /// Longest encoded message: a bound on every encoding above (the largest is a
 /// `TurnSecrets` of 16 secrets of 1024 bytes, 16 419 bytes). Rings hold at least two.
@@ -184,6 +188,18 @@ fn write_command(command: &Command, out: &mut Vec<u8>) -> Result<(), EncodeError
                 }
             }
         }
+        Command::MeshHost {
+            host,
+            relay_url,
+            until,
+        } => {
+            out.push(9);
+            out.extend_from_slice(host.as_bytes());
+            out.extend_from_slice(&until.to_le_bytes());
+            let len = check_len("MeshHost relay_url", relay_url.len(), MAX_URL_LEN)?;
+            out.extend_from_slice(&(len as u16).to_le_bytes());
+            out.extend_from_slice(relay_url.as_bytes());
+        }
     }
     Ok(())
 }
@@ -229,6 +245,22 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, DecodeError> {
                 }
             },
         },
+        9 => {
+            let host = HostId(Uuid::from_bytes(r.array("MeshHost host")?));
+            let until = r.u64("MeshHost until")?;
+            let len = usize::from(r.u16("MeshHost relay_url length")?);
+            r.bound("MeshHost relay_url", len, MAX_URL_LEN)?;
+            let relay_url = std::str::from_utf8(r.take("MeshHost relay_url", len)?)
+                .map_err(|_| DecodeError::InvalidUtf8 {
+                    field: "MeshHost relay_url",
+                })?
+                .to_owned();
+            Command::MeshHost {
+                host,
+                relay_url,
+                until,
+            }
+        }
         found => return Err(DecodeError::UnknownTag { found }),
     };
     r.finish()?;
@@ -516,6 +548,15 @@ mod tests {
             assert_eq!(command_bytes(&command), bytes, "{command:?}");
             assert_eq!(decode_command(bytes), Ok(command));
         }
+        let mesh_host = Command::MeshHost {
+            host: HostId(Uuid::from_bytes([0xee; 16])),
+            relay_url: "ws://h/".to_owned(),
+            until: 2,
+        };
+        let bytes =
+            hex!("01 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0200000000000000 0700 77733a2f2f682f");
+        assert_eq!(command_bytes(&mesh_host), bytes);
+        assert_eq!(decode_command(&bytes), Ok(mesh_host));
         let absent = Command::Presence { node, host: None };
         assert_eq!(
             command_bytes(&absent),
@@ -574,6 +615,12 @@ mod tests {
             relay: SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 1, 2, 3)),
         };
         assert!(event_bytes(&event).len() <= MAX_MESSAGE_LEN);
+        let url = Command::MeshHost {
+            host: HostId(Uuid::max()),
+            relay_url: "u".repeat(MAX_URL_LEN),
+            until: u64::MAX,
+        };
+        assert!(command_bytes(&url).len() <= MAX_MESSAGE_LEN);
     }
 
     #[test]
@@ -596,17 +643,44 @@ mod tests {
             relay: "192.0.2.1:1".parse().unwrap(),
         };
         assert!(encode_event(&user, &mut out).is_err());
+        let url = Command::MeshHost {
+            host: HostId(Uuid::nil()),
+            relay_url: "u".repeat(MAX_URL_LEN + 1),
+            until: 0,
+        };
+        assert_eq!(
+            encode_command(&url, &mut out),
+            Err(EncodeError::TooLong {
+                field: "MeshHost relay_url",
+                len: MAX_URL_LEN + 1,
+                max: MAX_URL_LEN
+            })
+        );
         assert_eq!(out, [0xaa]);
     }
 
     #[test]
     fn malformed_input_gets_a_precise_error() {
-        let cases: [(&[u8], DecodeError); 9] = [
+        let cases: [(&[u8], DecodeError); 11] = [
             (&[], DecodeError::Truncated { field: "version" }),
             (&[2, 3], DecodeError::Version { found: 2 }),
             (&[1], DecodeError::Truncated { field: "tag" }),
             (&[1, 0], DecodeError::UnknownTag { found: 0 }),
-            (&[1, 8], DecodeError::UnknownTag { found: 8 }),
+            (&[1, 0xff], DecodeError::UnknownTag { found: 0xff }),
+            (
+                &hex!("01 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0104"),
+                DecodeError::TooLong {
+                    field: "MeshHost relay_url",
+                    len: 1025,
+                    max: MAX_URL_LEN,
+                },
+            ),
+            (
+                &hex!("01 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0100 ff"),
+                DecodeError::InvalidUtf8 {
+                    field: "MeshHost relay_url",
+                },
+            ),
             (&[1, 3, 0], DecodeError::TrailingBytes { extra: 1 }),
             (&[1, 2, 0], DecodeError::Truncated { field: "node" }),
             (

@@ -68,6 +68,13 @@ fn command() -> impl Strategy<Value = Command> {
                 host: host.map(|bytes| HostId(Uuid::from_bytes(bytes))),
             }
         }),
+        (any::<[u8; 16]>(), "\\PC{0,256}", any::<u64>()).prop_map(|(host, relay_url, until)| {
+            Command::MeshHost {
+                host: HostId(Uuid::from_bytes(host)),
+                relay_url,
+                until,
+            }
+        }),
     ]
 }
 

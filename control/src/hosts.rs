@@ -166,6 +166,28 @@ pub fn live_hosts(
     hosts
 }
 
+/// What the dataplane needs to keep mesh links to the other live `hosts`: each one with a
+/// relay URL, announced until `until` (the control plane re-announces them every heartbeat
+/// interval, so a host that stops being live lapses by itself).
+pub fn mesh_announcements(
+    hosts: &[HostRecord],
+    own: HostId,
+    until: boson_shared::plane::UnixMs,
+) -> Vec<boson_shared::plane::Command> {
+    hosts
+        .iter()
+        .filter(|host| host.host_id != own)
+        .filter_map(|host| {
+            let relay_url = host.addresses.relay_url.clone()?;
+            Some(boson_shared::plane::Command::MeshHost {
+                host: host.host_id,
+                relay_url,
+                until,
+            })
+        })
+        .collect()
+}
+
 /// This process as a relay host: its configured record and the load the binary reports.
 #[derive(Debug)]
 pub struct LocalHost {
@@ -315,6 +337,35 @@ pub(crate) mod tests {
             assert!((host.utilization() - want).abs() < 1e-9, "{load:?}");
             assert_eq!(host.has_room(), room, "{load:?}");
         }
+    }
+
+    #[test]
+    fn mesh_announcements_name_every_other_host_with_a_relay_url() {
+        use boson_shared::plane::Command;
+        let mut hosts: Vec<HostRecord> = (1..=4)
+            .map(|n| host(n, "US-CA", HostLoad::default()))
+            .collect();
+        for h in &mut hosts[..3] {
+            h.addresses.relay_url = Some(format!("ws://{}:8443/relay", h.addresses.turn_host));
+        }
+        let own = hosts[0].host_id;
+        let announced = mesh_announcements(&hosts, own, 42);
+        assert_eq!(
+            announced,
+            vec![
+                Command::MeshHost {
+                    host: hosts[1].host_id,
+                    relay_url: "ws://h2.example.test:8443/relay".to_owned(),
+                    until: 42,
+                },
+                Command::MeshHost {
+                    host: hosts[2].host_id,
+                    relay_url: "ws://h3.example.test:8443/relay".to_owned(),
+                    until: 42,
+                },
+            ],
+            "not itself, not host 4 (no relay URL)"
+        );
     }
 
     #[test]

@@ -182,11 +182,15 @@ impl AppState {
     }
 
     /// Reads which nodes hold relay sessions on the other live hosts and sends the changes
-    /// since the last poll to the dataplane as `Command::Presence`.
+    /// since the last poll to the dataplane as `Command::Presence`; announces every other
+    /// live host's relay URL as `Command::MeshHost`, valid for one host timeout, so the
+    /// dataplane (in this process or another) keeps a mesh link to each.
     pub async fn poll_presence(&self) -> Result<(), MeshError> {
         let hosts = self.live_hosts().await?;
         self.metrics.set_relay_hosts(hosts.len());
         let own = self.host_id();
+        let until = grants::unix_ms(self.clock.now().saturating_add(self.config.host.timeout));
+        self.emit(hosts::mesh_announcements(&hosts, own, until));
         let others: Vec<HostId> = hosts
             .iter()
             .map(|host| host.host_id)
@@ -399,5 +403,6 @@ fn command_kind(command: &Command) -> &'static str {
         Command::TurnQuota { .. } => "turn_quota",
         Command::Drain { .. } => "drain",
         Command::Presence { .. } => "presence",
+        Command::MeshHost { .. } => "mesh_host",
     }
 }

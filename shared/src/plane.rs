@@ -117,6 +117,19 @@ pub enum Command {
         /// The host it is connected to.
         host: Option<HostId>,
     },
+    /// Relay host `host` is live and reachable at `relay_url` (`ws://…`) until `until`: the
+    /// dataplane keeps a mesh link open to it while the announcement is fresh. The control
+    /// plane re-announces every live host each heartbeat interval, so a host that stops
+    /// being announced (it died, or the control plane that knew it did) is forgotten by
+    /// itself, with no withdrawal to lose.
+    MeshHost {
+        /// The host.
+        host: HostId,
+        /// Its relay URL, as it registered it.
+        relay_url: String,
+        /// When the announcement lapses unless renewed.
+        until: UnixMs,
+    },
 }
 
 /// Dataplane → control.
