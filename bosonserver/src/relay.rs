@@ -251,8 +251,8 @@ impl CommandApplier {
                 node: *node,
                 host: *host,
             }),
-            // TURN secrets and quotas are fixed at start in this process.
-            Command::TurnSecrets(_) | Command::TurnQuota { .. } => {}
+            // TURN secrets, quotas and peer lists are fixed at start in this process.
+            Command::TurnSecrets(_) | Command::TurnQuota { .. } | Command::PeerFilter { .. } => {}
         }
     }
 

@@ -399,5 +399,6 @@ fn command_kind(command: &Command) -> &'static str {
         Command::TurnQuota { .. } => "turn_quota",
         Command::Drain { .. } => "drain",
         Command::Presence { .. } => "presence",
+        Command::PeerFilter { .. } => "peer_filter",
     }
 }

@@ -87,7 +87,8 @@ pub use config::{
     CHANNEL_COOLDOWN, CHANNEL_LIFETIME, ConfigError, DEFAULT_LIFETIME, MAX_LIFETIME,
     NONCE_LIFETIME, PERMISSION_LIFETIME, PORT_QUARANTINE, RESERVATION_LIFETIME, TurnConfig,
 };
-pub use peer_filter::{Cidr, CidrError, Denied, PeerFilter};
+pub use boson_shared::{Cidr, CidrError};
+pub use peer_filter::{Denied, PeerFilter};
 pub use ports::PortTable;
 pub use server::{ClientAction, Command, Footprint, PeerAction, Server};
 
