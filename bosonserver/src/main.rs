@@ -5,6 +5,7 @@ mod drain;
 mod healthcheck;
 mod planes;
 mod relay;
+mod secrets;
 mod split;
 
 use std::sync::Arc;
@@ -97,7 +98,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let mut config = args.control.resolve().context("invalid configuration")?;
     let plan = args
         .dataplane
-        .plan(&config.turn.public_host, &config.turn.secrets)
+        .plan(&config.turn)
         .context("invalid configuration")?;
     // Both ends of one in-memory segment: the same rings as two processes would share.
     let segment = boson_channel::Segment::create(
@@ -158,6 +159,9 @@ fn host_load(stats: &[boson_dataplane::WorkerStatsSnapshot]) -> boson_control::h
 async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result<()> {
     let listen = config.http_listen;
     let state = AppState::connect(config, Arc::new(SystemClock)).await?;
+    if let Some(path) = state.config.turn.secrets_file.clone() {
+        tokio::spawn(secrets::watch(state.clone(), path));
+    }
     let mut drain = None;
     if let Some(planes) = planes {
         let Planes {

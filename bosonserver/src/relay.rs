@@ -19,8 +19,11 @@ use boson_control::clock::{Clock, UnixMillis};
 use boson_dataplane::relay::{
     AuthError, MeshLink, MeshSettings, RelayCommand, RelayConfig, RelayHandle, TlsSource,
 };
-use boson_shared::NodeId;
+use boson_dataplane::{CoreUpdate, SettingsHandle};
 use boson_shared::plane::{Command, Grant};
+use boson_shared::{NodeId, TurnSecret};
+
+use crate::dataplane::PeerPolicy;
 
 /// Node relay settings (WebSocket over TCP, with TLS when a certificate is given).
 #[derive(Debug, Clone, clap::Args)]
@@ -219,16 +222,39 @@ fn decide(grant: Option<Grant>, generation: i64, now: UnixMillis) -> Result<(), 
     }
 }
 
-/// Applies control-plane commands: grants to the table, revocations and drain to the workers.
+/// Where the TURN settings the control plane pushes go: every worker's core.
+#[derive(Debug, Clone)]
+pub(crate) struct TurnSettings {
+    handle: SettingsHandle,
+    peers: PeerPolicy,
+}
+
+impl TurnSettings {
+    pub(crate) const fn new(handle: SettingsHandle, peers: PeerPolicy) -> Self {
+        Self { handle, peers }
+    }
+}
+
+/// Applies control-plane commands: grants to the table, revocations and drain to the relay,
+/// TURN settings to every worker's core.
 #[derive(Debug, Clone)]
 pub(crate) struct CommandApplier {
     grants: Arc<Grants>,
     relay: Option<RelayHandle>,
+    turn: Option<TurnSettings>,
 }
 
 impl CommandApplier {
-    pub(crate) const fn new(grants: Arc<Grants>, relay: Option<RelayHandle>) -> Self {
-        Self { grants, relay }
+    pub(crate) const fn new(
+        grants: Arc<Grants>,
+        relay: Option<RelayHandle>,
+        turn: Option<TurnSettings>,
+    ) -> Self {
+        Self {
+            grants,
+            relay,
+            turn,
+        }
     }
 
     pub(crate) fn apply(&self, command: &Command) {
@@ -251,8 +277,49 @@ impl CommandApplier {
                 node: *node,
                 host: *host,
             }),
-            // TURN secrets, quotas and peer lists are fixed at start in this process.
-            Command::TurnSecrets(_) | Command::TurnQuota { .. } | Command::PeerFilter { .. } => {}
+            Command::TurnSecrets(secrets) if secrets.is_empty() => {
+                tracing::warn!("the control plane sent no TURN secret: the secrets in use stay");
+            }
+            Command::TurnSecrets(secrets) => {
+                tracing::info!(
+                    secrets = secrets.len(),
+                    "TURN secrets from the control plane"
+                );
+                self.turn(CoreUpdate::SetSecrets(
+                    secrets
+                        .iter()
+                        .map(|s| TurnSecret::new(s.as_slice()))
+                        .collect(),
+                ));
+            }
+            Command::TurnQuota {
+                max_allocations_per_user,
+            } => {
+                tracing::info!(
+                    max_allocations_per_user,
+                    "TURN quota from the control plane"
+                );
+                self.turn(CoreUpdate::SetMaxAllocationsPerUser(
+                    *max_allocations_per_user,
+                ));
+            }
+            Command::PeerFilter { allow, deny } => {
+                tracing::info!(
+                    allowed = allow.len(),
+                    denied = deny.len(),
+                    "TURN peer lists from the control plane"
+                );
+                if let Some(turn) = &self.turn {
+                    let filter = turn.peers.filter(allow, deny);
+                    turn.handle.update(&CoreUpdate::SetPeerFilter(filter));
+                }
+            }
+        }
+    }
+
+    fn turn(&self, update: CoreUpdate) {
+        if let Some(turn) = &self.turn {
+            turn.handle.update(&update);
         }
     }
 
@@ -365,7 +432,7 @@ mod tests {
     #[test]
     fn commands_update_the_table() {
         let grants = Arc::new(Grants::default());
-        let applier = CommandApplier::new(Arc::clone(&grants), None);
+        let applier = CommandApplier::new(Arc::clone(&grants), None, None);
         let node = NodeId::from_bytes([2; 16]);
         let grant = Grant {
             node,

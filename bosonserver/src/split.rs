@@ -4,9 +4,12 @@
 //! be killed and restarted while the other runs: the segment keeps the rings, and each side
 //! brings a new incarnation of the other up to date.
 //!
-//! The dataplane reads the JWT and TURN secrets, the public host and the host id the same way
-//! as `run` (flags, environment, or the files generated in `--data-dir`), so both processes
-//! must share those settings or the data directory.
+//! The dataplane reads the JWT secret, the public host and the host id the same way as `run`
+//! (flags, environment, or the files generated in `--data-dir`), so both processes must share
+//! those settings or the data directory. The TURN settings (secrets, per-user quota, peer
+//! lists) it also reads at start, to serve before a control plane attaches; the control
+//! plane's values replace them when it does (it is authoritative: a dataplane restarted after
+//! a secret rotation gets the rotated secrets, whatever its own environment says).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use boson_dataplane::Dataplane;
 
 use crate::dataplane::DataplanePlan;
 use crate::planes::{self, ControlLink, DataplanePump};
-use crate::relay::{CommandApplier, Grants, RelayArgs, RelayAuth};
+use crate::relay::{CommandApplier, Grants, RelayArgs, RelayAuth, TurnSettings};
 
 /// `bosonserver control`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,8 +51,9 @@ pub(crate) struct DataplaneProcessArgs {
     #[arg(long, env = "BOSON_SEGMENT")]
     segment: PathBuf,
 
-    /// The settings of `run`; of the control plane's, only the secrets, the public host, the
-    /// data directory and the host id are used.
+    /// The settings of `run`; of the control plane's, only the JWT secret, the TURN settings
+    /// (until the control plane pushes its own), the public host, the data directory and the
+    /// host id are used.
     #[command(flatten)]
     run: crate::RunArgs,
 }
@@ -98,7 +102,7 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
     }
     let plan = run
         .dataplane
-        .plan(&config.turn.public_host, &config.turn.secrets)
+        .plan(&config.turn)
         .context("invalid configuration")?;
     // Before binding any port: a segment of another shape or build is a startup error.
     let segment = Segment::open_or_create(planes::spec(plan.workers())?, &path)
@@ -142,10 +146,12 @@ pub(crate) fn start_dataplane(
     ));
     let (events, waker, inbox) = planes::pump_inbox();
     let relay = relay
-        .config(auth, Some(events), config.host.id, data_dir)
+        .config(auth, Some(Arc::clone(&events)), config.host.id, data_dir)
         .context("invalid configuration")?;
-    let dataplane = plan.with_relay(relay).start()?;
-    let applier = CommandApplier::new(grants, dataplane.relay_handle());
+    let peers = plan.peer_policy();
+    let dataplane = plan.with_relay(relay).with_events(events).start()?;
+    let turn = TurnSettings::new(dataplane.settings_handle(), peers);
+    let applier = CommandApplier::new(grants, dataplane.relay_handle(), Some(turn));
     let pump = DataplanePump::spawn(end, inbox, applier, dataplane.stats_reader())?;
     Ok((dataplane, pump, waker))
 }
