@@ -63,6 +63,20 @@ impl TurnClient {
         ip: std::net::IpAddr,
     ) -> Self {
         let credential = TurnCredential::mint(&TurnSecret::new(secret), user, unix_now + 3600);
+        Self::with_credential_from(server, &credential.username, &credential.password, ip)
+    }
+
+    /// A client of `server` with a credential it was handed (by `/api/v1/turn/ice`).
+    pub(crate) fn with_credential(server: SocketAddr, username: &str, password: &str) -> Self {
+        Self::with_credential_from(server, username, password, [127, 0, 0, 1].into())
+    }
+
+    fn with_credential_from(
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+        ip: std::net::IpAddr,
+    ) -> Self {
         let socket = UdpSocket::bind((ip, 0)).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(250)))
@@ -70,8 +84,8 @@ impl TurnClient {
         Self {
             socket,
             server,
-            username: credential.username,
-            password: credential.password,
+            username: username.to_owned(),
+            password: password.to_owned(),
             realm: None,
             nonce: None,
             counter: 0,
