@@ -423,9 +423,14 @@ impl<R: RngCore> Server<R> {
     /// what exists is judged again at once: a permission for an IP it denies is removed and a
     /// channel to a transport address it denies expires (into its cooldown, RFC 8656 §12), so
     /// a denied peer stops exchanging traffic with every client in both directions, not when
-    /// the permission would have run out. Costs one pass over the allocations.
+    /// the permission would have run out. Costs one pass over the allocations, unless the
+    /// filter is the one in use.
     pub fn set_peer_filter(&mut self, now: Instant, filter: PeerFilter) {
         self.last_now = self.last_now.max(now);
+        // The control plane sends its lists again on every resync: nothing to judge then.
+        if filter == self.config.peer_filter {
+            return;
+        }
         self.config.peer_filter = filter;
         self.filter = self.config.effective_peer_filter();
         let cooldown = secs(self.config.channel_cooldown);
