@@ -159,9 +159,7 @@ fn host_load(stats: &[boson_dataplane::WorkerStatsSnapshot]) -> boson_control::h
 async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result<()> {
     let listen = config.http_listen;
     let state = AppState::connect(config, Arc::new(SystemClock)).await?;
-    if let Some(path) = state.config.turn.secrets_file.clone() {
-        tokio::spawn(secrets::watch(state.clone(), path));
-    }
+    tokio::spawn(secrets::watch(state.clone()));
     let mut drain = None;
     if let Some(planes) = planes {
         let Planes {

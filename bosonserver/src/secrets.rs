@@ -2,8 +2,11 @@
 //! and whenever it changes (checked every [`POLL`]), and the control plane mints with and
 //! pushes to the dataplane whatever it now holds (`AppState::reload_turn_secrets`). A file
 //! that cannot be used is logged as an error and the secrets in use stay.
+//!
+//! SIGHUP never ends the process: without a secrets file there is nothing to re-read and it
+//! is only logged, so a service manager's reload (`kill -HUP`) is always safe.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use boson_control::AppState;
@@ -31,9 +34,9 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Watches `path` until the process ends. SIGHUP is handled from here on (without a secrets
-/// file it keeps its default action).
-pub(crate) async fn watch(state: AppState, path: PathBuf) {
+/// Watches the secrets file of `state`'s configuration, if any, and SIGHUP until the
+/// process ends.
+pub(crate) async fn watch(state: AppState) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(error) => {
@@ -42,6 +45,15 @@ pub(crate) async fn watch(state: AppState, path: PathBuf) {
             );
             None
         }
+    };
+    let Some(path) = state.config.turn.secrets_file.clone() else {
+        while let Some(signal) = &mut hangup {
+            if signal.recv().await.is_none() {
+                break;
+            }
+            tracing::info!("SIGHUP: no --turn-secrets-file to re-read");
+        }
+        return;
     };
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -121,12 +121,29 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the signal runtime")?
-        .block_on(crate::shutdown_signal());
+        .block_on(async {
+            tokio::spawn(ignore_hangup());
+            crate::shutdown_signal().await;
+        });
     drop(pump);
     dataplane
         .shutdown()
         .map(|_| ())
         .context("stopping the dataplane")
+}
+
+/// SIGHUP belongs to the control plane (it re-reads the TURN secrets file and pushes the
+/// secrets here); a dataplane sent one with it must not end.
+async fn ignore_hangup() {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!(
+            "SIGHUP ignored: the control plane re-reads the TURN secrets and pushes them"
+        );
+    }
 }
 
 /// Starts the workers with the node relay, and the pump linking them to `end`; the waker

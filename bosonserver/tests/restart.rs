@@ -444,6 +444,11 @@ fn control_plane_killed_and_restarted_while_a_turn_channel_relays() {
         allocations_seen(m, 2) == 1.0
             && metric(m, "bosonserver_turn_allocation_users ") == Some(1.0)
     });
+    // Without a secrets file, SIGHUP (a service manager's reload) is harmless.
+    control.signal("HUP");
+    control.wait_for("SIGHUP: no --turn-secrets-file", "SIGHUP");
+    let (status, _) = http.get(&format!("{base}/health/live"));
+    assert_eq!(status, 200);
 
     // A steady ChannelData stream to the peer, one sequence-numbered datagram per
     // millisecond, across the kill.
@@ -625,6 +630,11 @@ fn rotated_turn_secrets_reach_a_running_and_a_restarted_dataplane() {
     let refused = control.wait_for("TURN secrets file not used", "cause=");
     assert!(refused.contains("SIGHUP"), "{refused}");
     ice_minted_with(&http, &base, &token, "new-secret");
+    allocate_until(turn_addr, &new, None);
+
+    // SIGHUP is the control plane's: the dataplane ignores it.
+    dataplane.signal("HUP");
+    dataplane.wait_for("SIGHUP ignored", "SIGHUP");
     allocate_until(turn_addr, &new, None);
 
     // A restarted dataplane starts from its own environment, and the control plane pushes
