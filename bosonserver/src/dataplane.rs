@@ -233,6 +233,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pushed_peer_lists_go_on_top_of_the_dataplanes_own_rules() {
+        let base = PeerFilter::new()
+            .own_relay_ports(50_000..=50_010)
+            .own_address("192.0.2.1".parse().unwrap())
+            .danger_allow_loopback();
+        let policy = PeerPolicy { base: base.clone() };
+        assert_eq!(policy.filter(&[], &[]), base);
+        let filter = policy.filter(
+            &["10.1.0.0/16".parse().unwrap()],
+            &["127.0.0.2/32".parse().unwrap()],
+        );
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(filter.check(ip("10.1.2.3")).is_ok(), "pushed allow");
+        assert!(filter.check(ip("10.2.0.1")).is_err(), "built-in rule");
+        assert!(
+            filter.check(ip("127.0.0.1")).is_ok(),
+            "the dataplane's own allow"
+        );
+        assert!(filter.check(ip("127.0.0.2")).is_err(), "pushed deny wins");
+        let own = |s: &str| filter.check_transport(s.parse().unwrap());
+        assert!(
+            own("192.0.2.1:8080").is_err(),
+            "own address off the relay ports"
+        );
+        assert!(own("192.0.2.1:50005").is_ok(), "own relay port");
+    }
+
+    #[test]
     fn port_ranges_parse() {
         assert_eq!(
             "49152-65535".parse::<PortRange>(),
