@@ -7,10 +7,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail, ensure};
+use boson_dataplane::relay::EventSink;
 use boson_dataplane::{Dataplane, DataplaneConfig, IoBackend, WorkerInfo};
-use boson_dataplane_proto::turn::{Cidr, PeerFilter, PortTable};
+use boson_dataplane_proto::turn::{PeerFilter, PortTable};
 use boson_dataplane_proto::{Server, TurnConfig};
-use boson_shared::TurnSecret;
+use boson_shared::Cidr;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
@@ -45,18 +46,6 @@ pub(crate) struct DataplaneArgs {
     /// TURN realm.
     #[arg(long, env = "BOSON_TURN_REALM", default_value = "bosonserver")]
     turn_realm: String,
-
-    /// Peer networks to allow despite the built-in filter (CIDRs, comma separated).
-    #[arg(long, env = "BOSON_ALLOWED_PEERS", value_delimiter = ',')]
-    allowed_peers: Vec<Cidr>,
-
-    /// Peer networks to refuse, whatever else says (CIDRs, comma separated).
-    #[arg(long, env = "BOSON_DENIED_PEERS", value_delimiter = ',')]
-    denied_peers: Vec<Cidr>,
-
-    /// TURN allocations one user may hold on one worker.
-    #[arg(long, env = "BOSON_MAX_ALLOCATIONS_PER_USER", default_value_t = 32)]
-    max_allocations_per_user: u32,
 
     /// Let clients relay to loopback peers. Only for tests and benchmarks on one machine: it
     /// opens this host's local services to every client.
@@ -108,17 +97,40 @@ pub(crate) struct DataplanePlan {
     /// Every worker's TURN configuration: clones share its port table, so an EVEN-PORT
     /// reservation made on one worker can be claimed on any.
     turn: TurnConfig,
+    peers: PeerPolicy,
     rng_seed: Option<u64>,
 }
 
+/// The dataplane's part of the peer filter: its own addresses and relay ports (and, for tests,
+/// loopback). The operator's allow- and deny-lists come on top, from the control plane.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerPolicy {
+    base: PeerFilter,
+}
+
+impl PeerPolicy {
+    /// The whole filter with the operator's lists `allow` and `deny`.
+    pub(crate) fn filter(&self, allow: &[Cidr], deny: &[Cidr]) -> PeerFilter {
+        let mut filter = self.base.clone();
+        for cidr in allow {
+            filter = filter.allow(*cidr);
+        }
+        for cidr in deny {
+            filter = filter.deny(*cidr);
+        }
+        filter
+    }
+}
+
 impl DataplaneArgs {
-    /// Validates the settings; `public_host` and `secrets` come from the control plane's
-    /// configuration, so ICE credentials and the TURN server agree.
+    /// Validates the settings. The TURN settings the control plane owns (secrets, quota, peer
+    /// lists, public host) come from its configuration, so ICE credentials and the TURN server
+    /// agree from the start; the control plane pushes them again when it attaches.
     pub(crate) fn plan(
         self,
-        public_host: &str,
-        secrets: &[TurnSecret],
+        settings: &boson_control::config::TurnConfig,
     ) -> anyhow::Result<DataplanePlan> {
+        let public_host = settings.public_host.as_str();
         let relay_ip = match (
             self.relay_ip,
             public_host.parse::<Ipv4Addr>(),
@@ -148,37 +160,31 @@ impl DataplaneArgs {
             ensure!(workers >= 1, "--workers must be at least 1");
             shell.workers = workers;
         }
-        let mut filter = PeerFilter::new().own_relay_ports(self.relay_ports.0.clone());
+        let mut base = PeerFilter::new().own_relay_ports(self.relay_ports.0.clone());
         if !self.turn_listen.ip().is_unspecified() {
-            filter = filter.own_address(self.turn_listen.ip());
-        }
-        for cidr in self.allowed_peers {
-            filter = filter.allow(cidr);
-        }
-        for cidr in self.denied_peers {
-            filter = filter.deny(cidr);
+            base = base.own_address(self.turn_listen.ip());
         }
         if self.danger_allow_loopback_peers {
             tracing::warn!(
                 "--danger-allow-loopback-peers: TURN clients may relay to this host's loopback \
                  services. Never use this outside tests and benchmarks."
             );
+            base = base.danger_allow_loopback();
         }
+        let peers = PeerPolicy { base };
         let ports = self.relay_ports.0;
         let table = Arc::new(PortTable::new(ports.clone()).context("invalid --relay-ports")?);
-        let mut turn = TurnConfig::new(&self.turn_realm, secrets.to_vec(), relay_ip, ports)
+        let mut turn = TurnConfig::new(&self.turn_realm, settings.secrets.clone(), relay_ip, ports)
             .context("invalid TURN settings")?
             .with_port_table(table)
-            .with_peer_filter(filter);
+            .with_peer_filter(peers.filter(&settings.allowed_peers, &settings.denied_peers));
         // Any worker may end up holding every port of the shared range.
         let total = turn.ports().len();
-        turn = turn.with_allocation_quota(total, self.max_allocations_per_user);
-        if self.danger_allow_loopback_peers {
-            turn = turn.danger_allow_loopback_peers();
-        }
+        turn = turn.with_allocation_quota(total, settings.max_allocations_per_user);
         Ok(DataplanePlan {
             shell,
             turn,
+            peers,
             rng_seed: self.rng_seed,
         })
     }
@@ -194,6 +200,17 @@ impl DataplanePlan {
     pub(crate) fn with_relay(mut self, relay: Option<boson_dataplane::relay::RelayConfig>) -> Self {
         self.shell.relay = relay;
         self
+    }
+
+    /// Sends the workers' events (TURN allocations) to `events`.
+    pub(crate) fn with_events(mut self, events: EventSink) -> Self {
+        self.shell.events = Some(events);
+        self
+    }
+
+    /// How the peer lists the control plane pushes become the workers' filter.
+    pub(crate) fn peer_policy(&self) -> PeerPolicy {
+        self.peers.clone()
     }
 
     /// Starts the workers.
@@ -214,6 +231,34 @@ impl DataplanePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushed_peer_lists_go_on_top_of_the_dataplanes_own_rules() {
+        let base = PeerFilter::new()
+            .own_relay_ports(50_000..=50_010)
+            .own_address("192.0.2.1".parse().unwrap())
+            .danger_allow_loopback();
+        let policy = PeerPolicy { base: base.clone() };
+        assert_eq!(policy.filter(&[], &[]), base);
+        let filter = policy.filter(
+            &["10.1.0.0/16".parse().unwrap()],
+            &["127.0.0.2/32".parse().unwrap()],
+        );
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(filter.check(ip("10.1.2.3")).is_ok(), "pushed allow");
+        assert!(filter.check(ip("10.2.0.1")).is_err(), "built-in rule");
+        assert!(
+            filter.check(ip("127.0.0.1")).is_ok(),
+            "the dataplane's own allow"
+        );
+        assert!(filter.check(ip("127.0.0.2")).is_err(), "pushed deny wins");
+        let own = |s: &str| filter.check_transport(s.parse().unwrap());
+        assert!(
+            own("192.0.2.1:8080").is_err(),
+            "own address off the relay ports"
+        );
+        assert!(own("192.0.2.1:50005").is_ok(), "own relay port");
+    }
 
     #[test]
     fn port_ranges_parse() {

@@ -6,6 +6,7 @@ mod healthcheck;
 mod mesh;
 mod planes;
 mod relay;
+mod secrets;
 mod split;
 
 use std::sync::Arc;
@@ -98,7 +99,7 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let mut config = args.control.resolve().context("invalid configuration")?;
     let plan = args
         .dataplane
-        .plan(&config.turn.public_host, &config.turn.secrets)
+        .plan(&config.turn)
         .context("invalid configuration")?;
     // Both ends of one in-memory segment: the same rings as two processes would share.
     let segment = boson_channel::Segment::create(
@@ -152,6 +153,7 @@ fn host_load(stats: &[boson_dataplane::WorkerStatsSnapshot]) -> boson_control::h
 async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result<()> {
     let listen = config.http_listen;
     let state = AppState::connect(config, Arc::new(SystemClock)).await?;
+    tokio::spawn(secrets::watch(state.clone()));
     let mut drain = None;
     if let Some(planes) = planes {
         let Planes {

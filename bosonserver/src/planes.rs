@@ -7,17 +7,19 @@
 //! One thread owns every core's [`CoreEnd`]. Each turn (at most [`POLL`] apart, at once when
 //! the relay reports an event) it:
 //!
-//! 1. re-announces the connected nodes of each core whose `poll_peer` reports a new control
-//!    incarnation (a restarted control plane starts with no presence);
+//! 1. re-announces the connected nodes and the live TURN allocations of each core whose
+//!    `poll_peer` reports a new control incarnation (a restarted control plane starts with no
+//!    presence and no view of the allocations);
 //! 2. applies every command from every core's ring with the [`CommandApplier`];
-//! 3. writes the relay's events into the ring of the core they name (a full ring drops and
-//!    counts: the worker threads never wait for the control plane);
+//! 3. writes the relay's and the TURN cores' events into the ring of the core they name (a
+//!    full ring drops and counts: the worker threads never wait for the control plane);
 //! 4. every [`STATS_EVERY`], copies each worker's counters into its stats block, in the slot
 //!    order of [`WorkerStatsSnapshot::to_slots`].
 //!
-//! The workers themselves do not touch the segment: the relay already hands events to a
-//! callback and the workers publish counters lock-free, so one pump keeps the worker loops
-//! unchanged. The cost is up to [`POLL`] of latency on commands between two processes (in
+//! The workers themselves do not touch the segment: they hand events to a callback and
+//! publish counters lock-free, and TURN settings reach them through
+//! [`SettingsHandle`](boson_dataplane::SettingsHandle) (a flag each loop turn reads), so one
+//! pump keeps the worker loops free of the rings. The cost is up to [`POLL`] of latency on commands between two processes (in
 //! one process the command sink wakes the pump at once, see [`Waker`]) and [`STATS_EVERY`] of
 //! lag on counters; each stats block still has a single writer.
 //!
@@ -34,12 +36,14 @@
 //!
 //! [`ControlLink::run`] also drains every core's events into `AppState::handle_event`, and on
 //! a new dataplane incarnation first withdraws the sessions the old one reported (it cannot
-//! say so itself after `kill -9`), then re-pushes every grant (`resync_grants`).
+//! say so itself after `kill -9`) and forgets its allocations, then re-pushes the TURN
+//! settings and every grant (`resync_grants`).
 //!
 //! [`Segment`]: boson_channel::Segment
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -150,6 +154,7 @@ impl DataplanePump {
             applier,
             stats,
             connected: BTreeMap::new(),
+            allocations: BTreeMap::new(),
         };
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -180,6 +185,9 @@ struct Pump {
     /// Sessions reported connected and not yet disconnected: what a new control plane is
     /// told.
     connected: BTreeMap<(NodeId, u16), Transport>,
+    /// TURN allocations reported created and not yet expired, with their users: what a new
+    /// control plane is told too.
+    allocations: BTreeMap<(u16, SocketAddr), String>,
 }
 
 impl Pump {
@@ -217,9 +225,9 @@ impl Pump {
             tracing::info!(
                 core = id,
                 incarnation = peer.incarnation.get(),
-                "control plane attached: re-announcing connected nodes"
+                "control plane attached: re-announcing connected nodes and TURN allocations"
             );
-            let announce: Vec<_> = self
+            let nodes = self
                 .connected
                 .iter()
                 .filter(|((_, core), _)| *core == id)
@@ -227,11 +235,19 @@ impl Pump {
                     node,
                     core,
                     transport,
-                })
-                .collect();
-            for event in announce {
+                });
+            let allocations = self
+                .allocations
+                .iter()
+                .filter(|((core, _), _)| *core == id)
+                .map(|(&(core, relay), user)| Event::AllocationCreated {
+                    core,
+                    user: user.clone(),
+                    relay,
+                });
+            for event in nodes.chain(allocations) {
                 if let Err(error) = core.try_send_event(&event) {
-                    tracing::warn!(core = id, "re-announcing a node: {error}");
+                    tracing::warn!(core = id, "re-announcing to the control plane: {error}");
                 }
             }
         }
@@ -259,6 +275,18 @@ impl Pump {
 
     fn forward(&mut self, event: &Event) {
         let core = match *event {
+            Event::AllocationCreated {
+                core,
+                ref user,
+                relay,
+            } => {
+                self.allocations.insert((core, relay), user.clone());
+                core
+            }
+            Event::AllocationExpired { core, relay } => {
+                self.allocations.remove(&(core, relay));
+                core
+            }
             Event::NodeConnected {
                 node,
                 core,
@@ -271,7 +299,6 @@ impl Pump {
                 self.connected.remove(&(node, core));
                 core
             }
-            Event::AllocationCreated { core, .. } | Event::AllocationExpired { core, .. } => core,
             Event::NeedGrants => 0,
         };
         let last = self.cores.len() - 1;
@@ -403,13 +430,14 @@ impl ControlLink {
                 tracing::info!(
                     incarnation = peer.incarnation.get(),
                     pid = ?peer.pid.map(|p| p.0),
-                    "dataplane attached: re-pushing every grant"
+                    "dataplane attached: re-pushing the TURN settings and every grant"
                 );
                 for (node, core) in std::mem::take(&mut sessions) {
                     state
                         .handle_event(Event::NodeDisconnected { node, core })
                         .await;
                 }
+                state.forget_allocations();
                 if let Err(error) = state.resync_grants().await {
                     tracing::warn!("grants re-sent from memory only: {error}");
                 }

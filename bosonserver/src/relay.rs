@@ -19,8 +19,11 @@ use boson_control::clock::{Clock, UnixMillis};
 use boson_dataplane::relay::{
     AuthError, MeshSettings, RelayCommand, RelayConfig, RelayHandle, TlsSource,
 };
-use boson_shared::NodeId;
+use boson_dataplane::{CoreUpdate, SettingsHandle};
 use boson_shared::plane::{Command, Grant};
+use boson_shared::{NodeId, TurnSecret};
+
+use crate::dataplane::PeerPolicy;
 
 use crate::mesh::MeshHosts;
 
@@ -221,12 +224,26 @@ fn decide(grant: Option<Grant>, generation: i64, now: UnixMillis) -> Result<(), 
     }
 }
 
-/// Applies control-plane commands: grants to the table, revocations and drain to the workers,
-/// mesh host announcements to the mesh linker's table.
+/// Where the TURN settings the control plane pushes go: every worker's core.
+#[derive(Debug, Clone)]
+pub(crate) struct TurnSettings {
+    handle: SettingsHandle,
+    peers: PeerPolicy,
+}
+
+impl TurnSettings {
+    pub(crate) const fn new(handle: SettingsHandle, peers: PeerPolicy) -> Self {
+        Self { handle, peers }
+    }
+}
+
+/// Applies control-plane commands: grants to the table, revocations and drain to the relay,
+/// TURN settings to every worker's core, mesh host announcements to the mesh linker's table.
 #[derive(Debug, Clone)]
 pub(crate) struct CommandApplier {
     grants: Arc<Grants>,
     relay: Option<RelayHandle>,
+    turn: Option<TurnSettings>,
     /// `None` when this relay opens no mesh links (no mesh key, or no relay).
     mesh: Option<Arc<MeshHosts>>,
 }
@@ -235,11 +252,13 @@ impl CommandApplier {
     pub(crate) const fn new(
         grants: Arc<Grants>,
         relay: Option<RelayHandle>,
+        turn: Option<TurnSettings>,
         mesh: Option<Arc<MeshHosts>>,
     ) -> Self {
         Self {
             grants,
             relay,
+            turn,
             mesh,
         }
     }
@@ -273,8 +292,49 @@ impl CommandApplier {
                     mesh.announce(*host, relay_url.clone(), *until);
                 }
             }
-            // TURN secrets and quotas are fixed at start in this process.
-            Command::TurnSecrets(_) | Command::TurnQuota { .. } => {}
+            Command::TurnSecrets(secrets) if secrets.is_empty() => {
+                tracing::warn!("the control plane sent no TURN secret: the secrets in use stay");
+            }
+            Command::TurnSecrets(secrets) => {
+                tracing::info!(
+                    secrets = secrets.len(),
+                    "TURN secrets from the control plane"
+                );
+                self.turn(CoreUpdate::SetSecrets(
+                    secrets
+                        .iter()
+                        .map(|s| TurnSecret::new(s.as_slice()))
+                        .collect(),
+                ));
+            }
+            Command::TurnQuota {
+                max_allocations_per_user,
+            } => {
+                tracing::info!(
+                    max_allocations_per_user,
+                    "TURN quota from the control plane"
+                );
+                self.turn(CoreUpdate::SetMaxAllocationsPerUser(
+                    *max_allocations_per_user,
+                ));
+            }
+            Command::PeerFilter { allow, deny } => {
+                tracing::info!(
+                    allowed = allow.len(),
+                    denied = deny.len(),
+                    "TURN peer lists from the control plane"
+                );
+                if let Some(turn) = &self.turn {
+                    let filter = turn.peers.filter(allow, deny);
+                    turn.handle.update(&CoreUpdate::SetPeerFilter(filter));
+                }
+            }
+        }
+    }
+
+    fn turn(&self, update: CoreUpdate) {
+        if let Some(turn) = &self.turn {
+            turn.handle.update(&update);
         }
     }
 
@@ -314,7 +374,7 @@ mod tests {
     #[test]
     fn commands_update_the_table() {
         let grants = Arc::new(Grants::default());
-        let applier = CommandApplier::new(Arc::clone(&grants), None, None);
+        let applier = CommandApplier::new(Arc::clone(&grants), None, None, None);
         let node = NodeId::from_bytes([2; 16]);
         let grant = Grant {
             node,

@@ -4,9 +4,12 @@
 //! be killed and restarted while the other runs: the segment keeps the rings, and each side
 //! brings a new incarnation of the other up to date.
 //!
-//! The dataplane reads the JWT and TURN secrets, the public host and the host id the same way
-//! as `run` (flags, environment, or the files generated in `--data-dir`), so both processes
-//! must share those settings or the data directory.
+//! The dataplane reads the JWT secret, the public host and the host id the same way as `run`
+//! (flags, environment, or the files generated in `--data-dir`), so both processes must share
+//! those settings or the data directory. The TURN settings (secrets, per-user quota, peer
+//! lists) it also reads at start, to serve before a control plane attaches; the control
+//! plane's values replace them when it does (it is authoritative: a dataplane restarted after
+//! a secret rotation gets the rotated secrets, whatever its own environment says).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use boson_dataplane::Dataplane;
 
 use crate::dataplane::DataplanePlan;
 use crate::planes::{self, ControlLink, DataplanePump};
-use crate::relay::{CommandApplier, Grants, RelayArgs, RelayAuth};
+use crate::relay::{CommandApplier, Grants, RelayArgs, RelayAuth, TurnSettings};
 
 /// `bosonserver control`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,8 +51,9 @@ pub(crate) struct DataplaneProcessArgs {
     #[arg(long, env = "BOSON_SEGMENT")]
     segment: PathBuf,
 
-    /// The settings of `run`; of the control plane's, only the secrets, the public host, the
-    /// data directory and the host id are used.
+    /// The settings of `run`; of the control plane's, only the JWT secret, the TURN settings
+    /// (until the control plane pushes its own), the public host, the data directory and the
+    /// host id are used.
     #[command(flatten)]
     run: crate::RunArgs,
 }
@@ -90,7 +94,7 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
     let config = run.control.resolve().context("invalid configuration")?;
     let plan = run
         .dataplane
-        .plan(&config.turn.public_host, &config.turn.secrets)
+        .plan(&config.turn)
         .context("invalid configuration")?;
     // Before binding any port: a segment of another shape or build is a startup error.
     let segment = Segment::open_or_create(planes::spec(plan.workers())?, &path)
@@ -109,12 +113,29 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the signal runtime")?
-        .block_on(crate::shutdown_signal());
+        .block_on(async {
+            tokio::spawn(ignore_hangup());
+            crate::shutdown_signal().await;
+        });
     drop(pump);
     dataplane
         .shutdown()
         .map(|_| ())
         .context("stopping the dataplane")
+}
+
+/// SIGHUP belongs to the control plane (it re-reads the TURN secrets file and pushes the
+/// secrets here); a dataplane sent one with it must not end.
+async fn ignore_hangup() {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!(
+            "SIGHUP ignored: the control plane re-reads the TURN secrets and pushes them"
+        );
+    }
 }
 
 /// Starts the workers with the node relay, and the pump linking them to `end`; the waker
@@ -135,9 +156,11 @@ pub(crate) fn start_dataplane(
     let (events, waker, inbox) = planes::pump_inbox();
     let mesh_enabled = relay.mesh_enabled();
     let relay = relay
-        .config(auth, Some(events), config.host.id, data_dir)
+        .config(auth, Some(Arc::clone(&events)), config.host.id, data_dir)
         .context("invalid configuration")?;
-    let dataplane = plan.with_relay(relay).start()?;
+    let peers = plan.peer_policy();
+    let dataplane = plan.with_relay(relay).with_events(events).start()?;
+    let turn = TurnSettings::new(dataplane.settings_handle(), peers);
     // Mesh links are opened by the process that owns the relay's sockets, to the hosts the
     // control plane announces over the segment.
     let mesh = match dataplane.relay_handle().filter(|_| mesh_enabled) {
@@ -147,7 +170,7 @@ pub(crate) fn start_dataplane(
         ),
         None => None,
     };
-    let applier = CommandApplier::new(grants, dataplane.relay_handle(), mesh);
+    let applier = CommandApplier::new(grants, dataplane.relay_handle(), Some(turn), mesh);
     let pump = DataplanePump::spawn(end, inbox, applier, dataplane.stats_reader())?;
     Ok((dataplane, pump, waker))
 }

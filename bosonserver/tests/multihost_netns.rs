@@ -879,7 +879,7 @@ fn scenario(k: u8, shared_redis: bool) {
         for target in [&*a, &*b] {
             let server = SocketAddr::from((target.ip, TURN_PORT));
             let mut client =
-                TurnClient::with_credential(server, username.clone(), password.clone(), gateway);
+                TurnClient::with_credential_from(server, &username, &password, gateway);
             let answer = client.allocate().unwrap();
             assert!(
                 answer.is_success(),

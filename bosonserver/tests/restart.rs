@@ -1,5 +1,6 @@
 //! Issue 5: the control plane and the dataplane as two processes on one shared-memory
-//! segment, each killed with SIGKILL and restarted while the other runs.
+//! segment, each killed with SIGKILL and restarted while the other runs, with relay streams
+//! and TURN allocations flowing; and TURN secrets rotated under both.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 #![allow(
@@ -17,14 +18,15 @@ mod common;
 mod ws_client;
 
 use std::io::{BufRead as _, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use boson_shared::NodeId;
+use boson_shared::{NodeId, TurnSecret};
+use common::turn::{self, TurnClient};
 use ws_client::{Client, connect};
 
 /// Both processes must agree on these; set explicitly so neither generates its own.
@@ -54,6 +56,11 @@ impl Drop for Proc {
 
 impl Proc {
     fn spawn(dir: &Path, args: &[&str]) -> Self {
+        Self::spawn_with(dir, args, &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with `env` on top of [`ENV`] (`None` removes a variable).
+    fn spawn_with(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_bosonserver"));
         command
             .args(args)
@@ -68,6 +75,12 @@ impl Proc {
             .env("RUST_LOG", "info");
         for (key, value) in ENV {
             command.env(key, value);
+        }
+        for (key, value) in env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
         }
         let mut child = command.spawn().unwrap();
         let stderr = BufReader::new(child.stderr.take().unwrap());
@@ -101,28 +114,63 @@ impl Proc {
 
     /// `bosonserver control` on `segment`; returns it with its REST API base URL.
     fn control(dir: &Path, segment: &str, workers: &str) -> (Self, String) {
-        let proc = Self::spawn(
-            dir,
-            &[
-                "control",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--segment",
-                segment,
-                "--workers",
-                workers,
-            ],
-        );
+        Self::control_with(dir, segment, workers, &[], &[])
+    }
+
+    /// [`control`](Self::control) with more arguments and environment.
+    fn control_with(
+        dir: &Path,
+        segment: &str,
+        workers: &str,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> (Self, String) {
+        let mut args = vec![
+            "control",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--segment",
+            segment,
+            "--workers",
+            workers,
+        ];
+        args.extend_from_slice(extra);
+        let proc = Self::spawn_with(dir, &args, env);
         let base = proc.wait_for("listening on ", "listening on ");
         (proc, base)
     }
 
     /// `bosonserver dataplane` on `segment`; returns it with its relay address.
     fn dataplane(dir: &Path, segment: &str, workers: &str) -> (Self, SocketAddr) {
-        let proc = Self::spawn(dir, &dataplane_args(segment, workers));
+        let (proc, relay, _) = Self::dataplane_with(dir, segment, workers, &[], &[]);
+        (proc, relay)
+    }
+
+    /// [`dataplane`](Self::dataplane) with more arguments and environment; returns the TURN
+    /// listener's address too.
+    fn dataplane_with(
+        dir: &Path,
+        segment: &str,
+        workers: &str,
+        extra: &[&str],
+        env: &[(&str, Option<&str>)],
+    ) -> (Self, SocketAddr, SocketAddr) {
+        let mut args = dataplane_args(segment, workers);
+        args.extend_from_slice(extra);
+        let proc = Self::spawn_with(dir, &args, env);
         let relay = proc.wait_for("node relay listening", "relay_addr=");
+        let turn = proc.wait_for("dataplane started", "local_addr=");
         proc.wait_for("dataplane attached to the segment", "incarnation=");
-        (proc, relay.parse().unwrap())
+        (proc, relay.parse().unwrap(), turn.parse().unwrap())
+    }
+
+    /// Sends `signal` (such as `HUP`) to the process.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
     }
 }
 
@@ -333,4 +381,272 @@ fn a_segment_of_another_shape_is_a_clear_startup_error() {
         "{log}"
     );
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The TURN secret both processes' environments share ([`ENV`]).
+const TURN_SECRET: &str = "restart-test-turn-secret-0123456789abcdef";
+const CHANNEL: u16 = 0x4001;
+
+/// The live TURN allocations `/metrics` shows the control plane knows of, over every core.
+fn allocations_seen(metrics: &str, cores: u16) -> f64 {
+    (0..cores)
+        .filter_map(|core| {
+            metric(
+                metrics,
+                &format!("bosonserver_turn_allocations{{core=\"{core}\"}} "),
+            )
+        })
+        .sum()
+}
+
+/// `--relay-ports` for a test, and the loopback peers TURN clients of tests relay to.
+fn turn_args(ports: &str) -> [&str; 3] {
+    ["--relay-ports", ports, "--danger-allow-loopback-peers"]
+}
+
+/// An allocation of `client` with channel [`CHANNEL`] bound to `peer`; its relayed address.
+fn allocate_with_channel(client: &mut TurnClient, peer: &UdpSocket) -> SocketAddr {
+    let answer = client.allocate().unwrap();
+    assert!(answer.is_success(), "Allocate: {:?}", answer.code);
+    let relayed = answer.relayed().unwrap();
+    let bound = client
+        .channel_bind(CHANNEL, peer.local_addr().unwrap())
+        .unwrap();
+    assert!(bound.is_success(), "ChannelBind: {:?}", bound.code);
+    relayed
+}
+
+/// One datagram each way between `client` (on [`CHANNEL`]) and `peer`.
+fn turn_round_trip(client: &mut TurnClient, peer: &UdpSocket, relayed: SocketAddr, tag: &[u8]) {
+    client.send_channel_data(CHANNEL, tag).unwrap();
+    let mut buf = [0u8; 2048];
+    let (len, from) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..len], from), (tag, relayed));
+    peer.send_to(tag, relayed).unwrap();
+    assert_eq!(client.recv_channel_data(), Some((CHANNEL, tag.to_vec())));
+}
+
+#[test]
+fn control_plane_killed_and_restarted_while_a_turn_channel_relays() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = dir.path().join("segment");
+    let segment = segment.to_str().unwrap();
+    let ports = turn::relay_ports(16);
+    let (control, base) = Proc::control(dir.path(), segment, "2");
+    let (_dataplane, _, turn_addr) =
+        Proc::dataplane_with(dir.path(), segment, "2", &turn_args(&ports), &[]);
+    let http = common::Http::new();
+    let peer = turn::peer();
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut client = TurnClient::new(turn_addr, TURN_SECRET, "streamer", turn::unix_now());
+    let relayed = allocate_with_channel(&mut client, &peer);
+    wait_metrics(&http, &base, "the allocation", |m| {
+        allocations_seen(m, 2) == 1.0
+            && metric(m, "bosonserver_turn_allocation_users ") == Some(1.0)
+    });
+    // Without a secrets file, SIGHUP (a service manager's reload) is harmless.
+    control.signal("HUP");
+    control.wait_for("SIGHUP: no --turn-secrets-file", "SIGHUP");
+    let (status, _) = http.get(&format!("{base}/health/live"));
+    assert_eq!(status, 200);
+
+    // A steady ChannelData stream to the peer, one sequence-numbered datagram per
+    // millisecond, across the kill.
+    const PACKETS: u32 = 3000;
+    let received = Arc::new(AtomicU32::new(0));
+    let sender = std::thread::spawn(move || {
+        for seq in 0..PACKETS {
+            let datagram = [&seq.to_le_bytes()[..], &[7u8; 160]].concat();
+            client.send_channel_data(CHANNEL, &datagram).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        client
+    });
+    let counted = Arc::clone(&received);
+    let receiver = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        for seq in 0..PACKETS {
+            let (len, from) = peer.recv_from(&mut buf).expect("lost across the restart");
+            assert_eq!(from, relayed);
+            assert_eq!(len, 164);
+            let got = u32::from_le_bytes(buf[..4].try_into().unwrap());
+            assert_eq!(
+                got, seq,
+                "lost or reordered across the control plane's restart"
+            );
+            counted.store(seq + 1, Ordering::Relaxed);
+        }
+        peer
+    });
+
+    std::thread::sleep(Duration::from_millis(300));
+    drop(control); // SIGKILL
+    let at_kill = received.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    let during = received.load(Ordering::Relaxed);
+    assert!(
+        during > at_kill + 100,
+        "TURN stalled without its control plane: {at_kill} then {during}"
+    );
+
+    let (_control, base) = Proc::control(dir.path(), segment, "2");
+    let mut client = sender.join().unwrap();
+    let peer = receiver.join().unwrap();
+    assert_eq!(received.load(Ordering::Relaxed), PACKETS);
+
+    // The new control plane knows the allocation again: the dataplane re-announced it.
+    wait_metrics(&http, &base, "the re-announced allocation", |m| {
+        allocations_seen(m, 2) == 1.0
+            && metric(m, "bosonserver_turn_allocation_users ") == Some(1.0)
+    });
+    // It still relays both ways and refreshes, and its end reaches the new control plane.
+    turn_round_trip(&mut client, &peer, relayed, b"after the restart");
+    let refreshed = client.refresh(600).unwrap();
+    assert!(refreshed.is_success(), "Refresh: {:?}", refreshed.code);
+    turn_round_trip(&mut client, &peer, relayed, b"refreshed");
+    assert!(client.refresh(0).unwrap().is_success());
+    wait_metrics(&http, &base, "the allocation's end", |m| {
+        allocations_seen(m, 2) == 0.0
+            && metric(m, "bosonserver_turn_allocation_users ") == Some(0.0)
+    });
+}
+
+/// ICE credentials the control plane at `base` hands `token` now: (username, password).
+fn ice_credential(http: &common::Http, base: &str, token: &str) -> (String, String) {
+    let (status, body) = http.get_auth(&format!("{base}/api/v1/turn/ice"), token);
+    assert_eq!(status, 200, "{body}");
+    let turn = &body["iceServers"][1];
+    (
+        turn["username"].as_str().unwrap().to_owned(),
+        turn["credential"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Waits (10 s) until `/api/v1/turn/ice` mints with `secret`; returns that credential.
+fn ice_minted_with(http: &common::Http, base: &str, token: &str, secret: &str) -> (String, String) {
+    for _ in 0..200 {
+        let (username, password) = ice_credential(http, base, token);
+        if password == TurnSecret::new(secret).password_for(&username) {
+            return (username, password);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the control plane never minted with {secret:?}");
+}
+
+/// The code of an Allocate with `credential` at `server` (`None`: success), once it is
+/// `want`: settings reach the dataplane asynchronously, so it is retried for 10 s (no faster
+/// than the server's rate limit on 401s from one address allows).
+fn allocate_until(server: SocketAddr, credential: &(String, String), want: Option<u16>) {
+    let mut last = None;
+    for _ in 0..40 {
+        let mut client = TurnClient::with_credential(server, &credential.0, &credential.1);
+        let answer = client.allocate().unwrap();
+        if answer.code == want {
+            if answer.is_success() {
+                assert!(client.refresh(0).unwrap().is_success());
+            }
+            return;
+        }
+        last = answer.code;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("an Allocate with {credential:?} answered {last:?}, never {want:?}");
+}
+
+/// A credential minted with `secret` for `user`, as the control plane would.
+fn credential(secret: &str, user: &str) -> (String, String) {
+    let minted =
+        boson_shared::TurnCredential::mint(&TurnSecret::new(secret), user, turn::unix_now() + 3600);
+    (minted.username, minted.password)
+}
+
+#[test]
+fn rotated_turn_secrets_reach_a_running_and_a_restarted_dataplane() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = dir.path().join("segment");
+    let segment = segment.to_str().unwrap();
+    let ports = turn::relay_ports(16);
+    let file = dir.path().join("turn-secrets");
+    // 22 bytes, as long as the rotated file below: see the SIGHUP step.
+    std::fs::write(&file, "old-secret\n#ooooooooo\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    let (control, base) = Proc::control_with(
+        dir.path(),
+        segment,
+        "2",
+        &["--turn-secrets-file", file_arg],
+        &[("TURN_STATIC_SECRET", None)],
+    );
+    // The dataplane's own environment has another secret: the control plane's wins.
+    let dataplane_env = [("TURN_STATIC_SECRET", Some("the-dataplanes-own-secret"))];
+    let (dataplane, _, turn_addr) =
+        Proc::dataplane_with(dir.path(), segment, "2", &turn_args(&ports), &dataplane_env);
+    let http = common::Http::new();
+    let token = http.register(&base, &common::node_body(IDS[0], KEYS[0]));
+    let old = ice_minted_with(&http, &base, &token, "old-secret");
+    allocate_until(turn_addr, &old, None);
+    allocate_until(
+        turn_addr,
+        &credential("the-dataplanes-own-secret", "x"),
+        Some(401),
+    );
+
+    // An allocation made under the old secret, relaying.
+    let peer = turn::peer();
+    let mut before = TurnClient::with_credential(turn_addr, &old.0, &old.1);
+    let relayed = allocate_with_channel(&mut before, &peer);
+    turn_round_trip(&mut before, &peer, relayed, b"before the rotation");
+
+    // Rotation on SIGHUP alone: the file is rewritten in place at the same length and its
+    // modification time put back, so the poll sees no change.
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, "new-secret\nold-secret\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    control.signal("HUP");
+    let reloaded = control.wait_for("TURN secrets reloaded", "cause=");
+    assert!(reloaded.contains("SIGHUP"), "{reloaded}");
+    let new = ice_minted_with(&http, &base, &token, "new-secret");
+    allocate_until(turn_addr, &new, None);
+    allocate_until(turn_addr, &old, None);
+
+    // The old secret removed, noticed by the poll alone: old credentials are refused, the
+    // allocation made under it relays on (its refresh is refused: it runs out in time).
+    std::fs::write(&file, "new-secret\n").unwrap();
+    allocate_until(turn_addr, &old, Some(401));
+    allocate_until(turn_addr, &new, None);
+    turn_round_trip(&mut before, &peer, relayed, b"after the rotation");
+    assert_eq!(before.refresh(600).unwrap().code, Some(401));
+    turn_round_trip(&mut before, &peer, relayed, b"still relaying");
+
+    // A file the control plane cannot use changes nothing.
+    std::fs::write(&file, "# emptied by mistake\n").unwrap();
+    control.signal("HUP");
+    let refused = control.wait_for("TURN secrets file not used", "cause=");
+    assert!(refused.contains("SIGHUP"), "{refused}");
+    ice_minted_with(&http, &base, &token, "new-secret");
+    allocate_until(turn_addr, &new, None);
+
+    // SIGHUP is the control plane's: the dataplane ignores it.
+    dataplane.signal("HUP");
+    dataplane.wait_for("SIGHUP ignored", "SIGHUP");
+    allocate_until(turn_addr, &new, None);
+
+    // A restarted dataplane starts from its own environment, and the control plane pushes
+    // the secrets in use.
+    drop(dataplane); // SIGKILL
+    let (_dataplane, _, turn_addr) =
+        Proc::dataplane_with(dir.path(), segment, "2", &turn_args(&ports), &dataplane_env);
+    allocate_until(turn_addr, &new, None);
+    allocate_until(turn_addr, &old, Some(401));
+    allocate_until(
+        turn_addr,
+        &credential("the-dataplanes-own-secret", "x"),
+        Some(401),
+    );
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! message  = version:u8 tag:u8 body            all integers little-endian
-//! version  = 1                                  CODEC_VERSION
+//! version  = 2                                  CODEC_VERSION
 //!
 //! Command tag  body
 //!   1 Grant         node:16 generation:i64 expires_at:u64
@@ -12,6 +12,8 @@
 //!   5 TurnQuota     max_allocations_per_user:u32
 //!   6 Drain         deadline:u64
 //!   7 Presence      node:16 has_host:u8 (0|1) [host:16 if 1]
+//!   8 PeerFilter    allow_count:u16 (≤ 256) allow_count × cidr
+//!                   deny_count:u16 (≤ 256)  deny_count × cidr
 //!   9 MeshHost      host:16 until:u64 url_len:u16 (≤ 1024) url:utf8
 //!
 //! Event tag    body
@@ -23,28 +25,36 @@
 //!
 //! addr = 4:u8 ip:4 port:u16
 //!      | 6:u8 ip:16 port:u16 flowinfo:u32 scope_id:u32
+//! cidr = 4:u8 ip:4 prefix:u8 (≤ 32)
+//!      | 6:u8 ip:16 prefix:u8 (≤ 128)
 //! ```
 //!
 //! Tag 0 is reserved. The encoding is canonical: every value has exactly one encoding and
-//! the decoder accepts nothing else (no trailing bytes, flags only 0 or 1), so
-//! `encode(decode(b)) == b` whenever `decode(b)` succeeds; the fuzz target checks exactly
-//! that. Decoding never panics, and allocates only what the bounds allow.
+//! the decoder accepts nothing else (no trailing bytes, flags only 0 or 1, prefixes within
+//! their address), so `encode(decode(b)) == b` whenever `decode(b)` succeeds; the fuzz target
+//! checks exactly that. Decoding never panics, and allocates only what the bounds allow.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use boson_shared::NodeId;
 use boson_shared::plane::{Command, Event, Grant, HostId, Transport};
+use boson_shared::{Cidr, NodeId};
 use uuid::Uuid;
 
 /// The first byte of every message. Bumped with [`LAYOUT_VERSION`](crate::LAYOUT_VERSION)
 /// on any change to this format.
-pub const CODEC_VERSION: u8 = 1;
+pub const CODEC_VERSION: u8 = 2;
 
-/// Most TURN secrets in one [`Command::TurnSecrets`]: rotation keeps a handful.
-pub const MAX_TURN_SECRETS: usize = 16;
+/// Most TURN secrets in one [`Command::TurnSecrets`]
+/// ([`plane::MAX_TURN_SECRETS`](boson_shared::plane::MAX_TURN_SECRETS)).
+pub const MAX_TURN_SECRETS: usize = boson_shared::plane::MAX_TURN_SECRETS;
 
-/// Longest TURN secret, in bytes (HMAC keys longer than a block are hashed anyway).
-pub const MAX_SECRET_LEN: usize = 1024;
+/// Longest TURN secret, in bytes
+/// ([`plane::MAX_TURN_SECRET_LEN`](boson_shared::plane::MAX_TURN_SECRET_LEN)).
+pub const MAX_SECRET_LEN: usize = boson_shared::plane::MAX_TURN_SECRET_LEN;
+
+/// Most networks in each list of a [`Command::PeerFilter`]
+/// ([`plane::MAX_PEER_CIDRS`](boson_shared::plane::MAX_PEER_CIDRS)).
+pub const MAX_PEER_CIDRS: usize = boson_shared::plane::MAX_PEER_CIDRS;
 
 /// Longest REST username user part in [`Event::AllocationCreated`], in bytes.
 pub const MAX_USER_LEN: usize = 1024;
@@ -53,7 +63,8 @@ pub const MAX_USER_LEN: usize = 1024;
 pub const MAX_URL_LEN: usize = 1024;
 
 /// Longest encoded message: a bound on every encoding above (the largest is a
-/// `TurnSecrets` of 16 secrets of 1024 bytes, 16 419 bytes). Rings hold at least two.
+/// `TurnSecrets` of 16 secrets of 1024 bytes, 16 419 bytes; a `PeerFilter` of two full
+/// lists of IPv6 networks takes 9 222). Rings hold at least two.
 pub const MAX_MESSAGE_LEN: usize = 32 * 1024;
 
 /// Why a value cannot be encoded: a field over its bound.
@@ -188,6 +199,16 @@ fn write_command(command: &Command, out: &mut Vec<u8>) -> Result<(), EncodeError
                 }
             }
         }
+        Command::PeerFilter { allow, deny } => {
+            out.push(8);
+            for (field, list) in [("PeerFilter allow", allow), ("PeerFilter deny", deny)] {
+                let count = check_len(field, list.len(), MAX_PEER_CIDRS)?;
+                out.extend_from_slice(&(count as u16).to_le_bytes());
+                for cidr in list {
+                    encode_cidr(cidr, out);
+                }
+            }
+        }
         Command::MeshHost {
             host,
             relay_url,
@@ -244,6 +265,10 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, DecodeError> {
                     });
                 }
             },
+        },
+        8 => Command::PeerFilter {
+            allow: r.cidrs("PeerFilter allow")?,
+            deny: r.cidrs("PeerFilter deny")?,
         },
         9 => {
             let host = HostId(Uuid::from_bytes(r.array("MeshHost host")?));
@@ -393,6 +418,20 @@ fn encode_addr(addr: &SocketAddr, out: &mut Vec<u8>) {
     }
 }
 
+fn encode_cidr(cidr: &Cidr, out: &mut Vec<u8>) {
+    match cidr.addr() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.push(cidr.prefix());
+}
+
 /// A cursor over one message.
 struct Reader<'a> {
     rest: &'a [u8],
@@ -475,6 +514,35 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A count (at most [`MAX_PEER_CIDRS`]) and that many networks.
+    fn cidrs(&mut self, field: &'static str) -> Result<Vec<Cidr>, DecodeError> {
+        let count = usize::from(self.u16(field)?);
+        self.bound(field, count, MAX_PEER_CIDRS)?;
+        let mut cidrs = Vec::with_capacity(count);
+        for _ in 0..count {
+            cidrs.push(self.cidr()?);
+        }
+        Ok(cidrs)
+    }
+
+    fn cidr(&mut self) -> Result<Cidr, DecodeError> {
+        let ip = match self.u8("cidr family")? {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>("cidr ip")?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>("cidr ip")?)),
+            value => {
+                return Err(DecodeError::InvalidValue {
+                    field: "cidr family",
+                    value,
+                });
+            }
+        };
+        let prefix = self.u8("cidr prefix")?;
+        Cidr::new(ip, prefix).map_err(|_| DecodeError::InvalidValue {
+            field: "cidr prefix",
+            value: prefix,
+        })
+    }
+
     fn finish(self) -> Result<(), DecodeError> {
         if !self.rest.is_empty() {
             return Err(DecodeError::TrailingBytes {
@@ -508,40 +576,50 @@ mod tests {
     #[test]
     fn command_fixtures() {
         let node = NodeId::from_bytes(NODE);
-        let cases: [(Command, &[u8]); 7] = [
+        let cases: [(Command, &[u8]); 8] = [
             (
                 Command::Grant(Grant {
                     node,
                     generation: -2,
                     expires_at: 0x0102_0304_0506_0708,
                 }),
-                &hex!("01 01 00112233445566778899aabbccddeeff feffffffffffffff 0807060504030201"),
+                &hex!("02 01 00112233445566778899aabbccddeeff feffffffffffffff 0807060504030201"),
             ),
             (
                 Command::Revoke { node },
-                &hex!("01 02 00112233445566778899aabbccddeeff"),
+                &hex!("02 02 00112233445566778899aabbccddeeff"),
             ),
-            (Command::ClearGrants, &hex!("01 03")),
+            (Command::ClearGrants, &hex!("02 03")),
             (
                 Command::TurnSecrets(vec![b"ab".to_vec(), Vec::new()]),
-                &hex!("01 04 02 0200 6162 0000"),
+                &hex!("02 04 02 0200 6162 0000"),
             ),
             (
                 Command::TurnQuota {
                     max_allocations_per_user: 10,
                 },
-                &hex!("01 05 0a000000"),
+                &hex!("02 05 0a000000"),
             ),
             (
                 Command::Drain { deadline: 1 },
-                &hex!("01 06 0100000000000000"),
+                &hex!("02 06 0100000000000000"),
             ),
             (
                 Command::Presence {
                     node,
                     host: Some(HostId(Uuid::from_bytes([0xee; 16]))),
                 },
-                &hex!("01 07 00112233445566778899aabbccddeeff 01 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"),
+                &hex!("02 07 00112233445566778899aabbccddeeff 01 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"),
+            ),
+            (
+                Command::PeerFilter {
+                    allow: vec!["10.1.0.0/16".parse().unwrap(), "fc00::/7".parse().unwrap()],
+                    deny: vec!["198.51.100.7/32".parse().unwrap()],
+                },
+                &hex!(
+                    "02 08 0200 04 0a010000 10 06 fc000000000000000000000000000000 07
+                     0100 04 c6336407 20"
+                ),
             ),
         ];
         for (command, bytes) in cases {
@@ -554,14 +632,20 @@ mod tests {
             until: 2,
         };
         let bytes =
-            hex!("01 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0200000000000000 0700 77733a2f2f682f");
+            hex!("02 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0200000000000000 0700 77733a2f2f682f");
         assert_eq!(command_bytes(&mesh_host), bytes);
         assert_eq!(decode_command(&bytes), Ok(mesh_host));
         let absent = Command::Presence { node, host: None };
         assert_eq!(
             command_bytes(&absent),
-            hex!("01 07 00112233445566778899aabbccddeeff 00")
+            hex!("02 07 00112233445566778899aabbccddeeff 00")
         );
+        let empty = Command::PeerFilter {
+            allow: Vec::new(),
+            deny: Vec::new(),
+        };
+        assert_eq!(command_bytes(&empty), hex!("02 08 0000 0000"));
+        assert_eq!(decode_command(&hex!("02 08 0000 0000")), Ok(empty));
     }
 
     #[test]
@@ -574,11 +658,11 @@ mod tests {
                     core: 3,
                     transport: Transport::Quic,
                 },
-                &hex!("01 01 00112233445566778899aabbccddeeff 0300 02"),
+                &hex!("02 01 00112233445566778899aabbccddeeff 0300 02"),
             ),
             (
                 Event::NodeDisconnected { node, core: 0x0102 },
-                &hex!("01 02 00112233445566778899aabbccddeeff 0201"),
+                &hex!("02 02 00112233445566778899aabbccddeeff 0201"),
             ),
             (
                 Event::AllocationCreated {
@@ -586,16 +670,16 @@ mod tests {
                     user: "é".to_owned(),
                     relay: "192.0.2.1:3478".parse().unwrap(),
                 },
-                &hex!("01 03 0100 0200 c3a9 04 c0000201 960d"),
+                &hex!("02 03 0100 0200 c3a9 04 c0000201 960d"),
             ),
             (
                 Event::AllocationExpired {
                     core: 1,
                     relay: SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 1, 2, 3)),
                 },
-                &hex!("01 04 0100 06 00000000000000000000000000000001 0100 02000000 03000000"),
+                &hex!("02 04 0100 06 00000000000000000000000000000001 0100 02000000 03000000"),
             ),
-            (Event::NeedGrants, &hex!("01 05")),
+            (Event::NeedGrants, &hex!("02 05")),
         ];
         for (event, bytes) in cases {
             assert_eq!(event_bytes(&event), bytes, "{event:?}");
@@ -609,6 +693,12 @@ mod tests {
         let largest = command_bytes(&Command::TurnSecrets(secrets));
         assert_eq!(largest.len(), 16_419);
         assert!(largest.len() <= MAX_MESSAGE_LEN);
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        let filter = command_bytes(&Command::PeerFilter {
+            allow: vec![v6; MAX_PEER_CIDRS],
+            deny: vec![v6; MAX_PEER_CIDRS],
+        });
+        assert_eq!(filter.len(), 9_222);
         let event = Event::AllocationCreated {
             core: u16::MAX,
             user: "u".repeat(MAX_USER_LEN),
@@ -637,6 +727,19 @@ mod tests {
         );
         let long = Command::TurnSecrets(vec![b"ok".to_vec(), vec![0; MAX_SECRET_LEN + 1]]);
         assert!(encode_command(&long, &mut out).is_err());
+        let cidr: Cidr = "192.0.2.0/24".parse().unwrap();
+        let denials = Command::PeerFilter {
+            allow: vec![cidr],
+            deny: vec![cidr; MAX_PEER_CIDRS + 1],
+        };
+        assert_eq!(
+            encode_command(&denials, &mut out),
+            Err(EncodeError::TooLong {
+                field: "PeerFilter deny",
+                len: 257,
+                max: 256
+            })
+        );
         let user = Event::AllocationCreated {
             core: 0,
             user: "u".repeat(MAX_USER_LEN + 1),
@@ -661,14 +764,14 @@ mod tests {
 
     #[test]
     fn malformed_input_gets_a_precise_error() {
-        let cases: [(&[u8], DecodeError); 11] = [
+        let cases: [(&[u8], DecodeError); 17] = [
             (&[], DecodeError::Truncated { field: "version" }),
-            (&[2, 3], DecodeError::Version { found: 2 }),
-            (&[1], DecodeError::Truncated { field: "tag" }),
-            (&[1, 0], DecodeError::UnknownTag { found: 0 }),
-            (&[1, 0xff], DecodeError::UnknownTag { found: 0xff }),
+            (&[1, 3], DecodeError::Version { found: 1 }),
+            (&[2], DecodeError::Truncated { field: "tag" }),
+            (&[2, 0], DecodeError::UnknownTag { found: 0 }),
+            (&[2, 0xff], DecodeError::UnknownTag { found: 0xff }),
             (
-                &hex!("01 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0104"),
+                &hex!("02 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0104"),
                 DecodeError::TooLong {
                     field: "MeshHost relay_url",
                     len: 1025,
@@ -676,15 +779,15 @@ mod tests {
                 },
             ),
             (
-                &hex!("01 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0100 ff"),
+                &hex!("02 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0100 ff"),
                 DecodeError::InvalidUtf8 {
                     field: "MeshHost relay_url",
                 },
             ),
-            (&[1, 3, 0], DecodeError::TrailingBytes { extra: 1 }),
-            (&[1, 2, 0], DecodeError::Truncated { field: "node" }),
+            (&[2, 3, 0], DecodeError::TrailingBytes { extra: 1 }),
+            (&[2, 2, 0], DecodeError::Truncated { field: "node" }),
             (
-                &hex!("01 04 11"),
+                &hex!("02 04 11"),
                 DecodeError::TooLong {
                     field: "TurnSecrets",
                     len: 17,
@@ -692,10 +795,49 @@ mod tests {
                 },
             ),
             (
-                &hex!("01 07 00112233445566778899aabbccddeeff 02"),
+                &hex!("02 07 00112233445566778899aabbccddeeff 02"),
                 DecodeError::InvalidValue {
                     field: "Presence has_host",
                     value: 2,
+                },
+            ),
+            (
+                &hex!("02 08 0101"),
+                DecodeError::TooLong {
+                    field: "PeerFilter allow",
+                    len: 257,
+                    max: 256,
+                },
+            ),
+            (
+                &hex!("02 08 0100 04 c0000200 21 0000"),
+                DecodeError::InvalidValue {
+                    field: "cidr prefix",
+                    value: 33,
+                },
+            ),
+            (
+                &hex!("02 08 0000 0100 06 00000000000000000000000000000001 81"),
+                DecodeError::InvalidValue {
+                    field: "cidr prefix",
+                    value: 129,
+                },
+            ),
+            (
+                &hex!("02 08 0100 05 c0000200 18 0000"),
+                DecodeError::InvalidValue {
+                    field: "cidr family",
+                    value: 5,
+                },
+            ),
+            (
+                &hex!("02 08 0100 04 c00002"),
+                DecodeError::Truncated { field: "cidr ip" },
+            ),
+            (
+                &hex!("02 08 0000"),
+                DecodeError::Truncated {
+                    field: "PeerFilter deny",
                 },
             ),
         ];
@@ -704,20 +846,20 @@ mod tests {
         }
         let events: [(&[u8], DecodeError); 5] = [
             (
-                &hex!("01 01 00112233445566778899aabbccddeeff 0000 04"),
+                &hex!("02 01 00112233445566778899aabbccddeeff 0000 04"),
                 DecodeError::InvalidValue {
                     field: "transport",
                     value: 4,
                 },
             ),
             (
-                &hex!("01 03 0000 0100 ff 04 c0000201 0100"),
+                &hex!("02 03 0000 0100 ff 04 c0000201 0100"),
                 DecodeError::InvalidUtf8 {
                     field: "AllocationCreated user",
                 },
             ),
             (
-                &hex!("01 03 0000 0104"),
+                &hex!("02 03 0000 0104"),
                 DecodeError::TooLong {
                     field: "AllocationCreated user",
                     len: 1025,
@@ -725,21 +867,21 @@ mod tests {
                 },
             ),
             (
-                &hex!("01 04 0000 05"),
+                &hex!("02 04 0000 05"),
                 DecodeError::InvalidValue {
                     field: "relay family",
                     value: 5,
                 },
             ),
             (
-                &hex!("01 04 0000 06 0000"),
+                &hex!("02 04 0000 06 0000"),
                 DecodeError::Truncated { field: "relay ip" },
             ),
         ];
         for (bytes, error) in events {
             assert_eq!(decode_event(bytes), Err(error), "{bytes:02x?}");
         }
-        let huge = vec![1; MAX_MESSAGE_LEN + 1];
+        let huge = vec![2; MAX_MESSAGE_LEN + 1];
         assert_eq!(
             decode_event(&huge),
             Err(DecodeError::MessageTooLong {

@@ -6,11 +6,11 @@
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 
 use boson_channel::codec::{
-    MAX_SECRET_LEN, MAX_TURN_SECRETS, MAX_USER_LEN, decode_command, decode_event, encode_command,
-    encode_event,
+    CODEC_VERSION, MAX_PEER_CIDRS, MAX_SECRET_LEN, MAX_TURN_SECRETS, MAX_USER_LEN, decode_command,
+    decode_event, encode_command, encode_event,
 };
-use boson_shared::NodeId;
 use boson_shared::plane::{Command, Event, Grant, HostId, Transport};
+use boson_shared::{Cidr, NodeId};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -30,6 +30,14 @@ fn addr() -> impl Strategy<Value = SocketAddr> {
                 scope
             ))
         ),
+    ]
+}
+
+fn cidr() -> impl Strategy<Value = Cidr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), 0u8..=32).prop_map(|(ip, prefix)| Cidr::new(ip.into(), prefix).unwrap()),
+        (any::<[u8; 16]>(), 0u8..=128)
+            .prop_map(|(ip, prefix)| Cidr::new(ip.into(), prefix).unwrap()),
     ]
 }
 
@@ -75,6 +83,11 @@ fn command() -> impl Strategy<Value = Command> {
                 until,
             }
         }),
+        (
+            prop::collection::vec(cidr(), 0..=MAX_PEER_CIDRS),
+            prop::collection::vec(cidr(), 0..=8),
+        )
+            .prop_map(|(allow, deny)| Command::PeerFilter { allow, deny }),
     ]
 }
 
@@ -117,10 +130,10 @@ proptest! {
     #[test]
     fn arbitrary_bytes_decode_canonically_or_not_at_all(
         bytes in prop::collection::vec(any::<u8>(), 0..64),
-        command_tag in 0u8..9,
+        command_tag in 0u8..10,
     ) {
         // Start most inputs with a valid version and tag so the bodies get exercised.
-        let mut input = vec![1, command_tag];
+        let mut input = vec![CODEC_VERSION, command_tag];
         input.extend_from_slice(&bytes);
         for input in [&bytes[..], &input[..]] {
             if let Ok(command) = decode_command(input) {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use boson_shared::TurnSecret;
-use boson_shared::plane::HostId;
+use boson_shared::plane::{HostId, MAX_PEER_CIDRS};
+use boson_shared::{Cidr, TurnSecret};
 use rand::RngCore as _;
 
 /// Control-plane settings as given on the command line or in the environment.
@@ -59,6 +59,33 @@ pub struct ControlArgs {
         hide_env_values = true
     )]
     pub turn_static_secret: Vec<String>,
+
+    /// File of TURN REST API secrets instead of TURN_STATIC_SECRET: one per line, newest
+    /// first (it mints, all are accepted); blank lines and `#` comments are skipped. The
+    /// control plane re-reads it on SIGHUP and when it changes, and pushes the new secrets to
+    /// the dataplane; a file it cannot use is logged and the secrets in use stay.
+    #[arg(
+        long,
+        env = "BOSON_TURN_SECRETS_FILE",
+        conflicts_with = "turn_static_secret"
+    )]
+    pub turn_secrets_file: Option<PathBuf>,
+
+    /// TURN allocations one user may hold on one worker. The control plane pushes it to the
+    /// dataplane.
+    #[arg(long, env = "BOSON_MAX_ALLOCATIONS_PER_USER", default_value_t = 32)]
+    pub max_allocations_per_user: u32,
+
+    /// Peer networks TURN clients may relay to despite the built-in filter (CIDRs, comma
+    /// separated). The control plane pushes it to the dataplane.
+    #[arg(long, env = "BOSON_ALLOWED_PEERS", value_delimiter = ',')]
+    pub allowed_peers: Vec<Cidr>,
+
+    /// Peer networks TURN clients may never relay to, whatever else says (CIDRs, comma
+    /// separated). The control plane pushes it to the dataplane; permissions to a peer it
+    /// denies end at once.
+    #[arg(long, env = "BOSON_DENIED_PEERS", value_delimiter = ',')]
+    pub denied_peers: Vec<Cidr>,
 
     /// How long a TURN credential handed out by `/api/v1/turn/ice` is valid.
     #[arg(long, env = "BOSON_TURN_CREDENTIAL_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -244,11 +271,22 @@ impl std::fmt::Debug for JwtConfig {
     }
 }
 
-/// ICE and TURN settings.
+/// ICE and TURN settings. The control plane owns them: it pushes the secrets, the quota and
+/// the peer lists to the dataplane whenever a dataplane attaches, and the secrets again
+/// whenever `secrets_file` changes.
 #[derive(Debug, Clone)]
 pub struct TurnConfig {
-    /// Never empty; the first one mints.
+    /// The secrets at start: never empty, within the bounds of `plane::Command::TurnSecrets`;
+    /// the first one mints. Those in use later are `AppState::turn_secrets`.
     pub secrets: Vec<TurnSecret>,
+    /// Where `secrets` came from, re-read on SIGHUP and when it changes.
+    pub secrets_file: Option<PathBuf>,
+    /// Allocations per user on each dataplane worker.
+    pub max_allocations_per_user: u32,
+    /// Peer networks allowed despite the dataplane's built-in filter.
+    pub allowed_peers: Vec<Cidr>,
+    /// Peer networks denied whatever else says.
+    pub denied_peers: Vec<Cidr>,
     /// Lifetime of a minted credential.
     pub credential_ttl: Duration,
     /// Host clients use for our STUN/TURN listener.
@@ -355,6 +393,20 @@ impl ControlArgs {
                 "--public-quic-addr {addr:?} must be HOST:PORT"
             );
         }
+        ensure!(
+            self.max_allocations_per_user >= 1,
+            "--max-allocations-per-user must be at least 1"
+        );
+        for (flag, list) in [
+            ("--allowed-peers", &self.allowed_peers),
+            ("--denied-peers", &self.denied_peers),
+        ] {
+            ensure!(
+                list.len() <= MAX_PEER_CIDRS,
+                "{flag} lists {} networks, at most {MAX_PEER_CIDRS} are supported",
+                list.len()
+            );
+        }
         for url in &self.extra_ice_urls {
             ensure!(
                 ["stun:", "turn:", "turns:"]
@@ -386,20 +438,27 @@ impl ControlArgs {
             "JWT_SECRET must be at least {MIN_JWT_SECRET_LEN} bytes"
         );
 
-        let mut turn_secrets: Vec<TurnSecret> = self
-            .turn_static_secret
-            .iter()
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-            .map(TurnSecret::new)
-            .collect();
-        if turn_secrets.is_empty() {
-            turn_secrets.push(TurnSecret::new(dev_secret(
-                &self.data_dir,
-                "turn-secret",
-                "TURN_STATIC_SECRET",
-            )?));
-        }
+        let turn_secrets = match &self.turn_secrets_file {
+            Some(path) => crate::turn_secrets::read(path)?,
+            None => {
+                let mut secrets: Vec<TurnSecret> = self
+                    .turn_static_secret
+                    .iter()
+                    .map(|s| s.trim())
+                    .filter(|s| !s.is_empty())
+                    .map(TurnSecret::new)
+                    .collect();
+                if secrets.is_empty() {
+                    secrets.push(TurnSecret::new(dev_secret(
+                        &self.data_dir,
+                        "turn-secret",
+                        "TURN_STATIC_SECRET",
+                    )?));
+                }
+                crate::turn_secrets::check(&secrets).context("invalid TURN_STATIC_SECRET")?;
+                secrets
+            }
+        };
 
         let host_id = match self.host_id {
             Some(id) => HostId(id),
@@ -419,6 +478,10 @@ impl ControlArgs {
             },
             turn: TurnConfig {
                 secrets: turn_secrets,
+                secrets_file: self.turn_secrets_file,
+                max_allocations_per_user: self.max_allocations_per_user,
+                allowed_peers: self.allowed_peers,
+                denied_peers: self.denied_peers,
                 credential_ttl: self.turn_credential_ttl,
                 public_host: self.public_host,
                 port: self.turn_port.unwrap_or(DEFAULT_TURN_PORT),
@@ -692,6 +755,94 @@ mod tests {
             config.turn.secrets,
             vec![TurnSecret::new("new"), TurnSecret::new("old")]
         );
+    }
+
+    #[test]
+    fn turn_secrets_come_from_a_file_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let file = dir.path().join("turn-secrets");
+        fs::write(&file, "# rotated 2024-05\nnew\n\n  old  \n").unwrap();
+        let path = file.to_str().unwrap();
+        let config = args(&["--data-dir", data, "--turn-secrets-file", path])
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            config.turn.secrets,
+            vec![TurnSecret::new("new"), TurnSecret::new("old")]
+        );
+        assert_eq!(config.turn.secrets_file.as_deref(), Some(file.as_path()));
+        // A file the control plane cannot use stops the start.
+        fs::write(&file, "# nothing\n").unwrap();
+        let error = args(&["--data-dir", data, "--turn-secrets-file", path])
+            .resolve()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("no secret"), "{error:#}");
+        let missing = dir.path().join("missing");
+        assert!(
+            args(&[
+                "--data-dir",
+                data,
+                "--turn-secrets-file",
+                missing.to_str().unwrap()
+            ])
+            .resolve()
+            .is_err()
+        );
+        // Both sources at once are ambiguous.
+        let mut argv = vec![
+            "test",
+            "--turn-secrets-file",
+            path,
+            "--turn-static-secret",
+            "x",
+        ];
+        argv.extend(["--data-dir", data]);
+        assert!(Cli::try_parse_from(argv).is_err());
+        // The environment's secrets obey the same bounds as the file's.
+        let long = "x".repeat(boson_shared::plane::MAX_TURN_SECRET_LEN + 1);
+        assert!(
+            args(&["--data-dir", data, "--turn-static-secret", &long])
+                .resolve()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn turn_policy_is_validated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let config = args(&[
+            "--data-dir",
+            data,
+            "--max-allocations-per-user",
+            "4",
+            "--allowed-peers",
+            "10.1.0.0/16,fc00::/7",
+            "--denied-peers",
+            "198.51.100.0/24",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(config.turn.max_allocations_per_user, 4);
+        assert_eq!(config.turn.allowed_peers.len(), 2);
+        assert_eq!(
+            config.turn.denied_peers,
+            vec!["198.51.100.0/24".parse::<Cidr>().unwrap()]
+        );
+        assert!(
+            args(&["--data-dir", data, "--max-allocations-per-user", "0"])
+                .resolve()
+                .is_err()
+        );
+        let many = vec!["192.0.2.1/32"; MAX_PEER_CIDRS + 1].join(",");
+        assert!(
+            args(&["--data-dir", data, "--denied-peers", &many])
+                .resolve()
+                .is_err()
+        );
+        let mut argv = vec!["test", "--data-dir", data, "--allowed-peers", "10.0.0.0/33"];
+        assert!(Cli::try_parse_from(argv.drain(..)).is_err());
     }
 
     #[test]

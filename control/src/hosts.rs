@@ -436,6 +436,10 @@ pub(crate) mod tests {
         };
         let turn = TurnConfig {
             secrets: vec![boson_shared::TurnSecret::new("s")],
+            secrets_file: None,
+            max_allocations_per_user: 10,
+            allowed_peers: Vec::new(),
+            denied_peers: Vec::new(),
             credential_ttl: Duration::from_secs(60),
             public_host: "192.0.2.1".to_owned(),
             port: 3478,

@@ -648,7 +648,8 @@ async fn relay_hosts(state: &AppState) -> Vec<HostRecord> {
 }
 
 /// ICE servers on the relay host chosen for the caller (two choices on distance and load) and
-/// a fallback host. Every host verifies the credentials: they share `TURN_STATIC_SECRET`.
+/// a fallback host. Every host verifies the credentials: they share the TURN secrets. Minted
+/// with the newest secret in use, which a reload of `--turn-secrets-file` may change.
 async fn ice_servers(
     State(state): State<AppState>,
     NodeAuth(token): NodeAuth,
@@ -657,8 +658,11 @@ async fn ice_servers(
     let now = state.clock.now();
     let expires_at = now.saturating_add(turn.credential_ttl);
     let expiry_secs = u64::try_from(expires_at.as_secs()).unwrap_or(0);
-    let credential =
-        TurnCredential::mint(&turn.secrets[0], &token.node_id.to_string(), expiry_secs);
+    let credential = TurnCredential::mint(
+        &state.minting_secret(),
+        &token.node_id.to_string(),
+        expiry_secs,
+    );
     let client = state.store.find(token.node_id).await?;
     let hosts = relay_hosts(&state).await;
     let caller = client.as_ref().map(Place::of_node);

@@ -12,6 +12,7 @@
 //! [`cache::rate_decision`], [`auth::Tokens::verify`], [`grants::GrantTable`],
 //! [`hosts::is_live`]), tested without a database.
 
+pub mod allocations;
 pub mod auth;
 pub mod cache;
 pub mod clock;
@@ -29,6 +30,7 @@ pub mod registry;
 pub mod routing;
 mod server;
 pub mod store;
+pub mod turn_secrets;
 
 use std::future::Future;
 use std::ops::Deref;
@@ -41,6 +43,7 @@ use rand::rngs::StdRng;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::allocations::AllocationView;
 use crate::auth::Tokens;
 use crate::cache::Cache;
 use crate::clock::Clock;
@@ -79,6 +82,10 @@ pub struct App {
     sessions: Mutex<LocalSessions>,
     /// Nodes on other hosts, as the dataplane was told.
     remote: Mutex<RemotePresence>,
+    /// The TURN secrets in use (`config.turn.secrets` until a reload of the secrets file).
+    turn_secrets: Mutex<Vec<boson_shared::TurnSecret>>,
+    /// TURN allocations on this host, from the dataplane's events.
+    allocations: Mutex<AllocationView>,
     /// Where commands to the dataplane go. Set once at start.
     sink: OnceLock<Box<dyn CommandSink>>,
     /// The routing's random choices.
@@ -122,6 +129,7 @@ impl AppState {
             None => StdRng::from_os_rng(),
         };
         let grants = GrantTable::new(config.nodes.timeout / 2);
+        let turn_secrets = Mutex::new(config.turn.secrets.clone());
         Ok(Self(Arc::new(App {
             config,
             store,
@@ -134,6 +142,8 @@ impl AppState {
             grants: Mutex::new(grants),
             sessions: Mutex::new(LocalSessions::default()),
             remote: Mutex::new(RemotePresence::default()),
+            turn_secrets,
+            allocations: Mutex::new(AllocationView::default()),
             sink: OnceLock::new(),
             rng: Mutex::new(rng),
             draining: AtomicBool::new(false),

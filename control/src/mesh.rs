@@ -7,7 +7,8 @@
 //!   presence of nodes on other hosts). Before it is set, commands are dropped; the dataplane
 //!   asks for everything with `Event::NeedGrants` when it starts.
 //! * [`AppState::handle_event`] for every [`Event`] the dataplane reports, one at a time, in
-//!   the order they arrive.
+//!   the order they arrive, and [`AppState::forget_allocations`] when a new dataplane
+//!   incarnation attaches.
 //! * [`AppState::set_host_load`] whenever it has fresh load figures (every second is plenty);
 //!   the next host heartbeat publishes them.
 //!
@@ -109,9 +110,30 @@ impl AppState {
                     tracing::warn!("grants re-sent from memory only: {error}");
                 }
             }
-            // The binary reports load through `set_host_load`, from the dataplane's counters.
-            Event::AllocationCreated { .. } | Event::AllocationExpired { .. } => {}
+            Event::AllocationCreated { core, user, relay } => {
+                let mut view = self.lock_allocations();
+                view.handle_created(core, relay, user);
+                self.metrics.set_turn_allocations(&view);
+            }
+            Event::AllocationExpired { core, relay } => {
+                let mut view = self.lock_allocations();
+                view.handle_expired(core, relay);
+                self.metrics.set_turn_allocations(&view);
+            }
         }
+    }
+
+    /// A new dataplane incarnation attached: the allocations the previous one reported died
+    /// with it. Call it before handing the new one's events to [`Self::handle_event`].
+    pub fn forget_allocations(&self) {
+        let mut view = self.lock_allocations();
+        view.clear();
+        self.metrics.set_turn_allocations(&view);
+    }
+
+    /// The TURN allocations the dataplane reported live, as this control plane sees them.
+    pub fn allocations(&self) -> crate::allocations::AllocationView {
+        self.lock_allocations().clone()
     }
 
     /// Where `node` holds its relay session: this host, or a live other host.
@@ -232,10 +254,12 @@ impl AppState {
         Ok(())
     }
 
-    /// For a restarted dataplane: `ClearGrants`, every live grant, and the presence of every
-    /// node on another host. The grants are read from the store first; if that fails, the ones
-    /// in memory are sent and the error returned.
+    /// For a restarted dataplane: the TURN settings (secrets in use, quota, peer lists),
+    /// `ClearGrants`, every live grant, and the presence of every node on another host. The
+    /// grants are read from the store first; if that fails, the ones in memory are sent and
+    /// the error returned.
     pub async fn resync_grants(&self) -> Result<(), StoreError> {
+        self.push_turn_settings();
         let since = self.lock_grants().epoch();
         let now = self.clock.now();
         let fresh = self.live_grants(now).await;
@@ -362,7 +386,7 @@ impl AppState {
     }
 
     /// Sends commands to the sink (dropped when none is set), counting them by kind.
-    fn emit(&self, commands: impl IntoIterator<Item = Command>) {
+    pub(crate) fn emit(&self, commands: impl IntoIterator<Item = Command>) {
         for command in commands {
             self.metrics.count_command(command_kind(&command));
             match self.sink.get() {
@@ -374,6 +398,12 @@ impl AppState {
 
     fn lock_grants(&self) -> std::sync::MutexGuard<'_, GrantTable> {
         self.grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_allocations(&self) -> std::sync::MutexGuard<'_, crate::allocations::AllocationView> {
+        self.allocations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -404,5 +434,6 @@ fn command_kind(command: &Command) -> &'static str {
         Command::Drain { .. } => "drain",
         Command::Presence { .. } => "presence",
         Command::MeshHost { .. } => "mesh_host",
+        Command::PeerFilter { .. } => "peer_filter",
     }
 }

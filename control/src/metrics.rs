@@ -4,10 +4,11 @@
 //! text format by `GET /metrics`.
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
+use crate::allocations::AllocationView;
 use crate::store::Activity;
 
 /// Buckets of `bosonserver_node_latency_ms`: from LAN (1 ms) to a bad satellite link (5 s).
@@ -26,6 +27,8 @@ pub struct Metrics {
     plane_commands: IntCounterVec,
     relay_hosts: IntGauge,
     connections_refused: IntCounter,
+    turn_allocations: IntGaugeVec,
+    turn_allocation_users: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,6 +79,19 @@ impl Metrics {
             "bosonserver_relay_hosts",
             "Live relay hosts this host sees, itself included, at its last presence poll.",
         )?;
+        let turn_allocations = IntGaugeVec::new(
+            Opts::new(
+                "bosonserver_turn_allocations",
+                "TURN allocations live on this host's dataplane, by worker core, as the control \
+                 plane knows them from the dataplane's events (rebuilt after a restart of either).",
+            ),
+            &["core"],
+        )?;
+        let turn_allocation_users = IntGauge::new(
+            "bosonserver_turn_allocation_users",
+            "Users holding at least one TURN allocation on this host, as the control plane knows \
+             them.",
+        )?;
         let connections_refused = IntCounter::new(
             "bosonserver_http_connections_refused_total",
             "HTTP connections closed on accept because their IP address had too many open.",
@@ -84,6 +100,8 @@ impl Metrics {
         registry.register(Box::new(plane_commands.clone()))?;
         registry.register(Box::new(relay_hosts.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(turn_allocations.clone()))?;
+        registry.register(Box::new(turn_allocation_users.clone()))?;
         registry.register(Box::new(node_latency.clone()))?;
         registry.register(Box::new(active_nodes.clone()))?;
         registry.register(Box::new(active_connections.clone()))?;
@@ -98,7 +116,20 @@ impl Metrics {
             plane_commands,
             relay_hosts,
             connections_refused,
+            turn_allocations,
+            turn_allocation_users,
         })
+    }
+
+    /// Records the control plane's view of the TURN allocations.
+    pub fn set_turn_allocations(&self, view: &AllocationView) {
+        for (core, count) in view.per_core() {
+            self.turn_allocations
+                .with_label_values(&[&core.to_string()])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        self.turn_allocation_users
+            .set(i64::try_from(view.users()).unwrap_or(i64::MAX));
     }
 
     /// Counts one command sent to the dataplane.

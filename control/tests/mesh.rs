@@ -9,14 +9,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use boson_control::hosts::HostLoad;
-use boson_shared::NodeId;
+use boson_control::turn_secrets::Reload;
 use boson_shared::plane::{Command, Event, Grant, HostId, Transport};
-use common::{Backend, Node, Options, START, TestServer};
+use boson_shared::{NodeId, TurnSecret};
+use common::{Backend, Node, Options, START, TURN_SECRET, TestServer};
 use serde_json::json;
 
 on_both_backends!(
     grants_follow_registration_heartbeats_and_removal,
     a_restarted_dataplane_gets_every_live_grant,
+    a_reloaded_secrets_file_mints_with_and_is_pushed_to_the_dataplane,
+    the_allocation_view_follows_the_dataplanes_events,
     relay_presence_follows_the_dataplanes_events,
     hosts_publish_their_record_and_load,
 );
@@ -164,9 +167,18 @@ async fn a_restarted_dataplane_gets_every_live_grant(backend: Backend) {
 
     server.state.handle_event(Event::NeedGrants).await;
     let expiry = START.0 + 90_000;
+    // The TURN settings first: the control plane's, whatever the dataplane started with.
     assert_eq!(
         server.take_commands(),
         vec![
+            Command::TurnSecrets(vec![TURN_SECRET.into(), b"older".to_vec()]),
+            Command::TurnQuota {
+                max_allocations_per_user: 32
+            },
+            Command::PeerFilter {
+                allow: Vec::new(),
+                deny: Vec::new()
+            },
             Command::ClearGrants,
             grant(&nodes[0], 1, expiry),
             grant(&nodes[2], 1, expiry),
@@ -193,6 +205,127 @@ async fn a_restarted_dataplane_gets_every_live_grant(backend: Backend) {
         server.take_commands(),
         vec![],
         "a second sync sends nothing"
+    );
+    server.stop().await;
+}
+
+/// The password `/api/v1/turn/ice` hands `token` now.
+async fn ice_credential(server: &TestServer, token: &str) -> (String, String) {
+    let (status, body) = server.get("/api/v1/turn/ice", Some(token)).await;
+    assert_eq!(status, 200, "{body}");
+    let turn = &body["iceServers"][1];
+    (
+        turn["username"].as_str().unwrap().to_owned(),
+        turn["credential"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn a_reloaded_secrets_file_mints_with_and_is_pushed_to_the_dataplane(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("turn-secrets");
+    let options = Options {
+        turn_secrets_file: Some(file.clone()),
+        ..Options::default()
+    };
+    let Some(server) = TestServer::start_with(backend, options).await else {
+        return;
+    };
+    let node = Node::new("US-CA");
+    let token = server.register(&node).await;
+    server.take_commands();
+    let (username, password) = ice_credential(&server, &token).await;
+    assert_eq!(
+        password,
+        TurnSecret::new(TURN_SECRET).password_for(&username)
+    );
+
+    // Rotation: the new secret mints, the old one still verifies.
+    std::fs::write(&file, format!("# rotated\nrotated\n{TURN_SECRET}\n")).unwrap();
+    assert_eq!(
+        server.state.reload_turn_secrets().unwrap(),
+        Reload::Changed { secrets: 2 }
+    );
+    let pushed = Command::TurnSecrets(vec![b"rotated".to_vec(), TURN_SECRET.into()]);
+    assert_eq!(server.take_commands(), vec![pushed.clone()]);
+    let (username, password) = ice_credential(&server, &token).await;
+    assert_eq!(password, TurnSecret::new("rotated").password_for(&username));
+    assert_eq!(
+        server.state.turn_secrets(),
+        vec![TurnSecret::new("rotated"), TurnSecret::new(TURN_SECRET)]
+    );
+
+    // The same file again: nothing to send.
+    assert_eq!(
+        server.state.reload_turn_secrets().unwrap(),
+        Reload::Unchanged
+    );
+    assert_eq!(server.take_commands(), vec![]);
+
+    // A file that cannot be used changes nothing.
+    for bad in ["# emptied by mistake\n".to_owned(), "x".repeat(2000)] {
+        std::fs::write(&file, bad).unwrap();
+        assert!(server.state.reload_turn_secrets().is_err());
+        assert_eq!(server.take_commands(), vec![]);
+        let (username, password) = ice_credential(&server, &token).await;
+        assert_eq!(password, TurnSecret::new("rotated").password_for(&username));
+    }
+    std::fs::remove_file(&file).unwrap();
+    assert!(server.state.reload_turn_secrets().is_err());
+
+    // A restarted dataplane gets the secrets in use, not those of the configuration.
+    server.state.handle_event(Event::NeedGrants).await;
+    assert_eq!(server.take_commands()[0], pushed);
+    server.stop().await;
+}
+
+async fn the_allocation_view_follows_the_dataplanes_events(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let relay = |port: u16| std::net::SocketAddr::from(([203, 0, 113, 1], port));
+    let created = |core: u16, port: u16, user: &str| Event::AllocationCreated {
+        core,
+        user: user.to_owned(),
+        relay: relay(port),
+    };
+    for event in [
+        created(0, 50_000, "alice"),
+        created(1, 50_001, "alice"),
+        created(1, 50_002, "bob"),
+        // Re-announced after a control plane restart: counted once.
+        created(1, 50_002, "bob"),
+        Event::AllocationExpired {
+            core: 0,
+            relay: relay(50_000),
+        },
+    ] {
+        server.state.handle_event(event).await;
+    }
+    let view = server.state.allocations();
+    assert_eq!(view.len(), 2);
+    assert_eq!((view.of_user("alice"), view.of_user("bob")), (1, 1));
+    let metrics = server.metrics().await;
+    for line in [
+        "bosonserver_turn_allocations{core=\"0\"} 0",
+        "bosonserver_turn_allocations{core=\"1\"} 2",
+        "bosonserver_turn_allocation_users 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+
+    // A new dataplane incarnation: the old one's allocations are gone.
+    server.state.forget_allocations();
+    assert!(server.state.allocations().is_empty());
+    assert_eq!(
+        server.sample("bosonserver_turn_allocation_users").await,
+        0.0
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "bosonserver_turn_allocations{core=\"1\"} 0"),
+        "{metrics}"
     );
     server.stop().await;
 }

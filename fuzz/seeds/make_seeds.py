@@ -103,7 +103,7 @@ def ws_handshake_seeds():
 
 
 def plane_codec_seeds():
-    # Byte 0 picks the decoder (even: Command, odd: Event); then codec version 1 and a tag.
+    # Byte 0 picks the decoder (even: Command, odd: Event); then codec version 2 and a tag.
     node = bytes(range(16))
     host = b"\xee" * 16
     le = lambda n, size: n.to_bytes(size, "little", signed=n < 0)
@@ -116,9 +116,16 @@ def plane_codec_seeds():
         "drain": b"\x06" + le(60_000, 8),
         "presence-host": b"\x07" + node + b"\x01" + host,
         "presence-none": b"\x07" + node + b"\x00",
+        # allow 10.1.0.0/16 and fc00::/7, deny 198.51.100.7/32
+        "peer-filter": b"\x08" + le(2, 2) + b"\x04" + bytes([10, 1, 0, 0]) + b"\x10"
+        + b"\x06" + b"\xfc" + bytes(15) + b"\x07"
+        + le(1, 2) + b"\x04" + bytes([198, 51, 100, 7]) + b"\x20",
+        "peer-filter-empty": b"\x08" + le(0, 2) + le(0, 2),
+        "mesh-host": b"\x09" + host + le(1_700_000_000_000, 8) + le(24, 2)
+        + b"ws://10.0.0.2:8443/relay",
     }
     for name, body in commands.items():
-        write("plane_codec", "command-" + name, b"\x00\x01" + body)
+        write("plane_codec", "command-" + name, b"\x00\x02" + body)
     v4 = b"\x04" + bytes([192, 0, 2, 1]) + le(3478, 2)
     v6 = b"\x06" + bytes(15) + b"\x01" + le(3478, 2) + le(7, 4) + le(2, 4)
     events = {
@@ -130,7 +137,7 @@ def plane_codec_seeds():
         "need-grants": b"\x05",
     }
     for name, body in events.items():
-        write("plane_codec", "event-" + name, b"\x01\x01" + body)
+        write("plane_codec", "event-" + name, b"\x01\x02" + body)
 
 
 def channel_ring_seeds():

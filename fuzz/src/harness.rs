@@ -39,9 +39,9 @@ use boson_dataplane_proto::ws::{
 };
 use boson_dataplane_proto::{
     BindingConfig, BindingOutcome, ChannelNumber, ClientAction, ClientAddr, Command, HEADROOM,
-    PeerAction, PeerAddr, RelayPort, Server, StunServer, TurnConfig,
+    PeerAction, PeerAddr, PeerFilter, RelayPort, Server, StunServer, TurnConfig, TurnEvent,
 };
-use boson_shared::{NodeId, TurnCredential, TurnSecret};
+use boson_shared::{Cidr, NodeId, TurnCredential, TurnSecret};
 use rand_core::RngCore;
 
 /// A target's body: panics if and only if the input exposes a bug.
@@ -583,6 +583,14 @@ enum TurnOp {
     FailBind,
     /// Administrative drain.
     Drain,
+    /// The control plane denies one peer's IP, or (`None`) lifts every denial.
+    PeerFilter {
+        deny: Option<u8>,
+    },
+    /// The control plane changes the per-user quota.
+    Quota {
+        per_user: u8,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -727,14 +735,18 @@ struct TurnRun {
     just_bound: Vec<u16>,
     /// (client, relay port) pairs of every successful Allocate.
     allocated: BTreeSet<(SocketAddr, u16)>,
-    /// (client, peer IP) pairs of every successful CreatePermission or ChannelBind.
+    /// (client, peer IP) pairs of every successful CreatePermission or ChannelBind since the
+    /// IP was last denied.
     permitted: BTreeSet<(SocketAddr, IpAddr)>,
+    /// Relay ports of the allocations reported created and not yet ended.
+    reported: BTreeSet<u16>,
 }
 
-/// TURN: a `Server` driven by clients, peers and time. Checks that replies and relayed ranges
-/// are within their buffers, replies are valid STUN, relay commands pair up, and nothing is
-/// relayed in either direction for a client and peer IP without an earlier successful
-/// CreatePermission or ChannelBind.
+/// TURN: a `Server` driven by clients, peers, time and the control plane's settings. Checks
+/// that replies and relayed ranges are within their buffers, replies are valid STUN, relay
+/// commands and allocation events pair up, and nothing is relayed in either direction for a
+/// client and peer IP without a successful CreatePermission or ChannelBind since the peer
+/// filter last denied the IP.
 pub fn turn_server(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(seed) = u.arbitrary::<u64>() else {
@@ -767,6 +779,7 @@ pub fn turn_server(data: &[u8]) {
         just_bound: Vec::new(),
         allocated: BTreeSet::new(),
         permitted: BTreeSet::new(),
+        reported: BTreeSet::new(),
     };
     for _ in 0..MAX_OPS {
         if u.is_empty() {
@@ -859,7 +872,24 @@ impl TurnRun {
                 }
             }
             TurnOp::Drain => self.server.start_draining(),
+            TurnOp::PeerFilter { deny: None } => {
+                self.server.set_peer_filter(self.now, PeerFilter::new());
+            }
+            TurnOp::PeerFilter { deny: Some(peer) } => {
+                let ip = PEERS[usize::from(peer) % PEERS.len()].ip();
+                let prefix = if ip.is_ipv4() { 32 } else { 128 };
+                let cidr = Cidr::new(ip, prefix).expect("a host prefix");
+                self.server
+                    .set_peer_filter(self.now, PeerFilter::new().deny(cidr));
+                // What was permitted for it stops at once.
+                self.permitted.retain(|&(_, permitted)| permitted != ip);
+            }
+            TurnOp::Quota { per_user } => {
+                self.server
+                    .set_max_allocations_per_user(self.now, u32::from(per_user % 4));
+            }
         }
+        self.commands();
     }
 
     /// Feeds a datagram from client `i` and checks the action; returns the reply, if any.
@@ -1161,6 +1191,22 @@ impl TurnRun {
             self.server.allocation_count(),
             self.bound.len(),
             "every live allocation has exactly one bound port"
+        );
+        while let Some(event) = self.server.poll_event() {
+            match event {
+                TurnEvent::AllocationCreated { relay, .. } => {
+                    assert_eq!(relay.ip(), IpAddr::V4(RELAY_IP));
+                    assert!(self.reported.insert(relay.port()), "{relay} created twice");
+                }
+                TurnEvent::AllocationEnded { relay } => {
+                    assert!(self.reported.remove(&relay.port()), "{relay} ended unseen");
+                }
+            }
+        }
+        assert_eq!(
+            self.server.allocation_count(),
+            self.reported.len(),
+            "every live allocation was reported created, and no ended one is left"
         );
     }
 }

@@ -63,15 +63,19 @@ impl TurnClient {
         ip: std::net::IpAddr,
     ) -> Self {
         let credential = TurnCredential::mint(&TurnSecret::new(secret), user, unix_now + 3600);
-        Self::with_credential(server, credential.username, credential.password, ip)
+        Self::with_credential_from(server, &credential.username, &credential.password, ip)
     }
 
-    /// A client of `server` from a socket on `ip`, with a credential handed out elsewhere
-    /// (such as by `/api/v1/turn/ice`).
-    pub(crate) fn with_credential(
+    /// A client of `server` with a credential it was handed (by `/api/v1/turn/ice`).
+    pub(crate) fn with_credential(server: SocketAddr, username: &str, password: &str) -> Self {
+        Self::with_credential_from(server, username, password, [127, 0, 0, 1].into())
+    }
+
+    /// As [`with_credential`](Self::with_credential), from a socket on `ip`.
+    pub(crate) fn with_credential_from(
         server: SocketAddr,
-        username: String,
-        password: String,
+        username: &str,
+        password: &str,
         ip: std::net::IpAddr,
     ) -> Self {
         let socket = UdpSocket::bind((ip, 0)).unwrap();
@@ -81,8 +85,8 @@ impl TurnClient {
         Self {
             socket,
             server,
-            username,
-            password,
+            username: username.to_owned(),
+            password: password.to_owned(),
             realm: None,
             nonce: None,
             counter: 0,

@@ -54,6 +54,8 @@ pub(crate) struct Options {
     pub(crate) region: &'static str,
     pub(crate) relay_url: Option<String>,
     pub(crate) quic_addr: Option<String>,
+    /// `--turn-secrets-file`; the configured secrets stay the test's own.
+    pub(crate) turn_secrets_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             region: "US-CA",
             relay_url: None,
             quic_addr: None,
+            turn_secrets_file: None,
         }
     }
 }
@@ -204,6 +207,10 @@ impl TestServer {
             },
             turn: TurnConfig {
                 secrets: vec![TurnSecret::new(TURN_SECRET), TurnSecret::new("older")],
+                secrets_file: options.turn_secrets_file.clone(),
+                max_allocations_per_user: 32,
+                allowed_peers: Vec::new(),
+                denied_peers: Vec::new(),
                 credential_ttl: Duration::from_secs(600),
                 public_host: if index == 1 {
                     "turn.example.test".to_owned()

@@ -95,6 +95,6 @@ pub use quic::{QuicConfig, QuicEvent, QuicRelay};
 pub use stats::{DropCounters, DropReason, ErrorCounters, RelayCounters, Stats};
 pub use turn::{
     ChannelNumber, ClientAction, Command, HEADROOM, PeerAction, PeerAddr, PeerFilter, RelayPort,
-    Server, TurnConfig,
+    Server, TurnConfig, TurnEvent,
 };
 pub use ws::{ConnId, Hub, HubEvent, Session, SessionEvent, WsConfig};

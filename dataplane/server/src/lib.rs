@@ -46,6 +46,8 @@
 //!   counters, read without locks, rendered for Prometheus.
 //! * [`clock`]: the only place that reads the time.
 //! * `drain` (private, re-exported: [`DrainHandle`]): graceful shutdown.
+//! * `settings` (private, re-exported: [`SettingsHandle`]): setting changes for every
+//!   worker's core.
 
 pub mod clock;
 mod drain;
@@ -53,6 +55,7 @@ mod io;
 pub mod metrics;
 pub mod packet_core;
 pub mod relay;
+mod settings;
 mod stats;
 mod worker;
 
@@ -64,7 +67,10 @@ use anyhow::{Context as _, anyhow, ensure};
 
 pub use drain::{DrainHandle, Remaining};
 pub use io::{HEADROOM, IoBackend, check_uring};
-pub use packet_core::{ClientAction, Command, PacketCore, PeerAction, PeerAddr, RelayPort};
+pub use packet_core::{
+    ClientAction, Command, CoreUpdate, PacketCore, PeerAction, PeerAddr, RelayPort, TurnEvent,
+};
+pub use settings::SettingsHandle;
 pub use stats::{WorkerCounters, WorkerStatsSnapshot};
 pub use worker::WorkerInfo;
 
@@ -77,7 +83,7 @@ use worker::{Control, WorkerSetup};
 pub const DEFAULT_PORT: u16 = 3478;
 
 /// How the dataplane runs. Validated by [`start`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DataplaneConfig {
     /// Listener address, bound by every worker with SO_REUSEPORT. Port 0 picks a free port
     /// (see [`Dataplane::local_addr`]). Default: `0.0.0.0:3478`.
@@ -101,6 +107,25 @@ pub struct DataplaneConfig {
     pub buffers: usize,
     /// The node relay (WebSocket over TCP, optionally TLS) on the same workers. Default: off.
     pub relay: Option<relay::RelayConfig>,
+    /// Receives the cores' events (TURN allocations created and ended), called on the worker
+    /// threads; it must only queue. Default: none (the events are dropped).
+    pub events: Option<relay::EventSink>,
+}
+
+impl std::fmt::Debug for DataplaneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataplaneConfig")
+            .field("listen", &self.listen)
+            .field("workers", &self.workers)
+            .field("pin", &self.pin)
+            .field("backend", &self.backend)
+            .field("relay_ip", &self.relay_ip)
+            .field("budget", &self.budget)
+            .field("buffers", &self.buffers)
+            .field("relay", &self.relay)
+            .field("events", &self.events.is_some())
+            .finish()
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -114,6 +139,7 @@ impl Default for DataplaneConfig {
             budget: 256,
             buffers: 1024,
             relay: None,
+            events: None,
         }
     }
 }
@@ -218,6 +244,7 @@ where
             control: Arc::clone(&control),
             stats: Arc::clone(&stats),
             relay: wirings[index].take(),
+            events: config.events.clone(),
         };
         let make_core = Arc::clone(&make_core);
         let ready = ready_tx.clone();
@@ -349,6 +376,17 @@ impl Dataplane {
                 .collect(),
             self.relay_handle.clone(),
             self.stats_reader(),
+        )
+    }
+
+    /// A handle that hands setting changes to every worker's core (see [`SettingsHandle`]),
+    /// from any thread.
+    pub fn settings_handle(&self) -> SettingsHandle {
+        SettingsHandle::new(
+            self.workers
+                .iter()
+                .map(|w| Arc::clone(&w.control))
+                .collect(),
         )
     }
 

@@ -1,5 +1,6 @@
 //! The protocol core a worker drives: [`PacketCore`], its decisions ([`ClientAction`],
-//! [`PeerAction`]) and its commands ([`Command`]).
+//! [`PeerAction`]), its commands ([`Command`]), its events ([`TurnEvent`]) and the setting
+//! changes it is handed ([`CoreUpdate`]).
 //!
 //! The trait mirrors the sans-IO TURN [`Server`] method for method
 //! (`handle_client_input` → [`handle_listener`](PacketCore::handle_listener),
@@ -11,9 +12,26 @@
 
 use std::time::Instant;
 
+use boson_dataplane_proto::turn::PeerFilter;
 use boson_dataplane_proto::{BindingOutcome, ClientAddr, DropReason, Server, Stats, StunServer};
-pub use boson_dataplane_proto::{ClientAction, Command, PeerAction, PeerAddr, RelayPort};
+pub use boson_dataplane_proto::{
+    ClientAction, Command, PeerAction, PeerAddr, RelayPort, TurnEvent,
+};
+use boson_shared::TurnSecret;
 use rand_core::RngCore;
+
+/// A setting the control plane changed at run time, handed to every worker's core at the
+/// start of its next loop turn (see [`SettingsHandle`](crate::SettingsHandle)). Each carries
+/// the whole new value, so only the latest of a kind matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreUpdate {
+    /// The TURN REST secrets, newest first ([`Server::set_secrets`]).
+    SetSecrets(Vec<TurnSecret>),
+    /// Allocations per user ([`Server::set_max_allocations_per_user`]).
+    SetMaxAllocationsPerUser(u32),
+    /// The peer filter ([`Server::set_peer_filter`]).
+    SetPeerFilter(PeerFilter),
+}
 
 /// A sans-IO packet core, driven by one worker.
 ///
@@ -32,6 +50,10 @@ use rand_core::RngCore;
 ///    [`handle_relay`](Self::handle_relay) for a relay socket, and acts on the returned action.
 /// 3. [`poll_timeout`](Self::poll_timeout), to know how long it may sleep.
 /// 4. [`handle_timeout`](Self::handle_timeout) when that instant has passed.
+/// 5. [`poll_event`](Self::poll_event) until `None`, handing each to the control plane.
+///
+/// Setting changes reach it through [`handle_update`](Self::handle_update) at the start of a
+/// turn, before any datagram of that turn.
 ///
 /// `now` is always read by the shell's clock; cores never read the clock. Datagrams are
 /// borrowed from worker-owned buffers for the duration of the call.
@@ -78,6 +100,16 @@ pub trait PacketCore {
     /// Graceful shutdown: refuse new work from now on and let what exists run its course.
     /// The default does nothing, for cores that hold nothing to let run out.
     fn start_draining(&mut self) {}
+
+    /// The control plane changed a setting; it applies to what follows. The default ignores
+    /// it, for cores without such settings.
+    fn handle_update(&mut self, _now: Instant, _update: &CoreUpdate) {}
+
+    /// The next event for the control plane, in the order they happened. The default has
+    /// none.
+    fn poll_event(&mut self) -> Option<TurnEvent> {
+        None
+    }
 }
 
 impl PacketCore for StunServer {
@@ -169,5 +201,23 @@ impl<R: RngCore> PacketCore for Server<R> {
     /// New Allocates get 403; existing allocations keep relaying until they end.
     fn start_draining(&mut self) {
         Self::start_draining(self);
+    }
+
+    fn handle_update(&mut self, now: Instant, update: &CoreUpdate) {
+        match update {
+            CoreUpdate::SetSecrets(secrets) => {
+                if let Err(error) = self.set_secrets(now, secrets.clone()) {
+                    tracing::warn!("TURN secrets not changed: {error}");
+                }
+            }
+            CoreUpdate::SetMaxAllocationsPerUser(per_user) => {
+                self.set_max_allocations_per_user(now, *per_user);
+            }
+            CoreUpdate::SetPeerFilter(filter) => self.set_peer_filter(now, filter.clone()),
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<TurnEvent> {
+        Self::poll_event(self)
     }
 }

@@ -16,8 +16,11 @@
 //! 4. **fire timers**: [`PacketCore::handle_timeout`] if due, then drain commands;
 //! 5. **control**: stop if shutdown was requested;
 //!
-//! and publishes its counters. A drain request is passed to the core at the start of the
-//! turn, before any input, so no datagram reaped after the request is handled as before it.
+//! then hands the core's events (allocations created and ended) to the event sink, and
+//! publishes its counters. A drain request and setting changes ([`CoreUpdate`]) are passed
+//! to the core at the start of the turn, before any input, so no datagram reaped after the
+//! request is handled as before it. Checking for them costs one relaxed atomic load per
+//! turn; the lock that guards the new values is taken only when there are some.
 //!
 //! The hot path takes no lock and allocates nothing: datagrams live in pool slots, the core
 //! gets borrowed slices, actions and commands are returned by value, and relay sockets are
@@ -27,7 +30,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -39,8 +42,10 @@ use crate::io::bufs::SLOT_SIZE;
 use crate::io::epoll::Epoll;
 use crate::io::uring::Uring;
 use crate::io::{Datagram, HEADROOM, Io, IoBackend, SocketId, SocketRole, Waker};
-use crate::packet_core::{ClientAction, Command, PacketCore, PeerAction, PeerAddr, RelayPort};
-use crate::relay::{RelayShell, RelayWiring};
+use crate::packet_core::{
+    ClientAction, Command, CoreUpdate, PacketCore, PeerAction, PeerAddr, RelayPort, TurnEvent,
+};
+use crate::relay::{EventSink, RelayShell, RelayWiring};
 use crate::stats::{SharedStats, WorkerCounters};
 
 /// At most one dropped datagram is logged per this interval per worker; the rest are
@@ -65,13 +70,42 @@ pub struct WorkerInfo {
     pub unix_now: u64,
 }
 
-/// The control link of one worker: the shutdown and drain flags and the waker that makes it
-/// notice.
+/// The control link of one worker: the shutdown and drain flags, the setting changes not yet
+/// taken, and the waker that makes it notice.
 #[derive(Debug)]
 pub(crate) struct Control {
     shutdown: AtomicBool,
     drain: AtomicBool,
+    /// Set after `pending` gained an update; the loop reads it once per turn.
+    updated: AtomicBool,
+    pending: Mutex<PendingUpdates>,
     waker: Arc<Waker>,
+}
+
+/// The newest update of each kind not yet taken: a later one replaces an earlier one (each
+/// carries the whole setting), so what waits is bounded whatever the rate of changes.
+#[derive(Debug, Default)]
+pub(crate) struct PendingUpdates {
+    secrets: Option<CoreUpdate>,
+    quota: Option<CoreUpdate>,
+    peer_filter: Option<CoreUpdate>,
+}
+
+impl PendingUpdates {
+    fn put(&mut self, update: CoreUpdate) {
+        let slot = match &update {
+            CoreUpdate::SetSecrets(_) => &mut self.secrets,
+            CoreUpdate::SetMaxAllocationsPerUser(_) => &mut self.quota,
+            CoreUpdate::SetPeerFilter(_) => &mut self.peer_filter,
+        };
+        *slot = Some(update);
+    }
+
+    fn into_updates(self) -> impl Iterator<Item = CoreUpdate> {
+        [self.secrets, self.quota, self.peer_filter]
+            .into_iter()
+            .flatten()
+    }
 }
 
 impl Control {
@@ -79,8 +113,32 @@ impl Control {
         Ok(Self {
             shutdown: AtomicBool::new(false),
             drain: AtomicBool::new(false),
+            updated: AtomicBool::new(false),
+            pending: Mutex::new(PendingUpdates::default()),
             waker: Arc::new(Waker::new()?),
         })
+    }
+
+    /// Queues `update` for the core (replacing one of the same kind not yet taken) and wakes
+    /// the worker.
+    pub(crate) fn request_update(&self, update: CoreUpdate) {
+        self.lock_pending().put(update);
+        self.updated.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The updates queued since the last call, if any. One relaxed load when there are none.
+    fn take_updates(&self) -> Option<PendingUpdates> {
+        if !self.updated.load(Ordering::Relaxed) || !self.updated.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.lock_pending()))
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, PendingUpdates> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn request_shutdown(&self) {
@@ -120,6 +178,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) control: Arc<Control>,
     pub(crate) stats: Arc<SharedStats>,
     pub(crate) relay: Option<RelayWiring>,
+    pub(crate) events: Option<EventSink>,
 }
 
 /// Body of a worker thread: pins, sets up, reports readiness on `ready`, then runs the loop
@@ -253,6 +312,8 @@ pub(crate) struct Worker<C, I> {
     counters: ShellCounters,
     drop_log: DropLog,
     relay: Option<RelayShell>,
+    /// Where the core's events go (the control plane); dropped when unset.
+    events: Option<EventSink>,
     /// The QUIC relay's socket, and the buffer its datagrams are written into.
     quic_socket: Option<SocketId>,
     quic_buf: Vec<u8>,
@@ -303,6 +364,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             counters: ShellCounters::default(),
             drop_log: DropLog::default(),
             relay,
+            events: setup.events,
             quic_socket,
             quic_buf: Vec::with_capacity(64 * 1024),
         })
@@ -332,9 +394,14 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 .context("waiting for I/O completions")?;
             let now = clock::now();
             self.counters.turns += 1;
-            // A drain requested before this turn covers every datagram it reaps.
+            // A drain or setting requested before this turn covers every datagram it reaps.
             if self.control.take_drain() {
                 self.core.start_draining();
+            }
+            if let Some(updates) = self.control.take_updates() {
+                for update in updates.into_updates() {
+                    self.core.handle_update(now, &update);
+                }
             }
 
             // 1. Pending commands.
@@ -369,6 +436,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             if self.control.is_shutdown() {
                 return Ok(());
             }
+            self.forward_events();
 
             self.io.flush();
             self.publish(now);
@@ -519,6 +587,25 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
         }
     }
 
+    /// Hands every queued event of the core to the sink: allocations for the control plane's
+    /// view. The sink only queues, so the loop never waits for the control plane.
+    fn forward_events(&mut self) {
+        let core = u16::try_from(self.index).unwrap_or(u16::MAX);
+        while let Some(event) = self.core.poll_event() {
+            let Some(sink) = &self.events else {
+                continue;
+            };
+            sink(match event {
+                TurnEvent::AllocationCreated { relay, user } => {
+                    boson_shared::plane::Event::AllocationCreated { core, user, relay }
+                }
+                TurnEvent::AllocationEnded { relay } => {
+                    boson_shared::plane::Event::AllocationExpired { core, relay }
+                }
+            });
+        }
+    }
+
     /// Executes every queued command of the core.
     fn run_commands(&mut self) {
         while let Some(command) = self.core.next_command() {
@@ -626,5 +713,36 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             quic_oversized_tx: ws.quic_oversized_tx,
         };
         self.shared.publish(&counters, core.drops.iter());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use boson_dataplane_proto::turn::PeerFilter;
+    use boson_shared::TurnSecret;
+
+    use super::*;
+
+    #[test]
+    fn updates_wait_newest_of_each_kind_and_are_taken_once() {
+        let control = Control::new().unwrap();
+        assert!(control.take_updates().is_none(), "nothing asked");
+        control.request_update(CoreUpdate::SetMaxAllocationsPerUser(1));
+        control.request_update(CoreUpdate::SetSecrets(vec![TurnSecret::new("a")]));
+        control.request_update(CoreUpdate::SetMaxAllocationsPerUser(2));
+        control.request_update(CoreUpdate::SetPeerFilter(PeerFilter::new()));
+        let taken: Vec<_> = control.take_updates().unwrap().into_updates().collect();
+        assert_eq!(
+            taken,
+            [
+                CoreUpdate::SetSecrets(vec![TurnSecret::new("a")]),
+                CoreUpdate::SetMaxAllocationsPerUser(2),
+                CoreUpdate::SetPeerFilter(PeerFilter::new()),
+            ]
+        );
+        assert!(control.take_updates().is_none(), "taken once");
+        control.request_update(CoreUpdate::SetMaxAllocationsPerUser(3));
+        let taken: Vec<_> = control.take_updates().unwrap().into_updates().collect();
+        assert_eq!(taken, [CoreUpdate::SetMaxAllocationsPerUser(3)]);
     }
 }

@@ -113,6 +113,22 @@ impl Allocation {
         self.permissions.len()
     }
 
+    /// Removes every permission whose IP `keep` refuses; returns them with their expiries.
+    pub(crate) fn revoke_permissions(
+        &mut self,
+        keep: impl Fn(IpAddr) -> bool,
+    ) -> Vec<(IpAddr, Instant)> {
+        let mut revoked = Vec::new();
+        self.permissions.retain(|&ip, &mut expires_at| {
+            let kept = keep(ip);
+            if !kept {
+                revoked.push((ip, expires_at));
+            }
+            kept
+        });
+        revoked
+    }
+
     // Channels.
 
     /// The peer of an active channel.
@@ -167,6 +183,24 @@ impl Allocation {
         self.channels.remove(&number);
         self.peer_channels.remove(&peer);
         true
+    }
+
+    /// Ends every active channel to a peer `denied` refuses at `now`: it stops relaying at once
+    /// and keeps its number and peer through the cooldown, as if it had expired. Returns each
+    /// one's number and former expiry.
+    pub(crate) fn expire_channels(
+        &mut self,
+        denied: impl Fn(PeerAddr) -> bool,
+        now: Instant,
+    ) -> Vec<(ChannelNumber, Instant)> {
+        let mut expired = Vec::new();
+        for (&number, channel) in &mut self.channels {
+            if now < channel.expires_at && denied(channel.peer) {
+                expired.push((number, channel.expires_at));
+                channel.expires_at = now;
+            }
+        }
+        expired
     }
 
     pub(crate) fn channel_count(&self) -> usize {

@@ -83,13 +83,14 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use crate::binding::ClientAddr;
+pub use boson_shared::{Cidr, CidrError};
 pub use config::{
     CHANNEL_COOLDOWN, CHANNEL_LIFETIME, ConfigError, DEFAULT_LIFETIME, MAX_LIFETIME,
     NONCE_LIFETIME, PERMISSION_LIFETIME, PORT_QUARANTINE, RESERVATION_LIFETIME, TurnConfig,
 };
-pub use peer_filter::{Cidr, CidrError, Denied, PeerFilter};
+pub use peer_filter::{Denied, PeerFilter};
 pub use ports::PortTable;
-pub use server::{ClientAction, Command, Footprint, PeerAction, Server};
+pub use server::{ClientAction, Command, Footprint, PeerAction, Server, TurnEvent};
 
 /// Bytes the shell reserves before a peer payload so the server can prepend its
 /// encapsulation in place: a Data indication header (20) + XOR-PEER-ADDRESS (4 + 20 for IPv6)

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boson_shared::credentials::RestUsername;
+use boson_shared::credentials::{RestUsername, TurnSecret};
 use rand_core::RngCore;
 
 use super::allocation::{Allocation, AllocationId};
@@ -18,8 +18,8 @@ use super::channel_data::{self, ChannelData};
 use super::nonce::{NonceCheck, NonceKey};
 use super::rate_limit::RateLimiter;
 use super::{
-    ChannelNumber, ClientAddr, HEADROOM, PeerAddr, PeerFilter, PortTable, RelayPort, TurnConfig,
-    data_indication,
+    ChannelNumber, ClientAddr, ConfigError, HEADROOM, PeerAddr, PeerFilter, PortTable, RelayPort,
+    TurnConfig, data_indication,
 };
 use crate::binding::{self, BindingConfig, BindingOutcome, MAX_UNKNOWN_REPORTED};
 use crate::stats::{DropReason, Stats};
@@ -87,6 +87,8 @@ pub struct Footprint {
     pub timers: usize,
     /// Commands the shell has not taken yet.
     pub commands: usize,
+    /// Events the shell has not taken yet.
+    pub events: usize,
     /// Token buckets of the rate limit on unauthenticated responses.
     pub rate_limit_buckets: usize,
 }
@@ -108,6 +110,26 @@ pub enum Command {
     },
 }
 
+/// What happened to the server's allocations, for whoever keeps a view of them (the control
+/// plane), drained with [`Server::poll_event`]. Every allocation yields exactly one
+/// `AllocationCreated` and, when it ends for any reason, one `AllocationEnded`, in that order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnEvent {
+    /// An Allocate succeeded.
+    AllocationCreated {
+        /// The relayed transport address (XOR-RELAYED-ADDRESS).
+        relay: SocketAddr,
+        /// The REST username's user part; empty for a bare-expiry username.
+        user: String,
+    },
+    /// An allocation ended: it expired, was deleted with a zero-lifetime Refresh, or its relay
+    /// socket could not be bound.
+    AllocationEnded {
+        /// The relayed transport address.
+        relay: SocketAddr,
+    },
+}
+
 /// The sans-IO TURN server: one per core. The servers of a host take relay ports from one
 /// shared [`PortTable`] (see [`TurnConfig::with_port_table`]).
 ///
@@ -122,7 +144,12 @@ pub enum Command {
 /// * **Outputs**: the [`ClientAction`] or [`PeerAction`] returned by value (act on it before
 ///   the next call: ranges point into the caller's buffers), then
 ///   [`next_command`](Self::next_command) until `None`, then re-arm the timer from
-///   [`poll_timeout`](Self::poll_timeout).
+///   [`poll_timeout`](Self::poll_timeout). [`poll_event`](Self::poll_event) until `None`
+///   at least once per loop turn (events are for the control plane, never urgent).
+/// * **Settings** changed at run time, each taking effect for the requests that follow:
+///   [`set_secrets`](Self::set_secrets), [`set_max_allocations_per_user`](
+///   Self::set_max_allocations_per_user), [`set_peer_filter`](Self::set_peer_filter),
+///   [`start_draining`](Self::start_draining).
 /// * **Counters**: [`stats`](Self::stats), read on scrape.
 ///
 /// ```text
@@ -154,6 +181,7 @@ pub struct Server<R> {
     ports: Arc<PortTable>,
     timers: BTreeSet<(Instant, Timer)>,
     commands: VecDeque<Command>,
+    events: VecDeque<TurnEvent>,
     next_id: u64,
     draining: bool,
     /// The latest `now` seen, for the one input that carries none
@@ -238,6 +266,7 @@ impl<R: RngCore> Server<R> {
             per_user: HashMap::new(),
             timers: BTreeSet::new(),
             commands: VecDeque::new(),
+            events: VecDeque::new(),
             next_id: 0,
             draining: false,
             last_now: now,
@@ -317,6 +346,11 @@ impl<R: RngCore> Server<R> {
         self.commands.pop_front()
     }
 
+    /// The next allocation event, in the order they happened.
+    pub fn poll_event(&mut self) -> Option<TurnEvent> {
+        self.events.pop_front()
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) next has work: the earliest expiry of an
     /// allocation, permission, channel cooldown, port quarantine or port reservation.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -359,6 +393,67 @@ impl<R: RngCore> Server<R> {
         }
     }
 
+    /// Replaces the TURN REST secrets (newest first; the first is the one credentials are
+    /// minted with, every one verifies). Every request from now on, Refresh included, must
+    /// verify under one of `secrets`; allocations made under a secret that is gone keep
+    /// relaying until they expire, and their Refreshes get 401, so their clients allocate
+    /// again with a fresh credential. An empty list is refused and changes nothing.
+    pub fn set_secrets(
+        &mut self,
+        now: Instant,
+        secrets: Vec<TurnSecret>,
+    ) -> Result<(), ConfigError> {
+        self.last_now = self.last_now.max(now);
+        if secrets.is_empty() {
+            return Err(ConfigError::NoSecret);
+        }
+        self.config.secrets = secrets;
+        Ok(())
+    }
+
+    /// Replaces the per-user allocation quota. Allocates from now on are judged against it;
+    /// allocations already over it are not evicted (they end as they would have).
+    pub fn set_max_allocations_per_user(&mut self, now: Instant, per_user: u32) {
+        self.last_now = self.last_now.max(now);
+        self.config.max_allocations_per_user = per_user;
+    }
+
+    /// Replaces the peer filter (the relay address is added as an own address, as at
+    /// construction). CreatePermission, ChannelBind and Send from now on are judged by it, and
+    /// what exists is judged again at once: a permission for an IP it denies is removed and a
+    /// channel to a transport address it denies expires (into its cooldown, RFC 8656 §12), so
+    /// a denied peer stops exchanging traffic with every client in both directions, not when
+    /// the permission would have run out. Costs one pass over the allocations, unless the
+    /// filter is the one in use.
+    pub fn set_peer_filter(&mut self, now: Instant, filter: PeerFilter) {
+        self.last_now = self.last_now.max(now);
+        // The control plane sends its lists again on every resync: nothing to judge then.
+        if filter == self.config.peer_filter {
+            return;
+        }
+        self.config.peer_filter = filter;
+        self.filter = self.config.effective_peer_filter();
+        let cooldown = secs(self.config.channel_cooldown);
+        // The order of the pass does not matter: each allocation is judged on its own and the
+        // counters and timers only lose what it loses.
+        for (&port, allocation) in &mut self.allocations {
+            let id = allocation.id;
+            for (ip, expires_at) in
+                allocation.revoke_permissions(|ip| self.filter.check(ip).is_ok())
+            {
+                self.stats.permissions -= 1;
+                self.timers
+                    .remove(&(expires_at, Timer::Permission { port, id, ip }));
+            }
+            let denied = |peer: PeerAddr| self.filter.check_transport(peer.get()).is_err();
+            for (number, expired_at) in allocation.expire_channels(denied, now) {
+                let timer = Timer::Channel { port, id, number };
+                self.timers.remove(&(expired_at + cooldown, timer));
+                self.timers.insert((now + cooldown, timer));
+            }
+        }
+    }
+
     /// Refuses new allocations from now on (403); existing ones keep working until they end.
     pub const fn start_draining(&mut self) {
         self.draining = true;
@@ -382,6 +477,7 @@ impl<R: RngCore> Server<R> {
             users: self.per_user.len(),
             timers: self.timers.len(),
             commands: self.commands.len(),
+            events: self.events.len(),
             rate_limit_buckets: self.limiter.len(),
         }
     }
@@ -713,6 +809,16 @@ impl<R: RngCore> Server<R> {
         self.stats.allocations += 1;
         self.stats.allocations_created += 1;
         self.commands.push_back(Command::CreateAllocation { port });
+        // `user` is the whole username for a bare-expiry one (it counts on its own).
+        let user = if auth.user == auth.username {
+            ""
+        } else {
+            auth.user
+        };
+        self.events.push_back(TurnEvent::AllocationCreated {
+            relay: self.relayed_address(port),
+            user: user.to_owned(),
+        });
         self.allocate_success(from, auth, port, granted, reservation, out)
     }
 
@@ -725,7 +831,7 @@ impl<R: RngCore> Server<R> {
         reservation: Option<ReservationToken>,
         out: &mut [u8],
     ) -> ClientAction {
-        let relayed = SocketAddr::new(IpAddr::V4(self.config.relay_ip), port.get());
+        let relayed = self.relayed_address(port);
         let written = self.write_success(out, auth, |enc| {
             enc.add(&XorRelayedAddress(relayed))?;
             enc.add(&Lifetime(lifetime))?;
@@ -992,6 +1098,9 @@ impl<R: RngCore> Server<R> {
                 self.per_user.remove(allocation.user());
             }
         }
+        self.events.push_back(TurnEvent::AllocationEnded {
+            relay: self.relayed_address(port),
+        });
         self.stats.allocations -= 1;
         self.stats.permissions -= allocation.permission_count() as u64;
         self.stats.channels -= allocation.channel_count() as u64;
@@ -1167,6 +1276,11 @@ impl<R: RngCore> Server<R> {
     fn drop_peer(&mut self, reason: DropReason) -> PeerAction {
         self.stats.drops.record(reason);
         PeerAction::Drop(reason)
+    }
+
+    /// An allocation's relayed transport address.
+    const fn relayed_address(&self, port: RelayPort) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.config.relay_ip), port.get())
     }
 
     // ---------------------------------------------------------------------------------------
