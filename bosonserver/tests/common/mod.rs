@@ -72,7 +72,10 @@ pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
 
 /// As [`start`], run through `wrapper` (such as `ip netns exec NAME`), which must exec the
 /// binary in place so that the child's pid is the server's.
-#[allow(dead_code, reason = "not every test file runs a server through a wrapper")]
+#[allow(
+    dead_code,
+    reason = "not every test file runs a server through a wrapper"
+)]
 pub(crate) fn start_with(wrapper: &[&str], dir: &Path, args: &[&str], dataplane: bool) -> Running {
     spawn(wrapper, dir, args, true, dataplane)
 }

@@ -182,8 +182,10 @@ fn cross_core_exchange(backend: IoBackend) {
     let sum = |f: fn(&boson_dataplane::WorkerCounters) -> u64| -> u64 {
         dataplane.stats().iter().map(|s| f(&s.counters)).sum()
     };
+    // Both sides' counters: the receiving worker may publish its last turn before the
+    // sending worker has published the turn that sent.
     wait_for(
-        || sum(|c| c.ws_cross_core_in) == 2 * COUNT,
+        || sum(|c| c.ws_cross_core_in) == 2 * COUNT && sum(|c| c.ws_cross_core_out) >= 2 * COUNT,
         "the counters to settle",
     );
     assert_eq!(
