@@ -160,6 +160,34 @@ async fn quic_exchange(backend: IoBackend) {
     .await
     .unwrap();
     let ws = Arc::new(std::sync::Mutex::new(ws));
+    // C's arrival reaches A's worker through the cross-core ring a moment after C's READY;
+    // until then a packet to C is answered PEER_GONE. Probe until one gets through, then
+    // drain the extra probes.
+    let mut through = false;
+    for _ in 0..50 {
+        send_datagram(&client_a.conn, &c, b"probe");
+        let ws2 = Arc::clone(&ws);
+        through = tokio::task::spawn_blocking(move || {
+            let mut ws = ws2.lock().unwrap();
+            ws.stream
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let got = matches!(ws.recv_message(), Ok(Ok((0x02, _))));
+            if got {
+                while ws.recv_message().is_ok() {}
+            }
+            ws.stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            got
+        })
+        .await
+        .unwrap();
+        if through {
+            break;
+        }
+    }
+    assert!(through, "C never became reachable from A");
     for i in 0..500u32 {
         let packet = [&i.to_le_bytes()[..], &[5u8; 700]].concat();
         send_datagram(&client_a.conn, &c, &packet);
