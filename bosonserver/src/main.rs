@@ -163,8 +163,7 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
         drain = dataplane_drain;
         let metrics = link.clone();
         state.set_metrics_source(Box::new(move || metrics.render_metrics()))?;
-        let sink = link.clone();
-        state.set_command_sink(move |command| sink.send(command))?;
+        state.set_command_sink(link.clone())?;
         tokio::spawn(link.clone().run(state.clone()));
         let load_state = state.clone();
         tokio::spawn(async move {

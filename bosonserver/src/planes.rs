@@ -320,6 +320,20 @@ impl Pump {
     }
 }
 
+impl boson_control::mesh::CommandSink for ControlLink {
+    fn send(&self, command: Command) {
+        Self::send(self, command);
+    }
+
+    fn mark(&self) -> Option<u64> {
+        Some(Self::mark(self))
+    }
+
+    fn reached(&self, mark: u64) -> bool {
+        Self::reached(self, mark)
+    }
+}
+
 /// The control plane's end of the link: the command sink, the event pump, `/metrics`.
 #[derive(Clone)]
 pub(crate) struct ControlLink {
@@ -333,6 +347,8 @@ struct Outbox {
     end: ControlEnd,
     /// Commands waiting for room in core 0's ring, oldest first.
     backlog: VecDeque<Command>,
+    /// Commands this link has written into core 0's ring.
+    sent: u64,
 }
 
 #[derive(Default)]
@@ -353,6 +369,7 @@ impl ControlLink {
             outbox: Arc::new(Mutex::new(Outbox {
                 end,
                 backlog: VecDeque::new(),
+                sent: 0,
             })),
             counters: Arc::new(LinkCounters::default()),
         }
@@ -366,6 +383,20 @@ impl ControlLink {
 
     /// Sends `command` to the dataplane, or queues it behind those already waiting. Never
     /// blocks.
+    /// A mark after every command given to [`Self::send`] so far (sent or waiting).
+    pub(crate) fn mark(&self) -> u64 {
+        let outbox = self.lock();
+        outbox.sent + outbox.backlog.len() as u64
+    }
+
+    /// Whether the dataplane has taken every command given before `mark` off the ring. (A
+    /// leftover of an earlier control incarnation still in the ring only makes this later.)
+    pub(crate) fn reached(&self, mark: u64) -> bool {
+        let mut outbox = self.lock();
+        let waiting = u64::from(outbox.core0().commands_status().depth_messages);
+        outbox.sent.saturating_sub(waiting) >= mark
+    }
+
     pub(crate) fn send(&self, command: Command) {
         self.enqueue(command);
         if let Some(wake) = &self.wake {
@@ -377,7 +408,10 @@ impl ControlLink {
         let mut outbox = self.lock();
         if outbox.backlog.is_empty() {
             match outbox.core0().try_send_keep(&command) {
-                Ok(()) => return,
+                Ok(()) => {
+                    outbox.sent += 1;
+                    return;
+                }
                 Err(SendError::Full) => {}
                 Err(error) => {
                     self.counters.unsendable.fetch_add(1, Ordering::Relaxed);
@@ -466,7 +500,7 @@ impl ControlLink {
         while let Some(command) = outbox.backlog.front() {
             let command = command.clone();
             match outbox.core0().try_send_keep(&command) {
-                Ok(()) => {}
+                Ok(()) => outbox.sent += 1,
                 Err(SendError::Full) => break,
                 Err(error) => {
                     self.counters.unsendable.fetch_add(1, Ordering::Relaxed);
@@ -657,4 +691,52 @@ fn render_link(
         writeln!(out, "{P}{name} {}", value.load(Ordering::Relaxed))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_is_reached_once_the_dataplane_has_taken_every_command_before_it() {
+        let segment =
+            boson_channel::Segment::create(spec(2).unwrap(), boson_channel::Backing::Memfd)
+                .unwrap();
+        let link = ControlLink::new(segment.control().unwrap(), None);
+        let mut cores = segment.dataplane().unwrap().into_cores();
+        assert!(
+            link.reached(link.mark()),
+            "nothing sent: nothing to wait for"
+        );
+
+        for _ in 0..3 {
+            link.send(Command::ClearGrants);
+        }
+        let mark = link.mark();
+        assert_eq!(mark, 3);
+        for taken in 0..3 {
+            assert!(!link.reached(mark), "{taken} of 3 taken");
+            assert_eq!(cores[0].recv_command(), Some(Ok(Command::ClearGrants)));
+        }
+        assert!(link.reached(mark));
+        assert!(cores[0].recv_command().is_none());
+
+        // Commands that wait in the backlog (the ring is full) are part of the mark.
+        let mut sent = 0u64;
+        while link.counters.backlog.load(Ordering::Relaxed) == 0 {
+            link.send(Command::Drain { deadline: sent });
+            sent += 1;
+        }
+        let mark = link.mark();
+        assert_eq!(mark, 3 + sent);
+        while cores[0].recv_command().is_some() {}
+        assert!(
+            !link.reached(mark),
+            "the ring is empty but one command still waits in the backlog"
+        );
+        link.flush(&mut link.lock());
+        assert!(!link.reached(mark));
+        while cores[0].recv_command().is_some() {}
+        assert!(link.reached(mark));
+    }
 }

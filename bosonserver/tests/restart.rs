@@ -365,6 +365,31 @@ fn dataplane_killed_and_restarted_gets_every_grant_again() {
     );
 }
 
+/// A registration answers once the dataplane has taken the node's grant, so a node that
+/// connects to the relay the moment it has its token is let in at once, although the
+/// dataplane process polls the segment only every few milliseconds.
+#[test]
+fn a_token_is_good_on_the_relay_as_soon_as_registration_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = dir.path().join("segment");
+    let segment = segment.to_str().unwrap();
+    let (_dataplane, relay) = Proc::dataplane(dir.path(), segment, "2");
+    let (_control, base) = Proc::control(dir.path(), segment, "2");
+    let http = common::Http::new();
+    for i in 0..20u16 {
+        let id = common::node_id(9, i);
+        let token = http.register(&base, &common::node_body(&id, &common::wg_key(9, i)));
+        let mut client = Client::new(connect(relay));
+        assert_eq!(client.upgrade(Some(&token)).unwrap(), 101);
+        match client.recv_message().unwrap() {
+            Ok((0x07, payload)) => {
+                assert_eq!(&payload[1..], id.parse::<NodeId>().unwrap().as_bytes())
+            }
+            other => panic!("node {i}: expected READY at once, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_segment_of_another_shape_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,6 +36,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest page of `GET /api/v1/nodes`.
 const MAX_PAGE: i64 = 1000;
 
+/// The longest a registration waits for the dataplane to take the node's grant (microseconds
+/// in one process, one poll of the segment between two).
+const GRANT_WAIT: Duration = Duration::from_millis(250);
+
 /// Every route of the API: method, path template (axum's `{param}` syntax) and handler. The
 /// router is built from this table and [`api_routes`] lists it, so the OpenAPI test compares
 /// the document with what is really served.
@@ -328,6 +332,8 @@ async fn register(
     }
     publish_presence(&state, &record).await;
     state.grant(record.node_id, record.generation, now, issued.expires_at);
+    // The token is good on the relay when the answer arrives (see `await_dataplane`).
+    state.await_dataplane(GRANT_WAIT).await;
 
     let status = if existing.is_some() {
         StatusCode::OK

@@ -35,6 +35,18 @@ use crate::store::StoreError;
 pub trait CommandSink: Send + Sync + 'static {
     /// Delivers one command.
     fn send(&self, command: Command);
+
+    /// A mark after every command delivered so far, for [`Self::reached`]; `None` when this
+    /// sink cannot tell when the dataplane has taken them.
+    fn mark(&self) -> Option<u64> {
+        None
+    }
+
+    /// Whether the dataplane has taken every command delivered before `mark`.
+    fn reached(&self, mark: u64) -> bool {
+        let _ = mark;
+        true
+    }
 }
 
 impl<F: Fn(Command) + Send + Sync + 'static> CommandSink for F {
@@ -83,6 +95,30 @@ impl AppState {
         self.sink
             .set(Box::new(sink))
             .map_err(|_| anyhow::anyhow!("a command sink is already set"))
+    }
+
+    /// Waits, at most `timeout`, until the dataplane has taken every command sent so far, so
+    /// that what a request just decided (a grant) is in force when its answer arrives: a node
+    /// that registers and connects to the relay at once is not refused for a grant still in
+    /// flight. Returns whether it got there; past `timeout` (a dataplane down or restarting)
+    /// the request goes on, and the node's retry finds the grant later.
+    pub async fn await_dataplane(&self, timeout: std::time::Duration) -> bool {
+        let Some(sink) = self.sink.get() else {
+            return true;
+        };
+        let Some(mark) = sink.mark() else {
+            return true;
+        };
+        let taken = async {
+            while !sink.reached(mark) {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        let reached = tokio::time::timeout(timeout, taken).await.is_ok();
+        if !reached {
+            tracing::debug!("the dataplane has not taken the commands within {timeout:?}");
+        }
+        reached
     }
 
     /// Handles one event from the dataplane. Failures are logged, not returned: presence is
