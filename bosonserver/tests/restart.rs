@@ -222,6 +222,20 @@ fn wait_metrics(
     panic!("/metrics never showed {what}");
 }
 
+/// SIGKILLs `control` 300 ms into a stream whose deliveries `received` counts, and checks
+/// that `what` keeps delivering without it (over 100 packets in the next 500 ms).
+fn kill_while_flowing(control: Proc, received: &AtomicU32, what: &str) {
+    std::thread::sleep(Duration::from_millis(300));
+    drop(control); // SIGKILL
+    let at_kill = received.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    let during = received.load(Ordering::Relaxed);
+    assert!(
+        during > at_kill + 100,
+        "{what} stalled without its control plane: {at_kill} then {during}"
+    );
+}
+
 /// The value of the series starting with `series` (name and labels).
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -282,15 +296,7 @@ fn control_plane_killed_and_restarted_while_a_relay_stream_flows() {
         client_b
     });
 
-    std::thread::sleep(Duration::from_millis(300));
-    drop(control); // SIGKILL
-    let at_kill = received.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(500));
-    let during = received.load(Ordering::Relaxed);
-    assert!(
-        during > at_kill + 100,
-        "the relay stalled without its control plane: {at_kill} then {during}"
-    );
+    kill_while_flowing(control, &received, "the relay");
 
     let (_control, base) = Proc::control(dir.path(), segment, "2");
     let client_a = sender.join().unwrap();
@@ -504,15 +510,7 @@ fn control_plane_killed_and_restarted_while_a_turn_channel_relays() {
         peer
     });
 
-    std::thread::sleep(Duration::from_millis(300));
-    drop(control); // SIGKILL
-    let at_kill = received.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(500));
-    let during = received.load(Ordering::Relaxed);
-    assert!(
-        during > at_kill + 100,
-        "TURN stalled without its control plane: {at_kill} then {during}"
-    );
+    kill_while_flowing(control, &received, "TURN");
 
     let (_control, base) = Proc::control(dir.path(), segment, "2");
     let mut client = sender.join().unwrap();
