@@ -9,14 +9,18 @@
 //!   host = the connecting host's id: a UUID, hyphenated lower case (36 characters)
 //!   secs = unix seconds at minting: decimal, no sign, no leading zero (1 to 20 digits)
 //!   sig  = base64url without padding (43 characters) of
-//!          HMAC-SHA256(key, "boson-mesh-v1|" <host> "|" <secs>)
+//!          HMAC-SHA256(key, "boson-mesh-v2|" <host> "|" <target> "|" <secs>)
+//!   target = the id of the host the link is opened to (not carried: the verifier uses its
+//!            own), hyphenated lower case
 //! ```
 //!
 //! The token fits the `token68` grammar of a bearer header. The receiving host accepts it
 //! while `secs` is within a skew window of its own clock ([`DEFAULT_MAX_SKEW`], ±5 min):
 //! tokens are minted per connection, so the window only has to cover clock skew and the
-//! connect time. Within the window a token can be replayed by whoever saw it: mesh links
-//! run over TLS, and the token authenticates the host, not the channel.
+//! connect time. A token is bound to the host it was minted for, so one seen on a link to
+//! host B cannot open a link to host C. Within the window it can still be replayed to B by
+//! whoever saw it: the token authenticates the host, not the channel, and mesh links are
+//! plain WebSocket (`ws://`) today, so they belong on a private network.
 //!
 //! Several keys can be valid at once, newest first: the first signs, all verify, so a key
 //! is rotated by adding the new one behind the old on every host, then moving it to the
@@ -47,7 +51,7 @@ pub const MIN_KEY_LEN: usize = 32;
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// Domain separation: the versioned label in front of every signed message.
-const CONTEXT: &str = "boson-mesh-v1";
+const CONTEXT: &str = "boson-mesh-v2";
 
 /// Length of a hyphenated UUID.
 const HOST_LEN: usize = 36;
@@ -147,13 +151,17 @@ impl MeshKey {
         Ok(Self { keys })
     }
 
-    /// The token `host` presents at `unix_now` (seconds), signed with the first key.
-    pub fn token(&self, host: HostId, unix_now: u64) -> String {
+    /// The token `host` presents to host `target` at `unix_now` (seconds), signed with the
+    /// first key.
+    pub fn token(&self, host: HostId, target: HostId, unix_now: u64) -> String {
         let mut host_text = [0u8; HOST_LEN];
         let host_text = host.0.hyphenated().encode_lower(&mut host_text);
         let secs = unix_now.to_string();
         let tag = self.keys.first().map_or([0; TAG_LEN], |key| {
-            mac(key, host_text, &secs).finalize().into_bytes().into()
+            mac(key, host_text, target, &secs)
+                .finalize()
+                .into_bytes()
+                .into()
         });
         let mut token = String::with_capacity(MESH_TOKEN_PREFIX.len() + HOST_LEN + 22 + SIG_LEN);
         token.push_str(MESH_TOKEN_PREFIX);
@@ -165,18 +173,19 @@ impl MeshKey {
         token
     }
 
-    /// Checks `token` at `unix_now` (seconds): the host it names if the signature verifies
-    /// under any key (compared in constant time) and it was minted within `max_skew` of
-    /// `unix_now`, either way.
+    /// Checks `token`, presented to host `own` at `unix_now` (seconds): the host it names if
+    /// the signature verifies under any key (compared in constant time) for `own` as the
+    /// target, and it was minted within `max_skew` of `unix_now`, either way.
     pub fn verify(
         &self,
         token: &[u8],
+        own: HostId,
         unix_now: u64,
         max_skew: Duration,
     ) -> Result<HostId, MeshTokenError> {
         let parsed = Parsed::parse(token)?;
         let verifies = self.keys.iter().any(|key| {
-            mac(key, parsed.host_text, parsed.secs_text)
+            mac(key, parsed.host_text, own, parsed.secs_text)
                 .verify_slice(&parsed.tag)
                 .is_ok()
         });
@@ -206,13 +215,22 @@ impl fmt::Debug for MeshKey {
     }
 }
 
-/// HMAC-SHA256 over `CONTEXT|host|secs`.
-fn mac(key: &[u8], host: &str, secs: &str) -> HmacSha256 {
+/// HMAC-SHA256 over `CONTEXT|host|target|secs`.
+fn mac(key: &[u8], host: &str, target: HostId, secs: &str) -> HmacSha256 {
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut target_text = [0u8; HOST_LEN];
     mac.update(CONTEXT.as_bytes());
     mac.update(b"|");
     mac.update(host.as_bytes());
+    mac.update(b"|");
+    mac.update(
+        target
+            .0
+            .hyphenated()
+            .encode_lower(&mut target_text)
+            .as_bytes(),
+    );
     mac.update(b"|");
     mac.update(secs.as_bytes());
     mac
@@ -281,13 +299,18 @@ mod tests {
     const HOST: &str = "550e8400-e29b-41d4-a716-446655440000";
     const NOW: u64 = 1_700_000_000;
     /// Computed independently with
-    /// `printf '%s' 'boson-mesh-v1|550e8400-e29b-41d4-a716-446655440000|1700000000' |
+    /// `printf '%s' 'boson-mesh-v2|550e8400-e29b-41d4-a716-446655440000|6ba7b810-9dad-11d1-80b4-00c04fd430c8|1700000000' |
     /// openssl dgst -sha256 -hmac 'boson mesh test key, 32+ bytes long!' -binary |
     /// base64 | tr '+/' '-_' | tr -d '='`.
-    const VECTOR: &str = "mesh.550e8400-e29b-41d4-a716-446655440000.1700000000.jYSKpDaJQvdIfPmF-MQbDI9fi9TYVY4kTtuUfJgj328";
+    const VECTOR: &str = "mesh.550e8400-e29b-41d4-a716-446655440000.1700000000.fBJPSUzUqnu5dMmJM5X6AznNX2x4ebaWZQ1HLU1HrgE";
 
     fn host() -> HostId {
         HOST.parse().unwrap()
+    }
+
+    /// The host the links are opened to.
+    fn to() -> HostId {
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8".parse().unwrap()
     }
 
     fn key() -> MeshKey {
@@ -296,12 +319,20 @@ mod tests {
 
     #[test]
     fn token_matches_an_independent_hmac() {
-        assert_eq!(key().token(host(), NOW), VECTOR);
+        assert_eq!(key().token(host(), to(), NOW), VECTOR);
         assert_eq!(
-            key().verify(VECTOR.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(VECTOR.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
             Ok(host())
         );
         assert!(is_mesh_token(VECTOR.as_bytes()));
+        // Bound to its target: another host, even the minting one, refuses it.
+        for other in [host(), HostId::from_bytes([9; 16])] {
+            assert_eq!(
+                key().verify(VECTOR.as_bytes(), other, NOW, DEFAULT_MAX_SKEW),
+                Err(MeshTokenError::BadSignature),
+                "presented to {other}"
+            );
+        }
         // It passes as a bearer token68.
         assert!(
             VECTOR
@@ -329,20 +360,20 @@ mod tests {
         let new = vec![0x42; 32];
         let rotated = MeshKey::with_keys([new.clone(), KEY.to_vec()]).unwrap();
         assert_eq!(
-            rotated.verify(VECTOR.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            rotated.verify(VECTOR.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
             Ok(host()),
             "old tokens still verify"
         );
-        let token = rotated.token(host(), NOW);
+        let token = rotated.token(host(), to(), NOW);
         assert_ne!(token, VECTOR, "the new key signs");
         assert_eq!(
             MeshKey::new(new)
                 .unwrap()
-                .verify(token.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+                .verify(token.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
             Ok(host())
         );
         assert_eq!(
-            key().verify(token.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(token.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature),
             "hosts without the new key refuse it"
         );
@@ -352,25 +383,25 @@ mod tests {
     fn wrong_key_and_altered_fields_fail_the_signature() {
         let other = MeshKey::new([7u8; 32]).unwrap();
         assert_eq!(
-            other.verify(VECTOR.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            other.verify(VECTOR.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature)
         );
         // Host mismatch: the signature covers the host, so naming another one fails.
         let other_host = VECTOR.replace("550e8400", "550e8401");
         assert_eq!(
-            key().verify(other_host.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(other_host.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature)
         );
         let other_time = VECTOR.replace("1700000000", "1700000001");
         assert_eq!(
-            key().verify(other_time.as_bytes(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(other_time.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature)
         );
         let mut flipped = VECTOR.as_bytes().to_vec();
         let last = flipped.len() - 2;
         flipped[last] = b'A';
         assert_eq!(
-            key().verify(&flipped, NOW, DEFAULT_MAX_SKEW),
+            key().verify(&flipped, to(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature)
         );
     }
@@ -379,34 +410,34 @@ mod tests {
     fn skew_window_both_ways() {
         let skew = DEFAULT_MAX_SKEW;
         let token = VECTOR.as_bytes();
-        assert!(key().verify(token, NOW + 300, skew).is_ok());
-        assert!(key().verify(token, NOW - 300, skew).is_ok());
+        assert!(key().verify(token, to(), NOW + 300, skew).is_ok());
+        assert!(key().verify(token, to(), NOW - 300, skew).is_ok());
         assert_eq!(
-            key().verify(token, NOW + 301, skew),
+            key().verify(token, to(), NOW + 301, skew),
             Err(MeshTokenError::Stale {
                 minted: NOW,
                 now: NOW + 301
             })
         );
         assert_eq!(
-            key().verify(token, NOW - 301, skew),
+            key().verify(token, to(), NOW - 301, skew),
             Err(MeshTokenError::FromFuture {
                 minted: NOW,
                 now: NOW - 301
             })
         );
         // No overflow at the ends of time.
-        let late = key().token(host(), u64::MAX);
-        assert!(key().verify(late.as_bytes(), u64::MAX, skew).is_ok());
-        let early = key().token(host(), 0);
-        assert!(key().verify(early.as_bytes(), 0, skew).is_ok());
-        assert!(key().verify(early.as_bytes(), 300, skew).is_ok());
+        let late = key().token(host(), to(), u64::MAX);
+        assert!(key().verify(late.as_bytes(), to(), u64::MAX, skew).is_ok());
+        let early = key().token(host(), to(), 0);
+        assert!(key().verify(early.as_bytes(), to(), 0, skew).is_ok());
+        assert!(key().verify(early.as_bytes(), to(), 300, skew).is_ok());
     }
 
     #[test]
     fn malformed_tokens() {
         let k = key();
-        let verify = |token: &str| k.verify(token.as_bytes(), NOW, DEFAULT_MAX_SKEW);
+        let verify = |token: &str| k.verify(token.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW);
         assert_eq!(verify("eyJhbGciOi.x.y"), Err(MeshTokenError::NotMesh));
         assert_eq!(verify(""), Err(MeshTokenError::NotMesh));
         assert!(!is_mesh_token(b"MESH.x"));
@@ -425,14 +456,16 @@ mod tests {
             format!("mesh.{HOST}.123456789012345678901.{sig}"),
             format!("mesh.{HOST}.1700000000.{sig}="),
             format!("mesh.{HOST}.1700000000.{}", &sig[1..]),
-            format!("mesh.{HOST}.1700000000.{}", sig.replace('-', "+")),
+            // Standard base64, not base64url.
+            format!("mesh.{HOST}.1700000000.+{}", &sig[1..]),
+            format!("mesh.{HOST}.1700000000./{}", &sig[1..]),
             // Non-zero trailing bits: another spelling of a near-identical tag.
             format!("mesh.{HOST}.1700000000.{}9", &sig[..SIG_LEN - 1]),
         ] {
             assert_eq!(verify(&bad), Err(MeshTokenError::Malformed), "{bad}");
         }
         assert_eq!(
-            k.verify(b"mesh.\xff\xfe", NOW, DEFAULT_MAX_SKEW),
+            k.verify(b"mesh.\xff\xfe", to(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::Malformed)
         );
     }

@@ -25,6 +25,8 @@ use rand_core::RngCore;
 
 /// Host A: opens the link to B and receives its nodes' packets over it.
 const HOST_A: HostId = HostId::from_bytes([0xA0; 16]);
+/// The host the relay under test runs as: mesh links are opened to it.
+const HOST_B: HostId = HostId::from_bytes([0xB0; 16]);
 /// A node connected to host B.
 const Y: [u8; 16] = [0xBB; 16];
 /// A node connected to host A.
@@ -212,7 +214,10 @@ impl<P: Presence> Relay<P> {
     /// What the owner of the relay does with a token.
     fn verdict(&mut self, now: Instant, conn: ConnId, token: &[u8]) {
         if is_mesh_token(token) {
-            match self.key.verify(token, self.unix_now, DEFAULT_MAX_SKEW) {
+            match self
+                .key
+                .verify(token, HOST_B, self.unix_now, DEFAULT_MAX_SKEW)
+            {
                 Ok(host) => self.hub.accept_mesh(now, conn, host).unwrap(),
                 Err(_) => self.hub.reject(now, conn).unwrap(),
             }
@@ -288,7 +293,9 @@ impl World {
         let mut b = Relay::new(config.clone(), x_is_remote as fn(&NodeId) -> bool, now);
         b.remote_host = Some(HOST_A);
         let a = Relay::new(config.clone(), nowhere as fn(&NodeId) -> bool, now);
-        let token = MeshKey::new(MESH_KEY).unwrap().token(HOST_A, UNIX_NOW);
+        let token = MeshKey::new(MESH_KEY)
+            .unwrap()
+            .token(HOST_A, HOST_B, UNIX_NOW);
         let (link, link_conn) = open_link(&mut b, config, now, &token);
         let mut world = Self {
             now,
@@ -529,10 +536,16 @@ fn the_upgrade_request_is_what_the_server_expects() {
 fn a_bad_mesh_token_is_refused_with_1008() {
     let config = WsConfig::new();
     for token in [
-        MeshKey::new([7u8; 32]).unwrap().token(HOST_A, UNIX_NOW),
+        MeshKey::new([7u8; 32])
+            .unwrap()
+            .token(HOST_A, HOST_B, UNIX_NOW),
         MeshKey::new(MESH_KEY)
             .unwrap()
-            .token(HOST_A, UNIX_NOW - 3_600),
+            .token(HOST_A, HOST_B, UNIX_NOW - 3_600),
+        // Minted for a link to another host.
+        MeshKey::new(MESH_KEY)
+            .unwrap()
+            .token(HOST_A, HostId::from_bytes([0xC0; 16]), UNIX_NOW),
         "mesh.not-a-token".to_owned(),
     ] {
         let now = epoch();
@@ -708,7 +721,9 @@ fn a_newer_link_of_the_same_host_replaces_the_older() {
     let y = world.b.join(now, Y);
     let x = world.a.join(now, X);
     let old_conn = world.link_conn;
-    let token = MeshKey::new(MESH_KEY).unwrap().token(HOST_A, UNIX_NOW + 10);
+    let token = MeshKey::new(MESH_KEY)
+        .unwrap()
+        .token(HOST_A, HOST_B, UNIX_NOW + 10);
     let (new_link, new_conn) = open_link(&mut world.b, &config, now, &token);
     assert_eq!(world.b.hub.mesh_conn(&HOST_A), Some(new_conn));
     // The old link gets 4000 and answers it.

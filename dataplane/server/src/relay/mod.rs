@@ -763,7 +763,9 @@ impl RelayShell {
         let Some(mesh) = &self.mesh else {
             return;
         };
-        let token = mesh.key.token(mesh.host, crate::clock::unix_now());
+        let token = mesh
+            .key
+            .token(mesh.host, link.host, crate::clock::unix_now());
         let mut nonce = [0u8; 16];
         let mut rng = <conn::MeshRng as rand::SeedableRng>::from_os_rng();
         rand::RngCore::fill_bytes(&mut rng, &mut nonce);
@@ -1454,6 +1456,7 @@ impl RelayShell {
                 .key
                 .verify(
                     &self.token,
+                    mesh.host,
                     crate::clock::unix_now(),
                     boson_shared::mesh::DEFAULT_MAX_SKEW,
                 )
