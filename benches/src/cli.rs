@@ -470,13 +470,13 @@ fn ws(args: WsArgs) -> anyhow::Result<()> {
 
 /// The header of the WebSocket generator's one-line table.
 fn ws_table_header() -> &'static str {
-    "| packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | CPU ns/msg | gen idle | gen ns/msg | write stalls | PEER_GONE | closed |\n\
-     |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | CPU ns/msg | gen idle | gen ns/msg | gen CPU ns/msg | write stalls | PEER_GONE | closed |\n\
+     |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 }
 
 fn ws_table_row(packet: usize, rate: Rate, o: &WsOutcome) -> String {
     format!(
-        "| {packet} B | {rate} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {} | {} | {} | {} |",
+        "| {packet} B | {rate} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {} | {} | {} | {} | {} |",
         o.sent_mps,
         o.delivered_mps,
         o.delivered_mbps,
@@ -488,6 +488,8 @@ fn ws_table_row(packet: usize, rate: Rate, o: &WsOutcome) -> String {
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
         o.generator_idle * 100.0,
         o.generator_ns_per_message
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
+        o.generator_cpu_ns_per_message
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
         o.write_stalls,
         o.peer_gone,

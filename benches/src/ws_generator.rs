@@ -188,6 +188,15 @@ pub struct WsOutcome {
     /// then, in nanoseconds: comparable with `cpu_ns_per_message`; below it, the generator
     /// spends less per message than the relay.
     pub generator_ns_per_message: Option<f64>,
+    /// CPU seconds the generator threads ran while sending (`/proc/thread-self/schedstat`:
+    /// time on a CPU only, so unlike the busy time above it does not grow when other tenants
+    /// keep the generator off its core).
+    #[serde(default)]
+    pub generator_cpu_s: Option<f64>,
+    /// `generator_cpu_s` per message delivered while sending, in nanoseconds: what the
+    /// generator spends per message, against the relay's `cpu_ns_per_message`.
+    #[serde(default)]
+    pub generator_cpu_ns_per_message: Option<f64>,
     /// Seconds spent sending.
     pub elapsed_s: f64,
     /// Seconds of the whole load phase (sending and draining): the CPU window.
@@ -326,6 +335,7 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
     let (mut idle, mut busy_window) = (Duration::ZERO, Duration::ZERO);
     let mut stopped = start;
     let mut in_window = 0;
+    let mut generator_cpu = Some(Duration::ZERO);
     for worker in &workers {
         in_window += worker.received_in_window;
         delivery.merge(&worker.delivery);
@@ -335,6 +345,7 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
         stalls += worker.counts.write_stalls;
         foreign += worker.counts.foreign;
         idle += worker.idle;
+        generator_cpu = generator_cpu.zip(worker.cpu).map(|(sum, cpu)| sum + cpu);
         busy_window += worker.stopped.saturating_duration_since(start);
         stopped = stopped.max(worker.stopped);
     }
@@ -369,6 +380,10 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
         },
         generator_ns_per_message: (in_window > 0)
             .then(|| busy_window.saturating_sub(idle).as_nanos() as f64 / in_window as f64),
+        generator_cpu_s: generator_cpu.map(|cpu| cpu.as_secs_f64()),
+        generator_cpu_ns_per_message: generator_cpu
+            .filter(|_| in_window > 0)
+            .map(|cpu| cpu.as_nanos() as f64 / in_window as f64),
         elapsed_s,
         window_s,
         offered_mps: config.rate.pps(),
@@ -563,6 +578,8 @@ struct Worker {
     delivery: Delivery,
     counts: Counts,
     idle: Duration,
+    /// The thread's CPU time while sending (`None` if `/proc` does not tell).
+    cpu: Option<Duration>,
     stopped: Instant,
     /// Messages received when sending stopped.
     received_in_window: u64,
@@ -577,6 +594,7 @@ impl Worker {
             delivery: Delivery::new(config.pairs),
             counts: Counts::default(),
             idle: Duration::ZERO,
+            cpu: None,
             stopped: clock::now(),
             received_in_window: 0,
         }
@@ -597,6 +615,7 @@ impl Worker {
     /// Sends and receives until `end`.
     fn load(&mut self, end: Instant, live: &Live) {
         let start = self.epoch.at(0);
+        let cpu_start = procfs::thread_cpu_time().ok();
         let mut last_sender_read = start;
         let mut last_live = start;
         let (mut reported_sent, mut reported_received) = (0, 0);
@@ -635,6 +654,9 @@ impl Worker {
             }
         }
         self.stopped = clock::now();
+        self.cpu = cpu_start
+            .zip(procfs::thread_cpu_time().ok())
+            .map(|(start, end)| end.saturating_sub(start));
         self.received_in_window = self.delivery.received();
     }
 

@@ -102,6 +102,9 @@ pub struct WsMedian {
     pub generator_idle: f64,
     /// The generator's busy time per message, ns.
     pub generator_ns_per_message: Option<f64>,
+    /// The generator's CPU time per message, ns.
+    #[serde(default)]
+    pub generator_cpu_ns_per_message: Option<f64>,
     /// PEER_GONE notices.
     pub peer_gone: f64,
     /// Connections the relay closed.
@@ -276,11 +279,11 @@ impl WsReport {
         }
         let _ = writeln!(
             out,
-            "| server | packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | server CPU | CPU ns/msg | gen idle | gen ns/msg | PEER_GONE | closed | rounds |"
+            "| server | packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | server CPU | CPU ns/msg | gen idle | gen ns/msg | gen CPU ns/msg | PEER_GONE | closed | rounds |"
         );
         let _ = writeln!(
             out,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let show = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or_else(|| "-".to_owned(), f);
         for m in &self.medians {
@@ -291,13 +294,13 @@ impl WsReport {
                     m.server.name(),
                     m.packet,
                     m.rate,
-                    " - |".repeat(12)
+                    " - |".repeat(13)
                 );
                 continue;
             }
             let _ = writeln!(
                 out,
-                "| {} | {} B | {} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} | {:.0}% | {} | {:.0} | {:.0} | {} |",
+                "| {} | {} B | {} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} | {:.0}% | {} | {} | {:.0} | {:.0} | {} |",
                 m.server.name(),
                 m.packet,
                 m.rate,
@@ -312,6 +315,7 @@ impl WsReport {
                 show(m.cpu_ns_per_message, &|c| format!("{c:.0}")),
                 m.generator_idle * 100.0,
                 show(m.generator_ns_per_message, &|c| format!("{c:.0}")),
+                show(m.generator_cpu_ns_per_message, &|c| format!("{c:.0}")),
                 m.peer_gone,
                 m.closed,
                 m.rounds,
@@ -426,6 +430,7 @@ pub fn medians(records: &[WsRecord]) -> Vec<WsMedian> {
                 server_core_busy: maybe(&|o| o.server_core_busy),
                 generator_idle: of(&|o| o.generator_idle),
                 generator_ns_per_message: maybe(&|o| o.generator_ns_per_message),
+                generator_cpu_ns_per_message: maybe(&|o| o.generator_cpu_ns_per_message),
                 peer_gone: of(&|o| o.peer_gone as f64),
                 closed: of(&|o| o.closed as f64),
             }
@@ -479,6 +484,8 @@ mod tests {
             write_stalls: 0,
             generator_idle: 0.5,
             generator_ns_per_message: Some(cpu_ns / 2.0),
+            generator_cpu_s: Some(1.0),
+            generator_cpu_ns_per_message: Some(cpu_ns / 4.0),
             elapsed_s: 2.0,
             window_s: 2.5,
             offered_mps: rate.pps(),
