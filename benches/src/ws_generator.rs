@@ -161,10 +161,12 @@ impl WsLoadConfig {
     }
 }
 
-/// What one scenario measured.
+/// What one scenario of a node relay measured, over WebSocket (here) or QUIC
+/// ([`crate::quic_generator`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WsOutcome {
-    /// Messages whose every byte the kernel accepted at the senders.
+    /// Messages whose every byte the kernel accepted at the senders (QUIC: datagrams quinn
+    /// accepted into its send queue).
     pub sent: u64,
     /// RECVs from the right partner that reached the receivers.
     pub received: u64,
@@ -180,7 +182,8 @@ pub struct WsOutcome {
     pub peer_gone: u64,
     /// Connections the relay closed (or that failed) during the load.
     pub closed: u64,
-    /// Writes that would have blocked: the relay was not reading fast enough.
+    /// Writes that would have blocked: the relay was not reading fast enough (QUIC: datagrams
+    /// quinn refused because the congestion window and its send queue were full).
     pub write_stalls: u64,
     /// Share of the generator threads' time spent in turns that moved no byte (0..=1).
     pub generator_idle: f64,
@@ -197,6 +200,14 @@ pub struct WsOutcome {
     /// generator spends per message, against the relay's `cpu_ns_per_message`.
     #[serde(default)]
     pub generator_cpu_ns_per_message: Option<f64>,
+    /// UDP datagrams the kernel dropped at the generator's own sockets because their receive
+    /// buffers were full (QUIC only: over TCP nothing is dropped).
+    #[serde(default)]
+    pub generator_drops: Option<u64>,
+    /// UDP datagrams the kernel dropped at the relay's socket(s) during the load phase
+    /// because the relay did not read them in time (QUIC only).
+    #[serde(default)]
+    pub relay_drops: Option<u64>,
     /// Seconds spent sending.
     pub elapsed_s: f64,
     /// Seconds of the whole load phase (sending and draining): the CPU window.
@@ -384,6 +395,8 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
         generator_cpu_ns_per_message: generator_cpu
             .filter(|_| in_window > 0)
             .map(|cpu| cpu.as_nanos() as f64 / in_window as f64),
+        generator_drops: None,
+        relay_drops: None,
         elapsed_s,
         window_s,
         offered_mps: config.rate.pps(),

@@ -486,6 +486,8 @@ mod tests {
             generator_ns_per_message: Some(cpu_ns / 2.0),
             generator_cpu_s: Some(1.0),
             generator_cpu_ns_per_message: Some(cpu_ns / 4.0),
+            generator_drops: None,
+            relay_drops: None,
             elapsed_s: 2.0,
             window_s: 2.5,
             offered_mps: rate.pps(),
