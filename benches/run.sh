@@ -3,7 +3,9 @@
 # 5 s per scenario, about 15 minutes), the JSON report and the PNG plot next to this script.
 # Extra args go to `run`, e.g. `benches/run.sh --rounds 3 --duration 3s`.
 # With --ws it runs the WebSocket relays instead (bosonserver's against the tokio-tungstenite
-# baseline) and writes results-ws.json and results-ws.png.
+# baseline) and writes results-ws.json and results-ws.png; with --quic the QUIC relays
+# (bosonserver's against the quinn baseline, and against bosonserver's WebSocket relay) and
+# writes results-quic.json and results-quic.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p bosonserver -p boson-bench
@@ -12,6 +14,8 @@ name=results
 for arg in "$@"; do
     if [[ "$arg" == --ws ]]; then
         name=results-ws
+    elif [[ "$arg" == --quic ]]; then
+        name=results-quic
     fi
 done
 status=0

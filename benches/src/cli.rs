@@ -1,8 +1,9 @@
-//! The command line: `turn`, `raw-forwarder`, `ws`, `ws-baseline`, `run` and `plot`.
+//! The command line: `turn`, `raw-forwarder`, `ws`, `ws-baseline`, `quic`, `quic-baseline`,
+//! `run` and `plot`.
 //!
 //! Arguments are parsed once here, checked, and turned into the configs of [`generator`],
-//! [`forwarder`], [`ws_generator`], [`ws_baseline`], [`runner`] and [`plot`]; nothing below
-//! reads the environment.
+//! [`forwarder`], [`ws_generator`], [`ws_baseline`], [`quic_generator`], [`quic_baseline`],
+//! [`runner`], [`ws_runner`] and [`plot`]; nothing below reads the environment.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -14,7 +15,10 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::generator::{self, LoadConfig, Rate, Target};
-use crate::nodes::{self, TokenKeys};
+use crate::nodes::{self, NodeCredential, TokenKeys};
+use crate::quic_baseline::{self, QuicBaselineConfig};
+use crate::quic_client::ClientSetup;
+use crate::quic_generator::{self, QuicLoadConfig};
 use crate::report::ServerKind;
 use crate::runner::{self, RunConfig};
 use crate::ws_baseline::{self, BaselineConfig};
@@ -40,6 +44,21 @@ const WS_LOADS: [Rate; 4] = [
     Rate::Pps(500_000),
 ];
 
+/// `run --quic`'s offered loads unless --loads says otherwise.
+const QUIC_LOADS: [Rate; 4] = [
+    Rate::Max,
+    Rate::Pps(20_000),
+    Rate::Pps(50_000),
+    Rate::Pps(100_000),
+];
+
+/// Packet sizes of `run` and `run --ws` unless --sizes says otherwise.
+const SIZES: [usize; 2] = [100, 1200];
+
+/// Packet sizes of `run --quic` unless --sizes says otherwise: 1200 bytes do not fit a
+/// DATAGRAM frame in a 1200-byte QUIC packet (see `quic_client::MAX_PACKET`), 1100 do.
+const QUIC_SIZES: [usize; 2] = [100, 1100];
+
 /// The JWT secret the WebSocket commands share by default (benchmarks only: every server
 /// they start listens on 127.0.0.1).
 pub const DEFAULT_JWT_SECRET: &str = "boson-bench-jwt-secret-0123456789abcdef";
@@ -63,6 +82,11 @@ enum Command {
     Ws(WsArgs),
     /// The WebSocket relay baseline: a plain tokio-tungstenite relay of the same framing.
     WsBaseline(WsBaselineArgs),
+    /// Load one QUIC relay (bosonserver's or the baseline) with SEND datagrams between pairs
+    /// of nodes and measure it.
+    Quic(QuicArgs),
+    /// The QUIC relay baseline: a plain quinn relay of the same framing.
+    QuicBaseline(QuicBaselineArgs),
     /// Side by side: rounds of bosonserver (uring, epoll), coturn and the raw forwarder.
     Run(RunArgs),
     /// Draw the PNG of a `run --json` report.
@@ -224,6 +248,85 @@ struct WsBaselineArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct QuicArgs {
+    /// The relay's UDP address, on loopback.
+    #[arg(long)]
+    relay: SocketAddr,
+    /// The relay's certificate (PEM), the only one trusted: bosonserver's
+    /// `<data-dir>/relay-cert.pem`, or the baseline's --cert. It must name `localhost`.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Register the nodes with bosonserver's REST API at this address (its --http-listen)
+    /// and use the tokens it issues. Without it, tokens are minted with --jwt-secret.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// HS256 secret to mint node tokens with (the baseline's --jwt-secret).
+    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
+    jwt_secret: String,
+    /// Sender/receiver pairs (2 connections each).
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
+    /// Packet bytes per SEND (RECV carries the same), at most 1145.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Offered load: `max` or messages per second, all pairs together (`20000`, `20k`).
+    #[arg(long, default_value = "max")]
+    rate: Rate,
+    /// How long to send.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// After sending stops, the nodes are polled until nothing arrived for this long (at
+    /// most 10 s more while messages keep arriving).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Datagrams queued per sender turn at most.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Generator threads; pairs are shared among them.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Cores to pin the generator threads to, comma separated (round robin).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// The relay's pid, to measure its CPU time per message.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The core the relay runs on, to measure how busy it was.
+    #[arg(long)]
+    server_core: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Write the outcome as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct QuicBaselineArgs {
+    /// UDP address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// HS256 secret node tokens are verified with (at least 32 bytes).
+    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
+    jwt_secret: String,
+    /// tokio worker threads (match the compared server's --workers).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Certificate chain (PEM); with --key, a self-signed one for `localhost` is written
+    /// to both paths if neither file exists.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Exit after this long.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("relays").args(["ws", "quic"]))]
 struct RunArgs {
     /// Rounds; each visits every server once. Medians are over rounds.
     #[arg(long, default_value_t = 5)]
@@ -234,48 +337,51 @@ struct RunArgs {
     /// Drain after each scenario.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     drain: Duration,
-    /// Payload sizes, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "100,1200")]
-    sizes: Vec<usize>,
-    /// Offered loads, comma separated: `max` and/or packets (with --ws: messages) per
+    /// Payload sizes, comma separated. Default: 100,1200; with --quic 100,1100.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// Offered loads, comma separated: `max` and/or packets (with --ws, --quic: messages) per
     /// second. Default: max,20k,50k,100k; with --ws max,20k,100k,500k (the baseline relays
-    /// a few hundred thousand to two million messages per second on one core).
+    /// a few hundred thousand to two million messages per second on one core); with --quic
+    /// max,20k,50k,100k.
     #[arg(long, value_delimiter = ',')]
     loads: Option<Vec<Rate>>,
     /// TURN servers, comma separated, in the order each round visits them. Default:
     /// boson-uring,boson-epoll,coturn,raw.
-    #[arg(long, value_delimiter = ',', conflicts_with = "ws")]
+    #[arg(long, value_delimiter = ',', conflicts_with = "relays")]
     servers: Option<Vec<ServerKind>>,
     /// The WebSocket relays instead of TURN: bosonserver's relay against the
     /// tokio-tungstenite baseline (--ws-servers), with --pairs, --threads, --workers;
     /// --sizes are packet bytes per message and --loads messages per second.
     #[arg(long)]
     ws: bool,
-    /// WebSocket relays, comma separated, in the order each round visits them.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "boson-ws,ws-baseline",
-        requires = "ws"
-    )]
-    ws_servers: Vec<WsServerKind>,
-    /// WebSocket sender/receiver pairs per scenario.
+    /// The QUIC relays: bosonserver's against the quinn baseline, and bosonserver's QUIC
+    /// against its WebSocket relay, in the same rounds (the --ws-servers default becomes
+    /// boson-quic,quic-baseline,boson-ws); otherwise as --ws.
+    #[arg(long, conflicts_with = "ws")]
+    quic: bool,
+    /// Node relays, comma separated, in the order each round visits them: boson-ws,
+    /// ws-baseline, boson-quic, quic-baseline. Default: boson-ws,ws-baseline; with --quic
+    /// boson-quic,quic-baseline,boson-ws.
+    #[arg(long, value_delimiter = ',', requires = "relays")]
+    ws_servers: Option<Vec<WsServerKind>>,
+    /// Node relay sender/receiver pairs per scenario.
     #[arg(long, default_value_t = 8)]
     pairs: usize,
-    /// WebSocket generator threads (all pinned to --generator-core).
+    /// Node relay generator threads (all pinned to --generator-core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// WebSocket frames per write.
+    /// WebSocket frames per write, QUIC datagrams per sender turn.
     #[arg(long, default_value_t = 64)]
     ws_batch: usize,
-    /// Worker threads of each WebSocket relay (bosonserver --workers, the baseline's tokio
+    /// Worker threads of each node relay (bosonserver --workers, the baselines' tokio
     /// workers).
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// The baseline's per-connection channel, in messages.
     #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
     ws_queue: usize,
-    /// HS256 secret of node tokens, given to both WebSocket relays.
+    /// HS256 secret of node tokens, given to every node relay.
     #[arg(long, default_value = DEFAULT_JWT_SECRET)]
     jwt_secret: String,
     /// Allocations (flows) per scenario.
@@ -313,7 +419,8 @@ struct RunArgs {
     /// CI mode: 1 round of 0.5 s at max rate, 2 allocations, both sizes; fails if any server
     /// relays nothing. Without coturn installed it skips coturn, unless CI is set. With --ws:
     /// 1 round of 1 s at 2k messages/s and at max rate, 2 pairs, both sizes; fails on any
-    /// loss at 2k/s or figures that are not sane (see `WsReport::smoke_failures`).
+    /// loss at 2k/s or figures that are not sane (see `WsReport::smoke_failures`). With
+    /// --quic: the same over boson-quic and quic-baseline.
     #[arg(long)]
     smoke: bool,
 }
@@ -350,6 +457,15 @@ pub fn main() -> anyhow::Result<()> {
             queue: args.queue,
             lifetime: args.lifetime,
             coop: !args.no_coop,
+        }),
+        Command::Quic(args) => quic(args),
+        Command::QuicBaseline(args) => quic_baseline::run(&QuicBaselineConfig {
+            listen: args.listen,
+            secret: args.jwt_secret.into_bytes(),
+            workers: args.workers,
+            cert: args.cert,
+            key: args.key,
+            lifetime: args.lifetime,
         }),
         Command::Run(args) => run(args),
         Command::Plot(args) => plot::plot_file(&args.json, &args.out, &args.font),
@@ -426,15 +542,23 @@ fn turn(args: TurnArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ws(args: WsArgs) -> anyhow::Result<()> {
-    let count = 2 * args.pairs;
-    let nodes = match args.api {
-        Some(api) => nodes::register(api, count)?,
+/// `count` nodes registered through the REST API at `api`, or minted with `secret`.
+fn prepare_nodes(
+    api: Option<SocketAddr>,
+    secret: &str,
+    count: usize,
+) -> anyhow::Result<Vec<NodeCredential>> {
+    match api {
+        Some(api) => nodes::register(api, count),
         None => {
             let now = i64::try_from(clock::unix_now()).unwrap_or(i64::MAX);
-            TokenKeys::new(args.jwt_secret.as_bytes())?.mint_nodes(count, now)?
+            TokenKeys::new(secret.as_bytes())?.mint_nodes(count, now)
         }
-    };
+    }
+}
+
+fn ws(args: WsArgs) -> anyhow::Result<()> {
+    let nodes = prepare_nodes(args.api, &args.jwt_secret, 2 * args.pairs)?;
     let config = WsLoadConfig {
         relay: args.relay,
         path: args.path,
@@ -468,15 +592,59 @@ fn ws(args: WsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The header of the WebSocket generator's one-line table.
+fn quic(args: QuicArgs) -> anyhow::Result<()> {
+    quic_generator::validate_settings(
+        args.relay,
+        args.pairs,
+        args.size,
+        args.rate,
+        args.duration,
+        args.drain,
+        args.batch,
+        args.threads,
+    )?;
+    let setup = ClientSetup::from_file(&args.cert)?;
+    let nodes = prepare_nodes(args.api, &args.jwt_secret, 2 * args.pairs)?;
+    let config = QuicLoadConfig {
+        relay: args.relay,
+        setup,
+        nodes,
+        pairs: args.pairs,
+        packet: args.size,
+        rate: args.rate,
+        duration: args.duration,
+        drain: args.drain,
+        batch: args.batch,
+        threads: args.threads,
+        cores: args.cores,
+        server_pid: args.server_pid,
+        server_core: args.server_core,
+    };
+    let progress = bar(args.quiet);
+    let outcome = quic_generator::run(&config, &progress)?;
+    progress.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", ws_table_header())?;
+    writeln!(
+        out,
+        "{}",
+        ws_table_row(config.packet, config.rate, &outcome)
+    )?;
+    if let Some(path) = args.json {
+        write_json(&path, &outcome)?;
+    }
+    Ok(())
+}
+
+/// The header of the WebSocket and QUIC generators' one-line table.
 fn ws_table_header() -> &'static str {
-    "| packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | CPU ns/msg | gen idle | gen ns/msg | write stalls | PEER_GONE | closed |\n\
-     |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | CPU ns/msg | gen idle | gen ns/msg | gen CPU ns/msg | gen drops | relay drops | write stalls | PEER_GONE | closed |\n\
+     |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 }
 
 fn ws_table_row(packet: usize, rate: Rate, o: &WsOutcome) -> String {
     format!(
-        "| {packet} B | {rate} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {} | {} | {} | {} |",
+        "| {packet} B | {rate} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} |",
         o.sent_mps,
         o.delivered_mps,
         o.delivered_mbps,
@@ -489,6 +657,12 @@ fn ws_table_row(packet: usize, rate: Rate, o: &WsOutcome) -> String {
         o.generator_idle * 100.0,
         o.generator_ns_per_message
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
+        o.generator_cpu_ns_per_message
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}")),
+        o.generator_drops
+            .map_or_else(|| "-".to_owned(), |d| d.to_string()),
+        o.relay_drops
+            .map_or_else(|| "-".to_owned(), |d| d.to_string()),
         o.write_stalls,
         o.peer_gone,
         o.closed,
@@ -509,7 +683,7 @@ fn bar(quiet: bool) -> ProgressBar {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.ws {
+    if args.ws || args.quic {
         return run_ws(args);
     }
     let mut args = args;
@@ -525,10 +699,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "--rounds must be 1..=100"
     );
     let loads = args.loads.unwrap_or_else(|| TURN_LOADS.to_vec());
-    ensure!(
-        !args.sizes.is_empty() && !loads.is_empty(),
-        "no sizes or loads"
-    );
+    let sizes = args.sizes.unwrap_or_else(|| SIZES.to_vec());
+    ensure!(!sizes.is_empty() && !loads.is_empty(), "no sizes or loads");
     let mut servers = args.servers.unwrap_or_else(|| ServerKind::ALL.to_vec());
     ensure!(!servers.is_empty(), "no servers");
     ensure!(
@@ -553,7 +725,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         rounds: args.rounds,
         duration: args.duration,
         drain: args.drain,
-        payloads: args.sizes,
+        payloads: sizes,
         rates: loads,
         flows: args.allocations,
         batch: args.batch,
@@ -580,9 +752,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `run --ws`: the WebSocket relays side by side.
+/// `run --ws` and `run --quic`: the node relays side by side.
 fn run_ws(args: RunArgs) -> anyhow::Result<()> {
     let mut args = args;
+    let servers = args.ws_servers.take().unwrap_or_else(|| {
+        if args.quic {
+            vec![
+                WsServerKind::BosonQuic,
+                WsServerKind::QuicBaseline,
+                WsServerKind::BosonWs,
+            ]
+        } else {
+            vec![WsServerKind::BosonWs, WsServerKind::WsBaseline]
+        }
+    });
     if args.smoke {
         args.rounds = 1;
         args.duration = Duration::from_secs(1);
@@ -595,12 +778,22 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         args.rounds >= 1 && args.rounds <= 100,
         "--rounds must be 1..=100"
     );
-    let loads = args.loads.unwrap_or_else(|| WS_LOADS.to_vec());
-    ensure!(
-        !args.sizes.is_empty() && !loads.is_empty(),
-        "no sizes or loads"
-    );
-    ensure!(!args.ws_servers.is_empty(), "no relays");
+    let loads = args.loads.unwrap_or_else(|| {
+        if args.quic {
+            QUIC_LOADS.to_vec()
+        } else {
+            WS_LOADS.to_vec()
+        }
+    });
+    let sizes = args.sizes.unwrap_or_else(|| {
+        if args.quic {
+            QUIC_SIZES.to_vec()
+        } else {
+            SIZES.to_vec()
+        }
+    });
+    ensure!(!sizes.is_empty() && !loads.is_empty(), "no sizes or loads");
+    ensure!(!servers.is_empty(), "no relays");
     ensure!(
         args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
         "--duration must be above 0 and at most 10 min"
@@ -609,11 +802,11 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
     let bench = std::env::current_exe().context("locating this binary")?;
     let bosonserver = bosonserver_path(args.bosonserver, &bench)?;
     let config = WsRunConfig {
-        servers: args.ws_servers,
+        servers,
         rounds: args.rounds,
         duration: args.duration,
         drain: args.drain,
-        packets: args.sizes,
+        packets: sizes,
         rates: loads,
         pairs: args.pairs,
         threads: args.threads,
@@ -630,24 +823,39 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     // Checks pairs, sizes, threads and batch once, before any relay starts.
+    let localhost = SocketAddr::from(([127, 0, 0, 1], 1));
     for &packet in &config.packets {
-        WsLoadConfig {
-            relay: SocketAddr::from(([127, 0, 0, 1], 1)),
-            path: ws_baseline::PATH.to_owned(),
-            auth: Auth::Header,
-            nodes: Vec::new(),
-            pairs: config.pairs,
-            packet,
-            rate: Rate::Max,
-            duration: config.duration,
-            drain: config.drain,
-            batch: config.batch,
-            threads: config.threads,
-            cores: Vec::new(),
-            server_pid: None,
-            server_core: None,
+        if config.servers.iter().any(|s| !s.is_quic()) {
+            WsLoadConfig {
+                relay: localhost,
+                path: ws_baseline::PATH.to_owned(),
+                auth: Auth::Header,
+                nodes: Vec::new(),
+                pairs: config.pairs,
+                packet,
+                rate: Rate::Max,
+                duration: config.duration,
+                drain: config.drain,
+                batch: config.batch,
+                threads: config.threads,
+                cores: Vec::new(),
+                server_pid: None,
+                server_core: None,
+            }
+            .validate_settings()?;
         }
-        .validate_settings()?;
+        if config.servers.iter().any(|s| s.is_quic()) {
+            quic_generator::validate_settings(
+                localhost,
+                config.pairs,
+                packet,
+                Rate::Max,
+                config.duration,
+                config.drain,
+                config.batch,
+                config.threads,
+            )?;
+        }
     }
     let report = ws_runner::run(&config)?;
     if let Some(path) = &args.json {
@@ -661,7 +869,8 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         report.silent()
     };
     if !failures.is_empty() {
-        bail!("the WebSocket run failed:\n  {}", failures.join("\n  "));
+        let what = if args.quic { "QUIC" } else { "WebSocket" };
+        bail!("the {what} run failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
 }

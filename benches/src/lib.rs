@@ -1,6 +1,7 @@
 //! End-to-end benchmarks of the BosonServer relays, side by side with references on one
 //! machine over loopback: TURN against coturn and a raw UDP forwarder, the WebSocket relay
-//! against a plain tokio-tungstenite relay.
+//! against a plain tokio-tungstenite relay, the QUIC relay against a plain quinn relay (and
+//! against the WebSocket relay).
 //!
 //! # Contract
 //!
@@ -15,17 +16,21 @@
 //! * [`ws_generator`]: the WebSocket load generator (pairs of nodes, SEND → RECV), over
 //!   [`ws_client`], its own minimal client codec and handshake.
 //! * [`ws_baseline`]: the tokio-tungstenite relay our WebSocket relay is compared against.
+//! * [`quic_generator`]: the QUIC load generator (the same pairs over DATAGRAM frames), over
+//!   [`quic_client`], quinn-proto driven without a runtime.
+//! * [`quic_baseline`]: the quinn relay our QUIC relay is compared against.
 //! * [`nodes`]: node tokens, minted and verified as the control plane does, or registered
 //!   through its REST API.
 //! * [`runner`]: the side-by-side runner (rounds of uring, epoll, coturn, raw), and
-//!   [`ws_runner`] for the WebSocket relays (rounds of bosonserver's relay and the baseline);
+//!   [`ws_runner`] for the node relays (rounds of bosonserver's relay over WebSocket and QUIC
+//!   and the baselines);
 //!   their results are in [`report`] and [`ws_report`].
 //! * [`process`]: the guard of every server process a runner starts.
 //! * [`plot`]: the PNG of a runner's JSON results.
 //! * Pure parts, unit tested: [`payload`] (sequence number and timestamp in each packet),
 //!   [`accounting`] (loss, reordering, percentiles), [`maths`] (medians and ratios),
 //!   [`procfs`] (CPU time and socket drops from `/proc`), [`turn_client`]'s message codec,
-//!   [`ws_client`]'s frame codec.
+//!   [`ws_client`]'s frame codec, [`quic_client`]'s datagrams and control messages.
 //! * `unsafe` is confined to system calls: [`mmsg`] (batched `sendmmsg`/`recvmmsg`),
 //!   [`process`] (`prctl`, `kill`) and [`procfs`] (`sysconf`).
 
@@ -41,6 +46,9 @@ pub mod payload;
 pub mod plot;
 pub mod process;
 pub mod procfs;
+pub mod quic_baseline;
+pub mod quic_client;
+pub mod quic_generator;
 pub mod report;
 pub mod runner;
 pub mod turn_client;

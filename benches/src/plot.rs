@@ -1,7 +1,7 @@
 //! The PNGs of the runners' reports, per payload size: delivered throughput at max rate (one
 //! bar per server) and the p99 latency at each fixed offered load (one line per server).
-//! A TURN report ([`Report`]) plots packets per second; a WebSocket report ([`WsReport`],
-//! the JSON has `pairs`) plots messages per second with MB/s on the bars.
+//! A TURN report ([`Report`]) plots packets per second; a node relay report ([`WsReport`],
+//! WebSocket and QUIC, the JSON has `pairs`) plots messages per second with MB/s on the bars.
 //!
 //! Text is drawn with a TrueType font read at run time (DejaVu Sans by default, Debian's
 //! `fonts-dejavu-core`), so the build links no font library.
@@ -38,6 +38,8 @@ fn ws_color(server: WsServerKind) -> RGBColor {
     match server {
         WsServerKind::BosonWs => RGBColor(0x1f, 0x77, 0xb4),
         WsServerKind::WsBaseline => RGBColor(0xff, 0x7f, 0x0e),
+        WsServerKind::BosonQuic => RGBColor(0x2c, 0xa0, 0x2c),
+        WsServerKind::QuicBaseline => RGBColor(0x94, 0x67, 0xbd),
     }
 }
 
@@ -143,8 +145,13 @@ pub fn draw_ws(report: &WsReport, png: &Path) -> anyhow::Result<()> {
     ensure!(!packets.is_empty(), "the report has no results to plot");
     let root = BitMapBackend::new(png, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let transports = if report.medians.iter().any(|m| m.server.is_quic()) {
+        "Node relays over QUIC and WebSocket"
+    } else {
+        "WebSocket relay"
+    };
     let title = format!(
-        "WebSocket relay, {} worker(s) on one core: {} ({} CPUs), {} s/round, {} pairs",
+        "{transports}, {} worker(s) on one core: {} ({} CPUs), {} s/round, {} pairs",
         report.workers,
         report.machine.cpu_model,
         report.machine.nproc,

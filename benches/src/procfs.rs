@@ -1,5 +1,6 @@
 //! What `/proc` tells about the server under test: its CPU time (`/proc/PID/stat`) and the
-//! datagrams the kernel dropped on a UDP socket's full receive queue (`/proc/net/udp`).
+//! datagrams the kernel dropped on a UDP socket's full receive queue (`/proc/net/udp`); and
+//! about the generator: the CPU time of its own threads (`/proc/thread-self/schedstat`).
 
 use std::io;
 use std::time::Duration;
@@ -109,6 +110,21 @@ pub fn udp_drops(port: u16) -> io::Result<u64> {
     Ok(parse_udp_drops(&table, port))
 }
 
+/// The CPU time the calling thread has run, to the nanosecond: the first field of
+/// `/proc/thread-self/schedstat` (`sched_info`), which counts only time on a CPU, so a
+/// generator thread that other tenants keep off its core is not charged for the wait.
+pub fn thread_cpu_time() -> io::Result<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    parse_schedstat(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a malformed schedstat"))
+}
+
+/// The run time in a `schedstat` line (`run_ns wait_ns timeslices`).
+pub fn parse_schedstat(text: &str) -> Option<Duration> {
+    let run = text.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(run))
+}
+
 /// Sums the `drops` column (the last) of the rows of a `/proc/net/udp` table whose local
 /// address (`HEXIP:HEXPORT`, the second column) has port `port`.
 pub fn parse_udp_drops(table: &str, port: u16) -> u64 {
@@ -130,6 +146,22 @@ pub fn parse_udp_drops(table: &str, port: u16) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_cpu_time_from_schedstat() {
+        assert_eq!(
+            parse_schedstat("337228 1200 7\n"),
+            Some(Duration::from_nanos(337_228))
+        );
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("x 0 1"), None);
+        let before = thread_cpu_time().unwrap();
+        let mut spin = 0u64;
+        for i in 0..1_000_000u64 {
+            spin = std::hint::black_box(spin.wrapping_add(i));
+        }
+        assert!(thread_cpu_time().unwrap() > before, "{spin}");
+    }
 
     #[test]
     fn cpu_ticks_from_stat() {

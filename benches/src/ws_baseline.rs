@@ -411,7 +411,7 @@ fn forward(relay: &Relay, src: &NodeId, dest: &NodeId, packet: &[u8], counts: &m
 }
 
 /// Whether a PEER_GONE for `dest` may go out now (and notes that it does).
-fn peer_gone_due(sent: &mut HashMap<NodeId, Instant>, dest: NodeId) -> bool {
+pub(crate) fn peer_gone_due(sent: &mut HashMap<NodeId, Instant>, dest: NodeId) -> bool {
     let now = clock::now();
     if sent
         .get(&dest)
@@ -441,7 +441,7 @@ fn close(code: CloseCode, reason: &'static str) -> CloseFrame {
     }
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     i64::try_from(clock::unix_now()).unwrap_or(i64::MAX)
 }
 

@@ -161,10 +161,12 @@ impl WsLoadConfig {
     }
 }
 
-/// What one scenario measured.
+/// What one scenario of a node relay measured, over WebSocket (here) or QUIC
+/// ([`crate::quic_generator`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WsOutcome {
-    /// Messages whose every byte the kernel accepted at the senders.
+    /// Messages whose every byte the kernel accepted at the senders (QUIC: datagrams quinn
+    /// accepted into its send queue).
     pub sent: u64,
     /// RECVs from the right partner that reached the receivers.
     pub received: u64,
@@ -180,7 +182,8 @@ pub struct WsOutcome {
     pub peer_gone: u64,
     /// Connections the relay closed (or that failed) during the load.
     pub closed: u64,
-    /// Writes that would have blocked: the relay was not reading fast enough.
+    /// Writes that would have blocked: the relay was not reading fast enough (QUIC: datagrams
+    /// quinn refused because the congestion window and its send queue were full).
     pub write_stalls: u64,
     /// Share of the generator threads' time spent in turns that moved no byte (0..=1).
     pub generator_idle: f64,
@@ -188,6 +191,23 @@ pub struct WsOutcome {
     /// then, in nanoseconds: comparable with `cpu_ns_per_message`; below it, the generator
     /// spends less per message than the relay.
     pub generator_ns_per_message: Option<f64>,
+    /// CPU seconds the generator threads ran while sending (`/proc/thread-self/schedstat`:
+    /// time on a CPU only, so unlike the busy time above it does not grow when other tenants
+    /// keep the generator off its core).
+    #[serde(default)]
+    pub generator_cpu_s: Option<f64>,
+    /// `generator_cpu_s` per message delivered while sending, in nanoseconds: what the
+    /// generator spends per message, against the relay's `cpu_ns_per_message`.
+    #[serde(default)]
+    pub generator_cpu_ns_per_message: Option<f64>,
+    /// UDP datagrams the kernel dropped at the generator's own sockets because their receive
+    /// buffers were full (QUIC only: over TCP nothing is dropped).
+    #[serde(default)]
+    pub generator_drops: Option<u64>,
+    /// UDP datagrams the kernel dropped at the relay's socket(s) during the load phase
+    /// because the relay did not read them in time (QUIC only).
+    #[serde(default)]
+    pub relay_drops: Option<u64>,
     /// Seconds spent sending.
     pub elapsed_s: f64,
     /// Seconds of the whole load phase (sending and draining): the CPU window.
@@ -326,6 +346,7 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
     let (mut idle, mut busy_window) = (Duration::ZERO, Duration::ZERO);
     let mut stopped = start;
     let mut in_window = 0;
+    let mut generator_cpu = Some(Duration::ZERO);
     for worker in &workers {
         in_window += worker.received_in_window;
         delivery.merge(&worker.delivery);
@@ -335,6 +356,7 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
         stalls += worker.counts.write_stalls;
         foreign += worker.counts.foreign;
         idle += worker.idle;
+        generator_cpu = generator_cpu.zip(worker.cpu).map(|(sum, cpu)| sum + cpu);
         busy_window += worker.stopped.saturating_duration_since(start);
         stopped = stopped.max(worker.stopped);
     }
@@ -369,6 +391,12 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
         },
         generator_ns_per_message: (in_window > 0)
             .then(|| busy_window.saturating_sub(idle).as_nanos() as f64 / in_window as f64),
+        generator_cpu_s: generator_cpu.map(|cpu| cpu.as_secs_f64()),
+        generator_cpu_ns_per_message: generator_cpu
+            .filter(|_| in_window > 0)
+            .map(|cpu| cpu.as_nanos() as f64 / in_window as f64),
+        generator_drops: None,
+        relay_drops: None,
         elapsed_s,
         window_s,
         offered_mps: config.rate.pps(),
@@ -563,6 +591,8 @@ struct Worker {
     delivery: Delivery,
     counts: Counts,
     idle: Duration,
+    /// The thread's CPU time while sending (`None` if `/proc` does not tell).
+    cpu: Option<Duration>,
     stopped: Instant,
     /// Messages received when sending stopped.
     received_in_window: u64,
@@ -577,6 +607,7 @@ impl Worker {
             delivery: Delivery::new(config.pairs),
             counts: Counts::default(),
             idle: Duration::ZERO,
+            cpu: None,
             stopped: clock::now(),
             received_in_window: 0,
         }
@@ -597,6 +628,7 @@ impl Worker {
     /// Sends and receives until `end`.
     fn load(&mut self, end: Instant, live: &Live) {
         let start = self.epoch.at(0);
+        let cpu_start = procfs::thread_cpu_time().ok();
         let mut last_sender_read = start;
         let mut last_live = start;
         let (mut reported_sent, mut reported_received) = (0, 0);
@@ -635,6 +667,9 @@ impl Worker {
             }
         }
         self.stopped = clock::now();
+        self.cpu = cpu_start
+            .zip(procfs::thread_cpu_time().ok())
+            .map(|(start, end)| end.saturating_sub(start));
         self.received_in_window = self.delivery.received();
     }
 

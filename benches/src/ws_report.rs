@@ -12,7 +12,7 @@ use crate::maths::{median, ratio};
 use crate::report::Machine;
 use crate::ws_generator::WsOutcome;
 
-/// A WebSocket relay under test.
+/// A node relay under test: over WebSocket or over QUIC.
 #[derive(
     Debug,
     Clone,
@@ -28,22 +28,46 @@ use crate::ws_generator::WsOutcome;
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum WsServerKind {
-    /// `bosonserver run --relay-listen`: our relay.
+    /// `bosonserver run --relay-listen`: our relay, over WebSocket.
     BosonWs,
     /// `boson-bench ws-baseline`: the tokio-tungstenite relay.
     WsBaseline,
+    /// `bosonserver run --relay-listen`: our relay, over QUIC (UDP, the same port number).
+    BosonQuic,
+    /// `boson-bench quic-baseline`: the quinn relay.
+    QuicBaseline,
 }
 
 impl WsServerKind {
     /// Every relay, in the order rounds visit them.
-    pub const ALL: [Self; 2] = [Self::BosonWs, Self::WsBaseline];
+    pub const ALL: [Self; 4] = [
+        Self::BosonWs,
+        Self::WsBaseline,
+        Self::BosonQuic,
+        Self::QuicBaseline,
+    ];
+
+    /// The comparisons a report makes when both sides have results: each of ours against
+    /// its baseline, and our QUIC relay against our WebSocket relay.
+    pub const COMPARISONS: [(Self, Self); 3] = [
+        (Self::BosonWs, Self::WsBaseline),
+        (Self::BosonQuic, Self::QuicBaseline),
+        (Self::BosonQuic, Self::BosonWs),
+    ];
 
     /// Short name for tables and the plot.
     pub const fn name(self) -> &'static str {
         match self {
             Self::BosonWs => "boson-ws",
             Self::WsBaseline => "ws-baseline",
+            Self::BosonQuic => "boson-quic",
+            Self::QuicBaseline => "quic-baseline",
         }
+    }
+
+    /// Whether the relay is driven over QUIC.
+    pub const fn is_quic(self) -> bool {
+        matches!(self, Self::BosonQuic | Self::QuicBaseline)
     }
 }
 
@@ -102,25 +126,49 @@ pub struct WsMedian {
     pub generator_idle: f64,
     /// The generator's busy time per message, ns.
     pub generator_ns_per_message: Option<f64>,
+    /// The generator's CPU time per message, ns.
+    #[serde(default)]
+    pub generator_cpu_ns_per_message: Option<f64>,
+    /// UDP datagrams dropped at the generator's sockets (QUIC only).
+    #[serde(default)]
+    pub generator_drops: Option<f64>,
+    /// UDP datagrams dropped at the relay's socket (QUIC only).
+    #[serde(default)]
+    pub relay_drops: Option<f64>,
     /// PEER_GONE notices.
     pub peer_gone: f64,
     /// Connections the relay closed.
     pub closed: f64,
 }
 
-/// Our relay against the baseline, for one (packet, load).
+/// One relay against another (one of [`WsServerKind::COMPARISONS`]), for one (packet, load).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WsRatio {
+    /// The numerator: ours. (Reports written before QUIC have neither field: they compared
+    /// boson-ws with ws-baseline only.)
+    #[serde(default = "boson_ws")]
+    pub ours: WsServerKind,
+    /// The denominator.
+    #[serde(default = "ws_baseline")]
+    pub vs: WsServerKind,
     /// Packet bytes.
     pub packet: usize,
     /// Offered load.
     pub rate: Rate,
-    /// Delivered messages/s (and so MB/s), ours / baseline: above 1, ours relays more.
+    /// Delivered messages/s (and so MB/s), ours / vs: above 1, ours relays more.
     pub delivered: Option<f64>,
-    /// CPU per message, ours / baseline: below 1, ours is cheaper.
+    /// CPU per message, ours / vs: below 1, ours is cheaper.
     pub cpu_per_message: Option<f64>,
-    /// p99 latency, ours / baseline: below 1, ours is faster.
+    /// p99 latency, ours / vs: below 1, ours is faster.
     pub p99: Option<f64>,
+}
+
+const fn boson_ws() -> WsServerKind {
+    WsServerKind::BosonWs
+}
+
+const fn ws_baseline() -> WsServerKind {
+    WsServerKind::WsBaseline
 }
 
 /// Everything one `boson-bench run --ws` produced.
@@ -142,7 +190,7 @@ pub struct WsReport {
     pub records: Vec<WsRecord>,
     /// Medians per (server, packet, load).
     pub medians: Vec<WsMedian>,
-    /// Ours against the baseline.
+    /// Ours against the baselines, and QUIC against WebSocket.
     pub ratios: Vec<WsRatio>,
 }
 
@@ -276,11 +324,11 @@ impl WsReport {
         }
         let _ = writeln!(
             out,
-            "| server | packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | server CPU | CPU ns/msg | gen idle | gen ns/msg | PEER_GONE | closed | rounds |"
+            "| server | packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | server CPU | CPU ns/msg | gen idle | gen ns/msg | gen CPU ns/msg | gen drops | relay drops | PEER_GONE | closed | rounds |"
         );
         let _ = writeln!(
             out,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let show = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or_else(|| "-".to_owned(), f);
         for m in &self.medians {
@@ -291,13 +339,13 @@ impl WsReport {
                     m.server.name(),
                     m.packet,
                     m.rate,
-                    " - |".repeat(12)
+                    " - |".repeat(15)
                 );
                 continue;
             }
             let _ = writeln!(
                 out,
-                "| {} | {} B | {} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} | {:.0}% | {} | {:.0} | {:.0} | {} |",
+                "| {} | {} B | {} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {} | {:.0}% | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
                 m.server.name(),
                 m.packet,
                 m.rate,
@@ -312,6 +360,9 @@ impl WsReport {
                 show(m.cpu_ns_per_message, &|c| format!("{c:.0}")),
                 m.generator_idle * 100.0,
                 show(m.generator_ns_per_message, &|c| format!("{c:.0}")),
+                show(m.generator_cpu_ns_per_message, &|c| format!("{c:.0}")),
+                show(m.generator_drops, &|d| format!("{d:.0}")),
+                show(m.relay_drops, &|d| format!("{d:.0}")),
                 m.peer_gone,
                 m.closed,
                 m.rounds,
@@ -323,15 +374,17 @@ impl WsReport {
         } else {
             let _ = writeln!(
                 out,
-                "| packet | offered | delivered msg/s and MB/s, ours / baseline | CPU/msg ratio | p99 ratio |"
+                "| ours | vs | packet | offered | delivered msg/s and MB/s, ours / vs | CPU/msg ratio | p99 ratio |"
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
         }
         for r in &self.ratios {
             let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
             let _ = writeln!(
                 out,
-                "| {} B | {} | {} | {} | {} |",
+                "| {} | {} | {} B | {} | {} | {} | {} |",
+                r.ours.name(),
+                r.vs.name(),
                 r.packet,
                 r.rate,
                 show(r.delivered),
@@ -426,6 +479,9 @@ pub fn medians(records: &[WsRecord]) -> Vec<WsMedian> {
                 server_core_busy: maybe(&|o| o.server_core_busy),
                 generator_idle: of(&|o| o.generator_idle),
                 generator_ns_per_message: maybe(&|o| o.generator_ns_per_message),
+                generator_cpu_ns_per_message: maybe(&|o| o.generator_cpu_ns_per_message),
+                generator_drops: maybe(&|o| o.generator_drops.map(|d| d as f64)),
+                relay_drops: maybe(&|o| o.relay_drops.map(|d| d as f64)),
                 peer_gone: of(&|o| o.peer_gone as f64),
                 closed: of(&|o| o.closed as f64),
             }
@@ -433,7 +489,8 @@ pub fn medians(records: &[WsRecord]) -> Vec<WsMedian> {
         .collect()
 }
 
-/// boson-ws against ws-baseline, for every (packet, load) both have results for.
+/// Every comparison of [`WsServerKind::COMPARISONS`], for every (packet, load) both sides
+/// have results for, in that order.
 pub fn ratios(medians: &[WsMedian]) -> Vec<WsRatio> {
     let find = |server: WsServerKind, packet: usize, rate: Rate| {
         medians
@@ -444,17 +501,24 @@ pub fn ratios(medians: &[WsMedian]) -> Vec<WsRatio> {
     let mut cases: Vec<(usize, Rate)> = medians.iter().map(|m| (m.packet, m.rate)).collect();
     cases.sort();
     cases.dedup();
-    cases
+    WsServerKind::COMPARISONS
         .into_iter()
-        .filter_map(|(packet, rate)| {
-            let ours = find(WsServerKind::BosonWs, packet, rate)?;
-            let base = find(WsServerKind::WsBaseline, packet, rate)?;
+        .flat_map(|(ours, vs)| {
+            cases
+                .iter()
+                .map(move |&(packet, rate)| (ours, vs, packet, rate))
+        })
+        .filter_map(|(ours, vs, packet, rate)| {
+            let a = find(ours, packet, rate)?;
+            let b = find(vs, packet, rate)?;
             Some(WsRatio {
+                ours,
+                vs,
                 packet,
                 rate,
-                delivered: ratio(Some(ours.delivered_mps), Some(base.delivered_mps)),
-                cpu_per_message: ratio(ours.cpu_ns_per_message, base.cpu_ns_per_message),
-                p99: ratio(Some(ours.p99_us), Some(base.p99_us)),
+                delivered: ratio(Some(a.delivered_mps), Some(b.delivered_mps)),
+                cpu_per_message: ratio(a.cpu_ns_per_message, b.cpu_ns_per_message),
+                p99: ratio(Some(a.p99_us), Some(b.p99_us)),
             })
         })
         .collect()
@@ -479,6 +543,10 @@ mod tests {
             write_stalls: 0,
             generator_idle: 0.5,
             generator_ns_per_message: Some(cpu_ns / 2.0),
+            generator_cpu_s: Some(1.0),
+            generator_cpu_ns_per_message: Some(cpu_ns / 4.0),
+            generator_drops: None,
+            relay_drops: None,
             elapsed_s: 2.0,
             window_s: 2.5,
             offered_mps: rate.pps(),
@@ -565,7 +633,7 @@ mod tests {
         let tables = report.tables();
         assert!(tables.contains("| boson-ws | 100 B | max |"), "{tables}");
         assert!(
-            tables.contains("| 100 B | max | 3.30 | 0.25 | 0.25 |"),
+            tables.contains("| boson-ws | ws-baseline | 100 B | max | 3.30 | 0.25 | 0.25 |"),
             "{tables}"
         );
         assert!(
@@ -578,6 +646,76 @@ mod tests {
         );
         let json = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<WsReport>(&json).unwrap(), report);
+    }
+
+    #[test]
+    fn quic_is_compared_with_its_baseline_and_with_websocket() {
+        let mut records = Vec::new();
+        for (server, mps, cpu) in [
+            (WsServerKind::BosonQuic, 200e3, 2000.0),
+            (WsServerKind::QuicBaseline, 100e3, 4000.0),
+            (WsServerKind::BosonWs, 400e3, 500.0),
+        ] {
+            records.push(record(1, server, Rate::Max, mps, cpu));
+        }
+        let mut quic = record(1, WsServerKind::BosonQuic, Rate::Pps(20_000), 20e3, 3000.0);
+        if let Some(o) = quic.outcome.as_mut() {
+            o.generator_drops = Some(7);
+            o.relay_drops = Some(9);
+        }
+        records.push(quic);
+        let report = WsReport::new(info(), 1.0, records);
+        let pairs: Vec<_> = report
+            .ratios
+            .iter()
+            .map(|r| (r.ours, r.vs, r.rate, r.delivered, r.cpu_per_message))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (
+                    WsServerKind::BosonQuic,
+                    WsServerKind::QuicBaseline,
+                    Rate::Max,
+                    Some(2.0),
+                    Some(0.5)
+                ),
+                (
+                    WsServerKind::BosonQuic,
+                    WsServerKind::BosonWs,
+                    Rate::Max,
+                    Some(0.5),
+                    Some(4.0)
+                ),
+            ],
+            "no WebSocket baseline, and no partner for the fixed rate"
+        );
+        let tables = report.tables();
+        assert!(
+            tables.contains("| boson-quic | quic-baseline | 100 B | max | 2.00 | 0.50 |"),
+            "{tables}"
+        );
+        assert!(
+            tables.contains("| 50% | 1500 | 750 | 7 | 9 | 0 | 0 | 1 |"),
+            "the drops at both ends: {tables}"
+        );
+        assert!(
+            tables.contains("| 50% | 250 | 125 | - | - | 0 | 0 | 1 |"),
+            "none measured over WebSocket: {tables}"
+        );
+    }
+
+    #[test]
+    fn reports_written_before_quic_still_read() {
+        let report: WsReport = serde_json::from_str(include_str!("../results-ws.json")).unwrap();
+        assert!(!report.ratios.is_empty());
+        assert!(
+            report
+                .ratios
+                .iter()
+                .all(|r| (r.ours, r.vs) == (WsServerKind::BosonWs, WsServerKind::WsBaseline))
+        );
+        assert!(report.medians.iter().all(|m| m.generator_drops.is_none()));
     }
 
     #[test]

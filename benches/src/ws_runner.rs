@@ -1,17 +1,21 @@
-//! The WebSocket side-by-side runner: rounds of A B A B … over bosonserver's WebSocket relay
-//! and the tokio-tungstenite baseline, on one machine, in one invocation.
+//! The node relays' side-by-side runner: rounds of A B A B … over bosonserver's relay (over
+//! WebSocket, over QUIC, or both) and the baselines (tokio-tungstenite, quinn), on one
+//! machine, in one invocation.
 //!
 //! Each round starts each relay in turn, on 127.0.0.1 only and pinned to the server core
 //! (`taskset -c`), prepares `2 × pairs + 1` nodes with tokens, checks with the extra node
-//! that the relay answers an upgrade with READY, runs every (packet, load) scenario with the
-//! generator's threads pinned to the generator core, and stops the relay. The relay's CPU
-//! time per delivered message comes from `/proc/PID/stat` around each load phase. Medians
-//! over the rounds and the ratios are in the [`WsReport`].
+//! that the relay answers with READY (an upgrade, or a QUIC connection and AUTH), runs every
+//! (packet, load) scenario with the generator's threads pinned to the generator core
+//! ([`ws_generator`] or [`quic_generator`]), and stops the relay. The relay's CPU time per
+//! delivered message comes from `/proc/PID/stat` around each load phase. Medians over the
+//! rounds and the ratios are in the [`WsReport`].
 //!
 //! | relay | command (on 127.0.0.1, free ports) | tokens |
 //! |---|---|---|
 //! | boson-ws | `bosonserver run --http-listen H --relay-listen R --turn-listen T --workers W --no-pin --jwt-secret S --register-rate-limit 1000000 …` | `POST /api/v1/nodes/register` on H |
 //! | ws-baseline | `boson-bench ws-baseline --listen R --jwt-secret S --workers W --queue Q` | minted with S |
+//! | boson-quic | the same as boson-ws; QUIC on UDP R, trusting the development certificate it writes to its data dir | `POST /api/v1/nodes/register` on H |
+//! | quic-baseline | `boson-bench quic-baseline --listen R --jwt-secret S --workers W --cert C --key K`, C and K a fresh self-signed pair | minted with S |
 //!
 //! Until bosonserver serves the relay, its turn fails with a message that starts
 //! "bosonserver does not serve the WebSocket relay:" and says what was seen (the flag
@@ -32,11 +36,14 @@ use crate::clock;
 use crate::generator::Rate;
 use crate::nodes::{self, NodeCredential, TokenKeys};
 use crate::process::{ServerProcess, ensure_file, pinned};
+use crate::quic_baseline;
+use crate::quic_client::{ClientSetup, QuicNode};
+use crate::quic_generator::{self, QuicLoadConfig};
 use crate::report::Machine;
 use crate::runner::{BOSON_CONFIG_VARS, QUIET_BELOW, progress_bars, wait_quiet};
 use crate::ws_baseline;
 use crate::ws_client::{self, Auth};
-use crate::ws_generator::{self, WsLoadConfig};
+use crate::ws_generator::{self, WsLoadConfig, WsOutcome};
 use crate::ws_report::{WsRecord, WsReport, WsRunInfo, WsServerKind};
 
 /// bosonserver's flag for the WebSocket relay's TCP listener.
@@ -45,11 +52,17 @@ pub const RELAY_LISTEN_FLAG: &str = "--relay-listen";
 /// The beginning of every error that means bosonserver's relay is not there (yet).
 pub const NOT_SERVED: &str = "bosonserver does not serve the WebSocket relay";
 
+/// The same for its QUIC relay.
+pub const NOT_SERVED_QUIC: &str = "bosonserver does not serve the QUIC relay";
+
 /// How long a relay may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bound of the probe connection's set-up.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bound of one attempt of the QUIC probe, retried until [`READY_TIMEOUT`].
+const PROBE_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Settings of one WebSocket run.
 #[derive(Debug, Clone)]
@@ -146,23 +159,8 @@ pub fn run(config: &WsRunConfig) -> anyhow::Result<WsReport> {
                         config.rounds,
                         server.name()
                     ));
-                    let load = WsLoadConfig {
-                        relay: relay.addr,
-                        path: ws_baseline::PATH.to_owned(),
-                        auth: Auth::Header,
-                        nodes: relay.nodes[..2 * config.pairs].to_vec(),
-                        pairs: config.pairs,
-                        packet,
-                        rate,
-                        duration: config.duration,
-                        drain: config.drain,
-                        batch: config.batch,
-                        threads: config.threads,
-                        cores: vec![config.generator_core],
-                        server_pid: Some(relay.process.pid()),
-                        server_core: Some(config.server_core),
-                    };
-                    let (outcome, error) = match ws_generator::run(&load, &current) {
+                    let result = run_scenario(config, &relay, packet, rate, &current);
+                    let (outcome, error) = match result {
                         Ok(outcome) => (Some(outcome), None),
                         Err(error) => {
                             let error = format!("{error:#}");
@@ -203,32 +201,90 @@ pub fn run(config: &WsRunConfig) -> anyhow::Result<WsReport> {
     Ok(WsReport::new(info, config.duration.as_secs_f64(), records))
 }
 
+/// Runs one scenario against `relay` with the generator of its transport.
+fn run_scenario(
+    config: &WsRunConfig,
+    relay: &Relay,
+    packet: usize,
+    rate: Rate,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<WsOutcome> {
+    let nodes = relay.nodes[..2 * config.pairs].to_vec();
+    let server_pid = Some(relay.process.pid());
+    let server_core = Some(config.server_core);
+    let cores = vec![config.generator_core];
+    match &relay.quic {
+        Some(setup) => quic_generator::run(
+            &QuicLoadConfig {
+                relay: relay.addr,
+                setup: setup.clone(),
+                nodes,
+                pairs: config.pairs,
+                packet,
+                rate,
+                duration: config.duration,
+                drain: config.drain,
+                batch: config.batch,
+                threads: config.threads,
+                cores,
+                server_pid,
+                server_core,
+            },
+            progress,
+        ),
+        None => ws_generator::run(
+            &WsLoadConfig {
+                relay: relay.addr,
+                path: ws_baseline::PATH.to_owned(),
+                auth: Auth::Header,
+                nodes,
+                pairs: config.pairs,
+                packet,
+                rate,
+                duration: config.duration,
+                drain: config.drain,
+                batch: config.batch,
+                threads: config.threads,
+                cores,
+                server_pid,
+                server_core,
+            },
+            progress,
+        ),
+    }
+}
+
 /// A relay under test, ready, with its nodes.
 struct Relay {
     process: ServerProcess,
+    /// TCP (WebSocket) or UDP (QUIC).
     addr: SocketAddr,
     /// `2 × pairs` nodes for the scenarios (and the probe's, last).
     nodes: Vec<NodeCredential>,
+    /// For a QUIC relay: the clients' TLS, trusting its certificate.
+    quic: Option<ClientSetup>,
 }
 
-/// Starts `kind`, waits until it accepts, prepares the nodes and probes one upgrade.
+/// Starts `kind`, waits until it accepts, prepares the nodes and probes one session.
 fn start(config: &WsRunConfig, kind: WsServerKind, id: usize) -> anyhow::Result<Relay> {
     let dir = ServerProcess::tempdir(kind.name())?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
     let count = 2 * config.pairs + 1;
     let workers = config.workers.to_string();
     match kind {
-        WsServerKind::BosonWs => {
+        WsServerKind::BosonWs | WsServerKind::BosonQuic => {
             ensure_file(&config.bosonserver, "cargo build --release -p bosonserver")?;
+            // The QUIC relay binds the WebSocket relay's port number over UDP.
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_relay_port()?));
             let api = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
             let turn = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+            let data = dir.path().join("data");
             let mut command = pinned(config.server_core, &config.bosonserver);
             command
                 .args(["run", "--http-listen", &api.to_string()])
                 .args([RELAY_LISTEN_FLAG, &addr.to_string()])
                 .args(["--turn-listen", &turn.to_string()])
                 .arg("--data-dir")
-                .arg(dir.path().join("data"))
+                .arg(&data)
                 .args(["--public-host", "127.0.0.1", "--relay-ip", "127.0.0.1"])
                 .args(["--relay-ports", &turn_relay_ports()])
                 .args(["--workers", &workers, "--no-pin"])
@@ -240,23 +296,40 @@ fn start(config: &WsRunConfig, kind: WsServerKind, id: usize) -> anyhow::Result<
             }
             command.env("RUST_LOG", "warn");
             let mut process = ServerProcess::spawn(command, kind.name(), id, dir)?;
+            let not_served = if kind.is_quic() {
+                NOT_SERVED_QUIC
+            } else {
+                NOT_SERVED
+            };
             wait_listening(&mut process, &[api, addr]).map_err(|error| {
                 anyhow::anyhow!(
-                    "{NOT_SERVED}: {error}; it was started with {RELAY_LISTEN_FLAG} {addr}\n{}",
+                    "{not_served}: {error}; it was started with {RELAY_LISTEN_FLAG} {addr}\n{}",
                     process.log_tail()
                 )
             })?;
             let nodes = nodes::register(api, count)
                 .context("registering nodes through bosonserver's REST API")?;
-            probe(&process, addr, &nodes)
-                .map_err(|error| anyhow::anyhow!("{NOT_SERVED} on ws://{addr}: {error:#}"))?;
+            let quic = if kind.is_quic() {
+                // Written at start-up, before the listeners bind.
+                let setup = ClientSetup::from_file(&data.join("relay-cert.pem"))
+                    .map_err(|error| anyhow::anyhow!("{not_served}: {error:#}"))?;
+                probe_quic(&mut process, addr, &setup, &nodes)
+                    .map_err(|error| anyhow::anyhow!("{not_served} on quic://{addr}: {error:#}"))?;
+                Some(setup)
+            } else {
+                probe(&process, addr, &nodes)
+                    .map_err(|error| anyhow::anyhow!("{not_served} on ws://{addr}: {error:#}"))?;
+                None
+            };
             Ok(Relay {
                 process,
                 addr,
                 nodes,
+                quic,
             })
         }
         WsServerKind::WsBaseline => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
             let lifetime = turn_budget(config) + Duration::from_secs(30);
             let mut command = pinned(config.server_core, &config.bench);
             command
@@ -277,6 +350,36 @@ fn start(config: &WsRunConfig, kind: WsServerKind, id: usize) -> anyhow::Result<
                 process,
                 addr,
                 nodes,
+                quic: None,
+            })
+        }
+        WsServerKind::QuicBaseline => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            quic_baseline::ensure_certificate(&cert, &key)?;
+            let setup = ClientSetup::from_file(&cert)?;
+            let lifetime = turn_budget(config) + Duration::from_secs(30);
+            let mut command = pinned(config.server_core, &config.bench);
+            command
+                .args(["quic-baseline", "--listen", &addr.to_string()])
+                .args(["--jwt-secret", &config.jwt_secret])
+                .args(["--workers", &workers])
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .arg("--lifetime")
+                .arg(format!("{}s", lifetime.as_secs()));
+            let mut process = ServerProcess::spawn(command, kind.name(), id, dir)?;
+            let now = i64::try_from(clock::unix_now()).unwrap_or(i64::MAX);
+            let nodes = TokenKeys::new(config.jwt_secret.as_bytes())?.mint_nodes(count, now)?;
+            probe_quic(&mut process, addr, &setup, &nodes)
+                .with_context(|| format!("the baseline on quic://{addr}"))?;
+            Ok(Relay {
+                process,
+                addr,
+                nodes,
+                quic: Some(setup),
             })
         }
     }
@@ -330,6 +433,47 @@ fn probe(
     Ok(())
 }
 
+/// Connects the last node over QUIC up to READY, then closes, retrying until the relay
+/// answers, the process exits, or [`READY_TIMEOUT`] passes (UDP has no accept to wait for).
+fn probe_quic(
+    process: &mut ServerProcess,
+    addr: SocketAddr,
+    setup: &ClientSetup,
+    nodes: &[NodeCredential],
+) -> anyhow::Result<()> {
+    let node = nodes.last().context("no nodes")?;
+    let deadline = clock::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = process.exited()? {
+            bail!(
+                "it exited during start-up ({status})\n{}",
+                process.log_tail()
+            );
+        }
+        match QuicNode::connect(
+            setup,
+            addr,
+            node.node,
+            &node.token,
+            crate::payload::STAMP_LEN,
+            PROBE_ATTEMPT,
+        ) {
+            Ok(mut session) => {
+                session.close(&mut crate::quic_client::NodeIo::new());
+                return Ok(());
+            }
+            Err(error) if clock::now() >= deadline => {
+                return Err(error.context(format!(
+                    "no QUIC session as {} within {READY_TIMEOUT:?}\n{}",
+                    node.node,
+                    process.log_tail()
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// An upper bound of the time one relay spends on its scenarios.
 fn turn_budget(config: &WsRunConfig) -> Duration {
     let per = config.duration + config.drain + Duration::from_secs(10);
@@ -339,6 +483,17 @@ fn turn_budget(config: &WsRunConfig) -> Duration {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 fn free_tcp_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A port on 127.0.0.1 that was free a moment ago for both TCP and UDP.
+fn free_relay_port() -> anyhow::Result<u16> {
+    for _ in 0..32 {
+        let port = free_tcp_port()?;
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port free for both TCP and UDP in 32 tries")
 }
 
 /// A UDP port on 127.0.0.1 that was free a moment ago.

@@ -1,7 +1,8 @@
 //! End to end on loopback: the generator against the raw forwarder in process, then the
 //! `boson-bench run --smoke` binary (raw forwarder always; bosonserver too when a build of it
 //! sits next to the test's `boson-bench`, as after `cargo build -p bosonserver`), and
-//! `run --ws --smoke` (the tokio-tungstenite baseline always; bosonserver's relay when built).
+//! `run --ws --smoke` (the tokio-tungstenite baseline always; bosonserver's relay when built)
+//! and `run --quic --smoke` (the quinn baseline always; bosonserver's QUIC relay when built).
 //!
 //! The full smoke over every server is `benches/smoke.sh`, which builds bosonserver first.
 
@@ -53,6 +54,20 @@ fn generator_through_the_raw_forwarder_in_process() {
     assert_eq!(stats.forwarded, outcome.received + outcome.sink_drops);
 }
 
+/// Held by every `run --smoke` of this file: they pin their servers and generators to the
+/// same two cores, so side by side they would measure each other. QUIC datagrams are
+/// unreliable, and a relay starved of its core drops them (a full send queue), which the
+/// QUIC smoke run counts as loss at 2k/s.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `command` alone (see [`ONE_RUN_AT_A_TIME`]).
+fn run_alone(command: &mut Command) -> std::process::Output {
+    let _turn = ONE_RUN_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    command.output().unwrap()
+}
+
 /// The server core for the smoke runs: 1 where there are two cores or more.
 fn server_core() -> String {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -60,14 +75,14 @@ fn server_core() -> String {
 }
 
 fn smoke(servers: &str, json: &Path) -> Report {
-    let output = Command::new(env!("CARGO_BIN_EXE_boson-bench"))
-        .args(["run", "--smoke", "--quiet", "--servers", servers])
-        .args(["--server-core", &server_core(), "--generator-core", "0"])
-        .arg("--json")
-        .arg(json)
-        .env_remove("CI")
-        .output()
-        .unwrap();
+    let output = run_alone(
+        Command::new(env!("CARGO_BIN_EXE_boson-bench"))
+            .args(["run", "--smoke", "--quiet", "--servers", servers])
+            .args(["--server-core", &server_core(), "--generator-core", "0"])
+            .arg("--json")
+            .arg(json)
+            .env_remove("CI"),
+    );
     assert!(
         output.status.success(),
         "{}\n{}",
@@ -113,13 +128,18 @@ fn smoke_run_of_bosonserver_when_built() {
 
 /// `run --ws --smoke` against the given relays; the exit status and the report.
 fn ws_smoke(servers: &str, json: &Path) -> (std::process::Output, Option<WsReport>) {
-    let output = Command::new(env!("CARGO_BIN_EXE_boson-bench"))
-        .args(["run", "--ws", "--smoke", "--quiet", "--ws-servers", servers])
-        .args(["--server-core", &server_core(), "--generator-core", "0"])
-        .arg("--json")
-        .arg(json)
-        .output()
-        .unwrap();
+    relay_smoke("--ws", servers, json)
+}
+
+/// `run <mode> --smoke` against the given node relays; the exit status and the report.
+fn relay_smoke(mode: &str, servers: &str, json: &Path) -> (std::process::Output, Option<WsReport>) {
+    let output = run_alone(
+        Command::new(env!("CARGO_BIN_EXE_boson-bench"))
+            .args(["run", mode, "--smoke", "--quiet", "--ws-servers", servers])
+            .args(["--server-core", &server_core(), "--generator-core", "0"])
+            .arg("--json")
+            .arg(json),
+    );
     let report = std::fs::read_to_string(json)
         .ok()
         .map(|text| serde_json::from_str(&text).unwrap());
@@ -186,4 +206,68 @@ fn ws_smoke_run_of_bosonserver_when_built() {
             .all(|r| r.outcome.as_ref().is_some_and(|o| o.received > 0)),
         "the baseline still ran"
     );
+}
+
+#[test]
+fn quic_smoke_run_of_the_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, report) = relay_smoke("--quic", "quic-baseline", &dir.path().join("quic.json"));
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report.unwrap();
+    let sizes: Vec<usize> = report.records.iter().map(|r| r.packet).collect();
+    assert_eq!(
+        sizes,
+        [100, 100, 1100, 1100],
+        "both QUIC sizes at 2k/s and max, one round"
+    );
+    assert_eq!(report.smoke_failures(), Vec::<String>::new());
+    assert!(report.medians.iter().all(|m| m.delivered_mps > 0.0));
+    assert!(
+        report.records.iter().all(|r| r
+            .outcome
+            .as_ref()
+            .is_some_and(|o| o.generator_drops.is_some())),
+        "the generator's socket drops are measured over QUIC"
+    );
+}
+
+/// bosonserver's QUIC relay against the quinn baseline and its own WebSocket relay, when a
+/// build of it sits next to the test's `boson-bench`: the smoke checks pass and every
+/// comparison has a ratio.
+#[test]
+fn quic_smoke_run_of_bosonserver_when_built() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_boson-bench"));
+    if !bench.with_file_name("bosonserver").is_file() {
+        eprintln!("skipped: no bosonserver build next to boson-bench (cargo build -p bosonserver)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (output, report) = relay_smoke(
+        "--quic",
+        "boson-quic,quic-baseline,boson-ws",
+        &dir.path().join("quic.json"),
+    );
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report.unwrap();
+    assert_eq!(report.records.len(), 12);
+    assert_eq!(report.smoke_failures(), Vec::<String>::new());
+    let compared: std::collections::BTreeSet<_> =
+        report.ratios.iter().map(|r| (r.ours, r.vs)).collect();
+    assert_eq!(
+        compared.len(),
+        2,
+        "quic / baseline and quic / ws: {:?}",
+        report.ratios
+    );
+    assert!(report.ratios.iter().all(|r| r.delivered.is_some()));
 }

@@ -92,6 +92,14 @@ fn max_rate_and_auth_messages_through_the_baseline() {
     assert!(outcome.received > 1_000, "{outcome:?}");
     assert!(outcome.received <= outcome.sent, "{outcome:?}");
     assert_eq!((outcome.foreign, outcome.closed), (0, 0), "{outcome:?}");
+    // The generator's thread ran while sending, for at most as long as it sent.
+    let cpu = outcome.generator_cpu_s.unwrap();
+    assert!(cpu > 0.0 && cpu <= outcome.elapsed_s * 1.05, "{outcome:?}");
+    assert!(
+        outcome
+            .generator_cpu_ns_per_message
+            .is_some_and(|ns| ns > 0.0)
+    );
     // Every RECV that arrived was counted by the baseline, once its connections closed.
     for _ in 0..100 {
         let relayed = relay
