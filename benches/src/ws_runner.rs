@@ -17,7 +17,8 @@
 //! | boson-quic | the same as boson-ws; QUIC on UDP R, trusting the development certificate it writes to its data dir | `POST /api/v1/nodes/register` on H |
 //! | quic-baseline | `boson-bench quic-baseline --listen R --jwt-secret S --workers W --cert C --key K`, C and K a fresh self-signed pair | minted with S |
 //!
-//! Until bosonserver serves the relay, its turn fails with a message that starts
+//! If bosonserver does not serve the relay (an old build, or one started without it), its
+//! turn fails with a message that starts
 //! "bosonserver does not serve the WebSocket relay:" and says what was seen (the flag
 //! refused, nothing listening, or the upgrade not answered with READY); the failure is
 //! recorded for each of its scenarios and the run exits non-zero after the baseline's

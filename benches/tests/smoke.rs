@@ -166,8 +166,8 @@ fn ws_smoke_run_of_the_baseline() {
     assert!(report.medians.iter().all(|m| m.delivered_mps > 0.0));
 }
 
-/// Until bosonserver serves the WebSocket relay, its turn must fail and say so; once it
-/// does, the smoke run must pass with ratios.
+/// bosonserver serves the WebSocket relay: the smoke run against it and the baseline passes,
+/// with ratios.
 #[test]
 fn ws_smoke_run_of_bosonserver_when_built() {
     let bench = Path::new(env!("CARGO_BIN_EXE_boson-bench"));
@@ -178,34 +178,14 @@ fn ws_smoke_run_of_bosonserver_when_built() {
     let dir = tempfile::tempdir().unwrap();
     let (output, report) = ws_smoke("boson-ws,ws-baseline", &dir.path().join("ws.json"));
     let report = report.unwrap();
-    if output.status.success() {
-        assert_eq!(report.smoke_failures(), Vec::<String>::new());
-        assert!(report.ratios.iter().all(|r| r.delivered.is_some()));
-        return;
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("bosonserver does not serve the WebSocket relay"),
-        "{stderr}"
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    let failed: Vec<_> = report
-        .records
-        .iter()
-        .filter(|r| r.error.is_some())
-        .collect();
-    assert_eq!(
-        failed.len(),
-        4,
-        "every boson-ws scenario, none of the baseline's"
-    );
-    assert!(
-        report
-            .records
-            .iter()
-            .filter(|r| r.error.is_none())
-            .all(|r| r.outcome.as_ref().is_some_and(|o| o.received > 0)),
-        "the baseline still ran"
-    );
+    assert_eq!(report.smoke_failures(), Vec::<String>::new());
+    assert!(!report.ratios.is_empty());
+    assert!(report.ratios.iter().all(|r| r.delivered.is_some()));
 }
 
 #[test]
