@@ -47,14 +47,14 @@ use anyhow::{Context as _, anyhow, ensure};
 use bytes::{Bytes, BytesMut};
 use indicatif::ProgressBar;
 
-use crate::accounting::{Delivery, loss_ratio, lost};
+use crate::accounting::Delivery;
 use crate::clock::{self, Epoch};
 use crate::generator::Rate;
 use crate::nodes::NodeCredential;
 use crate::payload::{STAMP_LEN, Stamp};
 use crate::procfs;
 use crate::quic_client::{self, ClientSetup, MAX_PACKET, NodeIo, QuicNode, SendError};
-use crate::ws_generator::{WsOutcome, share};
+use crate::ws_generator::{Tally, WsOutcome, share};
 use boson_dataplane_proto::ws::relay::PREFIX_LEN;
 use boson_shared::NodeId;
 
@@ -273,53 +273,23 @@ pub fn run(config: &QuicLoadConfig, progress: &ProgressBar) -> anyhow::Result<Ws
             pair.receiver.close(&mut io);
         }
     }
-    let core = core_before
-        .zip(core_after)
-        .map(|(before, after)| before.fractions(&after));
-    let server_cpu_s = cpu_before
-        .zip(cpu_after)
-        .map(|(before, after)| after.saturating_sub(before).as_secs_f64());
-    let elapsed_s = (stopped - start).as_secs_f64().max(1e-9);
-    let received = delivery.received();
-    let delivered_mps = in_window as f64 / elapsed_s;
-    Ok(WsOutcome {
+    Ok(Tally {
         sent,
-        received,
-        lost: lost(sent, received),
-        loss_ratio: loss_ratio(sent, received),
-        reordered: delivery.reordered(),
-        foreign: foreign + delivery.foreign(),
+        in_window,
+        delivery,
+        foreign,
         peer_gone,
         closed,
         write_stalls: stalls,
-        generator_idle: if busy_window.is_zero() {
-            0.0
-        } else {
-            idle.as_secs_f64() / busy_window.as_secs_f64()
-        },
-        generator_ns_per_message: (in_window > 0)
-            .then(|| busy_window.saturating_sub(idle).as_nanos() as f64 / in_window as f64),
-        generator_cpu_s: generator_cpu.map(|cpu| cpu.as_secs_f64()),
-        generator_cpu_ns_per_message: generator_cpu
-            .filter(|_| in_window > 0)
-            .map(|cpu| cpu.as_nanos() as f64 / in_window as f64),
-        generator_drops,
-        relay_drops,
-        elapsed_s,
+        idle,
+        busy_window,
+        generator_cpu,
+        elapsed_s: (stopped - start).as_secs_f64().max(1e-9),
         window_s,
-        offered_mps: config.rate.pps(),
-        sent_mps: sent as f64 / elapsed_s,
-        received_in_window: in_window,
-        delivered_mps,
-        delivered_mbps: delivered_mps * config.packet as f64 / 1e6,
-        latency: delivery.latency(),
-        server_cpu_s,
-        cpu_ns_per_message: server_cpu_s
-            .filter(|_| received > 0)
-            .map(|cpu| cpu * 1e9 / received as f64),
-        server_core_busy: core.map(|c| c.0),
-        server_core_softirq: core.map(|c| c.1),
-    })
+        server_cpu: cpu_before.zip(cpu_after),
+        server_core: core_before.zip(core_after),
+    }
+    .outcome(config.rate, config.packet, generator_drops, relay_drops))
 }
 
 /// Connects every pair; the first failure is the error, naming the node's position.

@@ -365,53 +365,128 @@ pub fn run(config: &WsLoadConfig, progress: &ProgressBar) -> anyhow::Result<WsOu
             pair.close();
         }
     }
-    let core = core_before
-        .zip(core_after)
-        .map(|(before, after)| before.fractions(&after));
-    let server_cpu_s = cpu_before
-        .zip(cpu_after)
-        .map(|(before, after)| after.saturating_sub(before).as_secs_f64());
-    let elapsed_s = (stopped - start).as_secs_f64().max(1e-9);
-    let received = delivery.received();
-    let delivered_mps = in_window as f64 / elapsed_s;
-    Ok(WsOutcome {
+    Ok(Tally {
         sent,
-        received,
-        lost: lost(sent, received),
-        loss_ratio: loss_ratio(sent, received),
-        reordered: delivery.reordered(),
-        foreign: foreign + delivery.foreign(),
+        in_window,
+        delivery,
+        foreign,
         peer_gone,
         closed,
         write_stalls: stalls,
-        generator_idle: if busy_window.is_zero() {
-            0.0
-        } else {
-            idle.as_secs_f64() / busy_window.as_secs_f64()
-        },
-        generator_ns_per_message: (in_window > 0)
-            .then(|| busy_window.saturating_sub(idle).as_nanos() as f64 / in_window as f64),
-        generator_cpu_s: generator_cpu.map(|cpu| cpu.as_secs_f64()),
-        generator_cpu_ns_per_message: generator_cpu
-            .filter(|_| in_window > 0)
-            .map(|cpu| cpu.as_nanos() as f64 / in_window as f64),
-        generator_drops: None,
-        relay_drops: None,
-        elapsed_s,
+        idle,
+        busy_window,
+        generator_cpu,
+        elapsed_s: (stopped - start).as_secs_f64().max(1e-9),
         window_s,
-        offered_mps: config.rate.pps(),
-        sent_mps: sent as f64 / elapsed_s,
-        received_in_window: in_window,
-        delivered_mps,
-        delivered_mbps: delivered_mps * config.packet as f64 / 1e6,
-        latency: delivery.latency(),
-        server_cpu_s,
-        cpu_ns_per_message: server_cpu_s
-            .filter(|_| received > 0)
-            .map(|cpu| cpu * 1e9 / received as f64),
-        server_core_busy: core.map(|c| c.0),
-        server_core_softirq: core.map(|c| c.1),
-    })
+        server_cpu: cpu_before.zip(cpu_after),
+        server_core: core_before.zip(core_after),
+    }
+    .outcome(config.rate, config.packet, None, None))
+}
+
+/// What a relay generator's run counted, summed over its threads; the WebSocket and the QUIC
+/// generators turn it into a [`WsOutcome`] the same way.
+pub(crate) struct Tally {
+    /// Messages the senders got out.
+    pub(crate) sent: u64,
+    /// Deliveries within the load window.
+    pub(crate) in_window: u64,
+    /// Every delivery, with its latency.
+    pub(crate) delivery: Delivery,
+    /// RECVs from a node that was not the partner.
+    pub(crate) foreign: u64,
+    /// PEER_GONE answers.
+    pub(crate) peer_gone: u64,
+    /// Sessions the relay closed.
+    pub(crate) closed: u64,
+    /// Sends that found the socket full.
+    pub(crate) write_stalls: u64,
+    /// Time the generator threads waited with nothing to do.
+    pub(crate) idle: Duration,
+    /// Sum over threads of the time from start to that thread's stop.
+    pub(crate) busy_window: Duration,
+    /// The generator threads' CPU time, when every thread could read its own.
+    pub(crate) generator_cpu: Option<Duration>,
+    /// Seconds from start to the last thread's stop (never 0).
+    pub(crate) elapsed_s: f64,
+    /// Seconds of the load window.
+    pub(crate) window_s: f64,
+    /// The server's CPU time before and after the load.
+    pub(crate) server_cpu: Option<(Duration, Duration)>,
+    /// The server core's ticks before and after the load.
+    pub(crate) server_core: Option<(procfs::CoreTicks, procfs::CoreTicks)>,
+}
+
+impl Tally {
+    /// The outcome at offered `rate` with `packet`-byte messages; the drop counts are the
+    /// kernel's, where the transport has them (UDP).
+    pub(crate) fn outcome(
+        self,
+        rate: Rate,
+        packet: usize,
+        generator_drops: Option<u64>,
+        relay_drops: Option<u64>,
+    ) -> WsOutcome {
+        let Self {
+            sent,
+            in_window,
+            delivery,
+            foreign,
+            peer_gone,
+            closed,
+            write_stalls,
+            idle,
+            busy_window,
+            generator_cpu,
+            elapsed_s,
+            window_s,
+            server_cpu,
+            server_core,
+        } = self;
+        let core = server_core.map(|(before, after)| before.fractions(&after));
+        let server_cpu_s =
+            server_cpu.map(|(before, after)| after.saturating_sub(before).as_secs_f64());
+        let received = delivery.received();
+        let delivered_mps = in_window as f64 / elapsed_s;
+        WsOutcome {
+            sent,
+            received,
+            lost: lost(sent, received),
+            loss_ratio: loss_ratio(sent, received),
+            reordered: delivery.reordered(),
+            foreign: foreign + delivery.foreign(),
+            peer_gone,
+            closed,
+            write_stalls,
+            generator_idle: if busy_window.is_zero() {
+                0.0
+            } else {
+                idle.as_secs_f64() / busy_window.as_secs_f64()
+            },
+            generator_ns_per_message: (in_window > 0)
+                .then(|| busy_window.saturating_sub(idle).as_nanos() as f64 / in_window as f64),
+            generator_cpu_s: generator_cpu.map(|cpu| cpu.as_secs_f64()),
+            generator_cpu_ns_per_message: generator_cpu
+                .filter(|_| in_window > 0)
+                .map(|cpu| cpu.as_nanos() as f64 / in_window as f64),
+            generator_drops,
+            relay_drops,
+            elapsed_s,
+            window_s,
+            offered_mps: rate.pps(),
+            sent_mps: sent as f64 / elapsed_s,
+            received_in_window: in_window,
+            delivered_mps,
+            delivered_mbps: delivered_mps * packet as f64 / 1e6,
+            latency: delivery.latency(),
+            server_cpu_s,
+            cpu_ns_per_message: server_cpu_s
+                .filter(|_| received > 0)
+                .map(|cpu| cpu * 1e9 / received as f64),
+            server_core_busy: core.map(|c| c.0),
+            server_core_softirq: core.map(|c| c.1),
+        }
+    }
 }
 
 /// Pair `index`'s share of `rate` among `pairs`: the remainder goes to the first pairs.
