@@ -73,7 +73,7 @@ fn turn_cycle(
     thread: u8,
     cycle: u64,
     tally: &Tally,
-    abandoned: &mut u64,
+    abandoned: &mut Vec<TurnClient>,
 ) -> Result<(), String> {
     // Sources spread over 127.0.<thread>.x: the server rate-limits unauthenticated answers
     // per source address, and every fresh client needs one.
@@ -110,8 +110,11 @@ fn turn_cycle(
         }
     }
     ok(client.refresh(600), "refresh")?;
-    if cycle % ABANDON_EVERY == ABANDON_EVERY - 1 && *abandoned < ABANDON_MAX {
-        *abandoned += 1;
+    if cycle % ABANDON_EVERY == ABANDON_EVERY - 1 && (abandoned.len() as u64) < ABANDON_MAX {
+        // The client walks away, but its socket stays open to the end: a later client bound
+        // to the same address could otherwise get the same port, and a new user on the
+        // 5-tuple of a live allocation is rightly refused (441).
+        abandoned.push(client);
         tally.abandoned.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
@@ -245,7 +248,7 @@ fn churn_leaves_memory_descriptors_and_counters_flat() {
         threads.push(std::thread::spawn(move || {
             let peer = turn::peer();
             peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut abandoned = 0;
+            let mut abandoned = Vec::new();
             let mut cycle = 0;
             while !stop.load(Ordering::Relaxed) {
                 if let Err(error) =
