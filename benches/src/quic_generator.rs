@@ -54,7 +54,7 @@ use crate::nodes::NodeCredential;
 use crate::payload::{STAMP_LEN, Stamp};
 use crate::procfs;
 use crate::quic_client::{self, ClientSetup, MAX_PACKET, NodeIo, QuicNode, SendError};
-use crate::ws_generator::{Tally, WsOutcome, share};
+use crate::ws_generator::{Counts, Tally, WsOutcome, share};
 use boson_dataplane_proto::ws::relay::PREFIX_LEN;
 use boson_shared::NodeId;
 
@@ -440,15 +440,6 @@ enum Offer {
     Dropped,
 }
 
-/// What a generator thread counts besides deliveries.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    peer_gone: u64,
-    foreign: u64,
-    closed: u64,
-    write_stalls: u64,
-}
-
 /// One generator thread and its pairs.
 struct Worker {
     pairs: Vec<Pair>,
@@ -574,7 +565,7 @@ impl Worker {
             let counts = &mut self.counts;
             let polled = pair.sender.poll(now, io, &mut |_| counts.foreign += 1)?;
             moved |= polled.moved();
-            counts.note(&polled);
+            counts.note(polled.peer_gone, polled.foreign, polled.closed);
             let delivery = &mut self.delivery;
             let (flow, src) = (pair.flow, pair.expect_src);
             let polled =
@@ -593,17 +584,9 @@ impl Worker {
                     )?;
             moved |= polled.moved();
             backlog |= polled.backlogged();
-            counts.note(&polled);
+            counts.note(polled.peer_gone, polled.foreign, polled.closed);
         }
         Ok((moved, backlog))
-    }
-}
-
-impl Counts {
-    fn note(&mut self, polled: &quic_client::Polled) {
-        self.peer_gone += polled.peer_gone;
-        self.foreign += polled.foreign;
-        self.closed += u64::from(polled.closed);
     }
 }
 

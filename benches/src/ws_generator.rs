@@ -641,20 +641,25 @@ struct Read {
     closed: bool,
 }
 
-/// What a generator thread counts besides deliveries.
+/// What a generator thread counts besides deliveries (the QUIC generator's too).
 #[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    peer_gone: u64,
-    foreign: u64,
-    closed: u64,
-    write_stalls: u64,
+pub(crate) struct Counts {
+    /// PEER_GONE answers.
+    pub(crate) peer_gone: u64,
+    /// RECVs from a node that was not the partner.
+    pub(crate) foreign: u64,
+    /// Sessions the relay closed.
+    pub(crate) closed: u64,
+    /// Sends that found the socket (or the connection's queue) full.
+    pub(crate) write_stalls: u64,
 }
 
 impl Counts {
-    fn note(&mut self, read: Read) {
-        self.peer_gone += read.peer_gone;
-        self.foreign += read.foreign;
-        self.closed += u64::from(read.closed);
+    /// Adds what one read (or poll) of a receiver found.
+    pub(crate) fn note(&mut self, peer_gone: u64, foreign: u64, closed: bool) {
+        self.peer_gone += peer_gone;
+        self.foreign += foreign;
+        self.closed += u64::from(closed);
     }
 }
 
@@ -783,7 +788,7 @@ impl Worker {
                 self.epoch,
             );
             moved |= read.bytes > 0;
-            self.counts.note(read);
+            self.counts.note(read.peer_gone, read.foreign, read.closed);
         }
         moved
     }
@@ -795,7 +800,7 @@ impl Worker {
             let idle = pair.written == pair.batch_frames * pair.frame_len;
             let read = read_endpoint(&mut pair.sender, None, idle, &mut self.delivery, self.epoch);
             moved |= read.bytes > 0;
-            self.counts.note(read);
+            self.counts.note(read.peer_gone, read.foreign, read.closed);
         }
         moved
     }
