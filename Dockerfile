@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # Targets:
 #   (default) runtime  the server alone, non-root, on debian:bookworm-slim
 #             allinone the server + PostgreSQL + Redis under supervisord, for one-container setups
@@ -16,16 +14,15 @@ ARG RUST_VERSION=1.95.0
 ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
+# A global ARG is visible inside a stage only once the stage declares it again (the cache id).
+ARG DEBIAN_RELEASE
 WORKDIR /src
+# The context is .dockerignore's allowlist: the workspace's Cargo.toml and Cargo.lock and every
+# member's manifest, sources, build script and migrations, found by pattern, so a new member
+# needs no edit here (deploy/check.sh fails if one would not reach the context).
 # rust-toolchain.toml is left out on purpose: the image already is that toolchain, and the
 # file's extra components (rustfmt, clippy) would make rustup download them mid-build.
-COPY Cargo.toml Cargo.lock ./
-COPY shared shared
-COPY control control
-COPY dataplane dataplane
-COPY bosonserver bosonserver
-# A workspace member, so cargo needs its manifest and targets even though nothing here builds it.
-COPY benches benches
+COPY . .
 # Cache mounts keep the registry and compiled dependencies between builds, so a source change
 # recompiles only our crates. The binary is copied out because a cache mount is not part of
 # the image. Debug info stays (the release profile keeps it for profiling) but is compressed.
@@ -56,14 +53,15 @@ COPY deploy/allinone/supervisord.conf /etc/supervisor/bosonserver.conf
 COPY --chmod=0755 deploy/allinone/entrypoint.sh /usr/local/bin/boson-allinone
 COPY --chmod=0755 deploy/allinone/start-bosonserver.sh /usr/local/lib/boson/start-bosonserver
 COPY --chmod=0755 deploy/allinone/exit-on-fatal.py /usr/local/lib/boson/exit-on-fatal
-# PostgreSQL and Redis listen on loopback only; the entrypoint fills in the database password
-# it generates on first start.
+# PostgreSQL and Redis listen on loopback only, on 15432 and 16379 rather than their usual
+# ports, so under --network host they do not clash with a PostgreSQL or Redis the host runs
+# itself. The start script fills in the database password generated on first start.
 ENV BOSON_HTTP_LISTEN=0.0.0.0:8080 \
     BOSON_TURN_LISTEN=0.0.0.0:3478 \
     BOSON_RELAY_LISTEN=0.0.0.0:8443 \
     BOSON_DATA_DIR=/data/bosonserver \
-    DATABASE_URL=postgres://boson@127.0.0.1:5432/boson \
-    REDIS_URL=redis://127.0.0.1:6379/
+    DATABASE_URL=postgres://boson@127.0.0.1:15432/boson \
+    REDIS_URL=redis://127.0.0.1:16379/
 VOLUME ["/data"]
 # API, STUN/TURN, the node relay (WebSocket on tcp, QUIC to come on udp) and the TURN relay
 # ports (publishing 16k ports through docker-proxy is slow: prefer --network host, see

@@ -155,6 +155,101 @@ def check_env_example() -> None:
 
 # ---- Dockerfile -----------------------------------------------------------------------------
 
+class DockerIgnore:
+    """.dockerignore as Docker applies it: Go-style globs where `**` spans directories, a
+    pattern also matching every path under a directory it matches, `!` re-including, and the
+    last matching line winning (moby's fileutils.PatternMatcher)."""
+
+    def __init__(self, path: Path) -> None:
+        self.patterns: list[tuple[bool, int, re.Pattern[str]]] = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            exclusion = line.startswith("!")
+            pattern = line[1:].strip() if exclusion else line
+            pattern = pattern.strip("/")
+            if pattern:
+                self.patterns.append((exclusion, pattern.count("/") + 1, self._compile(pattern)))
+
+    @staticmethod
+    def _compile(pattern: str) -> re.Pattern[str]:
+        regex, i = "", 0
+        while i < len(pattern):
+            char = pattern[i]
+            if pattern.startswith("**", i):
+                i += 2
+                if pattern.startswith("/", i):
+                    i += 1
+                regex += ".*" if i == len(pattern) else "(.*/)?"
+                continue
+            regex += {"*": "[^/]*", "?": "[^/]"}.get(char, re.escape(char))
+            i += 1
+        return re.compile(f"^{regex}$")
+
+    def excludes(self, path: str) -> bool:
+        parts = path.split("/")
+        excluded = False
+        for exclusion, depth, regex in self.patterns:
+            matched = bool(regex.match(path))
+            if not matched and len(parts) > 1 and depth <= len(parts) - 1:
+                matched = bool(regex.match("/".join(parts[:depth])))
+            if matched:
+                excluded = not exclusion
+        return excluded
+
+
+def tracked_files(under: str) -> list[str]:
+    """The files git tracks under a path (what a fresh checkout has), relative to the root."""
+    result = subprocess.run(["git", "ls-files", "-z", "--", under], cwd=ROOT,
+                            capture_output=True, text=True, check=True)
+    return [f for f in result.stdout.split("\0") if f]
+
+
+def workspace_members() -> list[str]:
+    import tomllib
+
+    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text(encoding="utf-8"))
+    members: list[str] = []
+    for entry in manifest.get("workspace", {}).get("members", []):
+        found = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(entry) if (p / "Cargo.toml").exists())
+        if not found:
+            problem("Cargo.toml", f"workspace member {entry} has no Cargo.toml")
+        members += found
+    return members
+
+
+def check_members_reach_image(ignore: DockerIgnore, copied: list[str]) -> None:
+    """cargo reads every member's manifest and targets even to build one package, so each
+    member's Cargo.toml, src/, build.rs and migrations/ must pass .dockerignore and be copied."""
+    members = workspace_members()
+    if len(members) < 5:
+        problem("Cargo.toml", f"found only {len(members)} workspace members; has the file changed?")
+    for member in members:
+        needed = [f for f in tracked_files(member)
+                  if f == f"{member}/Cargo.toml" or f == f"{member}/build.rs"
+                  or f.startswith((f"{member}/src/", f"{member}/migrations/"))]
+        if f"{member}/Cargo.toml" not in needed:
+            problem(member, "its Cargo.toml is not tracked by git, so it reaches no checkout")
+        excluded = [f for f in needed if ignore.excludes(f)]
+        uncopied = [f for f in needed if f not in excluded and not any(
+            c == "." or f == c or f.startswith(c + "/") for c in copied)]
+        if excluded:
+            problem(".dockerignore", f"excludes {len(excluded)} file(s) the workspace member "
+                                     f"{member} needs, such as {excluded[0]}: the image would not build")
+        if uncopied:
+            problem("Dockerfile", f"no COPY brings {len(uncopied)} file(s) of the workspace member "
+                                  f"{member}, such as {uncopied[0]}, into the build")
+    for file in ("Cargo.toml", "Cargo.lock"):
+        if ignore.excludes(file):
+            problem(".dockerignore", f"excludes {file}")
+    for secret in (".env", "data/bosonserver.db", "target/release/bosonserver", "fuzz/Cargo.toml",
+                   "target/release/build/x/out/src/lib.rs", "dataplane/server/target/a/src/b.rs"):
+        if not ignore.excludes(secret):
+            problem(".dockerignore", f"lets {secret} into the build context")
+    passed.append(f"all {len(members)} workspace members reach the image's build context")
+
+
 def check_dockerfile() -> int | None:
     path = ROOT / "Dockerfile"
     text = path.read_text(encoding="utf-8")
@@ -198,15 +293,17 @@ def check_dockerfile() -> int | None:
         problem("Dockerfile", "runtime runs as root")
 
     # Everything copied from the context must get past the .dockerignore allowlist.
-    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")]
+    ignore = DockerIgnore(ROOT / ".dockerignore")
+    copied: list[str] = []
     for source in re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", text, re.M):
         for item in source.split():
+            item = item.rstrip("/") or "."
+            copied.append(item)
             if not (ROOT / item).exists():
                 problem("Dockerfile", f"COPY {item}: no such path")
-            elif not any(item == a or item.startswith(a + "/") or a.startswith(item + "/")
-                         for a in allowed):
+            elif item != "." and not any(not ignore.excludes(f) for f in tracked_files(item)):
                 problem("Dockerfile", f"COPY {item}: excluded by .dockerignore")
+    check_members_reach_image(ignore, copied)
     passed.append("Dockerfile: toolchain pin, stages, HEALTHCHECK, EXPOSE, ENV, USER, COPY sources")
     return int(user[1]) if user else None
 

@@ -10,8 +10,8 @@ if [ -z "${POSTGRES_PASSWORD:-}" ]; then
 fi
 
 waited=0
-until "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p 5432 \
-    && [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; do
+until "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p 15432 \
+    && [ "$(redis-cli -h 127.0.0.1 -p 16379 ping 2>/dev/null)" = PONG ]; do
     waited=$((waited + 1))
     if [ "$waited" -ge 60 ]; then
         echo "start-bosonserver: PostgreSQL or Redis did not answer within 60 s" >&2
