@@ -7,14 +7,16 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::UdpSocket;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use boson_dataplane::{IoBackend, start};
+use boson_dataplane::{IoBackend, WorkerInfo, start};
 use boson_dataplane_proto::{BindingConfig, DropReason, StunServer};
 use common::{available, bind, client, config, total, wait_for};
 
-fn stun_core(_: boson_dataplane::WorkerInfo) -> StunServer {
+fn stun_core(_: WorkerInfo) -> StunServer {
     StunServer::new(BindingConfig::default())
 }
 
@@ -109,13 +111,19 @@ fn garbage_is_dropped_and_counted(backend: IoBackend) {
     for _ in 0..5 {
         socket.send_to(&[0; 12], server).unwrap(); // shorter than a STUN header
     }
+    // A snapshot is consistent per counter, not across counters (a worker may count a
+    // datagram's drop before its packets_in is visible), so wait for every count, then check
+    // that snapshot: a count that overshoots or never arrives still fails.
     let stats = wait_for(
         || dataplane.stats(),
         |s| {
-            total(s, |w| w.drop_count(DropReason::NotStun)) == 10
-                && total(s, |w| w.drop_count(DropReason::Truncated)) == 5
+            total(s, |w| w.drop_count(DropReason::NotStun)) >= 10
+                && total(s, |w| w.drop_count(DropReason::Truncated)) >= 5
+                && total(s, |w| w.counters.packets_in) >= 15
         },
     );
+    assert_eq!(total(&stats, |w| w.drop_count(DropReason::NotStun)), 10);
+    assert_eq!(total(&stats, |w| w.drop_count(DropReason::Truncated)), 5);
     assert_eq!(total(&stats, |w| w.counters.packets_in), 15);
     assert_eq!(total(&stats, |w| w.counters.packets_out), 0);
     let text = boson_dataplane::metrics::render(&stats);
@@ -172,14 +180,53 @@ fn shutdown_joins_and_frees_the_port_epoll() {
     shutdown_joins_and_frees_the_port(IoBackend::Epoll);
 }
 
+/// The CPUs the calling thread may run on, as the kernel has them (`sched_getaffinity`).
+fn affinity_of_this_thread() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the size is that of `set`, which outlives the call.
+    let rc = unsafe { libc::sched_getaffinity(0, size_of_val(&set), &raw mut set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    (0..usize::try_from(libc::CPU_SETSIZE).unwrap())
+        // SAFETY: `cpu` is below CPU_SETSIZE, the capacity of `set`.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
 #[test]
 fn auto_resolves_to_a_concrete_backend_and_pins() {
     let mut cfg = config(IoBackend::Auto, 2);
     cfg.pin = true;
-    let dataplane = start(cfg, stun_core).unwrap();
+    // The core is made on the worker thread once it has pinned itself, so its factory can ask
+    // the kernel what that thread's affinity really is.
+    let affinities: Arc<Mutex<BTreeMap<usize, Vec<usize>>>> = Arc::default();
+    let recorder = Arc::clone(&affinities);
+    let dataplane = start(cfg, move |info: WorkerInfo| {
+        recorder
+            .lock()
+            .unwrap()
+            .insert(info.index, affinity_of_this_thread());
+        stun_core(info)
+    })
+    .unwrap();
     assert_ne!(dataplane.backend(), IoBackend::Auto);
-    let cpus: Vec<_> = dataplane.stats().iter().map(|w| w.cpu).collect();
-    assert!(cpus.iter().all(Option::is_some), "{cpus:?}");
+    let stats = dataplane.stats();
+    assert_eq!(stats.len(), 2);
+    let affinities = affinities.lock().unwrap().clone();
+    for worker in &stats {
+        let cpu = worker.cpu.expect("a pinned worker reports its CPU");
+        assert_eq!(
+            affinities.get(&worker.worker),
+            Some(&vec![cpu]),
+            "worker {} should run on CPU {cpu} alone; the kernel has {affinities:?}",
+            worker.worker
+        );
+    }
     let socket = client();
     assert_eq!(
         bind(&socket, dataplane.local_addr(), [2; 12]),
