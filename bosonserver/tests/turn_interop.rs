@@ -83,6 +83,22 @@ fn wait_for_stun(port: u16) -> bool {
     false
 }
 
+/// Waits until `turnutils_peer` (an echo server) answers on `port`, for up to 20 s.
+fn wait_for_echo(port: u16) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..200 {
+        socket.send_to(b"ready?", ("127.0.0.1", port)).unwrap();
+        if socket.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("turnutils_peer never echoed on port {port}");
+}
+
 /// What `turnutils_uclient` reported.
 #[derive(Debug)]
 struct Report {
@@ -111,7 +127,7 @@ fn uclient_with(
         "turnutils_peer",
         &["-L", "127.0.0.1", "-p", &peer_port.to_string()],
     );
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_echo(peer_port);
     let mut args: Vec<String> = credentials.iter().map(|c| (*c).to_owned()).collect();
     args.extend([
         "-e".to_owned(),
@@ -231,7 +247,7 @@ fn reference_coturn_relays_send_indications_without_loss() {
 /// `bosonserver run` on loopback with the interop secret; peers on loopback are allowed, as
 /// coturn's `--allow-loopback-peers` above.
 fn bosonserver(dir: &std::path::Path, relay_base: u16) -> common::Running {
-    let relay_ports = format!("{relay_base}-{}", relay_base + 399);
+    let relay_ports = format!("{relay_base}-{}", relay_base + RELAY_RANGE - 1);
     common::start(
         dir,
         &[
@@ -255,12 +271,30 @@ fn bosonserver(dir: &std::path::Path, relay_base: u16) -> common::Running {
     )
 }
 
-/// A relay port range unlikely to collide with another test's (the server survives a busy
-/// port anyway: the client retransmits and gets another).
+/// The first port of a relay range of [`RELAY_RANGE`] ports that is free now. Each test has
+/// its own `slot`, so the tests of this binary never share ports; a range another process
+/// holds (another TURN server, another run of these tests) is skipped, because a server
+/// whose relay ports are taken runs out of them and answers Allocate with 508.
 fn relay_base(slot: u16) -> u16 {
-    let jitter = u16::try_from(std::process::id() % 20).unwrap();
-    20_000 + slot * 2_000 + jitter * 50
+    let first = 20_000 + slot * 2_000;
+    let offset = u16::try_from(std::process::id() % 5).unwrap();
+    for attempt in 0..5 {
+        let base = first + ((offset + attempt) % 5) * RELAY_RANGE;
+        let held: Vec<_> = (base..base + RELAY_RANGE)
+            .map_while(|port| UdpSocket::bind(("0.0.0.0", port)).ok())
+            .collect();
+        if held.len() == usize::from(RELAY_RANGE) {
+            return base;
+        }
+    }
+    panic!(
+        "no free relay port range in {first}..{}",
+        first + 5 * RELAY_RANGE
+    );
 }
+
+/// Ports in the relay range of each bosonserver these tests start.
+const RELAY_RANGE: u16 = 400;
 
 #[test]
 fn bosonserver_relays_channel_data_without_loss() {

@@ -14,7 +14,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -49,6 +49,8 @@ pub(crate) struct Running {
     pub(crate) turn: Option<SocketAddr>,
     /// The node relay's TCP listener, when it runs.
     pub(crate) relay: Option<SocketAddr>,
+    /// Every line the server has logged so far.
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Running {
@@ -129,12 +131,15 @@ fn spawn(wrapper: &[&str], dir: &Path, args: &[&str], http: bool, dataplane: boo
     let mut child = command.spawn().unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let (tx, rx) = mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let log_lines = Arc::clone(&log);
     std::thread::spawn(move || {
         for line in stderr.lines() {
             let Ok(line) = line else { break };
             if echo.is_some() {
                 eprintln!("[server] {line}");
             }
+            log_lines.lock().unwrap().push(line.clone());
             if let Some(base) = field(&line, "listening on ") {
                 let _ = tx.send(("http", base.to_owned()));
             }
@@ -168,6 +173,7 @@ fn spawn(wrapper: &[&str], dir: &Path, args: &[&str], http: bool, dataplane: boo
         base: base.unwrap_or_default(),
         turn,
         relay,
+        log,
     }
 }
 
@@ -335,7 +341,7 @@ pub(crate) async fn quic_join(
 ) -> (quinn::Connection, (quinn::SendStream, quinn::RecvStream)) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -350,7 +356,7 @@ pub(crate) async fn quic_join(
         "0.0.0.0:0"
     };
     let mut endpoint = quinn::Endpoint::client(local.parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut auth = u16::try_from(1 + token.len())
@@ -416,6 +422,20 @@ impl Running {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal}");
+    }
+
+    /// The first line the server has logged that contains `needle`, waiting up to `timeout`
+    /// for it.
+    #[allow(dead_code, reason = "not every test file reads the server's log")]
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let step = Duration::from_millis(20);
+        for _ in 0..=timeout.as_millis() / step.as_millis() {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            std::thread::sleep(step);
+        }
+        None
     }
 
     /// Waits up to `timeout` for the server to exit.
