@@ -416,8 +416,10 @@ struct RunArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
-    /// CI mode: 1 round of 0.5 s at max rate, 2 allocations, both sizes; fails if any server
-    /// relays nothing. Without coturn installed it skips coturn, unless CI is set. With --ws:
+    /// CI mode: 1 round of 0.5 s at 2k packets/s and at max rate, 2 allocations, both sizes;
+    /// fails if any server relays nothing, or loses or receives a foreign packet at 2k/s (see
+    /// `Report::smoke_failures`). Without coturn installed it skips coturn, unless CI is set.
+    /// With --ws:
     /// 1 round of 1 s at 2k messages/s and at max rate, 2 pairs, both sizes; fails on any
     /// loss at 2k/s or figures that are not sane (see `WsReport::smoke_failures`). With
     /// --quic: the same over boson-quic and quic-baseline.
@@ -692,7 +694,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.duration = Duration::from_millis(500);
         args.drain = Duration::from_millis(200);
         args.allocations = 2;
-        args.loads = Some(vec![Rate::Max]);
+        args.loads = Some(vec![Rate::Pps(2_000), Rate::Max]);
     }
     ensure!(
         args.rounds >= 1 && args.rounds <= 100,
@@ -745,9 +747,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", report.tables())?;
-    let silent = report.silent();
-    if !silent.is_empty() {
-        bail!("some servers relayed nothing:\n  {}", silent.join("\n  "));
+    let failures = if args.smoke {
+        report.smoke_failures()
+    } else {
+        report.silent()
+    };
+    if !failures.is_empty() {
+        bail!("the TURN run failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
 }

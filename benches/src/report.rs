@@ -227,6 +227,35 @@ impl Report {
             .collect()
     }
 
+    /// What a smoke run must not see: a combination that delivered nothing or failed, and at
+    /// a fixed (low) rate any loss or any datagram that was not ours. Max rate only has to
+    /// deliver something: loss there measures capacity, not correctness.
+    pub fn smoke_failures(&self) -> Vec<String> {
+        let mut failures = self.silent();
+        for record in &self.records {
+            let (Some(o), Some(_)) = (&record.outcome, record.rate.pps()) else {
+                continue;
+            };
+            let name = format!(
+                "round {} {} {} B {}",
+                record.round,
+                record.server.name(),
+                record.payload,
+                record.rate
+            );
+            if o.lost > 0 {
+                failures.push(format!(
+                    "{name}: {} of {} packets lost at a fixed rate",
+                    o.lost, o.sent
+                ));
+            }
+            if o.foreign > 0 {
+                failures.push(format!("{name}: {} foreign datagrams", o.foreign));
+            }
+        }
+        failures
+    }
+
     /// The medians and ratios as Markdown tables.
     pub fn tables(&self) -> String {
         let mut out = String::new();
@@ -415,6 +444,63 @@ mod tests {
             error: None,
             background_busy: Some(0.01),
         }
+    }
+
+    #[test]
+    fn smoke_fails_on_any_loss_at_a_fixed_rate_only() {
+        let machine = || Machine {
+            nproc: 2,
+            cpu_model: "x".into(),
+            kernel: "y".into(),
+        };
+        let fixed = |lost: u64, foreign: u64| Record {
+            rate: Rate::Pps(2_000),
+            outcome: Some(Outcome {
+                lost,
+                received: 100 - lost,
+                foreign,
+                ..outcome(2_000.0, 1000.0)
+            }),
+            ..record(1, ServerKind::BosonUring, 0.0, 0.0)
+        };
+        let lossy_max = Record {
+            outcome: Some(Outcome {
+                lost: 60,
+                received: 40,
+                ..outcome(40.0, 1000.0)
+            }),
+            ..record(1, ServerKind::Coturn, 0.0, 0.0)
+        };
+        let clean = Report::new(
+            machine(),
+            "cmd".into(),
+            1.0,
+            1,
+            vec![fixed(0, 0), lossy_max],
+        );
+        assert_eq!(clean.smoke_failures(), Vec::<String>::new());
+        let lossy = Report::new(
+            machine(),
+            "cmd".into(),
+            1.0,
+            1,
+            vec![fixed(1, 0), fixed(0, 2)],
+        );
+        assert_eq!(
+            lossy.smoke_failures(),
+            [
+                "round 1 boson-uring 100 B 2k: 1 of 100 packets lost at a fixed rate",
+                "round 1 boson-uring 100 B 2k: 2 foreign datagrams",
+            ]
+        );
+        let silent = Report::new(
+            machine(),
+            "cmd".into(),
+            1.0,
+            1,
+            vec![record(1, ServerKind::Raw, 0.0, 0.0)],
+        );
+        assert_eq!(silent.smoke_failures().len(), 0, "delivered 100 of 100");
     }
 
     #[test]
