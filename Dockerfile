@@ -17,11 +17,10 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 # A global ARG is visible inside a stage only once the stage declares it again (the cache id).
 ARG DEBIAN_RELEASE
 WORKDIR /src
-# The context is .dockerignore's allowlist: the workspace's Cargo.toml and Cargo.lock and every
-# member's manifest, sources, build script and migrations, found by pattern, so a new member
-# needs no edit here (deploy/check.sh fails if one would not reach the context).
-# rust-toolchain.toml is left out on purpose: the image already is that toolchain, and the
-# file's extra components (rustfmt, clippy) would make rustup download them mid-build.
+# The whole context: .dockerignore keeps out secrets, data and build output but no workspace
+# member, so a new member needs no edit here (deploy/check.sh fails if one would not reach
+# the context). It also keeps out rust-toolchain.toml: the image already is that toolchain,
+# and the file's extra components (rustfmt, clippy) would make rustup download them mid-build.
 COPY . .
 # Cache mounts keep the registry and compiled dependencies between builds, so a source change
 # recompiles only our crates. The binary is copied out because a cache mount is not part of

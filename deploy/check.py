@@ -156,21 +156,23 @@ def check_env_example() -> None:
 # ---- Dockerfile -----------------------------------------------------------------------------
 
 class DockerIgnore:
-    """.dockerignore as Docker applies it: Go-style globs where `**` spans directories, a
-    pattern also matching every path under a directory it matches, `!` re-including, and the
-    last matching line winning (moby's fileutils.PatternMatcher)."""
+    """.dockerignore as Docker 20.10's context walker applies it: Go-style globs where `**`
+    spans directories, the last matching line winning, `!` re-including; a pattern also
+    matches every path under a directory it matches, and an excluded directory is not even
+    entered unless a `!` pattern names a path inside it literally (moby's fileutils and
+    fsutil), which is why `!**/Cargo.toml` cannot re-include `shared/Cargo.toml` under `*`."""
 
     def __init__(self, path: Path) -> None:
-        self.patterns: list[tuple[bool, int, re.Pattern[str]]] = []
+        self.patterns: list[tuple[bool, str, int, re.Pattern[str]]] = []
         for line in path.read_text(encoding="utf-8").splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             exclusion = line.startswith("!")
-            pattern = line[1:].strip() if exclusion else line
-            pattern = pattern.strip("/")
+            pattern = (line[1:].strip() if exclusion else line).strip("/")
             if pattern:
-                self.patterns.append((exclusion, pattern.count("/") + 1, self._compile(pattern)))
+                self.patterns.append((exclusion, pattern, pattern.count("/") + 1,
+                                      self._compile(pattern)))
 
     @staticmethod
     def _compile(pattern: str) -> re.Pattern[str]:
@@ -187,16 +189,26 @@ class DockerIgnore:
             i += 1
         return re.compile(f"^{regex}$")
 
-    def excludes(self, path: str) -> bool:
+    def _matches(self, path: str) -> bool:
         parts = path.split("/")
         excluded = False
-        for exclusion, depth, regex in self.patterns:
+        for exclusion, _, depth, regex in self.patterns:
             matched = bool(regex.match(path))
             if not matched and len(parts) > 1 and depth <= len(parts) - 1:
                 matched = bool(regex.match("/".join(parts[:depth])))
             if matched:
                 excluded = not exclusion
         return excluded
+
+    def excludes(self, path: str) -> bool:
+        parts = path.split("/")
+        for end in range(1, len(parts)):
+            directory = "/".join(parts[:end])
+            if self._matches(directory) and not any(
+                    exclusion and pattern.startswith(directory + "/")
+                    for exclusion, pattern, _, _ in self.patterns):
+                return True
+        return self._matches(path)
 
 
 def tracked_files(under: str) -> list[str]:
@@ -243,8 +255,9 @@ def check_members_reach_image(ignore: DockerIgnore, copied: list[str]) -> None:
     for file in ("Cargo.toml", "Cargo.lock"):
         if ignore.excludes(file):
             problem(".dockerignore", f"excludes {file}")
-    for secret in (".env", "data/bosonserver.db", "target/release/bosonserver", "fuzz/Cargo.toml",
-                   "target/release/build/x/out/src/lib.rs", "dataplane/server/target/a/src/b.rs"):
+    for secret in (".env", "deploy/.env", "data/bosonserver.db", "data/jwt-secret", ".git/config",
+                   "target/release/bosonserver", "dataplane/server/target/a/src/b.rs",
+                   "fuzz/Cargo.toml", "tls/relay.key", "relay-cert.pem", "bosonserver.db-wal"):
         if not ignore.excludes(secret):
             problem(".dockerignore", f"lets {secret} into the build context")
     passed.append(f"all {len(members)} workspace members reach the image's build context")
@@ -315,9 +328,13 @@ def compose_variables(text: str) -> set[str]:
 
 
 def check_compose(documents: dict[Path, list]) -> None:
-    path = DEPLOY / "docker-compose.yml"
+    path = ROOT / "docker-compose.yml"
     where = rel(path)
-    compose = documents.get(path, [None])[0]
+    try:
+        compose = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        problem(where, f"does not parse: {error}")
+        return
     if not isinstance(compose, dict):
         problem(where, "missing or not a mapping")
         return
@@ -361,36 +378,57 @@ def check_compose(documents: dict[Path, list]) -> None:
         problem(where, "bosonserver needs network_mode: host or 3478/udp published")
     if "ALL" not in boson.get("cap_drop", []):
         problem(where, "bosonserver must drop all capabilities")
-    seccomp = [opt for opt in boson.get("security_opt", []) if opt.startswith("seccomp")]
+    # The quick start runs on Docker's default profile (a file must exist to be named); the
+    # io_uring overlay adds the one make-io-uring-profile.sh writes.
+    if any(opt.startswith("seccomp") for opt in boson.get("security_opt", [])):
+        problem(where, "bosonserver names a seccomp profile: the quick start has none generated")
+    if "no-new-privileges:true" not in boson.get("security_opt", []):
+        problem(where, "bosonserver needs security_opt no-new-privileges:true")
+    overlay_path = DEPLOY / "compose.io-uring.yml"
+    overlay = (documents.get(overlay_path, [None])[0] or {}).get("services", {}).get("bosonserver", {})
+    seccomp = [opt for opt in overlay.get("security_opt", []) if opt.startswith("seccomp")]
     generator = (DEPLOY / "seccomp/make-io-uring-profile.sh").read_text(encoding="utf-8")
     generated = re.search(r'out="\$here/([^"]+)"', generator)
     if len(seccomp) != 1 or not generated:
-        problem(where, "bosonserver needs exactly one seccomp security_opt")
-    elif seccomp[0].split("=", 1)[-1] != f"./seccomp/{generated[1]}":
-        problem(where, f"{seccomp[0]} is not the file make-io-uring-profile.sh writes ({generated[1]})")
+        problem(rel(overlay_path), "bosonserver needs exactly one seccomp security_opt")
+    elif seccomp[0].split("=", 1)[-1] != f"./deploy/seccomp/{generated[1]}":
+        problem(rel(overlay_path), f"{seccomp[0]} is not the file make-io-uring-profile.sh "
+                                   f"writes (deploy/seccomp/{generated[1]})")
+    if "no-new-privileges:true" not in overlay.get("security_opt", []):
+        problem(rel(overlay_path), "its security_opt replaces the base file's: keep no-new-privileges:true")
+    env_file = boson.get("env_file")
+    if env_file not in (".env", [".env"]):
+        problem(where, "bosonserver must read .env (env_file), the configuration .env.example documents")
 
-    # Every variable compose interpolates is explained in compose.env.example, and back.
+    # Every variable compose interpolates is one bosonserver reads (so .env.example explains
+    # it) or a compose-only setting deploy/README.md explains.
     used = compose_variables(path.read_text(encoding="utf-8"))
-    example = DEPLOY / "compose.env.example"
-    listed = set(re.findall(r"^#?([A-Z][A-Z0-9_]*)=", example.read_text(encoding="utf-8"), re.M))
-    for name in sorted(used - listed):
-        problem(rel(example), f"missing {name}, which docker-compose.yml uses")
-    for name in sorted(listed - used):
-        problem(rel(example), f"lists {name}, which docker-compose.yml does not use")
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for name in sorted(used):
+        if name not in ENV_VARS and f"`{name}`" not in readme:
+            problem(where, f"uses {name}, which neither bosonserver reads nor deploy/README.md explains")
 
-    if shutil.which("docker") and subprocess.run(
+    compose_cli = None
+    if shutil.which("docker-compose"):
+        compose_cli = ["docker-compose"]
+    elif shutil.which("docker") and subprocess.run(
             ["docker", "compose", "version"], capture_output=True).returncode == 0:
-        with tempfile.NamedTemporaryFile("w", suffix=".env") as env:
-            for name in sorted(used):
-                env.write(f"{name}={'192.0.2.1' if name == 'BOSON_PUBLIC_HOST' else 'check'}\n")
-            env.flush()
+        compose_cli = ["docker", "compose"]
+    if compose_cli:
+        # Compose reads the overlay's profile, which exists only once it has been generated.
+        overlay = ["-f", str(overlay_path)] if (DEPLOY / "seccomp/io-uring.json").exists() else []
+        with tempfile.TemporaryDirectory() as scratch:
+            env = Path(scratch) / ".env"
+            env.write_text("".join(f"{name}={'5432' if name.endswith('_PORT') else 'check'}\n"
+                                   for name in sorted(used)), encoding="utf-8")
             result = subprocess.run(
-                ["docker", "compose", "-f", str(path), "--env-file", env.name, "config", "-q"],
-                capture_output=True, text=True)
+                [*compose_cli, "--project-directory", scratch, "--env-file", str(env),
+                 "-f", str(path), *overlay, "config", "-q"],
+                capture_output=True, text=True, cwd=ROOT)
         if result.returncode != 0:
-            problem(where, f"docker compose config: {result.stderr.strip()}")
+            problem(where, f"{' '.join(compose_cli)} config: {result.stderr.strip()}")
         else:
-            passed.append("docker compose config -q")
+            passed.append(f"{' '.join(compose_cli)} config -q")
     else:
         passed.append("(docker compose not available: compose checked structurally only)")
     passed.append("docker-compose.yml: services, health checks, depends_on, env names, mounts, seccomp")
@@ -590,9 +628,10 @@ def check_systemd() -> None:
 
 def check_scripts() -> None:
     for path in sorted(DEPLOY.rglob("*.sh")):
-        result = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
+        shell = "bash" if path.read_text(encoding="utf-8").startswith("#!/usr/bin/env bash") else "sh"
+        result = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True)
         if result.returncode != 0:
-            problem(rel(path), f"sh -n: {result.stderr.strip()}")
+            problem(rel(path), f"{shell} -n: {result.stderr.strip()}")
     for path in sorted(DEPLOY.rglob("*.py")):
         try:
             compile(path.read_text(encoding="utf-8"), str(path), "exec")
