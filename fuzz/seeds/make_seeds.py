@@ -161,6 +161,21 @@ def relay_seeds():
     write("relay_message", "ready", b"\x07" + node)
 
 
+def quic_wire_seeds():
+    node = h("00112233445566778899aabbccddeeff")
+
+    def control(message):
+        return len(message).to_bytes(2, "big") + message
+
+    write("quic_wire", "auth", control(b"\x05" + b"eyJhbGciOiJFZERTQSJ9.token"))
+    write("quic_wire", "auth-then-unknown", control(b"\x05tok") + control(b"\x7f") + control(b"\x03"))
+    write("quic_wire", "cut", control(b"\x05" + b"token")[:-2])
+    write("quic_wire", "empty-frame", h("0000"))
+    write("quic_wire", "too-long", h("1002") + b"\x05")
+    write("quic_wire", "datagram-send", b"\x01" + node + b"wireguard packet")
+    write("quic_wire", "ready-notice", control(b"\x07" + node))
+
+
 def mesh_client_seeds():
     # The first byte: bit 0 puts a valid 101 and READY first, bit 1 picks the 1 KiB cap, the
     # rest the read size. What follows is the server's stream.
@@ -203,6 +218,7 @@ if __name__ == "__main__":
     ws_frame_seeds()
     ws_handshake_seeds()
     relay_seeds()
+    quic_wire_seeds()
     mesh_client_seeds()
     plane_codec_seeds()
     channel_ring_seeds()

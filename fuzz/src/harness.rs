@@ -14,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
+use boson_dataplane_proto::quic::wire;
 use boson_dataplane_proto::stun::{
     ATTR_HEADER_LEN, AttrType, Attribute, Class, EncodeError, Encoder, ErrorCodeAttr, HEADER_LEN,
     Header, IntegrityKey, LongTermKey, MappedAddress, Message, MessageType, Method, Nonce,
@@ -56,6 +57,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ws_handshake", ws_handshake),
     ("ws_session", ws_session),
     ("relay_message", relay_message),
+    ("quic_wire", quic_wire),
     ("mesh_client", mesh_client),
 ];
 
@@ -477,6 +479,53 @@ fn server_frame_payload(bytes: &[u8]) -> &[u8] {
 /// A node id with every byte `n`.
 fn node(n: u8) -> NodeId {
     relay::node_id([n; 16])
+}
+
+// ---------------------------------------------------------------------------------------------
+// quic_wire
+
+/// The QUIC relay's framing: the control stream split into frames as the relay splits it
+/// (`wire::parse_control`), each frame re-encoded to the same bytes and its message parsed;
+/// and the whole input as a DATAGRAM payload, where a SEND re-encodes to the same bytes.
+pub fn quic_wire(data: &[u8]) {
+    let mut rest = data;
+    loop {
+        match wire::parse_control(rest) {
+            Ok(Some((message, frame_len))) => {
+                assert!(!message.is_empty() && message.len() <= wire::MAX_CONTROL_MESSAGE);
+                assert_eq!(frame_len, wire::CONTROL_HEADER_LEN + message.len());
+                assert!(frame_len <= rest.len() && frame_len <= wire::MAX_CONTROL_FRAME);
+                let mut again = Vec::new();
+                wire::encode_control(message, &mut again).expect("a parsed message re-encodes");
+                assert_eq!(again, &rest[..frame_len]);
+                // What the relay does with a control message: only AUTH is expected.
+                let _ = relay::Message::parse(message);
+                rest = &rest[frame_len..];
+            }
+            Ok(None) => {
+                // Incomplete: a header cut short, or a body shorter than its length.
+                let whole = rest.get(..wire::CONTROL_HEADER_LEN).map(|len| {
+                    wire::CONTROL_HEADER_LEN + usize::from(u16::from_be_bytes([len[0], len[1]]))
+                });
+                assert!(whole.is_none_or(|whole| whole > rest.len()));
+                break;
+            }
+            Err(error) => {
+                let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                assert!(
+                    (len == 0 && error == wire::ControlError::Empty)
+                        || (len > wire::MAX_CONTROL_MESSAGE
+                            && error == wire::ControlError::TooLong(len))
+                );
+                break;
+            }
+        }
+    }
+    if let Ok(relay::Message::Send { dest, packet }) = relay::Message::parse(data) {
+        let mut out = Vec::new();
+        wire::encode_datagram(RelayType::Send, &dest, packet, &mut out);
+        assert_eq!(out, data, "a SEND datagram re-encodes to itself");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

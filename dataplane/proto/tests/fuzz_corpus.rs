@@ -65,6 +65,11 @@ fn relay_message() {
 }
 
 #[test]
+fn quic_wire() {
+    replay("quic_wire");
+}
+
+#[test]
 fn mesh_client() {
     replay("mesh_client");
 }
