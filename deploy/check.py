@@ -419,7 +419,8 @@ def check_compose(documents: dict[Path, list]) -> None:
         overlay = ["-f", str(overlay_path)] if (DEPLOY / "seccomp/io-uring.json").exists() else []
         with tempfile.TemporaryDirectory() as scratch:
             env = Path(scratch) / ".env"
-            env.write_text("".join(f"{name}={'5432' if name.endswith('_PORT') else 'check'}\n"
+            numeric = ("_PORT", "_LIMIT")
+            env.write_text("".join(f"{name}={'5432' if name.endswith(numeric) else 'check'}\n"
                                    for name in sorted(used)), encoding="utf-8")
             result = subprocess.run(
                 [*compose_cli, "--project-directory", scratch, "--env-file", str(env),

@@ -253,7 +253,7 @@ register() {
 
 # node_exists PORT ID TOKEN: the node is in the registry (GET answers 200 with its id).
 node_exists() {
-    curl -sf -H "authorization: Bearer $3" "http://127.0.0.1:$1/api/v1/nodes/$2" | grep -q "\"$2\""
+    grep -q "\"$2\"" <<<"$(curl -sf -H "authorization: Bearer $3" "http://127.0.0.1:$1/api/v1/nodes/$2")"
 }
 
 token() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sessionToken"])' "$WORK/register.json"; }
@@ -459,9 +459,12 @@ check_runtime() {
     code=$("$DOCKER" inspect --format '{{.State.ExitCode}}' "$name")
     [ "$code" = 0 ] || { container_logs "$name"; die "docker stop: exit status $code"; }
     [ "$took" -lt 45 ] || die "docker stop took $took s, the whole grace period"
-    "$DOCKER" logs "$name" 2>&1 | grep -q 'draining: no new allocations' \
-        || { container_logs "$name"; die "docker stop: the server did not drain"; }
-    say "  docker stop drained and exited 0 in $took s (grace period 45 s)"
+    # (Not `docker logs | grep -q`: grep's early exit fails the pipe under pipefail.)
+    local logs
+    logs=$("$DOCKER" logs "$name" 2>&1)
+    grep -q 'draining: no new allocations' <<<"$logs" && grep -q 'bosonserver: stopped' <<<"$logs" \
+        || { container_logs "$name"; die "docker stop: the server did not drain and stop"; }
+    say "  docker stop drained and exited 0 in $took s (grace period 45 s; $(grep -o 'drained\|drain timeout' <<<"$logs" | head -n 1))"
     "$DOCKER" rm "$name" >/dev/null
 
     say "runtime image, with a profile that blocks io_uring"
@@ -494,12 +497,15 @@ check_allinone() {
         || die "no PostgreSQL inside the allinone container"
     [ "$("$DOCKER" exec "$name" redis-cli -p 16379 ping)" = PONG ] \
         || die "no Redis inside the allinone container"
-    curl -sf "http://127.0.0.1:$HTTP/health/ready" | grep -q postgres \
-        || die "allinone's /health/ready does not report PostgreSQL: $(curl -s "http://127.0.0.1:$HTTP/health/ready")"
     say "  healthy, with PostgreSQL and Redis inside"
     local id token
     id=$(register "$HTTP")
     token=$(token)
+    # Stored in the PostgreSQL inside, not in a SQLite file.
+    [ "$("$DOCKER" exec "$name" runuser -u postgres -- psql -h /run/postgresql -p 15432 -d boson \
+        -tAc "SELECT count(*) FROM nodes WHERE node_id = '$id'")" = 1 ] \
+        || die "the node $id is not in the allinone container's PostgreSQL"
+    say "  a node registered, stored in the PostgreSQL inside"
     "$DOCKER" restart -t 45 "$name" >/dev/null
     wait_until 120 "/health/ready after docker restart" curl -sf "http://127.0.0.1:$HTTP/health/ready" \
         || { container_logs "$name" 80; exit 1; }
@@ -533,6 +539,13 @@ check_compose() {
             grep -q "^#$name=" .env || die ".env.example has no '#$name=' line to fill in"
             sed -i "s|^#$name=.*|$name=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')|" .env
         done
+        local limit
+        limit=$(ulimit -Hn)
+        if [ "$limit" != unlimited ] && [ "$limit" -lt 1048576 ]; then
+            # dockerd inherits this host's limit and may not raise it (no CAP_SYS_RESOURCE).
+            say "quick start: this host's open-file limit is $limit: NOFILE_LIMIT=$limit in .env"
+            echo "NOFILE_LIMIT=$limit" >>.env
+        fi
         say "quick start: docker build -t bosonserver ."
         "$DOCKER" build -t bosonserver . >"$WORK/build-quickstart.log" 2>&1 \
             || { tail -n 30 "$WORK/build-quickstart.log" >&2; die "the quick start's docker build failed"; }
@@ -556,8 +569,9 @@ check_compose() {
     local id
     id=$(register 8080)
     node_exists 8080 "$id" "$(token)" || die "a node registered through the stack is not in its registry"
-    curl -sf http://127.0.0.1:8080/health/ready | grep -q postgres \
-        || die "the stack's bosonserver is not on PostgreSQL: $(curl -s http://127.0.0.1:8080/health/ready)"
+    [ "$("$DOCKER" exec "${project}_postgres_1" psql -U boson -d boson \
+        -tAc "SELECT count(*) FROM nodes WHERE node_id = '$id'")" = 1 ] \
+        || die "the node $id is not in the stack's PostgreSQL"
     say "  a node registered, stored in the stack's PostgreSQL"
     scraped() {
         curl -sf 'http://127.0.0.1:9090/api/v1/query?query=bosonserver_dataplane_packets_received_total' \
