@@ -21,6 +21,8 @@ WORKDIR /src
 # file's extra components (rustfmt, clippy) would make rustup download them mid-build.
 COPY Cargo.toml Cargo.lock ./
 COPY shared shared
+COPY channel channel
+COPY tls tls
 COPY control control
 COPY dataplane dataplane
 COPY bosonserver bosonserver
