@@ -90,6 +90,61 @@ impl FromStr for PortRange {
     }
 }
 
+/// Warns once when the relay ports overlap the kernel's ephemeral port range without being
+/// reserved: any process's outgoing UDP socket may then take a relay port (the allocation
+/// that wanted it gets another after a retransmission). The peer filter keeps such a socket
+/// out of clients' reach either way; the warning is about reliability.
+fn warn_if_ephemeral(relay: &RangeInclusive<u16>) {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")).ok();
+    let (Some(ephemeral), Some(reserved)) =
+        (read("ip_local_port_range"), read("ip_local_reserved_ports"))
+    else {
+        return;
+    };
+    if let Some(overlap) = ephemeral_overlap(relay, &ephemeral, &reserved) {
+        tracing::warn!(
+            relay_ports = %format!("{}-{}", relay.start(), relay.end()),
+            ephemeral = %ephemeral.split_whitespace().collect::<Vec<_>>().join("-"),
+            "ports {}-{} of the relay range are also the kernel's ephemeral ports: another \
+             program's sockets may take them. Reserve them: sysctl -w \
+             net.ipv4.ip_local_reserved_ports={}-{}",
+            overlap.start(),
+            overlap.end(),
+            relay.start(),
+            relay.end()
+        );
+    }
+}
+
+/// The part of `relay` inside the kernel's ephemeral range (`ip_local_port_range`'s text,
+/// `FIRST LAST`) and outside its reserved ports (`ip_local_reserved_ports`'s text, such as
+/// `8080,49152-65535`), as one span from its first to its last such port; `None` when there
+/// is none or a text does not parse.
+fn ephemeral_overlap(
+    relay: &RangeInclusive<u16>,
+    ephemeral: &str,
+    reserved: &str,
+) -> Option<RangeInclusive<u16>> {
+    let mut bounds = ephemeral.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(first)), Some(Ok(last))) = (bounds.next(), bounds.next()) else {
+        return None;
+    };
+    let reserved: Vec<RangeInclusive<u16>> = reserved
+        .trim()
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => Some(a.trim().parse().ok()?..=b.trim().parse().ok()?),
+            None => part.trim().parse().ok().map(|p| p..=p),
+        })
+        .collect::<Option<_>>()?;
+    let exposed =
+        |port: &u16| (first..=last).contains(port) && !reserved.iter().any(|r| r.contains(port));
+    let low = relay.clone().find(exposed)?;
+    let high = relay.clone().rev().find(exposed)?;
+    Some(low..=high)
+}
+
 /// Validated dataplane settings.
 #[derive(Debug, Clone)]
 pub(crate) struct DataplanePlan {
@@ -146,6 +201,16 @@ impl DataplaneArgs {
             ),
         };
         ensure!(!relay_ip.is_unspecified(), "--relay-ip may not be 0.0.0.0");
+        if relay_ip.is_loopback() && !self.turn_listen.ip().is_loopback() {
+            tracing::warn!(
+                %relay_ip,
+                turn_listen = %self.turn_listen,
+                "the relay address is loopback but the TURN listener is not: ICE answers and \
+                 relayed addresses name {relay_ip}, which no remote client can reach. Set \
+                 --public-host (BOSON_PUBLIC_HOST) to this host's public address"
+            );
+        }
+        warn_if_ephemeral(&self.relay_ports.0);
         let mut shell = DataplaneConfig {
             listen: self.turn_listen,
             pin: !self.no_pin,
@@ -160,7 +225,8 @@ impl DataplaneArgs {
             ensure!(workers >= 1, "--workers must be at least 1");
             shell.workers = workers;
         }
-        let mut base = PeerFilter::new().own_relay_ports(self.relay_ports.0.clone());
+        // The relay address is added by the TURN config; the listener's too when it names one.
+        let mut base = PeerFilter::new();
         if !self.turn_listen.ip().is_unspecified() {
             base = base.own_address(self.turn_listen.ip());
         }
@@ -230,12 +296,13 @@ impl DataplanePlan {
 
 #[cfg(test)]
 mod tests {
+    use boson_dataplane_proto::turn::Allowed;
+
     use super::*;
 
     #[test]
     fn pushed_peer_lists_go_on_top_of_the_dataplanes_own_rules() {
         let base = PeerFilter::new()
-            .own_relay_ports(50_000..=50_010)
             .own_address("192.0.2.1".parse().unwrap())
             .danger_allow_loopback();
         let policy = PeerPolicy { base: base.clone() };
@@ -252,12 +319,33 @@ mod tests {
             "the dataplane's own allow"
         );
         assert!(filter.check(ip("127.0.0.2")).is_err(), "pushed deny wins");
-        let own = |s: &str| filter.check_transport(s.parse().unwrap());
-        assert!(
-            own("192.0.2.1:8080").is_err(),
-            "own address off the relay ports"
+        assert_eq!(
+            filter.check(ip("192.0.2.1")),
+            Ok(Allowed::LiveRelayPorts),
+            "own address: live relay allocations only"
         );
-        assert!(own("192.0.2.1:50005").is_ok(), "own relay port");
+    }
+
+    #[test]
+    fn relay_ports_among_unreserved_ephemeral_ports_are_found() {
+        let linux = "32768\t60999\n";
+        assert_eq!(
+            ephemeral_overlap(&(49152..=65535), linux, "\n"),
+            Some(49152..=60999),
+            "the defaults overlap"
+        );
+        assert_eq!(
+            ephemeral_overlap(&(49152..=65535), linux, "49152-65535\n"),
+            None
+        );
+        assert_eq!(
+            ephemeral_overlap(&(49152..=65535), linux, "8080,49152-50000,50002-65535\n"),
+            Some(50001..=50001)
+        );
+        assert_eq!(ephemeral_overlap(&(20000..=32767), linux, ""), None);
+        assert_eq!(ephemeral_overlap(&(61000..=65535), linux, ""), None);
+        assert_eq!(ephemeral_overlap(&(1..=2), "garbage", ""), None);
+        assert_eq!(ephemeral_overlap(&(49152..=65535), linux, "x-y"), None);
     }
 
     #[test]

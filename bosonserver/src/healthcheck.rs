@@ -3,10 +3,22 @@
 //!
 //! It speaks just enough HTTP/1.1 over a blocking `TcpStream` to read a status line. It runs
 //! every few seconds in every container, so it starts no runtime and pulls in no HTTP client.
+//! When the API serves TLS (`BOSON_API_CERT` set, as for the server), the check speaks TLS
+//! too and accepts exactly the certificate in that file: it asks its own server on loopback,
+//! where the certificate's names would not match anyway. Right after the file is renewed the
+//! server may still present the old one for a reload interval; that one check fails.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 
@@ -25,6 +37,10 @@ pub(crate) struct HealthcheckArgs {
     /// Give up on each step (connect, send, receive) after this many milliseconds.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
+
+    /// The REST API's certificate: when set, speak TLS and accept exactly this certificate.
+    #[arg(long, env = "BOSON_API_CERT")]
+    api_cert: Option<PathBuf>,
 }
 
 /// Largest response head read before giving up on finding the status line.
@@ -40,8 +56,16 @@ pub(crate) fn run(args: &HealthcheckArgs) -> anyhow::Result<()> {
         None => Target::ready_on(args.http_listen),
     };
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let (status, body) =
-        fetch(&target, timeout).with_context(|| format!("GET {} failed", target.display()))?;
+    let pinned = args
+        .api_cert
+        .as_ref()
+        .map(|path| {
+            CertificateDer::from_pem_file(path)
+                .with_context(|| format!("reading the API certificate {}", path.display()))
+        })
+        .transpose()?;
+    let (status, body) = fetch(&target, timeout, pinned)
+        .with_context(|| format!("GET {} failed", target.display()))?;
     if (200..300).contains(&status) {
         return Ok(());
     }
@@ -121,11 +145,96 @@ impl Target {
     }
 }
 
-/// The status code and the start of the body (for the error message).
-fn fetch(target: &Target, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    let mut stream = connect(target, timeout)?;
+/// The status code and the start of the body (for the error message); over TLS accepting
+/// exactly `pinned` when it is given.
+fn fetch(
+    target: &Target,
+    timeout: Duration,
+    pinned: Option<CertificateDer<'static>>,
+) -> anyhow::Result<(u16, String)> {
+    let stream = connect(target, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    match pinned {
+        None => exchange(stream, target),
+        Some(leaf) => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Pinned { leaf, provider }))
+                .with_no_client_auth();
+            let name = ServerName::try_from(target.host.clone())
+                .with_context(|| format!("{:?} is not a server name", target.host))?;
+            let connection = rustls::ClientConnection::new(Arc::new(config), name)?;
+            exchange(rustls::StreamOwned::new(connection, stream), target)
+        }
+    }
+}
+
+/// Accepts the one certificate the server was configured with, and checks the handshake's
+/// signatures with it as usual.
+#[derive(Debug)]
+struct Pinned {
+    leaf: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Sends the GET on `stream` and reads the answer's status and the start of its body.
+fn exchange<S: Read + Write>(mut stream: S, target: &Target) -> anyhow::Result<(u16, String)> {
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: bosonserver-healthcheck\r\n\
          Accept: application/json\r\nConnection: close\r\n\r\n",
@@ -233,7 +342,64 @@ mod tests {
             url,
             http_listen: listen,
             timeout_ms: 2000,
+            api_cert: None,
         }
+    }
+
+    /// Serves one TLS connection with a fresh self-signed certificate (written to
+    /// `dir/cert.pem`) and answers 200.
+    fn serve_tls_once(dir: &std::path::Path) -> (SocketAddr, thread::JoinHandle<()>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["api.example".into()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.cert.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(
+            cert.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let connection = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(connection, tcp);
+            let mut request = Vec::new();
+            let mut buf = [0u8; 256];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn with_the_api_certificate_it_speaks_tls_and_accepts_only_that_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, server) = serve_tls_once(dir.path());
+        let mut tls_args = args(None, addr);
+        tls_args.api_cert = Some(dir.path().join("cert.pem"));
+        run(&tls_args).unwrap();
+        server.join().unwrap();
+        // Another certificate than the server's: refused.
+        let other = rcgen::generate_simple_self_signed(vec!["api.example".into()]).unwrap();
+        let other_pem = dir.path().join("other.pem");
+        std::fs::write(&other_pem, other.cert.pem()).unwrap();
+        let (addr, server) = serve_tls_once(dir.path());
+        let mut wrong = args(None, addr);
+        wrong.api_cert = Some(other_pem);
+        assert!(run(&wrong).is_err());
+        server.join().unwrap();
     }
 
     #[test]

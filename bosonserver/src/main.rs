@@ -177,10 +177,15 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the REST API to {listen}"))?;
+    let scheme = if state.config.api_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
         database = ?state.store.backend(),
         redis = state.cache.is_redis(),
-        "REST API listening on http://{}",
+        "REST API listening on {scheme}://{}",
         listener.local_addr().unwrap_or(listen)
     );
     let drain_state = state.clone();

@@ -134,6 +134,19 @@ pub struct ControlArgs {
     #[arg(long, env = "BOSON_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: u32,
 
+    /// PEM certificate chain (leaf first) for the REST API: with --api-key it serves https
+    /// only. Both files are re-read when they change, without a restart.
+    #[arg(long, env = "BOSON_API_CERT", requires = "api_key")]
+    pub api_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --api-cert.
+    #[arg(long, env = "BOSON_API_KEY", requires = "api_cert")]
+    pub api_key: Option<PathBuf>,
+
+    /// How often the API's certificate files are checked for a change.
+    #[arg(long, env = "BOSON_API_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, hide = true)]
+    pub api_tls_reload_interval: Duration,
+
     /// This host's id in the relay host registry. Default: generated once and kept in the data
     /// dir (`host-id`), so a restart keeps it.
     #[arg(long, env = "BOSON_HOST_ID")]
@@ -202,10 +215,21 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Limits on slow or greedy HTTP clients.
     pub http: HttpLimits,
+    /// TLS for the REST API (https), reloaded when its files change; `None` serves plain HTTP.
+    pub api_tls: Option<ApiTls>,
     /// This host in the relay host registry.
     pub host: HostConfig,
     /// Seed of the routing's random choices; `None` seeds from the operating system.
     pub routing_seed: Option<u64>,
+}
+
+/// The REST API's certificate and how often its files are checked for a change.
+#[derive(Debug, Clone)]
+pub struct ApiTls {
+    /// The PEM certificate chain and key.
+    pub source: boson_tls::TlsSource,
+    /// Interval between checks of the files' modification times.
+    pub reload_interval: Duration,
 }
 
 /// Limits on slow or greedy HTTP clients.
@@ -498,6 +522,16 @@ impl ControlArgs {
                 header_read_timeout: self.http_header_timeout,
                 body_read_timeout: self.http_body_timeout,
                 max_connections_per_ip: self.max_connections_per_ip,
+            },
+            api_tls: match (self.api_cert, self.api_key) {
+                (Some(cert), Some(key)) => Some(ApiTls {
+                    source: boson_tls::TlsSource { cert, key },
+                    reload_interval: self.api_tls_reload_interval,
+                }),
+                (None, None) => None,
+                (Some(_), None) | (None, Some(_)) => {
+                    bail!("--api-cert and --api-key go together")
+                }
             },
             host: HostConfig {
                 id: host_id,

@@ -2,7 +2,9 @@
 //!
 //! Every failure leaves the server as
 //! `{"error": {"code": "<stable snake_case code>", "message": "<for humans>"}}` with the status
-//! that fits. Internal causes are logged here and never sent to the client.
+//! that fits, plus `"field": "<JSON path>"` when one field of the request is to blame (every
+//! 422 that names a value, such as `requirements.maxLatency`). Internal causes are logged here
+//! and never sent to the client.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -18,6 +20,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The request field to blame, as a JSON path.
+    field: Option<String>,
     retry_after_secs: Option<u64>,
     /// Logged at error level when the response is built; never returned.
     internal: Option<anyhow::Error>,
@@ -30,6 +34,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
             retry_after_secs: None,
             internal: None,
         }
@@ -102,6 +107,17 @@ impl ApiError {
         }
     }
 
+    /// Names the request field to blame (a JSON path such as `requirements.maxLatency`).
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// The field to blame, if one is.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -122,6 +138,8 @@ struct Body<'a> {
 struct BodyInner<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 impl IntoResponse for ApiError {
@@ -133,6 +151,7 @@ impl IntoResponse for ApiError {
             error: BodyInner {
                 code: self.code,
                 message: &self.message,
+                field: self.field.as_deref(),
             },
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -161,8 +180,29 @@ impl From<JsonRejection> for ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             _ => "bad_request",
         };
-        Self::new(status, code, rejection.body_text())
+        let text = rejection.body_text();
+        let field = matches!(rejection, JsonRejection::JsonDataError(_))
+            .then(|| rejected_field(&text))
+            .flatten();
+        let error = Self::new(status, code, text);
+        match field {
+            Some(field) => error.with_field(field),
+            None => error,
+        }
     }
+}
+
+/// The JSON path serde blamed in a data error's text (`Failed to deserialize the JSON body
+/// into the target type: metrics.latency: invalid type: ...`); `None` for the whole document.
+fn rejected_field(text: &str) -> Option<String> {
+    let rest = text.split_once("target type: ")?.1;
+    let (path, _) = rest.split_once(": ")?;
+    let is_path = !path.is_empty()
+        && path != "."
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']' | '_'));
+    is_path.then(|| path.to_owned())
 }
 
 impl From<QueryRejection> for ApiError {
@@ -178,5 +218,30 @@ impl From<StoreError> for ApiError {
             StoreError::Corrupt(message) => Self::internal(anyhow::anyhow!(message)),
             StoreError::Query(cause) => Self::internal(cause.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_errors_name_their_field() {
+        let text = "Failed to deserialize the JSON body into the target type: \
+                    metrics.activeConnections: invalid value: integer `-1`, expected u32 at line 1";
+        assert_eq!(
+            rejected_field(text).as_deref(),
+            Some("metrics.activeConnections")
+        );
+        let text = "Failed to deserialize the JSON body into the target type: \
+                    location.coordinates[1]: invalid type: string \"x\"";
+        assert_eq!(
+            rejected_field(text).as_deref(),
+            Some("location.coordinates[1]")
+        );
+        let text = "Failed to deserialize the JSON body into the target type: missing field \
+                    `nodeId` at line 1 column 2";
+        assert_eq!(rejected_field(text), None);
+        assert_eq!(rejected_field("something else"), None);
     }
 }

@@ -24,7 +24,10 @@ use crate::auth::{NodeToken, TokenError};
 use crate::cache::RateDecision;
 use crate::error::ApiError;
 use crate::hosts::HostRecord;
-use crate::model::{HeartbeatRequest, NodeStatus, NodeView, RegisterRequest, ReportedStatus};
+use crate::model::{
+    FieldError, HeartbeatRequest, MAX_REGION_LEN, NodeStatus, NodeView, RegisterRequest,
+    ReportedStatus, check_country, check_text,
+};
 use crate::registry::{self, Decision};
 use crate::routing::{self, Place, RankInput, Route, RoutingRequest};
 use crate::store::{Heartbeat, HeartbeatOutcome, NodeFilter, NodeRecord, WriteOutcome};
@@ -471,16 +474,42 @@ async fn list_nodes(
         .map(|s| {
             NodeStatus::parse(s).ok_or_else(|| {
                 ApiError::bad_request("invalid_query", "status must be \"active\" or \"inactive\"")
+                    .with_field("status")
             })
         })
         .transpose()?;
     let limit = query.limit.unwrap_or(100);
     let offset = query.offset.unwrap_or(0);
-    if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
+    if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("limit must be between 1 and {MAX_PAGE}, offset at least 0"),
-        ));
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        )
+        .with_field("limit"));
+    }
+    if offset < 0 {
+        return Err(
+            ApiError::bad_request("invalid_query", "offset must be at least 0")
+                .with_field("offset"),
+        );
+    }
+    // The same rules as the registered values they filter on; 400 like every query error.
+    let query_field = |result: Result<(), FieldError>| {
+        result.map_err(|e| {
+            ApiError::bad_request("invalid_query", format!("{}: {}", e.field, e.message))
+                .with_field(e.field)
+        })
+    };
+    if let Some(region) = &query.region {
+        query_field(check_text(
+            region,
+            MAX_REGION_LEN,
+            "invalid_query",
+            "region",
+        ))?;
+    }
+    if let Some(country) = &query.country {
+        query_field(check_country(country, "invalid_query", "country"))?;
     }
     let filter = NodeFilter {
         region: query.region,
@@ -562,6 +591,7 @@ async fn request_route(
     NodeAuth(token): NodeAuth,
     ApiJson(request): ApiJson<RoutingRequest>,
 ) -> Result<Json<RoutingResponse>, ApiError> {
+    request.validate()?;
     if request.client_id != token.node_id {
         return Err(ApiError::forbidden(
             "clientId must be the node the token belongs to",

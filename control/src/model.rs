@@ -265,71 +265,186 @@ pub struct NodeView {
     pub last_seen: i64,
 }
 
-/// Longest region name kept.
+/// Longest region name kept, and longest `preferredLocation` and `region` filter.
 pub const MAX_REGION_LEN: usize = 64;
+/// Most peers a node may claim to accept, or report connected: far above what one WireGuard
+/// endpoint carries, low enough that load arithmetic stays meaningful.
+pub const MAX_CONNECTIONS: u32 = 1_000_000;
+/// Largest bandwidth, Mbit/s (1 Pbit/s).
+pub const MAX_BANDWIDTH: f64 = 1e9;
+/// Largest latency or jitter, ms (an hour).
+pub const MAX_LATENCY_MS: f64 = 3_600_000.0;
+/// Longest heartbeat interval a node may ask for, seconds (a day).
+pub const MAX_HEARTBEAT_INTERVAL: u32 = 86_400;
 
-fn finite_in(value: f64, min: f64, max: f64) -> bool {
-    value.is_finite() && (min..=max).contains(&value)
+/// A value the API refuses, naming the field (a JSON path such as
+/// `requirements.maxLatency`): a 422 with the field in the error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The stable error code, per group of fields (`invalid_metrics`, `invalid_location`, ...).
+    pub code: &'static str,
+    /// The field, as a path of the request document.
+    pub field: &'static str,
+    /// What an acceptable value is.
+    pub message: String,
 }
 
-fn check(ok: bool, code: &'static str, message: impl Into<String>) -> Result<(), ApiError> {
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        Self::invalid(error.code, format!("{}: {}", error.field, error.message))
+            .with_field(error.field)
+    }
+}
+
+fn field_error(code: &'static str, field: &'static str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        code,
+        field,
+        message: message.into(),
+    }
+}
+
+fn check(
+    ok: bool,
+    code: &'static str,
+    field: &'static str,
+    message: impl Into<String>,
+) -> Result<(), FieldError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid(code, message))
+        Err(field_error(code, field, message))
     }
+}
+
+/// A finite number in `min..=max`.
+pub(crate) fn check_number(
+    value: f64,
+    min: f64,
+    max: f64,
+    code: &'static str,
+    field: &'static str,
+) -> Result<(), FieldError> {
+    check(
+        value.is_finite() && (min..=max).contains(&value),
+        code,
+        field,
+        format!("must be a number from {min} to {max}"),
+    )
+}
+
+/// At most `max` characters, none of them a control character.
+pub(crate) fn check_text(
+    value: &str,
+    max: usize,
+    code: &'static str,
+    field: &'static str,
+) -> Result<(), FieldError> {
+    check(
+        value.chars().count() <= max && !value.chars().any(char::is_control),
+        code,
+        field,
+        format!("must be at most {max} characters, none of them control characters"),
+    )
+}
+
+/// An ISO 3166-1 alpha-2 code (either case).
+pub(crate) fn check_country(
+    value: &str,
+    code: &'static str,
+    field: &'static str,
+) -> Result<(), FieldError> {
+    check(
+        value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic()),
+        code,
+        field,
+        "must be an ISO 3166-1 alpha-2 code such as \"US\"",
+    )
+}
+
+/// A transport address a STUN server could have seen: a port, and an address that is
+/// neither unspecified nor multicast.
+pub(crate) fn check_mapped_address(
+    value: Option<SocketAddr>,
+    code: &'static str,
+    field: &'static str,
+) -> Result<(), FieldError> {
+    check(
+        value.is_none_or(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast()),
+        code,
+        field,
+        "must be IP:PORT with a port from 1 to 65535 and a unicast address",
+    )
 }
 
 impl RegisterRequest {
     /// Checks every value and builds the registration; `observed_ip` replaces `publicIp`.
-    pub fn validate(self, observed_ip: IpAddr) -> Result<ValidRegistration, ApiError> {
-        let node_id: NodeId = self.node_id.parse().map_err(|e| {
-            ApiError::invalid("invalid_node_id", format!("nodeId is not a UUID: {e}"))
-        })?;
-        let public_key: WgPublicKey = self
-            .public_key
+    pub fn validate(self, observed_ip: IpAddr) -> Result<ValidRegistration, FieldError> {
+        let node_id: NodeId = self
+            .node_id
             .parse()
-            .map_err(|e| ApiError::invalid("invalid_public_key", format!("publicKey: {e}")))?;
+            .map_err(|e| field_error("invalid_node_id", "nodeId", format!("is not a UUID: {e}")))?;
+        let public_key = self
+            .public_key
+            .parse::<WgPublicKey>()
+            .map_err(|e| field_error("invalid_public_key", "publicKey", e.to_string()))?;
 
         let mut network_info = self.network_info;
         check(
             network_info.local_port != 0,
             "invalid_network_info",
-            "networkInfo.localPort must be between 1 and 65535",
+            "networkInfo.localPort",
+            "must be from 1 to 65535",
+        )?;
+        check_mapped_address(
+            network_info.stun_mapped_address,
+            "invalid_network_info",
+            "networkInfo.stunMappedAddress",
         )?;
         network_info.public_ip = Some(observed_ip);
 
         let capabilities = self.capabilities;
         check(
-            capabilities.max_connections >= 1,
+            (1..=MAX_CONNECTIONS).contains(&capabilities.max_connections),
             "invalid_capabilities",
-            "capabilities.maxConnections must be at least 1",
+            "capabilities.maxConnections",
+            format!("must be from 1 to {MAX_CONNECTIONS}"),
         )?;
-        check_bandwidth(&capabilities.bandwidth, "capabilities.bandwidth")?;
+        check_bandwidth(
+            &capabilities.bandwidth,
+            "invalid_metrics",
+            ["capabilities.bandwidth.up", "capabilities.bandwidth.down"],
+        )?;
 
         let mut location = self.location;
-        check(
-            location.country.len() == 2
-                && location.country.bytes().all(|b| b.is_ascii_alphabetic()),
-            "invalid_location",
-            "location.country must be an ISO 3166-1 alpha-2 code such as \"US\"",
-        )?;
+        check_country(&location.country, "invalid_location", "location.country")?;
         location.country.make_ascii_uppercase();
-        check(
-            location.region.chars().count() <= MAX_REGION_LEN
-                && !location.region.chars().any(char::is_control),
+        check_text(
+            &location.region,
+            MAX_REGION_LEN,
             "invalid_location",
-            format!("location.region must be at most {MAX_REGION_LEN} printable characters"),
+            "location.region",
         )?;
         if let Some([lat, lon]) = location.coordinates {
-            check(
-                finite_in(lat, -90.0, 90.0) && finite_in(lon, -180.0, 180.0),
+            check_number(lat, -90.0, 90.0, "invalid_location", "location.coordinates")?;
+            check_number(
+                lon,
+                -180.0,
+                180.0,
                 "invalid_location",
-                "location.coordinates must be [latitude -90..90, longitude -180..180]",
+                "location.coordinates",
             )?;
         }
         if let Some(metrics) = &self.metrics {
             check_metrics(metrics)?;
+        }
+        if let Some(interval) = self.heartbeat_interval {
+            check(
+                (1..=MAX_HEARTBEAT_INTERVAL).contains(&interval),
+                "invalid_heartbeat_interval",
+                "heartbeatInterval",
+                format!("must be from 1 to {MAX_HEARTBEAT_INTERVAL} seconds"),
+            )?;
         }
         Ok(ValidRegistration {
             node_id,
@@ -346,40 +461,48 @@ impl RegisterRequest {
 
 impl HeartbeatRequest {
     /// Checks the metrics' ranges.
-    pub fn validate(self) -> Result<(NodeMetrics, Option<ReportedStatus>), ApiError> {
+    pub fn validate(self) -> Result<(NodeMetrics, Option<ReportedStatus>), FieldError> {
         let metrics = NodeMetrics::from(self.metrics);
         check_metrics(&metrics)?;
         Ok((metrics, self.status))
     }
 }
 
-fn check_bandwidth(bandwidth: &Bandwidth, what: &str) -> Result<(), ApiError> {
-    check(
-        finite_in(bandwidth.up, 0.0, 1e9) && finite_in(bandwidth.down, 0.0, 1e9),
-        "invalid_metrics",
-        format!("{what}.up and .down must be between 0 and 1e9 Mbit/s"),
-    )
+/// Both directions of a bandwidth, `fields` naming `[up, down]`.
+pub(crate) fn check_bandwidth(
+    bandwidth: &Bandwidth,
+    code: &'static str,
+    [up, down]: [&'static str; 2],
+) -> Result<(), FieldError> {
+    check_number(bandwidth.up, 0.0, MAX_BANDWIDTH, code, up)?;
+    check_number(bandwidth.down, 0.0, MAX_BANDWIDTH, code, down)
 }
 
-fn check_metrics(m: &NodeMetrics) -> Result<(), ApiError> {
-    let percent = |v: Option<f64>| v.is_none_or(|v| finite_in(v, 0.0, 100.0));
+fn check_metrics(m: &NodeMetrics) -> Result<(), FieldError> {
+    let code = "invalid_metrics";
+    check_number(m.latency, 0.0, MAX_LATENCY_MS, code, "metrics.latency")?;
+    check_number(m.cpu_usage, 0.0, 100.0, code, "metrics.cpuUsage")?;
     check(
-        finite_in(m.latency, 0.0, 3_600_000.0),
-        "invalid_metrics",
-        "metrics.latency must be between 0 and 3600000 ms",
+        m.active_connections <= MAX_CONNECTIONS,
+        code,
+        "metrics.activeConnections",
+        format!("must be from 0 to {MAX_CONNECTIONS}"),
     )?;
-    check(
-        finite_in(m.cpu_usage, 0.0, 100.0) && percent(m.memory_usage) && percent(m.packet_loss),
-        "invalid_metrics",
-        "metrics.cpuUsage, memoryUsage and packetLoss are percentages between 0 and 100",
-    )?;
-    check(
-        m.jitter.is_none_or(|j| finite_in(j, 0.0, 3_600_000.0)),
-        "invalid_metrics",
-        "metrics.jitter must be between 0 and 3600000 ms",
-    )?;
+    for (value, field, max) in [
+        (m.jitter, "metrics.jitter", MAX_LATENCY_MS),
+        (m.packet_loss, "metrics.packetLoss", 100.0),
+        (m.memory_usage, "metrics.memoryUsage", 100.0),
+    ] {
+        if let Some(value) = value {
+            check_number(value, 0.0, max, code, field)?;
+        }
+    }
     if let Some(bandwidth) = &m.bandwidth {
-        check_bandwidth(bandwidth, "metrics.bandwidth")?;
+        check_bandwidth(
+            bandwidth,
+            code,
+            ["metrics.bandwidth.up", "metrics.bandwidth.down"],
+        )?;
     }
     Ok(())
 }

@@ -56,7 +56,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::hosts::HostRecord;
-use crate::model::NatType;
+use crate::model::{
+    FieldError, MAX_BANDWIDTH, MAX_LATENCY_MS, MAX_REGION_LEN, NatType, check_country,
+    check_mapped_address, check_number, check_text,
+};
 use crate::store::NodeRecord;
 
 /// `POST /api/v1/routing/request`, as in the seed protocol.
@@ -104,6 +107,38 @@ pub struct ClientNetworkInfo {
     /// Its public address as a STUN server saw it.
     #[serde(default)]
     pub stun_mapped_address: Option<SocketAddr>,
+}
+
+impl RoutingRequest {
+    /// Checks every value as registration does: numbers finite and in range, text short and
+    /// printable. `clientId` and `targetNodeId` are UUIDs by type; that the client is the
+    /// token's node is the handler's check.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let requirements = &self.requirements;
+        let code = "invalid_requirements";
+        if let Some(min) = requirements.min_bandwidth {
+            check_number(min, 0.0, MAX_BANDWIDTH, code, "requirements.minBandwidth")?;
+        }
+        if let Some(max) = requirements.max_latency {
+            check_number(max, 0.0, MAX_LATENCY_MS, code, "requirements.maxLatency")?;
+        }
+        if let Some(region) = &requirements.preferred_location {
+            check_text(
+                region,
+                MAX_REGION_LEN,
+                code,
+                "requirements.preferredLocation",
+            )?;
+        }
+        if let Some(country) = &requirements.preferred_country {
+            check_country(country, code, "requirements.preferredCountry")?;
+        }
+        check_mapped_address(
+            self.client_network_info.stun_mapped_address,
+            "invalid_client_network_info",
+            "clientNetworkInfo.stunMappedAddress",
+        )
+    }
 }
 
 /// How traffic gets to the node.

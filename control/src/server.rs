@@ -8,6 +8,13 @@
 //! have their own timeout in the JSON extractor (408 with a JSON error). And a client IP
 //! address may hold at most `max_connections_per_ip` connections: more are closed on accept,
 //! before any byte is read, and counted in `bosonserver_http_connections_refused_total`.
+//!
+//! With a certificate (`--api-cert`/`--api-key`) every connection is TLS (rustls, ring) and
+//! must finish its handshake within the header read timeout too; the certificate files are
+//! checked for a change every `reload_interval` by `boson-tls`'s reloader, the same code as
+//! the relay's wss, and a new pair serves the connections accepted after it. Without one, an
+//! API on a non-loopback address logs one loud warning at start: tokens would cross the
+//! network in clear.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -20,11 +27,13 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use crate::AppState;
+use crate::config::HttpLimits;
 
 /// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -42,6 +51,28 @@ pub(crate) async fn run(
 ) -> std::io::Result<()> {
     let limits = state.config.http;
     let router = state.router();
+    let tls = match &state.config.api_tls {
+        Some(api_tls) => {
+            let reloader = boson_tls::Reloader::new(api_tls.source.clone(), "API")
+                .map(Arc::new)
+                .map_err(std::io::Error::other)?;
+            let stop = boson_tls::spawn_reloader(Arc::clone(&reloader), api_tls.reload_interval)?;
+            Some((reloader, stop))
+        }
+        None => {
+            let local = listener.local_addr()?;
+            if !local.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %local,
+                    "THE REST API SERVES PLAIN HTTP ON A NON-LOOPBACK ADDRESS: node tokens and \
+                     registrations cross the network in clear. Set --api-cert and --api-key \
+                     (BOSON_API_CERT, BOSON_API_KEY), or put a TLS-terminating proxy in front \
+                     and listen on loopback"
+                );
+            }
+            None
+        }
+    };
     let per_ip = ConnectionLimiter::new(limits.max_connections_per_ip);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
@@ -66,43 +97,69 @@ pub(crate) async fn run(
             continue;
         };
         let router = router.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
+        let acceptor = tls
+            .as_ref()
+            .map(|(reloader, _)| tokio_rustls::TlsAcceptor::from(reloader.config()));
         connections.spawn(async move {
             let _permit = permit;
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request
-                        .extensions_mut()
-                        .insert(ConnectInfo::<SocketAddr>(peer));
-                    router.clone().oneshot(request)
-                });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_header_size(MAX_HEADER_BYTES);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let stopping = async move {
-                // An error means the server is gone: stop as well.
-                let _ = stop.wait_for(|stopping| *stopping).await;
+            let Some(acceptor) = acceptor else {
+                serve_connection(stream, peer, router, limits, stop).await;
+                return;
             };
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = stopping => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%peer, "HTTP connection ended: {error}");
+            // The handshake counts against the header timeout: a client that never finishes
+            // it holds its slot no longer than one that never sends its headers.
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, peer, router, limits, stop).await,
+                Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
     drop(listener);
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
+    drop(tls);
     Ok(())
+}
+
+/// Serves HTTP/1 on one accepted connection (plain or TLS) until it ends or the server stops.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: axum::Router,
+    limits: HttpLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(peer));
+        router.clone().oneshot(request)
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEADER_BYTES);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let stopping = async move {
+        // An error means the server is gone: stop as well.
+        let _ = stop.wait_for(|stopping| *stopping).await;
+    };
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = stopping => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%peer, "HTTP connection ended: {error}");
+    }
 }
 
 /// Counts open connections per IP address. Only point lookups: the map is never iterated.

@@ -26,6 +26,7 @@ on_both_backends!(
     forged_and_stale_tokens_are_refused,
     replayed_registrations_and_tokens_change_nothing,
     oversized_streamed_bodies_are_refused,
+    every_request_field_is_validated_and_named,
 );
 
 async fn register_heartbeat_and_metrics(backend: Backend) {
@@ -1699,5 +1700,390 @@ async fn the_server_starts_without_redis_and_recovers_when_it_comes() {
     server.register(&node).await;
     redis.kill().unwrap();
     redis.wait().unwrap();
+    server.stop().await;
+}
+
+/// Every field of every request type, at and past its bounds: a wrong value is 422 (400 in a
+/// query string, as every query error) with the field named in the JSON error, and the
+/// bound itself is accepted.
+async fn every_request_field_is_validated_and_named(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("US-CA");
+    let token = server.register(&node).await;
+    let set = |mut body: Value, field: &str, value: Value| {
+        let mut target = &mut body;
+        let parts: Vec<&str> = field.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            target = &mut target[*part];
+        }
+        target[parts[parts.len() - 1]] = value;
+        body
+    };
+    let register = |field: &str, value: Value| set(Node::new("US-CA").registration(), field, value);
+    let beat = |field: &str, value: Value| {
+        set(
+            json!({"metrics": {"latency": 1, "cpuUsage": 1, "activeConnections": 1}}),
+            field,
+            value,
+        )
+    };
+    let route = |field: &str, value: Value| {
+        set(
+            json!({
+                "clientId": node.id,
+                "requirements": {},
+                "clientNetworkInfo": {"ipv4": "192.168.1.2", "natType": "FullCone"}
+            }),
+            field,
+            value,
+        )
+    };
+    let long = |n: usize| json!("a".repeat(n));
+    let heartbeat = format!("/api/v1/nodes/{}/heartbeat", node.id);
+    let routing = "/api/v1/routing/request";
+    let registering = "/api/v1/nodes/register";
+
+    // (path, token, body, status, code, field): one row per rule.
+    let refused: Vec<(&str, bool, Value, u16, &str, &str)> = vec![
+        (
+            registering,
+            false,
+            register("heartbeatInterval", json!(0)),
+            422,
+            "invalid_heartbeat_interval",
+            "heartbeatInterval",
+        ),
+        (
+            registering,
+            false,
+            register("heartbeatInterval", json!(86_401)),
+            422,
+            "invalid_heartbeat_interval",
+            "heartbeatInterval",
+        ),
+        (
+            registering,
+            false,
+            register("capabilities.maxConnections", json!(1_000_001)),
+            422,
+            "invalid_capabilities",
+            "capabilities.maxConnections",
+        ),
+        (
+            registering,
+            false,
+            register("capabilities.bandwidth.down", json!(-1)),
+            422,
+            "invalid_metrics",
+            "capabilities.bandwidth.down",
+        ),
+        (
+            registering,
+            false,
+            register("networkInfo.localPort", json!(0)),
+            422,
+            "invalid_network_info",
+            "networkInfo.localPort",
+        ),
+        (
+            registering,
+            false,
+            register("networkInfo.stunMappedAddress", json!("203.0.113.1:0")),
+            422,
+            "invalid_network_info",
+            "networkInfo.stunMappedAddress",
+        ),
+        (
+            registering,
+            false,
+            register("networkInfo.stunMappedAddress", json!("0.0.0.0:5")),
+            422,
+            "invalid_network_info",
+            "networkInfo.stunMappedAddress",
+        ),
+        (
+            registering,
+            false,
+            register("networkInfo.stunMappedAddress", json!("224.0.0.1:5")),
+            422,
+            "invalid_network_info",
+            "networkInfo.stunMappedAddress",
+        ),
+        (
+            registering,
+            false,
+            register("location.country", json!("U1")),
+            422,
+            "invalid_location",
+            "location.country",
+        ),
+        (
+            registering,
+            false,
+            register("location.region", long(65)),
+            422,
+            "invalid_location",
+            "location.region",
+        ),
+        (
+            registering,
+            false,
+            register("location.region", json!("US\tCA")),
+            422,
+            "invalid_location",
+            "location.region",
+        ),
+        (
+            registering,
+            false,
+            register("location.coordinates", json!([90.5, 0])),
+            422,
+            "invalid_location",
+            "location.coordinates",
+        ),
+        (
+            registering,
+            false,
+            register("location.coordinates", json!([0, -180.5])),
+            422,
+            "invalid_location",
+            "location.coordinates",
+        ),
+        (
+            registering,
+            false,
+            register("metrics.latency", json!(-1)),
+            422,
+            "invalid_metrics",
+            "metrics.latency",
+        ),
+        (
+            registering,
+            false,
+            register("metrics.cpuUsage", json!(100.5)),
+            422,
+            "invalid_metrics",
+            "metrics.cpuUsage",
+        ),
+        (
+            registering,
+            false,
+            register("metrics.jitter", json!(3_600_001)),
+            422,
+            "invalid_metrics",
+            "metrics.jitter",
+        ),
+        (
+            registering,
+            false,
+            register("metrics.packetLoss", json!(-0.1)),
+            422,
+            "invalid_metrics",
+            "metrics.packetLoss",
+        ),
+        (
+            registering,
+            false,
+            register("metrics.memoryUsage", json!(101)),
+            422,
+            "invalid_metrics",
+            "metrics.memoryUsage",
+        ),
+        (
+            registering,
+            false,
+            register("metrics.activeConnections", json!(1_000_001)),
+            422,
+            "invalid_metrics",
+            "metrics.activeConnections",
+        ),
+        (
+            registering,
+            false,
+            register("metrics.bandwidth", json!({"up": 1, "down": 1e10})),
+            422,
+            "invalid_metrics",
+            "metrics.bandwidth.down",
+        ),
+        (
+            registering,
+            false,
+            register("metrics.activeConnections", json!(-1)),
+            422,
+            "invalid_body",
+            "metrics.activeConnections",
+        ),
+        (
+            &heartbeat,
+            true,
+            beat("metrics.latency", json!(3_600_001)),
+            422,
+            "invalid_metrics",
+            "metrics.latency",
+        ),
+        (
+            &heartbeat,
+            true,
+            beat("metrics.activeConnections", json!(2_000_000)),
+            422,
+            "invalid_metrics",
+            "metrics.activeConnections",
+        ),
+        (
+            &heartbeat,
+            true,
+            beat("metrics.jitter", json!(1e308)),
+            422,
+            "invalid_metrics",
+            "metrics.jitter",
+        ),
+        (
+            &heartbeat,
+            true,
+            beat("metrics.bandwidth", json!({"up": -1, "down": 1})),
+            422,
+            "invalid_metrics",
+            "metrics.bandwidth.up",
+        ),
+        (
+            routing,
+            true,
+            route("requirements.maxLatency", json!(9.2e18)),
+            422,
+            "invalid_requirements",
+            "requirements.maxLatency",
+        ),
+        (
+            routing,
+            true,
+            route("requirements.maxLatency", json!(-1)),
+            422,
+            "invalid_requirements",
+            "requirements.maxLatency",
+        ),
+        (
+            routing,
+            true,
+            route("requirements.minBandwidth", json!(-5)),
+            422,
+            "invalid_requirements",
+            "requirements.minBandwidth",
+        ),
+        (
+            routing,
+            true,
+            route("requirements.minBandwidth", json!(1e10)),
+            422,
+            "invalid_requirements",
+            "requirements.minBandwidth",
+        ),
+        (
+            routing,
+            true,
+            route("requirements.preferredLocation", long(15_000)),
+            422,
+            "invalid_requirements",
+            "requirements.preferredLocation",
+        ),
+        (
+            routing,
+            true,
+            route("requirements.preferredLocation", json!("US\u{7}CA")),
+            422,
+            "invalid_requirements",
+            "requirements.preferredLocation",
+        ),
+        (
+            routing,
+            true,
+            route("requirements.preferredCountry", json!("USA")),
+            422,
+            "invalid_requirements",
+            "requirements.preferredCountry",
+        ),
+        (
+            routing,
+            true,
+            route("requirements.preferredCountry", json!("\n\n")),
+            422,
+            "invalid_requirements",
+            "requirements.preferredCountry",
+        ),
+        (
+            routing,
+            true,
+            route(
+                "clientNetworkInfo.stunMappedAddress",
+                json!("203.0.113.1:0"),
+            ),
+            422,
+            "invalid_client_network_info",
+            "clientNetworkInfo.stunMappedAddress",
+        ),
+    ];
+    for (path, auth, body, want_status, want_code, want_field) in refused {
+        let token = auth.then_some(token.as_str());
+        let (status, answer) = server.post(path, token, &body).await;
+        let what = format!("{path} {want_field}: {status} {answer}");
+        assert_eq!(status, want_status, "{what}");
+        assert_eq!(answer["error"]["code"], want_code, "{what}");
+        assert_eq!(answer["error"]["field"], want_field, "{what}");
+    }
+    for (query, field) in [
+        ("region=".to_owned() + &"a".repeat(65), "region"),
+        ("region=US%07CA".to_owned(), "region"),
+        ("country=USA".to_owned(), "country"),
+        ("status=zombie".to_owned(), "status"),
+        ("limit=0".to_owned(), "limit"),
+        ("limit=1001".to_owned(), "limit"),
+        ("offset=-1".to_owned(), "offset"),
+    ] {
+        let (status, answer) = server
+            .get(&format!("/api/v1/nodes?{query}"), Some(&token))
+            .await;
+        assert_eq!(
+            (
+                status,
+                answer["error"]["code"].as_str(),
+                answer["error"]["field"].as_str()
+            ),
+            (400, Some("invalid_query"), Some(field)),
+            "{query}: {answer}"
+        );
+    }
+
+    // The bounds themselves are accepted.
+    let mut edge = Node::new("US-CA").registration();
+    for (field, value) in [
+        ("heartbeatInterval", json!(86_400)),
+        ("capabilities.maxConnections", json!(1_000_000)),
+        ("location.region", long(64)),
+        ("location.coordinates", json!([-90, 180])),
+        ("metrics.activeConnections", json!(1_000_000)),
+        ("metrics.latency", json!(3_600_000)),
+    ] {
+        edge = set(edge, field, value);
+    }
+    let (status, answer) = server.post(registering, None, &edge).await;
+    assert_eq!(status, 201, "{answer}");
+    let mut edge = route("requirements.maxLatency", json!(3_600_000));
+    for (field, value) in [
+        ("requirements.minBandwidth", json!(0)),
+        ("requirements.preferredLocation", long(64)),
+        ("requirements.preferredCountry", json!("us")),
+    ] {
+        edge = set(edge, field, value);
+    }
+    let (status, answer) = server.post(routing, Some(&token), &edge).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = server
+        .get(
+            &format!("/api/v1/nodes?country=us&region={}", "a".repeat(64)),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
     server.stop().await;
 }

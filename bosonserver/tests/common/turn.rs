@@ -12,7 +12,7 @@ use boson_dataplane_proto::stun::{
     Trailer, TransactionId, Username,
 };
 use boson_dataplane_proto::turn::attr::{
-    Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
+    Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
 };
 use boson_shared::{TurnCredential, TurnSecret};
 
@@ -218,6 +218,23 @@ impl TurnClient {
             .unwrap();
             enc.add(&XorPeerAddress(peer)).unwrap();
         })
+    }
+
+    /// Sends `payload` to `peer` in a Send indication (no answer comes).
+    pub(crate) fn send_indication(&self, peer: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        let mut buf = vec![0u8; 1500];
+        let tid = TransactionId::new([0x53; 12]);
+        let mut enc = Encoder::new(
+            &mut buf,
+            MessageType::new(Method::SEND, Class::Indication),
+            tid,
+        )
+        .unwrap();
+        enc.add(&XorPeerAddress(peer)).unwrap();
+        enc.add(&Data(payload)).unwrap();
+        let len = enc.finish(Trailer::new().with_fingerprint()).unwrap();
+        self.socket.send_to(&buf[..len], self.server)?;
+        Ok(())
     }
 
     /// Sends `payload` on channel `number`.

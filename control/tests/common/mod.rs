@@ -56,6 +56,8 @@ pub(crate) struct Options {
     pub(crate) quic_addr: Option<String>,
     /// `--turn-secrets-file`; the configured secrets stay the test's own.
     pub(crate) turn_secrets_file: Option<std::path::PathBuf>,
+    /// TLS on the API.
+    pub(crate) api_tls: Option<boson_control::config::ApiTls>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             relay_url: None,
             quic_addr: None,
             turn_secrets_file: None,
+            api_tls: None,
         }
     }
 }
@@ -244,6 +247,7 @@ impl TestServer {
                 timeout: options.host_heartbeat_interval * 3,
             },
             routing_seed: Some(u64::from(index)),
+            api_tls: options.api_tls.clone(),
         };
         let clock = shared.clock.clone();
         let state = AppState::connect(config, Arc::new(clock.clone()))

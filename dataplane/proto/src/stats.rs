@@ -48,6 +48,10 @@ pub enum DropReason {
     NoPermission,
     /// A Send indication toward a peer the peer filter denies.
     PeerFiltered,
+    /// ChannelData or a Send indication toward, or peer data from, one of this host's own
+    /// addresses on a port that is not a live relay allocation (a local service, or a relay
+    /// port whose allocation ended since the permission or channel was made).
+    NotARelayPort,
     /// A Send indication toward a peer of another address family than the relay.
     PeerFamilyMismatch,
     /// A Send indication without XOR-PEER-ADDRESS or DATA, or with undecodable ones.
@@ -62,7 +66,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::NotStun,
         Self::Truncated,
         Self::BadLength,
@@ -79,6 +83,7 @@ impl DropReason {
         Self::NoAllocation,
         Self::NoPermission,
         Self::PeerFiltered,
+        Self::NotARelayPort,
         Self::PeerFamilyMismatch,
         Self::MalformedIndication,
         Self::UnexpectedIndication,
@@ -108,6 +113,7 @@ impl DropReason {
             Self::NoAllocation => "no_allocation",
             Self::NoPermission => "no_permission",
             Self::PeerFiltered => "peer_filtered",
+            Self::NotARelayPort => "not_a_relay_port",
             Self::PeerFamilyMismatch => "peer_family_mismatch",
             Self::MalformedIndication => "malformed_indication",
             Self::UnexpectedIndication => "unexpected_indication",

@@ -1123,31 +1123,39 @@ fn peer_filter_refuses_every_spelling_of_internal_addresses() {
 }
 
 #[test]
-fn own_address_is_reachable_on_relay_ports_only() {
+fn own_address_is_reachable_on_live_relay_allocations_only() {
     // Two clients of this relay reaching each other through their allocations have the
-    // relay's own address as their peer; its other ports must stay out of reach.
-    let (mut h, mut alice, _) = allocated();
+    // relay's own address as their peer; every other port of the host must stay out of
+    // reach, the relay range's free ports included (a local UDP service may sit there).
+    let (mut h, mut alice, alice_port) = allocated();
     let mut bob = Client::new("198.51.100.20:4000", &secret_a(), "bob");
     let bob_port = h.allocate(&mut bob);
     let bob_relayed = SocketAddr::from((RELAY_IP, bob_port.get()));
+    let alice_relayed = SocketAddr::from((RELAY_IP, alice_port.get()));
+    let free = (50_000..=50_009)
+        .find(|&p| p != alice_port.get() && p != bob_port.get())
+        .unwrap();
     for own in [
-        "203.0.113.1:8080",
-        "203.0.113.1:6379",
-        "[::ffff:203.0.113.1]:22",
+        "203.0.113.1:8080".to_owned(),
+        "203.0.113.1:6379".to_owned(),
+        "[::ffff:203.0.113.1]:22".to_owned(),
+        format!("203.0.113.1:{free}"),
+        format!("[::ffff:203.0.113.1]:{free}"),
     ] {
         assert_eq!(
-            h.channel_bind(&mut alice, 0x4100, addr(own)).code(),
+            h.channel_bind(&mut alice, 0x4100, addr(&own)).code(),
             Some(403),
             "ChannelBind {own}"
         );
         assert_eq!(
-            h.send_indication(&mut alice, addr(own), b"x").0,
+            h.send_indication(&mut alice, addr(&own), b"x").0,
             ClientAction::Drop(DropReason::PeerFiltered),
             "Send {own}"
         );
     }
-    // A permission names no port: allowed, and the port is judged on use.
+    // A permission names no port: allowed, and the port is judged on every use.
     assert!(h.create_permission(&mut alice, &[bob_relayed]).is_success());
+    assert!(h.create_permission(&mut bob, &[alice_relayed]).is_success());
     assert!(matches!(
         h.send_indication(&mut alice, bob_relayed, b"hi").0,
         ClientAction::Relay { peer, .. } if peer.get() == bob_relayed
@@ -1157,20 +1165,88 @@ fn own_address_is_reachable_on_relay_ports_only() {
         h.channel_data(&alice, 0x4001, b"hello").0,
         ClientAction::Relay { peer, .. } if peer.get() == bob_relayed
     ));
-    // The host's relay range, when given, covers other workers' ports too.
-    let filter = PeerFilter::new().own_relay_ports(50_000..=50_099);
-    let mut h = Harness::with_config(config().with_peer_filter(filter));
-    let mut carol = Client::new("198.51.100.30:4000", &secret_a(), "carol");
-    h.allocate(&mut carol);
-    assert!(
-        h.channel_bind(&mut carol, 0x4002, addr("203.0.113.1:50099"))
-            .is_success()
+    // Bob's relay socket receives what alice's sent, and hands it to bob.
+    assert!(matches!(
+        h.peer_input(bob_port, alice_relayed, b"hello").0,
+        PeerAction::Forward { dst, .. } if dst == bob.addr
+    ));
+    // A datagram from the host's own address but another port (a local service answering,
+    // or anything that bound a free relay port) never reaches a client.
+    assert_eq!(
+        h.peer_input(alice_port, addr(&format!("203.0.113.1:{free}")), b"x")
+            .0,
+        PeerAction::Drop(DropReason::NotARelayPort)
     );
     assert_eq!(
-        h.channel_bind(&mut carol, 0x4003, addr("203.0.113.1:50100"))
-            .code(),
+        h.peer_input(alice_port, addr("203.0.113.1:53"), b"x").0,
+        PeerAction::Drop(DropReason::NotARelayPort)
+    );
+
+    // Bob's allocation ends: alice's permission and channel toward its port stop carrying
+    // traffic at once, both ways, although neither expired.
+    assert!(h.refresh(&mut bob, Some(0)).is_success());
+    assert_eq!(
+        h.channel_data(&alice, 0x4001, b"late").0,
+        ClientAction::Drop(DropReason::NotARelayPort)
+    );
+    assert_eq!(
+        h.send_indication(&mut alice, bob_relayed, b"late").0,
+        ClientAction::Drop(DropReason::PeerFiltered)
+    );
+    assert_eq!(
+        h.peer_input(alice_port, bob_relayed, b"from whoever binds it now")
+            .0,
+        PeerAction::Drop(DropReason::NotARelayPort)
+    );
+    assert_eq!(
+        h.channel_bind(&mut alice, 0x4002, bob_relayed).code(),
         Some(403)
     );
+    assert_eq!(
+        h.server.stats().drops.get(DropReason::NotARelayPort),
+        4,
+        "each a counted, named drop"
+    );
+
+    // Another worker's allocation on the host-wide port table is live here too; the same
+    // port once it ends is not.
+    let shared = config();
+    let mut h1 = Harness::with_config(shared.clone());
+    let mut h2 = Harness::with_config(shared);
+    let mut carol = Client::new("198.51.100.30:4000", &secret_a(), "carol");
+    let mut dave = Client::new("198.51.100.31:4000", &secret_a(), "dave");
+    h1.allocate(&mut carol);
+    let dave_port = h2.allocate(&mut dave);
+    let dave_relayed = SocketAddr::from((RELAY_IP, dave_port.get()));
+    assert!(
+        h1.channel_bind(&mut carol, 0x4002, dave_relayed)
+            .is_success()
+    );
+    assert!(matches!(
+        h1.channel_data(&carol, 0x4002, b"across cores").0,
+        ClientAction::Relay { .. }
+    ));
+    assert!(h2.refresh(&mut dave, Some(0)).is_success());
+    assert_eq!(
+        h1.channel_data(&carol, 0x4002, b"gone").0,
+        ClientAction::Drop(DropReason::NotARelayPort)
+    );
+    // Re-allocated (by anyone): a relay socket again, whose own permissions decide.
+    let mut erin = Client::new("198.51.100.32:4000", &secret_a(), "erin");
+    let mut again = None;
+    for _ in 0..50 {
+        let port = h2.allocate(&mut erin);
+        if port == dave_port {
+            again = Some(port);
+            break;
+        }
+        assert!(h2.refresh(&mut erin, Some(0)).is_success());
+    }
+    assert_eq!(again, Some(dave_port), "the port comes round again");
+    assert!(matches!(
+        h1.channel_data(&carol, 0x4002, b"to erin's relay").0,
+        ClientAction::Relay { .. }
+    ));
 }
 
 #[test]

@@ -224,7 +224,7 @@ where
     };
     if let (Some(tls), Some(relay)) = (tls, &config.relay) {
         dataplane.reload_stop = Some(
-            relay::tls::spawn_reloader(tls, relay.tls_reload_interval)
+            boson_tls::spawn_reloader(tls, relay.tls_reload_interval)
                 .context("starting the certificate reloader")?,
         );
     }
@@ -332,7 +332,7 @@ pub struct Dataplane {
     backend: IoBackend,
     relay_addr: Option<SocketAddr>,
     relay_handle: Option<relay::RelayHandle>,
-    reload_stop: Option<relay::tls::ReloadStop>,
+    reload_stop: Option<boson_tls::ReloadStop>,
 }
 
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use super::attr::ReservationToken;
-use super::{ChannelNumber, PeerAddr};
+use super::{Allowed, ChannelNumber, PeerAddr};
 use crate::binding::ClientAddr;
 use crate::stun::TransactionId;
 
@@ -42,7 +42,8 @@ pub(crate) struct Allocation {
     /// The RESERVATION-TOKEN that response carried (EVEN-PORT R=1), for retransmissions.
     pub(crate) reservation: Option<ReservationToken>,
     pub(crate) expires_at: Instant,
-    permissions: HashMap<IpAddr, Instant>,
+    /// Expiry, and where the IP may be reached (an own address only on live relay ports).
+    permissions: HashMap<IpAddr, (Instant, Allowed)>,
     channels: HashMap<ChannelNumber, Channel>,
     peer_channels: HashMap<PeerAddr, ChannelNumber>,
 }
@@ -87,22 +88,33 @@ impl Allocation {
 
     // Permissions.
 
-    pub(crate) fn has_permission(&self, ip: IpAddr, now: Instant) -> bool {
-        self.permissions.get(&ip).is_some_and(|&t| now < t)
+    /// Where a live permission for `ip` lets the client reach it, if there is one at `now`.
+    pub(crate) fn permission(&self, ip: IpAddr, now: Instant) -> Option<Allowed> {
+        self.permissions
+            .get(&ip)
+            .filter(|&&(t, _)| now < t)
+            .map(|&(_, allowed)| allowed)
     }
 
     pub(crate) fn permission_expiry(&self, ip: IpAddr) -> Option<Instant> {
-        self.permissions.get(&ip).copied()
+        self.permissions.get(&ip).map(|&(t, _)| t)
     }
 
     /// Installs or refreshes a permission; returns the previous expiry if there was one.
-    pub(crate) fn set_permission(&mut self, ip: IpAddr, expires_at: Instant) -> Option<Instant> {
-        self.permissions.insert(ip, expires_at)
+    pub(crate) fn set_permission(
+        &mut self,
+        ip: IpAddr,
+        expires_at: Instant,
+        allowed: Allowed,
+    ) -> Option<Instant> {
+        self.permissions
+            .insert(ip, (expires_at, allowed))
+            .map(|(t, _)| t)
     }
 
     /// Removes the permission for `ip` if it has expired at `now`.
     pub(crate) fn expire_permission(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.permissions.get(&ip).is_some_and(|&t| t <= now) {
+        if self.permissions.get(&ip).is_some_and(|&(t, _)| t <= now) {
             self.permissions.remove(&ip);
             return true;
         }
@@ -113,19 +125,24 @@ impl Allocation {
         self.permissions.len()
     }
 
-    /// Removes every permission whose IP `keep` refuses; returns them with their expiries.
+    /// Judges every permission's IP again with `judge`: removes those it refuses (`None`),
+    /// returned with their expiries, and keeps the others with their new reach.
     pub(crate) fn revoke_permissions(
         &mut self,
-        keep: impl Fn(IpAddr) -> bool,
+        judge: impl Fn(IpAddr) -> Option<Allowed>,
     ) -> Vec<(IpAddr, Instant)> {
         let mut revoked = Vec::new();
-        self.permissions.retain(|&ip, &mut expires_at| {
-            let kept = keep(ip);
-            if !kept {
-                revoked.push((ip, expires_at));
-            }
-            kept
-        });
+        self.permissions
+            .retain(|&ip, (expires_at, allowed)| match judge(ip) {
+                Some(now_allowed) => {
+                    *allowed = now_allowed;
+                    true
+                }
+                None => {
+                    revoked.push((ip, *expires_at));
+                    false
+                }
+            });
         revoked
     }
 
@@ -212,7 +229,11 @@ impl Allocation {
     /// arbitrary.
     pub(crate) fn into_expiries(self) -> Expiries {
         Expiries {
-            permissions: self.permissions.into_iter().collect(),
+            permissions: self
+                .permissions
+                .into_iter()
+                .map(|(ip, (expires_at, _))| (ip, expires_at))
+                .collect(),
             channels: self
                 .channels
                 .into_iter()
@@ -260,10 +281,14 @@ mod tests {
         let t0 = crate::turn::test_epoch();
         let mut a = allocation(t0);
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
-        assert!(!a.has_permission(ip, t0));
-        assert_eq!(a.set_permission(ip, t0 + Duration::from_secs(300)), None);
-        assert!(a.has_permission(ip, t0 + Duration::from_secs(299)));
-        assert!(!a.has_permission(ip, t0 + Duration::from_secs(300)));
+        assert_eq!(a.permission(ip, t0), None);
+        let end = t0 + Duration::from_secs(300);
+        assert_eq!(a.set_permission(ip, end, Allowed::Anywhere), None);
+        assert_eq!(
+            a.permission(ip, t0 + Duration::from_secs(299)),
+            Some(Allowed::Anywhere)
+        );
+        assert_eq!(a.permission(ip, end), None);
         assert!(!a.expire_permission(ip, t0 + Duration::from_secs(299)));
         assert!(a.expire_permission(ip, t0 + Duration::from_secs(300)));
         assert_eq!(a.permission_count(), 0);

@@ -248,18 +248,11 @@ impl TurnConfig {
         self.relay_ip
     }
 
-    /// The configured filter with the relay address added as an own address, and, unless the
-    /// host's relay ports were given, the port table's range as the only own relay ports.
+    /// The configured filter with the relay address added as an own address.
     pub(crate) fn effective_peer_filter(&self) -> PeerFilter {
-        let filter = self
-            .peer_filter
+        self.peer_filter
             .clone()
-            .own_address(IpAddr::V4(self.relay_ip));
-        if filter.knows_relay_ports() {
-            filter
-        } else {
-            filter.own_relay_ports(self.ports.range())
-        }
+            .own_address(IpAddr::V4(self.relay_ip))
     }
 }
 

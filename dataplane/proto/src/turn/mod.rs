@@ -55,6 +55,12 @@
 //!   dropped too.
 //! * **Relaying** in either direction needs a live allocation and a live permission for the
 //!   peer IP at `now`, checked on every packet, so a late `handle_timeout` never extends them.
+//!   A peer on one of this host's own addresses must in addition be a live relay allocation
+//!   of the host ([`PortTable::is_allocated`], one atomic load), also checked on every packet
+//!   in both directions: a channel or permission toward a relay port whose allocation ended
+//!   stops carrying traffic at once ([`DropReason::NotARelayPort`](crate::DropReason)), and
+//!   carries it again only if that port becomes a relay allocation again (whose own
+//!   permissions then decide what reaches its client).
 //!
 //! # Amplification bound
 //!
@@ -88,7 +94,7 @@ pub use config::{
     CHANNEL_COOLDOWN, CHANNEL_LIFETIME, ConfigError, DEFAULT_LIFETIME, MAX_LIFETIME,
     NONCE_LIFETIME, PERMISSION_LIFETIME, PORT_QUARANTINE, RESERVATION_LIFETIME, TurnConfig,
 };
-pub use peer_filter::{Denied, PeerFilter};
+pub use peer_filter::{Allowed, Denied, PeerFilter};
 pub use ports::PortTable;
 pub use server::{ClientAction, Command, Footprint, PeerAction, Server, TurnEvent};
 

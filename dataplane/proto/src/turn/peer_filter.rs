@@ -7,23 +7,28 @@
 //! a permission is per IP) and ChannelBind ([`PeerFilter::check_transport`], by IP and port)
 //! answer 403 when it denies, Send indications ([`PeerFilter::check_transport`]) are dropped
 //! and counted ([`DropReason::PeerFiltered`](crate::DropReason::PeerFiltered)). Peer → client
-//! traffic needs a permission, which only an allowed address can get, so it needs no second
-//! check.
+//! traffic needs a permission, which only an allowed address can get.
 //!
 //! # Order of the rules
 //!
 //! 1. the configured deny-list: denied;
-//! 2. the configured allow-list: allowed (this is how tests and benches reach loopback peers,
-//!    see [`PeerFilter::danger_allow_loopback`]);
-//! 3. the server's own addresses (relay and listener): denied, except on the host's relay ports
-//!    ([`PeerFilter::own_relay_ports`]). Two clients of this relay that reach each other
-//!    through their allocations (both behind symmetric NATs: the case TURN exists for) have
-//!    this server's address as their peer; the host's other ports (the REST API, a database on
-//!    the same machine) stay out of reach. A permission names no port, so
-//!    [`PeerFilter::check`] lets an own address through when relay ports are known, and the port
-//!    is judged where it is known, by [`PeerFilter::check_transport`];
-//! 4. the built-in special-purpose ranges below: denied;
-//! 5. anything else: allowed.
+//! 2. loopback, when [`PeerFilter::danger_allow_loopback`] is on (tests and benches only):
+//!    allowed on every port, the host's own loopback address included;
+//! 3. the server's own addresses ([`PeerFilter::own_address`]: relay and listener): allowed
+//!    only on a port that is a **live relay allocation** of this host right now, in the
+//!    host-wide [`PortTable`] (every worker's allocations). Two clients of this relay that
+//!    reach each other through their allocations (both behind symmetric NATs: the case TURN
+//!    exists for) have this server's address as their peer; every other port of the host (the
+//!    REST API, a database, a DNS resolver's ephemeral socket inside the relay range, a relay
+//!    port whose allocation ended) stays out of reach. A permission names no port, so
+//!    [`PeerFilter::check`] answers [`Allowed::LiveRelayPorts`] and the port is judged on
+//!    every use, in both directions, by the [`Server`](super::Server): a channel or permission
+//!    to a port that stops being a live allocation stops carrying traffic at once. The
+//!    configured allow-list does not open an own address: an operator allowing their private
+//!    network does not open the host's own services in it;
+//! 4. the configured allow-list: allowed;
+//! 5. the built-in special-purpose ranges below: denied;
+//! 6. anything else: allowed.
 //!
 //! Every rule looks at the address as written **and** at the IPv4 address it embeds, so a
 //! denied IPv4 address stays denied in every IPv6 spelling.
@@ -61,9 +66,10 @@
 //! [RFC 6890]: https://www.rfc-editor.org/rfc/rfc6890
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::ops::RangeInclusive;
 
 use boson_shared::Cidr;
+
+use super::PortTable;
 
 /// The peer filter: built-in special-purpose ranges plus configured lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,7 +77,17 @@ pub struct PeerFilter {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
     own: Vec<IpAddr>,
-    own_relay_ports: Option<RangeInclusive<u16>>,
+    danger_loopback: bool,
+}
+
+/// Where [`PeerFilter::check`] lets a client reach an IP it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Allowed {
+    /// On every port.
+    Anywhere,
+    /// One of the server's own addresses: only on ports that are live relay allocations of
+    /// this host ([`PortTable::is_allocated`]), judged again on every packet.
+    LiveRelayPorts,
 }
 
 /// Why [`PeerFilter::check`] refused an address.
@@ -80,7 +96,8 @@ pub struct PeerFilter {
 pub enum Denied {
     /// In the configured deny-list.
     Listed,
-    /// One of the server's own relay or listener addresses.
+    /// One of the server's own relay or listener addresses, on a port that is not a live
+    /// relay allocation.
     OwnAddress,
     /// `0.0.0.0/8` or `::`.
     Unspecified,
@@ -134,12 +151,12 @@ impl PeerFilter {
             allow: Vec::new(),
             deny: Vec::new(),
             own: Vec::new(),
-            own_relay_ports: None,
+            danger_loopback: false,
         }
     }
 
-    /// Allows `cidr` even where a built-in rule or an own address would deny it (the
-    /// deny-list still wins).
+    /// Allows `cidr` even where a built-in rule would deny it (the deny-list still wins, and
+    /// an own address stays limited to live relay ports).
     pub fn allow(mut self, cidr: Cidr) -> Self {
         self.allow.push(cidr);
         self
@@ -151,7 +168,8 @@ impl PeerFilter {
         self
     }
 
-    /// Denies one of the server's own addresses (relay or listener).
+    /// Adds one of the server's own addresses (relay or listener): reachable only on the
+    /// host's live relay allocations.
     pub fn own_address(mut self, ip: IpAddr) -> Self {
         let ip = ip.to_canonical();
         if !self.own.contains(&ip) {
@@ -160,42 +178,32 @@ impl PeerFilter {
         self
     }
 
-    /// The relay ports of the whole host (every worker's share), on which the own addresses
-    /// may be reached: relay to relay. Without it, own addresses are denied on every port.
-    pub fn own_relay_ports(mut self, ports: RangeInclusive<u16>) -> Self {
-        self.own_relay_ports = Some(ports);
+    /// Allows `127.0.0.0/8` and `::1` on every port, the host's own loopback address
+    /// included, so tests and benches can run peers on the loopback interface. Never for
+    /// production: it opens the relay host's local services to clients.
+    pub const fn danger_allow_loopback(mut self) -> Self {
+        self.danger_loopback = true;
         self
     }
 
-    /// Whether the host's relay ports are known.
-    pub const fn knows_relay_ports(&self) -> bool {
-        self.own_relay_ports.is_some()
-    }
-
-    /// Allows `127.0.0.0/8` and `::1`, so tests and benches can run peers on the loopback
-    /// interface. Never for production: it opens the relay host's local services to clients.
-    pub fn danger_allow_loopback(self) -> Self {
-        self.allow(Cidr::LOOPBACK_V4).allow(Cidr::LOOPBACK_V6)
-    }
-
     /// Decides whether a client may get a permission for `ip`. Pure: same answer for the same
-    /// filter and address, no state touched. An own address passes when the relay ports are
-    /// known: its port is judged by [`check_transport`](Self::check_transport) on use.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
-        self.judge(ip, self.own_relay_ports.is_some())
+    /// filter and address, no state touched. An own address is
+    /// [`Allowed::LiveRelayPorts`]: its port is judged on use.
+    pub fn check(&self, ip: IpAddr) -> Result<Allowed, Denied> {
+        self.judge(ip)
     }
 
-    /// Decides whether a client may send to `peer`: [`check`](Self::check), except that an own
-    /// address passes only on one of the host's relay ports.
-    pub fn check_transport(&self, peer: SocketAddr) -> Result<(), Denied> {
-        let on_relay_port = self
-            .own_relay_ports
-            .as_ref()
-            .is_some_and(|ports| ports.contains(&peer.port()));
-        self.judge(peer.ip(), on_relay_port)
+    /// Decides whether a client may send to `peer` now: [`check`](Self::check), and an own
+    /// address only on a port `ports` holds as a live relay allocation.
+    pub fn check_transport(&self, peer: SocketAddr, ports: &PortTable) -> Result<(), Denied> {
+        match self.judge(peer.ip())? {
+            Allowed::Anywhere => Ok(()),
+            Allowed::LiveRelayPorts if ports.is_allocated(peer.port()) => Ok(()),
+            Allowed::LiveRelayPorts => Err(Denied::OwnAddress),
+        }
     }
 
-    fn judge(&self, ip: IpAddr, own_allowed: bool) -> Result<(), Denied> {
+    fn judge(&self, ip: IpAddr) -> Result<Allowed, Denied> {
         let (ip, embedded) = match ip {
             IpAddr::V4(v4) => (ip, Embedded::V4(v4)),
             IpAddr::V6(v6) => (ip, embedded_ipv4(v6)),
@@ -211,16 +219,18 @@ impl PeerFilter {
         if matches(&self.deny) {
             return Err(Denied::Listed);
         }
-        if matches(&self.allow) {
-            return Ok(());
+        if self.danger_loopback
+            && [Cidr::LOOPBACK_V4, Cidr::LOOPBACK_V6]
+                .iter()
+                .any(|cidr| cidr.contains(ip) || v4.is_some_and(|v4| cidr.contains(v4)))
+        {
+            return Ok(Allowed::Anywhere);
         }
         if self.own.contains(&ip) || v4.is_some_and(|v4| self.own.contains(&v4)) {
-            // An own address on a relay port is one of this host's relay sockets.
-            return if own_allowed {
-                Ok(())
-            } else {
-                Err(Denied::OwnAddress)
-            };
+            return Ok(Allowed::LiveRelayPorts);
+        }
+        if matches(&self.allow) {
+            return Ok(Allowed::Anywhere);
         }
         match (ip, embedded) {
             (_, Embedded::V4(v4)) => special_ipv4(v4),
@@ -228,6 +238,7 @@ impl PeerFilter {
             (IpAddr::V6(v6), Embedded::None) => special_ipv6(v6),
             (IpAddr::V4(_), Embedded::None) => Ok(()),
         }
+        .map(|()| Allowed::Anywhere)
     }
 }
 
@@ -311,9 +322,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::turn::RelayPort;
 
     fn check(filter: &PeerFilter, ip: &str) -> Result<(), Denied> {
-        filter.check(ip.parse().unwrap())
+        filter.check(ip.parse().unwrap()).map(|_| ())
     }
 
     #[test]
@@ -413,54 +425,90 @@ mod tests {
             ("8.8.4.4", Err(Denied::Listed)),
             ("::ffff:8.8.4.4", Err(Denied::Listed)),
             ("8.8.8.8", Ok(())),
-            ("203.0.113.7", Err(Denied::OwnAddress)),
-            ("::ffff:203.0.113.7", Err(Denied::OwnAddress)),
-            ("2002:cb00:7107::", Err(Denied::OwnAddress)),
-            ("198.51.100.1", Err(Denied::OwnAddress)),
             ("203.0.113.8", Ok(())),
         ] {
             assert_eq!(check(&filter, ip), expected, "{ip}");
         }
-        // Relay to relay: an own address is reachable on the host's relay ports only, in
-        // every spelling; a permission (no port) for it is allowed once the ports are known.
-        let filter = PeerFilter::new()
-            .own_address("203.0.113.7".parse().unwrap())
-            .own_address("10.0.0.5".parse().unwrap())
-            .own_relay_ports(49152..=65535);
-        let transport = |addr: &str| filter.check_transport(addr.parse().unwrap());
-        assert_eq!(transport("203.0.113.7:49152"), Ok(()));
-        assert_eq!(transport("203.0.113.7:65535"), Ok(()));
-        assert_eq!(transport("[::ffff:203.0.113.7]:50000"), Ok(()));
-        assert_eq!(
-            transport("10.0.0.5:50000"),
-            Ok(()),
-            "a private relay IP is still ours"
-        );
-        assert_eq!(transport("203.0.113.7:8080"), Err(Denied::OwnAddress));
-        assert_eq!(transport("203.0.113.7:49151"), Err(Denied::OwnAddress));
-        assert_eq!(
-            transport("[2002:cb00:7107::]:6379"),
-            Err(Denied::OwnAddress)
-        );
-        assert_eq!(transport("10.0.0.6:50000"), Err(Denied::Private));
-        assert_eq!(transport("127.0.0.1:50000"), Err(Denied::Loopback));
-        assert_eq!(check(&filter, "203.0.113.7"), Ok(()));
-        assert_eq!(check(&filter, "10.0.0.6"), Err(Denied::Private));
-        let unknown_ports = PeerFilter::new().own_address("203.0.113.7".parse().unwrap());
-        assert_eq!(
-            check(&unknown_ports, "203.0.113.7"),
-            Err(Denied::OwnAddress)
-        );
-        assert_eq!(
-            unknown_ports.check_transport("203.0.113.7:50000".parse().unwrap()),
-            Err(Denied::OwnAddress)
-        );
+    }
 
-        // The allow-list also beats an own address (loopback benches relay to themselves).
+    #[test]
+    fn own_addresses_are_reachable_on_live_relay_ports_only() {
+        let table = PortTable::new(50_000..=50_009).unwrap();
+        let live = table.claim(3, false).unwrap().get();
+        assert_eq!(live, 50_003);
+        let quarantined = table.claim(4, false).unwrap();
+        table.quarantine(quarantined);
+        table.claim_reserving_next(6, 1).unwrap();
         let filter = PeerFilter::new()
-            .own_address("127.0.0.1".parse().unwrap())
-            .danger_allow_loopback();
-        assert_eq!(check(&filter, "127.0.0.1"), Ok(()));
+            .allow("10.0.0.0/8".parse().unwrap())
+            .allow("203.0.113.0/24".parse().unwrap())
+            .own_address("203.0.113.7".parse().unwrap())
+            .own_address("::ffff:10.0.0.5".parse().unwrap());
+        // A permission names no port: an own IP is allowed, limited to live relay ports, in
+        // every spelling, whatever the allow-list says.
+        for own in [
+            "203.0.113.7",
+            "::ffff:203.0.113.7",
+            "2002:cb00:7107::",
+            "10.0.0.5",
+        ] {
+            assert_eq!(
+                filter.check(own.parse().unwrap()),
+                Ok(Allowed::LiveRelayPorts),
+                "{own}"
+            );
+        }
+        assert_eq!(
+            filter.check("203.0.113.8".parse().unwrap()),
+            Ok(Allowed::Anywhere)
+        );
+        let transport = |addr: &str| filter.check_transport(addr.parse().unwrap(), &table);
+        assert_eq!(transport("203.0.113.7:50003"), Ok(()), "a live allocation");
+        assert_eq!(transport("[::ffff:203.0.113.7]:50003"), Ok(()));
+        assert_eq!(transport("10.0.0.5:50003"), Ok(()), "a private own IP too");
+        for refused in [
+            "203.0.113.7:50000", // free port of the range
+            "203.0.113.7:50004", // quarantined: something else holds it
+            "203.0.113.7:50007", // reserved, not yet an allocation
+            "203.0.113.7:49999", // outside the range
+            "203.0.113.7:8080",  // the API, a database, ...
+            "[2002:cb00:7107::]:6379",
+            "10.0.0.5:22",
+        ] {
+            assert_eq!(transport(refused), Err(Denied::OwnAddress), "{refused}");
+        }
+        assert_eq!(transport("203.0.113.8:8080"), Ok(()), "allowed, not ours");
+        assert_eq!(transport("127.0.0.1:50003"), Err(Denied::Loopback));
+        // Released: the port stops being reachable at once.
+        table.release(RelayPort::new(live));
+        assert_eq!(transport("203.0.113.7:50003"), Err(Denied::OwnAddress));
+        // The deny-list still wins.
+        let denied = filter.deny("203.0.113.7/32".parse().unwrap());
+        assert_eq!(
+            denied.check("203.0.113.7".parse().unwrap()),
+            Err(Denied::Listed)
+        );
+    }
+
+    #[test]
+    fn danger_loopback_opens_loopback_own_address_included() {
+        let table = PortTable::new(50_000..=50_009).unwrap();
+        let filter = PeerFilter::new().own_address("127.0.0.1".parse().unwrap());
+        assert_eq!(
+            filter.check_transport("127.0.0.1:31500".parse().unwrap(), &table),
+            Err(Denied::OwnAddress),
+            "the issue's reproduction: an own loopback address on a port no relay holds"
+        );
+        assert_eq!(check(&filter, "127.0.0.2"), Err(Denied::Loopback));
+        let filter = filter.danger_allow_loopback();
+        assert_eq!(
+            filter.check_transport("127.0.0.1:31500".parse().unwrap(), &table),
+            Ok(())
+        );
+        assert_eq!(check(&filter, "::ffff:127.0.0.2"), Ok(()));
+        assert_eq!(check(&filter, "::1"), Ok(()));
+        let filter = filter.deny("127.0.0.2/32".parse().unwrap());
+        assert_eq!(check(&filter, "127.0.0.2"), Err(Denied::Listed));
     }
 
     #[test]

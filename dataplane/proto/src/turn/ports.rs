@@ -116,6 +116,16 @@ impl PortTable {
             .count()
     }
 
+    /// Whether `port` is held by a live relay allocation of any server sharing this table (or
+    /// is being bound for one): the only ports of this host a client may relay to (see
+    /// [`PeerFilter`](super::PeerFilter)). Free, reserved and quarantined ports, and ports
+    /// outside the range, are not. One relaxed load: a port released on another core is seen
+    /// as released within that core's next instructions, never as taken by another process.
+    pub fn is_allocated(&self, port: u16) -> bool {
+        self.index(port)
+            .is_some_and(|index| self.slots[index].load(Ordering::Relaxed) == ALLOCATED)
+    }
+
     /// Claims a free port, an even one if `even`. The search starts at slot `hint` (modulo the
     /// range) and wraps: a random hint per claim keeps relay ports unpredictable ([RFC 8656
     /// §7.2]) and keeps workers from racing for the same slots.
@@ -416,6 +426,22 @@ mod tests {
             "rolled back to free"
         );
         assert_eq!(table.claim(0, false), None);
+    }
+
+    #[test]
+    fn only_allocated_ports_are_allocated() {
+        let table = PortTable::new(600..=603).unwrap();
+        assert!(!table.is_allocated(600), "free");
+        let (p, token) = table.claim_reserving_next(0, 7).unwrap();
+        assert!(table.is_allocated(p.get()));
+        assert!(!table.is_allocated(601), "reserved");
+        assert_eq!(table.take_reservation(token), Some(port(601)));
+        assert!(table.is_allocated(601), "taken");
+        table.quarantine(port(601));
+        assert!(!table.is_allocated(601), "quarantined");
+        table.release(p);
+        assert!(!table.is_allocated(p.get()), "released");
+        assert!(!table.is_allocated(599) && !table.is_allocated(604) && !table.is_allocated(0));
     }
 
     #[test]

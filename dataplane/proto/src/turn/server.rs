@@ -18,8 +18,8 @@ use super::channel_data::{self, ChannelData};
 use super::nonce::{NonceCheck, NonceKey};
 use super::rate_limit::RateLimiter;
 use super::{
-    ChannelNumber, ClientAddr, ConfigError, HEADROOM, PeerAddr, PeerFilter, PortTable, RelayPort,
-    TurnConfig, data_indication,
+    Allowed, ChannelNumber, ClientAddr, ConfigError, HEADROOM, PeerAddr, PeerFilter, PortTable,
+    RelayPort, TurnConfig, data_indication,
 };
 use crate::binding::{self, BindingConfig, BindingOutcome, MAX_UNKNOWN_REPORTED};
 use crate::stats::{DropReason, Stats};
@@ -310,8 +310,14 @@ impl<R: RngCore> Server<R> {
         let Some(allocation) = self.allocations.get(&port).filter(|a| a.is_live(now)) else {
             return self.drop_peer(DropReason::NoAllocation);
         };
-        if !allocation.has_permission(from.get().ip(), now) {
-            return self.drop_peer(DropReason::NoPermission);
+        match allocation.permission(from.get().ip(), now) {
+            None => return self.drop_peer(DropReason::NoPermission),
+            // From one of this host's own addresses: only a live relay allocation may send
+            // (relay to relay), never a local service or a relay port whose allocation ended.
+            Some(Allowed::LiveRelayPorts) if !self.ports.is_allocated(from.get().port()) => {
+                return self.drop_peer(DropReason::NotARelayPort);
+            }
+            Some(Allowed::LiveRelayPorts | Allowed::Anywhere) => {}
         }
         let client = allocation.client;
         let channel = allocation.peer_channel(from, now);
@@ -438,14 +444,14 @@ impl<R: RngCore> Server<R> {
         // counters and timers only lose what it loses.
         for (&port, allocation) in &mut self.allocations {
             let id = allocation.id;
-            for (ip, expires_at) in
-                allocation.revoke_permissions(|ip| self.filter.check(ip).is_ok())
-            {
+            for (ip, expires_at) in allocation.revoke_permissions(|ip| self.filter.check(ip).ok()) {
                 self.stats.permissions -= 1;
                 self.timers
                     .remove(&(expires_at, Timer::Permission { port, id, ip }));
             }
-            let denied = |peer: PeerAddr| self.filter.check_transport(peer.get()).is_err();
+            // An own address's port is judged on every packet (it may stop or start being a
+            // relay allocation at any time); here only what the filter itself refuses.
+            let denied = |peer: PeerAddr| self.filter.check(peer.get().ip()).is_err();
             for (number, expired_at) in allocation.expire_channels(denied, now) {
                 let timer = Timer::Channel { port, id, number };
                 self.timers.remove(&(expired_at + cooldown, timer));
@@ -507,8 +513,12 @@ impl<R: RngCore> Server<R> {
         let Some(peer) = allocation.channel_peer(frame.number, now) else {
             return self.drop(DropReason::UnboundChannel);
         };
-        if !allocation.has_permission(peer.get().ip(), now) {
-            return self.drop(DropReason::NoPermission);
+        match allocation.permission(peer.get().ip(), now) {
+            None => return self.drop(DropReason::NoPermission),
+            Some(Allowed::LiveRelayPorts) if !self.ports.is_allocated(peer.get().port()) => {
+                return self.drop(DropReason::NotARelayPort);
+            }
+            Some(Allowed::LiveRelayPorts | Allowed::Anywhere) => {}
         }
         self.stats.client_to_peer.record(frame.payload.len());
         ClientAction::Relay {
@@ -540,13 +550,13 @@ impl<R: RngCore> Server<R> {
         ) else {
             return self.drop(DropReason::MalformedIndication);
         };
-        if self.filter.check_transport(peer).is_err() {
+        if self.filter.check_transport(peer, &self.ports).is_err() {
             return self.drop(DropReason::PeerFiltered);
         }
         if !peer.is_ipv4() {
             return self.drop(DropReason::PeerFamilyMismatch);
         }
-        if !allocation.has_permission(peer.ip(), now) {
+        if allocation.permission(peer.ip(), now).is_none() {
             return self.drop(DropReason::NoPermission);
         }
         let start = data.offset() + ATTR_HEADER_LEN;
@@ -1005,8 +1015,8 @@ impl<R: RngCore> Server<R> {
     /// A permission is per IP; a channel binds a transport address, whose port counts too.
     fn vet_peer(&self, peer: SocketAddr, scope: PeerScope) -> Result<(), ErrorCode> {
         let verdict = match scope {
-            PeerScope::Permission => self.filter.check(peer.ip()),
-            PeerScope::Channel => self.filter.check_transport(peer),
+            PeerScope::Permission => self.filter.check(peer.ip()).map(|_| ()),
+            PeerScope::Channel => self.filter.check_transport(peer, &self.ports),
         };
         if verdict.is_err() {
             return Err(ErrorCode::FORBIDDEN);
@@ -1019,6 +1029,8 @@ impl<R: RngCore> Server<R> {
 
     fn install_permission(&mut self, port: RelayPort, ip: IpAddr, now: Instant) {
         let expires_at = now + secs(self.config.permission_lifetime);
+        // Vetted by the caller; were it refused now, the narrowest reach is the safe one.
+        let allowed = self.filter.check(ip).unwrap_or(Allowed::LiveRelayPorts);
         let Some(allocation) = self.allocations.get_mut(&port) else {
             return;
         };
@@ -1027,7 +1039,7 @@ impl<R: RngCore> Server<R> {
             id: allocation.id,
             ip,
         };
-        match allocation.set_permission(ip, expires_at) {
+        match allocation.set_permission(ip, expires_at, allowed) {
             Some(previous) => {
                 self.timers.remove(&(previous, timer));
             }

@@ -40,7 +40,6 @@
 mod conn;
 mod poller;
 pub(crate) mod spsc;
-pub mod tls;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -68,7 +67,8 @@ use crate::io::Waker;
 use conn::{Conn, ConnKind, Flush, ReadOutcome};
 use poller::{Poller, Ready};
 
-pub use tls::{TlsError, TlsSource};
+use boson_tls as tls;
+pub use boson_tls::{TlsError, TlsSource};
 
 /// Default TCP port of the relay.
 pub const DEFAULT_RELAY_PORT: u16 = 8443;
@@ -442,7 +442,8 @@ pub(crate) fn wire(
     let workers = wakers.len();
     let tls = match &config.tls {
         Some(source) => Some(Arc::new(
-            tls::Reloader::new(source.clone()).context("loading the relay's TLS certificate")?,
+            tls::Reloader::new(source.clone(), "relay")
+                .context("loading the relay's TLS certificate")?,
         )),
         None => None,
     };

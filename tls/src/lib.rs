@@ -1,6 +1,11 @@
-//! TLS for the relay (wss): a certificate chain and key from PEM files, reloaded without a
-//! restart when the files change (a certificate renewed by certbot or cert-manager). New
-//! connections get the new certificate; established ones keep theirs.
+//! TLS server certificates for BosonServer's TCP listeners (the node relay's wss and the REST
+//! API's https): a certificate chain and key from PEM files, built into a rustls config with
+//! the ring provider, and reloaded without a restart when the files change (a certificate
+//! renewed by certbot or cert-manager). New connections get the new certificate; established
+//! ones keep theirs. One implementation for both listeners, so both reload alike.
+//!
+//! I/O: this crate reads files and may run a small polling thread ([`spawn_reloader`]);
+//! nothing else.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -80,23 +85,27 @@ type Mtimes = (Option<SystemTime>, Option<SystemTime>);
 
 /// The current server config, swapped when the files change.
 #[derive(Debug)]
-pub(crate) struct Reloader {
+pub struct Reloader {
     source: TlsSource,
+    /// What the certificate serves, for the log (`relay`, `API`).
+    what: &'static str,
     current: RwLock<(Arc<rustls::ServerConfig>, Mtimes)>,
 }
 
 impl Reloader {
-    pub(crate) fn new(source: TlsSource) -> Result<Self, TlsError> {
+    /// Loads the pair once; `what` names the listener in log lines.
+    pub fn new(source: TlsSource, what: &'static str) -> Result<Self, TlsError> {
         let mtimes = source.mtimes();
         let config = source.load()?;
         Ok(Self {
             source,
+            what,
             current: RwLock::new((config, mtimes)),
         })
     }
 
     /// The config for a new connection (a read lock and an `Arc` clone, once per accept).
-    pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
         let guard = self
             .current
             .read()
@@ -106,7 +115,7 @@ impl Reloader {
 
     /// Reloads if either file changed. A pair that does not load keeps the old certificate in
     /// service (and is logged); the next change is tried again. Returns whether it reloaded.
-    pub(crate) fn check(&self) -> bool {
+    pub fn check(&self) -> bool {
         let mtimes = self.source.mtimes();
         {
             let guard = self
@@ -125,11 +134,18 @@ impl Reloader {
         match self.source.load() {
             Ok(config) => {
                 guard.0 = config;
-                tracing::info!(cert = %self.source.cert.display(), "relay TLS certificate reloaded");
+                tracing::info!(
+                    cert = %self.source.cert.display(),
+                    "{} TLS certificate reloaded",
+                    self.what
+                );
                 true
             }
             Err(err) => {
-                tracing::warn!("relay TLS certificate not reloaded, keeping the old one: {err}");
+                tracing::warn!(
+                    "{} TLS certificate not reloaded, keeping the old one: {err}",
+                    self.what
+                );
                 false
             }
         }
@@ -138,7 +154,7 @@ impl Reloader {
 
 /// Stops the reload thread when dropped.
 #[derive(Debug)]
-pub(crate) struct ReloadStop(Option<std::sync::mpsc::Sender<()>>);
+pub struct ReloadStop(Option<std::sync::mpsc::Sender<()>>);
 
 impl Drop for ReloadStop {
     fn drop(&mut self) {
@@ -147,7 +163,7 @@ impl Drop for ReloadStop {
 }
 
 /// Checks the files every `interval` on a small thread until the returned guard is dropped.
-pub(crate) fn spawn_reloader(
+pub fn spawn_reloader(
     reloader: Arc<Reloader>,
     interval: std::time::Duration,
 ) -> std::io::Result<ReloadStop> {
@@ -160,4 +176,59 @@ pub(crate) fn spawn_reloader(
             }
         })?;
     Ok(ReloadStop(Some(tx)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn write_pair(dir: &std::path::Path, name: &str) -> TlsSource {
+        let cert = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let source = TlsSource {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&source.cert, cert.cert.pem()).unwrap();
+        std::fs::write(&source.key, cert.signing_key.serialize_pem()).unwrap();
+        source
+    }
+
+    #[test]
+    fn loads_reloads_on_change_and_keeps_the_old_pair_when_the_new_one_is_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = write_pair(dir.path(), "one.test");
+        let reloader = Reloader::new(source.clone(), "test").unwrap();
+        let first = reloader.config();
+        assert!(!reloader.check(), "nothing changed");
+        assert!(Arc::ptr_eq(&first, &reloader.config()));
+        // A new pair (mtimes differ once the files are rewritten a little later).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_pair(dir.path(), "two.test");
+        assert!(reloader.check());
+        let second = reloader.config();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // A broken key: the old config stays in service.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&source.key, "not a key").unwrap();
+        assert!(!reloader.check());
+        assert!(Arc::ptr_eq(&second, &reloader.config()));
+    }
+
+    #[test]
+    fn unusable_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = TlsSource {
+            cert: dir.path().join("missing.pem"),
+            key: dir.path().join("missing-key.pem"),
+        };
+        assert!(matches!(source.load(), Err(TlsError::Read { .. })));
+        std::fs::write(&source.cert, "garbage").unwrap();
+        std::fs::write(&source.key, "garbage").unwrap();
+        assert!(matches!(source.load(), Err(TlsError::NoCertificate(_))));
+        let good = write_pair(dir.path(), "x.test");
+        std::fs::write(&good.key, "garbage").unwrap();
+        assert!(matches!(good.load(), Err(TlsError::NoKey(_))));
+    }
 }
