@@ -80,9 +80,16 @@ const METRICS: &[Metric] = &[
     Metric {
         name: "shell_drops_total",
         kind: Kind::Counter,
-        help: "Datagrams the I/O shell dropped before or after the protocol core, by reason.",
+        help: "Datagrams the I/O shell dropped before or after the protocol core, by reason (rx_overflow: the kernel dropped them at a full socket receive queue).",
         label: Some(("reason", "rx_truncated")),
         value: |c| c.rx_truncated,
+    },
+    Metric {
+        name: "shell_drops_total",
+        kind: Kind::Counter,
+        help: "",
+        label: Some(("reason", "rx_overflow")),
+        value: |c| c.rx_overflow,
     },
     Metric {
         name: "shell_drops_total",
@@ -541,6 +548,7 @@ mod tests {
         let counters = WorkerCounters {
             packets_in: 3,
             binding_success: 2,
+            rx_overflow: 5,
             ..WorkerCounters::default()
         };
         a.publish(
@@ -556,6 +564,7 @@ mod tests {
             "bosonserver_dataplane_packets_received_total{core=\"1\"} 0",
             "bosonserver_dataplane_binding_responses_total{core=\"0\",result=\"success\"} 2",
             "bosonserver_dataplane_drops_total{core=\"0\",reason=\"not_stun\"} 1",
+            "bosonserver_dataplane_shell_drops_total{core=\"0\",reason=\"rx_overflow\"} 5",
             "bosonserver_dataplane_drops_total{core=\"1\",reason=\"bad_fingerprint\"} 0",
             "bosonserver_dataplane_worker_info{core=\"0\",backend=\"io_uring\",cpu=\"0\"} 1",
             "bosonserver_dataplane_worker_info{core=\"1\",backend=\"io_uring\",cpu=\"-1\"} 1",

@@ -73,6 +73,9 @@ worker_counters! {
     sends_failed,
     /// Datagrams dropped by the shell because they did not fit a buffer slot.
     rx_truncated,
+    /// Datagrams the kernel dropped at a full receive queue of a listener or relay socket
+    /// (`SO_RXQ_OVFL`).
+    rx_overflow,
     /// Listener datagrams dropped because no buffer was free for the reply.
     no_tx_buffer,
     /// Relay actions naming a port without a relay socket.

@@ -41,7 +41,7 @@ use crate::clock;
 use crate::io::bufs::SLOT_SIZE;
 use crate::io::epoll::Epoll;
 use crate::io::uring::Uring;
-use crate::io::{Datagram, HEADROOM, Io, IoBackend, SocketId, SocketRole, Waker};
+use crate::io::{CONTROL_LEN, Datagram, Io, IoBackend, RX_START, SocketId, SocketRole, Waker};
 use crate::packet_core::{
     ClientAction, Command, CoreUpdate, PacketCore, PeerAction, PeerAddr, RelayPort, TurnEvent,
 };
@@ -55,6 +55,18 @@ const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Receive buffer asked for on listener sockets: absorbs bursts while a worker handles a
 /// turn. The kernel caps it at `net.core.rmem_max`.
 const LISTENER_RCVBUF: usize = 4 << 20;
+
+/// Receive buffer asked for on relay sockets. One relay socket carries the peers' traffic of
+/// one allocation, which arrives in bursts too (a browser's data channels, a WireGuard peer's
+/// batches); the system default (`net.core.rmem_default`, about 208 KiB) overflowed under a
+/// browser's load. A quarter of the listener's: a worker may hold thousands of these, and
+/// the kernel charges only what is queued. Capped by `net.core.rmem_max` as well.
+const RELAY_RCVBUF: usize = 1 << 20;
+
+/// Whether the short receive buffer of a listener, resp. relay, socket was logged (once per
+/// process: every socket of the kind gets the same cap).
+static LISTENER_RCVBUF_SHORT: AtomicBool = AtomicBool::new(false);
+static RELAY_RCVBUF_SHORT: AtomicBool = AtomicBool::new(false);
 
 /// What a core constructor learns about the worker it will run on.
 #[derive(Debug, Clone, Copy)]
@@ -244,7 +256,9 @@ where
 }
 
 /// Binds a UDP socket, with SO_REUSEPORT for listeners (every worker binds the same port and
-/// the kernel spreads clients over them by 4-tuple hash). An IPv6 wildcard accepts IPv4 too.
+/// the kernel spreads clients over them by 4-tuple hash), and a larger receive buffer than
+/// the system's default ([`LISTENER_RCVBUF`], [`RELAY_RCVBUF`]). An IPv6 wildcard accepts
+/// IPv4 too.
 pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -252,11 +266,38 @@ pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSock
     }
     if reuse_port {
         socket.set_reuse_port(true)?;
-        // Best effort: a smaller buffer only means earlier drops under bursts.
-        let _ = socket.set_recv_buffer_size(LISTENER_RCVBUF);
+        size_recv_buffer(&socket, LISTENER_RCVBUF, "listener", &LISTENER_RCVBUF_SHORT);
+    } else {
+        size_recv_buffer(&socket, RELAY_RCVBUF, "relay", &RELAY_RCVBUF_SHORT);
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Asks for a `wanted`-byte receive buffer and reads back what the kernel granted: it caps
+/// the request at `net.core.rmem_max` (and reports twice what it grants, its bookkeeping
+/// share included). Best effort: a smaller buffer only means earlier drops under bursts
+/// (counted as `rx_overflow`), so a short one is logged once per kind, not refused.
+fn size_recv_buffer(socket: &Socket, wanted: usize, kind: &str, logged: &AtomicBool) {
+    let granted = socket
+        .set_recv_buffer_size(wanted)
+        .and_then(|()| socket.recv_buffer_size())
+        .map(|reported| reported / 2);
+    match granted {
+        Ok(granted) if granted >= wanted => {}
+        outcome => {
+            if !logged.swap(true, Ordering::Relaxed) {
+                let granted = outcome.map_or_else(|err| err.to_string(), |g| format!("{g} bytes"));
+                tracing::warn!(
+                    kind,
+                    wanted,
+                    %granted,
+                    "UDP {kind} sockets get a smaller receive buffer than asked for; raise \
+                     net.core.rmem_max to at least {wanted} for fewer drops under bursts"
+                );
+            }
+        }
+    }
 }
 
 /// Counters only the worker itself keeps.
@@ -473,7 +514,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             return;
         };
         let (rx, tx) = self.io.bufs().pair_mut(&buf, &out);
-        let packet = &rx[HEADROOM..HEADROOM + len];
+        let packet = &rx[RX_START..RX_START + len];
         let action = self
             .core
             .handle_listener(now, ClientAddr::new(from), packet, tx);
@@ -510,7 +551,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                         self.io.release(buf);
                     }
                     Some(socket) => {
-                        let range = HEADROOM + payload.start..HEADROOM + payload.end;
+                        let range = RX_START + payload.start..RX_START + payload.end;
                         self.io.send(socket, peer.get(), buf, range);
                     }
                     None => {
@@ -535,7 +576,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
         let Datagram { from, buf, len, .. } = datagram;
         if let Some(relay) = &mut self.relay {
             let slot = self.io.bufs().slot_mut(&buf);
-            relay.handle_quic_datagram(now, from, &slot[HEADROOM..HEADROOM + len]);
+            relay.handle_quic_datagram(now, from, &slot[RX_START..RX_START + len]);
         }
         self.io.release(buf);
         self.send_quic(now);
@@ -567,13 +608,15 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
 
     fn on_relay(&mut self, now: Instant, port: RelayPort, datagram: Datagram) {
         let Datagram { from, buf, len, .. } = datagram;
-        let slot = self.io.bufs().slot_mut(&buf);
+        // The core sees the payload at HEADROOM: the slot from behind the control area.
+        let slot = &mut self.io.bufs().slot_mut(&buf)[CONTROL_LEN..];
         match self
             .core
             .handle_relay(now, port, PeerAddr::new(from), slot, len)
         {
             PeerAction::Forward { dst, range } => {
-                if range.start <= range.end && range.end <= SLOT_SIZE {
+                if range.start <= range.end && range.end <= SLOT_SIZE - CONTROL_LEN {
+                    let range = CONTROL_LEN + range.start..CONTROL_LEN + range.end;
                     self.io.send(self.listener, dst.get(), buf, range);
                 } else {
                     self.counters.bad_core_range += 1;
@@ -658,6 +701,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             bytes_out: io.tx_bytes,
             sends_failed: io.tx_failed,
             rx_truncated: io.rx_truncated,
+            rx_overflow: io.rx_overflow,
             no_tx_buffer: self.counters.no_tx_buffer,
             relay_missing: self.counters.relay_missing,
             bad_core_range: self.counters.bad_core_range,
@@ -722,6 +766,26 @@ mod tests {
     use boson_shared::TurnSecret;
 
     use super::*;
+
+    /// Relay sockets get [`RELAY_RCVBUF`] where `net.core.rmem_max` allows it, and what it
+    /// allows otherwise; never the system default.
+    #[test]
+    fn relay_sockets_get_a_sized_receive_buffer() {
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
+        assert_eq!(granted, RELAY_RCVBUF.min(rmem_max));
+        let listener = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let granted = socket2::SockRef::from(&listener)
+            .recv_buffer_size()
+            .unwrap()
+            / 2;
+        assert_eq!(granted, LISTENER_RCVBUF.min(rmem_max));
+    }
 
     #[test]
     fn updates_wait_newest_of_each_kind_and_are_taken_once() {

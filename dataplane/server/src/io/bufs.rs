@@ -4,12 +4,13 @@
 //! # Slot layout
 //!
 //! ```text
-//! 0                 HEADROOM (48)                       SLOT_SIZE - TAILROOM   SLOT_SIZE
-//! |  headroom        |  payload (at most MAX_PAYLOAD)     ...  |  tailroom (4)  |
+//! 0          CONTROL_LEN (24)   RX_START (72)                SLOT_SIZE - TAILROOM   SLOT_SIZE
+//! |  control  |  headroom (48)   |  payload (at most MAX_PAYLOAD)  ...  |  tailroom (4)  |
 //! ```
 //!
-//! Both backends receive the payload at [`HEADROOM`], so the protocol core can write an
-//! encapsulation header in front of it (and up to [`TAILROOM`] bytes of padding after it)
+//! Both backends receive the payload at [`RX_START`], behind room for the receive's control
+//! data (io_uring writes it into the slot; see the [parent module](super)) and [`HEADROOM`]
+//! bytes, so the protocol core can write an encapsulation header in front of it (and up to [`TAILROOM`] bytes of padding after it)
 //! without moving the payload. A reply the core writes from scratch uses a whole slot as its
 //! output buffer.
 //!
@@ -25,10 +26,12 @@
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
 
-use super::HEADROOM;
+use super::RX_START;
+#[cfg(doc)]
+use super::{CONTROL_LEN, HEADROOM};
 
 /// Size of one buffer slot. 2 KiB holds a full 1500-byte Ethernet MTU datagram plus
-/// [`HEADROOM`] and [`TAILROOM`] with room to spare, and keeps a 1024-slot pool at 2 MiB per
+/// [`RX_START`] and [`TAILROOM`] with room to spare, and keeps a 1024-slot pool at 2 MiB per
 /// worker. Larger datagrams (jumbo frames) are truncated by the kernel and dropped as
 /// `rx_truncated`.
 pub(crate) const SLOT_SIZE: usize = 2048;
@@ -40,7 +43,7 @@ pub(crate) const SLOT_SIZE: usize = 2048;
 pub(crate) const TAILROOM: usize = 4;
 
 /// The largest payload a slot receives.
-pub(crate) const MAX_PAYLOAD: usize = SLOT_SIZE - HEADROOM - TAILROOM;
+pub(crate) const MAX_PAYLOAD: usize = SLOT_SIZE - RX_START - TAILROOM;
 
 /// Slot ids are the io_uring buffer ids, which are 16-bit.
 pub(crate) const MAX_SLOTS: usize = 1 << 15;
@@ -176,7 +179,7 @@ mod tests {
 
     #[test]
     fn headroom_and_tailroom_fit() {
-        const { assert!(HEADROOM + MAX_PAYLOAD + TAILROOM == SLOT_SIZE) };
+        const { assert!(RX_START + MAX_PAYLOAD + TAILROOM == SLOT_SIZE) };
         const { assert!(MAX_PAYLOAD >= 1500) };
     }
 }

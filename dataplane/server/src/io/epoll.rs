@@ -8,7 +8,8 @@
 //! * Sockets are non-blocking and registered level-triggered, so a socket the worker did not
 //!   drain within its budget is reported again by the next (zero-timeout) wait.
 //! * Receives: `recvmmsg` of up to [`BATCH`] datagrams per call, each into a free slot at
-//!   `HEADROOM`, queued for [`reap`](Io::reap).
+//!   [`RX_START`], queued for [`reap`](Io::reap); the control data of each carries the
+//!   socket's drop total (`SO_RXQ_OVFL`), counted as `rx_overflow`.
 //! * Sends: queued by [`send`](Io::send), flushed at the end of each turn with one `sendmmsg` per
 //!   run of consecutive sends on the same socket. A full socket buffer (`EAGAIN`) drops the
 //!   rest of the run, counted in `tx_failed`: UDP has no back-pressure to propagate.
@@ -23,8 +24,8 @@ use std::time::Duration;
 
 use super::bufs::{MAX_PAYLOAD, SLOT_SIZE};
 use super::{
-    BufId, BufPool, Datagram, HEADROOM, Io, IoCounters, RawAddr, SocketId, SocketRole, Sockets,
-    Waker, decode_addr,
+    BufId, BufPool, CONTROL_LEN, Datagram, Io, IoCounters, OverflowSeen, RX_START, RawAddr,
+    SocketId, SocketRole, Sockets, Waker, decode_addr, enable_overflow_count, overflow_total,
 };
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
@@ -67,6 +68,7 @@ pub(crate) struct Epoll {
 struct Entry {
     socket: UdpSocket,
     role: SocketRole,
+    overflow: OverflowSeen,
 }
 
 struct PendingSend {
@@ -82,6 +84,8 @@ struct MsgBatch {
     hdrs: [libc::mmsghdr; BATCH],
     iovs: [libc::iovec; BATCH],
     names: [RawAddr; BATCH],
+    /// Control data of each receive (`SO_RXQ_OVFL`); `u64`s for the `cmsghdr` alignment.
+    controls: [[u64; CONTROL_LEN / 8]; BATCH],
 }
 
 impl MsgBatch {
@@ -90,14 +94,19 @@ impl MsgBatch {
         Box::new(unsafe { std::mem::zeroed() })
     }
 
-    /// Points header `i` at iovec `i` and address `i`.
-    fn link(&mut self, i: usize, namelen: libc::socklen_t) {
+    /// Points header `i` at iovec `i` and address `i`, and with `control` at control area
+    /// `i` (receives).
+    fn link(&mut self, i: usize, namelen: libc::socklen_t, control: bool) {
         // SAFETY: all-zero is a valid msghdr.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = (&raw mut self.names[i]).cast();
         msg.msg_namelen = namelen;
         msg.msg_iov = &raw mut self.iovs[i];
         msg.msg_iovlen = 1;
+        if control {
+            msg.msg_control = (&raw mut self.controls[i]).cast();
+            msg.msg_controllen = CONTROL_LEN;
+        }
         self.hdrs[i] = libc::mmsghdr {
             msg_hdr: msg,
             msg_len: 0,
@@ -174,11 +183,11 @@ impl Epoll {
         }
         for (i, buf) in self.rx_bufs.iter().enumerate() {
             self.rx.iovs[i] = libc::iovec {
-                // SAFETY: HEADROOM + MAX_PAYLOAD lies within the slot.
-                iov_base: unsafe { self.pool.slot_ptr(buf.index()).add(HEADROOM) }.cast(),
+                // SAFETY: RX_START + MAX_PAYLOAD lies within the slot.
+                iov_base: unsafe { self.pool.slot_ptr(buf.index()).add(RX_START) }.cast(),
                 iov_len: MAX_PAYLOAD,
             };
-            self.rx.link(i, RawAddr::LEN as libc::socklen_t);
+            self.rx.link(i, RawAddr::LEN as libc::socklen_t, true);
         }
         // SAFETY: `n` headers point at live iovecs, address buffers and slots we own.
         let ret = unsafe {
@@ -201,8 +210,19 @@ impl Epoll {
                 }
             };
         };
+        // The kernel's drop total only grows: the batch's last report is the newest.
+        let mut overflow = None;
         for (i, buf) in self.rx_bufs.drain(..got).enumerate() {
             let hdr = &self.rx.hdrs[i];
+            let control_len = hdr.msg_hdr.msg_controllen.min(CONTROL_LEN);
+            // SAFETY: the kernel wrote `control_len` bytes of control data into `controls[i]`.
+            let control = unsafe {
+                std::slice::from_raw_parts(
+                    (&raw const self.rx.controls[i]).cast::<u8>(),
+                    control_len,
+                )
+            };
+            overflow = overflow_total(control).or(overflow);
             if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                 self.counters.rx_truncated += 1;
                 self.pool.free(buf);
@@ -226,6 +246,11 @@ impl Epoll {
                 buf,
                 len,
             });
+        }
+        if let Some(total) = overflow
+            && let Some(entry) = self.sockets.get_mut(id)
+        {
+            self.counters.rx_overflow += entry.overflow.update(total);
         }
         if got == n {
             Batch::Full
@@ -270,7 +295,7 @@ impl Epoll {
                     .cast(),
                 iov_len: send.range.len(),
             };
-            self.tx.link(i, addr_len);
+            self.tx.link(i, addr_len, false);
         }
         let mut done = 0;
         while done < n {
@@ -312,8 +337,15 @@ impl Epoll {
 impl Io for Epoll {
     fn register(&mut self, socket: UdpSocket, role: SocketRole) -> io::Result<SocketId> {
         socket.set_nonblocking(true)?;
+        if let Err(err) = enable_overflow_count(&socket) {
+            tracing::debug!(%err, "SO_RXQ_OVFL refused: this socket's overflow drops go uncounted");
+        }
         let fd = socket.as_raw_fd();
-        let id = self.sockets.insert(Entry { socket, role });
+        let id = self.sockets.insert(Entry {
+            socket,
+            role,
+            overflow: OverflowSeen::default(),
+        });
         if let Err(err) = self.ctl(libc::EPOLL_CTL_ADD, fd, id.to_u64()) {
             self.sockets.remove(id);
             return Err(err);

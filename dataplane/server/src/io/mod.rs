@@ -23,20 +23,33 @@
 //! * [`alloc`](Io::alloc) / [`release`](Io::release) buffer slots, and [`bufs`](Io::bufs) to
 //!   read and write them (see [`bufs`] for the ownership rules).
 //!
-//! # Headroom: how the payload lands at [`HEADROOM`] without a copy
+//! # Headroom: how the payload lands at [`RX_START`] without a copy
 //!
 //! The TURN core wraps a peer's payload in place: a 4-byte ChannelData header, or a Data
 //! indication (20-byte header + XOR-PEER-ADDRESS + DATA attribute header = up to 48 bytes), in
-//! front of it. So every datagram is received at offset [`HEADROOM`] of its slot.
+//! front of it. So every datagram is received at offset [`RX_START`] of its slot:
+//! [`HEADROOM`] bytes for the core, behind [`CONTROL_LEN`] bytes of room for the receive's
+//! control data. The worker hands the core the slot from `CONTROL_LEN` on, so the core sees
+//! its payload at `HEADROOM`.
 //!
-//! * **epoll**: `recvmmsg` is given an iovec that starts at `slot + HEADROOM`. Trivial.
+//! * **epoll**: `recvmmsg` is given an iovec that starts at `slot + RX_START` (and a control
+//!   buffer of its own). Trivial.
 //! * **io_uring**: with a provided buffer ring the kernel chooses the buffer and writes at its
 //!   start, and multishot `RecvMsg` lays the buffer out as `io_uring_recvmsg_out` (16 bytes),
 //!   then the source address area (exactly `msg_namelen` bytes, zero-padded), then control
-//!   data (`msg_controllen`, 0 here), then the payload. We set `msg_namelen` to 32, which is
-//!   enough for a `sockaddr_in6` (28 bytes), so the payload starts at 16 + 32 = 48 =
-//!   [`HEADROOM`]. The shell decodes the source address before handing the slot to the core,
-//!   after which the header and name area are dead bytes the core may overwrite. The ring
+//!   data (exactly `msg_controllen` bytes), then the payload. We set `msg_namelen` to 32,
+//!   which is enough for a `sockaddr_in6` (28 bytes), and `msg_controllen` to
+//!   [`CONTROL_LEN`], so the payload starts at 16 + 32 + 24 = 72 = [`RX_START`]. The shell
+//!   decodes the source address and the control data before handing the slot to the core,
+//!   after which they are dead bytes the core may overwrite.
+//!
+//! # Kernel overflow drops
+//!
+//! Every registered socket has `SO_RXQ_OVFL` on: the kernel adds to each datagram the number
+//! of datagrams it has dropped at that socket so far (a full receive queue). Both backends
+//! keep the last total per socket and add what grew to [`IoCounters::rx_overflow`]
+//! (`shell_drops_total{reason="rx_overflow"}`), so drops a socket suffered show up with its
+//! next datagram. The ring
 //!   entries advertise `SLOT_SIZE - TAILROOM` bytes, so the kernel never writes into the
 //!   tailroom the core may need for DATA padding.
 //!
@@ -174,7 +187,73 @@ impl SocketId {
     }
 }
 
-/// One received datagram: the payload is `slot[HEADROOM..HEADROOM + len]` of `buf`.
+/// Room for the control data of a receive: one `SO_RXQ_OVFL` message, `CMSG_SPACE(4)`
+/// (a 16-byte `cmsghdr` and a `u32` padded to 8). See [`overflow_total`].
+pub(crate) const CONTROL_LEN: usize = size_of::<libc::cmsghdr>() + 8;
+
+/// Where a received payload starts in its slot, on both backends: behind the control data,
+/// with [`HEADROOM`] free in front of it for the core (see the [module docs](self)).
+pub(crate) const RX_START: usize = CONTROL_LEN + HEADROOM;
+
+/// Asks the kernel to report, with received datagrams, how many it dropped at this socket
+/// (`SO_RXQ_OVFL`: its receive queue was full). Best effort: without it the drops are not
+/// counted, which the caller logs.
+fn enable_overflow_count(socket: &UdpSocket) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: plain setsockopt on a live fd with a c_int option value.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The `SO_RXQ_OVFL` value in the control data of a receive: how many datagrams the kernel
+/// had dropped at the socket, in all, when this one was queued. `None` when the control data
+/// holds none (the kernel sends it only once the socket has dropped something).
+fn overflow_total(control: &[u8]) -> Option<u32> {
+    const HDR: usize = size_of::<libc::cmsghdr>();
+    let mut rest = control;
+    while rest.len() >= HDR {
+        // SAFETY: `rest` holds at least a cmsghdr; read_unaligned copes with any alignment.
+        let hdr = unsafe { rest.as_ptr().cast::<libc::cmsghdr>().read_unaligned() };
+        let len = hdr.cmsg_len;
+        if len < HDR || len > rest.len() {
+            return None;
+        }
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SO_RXQ_OVFL {
+            let value = rest.get(HDR..HDR + 4)?;
+            return Some(u32::from_ne_bytes(value.try_into().ok()?));
+        }
+        rest = rest.get(len.next_multiple_of(size_of::<usize>())..)?;
+    }
+    None
+}
+
+/// The kernel's drop total of one socket, as last seen in its datagrams' control data.
+#[derive(Debug, Default, Clone, Copy)]
+struct OverflowSeen(u32);
+
+impl OverflowSeen {
+    /// Datagrams dropped since the last report, given the `total` a new datagram carries.
+    /// The kernel's counter is 32-bit and wraps.
+    const fn update(&mut self, total: u32) -> u64 {
+        let new = total.wrapping_sub(self.0);
+        self.0 = total;
+        new as u64
+    }
+}
+
+/// One received datagram: the payload is `slot[RX_START..RX_START + len]` of `buf`.
 #[derive(Debug)]
 pub(crate) struct Datagram {
     pub(crate) role: SocketRole,
@@ -192,6 +271,9 @@ pub(crate) struct IoCounters {
     pub(crate) rx_bytes: u64,
     /// Datagrams larger than a slot's payload area, dropped.
     pub(crate) rx_truncated: u64,
+    /// Datagrams the kernel dropped because a registered socket's receive queue was full
+    /// (`SO_RXQ_OVFL`), counted when the socket's next datagram arrives.
+    pub(crate) rx_overflow: u64,
     /// Receives re-armed because a multishot receive ended (io_uring only), mostly because
     /// the buffer ring ran dry.
     pub(crate) rx_rearms: u64,
@@ -462,7 +544,7 @@ mod tests {
         const { assert!(RawAddr::LEN <= uring::NAME_LEN) };
     }
 
-    /// Receive at HEADROOM, write a header in place, send the slot back: the surface works the
+    /// Receive at RX_START, write a header in place, send the slot back: the surface works the
     /// same on both backends.
     fn round_trip<I: Io>(mut io: I) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -483,9 +565,9 @@ mod tests {
         assert_eq!(datagram.from, peer.local_addr().unwrap());
         assert_eq!(datagram.len, 4);
         let slot = io.bufs().slot_mut(&datagram.buf);
-        assert_eq!(&slot[HEADROOM..HEADROOM + 4], b"ping");
-        slot[HEADROOM - 4..HEADROOM].copy_from_slice(b"pong");
-        io.send(id, datagram.from, datagram.buf, HEADROOM - 4..HEADROOM + 4);
+        assert_eq!(&slot[RX_START..RX_START + 4], b"ping");
+        slot[RX_START - 4..RX_START].copy_from_slice(b"pong");
+        io.send(id, datagram.from, datagram.buf, RX_START - 4..RX_START + 4);
         io.flush();
         for _ in 0..100 {
             if io.counters().tx_packets == 1 {
@@ -507,6 +589,112 @@ mod tests {
         io.unregister(id);
         io.unregister(id); // stale: ignored
         io.close();
+    }
+
+    /// A relay socket with the smallest receive buffer, flooded before the worker reads it:
+    /// every datagram the kernel dropped is counted as `rx_overflow`, exactly (on loopback a
+    /// datagram that was sent and not received was dropped at the receiving socket).
+    fn overflow_counted<I: Io>(mut io: I) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&socket)
+            .set_recv_buffer_size(0)
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let id = io
+            .register(socket, SocketRole::Relay(RelayPort::new(addr.port())))
+            .unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        const FLOOD: u64 = 200;
+        for _ in 0..FLOOD {
+            peer.send_to(&[0xA5; 1000], addr).unwrap();
+        }
+        let mut received = 0;
+        let mut marker = false;
+        let mut sent_marker = false;
+        for _ in 0..200 {
+            io.submit_and_wait(Some(Duration::from_millis(20))).unwrap();
+            let mut reaped = 0;
+            while let Some(datagram) = io.reap() {
+                reaped += 1;
+                marker |= datagram.len == 6;
+                io.release(datagram.buf);
+            }
+            received += reaped;
+            if marker {
+                break;
+            }
+            // The drops are reported with the socket's next datagram: once what fitted was
+            // read, a marker.
+            if reaped == 0 && received > 0 && !sent_marker {
+                peer.send_to(b"marker", addr).unwrap();
+                sent_marker = true;
+            }
+        }
+        assert!(marker, "the marker arrives");
+        let counters = io.counters();
+        assert_eq!(counters.rx_packets, received);
+        assert!(
+            received < FLOOD,
+            "the flood overflowed the socket ({received} received)"
+        );
+        assert_eq!(counters.rx_overflow, FLOOD + 1 - received);
+        io.unregister(id);
+        io.close();
+    }
+
+    #[test]
+    fn epoll_counts_kernel_overflow_drops() {
+        let waker = Arc::new(Waker::new().unwrap());
+        overflow_counted(epoll::Epoll::new(64, waker).unwrap());
+    }
+
+    #[test]
+    fn uring_counts_kernel_overflow_drops() {
+        if let Err(err) = check_uring() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "io_uring unavailable in CI: {err:#}"
+            );
+            eprintln!("skipped: io_uring unavailable: {err:#}");
+            return;
+        }
+        let waker = Arc::new(Waker::new().unwrap());
+        overflow_counted(uring::Uring::new(64, waker).unwrap());
+    }
+
+    #[test]
+    fn overflow_totals_are_read_from_control_data() {
+        const HDR: usize = size_of::<libc::cmsghdr>();
+        let cmsg = |level: i32, kind: i32, value: u32| {
+            // SAFETY: all-zero is a valid cmsghdr.
+            let mut hdr: libc::cmsghdr = unsafe { std::mem::zeroed() };
+            hdr.cmsg_len = HDR + 4;
+            hdr.cmsg_level = level;
+            hdr.cmsg_type = kind;
+            // SAFETY: reading the bytes of a plain C struct.
+            let mut bytes: Vec<u8> =
+                unsafe { std::slice::from_raw_parts((&raw const hdr).cast::<u8>(), HDR) }.to_vec();
+            bytes.extend_from_slice(&value.to_ne_bytes());
+            bytes.resize(HDR + 8, 0);
+            bytes
+        };
+        let ovfl = cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 7);
+        assert_eq!(ovfl.len(), CONTROL_LEN);
+        assert_eq!(overflow_total(&ovfl), Some(7));
+        assert_eq!(overflow_total(&[]), None);
+        assert_eq!(overflow_total(&ovfl[..HDR + 2]), None, "cut short");
+        // Another message first, then ours.
+        let mut two = cmsg(libc::SOL_IP, libc::IP_TOS, 1);
+        two.extend_from_slice(&cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 9));
+        assert_eq!(overflow_total(&two), Some(9));
+        assert_eq!(overflow_total(&cmsg(libc::SOL_IP, libc::IP_TOS, 1)), None);
+
+        let mut seen = OverflowSeen::default();
+        assert_eq!(seen.update(3), 3);
+        assert_eq!(seen.update(3), 0);
+        assert_eq!(seen.update(10), 7);
+        let mut seen = OverflowSeen(u32::MAX - 1);
+        assert_eq!(seen.update(2), 4, "the kernel's counter wraps");
     }
 
     #[test]

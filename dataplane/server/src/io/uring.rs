@@ -26,8 +26,9 @@
 //! Half of the worker's slots live in the buffer ring (the receive pool); the rest are the
 //! free list for replies. A returned slot refills the ring first, so received datagrams that
 //! go out again (relayed) come back to the ring when their send completes. The ring entries
-//! advertise `SLOT_SIZE - TAILROOM` bytes, and `msg_namelen` is [`NAME_LEN`], which puts the
-//! payload at exactly `HEADROOM` (see the [parent module](super)). When the ring runs dry a
+//! advertise `SLOT_SIZE - TAILROOM` bytes, `msg_namelen` is [`NAME_LEN`] and `msg_controllen`
+//! is [`CONTROL_LEN`] (the socket's drop total, `SO_RXQ_OVFL`, counted as `rx_overflow`),
+//! which puts the payload at exactly [`RX_START`] (see the [parent module](super)). When the ring runs dry a
 //! multishot receive ends with `ENOBUFS`; the socket is re-armed at the next submit once
 //! slots are back.
 //!
@@ -53,12 +54,14 @@ use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 use super::bufs::{SLOT_SIZE, TAILROOM};
 use super::{
-    BufId, BufPool, Datagram, HEADROOM, Io, IoCounters, RawAddr, SocketId, SocketRole, Sockets,
-    Waker, decode_addr,
+    BufId, BufPool, CONTROL_LEN, Datagram, HEADROOM, Io, IoCounters, OverflowSeen, RX_START,
+    RawAddr, SocketId, SocketRole, Sockets, Waker, decode_addr, enable_overflow_count,
+    overflow_total,
 };
 
 /// Size of the source-address area of a multishot `RecvMsg` buffer: holds a `sockaddr_in6`
-/// (28 bytes) and makes the payload start at [`HEADROOM`].
+/// (28 bytes) and, with the control area behind it, makes the payload start at
+/// [`RX_START`].
 pub(super) const NAME_LEN: usize = HEADROOM - RECVMSG_OUT_LEN;
 
 /// `size_of::<io_uring_recvmsg_out>()`: four `u32`s the kernel writes at the buffer start.
@@ -168,6 +171,7 @@ struct Entry {
     socket: UdpSocket,
     role: SocketRole,
     state: RecvState,
+    overflow: OverflowSeen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +240,7 @@ impl Uring {
         // SAFETY: all-zero is a valid msghdr.
         let mut recv_msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         recv_msg.msg_namelen = NAME_LEN as libc::socklen_t;
+        recv_msg.msg_controllen = CONTROL_LEN;
         let sends = (0..buffers)
             .map(|_| SendMeta {
                 // SAFETY: all-zero is a valid msghdr and iovec.
@@ -475,17 +480,29 @@ impl Uring {
             let slot = &slot[..filled.min(SLOT_SIZE)];
             match types::RecvMsgOut::parse(slot, recv_msg) {
                 Err(()) => None,
-                Ok(out) if out.is_payload_truncated() => Some(None),
                 Ok(out) => {
-                    debug_assert_eq!(
-                        out.payload_data().as_ptr() as usize - slot.as_ptr() as usize,
-                        HEADROOM,
-                        "payload not at HEADROOM"
-                    );
-                    Some(decode_addr(out.name_data()).map(|from| (from, out.payload_data().len())))
+                    let overflow = overflow_total(out.control_data());
+                    if out.is_payload_truncated() {
+                        Some((None, overflow))
+                    } else {
+                        debug_assert_eq!(
+                            out.payload_data().as_ptr() as usize - slot.as_ptr() as usize,
+                            RX_START,
+                            "payload not at RX_START"
+                        );
+                        let datagram = decode_addr(out.name_data())
+                            .map(|from| (from, out.payload_data().len()));
+                        Some((datagram, overflow))
+                    }
                 }
             }
         };
+        if let Some((_, Some(total))) = parsed
+            && let Some(entry) = self.sockets.get_mut(id)
+        {
+            self.counters.rx_overflow += entry.overflow.update(total);
+        }
+        let parsed = parsed.map(|(datagram, _)| datagram);
         match parsed {
             Some(Some((from, len))) => {
                 self.counters.rx_packets += 1;
@@ -605,10 +622,14 @@ impl Uring {
 
 impl Io for Uring {
     fn register(&mut self, socket: UdpSocket, role: SocketRole) -> io::Result<SocketId> {
+        if let Err(err) = enable_overflow_count(&socket) {
+            tracing::debug!(%err, "SO_RXQ_OVFL refused: this socket's overflow drops go uncounted");
+        }
         let id = self.sockets.insert(Entry {
             socket,
             role,
             state: RecvState::Idle,
+            overflow: OverflowSeen::default(),
         });
         // Armed at the next submit; datagrams queue in the socket meanwhile.
         self.rearm.push(id);
@@ -891,8 +912,9 @@ mod tests {
     }
 
     #[test]
-    fn name_area_puts_the_payload_at_headroom() {
+    fn name_and_control_areas_put_the_payload_at_rx_start() {
         const { assert!(RECVMSG_OUT_LEN + NAME_LEN == HEADROOM) };
+        const { assert!(RECVMSG_OUT_LEN + NAME_LEN + CONTROL_LEN == RX_START) };
         const { assert!(NAME_LEN >= size_of::<libc::sockaddr_in6>()) };
     }
 }
