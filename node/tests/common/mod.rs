@@ -89,7 +89,7 @@ impl Proc {
     }
 }
 
-fn spawn(name: &'static str, mut command: Command, echo: bool) -> Proc {
+pub(crate) fn spawn(name: &'static str, mut command: Command, echo: bool) -> Proc {
     for var in CLEAR_VARS {
         command.env_remove(var);
     }
@@ -146,17 +146,37 @@ pub(crate) struct Server {
 /// Starts `bosonserver run` in `dir` with a WebSocket relay on a free port, announced as
 /// `ws://127.0.0.1:PORT/relay`, and `extra` arguments.
 pub(crate) fn start_server(dir: &Path, extra: &[&str]) -> Server {
-    let relay_port = free_tcp_port();
-    let relay_listen = format!("127.0.0.1:{relay_port}");
-    let relay_url = format!("ws://127.0.0.1:{relay_port}/relay");
-    let mut command = Command::new(bosonserver_binary());
+    start_server_in(&[], "127.0.0.1", free_tcp_port(), dir, extra)
+}
+
+/// As [`start_server`], through `wrapper` (such as `ip netns exec NS`, which execs in
+/// place), listening on `ip` with the relay on `relay_port`.
+pub(crate) fn start_server_in(
+    wrapper: &[&str],
+    ip: &str,
+    relay_port: u16,
+    dir: &Path,
+    extra: &[&str],
+) -> Server {
+    let http_listen = format!("{ip}:0");
+    let turn_listen = format!("{ip}:0");
+    let relay_listen = format!("{ip}:{relay_port}");
+    let relay_url = format!("ws://{ip}:{relay_port}/relay");
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(bosonserver_binary());
+            command
+        }
+        None => Command::new(bosonserver_binary()),
+    };
     command
         .args([
             "run",
             "--http-listen",
-            "127.0.0.1:0",
+            &http_listen,
             "--turn-listen",
-            "127.0.0.1:0",
+            &turn_listen,
             "--workers",
             "1",
             "--no-pin",
