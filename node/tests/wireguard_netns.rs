@@ -196,7 +196,7 @@ fn ping_crosses_a_wireguard_go_tunnel_through_the_agents_and_the_ws_relay() {
 
     let dir = tempfile::tempdir().unwrap();
     let wrapper_a = ["ip", "netns", "exec", ns_a.as_str()];
-    let server = start_server_in(&wrapper_a, "10.231.0.1", 8443, dir.path(), &[]);
+    let server = start_server_in(&wrapper_a, "10.231.0.1", 0, 8443, dir.path(), &[]);
     let a = Node::new(dir.path(), 0x51, 1);
     let b = Node::new(dir.path(), 0x51, 2);
     let _wg_a = wireguard(
