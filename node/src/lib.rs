@@ -27,6 +27,8 @@ pub mod config;
 pub mod control;
 pub mod keys;
 pub mod metrics;
+pub mod quic;
+mod quic_conn;
 mod relay_conn;
 pub mod status;
 pub mod tls;
