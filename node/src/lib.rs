@@ -32,5 +32,6 @@ mod quic_conn;
 mod relay_conn;
 pub mod status;
 pub mod tls;
+pub mod turn;
 pub mod wg;
 pub mod ws;
