@@ -137,6 +137,26 @@ pub struct HostAddresses {
     pub quic_addr: Option<String>,
 }
 
+/// `GET /api/v1/turn/ice`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceResponse {
+    /// STUN and TURN servers.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// One ICE server entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServer {
+    /// `stun:` and `turn:` URLs.
+    pub urls: Vec<String>,
+    /// The TURN REST username.
+    pub username: Option<String>,
+    /// Its password.
+    pub credential: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct HostList {
     hosts: Vec<Host>,
@@ -240,6 +260,14 @@ impl Control {
         let request = self.http.get(&url).bearer_auth(token);
         let list: HostList = self.send("the host list", request).await?;
         Ok(list.hosts)
+    }
+
+    /// `GET /api/v1/turn/ice`: TURN servers with fresh credentials.
+    pub async fn ice(&self, token: &str) -> Result<IceResponse, ControlError> {
+        let url = format!("{}/api/v1/turn/ice", self.base);
+        let request = self.http.get(&url).bearer_auth(token);
+        let ice = self.send("the ICE servers", request).await?;
+        Ok(ice)
     }
 
     async fn send<T: serde::de::DeserializeOwned>(
