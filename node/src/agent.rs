@@ -112,11 +112,7 @@ impl Shared {
         let fresh = last != 0 && now_ms.saturating_sub(last) <= PEER_IDLE.as_millis() as u64;
         // PEER_GONE speaks of the relay session, which carries only signalling on TURN.
         let gone = self.route_kind != RouteKind::Turn && peer.gone.load(Ordering::Relaxed);
-        let state = if fresh && !gone {
-            "up"
-        } else {
-            "trying"
-        };
+        let state = if fresh && !gone { "up" } else { "trying" };
         (Some(self.route_kind), state)
     }
 
