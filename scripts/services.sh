@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests, and coturn's
-# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests.
+# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests, and wireguard-tools,
+# wireguard-go and ping for the node agent's WireGuard tunnel test.
 # Exports BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL; stops both on exit.
 
 services_dir=""
@@ -45,7 +46,23 @@ install_if_missing() {
     fi
 }
 
+# wireguard-tools, wireguard-go and ping for node/tests/wireguard_netns.rs, which needs root
+# anyway: installed when root, else that test skips (or fails under CI) by itself.
+install_wireguard_if_missing() {
+    local need=()
+    command -v wg >/dev/null || need+=(wireguard-tools)
+    command -v wireguard-go >/dev/null || need+=(wireguard-go)
+    command -v ping >/dev/null || need+=(iputils-ping)
+    [ ${#need[@]} -gt 0 ] || return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing ${need[*]} from Debian's packages" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+}
+
 start_test_services() {
+    install_wireguard_if_missing || echo "could not install the WireGuard tools" >&2
     if [ -n "${BOSON_TEST_DATABASE_URL:-}" ] && [ -n "${BOSON_TEST_REDIS_URL:-}" ]; then
         echo "using BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL as given" >&2
         return 0
