@@ -8,6 +8,8 @@
 //!   the leftovers of test processes that died before they could clean up are removed.
 //! - [`wireguard`]: wireguard-go instances (an interface each, named after the test's pid) in
 //!   those namespaces, configured with `wg`.
+//! - [`services`]: private PostgreSQL and Redis servers a test can stop, start and reach from
+//!   its namespaces.
 //! - [`require`]: what a test needs from the machine (root, programs); a test skips with a
 //!   message without it, except when `CI` is set: then it fails.
 
@@ -18,6 +20,7 @@
 
 pub mod clock;
 pub mod netns;
+pub mod services;
 pub mod wireguard;
 
 use std::process::{Command, Stdio};
