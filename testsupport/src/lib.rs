@@ -8,6 +8,8 @@
 //!   the leftovers of test processes that died before they could clean up are removed.
 //! - [`wireguard`]: wireguard-go instances (an interface each, named after the test's pid) in
 //!   those namespaces, configured with `wg`.
+//! - [`relay`]: relay hosts, `bosonserver run` on an address of their own on that internet,
+//!   sharing a database, a Redis and a mesh key; [`http`], a minimal client to probe them.
 //! - [`services`]: private PostgreSQL and Redis servers a test can stop, start and reach from
 //!   its namespaces.
 //! - [`require`]: what a test needs from the machine (root, programs); a test skips with a
@@ -19,7 +21,9 @@
 )]
 
 pub mod clock;
+pub mod http;
 pub mod netns;
+pub mod relay;
 pub mod services;
 pub mod wireguard;
 
