@@ -78,9 +78,9 @@ struct Lab {
 }
 
 impl Lab {
-    /// Internet `k` with two relay hosts and one node behind each of two routers with
-    /// `nats`.
-    fn new(k: u8, pg_bin: PathBuf, nats: [Nat; 2]) -> Self {
+    /// Internet `k` with two relay hosts (each as two processes, control plane and dataplane,
+    /// if `split`) and one node behind each of two routers with `nats`.
+    fn new(k: u8, pg_bin: PathBuf, nats: [Nat; 2], split: bool) -> Self {
         let mut net = Internet::create(k);
         let gateway = IpAddr::V4(net.gateway());
         let postgres = Postgres::init_on(pg_bin, gateway, Some(&net.cidr()));
@@ -92,16 +92,11 @@ impl Lab {
             redis_url: Some(redis.url()),
             region: "US-CA".to_owned(),
             workers: 1,
-            extra: [
-                "--host-heartbeat-interval",
-                "500ms",
-                "--host-timeout",
-                "2s",
-                "--drain-timeout",
-                "20s",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            host_heartbeat: Duration::from_millis(500),
+            host_timeout: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(20),
+            split,
+            extra: Vec::new(),
         };
         let mut hosts: Vec<RelayHost> = (0..2)
             .map(|i| {
@@ -158,7 +153,8 @@ impl Lab {
     }
 }
 
-/// The topology stands: the relay hosts reach each other across the internet; every node
+/// The topology stands: a split relay host's control plane restarts alone; the relay hosts
+/// reach each other across the internet; every node
 /// reaches both hosts' control plane through its NAT, and only through it (a host sees the
 /// router's address); each node runs its own wireguard-go with the other as its peer, and
 /// without an agent no handshake happens.
@@ -168,7 +164,16 @@ fn topology_stands_without_the_agent() {
         return;
     };
     let began = now();
-    let lab = Lab::new(0, pg_bin, [Nat::Symmetric, Nat::EndpointIndependent]);
+    let mut lab = Lab::new(0, pg_bin, [Nat::Symmetric, Nat::EndpointIndependent], true);
+    let dataplane = lab.hosts[0].pid();
+    lab.hosts[0].restart_control();
+    assert_eq!(lab.hosts[0].pid(), dataplane, "the dataplane ran on");
+    assert!(lab.hosts[0].running());
+    assert!(
+        lab.hosts[0].log_text().matches("listening on ").count() >= 2,
+        "a second control plane started: {}",
+        lab.hosts[0].log_text()
+    );
     let [a, b] = [&lab.hosts[0], &lab.hosts[1]];
     for (from, to) in [(a, b), (b, a)] {
         let addr = to.http();

@@ -42,6 +42,8 @@ const CONFIG_VARS: &[&str] = &[
     "BOSON_RELAY_MAX_CONNECTIONS",
     "BOSON_LOG_FORMAT",
     "BOSON_DRAIN_TIMEOUT",
+    "BOSON_SEGMENT",
+    "BOSON_WORKERS",
     "RUST_LOG",
 ];
 
@@ -58,10 +60,18 @@ pub struct Settings {
     pub region: String,
     /// Dataplane workers (one is plenty for a test, and kind to a busy machine).
     pub workers: u16,
-    /// Further arguments (heartbeat, timeouts, drain).
+    /// How often the host publishes itself to the others.
+    pub host_heartbeat: Duration,
+    /// Silence after which the others drop it.
+    pub host_timeout: Duration,
+    /// How long a SIGTERM drain waits at most.
+    pub drain_timeout: Duration,
+    /// Two processes (`bosonserver control` and `bosonserver dataplane` on one shared-memory
+    /// segment) rather than one `bosonserver run`, so the control plane can restart alone.
+    pub split: bool,
+    /// Further arguments for the process that serves the REST API.
     pub extra: Vec<String>,
 }
-
 /// One relay host.
 #[derive(Debug)]
 pub struct RelayHost {
@@ -71,7 +81,10 @@ pub struct RelayHost {
     pub id: String,
     settings: Settings,
     dir: tempfile::TempDir,
+    /// `bosonserver run`, or the dataplane when split.
     child: Option<Child>,
+    /// The control plane, when split.
+    control: Option<Child>,
 }
 
 impl RelayHost {
@@ -87,6 +100,7 @@ impl RelayHost {
             settings,
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            control: None,
         }
     }
 
@@ -114,57 +128,118 @@ impl RelayHost {
         self.dir.path()
     }
 
-    /// The server's process id, while it runs.
+    /// The server's process id while it runs (the dataplane's, when split).
     #[must_use]
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Starts the server and waits until `/health/ready` answers 200.
+    /// Starts the server (both processes when split) and waits until `/health/ready`
+    /// answers 200.
     ///
     /// # Panics
     /// When it does not become ready within 60 s (its log is in the message).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "host {} already runs", self.id);
+        if self.settings.split {
+            self.control = Some(self.spawn("control"));
+            self.child = Some(self.spawn("dataplane"));
+        } else {
+            self.child = Some(self.spawn("run"));
+        }
+        self.wait_ready();
+    }
+
+    /// Kills the control plane (SIGKILL) of a split host and starts it again, while the
+    /// dataplane runs on; waits until it is ready.
+    ///
+    /// # Panics
+    /// When the host is not split, or the control plane does not come back within 60 s.
+    pub fn restart_control(&mut self) {
+        assert!(self.settings.split, "host {} runs as one process", self.id);
+        if let Some(mut control) = self.control.take() {
+            let _ = control.kill();
+            let _ = control.wait();
+        }
+        self.control = Some(self.spawn("control"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let addr = self.http();
+        let ready = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+            http::get(addr, "/health/ready").is_some_and(|r| r.status == 200)
+        });
+        assert!(
+            ready,
+            "relay host {} not ready in 60 s; its log:\n{}",
+            self.id,
+            self.log_text()
+        );
+    }
+
+    /// Spawns `bosonserver MODE` (run, control or dataplane) with this host's arguments.
+    fn spawn(&self, mode: &str) -> Child {
         let ip = self.ip();
         let s = &self.settings;
-        let mut args: Vec<String> = [
-            "run",
-            "--workers",
-            &s.workers.to_string(),
-            "--region",
-            &s.region,
-            "--host-id",
-            &self.id,
-            "--database-url",
-            &s.database_url,
-            "--mesh-key",
-            MESH_KEY,
-            "--jwt-secret",
-            JWT_SECRET,
-            "--turn-static-secret",
-            TURN_SECRET,
-        ]
-        .map(str::to_owned)
-        .to_vec();
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let mut args: Vec<String> = vec![mode.to_owned()];
+        if mode != "run" {
+            args.extend([
+                "--segment".to_owned(),
+                self.dir.path().join("segment").display().to_string(),
+            ]);
+        }
+        args.extend(
+            [
+                "--workers",
+                &s.workers.to_string(),
+                "--region",
+                &s.region,
+                "--host-id",
+                &self.id,
+                "--database-url",
+                &s.database_url,
+                "--jwt-secret",
+                JWT_SECRET,
+                "--turn-static-secret",
+                TURN_SECRET,
+                "--http-listen",
+                &format!("{ip}:{HTTP_PORT}"),
+                "--public-host",
+                &ip.to_string(),
+                "--public-relay-url",
+                &format!("ws://{ip}:{RELAY_PORT}/relay"),
+                "--public-quic-addr",
+                &format!("{ip}:{RELAY_PORT}"),
+                "--host-heartbeat-interval",
+                &ms(s.host_heartbeat),
+                "--host-timeout",
+                &ms(s.host_timeout),
+            ]
+            .map(str::to_owned),
+        );
         if let Some(redis) = &s.redis_url {
             args.extend(["--redis-url".to_owned(), redis.clone()]);
         }
-        args.extend([
-            "--http-listen".to_owned(),
-            format!("{ip}:{HTTP_PORT}"),
-            "--turn-listen".to_owned(),
-            format!("{ip}:{TURN_PORT}"),
-            "--public-host".to_owned(),
-            ip.to_string(),
-            "--relay-listen".to_owned(),
-            format!("{ip}:{RELAY_PORT}"),
-            "--public-relay-url".to_owned(),
-            format!("ws://{ip}:{RELAY_PORT}/relay"),
-            "--public-quic-addr".to_owned(),
-            format!("{ip}:{RELAY_PORT}"),
-        ]);
-        args.extend(s.extra.iter().cloned());
+        if mode != "control" {
+            args.extend(
+                [
+                    "--turn-listen",
+                    &format!("{ip}:{TURN_PORT}"),
+                    "--relay-listen",
+                    &format!("{ip}:{RELAY_PORT}"),
+                    "--mesh-key",
+                    MESH_KEY,
+                    "--drain-timeout",
+                    &ms(s.drain_timeout),
+                ]
+                .map(str::to_owned),
+            );
+        }
+        if mode != "dataplane" {
+            args.extend(s.extra.iter().cloned());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,22 +256,30 @@ impl RelayHost {
             command.env_remove(var);
         }
         command.env("RUST_LOG", "info");
-        self.child = Some(command.spawn().unwrap());
-        let addr = self.http();
-        let ready = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
-            http::get(addr, "/health/ready").is_some_and(|r| r.status == 200)
-        });
-        assert!(
-            ready,
-            "relay host {} not ready in 60 s; its log:\n{}",
-            self.id,
-            self.log_text()
-        );
+        command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", s.binary.display()))
     }
 
-    /// SIGKILL: it cannot deregister.
+    /// Whether every process of the host still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.is_some()
+            && self
+                .child
+                .iter_mut()
+                .chain(self.control.iter_mut())
+                .all(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL (both processes when split): it cannot deregister.
     pub fn kill(&mut self) {
         self.signal(libc::SIGKILL);
+        if let Some(control) = &self.control {
+            // SAFETY: as in `signal`.
+            unsafe {
+                libc::kill(libc::pid_t::try_from(control.id()).unwrap(), libc::SIGKILL);
+            }
+        }
     }
 
     /// SIGTERM: it drains.
@@ -248,7 +331,7 @@ impl RelayHost {
 
 impl Drop for RelayHost {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in self.child.take().into_iter().chain(self.control.take()) {
             let _ = child.kill();
             let _ = child.wait();
         }
