@@ -286,6 +286,202 @@ pub fn write_error(status: Status, out: &mut [u8]) -> Result<usize, BufferTooSma
     Ok(len)
 }
 
+/// Longest `Host` value [`ClientUpgrade::new`] accepts: a DNS name with its port.
+pub const MAX_HOST_LEN: usize = 255;
+
+/// Longest request path [`ClientUpgrade::new`] accepts; far above any relay path.
+pub const MAX_PATH_LEN: usize = 2048;
+
+/// The client's side of the opening handshake ([RFC 6455 §4.1]): the upgrade request it
+/// writes and the checks on the server's answer. Used by the mesh link and by node clients.
+///
+/// [RFC 6455 §4.1]: https://www.rfc-editor.org/rfc/rfc6455#section-4.1
+pub struct ClientUpgrade {
+    request: Vec<u8>,
+    accept: AcceptKey,
+}
+
+/// Why [`ClientUpgrade::new`] refuses its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The `Host` value is empty, longer than [`MAX_HOST_LEN`], or not visible ASCII.
+    #[error("invalid Host header value")]
+    InvalidHost,
+    /// The path does not start with `/`, is longer than [`MAX_PATH_LEN`], or is not visible
+    /// ASCII.
+    #[error("invalid request path")]
+    InvalidPath,
+    /// The token is not a bearer `token68` of at most [`MAX_TOKEN_LEN`] bytes.
+    #[error("invalid bearer token")]
+    InvalidToken,
+}
+
+/// Why the server's answer to the upgrade is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResponseError {
+    /// No complete header block within [`MAX_HEADER_BLOCK`] bytes, or more than
+    /// [`MAX_HEADERS`] headers.
+    #[error("response header block too large")]
+    TooLarge,
+    /// Not parseable as an HTTP/1.1 response.
+    #[error("malformed HTTP response")]
+    Malformed,
+    /// A status other than 101 (401, 404, 426, 503…).
+    #[error("status {0} instead of 101")]
+    Status(u16),
+    /// No `websocket` token in `Upgrade`.
+    #[error("Upgrade does not name websocket")]
+    NotWebSocket,
+    /// No `upgrade` token in `Connection`.
+    #[error("Connection does not name upgrade")]
+    NoConnectionUpgrade,
+    /// `Sec-WebSocket-Accept` missing, repeated, or not the hash of our key.
+    #[error("bad Sec-WebSocket-Accept")]
+    BadAccept,
+    /// A `Sec-WebSocket-Extensions` or `Sec-WebSocket-Protocol` we did not ask for.
+    #[error("extension or subprotocol not requested")]
+    Unrequested,
+}
+
+impl ClientUpgrade {
+    /// The upgrade request for `path` on `host` (the `Host` header: the server's name, with
+    /// its port if not the default), with `Authorization: Bearer token` if a token is given,
+    /// and `key_nonce` as the 16 random bytes of `Sec-WebSocket-Key`.
+    pub fn new(
+        host: &str,
+        path: &str,
+        token: Option<&[u8]>,
+        key_nonce: [u8; 16],
+    ) -> Result<Self, RequestError> {
+        let visible = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+        if host.is_empty() || host.len() > MAX_HOST_LEN || !visible(host) {
+            return Err(RequestError::InvalidHost);
+        }
+        if !path.starts_with('/') || path.len() > MAX_PATH_LEN || !visible(path) {
+            return Err(RequestError::InvalidPath);
+        }
+        if token.is_some_and(|token| !is_bearer_token(token)) {
+            return Err(RequestError::InvalidToken);
+        }
+        let mut key = [0u8; 24];
+        // 16 bytes always encode to exactly 24 base64 characters.
+        let _ = STANDARD.encode_slice(key_nonce, &mut key);
+        let token_len = token.map_or(0, <[u8]>::len);
+        let mut request = Vec::with_capacity(200 + host.len() + path.len() + token_len);
+        for part in [
+            b"GET ",
+            path.as_bytes(),
+            b" HTTP/1.1\r\nHost: ",
+            host.as_bytes(),
+            b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
+            &key,
+            b"\r\nSec-WebSocket-Version: 13\r\n",
+        ] {
+            request.extend_from_slice(part);
+        }
+        if let Some(token) = token {
+            request.extend_from_slice(b"Authorization: Bearer ");
+            request.extend_from_slice(token);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"\r\n");
+        Ok(Self {
+            request,
+            accept: AcceptKey::derive(&key),
+        })
+    }
+
+    /// The request's bytes, to write before anything else.
+    pub fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// Drops the request once it is written, so the token it carries does not stay in
+    /// memory; [`request`](Self::request) is empty from then on.
+    pub fn forget_request(&mut self) {
+        self.request = Vec::new();
+    }
+
+    /// The `Sec-WebSocket-Accept` the server must answer with.
+    pub const fn accept(&self) -> &AcceptKey {
+        &self.accept
+    }
+
+    /// Parses the server's answer at the start of `input`: `Ok(None)` until its header block
+    /// is complete, then the block's length (frames follow it) if it is an acceptable 101:
+    /// HTTP/1.1, status 101, the upgrade headers, our accept key, and nothing negotiated that
+    /// we did not offer.
+    pub fn parse_response(&self, input: &[u8]) -> Result<Option<usize>, ResponseError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let window = &input[..input.len().min(MAX_HEADER_BLOCK)];
+        match response.parse(window) {
+            Ok(httparse::Status::Complete(len)) => {
+                check_response(&response, &self.accept)?;
+                Ok(Some(len))
+            }
+            Ok(httparse::Status::Partial) if window.len() < MAX_HEADER_BLOCK => Ok(None),
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                Err(ResponseError::TooLarge)
+            }
+            Err(_) => Err(ResponseError::Malformed),
+        }
+    }
+}
+
+/// The request holds a credential: `Debug` shows its length only.
+impl std::fmt::Debug for ClientUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientUpgrade(<{} bytes>)", self.request.len())
+    }
+}
+
+/// The checks on a complete response.
+fn check_response(
+    response: &httparse::Response<'_, '_>,
+    accept: &AcceptKey,
+) -> Result<(), ResponseError> {
+    if response.version != Some(1) {
+        return Err(ResponseError::Malformed);
+    }
+    match response.code {
+        Some(101) => {}
+        Some(code) => return Err(ResponseError::Status(code)),
+        None => return Err(ResponseError::Malformed),
+    }
+    let mut upgrade = false;
+    let mut connection = false;
+    let mut accepts = 0;
+    let mut accept_ok = false;
+    for header in response.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= has_token(header.value, b"websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection |= has_token(header.value, b"upgrade");
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accepts += 1;
+            accept_ok = header.value.trim_ascii() == accept.as_bytes();
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions")
+            || name.eq_ignore_ascii_case("sec-websocket-protocol")
+        {
+            return Err(ResponseError::Unrequested);
+        }
+    }
+    if !upgrade {
+        return Err(ResponseError::NotWebSocket);
+    }
+    if !connection {
+        return Err(ResponseError::NoConnectionUpgrade);
+    }
+    if accepts != 1 || !accept_ok {
+        return Err(ResponseError::BadAccept);
+    }
+    Ok(())
+}
+
 /// Whether the comma-separated `list` holds `token`, ignoring case and spaces.
 pub(crate) fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')
@@ -610,5 +806,103 @@ mod tests {
             assert!(len <= MAX_RESPONSE_LEN);
             assert!(write_error(status, &mut out[..len - 1]).is_err());
         }
+    }
+
+    #[test]
+    fn client_request_passes_the_server_parser_and_the_answer_passes_the_client() {
+        // RFC 6455 §1.3's sample nonce "the sample nonce".
+        let nonce = *b"the sample nonce";
+        for token in [None, Some(&b"abc.def-ghi_"[..])] {
+            let upgrade = ClientUpgrade::new("relay.example:8443", "/relay", token, nonce).unwrap();
+            let parsed = parse_request(upgrade.request(), "/relay").unwrap().unwrap();
+            assert_eq!(parsed.len, upgrade.request().len());
+            assert_eq!(parsed.token, token);
+            assert_eq!(
+                upgrade.accept().as_bytes(),
+                b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+                "RFC 6455 §1.3's example"
+            );
+            let mut out = [0u8; MAX_RESPONSE_LEN];
+            let len = write_response(&parsed.accept, &mut out).unwrap();
+            let mut answer = out[..len].to_vec();
+            answer.extend_from_slice(&[0x82, 0x00]);
+            // Byte by byte: nothing until the blank line, then the block's length.
+            for cut in 0..len {
+                assert_eq!(
+                    upgrade.parse_response(&answer[..cut]),
+                    Ok(None),
+                    "cut {cut}"
+                );
+            }
+            assert_eq!(upgrade.parse_response(&answer), Ok(Some(len)));
+        }
+    }
+
+    #[test]
+    fn client_refuses_bad_arguments_and_bad_answers() {
+        let nonce = [7; 16];
+        assert_eq!(
+            ClientUpgrade::new("", "/relay", None, nonce).unwrap_err(),
+            RequestError::InvalidHost
+        );
+        assert_eq!(
+            ClientUpgrade::new("a b", "/relay", None, nonce).unwrap_err(),
+            RequestError::InvalidHost
+        );
+        assert_eq!(
+            ClientUpgrade::new("h", "relay", None, nonce).unwrap_err(),
+            RequestError::InvalidPath
+        );
+        assert_eq!(
+            ClientUpgrade::new("h", "/relay", Some(b"a b"), nonce).unwrap_err(),
+            RequestError::InvalidToken
+        );
+        let mut upgrade = ClientUpgrade::new("h", "/relay", Some(b"tok"), nonce).unwrap();
+        let accept = String::from_utf8_lossy(upgrade.accept().as_bytes()).into_owned();
+        let good = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        assert!(upgrade.parse_response(good.as_bytes()).unwrap().is_some());
+        let cases = [
+            (
+                "HTTP/1.1 401 Unauthorized\r\n\r\n".to_owned(),
+                ResponseError::Status(401),
+            ),
+            (good.replace(&accept, "x"), ResponseError::BadAccept),
+            (
+                good.replace("Upgrade: websocket", "Upgrade: h2c"),
+                ResponseError::NotWebSocket,
+            ),
+            (
+                good.replace("Connection: Upgrade", "Connection: close"),
+                ResponseError::NoConnectionUpgrade,
+            ),
+            (
+                good.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: x\r\n\r\n"),
+                ResponseError::Unrequested,
+            ),
+            (
+                "HTTP/1.0 101 OK\r\n\r\n".to_owned(),
+                ResponseError::Malformed,
+            ),
+            ("garbage\r\n\r\n".to_owned(), ResponseError::Malformed),
+            ("HTTP/1.1 101 OK\r\n".repeat(1000), ResponseError::Malformed),
+        ];
+        for (answer, err) in cases {
+            assert_eq!(
+                upgrade.parse_response(answer.as_bytes()),
+                Err(err),
+                "{answer}"
+            );
+        }
+        let endless = format!("HTTP/1.1 101 OK\r\n{}", "X-A: b\r\n".repeat(2000));
+        assert_eq!(
+            upgrade.parse_response(endless.as_bytes()),
+            Err(ResponseError::TooLarge)
+        );
+        upgrade.forget_request();
+        assert!(upgrade.request().is_empty());
+        assert!(upgrade.parse_response(good.as_bytes()).unwrap().is_some());
     }
 }

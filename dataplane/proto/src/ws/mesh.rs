@@ -5,8 +5,6 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Instant;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use boson_shared::{HostId, NodeId};
 use rand_core::RngCore;
 
@@ -14,7 +12,7 @@ use super::WsConfig;
 use super::frame::{
     self, CloseCode, ClosePayload, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode,
 };
-use super::handshake::{self, AcceptKey, MAX_HEADER_BLOCK, MAX_HEADERS};
+use super::handshake::{ClientUpgrade, RequestError};
 use super::relay::{self, Message, MessageType, RelayError};
 use super::stats::MeshStats;
 
@@ -120,33 +118,8 @@ impl MeshCloseReason {
     }
 }
 
-/// Why the server's answer to the upgrade is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MeshHandshakeError {
-    /// No complete header block within [`MAX_HEADER_BLOCK`] bytes, or more than
-    /// [`MAX_HEADERS`] headers.
-    #[error("response header block too large")]
-    TooLarge,
-    /// Not parseable as an HTTP/1.1 response.
-    #[error("malformed HTTP response")]
-    Malformed,
-    /// A status other than 101 (401, 404, 426, 503…).
-    #[error("status {0} instead of 101")]
-    Status(u16),
-    /// No `websocket` token in `Upgrade`.
-    #[error("Upgrade does not name websocket")]
-    NotWebSocket,
-    /// No `upgrade` token in `Connection`.
-    #[error("Connection does not name upgrade")]
-    NoConnectionUpgrade,
-    /// `Sec-WebSocket-Accept` missing, repeated, or not the hash of our key.
-    #[error("bad Sec-WebSocket-Accept")]
-    BadAccept,
-    /// A `Sec-WebSocket-Extensions` or `Sec-WebSocket-Protocol` we did not ask for.
-    #[error("extension or subprotocol not requested")]
-    Unrequested,
-}
+/// Why the server's answer to the upgrade is refused: the client handshake's checks.
+pub use super::handshake::ResponseError as MeshHandshakeError;
 
 /// How the server broke the protocol on a mesh link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,12 +185,6 @@ pub enum MeshError {
     InvalidCloseCode(u16),
 }
 
-/// Longest `Host` value accepted: a relay's DNS name with its port.
-const MAX_HOST_LEN: usize = 255;
-
-/// Longest request path accepted; far above any relay path.
-const MAX_PATH_LEN: usize = 2048;
-
 /// One masked control frame: 2-byte header, 4-byte key, at most 125 bytes.
 const CONTROL_FRAME_LEN: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
 
@@ -276,10 +243,9 @@ pub struct MeshClient<R> {
     config: WsConfig,
     rng: R,
     state: State,
-    /// The `Sec-WebSocket-Accept` the server must answer with.
-    accept: AcceptKey,
-    /// The upgrade request until it is written; `request_sent` of it is.
-    request: Request,
+    /// The upgrade request (written until `request_sent` covers it) and the checks on its
+    /// answer.
+    upgrade: ClientUpgrade,
     request_sent: usize,
     staging: [u8; CONTROL_FRAME_LEN],
     /// The unsent part of `staging`.
@@ -312,15 +278,6 @@ enum State {
         reason: MeshCloseReason,
     },
     Closed(MeshCloseReason),
-}
-
-/// The upgrade request. It holds the mesh token, a credential: `Debug` shows its length only.
-struct Request(Vec<u8>);
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Request(<{} bytes>)", self.0.len())
-    }
 }
 
 /// An encoded, masked control frame.
@@ -378,40 +335,18 @@ impl<R: RngCore> MeshClient<R> {
         key_nonce: [u8; 16],
         rng: R,
     ) -> Result<Self, MeshError> {
-        let visible = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
-        if host.is_empty() || host.len() > MAX_HOST_LEN || !visible(host) {
-            return Err(MeshError::InvalidHost);
-        }
-        if !path.starts_with('/') || path.len() > MAX_PATH_LEN || !visible(path) {
-            return Err(MeshError::InvalidPath);
-        }
-        if !handshake::is_bearer_token(token) {
-            return Err(MeshError::InvalidToken);
-        }
-        let mut key = [0u8; 24];
-        // 16 bytes always encode to exactly 24 base64 characters.
-        let _ = STANDARD.encode_slice(key_nonce, &mut key);
-        let mut request = Vec::with_capacity(200 + host.len() + path.len() + token.len());
-        for part in [
-            b"GET ",
-            path.as_bytes(),
-            b" HTTP/1.1\r\nHost: ",
-            host.as_bytes(),
-            b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ",
-            &key,
-            b"\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer ",
-            token,
-            b"\r\n\r\n",
-        ] {
-            request.extend_from_slice(part);
-        }
+        let upgrade =
+            ClientUpgrade::new(host, path, Some(token), key_nonce).map_err(|err| match err {
+                RequestError::InvalidHost => MeshError::InvalidHost,
+                RequestError::InvalidPath => MeshError::InvalidPath,
+                RequestError::InvalidToken => MeshError::InvalidToken,
+            })?;
         let deadline = now + config.handshake_timeout;
         Ok(Self {
             config,
             rng,
             state: State::Upgrading { deadline },
-            accept: AcceptKey::derive(&key),
-            request: Request(request),
+            upgrade,
             request_sent: 0,
             staging: [0; CONTROL_FRAME_LEN],
             staged: 0..0,
@@ -452,15 +387,15 @@ impl<R: RngCore> MeshClient<R> {
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
         let mut n = 0;
         while n < buf.len() {
-            if self.request_sent < self.request.0.len() {
-                let take = (self.request.0.len() - self.request_sent).min(buf.len() - n);
+            if self.request_sent < self.upgrade.request().len() {
+                let take = (self.upgrade.request().len() - self.request_sent).min(buf.len() - n);
                 let from = self.request_sent;
-                buf[n..n + take].copy_from_slice(&self.request.0[from..from + take]);
+                buf[n..n + take].copy_from_slice(&self.upgrade.request()[from..from + take]);
                 self.request_sent += take;
                 n += take;
-                if self.request_sent == self.request.0.len() {
+                if self.request_sent == self.upgrade.request().len() {
                     // Sent once: the token need not stay in memory.
-                    self.request = Request(Vec::new());
+                    self.upgrade.forget_request();
                     self.request_sent = 0;
                 }
                 continue;
@@ -493,7 +428,7 @@ impl<R: RngCore> MeshClient<R> {
 
     /// Whether [`poll_transmit`](Self::poll_transmit) has something to write.
     pub fn has_transmit(&self) -> bool {
-        self.request_sent < self.request.0.len()
+        self.request_sent < self.upgrade.request().len()
             || !self.staged.is_empty()
             || (!self.close_sent
                 && (self.close.is_some() || self.pong.is_some() || self.ping.is_some()))
@@ -610,20 +545,10 @@ impl<R: RngCore> MeshClient<R> {
     // Input.
 
     fn handle_response(&mut self, now: Instant, input: &[u8]) -> MeshInput {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let window = &input[..input.len().min(MAX_HEADER_BLOCK)];
-        let parsed = match response.parse(window) {
-            Ok(httparse::Status::Complete(len)) => {
-                check_response(&response, &self.accept).map(|()| len)
-            }
-            Ok(httparse::Status::Partial) if window.len() < MAX_HEADER_BLOCK => {
-                return MeshInput::NeedMore;
-            }
-            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-                Err(MeshHandshakeError::TooLarge)
-            }
-            Err(_) => Err(MeshHandshakeError::Malformed),
+        let parsed = match self.upgrade.parse_response(input) {
+            Ok(None) => return MeshInput::NeedMore,
+            Ok(Some(len)) => Ok(len),
+            Err(err) => Err(err),
         };
         match parsed {
             Ok(len) => {
@@ -809,49 +734,4 @@ impl<R: RngCore> MeshClient<R> {
 /// Everything in `input`, consumed.
 const fn consumed_all(input: &[u8]) -> MeshInput {
     MeshInput::Consumed(input.len())
-}
-
-/// The checks on a complete response: HTTP/1.1 101, the upgrade headers, our accept key,
-/// and nothing negotiated that we did not offer.
-fn check_response(
-    response: &httparse::Response<'_, '_>,
-    accept: &AcceptKey,
-) -> Result<(), MeshHandshakeError> {
-    if response.version != Some(1) {
-        return Err(MeshHandshakeError::Malformed);
-    }
-    match response.code {
-        Some(101) => {}
-        Some(code) => return Err(MeshHandshakeError::Status(code)),
-        None => return Err(MeshHandshakeError::Malformed),
-    }
-    let mut upgrade = false;
-    let mut connection = false;
-    let mut accepts = 0;
-    let mut accept_ok = false;
-    for header in response.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("upgrade") {
-            upgrade |= handshake::has_token(header.value, b"websocket");
-        } else if name.eq_ignore_ascii_case("connection") {
-            connection |= handshake::has_token(header.value, b"upgrade");
-        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
-            accepts += 1;
-            accept_ok = header.value.trim_ascii() == accept.as_bytes();
-        } else if name.eq_ignore_ascii_case("sec-websocket-extensions")
-            || name.eq_ignore_ascii_case("sec-websocket-protocol")
-        {
-            return Err(MeshHandshakeError::Unrequested);
-        }
-    }
-    if !upgrade {
-        return Err(MeshHandshakeError::NotWebSocket);
-    }
-    if !connection {
-        return Err(MeshHandshakeError::NoConnectionUpgrade);
-    }
-    if accepts != 1 || !accept_ok {
-        return Err(MeshHandshakeError::BadAccept);
-    }
-    Ok(())
 }

@@ -1,0 +1,707 @@
+//! The tokio shell of `boson-node run`: registration and heartbeats, one local UDP socket per
+//! peer, the relay session, the status file and the metrics endpoint. The protocol decisions
+//! live in the sans-IO cores ([`crate::ws`], [`crate::backoff`]); this module moves bytes and
+//! keeps time.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use boson_shared::{NodeId, WgPublicKey};
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::clock;
+use crate::config::{Config, RouteChoice, RouteKind, WgMode};
+use crate::control::{Bandwidth, Control, ControlError, HeartbeatFigures, NodeInfo};
+use crate::metrics::{self, PeerFigures, Snapshot};
+use crate::relay_conn;
+use crate::status::{PeerStatus, StatusFile};
+use crate::tls;
+
+/// A runtime failure of `run`: exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct RuntimeError(pub anyhow::Error);
+
+/// How many rounds over the `--server` list registration makes at start before giving up.
+const START_ROUNDS: u32 = 3;
+
+/// A peer without packets for this long is `trying` again: WireGuard re-handshakes every
+/// two minutes on a live tunnel and keepalives (if set) come more often.
+const PEER_IDLE: Duration = Duration::from_secs(180);
+
+/// Outgoing packets queued towards the relay; beyond it the newest are dropped (counted).
+const RELAY_QUEUE: usize = 4096;
+
+/// The shared counters and state the tasks update and the status, metrics and heartbeat
+/// read.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) node: NodeId,
+    pub(crate) peers: Vec<PeerState>,
+    pub(crate) relay_open: AtomicBool,
+    pub(crate) relay_rtt_us: AtomicU64,
+    pub(crate) relay_sessions: AtomicU64,
+    pub(crate) registrations: AtomicU64,
+    pub(crate) heartbeats_ok: AtomicU64,
+    pub(crate) heartbeats_failed: AtomicU64,
+    pub(crate) drop_not_wireguard: AtomicU64,
+    pub(crate) drop_queue_full: AtomicU64,
+    pub(crate) drop_no_route: AtomicU64,
+    pub(crate) drop_unknown_peer: AtomicU64,
+}
+
+/// One peer's socket and counters.
+#[derive(Debug)]
+pub(crate) struct PeerState {
+    pub(crate) node: NodeId,
+    pub(crate) key: WgPublicKey,
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) local_port: u16,
+    pub(crate) tx_bytes: AtomicU64,
+    pub(crate) rx_bytes: AtomicU64,
+    pub(crate) tx_packets: AtomicU64,
+    pub(crate) rx_packets: AtomicU64,
+    pub(crate) route_switches: AtomicU64,
+    /// Unix ms of the last packet from the peer (0: never).
+    pub(crate) last_rx_ms: AtomicU64,
+    /// The peer's relay said it is not connected (cleared by PEER_PRESENT or a packet).
+    pub(crate) gone: AtomicBool,
+    /// The route label last reported, to count switches.
+    pub(crate) route: Mutex<Option<RouteKind>>,
+}
+
+impl Shared {
+    pub(crate) fn peer(&self, node: &NodeId) -> Option<&PeerState> {
+        self.peers.iter().find(|p| &p.node == node)
+    }
+
+    fn peer_route_state(&self, peer: &PeerState, now_ms: u64) -> (Option<RouteKind>, &'static str) {
+        if !self.relay_open.load(Ordering::Relaxed) {
+            return (None, "down");
+        }
+        let last = peer.last_rx_ms.load(Ordering::Relaxed);
+        let fresh = last != 0 && now_ms.saturating_sub(last) <= PEER_IDLE.as_millis() as u64;
+        let state = if fresh && !peer.gone.load(Ordering::Relaxed) {
+            "up"
+        } else {
+            "trying"
+        };
+        (Some(RouteKind::Ws), state)
+    }
+
+    /// Updates each peer's route label (counting switches) and returns the status.
+    fn status(&self, running: bool) -> StatusFile {
+        let now_ms = clock::unix_ms();
+        let peers = self
+            .peers
+            .iter()
+            .map(|peer| {
+                let (route, state) = self.peer_route_state(peer, now_ms);
+                if let Ok(mut last) = peer.route.lock()
+                    && *last != route
+                {
+                    if last.is_some() || route.is_some() {
+                        peer.route_switches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *last = route;
+                }
+                PeerStatus {
+                    node_id: peer.node.to_string(),
+                    route: route.map_or("none", RouteKind::as_str).to_owned(),
+                    state: state.to_owned(),
+                    local_port: peer.local_port,
+                    tx_bytes: peer.tx_bytes.load(Ordering::Relaxed),
+                    rx_bytes: peer.rx_bytes.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        StatusFile {
+            pid: std::process::id(),
+            running,
+            updated_ms: now_ms,
+            node_id: self.node.to_string(),
+            peers,
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let now_ms = clock::unix_ms();
+        let rtt = self.relay_rtt_us.load(Ordering::Relaxed);
+        Snapshot {
+            peers: self
+                .peers
+                .iter()
+                .map(|p| PeerFigures {
+                    node: p.node.to_string(),
+                    route: self
+                        .peer_route_state(p, now_ms)
+                        .0
+                        .map_or("none", RouteKind::as_str),
+                    tx_bytes: p.tx_bytes.load(Ordering::Relaxed),
+                    rx_bytes: p.rx_bytes.load(Ordering::Relaxed),
+                    tx_packets: p.tx_packets.load(Ordering::Relaxed),
+                    rx_packets: p.rx_packets.load(Ordering::Relaxed),
+                    route_switches: p.route_switches.load(Ordering::Relaxed),
+                })
+                .collect(),
+            relay_connected: self.relay_open.load(Ordering::Relaxed),
+            relay_rtt_seconds: (rtt != 0).then(|| rtt as f64 / 1e6),
+            relay_sessions: self.relay_sessions.load(Ordering::Relaxed),
+            registrations: self.registrations.load(Ordering::Relaxed),
+            heartbeats_ok: self.heartbeats_ok.load(Ordering::Relaxed),
+            heartbeats_failed: self.heartbeats_failed.load(Ordering::Relaxed),
+            drops: vec![
+                (
+                    "not_from_wireguard",
+                    self.drop_not_wireguard.load(Ordering::Relaxed),
+                ),
+                (
+                    "relay_queue_full",
+                    self.drop_queue_full.load(Ordering::Relaxed),
+                ),
+                ("no_route", self.drop_no_route.load(Ordering::Relaxed)),
+                (
+                    "unknown_peer",
+                    self.drop_unknown_peer.load(Ordering::Relaxed),
+                ),
+            ],
+        }
+    }
+}
+
+/// The registration state every task reads: the current token, and which server gave it.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub(crate) token: String,
+    pub(crate) server: usize,
+    pub(crate) heartbeat: Duration,
+}
+
+/// Runs the agent until `shutdown` resolves; then deregisters and returns `Ok`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
+    match config.route {
+        RouteChoice::Auto | RouteChoice::Ws => {}
+        RouteChoice::Direct | RouteChoice::Turn | RouteChoice::Quic => {
+            // Refused in main as a configuration error; kept here so the library never
+            // runs a route it does not have.
+            return Err(RuntimeError(anyhow!(
+                "route {:?} is not available in this build",
+                config.route
+            )));
+        }
+    }
+    let node = node_id(&config.state_dir, config.node_id).map_err(RuntimeError)?;
+    let (key, wg_port) = match &config.wg {
+        WgMode::Interface(iface) => {
+            let key = crate::wg::public_key(iface).await.map_err(RuntimeError)?;
+            let port = crate::wg::listen_port(iface).await.map_err(RuntimeError)?;
+            (key, port)
+        }
+        WgMode::ListenPort { port, public_key } => (*public_key, *port),
+    };
+    let wg_endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, wg_port));
+    let extra = match &config.ca_pem {
+        Some(pem) => tls::parse_ca(pem).map_err(RuntimeError)?,
+        None => Vec::new(),
+    };
+    let https = tls::client_config(&extra, &[]).map_err(RuntimeError)?;
+    let wss = Arc::new(tls::client_config(&extra, &[b"http/1.1"]).map_err(RuntimeError)?);
+    let controls = config
+        .servers
+        .iter()
+        .map(|url| Control::new(url, https.clone()))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(RuntimeError)?;
+
+    let mut peers = Vec::new();
+    for peer in &config.peers {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("binding a peer's local UDP socket")
+            .map_err(RuntimeError)?;
+        let local_port = socket
+            .local_addr()
+            .map_err(|e| RuntimeError(e.into()))?
+            .port();
+        peers.push(PeerState {
+            node: peer.node,
+            key: peer.key,
+            socket: Arc::new(socket),
+            local_port,
+            tx_bytes: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            route_switches: AtomicU64::new(0),
+            last_rx_ms: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+            route: Mutex::new(None),
+        });
+    }
+    let shared = Arc::new(Shared {
+        node,
+        peers,
+        relay_open: AtomicBool::new(false),
+        relay_rtt_us: AtomicU64::new(0),
+        relay_sessions: AtomicU64::new(0),
+        registrations: AtomicU64::new(0),
+        heartbeats_ok: AtomicU64::new(0),
+        heartbeats_failed: AtomicU64::new(0),
+        drop_not_wireguard: AtomicU64::new(0),
+        drop_queue_full: AtomicU64::new(0),
+        drop_no_route: AtomicU64::new(0),
+        drop_unknown_peer: AtomicU64::new(0),
+    });
+
+    let info = NodeInfo {
+        node,
+        key,
+        ipv4: local_ipv4(&config.servers[0].to_string()).await,
+        wg_port,
+        stun_mapped: None,
+        nat_type: "Symmetric",
+    };
+    let mut rng = StdRng::from_os_rng();
+    let session = register_at_start(&controls, &info, &shared, &mut rng)
+        .await
+        .map_err(RuntimeError)?;
+    info!(
+        %node,
+        server = controls[session.server].base(),
+        heartbeat_secs = session.heartbeat.as_secs(),
+        "registered"
+    );
+
+    // Every peer's endpoint: set through `wg`, or printed for the operator.
+    for peer in &shared.peers {
+        let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, peer.local_port));
+        match &config.wg {
+            WgMode::Interface(iface) => {
+                crate::wg::set_endpoint(iface, &peer.key, endpoint)
+                    .await
+                    .map_err(RuntimeError)?;
+                info!(peer = %peer.node, %endpoint, "WireGuard endpoint set");
+            }
+            WgMode::ListenPort { .. } => {
+                info!(peer = %peer.node, %endpoint, "set this as the peer's WireGuard endpoint");
+            }
+        }
+    }
+
+    let (session_tx, session_rx) = watch::channel(session);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (out_tx, out_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..shared.peers.len() {
+        tasks.spawn(peer_reader(
+            shared.clone(),
+            index,
+            wg_endpoint,
+            out_tx.clone(),
+        ));
+    }
+    drop(out_tx);
+    let relay = tokio::spawn(relay_conn::run(relay_conn::RelayTask {
+        shared: shared.clone(),
+        controls: controls.clone(),
+        session: session_rx.clone(),
+        outgoing: out_rx,
+        stop: stop_rx.clone(),
+        wg_endpoint,
+        tls: wss,
+    }));
+    tasks.spawn(heartbeats(
+        controls.clone(),
+        info.clone(),
+        shared.clone(),
+        session_tx,
+    ));
+    let status_path = config.state_dir.join("status.json");
+    tasks.spawn(status_writer(shared.clone(), status_path.clone()));
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}"))
+            .map_err(RuntimeError)?;
+        info!(addr = %listener.local_addr().map_err(|e| RuntimeError(e.into()))?, "metrics listening");
+        tasks.spawn(serve_metrics(listener, shared.clone()));
+    }
+
+    shutdown.await;
+    info!("stopping: closing the relay session and deregistering");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), relay).await;
+    tasks.abort_all();
+    let session = session_rx.borrow().clone();
+    let control = &controls[session.server];
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        control.deregister(&node, &session.token),
+    )
+    .await
+    {
+        Ok(Ok(())) => info!(%node, "deregistered"),
+        Ok(Err(err)) => warn!(%err, "deregistration failed"),
+        Err(_) => warn!("deregistration timed out"),
+    }
+    write_status(&status_path, &shared.status(false)).await;
+    Ok(())
+}
+
+/// The node id from the flag, else from `STATE_DIR/node-id`, else a new one written there.
+fn node_id(state_dir: &Path, given: Option<NodeId>) -> anyhow::Result<NodeId> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating --state-dir {}", state_dir.display()))?;
+    if let Some(node) = given {
+        return Ok(node);
+    }
+    let file = state_dir.join("node-id");
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let node = text
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("{} does not hold a UUID", file.display()))?;
+            Ok(node)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let node = NodeId::from_uuid(uuid::Uuid::new_v4());
+            std::fs::write(&file, format!("{node}\n"))
+                .with_context(|| format!("writing {}", file.display()))?;
+            Ok(node)
+        }
+        Err(err) => Err(anyhow!("reading {}: {err}", file.display())),
+    }
+}
+
+/// The address this host would use towards the control plane (no packet is sent).
+async fn local_ipv4(server: &str) -> Ipv4Addr {
+    let host = server
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1");
+    let target = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:80")
+    };
+    let Ok(socket) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+        return Ipv4Addr::LOCALHOST;
+    };
+    let Ok(mut addrs) = tokio::net::lookup_host(target).await else {
+        return Ipv4Addr::LOCALHOST;
+    };
+    let Some(addr) = addrs.find(SocketAddr::is_ipv4) else {
+        return Ipv4Addr::LOCALHOST;
+    };
+    if socket.connect(addr).await.is_err() {
+        return Ipv4Addr::LOCALHOST;
+    }
+    match socket.local_addr() {
+        Ok(SocketAddr::V4(local)) => *local.ip(),
+        Ok(SocketAddr::V6(_)) | Err(_) => Ipv4Addr::LOCALHOST,
+    }
+}
+
+/// Registration at start: each server in order, a few rounds; every failure is logged.
+async fn register_at_start(
+    controls: &[Control],
+    info: &NodeInfo,
+    shared: &Shared,
+    rng: &mut StdRng,
+) -> anyhow::Result<Session> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
+    let mut last = None;
+    for _ in 0..START_ROUNDS {
+        for (index, control) in controls.iter().enumerate() {
+            match control.register(info, None).await {
+                Ok(registered) => {
+                    shared.registrations.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Session {
+                        token: registered.session_token,
+                        server: index,
+                        heartbeat: Duration::from_secs(registered.heartbeat_interval.max(1)),
+                    });
+                }
+                Err(err @ ControlError::Status { status, .. })
+                    if status != 503 && status != 429 =>
+                {
+                    // A refusal is an answer: trying again will not change it.
+                    return Err(anyhow!(err));
+                }
+                Err(err) => {
+                    warn!(%err, "registration failed");
+                    last = Some(err);
+                }
+            }
+        }
+        tokio::time::sleep(backoff.next_delay(rng)).await;
+    }
+    Err(match last {
+        Some(err) => anyhow!("no control plane reachable: {err}"),
+        None => anyhow!("no control plane given"),
+    })
+}
+
+/// Heartbeats at the interval the server gave; re-registers after a 401 (lost token) and
+/// moves to the next server when one is unreachable.
+async fn heartbeats(
+    controls: Vec<Control>,
+    info: NodeInfo,
+    shared: Arc<Shared>,
+    session_tx: watch::Sender<Session>,
+) {
+    let mut rng = StdRng::from_os_rng();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut cpu = CpuMeter::new();
+    let mut last_bytes = (0u64, 0u64);
+    let mut last_at = clock::now();
+    loop {
+        let session = session_tx.borrow().clone();
+        tokio::time::sleep(session.heartbeat).await;
+        let now = clock::now();
+        let secs = now.duration_since(last_at).as_secs_f64().max(1e-3);
+        last_at = now;
+        let tx: u64 = shared
+            .peers
+            .iter()
+            .map(|p| p.tx_bytes.load(Ordering::Relaxed))
+            .sum();
+        let rx: u64 = shared
+            .peers
+            .iter()
+            .map(|p| p.rx_bytes.load(Ordering::Relaxed))
+            .sum();
+        let now_ms = clock::unix_ms();
+        let active = shared
+            .peers
+            .iter()
+            .filter(|p| shared.peer_route_state(p, now_ms).1 == "up")
+            .count();
+        let figures = HeartbeatFigures {
+            latency: shared.relay_rtt_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            cpu_usage: cpu.percent(now),
+            active_connections: u32::try_from(active).unwrap_or(u32::MAX),
+            bandwidth: Bandwidth {
+                up: (tx - last_bytes.0) as f64 * 8.0 / 1e6 / secs,
+                down: (rx - last_bytes.1) as f64 * 8.0 / 1e6 / secs,
+            },
+        };
+        last_bytes = (tx, rx);
+        let control = &controls[session.server];
+        match control.heartbeat(&info.node, &session.token, figures).await {
+            Ok(()) => {
+                shared.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                backoff.reset();
+                continue;
+            }
+            Err(err) => {
+                shared.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+                warn!(%err, "heartbeat failed");
+            }
+        }
+        // Lost token, unreachable server or a refusal: register again, this server first,
+        // then the others, until one accepts.
+        loop {
+            let mut done = false;
+            for offset in 0..controls.len() {
+                let index = (session.server + offset) % controls.len();
+                let token = (offset == 0).then_some(session.token.as_str());
+                let mut result = controls[index].register(&info, token).await;
+                if token.is_some() && matches!(&result, Err(e) if e.status() == Some(401)) {
+                    // The token is no longer good (a restart with a new key, or the node was
+                    // deleted): register afresh.
+                    result = controls[index].register(&info, None).await;
+                }
+                match result {
+                    Ok(registered) => {
+                        shared.registrations.fetch_add(1, Ordering::Relaxed);
+                        info!(server = controls[index].base(), "registered again");
+                        let _ = session_tx.send(Session {
+                            token: registered.session_token,
+                            server: index,
+                            heartbeat: Duration::from_secs(registered.heartbeat_interval.max(1)),
+                        });
+                        done = true;
+                        break;
+                    }
+                    Err(err) => warn!(%err, "registration failed"),
+                }
+            }
+            if done {
+                backoff.reset();
+                break;
+            }
+            tokio::time::sleep(backoff.next_delay(&mut rng)).await;
+        }
+    }
+}
+
+/// Process CPU use from `/proc/self/stat` (utime + stime), percent of one core.
+struct CpuMeter {
+    last: Option<(Instant, u64)>,
+}
+
+impl CpuMeter {
+    const fn new() -> Self {
+        Self { last: None }
+    }
+
+    fn percent(&mut self, now: Instant) -> f64 {
+        let Some(ticks) = cpu_ticks() else { return 0.0 };
+        let result = match self.last {
+            Some((at, before)) => {
+                let secs = now.duration_since(at).as_secs_f64();
+                // USER_HZ is 100 on every Linux ABI.
+                if secs > 0.0 {
+                    ((ticks - before) as f64 / 100.0 / secs * 100.0).clamp(0.0, 100.0)
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, ticks));
+        result
+    }
+}
+
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name in parentheses (which may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Reads what WireGuard sends to one peer's socket and queues it for the peer's route.
+async fn peer_reader(
+    shared: Arc<Shared>,
+    index: usize,
+    wg_endpoint: SocketAddr,
+    out: mpsc::Sender<(NodeId, Vec<u8>)>,
+) {
+    let peer = &shared.peers[index];
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, from) = match peer.socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(err) => {
+                // ICMP errors from an earlier send surface here; they are not fatal.
+                debug!(peer = %peer.node, %err, "peer socket receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if from != wg_endpoint {
+            shared.drop_not_wireguard.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if !shared.relay_open.load(Ordering::Relaxed) {
+            shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        match out.try_send((peer.node, buf[..len].to_vec())) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                shared.drop_queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Rewrites the status file every second.
+async fn status_writer(shared: Arc<Shared>, path: PathBuf) {
+    loop {
+        write_status(&path, &shared.status(true)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Writes the file atomically (a temporary file renamed over it).
+async fn write_status(path: &Path, status: &StatusFile) {
+    let Ok(json) = serde_json::to_vec_pretty(status) else {
+        return;
+    };
+    let tmp = path.with_extension("json.tmp");
+    if let Err(err) = tokio::fs::write(&tmp, json).await {
+        warn!(%err, path = %tmp.display(), "cannot write the status file");
+        return;
+    }
+    if let Err(err) = tokio::fs::rename(&tmp, path).await {
+        warn!(%err, path = %path.display(), "cannot write the status file");
+    }
+}
+
+/// A minimal HTTP/1.1 server for `GET /metrics`.
+async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut len = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    let n = stream.read(&mut buf[len..]).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    len += n;
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        return Some(());
+                    }
+                }
+                None
+            })
+            .await;
+            if !matches!(read, Ok(Some(()))) {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let response = if head.starts_with("GET /metrics ") {
+                let body = metrics::render(&shared.snapshot());
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// The peers' nodes, for lookups by the relay task.
+pub(crate) fn peer_index(shared: &Shared) -> BTreeMap<NodeId, usize> {
+    shared
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.node, i))
+        .collect()
+}

@@ -1,0 +1,34 @@
+//! `boson-node`, the node agent: it runs beside an unchanged WireGuard (kernel or
+//! wireguard-go) and carries its UDP through BosonServer.
+//!
+//! # Contract
+//!
+//! Shaped like the server: the protocol logic lives in sans-IO cores that take `now` and
+//! bytes and return what to send, with no socket, clock or thread ([`ws`]: the WebSocket
+//! relay session; [`backoff`]; [`status`] and [`metrics`] formatting), and a thin tokio
+//! shell drives them ([`agent`], `relay_conn`, [`control`], [`wg`]). Every codec is
+//! `boson-dataplane-proto`'s: this crate writes none of its own.
+//!
+//! # Data path
+//!
+//! ```text
+//!  WireGuard ──UDP──▶ 127.0.0.1:LOCAL_PORT (one socket per peer) ──▶ SEND(peer) ──▶ relay
+//!  WireGuard ◀──UDP── the same socket ◀── RECV(src = peer) ◀─────────────────────── relay
+//! ```
+//!
+//! Each peer's WireGuard endpoint is its local socket (`wg set IFACE peer KEY endpoint
+//! 127.0.0.1:LOCAL_PORT`, or set by the operator in `--wg-listen-port` mode), so WireGuard
+//! itself is never changed and never knows where the peer really is.
+
+pub mod agent;
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod keys;
+pub mod metrics;
+mod relay_conn;
+pub mod status;
+pub mod tls;
+pub mod wg;
+pub mod ws;

@@ -1,0 +1,113 @@
+//! `boson-node`: see the crate documentation of `boson_node` and the README.
+//!
+//! Exit codes: 0 after a clean stop (SIGTERM/SIGINT, after deregistering), 2 for a usage or
+//! configuration error, 1 for a runtime failure.
+
+use std::process::ExitCode;
+
+use boson_node::config::{Cli, Command, RouteChoice};
+use boson_node::status::StatusFile;
+use boson_node::{agent, clock};
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help and version to stdout with exit 0, errors with exit 2.
+            let _ = err.print();
+            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Command::Status(args) => status(&args.state_dir),
+        Command::Run(args) => {
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    return ExitCode::from(2);
+                }
+            };
+            if matches!(
+                config.route,
+                RouteChoice::Direct | RouteChoice::Turn | RouteChoice::Quic
+            ) {
+                tracing::error!(
+                    "--route {:?} is not available in this build yet: use ws or auto",
+                    config.route
+                );
+                return ExitCode::from(2);
+            }
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    tracing::error!("cannot start the runtime: {err}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(agent::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can only be killed: run until then.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// `boson-node status`: the peers' lines; exit 0 while the agent runs, 1 when it does not.
+fn status(state_dir: &std::path::Path) -> ExitCode {
+    let path = state_dir.join("status.json");
+    let file: StatusFile = match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(file) => file,
+        Err(err) => {
+            eprintln!("boson-node is not running ({}: {err})", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let exists = std::path::Path::new(&format!("/proc/{}", file.pid)).exists();
+    let live = file.is_live(clock::unix_ms(), exists);
+    #[expect(clippy::print_stdout, reason = "the status command's output")]
+    {
+        print!("{}", file.lines());
+    }
+    if live {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("boson-node is not running");
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,418 @@
+//! The WebSocket relay's I/O shell: picks a live relay host from the control plane, opens
+//! TCP (and TLS for `wss://`), drives a [`RelayClient`] over it, hands RECVs to WireGuard
+//! from the peer's socket and SENDs what the peer sockets queued; reconnects with backoff,
+//! to another host after a RECONNECT_HINT.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use boson_shared::NodeId;
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::agent::{Session, Shared, peer_index};
+use crate::backoff::Backoff;
+use crate::clock;
+use crate::control::Control;
+use crate::ws::{ClientConfig, Event, Input, RelayClient};
+
+/// Everything the relay task needs.
+pub(crate) struct RelayTask {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) controls: Vec<Control>,
+    pub(crate) session: watch::Receiver<Session>,
+    pub(crate) outgoing: mpsc::Receiver<(NodeId, Vec<u8>)>,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) wg_endpoint: SocketAddr,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+}
+
+/// How a session ended, for the choice of the next host.
+enum Ended {
+    /// Stopping: do not reconnect.
+    Stop,
+    /// The host is draining: prefer another.
+    Drain,
+    /// It failed; `ready` says whether it had reached READY (then the backoff restarts).
+    Failed { ready: bool },
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A parsed `ws://` or `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RelayUrl {
+    pub(crate) tls: bool,
+    /// `HOST[:PORT]` as written, for the Host header.
+    pub(crate) authority: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
+}
+
+impl RelayUrl {
+    pub(crate) fn parse(url: &str) -> anyhow::Result<Self> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("wss://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("ws://") {
+            (false, rest)
+        } else {
+            bail!("relay URL {url:?} is neither ws:// nor wss://");
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(at) => (&rest[..at], &rest[at..]),
+            None => (rest, "/"),
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| anyhow!("relay URL {url:?}: unclosed [ in the host"))?;
+            let port = match after.strip_prefix(':') {
+                Some(port) => port.parse().context("relay URL port")?,
+                None => default_port,
+            };
+            (host.to_owned(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host.to_owned(), port.parse().context("relay URL port")?),
+                None => (authority.to_owned(), default_port),
+            }
+        };
+        if host.is_empty() {
+            bail!("relay URL {url:?} has no host");
+        }
+        Ok(Self {
+            tls,
+            authority: authority.to_owned(),
+            host,
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// The relay loop: runs until stopped.
+pub(crate) async fn run(mut task: RelayTask) {
+    let mut rng = StdRng::from_os_rng();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut avoid: Option<String> = None;
+    let index = peer_index(&task.shared);
+    loop {
+        if *task.stop.borrow() {
+            return;
+        }
+        let session = task.session.borrow().clone();
+        let ended = match pick_host(
+            &task.controls[session.server],
+            &session.token,
+            avoid.as_deref(),
+        )
+        .await
+        {
+            Ok(url) => {
+                let ended = connect_and_run(&mut task, &url, &session.token, &index).await;
+                task.shared.relay_open.store(false, Ordering::Relaxed);
+                match ended {
+                    Ok(Ended::Drain) => {
+                        avoid = Some(url);
+                        Ended::Drain
+                    }
+                    Ok(ended) => ended,
+                    Err(err) => {
+                        warn!(relay = %url, "relay session failed: {err:#}");
+                        avoid = Some(url);
+                        Ended::Failed { ready: false }
+                    }
+                }
+            }
+            Err(err) => {
+                warn!("no relay host: {err:#}");
+                Ended::Failed { ready: false }
+            }
+        };
+        let delay = match ended {
+            Ended::Stop => return,
+            Ended::Drain => Duration::ZERO,
+            Ended::Failed { ready } => {
+                if ready {
+                    backoff.reset();
+                }
+                backoff.next_delay(&mut rng)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = task.stop.changed() => return,
+            // A new token (after a re-registration) is worth a try at once.
+            _ = task.session.changed() => {}
+        }
+    }
+}
+
+/// The relay URL of a live host: not draining and not `avoid` if there is a choice.
+async fn pick_host(control: &Control, token: &str, avoid: Option<&str>) -> anyhow::Result<String> {
+    let hosts = control.hosts(token).await?;
+    let mut candidates: Vec<(bool, bool, String)> = hosts
+        .into_iter()
+        .filter_map(|h| {
+            let url = h.addresses.relay_url?;
+            Some((h.draining, Some(url.as_str()) == avoid, url))
+        })
+        .collect();
+    // Open hosts first, the avoided one last among its kind; stable otherwise.
+    candidates.sort_by_key(|(draining, avoided, _)| (*draining, *avoided));
+    candidates
+        .into_iter()
+        .next()
+        .map(|(_, _, url)| url)
+        .ok_or_else(|| anyhow!("the control plane lists no host serving the WebSocket relay"))
+}
+
+async fn connect(task: &RelayTask, url: &RelayUrl) -> anyhow::Result<Box<dyn Stream>> {
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        TcpStream::connect((url.host.as_str(), url.port)),
+    )
+    .await
+    .map_err(|_| anyhow!("connecting to {}:{} timed out", url.host, url.port))?
+    .with_context(|| format!("connecting to {}:{}", url.host, url.port))?;
+    let _ = tcp.set_nodelay(true);
+    if !url.tls {
+        return Ok(Box::new(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+        .with_context(|| format!("{:?} is not a TLS server name", url.host))?;
+    let connector = tokio_rustls::TlsConnector::from(task.tls.clone());
+    let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| anyhow!("TLS handshake with {} timed out", url.authority))?
+        .with_context(|| format!("TLS handshake with {}", url.authority))?;
+    Ok(Box::new(tls))
+}
+
+async fn connect_and_run(
+    task: &mut RelayTask,
+    url: &str,
+    token: &str,
+    index: &BTreeMap<NodeId, usize>,
+) -> anyhow::Result<Ended> {
+    let parsed = RelayUrl::parse(url)?;
+    let stream = connect(task, &parsed).await?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut client = RelayClient::new(
+        ClientConfig::default(),
+        &parsed.authority,
+        &parsed.path,
+        token,
+        clock::now(),
+        StdRng::from_os_rng(),
+    )
+    .map_err(|e| anyhow!("relay upgrade request: {e}"))?;
+    let mut buf = vec![0u8; client.min_input_buffer() + 65_536];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut out = Vec::with_capacity(256 * 1024);
+    let mut ready = false;
+    let mut drain = false;
+    let mut stopping = false;
+    loop {
+        client.poll_transmit(&mut out);
+        if !out.is_empty() {
+            writer
+                .write_all(&out)
+                .await
+                .context("writing to the relay")?;
+            out.clear();
+        }
+        if client.is_closed() {
+            break;
+        }
+        let deadline = client
+            .poll_timeout()
+            .unwrap_or_else(|| clock::now() + Duration::from_secs(3600));
+        if start == end {
+            start = 0;
+            end = 0;
+        } else if buf.len() - end < 4096 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        tokio::select! {
+            read = reader.read(&mut buf[end..]) => {
+                let n = read.context("reading from the relay")?;
+                if n == 0 {
+                    bail!("the relay closed the connection");
+                }
+                end += n;
+                let now = clock::now();
+                loop {
+                    let input = client.handle_input(now, &mut buf[start..end]);
+                    match &input {
+                        Input::NeedMore => break,
+                        Input::Consumed(_) => {}
+                        Input::Recv { src, packet, .. } => {
+                            let packet = &buf[start + packet.start..start + packet.end];
+                            deliver(&task.shared, index, src, packet, task.wg_endpoint).await;
+                        }
+                    }
+                    start += input.consumed();
+                    while let Some(event) = client.poll_event() {
+                        handle_event(&task.shared, event, &mut ready, &mut drain);
+                    }
+                    if start == end || client.is_closed() {
+                        break;
+                    }
+                }
+                if drain && !stopping {
+                    info!(relay = %url, "relay host draining: moving to another host");
+                    client.close(now);
+                    stopping = true;
+                }
+            }
+            packet = task.outgoing.recv(), if client.is_open() => {
+                let Some((dest, packet)) = packet else { return Ok(Ended::Stop) };
+                send(&task.shared, &mut client, &dest, &packet, &mut out);
+                // Batch what else is queued, up to 256 packets per write.
+                for _ in 0..255 {
+                    let Ok((dest, packet)) = task.outgoing.try_recv() else { break };
+                    send(&task.shared, &mut client, &dest, &packet, &mut out);
+                }
+            }
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                client.handle_timeout(clock::now());
+                while let Some(event) = client.poll_event() {
+                    handle_event(&task.shared, event, &mut ready, &mut drain);
+                }
+            }
+            _ = task.stop.changed(), if !stopping => {
+                client.close(clock::now());
+                stopping = true;
+            }
+        }
+    }
+    if *task.stop.borrow() {
+        return Ok(Ended::Stop);
+    }
+    if drain {
+        return Ok(Ended::Drain);
+    }
+    Ok(Ended::Failed { ready })
+}
+
+fn send(
+    shared: &Shared,
+    client: &mut RelayClient<StdRng>,
+    dest: &NodeId,
+    packet: &[u8],
+    out: &mut Vec<u8>,
+) {
+    match client.encode_send(dest, packet, out) {
+        Ok(()) => {
+            if let Some(peer) = shared.peer(dest) {
+                peer.tx_bytes
+                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                peer.tx_packets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(err) => {
+            shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
+            debug!(%err, "packet not sent");
+        }
+    }
+}
+
+async fn deliver(
+    shared: &Shared,
+    index: &BTreeMap<NodeId, usize>,
+    src: &NodeId,
+    packet: &[u8],
+    wg_endpoint: SocketAddr,
+) {
+    let Some(peer) = index.get(src).and_then(|&i| shared.peers.get(i)) else {
+        shared.drop_unknown_peer.fetch_add(1, Ordering::Relaxed);
+        debug!(%src, "packet from a node that is not a --peer dropped");
+        return;
+    };
+    peer.rx_bytes
+        .fetch_add(packet.len() as u64, Ordering::Relaxed);
+    peer.rx_packets.fetch_add(1, Ordering::Relaxed);
+    peer.last_rx_ms.store(clock::unix_ms(), Ordering::Relaxed);
+    peer.gone.store(false, Ordering::Relaxed);
+    if let Err(err) = peer.socket.send_to(packet, wg_endpoint).await {
+        debug!(peer = %peer.node, %err, "handing a packet to WireGuard failed");
+    }
+}
+
+fn handle_event(shared: &Shared, event: Event, ready: &mut bool, drain: &mut bool) {
+    match event {
+        Event::Ready(node) => {
+            *ready = true;
+            shared.relay_open.store(true, Ordering::Relaxed);
+            shared.relay_sessions.fetch_add(1, Ordering::Relaxed);
+            info!(%node, "relay session ready");
+        }
+        Event::PeerGone(node) => {
+            if let Some(peer) = shared.peer(&node)
+                && !peer.gone.swap(true, Ordering::Relaxed)
+            {
+                warn!(peer = %node, "the relay says this peer is not connected (not registered or not running?)");
+            }
+        }
+        Event::PeerPresent(node) => {
+            if let Some(peer) = shared.peer(&node) {
+                peer.gone.store(false, Ordering::Relaxed);
+            }
+        }
+        Event::ReconnectHint => *drain = true,
+        Event::Rtt(rtt) => {
+            let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+            shared.relay_rtt_us.store(us, Ordering::Relaxed);
+        }
+        Event::Closed(reason) => {
+            shared.relay_open.store(false, Ordering::Relaxed);
+            info!(reason = reason.as_str(), detail = ?reason, "relay session closed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls() {
+        let url = RelayUrl::parse("ws://127.0.0.1:8081/relay").unwrap();
+        assert_eq!(
+            (
+                url.tls,
+                url.host.as_str(),
+                url.port,
+                url.path.as_str(),
+                url.authority.as_str()
+            ),
+            (false, "127.0.0.1", 8081, "/relay", "127.0.0.1:8081")
+        );
+        let url = RelayUrl::parse("wss://relay.example").unwrap();
+        assert_eq!((url.tls, url.port, url.path.as_str()), (true, 443, "/"));
+        let url = RelayUrl::parse("wss://[::1]:9/r").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", 9));
+        for bad in [
+            "http://x/relay",
+            "ws:///relay",
+            "ws://h:port/x",
+            "wss://[::1/x",
+        ] {
+            assert!(RelayUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

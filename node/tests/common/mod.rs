@@ -1,0 +1,379 @@
+//! Runs the real `bosonserver` on loopback and `boson-node` agents against it, with plain
+//! UDP sockets standing in for WireGuard.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+#![allow(clippy::unwrap_used, reason = "tests")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a black-box test waits on the real clock, with deadlines"
+)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// Environment variables that would change either binary's settings.
+const CLEAR_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "TURN_STATIC_SECRET",
+    "BOSON_DATA_DIR",
+    "BOSON_HTTP_LISTEN",
+    "BOSON_TURN_LISTEN",
+    "BOSON_RELAY_LISTEN",
+    "BOSON_PUBLIC_RELAY_URL",
+    "BOSON_NODE_TIMEOUT",
+    "BOSON_HEARTBEAT_INTERVAL",
+    "BOSON_NODE_SERVER",
+    "BOSON_NODE_WG_INTERFACE",
+    "BOSON_NODE_WG_LISTEN_PORT",
+    "BOSON_NODE_WG_PRIVATE_KEY_FILE",
+    "BOSON_NODE_NODE_ID",
+    "BOSON_NODE_STATE_DIR",
+    "BOSON_NODE_PEER",
+    "BOSON_NODE_ROUTE",
+    "BOSON_NODE_METRICS_LISTEN",
+    "BOSON_NODE_CA_FILE",
+    "RUST_LOG",
+];
+
+/// A child process killed when dropped.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) log: mpsc::Receiver<String>,
+    pub(crate) name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Waits for the process to exit, at most `timeout`.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Sends a signal.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Log lines so far, without waiting.
+    pub(crate) fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+fn spawn(name: &'static str, mut command: Command, echo: bool) -> Proc {
+    for var in CLEAR_VARS {
+        command.env_remove(var);
+    }
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { break };
+            if echo {
+                eprintln!("[{name}] {line}");
+            }
+            let _ = tx.send(line);
+        }
+    });
+    Proc {
+        child,
+        log: rx,
+        name,
+    }
+}
+
+/// A free TCP port on loopback (bound and released).
+pub(crate) fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `bosonserver` binary next to this test's target directory.
+fn bosonserver_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let binary = dir.join("bosonserver");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first (`cargo build -p bosonserver`; `cargo test --workspace` does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A running server.
+pub(crate) struct Server {
+    pub(crate) proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+    pub(crate) relay_port: u16,
+}
+
+/// Starts `bosonserver run` in `dir` with a WebSocket relay on a free port, announced as
+/// `ws://127.0.0.1:PORT/relay`, and `extra` arguments.
+pub(crate) fn start_server(dir: &Path, extra: &[&str]) -> Server {
+    let relay_port = free_tcp_port();
+    let relay_listen = format!("127.0.0.1:{relay_port}");
+    let relay_url = format!("ws://127.0.0.1:{relay_port}/relay");
+    let mut command = Command::new(bosonserver_binary());
+    command
+        .args([
+            "run",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--no-pin",
+            "--relay-listen",
+            &relay_listen,
+            "--public-relay-url",
+            &relay_url,
+        ])
+        .args(extra)
+        .current_dir(dir);
+    let echo = std::env::var_os("BOSON_TEST_SERVER_LOG").is_some();
+    if echo {
+        command.env("RUST_LOG", "info");
+    }
+    let proc = spawn("server", command, echo);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let base = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = proc
+            .log
+            .recv_timeout(left)
+            .expect("the server never said where it listens");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    Server {
+        proc,
+        base,
+        relay_port,
+    }
+}
+
+/// A node: its id, key pair files and the UDP socket standing in for its WireGuard.
+pub(crate) struct Node {
+    pub(crate) id: String,
+    pub(crate) public_key: String,
+    pub(crate) key_file: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) wg: UdpSocket,
+}
+
+impl Node {
+    /// Node `n` of a test, with its files in `dir`.
+    pub(crate) fn new(dir: &Path, tag: u8, n: u8) -> Self {
+        let id = format!("6f1d3a52-8a5e-4c1e-9a{tag:02x}-0000000000{n:02x}");
+        let mut private = [0u8; 32];
+        for (i, b) in private.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31) ^ tag ^ n.wrapping_mul(97);
+        }
+        let public = boson_node::keys::public_key(private);
+        let key_file = dir.join(format!("node{n}.key"));
+        std::fs::write(&key_file, format!("{}\n", STANDARD.encode(private))).unwrap();
+        let wg = UdpSocket::bind("127.0.0.1:0").unwrap();
+        wg.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self {
+            id,
+            public_key: public.to_base64(),
+            key_file,
+            state_dir: dir.join(format!("state{n}")),
+            wg,
+        }
+    }
+
+    pub(crate) fn wg_port(&self) -> u16 {
+        self.wg.local_addr().unwrap().port()
+    }
+
+    pub(crate) fn peer_arg(&self) -> String {
+        format!("{}={}", self.id, self.public_key)
+    }
+}
+
+/// The `boson-node` binary under test.
+pub(crate) fn boson_node() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_boson-node"))
+}
+
+/// Starts `boson-node run` for `node` against `server` with `peers` and `extra` args.
+pub(crate) fn start_agent(
+    name: &'static str,
+    node: &Node,
+    servers: &[&str],
+    peers: &[&Node],
+    extra: &[&str],
+) -> Proc {
+    let mut command = boson_node();
+    command.arg("run");
+    for server in servers {
+        command.args(["--server", server]);
+    }
+    command.args([
+        "--wg-listen-port",
+        &node.wg_port().to_string(),
+        "--wg-private-key-file",
+        node.key_file.to_str().unwrap(),
+        "--node-id",
+        &node.id,
+        "--state-dir",
+        node.state_dir.to_str().unwrap(),
+    ]);
+    for peer in peers {
+        command.args(["--peer", &peer.peer_arg()]);
+    }
+    command.args(extra);
+    let echo = std::env::var_os("BOSON_TEST_AGENT_LOG").is_some();
+    command.env("RUST_LOG", if echo { "debug" } else { "info" });
+    spawn(name, command, echo)
+}
+
+/// `boson-node status --state-dir DIR`: exit code and stdout lines.
+pub(crate) fn status(state_dir: &Path) -> (i32, Vec<Vec<String>>) {
+    let out = boson_node()
+        .args(["status", "--state-dir", state_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+/// Waits until `status` shows `peer` with `want(line)`, returning the line.
+pub(crate) fn wait_status(
+    state_dir: &Path,
+    peer: &str,
+    timeout: Duration,
+    want: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        let (code, lines) = status(state_dir);
+        if code == 0
+            && let Some(line) = lines
+                .iter()
+                .find(|l| l.first().map(String::as_str) == Some(peer))
+        {
+            if want(line) {
+                return line.clone();
+            }
+            last = Some(line.clone());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "status of {peer} in {} never matched; last {last:?}",
+        state_dir.display()
+    );
+}
+
+/// A WireGuard-shaped packet: handshake initiation (type 1, 148 bytes), response (type 2,
+/// 92 bytes) or transport data (type 4, `16 + len` bytes), tagged with `seq`.
+pub(crate) fn wg_packet(kind: u8, seq: u32, len: usize) -> Vec<u8> {
+    let total = match kind {
+        1 => 148,
+        2 => 92,
+        _ => 16 + len,
+    };
+    let mut packet = vec![0u8; total];
+    packet[0] = kind;
+    packet[4..8].copy_from_slice(&seq.to_le_bytes());
+    for (i, b) in packet.iter_mut().enumerate().skip(8) {
+        *b = (i as u32 ^ seq) as u8;
+    }
+    packet
+}
+
+/// Receives one datagram on `socket` within `timeout`.
+pub(crate) fn recv(socket: &UdpSocket, timeout: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 65_536];
+    while Instant::now() < deadline {
+        if let Ok((len, from)) = socket.recv_from(&mut buf) {
+            return Some((buf[..len].to_vec(), from));
+        }
+    }
+    None
+}
+
+/// A blocking JSON POST to the API over plain HTTP/1.1: status and body.
+pub(crate) fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = out
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// A registration body for `node`.
+pub(crate) fn register_body(node: &Node) -> serde_json::Value {
+    serde_json::json!({
+        "nodeId": node.id,
+        "publicKey": node.public_key,
+        "networkInfo": {"ipv4": "127.0.0.1", "natType": "Symmetric", "localPort": node.wg_port()},
+        "capabilities": {"maxConnections": 10, "bandwidth": {"up": 1, "down": 1}},
+        "location": {"country": "ZZ", "region": "test"}
+    })
+}
