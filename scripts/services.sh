@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests, coturn's
 # tools (turnutils_uclient, turnutils_peer) for the TURN interop tests, and iproute2,
-# iptables, wireguard-go, wireguard-tools, ping and iperf3 for the network-namespace tests.
+# iptables, wireguard-go, wireguard-tools, ping and iperf3 for the network-namespace tests
+# (testsupport/'s simulated internet, the node agent's WireGuard tunnels).
 # Exports BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL; stops both on exit.
 
 services_dir=""
@@ -35,8 +36,23 @@ install_if_missing() {
     command -v redis-server >/dev/null || need+=(redis-server)
     # coturn's own client and peer, for the TURN interop tests.
     command -v turnutils_uclient >/dev/null || need+=(coturn)
-    # The network-namespace tests: home routers NAT with iptables, nodes run wireguard-go
-    # (configured with wg), and ping and iperf3 measure their tunnels.
+    [ ${#need[@]} -gt 0 ] || return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing ${need[*]} from Debian's packages" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing ${need[*]}: install them (or set BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL)" >&2
+        return 1
+    fi
+}
+
+# The network-namespace tests need root anyway: home routers NAT with iptables, nodes run
+# wireguard-go (configured with wg), ping and iperf3 measure their tunnels. Installed when
+# root, whatever PostgreSQL and Redis are used; else those tests skip (or fail under CI) by
+# themselves.
+install_netns_tools_if_missing() {
+    local need=()
     command -v ip >/dev/null || need+=(iproute2)
     command -v iptables >/dev/null || need+=(iptables)
     command -v wireguard-go >/dev/null || need+=(wireguard-go)
@@ -49,24 +65,23 @@ install_if_missing() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
-        echo "missing ${need[*]}: install them (or set BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL)" >&2
-        # PostgreSQL and Redis still start if they are there; a test missing another tool
-        # skips by itself (and fails when CI is set).
-        [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ] && command -v redis-server >/dev/null
+        echo "missing ${need[*]}: the network-namespace tests will skip" >&2
+        return 1
     fi
 }
 
 start_test_services() {
+    install_netns_tools_if_missing || true
     if [ -n "${BOSON_TEST_DATABASE_URL:-}" ] && [ -n "${BOSON_TEST_REDIS_URL:-}" ]; then
         echo "using BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL as given" >&2
         return 0
     fi
     if ! install_if_missing; then
         if [ -n "${CI:-}" ]; then
-            echo "CI is set: PostgreSQL, Redis and the network-namespace tests' tools are required" >&2
+            echo "CI is set: PostgreSQL and Redis are required" >&2
             exit 1
         fi
-        echo "the tests needing them will be skipped" >&2
+        echo "PostgreSQL/Redis tests will be skipped" >&2
         return 0
     fi
     pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)

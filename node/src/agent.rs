@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::clock;
 use crate::config::{Config, RouteChoice, RouteKind, WgMode};
-use crate::control::{Bandwidth, Control, ControlError, HeartbeatFigures, NodeInfo};
+use crate::control::{Bandwidth, Control, HeartbeatFigures, NodeInfo};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
 use crate::status::{PeerStatus, StatusFile};
@@ -189,6 +189,7 @@ pub(crate) struct Session {
 
 /// Runs the agent until `shutdown` resolves; then deregisters and returns `Ok`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
+    tokio::pin!(shutdown);
     match config.route {
         RouteChoice::Auto | RouteChoice::Ws => {}
         RouteChoice::Direct | RouteChoice::Turn | RouteChoice::Quic => {
@@ -272,9 +273,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         nat_type: "Symmetric",
     };
     let mut rng = StdRng::from_os_rng();
-    let session = register_at_start(&controls, &info, &shared, &mut rng)
-        .await
-        .map_err(RuntimeError)?;
+    let token_file = config.state_dir.join("token");
+    let session = tokio::select! {
+        session = register_at_start(&controls, &info, &shared, &token_file, &mut rng) => {
+            session.map_err(RuntimeError)?
+        }
+        () = &mut shutdown => {
+            info!("stopped before registering");
+            return Ok(());
+        }
+    };
     info!(
         %node,
         server = controls[session.server].base(),
@@ -326,6 +334,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         info.clone(),
         shared.clone(),
         session_tx,
+        token_file.clone(),
     ));
     let status_path = config.state_dir.join("status.json");
     tasks.spawn(status_writer(shared.clone(), status_path.clone()));
@@ -351,7 +360,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await
     {
-        Ok(Ok(())) => info!(%node, "deregistered"),
+        Ok(Ok(())) => {
+            info!(%node, "deregistered");
+            let _ = std::fs::remove_file(&token_file);
+        }
         Ok(Err(err)) => warn!(%err, "deregistration failed"),
         Err(_) => warn!("deregistration timed out"),
     }
@@ -415,44 +427,93 @@ async fn local_ipv4(server: &str) -> Ipv4Addr {
     }
 }
 
-/// Registration at start: each server in order, a few rounds; every failure is logged.
+/// How long registration at start waits out a 409 (the node id still active, after an
+/// unclean stop without its token file, or held by another key) before giving up.
+const CONFLICT_PATIENCE: Duration = Duration::from_secs(90);
+
+/// Registration at start: each server in order, with the token kept from the last run if
+/// any (a restart after a crash re-registers at once with it), a few rounds; a 409 is waited
+/// out up to [`CONFLICT_PATIENCE`]; every failure is logged.
 async fn register_at_start(
     controls: &[Control],
     info: &NodeInfo,
     shared: &Shared,
+    token_file: &Path,
     rng: &mut StdRng,
 ) -> anyhow::Result<Session> {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
-    let mut last = None;
-    for _ in 0..START_ROUNDS {
+    let mut saved = std::fs::read_to_string(token_file)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    let started = clock::now();
+    let mut rounds = 0;
+    loop {
+        let mut last = None;
+        let mut conflict = false;
         for (index, control) in controls.iter().enumerate() {
-            match control.register(info, None).await {
+            let mut result = control.register(info, saved.as_deref()).await;
+            if saved.is_some() && matches!(&result, Err(e) if e.status() == Some(401)) {
+                // The kept token is stale (the node was deleted, or the server's key changed).
+                saved = None;
+                result = control.register(info, None).await;
+            }
+            match result {
                 Ok(registered) => {
                     shared.registrations.fetch_add(1, Ordering::Relaxed);
+                    save_token(token_file, &registered.session_token);
                     return Ok(Session {
                         token: registered.session_token,
                         server: index,
                         heartbeat: Duration::from_secs(registered.heartbeat_interval.max(1)),
                     });
                 }
-                Err(err @ ControlError::Status { status, .. })
-                    if status != 503 && status != 429 =>
-                {
-                    // A refusal is an answer: trying again will not change it.
-                    return Err(anyhow!(err));
-                }
                 Err(err) => {
+                    match err.status() {
+                        Some(409) => conflict = true,
+                        Some(status) if status != 503 && status != 429 && status < 500 => {
+                            // A refusal is an answer: trying again will not change it.
+                            return Err(anyhow!(err));
+                        }
+                        Some(_) | None => {}
+                    }
                     warn!(%err, "registration failed");
                     last = Some(err);
                 }
             }
         }
+        rounds += 1;
+        let patient = conflict && clock::now().duration_since(started) < CONFLICT_PATIENCE;
+        if rounds >= START_ROUNDS && !patient {
+            return Err(match last {
+                Some(err) => anyhow!("registration failed on every --server: {err}"),
+                None => anyhow!("no control plane given"),
+            });
+        }
+        if conflict {
+            warn!(
+                "the server holds this node id as active (an unclean stop, or another machine \
+                 with the same id): retrying until it times the node out"
+            );
+        }
         tokio::time::sleep(backoff.next_delay(rng)).await;
     }
-    Err(match last {
-        Some(err) => anyhow!("no control plane reachable: {err}"),
-        None => anyhow!("no control plane given"),
-    })
+}
+
+/// Keeps the session token in the state dir (mode 0600), so a restart can re-register.
+fn save_token(path: &Path, token: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(token.as_bytes()));
+    if let Err(err) = written {
+        warn!(%err, path = %path.display(), "cannot keep the session token");
+    }
 }
 
 /// Heartbeats at the interval the server gave; re-registers after a 401 (lost token) and
@@ -462,6 +523,7 @@ async fn heartbeats(
     info: NodeInfo,
     shared: Arc<Shared>,
     session_tx: watch::Sender<Session>,
+    token_file: PathBuf,
 ) {
     let mut rng = StdRng::from_os_rng();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -529,6 +591,7 @@ async fn heartbeats(
                     Ok(registered) => {
                         shared.registrations.fetch_add(1, Ordering::Relaxed);
                         info!(server = controls[index].base(), "registered again");
+                        save_token(&token_file, &registered.session_token);
                         let _ = session_tx.send(Session {
                             token: registered.session_token,
                             server: index,

@@ -10,26 +10,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Node, recv, start_agent, start_server, wait_status, wg_packet};
-
-/// Sends `packet` from `from` to `to_port` until it arrives at `at`, from any port: the
-/// first packets may fall before both relay sessions are up, as WireGuard's first
-/// handshake initiations do. Returns the port it arrived from.
-fn until_through(from: &Node, to_port: u16, at: &Node, packet: &[u8]) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        from.wg.send_to(packet, ("127.0.0.1", to_port)).unwrap();
-        if let Some((got, src)) = recv(&at.wg, Duration::from_millis(300))
-            && got == packet
-        {
-            return src;
-        }
-    }
-    panic!("the packet never went through");
-}
+use common::{Node, recv, start_agent, start_server, until_through, wait_status, wg_packet};
 
 #[test]
 fn two_agents_carry_every_packet_both_ways_over_the_ws_relay() {
@@ -60,7 +43,7 @@ fn two_agents_carry_every_packet_both_ways_over_the_ws_relay() {
 
     // The handshake: initiation A → B, response B → A.
     let init = wg_packet(1, 0, 0);
-    let src = until_through(&a, port_a_to_b, &b, &init);
+    let src = until_through(&a, port_a_to_b, &b, &init, Duration::from_secs(30));
     assert_eq!(
         src.port(),
         port_b_to_a,

@@ -89,7 +89,7 @@ impl Proc {
     }
 }
 
-fn spawn(name: &'static str, mut command: Command, echo: bool) -> Proc {
+pub(crate) fn spawn(name: &'static str, mut command: Command, echo: bool) -> Proc {
     for var in CLEAR_VARS {
         command.env_remove(var);
     }
@@ -146,17 +146,39 @@ pub(crate) struct Server {
 /// Starts `bosonserver run` in `dir` with a WebSocket relay on a free port, announced as
 /// `ws://127.0.0.1:PORT/relay`, and `extra` arguments.
 pub(crate) fn start_server(dir: &Path, extra: &[&str]) -> Server {
-    let relay_port = free_tcp_port();
-    let relay_listen = format!("127.0.0.1:{relay_port}");
-    let relay_url = format!("ws://127.0.0.1:{relay_port}/relay");
-    let mut command = Command::new(bosonserver_binary());
+    start_server_in(&[], "127.0.0.1", 0, free_tcp_port(), dir, extra)
+}
+
+/// As [`start_server`], through `wrapper` (such as `ip netns exec NS`, which execs in
+/// place), listening on `ip` with the API on `http_port` (0: any) and the relay on
+/// `relay_port`.
+pub(crate) fn start_server_in(
+    wrapper: &[&str],
+    ip: &str,
+    http_port: u16,
+    relay_port: u16,
+    dir: &Path,
+    extra: &[&str],
+) -> Server {
+    let http_listen = format!("{ip}:{http_port}");
+    let turn_listen = format!("{ip}:0");
+    let relay_listen = format!("{ip}:{relay_port}");
+    let relay_url = format!("ws://{ip}:{relay_port}/relay");
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(bosonserver_binary());
+            command
+        }
+        None => Command::new(bosonserver_binary()),
+    };
     command
         .args([
             "run",
             "--http-listen",
-            "127.0.0.1:0",
+            &http_listen,
             "--turn-listen",
-            "127.0.0.1:0",
+            &turn_listen,
             "--workers",
             "1",
             "--no-pin",
@@ -342,6 +364,16 @@ pub(crate) fn recv(socket: &UdpSocket, timeout: Duration) -> Option<(Vec<u8>, So
 
 /// A blocking JSON POST to the API over plain HTTP/1.1: status and body.
 pub(crate) fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    http("POST", url, None, Some(body))
+}
+
+/// A blocking API request over plain HTTP/1.1: status and JSON body (`Null` if none).
+pub(crate) fn http(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     use std::io::{Read as _, Write as _};
     let rest = url.strip_prefix("http://").unwrap();
     let (authority, path) = rest.split_at(rest.find('/').unwrap());
@@ -349,10 +381,13 @@ pub(crate) fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Val
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let body = body.to_string();
+    let body = body.map(ToString::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Content-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -365,6 +400,33 @@ pub(crate) fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Val
         .and_then(|(_, body)| serde_json::from_str(body).ok())
         .unwrap_or(serde_json::Value::Null);
     (status, json)
+}
+
+/// Sends `packet` from `from` to `to_port` until it arrives at `at`: the first packets may
+/// fall before both relay sessions are up, as WireGuard's first handshake initiations do.
+/// Returns the address it arrived from.
+pub(crate) fn until_through(
+    from: &Node,
+    to_port: u16,
+    at: &Node,
+    packet: &[u8],
+    timeout: Duration,
+) -> SocketAddr {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        from.wg.send_to(packet, ("127.0.0.1", to_port)).unwrap();
+        if let Some((got, src)) = recv(&at.wg, Duration::from_millis(300))
+            && got == packet
+        {
+            return src;
+        }
+    }
+    panic!("the packet never went through within {timeout:?}");
+}
+
+/// Drains what `socket` has queued.
+pub(crate) fn drain(socket: &UdpSocket) {
+    while recv(socket, Duration::from_millis(50)).is_some() {}
 }
 
 /// A registration body for `node`.
