@@ -50,6 +50,8 @@ const METRICS: &str = "127.0.0.1:9100";
 const KILL_BOUND: Duration = Duration::from_secs(12);
 /// How long a draining relay host may cost it: the agent moves at once on RECONNECT_HINT.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
+/// The routes `--route` can force today (direct, TURN and QUIC are still to come).
+const AGENT_ROUTES: &[&str] = &["ws"];
 /// Pings per second during a flood.
 const FLOOD_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -384,10 +386,24 @@ impl Lab {
         }
     }
 
+    /// Each agent's log and metrics, and what `wg` shows of its node.
     fn agent_logs(&self) -> String {
         self.nodes
             .iter()
-            .filter_map(|n| Some(format!("--- agent {}:\n{}", n.id, n.agent.as_ref()?.log())))
+            .filter_map(|n| {
+                let metrics: String = n
+                    .metrics()
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                let wg = n.wg.wg(&["show", &n.wg.interface]);
+                Some(format!(
+                    "--- agent {}:\n{}--- its metrics:\n{metrics}--- wg:\n{wg}",
+                    n.id,
+                    n.agent.as_ref()?.log()
+                ))
+            })
             .collect()
     }
 
@@ -746,4 +762,173 @@ fn ws_closed(host: &RelayHost) -> f64 {
     host.metrics().map_or(0.0, |m| {
         http::metric_sum(&m, "bosonserver_dataplane_ws_connections_closed_total", &[])
     })
+}
+
+/// CPU time (user + system) of process `pid` so far, in seconds; 0 once it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()
+    });
+    ticks / clock_ticks()
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`).
+fn clock_ticks() -> f64 {
+    let output = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// One route's figures.
+struct Figures {
+    mbits: f64,
+    bytes: f64,
+    rtt_avg_ms: f64,
+    rtt_mdev_ms: f64,
+    /// CPU nanoseconds per byte carried, by process kind: wireguard-go, boson-node,
+    /// bosonserver (each summed over both of its processes).
+    cpu_ns_per_byte: [f64; 3],
+}
+
+impl Lab {
+    /// The pids of wireguard-go, boson-node and bosonserver processes of the topology.
+    fn pids(&self) -> [Vec<u32>; 3] {
+        [
+            self.nodes.iter().filter_map(|n| n.wg.pid()).collect(),
+            self.nodes
+                .iter()
+                .filter_map(|n| n.agent.as_ref()?.child.as_ref().map(Child::id))
+                .collect(),
+            self.hosts.iter().filter_map(RelayHost::pid).collect(),
+        ]
+    }
+
+    /// Ping latency (200 pings), then TCP throughput (iperf3, 5 s) with each process kind's
+    /// CPU time over it.
+    fn measure(&self) -> Figures {
+        let out = self.nodes[0].ping(self.nodes[1].wg.address, 200, Duration::from_millis(10));
+        assert_eq!(ping_counts(&out).1, 200, "{out}");
+        // "rtt min/avg/max/mdev = 0.101/0.202/0.303/0.044 ms"
+        let rtt: Vec<f64> = out
+            .lines()
+            .find(|l| l.starts_with("rtt "))
+            .and_then(|l| l.split(" = ").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no rtt in {out}"))
+            .split('/')
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("{v} in {out}")))
+            .collect();
+        let pids = self.pids();
+        let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+        let before: Vec<f64> = pids.iter().map(|p| cpu(p)).collect();
+        let server_ip = self.nodes[1].wg.address.to_string();
+        let mut server = self.nodes[1]
+            .station
+            .namespace
+            .spawn("iperf3", &["-s", "-B", &server_ip, "-p", "5201"]);
+        let mut result = None;
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            let output = self.nodes[0]
+                .station
+                .namespace
+                .command("iperf3")
+                .args(["-c", &server_ip, "-p", "5201", "-t", "5", "-J"])
+                .output()
+                .unwrap();
+            if output.status.success() {
+                let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+                let sum = &json["end"]["sum_received"];
+                result = sum["bits_per_second"].as_f64().zip(sum["bytes"].as_f64());
+            }
+            result.is_some()
+        });
+        let after: Vec<f64> = pids.iter().map(|p| cpu(p)).collect();
+        let _ = server.kill();
+        let _ = server.wait();
+        let (bits, bytes) = result.expect("iperf3 did not run across the tunnel");
+        let per_byte = |i: usize| (after[i] - before[i]) * 1e9 / bytes;
+        Figures {
+            mbits: bits / 1e6,
+            bytes,
+            rtt_avg_ms: rtt[1],
+            rtt_mdev_ms: rtt[3],
+            cpu_ns_per_byte: [per_byte(0), per_byte(1), per_byte(2)],
+        }
+    }
+}
+
+/// Issue 13 §5, a measurement rather than a test: the tunnel's TCP throughput and ping
+/// latency through each route the agent has, against the direct route (wireguard-go with
+/// endpoints set by hand across two endpoint-independent NATs, one forwarding WireGuard's
+/// port), on one topology in one run, with the CPU per byte of wireguard-go, boson-node and
+/// bosonserver. `benches/tunnel.sh` runs it on release builds and prints a Markdown table.
+#[test]
+#[ignore = "a measurement: benches/tunnel.sh runs it on release builds"]
+fn measure_routes() {
+    let Some(pg_bin) = requirements() else {
+        return;
+    };
+    let mut lab = Lab::new(
+        3,
+        pg_bin,
+        [Nat::EndpointIndependent, Nat::EndpointIndependent],
+        false,
+    );
+    let mut rows = Vec::new();
+    // Direct, without the agent.
+    lab.routers[1].forward_udp(WG_PORT, lab.nodes[1].station.ip);
+    let endpoint = SocketAddr::from((lab.routers[1].wan, WG_PORT));
+    lab.nodes[0]
+        .wg
+        .add_peer(&lab.nodes[1].wg, Some(endpoint), None);
+    let peer = lab.nodes[1].wg.address;
+    let up = wait_until(Duration::from_secs(15), Duration::ZERO, || {
+        ping_counts(&lab.nodes[0].ping(peer, 1, Duration::from_millis(200))).1 == 1
+    });
+    assert!(up, "no direct tunnel");
+    rows.push(("direct (wireguard-go alone)".to_owned(), lab.measure()));
+    for &route in AGENT_ROUTES {
+        lab.start_agents(route);
+        let routes = lab.wait_tunnel();
+        assert_eq!(routes, [route, route]);
+        let sessions = lab.ws_sessions();
+        let hosts = if sessions.contains(&2.0) {
+            "both nodes on one host"
+        } else {
+            "one node on each host, over the mesh"
+        };
+        rows.push((format!("{route} relay ({hosts})"), lab.measure()));
+        lab.stop_agents();
+    }
+    let direct = rows[0].1.mbits;
+    eprintln!(
+        "| route | TCP Mbit/s | of direct | ping avg (mdev) ms | CPU ns/byte: wireguard-go | boson-node | bosonserver | bytes |"
+    );
+    eprintln!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, f) in &rows {
+        eprintln!(
+            "| {name} | {:.0} | {:.0}% | {:.3} ({:.3}) | {:.2} | {:.2} | {:.2} | {:.0} |",
+            f.mbits,
+            100.0 * f.mbits / direct,
+            f.rtt_avg_ms,
+            f.rtt_mdev_ms,
+            f.cpu_ns_per_byte[0],
+            f.cpu_ns_per_byte[1],
+            f.cpu_ns_per_byte[2],
+            f.bytes
+        );
+    }
+    lab.destroy();
 }
