@@ -47,6 +47,8 @@ const RELAY_QUEUE: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) node: NodeId,
+    /// The relay route every peer takes in this build.
+    pub(crate) route_kind: RouteKind,
     pub(crate) peers: Vec<PeerState>,
     pub(crate) relay_open: AtomicBool,
     pub(crate) relay_rtt_us: AtomicU64,
@@ -96,7 +98,7 @@ impl Shared {
         } else {
             "trying"
         };
-        (Some(RouteKind::Ws), state)
+        (Some(self.route_kind), state)
     }
 
     /// Updates each peer's route label (counting switches) and returns the status.
@@ -190,9 +192,10 @@ pub(crate) struct Session {
 /// Runs the agent until `shutdown` resolves; then deregisters and returns `Ok`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
     tokio::pin!(shutdown);
-    match config.route {
-        RouteChoice::Auto | RouteChoice::Ws => {}
-        RouteChoice::Direct | RouteChoice::Turn | RouteChoice::Quic => {
+    let route_kind = match config.route {
+        RouteChoice::Auto | RouteChoice::Ws => RouteKind::Ws,
+        RouteChoice::Quic => RouteKind::Quic,
+        RouteChoice::Direct | RouteChoice::Turn => {
             // Refused in main as a configuration error; kept here so the library never
             // runs a route it does not have.
             return Err(RuntimeError(anyhow!(
@@ -200,7 +203,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 config.route
             )));
         }
-    }
+    };
     let node = node_id(&config.state_dir, config.node_id).map_err(RuntimeError)?;
     let (key, wg_port) = match &config.wg {
         WgMode::Interface(iface) => {
@@ -217,6 +220,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let https = tls::client_config(&extra, &[]).map_err(RuntimeError)?;
     let wss = Arc::new(tls::client_config(&extra, &[b"http/1.1"]).map_err(RuntimeError)?);
+    let transport = match route_kind {
+        RouteKind::Quic => relay_conn::Transport::Quic {
+            tls: Arc::new(
+                tls::client_config(&extra, &[boson_dataplane_proto::quic::ALPN])
+                    .map_err(RuntimeError)?,
+            ),
+            server_name: config.quic_server_name.clone(),
+        },
+        RouteKind::Direct | RouteKind::Turn | RouteKind::Ws => relay_conn::Transport::Ws,
+    };
     let controls = config
         .servers
         .iter()
@@ -251,6 +264,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let shared = Arc::new(Shared {
         node,
+        route_kind,
         peers,
         relay_open: AtomicBool::new(false),
         relay_rtt_us: AtomicU64::new(0),
@@ -328,6 +342,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stop: stop_rx.clone(),
         wg_endpoint,
         tls: wss,
+        transport,
     }));
     tasks.spawn(heartbeats(
         controls.clone(),

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Register with the server and carry WireGuard's packets to the peers until stopped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print each peer's route: `NODE_ID ROUTE STATE LOCAL_PORT TX_BYTES RX_BYTES`.
     Status(StatusArgs),
 }
@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// An extra CA (PEM) trusted for https, wss and QUIC.
     #[arg(long, env = "BOSON_NODE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// The name the QUIC relay's certificate must carry (default: the host of its
+    /// address). `localhost` for a server's self-signed development certificate.
+    #[arg(long, env = "BOSON_NODE_QUIC_SERVER_NAME")]
+    pub quic_server_name: Option<String>,
 }
 
 /// `boson-node status`.
@@ -215,6 +219,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// An extra CA, PEM.
     pub ca_pem: Option<Vec<u8>>,
+    /// The TLS name for the QUIC relay, if not its host.
+    pub quic_server_name: Option<String>,
 }
 
 /// A configuration error: exit code 2.
@@ -314,6 +320,7 @@ impl RunArgs {
             route: self.route,
             metrics_listen: self.metrics_listen,
             ca_pem,
+            quic_server_name: self.quic_server_name,
         })
     }
 }
@@ -340,7 +347,7 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("boson-node").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
         match cli.command {
-            Command::Run(args) => args.into_config().map_err(|e| e.0),
+            Command::Run(args) => (*args).into_config().map_err(|e| e.0),
             Command::Status(_) => Err("status".to_owned()),
         }
     }

@@ -29,19 +29,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Status(args) => status(&args.state_dir),
         Command::Run(args) => {
-            let config = match args.into_config() {
+            let config = match (*args).into_config() {
                 Ok(config) => config,
                 Err(err) => {
                     tracing::error!("{err}");
                     return ExitCode::from(2);
                 }
             };
-            if matches!(
-                config.route,
-                RouteChoice::Direct | RouteChoice::Turn | RouteChoice::Quic
-            ) {
+            if matches!(config.route, RouteChoice::Direct | RouteChoice::Turn) {
                 tracing::error!(
-                    "--route {:?} is not available in this build yet: use ws or auto",
+                    "--route {:?} is not available in this build yet: use ws, quic or auto",
                     config.route
                 );
                 return ExitCode::from(2);

@@ -33,10 +33,23 @@ pub(crate) struct RelayTask {
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) wg_endpoint: SocketAddr,
     pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) transport: Transport,
+}
+
+/// Which relay the session uses.
+pub(crate) enum Transport {
+    /// WebSocket (`relayUrl`).
+    Ws,
+    /// QUIC (`quicAddr`), with its TLS configuration (ALPN `boson-relay/1`) and the name to
+    /// verify, if not the host.
+    Quic {
+        tls: Arc<rustls::ClientConfig>,
+        server_name: Option<String>,
+    },
 }
 
 /// How a session ended, for the choice of the next host.
-enum Ended {
+pub(crate) enum Ended {
     /// Stopping: do not reconnect.
     Stop,
     /// The host is draining: prefer another.
@@ -112,15 +125,21 @@ pub(crate) async fn run(mut task: RelayTask) {
             return;
         }
         let session = task.session.borrow().clone();
+        let quic = matches!(task.transport, Transport::Quic { .. });
         let ended = match pick_host(
             &task.controls[session.server],
             &session.token,
             avoid.as_deref(),
+            quic,
         )
         .await
         {
             Ok(url) => {
-                let ended = connect_and_run(&mut task, &url, &session.token, &index).await;
+                let ended = if quic {
+                    crate::quic_conn::connect_and_run(&mut task, &url, &session.token, &index).await
+                } else {
+                    connect_and_run(&mut task, &url, &session.token, &index).await
+                };
                 task.shared.relay_open.store(false, Ordering::Relaxed);
                 match ended {
                     Ok(Ended::Drain) => {
@@ -159,13 +178,23 @@ pub(crate) async fn run(mut task: RelayTask) {
     }
 }
 
-/// The relay URL of a live host: not draining and not `avoid` if there is a choice.
-async fn pick_host(control: &Control, token: &str, avoid: Option<&str>) -> anyhow::Result<String> {
+/// The relay URL (`quic`: the QUIC address) of a live host: not draining and not `avoid` if
+/// there is a choice.
+async fn pick_host(
+    control: &Control,
+    token: &str,
+    avoid: Option<&str>,
+    quic: bool,
+) -> anyhow::Result<String> {
     let hosts = control.hosts(token).await?;
     let mut candidates: Vec<(bool, bool, String)> = hosts
         .into_iter()
         .filter_map(|h| {
-            let url = h.addresses.relay_url?;
+            let url = if quic {
+                h.addresses.quic_addr
+            } else {
+                h.addresses.relay_url
+            }?;
             Some((h.draining, Some(url.as_str()) == avoid, url))
         })
         .collect();
@@ -175,7 +204,10 @@ async fn pick_host(control: &Control, token: &str, avoid: Option<&str>) -> anyho
         .into_iter()
         .next()
         .map(|(_, _, url)| url)
-        .ok_or_else(|| anyhow!("the control plane lists no host serving the WebSocket relay"))
+        .ok_or_else(|| {
+            let relay = if quic { "QUIC" } else { "WebSocket" };
+            anyhow!("the control plane lists no host serving the {relay} relay")
+        })
 }
 
 async fn connect(task: &RelayTask, url: &RelayUrl) -> anyhow::Result<Box<dyn Stream>> {
@@ -281,11 +313,11 @@ async fn connect_and_run(
             }
             packet = task.outgoing.recv(), if client.is_open() => {
                 let Some((dest, packet)) = packet else { return Ok(Ended::Stop) };
-                send(&task.shared, &mut client, &dest, &packet, &mut out);
+                send_counted(&task.shared, &mut client, &dest, &packet, &mut out);
                 // Batch what else is queued, up to 256 packets per write.
                 for _ in 0..255 {
                     let Ok((dest, packet)) = task.outgoing.try_recv() else { break };
-                    send(&task.shared, &mut client, &dest, &packet, &mut out);
+                    send_counted(&task.shared, &mut client, &dest, &packet, &mut out);
                 }
             }
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
@@ -309,7 +341,7 @@ async fn connect_and_run(
     Ok(Ended::Failed { ready })
 }
 
-fn send(
+pub(crate) fn send_counted(
     shared: &Shared,
     client: &mut RelayClient<StdRng>,
     dest: &NodeId,
@@ -331,7 +363,7 @@ fn send(
     }
 }
 
-async fn deliver(
+pub(crate) async fn deliver(
     shared: &Shared,
     index: &BTreeMap<NodeId, usize>,
     src: &NodeId,
@@ -353,7 +385,7 @@ async fn deliver(
     }
 }
 
-fn handle_event(shared: &Shared, event: Event, ready: &mut bool, drain: &mut bool) {
+pub(crate) fn handle_event(shared: &Shared, event: Event, ready: &mut bool, drain: &mut bool) {
     match event {
         Event::Ready(node) => {
             *ready = true;
