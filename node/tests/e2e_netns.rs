@@ -13,8 +13,10 @@
 //! Each node's wireguard-go has the other as its peer (keys and allowed IPs set by the test,
 //! as an operator would) and no endpoint: the agent (`boson-node run --wg-interface`) finds
 //! the way and sets it. Every case runs with the route forced and with `--route auto`, as far
-//! as the agent supports routes (today: the WebSocket relay; the direct, TURN and QUIC cases
-//! come with those routes). One topology per test function, shared by its cases.
+//! as the agent supports routes (today the WebSocket and QUIC relays; the direct and TURN
+//! cases come with those routes). One topology per test function, shared by its cases. Two
+//! cases are written and ignored because they show agent defects: full-size packets over
+//! QUIC, and failover between control planes (see each test's doc comment).
 //!
 //! Needs root, `ip`, `iptables`, `wireguard-go`, `wg`, `ping`, `iperf3`, PostgreSQL's server
 //! binaries and redis-server (skipped without, failing when `CI` is set;
@@ -50,8 +52,8 @@ const METRICS: &str = "127.0.0.1:9100";
 const KILL_BOUND: Duration = Duration::from_secs(12);
 /// How long a draining relay host may cost it: the agent moves at once on RECONNECT_HINT.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
-/// The routes `--route` can force today (direct, TURN and QUIC are still to come).
-const AGENT_ROUTES: &[&str] = &["ws"];
+/// The relay routes `--route` can force today (TURN and direct are still to come).
+const AGENT_ROUTES: &[&str] = &["ws", "quic"];
 /// Pings per second during a flood.
 const FLOOD_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -79,6 +81,7 @@ const AGENT_VARS: &[&str] = &[
     "BOSON_NODE_ROUTE",
     "BOSON_NODE_METRICS_LISTEN",
     "BOSON_NODE_CA_FILE",
+    "BOSON_NODE_QUIC_SERVER_NAME",
     "RUST_LOG",
 ];
 
@@ -221,6 +224,21 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Pings `count` times with `size` bytes of ICMP payload, 10 ms apart; the output.
+    fn ping_sized(&self, peer: Ipv4Addr, count: u32, size: u16) -> String {
+        let output = self
+            .station
+            .namespace
+            .command("ping")
+            .args(["-c", &count.to_string(), "-i", "0.01", "-W", "1", "-q"])
+            .args(["-s", &size.to_string(), "-M", "do", &peer.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
 /// `(transmitted, received)` from ping's summary.
 fn ping_counts(output: &str) -> (u32, u32) {
     let line = output
@@ -310,6 +328,12 @@ impl Lab {
     /// Starts both agents with `route`, each given both hosts (A first).
     fn start_agents(&mut self, route: &str) {
         let servers: Vec<String> = self.hosts.iter().map(RelayHost::base).collect();
+        // Each host made its own self-signed relay certificate (QUIC needs TLS): trust both.
+        let ca: String = self
+            .hosts
+            .iter()
+            .map(|h| std::fs::read_to_string(h.dir().join("data/relay-cert.pem")).unwrap())
+            .collect();
         let peers: Vec<String> = self
             .nodes
             .iter()
@@ -319,6 +343,8 @@ impl Lab {
             assert!(node.agent.is_none());
             let state = tempfile::tempdir().unwrap();
             let log = std::fs::File::create(state.path().join("agent.log")).unwrap();
+            let ca_file = state.path().join("relays.pem");
+            std::fs::write(&ca_file, &ca).unwrap();
             let mut command = node
                 .station
                 .namespace
@@ -335,6 +361,10 @@ impl Lab {
                 .args(["--peer", &peers[1 - i]])
                 .args(["--route", route])
                 .args(["--metrics-listen", METRICS])
+                .arg("--ca-file")
+                .arg(&ca_file)
+                // The hosts' self-signed development certificates name only localhost.
+                .args(["--quic-server-name", "localhost"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log);
@@ -407,13 +437,14 @@ impl Lab {
             .collect()
     }
 
-    /// The hosts' WebSocket relay sessions, by host.
-    fn ws_sessions(&self) -> Vec<f64> {
+    /// The hosts' node relay sessions (WebSocket and QUIC), by host.
+    fn relay_sessions(&self) -> Vec<f64> {
         self.hosts
             .iter()
             .map(|h| {
                 h.metrics().map_or(0.0, |m| {
                     http::metric_sum(&m, "bosonserver_dataplane_ws_sessions", &[])
+                        + http::metric_sum(&m, "bosonserver_dataplane_quic_sessions", &[])
                 })
             })
             .collect()
@@ -557,19 +588,35 @@ impl Flood {
     }
 }
 
-/// Symmetric NAT to symmetric NAT: no direct route, so a relay carries the tunnel. With the
-/// WebSocket route forced and with `--route auto`: the agents report the route up, 100 pings
-/// of 100 answer, iperf3 measures TCP across the tunnel, and SIGTERM stops each agent with
-/// exit 0.
+/// Symmetric NAT to symmetric NAT: no direct route, so a relay carries the tunnel. With
+/// each route forced and with `--route auto`: the agents report the route up, 100 pings of
+/// 100 answer, 20 full-size (1420-byte) packets of 20 too, iperf3 measures TCP across the
+/// tunnel, and SIGTERM stops each agent with exit 0. This one: the WebSocket relay and auto.
 #[test]
 fn symmetric_to_symmetric_through_a_relay() {
+    symmetric_to_symmetric(0, &["ws", "auto"]);
+}
+
+/// As [`symmetric_to_symmetric_through_a_relay`], over the QUIC relay.
+///
+/// Ignored until boson-node's QUIC route carries full-size WireGuard packets: a 1420-byte
+/// packet (wireguard-go's default MTU) does not fit the QUIC datagram and the agent drops it
+/// (counted as `no_route`), so small pings pass and TCP stalls. Run it with `-- --ignored`.
+#[test]
+#[ignore = "boson-node's QUIC route drops full-size WireGuard packets (see the doc comment)"]
+fn symmetric_to_symmetric_over_quic() {
+    symmetric_to_symmetric(4, &["quic"]);
+}
+
+/// The symmetric-to-symmetric cases on internet `k`, for each of `routes`.
+fn symmetric_to_symmetric(k: u8, routes: &[&str]) {
     let Some(pg_bin) = requirements() else {
         return;
     };
     let began = now();
-    let mut lab = Lab::new(0, pg_bin, [Nat::Symmetric, Nat::Symmetric], false);
+    let mut lab = Lab::new(k, pg_bin, [Nat::Symmetric, Nat::Symmetric], false);
     let mut report = Vec::new();
-    for route in ["ws", "auto"] {
+    for &route in routes {
         lab.start_agents(route);
         let routes = lab.wait_tunnel();
         for chosen in &routes {
@@ -586,10 +633,18 @@ fn symmetric_to_symmetric_through_a_relay() {
         // Node 0's WireGuard goes to its agent's socket, not to anything it found itself.
         let endpoint = lab.nodes[0].wg.endpoint(&lab.nodes[1].wg).unwrap();
         assert!(endpoint.ip().is_loopback(), "{endpoint}");
-        let sessions = lab.ws_sessions();
+        let sessions = lab.relay_sessions();
         assert_eq!(sessions.iter().sum::<f64>(), 2.0, "{sessions:?}");
+        // Full-size packets too: wireguard-go's MTU is 1420, so a 1392-byte ping fills it.
+        let out = lab.nodes[0].ping_sized(lab.nodes[1].wg.address, 20, 1392);
+        assert_eq!(
+            ping_counts(&out),
+            (20, 20),
+            "--route {route}: full-size packets across the tunnel: {out}\n{}",
+            lab.agent_logs()
+        );
         let mbits = lab.iperf();
-        assert!(mbits > 0.0);
+        assert!(mbits > 0.0, "--route {route}: no TCP across the tunnel");
         report.push(format!(
             "--route {route} ({}): {mbits:.0} Mbit/s",
             routes[0]
@@ -622,7 +677,7 @@ fn relay_host_killed_or_drained_mid_flood() {
         lab.start_agents(route);
         lab.wait_tunnel();
         // The host with node sessions (node 0's, when they are on different hosts).
-        let sessions = lab.ws_sessions();
+        let sessions = lab.relay_sessions();
         let victim = sessions.iter().position(|s| *s > 0.0).unwrap();
         let count = 1000;
         let mut flood = Flood::start(&lab.nodes[0], lab.nodes[1].wg.address, count);
@@ -648,12 +703,12 @@ fn relay_host_killed_or_drained_mid_flood() {
         );
         // Carried on the other host to the end.
         let moved = wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
-            lab.ws_sessions()[1 - victim] == 2.0
+            lab.relay_sessions()[1 - victim] == 2.0
         });
         assert!(
             moved,
             "{what}: both nodes on the other host: {:?}",
-            lab.ws_sessions()
+            lab.relay_sessions()
         );
         lab.ping_100(&what);
         let host = &mut lab.hosts[victim];
@@ -690,7 +745,7 @@ fn control_plane_restart_and_deleted_registration() {
     let began = now();
     let mut lab = Lab::new(2, pg_bin, [Nat::Symmetric, Nat::Symmetric], true);
     let mut report = Vec::new();
-    for route in ["ws", "auto"] {
+    for &route in AGENT_ROUTES.iter().chain(&["auto"]) {
         lab.start_agents(route);
         lab.wait_tunnel();
         let count = 250;
@@ -717,15 +772,7 @@ fn control_plane_restart_and_deleted_registration() {
             .path()
             .join("token");
         let token = std::fs::read_to_string(&token_file).unwrap();
-        let sessions_before = agent_relay_sessions(&lab.nodes[0]);
-        let on: Vec<usize> = lab
-            .ws_sessions()
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| **s > 0.0)
-            .map(|(i, _)| i)
-            .collect();
-        let closed_before: f64 = on.iter().map(|i| ws_closed(&lab.hosts[*i])).sum();
+        assert_eq!(relay_connected(&lab.nodes[0]), 1.0, "--route {route}");
         let answer = http::request(
             lab.hosts[0].http(),
             "DELETE",
@@ -735,16 +782,20 @@ fn control_plane_restart_and_deleted_registration() {
         )
         .unwrap();
         assert_eq!(answer.status, 200, "{}", answer.body);
-        let lost = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-            on.iter().map(|i| ws_closed(&lab.hosts[*i])).sum::<f64>() > closed_before
+        let deleted = now();
+        // The host closes the session; the revoked token opens no other (the agent registers
+        // again at its next heartbeat).
+        let lost = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            relay_connected(&lab.nodes[0]) == 0.0
         });
         assert!(
             lost,
-            "--route {route}: no relay session closed after the deletion\n{}",
+            "--route {route}: the relay session outlived the deletion\n{}",
             lab.agent_logs()
         );
         report.push(format!(
-            "deleted: session closed (agent sessions before: {sessions_before})"
+            "deleted: session gone after {:?}",
+            deleted.elapsed()
         ));
         lab.stop_agents();
     }
@@ -752,16 +803,9 @@ fn control_plane_restart_and_deleted_registration() {
     lab.destroy();
 }
 
-/// The agent's relay sessions so far.
-fn agent_relay_sessions(node: &Node) -> f64 {
-    http::metric_sum(&node.metrics(), "boson_node_relay_sessions_total", &[])
-}
-
-/// WebSocket connections `host` has closed so far.
-fn ws_closed(host: &RelayHost) -> f64 {
-    host.metrics().map_or(0.0, |m| {
-        http::metric_sum(&m, "bosonserver_dataplane_ws_connections_closed_total", &[])
-    })
+/// The agent's `boson_node_relay_connected`: 1 while a relay session is open.
+fn relay_connected(node: &Node) -> f64 {
+    http::metric_sum(&node.metrics(), "boson_node_relay_connected", &[])
 }
 
 /// CPU time (user + system) of process `pid` so far, in seconds; 0 once it is gone.
@@ -903,7 +947,7 @@ fn measure_routes() {
         lab.start_agents(route);
         let routes = lab.wait_tunnel();
         assert_eq!(routes, [route, route]);
-        let sessions = lab.ws_sessions();
+        let sessions = lab.relay_sessions();
         let hosts = if sessions.contains(&2.0) {
             "both nodes on one host"
         } else {
