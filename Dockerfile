@@ -26,6 +26,8 @@ COPY dataplane dataplane
 COPY bosonserver bosonserver
 # A workspace member, so cargo needs its manifest and targets even though nothing here builds it.
 COPY benches benches
+# The tests' support crate (a dev-dependency of bosonserver): a workspace member too.
+COPY testsupport testsupport
 # Cache mounts keep the registry and compiled dependencies between builds, so a source change
 # recompiles only our crates. The binary is copied out because a cache mount is not part of
 # the image. Debug info stays (the release profile keeps it for profiling) but is compressed.
