@@ -24,8 +24,10 @@ COPY shared shared
 COPY control control
 COPY dataplane dataplane
 COPY bosonserver bosonserver
-# A workspace member, so cargo needs its manifest and targets even though nothing here builds it.
+# Workspace members, so cargo needs their manifests and targets even though nothing here
+# builds them.
 COPY benches benches
+COPY node node
 # The tests' support crate (a dev-dependency of bosonserver): a workspace member too.
 COPY testsupport testsupport
 # Cache mounts keep the registry and compiled dependencies between builds, so a source change

@@ -49,7 +49,9 @@ def source_env_vars() -> dict[str, str]:
     found: dict[str, str] = {}
     for path in sorted(ROOT.glob("**/*.rs")):
         parts = path.relative_to(ROOT).parts
-        if "target" in parts or parts[0] == "fuzz":
+        # node/ is the boson-node agent: another binary, whose BOSON_NODE_* variables the
+        # README documents; they are not bosonserver's.
+        if "target" in parts or parts[0] in ("fuzz", "node"):
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             for name in ENV_ATTR.findall(line):

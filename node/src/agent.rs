@@ -25,7 +25,7 @@ use crate::control::{Bandwidth, Control, HeartbeatFigures, NodeInfo};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
 use crate::status::{PeerStatus, StatusFile};
-use crate::tls;
+use crate::{tls, turn_conn};
 
 /// A runtime failure of `run`: exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,8 @@ pub(crate) struct PeerState {
     pub(crate) last_rx_ms: AtomicU64,
     /// The peer's relay said it is not connected (cleared by PEER_PRESENT or a packet).
     pub(crate) gone: AtomicBool,
+    /// TURN route: a channel to the peer's relayed address is bound.
+    pub(crate) route_ready: AtomicBool,
     /// The route label last reported, to count switches.
     pub(crate) route: Mutex<Option<RouteKind>>,
 }
@@ -87,17 +89,30 @@ impl Shared {
         self.peers.iter().find(|p| &p.node == node)
     }
 
+    /// Whether packets to `peer` can go out now.
+    pub(crate) fn can_send(&self, peer: &PeerState) -> bool {
+        match self.route_kind {
+            RouteKind::Turn => peer.route_ready.load(Ordering::Relaxed),
+            RouteKind::Direct | RouteKind::Quic | RouteKind::Ws => {
+                self.relay_open.load(Ordering::Relaxed)
+            }
+        }
+    }
+
     fn peer_route_state(&self, peer: &PeerState, now_ms: u64) -> (Option<RouteKind>, &'static str) {
-        if !self.relay_open.load(Ordering::Relaxed) {
-            return (None, "down");
+        if !self.can_send(peer) {
+            let state = if self.relay_open.load(Ordering::Relaxed) {
+                "trying"
+            } else {
+                "down"
+            };
+            return (None, state);
         }
         let last = peer.last_rx_ms.load(Ordering::Relaxed);
         let fresh = last != 0 && now_ms.saturating_sub(last) <= PEER_IDLE.as_millis() as u64;
-        let state = if fresh && !peer.gone.load(Ordering::Relaxed) {
-            "up"
-        } else {
-            "trying"
-        };
+        // PEER_GONE speaks of the relay session, which carries only signalling on TURN.
+        let gone = self.route_kind != RouteKind::Turn && peer.gone.load(Ordering::Relaxed);
+        let state = if fresh && !gone { "up" } else { "trying" };
         (Some(self.route_kind), state)
     }
 
@@ -195,7 +210,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let route_kind = match config.route {
         RouteChoice::Auto | RouteChoice::Ws => RouteKind::Ws,
         RouteChoice::Quic => RouteKind::Quic,
-        RouteChoice::Direct | RouteChoice::Turn => {
+        RouteChoice::Turn => RouteKind::Turn,
+        RouteChoice::Direct => {
             // Refused in main as a configuration error; kept here so the library never
             // runs a route it does not have.
             return Err(RuntimeError(anyhow!(
@@ -259,6 +275,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             route_switches: AtomicU64::new(0),
             last_rx_ms: AtomicU64::new(0),
             gone: AtomicBool::new(false),
+            route_ready: AtomicBool::new(false),
             route: Mutex::new(None),
         });
     }
@@ -325,14 +342,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (out_tx, out_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
 
     let mut tasks = tokio::task::JoinSet::new();
+    // The TURN route: WireGuard's packets go to the TURN task, and the relay session carries
+    // only the signalling between the agents.
+    let mut signals = None;
+    let packets_tx = if route_kind == RouteKind::Turn {
+        let (turn_tx, turn_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
+        let (signal_tx, signal_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(256);
+        signals = Some(signal_tx);
+        tasks.spawn(turn_conn::run(turn_conn::TurnTask {
+            shared: shared.clone(),
+            controls: controls.clone(),
+            session: session_rx.clone(),
+            packets: turn_rx,
+            signals: signal_rx,
+            relay: out_tx.clone(),
+            stop: stop_rx.clone(),
+            wg_endpoint,
+        }));
+        turn_tx
+    } else {
+        out_tx.clone()
+    };
     for index in 0..shared.peers.len() {
         tasks.spawn(peer_reader(
             shared.clone(),
             index,
             wg_endpoint,
-            out_tx.clone(),
+            packets_tx.clone(),
         ));
     }
+    drop(packets_tx);
     drop(out_tx);
     let relay = tokio::spawn(relay_conn::run(relay_conn::RelayTask {
         shared: shared.clone(),
@@ -343,6 +382,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         wg_endpoint,
         tls: wss,
         transport,
+        signals,
     }));
     tasks.spawn(heartbeats(
         controls.clone(),
@@ -690,7 +730,7 @@ async fn peer_reader(
             shared.drop_not_wireguard.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        if !shared.relay_open.load(Ordering::Relaxed) {
+        if !shared.can_send(peer) {
             shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
             continue;
         }

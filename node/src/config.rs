@@ -188,6 +188,23 @@ pub enum WgMode {
 pub struct ServerUrl(String);
 
 impl ServerUrl {
+    /// Checks a `--server` value: `http://` or `https://` and a host.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let url = url.trim().trim_end_matches('/');
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "--server {url:?} must start with http:// or https://"
+                ))
+            })?;
+        if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+            return Err(ConfigError(format!("--server {url:?} has no host")));
+        }
+        Ok(Self(url.to_owned()))
+    }
+
     /// The URL as given, without a trailing slash.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -234,19 +251,7 @@ impl RunArgs {
         let err = |s: String| ConfigError(s);
         let mut servers = Vec::new();
         for url in &self.servers {
-            let url = url.trim().trim_end_matches('/');
-            let rest = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("https://"))
-                .ok_or_else(|| {
-                    err(format!(
-                        "--server {url:?} must start with http:// or https://"
-                    ))
-                })?;
-            if rest.is_empty() || rest.contains(char::is_whitespace) {
-                return Err(err(format!("--server {url:?} has no host")));
-            }
-            servers.push(ServerUrl(url.to_owned()));
+            servers.push(ServerUrl::parse(url)?);
         }
         let wg = match (
             self.wg_interface,

@@ -1,6 +1,7 @@
 //! The control plane's REST API as the agent uses it: register, heartbeat, deregister, the
-//! live relay hosts, routes. Plain async request/response (no sans-IO core: the decisions
-//! around it live in the agent).
+//! live relay hosts, TURN credentials. Plain async request/response (no sans-IO core: the
+//! decisions around it live in the agent), one HTTP/1.1 request per connection on hyper's
+//! client, TLS through tokio-rustls for https.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -20,12 +21,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[non_exhaustive]
 pub enum ControlError {
     /// No connection, or no answer in time.
-    #[error("control plane {url} unreachable: {source}")]
+    #[error("control plane {url} unreachable: {detail}")]
     Unreachable {
         /// The server tried.
         url: String,
-        /// The transport's error.
-        source: reqwest::Error,
+        /// What went wrong.
+        detail: String,
     },
     /// The server answered with an error status.
     #[error("{what} refused by {url}: HTTP {status} {code}: {message}")]
@@ -137,6 +138,26 @@ pub struct HostAddresses {
     pub quic_addr: Option<String>,
 }
 
+/// `GET /api/v1/turn/ice`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceResponse {
+    /// STUN and TURN servers.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// One ICE server entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServer {
+    /// `stun:` and `turn:` URLs.
+    pub urls: Vec<String>,
+    /// The TURN REST username.
+    pub username: Option<String>,
+    /// Its password.
+    pub credential: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct HostList {
     hosts: Vec<Host>,
@@ -156,22 +177,67 @@ struct ErrorDetail {
 /// An API client for one control plane.
 #[derive(Debug, Clone)]
 pub struct Control {
-    http: reqwest::Client,
     base: Arc<str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// `HOST[:PORT]` as written, for the Host header.
+    authority: String,
+    host: String,
+    port: u16,
+    /// The path before `/api/...`, without a trailing slash.
+    prefix: String,
 }
+
+/// Largest answer body read; the API's are a few KiB.
+const MAX_BODY: usize = 1 << 20;
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Control {
     /// A client for `base`, trusting `tls` for https.
     pub fn new(base: &ServerUrl, tls: rustls::ClientConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(5))
-            .tls_backend_preconfigured(tls)
-            .build()?;
+        let url = base.as_str();
+        let (secure, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            anyhow::bail!("{url:?} is neither http:// nor https://");
+        };
+        let (authority, prefix) = match rest.find('/') {
+            Some(at) => (&rest[..at], rest[at..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let default_port = if secure { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| anyhow::anyhow!("{url:?}: unclosed [ in the host"))?;
+            let port = match after.strip_prefix(':') {
+                Some(port) => port.parse()?,
+                None => default_port,
+            };
+            (host.to_owned(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (
+                    host.to_owned(),
+                    port.parse()
+                        .map_err(|_| anyhow::anyhow!("{url:?}: bad port {port:?}"))?,
+                ),
+                None => (authority.to_owned(), default_port),
+            }
+        };
+        anyhow::ensure!(!host.is_empty(), "{url:?} has no host");
+        let mut tls = tls;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            http,
-            base: Arc::from(base.as_str()),
+            base: Arc::from(url),
+            tls: secure.then(|| Arc::new(tls)),
+            authority: authority.to_owned(),
+            host,
+            port,
+            prefix: prefix.to_owned(),
         })
     }
 
@@ -203,12 +269,15 @@ impl Control {
             },
             "location": {"country": "ZZ", "region": "unknown"},
         });
-        let url = format!("{}/api/v1/nodes/register", self.base);
-        let mut request = self.http.post(&url).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let registered = self.send("registration", request).await?;
+        let registered = self
+            .send(
+                "registration",
+                "POST",
+                "/api/v1/nodes/register",
+                token,
+                Some(&body),
+            )
+            .await?;
         Ok(registered)
     }
 
@@ -219,50 +288,64 @@ impl Control {
         token: &str,
         figures: HeartbeatFigures,
     ) -> Result<(), ControlError> {
-        let url = format!("{}/api/v1/nodes/{node}/heartbeat", self.base);
+        let path = format!("/api/v1/nodes/{node}/heartbeat");
         let body = json!({ "metrics": figures, "status": "online" });
-        let request = self.http.post(&url).bearer_auth(token).json(&body);
-        let _: serde_json::Value = self.send("heartbeat", request).await?;
+        let _: serde_json::Value = self
+            .send("heartbeat", "POST", &path, Some(token), Some(&body))
+            .await?;
         Ok(())
     }
 
     /// `DELETE /api/v1/nodes/{id}`.
     pub async fn deregister(&self, node: &NodeId, token: &str) -> Result<(), ControlError> {
-        let url = format!("{}/api/v1/nodes/{node}", self.base);
-        let request = self.http.delete(&url).bearer_auth(token);
-        let _: serde_json::Value = self.send("deregistration", request).await?;
+        let path = format!("/api/v1/nodes/{node}");
+        let _: serde_json::Value = self
+            .send("deregistration", "DELETE", &path, Some(token), None)
+            .await?;
         Ok(())
     }
 
     /// `GET /api/v1/hosts`: the live relay hosts.
     pub async fn hosts(&self, token: &str) -> Result<Vec<Host>, ControlError> {
-        let url = format!("{}/api/v1/hosts", self.base);
-        let request = self.http.get(&url).bearer_auth(token);
-        let list: HostList = self.send("the host list", request).await?;
+        let list: HostList = self
+            .send("the host list", "GET", "/api/v1/hosts", Some(token), None)
+            .await?;
         Ok(list.hosts)
+    }
+
+    /// `GET /api/v1/turn/ice`: TURN servers with fresh credentials.
+    pub async fn ice(&self, token: &str) -> Result<IceResponse, ControlError> {
+        let ice = self
+            .send(
+                "the ICE servers",
+                "GET",
+                "/api/v1/turn/ice",
+                Some(token),
+                None,
+            )
+            .await?;
+        Ok(ice)
     }
 
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         what: &'static str,
-        request: reqwest::RequestBuilder,
+        method: &'static str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
     ) -> Result<T, ControlError> {
         let url = self.base.to_string();
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ControlError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ControlError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let unreachable = |detail: String| ControlError::Unreachable {
+            url: url.clone(),
+            detail,
+        };
+        let body = body.map(ToString::to_string);
+        let (status, bytes) =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, token, body))
+                .await
+                .map_err(|_| unreachable(format!("no answer within {REQUEST_TIMEOUT:?}")))?
+                .map_err(|e| unreachable(format!("{e:#}")))?;
         if !(200..300).contains(&status) {
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => (body.error.code, body.error.message),
@@ -285,5 +368,102 @@ impl Control {
             detail: e.to_string(),
         })?;
         Ok(value)
+    }
+
+    /// One request on a fresh connection: status and body.
+    async fn exchange(
+        &self,
+        method: &'static str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> anyhow::Result<(u16, bytes::Bytes)> {
+        use anyhow::Context as _;
+        use http_body_util::{BodyExt as _, Full, Limited};
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting timed out"))?
+        .context("connecting")?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Stream> = match &self.tls {
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .context("not a TLS server name")?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .context("TLS handshake")?;
+                Box::new(stream)
+            }
+            None => Box::new(tcp),
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .context("HTTP handshake")?;
+        let driver = tokio::spawn(conn);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::ACCEPT, "application/json");
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+            .context("building the request")?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("sending the request")?;
+        let status = response.status().as_u16();
+        let bytes = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+            .to_bytes();
+        driver.abort();
+        Ok((status, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls() -> rustls::ClientConfig {
+        crate::tls::client_config(&[], &[]).unwrap()
+    }
+
+    #[test]
+    fn base_urls() {
+        let url = |s: &str| ServerUrl::parse(s).unwrap();
+        let c = Control::new(&url("http://10.0.0.1:8080"), tls()).unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.prefix.as_str()),
+            ("10.0.0.1", 8080, "")
+        );
+        assert!(c.tls.is_none());
+        let c = Control::new(&url("https://api.example/boson/"), tls()).unwrap();
+        assert_eq!(
+            (
+                c.host.as_str(),
+                c.port,
+                c.prefix.as_str(),
+                c.authority.as_str()
+            ),
+            ("api.example", 443, "/boson", "api.example")
+        );
+        assert!(c.tls.is_some());
+        let c = Control::new(&url("http://[::1]:9"), tls()).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 9));
+        assert!(Control::new(&url("http://h:port"), tls()).is_err());
     }
 }

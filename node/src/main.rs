@@ -36,9 +36,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if matches!(config.route, RouteChoice::Direct | RouteChoice::Turn) {
+            if config.route == RouteChoice::Direct {
                 tracing::error!(
-                    "--route {:?} is not available in this build yet: use ws, quic or auto",
+                    "--route {:?} is not available in this build yet: use ws, quic, turn or auto",
                     config.route
                 );
                 return ExitCode::from(2);

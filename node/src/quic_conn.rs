@@ -118,7 +118,7 @@ async fn run_session(
                 let datagram = datagram.context("QUIC relay connection")?;
                 match parse_recv(&datagram) {
                     Some((src, packet)) if ready => {
-                        deliver(&task.shared, index, &src, packet, task.wg_endpoint).await;
+                        deliver(&task.shared, index, &src, packet, task.wg_endpoint, task.signals.as_ref()).await;
                     }
                     Some(_) | None => debug!("datagram ignored"),
                 }

@@ -34,6 +34,8 @@ pub(crate) struct RelayTask {
     pub(crate) wg_endpoint: SocketAddr,
     pub(crate) tls: Arc<rustls::ClientConfig>,
     pub(crate) transport: Transport,
+    /// Where signalling messages from peers go (the TURN route), if anywhere.
+    pub(crate) signals: Option<mpsc::Sender<(NodeId, Vec<u8>)>>,
 }
 
 /// Which relay the session uses.
@@ -294,7 +296,7 @@ async fn connect_and_run(
                         Input::Consumed(_) => {}
                         Input::Recv { src, packet, .. } => {
                             let packet = &buf[start + packet.start..start + packet.end];
-                            deliver(&task.shared, index, src, packet, task.wg_endpoint).await;
+                            deliver(&task.shared, index, src, packet, task.wg_endpoint, task.signals.as_ref()).await;
                         }
                     }
                     start += input.consumed();
@@ -369,7 +371,16 @@ pub(crate) async fn deliver(
     src: &NodeId,
     packet: &[u8],
     wg_endpoint: SocketAddr,
+    signals: Option<&mpsc::Sender<(NodeId, Vec<u8>)>>,
 ) {
+    if crate::signal::is_signal(packet) {
+        if let Some(signals) = signals
+            && index.contains_key(src)
+        {
+            let _ = signals.try_send((*src, packet.to_vec()));
+        }
+        return;
+    }
     let Some(peer) = index.get(src).and_then(|&i| shared.peers.get(i)) else {
         shared.drop_unknown_peer.fetch_add(1, Ordering::Relaxed);
         debug!(%src, "packet from a node that is not a --peer dropped");

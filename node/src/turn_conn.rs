@@ -1,0 +1,209 @@
+//! The TURN route's I/O shell: fetches TURN credentials (`GET /api/v1/turn/ice`), allocates
+//! from one UDP socket with a [`TurnClient`], tells every peer its relayed address over the
+//! relay session ([`crate::signal`]), binds a channel to each peer's relayed address as it
+//! learns it, and carries WireGuard's packets as ChannelData. Starts over with a new
+//! allocation (after a backoff) when the allocation fails.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use boson_shared::NodeId;
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::agent::{Session, Shared};
+use crate::backoff::Backoff;
+use crate::clock;
+use crate::control::Control;
+use crate::signal::Signal;
+use crate::turn::{TurnClient, TurnEvent};
+
+/// How often each side repeats its relayed address to its peers: the signalling rides an
+/// unreliable path (a relay session may be down), so it is repeated rather than acknowledged.
+const ANNOUNCE: Duration = Duration::from_secs(2);
+
+/// Everything the TURN task needs.
+pub(crate) struct TurnTask {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) controls: Vec<Control>,
+    pub(crate) session: watch::Receiver<Session>,
+    /// WireGuard's packets for the peers.
+    pub(crate) packets: mpsc::Receiver<(NodeId, Vec<u8>)>,
+    /// Signalling messages from the peers (through the relay session).
+    pub(crate) signals: mpsc::Receiver<(NodeId, Vec<u8>)>,
+    /// Signalling messages to the peers (into the relay session).
+    pub(crate) relay: mpsc::Sender<(NodeId, Vec<u8>)>,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) wg_endpoint: SocketAddr,
+}
+
+/// The TURN loop: runs until stopped.
+pub(crate) async fn run(mut task: TurnTask) {
+    let mut rng = StdRng::from_os_rng();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    // Peers' relayed addresses, kept across allocations.
+    let mut known: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+    loop {
+        match allocate_and_run(&mut task, &mut known).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(err) => warn!("TURN route: {err:#}"),
+        }
+        for peer in &task.shared.peers {
+            peer.route_ready.store(false, Ordering::Relaxed);
+        }
+        let delay = backoff.next_delay(&mut rng);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = task.stop.changed() => return,
+        }
+    }
+}
+
+/// The first `turn:` URL over UDP, with its credential.
+fn turn_server(ice: &crate::control::IceResponse) -> Option<(String, String, String)> {
+    ice.ice_servers.iter().find_map(|server| {
+        let url = server.urls.iter().find(|url| {
+            url.starts_with("turn:")
+                && (!url.contains("transport=") || url.contains("transport=udp"))
+        })?;
+        let hostport = url
+            .trim_start_matches("turn:")
+            .split('?')
+            .next()?
+            .to_owned();
+        Some((
+            hostport,
+            server.username.clone()?,
+            server.credential.clone()?,
+        ))
+    })
+}
+
+/// One allocation's life; `Ok(true)` when stopping.
+async fn allocate_and_run(
+    task: &mut TurnTask,
+    known: &mut BTreeMap<NodeId, SocketAddr>,
+) -> anyhow::Result<bool> {
+    let session = task.session.borrow().clone();
+    let ice = task.controls[session.server].ice(&session.token).await?;
+    let (hostport, username, password) = turn_server(&ice)
+        .ok_or_else(|| anyhow!("the control plane offers no TURN server over UDP"))?;
+    let server = tokio::net::lookup_host(hostport.as_str())
+        .await
+        .with_context(|| format!("resolving {hostport}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| anyhow!("{hostport} has no IPv4 address"))?;
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .context("binding the TURN socket")?;
+    let mut client = TurnClient::new(&username, &password, clock::now(), StdRng::from_os_rng());
+    let now = clock::now();
+    for addr in known.values() {
+        client.add_peer(now, *addr);
+    }
+    let mut by_relayed: BTreeMap<SocketAddr, NodeId> =
+        known.iter().map(|(node, addr)| (*addr, *node)).collect();
+    let mut announce_at = clock::now();
+    let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::with_capacity(2048);
+    loop {
+        while let Some(datagram) = client.poll_transmit() {
+            let _ = socket.send_to(&datagram, server).await;
+        }
+        while let Some(event) = client.poll_event() {
+            match event {
+                TurnEvent::Allocated { relayed, mapped } => {
+                    info!(%relayed, %mapped, server = %server, "TURN allocation ready");
+                    announce_at = clock::now();
+                }
+                TurnEvent::ChannelBound(addr) => {
+                    if let Some(peer) = by_relayed.get(&addr).and_then(|n| task.shared.peer(n)) {
+                        peer.route_ready.store(true, Ordering::Relaxed);
+                        info!(peer = %peer.node, relayed = %addr, "TURN channel bound");
+                    }
+                }
+                TurnEvent::Failed(err) => return Err(anyhow!("TURN allocation failed: {err}")),
+            }
+        }
+        let now = clock::now();
+        if now >= announce_at {
+            if let Some(relayed) = client.relayed() {
+                let signal = Signal::TurnAddr(relayed).encode();
+                for peer in &task.shared.peers {
+                    let _ = task.relay.try_send((peer.node, signal.clone()));
+                }
+            }
+            announce_at = now + ANNOUNCE;
+        }
+        let deadline = client
+            .poll_timeout()
+            .map_or(announce_at, |t| t.min(announce_at));
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let Ok((len, from)) = received else { continue };
+                if from != server {
+                    continue;
+                }
+                if let Some((relayed, range)) = client.handle_input(clock::now(), &buf[..len]) {
+                    let Some(peer) = by_relayed.get(&relayed).and_then(|n| task.shared.peer(n)) else {
+                        task.shared.drop_unknown_peer.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    peer.rx_bytes.fetch_add(range.len() as u64, Ordering::Relaxed);
+                    peer.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    peer.last_rx_ms.store(clock::unix_ms(), Ordering::Relaxed);
+                    let _ = peer.socket.send_to(&buf[range], task.wg_endpoint).await;
+                }
+            }
+            packet = task.packets.recv() => {
+                let Some((node, packet)) = packet else { return Ok(true) };
+                let Some(addr) = known.get(&node) else {
+                    task.shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                out.clear();
+                match client.encode_to_peer(*addr, &packet, &mut out) {
+                    Ok(()) => {
+                        let _ = socket.send_to(&out, server).await;
+                        if let Some(peer) = task.shared.peer(&node) {
+                            peer.tx_bytes.fetch_add(packet.len() as u64, Ordering::Relaxed);
+                            peer.tx_packets.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(err) => {
+                        task.shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
+                        debug!(%err, "TURN packet not sent");
+                    }
+                }
+            }
+            signal = task.signals.recv() => {
+                let Some((node, bytes)) = signal else { return Ok(true) };
+                match Signal::parse(&bytes) {
+                    Some(Signal::TurnAddr(addr)) if task.shared.peer(&node).is_some() => {
+                        if known.get(&node) != Some(&addr) {
+                            info!(peer = %node, relayed = %addr, "peer's TURN address learnt");
+                            if let Some(old) = known.insert(node, addr) {
+                                by_relayed.remove(&old);
+                            }
+                            by_relayed.insert(addr, node);
+                            client.add_peer(clock::now(), addr);
+                        }
+                    }
+                    Some(_) | None => debug!(%node, "signalling message ignored"),
+                }
+            }
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                client.handle_timeout(clock::now());
+            }
+            _ = task.stop.changed() => return Ok(true),
+        }
+    }
+}
