@@ -52,8 +52,8 @@ const METRICS: &str = "127.0.0.1:9100";
 const KILL_BOUND: Duration = Duration::from_secs(12);
 /// How long a draining relay host may cost it: the agent moves at once on RECONNECT_HINT.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
-/// The relay routes `--route` can force today (TURN and direct are still to come).
-const AGENT_ROUTES: &[&str] = &["ws", "quic"];
+/// The relay routes `--route` can force today (the direct route is still to come).
+const AGENT_ROUTES: &[&str] = &["ws", "quic", "turn"];
 /// Pings per second during a flood.
 const FLOOD_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -282,7 +282,9 @@ impl Lab {
             host_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
             split,
-            extra: Vec::new(),
+            // TURN relays between the hosts' own addresses, private ones, which the built-in
+            // peer filter refuses unless allowed.
+            extra: vec!["--allowed-peers".to_owned(), net.cidr()],
         };
         let mut hosts: Vec<RelayHost> = (0..2)
             .map(|i| {
@@ -450,6 +452,23 @@ impl Lab {
             .collect()
     }
 
+    /// Checks that the relay hosts carry both nodes on `route`: two relay sessions (WebSocket
+    /// or QUIC), or at least two TURN allocations.
+    fn check_carrier(&self, route: &str) {
+        if route == "turn" {
+            let allocations: f64 = self
+                .hosts
+                .iter()
+                .filter_map(RelayHost::metrics)
+                .map(|m| http::metric_sum(&m, "bosonserver_dataplane_turn_allocations", &[]))
+                .sum();
+            assert!(allocations >= 2.0, "TURN allocations: {allocations}");
+        } else {
+            let sessions = self.relay_sessions();
+            assert_eq!(sessions.iter().sum::<f64>(), 2.0, "{route}: {sessions:?}");
+        }
+    }
+
     /// Pings 100 times across the tunnel: all answer.
     fn ping_100(&self, what: &str) {
         let out = self.nodes[0].ping(self.nodes[1].wg.address, 100, Duration::from_millis(10));
@@ -591,10 +610,11 @@ impl Flood {
 /// Symmetric NAT to symmetric NAT: no direct route, so a relay carries the tunnel. With
 /// each route forced and with `--route auto`: the agents report the route up, 100 pings of
 /// 100 answer, 20 full-size (1420-byte) packets of 20 too, iperf3 measures TCP across the
-/// tunnel, and SIGTERM stops each agent with exit 0. This one: the WebSocket relay and auto.
+/// tunnel, and SIGTERM stops each agent with exit 0. This one: the WebSocket relay, TURN and
+/// auto.
 #[test]
 fn symmetric_to_symmetric_through_a_relay() {
-    symmetric_to_symmetric(0, &["ws", "auto"]);
+    symmetric_to_symmetric(0, &["ws", "turn", "auto"]);
 }
 
 /// As [`symmetric_to_symmetric_through_a_relay`], over the QUIC relay.
@@ -633,8 +653,7 @@ fn symmetric_to_symmetric(k: u8, routes: &[&str]) {
         // Node 0's WireGuard goes to its agent's socket, not to anything it found itself.
         let endpoint = lab.nodes[0].wg.endpoint(&lab.nodes[1].wg).unwrap();
         assert!(endpoint.ip().is_loopback(), "{endpoint}");
-        let sessions = lab.relay_sessions();
-        assert_eq!(sessions.iter().sum::<f64>(), 2.0, "{sessions:?}");
+        lab.check_carrier(&routes[0]);
         // Full-size packets too: wireguard-go's MTU is 1420, so a 1392-byte ping fills it.
         let out = lab.nodes[0].ping_sized(lab.nodes[1].wg.address, 20, 1392);
         assert_eq!(
@@ -734,9 +753,10 @@ fn relay_host_killed_or_drained_mid_flood() {
     lab.destroy();
 }
 
-/// The control plane restarts while the tunnel carries a ping flood: no ping is lost. Then a
-/// node's registration is deleted (as the node itself would, with its token): the relay host
-/// closes its relay session.
+/// The control plane restarts while the tunnel carries a ping flood: no ping is lost. Then,
+/// on the WebSocket and QUIC routes, a node's registration is deleted (as the node itself
+/// would, with its token): the relay host closes its relay session. (A TURN allocation has
+/// no session to lose: it lives on its own time-limited credential.)
 #[test]
 fn control_plane_restart_and_deleted_registration() {
     let Some(pg_bin) = requirements() else {
@@ -747,7 +767,7 @@ fn control_plane_restart_and_deleted_registration() {
     let mut report = Vec::new();
     for &route in AGENT_ROUTES.iter().chain(&["auto"]) {
         lab.start_agents(route);
-        lab.wait_tunnel();
+        let chosen = lab.wait_tunnel()[0].clone();
         let count = 250;
         let mut flood = Flood::start(&lab.nodes[0], lab.nodes[1].wg.address, count);
         flood.wait_first();
@@ -763,6 +783,11 @@ fn control_plane_restart_and_deleted_registration() {
             "--route {route}: {received} of {count} across the restart"
         ));
 
+        if chosen == "turn" {
+            // No relay session to lose: TURN allocations live on their own credentials.
+            lab.stop_agents();
+            continue;
+        }
         // Delete node 0's registration with its own token.
         let token_file = lab.nodes[0]
             .agent

@@ -69,7 +69,8 @@ pub struct Settings {
     /// Two processes (`bosonserver control` and `bosonserver dataplane` on one shared-memory
     /// segment) rather than one `bosonserver run`, so the control plane can restart alone.
     pub split: bool,
-    /// Further arguments for the process that serves the REST API.
+    /// Further arguments, given to every process of the host (so only flags that
+    /// `run`, `control` and `dataplane` all take, such as `--allowed-peers`).
     pub extra: Vec<String>,
 }
 /// One relay host.
@@ -237,9 +238,7 @@ impl RelayHost {
                 .map(str::to_owned),
             );
         }
-        if mode != "dataplane" {
-            args.extend(s.extra.iter().cloned());
-        }
+        args.extend(s.extra.iter().cloned());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
