@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests, and coturn's
-# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests, and wireguard-tools,
-# wireguard-go and ping for the node agent's WireGuard tunnel test.
+# Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests, coturn's
+# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests, and iproute2,
+# iptables, wireguard-go, wireguard-tools, ping and iperf3 for the network-namespace tests
+# (testsupport/'s simulated internet, the node agent's WireGuard tunnels).
 # Exports BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL; stops both on exit.
 
 services_dir=""
@@ -46,23 +47,31 @@ install_if_missing() {
     fi
 }
 
-# wireguard-tools, wireguard-go and ping for node/tests/wireguard_netns.rs, which needs root
-# anyway: installed when root, else that test skips (or fails under CI) by itself.
-install_wireguard_if_missing() {
+# The network-namespace tests need root anyway: home routers NAT with iptables, nodes run
+# wireguard-go (configured with wg), ping and iperf3 measure their tunnels. Installed when
+# root, whatever PostgreSQL and Redis are used; else those tests skip (or fail under CI) by
+# themselves.
+install_netns_tools_if_missing() {
     local need=()
-    command -v wg >/dev/null || need+=(wireguard-tools)
+    command -v ip >/dev/null || need+=(iproute2)
+    command -v iptables >/dev/null || need+=(iptables)
     command -v wireguard-go >/dev/null || need+=(wireguard-go)
+    command -v wg >/dev/null || need+=(wireguard-tools)
     command -v ping >/dev/null || need+=(iputils-ping)
+    command -v iperf3 >/dev/null || need+=(iperf3)
     [ ${#need[@]} -gt 0 ] || return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing ${need[*]} from Debian's packages" >&2
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing ${need[*]}: the network-namespace tests will skip" >&2
+        return 1
     fi
 }
 
 start_test_services() {
-    install_wireguard_if_missing || echo "could not install the WireGuard tools" >&2
+    install_netns_tools_if_missing || true
     if [ -n "${BOSON_TEST_DATABASE_URL:-}" ] && [ -n "${BOSON_TEST_REDIS_URL:-}" ]; then
         echo "using BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL as given" >&2
         return 0

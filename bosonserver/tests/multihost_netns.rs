@@ -1,6 +1,8 @@
 //! Issue 7's done-when: many relay hosts, each on an address of its own. Three `bosonserver
-//! run` processes, each in its own network namespace on a private bridge, share one PostgreSQL
-//! and one Redis in the root namespace. The test checks that
+//! run` processes, each in its own network namespace on a simulated internet
+//! (`boson_testsupport::netns`: its bridge is in a namespace of its own, so the host's firewall,
+//! Docker's `FORWARD` policy `DROP` with br_netfilter for one, does not matter), share one
+//! PostgreSQL and one Redis in the root namespace. The test checks that
 //!
 //! 1. every host sees the others in the relay host registry, with their real addresses;
 //! 2. routing answers a node behind a symmetric NAT with relay routes on live hosts, explained,
@@ -36,10 +38,10 @@ mod ws_client;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boson_shared::NodeId;
+use boson_testsupport::netns::Internet;
 use common::services::{Postgres, Redis, installed, is_root, postgres_bin};
 use common::turn::TurnClient;
 use serde_json::{Value, json};
@@ -106,199 +108,6 @@ fn requirements() -> Option<PathBuf> {
     None
 }
 
-/// Runs `ip` with `args`, panicking with its error output if it fails.
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Network namespaces on a bridge of their own in the root namespace, with a private /24
-/// (10.231.N.0/24: the bridge is .1, host `i` is .11+i). Torn down on drop, panics included,
-/// after killing whatever still runs in the namespaces (only this test starts anything there).
-struct Network {
-    subnet: u8,
-    bridge: Option<String>,
-    namespaces: Vec<String>,
-    veths: Vec<String>,
-}
-
-impl Network {
-    /// Network `k` of this process (tests in one process run at once).
-    fn create(k: u8, hosts: usize) -> Self {
-        // Two tests must not pick the same free subnet before either takes it.
-        static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _creating = CREATING
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        sweep_leftovers();
-        let pid = std::process::id();
-        let mut net = Self {
-            subnet: free_subnet(pid),
-            bridge: None,
-            namespaces: Vec::new(),
-            veths: Vec::new(),
-        };
-        // Interface names have at most 15 bytes: "bsbr" and "bsv", a pid of up to 7 digits,
-        // `k`, and a host digit.
-        let bridge = format!("bsbr{pid}{k}");
-        ip(&["link", "add", &bridge, "type", "bridge"]);
-        net.bridge = Some(bridge.clone());
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", net.gateway()),
-            "dev",
-            &bridge,
-        ]);
-        ip(&["link", "set", &bridge, "up"]);
-        for i in 0..hosts {
-            let namespace = format!("boson-mh-{pid}-{k}-{i}");
-            ip(&["netns", "add", &namespace]);
-            net.namespaces.push(namespace.clone());
-            let veth = format!("bsv{pid}{k}h{i}");
-            ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
-            ]);
-            net.veths.push(veth.clone());
-            ip(&["link", "set", &veth, "master", &bridge]);
-            ip(&["link", "set", &veth, "up"]);
-            let address = format!("{}/24", net.host_ip(i));
-            ip(&["-n", &namespace, "addr", "add", &address, "dev", "eth0"]);
-            ip(&["-n", &namespace, "link", "set", "eth0", "up"]);
-            ip(&["-n", &namespace, "link", "set", "lo", "up"]);
-        }
-        net
-    }
-
-    /// The bridge's address in the root namespace, where PostgreSQL and Redis listen.
-    fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 231, self.subnet, 1)
-    }
-
-    fn host_ip(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 231, self.subnet, 11 + u8::try_from(i).unwrap())
-    }
-
-    fn cidr(&self) -> String {
-        format!("10.231.{}.0/24", self.subnet)
-    }
-
-    /// Deletes it; returns which of its namespaces and interfaces still exist afterwards.
-    fn destroy(&mut self) -> Vec<String> {
-        let namespaces = self.namespaces.clone();
-        let links: Vec<String> = self.veths.iter().chain(&self.bridge).cloned().collect();
-        self.delete();
-        let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        let listed = String::from_utf8_lossy(&listed.stdout);
-        let namespaces = namespaces
-            .into_iter()
-            .filter(|ns| listed.split_whitespace().any(|word| word == ns));
-        let links = links.into_iter().filter(|link| {
-            Command::new("ip")
-                .args(["link", "show", link])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        namespaces.chain(links).collect()
-    }
-
-    fn delete(&mut self) {
-        for namespace in self.namespaces.drain(..) {
-            if let Ok(output) = Command::new("ip")
-                .args(["netns", "pids", &namespace])
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", pid]).status();
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &namespace])
-                .stderr(Stdio::null())
-                .status();
-        }
-        // Deleting a namespace deletes the veth pair with it; these are for a half-built one.
-        for link in self.veths.drain(..).chain(self.bridge.take()) {
-            let _ = Command::new("ip")
-                .args(["link", "del", &link])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        self.delete();
-    }
-}
-
-/// Deletes the namespaces and bridges of earlier runs of this test whose process is gone (it
-/// was killed before it could clean up), with whatever still runs in those namespaces.
-fn sweep_leftovers() {
-    let gone = |pid: &str| {
-        !pid.is_empty()
-            && pid.bytes().all(|b| b.is_ascii_digit())
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    };
-    let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    for namespace in String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-    {
-        // boson-mh-PID-K-I
-        let Some(rest) = namespace.strip_prefix("boson-mh-") else {
-            continue;
-        };
-        if rest.split('-').next().is_some_and(gone) {
-            let mut net = Network {
-                subnet: 0,
-                bridge: None,
-                namespaces: vec![namespace.to_owned()],
-                veths: Vec::new(),
-            };
-            net.delete();
-        }
-    }
-    let bridges = Command::new("ip")
-        .args(["-o", "link", "show", "type", "bridge"])
-        .output()
-        .unwrap();
-    for line in String::from_utf8_lossy(&bridges.stdout).lines() {
-        // "N: bsbrPIDK: <...>", K one digit.
-        let Some(name) = line.split(": ").nth(1) else {
-            continue;
-        };
-        if let Some(pid_k) = name.strip_prefix("bsbr")
-            && pid_k.len() > 1
-            && gone(&pid_k[..pid_k.len() - 1])
-        {
-            let _ = Command::new("ip").args(["link", "del", name]).status();
-        }
-    }
-}
-
-/// A 10.231.N.0/24 no interface uses yet, starting from one derived from `pid`.
-fn free_subnet(pid: u32) -> u8 {
-    let output = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .unwrap();
-    let used = String::from_utf8_lossy(&output.stdout);
-    (0..200)
-        .map(|k| 20 + (pid + k) % 200)
-        .find(|n| !used.contains(&format!(" 10.231.{n}.")))
-        .map(|n| u8::try_from(n).unwrap())
-        .expect("every 10.231.N.0/24 for N in 20..220 is in use")
-}
-
 /// One relay host: a `bosonserver run` in namespace `i` of the network.
 struct Host {
     name: &'static str,
@@ -311,13 +120,14 @@ struct Host {
 }
 
 impl Host {
-    fn new(net: &Network, i: usize, name: &'static str, region: &'static str) -> Self {
+    fn new(net: &mut Internet, i: usize, name: &'static str, region: &'static str) -> Self {
+        let station = net.host(&format!("host{i}"));
         Self {
             name,
             id: format!("7e570000-0000-4000-8000-00000000000{i}"),
             region,
-            ip: net.host_ip(i),
-            namespace: net.namespaces[i].clone(),
+            ip: station.ip,
+            namespace: station.namespace.name().to_owned(),
             dir: tempfile::tempdir().unwrap(),
             server: None,
         }
@@ -714,7 +524,7 @@ fn scenario(k: u8, shared_redis: bool) {
         return;
     };
     let began = now();
-    let mut net = Network::create(k, 3);
+    let mut net = Internet::create(k);
     let gateway = IpAddr::V4(net.gateway());
     let postgres = Postgres::init_on(pg_bin, gateway, Some(&net.cidr()));
     let redis = shared_redis.then(|| {
@@ -724,9 +534,9 @@ fn scenario(k: u8, shared_redis: bool) {
     });
     // Two hosts in one region, one in another.
     let mut hosts = [
-        Host::new(&net, 0, "A", "US-CA"),
-        Host::new(&net, 1, "B", "US-CA"),
-        Host::new(&net, 2, "C", "DE-BE"),
+        Host::new(&mut net, 0, "A", "US-CA"),
+        Host::new(&mut net, 1, "B", "US-CA"),
+        Host::new(&mut net, 2, "C", "DE-BE"),
     ];
     let redis_url = redis.as_ref().map(Redis::url);
     start_all(&mut hosts, &postgres.url(), redis_url.as_deref());

@@ -7,7 +7,11 @@
 )]
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-pub(crate) mod services;
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the harness"
+)]
+pub(crate) use boson_testsupport::services;
 pub(crate) mod turn;
 
 use std::io::{BufRead as _, BufReader};

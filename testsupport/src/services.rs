@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub use crate::{installed, is_root};
+
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// A TCP port free on `ip` now.
-pub(crate) fn free_port(ip: IpAddr) -> u16 {
+pub fn free_port(ip: IpAddr) -> u16 {
     TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
@@ -18,17 +20,8 @@ pub(crate) fn free_port(ip: IpAddr) -> u16 {
         .port()
 }
 
-/// Whether `program` runs from `PATH`.
-pub(crate) fn installed(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The newest PostgreSQL server binaries, Debian's layout.
-pub(crate) fn postgres_bin() -> Option<PathBuf> {
+pub fn postgres_bin() -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
@@ -42,15 +35,8 @@ pub(crate) fn postgres_bin() -> Option<PathBuf> {
     dirs.pop()
 }
 
-pub(crate) fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// A private PostgreSQL cluster that the test can stop and start.
-pub(crate) struct Postgres {
+pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     ip: IpAddr,
@@ -60,13 +46,13 @@ pub(crate) struct Postgres {
 
 impl Postgres {
     /// A cluster on loopback.
-    pub(crate) fn init(bin: PathBuf) -> Self {
+    pub fn init(bin: PathBuf) -> Self {
         Self::init_on(bin, LOOPBACK, None)
     }
 
     /// A cluster listening on `ip` that trusts clients from `clients` (a CIDR) besides
     /// loopback.
-    pub(crate) fn init_on(bin: PathBuf, ip: IpAddr, clients: Option<&str>) -> Self {
+    pub fn init_on(bin: PathBuf, ip: IpAddr, clients: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = is_root();
         let data = dir.path().join("pg");
@@ -130,7 +116,7 @@ impl Postgres {
         self.dir.path().join("pg")
     }
 
-    pub(crate) fn start(&self) {
+    pub fn start(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses={} -c fsync=off",
             self.port,
@@ -149,7 +135,7 @@ impl Postgres {
     }
 
     /// Stops it the way an outage does: every connection is cut.
-    pub(crate) fn stop(&self) {
+    pub fn stop(&self) {
         let status = self
             .command("pg_ctl")
             .args(["-D", self.data().to_str().unwrap(), "-w", "-m", "immediate"])
@@ -160,7 +146,7 @@ impl Postgres {
         assert!(status.success(), "pg_ctl stop failed");
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@{}:{}/postgres", self.ip, self.port)
     }
 }
@@ -178,7 +164,7 @@ impl Drop for Postgres {
 }
 
 /// A private redis-server that the test can stop and start on one port.
-pub(crate) struct Redis {
+pub struct Redis {
     ip: IpAddr,
     port: u16,
     child: Option<Child>,
@@ -186,12 +172,16 @@ pub(crate) struct Redis {
 
 impl Redis {
     /// One on loopback, not started yet.
-    pub(crate) fn new() -> Self {
+    #[expect(
+        clippy::new_without_default,
+        reason = "it takes a free port: not a plain default value"
+    )]
+    pub fn new() -> Self {
         Self::on(LOOPBACK)
     }
 
     /// One listening on `ip`, not started yet.
-    pub(crate) fn on(ip: IpAddr) -> Self {
+    pub fn on(ip: IpAddr) -> Self {
         Self {
             ip,
             port: free_port(ip),
@@ -199,7 +189,7 @@ impl Redis {
         }
     }
 
-    pub(crate) fn start(&mut self) {
+    pub fn start(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", &self.ip.to_string()])
@@ -220,14 +210,14 @@ impl Redis {
         panic!("redis-server did not start");
     }
 
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
     }
 
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://{}:{}/", self.ip, self.port)
     }
 }

@@ -1,0 +1,118 @@
+//! Test support shared by BosonServer's test suites (a dev-dependency only, never shipped).
+//!
+//! - [`netns`]: a simulated internet made of Linux network namespaces. The internet's bridge
+//!   lives in a namespace of its own, so nothing is bridged or routed through the root
+//!   namespace and the host's firewall (Docker's `FORWARD` policy `DROP` with br_netfilter
+//!   loaded, for one) does not matter. Relay hosts sit on it; home routers NAT a LAN onto it,
+//!   endpoint-independent or symmetric. Everything is torn down on drop, panics included, and
+//!   the leftovers of test processes that died before they could clean up are removed.
+//! - [`wireguard`]: wireguard-go instances (an interface each, named after the test's pid) in
+//!   those namespaces, configured with `wg`.
+//! - [`relay`]: relay hosts, `bosonserver run` on an address of their own on that internet,
+//!   sharing a database, a Redis and a mesh key; [`http`], a minimal client to probe them.
+//! - [`services`]: private PostgreSQL and Redis servers a test can stop, start and reach from
+//!   its namespaces.
+//! - [`require`]: what a test needs from the machine (root, programs); a test skips with a
+//!   message without it, except when `CI` is set: then it fails.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test support: a failure is a test failure"
+)]
+
+pub mod clock;
+pub mod http;
+pub mod netns;
+pub mod relay;
+pub mod services;
+pub mod wireguard;
+
+use std::process::{Command, Stdio};
+
+/// Whether `program` is on `PATH`.
+#[must_use]
+pub fn installed(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether this process runs as root.
+#[must_use]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Checks that the machine has root (when `root`) and every program of `programs`. Returns
+/// `true` when all is there; otherwise prints what is missing and returns `false` (the test
+/// skips), except when `CI` is set: then it panics, so that a missing capability never passes
+/// as a test.
+///
+/// # Panics
+/// When something is missing and `CI` is set.
+#[must_use]
+pub fn require(root: bool, programs: &[&str]) -> bool {
+    let mut missing: Vec<String> = Vec::new();
+    if root && !is_root() {
+        missing.push("root (for network namespaces)".to_owned());
+    }
+    missing.extend(
+        programs
+            .iter()
+            .filter(|p| !installed(p))
+            .map(|p| format!("`{p}`")),
+    );
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set, and this test needs {} (scripts/services.sh installs them)",
+        missing.join(", ")
+    );
+    eprintln!("skipped: this test needs {}", missing.join(", "));
+    false
+}
+
+/// Runs `program` with `args`, panicking with its error output if it fails; returns its
+/// standard output.
+///
+/// # Panics
+/// When the program cannot be run or exits unsuccessfully.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `program` with `args`, ignoring its outcome (for teardown).
+pub fn run_quietly(program: &str, args: &[&str]) {
+    let _ = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether the process `pid` (as text) is gone: for telling leftovers of dead test processes
+/// from those of live ones.
+#[must_use]
+pub fn process_gone(pid: &str) -> bool {
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
