@@ -47,10 +47,15 @@ up() {
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         say "installing ${missing[*]} from Debian's packages"
-        [ -e "$STATE/packages.before" ] || dpkg-query -W -f='${Package}\n' | sort >"$STATE/packages.before"
+        local before
+        before=$(dpkg-query -W -f='${Package}\n' | sort)
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
+        # Exactly what this install added (dependencies too), for `down`; not what others
+        # install meanwhile, such as scripts/test.sh's PostgreSQL.
+        dpkg-query -W -f='${Package}\n' | sort | comm -13 <(echo "$before") - \
+            >>"$STATE/packages.installed"
     fi
 
     if "$DOCKER" info >/dev/null 2>&1; then
@@ -119,14 +124,11 @@ down() {
             rm -rf /var/lib/docker /run/docker /run/docker.sock /run/containerd 2>/dev/null || true
         fi
     fi
-    if [ -e "$STATE/packages.before" ]; then
-        local added
-        added=$(dpkg-query -W -f='${Package}\n' | sort | comm -13 "$STATE/packages.before" -)
-        if [ -n "$added" ]; then
-            say "removing the packages up installed: $(echo "$added" | tr '\n' ' ')"
-            # shellcheck disable=SC2086 # one word per package
-            DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq $added >/dev/null || true
-        fi
+    if [ -s "$STATE/packages.installed" ]; then
+        say "removing the packages up installed: $(tr '\n' ' ' <"$STATE/packages.installed")"
+        # shellcheck disable=SC2046 # one word per package
+        DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq $(cat "$STATE/packages.installed") \
+            >/dev/null || true
     fi
     rm -rf "$STATE"
     say "host restored"
