@@ -755,6 +755,41 @@ mod tests {
     }
 
     #[test]
+    fn api_tls_needs_both_files_and_trusted_proxies_are_cidrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let plain = args(&["--data-dir", data]).resolve().unwrap();
+        assert!(plain.api_tls.is_none() && plain.trusted_proxies.is_empty());
+        let tls = args(&[
+            "--data-dir",
+            data,
+            "--api-cert",
+            "/c.pem",
+            "--api-key",
+            "/k.pem",
+            "--trusted-proxies",
+            "10.0.0.0/8,2001:db8::/32",
+        ])
+        .resolve()
+        .unwrap();
+        let api = tls.api_tls.unwrap();
+        assert_eq!(api.source.cert, PathBuf::from("/c.pem"));
+        assert_eq!(api.source.key, PathBuf::from("/k.pem"));
+        assert_eq!(api.reload_interval, Duration::from_secs(5));
+        assert_eq!(tls.trusted_proxies.len(), 2);
+        for bad in [
+            &["--api-cert", "/c.pem"][..],
+            &["--api-key", "/k.pem"],
+            &["--trusted-proxies", "10.0.0.0/33"],
+            &["--trusted-proxies", "proxy.example"],
+        ] {
+            let mut argv = vec!["test"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn coordinates_parse_within_range() {
         assert_eq!(parse_coordinates("37.77, -122.42"), Ok([37.77, -122.42]));
         for bad in ["37.77", "91,0", "0,181", "a,b", "NaN,0"] {
