@@ -225,10 +225,23 @@ impl DataplaneArgs {
             ensure!(workers >= 1, "--workers must be at least 1");
             shell.workers = workers;
         }
-        // The relay address is added by the TURN config; the listener's too when it names one.
+        // The relay address is added by the TURN config; the listener's, and every address of
+        // the host's interfaces but loopback (the built-in rules keep loopback out, and
+        // --danger-allow-loopback-peers must still open it), are this host's too.
         let mut base = PeerFilter::new();
         if !self.turn_listen.ip().is_unspecified() {
             base = base.own_address(self.turn_listen.ip());
+        }
+        match boson_dataplane::interface_addresses() {
+            Ok(addresses) => {
+                for ip in addresses.into_iter().filter(|ip| !ip.is_loopback()) {
+                    base = base.own_address(ip);
+                }
+            }
+            Err(error) => tracing::warn!(
+                "cannot list this host's interface addresses ({error}): only the relay and \
+                 listener addresses count as its own in the TURN peer filter"
+            ),
         }
         if self.danger_allow_loopback_peers {
             tracing::warn!(
@@ -323,6 +336,41 @@ mod tests {
             filter.check(ip("192.0.2.1")),
             Ok(Allowed::LiveRelayPorts),
             "own address: live relay allocations only"
+        );
+    }
+
+    #[test]
+    fn every_interface_address_of_the_host_is_its_own() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: DataplaneArgs,
+        }
+        let args = <Cli as clap::Parser>::try_parse_from(["test", "--relay-ports", "50000-50009"])
+            .unwrap()
+            .args;
+        let settings = boson_control::config::TurnConfig {
+            secrets: vec![boson_shared::TurnSecret::new("s")],
+            secrets_file: None,
+            max_allocations_per_user: 4,
+            allowed_peers: vec!["0.0.0.0/0".parse().unwrap()],
+            denied_peers: Vec::new(),
+            credential_ttl: std::time::Duration::from_secs(60),
+            public_host: "192.0.2.1".to_owned(),
+            port: 3478,
+            extra_urls: Vec::new(),
+        };
+        let plan = args.plan(&settings).unwrap();
+        let filter = plan.peer_policy().filter(&settings.allowed_peers, &[]);
+        let addresses = boson_dataplane::interface_addresses().unwrap();
+        // The operator allowed every IPv4 address: the host's own stay limited to its live
+        // relay allocations, in both families.
+        for ip in addresses.into_iter().filter(|ip| !ip.is_loopback()) {
+            assert_eq!(filter.check(ip), Ok(Allowed::LiveRelayPorts), "{ip}");
+        }
+        assert_eq!(
+            filter.check("203.0.113.9".parse().unwrap()),
+            Ok(Allowed::Anywhere)
         );
     }
 

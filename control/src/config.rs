@@ -129,10 +129,18 @@ pub struct ControlArgs {
     #[arg(long, env = "BOSON_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub http_body_timeout: Duration,
 
-    /// Open connections accepted from one client IP address; more are closed at once. Raise it
-    /// behind a reverse proxy, where every client shares the proxy's address.
+    /// Open connections accepted from one client IP address; more are closed at once. Behind
+    /// a trusted proxy, the address its PROXY protocol header names (a trusted proxy's own
+    /// connections are not capped).
     #[arg(long, env = "BOSON_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
     pub max_connections_per_ip: u32,
+
+    /// Reverse proxies and load balancers (CIDRs, comma separated) whose word on the client's
+    /// address is believed: from them only, `Forwarded`, `X-Forwarded-For` and a PROXY
+    /// protocol v2 header name the client that rate limits, connection caps and `publicIp`
+    /// use. Default: none, every address is the TCP peer's.
+    #[arg(long, env = "BOSON_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
 
     /// PEM certificate chain (leaf first) for the REST API: with --api-key it serves https
     /// only. Both files are re-read when they change, without a restart.
@@ -217,6 +225,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// TLS for the REST API (https), reloaded when its files change; `None` serves plain HTTP.
     pub api_tls: Option<ApiTls>,
+    /// Proxies whose forwarding headers and PROXY protocol headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
     /// This host in the relay host registry.
     pub host: HostConfig,
     /// Seed of the routing's random choices; `None` seeds from the operating system.
@@ -523,6 +533,7 @@ impl ControlArgs {
                 body_read_timeout: self.http_body_timeout,
                 max_connections_per_ip: self.max_connections_per_ip,
             },
+            trusted_proxies: self.trusted_proxies,
             api_tls: match (self.api_cert, self.api_key) {
                 (Some(cert), Some(key)) => Some(ApiTls {
                     source: boson_tls::TlsSource { cert, key },
@@ -741,6 +752,41 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(format!("{error:#}").contains("host-id"), "{error:#}");
+    }
+
+    #[test]
+    fn api_tls_needs_both_files_and_trusted_proxies_are_cidrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let plain = args(&["--data-dir", data]).resolve().unwrap();
+        assert!(plain.api_tls.is_none() && plain.trusted_proxies.is_empty());
+        let tls = args(&[
+            "--data-dir",
+            data,
+            "--api-cert",
+            "/c.pem",
+            "--api-key",
+            "/k.pem",
+            "--trusted-proxies",
+            "10.0.0.0/8,2001:db8::/32",
+        ])
+        .resolve()
+        .unwrap();
+        let api = tls.api_tls.unwrap();
+        assert_eq!(api.source.cert, PathBuf::from("/c.pem"));
+        assert_eq!(api.source.key, PathBuf::from("/k.pem"));
+        assert_eq!(api.reload_interval, Duration::from_secs(5));
+        assert_eq!(tls.trusted_proxies.len(), 2);
+        for bad in [
+            &["--api-cert", "/c.pem"][..],
+            &["--api-key", "/k.pem"],
+            &["--trusted-proxies", "10.0.0.0/33"],
+            &["--trusted-proxies", "proxy.example"],
+        ] {
+            let mut argv = vec!["test"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

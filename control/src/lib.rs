@@ -15,6 +15,7 @@
 pub mod allocations;
 pub mod auth;
 pub mod cache;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod error;

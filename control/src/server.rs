@@ -15,6 +15,14 @@
 //! the relay's wss, and a new pair serves the connections accepted after it. Without one, an
 //! API on a non-loopback address logs one loud warning at start: tokens would cross the
 //! network in clear.
+//!
+//! Behind `--trusted-proxies` ([`crate::client_addr`]): a connection from a
+//! trusted address may start with a PROXY protocol v2 header, whose source then is the
+//! connection's address (its connection cap included; a trusted proxy's own connections carry
+//! many clients and have no cap); and each request from a trusted address has its client
+//! taken from `Forwarded` or `X-Forwarded-For`, handed to the handlers as `ConnectInfo` (rate
+//! limits, `publicIp`). A malformed header from a trusted proxy gets 400
+//! `invalid_forwarded_header`; from anyone else the headers are not looked at.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -33,7 +41,12 @@ use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use crate::AppState;
+use crate::client_addr::{
+    self, ForwardedError, PROXY_V2_FIXED_LEN, PROXY_V2_SIGNATURE, ProxyHeader,
+};
 use crate::config::HttpLimits;
+use crate::error::ApiError;
+use axum::response::IntoResponse as _;
 
 /// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -51,6 +64,7 @@ pub(crate) async fn run(
 ) -> std::io::Result<()> {
     let limits = state.config.http;
     let router = state.router();
+    let trusted: Arc<[boson_shared::Cidr]> = state.config.trusted_proxies.clone().into();
     let tls = match &state.config.api_tls {
         Some(api_tls) => {
             let reloader = boson_tls::Reloader::new(api_tls.source.clone(), "API")
@@ -90,27 +104,67 @@ pub(crate) async fn run(
             },
         };
         while connections.try_join_next().is_some() {}
-        let Some(permit) = per_ip.try_acquire(peer.ip()) else {
-            tracing::debug!(%peer, "too many connections from this address: closed");
-            state.metrics.count_refused_connection();
-            drop(stream);
-            continue;
+        let from_proxy = client_addr::is_trusted(&trusted, peer.ip());
+        // A trusted proxy's connections carry many clients: capped by the PROXY header's
+        // source if there is one, else not at all.
+        let permit = if from_proxy {
+            None
+        } else {
+            let Some(permit) = per_ip.try_acquire(peer.ip()) else {
+                tracing::debug!(%peer, "too many connections from this address: closed");
+                state.metrics.count_refused_connection();
+                drop(stream);
+                continue;
+            };
+            Some(permit)
         };
+        let per_ip = per_ip.clone();
+        let task_state = state.clone();
+        let trusted = Arc::clone(&trusted);
         let router = router.clone();
         let stop = stop_rx.clone();
         let acceptor = tls
             .as_ref()
             .map(|(reloader, _)| tokio_rustls::TlsAcceptor::from(reloader.config()));
         connections.spawn(async move {
+            let mut permit = permit;
+            let mut stream = stream;
+            let mut peer = peer;
+            if from_proxy {
+                let header = tokio::time::timeout(
+                    limits.header_read_timeout,
+                    read_proxy_header(&mut stream),
+                )
+                .await;
+                match header {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(source))) => {
+                        let Some(slot) = per_ip.try_acquire(source.ip()) else {
+                            tracing::debug!(%source, "too many connections from this address");
+                            task_state.metrics.count_refused_connection();
+                            return;
+                        };
+                        permit = Some(slot);
+                        peer = source;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, "PROXY protocol header refused: {error}");
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
             let _permit = permit;
             let Some(acceptor) = acceptor else {
-                serve_connection(stream, peer, router, limits, stop).await;
+                serve_connection(stream, peer, router, limits, stop, trusted).await;
                 return;
             };
             // The handshake counts against the header timeout: a client that never finishes
             // it holds its slot no longer than one that never sends its headers.
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(stream, peer, router, limits, stop).await,
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, peer, router, limits, stop, trusted).await;
+                }
                 Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -123,6 +177,78 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Reads a PROXY protocol v2 header if the connection starts with one: its source (`None`
+/// for a `LOCAL` header or none at all). Only bytes of a header are consumed.
+async fn read_proxy_header(
+    stream: &mut tokio::net::TcpStream,
+) -> std::io::Result<Option<SocketAddr>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut fixed = [0u8; PROXY_V2_FIXED_LEN];
+    loop {
+        let seen = stream.peek(&mut fixed).await?;
+        let prefix = seen.min(PROXY_V2_SIGNATURE.len());
+        if seen == 0 || fixed[..prefix] != PROXY_V2_SIGNATURE[..prefix] {
+            return Ok(None);
+        }
+        if seen == PROXY_V2_FIXED_LEN {
+            break;
+        }
+        // Part of a header so far: wait for the rest (the caller's timeout bounds this).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let len = client_addr::proxy_v2_len(&fixed).unwrap_or(PROXY_V2_FIXED_LEN);
+    let mut header = vec![0u8; len];
+    stream.read_exact(&mut header).await?;
+    match client_addr::parse_proxy_v2(&header) {
+        Ok(ProxyHeader::Proxied { source }) => Ok(Some(source)),
+        Ok(ProxyHeader::Local) => Ok(None),
+        Err(error) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error)),
+    }
+}
+
+/// The client of one request from `peer`: `peer` unless it is a trusted proxy, else what
+/// `Forwarded` (first) or `X-Forwarded-For` say.
+fn forwarded_client(
+    peer: SocketAddr,
+    trusted: &[boson_shared::Cidr],
+    headers: &hyper::HeaderMap,
+) -> Result<SocketAddr, ForwardedError> {
+    if !client_addr::is_trusted(trusted, peer.ip()) {
+        return Ok(peer);
+    }
+    let values = |name: &'static str| {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str())
+            .collect::<Result<Vec<&str>, _>>()
+            .map_err(|_| ForwardedError::Malformed {
+                header: name,
+                detail: "not visible ASCII".to_owned(),
+            })
+    };
+    let (header, hops) = if headers.contains_key("forwarded") {
+        (
+            "Forwarded",
+            client_addr::parse_forwarded(values("forwarded")?)?,
+        )
+    } else if headers.contains_key("x-forwarded-for") {
+        (
+            "X-Forwarded-For",
+            client_addr::parse_x_forwarded_for(values("x-forwarded-for")?)?,
+        )
+    } else {
+        return Ok(peer);
+    };
+    let ip = client_addr::client_ip(peer.ip(), trusted, &hops, header)?;
+    // A forwarded client has no port this server knows.
+    Ok(if ip == peer.ip() {
+        peer
+    } else {
+        SocketAddr::new(ip, 0)
+    })
+}
+
 /// Serves HTTP/1 on one accepted connection (plain or TLS) until it ends or the server stops.
 async fn serve_connection<S>(
     stream: S,
@@ -130,14 +256,29 @@ async fn serve_connection<S>(
     router: axum::Router,
     limits: HttpLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    trusted: Arc<[boson_shared::Cidr]>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request
-            .extensions_mut()
-            .insert(ConnectInfo::<SocketAddr>(peer));
-        router.clone().oneshot(request)
+        let client = forwarded_client(peer, &trusted, request.headers());
+        let router = router.clone();
+        async move {
+            match client {
+                Ok(client) => {
+                    request
+                        .extensions_mut()
+                        .insert(ConnectInfo::<SocketAddr>(client));
+                    router.oneshot(request).await
+                }
+                Err(error) => Ok(ApiError::bad_request(
+                    "invalid_forwarded_header",
+                    error.to_string(),
+                )
+                .with_field(error.header())
+                .into_response()),
+            }
+        }
     });
     let mut builder = http1::Builder::new();
     builder

@@ -58,6 +58,8 @@ pub(crate) struct Options {
     pub(crate) turn_secrets_file: Option<std::path::PathBuf>,
     /// TLS on the API.
     pub(crate) api_tls: Option<boson_control::config::ApiTls>,
+    /// `--trusted-proxies`.
+    pub(crate) trusted_proxies: Vec<boson_shared::Cidr>,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             quic_addr: None,
             turn_secrets_file: None,
             api_tls: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -248,6 +251,7 @@ impl TestServer {
             },
             routing_seed: Some(u64::from(index)),
             api_tls: options.api_tls.clone(),
+            trusted_proxies: options.trusted_proxies.clone(),
         };
         let clock = shared.clock.clone();
         let state = AppState::connect(config, Arc::new(clock.clone()))

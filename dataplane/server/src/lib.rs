@@ -51,6 +51,7 @@
 
 pub mod clock;
 mod drain;
+mod ifaddrs;
 mod io;
 pub mod metrics;
 pub mod packet_core;
@@ -66,6 +67,7 @@ use std::thread;
 use anyhow::{Context as _, anyhow, ensure};
 
 pub use drain::{DrainHandle, Remaining};
+pub use ifaddrs::interface_addresses;
 pub use io::{HEADROOM, IoBackend, check_uring};
 pub use packet_core::{
     ClientAction, Command, CoreUpdate, PacketCore, PeerAction, PeerAddr, RelayPort, TurnEvent,
