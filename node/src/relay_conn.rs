@@ -389,6 +389,7 @@ pub(crate) async fn deliver(
     peer.rx_bytes
         .fetch_add(packet.len() as u64, Ordering::Relaxed);
     peer.rx_packets.fetch_add(1, Ordering::Relaxed);
+    crate::agent::note_incoming(shared, peer, shared.route_kind, packet);
     peer.last_rx_ms.store(clock::unix_ms(), Ordering::Relaxed);
     peer.gone.store(false, Ordering::Relaxed);
     if let Err(err) = peer.socket.send_to(packet, wg_endpoint).await {

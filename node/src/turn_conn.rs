@@ -157,6 +157,12 @@ async fn allocate_and_run(
                         task.shared.drop_unknown_peer.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
+                    crate::agent::note_incoming(
+                        &task.shared,
+                        peer,
+                        crate::config::RouteKind::Turn,
+                        &buf[range.clone()],
+                    );
                     peer.rx_bytes.fetch_add(range.len() as u64, Ordering::Relaxed);
                     peer.rx_packets.fetch_add(1, Ordering::Relaxed);
                     peer.last_rx_ms.store(clock::unix_ms(), Ordering::Relaxed);
