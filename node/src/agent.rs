@@ -24,6 +24,7 @@ use crate::config::{Config, RouteChoice, RouteKind, WgMode};
 use crate::control::{Bandwidth, Control, HeartbeatFigures, NodeInfo};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
+use crate::route::RouteSelector;
 use crate::status::{PeerStatus, StatusFile};
 use crate::{tls, turn_conn};
 
@@ -47,8 +48,11 @@ const RELAY_QUEUE: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) node: NodeId,
-    /// The relay route every peer takes in this build.
+    /// The route every peer takes when forced; under `--route auto` the relay session's
+    /// transport (WebSocket), and each peer's selector decides.
     pub(crate) route_kind: RouteKind,
+    /// `--route auto`.
+    pub(crate) auto: bool,
     pub(crate) peers: Vec<PeerState>,
     pub(crate) relay_open: AtomicBool,
     pub(crate) relay_rtt_us: AtomicU64,
@@ -80,6 +84,8 @@ pub(crate) struct PeerState {
     pub(crate) gone: AtomicBool,
     /// TURN route: a channel to the peer's relayed address is bound.
     pub(crate) route_ready: AtomicBool,
+    /// `--route auto`: which route packets to the peer take.
+    pub(crate) selector: Mutex<RouteSelector>,
     /// The route label last reported, to count switches.
     pub(crate) route: Mutex<Option<RouteKind>>,
 }
@@ -89,9 +95,20 @@ impl Shared {
         self.peers.iter().find(|p| &p.node == node)
     }
 
+    /// The route packets to `peer` take now.
+    pub(crate) fn route_of(&self, peer: &PeerState) -> RouteKind {
+        if self.auto {
+            peer.selector
+                .lock()
+                .map_or(RouteKind::Ws, |selector| selector.current())
+        } else {
+            self.route_kind
+        }
+    }
+
     /// Whether packets to `peer` can go out now.
     pub(crate) fn can_send(&self, peer: &PeerState) -> bool {
-        match self.route_kind {
+        match self.route_of(peer) {
             RouteKind::Turn => peer.route_ready.load(Ordering::Relaxed),
             RouteKind::Direct | RouteKind::Quic | RouteKind::Ws => {
                 self.relay_open.load(Ordering::Relaxed)
@@ -110,10 +127,11 @@ impl Shared {
         }
         let last = peer.last_rx_ms.load(Ordering::Relaxed);
         let fresh = last != 0 && now_ms.saturating_sub(last) <= PEER_IDLE.as_millis() as u64;
+        let route = self.route_of(peer);
         // PEER_GONE speaks of the relay session, which carries only signalling on TURN.
-        let gone = self.route_kind != RouteKind::Turn && peer.gone.load(Ordering::Relaxed);
+        let gone = route != RouteKind::Turn && peer.gone.load(Ordering::Relaxed);
         let state = if fresh && !gone { "up" } else { "trying" };
-        (Some(self.route_kind), state)
+        (Some(route), state)
     }
 
     /// Updates each peer's route label (counting switches) and returns the status.
@@ -207,6 +225,7 @@ pub(crate) struct Session {
 /// Runs the agent until `shutdown` resolves; then deregisters and returns `Ok`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
     tokio::pin!(shutdown);
+    let auto = config.route == RouteChoice::Auto;
     let route_kind = match config.route {
         RouteChoice::Auto | RouteChoice::Ws => RouteKind::Ws,
         RouteChoice::Quic => RouteKind::Quic,
@@ -276,12 +295,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             last_rx_ms: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             route_ready: AtomicBool::new(false),
+            selector: Mutex::new(RouteSelector::new(vec![RouteKind::Turn, RouteKind::Ws])),
             route: Mutex::new(None),
         });
     }
     let shared = Arc::new(Shared {
         node,
         route_kind,
+        auto,
         peers,
         relay_open: AtomicBool::new(false),
         relay_rtt_us: AtomicU64::new(0),
@@ -345,7 +366,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The TURN route: WireGuard's packets go to the TURN task, and the relay session carries
     // only the signalling between the agents.
     let mut signals = None;
-    let packets_tx = if route_kind == RouteKind::Turn {
+    let turn_tx = if route_kind == RouteKind::Turn || auto {
         let (turn_tx, turn_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
         let (signal_tx, signal_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(256);
         signals = Some(signal_tx);
@@ -359,20 +380,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             stop: stop_rx.clone(),
             wg_endpoint,
         }));
-        turn_tx
+        Some(turn_tx)
     } else {
-        out_tx.clone()
+        None
     };
     for index in 0..shared.peers.len() {
         tasks.spawn(peer_reader(
             shared.clone(),
             index,
             wg_endpoint,
-            packets_tx.clone(),
+            out_tx.clone(),
+            turn_tx.clone(),
         ));
     }
-    drop(packets_tx);
+    drop(turn_tx);
     drop(out_tx);
+    if auto {
+        tasks.spawn(route_timers(shared.clone()));
+    }
     let relay = tokio::spawn(relay_conn::run(relay_conn::RelayTask {
         shared: shared.clone(),
         controls: controls.clone(),
@@ -712,7 +737,8 @@ async fn peer_reader(
     shared: Arc<Shared>,
     index: usize,
     wg_endpoint: SocketAddr,
-    out: mpsc::Sender<(NodeId, Vec<u8>)>,
+    relay: mpsc::Sender<(NodeId, Vec<u8>)>,
+    turn: Option<mpsc::Sender<(NodeId, Vec<u8>)>>,
 ) {
     let peer = &shared.peers[index];
     let mut buf = vec![0u8; 65_536];
@@ -730,17 +756,53 @@ async fn peer_reader(
             shared.drop_not_wireguard.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        let packet = &buf[..len];
+        if shared.auto
+            && let Ok(mut selector) = peer.selector.lock()
+        {
+            selector.handle_outgoing(clock::now(), packet);
+        }
         if !shared.can_send(peer) {
             shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        match out.try_send((peer.node, buf[..len].to_vec())) {
+        let out = match (shared.route_of(peer), &turn) {
+            (RouteKind::Turn, Some(turn)) => turn,
+            _ => &relay,
+        };
+        match out.try_send((peer.node, packet.to_vec())) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 shared.drop_queue_full.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// `--route auto`: fires every peer's route timers (handshake timeouts, upgrades).
+async fn route_timers(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = clock::now();
+        for peer in &shared.peers {
+            if let Ok(mut selector) = peer.selector.lock() {
+                let before = selector.current();
+                selector.handle_timeout(now);
+                if selector.current() != before {
+                    info!(peer = %peer.node, from = %before, to = %selector.current(), "route switched");
+                }
+            }
+        }
+    }
+}
+
+/// A packet from `peer` arrived on `via`: tells its route selector.
+pub(crate) fn note_incoming(shared: &Shared, peer: &PeerState, via: RouteKind, packet: &[u8]) {
+    if shared.auto
+        && let Ok(mut selector) = peer.selector.lock()
+    {
+        selector.handle_incoming(clock::now(), via, packet);
     }
 }
 

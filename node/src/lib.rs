@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod quic;
 mod quic_conn;
 mod relay_conn;
+pub mod route;
 pub mod signal;
 pub mod status;
 pub mod tls;
