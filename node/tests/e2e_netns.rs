@@ -202,7 +202,8 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Pings the other node's tunnel address `count` times, `interval` apart; the output.
+    /// Pings the other node's tunnel address `count` times, `interval` apart; the output. An
+    /// answer may take up to 5 s (a busy machine, debug builds): late is not lost.
     fn ping(&self, peer: Ipv4Addr, count: u32, interval: Duration) -> String {
         let output = self
             .station
@@ -214,7 +215,7 @@ impl Node {
                 "-i",
                 &format!("{:.3}", interval.as_secs_f64()),
                 "-W",
-                "1",
+                "5",
                 "-q",
                 &peer.to_string(),
             ])
@@ -225,13 +226,14 @@ impl Node {
 }
 
 impl Node {
-    /// Pings `count` times with `size` bytes of ICMP payload, 10 ms apart; the output.
+    /// Pings `count` times with `size` bytes of ICMP payload, 10 ms apart, waiting up to 5 s
+    /// for an answer; the output.
     fn ping_sized(&self, peer: Ipv4Addr, count: u32, size: u16) -> String {
         let output = self
             .station
             .namespace
             .command("ping")
-            .args(["-c", &count.to_string(), "-i", "0.01", "-W", "1", "-q"])
+            .args(["-c", &count.to_string(), "-i", "0.01", "-W", "5", "-q"])
             .args(["-s", &size.to_string(), "-M", "do", &peer.to_string()])
             .output()
             .unwrap();
@@ -418,25 +420,45 @@ impl Lab {
         }
     }
 
-    /// Each agent's log and metrics, and what `wg` shows of its node.
+    /// Each agent's log and metrics, what `wg` shows of its node, and the relay hosts'
+    /// sessions and drops.
     fn agent_logs(&self) -> String {
-        self.nodes
+        let hosts: String = self
+            .hosts
             .iter()
-            .filter_map(|n| {
-                let metrics: String = n
+            .map(|h| {
+                let lines: String = h
                     .metrics()
+                    .unwrap_or_default()
                     .lines()
-                    .filter(|l| !l.starts_with('#'))
+                    .filter(|l| {
+                        !l.starts_with('#')
+                            && (l.contains("drops") || l.contains("sessions") || l.contains("mesh"))
+                    })
                     .map(|l| format!("{l}\n"))
                     .collect();
-                let wg = n.wg.wg(&["show", &n.wg.interface]);
-                Some(format!(
-                    "--- agent {}:\n{}--- its metrics:\n{metrics}--- wg:\n{wg}",
-                    n.id,
-                    n.agent.as_ref()?.log()
-                ))
+                format!("--- relay host {}:\n{lines}", h.id)
             })
-            .collect()
+            .collect();
+        hosts
+            + &self
+                .nodes
+                .iter()
+                .filter_map(|n| {
+                    let metrics: String = n
+                        .metrics()
+                        .lines()
+                        .filter(|l| !l.starts_with('#'))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    let wg = n.wg.wg(&["show", &n.wg.interface]);
+                    Some(format!(
+                        "--- agent {}:\n{}--- its metrics:\n{metrics}--- wg:\n{wg}",
+                        n.id,
+                        n.agent.as_ref()?.log()
+                    ))
+                })
+                .collect::<String>()
     }
 
     /// The hosts' node relay sessions (WebSocket and QUIC), by host.
