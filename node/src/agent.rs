@@ -21,10 +21,10 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::clock;
 use crate::config::{Config, RouteChoice, RouteKind, WgMode};
-use crate::control::{Bandwidth, Control, HeartbeatFigures, NodeInfo};
+use crate::control::{Bandwidth, Control, ControlError, HeartbeatFigures, NodeInfo};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
-use crate::route::RouteSelector;
+use crate::route::{self, RouteSelector};
 use crate::status::{PeerStatus, StatusFile};
 use crate::{tls, turn_conn};
 
@@ -295,7 +295,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             last_rx_ms: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             route_ready: AtomicBool::new(false),
-            selector: Mutex::new(RouteSelector::new(vec![RouteKind::Turn, RouteKind::Ws])),
+            selector: Mutex::new(RouteSelector::new(route::AUTO_ROUTES.to_vec())),
             route: Mutex::new(None),
         });
     }
@@ -397,6 +397,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     drop(out_tx);
     if auto {
         tasks.spawn(route_timers(shared.clone()));
+        for index in 0..shared.peers.len() {
+            tasks.spawn(route_plan(
+                shared.clone(),
+                index,
+                controls.clone(),
+                info.clone(),
+                session_rx.clone(),
+            ));
+        }
     }
     let relay = tokio::spawn(relay_conn::run(relay_conn::RelayTask {
         shared: shared.clone(),
@@ -794,6 +803,74 @@ async fn route_timers(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// How long the agent keeps asking for a peer's ranking while the server cannot give one
+/// (the peer not registered yet, not live, or the server unreachable) before it logs that it
+/// keeps the default order; it goes on asking after that, more slowly.
+const PLAN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How often a peer's ranking is asked for again once the server gave one.
+const PLAN_REFRESH: Duration = Duration::from_secs(300);
+
+/// `--route auto`: asks the server how to reach the peer (`POST /api/v1/routing/request`)
+/// and gives its selector the routes in the server's order; again every [`PLAN_REFRESH`]. A
+/// malformed answer is logged and the default order ([`route::AUTO_ROUTES`]) kept.
+async fn route_plan(
+    shared: Arc<Shared>,
+    index: usize,
+    controls: Vec<Control>,
+    info: NodeInfo,
+    session: watch::Receiver<Session>,
+) {
+    let peer = &shared.peers[index];
+    let default = route::labels(&route::AUTO_ROUTES);
+    let mut rng = StdRng::from_os_rng();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut since = clock::now();
+    let mut told = false;
+    loop {
+        let current = session.borrow().clone();
+        let answer = controls[current.server]
+            .routing(&info, &current.token, &peer.node)
+            .await;
+        let ranking = match answer {
+            Ok(routes) => Ok(routes),
+            Err(err @ ControlError::Malformed { .. }) => Err(err.to_string()),
+            Err(err) => {
+                // Not an answer about the routes: the peer may not have registered yet.
+                if !told && clock::now().duration_since(since) >= PLAN_PATIENCE {
+                    warn!(peer = %peer.node, %err, order = %default,
+                        "the server gives no route ranking: trying routes in the default order");
+                    told = true;
+                } else {
+                    debug!(peer = %peer.node, %err, "route ranking not available yet");
+                }
+                tokio::time::sleep(backoff.next_delay(&mut rng)).await;
+                continue;
+            }
+        };
+        match ranking
+            .and_then(|routes| route::plan_from_ranking(&routes).map_err(|e| e.to_string()))
+        {
+            Ok(plan) => {
+                let order = route::labels(&plan.usable);
+                info!(peer = %peer.node, ranked = %route::labels(&plan.ranked), %order,
+                    "route order from the server");
+                if let Ok(mut selector) = peer.selector.lock() {
+                    selector.set_candidates(plan.usable);
+                }
+            }
+            Err(err) => {
+                warn!(peer = %peer.node, %err, order = %default,
+                    "malformed routing answer: trying routes in the default order");
+            }
+        }
+        backoff.reset();
+        told = false;
+        tokio::time::sleep(PLAN_REFRESH).await;
+        since = clock::now();
     }
 }
 
