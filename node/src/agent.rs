@@ -341,6 +341,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         heartbeat_secs = session.heartbeat.as_secs(),
         "registered"
     );
+    let (info, session) = tokio::select! {
+        found = discover_nat(&controls, info.clone(), session.clone(), &shared, &token_file) => found,
+        () = &mut shutdown => (info, session),
+    };
 
     // Every peer's endpoint: set through `wg`, or printed for the operator.
     for peer in &shared.peers {
@@ -587,6 +591,132 @@ async fn register_at_start(
         }
         tokio::time::sleep(backoff.next_delay(rng)).await;
     }
+}
+
+/// How long NAT discovery may take at start, however many STUN destinations are silent.
+const NAT_DISCOVERY: Duration = Duration::from_secs(3);
+
+/// NAT discovery ([`crate::nat`]) from the agent's own UDP socket towards the STUN
+/// destinations of `GET /api/v1/turn/ice`; registers again with the mapped address and NAT
+/// type it found. On any failure the first registration (no mapped address, `Symmetric`)
+/// stands, and the reason is logged.
+async fn discover_nat(
+    controls: &[Control],
+    mut info: NodeInfo,
+    session: Session,
+    shared: &Shared,
+    token_file: &Path,
+) -> (NodeInfo, Session) {
+    let control = &controls[session.server];
+    let report = match probe_nat(control, &session.token).await {
+        Ok(report) => report,
+        Err(err) => {
+            warn!(err = %format!("{err:#}"), "NAT discovery failed: registered without a mapped address");
+            return (info, session);
+        }
+    };
+    info!(
+        mapped = ?report.mapped,
+        nat_type = %report.nat_type,
+        reason = %report.reason,
+        "NAT discovery"
+    );
+    let Some(mapped) = report.mapped else {
+        return (info, session);
+    };
+    info.stun_mapped = Some(mapped.to_string());
+    info.nat_type = report.nat_type;
+    match control.register(&info, Some(&session.token)).await {
+        Ok(registered) => {
+            shared.registrations.fetch_add(1, Ordering::Relaxed);
+            save_token(token_file, &registered.session_token);
+            let session = Session {
+                token: registered.session_token,
+                server: session.server,
+                heartbeat: Duration::from_secs(registered.heartbeat_interval.max(1)),
+            };
+            (info, session)
+        }
+        Err(err) => {
+            // The heartbeat task's next registration carries it.
+            warn!(%err, "registering the mapped address failed");
+            (info, session)
+        }
+    }
+}
+
+/// `host:port` of a `stun:` or UDP `turn:` URL (port 3478 when none is given).
+fn stun_destination(url: &str) -> Option<String> {
+    let (rest, query) = match url.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (url, None),
+    };
+    let hostport = match rest.split_once(':') {
+        Some(("stun", hostport)) => hostport,
+        Some(("turn", hostport)) if query.is_none_or(|q| q.contains("transport=udp")) => hostport,
+        _ => return None,
+    };
+    let has_port = hostport
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.ends_with(':') && port.parse::<u16>().is_ok());
+    Some(if has_port {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:3478")
+    })
+}
+
+/// Runs one [`crate::nat::BindingProbe`] from a fresh UDP socket, bounded by
+/// [`NAT_DISCOVERY`].
+async fn probe_nat(control: &Control, token: &str) -> anyhow::Result<crate::nat::NatReport> {
+    let ice = control.ice(token).await?;
+    let mut destinations = Vec::new();
+    for url in ice.ice_servers.iter().flat_map(|s| s.urls.iter()) {
+        let Some(hostport) = stun_destination(url) else {
+            continue;
+        };
+        match tokio::net::lookup_host(&hostport).await {
+            Ok(mut addrs) => destinations.extend(addrs.find(SocketAddr::is_ipv4)),
+            Err(err) => warn!(%hostport, %err, "cannot resolve a STUN destination"),
+        }
+    }
+    if destinations.is_empty() {
+        return Err(anyhow!("the server lists no STUN destination"));
+    }
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .context("binding the NAT discovery socket")?;
+    let start = clock::now();
+    let deadline = start + NAT_DISCOVERY;
+    let mut probe = crate::nat::BindingProbe::new(&destinations, start, &mut StdRng::from_os_rng());
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let now = clock::now();
+        while let Some((to, bytes)) = probe.poll_transmit(now) {
+            if let Err(err) = socket.send_to(&bytes, to).await {
+                debug!(%to, %err, "STUN request not sent");
+            }
+        }
+        let Some(next) = probe.poll_timeout() else {
+            break;
+        };
+        if now >= deadline {
+            break;
+        }
+        let wait = next.min(deadline).saturating_duration_since(now);
+        match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+            Ok(Ok((len, from))) => {
+                probe.handle_input(from, &buf[..len]);
+            }
+            Ok(Err(err)) => {
+                // An ICMP error from an earlier send; the retransmissions go on.
+                debug!(%err, "NAT discovery receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(probe.report())
 }
 
 /// Keeps the session token in the state dir (mode 0600), so a restart can re-register.
@@ -961,4 +1091,26 @@ pub(crate) fn peer_index(shared: &Shared) -> BTreeMap<NodeId, usize> {
         .enumerate()
         .map(|(i, p)| (p.node, i))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stun_destination;
+
+    #[test]
+    fn stun_destinations_from_ice_urls() {
+        let d = |u: &str| stun_destination(u);
+        assert_eq!(d("stun:10.0.0.1:3478").as_deref(), Some("10.0.0.1:3478"));
+        assert_eq!(
+            d("turn:relay.example:3479?transport=udp").as_deref(),
+            Some("relay.example:3479")
+        );
+        assert_eq!(
+            d("stun:relay.example").as_deref(),
+            Some("relay.example:3478")
+        );
+        assert_eq!(d("turn:10.0.0.1:3478?transport=tcp"), None);
+        assert_eq!(d("turns:10.0.0.1:5349"), None);
+        assert_eq!(d("http://x"), None);
+    }
 }
