@@ -735,8 +735,22 @@ fn save_token(path: &Path, token: &str) {
     }
 }
 
+/// How often a heartbeat that failed for a transient reason (no answer, 5xx, 429) is tried
+/// again on the same server, with the backoff (1 s, 2 s, 4 s, 8 s and jitter: about 15 s in
+/// all), before the agent registers again, this server first.
+const HEARTBEAT_RETRIES: u32 = 4;
+
+/// Whether a failed heartbeat says nothing about the token: the server did not answer, was
+/// overloaded or failed inside. A 401, 403 or 404 (token revoked, node deleted) is not.
+fn is_transient(err: &ControlError) -> bool {
+    match err.status() {
+        None => matches!(err, ControlError::Unreachable { .. }),
+        Some(status) => status == 429 || status >= 500,
+    }
+}
+
 /// Heartbeats at the interval the server gave; re-registers after a 401 (lost token) and
-/// moves to the next server when one is unreachable.
+/// moves to the next server when one stays unreachable.
 async fn heartbeats(
     controls: Vec<Control>,
     info: NodeInfo,
@@ -782,16 +796,29 @@ async fn heartbeats(
         };
         last_bytes = (tx, rx);
         let control = &controls[session.server];
-        match control.heartbeat(&info.node, &session.token, figures).await {
-            Ok(()) => {
-                shared.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
-                backoff.reset();
-                continue;
+        let mut retries = 0;
+        let beat = loop {
+            match control.heartbeat(&info.node, &session.token, figures).await {
+                Ok(()) => break Ok(()),
+                Err(err) => {
+                    shared.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(%err, "heartbeat failed");
+                    // A server that is restarting or briefly overloaded still holds the
+                    // registration: registering again would revoke the token that the live
+                    // relay session uses and cut the tunnel for nothing. Only a refusal of
+                    // the token itself, or a server that stays away, leads to a new one.
+                    if !is_transient(&err) || retries == HEARTBEAT_RETRIES {
+                        break Err(err);
+                    }
+                    retries += 1;
+                    tokio::time::sleep(backoff.next_delay(&mut rng)).await;
+                }
             }
-            Err(err) => {
-                shared.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
-                warn!(%err, "heartbeat failed");
-            }
+        };
+        if beat.is_ok() {
+            shared.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+            backoff.reset();
+            continue;
         }
         // Lost token, unreachable server or a refusal: register again, this server first,
         // then the others, until one accepts.
