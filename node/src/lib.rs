@@ -27,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod keys;
 pub mod metrics;
+pub mod nat;
 pub mod quic;
 mod quic_conn;
 mod relay_conn;

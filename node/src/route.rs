@@ -18,6 +18,11 @@
 //!
 //! Packets arriving on any route are always handed to WireGuard: only the sending side
 //! chooses.
+//!
+//! The order comes from the server: [`plan_from_ranking`] turns the answer of
+//! `POST /api/v1/routing/request` into the routes to try, best first, keeping those this
+//! agent can take under `--route auto` ([`AUTO_ROUTES`]). Until the answer arrives, or when it
+//! is malformed or names no usable route, [`AUTO_ROUTES`] in its own order is the plan.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +43,103 @@ pub fn is_initiation(packet: &[u8]) -> bool {
 /// WireGuard's handshake response: type 2, 92 bytes.
 pub fn is_response(packet: &[u8]) -> bool {
     packet.len() == 92 && packet.starts_with(&[2, 0, 0, 0])
+}
+
+/// The routes `--route auto` can take in this build, in the order used when the server gave
+/// none: TURN, then the WebSocket relay. The direct route and the QUIC relay are not taken
+/// under `auto` yet (the relay session is one transport, WebSocket, under `auto`).
+pub const AUTO_ROUTES: [RouteKind; 2] = [RouteKind::Turn, RouteKind::Ws];
+
+/// One route of the server's ranking, as the answer spells it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RankedRoute {
+    /// `direct` or `relay`.
+    #[serde(rename = "type")]
+    pub route_type: String,
+    /// For a relay: `turn`, `quic`, `ws` or `wss`.
+    #[serde(default)]
+    pub transport: Option<String>,
+}
+
+/// The order to try a peer's routes in, from the server's ranking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Every route the server ranked, best first, once each.
+    pub ranked: Vec<RouteKind>,
+    /// Those this agent takes under `--route auto`, in the server's order.
+    pub usable: Vec<RouteKind>,
+}
+
+/// Why a ranking gives no plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RankingError {
+    /// The answer holds no route.
+    #[error("the answer ranks no route")]
+    Empty,
+    /// A route's `type` or `transport` is not one the API documents.
+    #[error("routes[{index}].{field} is {value:?}, not a documented value")]
+    Unknown {
+        /// Where in `routes`.
+        index: usize,
+        /// `type` or `transport`.
+        field: &'static str,
+        /// What it said.
+        value: String,
+    },
+    /// None of the ranked routes is one this agent takes under `--route auto`.
+    #[error("none of the ranked routes ({0}) is available under --route auto")]
+    NoneUsable(String),
+}
+
+/// Turns the server's ranking into a [`Plan`].
+pub fn plan_from_ranking(routes: &[RankedRoute]) -> Result<Plan, RankingError> {
+    if routes.is_empty() {
+        return Err(RankingError::Empty);
+    }
+    let mut ranked = Vec::new();
+    for (index, route) in routes.iter().enumerate() {
+        let kind = match (route.route_type.as_str(), route.transport.as_deref()) {
+            ("direct", _) => RouteKind::Direct,
+            ("relay", Some("turn")) => RouteKind::Turn,
+            ("relay", Some("quic")) => RouteKind::Quic,
+            ("relay", Some("ws" | "wss")) => RouteKind::Ws,
+            ("relay", other) => {
+                return Err(RankingError::Unknown {
+                    index,
+                    field: "transport",
+                    value: other.unwrap_or("null").to_owned(),
+                });
+            }
+            (other, _) => {
+                return Err(RankingError::Unknown {
+                    index,
+                    field: "type",
+                    value: other.to_owned(),
+                });
+            }
+        };
+        if !ranked.contains(&kind) {
+            ranked.push(kind);
+        }
+    }
+    let usable: Vec<RouteKind> = ranked
+        .iter()
+        .copied()
+        .filter(|kind| AUTO_ROUTES.contains(kind))
+        .collect();
+    if usable.is_empty() {
+        return Err(RankingError::NoneUsable(labels(&ranked)));
+    }
+    Ok(Plan { ranked, usable })
+}
+
+/// `turn,quic,ws`: route labels joined for logs and metrics.
+pub fn labels(routes: &[RouteKind]) -> String {
+    routes
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One peer's route choice.
@@ -68,6 +170,41 @@ impl RouteSelector {
             upgrade_at: None,
             switches: 0,
         }
+    }
+
+    /// Replaces the routes to try (at least one; ignored when empty). A confirmed route
+    /// that is still a candidate is kept; otherwise the choice starts again from the first.
+    pub fn set_candidates(&mut self, candidates: Vec<RouteKind>) {
+        if candidates.is_empty() {
+            return;
+        }
+        let current = self.current();
+        let kept = self
+            .confirmed
+            .then(|| candidates.iter().position(|&c| c == current))
+            .flatten();
+        self.candidates = candidates;
+        match kept {
+            Some(index) => {
+                self.index = index;
+                self.upgrade_at = None;
+            }
+            None => {
+                let index = 0;
+                if self.candidates[index] != current {
+                    self.switches += 1;
+                }
+                self.index = index;
+                self.pending_since = None;
+                self.confirmed = false;
+                self.upgrade_at = None;
+            }
+        }
+    }
+
+    /// The routes tried, best first.
+    pub fn candidates(&self) -> &[RouteKind] {
+        &self.candidates
     }
 
     /// The route packets to the peer take now.
@@ -227,6 +364,89 @@ mod tests {
         s.handle_incoming(t0, RouteKind::Quic, &initiation());
         s.handle_incoming(t0, RouteKind::Ws, &response());
         assert_eq!(s.current(), RouteKind::Turn);
+    }
+
+    fn ranked(routes: &[(&str, Option<&str>)]) -> Vec<RankedRoute> {
+        routes
+            .iter()
+            .map(|(t, tr)| RankedRoute {
+                route_type: (*t).to_owned(),
+                transport: tr.map(str::to_owned),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_plan_follows_the_servers_order() {
+        let plan = plan_from_ranking(&ranked(&[
+            ("direct", None),
+            ("relay", Some("wss")),
+            ("relay", Some("quic")),
+            ("relay", Some("turn")),
+            ("relay", Some("ws")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            plan.ranked,
+            vec![
+                RouteKind::Direct,
+                RouteKind::Ws,
+                RouteKind::Quic,
+                RouteKind::Turn
+            ]
+        );
+        assert_eq!(plan.usable, vec![RouteKind::Ws, RouteKind::Turn]);
+        assert_eq!(labels(&plan.ranked), "direct,ws,quic,turn");
+        // Only what the server named: no WebSocket relay, no WebSocket route.
+        let plan = plan_from_ranking(&ranked(&[("relay", Some("turn"))])).unwrap();
+        assert_eq!(plan.usable, vec![RouteKind::Turn]);
+    }
+
+    #[test]
+    fn a_malformed_ranking_is_named() {
+        assert_eq!(plan_from_ranking(&[]), Err(RankingError::Empty));
+        assert_eq!(
+            plan_from_ranking(&ranked(&[("relay", Some("turn")), ("teleport", None)])),
+            Err(RankingError::Unknown {
+                index: 1,
+                field: "type",
+                value: "teleport".to_owned()
+            })
+        );
+        assert_eq!(
+            plan_from_ranking(&ranked(&[("relay", None)])),
+            Err(RankingError::Unknown {
+                index: 0,
+                field: "transport",
+                value: "null".to_owned()
+            })
+        );
+        assert_eq!(
+            plan_from_ranking(&ranked(&[("direct", None), ("relay", Some("quic"))])),
+            Err(RankingError::NoneUsable("direct,quic".to_owned()))
+        );
+    }
+
+    #[test]
+    fn new_candidates_keep_a_confirmed_route() {
+        let t0 = epoch();
+        let mut s = RouteSelector::new(AUTO_ROUTES.to_vec());
+        s.handle_outgoing(t0, &initiation());
+        s.handle_incoming(t0, RouteKind::Turn, &response());
+        assert!(s.is_confirmed());
+        s.set_candidates(vec![RouteKind::Ws, RouteKind::Turn]);
+        assert_eq!(s.current(), RouteKind::Turn);
+        assert!(s.is_confirmed());
+        assert_eq!(s.switches(), 0);
+        // Not confirmed: starts again from the server's first.
+        let mut s = RouteSelector::new(AUTO_ROUTES.to_vec());
+        s.handle_outgoing(t0, &initiation());
+        s.set_candidates(vec![RouteKind::Ws, RouteKind::Turn]);
+        assert_eq!(s.current(), RouteKind::Ws);
+        assert_eq!(s.poll_timeout(), None);
+        assert_eq!(s.switches(), 1);
+        s.set_candidates(Vec::new());
+        assert_eq!(s.candidates(), &[RouteKind::Ws, RouteKind::Turn]);
     }
 
     #[test]
