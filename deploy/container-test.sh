@@ -28,6 +28,8 @@ STATE=/run/boson-container-test
 PACKAGES=(docker.io debootstrap docker-compose coturn curl iproute2 iptables python3)
 # Everything the test creates is named after this, so a shared daemon's other objects are safe.
 PREFIX=boson-ct
+# What the EXIT trap of `run` does after its own cleanup (`all` sets it to down).
+AFTER_RUN=:
 
 say() { echo "container-test: $*" >&2; }
 die() {
@@ -595,7 +597,8 @@ run() {
     local started=$SECONDS
     WORK=$(mktemp -d /tmp/boson-container-test.XXXXXX)
     : >"$WORK/made-images"
-    trap 'cleanup_run' EXIT
+    # Replaces the caller's EXIT trap, so it runs that too (`all`: down).
+    trap 'cleanup_run; $AFTER_RUN' EXIT
     base_image
     rust_image
     build_images
@@ -624,9 +627,11 @@ case "${1:-all}" in
     run) run ;;
     down) down ;;
     all)
+        AFTER_RUN=down
         trap down EXIT
         up
         run
+        down
         ;;
     *)
         echo "usage: $0 [up|run|down|all]" >&2
