@@ -79,12 +79,14 @@ for rev in "${revs[@]}"; do
     shas+=("$sha")
 done
 
-worktrees=()
+# The worktrees this run made, one a line (build_rev runs in a subshell).
+worktrees="$out/worktrees"
+: >"$worktrees"
 cleanup() {
     if ! $keep; then
-        for wt in "${worktrees[@]}"; do
+        while read -r wt; do
             git -C "$root" worktree remove --force "$wt" 2>/dev/null || true
-        done
+        done <"$worktrees"
     fi
 }
 trap cleanup EXIT
@@ -99,7 +101,7 @@ build_rev() {
     if [[ ! -d "$wt" ]]; then
         git -C "$root" worktree add --detach "$wt" "$sha" >&2
     fi
-    worktrees+=("$wt")
+    echo "$wt" >>"$worktrees"
     echo "compare.sh: building bosonserver at ${sha:0:12} (release)" >&2
     # Both packages, as for the bench below: one feature set, so dependencies build once.
     (cd "$wt" && nice -n 10 cargo build --release --locked -p bosonserver -p boson-bench >&2)
