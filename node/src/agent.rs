@@ -21,9 +21,10 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::clock;
 use crate::config::{Config, RouteChoice, RouteKind, WgMode};
-use crate::control::{Bandwidth, Control, HeartbeatFigures, NodeInfo};
+use crate::control::{Bandwidth, Control, ControlError, HeartbeatFigures, NodeInfo};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
+use crate::route::{self, RouteSelector};
 use crate::status::{PeerStatus, StatusFile};
 use crate::{tls, turn_conn};
 
@@ -47,8 +48,11 @@ const RELAY_QUEUE: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) node: NodeId,
-    /// The relay route every peer takes in this build.
+    /// The route every peer takes when forced; under `--route auto` the relay session's
+    /// transport (WebSocket), and each peer's selector decides.
     pub(crate) route_kind: RouteKind,
+    /// `--route auto`.
+    pub(crate) auto: bool,
     pub(crate) peers: Vec<PeerState>,
     pub(crate) relay_open: AtomicBool,
     pub(crate) relay_rtt_us: AtomicU64,
@@ -80,6 +84,8 @@ pub(crate) struct PeerState {
     pub(crate) gone: AtomicBool,
     /// TURN route: a channel to the peer's relayed address is bound.
     pub(crate) route_ready: AtomicBool,
+    /// `--route auto`: which route packets to the peer take.
+    pub(crate) selector: Mutex<RouteSelector>,
     /// The route label last reported, to count switches.
     pub(crate) route: Mutex<Option<RouteKind>>,
 }
@@ -89,9 +95,20 @@ impl Shared {
         self.peers.iter().find(|p| &p.node == node)
     }
 
+    /// The route packets to `peer` take now.
+    pub(crate) fn route_of(&self, peer: &PeerState) -> RouteKind {
+        if self.auto {
+            peer.selector
+                .lock()
+                .map_or(RouteKind::Ws, |selector| selector.current())
+        } else {
+            self.route_kind
+        }
+    }
+
     /// Whether packets to `peer` can go out now.
     pub(crate) fn can_send(&self, peer: &PeerState) -> bool {
-        match self.route_kind {
+        match self.route_of(peer) {
             RouteKind::Turn => peer.route_ready.load(Ordering::Relaxed),
             RouteKind::Direct | RouteKind::Quic | RouteKind::Ws => {
                 self.relay_open.load(Ordering::Relaxed)
@@ -110,10 +127,11 @@ impl Shared {
         }
         let last = peer.last_rx_ms.load(Ordering::Relaxed);
         let fresh = last != 0 && now_ms.saturating_sub(last) <= PEER_IDLE.as_millis() as u64;
+        let route = self.route_of(peer);
         // PEER_GONE speaks of the relay session, which carries only signalling on TURN.
-        let gone = self.route_kind != RouteKind::Turn && peer.gone.load(Ordering::Relaxed);
+        let gone = route != RouteKind::Turn && peer.gone.load(Ordering::Relaxed);
         let state = if fresh && !gone { "up" } else { "trying" };
-        (Some(self.route_kind), state)
+        (Some(route), state)
     }
 
     /// Updates each peer's route label (counting switches) and returns the status.
@@ -207,6 +225,7 @@ pub(crate) struct Session {
 /// Runs the agent until `shutdown` resolves; then deregisters and returns `Ok`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RuntimeError> {
     tokio::pin!(shutdown);
+    let auto = config.route == RouteChoice::Auto;
     let route_kind = match config.route {
         RouteChoice::Auto | RouteChoice::Ws => RouteKind::Ws,
         RouteChoice::Quic => RouteKind::Quic,
@@ -276,12 +295,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             last_rx_ms: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             route_ready: AtomicBool::new(false),
+            selector: Mutex::new(RouteSelector::new(route::AUTO_ROUTES.to_vec())),
             route: Mutex::new(None),
         });
     }
     let shared = Arc::new(Shared {
         node,
         route_kind,
+        auto,
         peers,
         relay_open: AtomicBool::new(false),
         relay_rtt_us: AtomicU64::new(0),
@@ -320,6 +341,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         heartbeat_secs = session.heartbeat.as_secs(),
         "registered"
     );
+    let (info, session) = tokio::select! {
+        found = discover_nat(&controls, info.clone(), session.clone(), &shared, &token_file) => found,
+        () = &mut shutdown => (info, session),
+    };
 
     // Every peer's endpoint: set through `wg`, or printed for the operator.
     for peer in &shared.peers {
@@ -345,7 +370,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The TURN route: WireGuard's packets go to the TURN task, and the relay session carries
     // only the signalling between the agents.
     let mut signals = None;
-    let packets_tx = if route_kind == RouteKind::Turn {
+    let turn_tx = if route_kind == RouteKind::Turn || auto {
         let (turn_tx, turn_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
         let (signal_tx, signal_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(256);
         signals = Some(signal_tx);
@@ -359,20 +384,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             stop: stop_rx.clone(),
             wg_endpoint,
         }));
-        turn_tx
+        Some(turn_tx)
     } else {
-        out_tx.clone()
+        None
     };
     for index in 0..shared.peers.len() {
         tasks.spawn(peer_reader(
             shared.clone(),
             index,
             wg_endpoint,
-            packets_tx.clone(),
+            out_tx.clone(),
+            turn_tx.clone(),
         ));
     }
-    drop(packets_tx);
+    drop(turn_tx);
     drop(out_tx);
+    if auto {
+        tasks.spawn(route_timers(shared.clone()));
+        for index in 0..shared.peers.len() {
+            tasks.spawn(route_plan(
+                shared.clone(),
+                index,
+                controls.clone(),
+                info.clone(),
+                session_rx.clone(),
+            ));
+        }
+    }
     let relay = tokio::spawn(relay_conn::run(relay_conn::RelayTask {
         shared: shared.clone(),
         controls: controls.clone(),
@@ -555,6 +593,132 @@ async fn register_at_start(
     }
 }
 
+/// How long NAT discovery may take at start, however many STUN destinations are silent.
+const NAT_DISCOVERY: Duration = Duration::from_secs(3);
+
+/// NAT discovery ([`crate::nat`]) from the agent's own UDP socket towards the STUN
+/// destinations of `GET /api/v1/turn/ice`; registers again with the mapped address and NAT
+/// type it found. On any failure the first registration (no mapped address, `Symmetric`)
+/// stands, and the reason is logged.
+async fn discover_nat(
+    controls: &[Control],
+    mut info: NodeInfo,
+    session: Session,
+    shared: &Shared,
+    token_file: &Path,
+) -> (NodeInfo, Session) {
+    let control = &controls[session.server];
+    let report = match probe_nat(control, &session.token).await {
+        Ok(report) => report,
+        Err(err) => {
+            warn!(err = %format!("{err:#}"), "NAT discovery failed: registered without a mapped address");
+            return (info, session);
+        }
+    };
+    info!(
+        mapped = ?report.mapped,
+        nat_type = %report.nat_type,
+        reason = %report.reason,
+        "NAT discovery"
+    );
+    let Some(mapped) = report.mapped else {
+        return (info, session);
+    };
+    info.stun_mapped = Some(mapped.to_string());
+    info.nat_type = report.nat_type;
+    match control.register(&info, Some(&session.token)).await {
+        Ok(registered) => {
+            shared.registrations.fetch_add(1, Ordering::Relaxed);
+            save_token(token_file, &registered.session_token);
+            let session = Session {
+                token: registered.session_token,
+                server: session.server,
+                heartbeat: Duration::from_secs(registered.heartbeat_interval.max(1)),
+            };
+            (info, session)
+        }
+        Err(err) => {
+            // The heartbeat task's next registration carries it.
+            warn!(%err, "registering the mapped address failed");
+            (info, session)
+        }
+    }
+}
+
+/// `host:port` of a `stun:` or UDP `turn:` URL (port 3478 when none is given).
+fn stun_destination(url: &str) -> Option<String> {
+    let (rest, query) = match url.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (url, None),
+    };
+    let hostport = match rest.split_once(':') {
+        Some(("stun", hostport)) => hostport,
+        Some(("turn", hostport)) if query.is_none_or(|q| q.contains("transport=udp")) => hostport,
+        _ => return None,
+    };
+    let has_port = hostport
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.ends_with(':') && port.parse::<u16>().is_ok());
+    Some(if has_port {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:3478")
+    })
+}
+
+/// Runs one [`crate::nat::BindingProbe`] from a fresh UDP socket, bounded by
+/// [`NAT_DISCOVERY`].
+async fn probe_nat(control: &Control, token: &str) -> anyhow::Result<crate::nat::NatReport> {
+    let ice = control.ice(token).await?;
+    let mut destinations = Vec::new();
+    for url in ice.ice_servers.iter().flat_map(|s| s.urls.iter()) {
+        let Some(hostport) = stun_destination(url) else {
+            continue;
+        };
+        match tokio::net::lookup_host(&hostport).await {
+            Ok(mut addrs) => destinations.extend(addrs.find(SocketAddr::is_ipv4)),
+            Err(err) => warn!(%hostport, %err, "cannot resolve a STUN destination"),
+        }
+    }
+    if destinations.is_empty() {
+        return Err(anyhow!("the server lists no STUN destination"));
+    }
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .context("binding the NAT discovery socket")?;
+    let start = clock::now();
+    let deadline = start + NAT_DISCOVERY;
+    let mut probe = crate::nat::BindingProbe::new(&destinations, start, &mut StdRng::from_os_rng());
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let now = clock::now();
+        while let Some((to, bytes)) = probe.poll_transmit(now) {
+            if let Err(err) = socket.send_to(&bytes, to).await {
+                debug!(%to, %err, "STUN request not sent");
+            }
+        }
+        let Some(next) = probe.poll_timeout() else {
+            break;
+        };
+        if now >= deadline {
+            break;
+        }
+        let wait = next.min(deadline).saturating_duration_since(now);
+        match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+            Ok(Ok((len, from))) => {
+                probe.handle_input(from, &buf[..len]);
+            }
+            Ok(Err(err)) => {
+                // An ICMP error from an earlier send; the retransmissions go on.
+                debug!(%err, "NAT discovery receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(probe.report())
+}
+
 /// Keeps the session token in the state dir (mode 0600), so a restart can re-register.
 fn save_token(path: &Path, token: &str) {
     use std::io::Write as _;
@@ -712,7 +876,8 @@ async fn peer_reader(
     shared: Arc<Shared>,
     index: usize,
     wg_endpoint: SocketAddr,
-    out: mpsc::Sender<(NodeId, Vec<u8>)>,
+    relay: mpsc::Sender<(NodeId, Vec<u8>)>,
+    turn: Option<mpsc::Sender<(NodeId, Vec<u8>)>>,
 ) {
     let peer = &shared.peers[index];
     let mut buf = vec![0u8; 65_536];
@@ -730,17 +895,121 @@ async fn peer_reader(
             shared.drop_not_wireguard.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        let packet = &buf[..len];
+        if shared.auto
+            && let Ok(mut selector) = peer.selector.lock()
+        {
+            selector.handle_outgoing(clock::now(), packet);
+        }
         if !shared.can_send(peer) {
             shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        match out.try_send((peer.node, buf[..len].to_vec())) {
+        let out = match (shared.route_of(peer), &turn) {
+            (RouteKind::Turn, Some(turn)) => turn,
+            _ => &relay,
+        };
+        match out.try_send((peer.node, packet.to_vec())) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 shared.drop_queue_full.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+/// `--route auto`: fires every peer's route timers (handshake timeouts, upgrades).
+async fn route_timers(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = clock::now();
+        for peer in &shared.peers {
+            if let Ok(mut selector) = peer.selector.lock() {
+                let before = selector.current();
+                selector.handle_timeout(now);
+                if selector.current() != before {
+                    info!(peer = %peer.node, from = %before, to = %selector.current(), "route switched");
+                }
+            }
+        }
+    }
+}
+
+/// How long the agent keeps asking for a peer's ranking while the server cannot give one
+/// (the peer not registered yet, not live, or the server unreachable) before it logs that it
+/// keeps the default order; it goes on asking after that, more slowly.
+const PLAN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How often a peer's ranking is asked for again once the server gave one.
+const PLAN_REFRESH: Duration = Duration::from_secs(300);
+
+/// `--route auto`: asks the server how to reach the peer (`POST /api/v1/routing/request`)
+/// and gives its selector the routes in the server's order; again every [`PLAN_REFRESH`]. A
+/// malformed answer is logged and the default order ([`route::AUTO_ROUTES`]) kept.
+async fn route_plan(
+    shared: Arc<Shared>,
+    index: usize,
+    controls: Vec<Control>,
+    info: NodeInfo,
+    session: watch::Receiver<Session>,
+) {
+    let peer = &shared.peers[index];
+    let default = route::labels(&route::AUTO_ROUTES);
+    let mut rng = StdRng::from_os_rng();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut since = clock::now();
+    let mut told = false;
+    loop {
+        let current = session.borrow().clone();
+        let answer = controls[current.server]
+            .routing(&info, &current.token, &peer.node)
+            .await;
+        let ranking = match answer {
+            Ok(routes) => Ok(routes),
+            Err(err @ ControlError::Malformed { .. }) => Err(err.to_string()),
+            Err(err) => {
+                // Not an answer about the routes: the peer may not have registered yet.
+                if !told && clock::now().duration_since(since) >= PLAN_PATIENCE {
+                    warn!(peer = %peer.node, %err, order = %default,
+                        "the server gives no route ranking: trying routes in the default order");
+                    told = true;
+                } else {
+                    debug!(peer = %peer.node, %err, "route ranking not available yet");
+                }
+                tokio::time::sleep(backoff.next_delay(&mut rng)).await;
+                continue;
+            }
+        };
+        match ranking
+            .and_then(|routes| route::plan_from_ranking(&routes).map_err(|e| e.to_string()))
+        {
+            Ok(plan) => {
+                let order = route::labels(&plan.usable);
+                info!(peer = %peer.node, ranked = %route::labels(&plan.ranked), %order,
+                    "route order from the server");
+                if let Ok(mut selector) = peer.selector.lock() {
+                    selector.set_candidates(plan.usable);
+                }
+            }
+            Err(err) => {
+                warn!(peer = %peer.node, %err, order = %default,
+                    "malformed routing answer: trying routes in the default order");
+            }
+        }
+        backoff.reset();
+        told = false;
+        tokio::time::sleep(PLAN_REFRESH).await;
+        since = clock::now();
+    }
+}
+
+/// A packet from `peer` arrived on `via`: tells its route selector.
+pub(crate) fn note_incoming(shared: &Shared, peer: &PeerState, via: RouteKind, packet: &[u8]) {
+    if shared.auto
+        && let Ok(mut selector) = peer.selector.lock()
+    {
+        selector.handle_incoming(clock::now(), via, packet);
     }
 }
 
@@ -822,4 +1091,26 @@ pub(crate) fn peer_index(shared: &Shared) -> BTreeMap<NodeId, usize> {
         .enumerate()
         .map(|(i, p)| (p.node, i))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stun_destination;
+
+    #[test]
+    fn stun_destinations_from_ice_urls() {
+        let d = |u: &str| stun_destination(u);
+        assert_eq!(d("stun:10.0.0.1:3478").as_deref(), Some("10.0.0.1:3478"));
+        assert_eq!(
+            d("turn:relay.example:3479?transport=udp").as_deref(),
+            Some("relay.example:3479")
+        );
+        assert_eq!(
+            d("stun:relay.example").as_deref(),
+            Some("relay.example:3478")
+        );
+        assert_eq!(d("turn:10.0.0.1:3478?transport=tcp"), None);
+        assert_eq!(d("turns:10.0.0.1:5349"), None);
+        assert_eq!(d("http://x"), None);
+    }
 }

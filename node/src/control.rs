@@ -1,5 +1,5 @@
 //! The control plane's REST API as the agent uses it: register, heartbeat, deregister, the
-//! live relay hosts, TURN credentials. Plain async request/response (no sans-IO core: the
+//! live relay hosts, TURN credentials, the routing request. Plain async request/response (no sans-IO core: the
 //! decisions around it live in the agent), one HTTP/1.1 request per connection on hyper's
 //! client, TLS through tokio-rustls for https.
 
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::ServerUrl;
+use crate::route::RankedRoute;
 
 /// How long one API request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +63,12 @@ impl ControlError {
             Self::Unreachable { .. } | Self::Malformed { .. } => None,
         }
     }
+}
+
+/// The answer to `POST /api/v1/routing/request`: only the ranking is read.
+#[derive(Debug, Clone, Deserialize)]
+struct RoutingAnswer {
+    routes: Vec<RankedRoute>,
 }
 
 /// What registration returns.
@@ -303,6 +310,35 @@ impl Control {
             .send("deregistration", "DELETE", &path, Some(token), None)
             .await?;
         Ok(())
+    }
+
+    /// `POST /api/v1/routing/request` for one target: the server's ranking of the routes to
+    /// it, best first.
+    pub async fn routing(
+        &self,
+        info: &NodeInfo,
+        token: &str,
+        target: &NodeId,
+    ) -> Result<Vec<RankedRoute>, ControlError> {
+        let body = json!({
+            "clientId": info.node.to_string(),
+            "targetNodeId": target.to_string(),
+            "clientNetworkInfo": {
+                "ipv4": info.ipv4.to_string(),
+                "natType": info.nat_type,
+                "stunMappedAddress": info.stun_mapped,
+            },
+        });
+        let answer: RoutingAnswer = self
+            .send(
+                "the routing request",
+                "POST",
+                "/api/v1/routing/request",
+                Some(token),
+                Some(&body),
+            )
+            .await?;
+        Ok(answer.routes)
     }
 
     /// `GET /api/v1/hosts`: the live relay hosts.

@@ -121,6 +121,7 @@ pub(crate) async fn run(mut task: RelayTask) {
     let mut rng = StdRng::from_os_rng();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut avoid: Option<String> = None;
+    let mut hosts = Vec::new();
     let index = peer_index(&task.shared);
     loop {
         if *task.stop.borrow() {
@@ -129,10 +130,12 @@ pub(crate) async fn run(mut task: RelayTask) {
         let session = task.session.borrow().clone();
         let quic = matches!(task.transport, Transport::Quic { .. });
         let ended = match pick_host(
-            &task.controls[session.server],
+            &task.controls,
+            session.server,
             &session.token,
             avoid.as_deref(),
             quic,
+            &mut hosts,
         )
         .await
         {
@@ -183,19 +186,42 @@ pub(crate) async fn run(mut task: RelayTask) {
 /// The relay URL (`quic`: the QUIC address) of a live host: not draining and not `avoid` if
 /// there is a choice.
 async fn pick_host(
-    control: &Control,
+    controls: &[Control],
+    first: usize,
     token: &str,
     avoid: Option<&str>,
     quic: bool,
+    cache: &mut Vec<crate::control::Host>,
 ) -> anyhow::Result<String> {
-    let hosts = control.hosts(token).await?;
-    let mut candidates: Vec<(bool, bool, String)> = hosts
-        .into_iter()
+    // The session's control plane first, then the others (they share the token's key): a
+    // relay host that died may have been the control plane too, and waiting for the next
+    // heartbeat to notice would outlast the failover bound. Without any answer, the hosts
+    // last listed.
+    let mut last_err = None;
+    for offset in 0..controls.len() {
+        let control = &controls[(first + offset) % controls.len()];
+        match control.hosts(token).await {
+            Ok(hosts) => {
+                *cache = hosts;
+                last_err = None;
+                break;
+            }
+            Err(err) => last_err = Some(err),
+        }
+    }
+    if let Some(err) = last_err {
+        if cache.is_empty() {
+            return Err(err.into());
+        }
+        warn!(%err, "no control plane answered: trying the relay hosts last listed");
+    }
+    let mut candidates: Vec<(bool, bool, String)> = cache
+        .iter()
         .filter_map(|h| {
             let url = if quic {
-                h.addresses.quic_addr
+                h.addresses.quic_addr.clone()
             } else {
-                h.addresses.relay_url
+                h.addresses.relay_url.clone()
             }?;
             Some((h.draining, Some(url.as_str()) == avoid, url))
         })
@@ -389,6 +415,7 @@ pub(crate) async fn deliver(
     peer.rx_bytes
         .fetch_add(packet.len() as u64, Ordering::Relaxed);
     peer.rx_packets.fetch_add(1, Ordering::Relaxed);
+    crate::agent::note_incoming(shared, peer, shared.route_kind, packet);
     peer.last_rx_ms.store(clock::unix_ms(), Ordering::Relaxed);
     peer.gone.store(false, Ordering::Relaxed);
     if let Err(err) = peer.socket.send_to(packet, wg_endpoint).await {

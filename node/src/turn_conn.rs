@@ -93,7 +93,24 @@ async fn allocate_and_run(
     known: &mut BTreeMap<NodeId, SocketAddr>,
 ) -> anyhow::Result<bool> {
     let session = task.session.borrow().clone();
-    let ice = task.controls[session.server].ice(&session.token).await?;
+    // The session's control plane first, then the others (they share the token's key).
+    let mut ice = None;
+    let mut last_err = None;
+    for offset in 0..task.controls.len() {
+        let control = &task.controls[(session.server + offset) % task.controls.len()];
+        match control.ice(&session.token).await {
+            Ok(answer) => {
+                ice = Some(answer);
+                break;
+            }
+            Err(err) => last_err = Some(err),
+        }
+    }
+    let ice = match (ice, last_err) {
+        (Some(ice), _) => ice,
+        (None, Some(err)) => return Err(err.into()),
+        (None, None) => return Err(anyhow!("no control plane given")),
+    };
     let (hostport, username, password) = turn_server(&ice)
         .ok_or_else(|| anyhow!("the control plane offers no TURN server over UDP"))?;
     let server = tokio::net::lookup_host(hostport.as_str())
@@ -157,6 +174,12 @@ async fn allocate_and_run(
                         task.shared.drop_unknown_peer.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
+                    crate::agent::note_incoming(
+                        &task.shared,
+                        peer,
+                        crate::config::RouteKind::Turn,
+                        &buf[range.clone()],
+                    );
                     peer.rx_bytes.fetch_add(range.len() as u64, Ordering::Relaxed);
                     peer.rx_packets.fetch_add(1, Ordering::Relaxed);
                     peer.last_rx_ms.store(clock::unix_ms(), Ordering::Relaxed);

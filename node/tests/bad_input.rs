@@ -195,7 +195,13 @@ fn an_unregistered_peer_is_reported_and_a_crashed_agent_restarts() {
     let server = start_server(dir.path(), &[]);
     let a = Node::new(dir.path(), 0x44, 1);
     let ghost = Node::new(dir.path(), 0x44, 2);
-    let mut agent = start_agent("agent-a", &a, &[&server.base], &[&ghost], &[]);
+    let mut agent = start_agent(
+        "agent-a",
+        &a,
+        &[&server.base],
+        &[&ghost],
+        &["--route", "ws"],
+    );
     let line = wait_status(&a.state_dir, &ghost.id, Duration::from_secs(30), |l| {
         l[1] == "ws"
     });
@@ -227,7 +233,13 @@ fn an_unregistered_peer_is_reported_and_a_crashed_agent_restarts() {
     agent.signal("KILL");
     let _ = agent.wait_exit(Duration::from_secs(5)).unwrap();
     let started = Instant::now();
-    let _agent = start_agent("agent-a2", &a, &[&server.base], &[&ghost], &[]);
+    let _agent = start_agent(
+        "agent-a2",
+        &a,
+        &[&server.base],
+        &[&ghost],
+        &["--route", "ws"],
+    );
     let line = wait_status(&a.state_dir, &ghost.id, Duration::from_secs(30), |l| {
         l[1] == "ws"
     });

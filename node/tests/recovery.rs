@@ -55,8 +55,8 @@ fn the_tunnel_recovers_after_the_server_dies_and_after_a_deletion() {
     let mut server = start();
     let a = Node::new(dir.path(), 0x61, 1);
     let b = Node::new(dir.path(), 0x61, 2);
-    let _agent_a = start_agent("agent-a", &a, &[&server.base], &[&b], &[]);
-    let _agent_b = start_agent("agent-b", &b, &[&server.base], &[&a], &[]);
+    let _agent_a = start_agent("agent-a", &a, &[&server.base], &[&b], &["--route", "ws"]);
+    let _agent_b = start_agent("agent-b", &b, &[&server.base], &[&a], &["--route", "ws"]);
     let port_ab: u16 = wait_status(&a.state_dir, &b.id, Duration::from_secs(30), |l| {
         l[1] == "ws"
     })[3]

@@ -243,6 +243,8 @@ fn ping_crosses_a_wireguard_go_tunnel_through_the_agents_and_the_ws_relay() {
                 node.state_dir.to_str().unwrap(),
                 "--peer",
                 &peer.peer_arg(),
+                "--route",
+                "ws",
             ])
             .env("RUST_LOG", "info");
         spawn(

@@ -29,7 +29,7 @@ fn two_agents_carry_every_packet_both_ways_over_the_ws_relay() {
         &[&b],
         &["--route", "ws", "--metrics-listen", &metrics],
     );
-    let _agent_b = start_agent("agent-b", &b, &[&server.base], &[&a], &[]);
+    let _agent_b = start_agent("agent-b", &b, &[&server.base], &[&a], &["--route", "ws"]);
 
     // Each agent shows its peer's local socket; that is WireGuard's endpoint for the peer.
     let line_a = wait_status(&a.state_dir, &b.id, Duration::from_secs(30), |l| {

@@ -439,3 +439,93 @@ pub(crate) fn register_body(node: &Node) -> serde_json::Value {
         "location": {"country": "ZZ", "region": "test"}
     })
 }
+
+/// Waits for a log line of `proc` that holds every one of `needles`; returns it.
+pub(crate) fn wait_log(proc: &Proc, needles: &[&str], timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = proc
+            .log
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("{} never logged a line with {needles:?}", proc.name));
+        if needles.iter().all(|n| line.contains(n)) {
+            return line;
+        }
+    }
+}
+
+/// An HTTP/1.1 proxy on loopback in front of the control plane at `upstream`
+/// (`http://IP:PORT`) that answers `POST path` itself with `answer` (status 200, JSON) and
+/// passes every other request through. One request per connection, as the agent makes them.
+/// Returns its base URL.
+pub(crate) fn answering_proxy(upstream: &str, path: &'static str, answer: String) -> String {
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let upstream = upstream.clone();
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let _ = proxy_one(client, &upstream, path, &answer);
+            });
+        }
+    });
+    base
+}
+
+/// Reads one HTTP/1.1 message (head and a `Content-Length` body).
+fn read_message(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0));
+    while buf.len() < head_end + len {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(buf)
+}
+
+fn proxy_one(
+    mut client: std::net::TcpStream,
+    upstream: &str,
+    path: &str,
+    answer: &str,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    client.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let request = read_message(&mut client)?;
+    if request.starts_with(format!("POST {path} ").as_bytes()) {
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        return client.write_all(response.as_bytes());
+    }
+    let mut server = std::net::TcpStream::connect(upstream)?;
+    server.set_read_timeout(Some(Duration::from_secs(10)))?;
+    server.write_all(&request)?;
+    let response = read_message(&mut server)?;
+    client.write_all(&response)
+}
