@@ -768,13 +768,14 @@ fn endpoint_independent_to_endpoint_independent_goes_direct() {
 /// host within [`KILL_BOUND`]; in another run the host drains (SIGTERM): the tunnel moves
 /// within [`DRAIN_BOUND`] and the host exits 0 once its nodes have left. Loss counted.
 ///
-/// Ignored until boson-node fails over between control planes: when the host it registered
-/// with dies or drains, the agent keeps asking only that host's control plane for relay
-/// hosts (`relay_conn::pick_host`), and re-registering elsewhere is refused with 409
-/// `node_active` because it sends its token only to the server that issued it; the tunnel
-/// stays down (20 s of 20 in every run so far). Run it with `-- --ignored`.
+/// Ignored: it fails. Up to boson-node 3a792f1 the agent asked only the control plane it
+/// registered with for relay hosts, and re-registering elsewhere was refused with 409
+/// `node_active` (no token sent), so the tunnel stayed down (20 s of 20). With the agent of
+/// f4174a7 (it asks every `--server`) one run, with every case of this file at once, failed
+/// earlier: no agent was running when the tunnel was awaited. Not yet looked into. Run it
+/// with `-- --ignored`.
 #[test]
-#[ignore = "boson-node does not yet fail over to another control plane (see the doc comment)"]
+#[ignore = "fails with the current agent (see the doc comment)"]
 fn relay_host_killed_or_drained_mid_flood() {
     let Some(pg_bin) = requirements() else {
         return;
@@ -1063,7 +1064,9 @@ fn measure_routes() {
         let routes = lab.wait_tunnel();
         assert_eq!(routes, [route, route]);
         let sessions = lab.relay_sessions();
-        let hosts = if sessions.contains(&2.0) {
+        let hosts = if route == "turn" {
+            "an allocation each"
+        } else if sessions.contains(&2.0) {
             "both nodes on one host"
         } else {
             "one node on each host, over the mesh"
@@ -1072,11 +1075,20 @@ fn measure_routes() {
         lab.stop_agents();
     }
     let direct = rows[0].1.mbits;
+    // On a line of its own, after the test harness's "test measure_routes ... ".
+    eprintln!();
     eprintln!(
         "| route | TCP Mbit/s | of direct | ping avg (mdev) ms | CPU ns/byte: wireguard-go | boson-node | bosonserver | bytes |"
     );
     eprintln!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, f) in &rows {
+        if f.bytes == 0.0 {
+            eprintln!(
+                "| {name} | 0 | 0% | {:.3} ({:.3}) | n/a | n/a | n/a | 0 |",
+                f.rtt_avg_ms, f.rtt_mdev_ms
+            );
+            continue;
+        }
         eprintln!(
             "| {name} | {:.0} | {:.0}% | {:.3} ({:.3}) | {:.2} | {:.2} | {:.2} | {:.0} |",
             f.mbits,
