@@ -98,8 +98,13 @@ fn smoke(servers: &str, json: &Path) -> Report {
 fn smoke_run_of_the_raw_forwarder() {
     let dir = tempfile::tempdir().unwrap();
     let report = smoke("raw", &dir.path().join("smoke.json"));
-    assert_eq!(report.records.len(), 2, "both sizes at max rate, one round");
+    assert_eq!(
+        report.records.len(),
+        4,
+        "both sizes at 2k packets/s and at max rate, one round"
+    );
     assert!(report.medians.iter().all(|m| m.delivered_pps > 0.0));
+    assert_eq!(report.smoke_failures(), Vec::<String>::new());
 }
 
 #[test]
@@ -118,12 +123,13 @@ fn smoke_run_of_bosonserver_when_built() {
         "boson-uring,boson-epoll,raw",
         &dir.path().join("smoke.json"),
     );
-    assert_eq!(report.records.len(), 6);
+    assert_eq!(report.records.len(), 12, "3 servers, 2 sizes, 2 loads");
     assert!(
         report.ratios.iter().all(|r| r.pps.is_some()),
         "{:?}",
         report.ratios
     );
+    assert_eq!(report.smoke_failures(), Vec::<String>::new());
 }
 
 /// `run --ws --smoke` against the given relays; the exit status and the report.
