@@ -10,11 +10,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{
-    Node, free_tcp_port, recv, start_agent, start_server_in, until_through, wait_status, wg_packet,
-};
+use common::{Node, carry_every_packet_both_ways, free_tcp_port, start_agent, start_server_in};
 
 /// Largest transport payload sent: QUIC datagrams carry about 1 145 bytes of packet before
 /// path MTU discovery (see `dataplane/proto/src/quic/mod.rs`).
@@ -48,59 +44,5 @@ fn two_agents_carry_every_packet_both_ways_over_the_quic_relay() {
     let b = Node::new(dir.path(), 0x71, 2);
     let _agent_a = start_agent("agent-a", &a, &[&server.base], &[&b], &quic);
     let _agent_b = start_agent("agent-b", &b, &[&server.base], &[&a], &quic);
-    let port_ab: u16 = wait_status(&a.state_dir, &b.id, Duration::from_secs(30), |l| {
-        l[1] == "quic"
-    })[3]
-        .parse()
-        .unwrap();
-    let port_ba: u16 = wait_status(&b.state_dir, &a.id, Duration::from_secs(30), |l| {
-        l[1] == "quic"
-    })[3]
-        .parse()
-        .unwrap();
-    let src = until_through(
-        &a,
-        port_ab,
-        &b,
-        &wg_packet(1, 0, 0),
-        Duration::from_secs(30),
-    );
-    assert_eq!(src.port(), port_ba);
-    until_through(
-        &b,
-        port_ba,
-        &a,
-        &wg_packet(2, 0, 0),
-        Duration::from_secs(10),
-    );
-
-    // Datagrams are unordered in principle: collect each round and compare as sets.
-    for round in 0..4u32 {
-        let mut sent_ab = Vec::new();
-        let mut sent_ba = Vec::new();
-        for seq in 0..100u32 {
-            let packet = wg_packet(4, round * 1000 + seq, (seq as usize * 13) % MAX_LEN);
-            a.wg.send_to(&packet, ("127.0.0.1", port_ab)).unwrap();
-            sent_ab.push(packet);
-            let packet = wg_packet(4, round * 1000 + seq + 500, (seq as usize * 7) % MAX_LEN);
-            b.wg.send_to(&packet, ("127.0.0.1", port_ba)).unwrap();
-            sent_ba.push(packet);
-        }
-        for (at, sent, what) in [(&b, &mut sent_ab, "A → B"), (&a, &mut sent_ba, "B → A")] {
-            let mut got = Vec::new();
-            while got.len() < sent.len() {
-                let (packet, _) = recv(&at.wg, Duration::from_secs(10)).unwrap_or_else(|| {
-                    panic!("{what}: {} of 100 arrived in round {round}", got.len())
-                });
-                got.push(packet);
-            }
-            got.sort();
-            sent.sort();
-            assert!(got == *sent, "{what}: round {round} differs");
-        }
-    }
-    let line = wait_status(&a.state_dir, &b.id, Duration::from_secs(5), |l| {
-        l[2] == "up"
-    });
-    assert_eq!(line[1], "quic");
+    carry_every_packet_both_ways(&a, &b, "quic", MAX_LEN);
 }

@@ -29,6 +29,31 @@ pub mod wireguard;
 
 use std::process::{Command, Stdio};
 
+/// Settings that `bosonserver` and `boson-node` read from the environment without the
+/// `BOSON_` prefix (the rest all have it).
+const UNPREFIXED_CONFIG_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "TURN_STATIC_SECRET",
+    "POSTGRES_PASSWORD",
+    "RUST_LOG",
+];
+
+/// Removes from `command`'s environment every variable of the caller's that would change
+/// the settings of `bosonserver` or `boson-node` (every `BOSON_*` and the unprefixed ones),
+/// so a test's server or agent runs on exactly the flags the test gives it.
+pub fn clear_config_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("BOSON_")) {
+            command.env_remove(&name);
+        }
+    }
+    for var in UNPREFIXED_CONFIG_VARS {
+        command.env_remove(var);
+    }
+}
+
 /// Whether `program` is on `PATH`.
 #[must_use]
 pub fn installed(program: &str) -> bool {

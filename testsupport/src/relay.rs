@@ -24,29 +24,6 @@ pub const TURN_PORT: u16 = 3478;
 /// The node relay's port (WebSocket over TCP, QUIC over UDP) on every host.
 pub const RELAY_PORT: u16 = 8443;
 
-/// Variables of the caller's environment that would change the server's settings.
-const CONFIG_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "REDIS_URL",
-    "JWT_SECRET",
-    "TURN_STATIC_SECRET",
-    "POSTGRES_PASSWORD",
-    "BOSON_DATA_DIR",
-    "BOSON_HTTP_LISTEN",
-    "BOSON_TURN_LISTEN",
-    "BOSON_RELAY_PORTS",
-    "BOSON_RELAY_LISTEN",
-    "BOSON_NO_RELAY",
-    "BOSON_RELAY_CERT",
-    "BOSON_RELAY_KEY",
-    "BOSON_RELAY_MAX_CONNECTIONS",
-    "BOSON_LOG_FORMAT",
-    "BOSON_DRAIN_TIMEOUT",
-    "BOSON_SEGMENT",
-    "BOSON_WORKERS",
-    "RUST_LOG",
-];
-
 /// How a relay host runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -251,9 +228,7 @@ impl RelayHost {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        for var in CONFIG_VARS {
-            command.env_remove(var);
-        }
+        crate::clear_config_env(&mut command);
         command.env("RUST_LOG", "info");
         command
             .spawn()

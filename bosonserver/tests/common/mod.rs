@@ -23,27 +23,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// Variables that would change the embedded defaults if the caller's environment had them.
-const CONFIG_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "REDIS_URL",
-    "JWT_SECRET",
-    "TURN_STATIC_SECRET",
-    "POSTGRES_PASSWORD",
-    "BOSON_DATA_DIR",
-    "BOSON_HTTP_LISTEN",
-    "BOSON_TURN_LISTEN",
-    "BOSON_RELAY_PORTS",
-    "BOSON_RELAY_LISTEN",
-    "BOSON_NO_RELAY",
-    "BOSON_RELAY_CERT",
-    "BOSON_RELAY_KEY",
-    "BOSON_RELAY_MAX_CONNECTIONS",
-    "BOSON_LOG_FORMAT",
-    "BOSON_DRAIN_TIMEOUT",
-    "RUST_LOG",
-];
-
 /// A running server; killed when dropped.
 pub(crate) struct Running {
     pub(crate) child: Child,
@@ -124,9 +103,7 @@ fn spawn(wrapper: &[&str], dir: &Path, args: &[&str], http: bool, dataplane: boo
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for var in CONFIG_VARS {
-        command.env_remove(var);
-    }
+    boson_testsupport::clear_config_env(&mut command);
     // BOSON_TEST_SERVER_LOG=<filter> shows the server's log on the test's stderr.
     let echo = std::env::var("BOSON_TEST_SERVER_LOG").ok();
     if let Some(filter) = &echo {

@@ -21,32 +21,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-/// Environment variables that would change either binary's settings.
-const CLEAR_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "REDIS_URL",
-    "JWT_SECRET",
-    "TURN_STATIC_SECRET",
-    "BOSON_DATA_DIR",
-    "BOSON_HTTP_LISTEN",
-    "BOSON_TURN_LISTEN",
-    "BOSON_RELAY_LISTEN",
-    "BOSON_PUBLIC_RELAY_URL",
-    "BOSON_NODE_TIMEOUT",
-    "BOSON_HEARTBEAT_INTERVAL",
-    "BOSON_NODE_SERVER",
-    "BOSON_NODE_WG_INTERFACE",
-    "BOSON_NODE_WG_LISTEN_PORT",
-    "BOSON_NODE_WG_PRIVATE_KEY_FILE",
-    "BOSON_NODE_NODE_ID",
-    "BOSON_NODE_STATE_DIR",
-    "BOSON_NODE_PEER",
-    "BOSON_NODE_ROUTE",
-    "BOSON_NODE_METRICS_LISTEN",
-    "BOSON_NODE_CA_FILE",
-    "RUST_LOG",
-];
-
 /// A child process killed when dropped.
 pub(crate) struct Proc {
     pub(crate) child: Child,
@@ -90,9 +64,7 @@ impl Proc {
 }
 
 pub(crate) fn spawn(name: &'static str, mut command: Command, echo: bool) -> Proc {
-    for var in CLEAR_VARS {
-        command.env_remove(var);
-    }
+    boson_testsupport::clear_config_env(&mut command);
     command.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
@@ -528,4 +500,54 @@ fn proxy_one(
     server.write_all(&request)?;
     let response = read_message(&mut server)?;
     client.write_all(&response)
+}
+
+/// Waits until the agents of `a` and `b` both report `route` for each other, opens the path
+/// with a handshake initiation and response (the first packets may fall before both
+/// sessions are up), then sends 4 rounds of 100 transport packets each way, of sizes up to
+/// `max_len`, and checks that every one arrives (as sets: datagrams are unordered in
+/// principle) and that A's status ends `up` on `route`.
+pub(crate) fn carry_every_packet_both_ways(a: &Node, b: &Node, route: &str, max_len: usize) {
+    let port_ab: u16 = wait_status(&a.state_dir, &b.id, Duration::from_secs(30), |l| {
+        l[1] == route
+    })[3]
+        .parse()
+        .unwrap();
+    let port_ba: u16 = wait_status(&b.state_dir, &a.id, Duration::from_secs(30), |l| {
+        l[1] == route
+    })[3]
+        .parse()
+        .unwrap();
+    let src = until_through(a, port_ab, b, &wg_packet(1, 0, 0), Duration::from_secs(30));
+    assert_eq!(src.port(), port_ba);
+    until_through(b, port_ba, a, &wg_packet(2, 0, 0), Duration::from_secs(10));
+
+    for round in 0..4u32 {
+        let mut sent_ab = Vec::new();
+        let mut sent_ba = Vec::new();
+        for seq in 0..100u32 {
+            let packet = wg_packet(4, round * 1000 + seq, (seq as usize * 13) % max_len);
+            a.wg.send_to(&packet, ("127.0.0.1", port_ab)).unwrap();
+            sent_ab.push(packet);
+            let packet = wg_packet(4, round * 1000 + seq + 500, (seq as usize * 7) % max_len);
+            b.wg.send_to(&packet, ("127.0.0.1", port_ba)).unwrap();
+            sent_ba.push(packet);
+        }
+        for (at, sent, what) in [(b, &mut sent_ab, "A → B"), (a, &mut sent_ba, "B → A")] {
+            let mut got = Vec::new();
+            while got.len() < sent.len() {
+                let (packet, _) = recv(&at.wg, Duration::from_secs(10)).unwrap_or_else(|| {
+                    panic!("{what}: {} of 100 arrived in round {round}", got.len())
+                });
+                got.push(packet);
+            }
+            got.sort();
+            sent.sort();
+            assert!(got == *sent, "{what}: round {round} differs");
+        }
+    }
+    let line = wait_status(&a.state_dir, &b.id, Duration::from_secs(5), |l| {
+        l[2] == "up"
+    });
+    assert_eq!(line[1], route);
 }
