@@ -25,6 +25,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod direct;
 pub mod keys;
 pub mod metrics;
 pub mod nat;
