@@ -216,8 +216,9 @@ pub struct Stats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Waiting for the peer's secret and candidates.
-    Waiting,
+    /// Waiting since `since` for the peer's secret and candidates (a peer that never
+    /// answers, or has none, is given up after [`PUNCH_TIMEOUT`] like a failed punch).
+    Waiting { since: Instant },
     /// Probing every candidate.
     Punching { since: Instant, next_probe: Instant },
     /// A path is up.
@@ -272,7 +273,7 @@ impl<R: RngCore> DirectPath<R> {
             key: None,
             local_candidates,
             remote_candidates: Vec::new(),
-            state: State::Waiting,
+            state: State::Waiting { since: now },
             next_signal: Some(now),
             last_signal: None,
             outstanding: VecDeque::new(),
@@ -292,14 +293,14 @@ impl<R: RngCore> DirectPath<R> {
     pub const fn path(&self) -> Option<SocketAddr> {
         match self.state {
             State::Up { addr, .. } => Some(addr),
-            State::Waiting | State::Punching { .. } | State::Failed { .. } => None,
+            State::Waiting { .. } | State::Punching { .. } | State::Failed { .. } => None,
         }
     }
 
     /// `waiting`, `punching`, `up` or `failed`, for logs.
     pub const fn state_label(&self) -> &'static str {
         match self.state {
-            State::Waiting => "waiting",
+            State::Waiting { .. } => "waiting",
             State::Punching { .. } => "punching",
             State::Up { .. } => "up",
             State::Failed { .. } => "failed",
@@ -338,7 +339,7 @@ impl<R: RngCore> DirectPath<R> {
             if let State::Up { .. } = self.state {
                 self.events.push_back(DirectEvent::Down);
             }
-            self.state = State::Waiting;
+            self.state = State::Waiting { since: now };
         }
         let news = new_secret || added;
         let just_failed = matches!(self.state, State::Failed { since, .. }
@@ -353,7 +354,7 @@ impl<R: RngCore> DirectPath<R> {
             self.send_signal(now);
         }
         match self.state {
-            State::Waiting => self.start_punching(now),
+            State::Waiting { .. } => self.start_punching(now),
             State::Failed { .. } if news || !just_failed => self.start_punching(now),
             State::Failed { .. } | State::Punching { .. } | State::Up { .. } => {}
         }
@@ -388,7 +389,7 @@ impl<R: RngCore> DirectPath<R> {
                     self.remote_candidates.push(from);
                 }
                 match self.state {
-                    State::Failed { .. } | State::Waiting => self.start_punching(now),
+                    State::Failed { .. } | State::Waiting { .. } => self.start_punching(now),
                     State::Punching { .. } | State::Up { .. } => {}
                 }
                 Ok(())
@@ -405,7 +406,7 @@ impl<R: RngCore> DirectPath<R> {
                         ..
                     } if addr == from => *last_pong = now,
                     State::Up { .. } => {}
-                    State::Waiting | State::Punching { .. } | State::Failed { .. } => {
+                    State::Waiting { .. } | State::Punching { .. } | State::Failed { .. } => {
                         self.state = State::Up {
                             addr: from,
                             last_pong: now,
@@ -424,7 +425,7 @@ impl<R: RngCore> DirectPath<R> {
     /// When [`handle_timeout`](Self::handle_timeout) must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let state = match self.state {
-            State::Waiting => None,
+            State::Waiting { since } => Some(since + PUNCH_TIMEOUT),
             State::Punching { since, next_probe } => Some(next_probe.min(since + PUNCH_TIMEOUT)),
             State::Up {
                 last_pong,
@@ -443,18 +444,21 @@ impl<R: RngCore> DirectPath<R> {
             self.send_signal(now);
         }
         match self.state {
-            State::Waiting => {}
+            State::Waiting { since } | State::Punching { since, .. }
+                if now >= since + PUNCH_TIMEOUT =>
+            {
+                self.state = State::Failed {
+                    since: now,
+                    retry_at: now + RETRY_INTERVAL,
+                };
+                // Quiet until the retry: the relay session carries no more of it.
+                self.next_signal = None;
+                self.stats.punches_failed += 1;
+                self.events.push_back(DirectEvent::Failed);
+            }
+            State::Waiting { .. } => {}
             State::Punching { since, next_probe } => {
-                if now >= since + PUNCH_TIMEOUT {
-                    self.state = State::Failed {
-                        since: now,
-                        retry_at: now + RETRY_INTERVAL,
-                    };
-                    // Quiet until the retry: the relay session carries no more of it.
-                    self.next_signal = None;
-                    self.stats.punches_failed += 1;
-                    self.events.push_back(DirectEvent::Failed);
-                } else if now >= next_probe {
+                if now >= next_probe {
                     let targets = self.remote_candidates.clone();
                     for dst in targets {
                         self.ping(dst);
@@ -472,7 +476,7 @@ impl<R: RngCore> DirectPath<R> {
             } => {
                 if now >= last_pong + PATH_TIMEOUT {
                     self.events.push_back(DirectEvent::Down);
-                    self.state = State::Waiting;
+                    self.state = State::Waiting { since: now };
                     self.start_punching(now);
                     self.send_signal(now);
                 } else if now >= next_keepalive {
@@ -486,7 +490,7 @@ impl<R: RngCore> DirectPath<R> {
             }
             State::Failed { retry_at, .. } => {
                 if now >= retry_at {
-                    self.state = State::Waiting;
+                    self.state = State::Waiting { since: now };
                     self.send_signal(now);
                     self.start_punching(now);
                 }
@@ -511,7 +515,9 @@ impl<R: RngCore> DirectPath<R> {
 
     fn start_punching(&mut self, now: Instant) {
         if self.key.is_none() || self.remote_candidates.is_empty() {
-            self.state = State::Waiting;
+            if !matches!(self.state, State::Waiting { .. }) {
+                self.state = State::Waiting { since: now };
+            }
             return;
         }
         self.state = State::Punching {
@@ -532,7 +538,7 @@ impl<R: RngCore> DirectPath<R> {
         self.last_signal = Some(now);
         self.next_signal = match self.state {
             State::Up { .. } => None,
-            State::Waiting | State::Punching { .. } | State::Failed { .. } => {
+            State::Waiting { .. } | State::Punching { .. } | State::Failed { .. } => {
                 Some(now + SIGNAL_INTERVAL)
             }
         };

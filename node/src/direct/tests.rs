@@ -455,3 +455,40 @@ fn probes_never_look_like_wireguard_or_stun() {
         Some((ProbeKind::Ping, node(1)))
     );
 }
+
+#[test]
+fn a_silent_peer_is_given_up_and_the_relay_goes_quiet() {
+    let t0 = epoch();
+    let mut p = DirectPath::new(
+        node(1),
+        node(2),
+        vec!["192.0.2.1:1".parse().unwrap()],
+        t0,
+        Counter(1),
+    );
+    let mut signals = 0;
+    let mut failed = None;
+    let mut now = t0;
+    while now < t0 + RETRY_INTERVAL {
+        if p.poll_timeout().is_some_and(|at| at <= now) {
+            p.handle_timeout(now);
+        }
+        while p.poll_signal().is_some() {
+            signals += 1;
+        }
+        if let Some(event) = p.poll_event() {
+            assert_eq!(event, DirectEvent::Failed);
+            failed.get_or_insert(now);
+        }
+        now += Duration::from_millis(100);
+    }
+    let failed = failed.expect("given up");
+    assert!(failed - t0 <= PUNCH_TIMEOUT + Duration::from_millis(100));
+    // One signal at once, then every SIGNAL_INTERVAL until it gave up, none after.
+    assert_eq!(
+        signals,
+        1 + PUNCH_TIMEOUT.as_secs() / SIGNAL_INTERVAL.as_secs(),
+        "{signals}"
+    );
+    assert!(p.poll_transmit().is_none());
+}
