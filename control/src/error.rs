@@ -12,6 +12,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::model::FieldError;
+use crate::registry::Refusal;
 use crate::store::StoreError;
 
 /// An error answered to an API client.
@@ -221,9 +223,75 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        Self::invalid(error.code, format!("{}: {}", error.field, error.message))
+            .with_field(error.field)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::ForeignToken => Self::forbidden("the token belongs to another node"),
+            Refusal::TokenRevoked => Self::unauthorized(
+                "token_revoked",
+                "the token was revoked by a newer registration",
+            ),
+            Refusal::PublicKeyMismatch => Self::conflict(
+                "public_key_mismatch",
+                "this nodeId is registered with another public key; \
+                 authenticate as the node to change its key",
+            ),
+            Refusal::NodeActive => Self::conflict(
+                "node_active",
+                "this node is active; authenticate with its token to re-register it",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_keep_their_status_and_code() {
+        let cases = [
+            (Refusal::ForeignToken, StatusCode::FORBIDDEN, "forbidden"),
+            (
+                Refusal::TokenRevoked,
+                StatusCode::UNAUTHORIZED,
+                "token_revoked",
+            ),
+            (
+                Refusal::PublicKeyMismatch,
+                StatusCode::CONFLICT,
+                "public_key_mismatch",
+            ),
+            (Refusal::NodeActive, StatusCode::CONFLICT, "node_active"),
+        ];
+        for (refusal, status, code) in cases {
+            let error = ApiError::from(refusal);
+            assert_eq!(
+                (error.status(), error.code()),
+                (status, code),
+                "{refusal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn field_errors_are_422_naming_the_field() {
+        let error = ApiError::from(FieldError {
+            code: "invalid_metrics",
+            field: "metrics.latency",
+            message: "at most 3600000".into(),
+        });
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(error.code(), "invalid_metrics");
+        assert_eq!(error.field(), Some("metrics.latency"));
+    }
 
     #[test]
     fn data_errors_name_their_field() {

@@ -285,7 +285,7 @@ async fn register(
     let node_timeout = state.config.nodes.timeout;
     let (generation, registered_at) =
         match registry::decide(existing.as_ref(), &valid, token, now, node_timeout) {
-            Decision::Refuse(error) => return Err(error),
+            Decision::Refuse(refusal) => return Err(refusal.into()),
             Decision::Create => (1, now),
             Decision::Replace => existing
                 .as_ref()
