@@ -18,7 +18,7 @@ use crate::store::StoreError;
 
 /// An error answered to an API client.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -31,7 +31,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with the given status, stable code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -43,37 +43,37 @@ impl ApiError {
     }
 
     /// 400: the request is malformed.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// 422: the request is well formed but a value is not acceptable.
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
     /// 401: no valid credentials.
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
     /// 403: valid credentials that do not allow this.
-    pub fn forbidden(message: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     /// 404.
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
     /// 409.
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
     /// 429 with `Retry-After`.
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
         Self {
             retry_after_secs: Some(retry_after_secs.max(1)),
             ..Self::new(
@@ -85,7 +85,7 @@ impl ApiError {
     }
 
     /// 503 with `Retry-After`: a dependency (database, Redis) is down.
-    pub fn unavailable(what: &'static str, cause: anyhow::Error) -> Self {
+    pub(crate) fn unavailable(what: &'static str, cause: anyhow::Error) -> Self {
         Self {
             retry_after_secs: Some(5),
             internal: Some(cause),
@@ -98,7 +98,7 @@ impl ApiError {
     }
 
     /// 500: a bug or an unexpected failure. The cause is logged, not returned.
-    pub fn internal(cause: anyhow::Error) -> Self {
+    pub(crate) fn internal(cause: anyhow::Error) -> Self {
         Self {
             internal: Some(cause),
             ..Self::new(
@@ -110,23 +110,26 @@ impl ApiError {
     }
 
     /// Names the request field to blame (a JSON path such as `requirements.maxLatency`).
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+    pub(crate) fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
     }
 
     /// The field to blame, if one is.
-    pub fn field(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn field(&self) -> Option<&str> {
         self.field.as_deref()
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> &'static str {
         self.code
     }
 }
