@@ -25,10 +25,10 @@ use crate::binding::{self, BindingConfig, BindingOutcome, MAX_UNKNOWN_REPORTED};
 use crate::stats::{DropReason, Stats};
 use crate::stun::password::{NONCE_COOKIE_PASSWORD_ALGORITHMS, SERVER_PASSWORD_ALGORITHMS};
 use crate::stun::{
-    ATTR_HEADER_LEN, AttrType, Authenticated, Class, EncodeError, Encoder, ErrorCode,
-    ErrorCodeAttr, LongTermKey, Message, MessageType, Method, Nonce, PacketKind, PasswordAlgorithm,
-    PasswordAlgorithmAttr, PasswordAlgorithms, Realm, Trailer, TransactionId, UnknownAttributes,
-    Username, XorMappedAddress, classify,
+    ATTR_HEADER_LEN, AlternateServer, AttrType, Authenticated, Class, EncodeError, Encoder,
+    ErrorCode, ErrorCodeAttr, LongTermKey, Message, MessageType, Method, Nonce, PacketKind,
+    PasswordAlgorithm, PasswordAlgorithmAttr, PasswordAlgorithms, Realm, Trailer, TransactionId,
+    UnknownAttributes, Username, XorMappedAddress, classify,
 };
 
 /// What the shell does with a datagram from a client.
@@ -151,7 +151,8 @@ pub enum TurnEvent {
 /// * **Settings** changed at run time, each taking effect for the requests that follow:
 ///   [`set_secrets`](Self::set_secrets), [`set_max_allocations_per_user`](
 ///   Self::set_max_allocations_per_user), [`set_peer_filter`](Self::set_peer_filter),
-///   [`start_draining`](Self::start_draining).
+///   [`start_draining`](Self::start_draining),
+///   [`set_alternate_server`](Self::set_alternate_server).
 /// * **Counters**: [`stats`](Self::stats), read on scrape.
 ///
 /// ```text
@@ -186,6 +187,8 @@ pub struct Server<R> {
     events: VecDeque<TurnEvent>,
     next_id: u64,
     draining: bool,
+    /// Where a new Allocate goes while draining (300), if some other host takes them.
+    alternate: Option<SocketAddr>,
     /// The latest `now` seen, for the one input that carries none
     /// ([`handle_allocation_failed`](Self::handle_allocation_failed)).
     last_now: Instant,
@@ -278,6 +281,7 @@ impl<R: RngCore> Server<R> {
             events: VecDeque::new(),
             next_id: 0,
             draining: false,
+            alternate: None,
             last_now: now,
             stats: Stats::default(),
         }
@@ -472,6 +476,16 @@ impl<R: RngCore> Server<R> {
     /// Refuses new allocations from now on (403); existing ones keep working until they end.
     pub const fn start_draining(&mut self) {
         self.draining = true;
+    }
+
+    /// Where new Allocates go while draining: instead of 403 they get 300 (Try Alternate) with
+    /// ALTERNATE-SERVER `alternate` ([RFC 8656 §7.2], [RFC 8489 §10]), when the request came
+    /// from the same address family (the RFC requires it; others still get 403). `None`: 403.
+    ///
+    /// [RFC 8656 §7.2]: https://www.rfc-editor.org/rfc/rfc8656#section-7.2
+    /// [RFC 8489 §10]: https://www.rfc-editor.org/rfc/rfc8489#section-10
+    pub const fn set_alternate_server(&mut self, alternate: Option<SocketAddr>) {
+        self.alternate = alternate;
     }
 
     /// Whether [`start_draining`](Self::start_draining) was called.
@@ -799,7 +813,20 @@ impl<R: RngCore> Server<R> {
             return self.error(from, auth, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, out);
         }
         if self.draining {
-            return self.error(from, auth, ErrorCode::FORBIDDEN, out);
+            let source = from.get();
+            return match self.alternate {
+                Some(alternate) if alternate.is_ipv4() == source.is_ipv4() => {
+                    let written = self.write_error(
+                        out,
+                        message,
+                        ErrorCode::TRY_ALTERNATE,
+                        Some(&auth.key),
+                        |enc| enc.add(&AlternateServer(alternate)),
+                    );
+                    self.error_sent(from, ErrorCode::TRY_ALTERNATE, written)
+                }
+                Some(_) | None => self.error(from, auth, ErrorCode::FORBIDDEN, out),
+            };
         }
         let user_count = self.per_user.get(auth.user).copied().unwrap_or(0);
         if user_count >= self.config.max_allocations_per_user {
