@@ -457,6 +457,9 @@ pub fn relay_message(data: &[u8]) {
             wire.extend_from_slice(&recv[1..]);
             assert_eq!(server_frame_payload(&wire), data);
         }
+        relay::Message::Gone { dest, src } => {
+            assert_eq!(relay::encode_gone(&dest, &src)[..], data[..]);
+        }
     }
 }
 
@@ -1702,7 +1705,7 @@ impl WsRun {
                             "a remote frame is the sender's RECV: {recv:?}"
                         );
                     }
-                    Forward::Local(_) | Forward::Gone(_) => {}
+                    Forward::Local(_) | Forward::Gone(_) | Forward::PeerGone { .. } => {}
                 }
             }
             if input.consumed == 0 {
