@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use boson_control::AppState;
-use boson_control::hosts::HostRecord;
+use boson_control::domain::hosts::HostRecord;
 use boson_dataplane::DrainHandle;
 use boson_shared::HostId;
 
@@ -134,7 +134,7 @@ pub(crate) async fn run(
 
 #[cfg(test)]
 mod tests {
-    use boson_control::hosts::{HostAddresses, HostCapacity, HostLoad};
+    use boson_control::domain::hosts::{HostAddresses, HostCapacity, HostLoad};
 
     use super::*;
 
