@@ -145,9 +145,9 @@ struct Planes {
 fn host_load(
     stats: &[boson_dataplane::WorkerStatsSnapshot],
     bandwidth: f64,
-) -> boson_control::hosts::HostLoad {
+) -> boson_control::domain::hosts::HostLoad {
     let carried = boson_dataplane::Remaining::of(stats);
-    boson_control::hosts::HostLoad {
+    boson_control::domain::hosts::HostLoad {
         allocations: u32::try_from(carried.allocations).unwrap_or(u32::MAX),
         sessions: u32::try_from(carried.sessions).unwrap_or(u32::MAX),
         bandwidth,
