@@ -4,32 +4,23 @@
 //! Nodes register, prove who they are with the token they get back, send heartbeats, ask for
 //! routes and for TURN credentials. State lives in SQLite (embedded default) or PostgreSQL,
 //! and, when configured, in Redis for limits and presence shared between hosts. Every
-//! BosonServer process registers itself as a relay host ([`hosts`]), and tells its dataplane
-//! which nodes may relay and where remote nodes are ([`mesh`]).
+//! BosonServer process registers itself as a relay host ([`domain::hosts`]), and tells its
+//! dataplane which nodes may relay and where remote nodes are ([`io::mesh`]).
 //!
-//! The handlers (module `http`) are plain async functions; the decisions they make are pure
-//! functions of `now` and data ([`registry::decide`], [`routing::rank`],
-//! [`cache::rate_decision`], [`auth::Tokens::verify`], [`grants::GrantTable`],
-//! [`hosts::is_live`]), tested without a database.
+//! The tree says which modules decide and which do I/O. [`domain`] holds the decisions, pure
+//! functions of `now` and data ([`domain::registry::decide`], [`domain::routing::rank`],
+//! [`domain::auth::Tokens::verify`], [`domain::grants::GrantTable`],
+//! [`domain::hosts::is_live`]), tested without a database. [`io`] holds the store, the cache
+//! (with its pure [`io::cache::rate_decision`]) and the mesh; the handlers (module `http`)
+//! are plain async functions that do the I/O around a decision.
 
-pub mod allocations;
-pub mod auth;
-pub mod cache;
-pub mod client_addr;
 pub mod clock;
 pub mod config;
-pub mod grants;
-pub mod hosts;
+pub mod domain;
 mod http;
-pub mod mesh;
+pub mod io;
 pub mod metrics;
-pub mod model;
 pub mod openapi;
-pub mod presence;
-pub mod registry;
-pub mod routing;
-pub mod store;
-pub mod turn_secrets;
 
 use std::future::Future;
 use std::ops::Deref;
@@ -37,22 +28,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
+use boson_shared::NodeId;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::allocations::AllocationView;
-use crate::auth::Tokens;
-use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::grants::GrantTable;
-use crate::hosts::LocalHost;
-use crate::mesh::CommandSink;
+use crate::domain::allocations::AllocationView;
+use crate::domain::auth::Tokens;
+use crate::domain::grants::GrantTable;
+use crate::domain::hosts::LocalHost;
+use crate::domain::model::{NodeRecord, NodeStatus};
+use crate::domain::presence::{LocalSessions, RemotePresence};
+use crate::domain::route_index::RouteIndex;
+use crate::io::cache::Cache;
+use crate::io::mesh::CommandSink;
+use crate::io::store::Store;
 use crate::metrics::Metrics;
-use crate::presence::{LocalSessions, RemotePresence};
-use crate::store::Store;
 
 pub use crate::http::api_routes;
 
@@ -91,6 +85,10 @@ pub struct App {
     rng: Mutex<StdRng>,
     /// Set once a graceful shutdown began: readiness fails from then on.
     draining: AtomicBool,
+    /// The live nodes routing selects from (see [`domain::route_index`]).
+    route_index: Mutex<RouteIndex>,
+    /// Until when the index has read the store's changes (see [`index_sync_forever`]).
+    index_synced: Mutex<clock::UnixMillis>,
 }
 
 /// Renders Prometheus text appended to `/metrics`.
@@ -128,6 +126,21 @@ impl AppState {
             None => StdRng::from_os_rng(),
         };
         let grants = GrantTable::new(config.nodes.timeout / 2);
+        // The index starts with every live node the store holds.
+        let started = clock.now();
+        let mut route_index = RouteIndex::new(config.nodes.timeout);
+        let live = store
+            .list(&io::store::NodeFilter {
+                status: Some(NodeStatus::Active),
+                limit: i64::MAX,
+                ..io::store::NodeFilter::default()
+            })
+            .await
+            .context("loading the live nodes for routing")?;
+        for node in live {
+            route_index.upsert(node, started);
+        }
+        tracing::debug!(nodes = route_index.len(), "routing index built");
         let turn_secrets = Mutex::new(config.turn.secrets.clone());
         Ok(Self(Arc::new(App {
             config,
@@ -146,6 +159,8 @@ impl AppState {
             sink: OnceLock::new(),
             rng: Mutex::new(rng),
             draining: AtomicBool::new(false),
+            route_index: Mutex::new(route_index),
+            index_synced: Mutex::new(started),
         })))
     }
 
@@ -173,6 +188,54 @@ impl AppState {
         f(&mut rng)
     }
 
+    /// Runs `f` with the routing index, after dropping the nodes that timed out by now.
+    pub(crate) fn with_route_index<T>(&self, f: impl FnOnce(&mut RouteIndex) -> T) -> T {
+        let now = self.clock.now();
+        let mut index = self
+            .route_index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.expire(now);
+        f(&mut index)
+    }
+
+    /// Takes a node's newest stored state into the routing index.
+    pub(crate) fn index_node(&self, node: &NodeRecord) {
+        let now = self.clock.now();
+        self.with_route_index(|index| index.upsert(node.clone(), now));
+    }
+
+    /// Drops a node from the routing index.
+    pub(crate) fn unindex_node(&self, node: NodeId) {
+        self.with_route_index(|index| index.remove(node));
+    }
+
+    /// Reads the nodes the store saw since the last sync (registrations and heartbeats
+    /// through other hosts sharing it) into the routing index; returns how many.
+    pub async fn sync_route_index(&self) -> anyhow::Result<usize> {
+        let now = self.clock.now();
+        let since = *self
+            .index_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another host's clock may run behind ours: read back a margin before the last sync.
+        let nodes = self
+            .store
+            .seen_since(since.saturating_sub(INDEX_SYNC_MARGIN))
+            .await?;
+        let count = nodes.len();
+        self.with_route_index(|index| {
+            for node in nodes {
+                index.upsert(node, now);
+            }
+        });
+        *self
+            .index_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+        Ok(count)
+    }
+
     /// Appends `source`'s text to every `/metrics` answer. Only one source may be set; a
     /// second call is an error.
     pub fn set_metrics_source(&self, source: MetricsSource) -> anyhow::Result<()> {
@@ -194,7 +257,7 @@ impl AppState {
 
 /// Serves the API on `listener` until `shutdown` completes. Meanwhile, in the background, it
 /// marks silent nodes inactive and, every host heartbeat interval, publishes this host in the
-/// relay host registry, polls relay presence and syncs grants (see [`mesh`]). On shutdown it
+/// relay host registry, polls relay presence and syncs grants (see [`io::mesh`]). On shutdown it
 /// leaves the registry. Dropping the future stops everything it started, as a crash would
 /// (without leaving the registry).
 pub async fn serve(
@@ -205,6 +268,9 @@ pub async fn serve(
     let mut background = JoinSet::new();
     background.spawn(sweep_forever(state.clone()));
     background.spawn(mesh_forever(state.clone()));
+    if state.store.backend() == io::store::Backend::Postgres {
+        background.spawn(index_sync_forever(state.clone()));
+    }
     let served = http::server::run(listener, state.clone(), shutdown)
         .await
         .context("serving the REST API");
@@ -236,6 +302,27 @@ async fn sweep_forever(state: AppState) {
                 state.revoke_stale(&nodes, since);
             }
             Err(error) => tracing::warn!("sweeping silent nodes failed: {error}"),
+        }
+    }
+}
+
+/// How often hosts sharing a PostgreSQL store read each other's node changes into their
+/// routing index: the staleness bound of a registration or heartbeat made through another
+/// host (a node deleted through another host stays until it times out).
+pub const INDEX_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How far before the last sync each sync reads back, for clocks of hosts that disagree.
+const INDEX_SYNC_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every [`INDEX_SYNC_INTERVAL`], [`AppState::sync_route_index`] (PostgreSQL only: a SQLite
+/// store belongs to one process, whose own writes update its index as they happen).
+async fn index_sync_forever(state: AppState) {
+    let mut ticks = tokio::time::interval(INDEX_SYNC_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = state.sync_route_index().await {
+            tracing::warn!("syncing the routing index failed: {error:#}");
         }
     }
 }
