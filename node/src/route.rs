@@ -28,8 +28,9 @@
 //! soon as the NATs let it.
 //!
 //! The order comes from the server: [`plan_from_ranking`] turns the answer of
-//! `POST /api/v1/routing/request` into the routes to try, best first, keeping those this
-//! agent can take under `--route auto` ([`AUTO_ROUTES`]). Until the answer arrives, or when it
+//! `POST /api/v1/routing/request` into the routes to try, best first, keeping the relays this
+//! agent can take under `--route auto` ([`AUTO_ROUTES`]), with direct always first (taken
+//! only while punching has a path). Until the answer arrives, or when it
 //! is malformed or names no usable route, [`AUTO_ROUTES`] in its own order is the plan.
 
 use std::time::{Duration, Instant};
@@ -94,8 +95,8 @@ pub enum RankingError {
         /// What it said.
         value: String,
     },
-    /// None of the ranked routes is one this agent takes under `--route auto`.
-    #[error("none of the ranked routes ({0}) is available under --route auto")]
+    /// None of the ranked relays is one this agent takes under `--route auto`.
+    #[error("none of the ranked relays ({0}) is available under --route auto")]
     NoneUsable(String),
 }
 
@@ -130,14 +131,18 @@ pub fn plan_from_ranking(routes: &[RankedRoute]) -> Result<Plan, RankingError> {
             ranked.push(kind);
         }
     }
-    let usable: Vec<RouteKind> = ranked
+    let relays: Vec<RouteKind> = ranked
         .iter()
         .copied()
-        .filter(|kind| AUTO_ROUTES.contains(kind))
+        .filter(|kind| *kind != RouteKind::Direct && AUTO_ROUTES.contains(kind))
         .collect();
-    if usable.is_empty() {
+    if relays.is_empty() {
         return Err(RankingError::NoneUsable(labels(&ranked)));
     }
+    // Direct first whatever the ranking says: the server ranks it from the NAT types the
+    // nodes registered (a guess, and a peer's may not be registered yet when we ask), while
+    // the selector takes it only once punching has proved a path.
+    let usable = std::iter::once(RouteKind::Direct).chain(relays).collect();
     Ok(Plan { ranked, usable })
 }
 
@@ -460,9 +465,10 @@ mod tests {
             vec![RouteKind::Direct, RouteKind::Ws, RouteKind::Turn]
         );
         assert_eq!(labels(&plan.ranked), "direct,ws,quic,turn");
-        // Only what the server named: no WebSocket relay, no WebSocket route.
+        // Only the relays the server named: no WebSocket relay, no WebSocket route; direct
+        // first all the same (taken only once a path is punched).
         let plan = plan_from_ranking(&ranked(&[("relay", Some("turn"))])).unwrap();
-        assert_eq!(plan.usable, vec![RouteKind::Turn]);
+        assert_eq!(plan.usable, vec![RouteKind::Direct, RouteKind::Turn]);
     }
 
     #[test]
@@ -485,8 +491,8 @@ mod tests {
             })
         );
         assert_eq!(
-            plan_from_ranking(&ranked(&[("relay", Some("quic"))])),
-            Err(RankingError::NoneUsable("quic".to_owned()))
+            plan_from_ranking(&ranked(&[("direct", None), ("relay", Some("quic"))])),
+            Err(RankingError::NoneUsable("direct,quic".to_owned()))
         );
     }
 

@@ -146,7 +146,7 @@ fn auto_asks_the_server_for_the_order() {
                 &[
                     "route order from the server",
                     "ranked=turn,ws",
-                    "order=turn,ws",
+                    "order=direct,turn,ws",
                 ],
                 PLAN_WAIT,
             );
@@ -174,7 +174,7 @@ fn auto_asks_the_server_for_the_order() {
         &[
             "route order from the server",
             "ranked=turn,quic,ws",
-            "order=turn,ws",
+            "order=direct,turn,ws",
         ],
         PLAN_WAIT,
     );
@@ -189,7 +189,7 @@ fn auto_follows_the_servers_order() {
         for agent in [a, b] {
             wait_log(
                 agent,
-                &["route order from the server", "order=ws,turn"],
+                &["route order from the server", "order=direct,ws,turn"],
                 PLAN_WAIT,
             );
         }
