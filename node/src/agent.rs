@@ -22,6 +22,7 @@ use crate::backoff::Backoff;
 use crate::clock;
 use crate::config::{Config, RouteChoice, RouteKind, WgMode};
 use crate::control::{Bandwidth, Control, ControlError, HeartbeatFigures, NodeInfo};
+use crate::fragment::{self, Reassembler};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
 use crate::route::{self, RouteSelector};
@@ -88,6 +89,8 @@ pub(crate) struct PeerState {
     pub(crate) selector: Mutex<RouteSelector>,
     /// The route label last reported, to count switches.
     pub(crate) route: Mutex<Option<RouteKind>>,
+    /// Puts back together the packets the peer's agent sent in fragments.
+    pub(crate) reassembly: Mutex<Reassembler>,
 }
 
 impl Shared {
@@ -209,7 +212,17 @@ impl Shared {
                     "unknown_peer",
                     self.drop_unknown_peer.load(Ordering::Relaxed),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(fragment::DropReason::ALL.map(|reason| {
+                let dropped = self
+                    .peers
+                    .iter()
+                    .filter_map(|p| p.reassembly.lock().ok().map(|r| r.stats().dropped(reason)))
+                    .sum();
+                (reason.as_str(), dropped)
+            }))
+            .collect(),
         }
     }
 }
@@ -297,6 +310,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             route_ready: AtomicBool::new(false),
             selector: Mutex::new(RouteSelector::new(route::AUTO_ROUTES.to_vec())),
             route: Mutex::new(None),
+            reassembly: Mutex::new(Reassembler::default()),
         });
     }
     let shared = Arc::new(Shared {
@@ -446,10 +460,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = tokio::time::timeout(Duration::from_secs(3), relay).await;
     tasks.abort_all();
     let session = session_rx.borrow().clone();
-    let control = &controls[session.server];
     match tokio::time::timeout(
         Duration::from_secs(5),
-        control.deregister(&node, &session.token),
+        deregister(&controls, session.server, &node, &session.token),
     )
     .await
     {
@@ -462,6 +475,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     write_status(&status_path, &shared.status(false)).await;
     Ok(())
+}
+
+/// Deregisters at the session's control plane, else at the others (they share the
+/// registry): the one that registered the node may be the relay host that just died, and a
+/// registration left behind holds the node id as active until the server times it out.
+async fn deregister(
+    controls: &[Control],
+    first: usize,
+    node: &NodeId,
+    token: &str,
+) -> Result<(), ControlError> {
+    let mut last = None;
+    for offset in 0..controls.len() {
+        let control = &controls[(first + offset) % controls.len()];
+        match control.deregister(node, token).await {
+            Ok(()) => return Ok(()),
+            // An answer about the node or the token holds on every control plane.
+            Err(err) if !is_transient(&err) => return Err(err),
+            Err(err) => {
+                warn!(server = control.base(), %err, "deregistration failed: trying the next server");
+                last = Some(err);
+            }
+        }
+    }
+    match last {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 /// The node id from the flag, else from `STATE_DIR/node-id`, else a new one written there.

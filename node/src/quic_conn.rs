@@ -1,7 +1,7 @@
 //! The QUIC relay's I/O shell: a quinn connection to the host's `quicAddr` (ALPN
 //! `boson-relay/1`, the certificate checked against the system's roots and `--ca-file`),
 //! AUTH on the one bidirectional stream, then SEND and RECV in DATAGRAM frames. The framing
-//! is [`crate::quic`]'s; reconnection and host choice are `relay_conn`'s.
+//! is [`crate::quic`]'s, packets too large for one datagram go in [`crate::fragment`]s; reconnection and host choice are `relay_conn`'s.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -10,11 +10,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use boson_dataplane_proto::quic::wire;
+use boson_dataplane_proto::ws::relay::{MessageType, PREFIX_LEN};
 use boson_shared::NodeId;
 use bytes::Bytes;
 use tracing::{debug, info};
 
 use crate::agent::Shared;
+use crate::fragment::Fragmenter;
 use crate::quic::{ControlStream, parse_recv, send_datagram};
 use crate::relay_conn::{Ended, RelayTask, Transport, deliver, handle_event};
 
@@ -24,6 +27,13 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// A connection that heard nothing for this long is dead: the failover bound's share.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest SEND datagram sent whatever the path: a packet whose datagram would be
+/// larger goes in fragments ([`crate::fragment`]) of at most this size. A QUIC path carries
+/// at least 1200-byte UDP packets, which hold a 1 162-byte datagram at READY (1 145 bytes of
+/// packet after the 17-byte SEND prefix); larger datagrams fit only after path MTU
+/// discovery, on the sender's connection and on the receiver's, which the sender cannot see.
+const SAFE_DATAGRAM: usize = 1150;
 
 /// Connects to the QUIC relay at `addr` (`HOST:PORT`, as `quicAddr` gives it) and runs the
 /// session until it ends.
@@ -93,6 +103,7 @@ async fn run_session(
     let mut buf = vec![0u8; 4096];
     let mut ready = false;
     let mut drain = false;
+    let mut fragmenter = Fragmenter::new(rand::random());
     loop {
         tokio::select! {
             read = recv.read(&mut buf) => {
@@ -125,10 +136,10 @@ async fn run_session(
             }
             packet = task.outgoing.recv(), if ready => {
                 let Some((dest, packet)) = packet else { return Ok(Ended::Stop) };
-                send_one(&task.shared, conn, &dest, &packet);
+                send_one(&task.shared, conn, &mut fragmenter, &dest, &packet);
                 for _ in 0..255 {
                     let Ok((dest, packet)) = task.outgoing.try_recv() else { break };
-                    send_one(&task.shared, conn, &dest, &packet);
+                    send_one(&task.shared, conn, &mut fragmenter, &dest, &packet);
                 }
             }
             _ = task.stop.changed() => return Ok(Ended::Stop),
@@ -142,8 +153,35 @@ async fn run_session(
     }
 }
 
-fn send_one(shared: &Shared, conn: &quinn::Connection, dest: &NodeId, packet: &[u8]) {
-    match conn.send_datagram(Bytes::from(send_datagram(dest, packet))) {
+fn send_one(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    fragmenter: &mut Fragmenter,
+    dest: &NodeId,
+    packet: &[u8],
+) {
+    let limit = conn
+        .max_datagram_size()
+        .unwrap_or(0)
+        .min(SAFE_DATAGRAM)
+        .saturating_sub(PREFIX_LEN);
+    let sent = if packet.len() <= limit {
+        conn.send_datagram(Bytes::from(send_datagram(dest, packet)))
+            .map_err(|e| e.to_string())
+    } else {
+        // Too large for one datagram: fragments, reassembled by the peer's agent.
+        match fragmenter.split(packet, limit) {
+            Ok(fragments) => fragments.into_iter().try_for_each(|fragment| {
+                let mut payload = Vec::with_capacity(PREFIX_LEN + fragment.len());
+                wire::encode_datagram(MessageType::Send, dest, &fragment.header, &mut payload);
+                payload.extend_from_slice(fragment.bytes);
+                conn.send_datagram(Bytes::from(payload))
+                    .map_err(|e| e.to_string())
+            }),
+            Err(err) => Err(err.to_string()),
+        }
+    };
+    match sent {
         Ok(()) => {
             if let Some(peer) = shared.peer(dest) {
                 peer.tx_bytes
@@ -152,8 +190,8 @@ fn send_one(shared: &Shared, conn: &quinn::Connection, dest: &NodeId, packet: &[
             }
         }
         Err(err) => {
-            // Too large for the path (WireGuard's MTU above what QUIC datagrams carry), or
-            // the connection is going: counted, WireGuard retransmits.
+            // The connection is going (or a packet beyond what 64 fragments carry): counted,
+            // WireGuard retransmits.
             shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
             debug!(%err, len = packet.len(), "QUIC datagram not sent");
         }

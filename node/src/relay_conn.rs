@@ -22,6 +22,7 @@ use crate::agent::{Session, Shared, peer_index};
 use crate::backoff::Backoff;
 use crate::clock;
 use crate::control::Control;
+use crate::fragment::Reassembled;
 use crate::ws::{ClientConfig, Event, Input, RelayClient};
 
 /// Everything the relay task needs.
@@ -411,6 +412,28 @@ pub(crate) async fn deliver(
         shared.drop_unknown_peer.fetch_add(1, Ordering::Relaxed);
         debug!(%src, "packet from a node that is not a --peer dropped");
         return;
+    };
+    // A fragment (the peer's QUIC route splits packets too large for a datagram): the
+    // packet goes on once whole; drops are counted by the peer's reassembler.
+    let whole;
+    let packet = if crate::fragment::is_fragment(packet) {
+        let outcome = match peer.reassembly.lock() {
+            Ok(mut reassembler) => reassembler.handle_fragment(clock::now(), packet),
+            Err(_) => return,
+        };
+        match outcome {
+            Reassembled::Complete(done) => {
+                whole = done;
+                whole.as_slice()
+            }
+            Reassembled::Pending => return,
+            Reassembled::Dropped(reason) => {
+                debug!(peer = %peer.node, reason = reason.as_str(), "fragment dropped");
+                return;
+            }
+        }
+    } else {
+        packet
     };
     peer.rx_bytes
         .fetch_add(packet.len() as u64, Ordering::Relaxed);

@@ -14,9 +14,8 @@
 //! as an operator would) and no endpoint: the agent (`boson-node run --wg-interface`) finds
 //! the way and sets it. Every case runs with the route forced and with `--route auto`, as far
 //! as the agent supports routes (today the WebSocket and QUIC relays; the direct and TURN
-//! cases come with those routes). One topology per test function, shared by its cases. Two
-//! cases are written and ignored because they show agent defects: full-size packets over
-//! QUIC, and failover between control planes (see each test's doc comment).
+//! cases come with those routes). One topology per test function, shared by its cases. The
+//! direct case is written and ignored until the agent has the direct route.
 //!
 //! Needs root, `ip`, `iptables`, `wireguard-go`, `wg`, `ping`, `iperf3`, PostgreSQL's server
 //! binaries and redis-server (skipped without, failing when `CI` is set;
@@ -659,13 +658,10 @@ fn symmetric_to_symmetric_through_a_relay() {
     symmetric_to_symmetric(0, &["ws", "turn", "auto"]);
 }
 
-/// As [`symmetric_to_symmetric_through_a_relay`], over the QUIC relay.
-///
-/// Ignored until boson-node's QUIC route carries full-size WireGuard packets: a 1420-byte
-/// packet (wireguard-go's default MTU) does not fit the QUIC datagram and the agent drops it
-/// (counted as `no_route`), so small pings pass and TCP stalls. Run it with `-- --ignored`.
+/// As [`symmetric_to_symmetric_through_a_relay`], over the QUIC relay: wireguard-go's
+/// full-size packets (1 452 bytes at MTU 1 420) do not fit one QUIC datagram, so the agents
+/// fragment them (`node/src/fragment.rs`); the full-size pings and iperf3's TCP prove it.
 #[test]
-#[ignore = "boson-node's QUIC route drops full-size WireGuard packets (see the doc comment)"]
 fn symmetric_to_symmetric_over_quic() {
     symmetric_to_symmetric(4, &["quic"]);
 }
@@ -768,14 +764,11 @@ fn endpoint_independent_to_endpoint_independent_goes_direct() {
 /// host within [`KILL_BOUND`]; in another run the host drains (SIGTERM): the tunnel moves
 /// within [`DRAIN_BOUND`] and the host exits 0 once its nodes have left. Loss counted.
 ///
-/// Ignored: it fails. Up to boson-node 3a792f1 the agent asked only the control plane it
-/// registered with for relay hosts, and re-registering elsewhere was refused with 409
-/// `node_active` (no token sent), so the tunnel stayed down (20 s of 20). With the agent of
-/// f4174a7 (it asks every `--server`) one run, with every case of this file at once, failed
-/// earlier: no agent was running when the tunnel was awaited. Not yet looked into. Run it
-/// with `-- --ignored`.
+/// It used to fail in the second run: an agent whose registering control plane was the
+/// killed host could not deregister on SIGTERM, so its node id stayed active and the next
+/// agent with that id was refused (409 `node_active`) until the server timed it out. The
+/// agent now deregisters at the other control planes when its own does not answer.
 #[test]
-#[ignore = "fails with the current agent (see the doc comment)"]
 fn relay_host_killed_or_drained_mid_flood() {
     let Some(pg_bin) = requirements() else {
         return;
