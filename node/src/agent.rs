@@ -22,6 +22,7 @@ use crate::backoff::Backoff;
 use crate::clock;
 use crate::config::{Config, RouteChoice, RouteKind, WgMode};
 use crate::control::{Bandwidth, Control, ControlError, HeartbeatFigures, NodeInfo};
+use crate::failover::TransportChoice;
 use crate::fragment::{self, Reassembler};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) auto: bool,
     pub(crate) peers: Vec<PeerState>,
     pub(crate) relay_open: AtomicBool,
+    /// The relay session's transport is QUIC (else WebSocket).
+    pub(crate) relay_quic: AtomicBool,
     pub(crate) relay_rtt_us: AtomicU64,
     pub(crate) relay_sessions: AtomicU64,
     pub(crate) registrations: AtomicU64,
@@ -113,8 +116,12 @@ impl Shared {
     pub(crate) fn can_send(&self, peer: &PeerState) -> bool {
         match self.route_of(peer) {
             RouteKind::Turn => peer.route_ready.load(Ordering::Relaxed),
-            RouteKind::Direct | RouteKind::Quic | RouteKind::Ws => {
+            RouteKind::Direct => self.relay_open.load(Ordering::Relaxed),
+            // The session must be of the route's transport (under `--route auto` it follows
+            // the peers' routes: `failover::TransportChoice`).
+            route @ (RouteKind::Quic | RouteKind::Ws) => {
                 self.relay_open.load(Ordering::Relaxed)
+                    && self.relay_quic.load(Ordering::Relaxed) == (route == RouteKind::Quic)
             }
         }
     }
@@ -268,15 +275,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let https = tls::client_config(&extra, &[]).map_err(RuntimeError)?;
     let wss = Arc::new(tls::client_config(&extra, &[b"http/1.1"]).map_err(RuntimeError)?);
-    let transport = match route_kind {
-        RouteKind::Quic => relay_conn::Transport::Quic {
+    let quic = if route_kind == RouteKind::Quic || auto {
+        Some(relay_conn::QuicSettings {
             tls: Arc::new(
                 tls::client_config(&extra, &[boson_dataplane_proto::quic::ALPN])
                     .map_err(RuntimeError)?,
             ),
             server_name: config.quic_server_name.clone(),
-        },
-        RouteKind::Direct | RouteKind::Turn | RouteKind::Ws => relay_conn::Transport::Ws,
+        })
+    } else {
+        None
+    };
+    let choice = match (auto, route_kind) {
+        (true, _) => TransportChoice::auto(),
+        (false, RouteKind::Quic) => TransportChoice::forced(RouteKind::Quic),
+        (false, RouteKind::Direct | RouteKind::Turn | RouteKind::Ws) => {
+            TransportChoice::forced(RouteKind::Ws)
+        }
     };
     let controls = config
         .servers
@@ -319,6 +334,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         auto,
         peers,
         relay_open: AtomicBool::new(false),
+        relay_quic: AtomicBool::new(false),
         relay_rtt_us: AtomicU64::new(0),
         relay_sessions: AtomicU64::new(0),
         registrations: AtomicU64::new(0),
@@ -433,7 +449,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stop: stop_rx.clone(),
         wg_endpoint,
         tls: wss,
-        transport,
+        quic,
+        choice,
         signals,
     }));
     tasks.spawn(heartbeats(
@@ -489,21 +506,34 @@ async fn deregister(
     let mut last = None;
     for offset in 0..controls.len() {
         let control = &controls[(first + offset) % controls.len()];
-        match control.deregister(node, token).await {
-            Ok(()) => return Ok(()),
+        // A silent control plane (a dead host drops packets) must leave time for the next.
+        match tokio::time::timeout(DEREGISTER_EACH, control.deregister(node, token)).await {
+            Ok(Ok(())) => return Ok(()),
             // An answer about the node or the token holds on every control plane.
-            Err(err) if !is_transient(&err) => return Err(err),
-            Err(err) => {
+            Ok(Err(err)) if !is_transient(&err) => return Err(err),
+            Ok(Err(err)) => {
                 warn!(server = control.base(), %err, "deregistration failed: trying the next server");
                 last = Some(err);
+            }
+            Err(_) => {
+                warn!(
+                    server = control.base(),
+                    "deregistration timed out: trying the next server"
+                );
             }
         }
     }
     match last {
         Some(err) => Err(err),
-        None => Ok(()),
+        None => Err(ControlError::Unreachable {
+            url: "every --server".to_owned(),
+            detail: format!("no answer within {DEREGISTER_EACH:?} each"),
+        }),
     }
 }
+
+/// How long one control plane may take to deregister the node before the next is tried.
+const DEREGISTER_EACH: Duration = Duration::from_millis(2000);
 
 /// The node id from the flag, else from `STATE_DIR/node-id`, else a new one written there.
 fn node_id(state_dir: &Path, given: Option<NodeId>) -> anyhow::Result<NodeId> {

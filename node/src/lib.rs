@@ -25,6 +25,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod failover;
 pub mod fragment;
 pub mod keys;
 pub mod metrics;

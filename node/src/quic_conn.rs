@@ -17,16 +17,18 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use crate::agent::Shared;
+use crate::config::RouteKind;
 use crate::fragment::Fragmenter;
 use crate::quic::{ControlStream, parse_recv, send_datagram};
-use crate::relay_conn::{Ended, RelayTask, Transport, deliver, handle_event};
+use crate::relay_conn::{Ended, QuicSettings, RelayTask, deliver, handle_event, wanted};
 
 /// QUIC keepalive: a PING after this much silence. Like the WebSocket session's pings, it
 /// keeps NAT bindings and lets a dead relay be noticed in time.
-const KEEPALIVE: Duration = Duration::from_secs(5);
+const KEEPALIVE: Duration = Duration::from_secs(1);
 
-/// A connection that heard nothing for this long is dead: the failover bound's share.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that heard nothing for this long is dead: within
+/// [`crate::failover::DEAD_HOST_DETECTION`], like the WebSocket session.
+const IDLE_TIMEOUT: Duration = crate::failover::DEAD_HOST_DETECTION;
 
 /// The largest SEND datagram sent whatever the path: a packet whose datagram would be
 /// larger goes in fragments ([`crate::fragment`]) of at most this size. A QUIC path carries
@@ -43,8 +45,8 @@ pub(crate) async fn connect_and_run(
     token: &str,
     index: &BTreeMap<NodeId, usize>,
 ) -> anyhow::Result<Ended> {
-    let Transport::Quic { tls, server_name } = &task.transport else {
-        bail!("not a QUIC transport");
+    let Some(QuicSettings { tls, server_name }) = &task.quic else {
+        bail!("no QUIC settings");
     };
     let (host, port) = addr
         .rsplit_once(':')
@@ -104,6 +106,7 @@ async fn run_session(
     let mut ready = false;
     let mut drain = false;
     let mut fragmenter = Fragmenter::new(rand::random());
+    let mut check = tokio::time::interval(crate::relay_conn::SWITCH_CHECK);
     loop {
         tokio::select! {
             read = recv.read(&mut buf) => {
@@ -143,6 +146,12 @@ async fn run_session(
                 }
             }
             _ = task.stop.changed() => return Ok(Ended::Stop),
+            _ = check.tick() => {
+                if wanted(task) != RouteKind::Quic {
+                    info!("moving the relay session to WebSocket");
+                    return Ok(Ended::Switch);
+                }
+            }
         }
         if ready {
             let us = u64::try_from(conn.rtt().as_micros())

@@ -46,9 +46,9 @@ pub fn is_response(packet: &[u8]) -> bool {
 }
 
 /// The routes `--route auto` can take in this build, in the order used when the server gave
-/// none: TURN, then the WebSocket relay. The direct route and the QUIC relay are not taken
-/// under `auto` yet (the relay session is one transport, WebSocket, under `auto`).
-pub const AUTO_ROUTES: [RouteKind; 2] = [RouteKind::Turn, RouteKind::Ws];
+/// none: TURN, the QUIC relay, then the WebSocket relay (the node's one relay session
+/// follows: `failover::TransportChoice`). The direct route is not taken yet.
+pub const AUTO_ROUTES: [RouteKind; 3] = [RouteKind::Turn, RouteKind::Quic, RouteKind::Ws];
 
 /// One route of the server's ranking, as the answer spells it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -395,7 +395,10 @@ mod tests {
                 RouteKind::Turn
             ]
         );
-        assert_eq!(plan.usable, vec![RouteKind::Ws, RouteKind::Turn]);
+        assert_eq!(
+            plan.usable,
+            vec![RouteKind::Ws, RouteKind::Quic, RouteKind::Turn]
+        );
         assert_eq!(labels(&plan.ranked), "direct,ws,quic,turn");
         // Only what the server named: no WebSocket relay, no WebSocket route.
         let plan = plan_from_ranking(&ranked(&[("relay", Some("turn"))])).unwrap();
@@ -422,9 +425,11 @@ mod tests {
             })
         );
         assert_eq!(
-            plan_from_ranking(&ranked(&[("direct", None), ("relay", Some("quic"))])),
-            Err(RankingError::NoneUsable("direct,quic".to_owned()))
+            plan_from_ranking(&ranked(&[("direct", None)])),
+            Err(RankingError::NoneUsable("direct".to_owned()))
         );
+        let plan = plan_from_ranking(&ranked(&[("direct", None), ("relay", Some("quic"))]));
+        assert_eq!(plan.unwrap().usable, vec![RouteKind::Quic]);
     }
 
     #[test]
