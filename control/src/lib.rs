@@ -18,7 +18,6 @@ pub mod cache;
 pub mod client_addr;
 pub mod clock;
 pub mod config;
-pub mod error;
 pub mod grants;
 pub mod hosts;
 mod http;
@@ -29,7 +28,6 @@ pub mod openapi;
 pub mod presence;
 pub mod registry;
 pub mod routing;
-mod server;
 pub mod store;
 pub mod turn_secrets;
 
@@ -207,7 +205,7 @@ pub async fn serve(
     let mut background = JoinSet::new();
     background.spawn(sweep_forever(state.clone()));
     background.spawn(mesh_forever(state.clone()));
-    let served = server::run(listener, state.clone(), shutdown)
+    let served = http::server::run(listener, state.clone(), shutdown)
         .await
         .context("serving the REST API");
     background.abort_all();

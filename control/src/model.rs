@@ -8,8 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use boson_shared::{NodeId, WgPublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
-
 /// NAT behaviour a node reports from its STUN probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NatType {
@@ -287,13 +285,6 @@ pub struct FieldError {
     pub field: &'static str,
     /// What an acceptable value is.
     pub message: String,
-}
-
-impl From<FieldError> for ApiError {
-    fn from(error: FieldError) -> Self {
-        Self::invalid(error.code, format!("{}: {}", error.field, error.message))
-            .with_field(error.field)
-    }
 }
 
 fn field_error(code: &'static str, field: &'static str, message: impl Into<String>) -> FieldError {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use crate::auth::NodeToken;
 use crate::clock::UnixMillis;
-use crate::error::ApiError;
 use crate::model::{NodeStatus, ValidRegistration};
 use crate::store::NodeRecord;
 
@@ -15,8 +14,22 @@ pub enum Decision {
     Create,
     /// Replace the stored registration; the generation goes up, revoking older tokens.
     Replace,
-    /// Refuse with this error.
-    Refuse(ApiError),
+    /// Refuse, for this reason.
+    Refuse(Refusal),
+}
+
+/// Why a registration is refused. The HTTP layer turns each into its status and code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The token sent belongs to another node id.
+    ForeignToken,
+    /// The token is of an older generation: a newer registration revoked it.
+    TokenRevoked,
+    /// No token, and the node id is registered with another public key.
+    PublicKeyMismatch,
+    /// No token, and the node is still active.
+    NodeActive,
 }
 
 /// Decides a registration.
@@ -37,26 +50,18 @@ pub fn decide(
     if let Some(token) = token
         && token.node_id != request.node_id
     {
-        return Decision::Refuse(ApiError::forbidden("the token belongs to another node"));
+        return Decision::Refuse(Refusal::ForeignToken);
     }
     let Some(existing) = existing else {
         return Decision::Create;
     };
     match token {
         Some(token) if token.generation == existing.generation => Decision::Replace,
-        Some(_) => Decision::Refuse(ApiError::unauthorized(
-            "token_revoked",
-            "the token was revoked by a newer registration",
-        )),
-        None if existing.public_key != request.public_key => Decision::Refuse(ApiError::conflict(
-            "public_key_mismatch",
-            "this nodeId is registered with another public key; \
-             authenticate as the node to change its key",
-        )),
-        None if is_live(existing, now, node_timeout) => Decision::Refuse(ApiError::conflict(
-            "node_active",
-            "this node is active; authenticate with its token to re-register it",
-        )),
+        Some(_) => Decision::Refuse(Refusal::TokenRevoked),
+        None if existing.public_key != request.public_key => {
+            Decision::Refuse(Refusal::PublicKeyMismatch)
+        }
+        None if is_live(existing, now, node_timeout) => Decision::Refuse(Refusal::NodeActive),
         None => Decision::Replace,
     }
 }
@@ -68,7 +73,6 @@ pub fn is_live(node: &NodeRecord, now: UnixMillis, node_timeout: Duration) -> bo
 
 #[cfg(test)]
 mod tests {
-    use axum::http::StatusCode;
     use boson_shared::{NodeId, WgPublicKey};
 
     use super::*;
@@ -136,9 +140,9 @@ mod tests {
         })
     }
 
-    fn refusal(decision: Decision) -> (StatusCode, &'static str) {
+    fn refusal(decision: Decision) -> Refusal {
         match decision {
-            Decision::Refuse(e) => (e.status(), e.code()),
+            Decision::Refuse(refusal) => refusal,
             other @ (Decision::Create | Decision::Replace) => {
                 panic!("expected a refusal, got {other:?}")
             }
@@ -157,7 +161,7 @@ mod tests {
         ));
         assert_eq!(
             refusal(decide(None, &request(1, 1), token(2, 1), NOW, TIMEOUT)),
-            (StatusCode::FORBIDDEN, "forbidden")
+            Refusal::ForeignToken
         );
     }
 
@@ -176,7 +180,7 @@ mod tests {
                 NOW,
                 TIMEOUT
             )),
-            (StatusCode::UNAUTHORIZED, "token_revoked")
+            Refusal::TokenRevoked
         );
         assert_eq!(
             refusal(decide(
@@ -186,7 +190,7 @@ mod tests {
                 NOW,
                 TIMEOUT
             )),
-            (StatusCode::FORBIDDEN, "forbidden")
+            Refusal::ForeignToken
         );
     }
 
@@ -195,11 +199,11 @@ mod tests {
         let live = stored(1, 1, NOW.saturating_sub(Duration::from_secs(10)));
         assert_eq!(
             refusal(decide(Some(&live), &request(1, 2), None, NOW, TIMEOUT)),
-            (StatusCode::CONFLICT, "public_key_mismatch")
+            Refusal::PublicKeyMismatch
         );
         assert_eq!(
             refusal(decide(Some(&live), &request(1, 1), None, NOW, TIMEOUT)),
-            (StatusCode::CONFLICT, "node_active")
+            Refusal::NodeActive
         );
         // Silent past the timeout, even if the sweeper has not run yet.
         let silent = stored(1, 1, NOW.saturating_sub(Duration::from_secs(91)));
@@ -209,7 +213,7 @@ mod tests {
         ));
         assert_eq!(
             refusal(decide(Some(&silent), &request(1, 2), None, NOW, TIMEOUT)),
-            (StatusCode::CONFLICT, "public_key_mismatch")
+            Refusal::PublicKeyMismatch
         );
     }
 }

@@ -45,7 +45,7 @@ use crate::client_addr::{
     self, ForwardedError, PROXY_V2_FIXED_LEN, PROXY_V2_SIGNATURE, ProxyHeader,
 };
 use crate::config::HttpLimits;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use axum::response::IntoResponse as _;
 
 /// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.

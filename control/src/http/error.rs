@@ -12,11 +12,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::model::FieldError;
+use crate::registry::Refusal;
 use crate::store::StoreError;
 
 /// An error answered to an API client.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -29,7 +31,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with the given status, stable code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -41,37 +43,37 @@ impl ApiError {
     }
 
     /// 400: the request is malformed.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// 422: the request is well formed but a value is not acceptable.
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
     /// 401: no valid credentials.
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
     /// 403: valid credentials that do not allow this.
-    pub fn forbidden(message: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     /// 404.
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
     /// 409.
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
     /// 429 with `Retry-After`.
-    pub fn rate_limited(retry_after_secs: u64) -> Self {
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
         Self {
             retry_after_secs: Some(retry_after_secs.max(1)),
             ..Self::new(
@@ -83,7 +85,7 @@ impl ApiError {
     }
 
     /// 503 with `Retry-After`: a dependency (database, Redis) is down.
-    pub fn unavailable(what: &'static str, cause: anyhow::Error) -> Self {
+    pub(crate) fn unavailable(what: &'static str, cause: anyhow::Error) -> Self {
         Self {
             retry_after_secs: Some(5),
             internal: Some(cause),
@@ -96,7 +98,7 @@ impl ApiError {
     }
 
     /// 500: a bug or an unexpected failure. The cause is logged, not returned.
-    pub fn internal(cause: anyhow::Error) -> Self {
+    pub(crate) fn internal(cause: anyhow::Error) -> Self {
         Self {
             internal: Some(cause),
             ..Self::new(
@@ -108,23 +110,26 @@ impl ApiError {
     }
 
     /// Names the request field to blame (a JSON path such as `requirements.maxLatency`).
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+    pub(crate) fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
     }
 
     /// The field to blame, if one is.
-    pub fn field(&self) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn field(&self) -> Option<&str> {
         self.field.as_deref()
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
 
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> &'static str {
         self.code
     }
 }
@@ -221,9 +226,75 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<FieldError> for ApiError {
+    fn from(error: FieldError) -> Self {
+        Self::invalid(error.code, format!("{}: {}", error.field, error.message))
+            .with_field(error.field)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::ForeignToken => Self::forbidden("the token belongs to another node"),
+            Refusal::TokenRevoked => Self::unauthorized(
+                "token_revoked",
+                "the token was revoked by a newer registration",
+            ),
+            Refusal::PublicKeyMismatch => Self::conflict(
+                "public_key_mismatch",
+                "this nodeId is registered with another public key; \
+                 authenticate as the node to change its key",
+            ),
+            Refusal::NodeActive => Self::conflict(
+                "node_active",
+                "this node is active; authenticate with its token to re-register it",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_keep_their_status_and_code() {
+        let cases = [
+            (Refusal::ForeignToken, StatusCode::FORBIDDEN, "forbidden"),
+            (
+                Refusal::TokenRevoked,
+                StatusCode::UNAUTHORIZED,
+                "token_revoked",
+            ),
+            (
+                Refusal::PublicKeyMismatch,
+                StatusCode::CONFLICT,
+                "public_key_mismatch",
+            ),
+            (Refusal::NodeActive, StatusCode::CONFLICT, "node_active"),
+        ];
+        for (refusal, status, code) in cases {
+            let error = ApiError::from(refusal);
+            assert_eq!(
+                (error.status(), error.code()),
+                (status, code),
+                "{refusal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn field_errors_are_422_naming_the_field() {
+        let error = ApiError::from(FieldError {
+            code: "invalid_metrics",
+            field: "metrics.latency",
+            message: "at most 3600000".into(),
+        });
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(error.code(), "invalid_metrics");
+        assert_eq!(error.field(), Some("metrics.latency"));
+    }
 
     #[test]
     fn data_errors_name_their_field() {
