@@ -184,7 +184,8 @@ pub const QUIC_RETRY: Duration = Duration::from_secs(60);
 ///
 /// Under `auto` the node has one relay session (the server keeps one per node), carrying
 /// the TURN route's signalling and the relayed routes' packets. It is QUIC unless a peer's
-/// route is the WebSocket relay, or a QUIC session lately failed before READY; a peer whose
+/// route is the WebSocket relay, no peer has QUIC among its routes (the server did not rank
+/// it), or a QUIC session lately failed before READY; a peer whose
 /// route is QUIC while the session is WebSocket (or the reverse) has its packets dropped
 /// (counted `no_route`) until its route selector moves on, so the two converge.
 #[derive(Debug, Clone)]
@@ -210,13 +211,19 @@ impl TransportChoice {
         }
     }
 
-    /// The transport the session should use at `now`, given each peer's current route.
-    pub fn wanted(&self, now: Instant, mut routes: impl Iterator<Item = RouteKind>) -> RouteKind {
+    /// The transport the session should use at `now`, given each peer's current route and
+    /// whether QUIC is among any peer's routes.
+    pub fn wanted(
+        &self,
+        now: Instant,
+        mut routes: impl Iterator<Item = RouteKind>,
+        quic_candidate: bool,
+    ) -> RouteKind {
         if let Some(forced) = self.forced {
             return forced;
         }
         let quic_failed = self.quic_failed_at.is_some_and(|at| now < at + QUIC_RETRY);
-        if quic_failed || routes.any(|route| route == RouteKind::Ws) {
+        if quic_failed || !quic_candidate || routes.any(|route| route == RouteKind::Ws) {
             RouteKind::Ws
         } else {
             RouteKind::Quic
@@ -343,33 +350,55 @@ mod tests {
             r.iter().copied()
         }
         // TURN's signalling and the QUIC route: QUIC.
-        assert_eq!(c.wanted(t0, routes(&[RouteKind::Turn])), RouteKind::Quic);
         assert_eq!(
-            c.wanted(t0, routes(&[RouteKind::Turn, RouteKind::Quic])),
+            c.wanted(t0, routes(&[RouteKind::Turn]), true),
+            RouteKind::Quic
+        );
+        assert_eq!(
+            c.wanted(t0, routes(&[RouteKind::Turn, RouteKind::Quic]), true),
             RouteKind::Quic
         );
         // A peer moved on to the WebSocket relay: the session follows.
         assert_eq!(
-            c.wanted(t0, routes(&[RouteKind::Quic, RouteKind::Ws])),
+            c.wanted(t0, routes(&[RouteKind::Quic, RouteKind::Ws]), true),
             RouteKind::Ws
         );
         // QUIC does not get through (UDP blocked): WebSocket for a while, then QUIC again.
         c.handle_ended(t0, RouteKind::Quic, Ended::Failed { ready: false });
-        assert_eq!(c.wanted(t0, routes(&[RouteKind::Quic])), RouteKind::Ws);
         assert_eq!(
-            c.wanted(t0 + QUIC_RETRY - Duration::from_millis(1), routes(&[])),
+            c.wanted(t0, routes(&[RouteKind::Quic]), true),
             RouteKind::Ws
         );
-        assert_eq!(c.wanted(t0 + QUIC_RETRY, routes(&[])), RouteKind::Quic);
+        assert_eq!(
+            c.wanted(
+                t0 + QUIC_RETRY - Duration::from_millis(1),
+                routes(&[]),
+                true
+            ),
+            RouteKind::Ws
+        );
+        assert_eq!(
+            c.wanted(t0 + QUIC_RETRY, routes(&[]), true),
+            RouteKind::Quic
+        );
         // A WebSocket failure says nothing about QUIC; a QUIC session that worked clears it.
         c.handle_ended(t0, RouteKind::Quic, Ended::Failed { ready: false });
         c.handle_ended(t0, RouteKind::Ws, Ended::Failed { ready: false });
-        assert_eq!(c.wanted(t0, routes(&[])), RouteKind::Ws);
+        assert_eq!(c.wanted(t0, routes(&[]), true), RouteKind::Ws);
         c.handle_ended(t0, RouteKind::Quic, Ended::Failed { ready: true });
-        assert_eq!(c.wanted(t0, routes(&[])), RouteKind::Quic);
+        assert_eq!(c.wanted(t0, routes(&[]), true), RouteKind::Quic);
+        // No peer's ranking has QUIC (no host serves it): WebSocket from the start.
+        c.handle_ended(t0, RouteKind::Quic, Ended::Drain);
+        assert_eq!(
+            c.wanted(t0, routes(&[RouteKind::Turn]), false),
+            RouteKind::Ws
+        );
         // Forced: whatever the peers.
         let f = TransportChoice::forced(RouteKind::Ws);
-        assert_eq!(f.wanted(t0, routes(&[RouteKind::Quic])), RouteKind::Ws);
+        assert_eq!(
+            f.wanted(t0, routes(&[RouteKind::Quic]), true),
+            RouteKind::Ws
+        );
     }
 
     #[test]

@@ -55,9 +55,15 @@ pub(crate) const SWITCH_CHECK: Duration = Duration::from_millis(250);
 
 /// The transport the session should use now.
 pub(crate) fn wanted(task: &RelayTask) -> RouteKind {
+    let quic_candidate = task.shared.peers.iter().any(|p| {
+        p.selector
+            .lock()
+            .is_ok_and(|s| s.candidates().contains(&RouteKind::Quic))
+    });
     let wanted = task.choice.wanted(
         clock::now(),
         task.shared.peers.iter().map(|p| task.shared.route_of(p)),
+        quic_candidate,
     );
     if task.quic.is_none() {
         RouteKind::Ws
