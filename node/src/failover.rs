@@ -2,8 +2,9 @@
 //! and which control plane to ask first. The relay shell (`relay_conn`) only executes.
 //!
 //! A session ends in one of three ways ([`Ended`]): the agent stops; the host drains
-//! (RECONNECT_HINT); or it fails: refused, reset, or silent (no READY in time, keepalive
-//! unanswered: the WebSocket core's pings, QUIC's idle timeout). A host that drained or
+//! (RECONNECT_HINT); or it fails: refused, reset, silent (no READY in time, keepalive
+//! unanswered: the WebSocket core's pings, QUIC's idle timeout), or no longer carrying
+//! WireGuard's handshakes ([`CarrierWatch`]). A host that drained or
 //! failed is *avoided*: for [`AVOID`] it is chosen only when no other host is listed, since
 //! a host that died stays in the control plane's list until the host registry times it out.
 //! A drain moves at once; a failure waits the backoff's next delay (restarted when the
@@ -242,6 +243,50 @@ impl TransportChoice {
     }
 }
 
+/// How long WireGuard handshake initiations may go out through a relay session with
+/// nothing at all coming back from any peer before the session is given up as not carrying
+/// (a host that answers its keepalives but no longer relays: a broken mesh link, an
+/// overloaded core): [`crate::route::HANDSHAKE_TIMEOUT`], two of WireGuard's retries.
+pub const CARRIER_TIMEOUT: Duration = crate::route::HANDSHAKE_TIMEOUT;
+
+/// Whether a relay session still carries WireGuard's handshakes, sans-IO. One per session.
+///
+/// The clock starts at the first handshake initiation sent through the session after
+/// anything last came back; anything from a peer through the session (a packet, a
+/// signalling message) stops it, and so does the relay's PEER_GONE (the relay said why:
+/// the peer is not connected, and another host would not change that). A session whose
+/// clock reaches [`CARRIER_TIMEOUT`] is ended as failed (before READY, so the backoff grows
+/// if the peer itself is the reason) and the next goes to another host.
+#[derive(Debug, Clone, Default)]
+pub struct CarrierWatch {
+    pending_since: Option<Instant>,
+}
+
+impl CarrierWatch {
+    /// A packet went out to a peer through the session.
+    pub fn handle_outgoing(&mut self, now: Instant, packet: &[u8]) {
+        if crate::route::is_initiation(packet) && self.pending_since.is_none() {
+            self.pending_since = Some(now);
+        }
+    }
+
+    /// Something came from a peer through the session.
+    pub const fn handle_incoming(&mut self) {
+        self.pending_since = None;
+    }
+
+    /// The relay said a peer is not connected.
+    pub const fn handle_peer_gone(&mut self) {
+        self.pending_since = None;
+    }
+
+    /// Whether the session stopped carrying, at `now`.
+    pub fn is_stalled(&self, now: Instant) -> bool {
+        self.pending_since
+            .is_some_and(|at| now >= at + CARRIER_TIMEOUT)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng as _;
@@ -411,5 +456,30 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert!(!f.is_avoided(t0, "a"));
+    }
+
+    #[test]
+    fn a_session_that_stops_carrying_handshakes_is_given_up() {
+        let t0 = epoch();
+        let mut initiation = vec![0u8; 148];
+        initiation[0] = 1;
+        let mut w = CarrierWatch::default();
+        // Data and keepalives start no clock.
+        w.handle_outgoing(t0, &[4, 0, 0, 0, 9]);
+        assert!(!w.is_stalled(t0 + CARRIER_TIMEOUT * 2));
+        // Initiations every 5 s, nothing back: stalled at the timeout, not before.
+        w.handle_outgoing(t0, &initiation);
+        w.handle_outgoing(t0 + Duration::from_secs(5), &initiation);
+        assert!(!w.is_stalled(t0 + CARRIER_TIMEOUT - Duration::from_millis(1)));
+        assert!(w.is_stalled(t0 + CARRIER_TIMEOUT));
+        // Anything back from a peer: carrying again; the next initiation starts afresh.
+        w.handle_incoming();
+        assert!(!w.is_stalled(t0 + CARRIER_TIMEOUT));
+        let t1 = t0 + Duration::from_secs(20);
+        w.handle_outgoing(t1, &initiation);
+        assert!(w.is_stalled(t1 + CARRIER_TIMEOUT));
+        // PEER_GONE explains the silence: no host switch for it.
+        w.handle_peer_gone();
+        assert!(!w.is_stalled(t1 + CARRIER_TIMEOUT * 3));
     }
 }

@@ -14,10 +14,12 @@ use boson_dataplane_proto::quic::wire;
 use boson_dataplane_proto::ws::relay::{MessageType, PREFIX_LEN};
 use boson_shared::NodeId;
 use bytes::Bytes;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::agent::Shared;
+use crate::clock;
 use crate::config::RouteKind;
+use crate::failover::CarrierWatch;
 use crate::fragment::Fragmenter;
 use crate::quic::{ControlStream, parse_recv, send_datagram};
 use crate::relay_conn::{Ended, QuicSettings, RelayTask, deliver, handle_event, wanted};
@@ -107,6 +109,7 @@ async fn run_session(
     let mut drain = false;
     let mut fragmenter = Fragmenter::new(rand::random());
     let mut check = tokio::time::interval(crate::relay_conn::SWITCH_CHECK);
+    let mut carrier = CarrierWatch::default();
     loop {
         tokio::select! {
             read = recv.read(&mut buf) => {
@@ -117,6 +120,9 @@ async fn run_session(
                     .handle(&buf[..n], &mut events)
                     .map_err(|e| anyhow!("QUIC relay: {e}"))?;
                 for event in events.drain(..) {
+                    if matches!(event, crate::ws::Event::PeerGone(_)) {
+                        carrier.handle_peer_gone();
+                    }
                     handle_event(&task.shared, event, &mut ready, &mut drain);
                 }
                 if let Some(rtt) = (ready).then(|| conn.rtt()) {
@@ -132,6 +138,7 @@ async fn run_session(
                 let datagram = datagram.context("QUIC relay connection")?;
                 match parse_recv(&datagram) {
                     Some((src, packet)) if ready => {
+                        carrier.handle_incoming();
                         deliver(&task.shared, index, &src, packet, task.wg_endpoint, task.signals.as_ref()).await;
                     }
                     Some(_) | None => debug!("datagram ignored"),
@@ -139,14 +146,21 @@ async fn run_session(
             }
             packet = task.outgoing.recv(), if ready => {
                 let Some((dest, packet)) = packet else { return Ok(Ended::Stop) };
+                let now = clock::now();
+                carrier.handle_outgoing(now, &packet);
                 send_one(&task.shared, conn, &mut fragmenter, &dest, &packet);
                 for _ in 0..255 {
                     let Ok((dest, packet)) = task.outgoing.try_recv() else { break };
+                    carrier.handle_outgoing(now, &packet);
                     send_one(&task.shared, conn, &mut fragmenter, &dest, &packet);
                 }
             }
             _ = task.stop.changed() => return Ok(Ended::Stop),
             _ = check.tick() => {
+                if carrier.is_stalled(clock::now()) {
+                    warn!("WireGuard handshakes no longer pass through this relay host: moving to another");
+                    return Ok(Ended::Failed { ready: false });
+                }
                 if wanted(task) != RouteKind::Quic {
                     info!("moving the relay session to WebSocket");
                     return Ok(Ended::Switch);

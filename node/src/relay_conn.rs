@@ -22,7 +22,7 @@ use crate::agent::{Session, Shared, peer_index};
 use crate::clock;
 use crate::config::RouteKind;
 use crate::control::Control;
-use crate::failover::{Candidate, Failover, TransportChoice};
+use crate::failover::{Candidate, CarrierWatch, Failover, TransportChoice};
 use crate::fragment::Reassembled;
 use crate::ws::{ClientConfig, Event, Input, RelayClient};
 
@@ -315,6 +315,8 @@ async fn connect_and_run(
     let mut drain = false;
     let mut stopping = false;
     let mut switching = false;
+    let mut stalled = false;
+    let mut carrier = CarrierWatch::default();
     let mut check = tokio::time::interval(SWITCH_CHECK);
     loop {
         client.poll_transmit(&mut out);
@@ -354,11 +356,15 @@ async fn connect_and_run(
                         Input::Consumed(_) => {}
                         Input::Recv { src, packet, .. } => {
                             let packet = &buf[start + packet.start..start + packet.end];
+                            carrier.handle_incoming();
                             deliver(&task.shared, index, src, packet, task.wg_endpoint, task.signals.as_ref()).await;
                         }
                     }
                     start += input.consumed();
                     while let Some(event) = client.poll_event() {
+                        if matches!(event, Event::PeerGone(_)) {
+                            carrier.handle_peer_gone();
+                        }
                         handle_event(&task.shared, event, &mut ready, &mut drain);
                     }
                     if start == end || client.is_closed() {
@@ -373,10 +379,13 @@ async fn connect_and_run(
             }
             packet = task.outgoing.recv(), if client.is_open() => {
                 let Some((dest, packet)) = packet else { return Ok(Ended::Stop) };
+                let now = clock::now();
+                carrier.handle_outgoing(now, &packet);
                 send_counted(&task.shared, &mut client, &dest, &packet, &mut out);
                 // Batch what else is queued, up to 256 packets per write.
                 for _ in 0..255 {
                     let Ok((dest, packet)) = task.outgoing.try_recv() else { break };
+                    carrier.handle_outgoing(now, &packet);
                     send_counted(&task.shared, &mut client, &dest, &packet, &mut out);
                 }
             }
@@ -391,7 +400,12 @@ async fn connect_and_run(
                 stopping = true;
             }
             _ = check.tick(), if !stopping => {
-                if wanted(task) != RouteKind::Ws {
+                if carrier.is_stalled(clock::now()) {
+                    warn!(relay = %url, "WireGuard handshakes no longer pass through this relay host: moving to another");
+                    client.close(clock::now());
+                    stopping = true;
+                    stalled = true;
+                } else if wanted(task) != RouteKind::Ws {
                     info!(relay = %url, "moving the relay session to QUIC");
                     client.close(clock::now());
                     stopping = true;
@@ -405,6 +419,9 @@ async fn connect_and_run(
     }
     if switching {
         return Ok(Ended::Switch);
+    }
+    if stalled {
+        return Ok(Ended::Failed { ready: false });
     }
     if drain {
         return Ok(Ended::Drain);
