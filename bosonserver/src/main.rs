@@ -141,9 +141,11 @@ struct Planes {
 
 /// The host's live load from the workers' counters, for the relay host registry: what a
 /// drain would wait for.
-fn host_load(stats: &[boson_dataplane::WorkerStatsSnapshot]) -> boson_control::hosts::HostLoad {
+fn host_load(
+    stats: &[boson_dataplane::WorkerStatsSnapshot],
+) -> boson_control::domain::hosts::HostLoad {
     let carried = boson_dataplane::Remaining::of(stats);
-    boson_control::hosts::HostLoad {
+    boson_control::domain::hosts::HostLoad {
         allocations: u32::try_from(carried.allocations).unwrap_or(u32::MAX),
         sessions: u32::try_from(carried.sessions).unwrap_or(u32::MAX),
         bandwidth: 0.0,

@@ -1,7 +1,7 @@
 //! The dataplane's outgoing relay-mesh links, in whichever process owns the relay's sockets.
 //!
 //! The control plane announces every other live relay host with `Command::MeshHost` each
-//! heartbeat interval (see `boson_control::hosts::mesh_announcements`). The announcements go
+//! heartbeat interval (see `boson_control::domain::hosts::mesh_announcements`). The announcements go
 //! over the planes' segment like every other command, so `bosonserver run` and a
 //! `bosonserver dataplane` process next to a `bosonserver control` link the same way; an
 //! announcement lapses by itself after one host timeout, so a host that died, or that only a

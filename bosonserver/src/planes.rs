@@ -320,7 +320,7 @@ impl Pump {
     }
 }
 
-impl boson_control::mesh::CommandSink for ControlLink {
+impl boson_control::io::mesh::CommandSink for ControlLink {
     fn send(&self, command: Command) {
         Self::send(self, command);
     }

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context as _, ensure};
-use boson_control::auth::Tokens;
 use boson_control::clock::{Clock, UnixMillis};
+use boson_control::domain::auth::Tokens;
 use boson_dataplane::relay::{
     AuthError, MeshSettings, RelayCommand, RelayConfig, RelayHandle, TlsSource,
 };

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use boson_control::AppState;
-use boson_control::turn_secrets::Reload;
+use boson_control::io::turn_settings::Reload;
 
 /// How often the file's metadata is compared with the last seen.
 pub(crate) const POLL: Duration = Duration::from_secs(1);

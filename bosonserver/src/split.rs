@@ -149,7 +149,7 @@ pub(crate) fn start_dataplane(
 ) -> anyhow::Result<(Dataplane, DataplanePump, planes::Waker)> {
     let grants = Arc::new(Grants::default());
     let auth = Arc::new(RelayAuth::new(
-        boson_control::auth::Tokens::new(&config.jwt),
+        boson_control::domain::auth::Tokens::new(&config.jwt),
         Arc::clone(&grants),
         Arc::new(SystemClock),
     ));

@@ -408,10 +408,10 @@ impl ControlArgs {
             "--relay-bandwidth must be a positive number of Mbit/s"
         );
         ensure!(
-            self.region.chars().count() <= crate::model::MAX_REGION_LEN
+            self.region.chars().count() <= crate::domain::model::MAX_REGION_LEN
                 && !self.region.chars().any(char::is_control),
             "--region must be at most {} printable characters",
-            crate::model::MAX_REGION_LEN
+            crate::domain::model::MAX_REGION_LEN
         );
         if let Some(url) = &self.public_relay_url {
             ensure!(
@@ -473,7 +473,7 @@ impl ControlArgs {
         );
 
         let turn_secrets = match &self.turn_secrets_file {
-            Some(path) => crate::turn_secrets::read(path)?,
+            Some(path) => read_turn_secrets(path)?,
             None => {
                 let mut secrets: Vec<TurnSecret> = self
                     .turn_static_secret
@@ -489,7 +489,8 @@ impl ControlArgs {
                         "TURN_STATIC_SECRET",
                     )?));
                 }
-                crate::turn_secrets::check(&secrets).context("invalid TURN_STATIC_SECRET")?;
+                crate::domain::turn_secrets::check(&secrets)
+                    .context("invalid TURN_STATIC_SECRET")?;
                 secrets
             }
         };
@@ -686,6 +687,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// Reads and parses the TURN secrets file at `path` (`--turn-secrets-file`), at start and
+/// on every reload.
+pub fn read_turn_secrets(path: &Path) -> anyhow::Result<Vec<TurnSecret>> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading the TURN secrets file {}", path.display()))?;
+    let secrets = crate::domain::turn_secrets::parse(&text)
+        .with_context(|| format!("the TURN secrets file {}", path.display()))?;
+    Ok(secrets)
 }
 
 #[cfg(test)]

@@ -4,32 +4,23 @@
 //! Nodes register, prove who they are with the token they get back, send heartbeats, ask for
 //! routes and for TURN credentials. State lives in SQLite (embedded default) or PostgreSQL,
 //! and, when configured, in Redis for limits and presence shared between hosts. Every
-//! BosonServer process registers itself as a relay host ([`hosts`]), and tells its dataplane
-//! which nodes may relay and where remote nodes are ([`mesh`]).
+//! BosonServer process registers itself as a relay host ([`domain::hosts`]), and tells its
+//! dataplane which nodes may relay and where remote nodes are ([`io::mesh`]).
 //!
-//! The handlers (module `http`) are plain async functions; the decisions they make are pure
-//! functions of `now` and data ([`registry::decide`], [`routing::rank`],
-//! [`cache::rate_decision`], [`auth::Tokens::verify`], [`grants::GrantTable`],
-//! [`hosts::is_live`]), tested without a database.
+//! The tree says which modules decide and which do I/O. [`domain`] holds the decisions, pure
+//! functions of `now` and data ([`domain::registry::decide`], [`domain::routing::rank`],
+//! [`domain::auth::Tokens::verify`], [`domain::grants::GrantTable`],
+//! [`domain::hosts::is_live`]), tested without a database. [`io`] holds the store, the cache
+//! (with its pure [`io::cache::rate_decision`]) and the mesh; the handlers (module `http`)
+//! are plain async functions that do the I/O around a decision.
 
-pub mod allocations;
-pub mod auth;
-pub mod cache;
-pub mod client_addr;
 pub mod clock;
 pub mod config;
-pub mod grants;
-pub mod hosts;
+pub mod domain;
 mod http;
-pub mod mesh;
+pub mod io;
 pub mod metrics;
-pub mod model;
 pub mod openapi;
-pub mod presence;
-pub mod registry;
-pub mod routing;
-pub mod store;
-pub mod turn_secrets;
 
 use std::future::Future;
 use std::ops::Deref;
@@ -42,17 +33,17 @@ use rand::rngs::StdRng;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::allocations::AllocationView;
-use crate::auth::Tokens;
-use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::grants::GrantTable;
-use crate::hosts::LocalHost;
-use crate::mesh::CommandSink;
+use crate::domain::allocations::AllocationView;
+use crate::domain::auth::Tokens;
+use crate::domain::grants::GrantTable;
+use crate::domain::hosts::LocalHost;
+use crate::domain::presence::{LocalSessions, RemotePresence};
+use crate::io::cache::Cache;
+use crate::io::mesh::CommandSink;
+use crate::io::store::Store;
 use crate::metrics::Metrics;
-use crate::presence::{LocalSessions, RemotePresence};
-use crate::store::Store;
 
 pub use crate::http::api_routes;
 
@@ -194,7 +185,7 @@ impl AppState {
 
 /// Serves the API on `listener` until `shutdown` completes. Meanwhile, in the background, it
 /// marks silent nodes inactive and, every host heartbeat interval, publishes this host in the
-/// relay host registry, polls relay presence and syncs grants (see [`mesh`]). On shutdown it
+/// relay host registry, polls relay presence and syncs grants (see [`io::mesh`]). On shutdown it
 /// leaves the registry. Dropping the future stops everything it started, as a crash would
 /// (without leaving the registry).
 pub async fn serve(

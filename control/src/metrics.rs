@@ -8,8 +8,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::allocations::AllocationView;
-use crate::store::Activity;
+use crate::domain::allocations::AllocationView;
+use crate::io::store::Activity;
 
 /// Buckets of `bosonserver_node_latency_ms`: from LAN (1 ms) to a bad satellite link (5 s).
 const LATENCY_BUCKETS_MS: [f64; 12] = [

@@ -8,8 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use boson_control::hosts::HostLoad;
-use boson_control::turn_secrets::Reload;
+use boson_control::domain::hosts::HostLoad;
+use boson_control::io::turn_settings::Reload;
 use boson_shared::plane::{Command, Event, Grant, HostId, Transport};
 use boson_shared::{NodeId, TurnSecret};
 use common::{Backend, Node, Options, START, TURN_SECRET, TestServer};

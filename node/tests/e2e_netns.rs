@@ -12,10 +12,8 @@
 //!
 //! Each node's wireguard-go has the other as its peer (keys and allowed IPs set by the test,
 //! as an operator would) and no endpoint: the agent (`boson-node run --wg-interface`) finds
-//! the way and sets it. Every case runs with the route forced and with `--route auto`, as far
-//! as the agent supports routes (today the WebSocket and QUIC relays; the direct and TURN
-//! cases come with those routes). One topology per test function, shared by its cases. The
-//! direct case is written and ignored until the agent has the direct route.
+//! the way and sets it. Every case runs with the route forced and with `--route auto`. One
+//! topology per test function, shared by its cases.
 //!
 //! Needs root, `ip`, `iptables`, `wireguard-go`, `wg`, `ping`, `iperf3`, PostgreSQL's server
 //! binaries and redis-server (skipped without, failing when `CI` is set;
@@ -52,7 +50,7 @@ const METRICS: &str = "127.0.0.1:9100";
 const KILL_BOUND: Duration = Duration::from_secs(FAILOVER_BOUND.as_secs() + 2);
 /// How long a draining relay host may cost it: the agent moves at once on RECONNECT_HINT.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
-/// The relay routes `--route` can force today (the direct route is still to come).
+/// The relay routes `--route` can force (the direct route is not a relay).
 const AGENT_ROUTES: &[&str] = &["ws", "quic", "turn"];
 /// Pings per second during a flood.
 const FLOOD_INTERVAL: Duration = Duration::from_millis(20);
@@ -725,11 +723,7 @@ fn symmetric_to_symmetric(k: u8, routes: &[&str]) {
 /// `--route direct` and with `--route auto` (which must choose direct); 100 pings of 100
 /// answer and the relay hosts carry none of it (their TURN, WebSocket, QUIC and mesh packet
 /// counters do not move).
-///
-/// Ignored until boson-node has the direct route (`--route direct` exits 2 today). Run it
-/// with `-- --ignored`.
 #[test]
-#[ignore = "boson-node has no direct route yet"]
 fn endpoint_independent_to_endpoint_independent_goes_direct() {
     let Some(pg_bin) = requirements() else {
         return;

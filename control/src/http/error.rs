@@ -12,9 +12,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::model::FieldError;
-use crate::registry::Refusal;
-use crate::store::StoreError;
+use crate::domain::model::FieldError;
+use crate::domain::registry::Refusal;
+use crate::io::store::StoreError;
 
 /// An error answered to an API client.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use boson_shared::NodeId;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
-use crate::auth::{NodeToken, TokenError};
+use crate::domain::auth::{NodeToken, TokenError};
 use crate::http::error::ApiError;
 
 /// A JSON body whose every rejection is an [`ApiError`], and which must arrive within the

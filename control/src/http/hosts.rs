@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::extract::NodeAuth;
 use crate::AppState;
-use crate::hosts::HostRecord;
+use crate::domain::hosts::HostRecord;
 use crate::http::error::ApiError;
 
 #[derive(Serialize)]

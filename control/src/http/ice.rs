@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use super::extract::NodeAuth;
 use crate::AppState;
-use crate::hosts::HostRecord;
+use crate::domain::hosts::HostRecord;
+use crate::domain::routing::{self, Place};
 use crate::http::error::ApiError;
-use crate::routing::{self, Place};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,6 +1,6 @@
 //! The REST API: the route table, the router and its layers. One module per resource holds
 //! its handlers; handlers do the I/O and call the pure decisions
-//! ([`crate::registry`], [`crate::routing`]). [`error`] holds the one error type and
+//! ([`crate::domain::registry`], [`crate::domain::routing`]). [`error`] holds the one error type and
 //! [`server`] the HTTP/1 accept loop under the router.
 
 pub(crate) mod error;

@@ -14,15 +14,15 @@ use serde_json::json;
 use super::MAX_PAGE;
 use super::extract::{ApiJson, ApiQuery, MaybeNodeAuth, NodeAuth, NodePath, token_error};
 use crate::AppState;
-use crate::auth::TokenError;
-use crate::cache::RateDecision;
-use crate::http::error::ApiError;
-use crate::model::{
-    FieldError, HeartbeatRequest, MAX_REGION_LEN, NodeStatus, NodeView, RegisterRequest,
-    ReportedStatus, check_country, check_text,
+use crate::domain::auth::TokenError;
+use crate::domain::model::{
+    FieldError, HeartbeatRequest, MAX_REGION_LEN, NodeRecord, NodeStatus, NodeView,
+    RegisterRequest, ReportedStatus, check_country, check_text,
 };
-use crate::registry::{self, Decision};
-use crate::store::{Heartbeat, HeartbeatOutcome, NodeFilter, NodeRecord, WriteOutcome};
+use crate::domain::registry::{self, Decision};
+use crate::http::error::ApiError;
+use crate::io::cache::RateDecision;
+use crate::io::store::{Heartbeat, HeartbeatOutcome, NodeFilter, WriteOutcome};
 
 /// Window of the per-IP registration limit.
 const REGISTER_WINDOW: Duration = Duration::from_secs(60);

@@ -11,11 +11,11 @@ use super::MAX_PAGE;
 use super::extract::{ApiJson, NodeAuth};
 use super::ice::relay_hosts;
 use crate::AppState;
+use crate::domain::model::{NodeRecord, NodeStatus};
+use crate::domain::registry;
+use crate::domain::routing::{self, RankInput, Route, RoutingRequest};
 use crate::http::error::ApiError;
-use crate::model::NodeStatus;
-use crate::registry;
-use crate::routing::{self, RankInput, Route, RoutingRequest};
-use crate::store::{NodeFilter, NodeRecord};
+use crate::io::store::NodeFilter;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -16,7 +16,7 @@
 //! API on a non-loopback address logs one loud warning at start: tokens would cross the
 //! network in clear.
 //!
-//! Behind `--trusted-proxies` ([`crate::client_addr`]): a connection from a
+//! Behind `--trusted-proxies` ([`crate::domain::client_addr`]): a connection from a
 //! trusted address may start with a PROXY protocol v2 header, whose source then is the
 //! connection's address (its connection cap included; a trusted proxy's own connections carry
 //! many clients and have no cap); and each request from a trusted address has its client
@@ -41,10 +41,10 @@ use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use crate::AppState;
-use crate::client_addr::{
+use crate::config::HttpLimits;
+use crate::domain::client_addr::{
     self, ForwardedError, PROXY_V2_FIXED_LEN, PROXY_V2_SIGNATURE, ProxyHeader,
 };
-use crate::config::HttpLimits;
 use crate::http::error::ApiError;
 use axum::response::IntoResponse as _;
 

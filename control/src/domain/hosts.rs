@@ -8,8 +8,8 @@
 //! [`is_live`] against their own `now`, so a record that is still stored (or a Redis key whose
 //! expiry runs on Redis's clock) never makes a silent host look alive.
 //!
-//! This module holds the types and the pure decisions; the I/O is in [`crate::store`],
-//! [`crate::cache`] and the `AppState` methods of [`crate::mesh`].
+//! This module holds the types and the pure decisions; the I/O is in [`crate::io::store`],
+//! [`crate::io::cache`] and the `AppState` methods of [`crate::io::mesh`].
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

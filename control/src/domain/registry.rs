@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use crate::auth::NodeToken;
 use crate::clock::UnixMillis;
-use crate::model::{NodeStatus, ValidRegistration};
-use crate::store::NodeRecord;
+use crate::domain::auth::NodeToken;
+use crate::domain::model::NodeRecord;
+use crate::domain::model::{NodeStatus, ValidRegistration};
 
 /// What to do with a registration.
 #[derive(Debug)]
@@ -76,7 +76,9 @@ mod tests {
     use boson_shared::{NodeId, WgPublicKey};
 
     use super::*;
-    use crate::model::{Bandwidth, Capabilities, Location, NatType, NetworkInfo, Registration};
+    use crate::domain::model::{
+        Bandwidth, Capabilities, Location, NatType, NetworkInfo, Registration,
+    };
 
     const TIMEOUT: Duration = Duration::from_secs(90);
     const NOW: UnixMillis = UnixMillis(10_000_000);

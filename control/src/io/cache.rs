@@ -4,7 +4,7 @@
 //! With `REDIS_URL` set it lives in Redis, so that every host behind one address shares the
 //! limits and the relay mesh can see which host a node talks to. Without it, rate limits are
 //! kept in this process, node presence is not published (one host has no one to tell), and
-//! relay hosts and relay presence live in the store alone (see [`crate::mesh`]).
+//! relay hosts and relay presence live in the store alone (see [`crate::io::mesh`]).
 //!
 //! Redis keys, each under the configured prefix:
 //!
@@ -28,7 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::clock::UnixMillis;
 use crate::config::RedisConfig;
-use crate::hosts::{self, HostRecord};
+use crate::domain::hosts::{self, HostRecord};
 
 /// Why the cache could not answer.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! Relay presence: which relay host each node holds its relay session on, for the relay mesh.
-//! Pure bookkeeping; the I/O is in the `AppState` methods of [`crate::mesh`].
+//! Pure bookkeeping; the I/O is in the `AppState` methods of [`crate::io::mesh`].
 //!
 //! * [`LocalSessions`] counts this host's sessions per node from the dataplane's
 //!   `NodeConnected`/`NodeDisconnected` events (a node may hold sessions on several cores):

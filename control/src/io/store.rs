@@ -13,8 +13,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row as _};
 
 use crate::clock::UnixMillis;
-use crate::hosts::{self, HostRecord};
-use crate::model::{NodeMetrics, NodeStatus, NodeView, Registration, ReportedStatus};
+use crate::domain::hosts::{self, HostRecord};
+use crate::domain::model::{NodeMetrics, NodeRecord, NodeStatus, ReportedStatus};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,50 +60,6 @@ pub enum Backend {
     Sqlite,
     /// PostgreSQL server.
     Postgres,
-}
-
-/// A node as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodeRecord {
-    /// Id.
-    pub node_id: NodeId,
-    /// WireGuard key; unique across nodes.
-    pub public_key: WgPublicKey,
-    /// Bumped by every registration; tokens of older generations are refused.
-    pub generation: i64,
-    /// What the node registered.
-    pub registration: Registration,
-    /// Whether the server hears from it.
-    pub status: NodeStatus,
-    /// What it last said about itself.
-    pub reported_status: Option<ReportedStatus>,
-    /// Last metrics.
-    pub metrics: Option<NodeMetrics>,
-    /// First registration.
-    pub registered_at: UnixMillis,
-    /// Last registration or heartbeat.
-    pub last_seen: UnixMillis,
-    /// When the token of the current generation expires (0: unknown, for rows written
-    /// before this was kept).
-    pub token_expires_at: UnixMillis,
-}
-
-impl NodeRecord {
-    /// The API's view of the node.
-    pub fn view(&self) -> NodeView {
-        NodeView {
-            node_id: self.node_id,
-            public_key: self.public_key,
-            network_info: self.registration.network_info.clone(),
-            capabilities: self.registration.capabilities.clone(),
-            location: self.registration.location.clone(),
-            status: self.status,
-            reported_status: self.reported_status,
-            metrics: self.metrics.clone(),
-            registered_at: self.registered_at.0,
-            last_seen: self.last_seen.0,
-        }
-    }
 }
 
 /// Result of [`Store::insert`] and [`Store::replace`].
@@ -156,7 +112,7 @@ pub struct NodeFilter {
     pub offset: i64,
 }
 
-/// What a node's relay grant is computed from (see [`crate::grants::grant_for`]).
+/// What a node's relay grant is computed from (see [`crate::domain::grants::grant_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrantSource {
     /// The node.

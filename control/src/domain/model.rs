@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use boson_shared::{NodeId, WgPublicKey};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::UnixMillis;
+
 /// NAT behaviour a node reports from its STUN probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NatType {
@@ -496,4 +498,48 @@ fn check_metrics(m: &NodeMetrics) -> Result<(), FieldError> {
         )?;
     }
     Ok(())
+}
+
+/// A node as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    /// Id.
+    pub node_id: NodeId,
+    /// WireGuard key; unique across nodes.
+    pub public_key: WgPublicKey,
+    /// Bumped by every registration; tokens of older generations are refused.
+    pub generation: i64,
+    /// What the node registered.
+    pub registration: Registration,
+    /// Whether the server hears from it.
+    pub status: NodeStatus,
+    /// What it last said about itself.
+    pub reported_status: Option<ReportedStatus>,
+    /// Last metrics.
+    pub metrics: Option<NodeMetrics>,
+    /// First registration.
+    pub registered_at: UnixMillis,
+    /// Last registration or heartbeat.
+    pub last_seen: UnixMillis,
+    /// When the token of the current generation expires (0: unknown, for rows written
+    /// before this was kept).
+    pub token_expires_at: UnixMillis,
+}
+
+impl NodeRecord {
+    /// The API's view of the node.
+    pub fn view(&self) -> NodeView {
+        NodeView {
+            node_id: self.node_id,
+            public_key: self.public_key,
+            network_info: self.registration.network_info.clone(),
+            capabilities: self.registration.capabilities.clone(),
+            location: self.registration.location.clone(),
+            status: self.status,
+            reported_status: self.reported_status,
+            metrics: self.metrics.clone(),
+            registered_at: self.registered_at.0,
+            last_seen: self.last_seen.0,
+        }
+    }
 }

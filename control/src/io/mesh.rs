@@ -14,7 +14,7 @@
 //!
 //! [`crate::serve`] runs the rest in the background every `host_heartbeat_interval`:
 //! [`AppState::heartbeat_host`], [`AppState::poll_presence`] and [`AppState::sync_grants`].
-//! The decisions are pure, in [`crate::hosts`], [`crate::presence`] and [`crate::grants`].
+//! The decisions are pure, in [`crate::domain::hosts`], [`crate::domain::presence`] and [`crate::domain::grants`].
 
 use std::collections::BTreeMap;
 
@@ -22,12 +22,12 @@ use boson_shared::NodeId;
 use boson_shared::plane::{Command, Event, Generation, Grant, HostId};
 
 use crate::AppState;
-use crate::cache::CacheError;
 use crate::clock::UnixMillis;
-use crate::grants::{self, Epoch, GrantTable};
-use crate::hosts::{self, HostLoad, HostRecord};
-use crate::presence::PresenceChange;
-use crate::store::StoreError;
+use crate::domain::grants::{self, Epoch, GrantTable};
+use crate::domain::hosts::{self, HostLoad, HostRecord};
+use crate::domain::presence::PresenceChange;
+use crate::io::cache::CacheError;
+use crate::io::store::StoreError;
 
 /// Receives the control plane's commands to the dataplane. It must not block: it is called
 /// from the API's request handlers, with the grant table locked so that commands arrive in
@@ -168,7 +168,7 @@ impl AppState {
     }
 
     /// The TURN allocations the dataplane reported live, as this control plane sees them.
-    pub fn allocations(&self) -> crate::allocations::AllocationView {
+    pub fn allocations(&self) -> crate::domain::allocations::AllocationView {
         self.lock_allocations().clone()
     }
 
@@ -438,13 +438,15 @@ impl AppState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_allocations(&self) -> std::sync::MutexGuard<'_, crate::allocations::AllocationView> {
+    fn lock_allocations(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::domain::allocations::AllocationView> {
         self.allocations
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, crate::presence::LocalSessions> {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, crate::domain::presence::LocalSessions> {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

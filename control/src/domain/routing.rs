@@ -55,12 +55,12 @@ use boson_shared::plane::HostId;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::hosts::HostRecord;
-use crate::model::{
+use crate::domain::hosts::HostRecord;
+use crate::domain::model::NodeRecord;
+use crate::domain::model::{
     FieldError, MAX_BANDWIDTH, MAX_LATENCY_MS, MAX_REGION_LEN, NatType, check_country,
     check_mapped_address, check_number, check_text,
 };
-use crate::store::NodeRecord;
 
 /// `POST /api/v1/routing/request`, as in the seed protocol.
 #[derive(Debug, Clone, Deserialize)]
@@ -189,7 +189,7 @@ impl RelayTransport {
 #[serde(rename_all = "camelCase")]
 pub struct RelayHop {
     /// The host.
-    #[serde(with = "crate::hosts::host_id_text")]
+    #[serde(with = "crate::domain::hosts::host_id_text")]
     pub host_id: HostId,
     /// Its region.
     pub region: String,
@@ -755,9 +755,9 @@ mod tests {
 
     use super::*;
     use crate::clock::UnixMillis;
-    use crate::hosts::HostLoad;
-    use crate::hosts::tests::host;
-    use crate::model::{
+    use crate::domain::hosts::HostLoad;
+    use crate::domain::hosts::tests::host;
+    use crate::domain::model::{
         Bandwidth, Capabilities, Location, NetworkInfo, NodeMetrics, NodeStatus, Registration,
     };
 
