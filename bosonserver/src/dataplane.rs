@@ -47,6 +47,12 @@ pub(crate) struct DataplaneArgs {
     #[arg(long, env = "BOSON_TURN_REALM", default_value = "bosonserver")]
     turn_realm: String,
 
+    /// Offer SHA-256 password derivation (RFC 8489 §9.2): 401s carry the nonce cookie and
+    /// PASSWORD-ALGORITHMS. Off by default: each unauthenticated answer grows by 28 bytes.
+    /// MESSAGE-INTEGRITY-SHA256 is accepted either way.
+    #[arg(long, env = "BOSON_TURN_SHA256_PASSWORDS")]
+    turn_sha256_passwords: bool,
+
     /// Let clients relay to loopback peers. Only for tests and benchmarks on one machine: it
     /// opens this host's local services to every client.
     #[arg(long, env = "BOSON_DANGER_ALLOW_LOOPBACK_PEERS", hide = true)]
@@ -256,6 +262,7 @@ impl DataplaneArgs {
         let mut turn = TurnConfig::new(&self.turn_realm, settings.secrets.clone(), relay_ip, ports)
             .context("invalid TURN settings")?
             .with_port_table(table)
+            .with_password_algorithms(self.turn_sha256_passwords)
             .with_peer_filter(peers.filter(&settings.allowed_peers, &settings.denied_peers));
         // Any worker may end up holding every port of the shared range.
         let total = turn.ports().len();

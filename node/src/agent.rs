@@ -26,7 +26,7 @@ use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
 use crate::route::{self, RouteSelector};
 use crate::status::{PeerStatus, StatusFile};
-use crate::{tls, turn_conn};
+use crate::{direct_conn, tls, turn_conn};
 
 /// A runtime failure of `run`: exit code 1.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) drop_queue_full: AtomicU64,
     pub(crate) drop_no_route: AtomicU64,
     pub(crate) drop_unknown_peer: AtomicU64,
+    /// The direct route's drops.
+    pub(crate) direct: direct_conn::Counters,
 }
 
 /// One peer's socket and counters.
@@ -84,6 +86,10 @@ pub(crate) struct PeerState {
     pub(crate) gone: AtomicBool,
     /// TURN route: a channel to the peer's relayed address is bound.
     pub(crate) route_ready: AtomicBool,
+    /// Direct route: punching found a path that answers.
+    pub(crate) direct_up: AtomicBool,
+    /// Direct paths found so far.
+    pub(crate) direct_paths: AtomicU64,
     /// `--route auto`: which route packets to the peer take.
     pub(crate) selector: Mutex<RouteSelector>,
     /// The route label last reported, to count switches.
@@ -109,10 +115,9 @@ impl Shared {
     /// Whether packets to `peer` can go out now.
     pub(crate) fn can_send(&self, peer: &PeerState) -> bool {
         match self.route_of(peer) {
+            RouteKind::Direct => peer.direct_up.load(Ordering::Relaxed),
             RouteKind::Turn => peer.route_ready.load(Ordering::Relaxed),
-            RouteKind::Direct | RouteKind::Quic | RouteKind::Ws => {
-                self.relay_open.load(Ordering::Relaxed)
-            }
+            RouteKind::Quic | RouteKind::Ws => self.relay_open.load(Ordering::Relaxed),
         }
     }
 
@@ -128,8 +133,10 @@ impl Shared {
         let last = peer.last_rx_ms.load(Ordering::Relaxed);
         let fresh = last != 0 && now_ms.saturating_sub(last) <= PEER_IDLE.as_millis() as u64;
         let route = self.route_of(peer);
-        // PEER_GONE speaks of the relay session, which carries only signalling on TURN.
-        let gone = route != RouteKind::Turn && peer.gone.load(Ordering::Relaxed);
+        // PEER_GONE speaks of the relay session, which carries only signalling on TURN and
+        // on the direct route.
+        let gone =
+            matches!(route, RouteKind::Quic | RouteKind::Ws) && peer.gone.load(Ordering::Relaxed);
         let state = if fresh && !gone { "up" } else { "trying" };
         (Some(route), state)
     }
@@ -187,6 +194,8 @@ impl Shared {
                     tx_packets: p.tx_packets.load(Ordering::Relaxed),
                     rx_packets: p.rx_packets.load(Ordering::Relaxed),
                     route_switches: p.route_switches.load(Ordering::Relaxed),
+                    direct_up: p.direct_up.load(Ordering::Relaxed),
+                    direct_paths: p.direct_paths.load(Ordering::Relaxed),
                 })
                 .collect(),
             relay_connected: self.relay_open.load(Ordering::Relaxed),
@@ -209,6 +218,14 @@ impl Shared {
                     "unknown_peer",
                     self.drop_unknown_peer.load(Ordering::Relaxed),
                 ),
+                (
+                    "direct_bad_probe",
+                    self.direct.bad_probe.load(Ordering::Relaxed),
+                ),
+                (
+                    "direct_unknown_source",
+                    self.direct.unknown_source.load(Ordering::Relaxed),
+                ),
             ],
         }
     }
@@ -230,14 +247,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         RouteChoice::Auto | RouteChoice::Ws => RouteKind::Ws,
         RouteChoice::Quic => RouteKind::Quic,
         RouteChoice::Turn => RouteKind::Turn,
-        RouteChoice::Direct => {
-            // Refused in main as a configuration error; kept here so the library never
-            // runs a route it does not have.
-            return Err(RuntimeError(anyhow!(
-                "route {:?} is not available in this build",
-                config.route
-            )));
-        }
+        RouteChoice::Direct => RouteKind::Direct,
     };
     let node = node_id(&config.state_dir, config.node_id).map_err(RuntimeError)?;
     let (key, wg_port) = match &config.wg {
@@ -295,6 +305,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             last_rx_ms: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             route_ready: AtomicBool::new(false),
+            direct_up: AtomicBool::new(false),
+            direct_paths: AtomicU64::new(0),
             selector: Mutex::new(RouteSelector::new(route::AUTO_ROUTES.to_vec())),
             route: Mutex::new(None),
         });
@@ -314,7 +326,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         drop_queue_full: AtomicU64::new(0),
         drop_no_route: AtomicU64::new(0),
         drop_unknown_peer: AtomicU64::new(0),
+        direct: direct_conn::Counters::default(),
     });
+    // The direct route's socket, bound now so that NAT discovery learns its mapping: the
+    // address the peers are told to punch towards.
+    let direct_socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .context("binding the direct route's UDP socket")
+        .map_err(RuntimeError)?;
 
     let info = NodeInfo {
         node,
@@ -342,7 +361,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "registered"
     );
     let (info, session) = tokio::select! {
-        found = discover_nat(&controls, info.clone(), session.clone(), &shared, &token_file) => found,
+        found = discover_nat(&controls, info.clone(), session.clone(), &shared, &token_file, &direct_socket) => found,
         () = &mut shutdown => (info, session),
     };
 
@@ -367,13 +386,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (out_tx, out_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
 
     let mut tasks = tokio::task::JoinSet::new();
-    // The TURN route: WireGuard's packets go to the TURN task, and the relay session carries
-    // only the signalling between the agents.
+    // The TURN and direct routes: WireGuard's packets go to their tasks, and the relay
+    // session carries only the signalling between the agents.
+    let use_turn = route_kind == RouteKind::Turn || auto;
+    let use_direct = route_kind == RouteKind::Direct || auto;
     let mut signals = None;
-    let turn_tx = if route_kind == RouteKind::Turn || auto {
-        let (turn_tx, turn_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
+    let (mut turn_signal_rx, mut direct_signal_rx) = (None, None);
+    if use_turn || use_direct {
         let (signal_tx, signal_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(256);
         signals = Some(signal_tx);
+        let turn = use_turn.then(|| {
+            let (tx, rx) = mpsc::channel::<(NodeId, Vec<u8>)>(256);
+            turn_signal_rx = Some(rx);
+            tx
+        });
+        let direct = use_direct.then(|| {
+            let (tx, rx) = mpsc::channel(256);
+            direct_signal_rx = Some(rx);
+            tx
+        });
+        tasks.spawn(direct_conn::dispatch_signals(signal_rx, turn, direct));
+    }
+    let direct_tx = match direct_signal_rx {
+        Some(signal_rx) => {
+            let (direct_tx, direct_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
+            let port = direct_socket.local_addr().map_or(0, |a| a.port());
+            tasks.spawn(direct_conn::run(direct_conn::DirectTask {
+                shared: shared.clone(),
+                socket: direct_socket,
+                candidates: direct_candidates(&info, port),
+                packets: direct_rx,
+                signals: signal_rx,
+                relay: out_tx.clone(),
+                stop: stop_rx.clone(),
+                wg_endpoint,
+            }));
+            Some(direct_tx)
+        }
+        None => None,
+    };
+    let turn_tx = if let Some(signal_rx) = turn_signal_rx {
+        let (turn_tx, turn_rx) = mpsc::channel::<(NodeId, Vec<u8>)>(RELAY_QUEUE);
         tasks.spawn(turn_conn::run(turn_conn::TurnTask {
             shared: shared.clone(),
             controls: controls.clone(),
@@ -395,9 +448,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             wg_endpoint,
             out_tx.clone(),
             turn_tx.clone(),
+            direct_tx.clone(),
         ));
     }
     drop(turn_tx);
+    drop(direct_tx);
     drop(out_tx);
     if auto {
         tasks.spawn(route_timers(shared.clone()));
@@ -606,9 +661,10 @@ async fn discover_nat(
     session: Session,
     shared: &Shared,
     token_file: &Path,
+    socket: &UdpSocket,
 ) -> (NodeInfo, Session) {
     let control = &controls[session.server];
-    let report = match probe_nat(control, &session.token).await {
+    let report = match probe_nat(control, &session.token, socket).await {
         Ok(report) => report,
         Err(err) => {
             warn!(err = %format!("{err:#}"), "NAT discovery failed: registered without a mapped address");
@@ -645,6 +701,25 @@ async fn discover_nat(
     }
 }
 
+/// The direct route's candidates: the mapped address NAT discovery found for the direct
+/// socket, then the LAN address (the one towards the control plane) with its port. Loopback
+/// addresses are left out (a STUN server on this host's loopback sees one): no peer on
+/// another machine reaches them.
+fn direct_candidates(info: &NodeInfo, port: u16) -> Vec<SocketAddr> {
+    let mut candidates: Vec<SocketAddr> = info
+        .stun_mapped
+        .as_deref()
+        .and_then(|mapped| mapped.parse::<SocketAddr>().ok())
+        .filter(|mapped| !mapped.ip().is_loopback() && !mapped.ip().is_unspecified())
+        .into_iter()
+        .collect();
+    let lan = SocketAddr::from((info.ipv4, port));
+    if !info.ipv4.is_loopback() && !info.ipv4.is_unspecified() && !candidates.contains(&lan) {
+        candidates.push(lan);
+    }
+    candidates
+}
+
 /// `host:port` of a `stun:` or UDP `turn:` URL (port 3478 when none is given).
 fn stun_destination(url: &str) -> Option<String> {
     let (rest, query) = match url.split_once('?') {
@@ -666,9 +741,13 @@ fn stun_destination(url: &str) -> Option<String> {
     })
 }
 
-/// Runs one [`crate::nat::BindingProbe`] from a fresh UDP socket, bounded by
-/// [`NAT_DISCOVERY`].
-async fn probe_nat(control: &Control, token: &str) -> anyhow::Result<crate::nat::NatReport> {
+/// Runs one [`crate::nat::BindingProbe`] from `socket` (the direct route's, whose mapping
+/// the peers punch towards), bounded by [`NAT_DISCOVERY`].
+async fn probe_nat(
+    control: &Control,
+    token: &str,
+    socket: &UdpSocket,
+) -> anyhow::Result<crate::nat::NatReport> {
     let ice = control.ice(token).await?;
     let mut destinations = Vec::new();
     for url in ice.ice_servers.iter().flat_map(|s| s.urls.iter()) {
@@ -683,9 +762,6 @@ async fn probe_nat(control: &Control, token: &str) -> anyhow::Result<crate::nat:
     if destinations.is_empty() {
         return Err(anyhow!("the server lists no STUN destination"));
     }
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .await
-        .context("binding the NAT discovery socket")?;
     let start = clock::now();
     let deadline = start + NAT_DISCOVERY;
     let mut probe = crate::nat::BindingProbe::new(&destinations, start, &mut StdRng::from_os_rng());
@@ -905,6 +981,7 @@ async fn peer_reader(
     wg_endpoint: SocketAddr,
     relay: mpsc::Sender<(NodeId, Vec<u8>)>,
     turn: Option<mpsc::Sender<(NodeId, Vec<u8>)>>,
+    direct: Option<mpsc::Sender<(NodeId, Vec<u8>)>>,
 ) {
     let peer = &shared.peers[index];
     let mut buf = vec![0u8; 65_536];
@@ -932,8 +1009,9 @@ async fn peer_reader(
             shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let out = match (shared.route_of(peer), &turn) {
-            (RouteKind::Turn, Some(turn)) => turn,
+        let out = match (shared.route_of(peer), &turn, &direct) {
+            (RouteKind::Turn, Some(turn), _) => turn,
+            (RouteKind::Direct, _, Some(direct)) => direct,
             _ => &relay,
         };
         match out.try_send((peer.node, packet.to_vec())) {

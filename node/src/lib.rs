@@ -5,8 +5,9 @@
 //!
 //! Shaped like the server: the protocol logic lives in sans-IO cores that take `now` and
 //! bytes and return what to send, with no socket, clock or thread ([`ws`]: the WebSocket
-//! relay session; [`backoff`]; [`status`] and [`metrics`] formatting), and a thin tokio
-//! shell drives them ([`agent`], `relay_conn`, [`control`], [`wg`]). Every codec is
+//! relay session; [`direct`]: hole punching; [`backoff`]; [`status`] and [`metrics`]
+//! formatting), and a thin tokio shell drives them ([`agent`], `relay_conn`,
+//! `direct_conn`, [`control`], [`wg`]). Every codec is
 //! `boson-dataplane-proto`'s: this crate writes none of its own.
 //!
 //! # Data path
@@ -25,6 +26,8 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod direct;
+mod direct_conn;
 pub mod keys;
 pub mod metrics;
 pub mod nat;

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use boson_node::config::{Cli, Command, RouteChoice};
+use boson_node::config::{Cli, Command};
 use boson_node::status::StatusFile;
 use boson_node::{agent, clock};
 use clap::Parser as _;
@@ -38,13 +38,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if config.route == RouteChoice::Direct {
-                tracing::error!(
-                    "--route {:?} is not available in this build yet: use ws, quic, turn or auto",
-                    config.route
-                );
-                return ExitCode::from(2);
-            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

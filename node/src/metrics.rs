@@ -20,6 +20,10 @@ pub struct PeerFigures {
     pub rx_packets: u64,
     /// Times its route changed.
     pub route_switches: u64,
+    /// Whether a direct path to it is up (whatever route its packets take).
+    pub direct_up: bool,
+    /// Direct paths to it found so far.
+    pub direct_paths: u64,
 }
 
 /// What the agent exports.
@@ -90,11 +94,29 @@ pub fn render(s: &Snapshot) -> String {
             "Times the peer's route changed.",
             |p| p.route_switches,
         ),
+        (
+            "boson_node_direct_paths_total",
+            "Direct paths to the peer that hole punching found.",
+            |p| p.direct_paths,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for p in &s.peers {
             let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", p.node, get(p));
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP boson_node_direct_path_up 1 while a direct path to the peer answers.\n\
+         # TYPE boson_node_direct_path_up gauge"
+    );
+    for p in &s.peers {
+        let _ = writeln!(
+            out,
+            "boson_node_direct_path_up{{peer=\"{}\"}} {}",
+            p.node,
+            u8::from(p.direct_up)
+        );
     }
     let _ = writeln!(
         out,

@@ -19,6 +19,13 @@
 //! Packets arriving on any route are always handed to WireGuard: only the sending side
 //! chooses.
 //!
+//! The direct route is different from the relays: whether it exists is known before any
+//! handshake, from the punching ([`crate::direct`]). So it is skipped while no direct path is
+//! up ([`RouteSelector::set_direct`]); when a path comes up while a relay carries the peer,
+//! the selector moves to it at once (the upgrade); when the path goes down, it moves on. The
+//! punching retries in the background from time to time, so a peer on a relay upgrades as
+//! soon as the NATs let it.
+//!
 //! The order comes from the server: [`plan_from_ranking`] turns the answer of
 //! `POST /api/v1/routing/request` into the routes to try, best first, keeping those this
 //! agent can take under `--route auto` ([`AUTO_ROUTES`]). Until the answer arrives, or when it
@@ -46,9 +53,9 @@ pub fn is_response(packet: &[u8]) -> bool {
 }
 
 /// The routes `--route auto` can take in this build, in the order used when the server gave
-/// none: TURN, then the WebSocket relay. The direct route and the QUIC relay are not taken
-/// under `auto` yet (the relay session is one transport, WebSocket, under `auto`).
-pub const AUTO_ROUTES: [RouteKind; 2] = [RouteKind::Turn, RouteKind::Ws];
+/// none: direct, TURN, then the WebSocket relay. The QUIC relay is not taken under `auto`
+/// yet (the relay session is one transport, WebSocket, under `auto`).
+pub const AUTO_ROUTES: [RouteKind; 3] = [RouteKind::Direct, RouteKind::Turn, RouteKind::Ws];
 
 /// One route of the server's ranking, as the answer spells it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -152,6 +159,8 @@ pub struct RouteSelector {
     confirmed: bool,
     upgrade_at: Option<Instant>,
     switches: u64,
+    /// Whether a direct path is up: the direct route is skipped while not.
+    direct_up: bool,
 }
 
 impl RouteSelector {
@@ -162,13 +171,53 @@ impl RouteSelector {
         } else {
             candidates
         };
-        Self {
+        let mut selector = Self {
             candidates,
             index: 0,
             pending_since: None,
             confirmed: false,
             upgrade_at: None,
             switches: 0,
+            direct_up: false,
+        };
+        selector.index = selector.first_usable();
+        selector
+    }
+
+    /// Whether `route` can be taken now: the direct route only while a path is up.
+    fn usable(&self, route: RouteKind) -> bool {
+        route != RouteKind::Direct || self.direct_up
+    }
+
+    /// The best candidate that can be taken now (the first when none can).
+    fn first_usable(&self) -> usize {
+        self.candidates
+            .iter()
+            .position(|&c| self.usable(c))
+            .unwrap_or(0)
+    }
+
+    /// The next candidate after the current one that can be taken now, cycling.
+    fn next_usable(&self) -> usize {
+        let n = self.candidates.len();
+        (1..=n)
+            .map(|step| (self.index + step) % n)
+            .find(|&i| self.usable(self.candidates[i]))
+            .unwrap_or((self.index + 1) % n)
+    }
+
+    /// A direct path came up or went down. Up: if the direct route is a better candidate
+    /// than the current one, switch to it now. Down: if it is the current one, move on.
+    pub fn set_direct(&mut self, up: bool) {
+        self.direct_up = up;
+        let direct = self.candidates.iter().position(|&c| c == RouteKind::Direct);
+        match direct {
+            Some(index) if up && index < self.index => self.switch_to(index),
+            Some(index) if !up && index == self.index => {
+                let next = self.next_usable();
+                self.switch_to(next);
+            }
+            Some(_) | None => {}
         }
     }
 
@@ -190,7 +239,7 @@ impl RouteSelector {
                 self.upgrade_at = None;
             }
             None => {
-                let index = 0;
+                let index = self.first_usable();
                 if self.candidates[index] != current {
                     self.switches += 1;
                 }
@@ -233,6 +282,7 @@ impl RouteSelector {
     pub fn handle_incoming(&mut self, now: Instant, via: RouteKind, packet: &[u8]) {
         if is_initiation(packet)
             && via != self.current()
+            && self.usable(via)
             && let Some(index) = self.candidates.iter().position(|&c| c == via)
         {
             self.switch_to(index);
@@ -260,12 +310,17 @@ impl RouteSelector {
             .pending_since
             .is_some_and(|at| now >= at + HANDSHAKE_TIMEOUT)
         {
-            let next = (self.index + 1) % self.candidates.len();
+            let next = self.next_usable();
             self.switch_to(next);
             return;
         }
         if self.upgrade_at.is_some_and(|at| now >= at) {
-            self.switch_to(0);
+            let best = self.first_usable();
+            if best < self.index {
+                self.switch_to(best);
+            } else {
+                self.upgrade_at = None;
+            }
         }
     }
 
@@ -395,7 +450,10 @@ mod tests {
                 RouteKind::Turn
             ]
         );
-        assert_eq!(plan.usable, vec![RouteKind::Ws, RouteKind::Turn]);
+        assert_eq!(
+            plan.usable,
+            vec![RouteKind::Direct, RouteKind::Ws, RouteKind::Turn]
+        );
         assert_eq!(labels(&plan.ranked), "direct,ws,quic,turn");
         // Only what the server named: no WebSocket relay, no WebSocket route.
         let plan = plan_from_ranking(&ranked(&[("relay", Some("turn"))])).unwrap();
@@ -422,8 +480,8 @@ mod tests {
             })
         );
         assert_eq!(
-            plan_from_ranking(&ranked(&[("direct", None), ("relay", Some("quic"))])),
-            Err(RankingError::NoneUsable("direct,quic".to_owned()))
+            plan_from_ranking(&ranked(&[("relay", Some("quic"))])),
+            Err(RankingError::NoneUsable("quic".to_owned()))
         );
     }
 
@@ -447,6 +505,58 @@ mod tests {
         assert_eq!(s.switches(), 1);
         s.set_candidates(Vec::new());
         assert_eq!(s.candidates(), &[RouteKind::Ws, RouteKind::Turn]);
+    }
+
+    #[test]
+    fn direct_is_taken_only_while_a_path_is_up() {
+        let t0 = epoch();
+        let mut s = RouteSelector::new(AUTO_ROUTES.to_vec());
+        // No path yet: the relays are tried, direct skipped.
+        assert_eq!(s.current(), RouteKind::Turn);
+        s.handle_outgoing(t0, &initiation());
+        s.handle_timeout(t0 + HANDSHAKE_TIMEOUT);
+        assert_eq!(s.current(), RouteKind::Ws);
+        s.handle_outgoing(t0 + HANDSHAKE_TIMEOUT, &initiation());
+        s.handle_timeout(t0 + HANDSHAKE_TIMEOUT * 2);
+        // Cycling skips direct too.
+        assert_eq!(s.current(), RouteKind::Turn);
+        let t1 = t0 + HANDSHAKE_TIMEOUT * 2;
+        s.handle_outgoing(t1, &initiation());
+        s.handle_incoming(t1, RouteKind::Turn, &response());
+        assert!(s.is_confirmed());
+        // An upgrade falls due with no path: nothing better to take, TURN stays.
+        s.handle_timeout(t1 + UPGRADE_INTERVAL);
+        assert_eq!(s.current(), RouteKind::Turn);
+        assert!(s.is_confirmed());
+        // A path comes up: upgraded at once.
+        let before = s.switches();
+        s.set_direct(true);
+        assert_eq!(s.current(), RouteKind::Direct);
+        assert_eq!(s.switches(), before + 1);
+        s.handle_outgoing(t1, &initiation());
+        s.handle_incoming(t1, RouteKind::Direct, &response());
+        assert!(s.is_confirmed());
+        assert_eq!(s.poll_timeout(), None);
+        // It goes down: the next route at once, not after a handshake timeout.
+        s.set_direct(false);
+        assert_eq!(s.current(), RouteKind::Turn);
+        // Back up while on a relay: upgraded again; the responder follows direct
+        // initiations only while its own path is up.
+        s.set_direct(true);
+        assert_eq!(s.current(), RouteKind::Direct);
+        s.handle_incoming(t1, RouteKind::Ws, &initiation());
+        assert_eq!(s.current(), RouteKind::Ws);
+        s.set_direct(false);
+        s.handle_incoming(t1, RouteKind::Direct, &initiation());
+        assert_eq!(s.current(), RouteKind::Ws);
+        // The server ranks no direct route: a path that comes up is not taken.
+        let mut s = RouteSelector::new(vec![RouteKind::Turn, RouteKind::Ws]);
+        s.set_direct(true);
+        assert_eq!(s.current(), RouteKind::Turn);
+        // Ranked after a relay that carries: kept where it is.
+        let mut s = RouteSelector::new(vec![RouteKind::Turn, RouteKind::Direct]);
+        s.set_direct(true);
+        assert_eq!(s.current(), RouteKind::Turn);
     }
 
     #[test]

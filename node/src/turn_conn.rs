@@ -155,6 +155,14 @@ async fn allocate_and_run(
             if let Some(relayed) = client.relayed() {
                 let signal = Signal::TurnAddr(relayed).encode();
                 for peer in &task.shared.peers {
+                    // A peer carried on a direct path needs no TURN address now, and the
+                    // relay then carries nothing of the pair (the peer learnt it before,
+                    // or learns it when the path goes and the route falls back here).
+                    if task.shared.route_of(peer) == crate::config::RouteKind::Direct
+                        && task.shared.can_send(peer)
+                    {
+                        continue;
+                    }
                     let _ = task.relay.try_send((peer.node, signal.clone()));
                 }
             }

@@ -54,7 +54,6 @@ fn usage_and_configuration_errors_exit_2_naming_the_flag() {
             &["--peer", "6f1d3a52-8a5e-4c1e-9a41-000000000002=short"][..],
             "public key",
         ),
-        (&["--route", "direct"][..], "not available"),
         (&["--route", "sideways"][..], "--route"),
         (&["--node-id", "42"][..], "--node-id"),
         (&["--metrics-listen", "nowhere"][..], "--metrics-listen"),

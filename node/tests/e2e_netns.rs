@@ -12,11 +12,10 @@
 //!
 //! Each node's wireguard-go has the other as its peer (keys and allowed IPs set by the test,
 //! as an operator would) and no endpoint: the agent (`boson-node run --wg-interface`) finds
-//! the way and sets it. Every case runs with the route forced and with `--route auto`, as far
-//! as the agent supports routes (today the WebSocket and QUIC relays; the direct and TURN
-//! cases come with those routes). One topology per test function, shared by its cases. Two
-//! cases are written and ignored because they show agent defects: full-size packets over
-//! QUIC, and failover between control planes (see each test's doc comment).
+//! the way and sets it. Every case runs with the route forced and with `--route auto`. One
+//! topology per test function, shared by its cases. Two cases are written and ignored
+//! because they show agent defects: full-size packets over QUIC, and failover between
+//! control planes (see each test's doc comment).
 //!
 //! Needs root, `ip`, `iptables`, `wireguard-go`, `wg`, `ping`, `iperf3`, PostgreSQL's server
 //! binaries and redis-server (skipped without, failing when `CI` is set;
@@ -52,7 +51,7 @@ const METRICS: &str = "127.0.0.1:9100";
 const KILL_BOUND: Duration = Duration::from_secs(12);
 /// How long a draining relay host may cost it: the agent moves at once on RECONNECT_HINT.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
-/// The relay routes `--route` can force today (the direct route is still to come).
+/// The relay routes `--route` can force (the direct route is not a relay).
 const AGENT_ROUTES: &[&str] = &["ws", "quic", "turn"];
 /// Pings per second during a flood.
 const FLOOD_INTERVAL: Duration = Duration::from_millis(20);
@@ -728,11 +727,7 @@ fn symmetric_to_symmetric(k: u8, routes: &[&str]) {
 /// `--route direct` and with `--route auto` (which must choose direct); 100 pings of 100
 /// answer and the relay hosts carry none of it (their TURN, WebSocket, QUIC and mesh packet
 /// counters do not move).
-///
-/// Ignored until boson-node has the direct route (`--route direct` exits 2 today). Run it
-/// with `-- --ignored`.
 #[test]
-#[ignore = "boson-node has no direct route yet"]
 fn endpoint_independent_to_endpoint_independent_goes_direct() {
     let Some(pg_bin) = requirements() else {
         return;
@@ -1030,7 +1025,8 @@ impl Lab {
 }
 
 /// Issue 13 §5, a measurement rather than a test: the tunnel's TCP throughput and ping
-/// latency through each route the agent has, against the direct route (wireguard-go with
+/// latency through each route the agent has (its own direct route, hole punched, first),
+/// against the direct route (wireguard-go with
 /// endpoints set by hand across two endpoint-independent NATs, one forwarding WireGuard's
 /// port), on one topology in one run, with the CPU per byte of wireguard-go, boson-node and
 /// bosonserver. `benches/tunnel.sh` runs it on release builds and prints a Markdown table.
@@ -1059,10 +1055,18 @@ fn measure_routes() {
     });
     assert!(up, "no direct tunnel");
     rows.push(("direct (wireguard-go alone)".to_owned(), lab.measure()));
-    for &route in AGENT_ROUTES {
+    for &route in ["direct"].iter().chain(AGENT_ROUTES) {
         lab.start_agents(route);
         let routes = lab.wait_tunnel();
         assert_eq!(routes, [route, route]);
+        if route == "direct" {
+            rows.push((
+                "direct through boson-node (hole punched)".to_owned(),
+                lab.measure(),
+            ));
+            lab.stop_agents();
+            continue;
+        }
         let sessions = lab.relay_sessions();
         let hosts = if route == "turn" {
             "an allocation each"

@@ -15,6 +15,6 @@ pub mod token;
 
 pub use credentials::{CredentialError, TurnCredential, TurnSecret};
 pub use id::{NodeId, ParseKeyError, WgPublicKey};
-pub use mesh::{MeshKey, MeshKeyError, MeshTokenError};
+pub use mesh::{ChannelBinding, MeshKey, MeshKeyError, MeshTokenError};
 pub use net::{Cidr, CidrError};
 pub use plane::HostId;

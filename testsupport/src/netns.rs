@@ -142,6 +142,13 @@ pub enum Nat {
     /// Plain `MASQUERADE`: one flow keeps its source port for every destination as long as the
     /// port is free (endpoint-independent mapping, RFC 4787), filtering by conntrack
     /// (address-and-port-dependent). Two such NATs can be punched through.
+    ///
+    /// Like every home router (OpenWrt's `wan` zone rejects input by default), the router
+    /// drops what arrives on its WAN for itself unless it belongs to a connection it knows
+    /// ([`Internet::router`]). That matters for punching: without it, a peer's probe that
+    /// arrives before the node behind has sent its own is recorded by conntrack as a
+    /// connection to the router itself, and the node's probe back then clashes with it and
+    /// is masqueraded from another port, which the peer's NAT filters.
     EndpointIndependent,
     /// `MASQUERADE --random-fully`: a new random port for every destination (symmetric).
     Symmetric,
@@ -292,7 +299,9 @@ impl Internet {
     }
 
     /// A home router with `nat`, its WAN on the internet (next free address) and an empty
-    /// LAN 192.168.L.0/24 (L counts the routers of this internet from 1).
+    /// LAN 192.168.L.0/24 (L counts the routers of this internet from 1). Its firewall drops
+    /// traffic to itself from the WAN but for known connections' (see
+    /// [`Nat::EndpointIndependent`]); forwarded traffic is the NAT's business.
     ///
     /// # Panics
     /// When it cannot be made.
@@ -320,6 +329,24 @@ impl Internet {
             masquerade.push("--random-fully");
         }
         namespace.run("iptables", &masquerade);
+        // Dropped in the filter table, before conntrack confirms the entry, so a stray
+        // inbound packet leaves no state behind.
+        namespace.run(
+            "iptables",
+            &[
+                "-A",
+                "INPUT",
+                "-i",
+                "wan0",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        namespace.run("iptables", &["-A", "INPUT", "-i", "wan0", "-j", "DROP"]);
         Router {
             namespace,
             wan,

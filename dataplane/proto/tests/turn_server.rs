@@ -923,6 +923,48 @@ fn draining_refuses_new_allocations_only() {
 }
 
 #[test]
+fn draining_with_an_alternate_sends_new_allocates_there() {
+    let mut h = Harness::new();
+    let allocate = |enc: &mut boson_dataplane_proto::stun::Encoder<'_>| {
+        enc.add(&RequestedTransport::UDP).unwrap();
+    };
+    let mut alice = alice();
+    assert!(
+        h.request(&mut alice, Method::ALLOCATE, allocate)
+            .is_success()
+    );
+    let alternate: SocketAddr = "198.51.100.20:3478".parse().unwrap();
+    h.server.start_draining();
+    h.server.set_alternate_server(Some(alternate));
+    let mut bob = Client::new("192.0.2.11:1", &secret_a(), "bob");
+    // `request` checks the 300 is signed with bob's key, as any authenticated answer.
+    let response = h.request(&mut bob, Method::ALLOCATE, allocate);
+    assert_eq!(response.code(), Some(300));
+    assert_eq!(
+        response
+            .message()
+            .get::<boson_dataplane_proto::stun::AlternateServer>()
+            .unwrap(),
+        Some(boson_dataplane_proto::stun::AlternateServer(alternate))
+    );
+    assert_eq!(h.server.allocation_count(), 1, "nothing allocated for bob");
+    // ALTERNATE-SERVER must be of the request's family: an IPv6 client still gets 403.
+    let mut carol = Client::new("[2001:db8::11]:1", &secret_a(), "carol");
+    assert_eq!(
+        h.request(&mut carol, Method::ALLOCATE, allocate).code(),
+        Some(403)
+    );
+    // Existing allocations keep refreshing; with the alternate withdrawn, 403 again.
+    assert!(h.refresh(&mut alice, None).is_success());
+    h.server.set_alternate_server(None);
+    let mut dave = Client::new("192.0.2.12:1", &secret_a(), "dave");
+    assert_eq!(
+        h.request(&mut dave, Method::ALLOCATE, allocate).code(),
+        Some(403)
+    );
+}
+
+#[test]
 fn unauthenticated_responses_are_rate_limited_per_source() {
     let mut h = Harness::with_config(config().with_unauthenticated_rate(1, 5, 64));
     let client = alice();

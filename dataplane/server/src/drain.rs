@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::packet_core::CoreUpdate;
 use crate::relay::{RelayCommand, RelayHandle};
 use crate::worker::Control;
 use crate::{StatsReader, WorkerStatsSnapshot};
@@ -61,7 +62,15 @@ impl DrainHandle {
 
     /// Tells every worker to drain and wakes it. Calling it again changes nothing.
     pub fn start(&self) {
+        self.start_with_alternate(None);
+    }
+
+    /// As [`start`](Self::start), and new TURN Allocates get 300 (Try Alternate) pointing at
+    /// `alternate`, another live host's STUN/TURN listener, instead of 403.
+    pub fn start_with_alternate(&self, alternate: Option<std::net::SocketAddr>) {
         for control in &self.controls {
+            // Both are taken at the top of a loop turn, before its datagrams.
+            control.request_update(CoreUpdate::SetAlternateServer(alternate));
             control.request_drain();
         }
         if let Some(relay) = &self.relay {

@@ -31,6 +31,8 @@ pub enum CoreUpdate {
     SetMaxAllocationsPerUser(u32),
     /// The peer filter ([`Server::set_peer_filter`]).
     SetPeerFilter(PeerFilter),
+    /// Where new Allocates go while draining ([`Server::set_alternate_server`]).
+    SetAlternateServer(Option<std::net::SocketAddr>),
 }
 
 /// A sans-IO packet core, driven by one worker.
@@ -214,6 +216,7 @@ impl<R: RngCore> PacketCore for Server<R> {
                 self.set_max_allocations_per_user(now, *per_user);
             }
             CoreUpdate::SetPeerFilter(filter) => self.set_peer_filter(now, filter.clone()),
+            CoreUpdate::SetAlternateServer(alternate) => self.set_alternate_server(*alternate),
         }
     }
 

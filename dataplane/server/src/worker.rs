@@ -101,6 +101,7 @@ pub(crate) struct PendingUpdates {
     secrets: Option<CoreUpdate>,
     quota: Option<CoreUpdate>,
     peer_filter: Option<CoreUpdate>,
+    alternate: Option<CoreUpdate>,
 }
 
 impl PendingUpdates {
@@ -109,12 +110,13 @@ impl PendingUpdates {
             CoreUpdate::SetSecrets(_) => &mut self.secrets,
             CoreUpdate::SetMaxAllocationsPerUser(_) => &mut self.quota,
             CoreUpdate::SetPeerFilter(_) => &mut self.peer_filter,
+            CoreUpdate::SetAlternateServer(_) => &mut self.alternate,
         };
         *slot = Some(update);
     }
 
     fn into_updates(self) -> impl Iterator<Item = CoreUpdate> {
-        [self.secrets, self.quota, self.peer_filter]
+        [self.secrets, self.quota, self.peer_filter, self.alternate]
             .into_iter()
             .flatten()
     }

@@ -102,6 +102,9 @@ impl PacketCore for SettingsCore {
             CoreUpdate::SetSecrets(secrets) => self.secrets = secrets.len(),
             CoreUpdate::SetMaxAllocationsPerUser(quota) => self.quota = *quota,
             CoreUpdate::SetPeerFilter(filter) => self.filtered = *filter != PeerFilter::new(),
+            // Only sent with a drain (`DrainHandle::start_with_alternate`), which this test
+            // does not start.
+            CoreUpdate::SetAlternateServer(_) => {}
         }
     }
 

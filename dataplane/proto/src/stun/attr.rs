@@ -396,6 +396,14 @@ address_attribute!(
     Xor
 );
 
+address_attribute!(
+    /// ALTERNATE-SERVER: where a 300 (Try Alternate) sends the client, in the clear, of the
+    /// request's address family. [RFC 8489 §14.15](https://www.rfc-editor.org/rfc/rfc8489#section-14.15)
+    AlternateServer,
+    AttrType::ALTERNATE_SERVER,
+    Plain
+);
+
 // ---------------------------------------------------------------------------------------------
 // Text: USERNAME, REALM, NONCE, SOFTWARE (and the ERROR-CODE reason phrase).
 

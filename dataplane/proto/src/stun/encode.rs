@@ -97,7 +97,8 @@ impl<'b> Encoder<'b> {
         self.len
     }
 
-    /// Appends what `trailer` asks for (MESSAGE-INTEGRITY, then FINGERPRINT) and returns the
+    /// Appends what `trailer` asks for (MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256, then
+    /// FINGERPRINT) and returns the
     /// length of the finished message in the buffer.
     pub fn finish(mut self, trailer: Trailer<'_>) -> Result<usize, EncodeError> {
         if let Some(key) = trailer.integrity {
@@ -110,6 +111,19 @@ impl<'b> Encoder<'b> {
                 .finalize()
                 .into_bytes();
             tlv[ATTR_HEADER_LEN..integrity::TLV_LEN].copy_from_slice(&mac);
+        }
+        if let Some(key) = trailer.integrity_sha256 {
+            let offset = self.len;
+            self.reserve(
+                AttrType::MESSAGE_INTEGRITY_SHA256,
+                integrity::SHA256_MAC_LEN,
+            )?;
+            let (prefix, tlv) = self.buf.split_at_mut(offset);
+            let length = [prefix[2], prefix[3]];
+            let mac = integrity::hmac_sha256(key, prefix, length)
+                .finalize()
+                .into_bytes();
+            tlv[ATTR_HEADER_LEN..integrity::SHA256_TLV_LEN].copy_from_slice(&mac);
         }
         if trailer.fingerprint {
             let offset = self.len;
@@ -157,6 +171,7 @@ impl<'b> Encoder<'b> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Trailer<'k> {
     integrity: Option<IntegrityKey<'k>>,
+    integrity_sha256: Option<IntegrityKey<'k>>,
     fingerprint: bool,
 }
 
@@ -165,6 +180,7 @@ impl<'k> Trailer<'k> {
     pub const fn new() -> Self {
         Self {
             integrity: None,
+            integrity_sha256: None,
             fingerprint: false,
         }
     }
@@ -175,7 +191,15 @@ impl<'k> Trailer<'k> {
         self
     }
 
-    /// Append FINGERPRINT (after MESSAGE-INTEGRITY, if any).
+    /// Append MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256, untruncated) under `key`, after
+    /// MESSAGE-INTEGRITY if both are asked for.
+    /// [RFC 8489 §14.6](https://www.rfc-editor.org/rfc/rfc8489#section-14.6)
+    pub const fn with_integrity_sha256(mut self, key: IntegrityKey<'k>) -> Self {
+        self.integrity_sha256 = Some(key);
+        self
+    }
+
+    /// Append FINGERPRINT (after the integrity attributes, if any).
     pub const fn with_fingerprint(mut self) -> Self {
         self.fingerprint = true;
         self

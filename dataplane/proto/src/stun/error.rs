@@ -140,9 +140,6 @@ pub enum IntegrityError {
     /// The message carries no MESSAGE-INTEGRITY (nor MESSAGE-INTEGRITY-SHA256).
     #[error("message has no MESSAGE-INTEGRITY")]
     Missing,
-    /// Only MESSAGE-INTEGRITY-SHA256 is present, which this crate recognises but cannot check.
-    #[error("message has only MESSAGE-INTEGRITY-SHA256, which is not supported")]
-    UnsupportedAlgorithm,
     /// The HMAC does not match: wrong key or tampered message.
     #[error("MESSAGE-INTEGRITY does not match")]
     Mismatch,

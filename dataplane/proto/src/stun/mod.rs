@@ -53,10 +53,11 @@ mod fingerprint;
 mod header;
 mod integrity;
 mod message;
+pub mod password;
 
 pub use attr::{
-    AttrType, Attribute, ErrorCode, ErrorCodeAttr, MappedAddress, Nonce, Realm, Software,
-    UnknownAttributes, Username, XorMappedAddress,
+    AlternateServer, AttrType, Attribute, ErrorCode, ErrorCodeAttr, MappedAddress, Nonce, Realm,
+    Software, UnknownAttributes, Username, XorMappedAddress,
 };
 pub(crate) use attr::{address_value_len, decode_xor_address, encode_xor_address};
 pub use encode::{Encoder, Trailer};
@@ -65,6 +66,7 @@ pub use fingerprint::FINGERPRINT_XOR;
 pub use header::{Class, Header, MessageType, Method, TransactionId};
 pub use integrity::{Authenticated, IntegrityKey, LongTermKey};
 pub use message::{Attributes, Message, RawAttribute};
+pub use password::{PasswordAlgorithm, PasswordAlgorithmAttr, PasswordAlgorithms};
 
 /// Bytes 4..8 of every RFC 5389+ message; its presence tells modern STUN from RFC 3489 STUN and
 /// from other protocols multiplexed on the same port.

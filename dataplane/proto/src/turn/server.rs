@@ -15,7 +15,7 @@ use super::attr::{
     XorPeerAddress, XorRelayedAddress,
 };
 use super::channel_data::{self, ChannelData};
-use super::nonce::{NonceCheck, NonceKey};
+use super::nonce::{NONCE_LEN, NonceCheck, NonceKey};
 use super::rate_limit::RateLimiter;
 use super::{
     Allowed, ChannelNumber, ClientAddr, ConfigError, HEADROOM, PeerAddr, PeerFilter, PortTable,
@@ -23,10 +23,12 @@ use super::{
 };
 use crate::binding::{self, BindingConfig, BindingOutcome, MAX_UNKNOWN_REPORTED};
 use crate::stats::{DropReason, Stats};
+use crate::stun::password::{NONCE_COOKIE_PASSWORD_ALGORITHMS, SERVER_PASSWORD_ALGORITHMS};
 use crate::stun::{
-    ATTR_HEADER_LEN, AttrType, Authenticated, Class, EncodeError, Encoder, ErrorCode,
-    ErrorCodeAttr, LongTermKey, Message, MessageType, Method, Nonce, PacketKind, Realm, Trailer,
-    TransactionId, UnknownAttributes, Username, XorMappedAddress, classify,
+    ATTR_HEADER_LEN, AlternateServer, AttrType, Authenticated, Class, EncodeError, Encoder,
+    ErrorCode, ErrorCodeAttr, LongTermKey, Message, MessageType, Method, Nonce, PacketKind,
+    PasswordAlgorithm, PasswordAlgorithmAttr, PasswordAlgorithms, Realm, Trailer, TransactionId,
+    UnknownAttributes, Username, XorMappedAddress, classify,
 };
 
 /// What the shell does with a datagram from a client.
@@ -149,7 +151,8 @@ pub enum TurnEvent {
 /// * **Settings** changed at run time, each taking effect for the requests that follow:
 ///   [`set_secrets`](Self::set_secrets), [`set_max_allocations_per_user`](
 ///   Self::set_max_allocations_per_user), [`set_peer_filter`](Self::set_peer_filter),
-///   [`start_draining`](Self::start_draining).
+///   [`start_draining`](Self::start_draining),
+///   [`set_alternate_server`](Self::set_alternate_server).
 /// * **Counters**: [`stats`](Self::stats), read on scrape.
 ///
 /// ```text
@@ -184,6 +187,8 @@ pub struct Server<R> {
     events: VecDeque<TurnEvent>,
     next_id: u64,
     draining: bool,
+    /// Where a new Allocate goes while draining (300), if some other host takes them.
+    alternate: Option<SocketAddr>,
     /// The latest `now` seen, for the one input that carries none
     /// ([`handle_allocation_failed`](Self::handle_allocation_failed)).
     last_now: Instant,
@@ -222,9 +227,16 @@ enum Timer {
 /// A request whose MESSAGE-INTEGRITY checked, with what the check established.
 struct Authed<'m> {
     request: Authenticated<'m>,
-    key: LongTermKey,
+    key: Signer,
     username: &'m str,
     user: &'m str,
+}
+
+/// The key a response is signed with, and with which integrity attribute: the one the
+/// request used (RFC 8489 §9.2.4).
+struct Signer {
+    key: LongTermKey,
+    sha256: bool,
 }
 
 /// Why an allocation ends.
@@ -269,6 +281,7 @@ impl<R: RngCore> Server<R> {
             events: VecDeque::new(),
             next_id: 0,
             draining: false,
+            alternate: None,
             last_now: now,
             stats: Stats::default(),
         }
@@ -463,6 +476,16 @@ impl<R: RngCore> Server<R> {
     /// Refuses new allocations from now on (403); existing ones keep working until they end.
     pub const fn start_draining(&mut self) {
         self.draining = true;
+    }
+
+    /// Where new Allocates go while draining: instead of 403 they get 300 (Try Alternate) with
+    /// ALTERNATE-SERVER `alternate` ([RFC 8656 §7.2], [RFC 8489 §10]), when the request came
+    /// from the same address family (the RFC requires it; others still get 403). `None`: 403.
+    ///
+    /// [RFC 8656 §7.2]: https://www.rfc-editor.org/rfc/rfc8656#section-7.2
+    /// [RFC 8489 §10]: https://www.rfc-editor.org/rfc/rfc8489#section-10
+    pub const fn set_alternate_server(&mut self, alternate: Option<SocketAddr>) {
+        self.alternate = alternate;
     }
 
     /// Whether [`start_draining`](Self::start_draining) was called.
@@ -677,6 +700,17 @@ impl<R: RngCore> Server<R> {
         ) else {
             return Err(self.challenge(now, from, message, ErrorCode::BAD_REQUEST, out));
         };
+        // With password algorithms offered, every nonce this server mints carries the cookie,
+        // so RFC 8489 §9.2.4's algorithm checks apply (a nonce without it fails the nonce
+        // check below); without, the attributes are ignored and the key is MD5.
+        let algorithm = if self.config.password_algorithms {
+            let Some(algorithm) = requested_algorithm(message) else {
+                return Err(self.challenge(now, from, message, ErrorCode::BAD_REQUEST, out));
+            };
+            algorithm
+        } else {
+            PasswordAlgorithm::MD5
+        };
         let username = username.as_str();
         let rest = match RestUsername::parse(username) {
             Ok(rest) if rest.is_live(self.unix_now(now)) => rest,
@@ -687,22 +721,36 @@ impl<R: RngCore> Server<R> {
         // Rotation: any configured secret may have minted the password.
         let verified = self.config.secrets.iter().find_map(|secret| {
             let password = secret.password_for(username);
-            let key = LongTermKey::derive(username, &self.config.realm, &password);
+            let key = LongTermKey::derive_with(algorithm, username, &self.config.realm, &password)?;
             let request = message.verify_integrity(key.as_integrity_key()).ok()?;
             Some((request, key))
         });
         let Some((request, key)) = verified else {
             return Err(self.challenge(now, from, message, ErrorCode::UNAUTHENTICATED, out));
         };
-        let check = self.nonce_key.check(
-            nonce.as_str(),
-            from,
-            self.nonce_clock(now),
-            self.config.nonce_lifetime,
-        );
+        let cookie = if self.config.password_algorithms {
+            NONCE_COOKIE_PASSWORD_ALGORITHMS
+        } else {
+            ""
+        };
+        let check = nonce
+            .as_str()
+            .strip_prefix(cookie)
+            .map_or(NonceCheck::Invalid, |inner| {
+                self.nonce_key.check(
+                    inner,
+                    from,
+                    self.nonce_clock(now),
+                    self.config.nonce_lifetime,
+                )
+            });
         if check != NonceCheck::Fresh {
             return Err(self.challenge(now, from, message, ErrorCode::STALE_NONCE, out));
         }
+        let key = Signer {
+            key,
+            sha256: message.has_integrity_sha256(),
+        };
         Ok(Authed {
             request,
             key,
@@ -765,7 +813,20 @@ impl<R: RngCore> Server<R> {
             return self.error(from, auth, ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED, out);
         }
         if self.draining {
-            return self.error(from, auth, ErrorCode::FORBIDDEN, out);
+            let source = from.get();
+            return match self.alternate {
+                Some(alternate) if alternate.is_ipv4() == source.is_ipv4() => {
+                    let written = self.write_error(
+                        out,
+                        message,
+                        ErrorCode::TRY_ALTERNATE,
+                        Some(&auth.key),
+                        |enc| enc.add(&AlternateServer(alternate)),
+                    );
+                    self.error_sent(from, ErrorCode::TRY_ALTERNATE, written)
+                }
+                Some(_) | None => self.error(from, auth, ErrorCode::FORBIDDEN, out),
+            };
         }
         let user_count = self.per_user.get(auth.user).copied().unwrap_or(0);
         if user_count >= self.config.max_allocations_per_user {
@@ -1168,17 +1229,27 @@ impl<R: RngCore> Server<R> {
         if !self.limiter.try_take(now, from.get().ip()) {
             return self.drop(DropReason::RateLimited);
         }
-        let nonce = self.nonce_key.mint(from, self.nonce_clock(now));
+        let inner = self.nonce_key.mint(from, self.nonce_clock(now));
+        let offer = self.config.password_algorithms;
+        let mut buf = [0u8; NONCE_COOKIE_PASSWORD_ALGORITHMS.len() + NONCE_LEN];
+        let (cookie, rest) = buf.split_at_mut(NONCE_COOKIE_PASSWORD_ALGORITHMS.len());
+        cookie.copy_from_slice(NONCE_COOKIE_PASSWORD_ALGORITHMS.as_bytes());
+        rest.copy_from_slice(&inner);
+        let nonce = if offer { &buf[..] } else { &inner[..] };
         let realm = self.config.realm.as_str();
         let written = self.write_error(out, request, code, None, |enc| {
             if code == ErrorCode::BAD_REQUEST {
                 return Ok(());
             }
-            // Both were validated: the realm in `TurnConfig::new`, the nonce is 24 hex digits.
-            let nonce = std::str::from_utf8(&nonce).unwrap_or_default();
+            // Both were validated: the realm in `TurnConfig::new`, the nonce is 24 hex digits
+            // after the cookie if any.
+            let nonce = std::str::from_utf8(nonce).unwrap_or_default();
             if let (Ok(realm), Ok(nonce)) = (Realm::new(realm), Nonce::new(nonce)) {
                 enc.add(&realm)?;
                 enc.add(&nonce)?;
+                if offer {
+                    enc.add(&SERVER_PASSWORD_ALGORITHMS)?;
+                }
             }
             Ok(())
         });
@@ -1219,7 +1290,7 @@ impl<R: RngCore> Server<R> {
         out: &mut [u8],
         request: &Message<'_>,
         code: ErrorCode,
-        key: Option<&LongTermKey>,
+        key: Option<&Signer>,
         attributes: impl FnOnce(&mut Encoder<'_>) -> Result<(), EncodeError>,
     ) -> Result<usize, EncodeError> {
         self.write(out, request, Class::ErrorResponse, key, |enc| {
@@ -1235,7 +1306,7 @@ impl<R: RngCore> Server<R> {
         out: &mut [u8],
         request: &Message<'_>,
         class: Class,
-        key: Option<&LongTermKey>,
+        key: Option<&Signer>,
         attributes: impl FnOnce(&mut Encoder<'_>) -> Result<(), EncodeError>,
     ) -> Result<usize, EncodeError> {
         let message_type = MessageType::new(request.method(), class);
@@ -1245,9 +1316,13 @@ impl<R: RngCore> Server<R> {
             enc.add(software)?;
         }
         let mut trailer = Trailer::new();
-        if let Some(key) = key {
-            trailer = trailer.with_integrity(key.as_integrity_key());
-        }
+        trailer = match key {
+            Some(Signer { key, sha256: true }) => {
+                trailer.with_integrity_sha256(key.as_integrity_key())
+            }
+            Some(Signer { key, sha256: false }) => trailer.with_integrity(key.as_integrity_key()),
+            None => trailer,
+        };
         if request.has_fingerprint() {
             trailer = trailer.with_fingerprint();
         }
@@ -1307,6 +1382,25 @@ impl<R: RngCore> Server<R> {
     /// Seconds since construction, the nonce timestamp.
     fn nonce_clock(&self, now: Instant) -> u32 {
         u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX)
+    }
+}
+
+/// The password algorithm a request's key was derived with, under a nonce that offered the
+/// choice (RFC 8489 §9.2.4): MD5 if it names none; the one it names if it echoes exactly the
+/// list this server sent and the choice is on it; `None` (400) otherwise.
+fn requested_algorithm(message: &Message<'_>) -> Option<PasswordAlgorithm> {
+    match (
+        message.get::<PasswordAlgorithms<'_>>(),
+        message.get::<PasswordAlgorithmAttr>(),
+    ) {
+        (Ok(None), Ok(None)) => Some(PasswordAlgorithm::MD5),
+        (Ok(Some(list)), Ok(Some(PasswordAlgorithmAttr(choice))))
+            if list.as_bytes() == SERVER_PASSWORD_ALGORITHMS.as_bytes()
+                && list.contains(choice) =>
+        {
+            Some(choice)
+        }
+        _ => None,
     }
 }
 

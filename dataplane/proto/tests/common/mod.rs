@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use boson_dataplane_proto::stun::{
     AttrType, Class, Encoder, ErrorCodeAttr, LongTermKey, Message, MessageType, Method, Nonce,
-    Realm, Trailer, TransactionId, Username,
+    PasswordAlgorithm, PasswordAlgorithmAttr, Realm, Trailer, TransactionId, Username,
 };
 use boson_dataplane_proto::turn::attr::{
     Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
@@ -190,6 +190,11 @@ pub struct Client {
     pub nonce: Option<String>,
     pub realm: String,
     pub fingerprint: bool,
+    /// Derive the key with SHA-256 and sign with MESSAGE-INTEGRITY-SHA256 (RFC 8489 §9.2),
+    /// echoing PASSWORD-ALGORITHMS and naming the choice in PASSWORD-ALGORITHM.
+    pub sha256: bool,
+    /// PASSWORD-ALGORITHMS of the last 401/438, as received.
+    pub algorithms: Option<Vec<u8>>,
     counter: u32,
 }
 
@@ -212,12 +217,19 @@ impl Client {
             nonce: None,
             realm: REALM.to_owned(),
             fingerprint: true,
+            sha256: false,
+            algorithms: None,
             counter: 0,
         }
     }
 
     pub fn key(&self) -> LongTermKey {
-        LongTermKey::derive(&self.username, &self.realm, &self.password)
+        let algorithm = if self.sha256 {
+            PasswordAlgorithm::SHA256
+        } else {
+            PasswordAlgorithm::MD5
+        };
+        LongTermKey::derive_with(algorithm, &self.username, &self.realm, &self.password).unwrap()
     }
 
     pub fn next_tid(&mut self) -> TransactionId {
@@ -247,7 +259,16 @@ impl Client {
             enc.add(&Realm::new(&self.realm).unwrap()).unwrap();
             let nonce = self.nonce.as_deref().unwrap_or("none");
             enc.add(&Nonce::new(nonce).unwrap()).unwrap();
-            trailer = trailer.with_integrity(key.as_integrity_key());
+            if self.sha256 {
+                let algorithms = self.algorithms.as_deref().unwrap_or_default();
+                enc.add_raw(AttrType::PASSWORD_ALGORITHMS, algorithms)
+                    .unwrap();
+                enc.add(&PasswordAlgorithmAttr(PasswordAlgorithm::SHA256))
+                    .unwrap();
+                trailer = trailer.with_integrity_sha256(key.as_integrity_key());
+            } else {
+                trailer = trailer.with_integrity(key.as_integrity_key());
+            }
         }
         if self.fingerprint {
             trailer = trailer.with_fingerprint();
@@ -265,6 +286,9 @@ impl Client {
         }
         if let Ok(Some(realm)) = m.get::<Realm<'_>>() {
             self.realm = realm.as_str().to_owned();
+        }
+        if let Some(list) = m.attribute(AttrType::PASSWORD_ALGORITHMS) {
+            self.algorithms = Some(list.value().to_vec());
         }
     }
 }
@@ -371,6 +395,11 @@ impl Harness {
                     assert!(
                         m.verify_integrity(key.as_integrity_key()).is_ok(),
                         "authenticated responses carry MESSAGE-INTEGRITY"
+                    );
+                    assert_eq!(
+                        m.has_integrity_sha256(),
+                        client.sha256,
+                        "the response uses the request's integrity attribute"
                     );
                     return response;
                 }
