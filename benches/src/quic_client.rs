@@ -556,7 +556,8 @@ fn control_message(message: &[u8]) -> Control {
             relay::Message::Send { .. }
             | relay::Message::Recv { .. }
             | relay::Message::Auth { .. }
-            | relay::Message::Forward { .. },
+            | relay::Message::Forward { .. }
+            | relay::Message::Gone { .. },
         )
         | Err(_) => Control::Foreign,
     }

@@ -66,12 +66,32 @@ pub(crate) struct RelayArgs {
         hide_env_values = true
     )]
     mesh_key: Vec<String>,
+
+    /// PEM file of the CA certificate(s) that sign the other relay hosts' certificates (their
+    /// --relay-cert), trusted for mesh links besides the system's roots; read again for
+    /// every new link.
+    #[arg(long, env = "BOSON_MESH_CA_FILE")]
+    mesh_ca_file: Option<PathBuf>,
+
+    /// Tests only: run mesh links on plain WebSocket (ws://), where a captured mesh token can
+    /// be replayed to the same host. Without it the mesh needs --relay-cert (TLS 1.3, each
+    /// token bound to its connection).
+    #[arg(long, env = "BOSON_DANGER_PLAIN_MESH")]
+    danger_plain_mesh: bool,
 }
 
 impl RelayArgs {
     /// Whether the relay links to other hosts.
     pub(crate) fn mesh_enabled(&self) -> bool {
         !self.no_relay && !self.mesh_key.is_empty()
+    }
+
+    /// How the mesh linker opens links.
+    pub(crate) fn linker_settings(&self) -> crate::mesh::LinkerSettings {
+        crate::mesh::LinkerSettings {
+            ca_file: self.mesh_ca_file.clone(),
+            allow_plain: self.danger_plain_mesh,
+        }
     }
 
     /// The dataplane's relay configuration, authenticating with `auth`; `None` when disabled.
@@ -98,7 +118,22 @@ impl RelayArgs {
                 self.mesh_key.iter().map(|k| k.as_bytes().to_vec()),
             )
             .context("invalid --mesh-key")?;
-            config.mesh = Some(MeshSettings { host, key });
+            ensure!(
+                self.relay_cert.is_some() || self.danger_plain_mesh,
+                "--mesh-key needs --relay-cert and --relay-key: mesh links run over TLS \
+                 (--danger-plain-mesh runs them in clear, for tests only)"
+            );
+            if self.danger_plain_mesh {
+                tracing::warn!(
+                    "--danger-plain-mesh: mesh links may run on plain WebSocket, where a \
+                     captured mesh token can be replayed; for tests only"
+                );
+            }
+            config.mesh = Some(MeshSettings {
+                host,
+                key,
+                allow_plain: self.danger_plain_mesh,
+            });
         }
         if !self.no_relay_quic {
             let (cert, key) = match (&self.relay_cert, &self.relay_key) {

@@ -155,6 +155,7 @@ pub(crate) fn start_dataplane(
     ));
     let (events, waker, inbox) = planes::pump_inbox();
     let mesh_enabled = relay.mesh_enabled();
+    let linker = relay.linker_settings();
     let relay = relay
         .config(auth, Some(Arc::clone(&events)), config.host.id, data_dir)
         .context("invalid configuration")?;
@@ -165,7 +166,7 @@ pub(crate) fn start_dataplane(
     // control plane announces over the segment.
     let mesh = match dataplane.relay_handle().filter(|_| mesh_enabled) {
         Some(handle) => Some(
-            crate::mesh::spawn_linker(handle, config.host.id)
+            crate::mesh::spawn_linker(handle, config.host.id, linker)
                 .context("starting the mesh linker")?,
         ),
         None => None,

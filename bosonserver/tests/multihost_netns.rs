@@ -147,6 +147,9 @@ impl Host {
             database,
             "--mesh-key",
             MESH_KEY,
+            // Plain ws:// relay URLs: this test is about routing between namespaces; the
+            // mesh's TLS is tested in relay_mesh.rs.
+            "--danger-plain-mesh",
             "--jwt-secret",
             JWT_SECRET,
             "--turn-static-secret",

@@ -1,5 +1,7 @@
 //! Issue 4's done-when across hosts: two `bosonserver` processes share a Redis (the relay host
 //! registry and node presence) and a mesh key; a node on one relays to a node on the other.
+//! The hosts serve wss with certificates of a CA made here and link over TLS 1.3 (issue 15:
+//! a host without the mesh key gets no link; PEER_GONE crosses hosts).
 //!
 //! Needs Redis: `BOSON_TEST_REDIS_URL` (scripts/test.sh starts one). Without it the test is
 //! skipped with a message, except when `CI` is set: then it fails.
@@ -20,10 +22,72 @@ mod common;
 mod ws_client;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boson_shared::NodeId;
+use rustls::pki_types::{CertificateDer, ServerName};
 use ws_client::{Client, connect};
+
+/// A relay session's stream: TLS over TCP.
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// The deployment's CA and one certificate for `localhost` and `127.0.0.1` that every host of
+/// the test serves, as files.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: CertificateDer<'static>,
+    ca_file: String,
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mesh test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let write = |name: &str, text: String| -> String {
+            let path: PathBuf = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        Self {
+            ca: ca.der().clone(),
+            ca_file: write("ca.pem", ca.pem()),
+            cert: write("cert.pem", leaf.pem()),
+            key: write("key.pem", leaf_key.serialize_pem()),
+            _dir: dir,
+        }
+    }
+
+    /// A TLS connection to `relay`, trusting the CA only.
+    fn connect(&self, relay: SocketAddr) -> Tls {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        rustls::StreamOwned::new(tls, connect(relay))
+    }
+}
 
 const MESH_KEY: &str = "mesh-key-for-tests-0123456789abcdef";
 const JWT_SECRET: &str = "jwt-secret-for-tests-0123456789abcdef";
@@ -52,8 +116,20 @@ fn free_port() -> u16 {
 
 /// The settings every process of one host shares (the host id, so that the control plane
 /// and the dataplane of a split host agree on who they are).
-fn host_args<'a>(relay: &'a str, url: &'a str, redis: &'a str, prefix: &'a str) -> Vec<&'a str> {
+fn host_args<'a>(
+    relay: &'a str,
+    url: &'a str,
+    redis: &'a str,
+    prefix: &'a str,
+    pki: &'a Pki,
+) -> Vec<&'a str> {
     vec![
+        "--relay-cert",
+        &pki.cert,
+        "--relay-key",
+        &pki.key,
+        "--mesh-ca-file",
+        &pki.ca_file,
         "--turn-listen",
         "127.0.0.1:0",
         "--workers",
@@ -75,20 +151,33 @@ fn host_args<'a>(relay: &'a str, url: &'a str, redis: &'a str, prefix: &'a str) 
     ]
 }
 
-fn host(dir: &std::path::Path, redis: &str, prefix: &str) -> (common::Running, SocketAddr) {
+fn host(dir: &Path, redis: &str, prefix: &str, pki: &Pki) -> (common::Running, SocketAddr) {
+    host_with_key(dir, redis, prefix, pki, MESH_KEY)
+}
+
+/// A host whose mesh key is `mesh_key`.
+fn host_with_key(
+    dir: &Path,
+    redis: &str,
+    prefix: &str,
+    pki: &Pki,
+    mesh_key: &str,
+) -> (common::Running, SocketAddr) {
     let relay = format!("127.0.0.1:{}", free_port());
-    let url = format!("ws://{relay}/relay");
+    let url = format!("wss://{relay}/relay");
     let mut args = vec!["run", "--http-listen", "127.0.0.1:0"];
-    args.extend(host_args(&relay, &url, redis, prefix));
+    args.extend(host_args(&relay, &url, redis, prefix, pki));
+    let at = args.iter().position(|a| *a == "--mesh-key").unwrap() + 1;
+    args[at] = mesh_key;
     (common::start(dir, &args, true), relay.parse().unwrap())
 }
 
 /// A relay session for `node` with `token`. The grant reaches the dataplane asynchronously
 /// (over the planes' segment, polled every few ms between two processes), so a refusal
 /// (1008) is retried for up to five seconds, as a real node would.
-fn join(relay: SocketAddr, token: &str, node: NodeId) -> Client<TcpStream> {
+fn join(pki: &Pki, relay: SocketAddr, token: &str, node: NodeId) -> Client<Tls> {
     for _ in 0..100 {
-        let mut client = Client::new(connect(relay));
+        let mut client = Client::new(pki.connect(relay));
         assert_eq!(client.upgrade(Some(token)).unwrap(), 101);
         match client.recv_message().unwrap() {
             Ok((0x07, payload)) => {
@@ -109,10 +198,11 @@ fn join(relay: SocketAddr, token: &str, node: NodeId) -> Client<TcpStream> {
 /// until the hosts have linked both ways, then checks 2000 packets each way, in order and
 /// complete. Returns both sessions and Y's id.
 fn relay_across(
+    pki: &Pki,
     (base_a, relay_a): (&str, SocketAddr),
     (base_b, relay_b): (&str, SocketAddr),
     ids: [&str; 2],
-) -> (Client<TcpStream>, Client<TcpStream>, NodeId) {
+) -> (Client<Tls>, Client<Tls>, NodeId) {
     let http = common::Http::new();
     let [id_x, id_y] = ids;
     let token_x = http.register(
@@ -124,13 +214,14 @@ fn relay_across(
         &common::node_body(id_y, "yTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let (x, y): (NodeId, NodeId) = (id_x.parse().unwrap(), id_y.parse().unwrap());
-    let mut client_x = join(relay_a, &token_x, x);
-    let mut client_y = join(relay_b, &token_y, y);
+    let mut client_x = join(pki, relay_a, &token_x, x);
+    let mut client_y = join(pki, relay_b, &token_y, y);
 
     // Until the hosts have linked and learnt each other's nodes, a SEND across is dropped
     // (counted) or answered PEER_GONE; probe until one gets through, within a few heartbeats.
     client_x
         .stream
+        .sock
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut through = false;
@@ -157,10 +248,12 @@ fn relay_across(
     while client_x.recv_message().is_ok() {}
     client_x
         .stream
+        .sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     client_y
         .stream
+        .sock
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     // Y may hold PEER_GONEs from the probes; X → Y must also be linked (it is the other link).
@@ -185,6 +278,7 @@ fn relay_across(
     while client_y.recv_message().is_ok() {}
     client_y
         .stream
+        .sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     for i in 0..2000u32 {
@@ -206,9 +300,11 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     let Some(redis) = redis_url() else { return };
     let prefix = format!("boson-mesh-test-{}:", std::process::id());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (host_a, relay_a) = host(dir_a.path(), &redis, &prefix);
-    let (host_b, relay_b) = host(dir_b.path(), &redis, &prefix);
+    let pki = Pki::new();
+    let (host_a, relay_a) = host(dir_a.path(), &redis, &prefix, &pki);
+    let (host_b, relay_b) = host(dir_b.path(), &redis, &prefix, &pki);
     let (_client_x, mut client_y, y) = relay_across(
+        &pki,
         (&host_a.base, relay_a),
         (&host_b.base, relay_b),
         [
@@ -224,7 +320,7 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
         &common::node_body(id_c, "zTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
     );
     let c: NodeId = id_c.parse().unwrap();
-    let node_c = common::quic_node(relay_a, &dir_a.path().join("data"), &token_c);
+    let node_c = common::quic_node_trusting(relay_a, pki.ca.clone(), &token_c);
     let (runtime, quic) = (&node_c.runtime, &node_c.conn);
     // Host B learns where C is at its next presence poll: probe until a packet gets through.
     let mut reached = false;
@@ -242,11 +338,13 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     assert!(reached, "no packet reached the QUIC node across the mesh");
     client_y
         .stream
+        .sock
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     while client_y.recv_message().is_ok() {}
     client_y
         .stream
+        .sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut datagram = vec![0x01];
@@ -280,13 +378,14 @@ fn a_split_host_links_over_the_mesh_from_its_dataplane_process() {
     let Some(redis) = redis_url() else { return };
     let prefix = format!("boson-mesh-split-test-{}:", std::process::id());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (host_a, relay_a) = host(dir_a.path(), &redis, &prefix);
+    let pki = Pki::new();
+    let (host_a, relay_a) = host(dir_a.path(), &redis, &prefix, &pki);
 
     let relay = format!("127.0.0.1:{}", free_port());
-    let url = format!("ws://{relay}/relay");
+    let url = format!("wss://{relay}/relay");
     let segment = dir_b.path().join("segment").display().to_string();
     let host_id = "5f0c9a7e-3b1d-4c2a-9e8f-0a1b2c3d4e5f";
-    let shared = host_args(&relay, &url, &redis, &prefix);
+    let shared = host_args(&relay, &url, &redis, &prefix, &pki);
     let mut control = vec![
         "control",
         "--segment",
@@ -298,7 +397,15 @@ fn a_split_host_links_over_the_mesh_from_its_dataplane_process() {
     ];
     // The control process takes the control plane's settings only.
     for pair in shared.chunks(2) {
-        if !matches!(pair[0], "--turn-listen" | "--relay-listen" | "--mesh-key") {
+        if !matches!(
+            pair[0],
+            "--turn-listen"
+                | "--relay-listen"
+                | "--mesh-key"
+                | "--relay-cert"
+                | "--relay-key"
+                | "--mesh-ca-file"
+        ) {
             control.extend_from_slice(pair);
         }
     }
@@ -308,6 +415,7 @@ fn a_split_host_links_over_the_mesh_from_its_dataplane_process() {
     let host_b_dataplane = common::start_dataplane(dir_b.path(), &dataplane);
 
     let (_x, _y, _) = relay_across(
+        &pki,
         (&host_a.base, relay_a),
         (&host_b_control.base, relay.parse().unwrap()),
         [
@@ -323,4 +431,88 @@ fn a_split_host_links_over_the_mesh_from_its_dataplane_process() {
     assert!(linked, "no mesh counter moved on host B\n{metrics}");
     drop(host_b_dataplane);
     drop(host_a);
+}
+
+/// Issue 15: PEER_GONE crosses hosts. Y on host B sends to X, which just left host A; until
+/// B's presence learns it, B forwards to A, and A tells B (GONE) so that Y gets PEER_GONE.
+#[test]
+fn peer_gone_reaches_a_sender_on_another_host() {
+    let Some(redis) = redis_url() else { return };
+    let prefix = format!("boson-mesh-gone-test-{}:", std::process::id());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = Pki::new();
+    let (host_a, relay_a) = host(dir_a.path(), &redis, &prefix, &pki);
+    let (host_b, relay_b) = host(dir_b.path(), &redis, &prefix, &pki);
+    let (client_x, mut client_y, _) = relay_across(
+        &pki,
+        (&host_a.base, relay_a),
+        (&host_b.base, relay_b),
+        [
+            "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5c01",
+            "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5c02",
+        ],
+    );
+    let x: NodeId = "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5c01".parse().unwrap();
+    drop(client_x);
+    client_y
+        .stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..200 {
+        client_y.send(&x, b"to X, who left").unwrap();
+        while let Ok(Ok((kind, payload))) = client_y.recv_message() {
+            if kind == 0x03 {
+                assert_eq!(&payload[1..], x.as_bytes(), "PEER_GONE names X");
+                gone = true;
+            }
+        }
+        if gone {
+            break;
+        }
+    }
+    assert!(gone, "Y never learnt that X is gone");
+    assert!(
+        host_a
+            .wait_for_log("told the sending host", Duration::from_secs(5))
+            .is_some(),
+        "host A did not tell host B: Y's PEER_GONE came from B's presence only"
+    );
+}
+
+/// Issue 15: a host without the mesh key (but with a valid certificate of the deployment's
+/// CA) is refused: it gets no link, so none of A's nodes' packets.
+#[test]
+fn a_host_without_the_mesh_key_gets_no_link() {
+    let Some(redis) = redis_url() else { return };
+    let prefix = format!("boson-mesh-refuse-test-{}:", std::process::id());
+    let (dir_a, dir_c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pki = Pki::new();
+    let (host_a, _) = host(dir_a.path(), &redis, &prefix, &pki);
+    let (host_c, _) = host_with_key(
+        dir_c.path(),
+        &redis,
+        &prefix,
+        &pki,
+        "not-the-deployment-mesh-key-0123456789",
+    );
+    assert!(
+        host_a
+            .wait_for_log("mesh token refused", Duration::from_secs(20))
+            .is_some(),
+        "host A never saw host C's link"
+    );
+    assert!(
+        host_c
+            .wait_for_log("mesh link closed", Duration::from_secs(5))
+            .is_some_and(|line| line.contains("Rejected")),
+        "host C's link was not refused"
+    );
+    assert!(
+        host_a
+            .wait_for_log("mesh peer connected", Duration::ZERO)
+            .is_none(),
+        "host A accepted host C"
+    );
 }

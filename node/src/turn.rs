@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use boson_dataplane_proto::ChannelNumber;
 use boson_dataplane_proto::stun::{
-    Class, Encoder, ErrorCode, ErrorCodeAttr, LongTermKey, Message, MessageType, Method, Nonce,
-    Realm, Trailer, TransactionId, Username, XorMappedAddress,
+    AttrType, Class, Encoder, ErrorCode, ErrorCodeAttr, LongTermKey, Message, MessageType, Method,
+    Nonce, PasswordAlgorithm, PasswordAlgorithmAttr, PasswordAlgorithms, Realm, Trailer,
+    TransactionId, Username, XorMappedAddress, password,
 };
 use boson_dataplane_proto::turn::attr::{
     Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
@@ -182,6 +183,9 @@ struct Auth {
     realm: String,
     nonce: String,
     key: LongTermKey,
+    /// The server's PASSWORD-ALGORITHMS, echoed, when the key is SHA-256 (RFC 8489 §9.2.4);
+    /// such requests are signed with MESSAGE-INTEGRITY-SHA256.
+    algorithms: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -447,6 +451,11 @@ impl<R: RngCore> TurnClient<R> {
         &self.stats
     }
 
+    /// The password algorithm of the key in use, once a challenge gave realm and nonce.
+    pub fn password_algorithm(&self) -> Option<PasswordAlgorithm> {
+        self.auth.as_ref().map(|auth| auth.key.algorithm())
+    }
+
     /// Whether the allocation failed for good.
     pub const fn is_failed(&self) -> bool {
         self.failed
@@ -501,12 +510,16 @@ impl<R: RngCore> TurnClient<R> {
                 enc.add(&Username::new(&self.username).ok()?).ok()?;
                 enc.add(&Realm::new(&auth.realm).ok()?).ok()?;
                 enc.add(&Nonce::new(&auth.nonce).ok()?).ok()?;
-                enc.finish(
-                    Trailer::new()
-                        .with_integrity(auth.key.as_integrity_key())
-                        .with_fingerprint(),
-                )
-                .ok()?
+                let trailer = match &auth.algorithms {
+                    Some(algorithms) => {
+                        enc.add_raw(AttrType::PASSWORD_ALGORITHMS, algorithms)
+                            .ok()?;
+                        enc.add(&PasswordAlgorithmAttr(auth.key.algorithm())).ok()?;
+                        Trailer::new().with_integrity_sha256(auth.key.as_integrity_key())
+                    }
+                    None => Trailer::new().with_integrity(auth.key.as_integrity_key()),
+                };
+                enc.finish(trailer.with_fingerprint()).ok()?
             }
             None => enc.finish(Trailer::new().with_fingerprint()).ok()?,
         };
@@ -545,7 +558,35 @@ impl<R: RngCore> TurnClient<R> {
                         .map(|r| r.as_str().to_owned())
                         .or_else(|| self.auth.as_ref().map(|a| a.realm.clone()))
                         .unwrap_or_default();
-                    let key = LongTermKey::derive(&self.username, &realm, &self.password);
+                    // SHA-256 when the server offers it under the nonce cookie (RFC 8489
+                    // §9.2.3), else MD5, the key every server takes.
+                    let offered = message
+                        .get::<PasswordAlgorithms<'_>>()
+                        .ok()
+                        .flatten()
+                        .filter(|list| {
+                            password::nonce_offers_password_algorithms(nonce.as_str())
+                                && list.contains(PasswordAlgorithm::SHA256)
+                        });
+                    let (key, algorithms) = match offered {
+                        Some(list) => (
+                            LongTermKey::derive_with(
+                                PasswordAlgorithm::SHA256,
+                                &self.username,
+                                &realm,
+                                &self.password,
+                            ),
+                            Some(list.as_bytes().to_vec()),
+                        ),
+                        None => (None, None),
+                    };
+                    let (key, algorithms) = match key {
+                        Some(key) => (key, algorithms),
+                        None => (
+                            LongTermKey::derive(&self.username, &realm, &self.password),
+                            None,
+                        ),
+                    };
                     if code == 438 {
                         self.stats.stale_nonces += 1;
                     } else {
@@ -555,6 +596,7 @@ impl<R: RngCore> TurnClient<R> {
                         realm,
                         nonce: nonce.as_str().to_owned(),
                         key,
+                        algorithms,
                     });
                     self.start(now, request, pending.auth_retries + 1);
                     return;
@@ -668,6 +710,15 @@ mod tests {
 
     impl Sim {
         fn new(now: Instant, password_of: impl Fn(&str, &str) -> String) -> Self {
+            Self::with_sha256(now, password_of, false)
+        }
+
+        /// With `offer_sha256`, the server offers SHA-256 passwords (RFC 8489 §9.2).
+        fn with_sha256(
+            now: Instant,
+            password_of: impl Fn(&str, &str) -> String,
+            offer_sha256: bool,
+        ) -> Self {
             let secret = TurnSecret::new(b"turn-secret".to_vec());
             let config = TurnConfig::new(
                 "boson.test",
@@ -677,7 +728,8 @@ mod tests {
             )
             .unwrap()
             .with_nonce_lifetime(Duration::from_secs(100))
-            .unwrap();
+            .unwrap()
+            .with_password_algorithms(offer_sha256);
             let server = Server::new(config, StdRng::seed_from_u64(1), now, UNIX);
             let clients = ["10.0.0.1:5000", "10.0.0.2:6000"]
                 .iter()
@@ -787,9 +839,26 @@ mod tests {
 
     #[test]
     fn allocates_binds_relays_and_refreshes_against_protos_server() {
+        lifecycle(false);
+    }
+
+    #[test]
+    fn uses_sha256_passwords_when_the_server_offers_them() {
+        lifecycle(true);
+    }
+
+    fn lifecycle(sha256: bool) {
         let t0 = epoch();
-        let mut sim = Sim::new(t0, |_, password| password.to_owned());
+        let mut sim = Sim::with_sha256(t0, |_, password| password.to_owned(), sha256);
         sim.pump(t0);
+        let expected = if sha256 {
+            PasswordAlgorithm::SHA256
+        } else {
+            PasswordAlgorithm::MD5
+        };
+        for (_, client) in &sim.clients {
+            assert_eq!(client.password_algorithm(), Some(expected));
+        }
         let mut relayed = Vec::new();
         for i in 0..2 {
             let events = sim.events(i);

@@ -1058,7 +1058,8 @@ impl Lab {
 }
 
 /// Issue 13 §5, a measurement rather than a test: the tunnel's TCP throughput and ping
-/// latency through each route the agent has, against the direct route (wireguard-go with
+/// latency through each route the agent has (its own direct route, hole punched, first),
+/// against the direct route (wireguard-go with
 /// endpoints set by hand across two endpoint-independent NATs, one forwarding WireGuard's
 /// port), on one topology in one run, with the CPU per byte of wireguard-go, boson-node and
 /// bosonserver. `benches/tunnel.sh` runs it on release builds and prints a Markdown table.
@@ -1087,10 +1088,18 @@ fn measure_routes() {
     });
     assert!(up, "no direct tunnel");
     rows.push(("direct (wireguard-go alone)".to_owned(), lab.measure()));
-    for &route in AGENT_ROUTES {
+    for &route in ["direct"].iter().chain(AGENT_ROUTES) {
         lab.start_agents(route);
         let routes = lab.wait_tunnel();
         assert_eq!(routes, [route, route]);
+        if route == "direct" {
+            rows.push((
+                "direct through boson-node (hole punched)".to_owned(),
+                lab.measure(),
+            ));
+            lab.stop_agents();
+            continue;
+        }
         let sessions = lab.relay_sessions();
         let hosts = if route == "turn" {
             "an allocation each"

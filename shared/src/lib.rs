@@ -14,6 +14,6 @@ pub mod plane;
 
 pub use credentials::{CredentialError, TurnCredential, TurnSecret};
 pub use id::{NodeId, ParseKeyError, WgPublicKey};
-pub use mesh::{MeshKey, MeshKeyError, MeshTokenError};
+pub use mesh::{ChannelBinding, MeshKey, MeshKeyError, MeshTokenError};
 pub use net::{Cidr, CidrError};
 pub use plane::HostId;

@@ -2,25 +2,32 @@
 //! deployment, so the other pushes it the packets of nodes connected to it.
 //!
 //! Every host holds the same mesh key (configured, never sent). A host that opens a mesh
-//! link presents a bearer token, in the upgrade request's `Authorization` header:
+//! link does so over TLS 1.3 (`wss://`, the other host's relay certificate checked as any
+//! https client checks one) and presents a bearer token, in the upgrade request's
+//! `Authorization` header:
 //!
 //! ```text
 //! token = "mesh." <host> "." <secs> "." <sig>
 //!   host = the connecting host's id: a UUID, hyphenated lower case (36 characters)
 //!   secs = unix seconds at minting: decimal, no sign, no leading zero (1 to 20 digits)
 //!   sig  = base64url without padding (43 characters) of
-//!          HMAC-SHA256(key, "boson-mesh-v2|" <host> "|" <target> "|" <secs>)
-//!   target = the id of the host the link is opened to (not carried: the verifier uses its
-//!            own), hyphenated lower case
+//!          HMAC-SHA256(key, "boson-mesh-v3|" <host> "|" <target> "|" <secs> "|" <binding>)
+//!   target  = the id of the host the link is opened to (not carried: the verifier uses its
+//!             own), hyphenated lower case
+//!   binding = the connection's channel binding (not carried: each end computes it), 64
+//!             lower-case hex digits of 32 bytes of TLS exporter keying material
+//!             (RFC 8446 §7.5, label [`EXPORTER_LABEL`], no context)
 //! ```
 //!
 //! The token fits the `token68` grammar of a bearer header. The receiving host accepts it
 //! while `secs` is within a skew window of its own clock ([`DEFAULT_MAX_SKEW`], ±5 min):
 //! tokens are minted per connection, so the window only has to cover clock skew and the
 //! connect time. A token is bound to the host it was minted for, so one seen on a link to
-//! host B cannot open a link to host C. Within the window it can still be replayed to B by
-//! whoever saw it: the token authenticates the host, not the channel, and mesh links are
-//! plain WebSocket (`ws://`) today, so they belong on a private network.
+//! host B cannot open a link to host C; and to the TLS connection it was minted on, whose
+//! exporter secret no one else knows and no other connection shares, so a captured token
+//! opens nothing, not even on B within its window. (Only with `--danger-plain-mesh`, for
+//! tests, do links run on plain WebSocket: the binding is then [`ChannelBinding::PLAIN`],
+//! the same for every connection, and a seen token can be replayed within the window.)
 //!
 //! Several keys can be valid at once, newest first: the first signs, all verify, so a key
 //! is rotated by adding the new one behind the old on every host, then moving it to the
@@ -51,7 +58,40 @@ pub const MIN_KEY_LEN: usize = 32;
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// Domain separation: the versioned label in front of every signed message.
-const CONTEXT: &str = "boson-mesh-v2";
+const CONTEXT: &str = "boson-mesh-v3";
+
+/// The TLS exporter label (RFC 8446 §7.5, RFC 5705 §4) of a mesh link's channel binding.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-boson-mesh-v3";
+
+/// Bytes of exporter keying material in a [`ChannelBinding`].
+pub const BINDING_LEN: usize = 32;
+
+/// What ties a mesh token to one connection: 32 bytes of the TLS connection's exporter
+/// keying material ([`EXPORTER_LABEL`], no context), which both ends compute and no one
+/// else can. Never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChannelBinding([u8; BINDING_LEN]);
+
+impl ChannelBinding {
+    /// The binding of a plain-WebSocket mesh link (`--danger-plain-mesh`, tests only): the
+    /// same for every connection, so it binds nothing.
+    pub const PLAIN: Self = Self([0; BINDING_LEN]);
+
+    /// The binding from a TLS connection's exporter output.
+    pub const fn from_exporter(material: [u8; BINDING_LEN]) -> Self {
+        Self(material)
+    }
+}
+
+impl fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::PLAIN {
+            f.write_str("ChannelBinding(plain)")
+        } else {
+            f.write_str("ChannelBinding(<redacted>)")
+        }
+    }
+}
 
 /// Length of a hyphenated UUID.
 const HOST_LEN: usize = 36;
@@ -151,14 +191,20 @@ impl MeshKey {
         Ok(Self { keys })
     }
 
-    /// The token `host` presents to host `target` at `unix_now` (seconds), signed with the
-    /// first key.
-    pub fn token(&self, host: HostId, target: HostId, unix_now: u64) -> String {
+    /// The token `host` presents to host `target` on the connection of `binding` at
+    /// `unix_now` (seconds), signed with the first key.
+    pub fn token(
+        &self,
+        host: HostId,
+        target: HostId,
+        binding: &ChannelBinding,
+        unix_now: u64,
+    ) -> String {
         let mut host_text = [0u8; HOST_LEN];
         let host_text = host.0.hyphenated().encode_lower(&mut host_text);
         let secs = unix_now.to_string();
         let tag = self.keys.first().map_or([0; TAG_LEN], |key| {
-            mac(key, host_text, target, &secs)
+            mac(key, host_text, target, &secs, binding)
                 .finalize()
                 .into_bytes()
                 .into()
@@ -173,19 +219,21 @@ impl MeshKey {
         token
     }
 
-    /// Checks `token`, presented to host `own` at `unix_now` (seconds): the host it names if
-    /// the signature verifies under any key (compared in constant time) for `own` as the
-    /// target, and it was minted within `max_skew` of `unix_now`, either way.
+    /// Checks `token`, presented to host `own` on the connection of `binding` at `unix_now`
+    /// (seconds): the host it names if the signature verifies under any key (compared in
+    /// constant time) for `own` as the target and this connection's binding, and it was
+    /// minted within `max_skew` of `unix_now`, either way.
     pub fn verify(
         &self,
         token: &[u8],
         own: HostId,
+        binding: &ChannelBinding,
         unix_now: u64,
         max_skew: Duration,
     ) -> Result<HostId, MeshTokenError> {
         let parsed = Parsed::parse(token)?;
         let verifies = self.keys.iter().any(|key| {
-            mac(key, parsed.host_text, own, parsed.secs_text)
+            mac(key, parsed.host_text, own, parsed.secs_text, binding)
                 .verify_slice(&parsed.tag)
                 .is_ok()
         });
@@ -215,8 +263,8 @@ impl fmt::Debug for MeshKey {
     }
 }
 
-/// HMAC-SHA256 over `CONTEXT|host|target|secs`.
-fn mac(key: &[u8], host: &str, target: HostId, secs: &str) -> HmacSha256 {
+/// HMAC-SHA256 over `CONTEXT|host|target|secs|binding` (the binding in lower-case hex).
+fn mac(key: &[u8], host: &str, target: HostId, secs: &str, binding: &ChannelBinding) -> HmacSha256 {
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     let mut target_text = [0u8; HOST_LEN];
@@ -233,8 +281,18 @@ fn mac(key: &[u8], host: &str, target: HostId, secs: &str) -> HmacSha256 {
     );
     mac.update(b"|");
     mac.update(secs.as_bytes());
+    mac.update(b"|");
+    let mut hex = [0u8; 2 * BINDING_LEN];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(binding.0) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
+    }
+    mac.update(&hex);
     mac
 }
+
+/// Lower-case hex digits.
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A token split into its fields, each in the one canonical spelling the signature covers.
 struct Parsed<'a> {
@@ -299,10 +357,10 @@ mod tests {
     const HOST: &str = "550e8400-e29b-41d4-a716-446655440000";
     const NOW: u64 = 1_700_000_000;
     /// Computed independently with
-    /// `printf '%s' 'boson-mesh-v2|550e8400-e29b-41d4-a716-446655440000|6ba7b810-9dad-11d1-80b4-00c04fd430c8|1700000000' |
+    /// `printf '%s' 'boson-mesh-v3|550e8400-e29b-41d4-a716-446655440000|6ba7b810-9dad-11d1-80b4-00c04fd430c8|1700000000|'"$(printf '5a%.0s' $(seq 32))" |
     /// openssl dgst -sha256 -hmac 'boson mesh test key, 32+ bytes long!' -binary |
     /// base64 | tr '+/' '-_' | tr -d '='`.
-    const VECTOR: &str = "mesh.550e8400-e29b-41d4-a716-446655440000.1700000000.fBJPSUzUqnu5dMmJM5X6AznNX2x4ebaWZQ1HLU1HrgE";
+    const VECTOR: &str = "mesh.550e8400-e29b-41d4-a716-446655440000.1700000000.lVhxo8zoXwB-HYXGyf1viFc--9mFy5xiRKIMkMYY3Yc";
 
     fn host() -> HostId {
         HOST.parse().unwrap()
@@ -313,22 +371,27 @@ mod tests {
         "6ba7b810-9dad-11d1-80b4-00c04fd430c8".parse().unwrap()
     }
 
+    /// The channel binding of the connection the tokens are minted for.
+    fn bound() -> ChannelBinding {
+        ChannelBinding::from_exporter([0x5a; BINDING_LEN])
+    }
+
     fn key() -> MeshKey {
         MeshKey::new(KEY).unwrap()
     }
 
     #[test]
     fn token_matches_an_independent_hmac() {
-        assert_eq!(key().token(host(), to(), NOW), VECTOR);
+        assert_eq!(key().token(host(), to(), &bound(), NOW), VECTOR);
         assert_eq!(
-            key().verify(VECTOR.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(VECTOR.as_bytes(), to(), &bound(), NOW, DEFAULT_MAX_SKEW),
             Ok(host())
         );
         assert!(is_mesh_token(VECTOR.as_bytes()));
         // Bound to its target: another host, even the minting one, refuses it.
         for other in [host(), HostId::from_bytes([9; 16])] {
             assert_eq!(
-                key().verify(VECTOR.as_bytes(), other, NOW, DEFAULT_MAX_SKEW),
+                key().verify(VECTOR.as_bytes(), other, &bound(), NOW, DEFAULT_MAX_SKEW),
                 Err(MeshTokenError::BadSignature),
                 "presented to {other}"
             );
@@ -339,6 +402,28 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
         );
+    }
+
+    #[test]
+    fn bound_to_its_connection() {
+        // Replayed on another connection (another exporter secret), or on a plain one.
+        for other in [
+            ChannelBinding::from_exporter([0x5b; BINDING_LEN]),
+            ChannelBinding::PLAIN,
+        ] {
+            assert_eq!(
+                key().verify(VECTOR.as_bytes(), to(), &other, NOW, DEFAULT_MAX_SKEW),
+                Err(MeshTokenError::BadSignature),
+                "presented on {other:?}"
+            );
+        }
+        let plain = key().token(host(), to(), &ChannelBinding::PLAIN, NOW);
+        assert_eq!(
+            key().verify(plain.as_bytes(), to(), &bound(), NOW, DEFAULT_MAX_SKEW),
+            Err(MeshTokenError::BadSignature),
+            "a plain link's token opens no TLS link"
+        );
+        assert_eq!(format!("{:?}", bound()), "ChannelBinding(<redacted>)");
     }
 
     #[test]
@@ -360,20 +445,24 @@ mod tests {
         let new = vec![0x42; 32];
         let rotated = MeshKey::with_keys([new.clone(), KEY.to_vec()]).unwrap();
         assert_eq!(
-            rotated.verify(VECTOR.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
+            rotated.verify(VECTOR.as_bytes(), to(), &bound(), NOW, DEFAULT_MAX_SKEW),
             Ok(host()),
             "old tokens still verify"
         );
-        let token = rotated.token(host(), to(), NOW);
+        let token = rotated.token(host(), to(), &bound(), NOW);
         assert_ne!(token, VECTOR, "the new key signs");
         assert_eq!(
-            MeshKey::new(new)
-                .unwrap()
-                .verify(token.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
+            MeshKey::new(new).unwrap().verify(
+                token.as_bytes(),
+                to(),
+                &bound(),
+                NOW,
+                DEFAULT_MAX_SKEW
+            ),
             Ok(host())
         );
         assert_eq!(
-            key().verify(token.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(token.as_bytes(), to(), &bound(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature),
             "hosts without the new key refuse it"
         );
@@ -383,25 +472,25 @@ mod tests {
     fn wrong_key_and_altered_fields_fail_the_signature() {
         let other = MeshKey::new([7u8; 32]).unwrap();
         assert_eq!(
-            other.verify(VECTOR.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
+            other.verify(VECTOR.as_bytes(), to(), &bound(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature)
         );
         // Host mismatch: the signature covers the host, so naming another one fails.
         let other_host = VECTOR.replace("550e8400", "550e8401");
         assert_eq!(
-            key().verify(other_host.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(other_host.as_bytes(), to(), &bound(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature)
         );
         let other_time = VECTOR.replace("1700000000", "1700000001");
         assert_eq!(
-            key().verify(other_time.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(other_time.as_bytes(), to(), &bound(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature)
         );
         let mut flipped = VECTOR.as_bytes().to_vec();
         let last = flipped.len() - 2;
         flipped[last] = b'A';
         assert_eq!(
-            key().verify(&flipped, to(), NOW, DEFAULT_MAX_SKEW),
+            key().verify(&flipped, to(), &bound(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::BadSignature)
         );
     }
@@ -410,34 +499,47 @@ mod tests {
     fn skew_window_both_ways() {
         let skew = DEFAULT_MAX_SKEW;
         let token = VECTOR.as_bytes();
-        assert!(key().verify(token, to(), NOW + 300, skew).is_ok());
-        assert!(key().verify(token, to(), NOW - 300, skew).is_ok());
+        assert!(key().verify(token, to(), &bound(), NOW + 300, skew).is_ok());
+        assert!(key().verify(token, to(), &bound(), NOW - 300, skew).is_ok());
         assert_eq!(
-            key().verify(token, to(), NOW + 301, skew),
+            key().verify(token, to(), &bound(), NOW + 301, skew),
             Err(MeshTokenError::Stale {
                 minted: NOW,
                 now: NOW + 301
             })
         );
         assert_eq!(
-            key().verify(token, to(), NOW - 301, skew),
+            key().verify(token, to(), &bound(), NOW - 301, skew),
             Err(MeshTokenError::FromFuture {
                 minted: NOW,
                 now: NOW - 301
             })
         );
         // No overflow at the ends of time.
-        let late = key().token(host(), to(), u64::MAX);
-        assert!(key().verify(late.as_bytes(), to(), u64::MAX, skew).is_ok());
-        let early = key().token(host(), to(), 0);
-        assert!(key().verify(early.as_bytes(), to(), 0, skew).is_ok());
-        assert!(key().verify(early.as_bytes(), to(), 300, skew).is_ok());
+        let late = key().token(host(), to(), &bound(), u64::MAX);
+        assert!(
+            key()
+                .verify(late.as_bytes(), to(), &bound(), u64::MAX, skew)
+                .is_ok()
+        );
+        let early = key().token(host(), to(), &bound(), 0);
+        assert!(
+            key()
+                .verify(early.as_bytes(), to(), &bound(), 0, skew)
+                .is_ok()
+        );
+        assert!(
+            key()
+                .verify(early.as_bytes(), to(), &bound(), 300, skew)
+                .is_ok()
+        );
     }
 
     #[test]
     fn malformed_tokens() {
         let k = key();
-        let verify = |token: &str| k.verify(token.as_bytes(), to(), NOW, DEFAULT_MAX_SKEW);
+        let verify =
+            |token: &str| k.verify(token.as_bytes(), to(), &bound(), NOW, DEFAULT_MAX_SKEW);
         assert_eq!(verify("eyJhbGciOi.x.y"), Err(MeshTokenError::NotMesh));
         assert_eq!(verify(""), Err(MeshTokenError::NotMesh));
         assert!(!is_mesh_token(b"MESH.x"));
@@ -465,7 +567,7 @@ mod tests {
             assert_eq!(verify(&bad), Err(MeshTokenError::Malformed), "{bad}");
         }
         assert_eq!(
-            k.verify(b"mesh.\xff\xfe", to(), NOW, DEFAULT_MAX_SKEW),
+            k.verify(b"mesh.\xff\xfe", to(), &bound(), NOW, DEFAULT_MAX_SKEW),
             Err(MeshTokenError::Malformed)
         );
     }

@@ -209,6 +209,9 @@ impl RelayHost {
                     &format!("{ip}:{RELAY_PORT}"),
                     "--mesh-key",
                     MESH_KEY,
+                    // Plain ws:// relay URLs: these stations test nodes, not the mesh's TLS
+                    // (bosonserver/tests/relay_mesh.rs does).
+                    "--danger-plain-mesh",
                     "--drain-timeout",
                     &ms(s.drain_timeout),
                 ]

@@ -4,6 +4,10 @@
 //! renewed by certbot or cert-manager). New connections get the new certificate; established
 //! ones keep theirs. One implementation for both listeners, so both reload alike.
 //!
+//! And the client side of the relay mesh ([`mesh_client_config`]): TLS 1.3 only, trusting
+//! the platform's roots and the deployment's CA file, read again for every config so a
+//! renewed CA needs no restart either.
+//!
 //! I/O: this crate reads files and may run a small polling thread ([`spawn_reloader`]);
 //! nothing else.
 
@@ -78,6 +82,53 @@ impl TlsSource {
         let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         (mtime(&self.cert), mtime(&self.key))
     }
+}
+
+/// The TLS config a relay host opens mesh links with: TLS 1.3 only (the link's token is
+/// bound to the exporter keying material, RFC 8446 §7.5), the ring provider, ALPN
+/// `http/1.1`, checking the other host's certificate against the platform's roots and the
+/// certificates of `ca_file` (PEM), read now.
+pub fn mesh_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let extra: Vec<CertificateDer<'static>> = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|_| TlsError::NoCertificate(path.to_owned()))?;
+            if certs.is_empty() {
+                return Err(TlsError::NoCertificate(path.to_owned()));
+            }
+            certs
+        }
+        None => Vec::new(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut config = match rustls_platform_verifier::Verifier::new_with_extra_roots(
+        extra.iter().cloned(),
+        provider,
+    ) {
+        Ok(verifier) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
+        // A machine without a system trust store: the CA file alone.
+        Err(_) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in extra {
+                roots.add(cert)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Modification times of the certificate and key files.

@@ -301,6 +301,16 @@ pub(crate) struct QuicNode {
 pub(crate) fn quic_node(relay: SocketAddr, data_dir: &Path, token: &str) -> QuicNode {
     let pem = std::fs::read(data_dir.join("relay-cert.pem")).unwrap();
     let cert = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    quic_node_trusting(relay, cert, token)
+}
+
+/// Joins the QUIC relay at `relay` with `token`, trusting `root` (a CA or the certificate
+/// itself) for a certificate that names `localhost`.
+pub(crate) fn quic_node_trusting(
+    relay: SocketAddr,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    token: &str,
+) -> QuicNode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -18,7 +18,7 @@ use boson_dataplane_proto::ws::{
     MeshEvent, MeshHandshakeError, MeshInput, MeshState, MeshViolation, Presence, Route,
     SessionState, WsConfig,
 };
-use boson_shared::mesh::{DEFAULT_MAX_SKEW, MeshKey, is_mesh_token};
+use boson_shared::mesh::{ChannelBinding, DEFAULT_MAX_SKEW, MeshKey, is_mesh_token};
 use boson_shared::{HostId, NodeId};
 use proptest::prelude::*;
 use rand_core::RngCore;
@@ -214,10 +214,13 @@ impl<P: Presence> Relay<P> {
     /// What the owner of the relay does with a token.
     fn verdict(&mut self, now: Instant, conn: ConnId, token: &[u8]) {
         if is_mesh_token(token) {
-            match self
-                .key
-                .verify(token, HOST_B, self.unix_now, DEFAULT_MAX_SKEW)
-            {
+            match self.key.verify(
+                token,
+                HOST_B,
+                &ChannelBinding::PLAIN,
+                self.unix_now,
+                DEFAULT_MAX_SKEW,
+            ) {
                 Ok(host) => self.hub.accept_mesh(now, conn, host).unwrap(),
                 Err(_) => self.hub.reject(now, conn).unwrap(),
             }
@@ -293,9 +296,10 @@ impl World {
         let mut b = Relay::new(config.clone(), x_is_remote as fn(&NodeId) -> bool, now);
         b.remote_host = Some(HOST_A);
         let a = Relay::new(config.clone(), nowhere as fn(&NodeId) -> bool, now);
-        let token = MeshKey::new(MESH_KEY)
-            .unwrap()
-            .token(HOST_A, HOST_B, UNIX_NOW);
+        let token =
+            MeshKey::new(MESH_KEY)
+                .unwrap()
+                .token(HOST_A, HOST_B, &ChannelBinding::PLAIN, UNIX_NOW);
         let (link, link_conn) = open_link(&mut b, config, now, &token);
         let mut world = Self {
             now,
@@ -338,8 +342,18 @@ impl World {
         loop {
             let input = self.link.handle_input(self.now, &mut self.link_in);
             if let MeshInput::Deliver { dest, frame, .. } = &input {
-                let delivery = self.a.hub.handle_remote(dest, &self.link_in[frame.clone()]);
+                let frame = &self.link_in[frame.clone()];
+                let delivery = self.a.hub.handle_remote(dest, frame);
                 self.delivered_to_a.push(delivery);
+                if delivery == Delivery::Gone {
+                    // As the shell does: the sending host is told, for its node.
+                    let header = FrameHeader::parse(frame).unwrap().unwrap();
+                    if let Ok(Message::Recv { src, .. }) =
+                        Message::parse(&frame[header.header_len..])
+                    {
+                        self.link.peer_gone(self.now, dest, &src);
+                    }
+                }
                 self.a.pump(self.now);
             }
             while let Some(event) = self.link.poll_event() {
@@ -538,14 +552,20 @@ fn a_bad_mesh_token_is_refused_with_1008() {
     for token in [
         MeshKey::new([7u8; 32])
             .unwrap()
-            .token(HOST_A, HOST_B, UNIX_NOW),
-        MeshKey::new(MESH_KEY)
-            .unwrap()
-            .token(HOST_A, HOST_B, UNIX_NOW - 3_600),
+            .token(HOST_A, HOST_B, &ChannelBinding::PLAIN, UNIX_NOW),
+        MeshKey::new(MESH_KEY).unwrap().token(
+            HOST_A,
+            HOST_B,
+            &ChannelBinding::PLAIN,
+            UNIX_NOW - 3_600,
+        ),
         // Minted for a link to another host.
-        MeshKey::new(MESH_KEY)
-            .unwrap()
-            .token(HOST_A, HostId::from_bytes([0xC0; 16]), UNIX_NOW),
+        MeshKey::new(MESH_KEY).unwrap().token(
+            HOST_A,
+            HostId::from_bytes([0xC0; 16]),
+            &ChannelBinding::PLAIN,
+            UNIX_NOW,
+        ),
         "mesh.not-a-token".to_owned(),
     ] {
         let now = epoch();
@@ -721,9 +741,12 @@ fn a_newer_link_of_the_same_host_replaces_the_older() {
     let y = world.b.join(now, Y);
     let x = world.a.join(now, X);
     let old_conn = world.link_conn;
-    let token = MeshKey::new(MESH_KEY)
-        .unwrap()
-        .token(HOST_A, HOST_B, UNIX_NOW + 10);
+    let token = MeshKey::new(MESH_KEY).unwrap().token(
+        HOST_A,
+        HOST_B,
+        &ChannelBinding::PLAIN,
+        UNIX_NOW + 10,
+    );
     let (new_link, new_conn) = open_link(&mut world.b, &config, now, &token);
     assert_eq!(world.b.hub.mesh_conn(&HOST_A), Some(new_conn));
     // The old link gets 4000 and answers it.
@@ -1224,4 +1247,43 @@ proptest! {
             link.handle_timeout(now);
         }
     }
+}
+
+/// PEER_GONE across hosts: B forwards Y's packet to A, where X is connected nowhere; A's
+/// link tells B with GONE, and B sends Y a PEER_GONE, rate-limited per pair on both hosts.
+#[test]
+fn peer_gone_reaches_the_sender_on_the_other_host() {
+    let mut world = World::new(&WsConfig::new());
+    let y = world.b.join(world.now, Y);
+    world.send(y, X, b"to a node that left host A");
+    world.transfer();
+    assert_eq!(world.delivered_to_a, [Delivery::Gone]);
+    assert_eq!(world.link.stats().gone_sent, 1);
+    assert_eq!(
+        world.b.recv(y),
+        [(OpCode::Binary, [&[0x03][..], &X].concat())],
+        "Y learns that X is gone"
+    );
+    assert_eq!(world.b.hub.stats().peer_gone_sent, 1);
+    // More packets within the interval: no more GONEs on the link, no more PEER_GONEs.
+    for _ in 0..10 {
+        world.send(y, X, b"again");
+        world.transfer();
+    }
+    assert!(world.b.recv(y).is_empty());
+    assert_eq!(world.link.stats().gone_sent, 1);
+    assert_eq!(world.link.stats().gone_suppressed, 10);
+    // After the interval, the next packet gets the next PEER_GONE.
+    world.advance(Duration::from_secs(6));
+    world.send(y, X, b"later");
+    world.transfer();
+    assert_eq!(world.link.stats().gone_sent, 2);
+    assert!(
+        world
+            .b
+            .recv(y)
+            .contains(&(OpCode::Binary, [&[0x03][..], &X].concat()))
+    );
+    // The link stays up: GONE is the one message a mesh client may send.
+    assert_eq!(world.link.state(), MeshState::Open(HOST_A));
 }

@@ -555,3 +555,105 @@ fn node(n: u8) -> NodeId {
 fn token(node: &NodeId) -> String {
     common::relay_token(node)
 }
+
+/// Finishes the TLS handshake of `client` and returns the connection's mesh channel
+/// binding: its exporter keying material, as the mesh linker computes it.
+fn tls_binding(client: &mut Client<TlsStream>) -> boson_shared::ChannelBinding {
+    let stream = &mut client.stream;
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    let material = stream
+        .conn
+        .export_keying_material(
+            [0u8; boson_shared::mesh::BINDING_LEN],
+            boson_shared::mesh::EXPORTER_LABEL,
+            None,
+        )
+        .unwrap();
+    boson_shared::ChannelBinding::from_exporter(material)
+}
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "mesh tokens carry the wall-clock time the relay checks"
+)]
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Issue 15: a mesh token is bound to the TLS connection it was minted on. The token that
+/// opened one link, captured and replayed on another connection to the same host within its
+/// window, is refused; so is a token bound to no connection (a plain link's).
+#[test]
+fn a_mesh_token_is_bound_to_its_tls_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = write_cert(dir.path());
+    let key = boson_shared::MeshKey::new(*b"the mesh key of this test, 32+ bytes").unwrap();
+    let (this_host, peer_host) = (
+        boson_shared::HostId::from_bytes([0xB0; 16]),
+        boson_shared::HostId::from_bytes([0xA0; 16]),
+    );
+    let mut relay = relay_config(WsConfig::new());
+    relay.tls = Some(boson_dataplane::relay::TlsSource {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    });
+    relay.mesh = Some(boson_dataplane::relay::MeshSettings {
+        host: this_host,
+        key: key.clone(),
+        allow_plain: false,
+    });
+    let mut config = common::config(IoBackend::Epoll, 2);
+    config.relay = Some(relay);
+    let dataplane = start(config, common::stun_core).unwrap();
+    let addr = dataplane.relay_addr().unwrap();
+
+    // The genuine link: its token bound to its own connection.
+    let mut link = tls_client(addr, &cert);
+    let binding = tls_binding(&mut link);
+    let token = key.token(peer_host, this_host, &binding, unix_now());
+    assert_eq!(link.upgrade(Some(&token)).unwrap(), 101);
+    let (kind, payload) = link.recv_message().unwrap().expect("READY, not a close");
+    assert_eq!(
+        (kind, &payload[1..]),
+        (0x07, &peer_host.as_bytes()[..]),
+        "READY names the peer host"
+    );
+
+    // The same token on another connection: refused (1008), the genuine link untouched.
+    let mut replay = tls_client(addr, &cert);
+    let other = tls_binding(&mut replay);
+    assert_ne!(
+        other, binding,
+        "every connection has its own exporter secret"
+    );
+    assert_eq!(replay.upgrade(Some(&token)).unwrap(), 101);
+    assert_eq!(replay.recv_message().unwrap(), Err(Some(1008)));
+
+    // A token bound to no connection (a plain link's): refused on TLS too.
+    let mut plain = tls_client(addr, &cert);
+    tls_binding(&mut plain);
+    let unbound = key.token(
+        peer_host,
+        this_host,
+        &boson_shared::ChannelBinding::PLAIN,
+        unix_now(),
+    );
+    assert_eq!(plain.upgrade(Some(&unbound)).unwrap(), 101);
+    assert_eq!(plain.recv_message().unwrap(), Err(Some(1008)));
+
+    // The genuine link is untouched: no Close (4000, replaced) came to it.
+    link.stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        link.recv_message().is_err(),
+        "the genuine link got nothing (no 4000 replacement, no close)"
+    );
+    dataplane.shutdown().unwrap();
+}

@@ -105,6 +105,15 @@ pub enum Forward {
     /// The destination is connected nowhere: dropped, and a PEER_GONE queued to the sender
     /// unless one went out recently.
     Gone(NodeId),
+    /// Not a SEND: a mesh peer's GONE, saying `dest` is connected nowhere on its host, for
+    /// `src`, a node of this host that is not on this hub. Find `src`'s core and call
+    /// [`Hub::notify_gone`] there (or tell its QUIC session).
+    PeerGone {
+        /// This host's node that sent to `dest`.
+        src: NodeId,
+        /// The node that is gone.
+        dest: NodeId,
+    },
 }
 
 /// What [`Hub::handle_remote`] did with a frame from another core or host.
@@ -290,6 +299,30 @@ impl<P: Presence> Hub<P> {
         }
         self.wake(conn);
         Delivery::Queued(conn)
+    }
+
+    /// `dest`, to which `src` sent, is connected nowhere (another host said so over the mesh,
+    /// see [`Forward::PeerGone`]): `src`, if it is on this hub, gets a PEER_GONE, unless one
+    /// about `dest` went to it within the rate-limit interval. Returns whether one was
+    /// queued.
+    pub fn notify_gone(&mut self, now: Instant, src: &NodeId, dest: &NodeId) -> bool {
+        let Some(&conn) = self.by_node.get(src) else {
+            return false;
+        };
+        if !self.gone.allow(now, src, dest) {
+            self.stats.peer_gone_suppressed += 1;
+            return false;
+        }
+        let queued = self.sessions.get_mut(&conn).is_some_and(|slot| {
+            slot.session
+                .enqueue_notice(MessageType::PeerGone, Some(dest))
+                .is_ok()
+        });
+        if queued {
+            self.stats.peer_gone_sent += 1;
+            self.wake(conn);
+        }
+        queued
     }
 
     /// The owner accepted `conn`'s token as `node`. An older session of `node` is replaced.
@@ -585,6 +618,11 @@ impl<P: Presence> Hub<P> {
                 Pending::Packet { dest, payload } => {
                     if let Some(input) = input.as_deref_mut() {
                         forward = self.forward(now, conn, dest, input, payload);
+                    }
+                }
+                Pending::Gone { dest, src } => {
+                    if !self.notify_gone(now, &src, &dest) && !self.by_node.contains_key(&src) {
+                        forward = Some(Forward::PeerGone { src, dest });
                     }
                 }
                 Pending::Authenticate => self.events.push_back((conn, Notice::Authenticate)),

@@ -13,6 +13,7 @@ use super::frame::{
     self, CloseCode, ClosePayload, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode,
 };
 use super::handshake::{ClientUpgrade, RequestError};
+use super::hub::GoneLimiter;
 use super::relay::{self, Message, MessageType, RelayError};
 use super::stats::MeshStats;
 
@@ -259,8 +260,17 @@ pub struct MeshClient<R> {
     last_rx: Instant,
     ping_sent: Option<Instant>,
     pings: u64,
+    /// GONE messages waiting for [`poll_transmit`](Self::poll_transmit), at most
+    /// [`MAX_PENDING_GONE`].
+    gone: VecDeque<[u8; relay::GONE_LEN]>,
+    /// One GONE per (src, dest) per interval.
+    gone_limit: GoneLimiter,
     stats: MeshStats,
 }
+
+/// GONE messages a link holds unsent; more are dropped (counted): the sender will send
+/// again, and a PEER_GONE only spares it some packets.
+pub const MAX_PENDING_GONE: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -343,7 +353,6 @@ impl<R: RngCore> MeshClient<R> {
             })?;
         let deadline = now + config.handshake_timeout;
         Ok(Self {
-            config,
             rng,
             state: State::Upgrading { deadline },
             upgrade,
@@ -358,6 +367,13 @@ impl<R: RngCore> MeshClient<R> {
             last_rx: now,
             ping_sent: None,
             pings: 0,
+            gone: VecDeque::new(),
+            gone_limit: GoneLimiter::new(
+                now,
+                config.peer_gone_interval,
+                config.peer_gone_slots.min(4096),
+            ),
+            config,
             stats: MeshStats::default(),
         })
     }
@@ -419,6 +435,11 @@ impl<R: RngCore> MeshClient<R> {
                 self.stats.pongs_sent += 1;
             } else if let Some(ping) = self.ping.take() {
                 self.stage(ping.as_bytes());
+            } else if let Some(gone) = self.gone.pop_front() {
+                let mask = self.mask();
+                let frame = ControlFrame::new(OpCode::Binary, &gone, mask);
+                self.stage(frame.as_bytes());
+                self.stats.gone_sent += 1;
             } else {
                 break;
             }
@@ -431,7 +452,30 @@ impl<R: RngCore> MeshClient<R> {
         self.request_sent < self.upgrade.request().len()
             || !self.staged.is_empty()
             || (!self.close_sent
-                && (self.close.is_some() || self.pong.is_some() || self.ping.is_some()))
+                && (self.close.is_some()
+                    || self.pong.is_some()
+                    || self.ping.is_some()
+                    || !self.gone.is_empty()))
+    }
+
+    /// The shell found `dest`, the destination of a FORWARD from `src`, connected nowhere on
+    /// this host: queue a GONE so that the peer host tells `src` (PEER_GONE), unless one
+    /// about the pair went out within the PEER_GONE interval, the link is not open, or
+    /// [`MAX_PENDING_GONE`] are already waiting. Returns whether one was queued.
+    pub fn peer_gone(&mut self, now: Instant, dest: &NodeId, src: &NodeId) -> bool {
+        if !matches!(self.state, State::Open { .. }) || self.close_sent {
+            return false;
+        }
+        if !self.gone_limit.allow(now, src, dest) {
+            self.stats.gone_suppressed += 1;
+            return false;
+        }
+        if self.gone.len() >= MAX_PENDING_GONE {
+            self.stats.gone_suppressed += 1;
+            return false;
+        }
+        self.gone.push_back(relay::encode_gone(dest, src));
+        true
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has work: the handshake, READY or
@@ -718,6 +762,7 @@ impl<R: RngCore> MeshClient<R> {
         self.state = State::Closed(reason);
         self.pong = None;
         self.ping = None;
+        self.gone.clear();
         self.events.push_back(MeshEvent::Closed(reason));
     }
 

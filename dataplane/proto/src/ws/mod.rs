@@ -148,8 +148,8 @@ pub use hub::{
     ConnId, Delivery, Forward, Hub, HubError, HubEvent, Input, LocalOnly, Presence, Route,
 };
 pub use mesh::{
-    MeshClient, MeshCloseReason, MeshError, MeshEvent, MeshHandshakeError, MeshInput, MeshState,
-    MeshViolation,
+    MAX_PENDING_GONE, MeshClient, MeshCloseReason, MeshError, MeshEvent, MeshHandshakeError,
+    MeshInput, MeshState, MeshViolation,
 };
 pub use session::{CloseReason, Session, SessionError, SessionEvent, SessionState, Violation};
 pub use stats::{DropCounters, DropReason, MeshStats, Stats};

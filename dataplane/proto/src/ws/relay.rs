@@ -16,12 +16,13 @@
 //!                       S→M   [0x07][own HostId: 16]                      17
 //! 0x08  FORWARD         S→M   [0x08][dest NodeId: 16][src NodeId: 16]     33 + packet
 //!                             [packet: 0..=max]
+//! 0x09  GONE            M→S   [0x09][dest NodeId: 16][src NodeId: 16]     33
 //! ```
 //!
 //! `C` is a node's client, `S` the relay server, `M` a mesh client: another relay host that
 //! opened this link to receive the packets this host's clients send to nodes connected there
 //! (see [`MeshClient`](super::MeshClient)). A mesh link carries data server → mesh client
-//! only; the mesh client sends no relay message at all.
+//! only; the mesh client sends no relay message but GONE.
 //!
 //! * **SEND → RECV.** A client sends a WireGuard packet to `dest` with SEND; the relay hands it
 //!   to `dest` as RECV carrying the *source* id instead. The two prefixes have the same
@@ -51,8 +52,12 @@
 //!   message is 16 bytes longer than the SEND it carries, so a mesh client accepts messages
 //!   of the cap plus 16 ([`WsConfig::max_mesh_message`](super::WsConfig::max_mesh_message)).
 //! * **READY on a mesh link** carries the HostId the mesh token named: the link is up.
-//!   Normal clients never receive FORWARD; a mesh client that sends any known relay type is
-//!   failed with 1008.
+//!   Normal clients never receive FORWARD; a mesh client that sends any known relay type but
+//!   GONE is failed with 1008.
+//! * **GONE** is PEER_GONE across hosts: host A got a FORWARD for `dest`, which is connected
+//!   nowhere on A (any more), and tells host B, on the same link, so that B sends `src`, its
+//!   node, a PEER_GONE about `dest` (rate-limited per pair on both hosts). From a node's client
+//!   it is dropped (counted as malformed), like any type a client may not send.
 //! * **Keepalive** is the WebSocket ping/pong, not a relay message.
 //! * Unknown types from a client are counted and ignored, so newer clients can talk to older
 //!   servers; clients should do the same.
@@ -105,6 +110,8 @@ pub enum MessageType {
     Ready = 0x07,
     /// 0x08: `[0x08][dest][src][packet]`, server to mesh client.
     Forward = 0x08,
+    /// 0x09: `[0x09][dest][src]`, mesh client to server.
+    Gone = 0x09,
 }
 
 /// A parsed relay message, borrowing the (unmasked) WebSocket payload.
@@ -146,6 +153,14 @@ pub enum Message<'a> {
         src: NodeId,
         /// The WireGuard packet.
         packet: &'a [u8],
+    },
+    /// `dest` (a node the receiving host of a FORWARD should have had) is connected nowhere
+    /// there: tell `src`, connected to the host this goes to.
+    Gone {
+        /// The node that is gone.
+        dest: NodeId,
+        /// The node whose packet to it found it gone.
+        src: NodeId,
     },
 }
 
@@ -202,6 +217,13 @@ impl<'a> Message<'a> {
                 let (src, packet) = node_then(rest)?;
                 Self::Forward { dest, src, packet }
             }
+            MessageType::Gone => {
+                let (dest, rest) = node_then(body)?;
+                Self::Gone {
+                    dest,
+                    src: node_only(rest)?,
+                }
+            }
             MessageType::Auth => {
                 if body.is_empty() || body.len() > MAX_TOKEN_LEN {
                     return Err(RelayError::BadToken);
@@ -231,6 +253,7 @@ impl Message<'_> {
             Self::ReconnectHint => MessageType::ReconnectHint,
             Self::Ready(_) => MessageType::Ready,
             Self::Forward { .. } => MessageType::Forward,
+            Self::Gone { .. } => MessageType::Gone,
         }
     }
 }
@@ -247,9 +270,22 @@ impl MessageType {
             0x06 => Some(Self::ReconnectHint),
             0x07 => Some(Self::Ready),
             0x08 => Some(Self::Forward),
+            0x09 => Some(Self::Gone),
             _ => None,
         }
     }
+}
+
+/// Length of a GONE message.
+pub const GONE_LEN: usize = 1 + 2 * NODE_ID_LEN;
+
+/// The GONE message about `dest` for `src`.
+pub fn encode_gone(dest: &NodeId, src: &NodeId) -> [u8; GONE_LEN] {
+    let mut out = [0u8; GONE_LEN];
+    out[0] = MessageType::Gone as u8;
+    out[1..=NODE_ID_LEN].copy_from_slice(node_bytes(dest));
+    out[1 + NODE_ID_LEN..].copy_from_slice(node_bytes(src));
+    out
 }
 
 /// A NodeId from its 16 wire bytes.
@@ -478,12 +514,28 @@ mod tests {
                 packet: b"pkt"
             })
         );
+        let gone = encode_gone(&node_id(A), &node_id(B));
+        assert_eq!(gone[0], 0x09);
+        assert_eq!(
+            Message::parse(&gone),
+            Ok(Message::Gone {
+                dest: node_id(A),
+                src: node_id(B),
+            })
+        );
     }
 
     #[test]
     fn refuses_bad_messages() {
         assert_eq!(Message::parse(&[]), Err(RelayError::Empty));
-        assert_eq!(Message::parse(&[0x09]), Err(RelayError::UnknownType(9)));
+        assert_eq!(Message::parse(&[0x0a]), Err(RelayError::UnknownType(10)));
+        for len in [1, 17, 32, 34] {
+            assert_eq!(
+                Message::parse(&vec![0x09; len]),
+                Err(RelayError::BadLength(MessageType::Gone)),
+                "GONE of {len} bytes"
+            );
+        }
         assert_eq!(
             Message::parse(&[0x08; 32]),
             Err(RelayError::BadLength(MessageType::Forward))

@@ -52,6 +52,14 @@ pub enum SessionEvent<'a> {
         /// Why.
         reason: CloseReason,
     },
+    /// On a mesh link: the peer host found `dest` connected nowhere there when a FORWARD
+    /// from `src`, a node of this host, arrived. Tell `src` (PEER_GONE).
+    Gone {
+        /// The node that is gone.
+        dest: NodeId,
+        /// This host's node that sent to it.
+        src: NodeId,
+    },
 }
 
 /// Why a session closed.
@@ -276,6 +284,7 @@ pub(crate) enum Pending {
     Authenticate,
     Packet { dest: NodeId, payload: Range<usize> },
     Closed(CloseReason),
+    Gone { dest: NodeId, src: NodeId },
 }
 
 /// An encoded control frame (at most 127 bytes).
@@ -358,6 +367,7 @@ impl Session {
             Pending::Authenticate => SessionEvent::Authenticate { token: &self.token },
             Pending::Packet { dest, payload } => SessionEvent::Packet { dest, payload },
             Pending::Closed(reason) => SessionEvent::Closed { reason },
+            Pending::Gone { dest, src } => SessionEvent::Gone { dest, src },
         };
         Some(event)
     }
@@ -739,12 +749,17 @@ impl Session {
     /// A binary message `payload`, which starts at `offset` in the input.
     fn handle_binary(&mut self, payload: &[u8], offset: usize) {
         if let State::Mesh { .. } = self.state {
-            // The mesh client sends no relay message; unknown types stay ignored, for newer
-            // peers.
-            match payload.first().map(|&kind| MessageType::from_byte(kind)) {
-                None => self.stats.drops.record(DropReason::Malformed),
-                Some(None) => self.stats.drops.record(DropReason::UnknownType),
-                Some(Some(_)) => self.fail(Violation::MeshMessage),
+            // The mesh client sends no relay message but GONE; unknown types stay ignored,
+            // for newer peers.
+            match Message::parse(payload) {
+                Ok(Message::Gone { dest, src }) => {
+                    self.events.push_back(Pending::Gone { dest, src });
+                }
+                Err(RelayError::Empty | RelayError::BadLength(MessageType::Gone)) => {
+                    self.stats.drops.record(DropReason::Malformed);
+                }
+                Err(RelayError::UnknownType(_)) => self.stats.drops.record(DropReason::UnknownType),
+                Ok(_) | Err(_) => self.fail(Violation::MeshMessage),
             }
             return;
         }
@@ -1169,8 +1184,10 @@ mod tests {
         let t0 = test_epoch();
         let mut session = authenticated(t0);
         for (message, reason) in [
-            (&b"\x09abc"[..], DropReason::UnknownType),
+            (&b"\x0aabc"[..], DropReason::UnknownType),
             (b"", DropReason::Malformed),
+            // GONE is for mesh links: from a node's client it is dropped.
+            (&[0x09; 33], DropReason::Malformed),
             (b"\x01short", DropReason::Malformed),
             (b"\x05again", DropReason::Malformed),
             (&[0x02; 17], DropReason::Malformed),
@@ -1375,7 +1392,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mesh_peer_gets_ready_with_its_host_and_may_send_no_message() {
+    fn a_mesh_peer_gets_ready_with_its_host_and_may_send_gone_only() {
         let t0 = test_epoch();
         let host = HostId::from_bytes([0x11; 16]);
         let mut session = upgraded(t0);
@@ -1411,7 +1428,24 @@ mod tests {
         assert_eq!(session.stats().drops.get(DropReason::UnknownType), 1);
         assert_eq!(session.stats().drops.get(DropReason::Malformed), 1);
         assert_eq!(session.state(), SessionState::Mesh(host));
-        // Any known relay message fails the link.
+        // GONE (PEER_GONE across hosts) is the one message it may send; a short one is
+        // malformed.
+        let gone = relay::encode_gone(&node_id(A), &node_id(B));
+        feed(&mut session, t0, &client_frame(true, OpCode::Binary, &gone));
+        assert!(matches!(
+            session.poll_event(),
+            Some(SessionEvent::Gone { dest, src }) if dest == node_id(A) && src == node_id(B)
+        ));
+        assert!(session.poll_event().is_none());
+        feed(
+            &mut session,
+            t0,
+            &client_frame(true, OpCode::Binary, &gone[..20]),
+        );
+        assert_eq!(session.stats().drops.get(DropReason::Malformed), 2);
+        assert!(session.poll_event().is_none());
+        assert_eq!(session.state(), SessionState::Mesh(host));
+        // Any other known relay message fails the link.
         for message in [&b"\x01short"[..], b"\x05token", &[0x08; 40]] {
             let mut session = upgraded(t0);
             feed(

@@ -181,6 +181,10 @@ pub struct MeshStats {
     pub idle_timeouts: u64,
     /// Links the server closed with a Close frame.
     pub peer_closes: u64,
+    /// GONE messages sent (PEER_GONE across hosts).
+    pub gone_sent: u64,
+    /// GONE messages not sent: rate-limited per pair, or too many waiting.
+    pub gone_suppressed: u64,
 }
 
 impl Stats {

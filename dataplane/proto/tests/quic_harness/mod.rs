@@ -284,7 +284,8 @@ impl Client {
                 other @ (Message::Send { .. }
                 | Message::Recv { .. }
                 | Message::Auth { .. }
-                | Message::Forward { .. }) => {
+                | Message::Forward { .. }
+                | Message::Gone { .. }) => {
                     panic!("unexpected control message {other:?}")
                 }
             };

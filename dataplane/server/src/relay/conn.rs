@@ -5,14 +5,13 @@
 //! the hub's whole-frame size only when a frame needs it, so an idle or unauthenticated
 //! connection costs a few KiB, not 64.
 
+use boson_dataplane_proto::ws::{ConnId, Hub, MeshClient, MeshInput, Presence};
+use boson_shared::NodeId;
+use boson_shared::mesh::{BINDING_LEN, ChannelBinding, EXPORTER_LABEL};
+use boson_shared::plane::HostId;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
-
-use boson_dataplane_proto::ws::{ConnId, Hub, MeshClient, MeshInput, Presence};
-use boson_shared::NodeId;
-use boson_shared::plane::HostId;
 
 /// Masking keys of the mesh client's frames (RFC 6455 wants them unpredictable).
 pub(super) type MeshRng = rand::rngs::StdRng;
@@ -56,9 +55,20 @@ pub(super) enum Flush {
     Failed,
 }
 
+/// Why a connection has no mesh channel binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum BindingError {
+    /// Plain TCP: mesh links need TLS (or `--danger-plain-mesh`).
+    #[error("mesh links need TLS")]
+    Plain,
+    /// TLS, but not a finished TLS 1.3 handshake.
+    #[error("mesh links need TLS 1.3")]
+    NotTls13,
+}
+
 pub(super) struct Conn {
     stream: TcpStream,
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<rustls::Connection>>,
     input: Vec<u8>,
     max_input: usize,
     start: usize,
@@ -81,21 +91,17 @@ pub(super) struct Conn {
 impl Conn {
     pub(super) fn new(
         stream: TcpStream,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Option<rustls::Connection>,
         max_input: usize,
         kind: ConnKind,
         token: u64,
     ) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
-        let tls = match tls {
-            Some(config) => {
-                let mut tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-                tls.set_buffer_limit(Some(TLS_SEND_LIMIT));
-                Some(Box::new(tls))
-            }
-            None => None,
-        };
+        let tls = tls.map(|mut tls| {
+            tls.set_buffer_limit(Some(TLS_SEND_LIMIT));
+            Box::new(tls)
+        });
         Ok(Self {
             stream,
             tls,
@@ -113,6 +119,22 @@ impl Conn {
             closing: false,
             want_write: false,
         })
+    }
+
+    /// The mesh channel binding of this connection: 32 bytes of its TLS exporter keying
+    /// material. Only TLS 1.3 connections have one (TLS 1.2's exporter is not bound to the
+    /// connection without the extended master secret, RFC 7627); a plain connection has
+    /// none.
+    pub(super) fn channel_binding(&self) -> Result<ChannelBinding, BindingError> {
+        let tls = self.tls.as_ref().ok_or(BindingError::Plain)?;
+        if tls.is_handshaking() || tls.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3)
+        {
+            return Err(BindingError::NotTls13);
+        }
+        let material = tls
+            .export_keying_material([0u8; BINDING_LEN], EXPORTER_LABEL, None)
+            .map_err(|_| BindingError::NotTls13)?;
+        Ok(ChannelBinding::from_exporter(material))
     }
 
     /// The hub's handle, for hub clients.

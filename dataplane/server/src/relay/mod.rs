@@ -60,7 +60,7 @@ use boson_dataplane_proto::ws::{
     WsConfig,
 };
 use boson_shared::plane::{Event, HostId, Transport};
-use boson_shared::{MeshKey, NodeId};
+use boson_shared::{ChannelBinding, MeshKey, NodeId};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::Waker;
@@ -122,7 +122,7 @@ pub enum RelayCommand {
 /// What a worker's order channel carries: broadcast commands, or a mesh link for it alone.
 pub(crate) enum Order {
     Command(RelayCommand),
-    MeshLink(MeshLink),
+    MeshLink(Box<MeshLink>),
 }
 
 /// A TCP connection to another relay host, opened by the binary, for this worker to run the
@@ -133,6 +133,9 @@ pub struct MeshLink {
     pub host: HostId,
     /// The connected socket.
     pub stream: std::net::TcpStream,
+    /// The TLS client connection on `stream`, its handshake done (the peer's certificate
+    /// checked); `None` for a plain link, which only `MeshSettings::allow_plain` allows.
+    pub tls: Option<rustls::ClientConnection>,
     /// `Host` header of the upgrade (the peer's `host:port`).
     pub authority: String,
     /// Upgrade path (the peer's relay path).
@@ -146,6 +149,10 @@ pub struct MeshSettings {
     pub host: HostId,
     /// The shared mesh key(s).
     pub key: MeshKey,
+    /// Accept and open mesh links on plain WebSocket, where a token is bound to no
+    /// connection (`--danger-plain-mesh`, for tests). Off: a mesh token counts only on a
+    /// TLS 1.3 connection, bound to its exporter keying material.
+    pub allow_plain: bool,
 }
 
 /// Sends [`RelayCommand`]s to every worker from any thread.
@@ -185,7 +192,9 @@ impl RelayHandle {
         }
         let worker = (link.host.as_bytes()[15] as usize) % self.senders.len();
         let host = link.host;
-        let sent = self.senders[worker].send(Order::MeshLink(link)).is_ok();
+        let sent = self.senders[worker]
+            .send(Order::MeshLink(Box::new(link)))
+            .is_ok();
         if sent {
             // Until the worker's link closes (it removes it then), the host counts as linked.
             self.links
@@ -415,6 +424,8 @@ mod record {
     /// A host's mesh session (it receives from us through it) is up on the sending core.
     pub(super) const MESH_UP: u8 = 3;
     pub(super) const MESH_DOWN: u8 = 4;
+    /// `[GONE][src][dest]`: another host found `dest` gone; tell `src`, on the receiving core.
+    pub(super) const GONE: u8 = 5;
 }
 
 /// What every worker's relay shares, built once by [`start`](crate::start).
@@ -754,7 +765,7 @@ impl RelayShell {
                     tracing::debug!(core = self.core, %node, ?host, "presence");
                     self.directory.set_host(node, host);
                 }
-                Order::MeshLink(link) => self.open_mesh_link(now, link),
+                Order::MeshLink(link) => self.open_mesh_link(now, *link),
             }
         }
     }
@@ -764,9 +775,26 @@ impl RelayShell {
         let Some(mesh) = &self.mesh else {
             return;
         };
+        let binding = match &link.tls {
+            Some(tls) => tls
+                .export_keying_material(
+                    [0u8; boson_shared::mesh::BINDING_LEN],
+                    boson_shared::mesh::EXPORTER_LABEL,
+                    None,
+                )
+                .ok()
+                .filter(|_| tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+                .map(ChannelBinding::from_exporter),
+            None => mesh.allow_plain.then_some(ChannelBinding::PLAIN),
+        };
+        let Some(binding) = binding else {
+            tracing::warn!(host = %link.host, "a mesh link needs a finished TLS 1.3 handshake");
+            self.link_down(link.host);
+            return;
+        };
         let token = mesh
             .key
-            .token(mesh.host, link.host, crate::clock::unix_now());
+            .token(mesh.host, link.host, &binding, crate::clock::unix_now());
         let mut nonce = [0u8; 16];
         let mut rng = <conn::MeshRng as rand::SeedableRng>::from_os_rng();
         rand::RngCore::fill_bytes(&mut rng, &mut nonce);
@@ -793,7 +821,8 @@ impl RelayShell {
             client: Box::new(client),
         };
         let input = self.ws.min_mesh_input_buffer();
-        let conn = match Conn::new(link.stream, None, input, kind, token) {
+        let tls = link.tls.map(rustls::Connection::Client);
+        let conn = match Conn::new(link.stream, tls, input, kind, token) {
             Ok(conn) => conn,
             Err(err) => {
                 tracing::warn!(host = %link.host, %err, "cannot set up a mesh link");
@@ -854,6 +883,7 @@ impl RelayShell {
             let mesh_cores = &mut self.mesh_cores;
             let counters = &mut self.counters;
             let mut replaced = Vec::new();
+            let mut gone = Vec::new();
             rx.drain(|record| {
                 let Some((&kind, rest)) = record.split_first() else {
                     return;
@@ -897,10 +927,27 @@ impl RelayShell {
                             mesh_cores.remove(&host);
                         }
                     }
+                    (record::GONE, _) => {
+                        if let Some(dest) =
+                            rest.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok())
+                        {
+                            gone.push((NodeId::from_bytes(id), NodeId::from_bytes(dest)));
+                        }
+                    }
                     _ => {}
                 }
             });
             depth += rx.depth();
+            for (src, dest) in gone {
+                notify_gone_here(
+                    now,
+                    &mut self.hub,
+                    self.quic.as_mut(),
+                    &self.quic_sessions,
+                    &src,
+                    &dest,
+                );
+            }
             // A newer session of a node we hold lives on another core now: close ours.
             for (node, epoch) in replaced {
                 if let Route::Local(conn) = self.hub.route(&node)
@@ -969,7 +1016,16 @@ impl RelayShell {
                 drop(stream);
                 continue;
             }
-            let tls = self.tls.as_ref().map(|reloader| reloader.config());
+            let tls = match self.tls.as_ref().map(|reloader| reloader.config()) {
+                Some(config) => match rustls::ServerConnection::new(config) {
+                    Ok(tls) => Some(rustls::Connection::Server(tls)),
+                    Err(err) => {
+                        tracing::warn!(core = self.core, %err, "cannot start TLS");
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let index = self.alloc_slot();
             let token = self.slot_token(index);
             let hub_conn = self.hub.handle_connect(now);
@@ -1101,12 +1157,29 @@ impl RelayShell {
                     self.counters.mesh_in += 1;
                     // Lend the input buffer out while the frame is routed.
                     let (input, start) = conn.take_input();
-                    if let Some(bytes) = input.get(start + frame.start..start + frame.end) {
-                        self.route_frame(now, &dest, bytes);
+                    let mut gone_src = None;
+                    if let Some(bytes) = input.get(start + frame.start..start + frame.end)
+                        && !self.route_frame(now, &dest, bytes)
+                    {
+                        gone_src = recv_parts(bytes).map(|(src, _)| src);
                     }
                     if let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) {
                         conn.restore_input(input);
                         conn.consume(consumed);
+                        // PEER_GONE across hosts: the sending host tells its node.
+                        if let (Some(src), ConnKind::Mesh { client, host }) =
+                            (gone_src, &mut conn.kind)
+                            && client.peer_gone(now, &dest, &src)
+                        {
+                            tracing::info!(
+                                core = self.core,
+                                %host,
+                                %dest,
+                                %src,
+                                "mesh: forwarded to a node gone from here; told the sending host"
+                            );
+                            self.to_flush.push(index);
+                        }
                     }
                 }
             }
@@ -1116,17 +1189,45 @@ impl RelayShell {
 
     /// A finished RECV frame for `dest` that arrived from outside this core's hub clients (a
     /// mesh link): to a local session, another core, or nowhere.
-    fn route_frame(&mut self, now: Instant, dest: &NodeId, frame: &[u8]) {
+    /// Returns whether it was handed on (false: `dest` is connected nowhere here).
+    fn route_frame(&mut self, now: Instant, dest: &NodeId, frame: &[u8]) -> bool {
         match self.hub.route(dest) {
             Route::Local(_) => {
-                if !matches!(self.hub.handle_remote(dest, frame), Delivery::Queued(_)) {
+                let queued = matches!(self.hub.handle_remote(dest, frame), Delivery::Queued(_));
+                if !queued {
                     self.counters.cross_core_gone += 1;
                 }
+                queued
             }
             // Never back out over the mesh: a packet from another host is for our nodes.
-            Route::Remote(_) | Route::Unknown => {
-                self.deliver_frame(now, dest, frame, true);
+            Route::Remote(_) | Route::Unknown => self.deliver_frame(now, dest, frame, true),
+        }
+    }
+
+    /// Another host found `dest` connected nowhere there (a mesh peer's GONE): `src`, our
+    /// node, gets a PEER_GONE from the core it is on (rate-limited per pair there).
+    fn tell_gone(&mut self, now: Instant, src: &NodeId, dest: &NodeId) {
+        match self.directory.get(src) {
+            Some(Location::Core { core, .. }) if core != self.core => {
+                if let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) {
+                    if tx.push(&[&[record::GONE], src.as_bytes(), dest.as_bytes()]) {
+                        self.dirty[core] = true;
+                    } else {
+                        self.counters.cross_core_full += 1;
+                    }
+                }
             }
+            Some(Location::Core { .. } | Location::Quic { .. }) | None => {
+                notify_gone_here(
+                    now,
+                    &mut self.hub,
+                    self.quic.as_mut(),
+                    &self.quic_sessions,
+                    src,
+                    dest,
+                );
+            }
+            Some(Location::Host(_)) => {}
         }
     }
 
@@ -1382,6 +1483,7 @@ impl RelayShell {
             Forward::Gone(dest) => {
                 tracing::trace!(core = self.core, %dest, "SEND to a node connected nowhere");
             }
+            Forward::PeerGone { src, dest } => self.tell_gone(now, src, dest),
         }
     }
 
@@ -1452,17 +1554,32 @@ impl RelayShell {
     /// A mesh peer presents its token: it will receive, through this connection, what our
     /// nodes send to nodes on its host.
     fn authenticate_mesh(&mut self, now: Instant, conn: ConnId) {
-        let verified = match &self.mesh {
-            Some(mesh) => mesh
-                .key
-                .verify(
-                    &self.token,
-                    mesh.host,
-                    crate::clock::unix_now(),
-                    boson_shared::mesh::DEFAULT_MAX_SKEW,
-                )
-                .map_err(|err| err.to_string()),
-            None => Err("this host has no mesh key".to_owned()),
+        let binding = self
+            .by_hub
+            .get(&conn)
+            .and_then(|&index| self.conns.get(index)?.conn.as_ref())
+            .map(Conn::channel_binding);
+        let verified = match (&self.mesh, binding) {
+            (None, _) => Err("this host has no mesh key".to_owned()),
+            (Some(_), None) => Err("the connection is gone".to_owned()),
+            (Some(mesh), Some(binding)) => {
+                let binding = match binding {
+                    Ok(binding) => Ok(binding),
+                    Err(conn::BindingError::Plain) if mesh.allow_plain => Ok(ChannelBinding::PLAIN),
+                    Err(err) => Err(err.to_string()),
+                };
+                binding.and_then(|binding| {
+                    mesh.key
+                        .verify(
+                            &self.token,
+                            mesh.host,
+                            &binding,
+                            crate::clock::unix_now(),
+                            boson_shared::mesh::DEFAULT_MAX_SKEW,
+                        )
+                        .map_err(|err| err.to_string())
+                })
+            }
         };
         match verified {
             Ok(host) if self.hub.accept_mesh(now, conn, host).is_ok() => {
@@ -1727,6 +1844,25 @@ fn deliver_quic(
         counters.quic_packets_out += 1;
     }
     Some(queued)
+}
+
+/// Tells `src`, if it has a session on this core (WebSocket or QUIC), that `dest` is gone.
+fn notify_gone_here<P: Presence>(
+    now: Instant,
+    hub: &mut Hub<P>,
+    quic: Option<&mut QuicRelay>,
+    quic_sessions: &std::collections::BTreeMap<quic::QuicConnId, (NodeId, u64)>,
+    src: &NodeId,
+    dest: &NodeId,
+) {
+    if hub.notify_gone(now, src, dest) {
+        return;
+    }
+    if let Some(quic) = quic
+        && let Some((&conn, _)) = quic_sessions.iter().find(|(_, (node, _))| node == src)
+    {
+        quic.peer_gone(now, conn, dest);
+    }
 }
 
 /// The source and packet of a RECV frame the hub built (`[header][0x02][src][packet]`).
