@@ -22,7 +22,8 @@
 //! The direct route is different from the relays: whether it exists is known before any
 //! handshake, from the punching ([`crate::direct`]). So it is skipped while no direct path is
 //! up ([`RouteSelector::set_direct`]); when a path comes up while a relay carries the peer,
-//! the selector moves to it at once (the upgrade); when the path goes down, it moves on. The
+//! the selector moves to it at once (the upgrade), and does not follow the peer's initiations
+//! off it while it is up; when the path goes down, it moves on. The
 //! punching retries in the background from time to time, so a peer on a relay upgrades as
 //! soon as the NATs let it.
 //!
@@ -285,9 +286,13 @@ impl RouteSelector {
 
     /// A packet from the peer that arrived on `via`.
     pub fn handle_incoming(&mut self, now: Instant, via: RouteKind, packet: &[u8]) {
+        // Not away from an up direct path, though: it answers our PINGs, so the peer's
+        // comes up too within moments and brings the peer over (the upgrade is immediate);
+        // following it to a relay meanwhile would keep us there until the next handshake.
         if is_initiation(packet)
             && via != self.current()
             && self.usable(via)
+            && !(self.current() == RouteKind::Direct && self.direct_up)
             && let Some(index) = self.candidates.iter().position(|&c| c == via)
         {
             self.switch_to(index);
@@ -559,9 +564,12 @@ mod tests {
         // initiations only while its own path is up.
         s.set_direct(true);
         assert_eq!(s.current(), RouteKind::Direct);
+        // An initiation by relay (the peer's path not up yet) does not take us off it.
+        s.handle_incoming(t1, RouteKind::Ws, &initiation());
+        assert_eq!(s.current(), RouteKind::Direct);
+        s.set_direct(false);
         s.handle_incoming(t1, RouteKind::Ws, &initiation());
         assert_eq!(s.current(), RouteKind::Ws);
-        s.set_direct(false);
         s.handle_incoming(t1, RouteKind::Direct, &initiation());
         assert_eq!(s.current(), RouteKind::Ws);
         // The server ranks no direct route: a path that comes up is not taken.
