@@ -7,7 +7,10 @@
 #   baseline (1 s each at 2k messages/s and at max rate, both sizes); fails on any loss at
 #   2k/s or figures that are not sane;
 # * the same over QUIC, bosonserver's QUIC relay and the quinn baseline (packets of 100 and
-#   1100 bytes: 1200 do not fit a QUIC datagram).
+#   1100 bytes: 1200 do not fit a QUIC datagram);
+# * the control-plane load generator (`ctl --smoke`): 200 nodes registered with
+#   `bosonserver control` on SQLite, 1 s of heartbeats, routing and ICE requests, 1 s of
+#   each at its ceiling; fails on any error answer.
 # A few seconds each; extra args go to every `run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +19,4 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 "$bin/boson-bench" run --smoke --quiet "$@"
 "$bin/boson-bench" run --ws --smoke --quiet --ws-servers boson-ws,ws-baseline "$@"
 "$bin/boson-bench" run --quic --smoke --quiet --ws-servers boson-quic,quic-baseline "$@"
+"$bin/boson-bench" ctl --smoke --quiet

@@ -1,5 +1,5 @@
 //! The command line: `turn`, `raw-forwarder`, `ws`, `ws-baseline`, `quic`, `quic-baseline`,
-//! `run` and `plot`.
+//! `run`, `plot` and `ctl`.
 //!
 //! Arguments are parsed once here, checked, and turned into the configs of [`generator`],
 //! [`forwarder`], [`ws_generator`], [`ws_baseline`], [`quic_generator`], [`quic_baseline`],
@@ -26,7 +26,7 @@ use crate::ws_client::Auth;
 use crate::ws_generator::{self, WsLoadConfig, WsOutcome};
 use crate::ws_report::WsServerKind;
 use crate::ws_runner::{self, WsRunConfig};
-use crate::{clock, forwarder, plot};
+use crate::{clock, ctl_load, forwarder, plot};
 
 /// `run`'s offered loads unless --loads says otherwise.
 const TURN_LOADS: [Rate; 4] = [
@@ -91,6 +91,129 @@ enum Command {
     Run(RunArgs),
     /// Draw the PNG of a `run --json` report.
     Plot(PlotArgs),
+    /// Load the control plane (REST API): register N simulated nodes, then heartbeats,
+    /// routing and ICE requests at set rates, then each at its ceiling.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CtlArgs {
+    /// Population sizes, one fresh server each: `1000,10000` (`k` and `m` suffixes allowed).
+    #[arg(long, value_delimiter = ',', value_parser = parse_count, default_value = "1000")]
+    nodes: Vec<usize>,
+    /// PostgreSQL URL (with --redis-url); without it the server runs on SQLite. `{n}` in it
+    /// is replaced by the population size, so each size can use a fresh database.
+    #[arg(long, requires = "redis_url")]
+    database_url: Option<String>,
+    /// Redis URL (with --database-url); each run gets a key prefix of its own.
+    #[arg(long, requires = "database_url")]
+    redis_url: Option<String>,
+    /// Client connections, one thread each.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// The heartbeat interval of the server and of every node.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// Routing requests a second in the mixed phase.
+    #[arg(long, default_value_t = 50.0)]
+    routing_rate: f64,
+    /// ICE requests a second in the mixed phase.
+    #[arg(long, default_value_t = 20.0)]
+    ice_rate: f64,
+    /// Length of the mixed phase.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Length of each closed-loop phase (routing-max, heartbeat-max); 0 skips them.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    max_duration: Duration,
+    /// Seed of the population and of the requests.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The bosonserver binary (default: next to this one).
+    #[arg(long)]
+    bosonserver: Option<PathBuf>,
+    /// A short run that fails on any error: 200 nodes, 1 s phases.
+    #[arg(long)]
+    smoke: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `1000`, `10k`, `1m`.
+fn parse_count(text: &str) -> Result<usize, String> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, scale) = if let Some(d) = text.strip_suffix('k') {
+        (d, 1_000)
+    } else if let Some(d) = text.strip_suffix('m') {
+        (d, 1_000_000)
+    } else {
+        (text.as_str(), 1)
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a count such as 1000, 10k or 1m"))?;
+    match n.checked_mul(scale) {
+        Some(0) | None => Err(format!("{text:?}: a count from 1 up")),
+        Some(n) => Ok(n),
+    }
+}
+
+fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    let bench = std::env::current_exe().context("locating this binary")?;
+    let bosonserver = bosonserver_path(args.bosonserver, &bench)?;
+    let backend = match (args.database_url, args.redis_url) {
+        (Some(database_url), Some(redis_url)) => ctl_load::Backend::Postgres {
+            database_url,
+            redis_url,
+        },
+        _ => ctl_load::Backend::Sqlite,
+    };
+    ensure!(
+        args.routing_rate.is_finite() && args.routing_rate >= 0.0,
+        "--routing-rate must be a rate, 0 or more"
+    );
+    ensure!(
+        args.ice_rate.is_finite() && args.ice_rate >= 0.0,
+        "--ice-rate must be a rate, 0 or more"
+    );
+    ensure!(
+        !args.heartbeat_interval.is_zero(),
+        "--heartbeat-interval must be more than 0"
+    );
+    let mut config = ctl_load::CtlConfig {
+        bosonserver,
+        backend,
+        sizes: args.nodes,
+        connections: args.connections,
+        heartbeat_interval: args.heartbeat_interval,
+        routing_rate: args.routing_rate,
+        ice_rate: args.ice_rate,
+        duration: args.duration,
+        max_duration: args.max_duration,
+        seed: args.seed,
+        quiet: args.quiet,
+    };
+    if args.smoke {
+        config.sizes = vec![200];
+        config.connections = config.connections.min(4);
+        config.heartbeat_interval = Duration::from_secs(2);
+        config.duration = Duration::from_secs(1);
+        config.max_duration = Duration::from_secs(1);
+    }
+    let report = ctl_load::run(&config)?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    writeln!(std::io::stdout().lock(), "{}", report.table())?;
+    let failures = report.failures();
+    if !failures.is_empty() {
+        bail!("the control-plane run failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -471,6 +594,7 @@ pub fn main() -> anyhow::Result<()> {
         }),
         Command::Run(args) => run(args),
         Command::Plot(args) => plot::plot_file(&args.json, &args.out, &args.font),
+        Command::Ctl(args) => ctl(args),
     }
 }
 

@@ -19,6 +19,9 @@
 //! * [`quic_generator`]: the QUIC load generator (the same pairs over DATAGRAM frames), over
 //!   [`quic_client`], quinn-proto driven without a runtime.
 //! * [`quic_baseline`]: the quinn relay our QUIC relay is compared against.
+//! * [`ctl_load`]: the control-plane load generator (`boson-bench ctl`): registrations,
+//!   heartbeats, routing and ICE requests against `bosonserver control` on SQLite or
+//!   PostgreSQL + Redis, over the simulated nodes of [`ctl_population`].
 //! * [`nodes`]: node tokens, minted and verified as the control plane does, or registered
 //!   through its REST API.
 //! * [`runner`]: the side-by-side runner (rounds of uring, epoll, coturn, raw), and
@@ -37,6 +40,8 @@
 pub mod accounting;
 pub mod cli;
 pub mod clock;
+pub mod ctl_load;
+pub mod ctl_population;
 pub mod forwarder;
 pub mod generator;
 pub mod maths;

@@ -3,6 +3,7 @@
 mod dataplane;
 mod drain;
 mod healthcheck;
+mod load;
 mod mesh;
 mod planes;
 mod relay;
@@ -140,15 +141,16 @@ struct Planes {
 }
 
 /// The host's live load from the workers' counters, for the relay host registry: what a
-/// drain would wait for.
+/// drain would wait for, and the relayed bandwidth (Mbit/s) the meter measured.
 fn host_load(
     stats: &[boson_dataplane::WorkerStatsSnapshot],
+    bandwidth: f64,
 ) -> boson_control::domain::hosts::HostLoad {
     let carried = boson_dataplane::Remaining::of(stats);
     boson_control::domain::hosts::HostLoad {
         allocations: u32::try_from(carried.allocations).unwrap_or(u32::MAX),
         sessions: u32::try_from(carried.sessions).unwrap_or(u32::MAX),
-        bandwidth: 0.0,
+        bandwidth,
     }
 }
 
@@ -168,11 +170,17 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
         state.set_command_sink(link.clone())?;
         tokio::spawn(link.clone().run(state.clone()));
         let load_state = state.clone();
+        // The bandwidth is a rate over one host heartbeat interval: what the other hosts
+        // see in each record is the traffic since the previous one.
+        let mut meter = load::BandwidthMeter::new(state.config.host.heartbeat_interval);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                load_state.set_host_load(host_load(&link.worker_stats()));
+                let stats = link.worker_stats();
+                let now = load_state.clock.now();
+                let bandwidth = meter.handle_sample(now, load::relayed_bytes(&stats));
+                load_state.set_host_load(host_load(&stats, bandwidth));
             }
         });
     }

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
+use boson_shared::NodeId;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use tokio::net::TcpListener;
@@ -39,7 +40,9 @@ use crate::domain::allocations::AllocationView;
 use crate::domain::auth::Tokens;
 use crate::domain::grants::GrantTable;
 use crate::domain::hosts::LocalHost;
+use crate::domain::model::{NodeRecord, NodeStatus};
 use crate::domain::presence::{LocalSessions, RemotePresence};
+use crate::domain::route_index::RouteIndex;
 use crate::io::cache::Cache;
 use crate::io::mesh::CommandSink;
 use crate::io::store::Store;
@@ -82,6 +85,10 @@ pub struct App {
     rng: Mutex<StdRng>,
     /// Set once a graceful shutdown began: readiness fails from then on.
     draining: AtomicBool,
+    /// The live nodes routing selects from (see [`domain::route_index`]).
+    route_index: Mutex<RouteIndex>,
+    /// Until when the index has read the store's changes (see [`index_sync_forever`]).
+    index_synced: Mutex<clock::UnixMillis>,
 }
 
 /// Renders Prometheus text appended to `/metrics`.
@@ -119,6 +126,21 @@ impl AppState {
             None => StdRng::from_os_rng(),
         };
         let grants = GrantTable::new(config.nodes.timeout / 2);
+        // The index starts with every live node the store holds.
+        let started = clock.now();
+        let mut route_index = RouteIndex::new(config.nodes.timeout);
+        let live = store
+            .list(&io::store::NodeFilter {
+                status: Some(NodeStatus::Active),
+                limit: i64::MAX,
+                ..io::store::NodeFilter::default()
+            })
+            .await
+            .context("loading the live nodes for routing")?;
+        for node in live {
+            route_index.upsert(node, started);
+        }
+        tracing::debug!(nodes = route_index.len(), "routing index built");
         let turn_secrets = Mutex::new(config.turn.secrets.clone());
         Ok(Self(Arc::new(App {
             config,
@@ -137,6 +159,8 @@ impl AppState {
             sink: OnceLock::new(),
             rng: Mutex::new(rng),
             draining: AtomicBool::new(false),
+            route_index: Mutex::new(route_index),
+            index_synced: Mutex::new(started),
         })))
     }
 
@@ -162,6 +186,54 @@ impl AppState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut rng)
+    }
+
+    /// Runs `f` with the routing index, after dropping the nodes that timed out by now.
+    pub(crate) fn with_route_index<T>(&self, f: impl FnOnce(&mut RouteIndex) -> T) -> T {
+        let now = self.clock.now();
+        let mut index = self
+            .route_index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.expire(now);
+        f(&mut index)
+    }
+
+    /// Takes a node's newest stored state into the routing index.
+    pub(crate) fn index_node(&self, node: &NodeRecord) {
+        let now = self.clock.now();
+        self.with_route_index(|index| index.upsert(node.clone(), now));
+    }
+
+    /// Drops a node from the routing index.
+    pub(crate) fn unindex_node(&self, node: NodeId) {
+        self.with_route_index(|index| index.remove(node));
+    }
+
+    /// Reads the nodes the store saw since the last sync (registrations and heartbeats
+    /// through other hosts sharing it) into the routing index; returns how many.
+    pub async fn sync_route_index(&self) -> anyhow::Result<usize> {
+        let now = self.clock.now();
+        let since = *self
+            .index_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another host's clock may run behind ours: read back a margin before the last sync.
+        let nodes = self
+            .store
+            .seen_since(since.saturating_sub(INDEX_SYNC_MARGIN))
+            .await?;
+        let count = nodes.len();
+        self.with_route_index(|index| {
+            for node in nodes {
+                index.upsert(node, now);
+            }
+        });
+        *self
+            .index_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+        Ok(count)
     }
 
     /// Appends `source`'s text to every `/metrics` answer. Only one source may be set; a
@@ -196,6 +268,9 @@ pub async fn serve(
     let mut background = JoinSet::new();
     background.spawn(sweep_forever(state.clone()));
     background.spawn(mesh_forever(state.clone()));
+    if state.store.backend() == io::store::Backend::Postgres {
+        background.spawn(index_sync_forever(state.clone()));
+    }
     let served = http::server::run(listener, state.clone(), shutdown)
         .await
         .context("serving the REST API");
@@ -227,6 +302,27 @@ async fn sweep_forever(state: AppState) {
                 state.revoke_stale(&nodes, since);
             }
             Err(error) => tracing::warn!("sweeping silent nodes failed: {error}"),
+        }
+    }
+}
+
+/// How often hosts sharing a PostgreSQL store read each other's node changes into their
+/// routing index: the staleness bound of a registration or heartbeat made through another
+/// host (a node deleted through another host stays until it times out).
+pub const INDEX_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How far before the last sync each sync reads back, for clocks of hosts that disagree.
+const INDEX_SYNC_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Every [`INDEX_SYNC_INTERVAL`], [`AppState::sync_route_index`] (PostgreSQL only: a SQLite
+/// store belongs to one process, whose own writes update its index as they happen).
+async fn index_sync_forever(state: AppState) {
+    let mut ticks = tokio::time::interval(INDEX_SYNC_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = state.sync_route_index().await {
+            tracing::warn!("syncing the routing index failed: {error:#}");
         }
     }
 }

@@ -26,6 +26,7 @@ use boson_dataplane_proto::turn::attr::{
     XorPeerAddress, XorRelayedAddress,
 };
 use boson_dataplane_proto::turn::channel_data::{self, ChannelData};
+use boson_dataplane_proto::turn::stream;
 use boson_dataplane_proto::ws::frame::{
     self, ClosePayload, FrameHeader, MAX_CLIENT_HEADER_LEN, MAX_CONTROL_PAYLOAD,
     MAX_SERVER_HEADER_LEN, OpCode,
@@ -52,6 +53,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("stun_parse", stun_parse),
     ("channel_data", channel_data),
+    ("turn_stream", turn_stream),
     ("turn_server", turn_server),
     ("ws_frame", ws_frame),
     ("ws_handshake", ws_handshake),
@@ -245,6 +247,66 @@ pub fn channel_data(data: &[u8]) {
         channel_data::encode_header(parsed.number, len),
         data[..channel_data::HEADER_LEN]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// turn_stream
+
+/// STUN/TURN over a stream: the first byte picks the read size (1..=64) and the frame bound
+/// (64..=4096); the rest is the stream. The frames `Reassembler` cuts from those reads, and
+/// where it closes, must not depend on the read size: they equal what `frame_len` gives when
+/// walking the whole stream at once. Nothing it holds exceeds the bound.
+pub fn turn_stream(data: &[u8]) {
+    let Some((&first, stream)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(first & 0x3F) + 1;
+    let max = 64 << (first >> 6);
+    // The reference: walk the stream with `frame_len`.
+    let mut expected = Vec::new();
+    let mut expected_close = None;
+    let mut at = 0;
+    loop {
+        match stream::frame_len(&stream[at..], max) {
+            Ok(Some(len)) if at + len <= stream.len() => {
+                assert!(len >= channel_data::HEADER_LEN && len <= max, "{len}");
+                expected.push(&stream[at..at + len]);
+                at += len;
+            }
+            Ok(_) => break,
+            Err(reason) => {
+                expected_close = Some(reason);
+                break;
+            }
+        }
+    }
+    let mut reassembler = stream::Reassembler::new(max);
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut close = None;
+    let mut rest = stream;
+    'feed: loop {
+        while let Some(frame) = reassembler.poll_frame() {
+            match frame {
+                Ok(frame) => got.push(frame.to_vec()),
+                Err(reason) => {
+                    close = Some(reason);
+                    break 'feed;
+                }
+            }
+        }
+        assert!(reassembler.buffered() <= max, "bounded");
+        if rest.is_empty() {
+            break;
+        }
+        let spare = reassembler.spare();
+        assert!(!spare.is_empty(), "an open connection always has room");
+        let n = chunk.min(rest.len()).min(spare.len());
+        spare[..n].copy_from_slice(&rest[..n]);
+        reassembler.handle_read(n);
+        rest = &rest[n..];
+    }
+    assert_eq!(got, expected, "frames independent of the read size");
+    assert_eq!(close, expected_close, "the close reason too");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -99,6 +99,10 @@ const ANSWER_HOLD: Duration = Duration::from_secs(1);
 /// retry, [`RETRY_INTERVAL`] later, does restart it.
 const FAILED_HOLD: Duration = Duration::from_secs(5);
 
+/// The most candidates punched at once: the peer's signalled ones and those its PINGs came
+/// from.
+const MAX_REMOTE_CANDIDATES: usize = 2 * MAX_CANDIDATES;
+
 /// PINGs remembered for their PONGs; older ones are forgotten.
 const OUTSTANDING: usize = 64;
 
@@ -385,7 +389,12 @@ impl<R: RngCore> DirectPath<R> {
                     bytes: pong,
                 });
                 self.stats.pongs_sent += 1;
-                if self.path().is_none() && !self.remote_candidates.contains(&from) {
+                // A peer-reflexive candidate; bounded, as a replayed PING can come from
+                // anywhere (it only gets PINGs, which need the peer's key to answer).
+                if self.path().is_none()
+                    && !self.remote_candidates.contains(&from)
+                    && self.remote_candidates.len() < MAX_REMOTE_CANDIDATES
+                {
                     self.remote_candidates.push(from);
                 }
                 match self.state {

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use boson_dataplane_proto::ChannelNumber;
 use boson_dataplane_proto::stun::{
-    Class, Encoder, ErrorCode, ErrorCodeAttr, LongTermKey, Message, MessageType, Method, Nonce,
-    Realm, Trailer, TransactionId, Username, XorMappedAddress,
+    AttrType, Class, Encoder, ErrorCode, ErrorCodeAttr, LongTermKey, Message, MessageType, Method,
+    Nonce, PasswordAlgorithm, PasswordAlgorithmAttr, PasswordAlgorithms, Realm, Trailer,
+    TransactionId, Username, XorMappedAddress, password,
 };
 use boson_dataplane_proto::turn::attr::{
     Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
@@ -57,6 +58,15 @@ const REBIND: Duration = Duration::from_secs(240);
 
 /// The allocation lifetime asked for, seconds (the RFC's default).
 const LIFETIME: u32 = 600;
+
+/// An allocated client that heard nothing from the server for this long sends a Binding
+/// request, which any STUN server answers: silence is how a dead TURN server shows.
+pub const LIVENESS_IDLE: Duration = Duration::from_secs(2);
+
+/// Nothing from the server this long after that probe fails the allocation
+/// ([`TurnError::ServerSilent`]), so the agent allocates elsewhere within
+/// `LIVENESS_IDLE + LIVENESS_TIMEOUT` of the server's death.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a [`TurnClient`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +106,10 @@ pub enum TurnError {
     /// MESSAGE-INTEGRITY.
     #[error("malformed {0} response")]
     Malformed(&'static str),
+    /// The server answered nothing, not even a Binding request, for
+    /// [`LIVENESS_IDLE`] + [`LIVENESS_TIMEOUT`].
+    #[error("the TURN server went silent")]
+    ServerSilent,
 }
 
 /// Why [`TurnClient::encode_to_peer`] sends nothing.
@@ -117,7 +131,12 @@ pub enum SendError {
 enum Request {
     Allocate,
     Refresh,
-    ChannelBind { peer: SocketAddr, number: u16 },
+    ChannelBind {
+        peer: SocketAddr,
+        number: u16,
+    },
+    /// A Binding request: the liveness probe (unauthenticated).
+    Probe,
 }
 
 impl Request {
@@ -126,6 +145,7 @@ impl Request {
             Self::Allocate => Method::ALLOCATE,
             Self::Refresh => Method::REFRESH,
             Self::ChannelBind { .. } => Method::CHANNEL_BIND,
+            Self::Probe => Method::BINDING,
         }
     }
 
@@ -134,6 +154,7 @@ impl Request {
             Self::Allocate => "Allocate",
             Self::Refresh => "Refresh",
             Self::ChannelBind { .. } => "ChannelBind",
+            Self::Probe => "Binding",
         }
     }
 }
@@ -162,6 +183,9 @@ struct Auth {
     realm: String,
     nonce: String,
     key: LongTermKey,
+    /// The server's PASSWORD-ALGORITHMS, echoed, when the key is SHA-256 (RFC 8489 §9.2.4);
+    /// such requests are signed with MESSAGE-INTEGRITY-SHA256.
+    algorithms: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -189,6 +213,10 @@ pub struct TurnClient<R> {
     channels: BTreeMap<SocketAddr, Channel>,
     by_number: BTreeMap<u16, SocketAddr>,
     next_number: u16,
+    /// When anything last came from the server.
+    last_rx: Instant,
+    /// When the outstanding liveness probe went out.
+    probe_at: Option<Instant>,
     stats: TurnStats,
 }
 
@@ -222,6 +250,8 @@ impl<R: RngCore> TurnClient<R> {
             channels: BTreeMap::new(),
             by_number: BTreeMap::new(),
             next_number: ChannelNumber::MIN.get(),
+            last_rx: now,
+            probe_at: None,
             stats: TurnStats::default(),
         };
         client.start(now, Request::Allocate, 0);
@@ -236,6 +266,9 @@ impl<R: RngCore> TurnClient<R> {
         now: Instant,
         datagram: &[u8],
     ) -> Option<(SocketAddr, Range<usize>)> {
+        // The shell hands in only datagrams from the server's address: it is alive.
+        self.last_rx = now;
+        self.probe_at = None;
         if let Ok(frame) = ChannelData::parse(datagram) {
             let peer = *self.by_number.get(&frame.number.get())?;
             return Some((peer, frame.payload));
@@ -343,7 +376,7 @@ impl<R: RngCore> TurnClient<R> {
             .filter(|c| c.bound)
             .map(|c| c.rebind_at)
             .min();
-        [retransmit, self.refresh_at, rebind]
+        [retransmit, self.refresh_at, rebind, self.liveness_at()]
             .into_iter()
             .flatten()
             .min()
@@ -372,6 +405,14 @@ impl<R: RngCore> TurnClient<R> {
             self.fail(TurnError::Timeout(name));
             return;
         }
+        if self.liveness_at().is_some_and(|at| now >= at) {
+            if self.probe_at.is_some() {
+                self.fail(TurnError::ServerSilent);
+                return;
+            }
+            self.probe_at = Some(now);
+            self.start(now, Request::Probe, 0);
+        }
         if self.refresh_at.is_some_and(|at| now >= at) {
             self.refresh_at = None;
             self.start(now, Request::Refresh, 0);
@@ -390,6 +431,16 @@ impl<R: RngCore> TurnClient<R> {
         }
     }
 
+    /// When the liveness check is due: once allocated, a probe after [`LIVENESS_IDLE`] of
+    /// silence, then the verdict [`LIVENESS_TIMEOUT`] later.
+    fn liveness_at(&self) -> Option<Instant> {
+        self.relayed?;
+        Some(match self.probe_at {
+            Some(at) => at + LIVENESS_TIMEOUT,
+            None => self.last_rx + LIVENESS_IDLE,
+        })
+    }
+
     /// The relayed address, once allocated.
     pub const fn relayed(&self) -> Option<SocketAddr> {
         self.relayed
@@ -398,6 +449,11 @@ impl<R: RngCore> TurnClient<R> {
     /// The counters.
     pub const fn stats(&self) -> &TurnStats {
         &self.stats
+    }
+
+    /// The password algorithm of the key in use, once a challenge gave realm and nonce.
+    pub fn password_algorithm(&self) -> Option<PasswordAlgorithm> {
+        self.auth.as_ref().map(|auth| auth.key.algorithm())
     }
 
     /// Whether the allocation failed for good.
@@ -428,7 +484,7 @@ impl<R: RngCore> TurnClient<R> {
                 bytes: buf,
                 next_send: now + RTO,
                 sends: 1,
-                authenticated: self.auth.is_some(),
+                authenticated: self.auth.is_some() && request != Request::Probe,
                 auth_retries,
             },
         );
@@ -443,6 +499,7 @@ impl<R: RngCore> TurnClient<R> {
                 enc.add(&Lifetime(LIFETIME)).ok()?;
             }
             Request::Refresh => enc.add(&Lifetime(LIFETIME)).ok()?,
+            Request::Probe => return enc.finish(Trailer::new().with_fingerprint()).ok(),
             Request::ChannelBind { peer, number } => {
                 enc.add(&ChannelNumber::new(number)?).ok()?;
                 enc.add(&XorPeerAddress(peer)).ok()?;
@@ -453,12 +510,16 @@ impl<R: RngCore> TurnClient<R> {
                 enc.add(&Username::new(&self.username).ok()?).ok()?;
                 enc.add(&Realm::new(&auth.realm).ok()?).ok()?;
                 enc.add(&Nonce::new(&auth.nonce).ok()?).ok()?;
-                enc.finish(
-                    Trailer::new()
-                        .with_integrity(auth.key.as_integrity_key())
-                        .with_fingerprint(),
-                )
-                .ok()?
+                let trailer = match &auth.algorithms {
+                    Some(algorithms) => {
+                        enc.add_raw(AttrType::PASSWORD_ALGORITHMS, algorithms)
+                            .ok()?;
+                        enc.add(&PasswordAlgorithmAttr(auth.key.algorithm())).ok()?;
+                        Trailer::new().with_integrity_sha256(auth.key.as_integrity_key())
+                    }
+                    None => Trailer::new().with_integrity(auth.key.as_integrity_key()),
+                };
+                enc.finish(trailer.with_fingerprint()).ok()?
             }
             None => enc.finish(Trailer::new().with_fingerprint()).ok()?,
         };
@@ -481,6 +542,10 @@ impl<R: RngCore> TurnClient<R> {
             return;
         }
         let request = pending.request;
+        if request == Request::Probe {
+            // Any answer proves the server alive (handle_input noted it); nothing else to do.
+            return;
+        }
         if message.class() == Class::ErrorResponse {
             let error = message.get::<ErrorCodeAttr<'_>>().ok().flatten();
             let code = error.map_or(0, |e| e.code().as_u16());
@@ -493,7 +558,35 @@ impl<R: RngCore> TurnClient<R> {
                         .map(|r| r.as_str().to_owned())
                         .or_else(|| self.auth.as_ref().map(|a| a.realm.clone()))
                         .unwrap_or_default();
-                    let key = LongTermKey::derive(&self.username, &realm, &self.password);
+                    // SHA-256 when the server offers it under the nonce cookie (RFC 8489
+                    // §9.2.3), else MD5, the key every server takes.
+                    let offered = message
+                        .get::<PasswordAlgorithms<'_>>()
+                        .ok()
+                        .flatten()
+                        .filter(|list| {
+                            password::nonce_offers_password_algorithms(nonce.as_str())
+                                && list.contains(PasswordAlgorithm::SHA256)
+                        });
+                    let (key, algorithms) = match offered {
+                        Some(list) => (
+                            LongTermKey::derive_with(
+                                PasswordAlgorithm::SHA256,
+                                &self.username,
+                                &realm,
+                                &self.password,
+                            ),
+                            Some(list.as_bytes().to_vec()),
+                        ),
+                        None => (None, None),
+                    };
+                    let (key, algorithms) = match key {
+                        Some(key) => (key, algorithms),
+                        None => (
+                            LongTermKey::derive(&self.username, &realm, &self.password),
+                            None,
+                        ),
+                    };
                     if code == 438 {
                         self.stats.stale_nonces += 1;
                     } else {
@@ -503,6 +596,7 @@ impl<R: RngCore> TurnClient<R> {
                         realm,
                         nonce: nonce.as_str().to_owned(),
                         key,
+                        algorithms,
                     });
                     self.start(now, request, pending.auth_retries + 1);
                     return;
@@ -560,6 +654,7 @@ impl<R: RngCore> TurnClient<R> {
                     .map_or(LIFETIME, |l| l.0);
                 self.refresh_at = Some(now + Duration::from_secs(u64::from(lifetime / 2).max(1)));
             }
+            Request::Probe => {}
             Request::ChannelBind { peer, .. } => {
                 if let Some(channel) = self.channels.get_mut(&peer)
                     && !channel.bound
@@ -615,6 +710,15 @@ mod tests {
 
     impl Sim {
         fn new(now: Instant, password_of: impl Fn(&str, &str) -> String) -> Self {
+            Self::with_sha256(now, password_of, false)
+        }
+
+        /// With `offer_sha256`, the server offers SHA-256 passwords (RFC 8489 §9.2).
+        fn with_sha256(
+            now: Instant,
+            password_of: impl Fn(&str, &str) -> String,
+            offer_sha256: bool,
+        ) -> Self {
             let secret = TurnSecret::new(b"turn-secret".to_vec());
             let config = TurnConfig::new(
                 "boson.test",
@@ -624,7 +728,8 @@ mod tests {
             )
             .unwrap()
             .with_nonce_lifetime(Duration::from_secs(100))
-            .unwrap();
+            .unwrap()
+            .with_password_algorithms(offer_sha256);
             let server = Server::new(config, StdRng::seed_from_u64(1), now, UNIX);
             let clients = ["10.0.0.1:5000", "10.0.0.2:6000"]
                 .iter()
@@ -734,9 +839,26 @@ mod tests {
 
     #[test]
     fn allocates_binds_relays_and_refreshes_against_protos_server() {
+        lifecycle(false);
+    }
+
+    #[test]
+    fn uses_sha256_passwords_when_the_server_offers_them() {
+        lifecycle(true);
+    }
+
+    fn lifecycle(sha256: bool) {
         let t0 = epoch();
-        let mut sim = Sim::new(t0, |_, password| password.to_owned());
+        let mut sim = Sim::with_sha256(t0, |_, password| password.to_owned(), sha256);
         sim.pump(t0);
+        let expected = if sha256 {
+            PasswordAlgorithm::SHA256
+        } else {
+            PasswordAlgorithm::MD5
+        };
+        for (_, client) in &sim.clients {
+            assert_eq!(client.password_algorithm(), Some(expected));
+        }
         let mut relayed = Vec::new();
         for i in 0..2 {
             let events = sim.events(i);
@@ -846,5 +968,49 @@ mod tests {
             lonely.poll_event(),
             Some(TurnEvent::Failed(TurnError::Timeout("Allocate")))
         );
+    }
+
+    #[test]
+    fn a_silent_server_fails_the_allocation_within_the_liveness_bound() {
+        let t0 = epoch();
+        let mut sim = Sim::new(t0, |_, password| password.to_owned());
+        sim.pump(t0);
+        assert!(matches!(
+            sim.events(0).as_slice(),
+            [TurnEvent::Allocated { .. }]
+        ));
+        // An idle allocation whose server answers: a Binding probe after 2 s of silence,
+        // answered, and nothing fails however long it lasts.
+        assert_eq!(sim.clients[0].1.poll_timeout(), Some(t0 + LIVENESS_IDLE));
+        let mut now = t0;
+        for _ in 0..10 {
+            now += LIVENESS_IDLE;
+            sim.advance(now);
+        }
+        assert_eq!(sim.events(0), []);
+        assert!(!sim.clients[0].1.is_failed());
+        // The server dies: nothing reaches the client any more.
+        let client = &mut sim.clients[0].1;
+        let dead = now;
+        let mut probes = 0;
+        while let Some(at) = client.poll_timeout() {
+            assert!(
+                at <= dead + LIVENESS_IDLE + LIVENESS_TIMEOUT,
+                "{:?}",
+                at - dead
+            );
+            client.handle_timeout(at);
+            while client.poll_transmit().is_some() {
+                probes += 1;
+            }
+            now = at;
+        }
+        assert_eq!(
+            client.poll_event(),
+            Some(TurnEvent::Failed(TurnError::ServerSilent))
+        );
+        assert_eq!(now, dead + LIVENESS_IDLE + LIVENESS_TIMEOUT);
+        // The probe and its retransmissions (RTO 500 ms, doubling) within the timeout.
+        assert_eq!(probes, 3);
     }
 }

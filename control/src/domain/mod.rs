@@ -11,5 +11,6 @@ pub mod hosts;
 pub mod model;
 pub mod presence;
 pub mod registry;
+pub mod route_index;
 pub mod routing;
 pub mod turn_secrets;

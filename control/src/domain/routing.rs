@@ -521,12 +521,57 @@ pub fn rank<R: Rng + ?Sized>(input: &RankInput<'_>, rng: &mut R) -> Vec<Route> {
         }
         routes.extend(routes_to(input, node, rng));
     }
+    finish(routes)
+}
+
+/// Sorts cheapest first (ties by id), keeps [`MAX_ROUTES`], numbers the priorities.
+fn finish(mut routes: Vec<Route>) -> Vec<Route> {
     routes.sort_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| a.id.cmp(&b.id)));
     routes.truncate(MAX_ROUTES);
     for (rank, route) in routes.iter_mut().enumerate() {
         route.priority = 100u32.saturating_sub(u32::try_from(rank).unwrap_or(u32::MAX) * 10);
     }
     routes
+}
+
+/// As [`rank`], over nodes that come in increasing `bound`, where every route to a node costs
+/// at least its bound (as [`crate::domain::route_index::RouteIndex::ordered`] yields them;
+/// `input.candidates` is not read). It stops at the first node whose bound exceeds the
+/// [`MAX_ROUTES`]th best cost so far: no later node can have a route among the best, so the
+/// answer is [`rank`]'s over all of them, and its cost is the nodes looked at.
+pub fn rank_ordered<'n, R: Rng + ?Sized>(
+    input: &RankInput<'_>,
+    ordered: impl Iterator<Item = (f64, &'n NodeRecord)>,
+    rng: &mut R,
+) -> Vec<Route> {
+    let request = input.request;
+    let mut routes: Vec<Route> = Vec::new();
+    for (bound, node) in ordered {
+        if routes.len() >= MAX_ROUTES {
+            routes.sort_by(|a, b| a.cost.total_cmp(&b.cost).then_with(|| a.id.cmp(&b.id)));
+            routes.truncate(MAX_ROUTES);
+            let worst = routes[MAX_ROUTES - 1].cost;
+            // The bound adds the same penalties in another order: allow for rounding, so a
+            // node whose route might tie is still looked at.
+            if bound - worst > BOUND_SLACK * worst.abs().max(1.0) {
+                break;
+            }
+        }
+        if node.node_id == request.client_id || !meets(&request.requirements, node) {
+            continue;
+        }
+        routes.extend(routes_to(input, node, rng));
+    }
+    finish(routes)
+}
+
+/// Relative slack of [`rank_ordered`]'s stopping test.
+const BOUND_SLACK: f64 = 1e-9;
+
+/// What every route to `node` costs at least: its latency plus its load (before the
+/// request's preferences, NAT and relay add theirs).
+pub fn intrinsic_cost(node: &NodeRecord) -> f64 {
+    latency(node) + LOAD_WEIGHT * node_load(node).min(1.0)
 }
 
 fn latency(node: &NodeRecord) -> f64 {
@@ -577,7 +622,7 @@ fn routes_to<R: Rng + ?Sized>(input: &RankInput<'_>, node: &NodeRecord, rng: &mu
         capabilities.max_connections,
         load * 100.0
     ));
-    let mut base_cost = latency(node) + LOAD_WEIGHT * load.min(1.0);
+    let mut base_cost = intrinsic_cost(node);
     if let Some(region) = &requirements.preferred_location {
         if region.eq_ignore_ascii_case(&location.region) {
             reasons.push(format!("in preferred region {region}"));

@@ -110,7 +110,7 @@ pub(super) async fn register(
         state.store.insert(&record).await?
     };
     match outcome {
-        WriteOutcome::Written => {}
+        WriteOutcome::Written => state.index_node(&record),
         WriteOutcome::KeyInUse => {
             return Err(ApiError::conflict(
                 "public_key_in_use",
@@ -231,6 +231,7 @@ pub(super) async fn heartbeat(
     }
     state.metrics.observe_node_latency(latency);
     if let Some(node) = state.store.find(node_id).await? {
+        state.index_node(&node);
         publish_presence(&state, &node).await;
     }
     Ok(Json(HeartbeatResponse {
@@ -363,6 +364,7 @@ pub(super) async fn delete_node(
         return Err(token_error(TokenError::Revoked));
     }
     state.revoke(node_id, None);
+    state.unindex_node(node_id);
     if let Err(error) = state.cache.clear_presence(node_id).await {
         tracing::warn!(node = %node_id, "presence not withdrawn: {error}");
     }

@@ -1,5 +1,6 @@
-//! `POST /api/v1/routing/request`: reads the candidates, the client and the relay hosts, and
-//! ranks them with the pure [`routing::rank`].
+//! `POST /api/v1/routing/request`: reads the client, the relay hosts and a target from the
+//! store, and ranks the target with the pure [`routing::rank`], or every live node with
+//! [`routing::rank_ordered`] off the routing index.
 
 use std::collections::BTreeMap;
 
@@ -7,15 +8,13 @@ use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
 
-use super::MAX_PAGE;
 use super::extract::{ApiJson, NodeAuth};
 use super::ice::relay_hosts;
 use crate::AppState;
-use crate::domain::model::{NodeRecord, NodeStatus};
 use crate::domain::registry;
+use crate::domain::route_index::Preferences;
 use crate::domain::routing::{self, RankInput, Route, RoutingRequest};
 use crate::http::error::ApiError;
-use crate::io::store::NodeFilter;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -37,7 +36,9 @@ pub(super) async fn request_route(
     }
     let now = state.clock.now();
     let timeout = state.config.nodes.timeout;
-    let candidates: Vec<NodeRecord> = match request.target_node_id {
+    // A target is read from the store; the ranking of every live node selects from the
+    // routing index (`domain::route_index`), which looks at a few nodes, not all.
+    let target = match request.target_node_id {
         Some(target) => {
             let node = state.store.find(target).await?.ok_or_else(|| {
                 ApiError::not_found("node_not_found", format!("no node {target}"))
@@ -48,18 +49,9 @@ pub(super) async fn request_route(
                     format!("node {target} is inactive"),
                 ));
             }
-            vec![node]
+            Some(node)
         }
-        None => {
-            let filter = NodeFilter {
-                status: Some(NodeStatus::Active),
-                limit: MAX_PAGE,
-                ..NodeFilter::default()
-            };
-            let mut nodes = state.store.list(&filter).await?;
-            nodes.retain(|node| registry::is_live(node, now, timeout));
-            nodes
-        }
+        None => None,
     };
     let client = state.store.find(token.node_id).await?;
     let hosts = relay_hosts(&state).await;
@@ -76,11 +68,23 @@ pub(super) async fn request_route(
     let input = RankInput {
         request: &request,
         client: client.as_ref(),
-        candidates: &candidates,
+        candidates: target.as_slice(),
         hosts: &hosts,
         presence: &presence,
     };
-    let routes = state.with_rng(|rng| routing::rank(&input, rng));
+    let routes = if target.is_some() {
+        state.with_rng(|rng| routing::rank(&input, rng))
+    } else {
+        let requirements = &request.requirements;
+        let preferences = Preferences {
+            client_nat: request.client_network_info.nat_type,
+            region: requirements.preferred_location.as_deref(),
+            country: requirements.preferred_country.as_deref(),
+        };
+        state.with_route_index(|index| {
+            state.with_rng(|rng| routing::rank_ordered(&input, index.ordered(preferences), rng))
+        })
+    };
     Ok(Json(RoutingResponse {
         selected_route: routes.first().cloned(),
         routes,

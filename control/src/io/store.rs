@@ -370,6 +370,22 @@ impl Store {
         rows.iter().map(decode).collect()
     }
 
+    /// Nodes registered or heartbeating at or after `since`, active or not (for the routing
+    /// index of hosts sharing the store). Uses the `(status, last_seen_ms)` index.
+    pub async fn seen_since(&self, since: UnixMillis) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            node_columns!(),
+            " FROM nodes WHERE status IN ($1, $2) AND last_seen_ms >= $3"
+        ))
+        .bind(NodeStatus::Active.as_str())
+        .bind(NodeStatus::Inactive.as_str())
+        .bind(since.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     /// Marks active nodes last seen before `cutoff` inactive; returns which.
     pub async fn sweep(&self, cutoff: UnixMillis) -> Result<Vec<NodeId>, StoreError> {
         let rows = sqlx::query(

@@ -40,6 +40,11 @@ fn channel_data() {
 }
 
 #[test]
+fn turn_stream() {
+    replay("turn_stream");
+}
+
+#[test]
 fn turn_server() {
     replay("turn_server");
 }

@@ -403,6 +403,20 @@ fn a_stranger_cannot_take_the_path() {
     );
     assert_eq!(s0.path(), Some(path));
     assert!(s0.poll_event().is_none());
+    // Replayed PINGs from many addresses while punching: the candidates stay bounded.
+    // Keyed as side 0 is (the same seed draws the same secret).
+    let mut punching = DirectPath::new(node(1), node(2), Vec::new(), now, Counter(11));
+    let key_holder = &w.sides[0].path;
+    punching.handle_signal(
+        now,
+        key_holder_remote_secret(key_holder),
+        &[SocketAddr::from(([192, 0, 2, 1], 1))],
+    );
+    while punching.poll_transmit().is_some() {}
+    for port in 0..100u16 {
+        let _ = punching.handle_probe(now, SocketAddr::from(([192, 0, 2, 9], 1000 + port)), ping);
+    }
+    assert_eq!(punching.remote_candidates.len(), MAX_REMOTE_CANDIDATES);
     // Before the peer's secret arrives, no probe is taken at all.
     let mut fresh = DirectPath::new(node(1), node(2), Vec::new(), now, Counter(5));
     assert_eq!(
@@ -410,6 +424,12 @@ fn a_stranger_cannot_take_the_path() {
         Err(ProbeDrop::NoKey)
     );
     assert!(fresh.poll_transmit().is_none());
+}
+
+/// The secret side 0 learnt from side 1, so a fresh path keyed like side 0 verifies side
+/// 1's probes.
+fn key_holder_remote_secret(path: &DirectPath<Counter>) -> [u8; 16] {
+    path.remote_secret.unwrap()
 }
 
 #[test]

@@ -84,6 +84,7 @@ mod peer_filter;
 mod ports;
 mod rate_limit;
 mod server;
+pub mod stream;
 
 use std::fmt;
 use std::net::SocketAddr;
