@@ -92,7 +92,7 @@ pub mod ws;
 
 pub use binding::{BindingConfig, BindingOutcome, ClientAddr, StunServer};
 pub use quic::{QuicConfig, QuicEvent, QuicRelay};
-pub use stats::{DropCounters, DropReason, ErrorCounters, RelayCounters, Stats};
+pub use stats::{DropCounters, DropReason, ErrorCounters, Reason, RelayCounters, Stats};
 pub use turn::{
     ChannelNumber, ClientAction, Command, HEADROOM, PeerAction, PeerAddr, PeerFilter, RelayPort,
     Server, TurnConfig, TurnEvent,
