@@ -5,7 +5,8 @@
 # dataplane's hot paths, counted by valgrind's callgrind in a release build of
 # `boson-icount` (benches/icount: the TURN core's ChannelData client->peer and peer->client
 # through `turn::Server`, and the relay hub's SEND to a local session, in process, no
-# sockets), at 100 and 1200 bytes, compared with the committed baselines in
+# sockets; and the WebSocket relay shell of a real worker relaying SENDs between two nodes
+# over loopback TCP, in process), at 100 and 1200 bytes, compared with the committed baselines in
 # benches/icount/baseline.txt. Fails when a path costs more than the baseline plus the
 # tolerance; a path that became cheaper by more than the tolerance is reported, so that the
 # baseline is lowered with the change (--bless writes the measured counts as the baseline).
@@ -21,6 +22,8 @@ cd "$(dirname "$0")/.."
 tolerance=3
 baseline=benches/icount/baseline.txt
 iterations=20000
+# Frames of the shorter ws-shell run (the longer relays twice as many).
+shell_frames=4096
 bless=false
 case "${1:-}" in
 --bless) bless=true ;;
@@ -47,25 +50,45 @@ bin="${CARGO_TARGET_DIR:-target}/release/boson-icount"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# One callgrind run: prints "CALLS TOTAL" (measured calls, instructions collected).
+count() {
+    local scenario=$1 size=$2 iterations=$3 toggle=$4 out="$work/$1-$2-$3"
+    local calls total
+    calls=$(valgrind --tool=callgrind --callgrind-out-file="$out.cg" --collect-atstart=no \
+        "--toggle-collect=$toggle" \
+        "$bin" "$scenario" "$size" "$iterations" 2>"$out.log" | sed -n 's/^calls //p') || {
+        cat "$out.log" >&2
+        echo "icount: $scenario $size failed" >&2
+        return 1
+    }
+    total=$(sed -n 's/^summary: //p' "$out.cg")
+    if [[ -z "$calls" || -z "$total" || "$total" == 0 ]]; then
+        cat "$out.log" >&2
+        echo "icount: no count for $scenario $size" >&2
+        return 1
+    fi
+    echo "$calls $total"
+}
+
 measured=()
 for scenario in turn-to-peer turn-to-client hub-local; do
     for size in 100 1200; do
-        out="$work/$scenario-$size"
-        calls=$(valgrind --tool=callgrind --callgrind-out-file="$out.cg" --collect-atstart=no \
-            '--toggle-collect=boson_icount::measure::*' \
-            "$bin" "$scenario" "$size" "$iterations" 2>"$out.log" | sed -n 's/^calls //p') || {
-            cat "$out.log" >&2
-            echo "icount: $scenario $size failed" >&2
+        read -r calls total < <(count "$scenario" "$size" "$iterations" 'boson_icount::measure::*') ||
             exit 1
-        }
-        total=$(sed -n 's/^summary: //p' "$out.cg")
-        if [[ -z "$calls" || -z "$total" ]]; then
-            cat "$out.log" >&2
-            echo "icount: no count for $scenario $size" >&2
-            exit 1
-        fi
+        [[ -n "${total:-}" ]] || exit 1
         measured+=("$scenario $size $((total / calls))")
     done
+done
+# The relay shell on a real worker (loopback TCP, in process): instructions inside
+# RelayShell::turn, on two lengths of run; the difference over the difference in frames, so
+# the dataplane's start, the handshakes and the warm-up cancel.
+for size in 100 1200; do
+    shell_toggle='boson_dataplane::relay::RelayShell::turn'
+    read -r calls1 total1 < <(count ws-shell "$size" "$shell_frames" "$shell_toggle") || exit 1
+    read -r calls2 total2 < <(count ws-shell "$size" "$((2 * shell_frames))" "$shell_toggle") ||
+        exit 1
+    [[ -n "${total1:-}" && -n "${total2:-}" ]] || exit 1
+    measured+=("ws-shell $size $(((total2 - total1) / (calls2 - calls1)))")
 done
 
 if $bless; then

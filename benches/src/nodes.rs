@@ -4,11 +4,11 @@
 //!   (`POST /api/v1/nodes/register`, [`register`]) and presents the `sessionToken` of the
 //!   answer, as a real node does.
 //! * Against the **baseline** ([`crate::ws_baseline`]) the generator mints the same kind of
-//!   token itself ([`TokenKeys::mint`]): an HS256 JWT with the control plane's claims (`iss`
-//!   [`ISSUER`], `aud` [`AUDIENCE`], `sub` the node id, `generation`, `iat`, `exp`) signed with
-//!   the secret both were given. The baseline checks it with [`TokenKeys::verify`], the same
-//!   checks `control/src/auth.rs` makes: pinned algorithm, issuer, audience, required claims,
-//!   expiry and issue time against the caller's clock with 5 s of leeway.
+//!   token itself ([`TokenKeys::mint`]): an HS256 JWT with the control plane's claims
+//!   ([`boson_shared::token::Claims`]) signed with the secret both were given. The baseline
+//!   checks it with [`TokenKeys::verify`], the same checks `control/src/domain/auth.rs` makes:
+//!   pinned algorithm, issuer, audience, required claims, and the lifetime against the
+//!   caller's clock ([`Claims::check_lifetime`]).
 
 use std::collections::HashSet;
 use std::io::{Read as _, Write as _};
@@ -16,16 +16,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
+use boson_shared::token::{AUDIENCE, Claims, ISSUER, LifetimeError, REQUIRED_CLAIMS};
 use boson_shared::{NodeId, WgPublicKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
 
-/// `iss` of node tokens (`control::auth::ISSUER`).
-pub const ISSUER: &str = "bosonserver";
-/// `aud` of node tokens (`control::auth::AUDIENCE`).
-pub const AUDIENCE: &str = "bosonserver-node";
-/// Clock skew tolerated on `exp` and `iat` (`control::auth::LEEWAY_SECS`).
-pub const LEEWAY_SECS: i64 = 5;
 /// Shortest HS256 secret accepted: the hash's output length (RFC 7518 §3.2), as the control
 /// plane requires.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -41,23 +35,6 @@ pub struct NodeCredential {
     pub node: NodeId,
     /// Its bearer token.
     pub token: String,
-}
-
-/// Claims of a node token, as the control plane issues them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// The node id.
-    pub sub: String,
-    /// [`ISSUER`].
-    pub iss: String,
-    /// [`AUDIENCE`].
-    pub aud: String,
-    /// Issued at, unix seconds.
-    pub iat: i64,
-    /// Expiry, unix seconds.
-    pub exp: i64,
-    /// Registration generation.
-    pub generation: i64,
 }
 
 /// Why a token is refused.
@@ -96,8 +73,7 @@ impl TokenKeys {
         validation.algorithms = vec![Algorithm::HS256];
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
-        validation.required_spec_claims =
-            HashSet::from(["exp", "iat", "iss", "aud", "sub"].map(String::from));
+        validation.required_spec_claims = HashSet::from(REQUIRED_CLAIMS.map(String::from));
         // Expiry is checked against the caller's `now` in `verify`.
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -111,14 +87,7 @@ impl TokenKeys {
 
     /// A token for `node`, issued at `now` (unix seconds), valid for a day.
     pub fn mint(&self, node: &NodeId, now: i64) -> anyhow::Result<String> {
-        let claims = Claims {
-            sub: node.to_string(),
-            iss: ISSUER.to_owned(),
-            aud: AUDIENCE.to_owned(),
-            iat: now,
-            exp: now + TOKEN_TTL_SECS,
-            generation: 1,
-        };
+        let claims = Claims::new(&node.to_string(), 1, now, now + TOKEN_TTL_SECS);
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .context("signing a token")?;
         Ok(token)
@@ -129,12 +98,13 @@ impl TokenKeys {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| TokenError::Invalid)?;
         let claims = data.claims;
-        if now > claims.exp.saturating_add(LEEWAY_SECS) {
-            return Err(TokenError::Expired);
-        }
-        if claims.iat > now.saturating_add(LEEWAY_SECS) || claims.iat > claims.exp {
-            return Err(TokenError::Invalid);
-        }
+        claims.check_lifetime(now).map_err(|error| {
+            if error == LifetimeError::Expired {
+                TokenError::Expired
+            } else {
+                TokenError::Invalid
+            }
+        })?;
         claims.sub.parse().map_err(|_| TokenError::Invalid)
     }
 
@@ -275,6 +245,8 @@ fn dechunk(mut rest: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use boson_shared::token::LEEWAY_SECS;
+
     use super::*;
 
     const NOW: i64 = 1_800_000_000;

@@ -125,3 +125,51 @@ fn invalid_configuration_is_a_clear_error_not_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Issue 15: the relay mesh runs over TLS. A mesh key without a relay certificate is a
+/// configuration error at start, not a mesh in clear.
+#[test]
+fn a_mesh_key_without_a_relay_certificate_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bosonserver"));
+    command
+        .args([
+            "run",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--relay-listen",
+            "127.0.0.1:0",
+            "--mesh-key",
+            "a-mesh-key-of-at-least-32-bytes-0123456789",
+        ])
+        .current_dir(dir.path());
+    boson_testsupport::clear_config_env(&mut command);
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that starts anyway would never exit: give it 30 s, then fail.
+    let mut status = None;
+    for _ in 0..1500 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if status.is_none() {
+        child.kill().unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(status.is_some(), "the server started with a mesh in clear");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--mesh-key needs --relay-cert and --relay-key"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

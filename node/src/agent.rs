@@ -22,6 +22,8 @@ use crate::backoff::Backoff;
 use crate::clock;
 use crate::config::{Config, RouteChoice, RouteKind, WgMode};
 use crate::control::{Bandwidth, Control, ControlError, HeartbeatFigures, NodeInfo};
+use crate::failover::TransportChoice;
+use crate::fragment::{self, Reassembler};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
 use crate::route::{self, RouteSelector};
@@ -55,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) auto: bool,
     pub(crate) peers: Vec<PeerState>,
     pub(crate) relay_open: AtomicBool,
+    /// The relay session's transport is QUIC (else WebSocket).
+    pub(crate) relay_quic: AtomicBool,
     pub(crate) relay_rtt_us: AtomicU64,
     pub(crate) relay_sessions: AtomicU64,
     pub(crate) registrations: AtomicU64,
@@ -94,6 +98,8 @@ pub(crate) struct PeerState {
     pub(crate) selector: Mutex<RouteSelector>,
     /// The route label last reported, to count switches.
     pub(crate) route: Mutex<Option<RouteKind>>,
+    /// Puts back together the packets the peer's agent sent in fragments.
+    pub(crate) reassembly: Mutex<Reassembler>,
 }
 
 impl Shared {
@@ -117,7 +123,12 @@ impl Shared {
         match self.route_of(peer) {
             RouteKind::Direct => peer.direct_up.load(Ordering::Relaxed),
             RouteKind::Turn => peer.route_ready.load(Ordering::Relaxed),
-            RouteKind::Quic | RouteKind::Ws => self.relay_open.load(Ordering::Relaxed),
+            // The session must be of the route's transport (under `--route auto` it follows
+            // the peers' routes: `failover::TransportChoice`).
+            route @ (RouteKind::Quic | RouteKind::Ws) => {
+                self.relay_open.load(Ordering::Relaxed)
+                    && self.relay_quic.load(Ordering::Relaxed) == (route == RouteKind::Quic)
+            }
         }
     }
 
@@ -226,7 +237,17 @@ impl Shared {
                     "direct_unknown_source",
                     self.direct.unknown_source.load(Ordering::Relaxed),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(fragment::DropReason::ALL.map(|reason| {
+                let dropped = self
+                    .peers
+                    .iter()
+                    .filter_map(|p| p.reassembly.lock().ok().map(|r| r.stats().dropped(reason)))
+                    .sum();
+                (reason.as_str(), dropped)
+            }))
+            .collect(),
         }
     }
 }
@@ -265,15 +286,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let https = tls::client_config(&extra, &[]).map_err(RuntimeError)?;
     let wss = Arc::new(tls::client_config(&extra, &[b"http/1.1"]).map_err(RuntimeError)?);
-    let transport = match route_kind {
-        RouteKind::Quic => relay_conn::Transport::Quic {
+    let quic = if route_kind == RouteKind::Quic || auto {
+        Some(relay_conn::QuicSettings {
             tls: Arc::new(
                 tls::client_config(&extra, &[boson_dataplane_proto::quic::ALPN])
                     .map_err(RuntimeError)?,
             ),
             server_name: config.quic_server_name.clone(),
-        },
-        RouteKind::Direct | RouteKind::Turn | RouteKind::Ws => relay_conn::Transport::Ws,
+        })
+    } else {
+        None
+    };
+    let choice = match (auto, route_kind) {
+        (true, _) => TransportChoice::auto(),
+        (false, RouteKind::Quic) => TransportChoice::forced(RouteKind::Quic),
+        (false, RouteKind::Direct | RouteKind::Turn | RouteKind::Ws) => {
+            TransportChoice::forced(RouteKind::Ws)
+        }
     };
     let controls = config
         .servers
@@ -309,6 +338,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             direct_paths: AtomicU64::new(0),
             selector: Mutex::new(RouteSelector::new(route::AUTO_ROUTES.to_vec())),
             route: Mutex::new(None),
+            reassembly: Mutex::new(Reassembler::default()),
         });
     }
     let shared = Arc::new(Shared {
@@ -317,6 +347,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         auto,
         peers,
         relay_open: AtomicBool::new(false),
+        relay_quic: AtomicBool::new(false),
         relay_rtt_us: AtomicU64::new(0),
         relay_sessions: AtomicU64::new(0),
         registrations: AtomicU64::new(0),
@@ -474,7 +505,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stop: stop_rx.clone(),
         wg_endpoint,
         tls: wss,
-        transport,
+        quic,
+        choice,
         signals,
     }));
     tasks.spawn(heartbeats(
@@ -501,10 +533,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = tokio::time::timeout(Duration::from_secs(3), relay).await;
     tasks.abort_all();
     let session = session_rx.borrow().clone();
-    let control = &controls[session.server];
     match tokio::time::timeout(
         Duration::from_secs(5),
-        control.deregister(&node, &session.token),
+        deregister(&controls, session.server, &node, &session.token),
     )
     .await
     {
@@ -518,6 +549,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     write_status(&status_path, &shared.status(false)).await;
     Ok(())
 }
+
+/// Deregisters at the session's control plane, else at the others (they share the
+/// registry): the one that registered the node may be the relay host that just died, and a
+/// registration left behind holds the node id as active until the server times it out.
+async fn deregister(
+    controls: &[Control],
+    first: usize,
+    node: &NodeId,
+    token: &str,
+) -> Result<(), ControlError> {
+    let mut last = None;
+    for offset in 0..controls.len() {
+        let control = &controls[(first + offset) % controls.len()];
+        // A silent control plane (a dead host drops packets) must leave time for the next.
+        match tokio::time::timeout(DEREGISTER_EACH, control.deregister(node, token)).await {
+            Ok(Ok(())) => return Ok(()),
+            // An answer about the node or the token holds on every control plane.
+            Ok(Err(err)) if !is_transient(&err) => return Err(err),
+            Ok(Err(err)) => {
+                warn!(server = control.base(), %err, "deregistration failed: trying the next server");
+                last = Some(err);
+            }
+            Err(_) => {
+                warn!(
+                    server = control.base(),
+                    "deregistration timed out: trying the next server"
+                );
+            }
+        }
+    }
+    match last {
+        Some(err) => Err(err),
+        None => Err(ControlError::Unreachable {
+            url: "every --server".to_owned(),
+            detail: format!("no answer within {DEREGISTER_EACH:?} each"),
+        }),
+    }
+}
+
+/// How long one control plane may take to deregister the node before the next is tried.
+const DEREGISTER_EACH: Duration = Duration::from_millis(2000);
 
 /// The node id from the flag, else from `STATE_DIR/node-id`, else a new one written there.
 fn node_id(state_dir: &Path, given: Option<NodeId>) -> anyhow::Result<NodeId> {

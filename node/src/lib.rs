@@ -28,6 +28,8 @@ pub mod config;
 pub mod control;
 pub mod direct;
 mod direct_conn;
+pub mod failover;
+pub mod fragment;
 pub mod keys;
 pub mod metrics;
 pub mod nat;

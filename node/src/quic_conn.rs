@@ -1,7 +1,7 @@
 //! The QUIC relay's I/O shell: a quinn connection to the host's `quicAddr` (ALPN
 //! `boson-relay/1`, the certificate checked against the system's roots and `--ca-file`),
 //! AUTH on the one bidirectional stream, then SEND and RECV in DATAGRAM frames. The framing
-//! is [`crate::quic`]'s; reconnection and host choice are `relay_conn`'s.
+//! is [`crate::quic`]'s, packets too large for one datagram go in [`crate::fragment`]s; reconnection and host choice are `relay_conn`'s.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -10,20 +10,34 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use boson_dataplane_proto::quic::wire;
+use boson_dataplane_proto::ws::relay::{MessageType, PREFIX_LEN};
 use boson_shared::NodeId;
 use bytes::Bytes;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::agent::Shared;
+use crate::clock;
+use crate::config::RouteKind;
+use crate::failover::CarrierWatch;
+use crate::fragment::Fragmenter;
 use crate::quic::{ControlStream, parse_recv, send_datagram};
-use crate::relay_conn::{Ended, RelayTask, Transport, deliver, handle_event};
+use crate::relay_conn::{Ended, QuicSettings, RelayTask, deliver, handle_event, wanted};
 
 /// QUIC keepalive: a PING after this much silence. Like the WebSocket session's pings, it
 /// keeps NAT bindings and lets a dead relay be noticed in time.
-const KEEPALIVE: Duration = Duration::from_secs(5);
+const KEEPALIVE: Duration = Duration::from_secs(1);
 
-/// A connection that heard nothing for this long is dead: the failover bound's share.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that heard nothing for this long is dead: within
+/// [`crate::failover::DEAD_HOST_DETECTION`], like the WebSocket session.
+const IDLE_TIMEOUT: Duration = crate::failover::DEAD_HOST_DETECTION;
+
+/// The largest SEND datagram sent whatever the path: a packet whose datagram would be
+/// larger goes in fragments ([`crate::fragment`]) of at most this size. A QUIC path carries
+/// at least 1200-byte UDP packets, which hold a 1 162-byte datagram at READY (1 145 bytes of
+/// packet after the 17-byte SEND prefix); larger datagrams fit only after path MTU
+/// discovery, on the sender's connection and on the receiver's, which the sender cannot see.
+const SAFE_DATAGRAM: usize = 1150;
 
 /// Connects to the QUIC relay at `addr` (`HOST:PORT`, as `quicAddr` gives it) and runs the
 /// session until it ends.
@@ -33,8 +47,8 @@ pub(crate) async fn connect_and_run(
     token: &str,
     index: &BTreeMap<NodeId, usize>,
 ) -> anyhow::Result<Ended> {
-    let Transport::Quic { tls, server_name } = &task.transport else {
-        bail!("not a QUIC transport");
+    let Some(QuicSettings { tls, server_name }) = &task.quic else {
+        bail!("no QUIC settings");
     };
     let (host, port) = addr
         .rsplit_once(':')
@@ -93,6 +107,9 @@ async fn run_session(
     let mut buf = vec![0u8; 4096];
     let mut ready = false;
     let mut drain = false;
+    let mut fragmenter = Fragmenter::new(rand::random());
+    let mut check = tokio::time::interval(crate::relay_conn::SWITCH_CHECK);
+    let mut carrier = CarrierWatch::default();
     loop {
         tokio::select! {
             read = recv.read(&mut buf) => {
@@ -103,6 +120,9 @@ async fn run_session(
                     .handle(&buf[..n], &mut events)
                     .map_err(|e| anyhow!("QUIC relay: {e}"))?;
                 for event in events.drain(..) {
+                    if matches!(event, crate::ws::Event::PeerGone(_)) {
+                        carrier.handle_peer_gone();
+                    }
                     handle_event(&task.shared, event, &mut ready, &mut drain);
                 }
                 if let Some(rtt) = (ready).then(|| conn.rtt()) {
@@ -118,6 +138,7 @@ async fn run_session(
                 let datagram = datagram.context("QUIC relay connection")?;
                 match parse_recv(&datagram) {
                     Some((src, packet)) if ready => {
+                        carrier.handle_incoming();
                         deliver(&task.shared, index, &src, packet, task.wg_endpoint, task.signals.as_ref()).await;
                     }
                     Some(_) | None => debug!("datagram ignored"),
@@ -125,13 +146,26 @@ async fn run_session(
             }
             packet = task.outgoing.recv(), if ready => {
                 let Some((dest, packet)) = packet else { return Ok(Ended::Stop) };
-                send_one(&task.shared, conn, &dest, &packet);
+                let now = clock::now();
+                carrier.handle_outgoing(now, &packet);
+                send_one(&task.shared, conn, &mut fragmenter, &dest, &packet);
                 for _ in 0..255 {
                     let Ok((dest, packet)) = task.outgoing.try_recv() else { break };
-                    send_one(&task.shared, conn, &dest, &packet);
+                    carrier.handle_outgoing(now, &packet);
+                    send_one(&task.shared, conn, &mut fragmenter, &dest, &packet);
                 }
             }
             _ = task.stop.changed() => return Ok(Ended::Stop),
+            _ = check.tick() => {
+                if carrier.is_stalled(clock::now()) {
+                    warn!("WireGuard handshakes no longer pass through this relay host: moving to another");
+                    return Ok(Ended::Failed { ready: false });
+                }
+                if wanted(task) != RouteKind::Quic {
+                    info!("moving the relay session to WebSocket");
+                    return Ok(Ended::Switch);
+                }
+            }
         }
         if ready {
             let us = u64::try_from(conn.rtt().as_micros())
@@ -142,8 +176,35 @@ async fn run_session(
     }
 }
 
-fn send_one(shared: &Shared, conn: &quinn::Connection, dest: &NodeId, packet: &[u8]) {
-    match conn.send_datagram(Bytes::from(send_datagram(dest, packet))) {
+fn send_one(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    fragmenter: &mut Fragmenter,
+    dest: &NodeId,
+    packet: &[u8],
+) {
+    let limit = conn
+        .max_datagram_size()
+        .unwrap_or(0)
+        .min(SAFE_DATAGRAM)
+        .saturating_sub(PREFIX_LEN);
+    let sent = if packet.len() <= limit {
+        conn.send_datagram(Bytes::from(send_datagram(dest, packet)))
+            .map_err(|e| e.to_string())
+    } else {
+        // Too large for one datagram: fragments, reassembled by the peer's agent.
+        match fragmenter.split(packet, limit) {
+            Ok(fragments) => fragments.into_iter().try_for_each(|fragment| {
+                let mut payload = Vec::with_capacity(PREFIX_LEN + fragment.len());
+                wire::encode_datagram(MessageType::Send, dest, &fragment.header, &mut payload);
+                payload.extend_from_slice(fragment.bytes);
+                conn.send_datagram(Bytes::from(payload))
+                    .map_err(|e| e.to_string())
+            }),
+            Err(err) => Err(err.to_string()),
+        }
+    };
+    match sent {
         Ok(()) => {
             if let Some(peer) = shared.peer(dest) {
                 peer.tx_bytes
@@ -152,8 +213,8 @@ fn send_one(shared: &Shared, conn: &quinn::Connection, dest: &NodeId, packet: &[
             }
         }
         Err(err) => {
-            // Too large for the path (WireGuard's MTU above what QUIC datagrams carry), or
-            // the connection is going: counted, WireGuard retransmits.
+            // The connection is going (or a packet beyond what 64 fragments carry): counted,
+            // WireGuard retransmits.
             shared.drop_no_route.fetch_add(1, Ordering::Relaxed);
             debug!(%err, len = packet.len(), "QUIC datagram not sent");
         }

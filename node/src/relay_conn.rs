@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::agent::{Session, Shared, peer_index};
-use crate::backoff::Backoff;
 use crate::clock;
+use crate::config::RouteKind;
 use crate::control::Control;
+use crate::failover::{Candidate, CarrierWatch, Failover, TransportChoice};
+use crate::fragment::Reassembled;
 use crate::ws::{ClientConfig, Event, Input, RelayClient};
 
 /// Everything the relay task needs.
@@ -33,32 +35,44 @@ pub(crate) struct RelayTask {
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) wg_endpoint: SocketAddr,
     pub(crate) tls: Arc<rustls::ClientConfig>,
-    pub(crate) transport: Transport,
+    /// How to reach the QUIC relay, when the session may use it.
+    pub(crate) quic: Option<QuicSettings>,
+    /// Which transport each session uses.
+    pub(crate) choice: TransportChoice,
     /// Where signalling messages from peers go (the TURN route), if anywhere.
     pub(crate) signals: Option<mpsc::Sender<(NodeId, Vec<u8>)>>,
 }
 
-/// Which relay the session uses.
-pub(crate) enum Transport {
-    /// WebSocket (`relayUrl`).
-    Ws,
-    /// QUIC (`quicAddr`), with its TLS configuration (ALPN `boson-relay/1`) and the name to
-    /// verify, if not the host.
-    Quic {
-        tls: Arc<rustls::ClientConfig>,
-        server_name: Option<String>,
-    },
+/// The QUIC relay's TLS configuration (ALPN `boson-relay/1`) and the name to verify, if
+/// not the host.
+pub(crate) struct QuicSettings {
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) server_name: Option<String>,
 }
 
-/// How a session ended, for the choice of the next host.
-pub(crate) enum Ended {
-    /// Stopping: do not reconnect.
-    Stop,
-    /// The host is draining: prefer another.
-    Drain,
-    /// It failed; `ready` says whether it had reached READY (then the backoff restarts).
-    Failed { ready: bool },
+/// How often a session checks whether [`TransportChoice`] wants the other transport.
+pub(crate) const SWITCH_CHECK: Duration = Duration::from_millis(250);
+
+/// The transport the session should use now.
+pub(crate) fn wanted(task: &RelayTask) -> RouteKind {
+    let quic_candidate = task.shared.peers.iter().any(|p| {
+        p.selector
+            .lock()
+            .is_ok_and(|s| s.candidates().contains(&RouteKind::Quic))
+    });
+    let wanted = task.choice.wanted(
+        clock::now(),
+        task.shared.peers.iter().map(|p| task.shared.route_of(p)),
+        quic_candidate,
+    );
+    if task.quic.is_none() {
+        RouteKind::Ws
+    } else {
+        wanted
+    }
 }
+
+pub(crate) use crate::failover::Ended;
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -116,11 +130,16 @@ impl RelayUrl {
     }
 }
 
-/// The relay loop: runs until stopped.
+/// How long one control plane may take to list the hosts while a session is being
+/// replaced: a silent one (perhaps on the host that just died) must not hold up failover.
+const HOSTS_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The relay loop: runs until stopped. The choices are [`Failover`]'s.
 pub(crate) async fn run(mut task: RelayTask) {
     let mut rng = StdRng::from_os_rng();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut avoid: Option<String> = None;
+    let first = task.session.borrow().server;
+    let mut failover = Failover::new(task.controls.len(), first);
+    let mut server = first;
     let mut hosts = Vec::new();
     let index = peer_index(&task.shared);
     loop {
@@ -128,13 +147,19 @@ pub(crate) async fn run(mut task: RelayTask) {
             return;
         }
         let session = task.session.borrow().clone();
-        let quic = matches!(task.transport, Transport::Quic { .. });
+        if session.server != server {
+            server = session.server;
+            failover.set_first_control(server);
+        }
+        let transport = wanted(&task);
+        let quic = transport == RouteKind::Quic;
+        task.shared.relay_quic.store(quic, Ordering::Relaxed);
+        let mut tried = None;
         let ended = match pick_host(
             &task.controls,
-            session.server,
             &session.token,
-            avoid.as_deref(),
             quic,
+            &mut failover,
             &mut hosts,
         )
         .await
@@ -146,33 +171,25 @@ pub(crate) async fn run(mut task: RelayTask) {
                     connect_and_run(&mut task, &url, &session.token, &index).await
                 };
                 task.shared.relay_open.store(false, Ordering::Relaxed);
-                match ended {
-                    Ok(Ended::Drain) => {
-                        avoid = Some(url);
-                        Ended::Drain
-                    }
+                let ended = match ended {
                     Ok(ended) => ended,
                     Err(err) => {
                         warn!(relay = %url, "relay session failed: {err:#}");
-                        avoid = Some(url);
                         Ended::Failed { ready: false }
                     }
-                }
+                };
+                tried = Some(url);
+                ended
             }
             Err(err) => {
                 warn!("no relay host: {err:#}");
                 Ended::Failed { ready: false }
             }
         };
-        let delay = match ended {
-            Ended::Stop => return,
-            Ended::Drain => Duration::ZERO,
-            Ended::Failed { ready } => {
-                if ready {
-                    backoff.reset();
-                }
-                backoff.next_delay(&mut rng)
-            }
+        task.choice.handle_ended(clock::now(), transport, ended);
+        let Some(delay) = failover.handle_ended(clock::now(), tried.as_deref(), ended, &mut rng)
+        else {
+            return;
         };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -183,39 +200,48 @@ pub(crate) async fn run(mut task: RelayTask) {
     }
 }
 
-/// The relay URL (`quic`: the QUIC address) of a live host: not draining and not `avoid` if
-/// there is a choice.
+/// The relay URL (`quic`: the QUIC address) of the host [`Failover::choose`]s, from the
+/// hosts the first control plane to answer lists (else those last listed).
 async fn pick_host(
     controls: &[Control],
-    first: usize,
     token: &str,
-    avoid: Option<&str>,
     quic: bool,
+    failover: &mut Failover,
     cache: &mut Vec<crate::control::Host>,
 ) -> anyhow::Result<String> {
-    // The session's control plane first, then the others (they share the token's key): a
-    // relay host that died may have been the control plane too, and waiting for the next
-    // heartbeat to notice would outlast the failover bound. Without any answer, the hosts
-    // last listed.
+    // Every control plane shares the token's key: a relay host that died may have been the
+    // session's control plane too, and waiting for the next heartbeat to notice would
+    // outlast the failover bound.
     let mut last_err = None;
-    for offset in 0..controls.len() {
-        let control = &controls[(first + offset) % controls.len()];
-        match control.hosts(token).await {
-            Ok(hosts) => {
+    for at in failover.control_order().collect::<Vec<_>>() {
+        let control = &controls[at];
+        match tokio::time::timeout(HOSTS_TIMEOUT, control.hosts(token)).await {
+            Ok(Ok(hosts)) => {
+                failover.handle_control(at, true);
                 *cache = hosts;
                 last_err = None;
                 break;
             }
-            Err(err) => last_err = Some(err),
+            Ok(Err(err)) => {
+                failover.handle_control(at, false);
+                last_err = Some(anyhow::Error::from(err));
+            }
+            Err(_) => {
+                failover.handle_control(at, false);
+                last_err = Some(anyhow!(
+                    "{} did not list the hosts in {HOSTS_TIMEOUT:?}",
+                    control.base()
+                ));
+            }
         }
     }
     if let Some(err) = last_err {
         if cache.is_empty() {
-            return Err(err.into());
+            return Err(err);
         }
-        warn!(%err, "no control plane answered: trying the relay hosts last listed");
+        warn!("no control plane answered ({err:#}): trying the relay hosts last listed");
     }
-    let mut candidates: Vec<(bool, bool, String)> = cache
+    let candidates: Vec<Candidate> = cache
         .iter()
         .filter_map(|h| {
             let url = if quic {
@@ -223,15 +249,15 @@ async fn pick_host(
             } else {
                 h.addresses.relay_url.clone()
             }?;
-            Some((h.draining, Some(url.as_str()) == avoid, url))
+            Some(Candidate {
+                url,
+                draining: h.draining,
+            })
         })
         .collect();
-    // Open hosts first, the avoided one last among its kind; stable otherwise.
-    candidates.sort_by_key(|(draining, avoided, _)| (*draining, *avoided));
-    candidates
-        .into_iter()
-        .next()
-        .map(|(_, _, url)| url)
+    failover
+        .choose(clock::now(), &candidates)
+        .map(str::to_owned)
         .ok_or_else(|| {
             let relay = if quic { "QUIC" } else { "WebSocket" };
             anyhow!("the control plane lists no host serving the {relay} relay")
@@ -270,7 +296,11 @@ async fn connect_and_run(
     let stream = connect(task, &parsed).await?;
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut client = RelayClient::new(
-        ClientConfig::default(),
+        ClientConfig {
+            ping_interval: crate::failover::KEEPALIVE,
+            pong_timeout: crate::failover::KEEPALIVE_TIMEOUT,
+            ..ClientConfig::default()
+        },
         &parsed.authority,
         &parsed.path,
         token,
@@ -284,6 +314,10 @@ async fn connect_and_run(
     let mut ready = false;
     let mut drain = false;
     let mut stopping = false;
+    let mut switching = false;
+    let mut stalled = false;
+    let mut carrier = CarrierWatch::default();
+    let mut check = tokio::time::interval(SWITCH_CHECK);
     loop {
         client.poll_transmit(&mut out);
         if !out.is_empty() {
@@ -322,11 +356,15 @@ async fn connect_and_run(
                         Input::Consumed(_) => {}
                         Input::Recv { src, packet, .. } => {
                             let packet = &buf[start + packet.start..start + packet.end];
+                            carrier.handle_incoming();
                             deliver(&task.shared, index, src, packet, task.wg_endpoint, task.signals.as_ref()).await;
                         }
                     }
                     start += input.consumed();
                     while let Some(event) = client.poll_event() {
+                        if matches!(event, Event::PeerGone(_)) {
+                            carrier.handle_peer_gone();
+                        }
                         handle_event(&task.shared, event, &mut ready, &mut drain);
                     }
                     if start == end || client.is_closed() {
@@ -341,10 +379,13 @@ async fn connect_and_run(
             }
             packet = task.outgoing.recv(), if client.is_open() => {
                 let Some((dest, packet)) = packet else { return Ok(Ended::Stop) };
+                let now = clock::now();
+                carrier.handle_outgoing(now, &packet);
                 send_counted(&task.shared, &mut client, &dest, &packet, &mut out);
                 // Batch what else is queued, up to 256 packets per write.
                 for _ in 0..255 {
                     let Ok((dest, packet)) = task.outgoing.try_recv() else { break };
+                    carrier.handle_outgoing(now, &packet);
                     send_counted(&task.shared, &mut client, &dest, &packet, &mut out);
                 }
             }
@@ -358,10 +399,29 @@ async fn connect_and_run(
                 client.close(clock::now());
                 stopping = true;
             }
+            _ = check.tick(), if !stopping => {
+                if carrier.is_stalled(clock::now()) {
+                    warn!(relay = %url, "WireGuard handshakes no longer pass through this relay host: moving to another");
+                    client.close(clock::now());
+                    stopping = true;
+                    stalled = true;
+                } else if wanted(task) != RouteKind::Ws {
+                    info!(relay = %url, "moving the relay session to QUIC");
+                    client.close(clock::now());
+                    stopping = true;
+                    switching = true;
+                }
+            }
         }
     }
     if *task.stop.borrow() {
         return Ok(Ended::Stop);
+    }
+    if switching {
+        return Ok(Ended::Switch);
+    }
+    if stalled {
+        return Ok(Ended::Failed { ready: false });
     }
     if drain {
         return Ok(Ended::Drain);
@@ -412,10 +472,37 @@ pub(crate) async fn deliver(
         debug!(%src, "packet from a node that is not a --peer dropped");
         return;
     };
+    // A fragment (the peer's QUIC route splits packets too large for a datagram): the
+    // packet goes on once whole; drops are counted by the peer's reassembler.
+    let whole;
+    let packet = if crate::fragment::is_fragment(packet) {
+        let outcome = match peer.reassembly.lock() {
+            Ok(mut reassembler) => reassembler.handle_fragment(clock::now(), packet),
+            Err(_) => return,
+        };
+        match outcome {
+            Reassembled::Complete(done) => {
+                whole = done;
+                whole.as_slice()
+            }
+            Reassembled::Pending => return,
+            Reassembled::Dropped(reason) => {
+                debug!(peer = %peer.node, reason = reason.as_str(), "fragment dropped");
+                return;
+            }
+        }
+    } else {
+        packet
+    };
     peer.rx_bytes
         .fetch_add(packet.len() as u64, Ordering::Relaxed);
     peer.rx_packets.fetch_add(1, Ordering::Relaxed);
-    crate::agent::note_incoming(shared, peer, shared.route_kind, packet);
+    let via = if shared.relay_quic.load(Ordering::Relaxed) {
+        RouteKind::Quic
+    } else {
+        RouteKind::Ws
+    };
+    crate::agent::note_incoming(shared, peer, via, packet);
     peer.last_rx_ms.store(clock::unix_ms(), Ordering::Relaxed);
     peer.gone.store(false, Ordering::Relaxed);
     if let Err(err) = peer.socket.send_to(packet, wg_endpoint).await {

@@ -55,9 +55,14 @@ pub fn is_response(packet: &[u8]) -> bool {
 }
 
 /// The routes `--route auto` can take in this build, in the order used when the server gave
-/// none: direct, TURN, then the WebSocket relay. The QUIC relay is not taken under `auto`
-/// yet (the relay session is one transport, WebSocket, under `auto`).
-pub const AUTO_ROUTES: [RouteKind; 3] = [RouteKind::Direct, RouteKind::Turn, RouteKind::Ws];
+/// none: direct, TURN, the QUIC relay, then the WebSocket relay (issue 13's order; the
+/// node's one relay session follows the peers' routes: `failover::TransportChoice`).
+pub const AUTO_ROUTES: [RouteKind; 4] = [
+    RouteKind::Direct,
+    RouteKind::Turn,
+    RouteKind::Quic,
+    RouteKind::Ws,
+];
 
 /// One route of the server's ranking, as the answer spells it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -462,7 +467,12 @@ mod tests {
         );
         assert_eq!(
             plan.usable,
-            vec![RouteKind::Direct, RouteKind::Ws, RouteKind::Turn]
+            vec![
+                RouteKind::Direct,
+                RouteKind::Ws,
+                RouteKind::Quic,
+                RouteKind::Turn
+            ]
         );
         assert_eq!(labels(&plan.ranked), "direct,ws,quic,turn");
         // Only the relays the server named: no WebSocket relay, no WebSocket route; direct
@@ -490,9 +500,11 @@ mod tests {
                 value: "null".to_owned()
             })
         );
+        // Every route the API names is taken under auto now.
+        let plan = plan_from_ranking(&ranked(&[("direct", None), ("relay", Some("quic"))]));
         assert_eq!(
-            plan_from_ranking(&ranked(&[("direct", None), ("relay", Some("quic"))])),
-            Err(RankingError::NoneUsable("direct,quic".to_owned()))
+            plan.unwrap().usable,
+            vec![RouteKind::Direct, RouteKind::Quic]
         );
     }
 
@@ -526,12 +538,15 @@ mod tests {
         assert_eq!(s.current(), RouteKind::Turn);
         s.handle_outgoing(t0, &initiation());
         s.handle_timeout(t0 + HANDSHAKE_TIMEOUT);
-        assert_eq!(s.current(), RouteKind::Ws);
+        assert_eq!(s.current(), RouteKind::Quic);
         s.handle_outgoing(t0 + HANDSHAKE_TIMEOUT, &initiation());
         s.handle_timeout(t0 + HANDSHAKE_TIMEOUT * 2);
+        assert_eq!(s.current(), RouteKind::Ws);
+        s.handle_outgoing(t0 + HANDSHAKE_TIMEOUT * 2, &initiation());
+        s.handle_timeout(t0 + HANDSHAKE_TIMEOUT * 3);
         // Cycling skips direct too.
         assert_eq!(s.current(), RouteKind::Turn);
-        let t1 = t0 + HANDSHAKE_TIMEOUT * 2;
+        let t1 = t0 + HANDSHAKE_TIMEOUT * 3;
         s.handle_outgoing(t1, &initiation());
         s.handle_incoming(t1, RouteKind::Turn, &response());
         assert!(s.is_confirmed());

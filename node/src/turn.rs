@@ -59,6 +59,15 @@ const REBIND: Duration = Duration::from_secs(240);
 /// The allocation lifetime asked for, seconds (the RFC's default).
 const LIFETIME: u32 = 600;
 
+/// An allocated client that heard nothing from the server for this long sends a Binding
+/// request, which any STUN server answers: silence is how a dead TURN server shows.
+pub const LIVENESS_IDLE: Duration = Duration::from_secs(2);
+
+/// Nothing from the server this long after that probe fails the allocation
+/// ([`TurnError::ServerSilent`]), so the agent allocates elsewhere within
+/// `LIVENESS_IDLE + LIVENESS_TIMEOUT` of the server's death.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What a [`TurnClient`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TurnEvent {
@@ -97,6 +106,10 @@ pub enum TurnError {
     /// MESSAGE-INTEGRITY.
     #[error("malformed {0} response")]
     Malformed(&'static str),
+    /// The server answered nothing, not even a Binding request, for
+    /// [`LIVENESS_IDLE`] + [`LIVENESS_TIMEOUT`].
+    #[error("the TURN server went silent")]
+    ServerSilent,
 }
 
 /// Why [`TurnClient::encode_to_peer`] sends nothing.
@@ -118,7 +131,12 @@ pub enum SendError {
 enum Request {
     Allocate,
     Refresh,
-    ChannelBind { peer: SocketAddr, number: u16 },
+    ChannelBind {
+        peer: SocketAddr,
+        number: u16,
+    },
+    /// A Binding request: the liveness probe (unauthenticated).
+    Probe,
 }
 
 impl Request {
@@ -127,6 +145,7 @@ impl Request {
             Self::Allocate => Method::ALLOCATE,
             Self::Refresh => Method::REFRESH,
             Self::ChannelBind { .. } => Method::CHANNEL_BIND,
+            Self::Probe => Method::BINDING,
         }
     }
 
@@ -135,6 +154,7 @@ impl Request {
             Self::Allocate => "Allocate",
             Self::Refresh => "Refresh",
             Self::ChannelBind { .. } => "ChannelBind",
+            Self::Probe => "Binding",
         }
     }
 }
@@ -193,6 +213,10 @@ pub struct TurnClient<R> {
     channels: BTreeMap<SocketAddr, Channel>,
     by_number: BTreeMap<u16, SocketAddr>,
     next_number: u16,
+    /// When anything last came from the server.
+    last_rx: Instant,
+    /// When the outstanding liveness probe went out.
+    probe_at: Option<Instant>,
     stats: TurnStats,
 }
 
@@ -226,6 +250,8 @@ impl<R: RngCore> TurnClient<R> {
             channels: BTreeMap::new(),
             by_number: BTreeMap::new(),
             next_number: ChannelNumber::MIN.get(),
+            last_rx: now,
+            probe_at: None,
             stats: TurnStats::default(),
         };
         client.start(now, Request::Allocate, 0);
@@ -240,6 +266,9 @@ impl<R: RngCore> TurnClient<R> {
         now: Instant,
         datagram: &[u8],
     ) -> Option<(SocketAddr, Range<usize>)> {
+        // The shell hands in only datagrams from the server's address: it is alive.
+        self.last_rx = now;
+        self.probe_at = None;
         if let Ok(frame) = ChannelData::parse(datagram) {
             let peer = *self.by_number.get(&frame.number.get())?;
             return Some((peer, frame.payload));
@@ -347,7 +376,7 @@ impl<R: RngCore> TurnClient<R> {
             .filter(|c| c.bound)
             .map(|c| c.rebind_at)
             .min();
-        [retransmit, self.refresh_at, rebind]
+        [retransmit, self.refresh_at, rebind, self.liveness_at()]
             .into_iter()
             .flatten()
             .min()
@@ -376,6 +405,14 @@ impl<R: RngCore> TurnClient<R> {
             self.fail(TurnError::Timeout(name));
             return;
         }
+        if self.liveness_at().is_some_and(|at| now >= at) {
+            if self.probe_at.is_some() {
+                self.fail(TurnError::ServerSilent);
+                return;
+            }
+            self.probe_at = Some(now);
+            self.start(now, Request::Probe, 0);
+        }
         if self.refresh_at.is_some_and(|at| now >= at) {
             self.refresh_at = None;
             self.start(now, Request::Refresh, 0);
@@ -392,6 +429,16 @@ impl<R: RngCore> TurnClient<R> {
             }
             self.start(now, Request::ChannelBind { peer, number }, 0);
         }
+    }
+
+    /// When the liveness check is due: once allocated, a probe after [`LIVENESS_IDLE`] of
+    /// silence, then the verdict [`LIVENESS_TIMEOUT`] later.
+    fn liveness_at(&self) -> Option<Instant> {
+        self.relayed?;
+        Some(match self.probe_at {
+            Some(at) => at + LIVENESS_TIMEOUT,
+            None => self.last_rx + LIVENESS_IDLE,
+        })
     }
 
     /// The relayed address, once allocated.
@@ -437,7 +484,7 @@ impl<R: RngCore> TurnClient<R> {
                 bytes: buf,
                 next_send: now + RTO,
                 sends: 1,
-                authenticated: self.auth.is_some(),
+                authenticated: self.auth.is_some() && request != Request::Probe,
                 auth_retries,
             },
         );
@@ -452,6 +499,7 @@ impl<R: RngCore> TurnClient<R> {
                 enc.add(&Lifetime(LIFETIME)).ok()?;
             }
             Request::Refresh => enc.add(&Lifetime(LIFETIME)).ok()?,
+            Request::Probe => return enc.finish(Trailer::new().with_fingerprint()).ok(),
             Request::ChannelBind { peer, number } => {
                 enc.add(&ChannelNumber::new(number)?).ok()?;
                 enc.add(&XorPeerAddress(peer)).ok()?;
@@ -494,6 +542,10 @@ impl<R: RngCore> TurnClient<R> {
             return;
         }
         let request = pending.request;
+        if request == Request::Probe {
+            // Any answer proves the server alive (handle_input noted it); nothing else to do.
+            return;
+        }
         if message.class() == Class::ErrorResponse {
             let error = message.get::<ErrorCodeAttr<'_>>().ok().flatten();
             let code = error.map_or(0, |e| e.code().as_u16());
@@ -602,6 +654,7 @@ impl<R: RngCore> TurnClient<R> {
                     .map_or(LIFETIME, |l| l.0);
                 self.refresh_at = Some(now + Duration::from_secs(u64::from(lifetime / 2).max(1)));
             }
+            Request::Probe => {}
             Request::ChannelBind { peer, .. } => {
                 if let Some(channel) = self.channels.get_mut(&peer)
                     && !channel.bound
@@ -915,5 +968,49 @@ mod tests {
             lonely.poll_event(),
             Some(TurnEvent::Failed(TurnError::Timeout("Allocate")))
         );
+    }
+
+    #[test]
+    fn a_silent_server_fails_the_allocation_within_the_liveness_bound() {
+        let t0 = epoch();
+        let mut sim = Sim::new(t0, |_, password| password.to_owned());
+        sim.pump(t0);
+        assert!(matches!(
+            sim.events(0).as_slice(),
+            [TurnEvent::Allocated { .. }]
+        ));
+        // An idle allocation whose server answers: a Binding probe after 2 s of silence,
+        // answered, and nothing fails however long it lasts.
+        assert_eq!(sim.clients[0].1.poll_timeout(), Some(t0 + LIVENESS_IDLE));
+        let mut now = t0;
+        for _ in 0..10 {
+            now += LIVENESS_IDLE;
+            sim.advance(now);
+        }
+        assert_eq!(sim.events(0), []);
+        assert!(!sim.clients[0].1.is_failed());
+        // The server dies: nothing reaches the client any more.
+        let client = &mut sim.clients[0].1;
+        let dead = now;
+        let mut probes = 0;
+        while let Some(at) = client.poll_timeout() {
+            assert!(
+                at <= dead + LIVENESS_IDLE + LIVENESS_TIMEOUT,
+                "{:?}",
+                at - dead
+            );
+            client.handle_timeout(at);
+            while client.poll_transmit().is_some() {
+                probes += 1;
+            }
+            now = at;
+        }
+        assert_eq!(
+            client.poll_event(),
+            Some(TurnEvent::Failed(TurnError::ServerSilent))
+        );
+        assert_eq!(now, dead + LIVENESS_IDLE + LIVENESS_TIMEOUT);
+        // The probe and its retransmissions (RTO 500 ms, doubling) within the timeout.
+        assert_eq!(probes, 3);
     }
 }

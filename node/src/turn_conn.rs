@@ -22,8 +22,13 @@ use crate::agent::{Session, Shared};
 use crate::backoff::Backoff;
 use crate::clock;
 use crate::control::Control;
+use crate::failover::Failover;
 use crate::signal::Signal;
 use crate::turn::{TurnClient, TurnEvent};
+
+/// How long one control plane may take to give TURN credentials: a silent one (perhaps on
+/// the host whose TURN server just died) must not hold up the new allocation.
+const ICE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// How often each side repeats its relayed address to its peers: the signalling rides an
 /// unreliable path (a relay session may be down), so it is repeated rather than acknowledged.
@@ -50,8 +55,13 @@ pub(crate) async fn run(mut task: TurnTask) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     // Peers' relayed addresses, kept across allocations.
     let mut known: BTreeMap<NodeId, SocketAddr> = BTreeMap::new();
+    let first = task.session.borrow().server;
+    // Which control plane to ask for TURN credentials first (a silent one last), and the
+    // TURN server whose allocation last failed (avoided while another is offered).
+    let mut failover = Failover::new(task.controls.len(), first);
+    let mut failed: Option<String> = None;
     loop {
-        match allocate_and_run(&mut task, &mut known).await {
+        match allocate_and_run(&mut task, &mut known, &mut failover, &mut failed).await {
             Ok(true) => return,
             Ok(false) => {}
             Err(err) => warn!("TURN route: {err:#}"),
@@ -91,28 +101,50 @@ fn turn_server(ice: &crate::control::IceResponse) -> Option<(String, String, Str
 async fn allocate_and_run(
     task: &mut TurnTask,
     known: &mut BTreeMap<NodeId, SocketAddr>,
+    failover: &mut Failover,
+    failed: &mut Option<String>,
 ) -> anyhow::Result<bool> {
     let session = task.session.borrow().clone();
-    // The session's control plane first, then the others (they share the token's key).
-    let mut ice = None;
+    // Every control plane shares the token's key: the first that answers in time and
+    // offers a TURN server other than the one that just failed, else any that answered.
+    let mut chosen = None;
+    let mut fallback = None;
     let mut last_err = None;
-    for offset in 0..task.controls.len() {
-        let control = &task.controls[(session.server + offset) % task.controls.len()];
-        match control.ice(&session.token).await {
-            Ok(answer) => {
-                ice = Some(answer);
-                break;
+    for at in failover.control_order().collect::<Vec<_>>() {
+        let control = &task.controls[at];
+        match tokio::time::timeout(ICE_TIMEOUT, control.ice(&session.token)).await {
+            Ok(Ok(answer)) => {
+                failover.handle_control(at, true);
+                match turn_server(&answer) {
+                    Some(server) if failed.as_deref() != Some(server.0.as_str()) => {
+                        chosen = Some(server);
+                        break;
+                    }
+                    Some(server) => fallback = fallback.or(Some(server)),
+                    None => {
+                        last_err =
+                            Some(anyhow!("{} offers no TURN server over UDP", control.base()))
+                    }
+                }
             }
-            Err(err) => last_err = Some(err),
+            Ok(Err(err)) => {
+                failover.handle_control(at, false);
+                last_err = Some(err.into());
+            }
+            Err(_) => {
+                failover.handle_control(at, false);
+                last_err = Some(anyhow!(
+                    "{} gave no TURN credentials in {ICE_TIMEOUT:?}",
+                    control.base()
+                ));
+            }
         }
     }
-    let ice = match (ice, last_err) {
-        (Some(ice), _) => ice,
-        (None, Some(err)) => return Err(err.into()),
+    let (hostport, username, password) = match (chosen.or(fallback), last_err) {
+        (Some(server), _) => server,
+        (None, Some(err)) => return Err(err),
         (None, None) => return Err(anyhow!("no control plane given")),
     };
-    let (hostport, username, password) = turn_server(&ice)
-        .ok_or_else(|| anyhow!("the control plane offers no TURN server over UDP"))?;
     let server = tokio::net::lookup_host(hostport.as_str())
         .await
         .with_context(|| format!("resolving {hostport}"))?
@@ -147,7 +179,11 @@ async fn allocate_and_run(
                         info!(peer = %peer.node, relayed = %addr, "TURN channel bound");
                     }
                 }
-                TurnEvent::Failed(err) => return Err(anyhow!("TURN allocation failed: {err}")),
+                TurnEvent::Failed(err) => {
+                    // Allocate elsewhere next time, if another TURN server is offered.
+                    *failed = Some(hostport);
+                    return Err(anyhow!("TURN allocation at {server} failed: {err}"));
+                }
             }
         }
         let now = clock::now();

@@ -35,8 +35,8 @@ use boson_dataplane_proto::ws::relay::{self, Message, MessageType, RelayError};
 use boson_shared::NodeId;
 use rand_core::RngCore;
 
-/// Timers of a relay session. Each default is chosen so that a dead relay host is noticed
-/// well within the failover bound the README states (about 15 s).
+/// Timers of a relay session. The agent sets tighter keepalive timers
+/// (`failover::KEEPALIVE`, `failover::KEEPALIVE_TIMEOUT`) to meet its failover bound.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// From the connection's start to the 101. Default 10 s: a TLS and HTTP round trip on a

@@ -1,9 +1,9 @@
 //! `--route auto`: each peer asks the server for its ranking of the routes, takes the first
-//! (of TURN and the WebSocket relay) that carries a WireGuard handshake, and moves to the
-//! next when handshakes do not pass. A malformed ranking is logged and the default order
-//! (direct, TURN, then WebSocket) kept. Agents on loopback have no direct candidate (the agent
-//! leaves loopback addresses out), so no direct path comes up here: the direct route has its
-//! own cases in `e2e_netns.rs`.
+//! (of direct, TURN, the QUIC relay and the WebSocket relay) that carries a WireGuard
+//! handshake, and moves to the next when handshakes do not pass. A malformed ranking is
+//! logged and the default order (direct, TURN, QUIC, then WebSocket) kept. Agents on loopback
+//! have no direct candidate (the agent leaves loopback addresses out), so no direct path comes
+//! up here: the direct route has its own cases in `e2e_netns.rs`.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 #![allow(
@@ -27,27 +27,35 @@ const FAILOVER: Duration = Duration::from_secs(30);
 /// Runs two agents with `--route auto` against a server started with `server_args`; returns
 /// the route both settle on after a handshake, having checked a burst goes through it.
 fn settle(tag: u8, server_args: &[&str]) -> (String, Duration) {
-    settle_with(tag, server_args, None, |_, _| {})
+    settle_with(tag, server_args, false, None, |_, _| {})
 }
 
 /// [`settle`], with the routing requests of the agents in `ranking.0` (1: A, 2: B) answered
 /// by a proxy with `ranking.1` instead of the server, and `check` run on both agents' logs
-/// once they run.
+/// once they run. With `quic`, the server serves the QUIC relay too, and the agents trust
+/// its development certificate.
 fn settle_with(
     tag: u8,
     server_args: &[&str],
+    quic: bool,
     ranking: Option<(&[u8], String)>,
     check: impl Fn(&Proc, &Proc),
 ) -> (String, Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server_in(
-        &[],
-        "127.0.0.1",
-        0,
-        free_tcp_port(),
-        dir.path(),
-        server_args,
-    );
+    let relay_port = free_tcp_port();
+    let quic_addr = format!("127.0.0.1:{relay_port}");
+    let mut args = server_args.to_vec();
+    if quic {
+        args.extend(["--public-quic-addr", &quic_addr]);
+    }
+    let server = start_server_in(&[], "127.0.0.1", 0, relay_port, dir.path(), &args);
+    let cert = dir.path().join("data/relay-cert.pem");
+    let cert = cert.to_str().unwrap();
+    let agent_args: &[&str] = if quic {
+        &["--ca-file", cert, "--quic-server-name", "localhost"]
+    } else {
+        &[]
+    };
     let a = Node::new(dir.path(), tag, 1);
     let b = Node::new(dir.path(), tag, 2);
     let (proxied, answer) = ranking.unwrap_or((&[], String::new()));
@@ -59,8 +67,8 @@ fn settle_with(
             server.base.as_str()
         }
     };
-    let agent_a = start_agent("agent-a", &a, &[base(1)], &[&b], &[]);
-    let agent_b = start_agent("agent-b", &b, &[base(2)], &[&a], &[]);
+    let agent_a = start_agent("agent-a", &a, &[base(1)], &[&b], agent_args);
+    let agent_b = start_agent("agent-b", &b, &[base(2)], &[&a], agent_args);
     check(&agent_a, &agent_b);
     let port_ab: u16 = wait_status(&a.state_dir, &b.id, Duration::from_secs(30), |l| {
         l[3] != "0"
@@ -122,6 +130,24 @@ fn auto_keeps_turn_when_it_carries_the_handshake() {
 }
 
 #[test]
+fn auto_takes_the_quic_relay_when_turn_does_not_carry() {
+    // TURN refused as below; the server serves QUIC too: the next route, QUIC, carries (the
+    // node's one relay session on QUIC, which also carried the TURN signalling).
+    let (route, took) = settle_with(
+        0x87,
+        &["--denied-peers", "127.0.0.0/8"],
+        true,
+        None,
+        |_, _| {},
+    );
+    assert_eq!(route, "quic");
+    assert!(
+        took >= Duration::from_secs(5),
+        "TURN was tried first ({took:?})"
+    );
+}
+
+#[test]
 fn auto_falls_back_to_the_websocket_relay_when_turn_does_not_carry() {
     // The operator's deny list refuses the relayed addresses: TURN cannot relay between the
     // two (ChannelBind gets 403).
@@ -139,7 +165,7 @@ const PLAN_WAIT: Duration = Duration::from_secs(30);
 #[test]
 fn auto_asks_the_server_for_the_order() {
     // Without a QUIC relay the server ranks TURN, then WebSocket.
-    settle_with(0x83, &[], None, |a, b| {
+    settle_with(0x83, &[], false, None, |a, b| {
         for agent in [a, b] {
             wait_log(
                 agent,
@@ -152,8 +178,7 @@ fn auto_asks_the_server_for_the_order() {
             );
         }
     });
-    // With one, QUIC between them: the ranking is the server's, and the order keeps the
-    // routes `auto` takes.
+    // With one, QUIC between them: the ranking is the server's, and `auto` takes all three.
     let dir = tempfile::tempdir().unwrap();
     let relay_port = free_tcp_port();
     let quic_addr = format!("127.0.0.1:{relay_port}");
@@ -174,7 +199,7 @@ fn auto_asks_the_server_for_the_order() {
         &[
             "route order from the server",
             "ranked=turn,quic,ws",
-            "order=direct,turn,ws",
+            "order=direct,turn,quic,ws",
         ],
         PLAN_WAIT,
     );
@@ -185,15 +210,21 @@ fn auto_follows_the_servers_order() {
     // TURN carries handshakes here (the first test), yet a ranking that puts the WebSocket
     // relay first is followed, at once.
     let ranking = r#"{"routes":[{"type":"relay","transport":"ws"},{"type":"relay","transport":"turn"}],"selectedRoute":null}"#;
-    let (route, took) = settle_with(0x85, &[], Some((&[1, 2], ranking.to_owned())), |a, b| {
-        for agent in [a, b] {
-            wait_log(
-                agent,
-                &["route order from the server", "order=direct,ws,turn"],
-                PLAN_WAIT,
-            );
-        }
-    });
+    let (route, took) = settle_with(
+        0x85,
+        &[],
+        false,
+        Some((&[1, 2], ranking.to_owned())),
+        |a, b| {
+            for agent in [a, b] {
+                wait_log(
+                    agent,
+                    &["route order from the server", "order=direct,ws,turn"],
+                    PLAN_WAIT,
+                );
+            }
+        },
+    );
     assert_eq!(route, "ws");
     assert!(
         took < Duration::from_secs(5),
@@ -204,16 +235,22 @@ fn auto_follows_the_servers_order() {
 #[test]
 fn a_malformed_ranking_is_logged_and_the_default_order_kept() {
     let ranking = r#"{"routes":[{"type":"teleport"}]}"#;
-    let (route, _) = settle_with(0x86, &[], Some((&[1], ranking.to_owned())), |a, _| {
-        wait_log(
-            a,
-            &[
-                "malformed routing answer",
-                "routes[0].type is \"teleport\"",
-                "order=direct,turn,ws",
-            ],
-            PLAN_WAIT,
-        );
-    });
+    let (route, _) = settle_with(
+        0x86,
+        &[],
+        false,
+        Some((&[1], ranking.to_owned())),
+        |a, _| {
+            wait_log(
+                a,
+                &[
+                    "malformed routing answer",
+                    "routes[0].type is \"teleport\"",
+                    "order=direct,turn,quic,ws",
+                ],
+                PLAN_WAIT,
+            );
+        },
+    );
     assert_eq!(route, "turn");
 }

@@ -13,9 +13,7 @@
 //! Each node's wireguard-go has the other as its peer (keys and allowed IPs set by the test,
 //! as an operator would) and no endpoint: the agent (`boson-node run --wg-interface`) finds
 //! the way and sets it. Every case runs with the route forced and with `--route auto`. One
-//! topology per test function, shared by its cases. Two cases are written and ignored
-//! because they show agent defects: full-size packets over QUIC, and failover between
-//! control planes (see each test's doc comment).
+//! topology per test function, shared by its cases.
 //!
 //! Needs root, `ip`, `iptables`, `wireguard-go`, `wg`, `ping`, `iperf3`, PostgreSQL's server
 //! binaries and redis-server (skipped without, failing when `CI` is set;
@@ -32,6 +30,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use boson_node::failover::FAILOVER_BOUND;
 use boson_testsupport::clock::{now, wait_until};
 use boson_testsupport::http;
 use boson_testsupport::netns::{Internet, Nat, Router, Station};
@@ -44,11 +43,11 @@ use boson_testsupport::wireguard::WireGuard;
 const WG_PORT: u16 = 51820;
 /// The agent's metrics, on loopback in its node's namespace.
 const METRICS: &str = "127.0.0.1:9100";
-/// How long a dead relay host may cost the tunnel: the agent's stated bound (README, "Relay
-/// host choice and failover": a dead host is left within 10 s, a new session follows after
-/// a 0.1-0.2 s backoff) plus 2 s for the relay hosts to learn where the node now is and for
-/// a busy machine.
-const KILL_BOUND: Duration = Duration::from_secs(12);
+/// How long a dead relay host may cost the tunnel: the agent's stated bound
+/// ([`FAILOVER_BOUND`], README "Relay host choice and failover": a silent host is left
+/// within 5 s, a new session on another host follows within 8 s of the death) plus 2 s for
+/// the relay hosts to learn where the node now is and for a busy machine.
+const KILL_BOUND: Duration = Duration::from_secs(FAILOVER_BOUND.as_secs() + 2);
 /// How long a draining relay host may cost it: the agent moves at once on RECONNECT_HINT.
 const DRAIN_BOUND: Duration = Duration::from_secs(2);
 /// The relay routes `--route` can force (the direct route is not a relay).
@@ -658,13 +657,10 @@ fn symmetric_to_symmetric_through_a_relay() {
     symmetric_to_symmetric(0, &["ws", "turn", "auto"]);
 }
 
-/// As [`symmetric_to_symmetric_through_a_relay`], over the QUIC relay.
-///
-/// Ignored until boson-node's QUIC route carries full-size WireGuard packets: a 1420-byte
-/// packet (wireguard-go's default MTU) does not fit the QUIC datagram and the agent drops it
-/// (counted as `no_route`), so small pings pass and TCP stalls. Run it with `-- --ignored`.
+/// As [`symmetric_to_symmetric_through_a_relay`], over the QUIC relay: wireguard-go's
+/// full-size packets (1 452 bytes at MTU 1 420) do not fit one QUIC datagram, so the agents
+/// fragment them (`node/src/fragment.rs`); the full-size pings and iperf3's TCP prove it.
 #[test]
-#[ignore = "boson-node's QUIC route drops full-size WireGuard packets (see the doc comment)"]
 fn symmetric_to_symmetric_over_quic() {
     symmetric_to_symmetric(4, &["quic"]);
 }
@@ -759,18 +755,28 @@ fn endpoint_independent_to_endpoint_independent_goes_direct() {
     lab.destroy();
 }
 
-/// A relay host in use dies (SIGKILL) during a ping flood: the tunnel recovers on the other
-/// host within [`KILL_BOUND`]; in another run the host drains (SIGTERM): the tunnel moves
-/// within [`DRAIN_BOUND`] and the host exits 0 once its nodes have left. Loss counted.
+/// How a relay host goes away in [`relay_host_killed_or_drained_mid_flood`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// SIGKILL: the kernel resets its connections, so the agents see them close.
+    Kill,
+    /// Its namespace drops every packet, then SIGKILL: as a machine that lost power or
+    /// network, nothing answers and nothing says so; only the keepalives can tell.
+    Silent,
+    /// SIGTERM: it drains (RECONNECT_HINT).
+    Drain,
+}
+
+/// A relay host in use dies during a ping flood, killed (SIGKILL) or silently (its packets
+/// dropped, then killed): the tunnel recovers on the other host within [`KILL_BOUND`]; in
+/// another run the host drains (SIGTERM): the tunnel moves within [`DRAIN_BOUND`] and the
+/// host exits 0 once its nodes have left. The pings lost are counted and reported.
 ///
-/// Ignored: it fails. Up to boson-node 3a792f1 the agent asked only the control plane it
-/// registered with for relay hosts, and re-registering elsewhere was refused with 409
-/// `node_active` (no token sent), so the tunnel stayed down (20 s of 20). With the agent of
-/// f4174a7 (it asks every `--server`) one run, with every case of this file at once, failed
-/// earlier: no agent was running when the tunnel was awaited. Not yet looked into. Run it
-/// with `-- --ignored`.
+/// It used to fail in the second run: an agent whose registering control plane was the
+/// killed host could not deregister on SIGTERM, so its node id stayed active and the next
+/// agent with that id was refused (409 `node_active`) until the server timed it out. The
+/// agent now deregisters at the other control planes when its own does not answer.
 #[test]
-#[ignore = "fails with the current agent (see the doc comment)"]
 fn relay_host_killed_or_drained_mid_flood() {
     let Some(pg_bin) = requirements() else {
         return;
@@ -778,7 +784,14 @@ fn relay_host_killed_or_drained_mid_flood() {
     let began = now();
     let mut lab = Lab::new(1, pg_bin, [Nat::Symmetric, Nat::Symmetric], false);
     let mut report = Vec::new();
-    for (route, kill) in [("ws", true), ("ws", false), ("auto", true)] {
+    for (route, death) in [
+        ("ws", Death::Kill),
+        ("ws", Death::Drain),
+        ("ws", Death::Silent),
+        ("quic", Death::Silent),
+        ("auto", Death::Kill),
+    ] {
+        let kill = death != Death::Drain;
         lab.start_agents(route);
         lab.wait_tunnel();
         // The host with node sessions (node 0's, when they are on different hosts).
@@ -788,16 +801,27 @@ fn relay_host_killed_or_drained_mid_flood() {
         let mut flood = Flood::start(&lab.nodes[0], lab.nodes[1].wg.address, count);
         flood.wait_first();
         let host = &mut lab.hosts[victim];
-        if kill {
-            host.kill();
-        } else {
-            host.terminate();
+        match death {
+            Death::Kill => host.kill(),
+            Death::Silent => {
+                for chain in ["INPUT", "OUTPUT"] {
+                    host.station
+                        .namespace
+                        .run("iptables", &["-I", chain, "-j", "DROP"]);
+                }
+                host.kill();
+            }
+            Death::Drain => host.terminate(),
         }
         let (received, gap) = flood.finish();
         let what = format!(
             "--route {route}, host {} {}",
             lab.hosts[victim].id,
-            if kill { "killed" } else { "drained" }
+            match death {
+                Death::Kill => "killed",
+                Death::Silent => "silenced",
+                Death::Drain => "drained",
+            }
         );
         let bound = if kill { KILL_BOUND } else { DRAIN_BOUND };
         assert!(
@@ -831,8 +855,17 @@ fn relay_host_killed_or_drained_mid_flood() {
             "{what}: longest gap {gap:?}, {} of {count} pings lost",
             count - received
         ));
+        eprintln!("{}", report.last().unwrap());
         lab.stop_agents();
         // Both hosts again for the next run.
+        if death == Death::Silent {
+            for chain in ["INPUT", "OUTPUT"] {
+                lab.hosts[victim]
+                    .station
+                    .namespace
+                    .run("iptables", &["-D", chain, "-j", "DROP"]);
+            }
+        }
         lab.hosts[victim].start();
     }
     eprintln!("{} in {:?}", report.join("; "), began.elapsed());

@@ -17,7 +17,11 @@
 //!   in place);
 //! * `hub-local`: a WebSocket SEND frame from one node to another on the same core,
 //!   [`Hub::handle_input`] → [`Forward::Local`], the hub's events, then
-//!   [`Hub::poll_transmit`] of the RECV frame for the destination.
+//!   [`Hub::poll_transmit`] of the RECV frame for the destination;
+//! * `ws-shell`: the same SEND through the relay *shell* of a real worker over loopback TCP
+//!   (socket reads and writes, framing, the hub, the write batching), see [`shell`]; callgrind
+//!   collects inside `RelayShell::turn` instead, and `calls` is the frames relayed after the
+//!   warm-up.
 //!
 //! Every iteration's outcome is checked (outside the measured functions); a run in which any
 //! packet was not relayed exits non-zero, so a guard never measures a drop path by mistake.
@@ -41,6 +45,8 @@ use boson_dataplane_proto::{
 };
 use boson_shared::{TurnCredential, TurnSecret};
 use rand_core::RngCore;
+
+mod shell;
 
 /// Iterations before the measured ones, so queues and tables have grown to their steady size.
 const WARM_UP: usize = 256;
@@ -388,7 +394,8 @@ fn check(relayed: usize, iterations: usize) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: boson-icount turn-to-peer|turn-to-client|hub-local SIZE ITERATIONS";
+    let usage =
+        "usage: boson-icount turn-to-peer|turn-to-client|hub-local|ws-shell SIZE ITERATIONS";
     let [scenario, size, iterations] = args.as_slice() else {
         let _ = writeln!(std::io::stderr(), "{usage}");
         return ExitCode::from(2);
@@ -397,16 +404,18 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stderr(), "{usage}");
         return ExitCode::from(2);
     };
+    // What the counts are divided by: every call of the measured function (for `ws-shell`,
+    // every frame relayed after the warm-up).
     let result = match scenario.as_str() {
-        "turn-to-peer" => turn_to_peer(size, iterations),
-        "turn-to-client" => turn_to_client(size, iterations),
-        "hub-local" => hub_local(size, iterations),
+        "turn-to-peer" => turn_to_peer(size, iterations).map(|()| WARM_UP + iterations),
+        "turn-to-client" => turn_to_client(size, iterations).map(|()| WARM_UP + iterations),
+        "hub-local" => hub_local(size, iterations).map(|()| WARM_UP + iterations),
+        "ws-shell" => shell::ws_shell(size, iterations),
         _ => Err(usage.to_owned()),
     };
     match result {
-        Ok(()) => {
-            // What the counts are divided by: every call of the measured function.
-            let _ = writeln!(std::io::stdout(), "calls {}", WARM_UP + iterations);
+        Ok(calls) => {
+            let _ = writeln!(std::io::stdout(), "calls {calls}");
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -1,7 +1,7 @@
 //! Node tokens: HS256 JWTs with a pinned algorithm, issuer and audience.
 //!
 //! Time is an input: [`Tokens::verify`] checks `exp` and `iat` against the `now` it is given
-//! (with [`LEEWAY_SECS`] of skew), not against a clock inside the JWT library.
+//! (with `boson_shared::token::LEEWAY_SECS` of skew), not against a clock inside the JWT library.
 //!
 //! A token carries the node's registration `gen`eration. Every re-registration bumps it, so the
 //! store refuses tokens minted before the latest registration (see `Store::heartbeat`).
@@ -10,36 +10,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use boson_shared::NodeId;
+use boson_shared::token::{AUDIENCE, Claims, ISSUER, LifetimeError, REQUIRED_CLAIMS};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
 use crate::config::JwtConfig;
-
-/// `iss` of every token.
-pub const ISSUER: &str = "bosonserver";
-/// `aud` of node tokens; other audiences (relay mesh, admin) will get their own.
-pub const AUDIENCE: &str = "bosonserver-node";
-/// Clock skew tolerated between hosts that share the secret. Small, because tokens are
-/// minted by the same fleet that checks them.
-pub const LEEWAY_SECS: i64 = 5;
-
-/// Claims of a node token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// The node id.
-    pub sub: String,
-    /// [`ISSUER`].
-    pub iss: String,
-    /// [`AUDIENCE`].
-    pub aud: String,
-    /// Issued at, unix seconds.
-    pub iat: i64,
-    /// Expiry, unix seconds.
-    pub exp: i64,
-    /// Registration generation of the node when the token was issued.
-    pub generation: i64,
-}
 
 /// A verified token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,8 +84,7 @@ impl Tokens {
         validation.algorithms = vec![Algorithm::HS256];
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
-        validation.required_spec_claims =
-            HashSet::from(["exp", "iat", "iss", "aud", "sub"].map(String::from));
+        validation.required_spec_claims = HashSet::from(REQUIRED_CLAIMS.map(String::from));
         // Expiry is checked against the caller's `now` in `verify`.
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -131,14 +105,12 @@ impl Tokens {
         now: UnixMillis,
     ) -> anyhow::Result<IssuedToken> {
         let expires_at = now.saturating_add(self.ttl);
-        let claims = Claims {
-            sub: node_id.to_string(),
-            iss: ISSUER.to_owned(),
-            aud: AUDIENCE.to_owned(),
-            iat: now.as_secs(),
-            exp: expires_at.as_secs(),
+        let claims = Claims::new(
+            &node_id.to_string(),
             generation,
-        };
+            now.as_secs(),
+            expires_at.as_secs(),
+        );
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok(IssuedToken {
             token,
@@ -164,13 +136,13 @@ impl Tokens {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| TokenError::Invalid)?;
         let claims = data.claims;
-        let now = now.as_secs();
-        if now > claims.exp.saturating_add(LEEWAY_SECS) {
-            return Err(TokenError::Expired);
-        }
-        if claims.iat > now.saturating_add(LEEWAY_SECS) || claims.iat > claims.exp {
-            return Err(TokenError::Invalid);
-        }
+        claims.check_lifetime(now.as_secs()).map_err(|error| {
+            if error == LifetimeError::Expired {
+                TokenError::Expired
+            } else {
+                TokenError::Invalid
+            }
+        })?;
         let node_id = claims.sub.parse().map_err(|_| TokenError::Invalid)?;
         Ok(NodeToken {
             node_id,

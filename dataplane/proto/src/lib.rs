@@ -1,5 +1,7 @@
-//! Sans-IO protocol core of the BosonServer relay: STUN ([RFC 8489]) and a TURN server
-//! ([RFC 8656]) over UDP.
+//! Sans-IO protocol cores of the BosonServer relay: STUN ([RFC 8489]) and a TURN server
+//! ([RFC 8656]) over UDP and byte streams (TCP, TLS: [`turn::stream`] frames them), and the
+//! node relay between nodes and between relay hosts (the mesh), over WebSocket ([`ws`]) and
+//! QUIC datagrams ([`quic`]).
 //!
 //! # Contract
 //!
@@ -28,7 +30,8 @@
 //! * [`binding`]: the STUN Binding responder ([`StunServer`]).
 //! * [`turn`]: the TURN server ([`Server`]), its attributes, ChannelData framing, peer filter
 //!   and configuration.
-//! * [`stats`]: plain counters and [`DropReason`] labels, exported by the shell.
+//! * [`stats`]: plain counters, [`DropReason`] labels and the [`DropCounters`] every core's
+//!   reasons are counted in, exported by the shell.
 //! * [`ws`]: the node-to-node WebSocket relay ([`Hub`], [`Session`]), with its own RFC 6455
 //!   codec and counters.
 //! * [`quic`]: the same relay over QUIC datagrams ([`QuicRelay`]), on quinn-proto driven
@@ -92,7 +95,7 @@ pub mod ws;
 
 pub use binding::{BindingConfig, BindingOutcome, ClientAddr, StunServer};
 pub use quic::{QuicConfig, QuicEvent, QuicRelay};
-pub use stats::{DropCounters, DropReason, ErrorCounters, RelayCounters, Stats};
+pub use stats::{DropCounters, DropReason, ErrorCounters, Reason, RelayCounters, Stats};
 pub use turn::{
     ChannelNumber, ClientAction, Command, HEADROOM, PeerAction, PeerAddr, PeerFilter, RelayPort,
     Server, TurnConfig, TurnEvent,

@@ -121,9 +121,14 @@ impl DropReason {
             Self::PayloadTooLarge => "payload_too_large",
         }
     }
+}
 
-    /// Position in [`ALL`](Self::ALL) and in the counter array.
-    const fn index(self) -> usize {
+impl Reason for DropReason {
+    type Counts = [u64; Self::COUNT];
+    const ALL: &'static [Self] = &Self::ALL;
+
+    #[inline]
+    fn index(self) -> usize {
         self as usize
     }
 }
@@ -144,28 +149,64 @@ impl From<ParseError> for DropReason {
     }
 }
 
-/// One counter per [`DropReason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DropCounters([u64; DropReason::COUNT]);
+/// A set of named reasons for dropping input: a fieldless enum, one per protocol core (TURN
+/// here, [`crate::ws::DropReason`], [`crate::quic::DropReason`]), counted by [`DropCounters`].
+pub trait Reason: Copy + 'static {
+    /// One counter per reason: `[u64; COUNT]`.
+    type Counts: AsRef<[u64]> + AsMut<[u64]> + Copy + Default + Eq + std::fmt::Debug;
+    /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
+    const ALL: &'static [Self];
+    /// Position in [`ALL`](Self::ALL) and in the counter array.
+    fn index(self) -> usize;
+}
 
-impl DropCounters {
+/// One counter per reason of `R` ([`DropReason`] by default: the TURN core's).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DropCounters<R: Reason = DropReason>(R::Counts);
+
+impl<R: Reason> Default for DropCounters<R> {
+    fn default() -> Self {
+        Self(R::Counts::default())
+    }
+}
+
+impl<R: Reason> std::fmt::Debug for DropCounters<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DropCounters").field(&self.0).finish()
+    }
+}
+
+impl<R: Reason> DropCounters<R> {
     /// Drops counted for `reason`.
-    pub const fn get(&self, reason: DropReason) -> u64 {
-        self.0[reason.index()]
+    pub fn get(&self, reason: R) -> u64 {
+        self.0.as_ref()[reason.index()]
     }
 
-    /// Every reason with its count, in [`DropReason::ALL`] order.
-    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL.into_iter().zip(self.0.iter().copied())
+    /// Every reason with its count, in [`Reason::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (R, u64)> + '_ {
+        R::ALL.iter().copied().zip(self.0.as_ref().iter().copied())
     }
 
     /// Drops of any reason.
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.0.as_ref().iter().sum()
     }
 
-    pub(crate) const fn record(&mut self, reason: DropReason) {
-        self.0[reason.index()] += 1;
+    #[inline]
+    pub(crate) fn record(&mut self, reason: R) {
+        self.add(reason, 1);
+    }
+
+    #[inline]
+    pub(crate) fn add(&mut self, reason: R, n: u64) {
+        self.0.as_mut()[reason.index()] += n;
+    }
+
+    /// Adds `other`'s counts to these.
+    pub(crate) fn merge(&mut self, other: &Self) {
+        for (mine, theirs) in self.0.as_mut().iter_mut().zip(other.0.as_ref()) {
+            *mine += theirs;
+        }
     }
 }
 

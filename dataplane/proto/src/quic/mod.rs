@@ -195,7 +195,7 @@ pub use config::{
 pub use relay::{
     CloseReason, Delivery, QuicConnId, QuicError, QuicEvent, QuicRelay, Transmit, Violation,
 };
-pub use stats::{DropCounters, DropReason, QuicStats};
+pub use stats::{DropReason, QuicStats};
 
 use wire::MAX_CONTROL_FRAME;
 

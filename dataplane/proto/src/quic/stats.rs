@@ -4,7 +4,7 @@
 //! owns its counters, the shell reads them with `stats()` and aggregates on scrape. The
 //! [`DropReason::as_str`] labels are stable metric label values.
 
-use crate::stats::RelayCounters;
+use crate::stats::{DropCounters, Reason, RelayCounters};
 
 /// Why a datagram (UDP, or a QUIC DATAGRAM frame, or a control message) was dropped. Drops
 /// are counted, never errors.
@@ -77,34 +77,15 @@ impl DropReason {
             Self::ResponseBacklog => "response_backlog",
         }
     }
-
-    const fn index(self) -> usize {
-        self as usize
-    }
 }
 
-/// One counter per [`DropReason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DropCounters([u64; DropReason::COUNT]);
+impl Reason for DropReason {
+    type Counts = [u64; Self::COUNT];
+    const ALL: &'static [Self] = &Self::ALL;
 
-impl DropCounters {
-    /// Drops counted for `reason`.
-    pub const fn get(&self, reason: DropReason) -> u64 {
-        self.0[reason.index()]
-    }
-
-    /// Every reason with its count, in [`DropReason::ALL`] order.
-    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL.into_iter().zip(self.0.iter().copied())
-    }
-
-    /// Drops of any reason.
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    pub(crate) const fn record(&mut self, reason: DropReason) {
-        self.0[reason.index()] += 1;
+    #[inline]
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -170,7 +151,7 @@ pub struct QuicStats {
     /// RECONNECT_HINT notices queued.
     pub reconnect_hints: u64,
     /// Datagrams and messages dropped, by reason.
-    pub drops: DropCounters,
+    pub drops: DropCounters<DropReason>,
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ pub use mesh::{
     MeshInput, MeshState, MeshViolation,
 };
 pub use session::{CloseReason, Session, SessionError, SessionEvent, SessionState, Violation};
-pub use stats::{DropCounters, DropReason, MeshStats, Stats};
+pub use stats::{DropReason, MeshStats, Stats};
 
 use frame::{MAX_CLIENT_HEADER_LEN, MAX_SERVER_HEADER_LEN};
 

@@ -4,7 +4,7 @@
 //! [`Stats`], the shell reads them with `stats()` and aggregates on scrape. The
 //! [`DropReason::as_str`] labels are stable metric label values.
 
-use crate::stats::RelayCounters;
+use crate::stats::{DropCounters, Reason, RelayCounters};
 
 /// Why a relay message (or a queued frame) was dropped. Drops are counted, never errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,44 +60,15 @@ impl DropReason {
             Self::NoMeshLink => "no_mesh_link",
         }
     }
-
-    const fn index(self) -> usize {
-        self as usize
-    }
 }
 
-/// One counter per [`DropReason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DropCounters([u64; DropReason::COUNT]);
+impl Reason for DropReason {
+    type Counts = [u64; Self::COUNT];
+    const ALL: &'static [Self] = &Self::ALL;
 
-impl DropCounters {
-    /// Drops counted for `reason`.
-    pub const fn get(&self, reason: DropReason) -> u64 {
-        self.0[reason.index()]
-    }
-
-    /// Every reason with its count, in [`DropReason::ALL`] order.
-    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL.into_iter().zip(self.0.iter().copied())
-    }
-
-    /// Drops of any reason.
-    pub fn total(&self) -> u64 {
-        self.0.iter().sum()
-    }
-
-    pub(crate) const fn record(&mut self, reason: DropReason) {
-        self.add(reason, 1);
-    }
-
-    pub(crate) const fn add(&mut self, reason: DropReason, n: u64) {
-        self.0[reason.index()] += n;
-    }
-
-    fn merge(&mut self, other: &Self) {
-        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
-            *mine += theirs;
-        }
+    #[inline]
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -155,7 +126,7 @@ pub struct Stats {
     /// (hub) PEER_GONE messages the per-pair rate limit held back.
     pub peer_gone_suppressed: u64,
     /// Messages and frames dropped, by reason.
-    pub drops: DropCounters,
+    pub drops: DropCounters<DropReason>,
 }
 
 /// Counters of one [`MeshClient`](super::MeshClient): the receiving end of a mesh link.
