@@ -293,14 +293,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
-
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "virtual time starts from some Instant; its value never matters"
-    )]
-    fn epoch() -> Instant {
-        Instant::now()
-    }
+    use crate::testing::epoch;
 
     fn hosts(list: &[(&str, bool)]) -> Vec<Candidate> {
         list.iter()

@@ -409,14 +409,7 @@ impl Reassembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "virtual time starts from some Instant; its value never matters"
-    )]
-    fn epoch() -> Instant {
-        Instant::now()
-    }
+    use crate::testing::epoch;
 
     fn packet(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + 4) as u8).collect()

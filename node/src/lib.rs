@@ -39,6 +39,8 @@ mod relay_conn;
 pub mod route;
 pub mod signal;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod turn;
 mod turn_conn;

@@ -177,31 +177,7 @@ impl BindingProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "virtual time starts from some Instant; its value never matters"
-    )]
-    fn epoch() -> Instant {
-        Instant::now()
-    }
-
-    struct Counter(u64);
-
-    impl RngCore for Counter {
-        fn next_u32(&mut self) -> u32 {
-            self.next_u64() as u32
-        }
-        fn next_u64(&mut self) -> u64 {
-            self.0 += 1;
-            self.0
-        }
-        fn fill_bytes(&mut self, dest: &mut [u8]) {
-            for b in dest {
-                *b = self.next_u64() as u8;
-            }
-        }
-    }
+    use crate::testing::{Counter, epoch};
 
     fn addr(s: &str) -> SocketAddr {
         s.parse()

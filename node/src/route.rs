@@ -353,6 +353,7 @@ impl RouteSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::epoch;
 
     fn initiation() -> Vec<u8> {
         let mut p = vec![0u8; 148];
@@ -364,14 +365,6 @@ mod tests {
         let mut p = vec![0u8; 92];
         p[0] = 2;
         p
-    }
-
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "virtual time starts from some Instant; its value never matters"
-    )]
-    fn epoch() -> Instant {
-        Instant::now()
     }
 
     #[test]

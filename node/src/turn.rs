@@ -687,18 +687,11 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
+    use crate::testing::epoch;
 
     /// The relay's public address in the simulation (no packet leaves the test).
     const RELAY_IP: Ipv4Addr = Ipv4Addr::new(93, 184, 216, 34);
     const UNIX: u64 = 1_800_000_000;
-
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "virtual time starts from some Instant; its value never matters"
-    )]
-    fn epoch() -> Instant {
-        Instant::now()
-    }
 
     /// proto's own TURN server and two clients on a simulated network.
     struct Sim {

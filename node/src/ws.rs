@@ -646,15 +646,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
-
-    /// An arbitrary origin for virtual time: only differences from it matter.
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "virtual time starts from some Instant; its value never matters"
-    )]
-    fn epoch() -> Instant {
-        Instant::now()
-    }
+    use crate::testing::epoch;
 
     const ME: NodeId = NodeId::from_bytes([1; 16]);
     const PEER: NodeId = NodeId::from_bytes([2; 16]);

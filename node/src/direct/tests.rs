@@ -6,36 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use super::*;
 use crate::config::RouteKind;
 use crate::route::RouteSelector;
-
-#[expect(
-    clippy::disallowed_methods,
-    reason = "virtual time starts from some Instant; its value never matters"
-)]
-fn epoch() -> Instant {
-    Instant::now()
-}
-
-/// A deterministic RNG: a counter, different per seed.
-struct Counter(u64);
-
-impl RngCore for Counter {
-    fn next_u32(&mut self) -> u32 {
-        self.next_u64() as u32
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1);
-        self.0
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
+use crate::testing::{Counter, epoch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Nat {
