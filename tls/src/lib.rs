@@ -84,6 +84,49 @@ impl TlsSource {
     }
 }
 
+/// Every certificate of a PEM document, in order; `None` when it holds none or a malformed
+/// one. One parser for every CA file: the mesh's `--mesh-ca-file` and the node agent's
+/// `--ca-file`.
+pub fn parse_certificates(pem: &[u8]) -> Option<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (!certs.is_empty()).then_some(certs)
+}
+
+/// A client config on the ring provider that checks servers against the platform's roots
+/// plus `extra` (the CA file alone on a machine without a system trust store), offering
+/// `versions` and `alpn`. One implementation for every TLS client of the project: the relay
+/// mesh and the node agent's https, wss and QUIC.
+pub fn client_config(
+    extra: &[CertificateDer<'static>],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)?;
+    let mut config = match rustls_platform_verifier::Verifier::new_with_extra_roots(
+        extra.iter().cloned(),
+        provider,
+    ) {
+        Ok(verifier) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth(),
+        // A machine without a system trust store: the CA file alone.
+        Err(_) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in extra {
+                roots.add(cert.clone())?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// The TLS config a relay host opens mesh links with: TLS 1.3 only (the link's token is
 /// bound to the exporter keying material, RFC 8446 §7.5), the ring provider, ALPN
 /// `http/1.1`, checking the other host's certificate against the platform's roots and the
@@ -97,37 +140,11 @@ pub fn mesh_client_config(
                 path: path.to_owned(),
                 source,
             })?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<_, _>>()
-                .map_err(|_| TlsError::NoCertificate(path.to_owned()))?;
-            if certs.is_empty() {
-                return Err(TlsError::NoCertificate(path.to_owned()));
-            }
-            certs
+            parse_certificates(&pem).ok_or_else(|| TlsError::NoCertificate(path.to_owned()))?
         }
         None => Vec::new(),
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let mut config = match rustls_platform_verifier::Verifier::new_with_extra_roots(
-        extra.iter().cloned(),
-        provider,
-    ) {
-        Ok(verifier) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth(),
-        // A machine without a system trust store: the CA file alone.
-        Err(_) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in extra {
-                roots.add(cert)?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = client_config(&extra, &[&rustls::version::TLS13], &[b"http/1.1"])?;
     Ok(Arc::new(config))
 }
 
