@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::turn::{self, TurnClient};
+use common::turn;
 use serde_json::{Value, json};
 
 const SECRET: &str = "host-load-secret";
@@ -24,19 +23,6 @@ fn now() -> Instant {
         reason = "deadlines for a real server process"
     )]
     Instant::now()
-}
-
-fn allocate(server: SocketAddr, user: &str, octet: u8) -> (TurnClient, SocketAddr) {
-    let mut client = TurnClient::from_ip(
-        server,
-        SECRET,
-        user,
-        turn::unix_now(),
-        [127, 0, 0, octet].into(),
-    );
-    let answer = client.allocate().unwrap();
-    assert!(answer.is_success(), "Allocate: {:?}", answer.code);
-    (client, answer.relayed().unwrap())
 }
 
 /// This server's own relay host record, as `GET /api/v1/hosts` lists it.
@@ -121,19 +107,7 @@ fn relayed_traffic_becomes_host_load_that_routing_weighs() {
     // Two allocations relay to each other: about 3 Mbit/s counted (each payload is relayed
     // client to peer on one allocation and peer to client on the other), over the capacity.
     let turn_addr = server.turn.unwrap();
-    let (mut alice, alice_relayed) = allocate(turn_addr, "alice", 31);
-    let (mut bob, bob_relayed) = allocate(turn_addr, "bob", 32);
-    assert!(
-        alice
-            .channel_bind(0x4001, bob_relayed)
-            .unwrap()
-            .is_success()
-    );
-    assert!(
-        bob.channel_bind(0x4002, alice_relayed)
-            .unwrap()
-            .is_success()
-    );
+    let [(alice, _), (mut bob, _)] = turn::bound_pair(turn_addr, SECRET, (31, 32));
     let payload = [0x5a_u8; 1000];
     let deadline = now() + Duration::from_secs(30);
     let interval = Duration::from_micros(5000);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::turn::{self, TurnClient};
+use common::turn;
 
 const SECRET: &str = "own-address-secret";
 
@@ -97,20 +97,6 @@ fn wait_drops(http: &common::Http, base: &str, reason: &str, at_least: u64) {
     }
 }
 
-fn allocate(server: SocketAddr, user: &str, octet: u8) -> (TurnClient, SocketAddr) {
-    let mut client = TurnClient::from_ip(
-        server,
-        SECRET,
-        user,
-        turn::unix_now(),
-        [127, 0, 0, octet].into(),
-    );
-    let answer = client.allocate().unwrap();
-    assert!(answer.is_success(), "Allocate: {:?}", answer.code);
-    let relayed = answer.relayed().unwrap();
-    (client, relayed)
-}
-
 #[test]
 fn a_udp_service_inside_the_relay_range_gets_nothing_and_the_client_403() {
     let ports = turn::relay_ports(16);
@@ -118,7 +104,7 @@ fn a_udp_service_inside_the_relay_range_gets_nothing_and_the_client_403() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), &ports);
     let http = common::Http::new();
-    let (mut alice, alice_relayed) = allocate(server.turn.unwrap(), "alice", 11);
+    let (mut alice, alice_relayed) = turn::allocated(server.turn.unwrap(), SECRET, "alice", 11);
     assert_eq!(alice_relayed.ip(), service.ip(), "the relay's own address");
 
     // The permission names no port: granted, for relay to relay; the port decides on use.
@@ -161,19 +147,7 @@ fn clients_of_this_server_reach_each_other_through_their_relayed_addresses() {
     let server = server(dir.path(), &ports);
     let turn_addr = server.turn.unwrap();
     let http = common::Http::new();
-    let (mut alice, alice_relayed) = allocate(turn_addr, "alice", 21);
-    let (mut bob, bob_relayed) = allocate(turn_addr, "bob", 22);
-    assert!(
-        alice
-            .channel_bind(0x4001, bob_relayed)
-            .unwrap()
-            .is_success()
-    );
-    assert!(
-        bob.channel_bind(0x4002, alice_relayed)
-            .unwrap()
-            .is_success()
-    );
+    let [(mut alice, _), (mut bob, bob_relayed)] = turn::bound_pair(turn_addr, SECRET, (21, 22));
 
     let deadline = now() + Duration::from_secs(10);
     let mut delivered = (false, false);

@@ -297,3 +297,35 @@ pub(crate) fn relay_ports(len: u16) -> String {
     let first = 10_000 + base % span;
     format!("{first}-{}", first + len - 1)
 }
+
+/// A client on 127.0.0.`octet` with a credential for `user` under `secret`, allocated: the
+/// client and its relayed address.
+pub(crate) fn allocated(
+    server: SocketAddr,
+    secret: &str,
+    user: &str,
+    octet: u8,
+) -> (TurnClient, SocketAddr) {
+    let mut client =
+        TurnClient::from_ip(server, secret, user, unix_now(), [127, 0, 0, octet].into());
+    let answer = client.allocate().unwrap();
+    assert!(answer.is_success(), "Allocate: {:?}", answer.code);
+    let relayed = answer.relayed().unwrap();
+    (client, relayed)
+}
+
+/// Two allocations ("alice" on 127.0.0.`octets.0`, "bob" on `.1`) bound to each other's
+/// relayed address: alice's channel 0x4001 reaches bob's allocation, bob's 0x4002 alice's.
+pub(crate) fn bound_pair(
+    server: SocketAddr,
+    secret: &str,
+    octets: (u8, u8),
+) -> [(TurnClient, SocketAddr); 2] {
+    let (mut alice, alice_relayed) = allocated(server, secret, "alice", octets.0);
+    let (mut bob, bob_relayed) = allocated(server, secret, "bob", octets.1);
+    let bound = alice.channel_bind(0x4001, bob_relayed).unwrap();
+    assert!(bound.is_success(), "alice's ChannelBind: {:?}", bound.code);
+    let bound = bob.channel_bind(0x4002, alice_relayed).unwrap();
+    assert!(bound.is_success(), "bob's ChannelBind: {:?}", bound.code);
+    [(alice, alice_relayed), (bob, bob_relayed)]
+}
