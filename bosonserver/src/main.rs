@@ -201,8 +201,11 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     let drain_state = state.clone();
     let shutdown = async move {
         shutdown_signal().await;
+        // Listen for the second signal now, before the drain starts: one sent while the
+        // drain looks up its alternate host and publishes itself must not be lost.
+        let second = shutdown_signal();
         if let Some((dataplane, timeout)) = drain {
-            drain::run(&drain_state, &dataplane, timeout, shutdown_signal()).await;
+            drain::run(&drain_state, &dataplane, timeout, second).await;
         }
     };
     boson_control::serve(state, listener, shutdown).await?;
@@ -210,28 +213,41 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Completes on SIGINT or SIGTERM sent after this call. The handlers are installed when it
+/// is called, not when the future is first polled, so a signal sent in between is kept.
+/// Must be called inside the tokio runtime.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::warn!("cannot listen for SIGTERM: {error}");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+    let streams = {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(interrupt), Ok(terminate)) => Some((interrupt, terminate)),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!("cannot listen for SIGINT and SIGTERM: {error}");
+                None
+            }
         }
+    };
+    async move {
+        #[cfg(unix)]
+        match streams {
+            Some((mut interrupt, mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutting down");
 }
 
 fn init_logging(format: LogFormat) {
