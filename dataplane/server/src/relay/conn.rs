@@ -66,6 +66,31 @@ pub(super) enum BindingError {
     NotTls13,
 }
 
+/// The mesh channel binding of a connection over `tls`: 32 bytes of its TLS exporter keying
+/// material. Only finished TLS 1.3 connections have one (TLS 1.2's exporter is not bound to
+/// the connection without the extended master secret, RFC 7627); a plain connection has
+/// [`ChannelBinding::PLAIN`] when `allow_plain` (`--danger-plain-mesh`), none otherwise. One
+/// rule for both ends of a mesh link: the host that opens it and the host that accepts it.
+pub(super) fn channel_binding(
+    tls: Option<&rustls::Connection>,
+    allow_plain: bool,
+) -> Result<ChannelBinding, BindingError> {
+    let Some(tls) = tls else {
+        return if allow_plain {
+            Ok(ChannelBinding::PLAIN)
+        } else {
+            Err(BindingError::Plain)
+        };
+    };
+    if tls.is_handshaking() || tls.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return Err(BindingError::NotTls13);
+    }
+    let material = tls
+        .export_keying_material([0u8; BINDING_LEN], EXPORTER_LABEL, None)
+        .map_err(|_| BindingError::NotTls13)?;
+    Ok(ChannelBinding::from_exporter(material))
+}
+
 pub(super) struct Conn {
     stream: TcpStream,
     tls: Option<Box<rustls::Connection>>,
@@ -121,20 +146,12 @@ impl Conn {
         })
     }
 
-    /// The mesh channel binding of this connection: 32 bytes of its TLS exporter keying
-    /// material. Only TLS 1.3 connections have one (TLS 1.2's exporter is not bound to the
-    /// connection without the extended master secret, RFC 7627); a plain connection has
-    /// none.
-    pub(super) fn channel_binding(&self) -> Result<ChannelBinding, BindingError> {
-        let tls = self.tls.as_ref().ok_or(BindingError::Plain)?;
-        if tls.is_handshaking() || tls.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3)
-        {
-            return Err(BindingError::NotTls13);
-        }
-        let material = tls
-            .export_keying_material([0u8; BINDING_LEN], EXPORTER_LABEL, None)
-            .map_err(|_| BindingError::NotTls13)?;
-        Ok(ChannelBinding::from_exporter(material))
+    /// The mesh channel binding of this connection: see [`channel_binding`].
+    pub(super) fn channel_binding(
+        &self,
+        allow_plain: bool,
+    ) -> Result<ChannelBinding, BindingError> {
+        channel_binding(self.tls.as_deref(), allow_plain)
     }
 
     /// The hub's handle, for hub clients.

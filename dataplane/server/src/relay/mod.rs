@@ -60,7 +60,7 @@ use boson_dataplane_proto::ws::{
     WsConfig,
 };
 use boson_shared::plane::{Event, HostId, Transport};
-use boson_shared::{ChannelBinding, MeshKey, NodeId};
+use boson_shared::{MeshKey, NodeId};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::Waker;
@@ -775,22 +775,14 @@ impl RelayShell {
         let Some(mesh) = &self.mesh else {
             return;
         };
-        let binding = match &link.tls {
-            Some(tls) => tls
-                .export_keying_material(
-                    [0u8; boson_shared::mesh::BINDING_LEN],
-                    boson_shared::mesh::EXPORTER_LABEL,
-                    None,
-                )
-                .ok()
-                .filter(|_| tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
-                .map(ChannelBinding::from_exporter),
-            None => mesh.allow_plain.then_some(ChannelBinding::PLAIN),
-        };
-        let Some(binding) = binding else {
-            tracing::warn!(host = %link.host, "a mesh link needs a finished TLS 1.3 handshake");
-            self.link_down(link.host);
-            return;
+        let tls = link.tls.map(rustls::Connection::Client);
+        let binding = match conn::channel_binding(tls.as_ref(), mesh.allow_plain) {
+            Ok(binding) => binding,
+            Err(err) => {
+                tracing::warn!(host = %link.host, %err, "cannot open a mesh link");
+                self.link_down(link.host);
+                return;
+            }
         };
         let token = mesh
             .key
@@ -821,7 +813,6 @@ impl RelayShell {
             client: Box::new(client),
         };
         let input = self.ws.min_mesh_input_buffer();
-        let tls = link.tls.map(rustls::Connection::Client);
         let conn = match Conn::new(link.stream, tls, input, kind, token) {
             Ok(conn) => conn,
             Err(err) => {
@@ -1558,16 +1549,12 @@ impl RelayShell {
             .by_hub
             .get(&conn)
             .and_then(|&index| self.conns.get(index)?.conn.as_ref())
-            .map(Conn::channel_binding);
+            .map(|conn| conn.channel_binding(self.mesh.as_ref().is_some_and(|m| m.allow_plain)));
         let verified = match (&self.mesh, binding) {
             (None, _) => Err("this host has no mesh key".to_owned()),
             (Some(_), None) => Err("the connection is gone".to_owned()),
             (Some(mesh), Some(binding)) => {
-                let binding = match binding {
-                    Ok(binding) => Ok(binding),
-                    Err(conn::BindingError::Plain) if mesh.allow_plain => Ok(ChannelBinding::PLAIN),
-                    Err(err) => Err(err.to_string()),
-                };
+                let binding = binding.map_err(|err| err.to_string());
                 binding.and_then(|binding| {
                     mesh.key
                         .verify(
