@@ -16,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Node, Proc, answering_proxy, drain, free_tcp_port, recv, start_agent, start_server_in,
+    Node, Proc, answering_proxy, drain, recv, start_agent, start_server, start_server_with_quic,
     until_through, wait_log, wait_status, wg_packet,
 };
 
@@ -42,13 +42,11 @@ fn settle_with(
     check: impl Fn(&Proc, &Proc),
 ) -> (String, Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let relay_port = free_tcp_port();
-    let quic_addr = format!("127.0.0.1:{relay_port}");
-    let mut args = server_args.to_vec();
-    if quic {
-        args.extend(["--public-quic-addr", &quic_addr]);
-    }
-    let server = start_server_in(&[], "127.0.0.1", 0, relay_port, dir.path(), &args);
+    let server = if quic {
+        start_server_with_quic(dir.path(), server_args)
+    } else {
+        start_server(dir.path(), server_args)
+    };
     let cert = dir.path().join("data/relay-cert.pem");
     let cert = cert.to_str().unwrap();
     let agent_args: &[&str] = if quic {
@@ -180,16 +178,7 @@ fn auto_asks_the_server_for_the_order() {
     });
     // With one, QUIC between them: the ranking is the server's, and `auto` takes all three.
     let dir = tempfile::tempdir().unwrap();
-    let relay_port = free_tcp_port();
-    let quic_addr = format!("127.0.0.1:{relay_port}");
-    let server = start_server_in(
-        &[],
-        "127.0.0.1",
-        0,
-        relay_port,
-        dir.path(),
-        &["--public-quic-addr", &quic_addr],
-    );
+    let server = start_server_with_quic(dir.path(), &[]);
     let a = Node::new(dir.path(), 0x84, 1);
     let b = Node::new(dir.path(), 0x84, 2);
     let agent_a = start_agent("agent-a", &a, &[&server.base], &[&b], &[]);

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Node, carry_every_packet_both_ways, free_tcp_port, start_agent, start_server_in};
+use common::{Node, carry_every_packet_both_ways, start_agent, start_server_with_quic};
 
 /// Largest transport payload sent: wireguard-go's full size at MTU 1 420 (1 452 bytes with
 /// WireGuard's 32), more than a QUIC datagram holds, so the agents fragment it
@@ -20,16 +20,7 @@ const MAX_LEN: usize = 1452;
 #[test]
 fn two_agents_carry_every_packet_both_ways_over_the_quic_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let relay_port = free_tcp_port();
-    let quic_addr = format!("127.0.0.1:{relay_port}");
-    let server = start_server_in(
-        &[],
-        "127.0.0.1",
-        0,
-        relay_port,
-        dir.path(),
-        &["--public-quic-addr", &quic_addr],
-    );
+    let server = start_server_with_quic(dir.path(), &[]);
     let cert = dir.path().join("data/relay-cert.pem");
     assert!(cert.exists(), "the server's development certificate");
     let cert = cert.to_str().unwrap();

@@ -121,6 +121,17 @@ pub(crate) fn start_server(dir: &Path, extra: &[&str]) -> Server {
     start_server_in(&[], "127.0.0.1", 0, free_tcp_port(), dir, extra)
 }
 
+/// As [`start_server`], with the QUIC relay announced on the relay's port
+/// (`--public-quic-addr 127.0.0.1:PORT`); its development certificate is
+/// `dir/data/relay-cert.pem`, for the name `localhost`.
+pub(crate) fn start_server_with_quic(dir: &Path, extra: &[&str]) -> Server {
+    let relay_port = free_tcp_port();
+    let quic_addr = format!("127.0.0.1:{relay_port}");
+    let mut args = vec!["--public-quic-addr", quic_addr.as_str()];
+    args.extend_from_slice(extra);
+    start_server_in(&[], "127.0.0.1", 0, relay_port, dir, &args)
+}
+
 /// As [`start_server`], through `wrapper` (such as `ip netns exec NS`, which execs in
 /// place), listening on `ip` with the API on `http_port` (0: any) and the relay on
 /// `relay_port`.
