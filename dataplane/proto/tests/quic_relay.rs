@@ -366,6 +366,33 @@ fn peer_present_notice() {
     assert_eq!(sim.relay.stats().peer_present_sent, 1);
 }
 
+/// PEER_GONE across hosts: another host's GONE about `dest` reaches `src` here by node id,
+/// rate-limited per pair like the local PEER_GONE, and counts no drop on this host (the
+/// packet was dropped on the other one).
+#[test]
+fn peer_gone_from_another_host_reaches_the_sender_by_node() {
+    let (config, cert) = config();
+    let mut sim = Sim::new(config);
+    let a = sim.join(1, &cert, node(0xA));
+    assert!(sim.relay.notify_gone(sim.now, &node(0xA), &node(0xB)));
+    assert!(
+        !sim.relay.notify_gone(sim.now, &node(0xA), &node(0xB)),
+        "rate-limited"
+    );
+    assert!(
+        !sim.relay.notify_gone(sim.now, &node(0xC), &node(0xB)),
+        "not here"
+    );
+    sim.run_for(Duration::from_millis(20));
+    assert_eq!(
+        sim.clients[a].notices.last(),
+        Some(&Notice::PeerGone(node(0xB)))
+    );
+    let stats = sim.relay.stats();
+    assert_eq!((stats.peer_gone_sent, stats.peer_gone_suppressed), (1, 1));
+    assert_eq!(stats.drops.get(DropReason::PeerGone), 0);
+}
+
 #[test]
 fn draining_hints_everyone_and_refuses_newcomers() {
     let (config, cert) = config();

@@ -564,7 +564,25 @@ impl QuicRelay {
         let Some(Phase::Authenticated(src)) = self.conn_mut(handle).map(|c| c.phase) else {
             return false;
         };
-        if !self.gone.allow(now, &src, peer) {
+        self.gone_notice(now, handle, &src, peer)
+    }
+
+    /// `peer`, to which `to` sent, is connected nowhere: another host said so over the mesh
+    /// (GONE). `to`, if connected here, gets a PEER_GONE, rate-limited as in
+    /// [`peer_gone`](Self::peer_gone); no drop is counted here, the packet was dropped on the
+    /// other host. Returns whether one was queued.
+    pub fn notify_gone(&mut self, now: Instant, to: &NodeId, peer: &NodeId) -> bool {
+        self.clock.advance(now);
+        let Some(&handle) = self.by_node.get(to) else {
+            return false;
+        };
+        self.gone_notice(now, handle, to, peer)
+    }
+
+    /// A PEER_GONE about `peer` to `src` on `handle`, unless one went within the rate-limit
+    /// interval.
+    fn gone_notice(&mut self, now: Instant, handle: usize, src: &NodeId, peer: &NodeId) -> bool {
+        if !self.gone.allow(now, src, peer) {
             self.stats.peer_gone_suppressed += 1;
             return false;
         }

@@ -930,14 +930,7 @@ impl RelayShell {
             });
             depth += rx.depth();
             for (src, dest) in gone {
-                notify_gone_here(
-                    now,
-                    &mut self.hub,
-                    self.quic.as_mut(),
-                    &self.quic_sessions,
-                    &src,
-                    &dest,
-                );
+                notify_gone_here(now, &mut self.hub, self.quic.as_mut(), &src, &dest);
             }
             // A newer session of a node we hold lives on another core now: close ours.
             for (node, epoch) in replaced {
@@ -1209,14 +1202,7 @@ impl RelayShell {
                 }
             }
             Some(Location::Core { .. } | Location::Quic { .. }) | None => {
-                notify_gone_here(
-                    now,
-                    &mut self.hub,
-                    self.quic.as_mut(),
-                    &self.quic_sessions,
-                    src,
-                    dest,
-                );
+                notify_gone_here(now, &mut self.hub, self.quic.as_mut(), src, dest);
             }
             Some(Location::Host(_)) => {}
         }
@@ -1838,17 +1824,14 @@ fn notify_gone_here<P: Presence>(
     now: Instant,
     hub: &mut Hub<P>,
     quic: Option<&mut QuicRelay>,
-    quic_sessions: &std::collections::BTreeMap<quic::QuicConnId, (NodeId, u64)>,
     src: &NodeId,
     dest: &NodeId,
 ) {
     if hub.notify_gone(now, src, dest) {
         return;
     }
-    if let Some(quic) = quic
-        && let Some((&conn, _)) = quic_sessions.iter().find(|(_, (node, _))| node == src)
-    {
-        quic.peer_gone(now, conn, dest);
+    if let Some(quic) = quic {
+        quic.notify_gone(now, src, dest);
     }
 }
 
