@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Node, carry_every_packet_both_ways, free_tcp_port, start_agent, start_server_in};
+use common::{Node, carry_every_packet_both_ways, start_agent, start_server};
 
 /// Largest transport payload sent: a full WireGuard packet at MTU 1420.
 const MAX_LEN: usize = 1420;
@@ -20,7 +20,7 @@ fn two_agents_carry_every_packet_both_ways_over_turn() {
     let dir = tempfile::tempdir().unwrap();
     // The relayed addresses are the relay's own (on loopback here): the peer filter lets
     // them through on relay ports.
-    let server = start_server_in(&[], "127.0.0.1", 0, free_tcp_port(), dir.path(), &[]);
+    let server = start_server(dir.path(), &[]);
     let turn = ["--route", "turn"];
     let a = Node::new(dir.path(), 0x72, 1);
     let b = Node::new(dir.path(), 0x72, 2);

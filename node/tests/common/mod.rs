@@ -94,6 +94,17 @@ pub(crate) fn free_tcp_port() -> u16 {
         .port()
 }
 
+/// A port free on loopback for both TCP and UDP now (the relay listens on TCP and the QUIC
+/// relay on UDP at the same number).
+pub(crate) fn free_tcp_udp_port() -> u16 {
+    loop {
+        let port = free_tcp_port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// The `bosonserver` binary next to this test's target directory.
 fn bosonserver_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -118,18 +129,62 @@ pub(crate) struct Server {
 /// Starts `bosonserver run` in `dir` with a WebSocket relay on a free port, announced as
 /// `ws://127.0.0.1:PORT/relay`, and `extra` arguments.
 pub(crate) fn start_server(dir: &Path, extra: &[&str]) -> Server {
-    start_server_in(&[], "127.0.0.1", 0, free_tcp_port(), dir, extra)
+    start_on_free_ports(|| try_start_server_in(&[], "127.0.0.1", 0, free_tcp_port(), dir, extra))
+}
+
+/// Starts a server on ports chosen by bind-and-release, again on new ones when another
+/// process (a parallel test's server, say) took one in between. Any other failure to start
+/// panics with the server's log.
+fn start_on_free_ports(mut start: impl FnMut() -> Result<Server, StartFailure>) -> Server {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match start() {
+            Ok(server) => return server,
+            Err(failure) if failure.port_taken() && attempts < 5 => {
+                eprintln!("a port was taken before the server bound it; again on new ports");
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
 }
 
 /// As [`start_server`], with the QUIC relay announced on the relay's port
 /// (`--public-quic-addr 127.0.0.1:PORT`); its development certificate is
 /// `dir/data/relay-cert.pem`, for the name `localhost`.
 pub(crate) fn start_server_with_quic(dir: &Path, extra: &[&str]) -> Server {
-    let relay_port = free_tcp_port();
-    let quic_addr = format!("127.0.0.1:{relay_port}");
-    let mut args = vec!["--public-quic-addr", quic_addr.as_str()];
-    args.extend_from_slice(extra);
-    start_server_in(&[], "127.0.0.1", 0, relay_port, dir, &args)
+    start_on_free_ports(|| {
+        let relay_port = free_tcp_udp_port();
+        let quic_addr = format!("127.0.0.1:{relay_port}");
+        let mut args = vec!["--public-quic-addr", quic_addr.as_str()];
+        args.extend_from_slice(extra);
+        try_start_server_in(&[], "127.0.0.1", 0, relay_port, dir, &args)
+    })
+}
+
+/// Why a server did not come up: its exit (or silence) and everything it logged.
+pub(crate) struct StartFailure {
+    what: String,
+    log: Vec<String>,
+}
+
+impl StartFailure {
+    /// Whether it failed because an address was in use.
+    fn port_taken(&self) -> bool {
+        self.log
+            .iter()
+            .any(|line| line.to_ascii_lowercase().contains("in use"))
+    }
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "the server never said where it listens: {}", self.what)?;
+        for line in &self.log {
+            writeln!(f, "[server] {line}")?;
+        }
+        Ok(())
+    }
 }
 
 /// As [`start_server`], through `wrapper` (such as `ip netns exec NS`, which execs in
@@ -143,6 +198,19 @@ pub(crate) fn start_server_in(
     dir: &Path,
     extra: &[&str],
 ) -> Server {
+    try_start_server_in(wrapper, ip, http_port, relay_port, dir, extra)
+        .unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// As [`start_server_in`], returning why the server did not come up.
+pub(crate) fn try_start_server_in(
+    wrapper: &[&str],
+    ip: &str,
+    http_port: u16,
+    relay_port: u16,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<Server, StartFailure> {
     let http_listen = format!("{ip}:{http_port}");
     let turn_listen = format!("{ip}:0");
     let relay_listen = format!("{ip}:{relay_port}");
@@ -176,23 +244,31 @@ pub(crate) fn start_server_in(
     if echo {
         command.env("RUST_LOG", "info");
     }
-    let proc = spawn("server", command, echo);
+    let mut proc = spawn("server", command, echo);
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut log = Vec::new();
     let base = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = proc
-            .log
-            .recv_timeout(left)
-            .expect("the server never said where it listens");
+        let line = match proc.log.recv_timeout(left) {
+            Ok(line) => line,
+            Err(error) => {
+                let what = match proc.wait_exit(Duration::from_secs(5)) {
+                    Some(status) => format!("it exited ({status})"),
+                    None => format!("nothing in 60 s ({error})"),
+                };
+                return Err(StartFailure { what, log });
+            }
+        };
         if let Some(rest) = line.split("listening on ").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
+        log.push(line);
     };
-    Server {
+    Ok(Server {
         proc,
         base,
         relay_port,
-    }
+    })
 }
 
 /// A node: its id, key pair files and the UDP socket standing in for its WireGuard.
