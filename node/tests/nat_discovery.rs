@@ -48,7 +48,7 @@ fn the_agent_registers_the_mapped_address_a_stun_binding_found() {
     // The server holds it: another node reads A's registration.
     let (status, body) = post(
         &format!("{}/api/v1/nodes/register", server.base),
-        &register_body(&b),
+        &register_body(&server.base, &b),
     );
     assert_eq!(status, 201, "{body}");
     let token = body["sessionToken"].as_str().unwrap().to_owned();

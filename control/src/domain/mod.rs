@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client_addr;
 pub mod grants;
 pub mod hosts;
+pub mod key_proof;
 pub mod model;
 pub mod presence;
 pub mod registry;
