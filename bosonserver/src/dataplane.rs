@@ -238,9 +238,12 @@ impl DataplaneArgs {
     /// Validates the settings. The TURN settings the control plane owns (secrets, quota, peer
     /// lists, public host) come from its configuration, so ICE credentials and the TURN server
     /// agree from the start; the control plane pushes them again when it attaches.
+    /// `announced_port` is `--turn-port` when given (the STUN/TURN port clients reach,
+    /// behind a port mapping); otherwise they reach the listener's port.
     pub(crate) fn plan(
         self,
         settings: &boson_control::config::TurnConfig,
+        announced_port: Option<u16>,
     ) -> anyhow::Result<DataplanePlan> {
         let public_host = settings.public_host.as_str();
         let relay_ip = match (
@@ -284,10 +287,15 @@ impl DataplaneArgs {
         }
         let stun_addresses = match self.stun_alt_port {
             Some(port) => {
+                ensure!(
+                    self.turn_listen.port() != 0,
+                    "--stun-alt-port needs a fixed --turn-listen port: the second address's \
+                     answers name the listener's"
+                );
                 let alt = stun_alternate(
                     self.turn_listen,
                     relay_ip,
-                    settings.port,
+                    announced_port.unwrap_or(self.turn_listen.port()),
                     port,
                     self.stun_alt_ip,
                 )?;
@@ -440,7 +448,7 @@ mod tests {
             port: 3478,
             extra_urls: Vec::new(),
         };
-        let plan = args.plan(&settings).unwrap();
+        let plan = args.plan(&settings, None).unwrap();
         let filter = plan.peer_policy().filter(&settings.allowed_peers, &[]);
         let addresses = boson_dataplane::interface_addresses().unwrap();
         // The operator allowed every IPv4 address: the host's own stay limited to its live
