@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::generator::Rate;
 use crate::maths::{median, ratio};
+use crate::relay_load::RelayOutcome;
 use crate::report::Machine;
-use crate::ws_generator::WsOutcome;
 
 /// A node relay under test: over WebSocket or over QUIC.
 #[derive(
@@ -83,7 +83,7 @@ pub struct WsRecord {
     /// Offered load, messages per second.
     pub rate: Rate,
     /// What was measured, unless the scenario failed.
-    pub outcome: Option<WsOutcome>,
+    pub outcome: Option<RelayOutcome>,
     /// Why it failed.
     pub error: Option<String>,
     /// Share of the whole machine busy just before this relay's turn of the round (ours
@@ -444,7 +444,7 @@ impl WsReport {
 
 /// Medians per (server, packet, load), in the order of [`WsServerKind::ALL`], packet, load.
 pub fn medians(records: &[WsRecord]) -> Vec<WsMedian> {
-    let mut groups: BTreeMap<(WsServerKind, usize, Rate), Vec<&WsOutcome>> = BTreeMap::new();
+    let mut groups: BTreeMap<(WsServerKind, usize, Rate), Vec<&RelayOutcome>> = BTreeMap::new();
     for record in records {
         let entry = groups
             .entry((record.server, record.packet, record.rate))
@@ -456,10 +456,10 @@ pub fn medians(records: &[WsRecord]) -> Vec<WsMedian> {
     groups
         .into_iter()
         .map(|((server, packet, rate), outcomes)| {
-            let of = |f: &dyn Fn(&WsOutcome) -> f64| {
+            let of = |f: &dyn Fn(&RelayOutcome) -> f64| {
                 median(&outcomes.iter().map(|o| f(o)).collect::<Vec<_>>()).unwrap_or(0.0)
             };
-            let maybe = |f: &dyn Fn(&WsOutcome) -> Option<f64>| {
+            let maybe = |f: &dyn Fn(&RelayOutcome) -> Option<f64>| {
                 median(&outcomes.iter().filter_map(|o| f(o)).collect::<Vec<_>>())
             };
             WsMedian {
@@ -529,9 +529,9 @@ mod tests {
     use super::*;
     use crate::accounting::LatencySummary;
 
-    fn outcome(rate: Rate, delivered_mps: f64, cpu_ns: f64) -> WsOutcome {
+    fn outcome(rate: Rate, delivered_mps: f64, cpu_ns: f64) -> RelayOutcome {
         let sent = (delivered_mps * 2.0) as u64;
-        WsOutcome {
+        RelayOutcome {
             sent,
             received: sent,
             lost: 0,

@@ -40,11 +40,12 @@ use crate::process::{ServerProcess, ensure_file, pinned};
 use crate::quic_baseline;
 use crate::quic_client::{ClientSetup, QuicNode};
 use crate::quic_generator::{self, QuicLoadConfig};
+use crate::relay_load::{RelayLoad, RelayOutcome};
 use crate::report::Machine;
 use crate::runner::{BOSON_CONFIG_VARS, QUIET_BELOW, progress_bars, wait_quiet};
 use crate::ws_baseline;
 use crate::ws_client::{self, Auth};
-use crate::ws_generator::{self, WsLoadConfig, WsOutcome};
+use crate::ws_generator::{self, WsLoadConfig};
 use crate::ws_report::{WsRecord, WsReport, WsRunInfo, WsServerKind};
 
 /// bosonserver's flag for the WebSocket relay's TCP listener.
@@ -209,46 +210,34 @@ fn run_scenario(
     packet: usize,
     rate: Rate,
     progress: &indicatif::ProgressBar,
-) -> anyhow::Result<WsOutcome> {
-    let nodes = relay.nodes[..2 * config.pairs].to_vec();
-    let server_pid = Some(relay.process.pid());
-    let server_core = Some(config.server_core);
-    let cores = vec![config.generator_core];
+) -> anyhow::Result<RelayOutcome> {
+    let load = RelayLoad {
+        relay: relay.addr,
+        nodes: relay.nodes[..2 * config.pairs].to_vec(),
+        pairs: config.pairs,
+        packet,
+        rate,
+        duration: config.duration,
+        drain: config.drain,
+        batch: config.batch,
+        threads: config.threads,
+        cores: vec![config.generator_core],
+        server_pid: Some(relay.process.pid()),
+        server_core: Some(config.server_core),
+    };
     match &relay.quic {
         Some(setup) => quic_generator::run(
             &QuicLoadConfig {
-                relay: relay.addr,
+                load,
                 setup: setup.clone(),
-                nodes,
-                pairs: config.pairs,
-                packet,
-                rate,
-                duration: config.duration,
-                drain: config.drain,
-                batch: config.batch,
-                threads: config.threads,
-                cores,
-                server_pid,
-                server_core,
             },
             progress,
         ),
         None => ws_generator::run(
             &WsLoadConfig {
-                relay: relay.addr,
+                load,
                 path: ws_baseline::PATH.to_owned(),
                 auth: Auth::Header,
-                nodes,
-                pairs: config.pairs,
-                packet,
-                rate,
-                duration: config.duration,
-                drain: config.drain,
-                batch: config.batch,
-                threads: config.threads,
-                cores,
-                server_pid,
-                server_core,
             },
             progress,
         ),
