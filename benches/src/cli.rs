@@ -20,7 +20,7 @@ use crate::quic_baseline::{self, QuicBaselineConfig};
 use crate::quic_client::ClientSetup;
 use crate::quic_generator::{self, QuicLoadConfig};
 use crate::relay_load::{PacketLimit, RelayLoad, RelayOutcome};
-use crate::report::ServerKind;
+use crate::report::{Server as _, ServerKind};
 use crate::runner::{self, RunConfig};
 use crate::ws_baseline::{self, BaselineConfig};
 use crate::ws_client::Auth;

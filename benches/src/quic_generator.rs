@@ -1,6 +1,6 @@
 //! The QUIC load generator: N pairs of nodes on a relay's QUIC listener, each sender sending
 //! SEND datagrams to its partner, each receiver timing the RECVs that arrive. The run, its
-//! threads, pacing, drain and outcome are [`relay_load`](crate::relay_load)'s, shared with
+//! threads, pacing, drain and outcome are [`relay_load`]'s, shared with
 //! the WebSocket generator; this module is the QUIC [`Transport`].
 //!
 //! # Setup
@@ -13,7 +13,7 @@
 //!
 //! * every node (senders for the ACKs, receivers for the RECVs) receives with one
 //!   `recvmmsg` (up to 32 datagrams), lets quinn handle them and its timers, and sends what
-//!   quinn produced with one `sendmmsg` per 32 packets. RECVs are accounted ([`Delivery`]:
+//!   quinn produced with one `sendmmsg` per 32 packets. RECVs are accounted ([`Delivery`](crate::accounting::Delivery):
 //!   sequence, reordering, one-way latency from the [`Stamp`], one clock read per turn);
 //! * then, unless a receiver's batch came back full (its socket may hold more: the
 //!   generator serves its receivers first rather than overflow its own sockets), each

@@ -1,6 +1,6 @@
 //! The WebSocket load generator: N pairs of nodes on a relay, each sender sending SEND
 //! messages to its partner, each receiver timing the RECVs that arrive. The run, its threads,
-//! pacing, drain and outcome are [`relay_load`](crate::relay_load)'s; this module is the
+//! pacing, drain and outcome are [`relay_load`]'s; this module is the
 //! WebSocket [`Transport`].
 //!
 //! # Setup
