@@ -413,13 +413,40 @@ async fn flush_forever(state: AppState) {
 /// How far before the last sync each sync reads back, for clocks of hosts that disagree.
 pub(crate) const INDEX_SYNC_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Every `index_sync_interval`, [`AppState::sync_route_index`] (PostgreSQL only: a SQLite
-/// store belongs to one process, whose own writes update its index as they happen).
+/// [`AppState::sync_route_index`] whenever a host sharing the PostgreSQL store says it changed
+/// nodes (`NOTIFY`, see [`io::store::ChangeListener`]: the staleness bound is then one
+/// notification and one sync, milliseconds on a LAN), and every `index_sync_interval` in case
+/// notifications were lost (PostgreSQL only: a SQLite store belongs to one process, whose own
+/// writes update its index as they happen). Notifications that arrive during a sync are
+/// answered by one more.
 async fn index_sync_forever(state: AppState) {
     let mut ticks = tokio::time::interval(state.config.nodes.index_sync_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut listener = None;
     loop {
-        ticks.tick().await;
+        if listener.is_none() {
+            match io::store::ChangeListener::connect(&state.config.database_url).await {
+                Ok(connected) => listener = Some(connected),
+                Err(error) => tracing::warn!(
+                    "listening for node changes failed ({error}); polling every {}",
+                    humantime::format_duration(state.config.nodes.index_sync_interval)
+                ),
+            }
+        }
+        tokio::select! {
+            _ = ticks.tick() => {}
+            changed = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Err(error) = changed {
+                    tracing::warn!("listening for node changes failed: {error}");
+                    listener = None;
+                }
+            }
+        }
         if let Err(error) = state.sync_route_index().await {
             tracing::warn!("syncing the routing index failed: {error:#}");
         }

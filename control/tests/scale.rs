@@ -334,3 +334,72 @@ async fn the_grant_sync_reads_what_changed_not_every_node() {
         host.stop().await;
     }
 }
+
+/// Two hosts on one PostgreSQL, polling each other only once an hour: a registration, a
+/// heartbeat's metrics and a deletion through one reach the other's routing within a
+/// notification and one sync (bounded here at 5 s of real time on a busy machine; well under
+/// a second on an idle one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_the_other_host_by_notification() {
+    let options = Options {
+        index_sync_interval: Duration::from_secs(3600),
+        ..Options::default()
+    };
+    let Some(hosts) = TestServer::start_cluster(2, options).await else {
+        return;
+    };
+    // Both listen once their first (immediate) poll is done: a registration before that
+    // could be read by the poll, proving nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = Node::new("US-CA");
+    let client_token = hosts[1].register(&client).await;
+    let target = Node::new("DE-BE");
+    let target_token = hosts[0].register(&target).await;
+    let target_id = target.id.to_string();
+    let within = Duration::from_secs(5);
+    let seen = tokio::time::timeout(within, async {
+        loop {
+            if routed(&hosts[1], &client, &client_token)
+                .await
+                .contains(&target_id)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "the registration did not reach host 2 in {within:?}"
+    );
+
+    let (status, body) = hosts[0]
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/nodes/{}", target.id),
+            Some(&target_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let gone = tokio::time::timeout(within, async {
+        loop {
+            if !routed(&hosts[1], &client, &client_token)
+                .await
+                .contains(&target_id)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "the deletion did not reach host 2 in {within:?}"
+    );
+    for host in hosts {
+        host.stop().await;
+    }
+}

@@ -130,6 +130,37 @@ pub const FLUSH_CHUNK: usize = 1000;
 /// The PostgreSQL `LISTEN`/`NOTIFY` channel on which a host says it changed nodes.
 pub const CHANGES_CHANNEL: &str = "boson_node_changes";
 
+/// Wakes up when another host (or this one) says it changed nodes: PostgreSQL `LISTEN` on
+/// [`CHANGES_CHANNEL`], on a connection of its own that sqlx re-establishes after a loss
+/// (notifications sent meanwhile are lost: the poll behind it catches up).
+pub struct ChangeListener(sqlx::postgres::PgListener);
+
+impl std::fmt::Debug for ChangeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeListener")
+    }
+}
+
+impl ChangeListener {
+    /// Connects to the PostgreSQL at `url` and listens.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(Self(listener))
+    }
+
+    /// Waits for the next notification, then takes every one already buffered with it (one
+    /// sync answers them all); returns how many.
+    pub async fn changed(&mut self) -> Result<usize, StoreError> {
+        self.0.recv().await?;
+        let mut count = 1;
+        while self.0.next_buffered().is_some() {
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
 /// A node's row as the incremental grant sync reads it ([`Store::grant_changes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrantChange {
