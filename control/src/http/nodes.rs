@@ -287,11 +287,15 @@ pub(super) struct ListQuery {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct NodeList {
     nodes: Vec<NodeView>,
     count: usize,
     limit: i64,
     offset: i64,
+    /// Where the next page starts; `None` on the last page. A page holds at most
+    /// [`MAX_PAGE`] nodes, so a reader that wants them all must follow it.
+    next_offset: Option<i64>,
 }
 
 pub(super) async fn list_nodes(
@@ -346,18 +350,20 @@ pub(super) async fn list_nodes(
         region: query.region,
         country: query.country.map(|c| c.to_ascii_uppercase()),
         status,
-        limit,
+        // One more than asked, to tell whether another page follows.
+        limit: limit + 1,
         offset,
     };
-    let nodes: Vec<NodeView> = state
-        .store
-        .list(&filter)
-        .await?
+    let mut records = state.store.list(&filter).await?;
+    let more = records.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let nodes: Vec<NodeView> = records
         .into_iter()
         .map(|record| state.with_pending_heartbeat(record).view())
         .collect();
     Ok(Json(NodeList {
         count: nodes.len(),
+        next_offset: more.then(|| offset.saturating_add(limit)),
         nodes,
         limit,
         offset,
