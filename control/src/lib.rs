@@ -254,7 +254,7 @@ impl AppState {
         match self.store.flush_heartbeats(&batch).await {
             Ok(written) => {
                 self.metrics.observe_heartbeat_flush(batch.len());
-                if let Err(error) = self.store.notify_changed().await {
+                if let Err(error) = self.notify_changed().await {
                     tracing::debug!("change notification not sent: {error}");
                 }
                 Ok(written)
@@ -264,6 +264,14 @@ impl AppState {
                 Err(error)
             }
         }
+    }
+
+    /// Tells the hosts sharing the store that this one changed nodes (see
+    /// [`index_sync_forever`]).
+    pub(crate) async fn notify_changed(&self) -> Result<(), io::store::StoreError> {
+        self.store
+            .notify_changed(&domain::hosts::host_id_string(self.host_id()))
+            .await
     }
 
     /// Heartbeats waiting to be written.
@@ -417,15 +425,16 @@ pub(crate) const INDEX_SYNC_MARGIN: std::time::Duration = std::time::Duration::f
 /// nodes (`NOTIFY`, see [`io::store::ChangeListener`]: the staleness bound is then one
 /// notification and one sync, milliseconds on a LAN), and every `index_sync_interval` in case
 /// notifications were lost (PostgreSQL only: a SQLite store belongs to one process, whose own
-/// writes update its index as they happen). Notifications that arrive during a sync are
-/// answered by one more.
+/// writes update its index as they happen). A host ignores its own notifications, and answers
+/// each burst of the others' with one sync after [`NOTIFY_COALESCE`].
 async fn index_sync_forever(state: AppState) {
     let mut ticks = tokio::time::interval(state.config.nodes.index_sync_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut listener = None;
+    let own = domain::hosts::host_id_string(state.host_id());
     loop {
         if listener.is_none() {
-            match io::store::ChangeListener::connect(&state.config.database_url).await {
+            match io::store::ChangeListener::connect(&state.config.database_url, &own).await {
                 Ok(connected) => listener = Some(connected),
                 Err(error) => tracing::warn!(
                     "listening for node changes failed ({error}); polling every {}",
@@ -441,9 +450,21 @@ async fn index_sync_forever(state: AppState) {
                     None => std::future::pending().await,
                 }
             } => {
-                if let Err(error) = changed {
-                    tracing::warn!("listening for node changes failed: {error}");
-                    listener = None;
+                match changed {
+                    // Only this host's own changes: its index has them already.
+                    Ok(0) => continue,
+                    Ok(_) => {
+                        // Let a burst (a registration storm, every host's flush) end, and
+                        // answer it with one sync.
+                        tokio::time::sleep(NOTIFY_COALESCE).await;
+                        if let Some(listener) = listener.as_mut() {
+                            listener.drain();
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!("listening for node changes failed: {error}");
+                        listener = None;
+                    }
                 }
             }
         }
@@ -452,6 +473,10 @@ async fn index_sync_forever(state: AppState) {
         }
     }
 }
+
+/// How long a notified host waits for more notifications before it syncs: the staleness
+/// bound's own share, and the most syncs a second notifications cause (10).
+const NOTIFY_COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Every `host_heartbeat_interval` (the first at once): this host's heartbeat, then the
 /// presence poll and the grant sync.

@@ -113,7 +113,7 @@ pub(super) async fn register(
         WriteOutcome::Written => {
             state.forget_heartbeat(record.node_id);
             state.index_node(&record);
-            if let Err(error) = state.store.notify_changed().await {
+            if let Err(error) = state.notify_changed().await {
                 tracing::debug!("change notification not sent: {error}");
             }
         }
@@ -255,7 +255,7 @@ pub(super) async fn heartbeat(
             HeartbeatOutcome::Revoked => return Err(token_error(TokenError::Revoked)),
         }
         let node = state.store.find(node_id).await?;
-        if let Err(error) = state.store.notify_changed().await {
+        if let Err(error) = state.notify_changed().await {
             tracing::debug!("change notification not sent: {error}");
         }
         node
@@ -411,7 +411,7 @@ pub(super) async fn delete_node(
     }
     state.revoke(node_id, None);
     state.unindex_node(node_id);
-    if let Err(error) = state.store.notify_changed().await {
+    if let Err(error) = state.notify_changed().await {
         tracing::debug!("change notification not sent: {error}");
     }
     if let Err(error) = state.cache.clear_presence(node_id).await {

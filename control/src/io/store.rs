@@ -133,7 +133,11 @@ pub const CHANGES_CHANNEL: &str = "boson_node_changes";
 /// Wakes up when another host (or this one) says it changed nodes: PostgreSQL `LISTEN` on
 /// [`CHANGES_CHANNEL`], on a connection of its own that sqlx re-establishes after a loss
 /// (notifications sent meanwhile are lost: the poll behind it catches up).
-pub struct ChangeListener(sqlx::postgres::PgListener);
+pub struct ChangeListener {
+    listener: sqlx::postgres::PgListener,
+    /// The payload of this host's own notifications, which it ignores.
+    own: String,
+}
 
 impl std::fmt::Debug for ChangeListener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,22 +146,33 @@ impl std::fmt::Debug for ChangeListener {
 }
 
 impl ChangeListener {
-    /// Connects to the PostgreSQL at `url` and listens.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// Connects to the PostgreSQL at `url` and listens, ignoring the notifications whose
+    /// payload is `own` (this host's id, see [`Store::notify_changed`]).
+    pub async fn connect(url: &str, own: &str) -> Result<Self, StoreError> {
         let mut listener = sqlx::postgres::PgListener::connect(url).await?;
         listener.listen(CHANGES_CHANNEL).await?;
-        Ok(Self(listener))
+        Ok(Self {
+            listener,
+            own: own.to_owned(),
+        })
     }
 
     /// Waits for the next notification, then takes every one already buffered with it (one
-    /// sync answers them all); returns how many.
+    /// sync answers them all); returns how many came from other hosts.
     pub async fn changed(&mut self) -> Result<usize, StoreError> {
-        self.0.recv().await?;
-        let mut count = 1;
-        while self.0.next_buffered().is_some() {
-            count += 1;
-        }
+        let first = self.listener.recv().await?;
+        let mut count = usize::from(first.payload() != self.own);
+        count += self.drain();
         Ok(count)
+    }
+
+    /// Takes every notification already buffered; returns how many came from other hosts.
+    pub fn drain(&mut self) -> usize {
+        let mut count = 0;
+        while let Some(note) = self.listener.next_buffered() {
+            count += usize::from(note.payload() != self.own);
+        }
+        count
     }
 }
 
@@ -564,11 +579,13 @@ impl Store {
     }
 
     /// Wakes the hosts that listen for node changes (PostgreSQL `NOTIFY` on
-    /// [`CHANGES_CHANNEL`]); nothing on SQLite, whose one process sees its own writes.
-    pub async fn notify_changed(&self) -> Result<(), StoreError> {
+    /// [`CHANGES_CHANNEL`], with the sender's host id as payload so it can ignore its own);
+    /// nothing on SQLite, whose one process sees its own writes.
+    pub async fn notify_changed(&self, sender: &str) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, '')")
+            sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANGES_CHANNEL)
+                .bind(sender)
                 .execute(&self.pool)
                 .await?;
         }
