@@ -2,7 +2,7 @@
 -- yet answered (single use: answering deletes the row; rows are pruned one nonce lifetime after
 -- they expire, so an answer that is late is told so), and the deployment's secrets generated on
 -- first start, shared by every host of the database (the key-proof X25519 key).
--- Kept identical to ../postgres/0003_key_proof.sql until the dialects need to differ.
+-- Kept identical to ../postgres/0004_key_proof.sql until the dialects need to differ.
 CREATE TABLE key_proof_nonces (
     nonce         TEXT PRIMARY KEY,
     expires_at_ms BIGINT NOT NULL
