@@ -18,10 +18,11 @@
 //! a `Directory` of the nodes connected to the other cores, kept current by presence records
 //! every core broadcasts when a session is accepted or ends. A SEND whose destination is on
 //! another core comes out of the hub as [`Forward::Remote`] with the finished RECV frame in the
-//! sender's input buffer; the shell appends it to the SPSC ring (`spsc`) of that core pair
-//! (one copy, instead of the copy into a local destination's queue) and wakes the core once per
-//! turn. The receiving core hands the record, read in place from the ring, to
-//! [`Hub::handle_remote`], which copies it into the destination's bounded queue. A full ring
+//! sender's input buffer; the shell appends it to the SPSC ring of that core pair (a
+//! [`boson_channel::private_ring`], the loom-checked ring of the planes' segment; one copy,
+//! instead of the copy into a local destination's queue) and wakes the core once per turn. The
+//! receiving core drains the ring in place, copies each frame into one reusable buffer and
+//! hands it to [`Hub::handle_remote`], which copies it into the destination's bounded queue. A full ring
 //! drops the frame and counts it (`cross_core_full`): the relay carries WireGuard packets,
 //! which tolerate loss, and a slow core must not stall the others.
 //!
@@ -39,7 +40,6 @@
 
 mod conn;
 mod poller;
-pub(crate) mod spsc;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -52,6 +52,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use boson_channel::{RingConsumer, RingProducer, private_ring};
 use boson_dataplane_proto::quic::{self, QuicConfig, QuicEvent, QuicRelay};
 use boson_dataplane_proto::ws::frame::{self, CloseCode};
 use boson_dataplane_proto::ws::relay::{self, MessageType};
@@ -434,15 +435,31 @@ pub(crate) struct RelayWiring {
     /// This worker's QUIC socket, when QUIC is on.
     pub(crate) quic_socket: Option<std::net::UdpSocket>,
     /// `outbound[j]`: the ring to worker `j` (`None` for itself).
-    pub(crate) outbound: Vec<Option<spsc::Producer>>,
+    pub(crate) outbound: Vec<Option<RingProducer>>,
     /// `inbound[j]`: the ring from worker `j` (`None` for itself).
-    pub(crate) inbound: Vec<Option<spsc::Consumer>>,
+    pub(crate) inbound: Vec<Option<RingConsumer>>,
     pub(crate) wakers: Vec<Arc<Waker>>,
     pub(crate) commands: mpsc::Receiver<Order>,
     pub(crate) epochs: Arc<AtomicU64>,
     pub(crate) links: Arc<Mutex<BTreeSet<HostId>>>,
     pub(crate) config: RelayConfig,
     pub(crate) tls: Option<Arc<tls::Reloader>>,
+}
+
+/// A cross-core ring's data bytes for a configured size: a power of two, at least 4 KiB,
+/// at most the ring's 2 GiB limit.
+fn ring_capacity(bytes: usize) -> u32 {
+    let bytes = bytes.clamp(4096, 1 << 31).next_power_of_two();
+    u32::try_from(bytes).unwrap_or(1 << 31)
+}
+
+/// Appends one record to a cross-core ring; a full ring counts a drop there and refuses.
+fn push_record(tx: &mut RingProducer, parts: &[&[u8]]) -> bool {
+    if tx.push_parts(parts).is_ok() {
+        return true;
+    }
+    tx.record_drop();
+    false
 }
 
 /// Binds one SO_REUSEPORT TCP listener per worker on `listen` and cross-wires the rings.
@@ -477,16 +494,17 @@ pub(crate) fn wire(
             bind_tcp(addr).with_context(|| format!("binding another relay listener on {addr}"))?,
         );
     }
-    let mut outbound: Vec<Vec<Option<spsc::Producer>>> = (0..workers)
+    let mut outbound: Vec<Vec<Option<RingProducer>>> = (0..workers)
         .map(|_| (0..workers).map(|_| None).collect())
         .collect();
-    let mut inbound: Vec<Vec<Option<spsc::Consumer>>> = (0..workers)
+    let mut inbound: Vec<Vec<Option<RingConsumer>>> = (0..workers)
         .map(|_| (0..workers).map(|_| None).collect())
         .collect();
     for from in 0..workers {
         for to in 0..workers {
             if from != to {
-                let (tx, rx) = spsc::channel(config.cross_core_ring_bytes);
+                let (tx, rx) = private_ring(ring_capacity(config.cross_core_ring_bytes))
+                    .context("making a cross-core ring")?;
                 outbound[from][to] = Some(tx);
                 inbound[to][from] = Some(rx);
             }
@@ -569,11 +587,13 @@ pub(crate) struct RelayShell {
     conns: Vec<Slot>,
     free: Vec<usize>,
     by_hub: HashMap<ConnId, usize>,
-    outbound: Vec<Option<spsc::Producer>>,
-    inbound: Vec<Option<spsc::Consumer>>,
+    outbound: Vec<Option<RingProducer>>,
+    inbound: Vec<Option<RingConsumer>>,
     wakers: Vec<Arc<Waker>>,
     /// Cores sent something this turn: woken once at its end.
     dirty: Vec<bool>,
+    /// A cross-core FRAME record's RECV frame, copied out of the ring to be delivered.
+    inbound_record: Vec<u8>,
     commands: mpsc::Receiver<Order>,
     epochs: Arc<AtomicU64>,
     links: Arc<Mutex<BTreeSet<HostId>>>,
@@ -647,6 +667,7 @@ impl RelayShell {
             inbound,
             wakers,
             dirty: vec![false; workers],
+            inbound_record: Vec::new(),
             commands,
             epochs,
             links,
@@ -875,20 +896,20 @@ impl RelayShell {
             let counters = &mut self.counters;
             let mut replaced = Vec::new();
             let mut gone = Vec::new();
-            rx.drain(|record| {
-                let Some((&kind, rest)) = record.split_first() else {
+            let scratch = &mut self.inbound_record;
+            let drained = rx.drain(|record| {
+                let Ok([kind]) = record.array::<1>(0) else {
                     return;
                 };
-                let Some(id) = rest.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                let Ok(id) = record.array::<16>(1) else {
                     return;
                 };
-                let rest = &rest[16..];
-                let epoch = rest
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes);
+                let epoch = record.array::<8>(17).ok().map(u64::from_le_bytes);
                 match (kind, epoch) {
                     (record::FRAME, _) => {
+                        if record.copy_suffix_to_vec(17, scratch).is_err() {
+                            return;
+                        }
                         let dest = NodeId::from_bytes(id);
                         counters.cross_core_in += 1;
                         deliver_remote(
@@ -898,7 +919,7 @@ impl RelayShell {
                             directory,
                             counters,
                             &dest,
-                            rest,
+                            scratch,
                         );
                     }
                     (record::ARRIVE, Some(epoch)) => {
@@ -919,16 +940,18 @@ impl RelayShell {
                         }
                     }
                     (record::GONE, _) => {
-                        if let Some(dest) =
-                            rest.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok())
-                        {
+                        if let Ok(dest) = record.array::<16>(17) {
                             gone.push((NodeId::from_bytes(id), NodeId::from_bytes(dest)));
                         }
                     }
                     _ => {}
                 }
             });
-            depth += rx.depth();
+            if let Err(corruption) = drained {
+                // Only a bug in this process can corrupt a private ring: say so, loudly.
+                tracing::error!(core = self.core, from, %corruption, "cross-core ring corrupt; skipped");
+            }
+            depth += rx.status().depth_bytes as usize;
             for (src, dest) in gone {
                 notify_gone_here(now, &mut self.hub, self.quic.as_mut(), &src, &dest);
             }
@@ -1194,7 +1217,7 @@ impl RelayShell {
         match self.directory.get(src) {
             Some(Location::Core { core, .. }) if core != self.core => {
                 if let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) {
-                    if tx.push(&[&[record::GONE], src.as_bytes(), dest.as_bytes()]) {
+                    if push_record(tx, &[&[record::GONE], src.as_bytes(), dest.as_bytes()]) {
                         self.dirty[core] = true;
                     } else {
                         self.counters.cross_core_full += 1;
@@ -1254,7 +1277,7 @@ impl RelayShell {
         let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) else {
             return false;
         };
-        if tx.push(&[&[record::FRAME], dest.as_bytes(), frame]) {
+        if push_record(tx, &[&[record::FRAME], dest.as_bytes(), frame]) {
             self.counters.cross_core_out += 1;
             self.dirty[core] = true;
             true
@@ -1600,7 +1623,7 @@ impl RelayShell {
             let Some(tx) = tx else { continue };
             // Presence records are small and rare; a full ring loses one, and the node's next
             // session (or its peers' PEER_GONE) corrects it.
-            if tx.push(parts) {
+            if push_record(tx, parts) {
                 self.dirty[core] = true;
             } else {
                 self.counters.cross_core_full += 1;
