@@ -37,6 +37,27 @@
 //! written with one syscall; when the socket is full the rest waits in the connection's own
 //! pending buffer and the hub's bounded queue absorbs (and, when full, drops the oldest of)
 //! what arrives meanwhile, so a client that never reads costs a bounded amount of memory.
+//!
+//! # Files
+//!
+//! `RelayShell` is declared here; each file below adds the methods of one responsibility,
+//! so no file mixes them:
+//!
+//! | file | what |
+//! |---|---|
+//! | `shell.rs` | building the shell, one worker turn, commands, counters, closing |
+//! | `sessions.rs` | TCP and TLS connections: accept, read into the hub, its events, flush, close |
+//! | `conn.rs`, `poller.rs` | one connection's buffers and TLS state; the relay's epoll set |
+//! | `directory.rs` | where nodes not on this core are (another core, another host, QUIC) |
+//! | `cross_core.rs` | the cross-core ring records: presence, RECV frames, mesh links, GONE |
+//! | `route.rs` | where a RECV frame not for a local WebSocket session goes |
+//! | `quic_bridge.rs` | the core's QUIC relay and packets between QUIC and the hub |
+//! | `mesh.rs` | mesh links to other relay hosts, both sides |
+//! | `recv_frame.rs` | reading and building the WebSocket RECV frame |
+//! | `wire.rs` | every worker's listeners, rings and QUIC sockets, built once |
+//!
+//! Sockets are bound by `io::socket`; the relay imports nothing from `worker.rs`, which
+//! drives it.
 
 mod conn;
 mod cross_core;
