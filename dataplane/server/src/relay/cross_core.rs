@@ -3,18 +3,6 @@
 
 use super::*;
 
-/// Record types in the cross-core rings.
-pub(super) mod record {
-    pub(in crate::relay) const FRAME: u8 = 0;
-    pub(in crate::relay) const ARRIVE: u8 = 1;
-    pub(in crate::relay) const LEAVE: u8 = 2;
-    /// A host's mesh session (it receives from us through it) is up on the sending core.
-    pub(in crate::relay) const MESH_UP: u8 = 3;
-    pub(in crate::relay) const MESH_DOWN: u8 = 4;
-    /// `[GONE][src][dest]`: another host found `dest` gone; tell `src`, on the receiving core.
-    pub(in crate::relay) const GONE: u8 = 5;
-}
-
 /// A cross-core ring's data bytes for a configured size: a power of two, at least 4 KiB,
 /// at most the ring's 2 GiB limit.
 pub(super) fn ring_capacity(bytes: usize) -> u32 {
@@ -22,9 +10,12 @@ pub(super) fn ring_capacity(bytes: usize) -> u32 {
     u32::try_from(bytes).unwrap_or(1 << 31)
 }
 
-/// Appends one record to a cross-core ring; a full ring counts a drop there and refuses.
-pub(super) fn push_record(tx: &mut RingProducer, parts: &[&[u8]]) -> bool {
-    if tx.push_parts(parts).is_ok() {
+/// Appends one record to a cross-core ring (its header and a FRAME's frame gathered, so the
+/// frame is copied once); a full ring counts a drop there and refuses.
+pub(super) fn push_record(tx: &mut RingProducer, record: CoreRecord<'_>) -> bool {
+    let mut header = [0; handoff::MAX_HEADER_LEN];
+    let (header, body) = record.encode(&mut header);
+    if tx.push_parts(&[header, body]).is_ok() {
         return true;
     }
     tx.record_drop();
@@ -46,20 +37,15 @@ impl RelayShell {
             let mut replaced = Vec::new();
             let mut gone = Vec::new();
             let scratch = &mut self.inbound_record;
+            let mut undecodable = 0;
             let drained = rx.drain(|record| {
-                let Ok([kind]) = record.array::<1>(0) else {
+                record.copy_to_vec(scratch);
+                let Ok(record) = CoreRecord::parse(scratch) else {
+                    undecodable += 1;
                     return;
                 };
-                let Ok(id) = record.array::<16>(1) else {
-                    return;
-                };
-                let epoch = record.array::<8>(17).ok().map(u64::from_le_bytes);
-                match (kind, epoch) {
-                    (record::FRAME, _) => {
-                        if record.copy_suffix_to_vec(17, scratch).is_err() {
-                            return;
-                        }
-                        let dest = NodeId::from_bytes(id);
+                match record {
+                    CoreRecord::Frame { dest, frame } => {
                         counters.cross_core_in += 1;
                         deliver_remote(
                             now,
@@ -68,34 +54,30 @@ impl RelayShell {
                             directory,
                             counters,
                             &dest,
-                            scratch,
+                            frame,
                         );
                     }
-                    (record::ARRIVE, Some(epoch)) => {
-                        let node = NodeId::from_bytes(id);
+                    CoreRecord::Arrive { node, epoch } => {
                         directory.arrive(node, from, epoch);
                         replaced.push((node, epoch));
                     }
-                    (record::LEAVE, Some(epoch)) => {
-                        directory.leave(&NodeId::from_bytes(id), from, epoch);
+                    CoreRecord::Leave { node, epoch } => {
+                        directory.leave(&node, from, epoch);
                     }
-                    (record::MESH_UP, _) => {
-                        mesh_cores.insert(HostId::from_bytes(id), from);
+                    CoreRecord::MeshUp(host) => {
+                        mesh_cores.insert(host, from);
                     }
-                    (record::MESH_DOWN, _) => {
-                        let host = HostId::from_bytes(id);
+                    CoreRecord::MeshDown(host) => {
                         if mesh_cores.get(&host) == Some(&from) {
                             mesh_cores.remove(&host);
                         }
                     }
-                    (record::GONE, _) => {
-                        if let Ok(dest) = record.array::<16>(17) {
-                            gone.push((NodeId::from_bytes(id), NodeId::from_bytes(dest)));
-                        }
-                    }
-                    _ => {}
+                    CoreRecord::Gone { src, dest } => gone.push((src, dest)),
                 }
             });
+            for _ in 0..undecodable {
+                rx.record_undecodable();
+            }
             if let Err(corruption) = drained {
                 // Only a bug in this process can corrupt a private ring: say so, loudly.
                 tracing::error!(core = self.core, from, %corruption, "cross-core ring corrupt; skipped");
@@ -129,7 +111,7 @@ impl RelayShell {
         let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) else {
             return false;
         };
-        if push_record(tx, &[&[record::FRAME], dest.as_bytes(), frame]) {
+        if push_record(tx, CoreRecord::Frame { dest: *dest, frame }) {
             self.counters.cross_core_out += 1;
             self.dirty[core] = true;
             true
@@ -140,21 +122,14 @@ impl RelayShell {
     }
 
     /// Node presence (`ARRIVE`/`LEAVE`) to every other core.
-    pub(super) fn broadcast(&mut self, kind: u8, node: &NodeId, epoch: u64) {
-        self.broadcast_record(&[&[kind], node.as_bytes(), &epoch.to_le_bytes()]);
-    }
-
-    /// Where a host's mesh session is (`MESH_UP`/`MESH_DOWN`) to every other core.
-    pub(super) fn broadcast_host(&mut self, kind: u8, host: &HostId) {
-        self.broadcast_record(&[&[kind], host.as_bytes()]);
-    }
-
-    pub(super) fn broadcast_record(&mut self, parts: &[&[u8]]) {
+    /// Node presence (ARRIVE/LEAVE) or where a host's mesh session is (MESH_UP/MESH_DOWN),
+    /// to every other core.
+    pub(super) fn broadcast(&mut self, record: CoreRecord<'_>) {
         for (core, tx) in self.outbound.iter_mut().enumerate() {
             let Some(tx) = tx else { continue };
             // Presence records are small and rare; a full ring loses one, and the node's next
             // session (or its peers' PEER_GONE) corrects it.
-            if push_record(tx, parts) {
+            if push_record(tx, record) {
                 self.dirty[core] = true;
             } else {
                 self.counters.cross_core_full += 1;

@@ -202,7 +202,7 @@ impl RelayShell {
                 }
                 self.counters.mesh_links += 1;
                 self.mesh_cores.remove(&host);
-                self.broadcast_host(record::MESH_UP, &host);
+                self.broadcast(CoreRecord::MeshUp(host));
             }
             Ok(_) => {}
             Err(err) => {

@@ -49,7 +49,7 @@
 //! | `sessions.rs` | TCP and TLS connections: accept, read into the hub, its events, flush, close |
 //! | `conn.rs`, `poller.rs` | one connection's buffers and TLS state; the relay's epoll set |
 //! | `directory.rs` | where nodes not on this core are (another core, another host, QUIC) |
-//! | `cross_core.rs` | the cross-core ring records: presence, RECV frames, mesh links, GONE |
+//! | `cross_core.rs` | the cross-core rings: proto's `ws::handoff` records in and out |
 //! | `route.rs` | where a RECV frame not for a local WebSocket session goes |
 //! | `quic_bridge.rs` | the core's QUIC relay and packets between QUIC and the hub |
 //! | `mesh.rs` | mesh links to other relay hosts, both sides |
@@ -85,6 +85,7 @@ use anyhow::Context as _;
 use boson_channel::{RingConsumer, RingProducer, private_ring};
 use boson_dataplane_proto::quic::{self, QuicConfig, QuicEvent, QuicRelay};
 use boson_dataplane_proto::ws::frame::{self, CloseCode};
+use boson_dataplane_proto::ws::handoff::{self, CoreRecord};
 use boson_dataplane_proto::ws::relay::{self, MessageType};
 use boson_dataplane_proto::ws::{
     ConnId, Delivery, Forward, Hub, HubEvent, MeshClient, MeshEvent, MeshInput, Presence, Route,
@@ -96,7 +97,7 @@ use boson_shared::{MeshKey, NodeId};
 use crate::io::Waker;
 use crate::io::socket::{bind_tcp, bind_udp};
 use conn::{Conn, ConnKind, Flush, ReadOutcome};
-use cross_core::{push_record, record, ring_capacity};
+use cross_core::{push_record, ring_capacity};
 use directory::{Directory, Location};
 use mesh::forward_mesh;
 use poller::{Poller, Ready};

@@ -66,7 +66,7 @@ impl RelayShell {
                     };
                     if self.directory.get(&node) == Some(Location::Quic { epoch }) {
                         self.directory.0.borrow_mut().remove(&node);
-                        self.broadcast(record::LEAVE, &node, epoch);
+                        self.broadcast(CoreRecord::Leave { node, epoch });
                         self.emit(Event::NodeDisconnected {
                             node,
                             core: self.core_u16(),
@@ -94,7 +94,7 @@ impl RelayShell {
             .0
             .borrow_mut()
             .insert(node, Location::Quic { epoch });
-        self.broadcast(record::ARRIVE, &node, epoch);
+        self.broadcast(CoreRecord::Arrive { node, epoch });
         self.emit(Event::NodeConnected {
             node,
             core: self.core_u16(),

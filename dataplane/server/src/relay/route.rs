@@ -27,7 +27,13 @@ impl RelayShell {
         match self.directory.get(src) {
             Some(Location::Core { core, .. }) if core != self.core => {
                 if let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) {
-                    if push_record(tx, &[&[record::GONE], src.as_bytes(), dest.as_bytes()]) {
+                    if push_record(
+                        tx,
+                        CoreRecord::Gone {
+                            src: *src,
+                            dest: *dest,
+                        },
+                    ) {
                         self.dirty[core] = true;
                     } else {
                         self.counters.cross_core_full += 1;

@@ -241,7 +241,7 @@ impl RelayShell {
                     c.epoch = epoch;
                     self.counters.sessions += 1;
                 }
-                self.broadcast(record::ARRIVE, &node, epoch);
+                self.broadcast(CoreRecord::Arrive { node, epoch });
                 self.emit(Event::NodeConnected {
                     node,
                     core: self.core_u16(),
@@ -339,14 +339,17 @@ impl RelayShell {
         if let Some(host) = conn.mesh_host {
             self.counters.mesh_links -= 1;
             if self.hub.mesh_conn(&host).is_none() {
-                self.broadcast_host(record::MESH_DOWN, &host);
+                self.broadcast(CoreRecord::MeshDown(host));
             }
         }
         if let Some(node) = conn.node {
             self.counters.sessions -= 1;
             // Only if no newer session of the node took over on this core.
             if !matches!(self.hub.route(&node), Route::Local(_)) {
-                self.broadcast(record::LEAVE, &node, conn.epoch);
+                self.broadcast(CoreRecord::Leave {
+                    node,
+                    epoch: conn.epoch,
+                });
                 self.emit(Event::NodeDisconnected {
                     node,
                     core: self.core_u16(),
