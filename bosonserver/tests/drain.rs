@@ -28,16 +28,9 @@ const CHANNEL: u16 = 0x4000;
 
 fn start(dir: &std::path::Path, drain_timeout: &str) -> common::Running {
     let ports = turn::relay_ports(64);
-    common::start(
+    common::start_local(
         dir,
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--relay-ports",
             &ports,
             "--danger-allow-loopback-peers",

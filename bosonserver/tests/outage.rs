@@ -56,16 +56,9 @@ fn services() -> Option<PathBuf> {
 }
 
 fn start_server(dir: &Path, postgres: &Postgres, redis: &Redis, ports: &str) -> common::Running {
-    common::start(
+    common::start_local(
         dir,
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--relay-ports",
             ports,
             "--danger-allow-loopback-peers",

@@ -200,16 +200,9 @@ fn metric(text: &str, name: &str, event: Option<&str>) -> u64 {
 fn churn_leaves_memory_descriptors_and_counters_flat() {
     let dir = tempfile::tempdir().unwrap();
     let ports = turn::relay_ports(1024);
-    let server = common::start(
+    let server = common::start_local(
         dir.path(),
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--relay-ports",
             &ports,
             "--danger-allow-loopback-peers",
