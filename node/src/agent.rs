@@ -747,6 +747,7 @@ async fn discover_nat(
     info!(
         mapped = ?report.mapped,
         nat_type = %report.nat_type,
+        mapping = ?report.mapping,
         reason = %report.reason,
         "NAT discovery"
     );
@@ -814,7 +815,7 @@ fn stun_destination(url: &str) -> Option<String> {
     })
 }
 
-/// Runs one [`crate::nat::BindingProbe`] from `socket` (the direct route's, whose mapping
+/// Runs one [`crate::nat::NatDiscovery`] from `socket` (the direct route's, whose mapping
 /// the peers punch towards), bounded by [`NAT_DISCOVERY`].
 async fn probe_nat(
     control: &Control,
@@ -835,27 +836,33 @@ async fn probe_nat(
     if destinations.is_empty() {
         return Err(anyhow!("the server lists no STUN destination"));
     }
-    let start = clock::now();
-    let deadline = start + NAT_DISCOVERY;
-    let mut probe = crate::nat::BindingProbe::new(&destinations, start, &mut StdRng::from_os_rng());
+    let config = crate::nat::DiscoveryConfig {
+        deadline: Some(NAT_DISCOVERY),
+        ..crate::nat::DiscoveryConfig::default()
+    };
+    let mut discovery = crate::nat::NatDiscovery::new(
+        &destinations,
+        config,
+        clock::now(),
+        &mut StdRng::from_os_rng(),
+    );
     let mut buf = vec![0u8; 1500];
+    let mut out = [0u8; 64];
     loop {
         let now = clock::now();
-        while let Some((to, bytes)) = probe.poll_transmit(now) {
-            if let Err(err) = socket.send_to(&bytes, to).await {
+        while let Some((to, len)) = discovery.poll_transmit(now, &mut out) {
+            if let Err(err) = socket.send_to(&out[..len], to).await {
                 debug!(%to, %err, "STUN request not sent");
             }
         }
-        let Some(next) = probe.poll_timeout() else {
+        discovery.handle_timeout(now);
+        let Some(next) = discovery.poll_timeout() else {
             break;
         };
-        if now >= deadline {
-            break;
-        }
-        let wait = next.min(deadline).saturating_duration_since(now);
+        let wait = next.saturating_duration_since(now);
         match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
             Ok(Ok((len, from))) => {
-                probe.handle_input(from, &buf[..len]);
+                let _ = discovery.handle_input(clock::now(), from, &buf[..len]);
             }
             Ok(Err(err)) => {
                 // An ICMP error from an earlier send; the retransmissions go on.
@@ -865,7 +872,9 @@ async fn probe_nat(
             Err(_) => {}
         }
     }
-    Ok(probe.report())
+    let destinations: Vec<String> = discovery.destinations().map(|d| d.to_string()).collect();
+    debug!(destinations = %destinations.join(","), ignored = ?discovery.ignored(), "NAT discovery done");
+    Ok(discovery.report())
 }
 
 /// Keeps the session token in the state dir (mode 0600), so a restart can re-register.
