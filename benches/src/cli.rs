@@ -809,18 +809,35 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let report = runner::run(&config)?;
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", report.tables())?;
     let failures = if args.smoke {
         report.smoke_failures()
     } else {
         report.silent()
     };
+    finish_run(
+        args.json.as_deref(),
+        &report,
+        &report.tables(),
+        &failures,
+        "TURN",
+    )
+}
+
+/// Writes a runner's `report` as JSON to `json` if given, prints its `tables`, and fails
+/// with the `failures` of the `what` run if there are any.
+fn finish_run(
+    json: Option<&Path>,
+    report: &impl serde::Serialize,
+    tables: &str,
+    failures: &[String],
+    what: &str,
+) -> anyhow::Result<()> {
+    if let Some(path) = json {
+        write_json(path, report)?;
+    }
+    writeln!(std::io::stdout().lock(), "{tables}")?;
     if !failures.is_empty() {
-        bail!("the TURN run failed:\n  {}", failures.join("\n  "));
+        bail!("the {what} run failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
 }
@@ -919,21 +936,19 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let report = ws_runner::run(&config)?;
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", report.tables())?;
     let failures = if args.smoke {
         report.smoke_failures()
     } else {
         report.silent()
     };
-    if !failures.is_empty() {
-        let what = if args.quic { "QUIC" } else { "WebSocket" };
-        bail!("the {what} run failed:\n  {}", failures.join("\n  "));
-    }
-    Ok(())
+    let what = if args.quic { "QUIC" } else { "WebSocket" };
+    finish_run(
+        args.json.as_deref(),
+        &report,
+        &report.tables(),
+        &failures,
+        what,
+    )
 }
 
 /// `--bosonserver`, made absolute (servers run in a directory of their own), or the
