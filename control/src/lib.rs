@@ -322,10 +322,12 @@ impl AppState {
                 }
             }
         });
-        *self
+        // Never back: a slow sync that began before the last one read less than it.
+        let mut synced = self
             .index_synced
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *synced = (*synced).max(now);
         Ok(count)
     }
 
