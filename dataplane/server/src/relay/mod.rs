@@ -38,7 +38,7 @@
 //! what arrives meanwhile, so a client that never reads costs a bounded amount of memory.
 
 mod conn;
-mod poller;
+pub(crate) mod poller;
 pub(crate) mod spsc;
 
 use std::cell::RefCell;
