@@ -166,7 +166,11 @@ fn lying_length_fields_close_the_connection_with_a_counted_reason() {
 #[test]
 fn half_a_message_then_silence_is_closed_at_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (running, tcp, _) = server(dir.path(), &["--turn-tcp-idle-timeout", "2s"]);
+    // On epoll; the other tests run on the default backend (io_uring where it is allowed).
+    let (running, tcp, _) = server(
+        dir.path(),
+        &["--turn-tcp-idle-timeout", "2s", "--io-backend", "epoll"],
+    );
     let http = common::Http::new();
     let mut stream = connect(tcp);
     stream.write_all(&binding(4)[..10]).unwrap();
@@ -184,7 +188,15 @@ fn half_a_message_then_silence_is_closed_at_the_idle_timeout() {
 #[test]
 fn a_tls_handshake_that_never_finishes_is_closed_at_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (running, tcp, tls) = server(dir.path(), &["--turn-tls-handshake-timeout", "1s"]);
+    let (running, tcp, tls) = server(
+        dir.path(),
+        &[
+            "--turn-tls-handshake-timeout",
+            "1s",
+            "--io-backend",
+            "epoll",
+        ],
+    );
     let http = common::Http::new();
     // Nothing at all, and half a ClientHello record.
     let mut silent = connect(tls);
