@@ -95,12 +95,13 @@ fn main() -> anyhow::Result<()> {
 
 /// Both planes: the dataplane's pinned worker threads, and the control plane on tokio.
 fn run_all(args: RunArgs) -> anyhow::Result<()> {
-    let explicit_turn_port = args.control.turn_port.is_some();
+    let announced_port = args.control.turn_port;
+    let explicit_turn_port = announced_port.is_some();
     let data_dir = args.control.data_dir.clone();
     let mut config = args.control.resolve().context("invalid configuration")?;
     let plan = args
         .dataplane
-        .plan(&config.turn)
+        .plan(&config.turn, announced_port)
         .context("invalid configuration")?;
     // Both ends of one in-memory segment: the same rings as two processes would share.
     let segment = boson_channel::Segment::create(
@@ -189,6 +190,10 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the REST API to {listen}"))?;
+    // The signal handlers go in before the server says it listens: a supervisor (or a
+    // test) that sends SIGTERM as soon as it reads that line must get a drain, not the
+    // default action that kills the process mid-request.
+    let first_signal = shutdown_signal();
     let scheme = if state.config.api_tls.is_some() {
         "https"
     } else {
@@ -202,7 +207,7 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     );
     let drain_state = state.clone();
     let shutdown = async move {
-        shutdown_signal().await;
+        first_signal.await;
         // Listen for the second signal now, before the drain starts: one sent while the
         // drain looks up its alternate host and publishes itself must not be lost.
         let second = shutdown_signal();

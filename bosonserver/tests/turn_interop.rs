@@ -476,5 +476,5 @@ fn bosonserver_relays_over_tls_without_loss() {
         &uclient_with(&credentials, port, &["-t", "-S"], 10, 1000),
         10_000,
     );
-    assert_lossless(&uclient(port, &["-t", "-S", "-y"], 4, 500), 2_400);
+    assert_lossless(&uclient(port, &["-t", "-S", "-y"], 4, 500), 2_000);
 }

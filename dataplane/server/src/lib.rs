@@ -116,6 +116,21 @@ pub struct DataplaneConfig {
     pub events: Option<relay::EventSink>,
     /// STUN and TURN over TCP and TLS on the same workers. Default: no listener.
     pub stream: turn_stream::StreamConfig,
+    /// A second STUN address for RFC 5780 NAT behaviour discovery, answered on every worker
+    /// beside the listener. Default: none.
+    pub stun_alternate: Option<StunAlternate>,
+}
+
+/// The second STUN address of a host (RFC 5780): a Binding-only responder on every worker,
+/// whose answers name their origin and the listener as the other address.
+#[derive(Debug, Clone, Copy)]
+pub struct StunAlternate {
+    /// Bound by every worker with SO_REUSEPORT, like the listener. A fixed port: the
+    /// listener's answers announce it.
+    pub listen: SocketAddr,
+    /// Its responders' configuration (RESPONSE-ORIGIN this address, OTHER-ADDRESS the
+    /// listener's, both as clients reach them).
+    pub binding: boson_dataplane_proto::BindingConfig,
 }
 
 impl std::fmt::Debug for DataplaneConfig {
@@ -131,6 +146,7 @@ impl std::fmt::Debug for DataplaneConfig {
             .field("relay", &self.relay)
             .field("events", &self.events.is_some())
             .field("stream", &self.stream)
+            .field("stun_alternate", &self.stun_alternate)
             .finish()
     }
 }
@@ -148,6 +164,7 @@ impl Default for DataplaneConfig {
             relay: None,
             events: None,
             stream: turn_stream::StreamConfig::default(),
+            stun_alternate: None,
         }
     }
 }
@@ -183,6 +200,20 @@ where
     config.validate().context("invalid dataplane config")?;
     let backend = io::resolve(config.backend)?;
     let listeners = bind_listeners(config.listen, config.workers)?;
+    let mut alternates = match &config.stun_alternate {
+        Some(alternate) => {
+            ensure!(
+                alternate.listen.port() != 0,
+                "the second STUN address needs a fixed port (the listener's answers name it)"
+            );
+            bind_listeners(alternate.listen, config.workers)
+                .context("binding the second STUN address")?
+                .into_iter()
+                .map(|socket| Some((socket, alternate.binding)))
+                .collect()
+        }
+        None => (0..config.workers).map(|_| None).collect::<Vec<_>>(),
+    };
     let local_addr = listeners[0]
         .local_addr()
         .context("reading the listener address")?;
@@ -264,6 +295,7 @@ where
             relay: wirings[index].take(),
             events: config.events.clone(),
             stream: stream_wirings.next(),
+            stun_alternate: alternates[index].take(),
         };
         let make_core = Arc::clone(&make_core);
         let ready = ready_tx.clone();
@@ -306,6 +338,9 @@ where
             tls = ?dataplane.stream_addrs.1,
             "STUN/TURN over TCP/TLS started"
         );
+    }
+    if let Some(alternate) = &config.stun_alternate {
+        tracing::info!(listen = %alternate.listen, "second STUN address (RFC 5780) listening");
     }
     tracing::info!(
         %local_addr,

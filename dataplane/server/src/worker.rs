@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use boson_dataplane_proto::{ClientAddr, DropReason};
+use boson_dataplane_proto::{BindingConfig, BindingOutcome, ClientAddr, DropReason, StunServer};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::clock;
@@ -197,6 +197,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) relay: Option<RelayWiring>,
     pub(crate) events: Option<EventSink>,
     pub(crate) stream: Option<StreamWiring>,
+    /// The socket on the host's second STUN address and its responder's configuration.
+    pub(crate) stun_alternate: Option<(UdpSocket, BindingConfig)>,
 }
 
 /// Body of a worker thread: pins, sets up, reports readiness on `ready`, then runs the loop
@@ -368,6 +370,8 @@ pub(crate) struct Worker<C, I> {
     /// relay's sets when both run.
     stream: Option<StreamShell>,
     _mux: Option<Mux>,
+    /// The socket on the second STUN address (RFC 5780) and its Binding-only responder.
+    stun_alternate: Option<(SocketId, StunServer)>,
 }
 
 impl<C: PacketCore, I: Io> Worker<C, I> {
@@ -385,6 +389,14 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             now,
             unix_now: clock::unix_now(),
         });
+        let stun_alternate = match setup.stun_alternate {
+            Some((socket, binding)) => Some((
+                io.register(socket, SocketRole::StunAlternate)
+                    .context("registering the second STUN socket")?,
+                StunServer::new(binding),
+            )),
+            None => None,
+        };
         let mut quic_socket = None;
         let relay = match setup.relay {
             Some(mut wiring) => {
@@ -444,6 +456,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             quic_buf: Vec::with_capacity(64 * 1024),
             stream,
             _mux: mux,
+            stun_alternate,
         })
     }
 
@@ -546,6 +559,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 SocketRole::Listener => self.on_listener(now, datagram),
                 SocketRole::Relay(port) => self.on_relay(now, port, datagram),
                 SocketRole::Quic => self.on_quic(now, datagram),
+                SocketRole::StunAlternate => self.on_stun_alternate(now, datagram),
             }
             self.run_commands();
         }
@@ -612,6 +626,39 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             }
             ClientAction::Drop(reason) => {
                 self.io.release(buf);
+                self.io.release(out);
+                self.drop_log.record(now, self.index, reason, from);
+            }
+        }
+    }
+
+    /// A datagram on the second STUN address: Binding only, answered from that socket.
+    fn on_stun_alternate(&mut self, now: Instant, datagram: Datagram) {
+        let Datagram { from, buf, len, .. } = datagram;
+        let Some((socket, responder)) = &mut self.stun_alternate else {
+            self.io.release(buf);
+            return;
+        };
+        let socket = *socket;
+        let Some(out) = self.io.alloc() else {
+            self.counters.no_tx_buffer += 1;
+            self.io.release(buf);
+            return;
+        };
+        let (rx, tx) = self.io.bufs().pair_mut(&buf, &out);
+        let packet = &rx[RX_START..RX_START + len];
+        let outcome = responder.handle_datagram(ClientAddr::new(from), packet, tx);
+        self.io.release(buf);
+        match outcome {
+            BindingOutcome::Reply { dst, len } if len <= SLOT_SIZE => {
+                self.io.send(socket, dst.get(), out, 0..len);
+            }
+            BindingOutcome::Reply { .. } => {
+                self.counters.bad_core_range += 1;
+                self.io.release(out);
+            }
+            BindingOutcome::Absorb => self.io.release(out),
+            BindingOutcome::Drop(reason) => {
                 self.io.release(out);
                 self.drop_log.record(now, self.index, reason, from);
             }
@@ -738,6 +785,12 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
     fn publish(&mut self, now: Instant) {
         let io = self.io.counters();
         let core = self.core.stats();
+        // The second STUN address's responder counts into the same Binding and drop figures.
+        let none = boson_dataplane_proto::Stats::default();
+        let alt = self
+            .stun_alternate
+            .as_ref()
+            .map_or(&none, |(_, responder)| responder.stats());
         let ws = self
             .relay
             .as_mut()
@@ -764,10 +817,10 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             rx_rearms: io.rx_rearms,
             turns: self.counters.turns,
             budget_exhausted: self.counters.budget_exhausted,
-            binding_requests: core.binding_requests,
-            binding_success: core.binding_success,
-            binding_errors: core.binding_errors,
-            binding_indications: core.binding_indications,
+            binding_requests: core.binding_requests + alt.binding_requests,
+            binding_success: core.binding_success + alt.binding_success,
+            binding_errors: core.binding_errors + alt.binding_errors,
+            binding_indications: core.binding_indications + alt.binding_indications,
             allocations: core.allocations,
             allocations_created: core.allocations_created,
             allocations_expired: core.allocations_expired,
@@ -824,7 +877,12 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             turn_stream_tx_queue_full: stream.tx_queue_full,
             turn_stream_tx_no_connection: stream.tx_no_connection,
         };
-        self.shared.publish(&counters, core.drops.iter());
+        self.shared.publish(
+            &counters,
+            core.drops
+                .iter()
+                .map(|(reason, count)| (reason, count + alt.drops.get(reason))),
+        );
     }
 }
 
