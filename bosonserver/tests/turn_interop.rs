@@ -255,13 +255,6 @@ fn bosonserver(dir: &std::path::Path, relay_base: u16) -> common::Running {
 fn bosonserver_with(dir: &std::path::Path, relay_base: u16, extra: &[&str]) -> common::Running {
     let relay_ports = format!("{relay_base}-{}", relay_base + RELAY_RANGE - 1);
     let mut args = vec![
-        "run",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--turn-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
         "--no-pin",
         "--turn-static-secret",
         SECRET,
@@ -272,7 +265,7 @@ fn bosonserver_with(dir: &std::path::Path, relay_base: u16, extra: &[&str]) -> c
         "--danger-allow-loopback-peers",
     ];
     args.extend_from_slice(extra);
-    common::start(dir, &args, true)
+    common::start_local(dir, &args, true)
 }
 
 /// The first port of a relay range of [`RELAY_RANGE`] ports that is free now. Each test has

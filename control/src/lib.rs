@@ -94,6 +94,10 @@ pub struct App {
     index_synced: Mutex<clock::UnixMillis>,
     /// Heartbeats not written to the store yet (see [`domain::heartbeats`]).
     heartbeats: Mutex<HeartbeatBuffer>,
+    /// Whether the last batch write or readiness ping reached the database: while it did
+    /// not, heartbeats are written directly (and answer 503 like every other request)
+    /// instead of piling up in memory unacknowledged.
+    store_reachable: AtomicBool,
 }
 
 /// Renders Prometheus text appended to `/metrics`.
@@ -168,6 +172,7 @@ impl AppState {
             route_index: Mutex::new(route_index),
             index_synced: Mutex::new(started),
             heartbeats: Mutex::new(HeartbeatBuffer::default()),
+            store_reachable: AtomicBool::new(true),
         })))
     }
 
@@ -223,9 +228,16 @@ impl AppState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether heartbeats are written behind, in batches, rather than one by one.
+    /// Whether heartbeats are written behind, in batches, rather than one by one: when
+    /// configured, and while the database answers.
     pub(crate) fn writes_behind(&self) -> bool {
         !self.config.nodes.heartbeat_flush_interval.is_zero()
+            && self.store_reachable.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the database answered the last batch write or readiness ping.
+    pub(crate) fn set_store_reachable(&self, reachable: bool) {
+        self.store_reachable.store(reachable, Ordering::Relaxed);
     }
 
     /// Holds a heartbeat for the next batch write.
@@ -253,6 +265,7 @@ impl AppState {
         }
         match self.store.flush_heartbeats(&batch).await {
             Ok(written) => {
+                self.set_store_reachable(true);
                 self.metrics.observe_heartbeat_flush(batch.len());
                 if let Err(error) = self.notify_changed().await {
                     tracing::debug!("change notification not sent: {error}");
@@ -260,6 +273,9 @@ impl AppState {
                 Ok(written)
             }
             Err(error) => {
+                if matches!(error, io::store::StoreError::Unavailable(_)) {
+                    self.set_store_reachable(false);
+                }
                 self.lock_heartbeats().restore(batch);
                 Err(error)
             }
@@ -345,7 +361,7 @@ pub async fn serve(
     let mut background = JoinSet::new();
     background.spawn(sweep_forever(state.clone()));
     background.spawn(mesh_forever(state.clone()));
-    if state.writes_behind() {
+    if !state.config.nodes.heartbeat_flush_interval.is_zero() {
         background.spawn(flush_forever(state.clone()));
     }
     if state.store.backend() == io::store::Backend::Postgres {

@@ -357,17 +357,17 @@ fn bind_listeners(listen: SocketAddr, workers: usize) -> anyhow::Result<Vec<UdpS
     if listen.port() != 0 {
         // Another process of this user that holds the port with SO_REUSEPORT would silently
         // share it with us, each getting half of the clients. A plain bind fails on any holder.
-        drop(worker::bind_udp(listen, false).with_context(|| {
+        drop(io::socket::bind_udp(listen, false).with_context(|| {
             format!("the STUN/TURN port {listen} is in use (is another server running?)")
         })?);
     }
-    let first = worker::bind_udp(listen, true)
+    let first = io::socket::bind_udp(listen, true)
         .with_context(|| format!("binding the listener socket on {listen}"))?;
     let addr = first.local_addr().context("reading the listener address")?;
     let mut sockets = Vec::with_capacity(workers);
     sockets.push(first);
     for _ in 1..workers {
-        let socket = worker::bind_udp(addr, true)
+        let socket = io::socket::bind_udp(addr, true)
             .with_context(|| format!("binding another SO_REUSEPORT listener on {addr}"))?;
         sockets.push(socket);
     }

@@ -43,9 +43,9 @@ use boson_dataplane_proto::turn::stream::{
     CloseReason, ConnectionCap, Reassembler, StreamLimits, stream_padding,
 };
 use boson_tls::TlsSource;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::bufs::MAX_PAYLOAD;
+use crate::io::socket::bind_tcp;
 use crate::relay::poller::{Poller, Ready};
 
 /// The largest frame a stream client may send: what fits one buffer slot's payload area
@@ -241,19 +241,6 @@ pub(crate) fn wire(config: &StreamConfig, workers: usize) -> anyhow::Result<Wire
         tls_addr,
         reloader,
     })
-}
-
-fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 /// One epoll fd over the node relay's and the stream shell's epoll sets, for a backend that

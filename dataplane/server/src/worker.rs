@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use boson_dataplane_proto::{BindingConfig, BindingOutcome, ClientAddr, DropReason, StunServer};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::clock;
 use crate::io::bufs::SLOT_SIZE;
 use crate::io::epoll::Epoll;
+use crate::io::socket::bind_udp;
 use crate::io::uring::Uring;
 use crate::io::{CONTROL_LEN, Datagram, Io, IoBackend, RX_START, SocketId, SocketRole, Waker};
 use crate::packet_core::{
@@ -54,22 +54,6 @@ mod stream;
 /// At most one dropped datagram is logged per this interval per worker; the rest are
 /// counted in the next log line.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Receive buffer asked for on listener sockets: absorbs bursts while a worker handles a
-/// turn. The kernel caps it at `net.core.rmem_max`.
-const LISTENER_RCVBUF: usize = 4 << 20;
-
-/// Receive buffer asked for on relay sockets. One relay socket carries the peers' traffic of
-/// one allocation, which arrives in bursts too (a browser's data channels, a WireGuard peer's
-/// batches); the system default (`net.core.rmem_default`, about 208 KiB) overflowed under a
-/// browser's load. A quarter of the listener's: a worker may hold thousands of these, and
-/// the kernel charges only what is queued. Capped by `net.core.rmem_max` as well.
-const RELAY_RCVBUF: usize = 1 << 20;
-
-/// Whether the short receive buffer of a listener, resp. relay, socket was logged (once per
-/// process: every socket of the kind gets the same cap).
-static LISTENER_RCVBUF_SHORT: AtomicBool = AtomicBool::new(false);
-static RELAY_RCVBUF_SHORT: AtomicBool = AtomicBool::new(false);
 
 /// What a core constructor learns about the worker it will run on.
 #[derive(Debug, Clone, Copy)]
@@ -259,51 +243,6 @@ where
         Err(err) => {
             let _ = ready.send(Err(err));
             Ok(())
-        }
-    }
-}
-
-/// Binds a UDP socket, with SO_REUSEPORT for listeners (every worker binds the same port and
-/// the kernel spreads clients over them by 4-tuple hash), and a larger receive buffer than
-/// the system's default ([`LISTENER_RCVBUF`], [`RELAY_RCVBUF`]). An IPv6 wildcard accepts
-/// IPv4 too.
-pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-        size_recv_buffer(&socket, LISTENER_RCVBUF, "listener", &LISTENER_RCVBUF_SHORT);
-    } else {
-        size_recv_buffer(&socket, RELAY_RCVBUF, "relay", &RELAY_RCVBUF_SHORT);
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// Asks for a `wanted`-byte receive buffer and reads back what the kernel granted: it caps
-/// the request at `net.core.rmem_max` (and reports twice what it grants, its bookkeeping
-/// share included). Best effort: a smaller buffer only means earlier drops under bursts
-/// (counted as `rx_overflow`), so a short one is logged once per kind, not refused.
-fn size_recv_buffer(socket: &Socket, wanted: usize, kind: &str, logged: &AtomicBool) {
-    let granted = socket
-        .set_recv_buffer_size(wanted)
-        .and_then(|()| socket.recv_buffer_size())
-        .map(|reported| reported / 2);
-    match granted {
-        Ok(granted) if granted >= wanted => {}
-        outcome => {
-            if !logged.swap(true, Ordering::Relaxed) {
-                let granted = outcome.map_or_else(|err| err.to_string(), |g| format!("{g} bytes"));
-                tracing::warn!(
-                    kind,
-                    wanted,
-                    %granted,
-                    "UDP {kind} sockets get a smaller receive buffer than asked for; raise \
-                     net.core.rmem_max to at least {wanted} for fewer drops under bursts"
-                );
-            }
         }
     }
 }
@@ -892,26 +831,6 @@ mod tests {
     use boson_shared::TurnSecret;
 
     use super::*;
-
-    /// Relay sockets get [`RELAY_RCVBUF`] where `net.core.rmem_max` allows it, and what it
-    /// allows otherwise; never the system default.
-    #[test]
-    fn relay_sockets_get_a_sized_receive_buffer() {
-        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let socket = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
-        assert_eq!(granted, RELAY_RCVBUF.min(rmem_max));
-        let listener = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
-        let granted = socket2::SockRef::from(&listener)
-            .recv_buffer_size()
-            .unwrap()
-            / 2;
-        assert_eq!(granted, LISTENER_RCVBUF.min(rmem_max));
-    }
 
     #[test]
     fn updates_wait_newest_of_each_kind_and_are_taken_once() {

@@ -22,7 +22,7 @@ use boson_dataplane::relay::RelayConfig;
 use boson_dataplane::{Dataplane, IoBackend, start};
 use boson_dataplane_proto::quic::{ALPN, QuicConfig};
 use boson_shared::NodeId;
-use common::ws_client::{Client, connect};
+use boson_testsupport::ws_client::{Client, connect};
 use rustls::pki_types::CertificateDer;
 
 fn start_quic(backend: IoBackend, workers: usize) -> (Dataplane, CertificateDer<'static>) {
