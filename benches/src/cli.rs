@@ -400,9 +400,10 @@ impl From<AuthArg> for Auth {
     }
 }
 
+/// What both relay baselines take: where to listen, the token secret, threads, lifetime.
 #[derive(Debug, clap::Args)]
-struct WsBaselineArgs {
-    /// Address to listen on.
+struct BaselineArgs {
+    /// Address to listen on (TCP for `ws-baseline`, UDP for `quic-baseline`).
     #[arg(long)]
     listen: SocketAddr,
     /// HS256 secret node tokens are verified with (at least 32 bytes).
@@ -411,12 +412,18 @@ struct WsBaselineArgs {
     /// tokio worker threads (match the compared server's --workers).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Messages each connection's outbound channel holds before dropping.
-    #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
-    queue: usize,
     /// Exit after this long.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     lifetime: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct WsBaselineArgs {
+    #[command(flatten)]
+    baseline: BaselineArgs,
+    /// Messages each connection's outbound channel holds before dropping.
+    #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
+    queue: usize,
     /// Never yield between SENDs (to measure what the cooperative yield is worth).
     #[arg(long, hide = true)]
     no_coop: bool,
@@ -434,15 +441,8 @@ struct QuicArgs {
 
 #[derive(Debug, clap::Args)]
 struct QuicBaselineArgs {
-    /// UDP address to listen on.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// HS256 secret node tokens are verified with (at least 32 bytes).
-    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
-    jwt_secret: String,
-    /// tokio worker threads (match the compared server's --workers).
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    #[command(flatten)]
+    baseline: BaselineArgs,
     /// Certificate chain (PEM); with --key, a self-signed one for `localhost` is written
     /// to both paths if neither file exists.
     #[arg(long)]
@@ -450,9 +450,6 @@ struct QuicBaselineArgs {
     /// Private key (PEM).
     #[arg(long)]
     key: PathBuf,
-    /// Exit after this long.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    lifetime: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -583,21 +580,21 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Ws(args) => ws(args),
         Command::WsBaseline(args) => ws_baseline::run(&BaselineConfig {
-            listen: args.listen,
-            secret: args.jwt_secret.into_bytes(),
-            workers: args.workers,
+            listen: args.baseline.listen,
+            secret: args.baseline.jwt_secret.into_bytes(),
+            workers: args.baseline.workers,
             queue: args.queue,
-            lifetime: args.lifetime,
+            lifetime: args.baseline.lifetime,
             coop: !args.no_coop,
         }),
         Command::Quic(args) => quic(args),
         Command::QuicBaseline(args) => quic_baseline::run(&QuicBaselineConfig {
-            listen: args.listen,
-            secret: args.jwt_secret.into_bytes(),
-            workers: args.workers,
+            listen: args.baseline.listen,
+            secret: args.baseline.jwt_secret.into_bytes(),
+            workers: args.baseline.workers,
             cert: args.cert,
             key: args.key,
-            lifetime: args.lifetime,
+            lifetime: args.baseline.lifetime,
         }),
         Command::Run(args) => run(args),
         Command::Plot(args) => plot::plot_file(&args.json, &args.out, &args.font),

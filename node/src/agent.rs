@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) drop_unknown_peer: AtomicU64,
     /// The direct route's drops.
     pub(crate) direct: direct_conn::Counters,
+    /// Wakes the direct task when a peer's `reachable` was set.
+    pub(crate) direct_wakeup: tokio::sync::Notify,
 }
 
 /// One peer's socket and counters.
@@ -93,6 +95,9 @@ pub(crate) struct PeerState {
     pub(crate) route_ready: AtomicBool,
     /// Direct route: punching found a path that answers.
     pub(crate) direct_up: AtomicBool,
+    /// The relay said the peer is reachable (PEER_PRESENT, or our session opened) since
+    /// the direct task last looked: it signals the peer again at once.
+    pub(crate) reachable: AtomicBool,
     /// Direct paths found so far.
     pub(crate) direct_paths: AtomicU64,
     /// `--route auto`: which route packets to the peer take.
@@ -337,6 +342,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             gone: AtomicBool::new(false),
             route_ready: AtomicBool::new(false),
             direct_up: AtomicBool::new(false),
+            reachable: AtomicBool::new(false),
             direct_paths: AtomicU64::new(0),
             selector: Mutex::new(RouteSelector::new(route::AUTO_ROUTES.to_vec())),
             route: Mutex::new(None),
@@ -360,6 +366,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         drop_no_route: AtomicU64::new(0),
         drop_unknown_peer: AtomicU64::new(0),
         direct: direct_conn::Counters::default(),
+        direct_wakeup: tokio::sync::Notify::new(),
     });
     // The direct route's socket, bound now so that NAT discovery learns its mapping: the
     // address the peers are told to punch towards.

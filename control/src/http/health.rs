@@ -28,6 +28,7 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("timed out".to_owned()),
     };
+    state.set_store_reachable(database.is_ok());
     let redis = if state.cache.is_redis() {
         Some(
             match tokio::time::timeout(READY_TIMEOUT, state.cache.ping()).await {

@@ -322,7 +322,8 @@ pub(super) async fn heartbeat(
             .heartbeat(node_id, token.generation, &beat)
             .await?
         {
-            HeartbeatOutcome::Recorded => {}
+            // The database answers (again): the next heartbeats may be written behind.
+            HeartbeatOutcome::Recorded => state.set_store_reachable(true),
             HeartbeatOutcome::NotFound => {
                 return Err(ApiError::not_found(
                     "node_not_found",

@@ -294,7 +294,7 @@ impl AppState {
             let commands = table.handle_sync(fresh, since, grants::unix_ms(now));
             self.emit(commands);
             drop(table);
-            *self.lock_grants_synced() = Some(now);
+            self.advance_grants_synced(now);
             return Ok(rows);
         };
         let from = cursor
@@ -337,7 +337,7 @@ impl AppState {
         let commands = table.handle_changes(updates, since, grants::unix_ms(now));
         self.emit(commands);
         drop(table);
-        *self.lock_grants_synced() = Some(now);
+        self.advance_grants_synced(now);
         Ok(rows)
     }
 
@@ -481,6 +481,13 @@ impl AppState {
                 None => tracing::debug!("no command sink yet: dropped {command:?}"),
             }
         }
+    }
+
+    /// Moves the grant sync's cursor to `now`, never back: a slow sync that began earlier
+    /// than the last one must not make the next read again what that one read.
+    fn advance_grants_synced(&self, now: UnixMillis) {
+        let mut cursor = self.lock_grants_synced();
+        *cursor = Some(cursor.map_or(now, |old| old.max(now)));
     }
 
     fn lock_grants_synced(&self) -> std::sync::MutexGuard<'_, Option<UnixMillis>> {

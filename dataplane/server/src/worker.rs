@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use boson_dataplane_proto::{BindingConfig, BindingOutcome, ClientAddr, DropReason, StunServer};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::clock;
 use crate::io::bufs::SLOT_SIZE;
 use crate::io::epoll::Epoll;
+use crate::io::socket::bind_udp;
 use crate::io::uring::Uring;
 use crate::io::{CONTROL_LEN, Datagram, Io, IoBackend, RX_START, SocketId, SocketRole, Waker};
 use crate::packet_core::{
@@ -47,26 +47,13 @@ use crate::packet_core::{
 };
 use crate::relay::{EventSink, RelayShell, RelayWiring};
 use crate::stats::{SharedStats, WorkerCounters};
+use crate::turn_stream::{Mux, StreamShell, StreamWiring};
+
+mod stream;
 
 /// At most one dropped datagram is logged per this interval per worker; the rest are
 /// counted in the next log line.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Receive buffer asked for on listener sockets: absorbs bursts while a worker handles a
-/// turn. The kernel caps it at `net.core.rmem_max`.
-const LISTENER_RCVBUF: usize = 4 << 20;
-
-/// Receive buffer asked for on relay sockets. One relay socket carries the peers' traffic of
-/// one allocation, which arrives in bursts too (a browser's data channels, a WireGuard peer's
-/// batches); the system default (`net.core.rmem_default`, about 208 KiB) overflowed under a
-/// browser's load. A quarter of the listener's: a worker may hold thousands of these, and
-/// the kernel charges only what is queued. Capped by `net.core.rmem_max` as well.
-const RELAY_RCVBUF: usize = 1 << 20;
-
-/// Whether the short receive buffer of a listener, resp. relay, socket was logged (once per
-/// process: every socket of the kind gets the same cap).
-static LISTENER_RCVBUF_SHORT: AtomicBool = AtomicBool::new(false);
-static RELAY_RCVBUF_SHORT: AtomicBool = AtomicBool::new(false);
 
 /// What a core constructor learns about the worker it will run on.
 #[derive(Debug, Clone, Copy)]
@@ -193,6 +180,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) stats: Arc<SharedStats>,
     pub(crate) relay: Option<RelayWiring>,
     pub(crate) events: Option<EventSink>,
+    pub(crate) stream: Option<StreamWiring>,
     /// The socket on the host's second STUN address and its responder's configuration.
     pub(crate) stun_alternate: Option<(UdpSocket, BindingConfig)>,
 }
@@ -259,51 +247,6 @@ where
     }
 }
 
-/// Binds a UDP socket, with SO_REUSEPORT for listeners (every worker binds the same port and
-/// the kernel spreads clients over them by 4-tuple hash), and a larger receive buffer than
-/// the system's default ([`LISTENER_RCVBUF`], [`RELAY_RCVBUF`]). An IPv6 wildcard accepts
-/// IPv4 too.
-pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-        size_recv_buffer(&socket, LISTENER_RCVBUF, "listener", &LISTENER_RCVBUF_SHORT);
-    } else {
-        size_recv_buffer(&socket, RELAY_RCVBUF, "relay", &RELAY_RCVBUF_SHORT);
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// Asks for a `wanted`-byte receive buffer and reads back what the kernel granted: it caps
-/// the request at `net.core.rmem_max` (and reports twice what it grants, its bookkeeping
-/// share included). Best effort: a smaller buffer only means earlier drops under bursts
-/// (counted as `rx_overflow`), so a short one is logged once per kind, not refused.
-fn size_recv_buffer(socket: &Socket, wanted: usize, kind: &str, logged: &AtomicBool) {
-    let granted = socket
-        .set_recv_buffer_size(wanted)
-        .and_then(|()| socket.recv_buffer_size())
-        .map(|reported| reported / 2);
-    match granted {
-        Ok(granted) if granted >= wanted => {}
-        outcome => {
-            if !logged.swap(true, Ordering::Relaxed) {
-                let granted = outcome.map_or_else(|err| err.to_string(), |g| format!("{g} bytes"));
-                tracing::warn!(
-                    kind,
-                    wanted,
-                    %granted,
-                    "UDP {kind} sockets get a smaller receive buffer than asked for; raise \
-                     net.core.rmem_max to at least {wanted} for fewer drops under bursts"
-                );
-            }
-        }
-    }
-}
-
 /// Counters only the worker itself keeps.
 #[derive(Debug, Default)]
 struct ShellCounters {
@@ -362,6 +305,10 @@ pub(crate) struct Worker<C, I> {
     /// The QUIC relay's socket, and the buffer its datagrams are written into.
     quic_socket: Option<SocketId>,
     quic_buf: Vec<u8>,
+    /// TURN over TCP and TLS (`turn_stream`), and the epoll fd over its and the node
+    /// relay's sets when both run.
+    stream: Option<StreamShell>,
+    _mux: Option<Mux>,
     /// The socket on the second STUN address (RFC 5780) and its Binding-only responder.
     stun_alternate: Option<(SocketId, StunServer)>,
 }
@@ -400,11 +347,35 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 }
                 let shell = RelayShell::new(setup.index, wiring, now)
                     .context("setting up the node relay")?;
-                io.watch_aux(shell.poll_fd())
-                    .context("watching the node relay's sockets")?;
                 Some(shell)
             }
             None => None,
+        };
+        let stream = match setup.stream {
+            Some(wiring) => {
+                Some(StreamShell::new(wiring).context("setting up the TURN stream listeners")?)
+            }
+            None => None,
+        };
+        let mux = match (&relay, &stream) {
+            (Some(relay), Some(stream)) => {
+                let mux = Mux::new(&[relay.poll_fd(), stream.poll_fd()])
+                    .context("joining the relay's and the TURN streams' epoll sets")?;
+                io.watch_aux(mux.raw_fd())
+                    .context("watching the TCP sockets")?;
+                Some(mux)
+            }
+            (Some(relay), None) => {
+                io.watch_aux(relay.poll_fd())
+                    .context("watching the node relay's sockets")?;
+                None
+            }
+            (None, Some(stream)) => {
+                io.watch_aux(stream.poll_fd())
+                    .context("watching the TURN stream sockets")?;
+                None
+            }
+            (None, None) => None,
         };
         Ok(Self {
             index: setup.index,
@@ -422,6 +393,8 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             events: setup.events,
             quic_socket,
             quic_buf: Vec::with_capacity(64 * 1024),
+            stream,
+            _mux: mux,
             stun_alternate,
         })
     }
@@ -432,6 +405,9 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
         let result = self.event_loop();
         if let Some(relay) = &mut self.relay {
             relay.close_all(clock::now());
+        }
+        if let Some(stream) = &mut self.stream {
+            stream.close_all();
         }
         self.io.close();
         self.relays.clear();
@@ -465,15 +441,18 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             // 2. Completions and input, within the budget.
             let exhausted = self.handle_input(now);
             // 2b. The node relay: cross-core rings, TCP sockets, its timers, its writes.
+            let aux_ready = self.io.take_aux_ready();
             let relay_more = match &mut self.relay {
                 Some(relay) => {
-                    relay.turn(now, self.io.take_aux_ready());
+                    relay.turn(now, aux_ready);
                     let more = relay.has_more();
                     self.send_quic(now);
                     more
                 }
                 None => false,
             };
+            // 2c. TURN over TCP and TLS: accept, read, hand frames to the core.
+            let stream_more = self.stream_turn(now, aux_ready);
             // 3. Re-arm the timer.
             let mut deadline = self.core.poll_timeout();
             // 4. Fire timers.
@@ -488,15 +467,19 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                     (a, b) => a.or(b),
                 };
             }
+            deadline = self.stream_timeout(now, deadline);
             // 5. Control.
             if self.control.is_shutdown() {
                 return Ok(());
             }
             self.forward_events();
 
+            if let Some(stream) = &mut self.stream {
+                stream.flush();
+            }
             self.io.flush();
             self.publish(now);
-            wait = if exhausted || relay_more {
+            wait = if exhausted || relay_more || stream_more {
                 self.counters.budget_exhausted += 1;
                 Some(Duration::ZERO)
             } else {
@@ -663,6 +646,9 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             .core
             .handle_relay(now, port, PeerAddr::new(from), slot, len)
         {
+            PeerAction::Forward { dst, range } if dst.is_stream() => {
+                self.forward_to_stream(dst, buf, range);
+            }
             PeerAction::Forward { dst, range } => {
                 if range.start <= range.end && range.end <= SLOT_SIZE - CONTROL_LEN {
                     let range = CONTROL_LEN + range.start..CONTROL_LEN + range.end;
@@ -749,6 +735,11 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             .as_mut()
             .map(|relay| relay.counters(now))
             .unwrap_or_default();
+        let stream = self
+            .stream
+            .as_ref()
+            .map(StreamShell::counters)
+            .unwrap_or_default();
         let counters = WorkerCounters {
             packets_in: io.rx_packets,
             bytes_in: io.rx_bytes,
@@ -810,6 +801,20 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             quic_packets_out: ws.quic_packets_out,
             quic_drops: ws.quic_drops,
             quic_oversized_tx: ws.quic_oversized_tx,
+            turn_stream_accepted: stream.accepted,
+            turn_stream_connections: stream.connections,
+            turn_stream_frames_in: stream.frames_in,
+            turn_stream_closed_peer: stream.closed_peer,
+            turn_stream_closed_error: stream.closed_error,
+            turn_stream_closed_tls: stream.closed_tls,
+            turn_stream_closed_framing: stream.closed_framing,
+            turn_stream_closed_too_long: stream.closed_too_long,
+            turn_stream_closed_idle: stream.closed_idle,
+            turn_stream_closed_handshake_timeout: stream.closed_handshake_timeout,
+            turn_stream_closed_too_many_per_ip: stream.closed_too_many_per_ip,
+            turn_stream_closed_worker_full: stream.closed_worker_full,
+            turn_stream_tx_queue_full: stream.tx_queue_full,
+            turn_stream_tx_no_connection: stream.tx_no_connection,
         };
         self.shared.publish(
             &counters,
@@ -826,26 +831,6 @@ mod tests {
     use boson_shared::TurnSecret;
 
     use super::*;
-
-    /// Relay sockets get [`RELAY_RCVBUF`] where `net.core.rmem_max` allows it, and what it
-    /// allows otherwise; never the system default.
-    #[test]
-    fn relay_sockets_get_a_sized_receive_buffer() {
-        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let socket = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
-        assert_eq!(granted, RELAY_RCVBUF.min(rmem_max));
-        let listener = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
-        let granted = socket2::SockRef::from(&listener)
-            .recv_buffer_size()
-            .unwrap()
-            / 2;
-        assert_eq!(granted, LISTENER_RCVBUF.min(rmem_max));
-    }
 
     #[test]
     fn updates_wait_newest_of_each_kind_and_are_taken_once() {

@@ -67,6 +67,7 @@
 
 pub(crate) mod bufs;
 pub(crate) mod epoll;
+pub(crate) mod socket;
 pub(crate) mod uring;
 
 use std::io;
