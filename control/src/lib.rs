@@ -293,6 +293,7 @@ impl AppState {
         }
         match self.store.flush_heartbeats(&batch).await {
             Ok(written) => {
+                self.lock_heartbeats().written(&batch);
                 self.set_store_reachable(true);
                 self.metrics.observe_heartbeat_flush(batch.len());
                 if let Err(error) = self.notify_changed().await {
