@@ -201,7 +201,7 @@ async fn a_restarted_dataplane_gets_every_live_grant(backend: Backend) {
         .unwrap();
     record.node_id = node_id(&stranger);
     record.public_key = stranger.key.parse().unwrap();
-    server.state.store.insert(&record).await.unwrap();
+    server.state.store.insert(&mut record).await.unwrap();
     server.state.sync_grants().await.unwrap();
     assert_eq!(server.take_commands(), vec![grant(&stranger, 1, expiry)]);
     server.state.sync_grants().await.unwrap();
