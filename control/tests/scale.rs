@@ -407,8 +407,8 @@ async fn changes_reach_the_other_host_by_notification() {
 /// A node deleted and registered again under the same id (an agent that deregisters on a
 /// clean stop and starts again) keeps the grant of its new registration on the other
 /// hosts: the deletion's tombstone, which their syncs keep reading for a while, must not
-/// revoke it. (A new row starts its generations over, so the tombstone's generation cannot
-/// tell the two registrations apart.)
+/// revoke it. (The new row's generation follows the tombstone's, which is what tells the two
+/// registrations apart: were generations to start over, the tombstone would revoke it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_registered_again_after_its_deletion_keeps_its_grant() {
     let options = Options {
@@ -444,8 +444,8 @@ async fn a_node_registered_again_after_its_deletion_keeps_its_grant() {
     front.clock.advance(Duration::from_secs(1));
     back.state.sync_grants().await.unwrap();
     let commands = back.take_commands();
-    // (Granted already: the new registration's grant is of the same generation as the
-    // deleted one's, which the table still holds, so no new command is needed.)
+    // The new registration's generation is a new grant.
+    assert!(granted(&commands, &node), "{commands:?}");
     assert!(!revoked(&commands, &node), "{commands:?}");
     front.clock.advance(Duration::from_secs(1));
     back.state.sync_grants().await.unwrap();

@@ -521,18 +521,15 @@ impl Store {
         Ok(true)
     }
 
-    /// Nodes deleted at or after `since` and not registered again since, with the
-    /// generation each had. A node registered again after its deletion has a row, which is
-    /// the truth: its tombstone must not revoke the new registration (a new row starts its
-    /// generations over, so the tombstone's generation does not tell them apart), and the
-    /// row's own sync replaces whatever grant the deleted registration left.
+    /// Nodes deleted at or after `since`, with the generation each had. A node registered
+    /// again since has a row of a higher generation than any of its tombstones (see
+    /// [`Self::insert`]), which the readers' "up to this generation" checks spare.
     pub async fn deletions_since(
         &self,
         since: UnixMillis,
     ) -> Result<Vec<(NodeId, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT node_id, generation FROM node_deletions WHERE deleted_at_ms >= $1 \
-             AND NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node_id = node_deletions.node_id) \
              ORDER BY deleted_at_ms",
         )
         .bind(since.0)
