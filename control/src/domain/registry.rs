@@ -96,9 +96,7 @@ mod tests {
     use boson_shared::{NodeId, WgPublicKey};
 
     use super::*;
-    use crate::domain::model::{
-        Bandwidth, Capabilities, Location, NatType, NetworkInfo, Registration,
-    };
+    use crate::domain::fixtures;
 
     const TIMEOUT: Duration = Duration::from_secs(90);
     const NOW: UnixMillis = UnixMillis(10_000_000);
@@ -113,27 +111,7 @@ mod tests {
         ValidRegistration {
             node_id: id(node),
             public_key: WgPublicKey::from_bytes([key; 32]),
-            registration: Registration {
-                network_info: NetworkInfo {
-                    ipv4: [10, 0, 0, 1].into(),
-                    ipv6: None,
-                    nat_type: NatType::FullCone,
-                    stun_mapped_address: None,
-                    local_port: 51820,
-                    public_ip: None,
-                },
-                capabilities: Capabilities {
-                    max_connections: 10,
-                    bandwidth: Bandwidth { up: 1.0, down: 1.0 },
-                    routing: false,
-                    natting: false,
-                },
-                location: Location {
-                    country: "DE".into(),
-                    region: "DE-BE".into(),
-                    coordinates: None,
-                },
-            },
+            registration: fixtures::registration(),
             metrics: None,
             key_proof: crate::domain::model::ValidKeyProof {
                 nonce: String::new(),
@@ -144,19 +122,7 @@ mod tests {
     }
 
     fn stored(node: u8, key: u8, last_seen: UnixMillis) -> NodeRecord {
-        let r = request(node, key);
-        NodeRecord {
-            node_id: r.node_id,
-            public_key: r.public_key,
-            generation: 4,
-            registration: r.registration,
-            status: NodeStatus::Active,
-            reported_status: None,
-            metrics: None,
-            registered_at: UnixMillis(0),
-            last_seen,
-            token_expires_at: UnixMillis(0),
-        }
+        fixtures::node_record(id(node), WgPublicKey::from_bytes([key; 32]), 4, last_seen)
     }
 
     fn token(node: u8, generation: i64) -> Option<NodeToken> {
