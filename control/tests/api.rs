@@ -1621,6 +1621,80 @@ async fn migration_lifts_rows_registered_again_above_their_tombstones(backend: B
     server.stop().await;
 }
 
+/// A registration racing a deletion of the same id (on PostgreSQL, where the two run side by
+/// side): the insert waits for the deletion's transaction, then numbers its generation after
+/// the tombstone that transaction wrote, which its own statement could not yet see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_racing_a_deletion_numbers_after_its_tombstone() {
+    use sqlx::Connection as _;
+
+    let Some(server) = TestServer::start(Backend::PostgresRedis).await else {
+        return;
+    };
+    let node = Node::new("FR-IDF");
+    let old = server.register(&node).await;
+    let id: boson_shared::NodeId = node.id.to_string().parse().unwrap();
+    let mut record = server.state.store.find(id).await.unwrap().unwrap();
+    assert_eq!(record.generation, 1);
+
+    // Another host deletes the node, and has not committed yet.
+    let url = server.state.config.database_url.clone();
+    let mut deleter = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut deletion = deleter.begin().await.unwrap();
+    sqlx::query("DELETE FROM nodes WHERE node_id = $1")
+        .bind(node.id.to_string())
+        .execute(&mut *deletion)
+        .await
+        .unwrap();
+    // (Stamped now, as a deletion is: the sweeper prunes old tombstones.)
+    sqlx::query(
+        "INSERT INTO node_deletions (node_id, generation, deleted_at_ms) VALUES ($1, 1, $2)",
+    )
+    .bind(node.id.to_string())
+    .bind(common::START.0)
+    .execute(&mut *deletion)
+    .await
+    .unwrap();
+    let store = server.state.store.clone();
+    let insert = tokio::spawn(async move {
+        let outcome = store.insert(&mut record).await.unwrap();
+        (outcome, record.generation)
+    });
+    // The insert waits on the deleted row's key.
+    let mut watcher = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = sqlx::query(
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if sqlx::Row::get::<i64, _>(&row, "n") > 0 {
+                return;
+            }
+            assert!(!insert.is_finished(), "the insert did not wait");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the insert never waited");
+    deletion.commit().await.unwrap();
+    let (outcome, generation) = insert.await.unwrap();
+    assert_eq!(outcome, boson_control::io::store::WriteOutcome::Written);
+    assert_eq!(generation, 2, "after the tombstone committed meanwhile");
+    let (status, body) = server
+        .get(&format!("/api/v1/nodes/{}", node.id), Some(&old))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked")),
+        "{body}"
+    );
+    server.stop().await;
+}
+
 /// The generation of the one grant for `node` among `commands`.
 fn granted_generation(commands: &[boson_shared::plane::Command], node: &Node) -> i64 {
     let id: boson_shared::NodeId = node.id.to_string().parse().unwrap();
