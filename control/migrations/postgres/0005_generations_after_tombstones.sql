@@ -5,7 +5,11 @@
 -- from the deleted registration's, are revoked, and those nodes register again. (Tombstones
 -- are now kept at least as long as a token lives, not only twice the node timeout as 0003 says:
 -- `registry::tombstone_retention`.)
+-- The index serves that numbering, which reads the highest tombstone of one node id (a day of
+-- tombstones with the default 24 h token TTL).
 -- Kept identical to ../sqlite/0005_generations_after_tombstones.sql until the dialects need to differ.
+CREATE INDEX IF NOT EXISTS node_deletions_node ON node_deletions (node_id, generation);
+
 UPDATE nodes
 SET generation = (SELECT MAX(d.generation) FROM node_deletions d WHERE d.node_id = nodes.node_id) + 1
 WHERE generation <= (SELECT MAX(d.generation) FROM node_deletions d WHERE d.node_id = nodes.node_id);
