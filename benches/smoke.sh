@@ -3,6 +3,9 @@
 # * one short round of every TURN server (bosonserver io_uring and epoll, coturn, raw
 #   forwarder), both packet sizes at 2k packets/s and at max rate; fails if any server
 #   relays nothing, or loses a packet at 2k/s;
+# * the same over TCP (`run --tcp`): bosonserver io_uring and epoll and coturn through their
+#   TURN-over-TCP listeners, the relayed side UDP; fails if any server relays nothing, or
+#   loses a packet at 2k/s;
 # * one short round of the WebSocket relays, bosonserver's and the tokio-tungstenite
 #   baseline (1 s each at 2k messages/s and at max rate, both sizes); fails on any loss at
 #   2k/s or figures that are not sane;
@@ -17,6 +20,7 @@ cd "$(dirname "$0")/.."
 cargo build --locked -p bosonserver -p boson-bench
 bin="${CARGO_TARGET_DIR:-target}/debug"
 "$bin/boson-bench" run --smoke --quiet "$@"
+"$bin/boson-bench" run --tcp --smoke --quiet "$@"
 "$bin/boson-bench" run --ws --smoke --quiet --ws-servers boson-ws,ws-baseline "$@"
 "$bin/boson-bench" run --quic --smoke --quiet --ws-servers boson-quic,quic-baseline "$@"
 "$bin/boson-bench" ctl --smoke --quiet

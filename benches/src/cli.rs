@@ -27,7 +27,7 @@ use crate::ws_client::Auth;
 use crate::ws_generator::{self, WsLoadConfig};
 use crate::ws_report::WsServerKind;
 use crate::ws_runner::{self, WsRunConfig};
-use crate::{clock, ctl_load, forwarder, plot};
+use crate::{clock, ctl_load, forwarder, plot, tcp_generator, tcp_runner};
 
 /// `run`'s offered loads unless --loads says otherwise.
 const TURN_LOADS: [Rate; 4] = [
@@ -225,6 +225,10 @@ struct TurnArgs {
     /// The server is the raw forwarder: no TURN, one setup datagram per flow.
     #[arg(long)]
     raw: bool,
+    /// TURN over TCP: each allocation is a TCP connection to --server, carrying its STUN
+    /// requests and padded ChannelData (RFC 8656); the peer side stays UDP.
+    #[arg(long, conflicts_with = "raw")]
+    tcp: bool,
     /// TURN REST secret (the server's static-auth-secret).
     #[arg(long, default_value = "bench-secret")]
     secret: String,
@@ -474,9 +478,13 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     loads: Option<Vec<Rate>>,
     /// TURN servers, comma separated, in the order each round visits them. Default:
-    /// boson-uring,boson-epoll,coturn,raw.
+    /// boson-uring,boson-epoll,coturn,raw; with --tcp boson-uring,boson-epoll,coturn.
     #[arg(long, value_delimiter = ',', conflicts_with = "relays")]
     servers: Option<Vec<ServerKind>>,
+    /// TURN over TCP: the clients reach each TURN server through its TCP listener (the
+    /// port of its UDP one), the relayed side stays UDP; the raw forwarder has no TCP side.
+    #[arg(long, conflicts_with = "relays")]
+    tcp: bool,
     /// The WebSocket relays instead of TURN: bosonserver's relay against the
     /// tokio-tungstenite baseline (--ws-servers), with --pairs, --threads, --workers;
     /// --sizes are packet bytes per message and --loads messages per second.
@@ -637,7 +645,11 @@ fn turn(args: TurnArgs) -> anyhow::Result<()> {
         );
         bar
     };
-    let outcome = generator::run(&config, &progress)?;
+    let outcome = if args.tcp {
+        tcp_generator::run(&config, &progress)?
+    } else {
+        generator::run(&config, &progress)?
+    };
     progress.finish_and_clear();
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -767,8 +779,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let loads = args.loads.unwrap_or_else(|| TURN_LOADS.to_vec());
     let sizes = args.sizes.unwrap_or_else(|| SIZES.to_vec());
     ensure!(!sizes.is_empty() && !loads.is_empty(), "no sizes or loads");
-    let mut servers = args.servers.unwrap_or_else(|| ServerKind::ALL.to_vec());
+    let mut servers = args.servers.unwrap_or_else(|| {
+        if args.tcp {
+            tcp_runner::SERVERS.to_vec()
+        } else {
+            ServerKind::ALL.to_vec()
+        }
+    });
     ensure!(!servers.is_empty(), "no servers");
+    ensure!(
+        !args.tcp || !servers.contains(&ServerKind::Raw),
+        "the raw forwarder has no TCP listener: leave raw out of --servers with --tcp"
+    );
     ensure!(
         args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
         "--duration must be above 0 and at most 10 min"
@@ -805,7 +827,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let report = runner::run(&config)?;
+    let report = if args.tcp {
+        tcp_runner::run(&config)?
+    } else {
+        runner::run(&config)?
+    };
     let failures = if args.smoke {
         report.smoke_failures()
     } else {
@@ -816,7 +842,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         &report,
         &report.tables(),
         &failures,
-        "TURN",
+        if args.tcp { "TURN over TCP" } else { "TURN" },
     )
 }
 

@@ -46,7 +46,7 @@ use crate::turn_client::TurnSession;
 pub const MAX_PAYLOAD: usize = 1400;
 
 /// Credential lifetime asked of the REST mint: long enough for any run.
-const CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 
 /// Requested sink receive queue; the kernel caps it at `net.core.rmem_max` unless root.
 const SINK_RCVBUF: usize = 16 << 20;
@@ -350,7 +350,8 @@ fn raw_setup(forwarder: SocketAddr, sink_port: u16) -> anyhow::Result<UdpSocket>
     bail!("the raw forwarder at {forwarder} does not answer its setup message")
 }
 
-fn bind_sink() -> anyhow::Result<UdpSocket> {
+/// The peer sink: a non-blocking UDP socket on 127.0.0.1 with a large receive queue.
+pub(crate) fn bind_sink() -> anyhow::Result<UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     let _ = socket.set_recv_buffer_size(SINK_RCVBUF);
     socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
@@ -489,7 +490,7 @@ fn load(
 }
 
 /// One non-blocking `recvmmsg` on the sink; returns the datagrams received.
-fn drain_once(
+pub(crate) fn drain_once(
     sink: &UdpSocket,
     recv: &mut RecvBatch,
     delivery: &mut Delivery,
@@ -509,7 +510,7 @@ fn drain_once(
     Ok(received)
 }
 
-fn v4(addr: SocketAddr) -> anyhow::Result<SocketAddrV4> {
+pub(crate) fn v4(addr: SocketAddr) -> anyhow::Result<SocketAddrV4> {
     match addr {
         SocketAddr::V4(addr) => Ok(addr),
         SocketAddr::V6(_) => bail!("{addr} is not IPv4"),
@@ -517,7 +518,7 @@ fn v4(addr: SocketAddr) -> anyhow::Result<SocketAddrV4> {
 }
 
 /// A warning on stderr (this crate has no log subscriber).
-fn warn(message: &str) {
+pub(crate) fn warn(message: &str) {
     eprintln!("warning: {message}");
 }
 

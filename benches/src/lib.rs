@@ -11,7 +11,9 @@
 //!
 //! # Layout
 //!
-//! * [`generator`]: the TURN load generator (allocations, ChannelData flood, sinks).
+//! * [`generator`]: the TURN load generator (allocations, ChannelData flood, sinks);
+//!   [`tcp_generator`] the same over TCP connections to the TURN server, with
+//!   [`turn_tcp_client`], the client side of RFC 8656's stream framing.
 //! * [`forwarder`]: the raw forwarder, the ceiling the relays are compared against.
 //! * [`relay_load`]: the node relays' load generator (pairs of nodes, SEND → RECV, paced,
 //!   timed and drained) over a transport: [`ws_generator`] over WebSocket, with
@@ -24,7 +26,8 @@
 //!   PostgreSQL + Redis, over the simulated nodes of [`ctl_population`].
 //! * [`nodes`]: node tokens, minted and verified as the control plane does, or registered
 //!   through its REST API.
-//! * [`runner`]: the side-by-side runner (rounds of uring, epoll, coturn, raw), and
+//! * [`runner`]: the side-by-side runner (rounds of uring, epoll, coturn, raw), [`tcp_runner`]
+//!   its rounds over TCP (uring, epoll, coturn), and
 //!   [`ws_runner`] for the node relays (rounds of bosonserver's relay over WebSocket and QUIC
 //!   and the baselines);
 //!   their results are in [`report`] and [`ws_report`].
@@ -57,7 +60,10 @@ pub mod quic_generator;
 pub mod relay_load;
 pub mod report;
 pub mod runner;
+pub mod tcp_generator;
+pub mod tcp_runner;
 pub mod turn_client;
+pub mod turn_tcp_client;
 pub mod ws_baseline;
 pub mod ws_client;
 pub mod ws_generator;

@@ -396,15 +396,20 @@ pub fn wait_quiet(wait: Duration) -> Option<f64> {
 }
 
 /// A TURN server (or the raw forwarder) under test.
-struct Running {
+pub(crate) struct Running {
     process: ServerProcess,
     kind: ServerKind,
     addr: SocketAddr,
 }
 
 impl Running {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// Its listener: UDP, and TCP on the same port for the TURN servers.
+    pub(crate) const fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     fn target(&self, secret: &str) -> Target {
@@ -446,7 +451,11 @@ fn relay_base(kind: ServerKind) -> u16 {
     50_000 + slot * 2 * RELAY_PORTS + offset
 }
 
-fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Result<Running> {
+pub(crate) fn start_server(
+    config: &RunConfig,
+    kind: ServerKind,
+    id: usize,
+) -> anyhow::Result<Running> {
     let dir = ServerProcess::tempdir(kind.name())?;
     let port = free_udp_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -1,4 +1,5 @@
-//! A minimal TURN client ([RFC 8656]) over UDP: just what the load generator needs to get a
+//! A minimal TURN client ([RFC 8656]) over UDP, or over another [`Transport`] (TCP in
+//! [`turn_tcp_client`](crate::turn_tcp_client)): just what the load generators need to get a
 //! channel to a peer, with REST-API credentials.
 //!
 //! # Flow
@@ -11,9 +12,10 @@
 //! Refresh(LIFETIME 0) + auth            ──▶ success        (frees the allocation)
 //! ```
 //!
-//! Any request answered with 438 (Stale Nonce) is sent again with the new nonce. Requests are
-//! retransmitted every [`RETRANSMIT_AFTER`] up to [`ATTEMPTS`] times, so every transaction ends
-//! within a bounded time. Responses are matched by transaction id; their MESSAGE-INTEGRITY is
+//! Any request answered with 438 (Stale Nonce) is sent again with the new nonce. Over UDP
+//! requests are retransmitted every [`RETRANSMIT_AFTER`] up to [`ATTEMPTS`] times, so every
+//! transaction ends within a bounded time (over a stream, never retransmitted, RFC 8489
+//! §6.2.2, within the transport's own timeout). Responses are matched by transaction id; their MESSAGE-INTEGRITY is
 //! not checked (this is a load generator on loopback, not a security boundary).
 //!
 //! [RFC 8656]: https://www.rfc-editor.org/rfc/rfc8656
@@ -159,16 +161,30 @@ pub fn parse_reply(datagram: &[u8], transaction: TransactionId) -> Option<Reply>
     }
 }
 
-/// One client 5-tuple talking TURN to one server: one allocation.
+/// How a session's requests reach the server and its answers come back.
+pub trait Transport {
+    /// Sends `request` and returns the server's answer to `transaction`, reading into
+    /// `buf`.
+    fn exchange(
+        &mut self,
+        request: &[u8],
+        transaction: TransactionId,
+        buf: &mut [u8],
+    ) -> anyhow::Result<Reply>;
+}
+
+/// One client 5-tuple talking TURN to one server: one allocation. Over UDP (a connected
+/// [`UdpSocket`], the default) or any other [`Transport`], such as
+/// [`TcpTransport`](crate::turn_tcp_client::TcpTransport).
 #[derive(Debug)]
-pub struct TurnSession {
-    socket: UdpSocket,
+pub struct TurnSession<T = UdpSocket> {
+    transport: T,
     credential: TurnCredential,
     auth: Option<LongTermAuth>,
     buf: Vec<u8>,
 }
 
-impl TurnSession {
+impl TurnSession<UdpSocket> {
     /// A new client socket on 127.0.0.1, connected to `server`.
     pub fn connect(server: SocketAddr, credential: TurnCredential) -> anyhow::Result<Self> {
         let socket = UdpSocket::bind("127.0.0.1:0").context("binding a TURN client socket")?;
@@ -176,12 +192,24 @@ impl TurnSession {
             .connect(server)
             .with_context(|| format!("connecting to {server}"))?;
         socket.set_read_timeout(Some(RETRANSMIT_AFTER))?;
-        Ok(Self {
-            socket,
+        Ok(Self::over(socket, credential))
+    }
+
+    /// The client socket (connected to the server).
+    pub const fn socket(&self) -> &UdpSocket {
+        &self.transport
+    }
+}
+
+impl<T: Transport> TurnSession<T> {
+    /// A session over `transport`, not yet authenticated.
+    pub fn over(transport: T, credential: TurnCredential) -> Self {
+        Self {
+            transport,
             credential,
             auth: None,
             buf: vec![0; 1500],
-        })
+        }
     }
 
     /// Allocates a UDP relay; returns the relayed address.
@@ -223,9 +251,9 @@ impl TurnSession {
         ensure_success("Refresh", &reply)
     }
 
-    /// The client socket (connected to the server).
-    pub const fn socket(&self) -> &UdpSocket {
-        &self.socket
+    /// The transport, to send ChannelData on.
+    pub const fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
     }
 
     /// One request, through as many authentication rounds as the server asks for.
@@ -238,7 +266,9 @@ impl TurnSession {
             let transaction = TransactionId::new(rand::random());
             let len = encode_request(&mut self.buf, method, transaction, self.auth.as_ref(), body)?;
             let request = self.buf[..len].to_vec();
-            let reply = self.exchange(&request, transaction)?;
+            let reply = self
+                .transport
+                .exchange(&request, transaction, &mut self.buf)?;
             match reply {
                 Reply::Challenge { realm, nonce } => {
                     self.auth = Some(LongTermAuth::new(&self.credential, &realm, &nonce));
@@ -257,18 +287,23 @@ impl TurnSession {
             method.name().unwrap_or("request")
         )
     }
+}
 
-    /// Sends `request` until a response to `transaction` arrives, at most [`ATTEMPTS`] times.
-    fn exchange(&mut self, request: &[u8], transaction: TransactionId) -> anyhow::Result<Reply> {
+/// Over UDP a request is sent again every [`RETRANSMIT_AFTER`], at most [`ATTEMPTS`] times.
+impl Transport for UdpSocket {
+    fn exchange(
+        &mut self,
+        request: &[u8],
+        transaction: TransactionId,
+        buf: &mut [u8],
+    ) -> anyhow::Result<Reply> {
         for _ in 0..ATTEMPTS {
-            self.socket
-                .send(request)
-                .context("sending a TURN request")?;
+            self.send(request).context("sending a TURN request")?;
             // Skip anything else until the read timeout (stale retransmitted responses).
             for _ in 0..64 {
-                match self.socket.recv(&mut self.buf) {
+                match self.recv(buf) {
                     Ok(len) => {
-                        if let Some(reply) = parse_reply(&self.buf[..len], transaction) {
+                        if let Some(reply) = parse_reply(&buf[..len], transaction) {
                             return Ok(reply);
                         }
                     }
@@ -291,8 +326,7 @@ impl TurnSession {
         }
         bail!(
             "no response from {} after {ATTEMPTS} attempts",
-            self.socket
-                .peer_addr()
+            self.peer_addr()
                 .map_or_else(|_| "the server".to_owned(), |a| a.to_string())
         )
     }

@@ -2,7 +2,8 @@
 //! `boson-bench run --smoke` binary (raw forwarder always; bosonserver too when a build of it
 //! sits next to the test's `boson-bench`, as after `cargo build -p bosonserver`), and
 //! `run --ws --smoke` (the tokio-tungstenite baseline always; bosonserver's relay when built)
-//! and `run --quic --smoke` (the quinn baseline always; bosonserver's QUIC relay when built).
+//! and `run --quic --smoke` (the quinn baseline always; bosonserver's QUIC relay when built),
+//! and `run --tcp --smoke` (TURN over TCP; bosonserver when built).
 //!
 //! The full smoke over every server is `benches/smoke.sh`, which builds bosonserver first.
 
@@ -125,6 +126,43 @@ fn smoke_run_of_bosonserver_when_built() {
         report.ratios
     );
     assert_eq!(report.smoke_failures(), Vec::<String>::new());
+}
+
+/// `run --tcp --smoke` against both of bosonserver's backends: every allocation over a TCP
+/// connection, nothing lost at 2k/s, something relayed at max rate.
+#[test]
+fn tcp_smoke_run_of_bosonserver_when_built() {
+    if !bosonserver_built() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("smoke-tcp.json");
+    let output = run_alone(
+        Command::new(env!("CARGO_BIN_EXE_boson-bench"))
+            .args(["run", "--tcp", "--smoke", "--quiet"])
+            .args(["--servers", "boson-uring,boson-epoll"])
+            .args(["--server-core", &server_core(), "--generator-core", "0"])
+            .arg("--json")
+            .arg(&json)
+            .env_remove("CI"),
+    );
+    assert_success(&output);
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.records.len(), 8, "2 servers, 2 sizes, 2 loads");
+    assert!(report.command.contains("--tcp"), "{}", report.command);
+    assert!(report.medians.iter().all(|m| m.delivered_pps > 0.0));
+    assert_eq!(report.smoke_failures(), Vec::<String>::new());
+}
+
+#[test]
+fn tcp_run_refuses_the_raw_forwarder() {
+    let output = Command::new(env!("CARGO_BIN_EXE_boson-bench"))
+        .args(["run", "--tcp", "--smoke", "--quiet", "--servers", "raw"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no TCP listener"), "{stderr}");
 }
 
 /// Whether a bosonserver build sits next to the test's `boson-bench`; says so if not.
