@@ -3,8 +3,7 @@
 //!
 //! # Setup
 //!
-//! As the [UDP generator](crate::generator), but each flow is a
-//! [`TcpTransport`](crate::turn_tcp_client::TcpTransport): Allocate (UDP relay), answer the
+//! As the [UDP generator](crate::generator), but each flow is a [`TcpTransport`]: Allocate (UDP relay), answer the
 //! 401, CreatePermission and ChannelBind 0x4000 to the sink, all over the connection.
 //!
 //! # Load

@@ -2,7 +2,7 @@
 //! and coturn, each loaded through its TURN-over-TCP listener by the
 //! [TCP generator](crate::tcp_generator), in one invocation.
 //!
-//! The servers are started exactly as [`runner`](crate::runner) starts them: both TURN
+//! The servers are started exactly as [`runner`] starts them: both TURN
 //! servers listen on TCP at the port of their UDP listener by default (bosonserver's
 //! `--turn-tcp-listen` defaults to `--turn-listen`; coturn listens on TCP unless `--no-tcp`),
 //! so the same commands serve both runs. Before its scenarios a server must answer a STUN

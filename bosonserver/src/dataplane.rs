@@ -569,6 +569,7 @@ mod tests {
             credential_ttl: std::time::Duration::from_secs(60),
             public_host: "192.0.2.1".to_owned(),
             port: 3478,
+            port_fixed: false,
             tcp_port: None,
             tls_port: None,
             extra_urls: Vec::new(),

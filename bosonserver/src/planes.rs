@@ -9,7 +9,9 @@
 //!
 //! 1. re-announces the connected nodes and the live TURN allocations of each core whose
 //!    `poll_peer` reports a new control incarnation (a restarted control plane starts with no
-//!    presence and no view of the allocations);
+//!    presence and no view of the allocations), after the ports of the STUN/TURN listeners
+//!    on core 0 ([`Event::Listening`]: a control plane in another process learns them only
+//!    so);
 //! 2. applies every command from every core's ring with the [`CommandApplier`];
 //! 3. writes the relay's and the TURN cores' events into the ring of the core they name (a
 //!    full ring drops and counts: the worker threads never wait for the control plane);
@@ -140,12 +142,14 @@ pub(crate) struct DataplanePump {
 
 impl DataplanePump {
     /// Starts the pump over `end`, applying commands with `applier`, forwarding `events`,
-    /// publishing `stats`.
+    /// publishing `stats`, telling every control plane that attaches what the dataplane
+    /// listens on (`listening`, an [`Event::Listening`]).
     pub(crate) fn spawn(
         end: DataplaneEnd,
         events: mpsc::Receiver<PumpInput>,
         applier: CommandApplier,
         stats: StatsReader,
+        listening: Event,
     ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut pump = Pump {
@@ -153,6 +157,7 @@ impl DataplanePump {
             events,
             applier,
             stats,
+            listening,
             connected: BTreeMap::new(),
             allocations: BTreeMap::new(),
         };
@@ -182,6 +187,8 @@ struct Pump {
     events: mpsc::Receiver<PumpInput>,
     applier: CommandApplier,
     stats: StatsReader,
+    /// The listeners' ports, what a new control plane is told first (on core 0).
+    listening: Event,
     /// Sessions reported connected and not yet disconnected: what a new control plane is
     /// told.
     connected: BTreeMap<(NodeId, u16), Transport>,
@@ -227,6 +234,7 @@ impl Pump {
                 incarnation = peer.incarnation.get(),
                 "control plane attached: re-announcing connected nodes and TURN allocations"
             );
+            let listening = (id == 0).then(|| self.listening.clone());
             let nodes = self
                 .connected
                 .iter()
@@ -245,7 +253,7 @@ impl Pump {
                     user: user.clone(),
                     relay,
                 });
-            for event in nodes.chain(allocations) {
+            for event in listening.into_iter().chain(nodes).chain(allocations) {
                 if let Err(error) = core.try_send_event(&event) {
                     tracing::warn!(core = id, "re-announcing to the control plane: {error}");
                 }
@@ -299,7 +307,7 @@ impl Pump {
                 self.connected.remove(&(node, core));
                 core
             }
-            Event::NeedGrants => 0,
+            Event::NeedGrants | Event::Listening { .. } => 0,
         };
         let last = self.cores.len() - 1;
         let ring = &mut self.cores[usize::from(core).min(last)];
@@ -486,7 +494,8 @@ impl ControlLink {
                     }
                     Event::AllocationCreated { .. }
                     | Event::AllocationExpired { .. }
-                    | Event::NeedGrants => {}
+                    | Event::NeedGrants
+                    | Event::Listening { .. } => {}
                 }
                 state.handle_event(event).await;
             }

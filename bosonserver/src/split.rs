@@ -177,7 +177,12 @@ pub(crate) fn start_dataplane(
         None => None,
     };
     let applier = CommandApplier::new(grants, dataplane.relay_handle(), Some(turn), mesh);
-    let pump = DataplanePump::spawn(end, inbox, applier, dataplane.stats_reader())?;
+    let listening = boson_shared::plane::Event::Listening {
+        udp: dataplane.local_addr().port(),
+        tcp: dataplane.turn_tcp_addr().map(|a| a.port()),
+        tls: dataplane.turn_tls_addr().map(|a| a.port()),
+    };
+    let pump = DataplanePump::spawn(end, inbox, applier, dataplane.stats_reader(), listening)?;
     Ok((dataplane, pump, waker))
 }
 

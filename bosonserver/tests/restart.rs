@@ -1,6 +1,7 @@
 //! Issue 5: the control plane and the dataplane as two processes on one shared-memory
 //! segment, each killed with SIGKILL and restarted while the other runs, with relay streams
-//! and TURN allocations flowing; and TURN secrets rotated under both.
+//! and TURN allocations flowing; TURN secrets rotated under both; and (issue 14) the
+//! dataplane's TCP and TLS listeners reaching the control plane's ICE answer.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 #![allow(
@@ -103,6 +104,19 @@ impl Proc {
             if line.contains(marker) {
                 let rest = line.split(key).nth(1).unwrap();
                 return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+    }
+
+    /// The first log line containing `marker`.
+    fn wait_line(&self, marker: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no log line with {marker:?}"));
+            if line.contains(marker) {
+                return line;
             }
         }
     }
@@ -678,5 +692,101 @@ fn rotated_turn_secrets_reach_a_running_and_a_restarted_dataplane() {
         turn_addr,
         &credential("the-dataplanes-own-secret", "x"),
         Some(401),
+    );
+}
+
+/// The TURN URLs (`iceServers[1]`) that `/api/v1/turn/ice` at `base` hands `token`.
+fn ice_turn_urls(http: &common::Http, base: &str, token: &str) -> Vec<String> {
+    let (status, body) = http.get_auth(&format!("{base}/api/v1/turn/ice"), token);
+    assert_eq!(status, 200, "{body}");
+    body["iceServers"][1]["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|url| url.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits (10 s) until `/api/v1/turn/ice` lists exactly the TURN URLs `want`.
+fn wait_ice_urls(http: &common::Http, base: &str, token: &str, want: &[String]) {
+    let mut urls = Vec::new();
+    for _ in 0..200 {
+        urls = ice_turn_urls(http, base, token);
+        if urls == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the control plane lists {urls:?}, never {want:?}");
+}
+
+/// The port in `line` after `key` (`tcp=Some(127.0.0.1:PORT)`).
+fn port_after(line: &str, key: &str) -> u16 {
+    let rest = &line[line.find(key).unwrap() + key.len()..];
+    let addr: SocketAddr = rest[..rest.find(')').unwrap()].parse().unwrap();
+    addr.port()
+}
+
+/// Issue 14: the control plane of a split host learns the dataplane's listeners over the
+/// segment (`Event::Listening`), so ICE lists `?transport=tcp` and `turns:` there too, with
+/// the ports the dataplane really bound, and follows a dataplane restarted without them.
+#[test]
+fn a_split_control_plane_hands_out_the_dataplanes_tcp_and_tls_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = dir.path().join("segment");
+    let segment = segment.to_str().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    // The control plane first: until a dataplane attaches it knows its defaults only.
+    let (_control, base) = Proc::control(dir.path(), segment, "1");
+    let http = common::Http::new();
+    let token = http.register(&base, &common::node_body(IDS[0], KEYS[0]));
+    assert_eq!(
+        ice_turn_urls(&http, &base, &token),
+        ["turn:127.0.0.1:3478?transport=udp"]
+    );
+
+    let mut args = dataplane_args(segment, "1");
+    let tls_args = [
+        "--turn-tls-listen",
+        "127.0.0.1:0",
+        "--turn-tls-cert",
+        cert.to_str().unwrap(),
+        "--turn-tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(&tls_args);
+    let dataplane = Proc::spawn(dir.path(), &args);
+    let line = dataplane.wait_line("STUN/TURN over TCP/TLS started");
+    let (tcp, tls) = (
+        port_after(&line, "tcp=Some("),
+        port_after(&line, "tls=Some("),
+    );
+    let udp: SocketAddr = dataplane
+        .wait_for("dataplane started", "local_addr=")
+        .parse()
+        .unwrap();
+    wait_ice_urls(
+        &http,
+        &base,
+        &token,
+        &[
+            format!("turn:127.0.0.1:{}?transport=udp", udp.port()),
+            format!("turn:127.0.0.1:{tcp}?transport=tcp"),
+            format!("turns:127.0.0.1:{tls}?transport=tcp"),
+        ],
+    );
+
+    // A dataplane restarted without the stream listeners takes their URLs away.
+    drop(dataplane); // SIGKILL
+    let (_dataplane, _, udp) =
+        Proc::dataplane_with(dir.path(), segment, "1", &["--no-turn-tcp"], &[]);
+    wait_ice_urls(
+        &http,
+        &base,
+        &token,
+        &[format!("turn:127.0.0.1:{}?transport=udp", udp.port())],
     );
 }

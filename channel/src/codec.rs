@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! message  = version:u8 tag:u8 body            all integers little-endian
-//! version  = 2                                  CODEC_VERSION
+//! version  = 3                                  CODEC_VERSION
 //!
 //! Command tag  body
 //!   1 Grant         node:16 generation:i64 expires_at:u64
@@ -22,6 +22,7 @@
 //!   3 AllocationCreated core:u16 user_len:u16 (≤ 1024) user:utf8 relay:addr
 //!   4 AllocationExpired core:u16 relay:addr
 //!   5 NeedGrants        (empty)
+//!   6 Listening         udp:u16 has_tcp:u8 (0|1) [tcp:u16 if 1] has_tls:u8 (0|1) [tls:u16 if 1]
 //!
 //! addr = 4:u8 ip:4 port:u16
 //!      | 6:u8 ip:16 port:u16 flowinfo:u32 scope_id:u32
@@ -42,7 +43,7 @@ use uuid::Uuid;
 
 /// The first byte of every message. Bumped with [`LAYOUT_VERSION`](crate::LAYOUT_VERSION)
 /// on any change to this format.
-pub const CODEC_VERSION: u8 = 2;
+pub const CODEC_VERSION: u8 = 3;
 
 /// Most TURN secrets in one [`Command::TurnSecrets`]
 /// ([`plane::MAX_TURN_SECRETS`](boson_shared::plane::MAX_TURN_SECRETS)).
@@ -340,6 +341,19 @@ fn write_event(event: &Event, out: &mut Vec<u8>) -> Result<(), EncodeError> {
             encode_addr(relay, out);
         }
         Event::NeedGrants => out.push(5),
+        Event::Listening { udp, tcp, tls } => {
+            out.push(6);
+            out.extend_from_slice(&udp.to_le_bytes());
+            for port in [tcp, tls] {
+                match port {
+                    None => out.push(0),
+                    Some(port) => {
+                        out.push(1);
+                        out.extend_from_slice(&port.to_le_bytes());
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -388,6 +402,11 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
             relay: r.addr()?,
         },
         5 => Event::NeedGrants,
+        6 => Event::Listening {
+            udp: r.u16("Listening udp")?,
+            tcp: r.port("Listening has_tcp")?,
+            tls: r.port("Listening has_tls")?,
+        },
         found => return Err(DecodeError::UnknownTag { found }),
     };
     r.finish()?;
@@ -474,6 +493,15 @@ impl<'a> Reader<'a> {
 
     fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array(field)?))
+    }
+
+    /// A flag (0 or 1) named `field`, then a port if it is 1.
+    fn port(&mut self, field: &'static str) -> Result<Option<u16>, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => Ok(Some(self.u16("port")?)),
+            value => Err(DecodeError::InvalidValue { field, value }),
+        }
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
@@ -583,33 +611,33 @@ mod tests {
                     generation: -2,
                     expires_at: 0x0102_0304_0506_0708,
                 }),
-                &hex!("02 01 00112233445566778899aabbccddeeff feffffffffffffff 0807060504030201"),
+                &hex!("03 01 00112233445566778899aabbccddeeff feffffffffffffff 0807060504030201"),
             ),
             (
                 Command::Revoke { node },
-                &hex!("02 02 00112233445566778899aabbccddeeff"),
+                &hex!("03 02 00112233445566778899aabbccddeeff"),
             ),
-            (Command::ClearGrants, &hex!("02 03")),
+            (Command::ClearGrants, &hex!("03 03")),
             (
                 Command::TurnSecrets(vec![b"ab".to_vec(), Vec::new()]),
-                &hex!("02 04 02 0200 6162 0000"),
+                &hex!("03 04 02 0200 6162 0000"),
             ),
             (
                 Command::TurnQuota {
                     max_allocations_per_user: 10,
                 },
-                &hex!("02 05 0a000000"),
+                &hex!("03 05 0a000000"),
             ),
             (
                 Command::Drain { deadline: 1 },
-                &hex!("02 06 0100000000000000"),
+                &hex!("03 06 0100000000000000"),
             ),
             (
                 Command::Presence {
                     node,
                     host: Some(HostId(Uuid::from_bytes([0xee; 16]))),
                 },
-                &hex!("02 07 00112233445566778899aabbccddeeff 01 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"),
+                &hex!("03 07 00112233445566778899aabbccddeeff 01 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"),
             ),
             (
                 Command::PeerFilter {
@@ -617,7 +645,7 @@ mod tests {
                     deny: vec!["198.51.100.7/32".parse().unwrap()],
                 },
                 &hex!(
-                    "02 08 0200 04 0a010000 10 06 fc000000000000000000000000000000 07
+                    "03 08 0200 04 0a010000 10 06 fc000000000000000000000000000000 07
                      0100 04 c6336407 20"
                 ),
             ),
@@ -632,37 +660,37 @@ mod tests {
             until: 2,
         };
         let bytes =
-            hex!("02 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0200000000000000 0700 77733a2f2f682f");
+            hex!("03 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0200000000000000 0700 77733a2f2f682f");
         assert_eq!(command_bytes(&mesh_host), bytes);
         assert_eq!(decode_command(&bytes), Ok(mesh_host));
         let absent = Command::Presence { node, host: None };
         assert_eq!(
             command_bytes(&absent),
-            hex!("02 07 00112233445566778899aabbccddeeff 00")
+            hex!("03 07 00112233445566778899aabbccddeeff 00")
         );
         let empty = Command::PeerFilter {
             allow: Vec::new(),
             deny: Vec::new(),
         };
-        assert_eq!(command_bytes(&empty), hex!("02 08 0000 0000"));
-        assert_eq!(decode_command(&hex!("02 08 0000 0000")), Ok(empty));
+        assert_eq!(command_bytes(&empty), hex!("03 08 0000 0000"));
+        assert_eq!(decode_command(&hex!("03 08 0000 0000")), Ok(empty));
     }
 
     #[test]
     fn event_fixtures() {
         let node = NodeId::from_bytes(NODE);
-        let cases: [(Event, &[u8]); 5] = [
+        let cases: [(Event, &[u8]); 7] = [
             (
                 Event::NodeConnected {
                     node,
                     core: 3,
                     transport: Transport::Quic,
                 },
-                &hex!("02 01 00112233445566778899aabbccddeeff 0300 02"),
+                &hex!("03 01 00112233445566778899aabbccddeeff 0300 02"),
             ),
             (
                 Event::NodeDisconnected { node, core: 0x0102 },
-                &hex!("02 02 00112233445566778899aabbccddeeff 0201"),
+                &hex!("03 02 00112233445566778899aabbccddeeff 0201"),
             ),
             (
                 Event::AllocationCreated {
@@ -670,16 +698,32 @@ mod tests {
                     user: "é".to_owned(),
                     relay: "192.0.2.1:3478".parse().unwrap(),
                 },
-                &hex!("02 03 0100 0200 c3a9 04 c0000201 960d"),
+                &hex!("03 03 0100 0200 c3a9 04 c0000201 960d"),
             ),
             (
                 Event::AllocationExpired {
                     core: 1,
                     relay: SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 1, 2, 3)),
                 },
-                &hex!("02 04 0100 06 00000000000000000000000000000001 0100 02000000 03000000"),
+                &hex!("03 04 0100 06 00000000000000000000000000000001 0100 02000000 03000000"),
             ),
-            (Event::NeedGrants, &hex!("02 05")),
+            (Event::NeedGrants, &hex!("03 05")),
+            (
+                Event::Listening {
+                    udp: 3478,
+                    tcp: None,
+                    tls: None,
+                },
+                &hex!("03 06 960d 00 00"),
+            ),
+            (
+                Event::Listening {
+                    udp: 3478,
+                    tcp: Some(3478),
+                    tls: Some(443),
+                },
+                &hex!("03 06 960d 01 960d 01 bb01"),
+            ),
         ];
         for (event, bytes) in cases {
             assert_eq!(event_bytes(&event), bytes, "{event:?}");
@@ -766,12 +810,12 @@ mod tests {
     fn malformed_input_gets_a_precise_error() {
         let cases: [(&[u8], DecodeError); 17] = [
             (&[], DecodeError::Truncated { field: "version" }),
-            (&[1, 3], DecodeError::Version { found: 1 }),
-            (&[2], DecodeError::Truncated { field: "tag" }),
-            (&[2, 0], DecodeError::UnknownTag { found: 0 }),
-            (&[2, 0xff], DecodeError::UnknownTag { found: 0xff }),
+            (&[2, 3], DecodeError::Version { found: 2 }),
+            (&[3], DecodeError::Truncated { field: "tag" }),
+            (&[3, 0], DecodeError::UnknownTag { found: 0 }),
+            (&[3, 0xff], DecodeError::UnknownTag { found: 0xff }),
             (
-                &hex!("02 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0104"),
+                &hex!("03 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0104"),
                 DecodeError::TooLong {
                     field: "MeshHost relay_url",
                     len: 1025,
@@ -779,15 +823,15 @@ mod tests {
                 },
             ),
             (
-                &hex!("02 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0100 ff"),
+                &hex!("03 09 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee 0000000000000000 0100 ff"),
                 DecodeError::InvalidUtf8 {
                     field: "MeshHost relay_url",
                 },
             ),
-            (&[2, 3, 0], DecodeError::TrailingBytes { extra: 1 }),
-            (&[2, 2, 0], DecodeError::Truncated { field: "node" }),
+            (&[3, 3, 0], DecodeError::TrailingBytes { extra: 1 }),
+            (&[3, 2, 0], DecodeError::Truncated { field: "node" }),
             (
-                &hex!("02 04 11"),
+                &hex!("03 04 11"),
                 DecodeError::TooLong {
                     field: "TurnSecrets",
                     len: 17,
@@ -795,14 +839,14 @@ mod tests {
                 },
             ),
             (
-                &hex!("02 07 00112233445566778899aabbccddeeff 02"),
+                &hex!("03 07 00112233445566778899aabbccddeeff 02"),
                 DecodeError::InvalidValue {
                     field: "Presence has_host",
                     value: 2,
                 },
             ),
             (
-                &hex!("02 08 0101"),
+                &hex!("03 08 0101"),
                 DecodeError::TooLong {
                     field: "PeerFilter allow",
                     len: 257,
@@ -810,32 +854,32 @@ mod tests {
                 },
             ),
             (
-                &hex!("02 08 0100 04 c0000200 21 0000"),
+                &hex!("03 08 0100 04 c0000200 21 0000"),
                 DecodeError::InvalidValue {
                     field: "cidr prefix",
                     value: 33,
                 },
             ),
             (
-                &hex!("02 08 0000 0100 06 00000000000000000000000000000001 81"),
+                &hex!("03 08 0000 0100 06 00000000000000000000000000000001 81"),
                 DecodeError::InvalidValue {
                     field: "cidr prefix",
                     value: 129,
                 },
             ),
             (
-                &hex!("02 08 0100 05 c0000200 18 0000"),
+                &hex!("03 08 0100 05 c0000200 18 0000"),
                 DecodeError::InvalidValue {
                     field: "cidr family",
                     value: 5,
                 },
             ),
             (
-                &hex!("02 08 0100 04 c00002"),
+                &hex!("03 08 0100 04 c00002"),
                 DecodeError::Truncated { field: "cidr ip" },
             ),
             (
-                &hex!("02 08 0000"),
+                &hex!("03 08 0000"),
                 DecodeError::Truncated {
                     field: "PeerFilter deny",
                 },
@@ -844,22 +888,22 @@ mod tests {
         for (bytes, error) in cases {
             assert_eq!(decode_command(bytes), Err(error), "{bytes:02x?}");
         }
-        let events: [(&[u8], DecodeError); 5] = [
+        let events: [(&[u8], DecodeError); 7] = [
             (
-                &hex!("02 01 00112233445566778899aabbccddeeff 0000 04"),
+                &hex!("03 01 00112233445566778899aabbccddeeff 0000 04"),
                 DecodeError::InvalidValue {
                     field: "transport",
                     value: 4,
                 },
             ),
             (
-                &hex!("02 03 0000 0100 ff 04 c0000201 0100"),
+                &hex!("03 03 0000 0100 ff 04 c0000201 0100"),
                 DecodeError::InvalidUtf8 {
                     field: "AllocationCreated user",
                 },
             ),
             (
-                &hex!("02 03 0000 0104"),
+                &hex!("03 03 0000 0104"),
                 DecodeError::TooLong {
                     field: "AllocationCreated user",
                     len: 1025,
@@ -867,15 +911,26 @@ mod tests {
                 },
             ),
             (
-                &hex!("02 04 0000 05"),
+                &hex!("03 04 0000 05"),
                 DecodeError::InvalidValue {
                     field: "relay family",
                     value: 5,
                 },
             ),
             (
-                &hex!("02 04 0000 06 0000"),
+                &hex!("03 04 0000 06 0000"),
                 DecodeError::Truncated { field: "relay ip" },
+            ),
+            (
+                &hex!("03 06 960d 02"),
+                DecodeError::InvalidValue {
+                    field: "Listening has_tcp",
+                    value: 2,
+                },
+            ),
+            (
+                &hex!("03 06 960d 00 01 bb"),
+                DecodeError::Truncated { field: "port" },
             ),
         ];
         for (bytes, error) in events {

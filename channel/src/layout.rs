@@ -12,7 +12,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"BOSONSHM");
 
 /// Bumped on any change to the header, ring, stats or codec layout. Both sides must be
 /// built with the same value; there is no negotiation (the two processes are one release).
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// The unit of alignment for regions: the header, each ring's control block and data, and
 /// the stats region start on a page boundary.

@@ -106,6 +106,8 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(core, user, relay)| { Event::AllocationCreated { core, user, relay } }),
         (any::<u16>(), addr()).prop_map(|(core, relay)| Event::AllocationExpired { core, relay }),
         Just(Event::NeedGrants),
+        (any::<u16>(), any::<Option<u16>>(), any::<Option<u16>>())
+            .prop_map(|(udp, tcp, tls)| Event::Listening { udp, tcp, tls }),
     ]
 }
 

@@ -278,7 +278,7 @@ fn every_header_field_is_checked_on_attach() {
     assert!(error.contains("cores is 2, expected 4"), "{error}");
     assert!(error.contains(path.to_str().unwrap()), "{error}");
     assert_eq!(MAGIC.to_le_bytes(), *b"BOSONSHM");
-    assert_eq!(LAYOUT_VERSION, 2);
+    assert_eq!(LAYOUT_VERSION, 3);
 }
 
 #[test]
@@ -502,9 +502,9 @@ fn a_hand_written_frame_lands_where_the_layout_table_says() {
     // Core 1's command ring: 4096 + 1 × (8192 + 64 KiB + 128 KiB).
     let control = 4096 + (8192 + 65_536 + 131_072) as u64;
     let data = control + PAGE as u64;
-    // Frame 1: length 3, payload "\x02\x03\x00" (ClearGrants plus a stray byte).
+    // Frame 1: length 3, payload "\x03\x03\x00" (ClearGrants plus a stray byte).
     // Frame 2: length 2, ClearGrants.
-    file.write_all_at(&[3, 0, 0, 0, 2, 3, 0, 0, 2, 0, 0, 0, 2, 3, 0, 0], data)
+    file.write_all_at(&[3, 0, 0, 0, 3, 3, 0, 0, 2, 0, 0, 0, 3, 3, 0, 0], data)
         .unwrap();
     let tail: u64 = (2 << 32) | 16; // two messages, 16 bytes
     file.write_all_at(&tail.to_le_bytes(), control).unwrap();

@@ -104,8 +104,8 @@ pub struct ControlArgs {
     #[arg(long, env = "BOSON_PUBLIC_HOST", default_value = "127.0.0.1")]
     pub public_host: String,
 
-    /// Port in the STUN/TURN URLs handed out. Default: the TURN listener's port when the
-    /// dataplane runs in this process, else 3478.
+    /// Port in the STUN/TURN URLs handed out. Default: the TURN listener's port, as the
+    /// dataplane reports it (in this process, or over the segment), 3478 until one does.
     #[arg(long, env = "BOSON_TURN_PORT")]
     pub turn_port: Option<u16>,
 
@@ -351,8 +351,12 @@ pub struct TurnConfig {
     pub public_host: String,
     /// Port of our STUN/TURN listener.
     pub port: u16,
-    /// Port of our TURN-over-TCP listener, when it runs: set by the binary from the
-    /// dataplane it started.
+    /// `port` was given (`--turn-port`, a port mapped in front of the host, say): the
+    /// dataplane's own listener port does not replace it.
+    pub port_fixed: bool,
+    /// Port of our TURN-over-TCP listener, when it runs: set from the dataplane, by the
+    /// binary when it started it and over the segment when it attaches
+    /// (`Event::Listening`).
     pub tcp_port: Option<u16>,
     /// Port of our TURN-over-TLS listener, when it runs: as `tcp_port`.
     pub tls_port: Option<u16>,
@@ -566,6 +570,7 @@ impl ControlArgs {
                 credential_ttl: self.turn_credential_ttl,
                 public_host: self.public_host,
                 port: self.turn_port.unwrap_or(DEFAULT_TURN_PORT),
+                port_fixed: self.turn_port.is_some(),
                 tcp_port: None,
                 tls_port: None,
                 extra_urls: self.extra_ice_urls,

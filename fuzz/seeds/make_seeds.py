@@ -103,7 +103,7 @@ def ws_handshake_seeds():
 
 
 def plane_codec_seeds():
-    # Byte 0 picks the decoder (even: Command, odd: Event); then codec version 2 and a tag.
+    # Byte 0 picks the decoder (even: Command, odd: Event); then codec version 3 and a tag.
     node = bytes(range(16))
     host = b"\xee" * 16
     le = lambda n, size: n.to_bytes(size, "little", signed=n < 0)
@@ -125,7 +125,7 @@ def plane_codec_seeds():
         + b"ws://10.0.0.2:8443/relay",
     }
     for name, body in commands.items():
-        write("plane_codec", "command-" + name, b"\x00\x02" + body)
+        write("plane_codec", "command-" + name, b"\x00\x03" + body)
     v4 = b"\x04" + bytes([192, 0, 2, 1]) + le(3478, 2)
     v6 = b"\x06" + bytes(15) + b"\x01" + le(3478, 2) + le(7, 4) + le(2, 4)
     events = {
@@ -135,9 +135,11 @@ def plane_codec_seeds():
         "allocation-created-v6": b"\x03" + le(1, 2) + le(0, 2) + v6,
         "allocation-expired": b"\x04" + le(1, 2) + v4,
         "need-grants": b"\x05",
+        "listening-udp": b"\x06" + le(3478, 2) + b"\x00\x00",
+        "listening-all": b"\x06" + le(3478, 2) + b"\x01" + le(3478, 2) + b"\x01" + le(443, 2),
     }
     for name, body in events.items():
-        write("plane_codec", "event-" + name, b"\x01\x02" + body)
+        write("plane_codec", "event-" + name, b"\x01\x03" + body)
 
 
 def channel_ring_seeds():

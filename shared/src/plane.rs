@@ -244,6 +244,17 @@ pub enum Event {
     },
     /// The dataplane (re)started with no grants: the control plane must re-push them.
     NeedGrants,
+    /// The ports of the dataplane's STUN/TURN listeners, told to every control plane that
+    /// attaches (on core 0's ring), so one in another process hands out the URLs of the
+    /// listeners that actually run.
+    Listening {
+        /// The UDP listener's port.
+        udp: u16,
+        /// The TURN-over-TCP listener's port, if it runs.
+        tcp: Option<u16>,
+        /// The TURN-over-TLS listener's port, if it runs.
+        tls: Option<u16>,
+    },
 }
 
 #[cfg(test)]

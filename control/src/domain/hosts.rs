@@ -212,7 +212,9 @@ pub fn mesh_announcements(
 #[derive(Debug)]
 pub struct LocalHost {
     config: HostConfig,
-    addresses: HostAddresses,
+    addresses: Mutex<HostAddresses>,
+    /// The operator fixed the UDP port: what the dataplane reports does not replace it.
+    udp_port_fixed: bool,
     started_at: UnixMillis,
     load: Mutex<HostLoad>,
     draining: AtomicBool,
@@ -222,14 +224,15 @@ impl LocalHost {
     /// This host, started at `now`.
     pub fn new(config: &HostConfig, turn: &TurnConfig, now: UnixMillis) -> Self {
         Self {
-            addresses: HostAddresses {
+            addresses: Mutex::new(HostAddresses {
                 turn_host: turn.public_host.clone(),
                 turn_port: turn.port,
                 turn_tcp_port: turn.tcp_port,
                 turn_tls_port: turn.tls_port,
                 relay_url: config.relay_url.clone(),
                 quic_addr: config.quic_addr.clone(),
-            },
+            }),
+            udp_port_fixed: turn.port_fixed,
             config: config.clone(),
             started_at: now,
             load: Mutex::new(HostLoad::default()),
@@ -250,6 +253,31 @@ impl LocalHost {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = load;
     }
 
+    /// Its public addresses now.
+    pub fn addresses(&self) -> HostAddresses {
+        self.lock_addresses().clone()
+    }
+
+    /// The dataplane listens on these ports (`tcp`, `tls`: `None` when that listener does
+    /// not run): its record and the URLs handed out say so from now on. The UDP port stays
+    /// the configured one when the operator fixed it. Returns whether anything changed.
+    pub fn handle_listening(&self, udp: u16, tcp: Option<u16>, tls: Option<u16>) -> bool {
+        let mut addresses = self.lock_addresses();
+        let before = addresses.clone();
+        if !self.udp_port_fixed {
+            addresses.turn_port = udp;
+        }
+        addresses.turn_tcp_port = tcp;
+        addresses.turn_tls_port = tls;
+        *addresses != before
+    }
+
+    fn lock_addresses(&self) -> std::sync::MutexGuard<'_, HostAddresses> {
+        self.addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// From now on its record says it is draining. There is no way back: a drain ends with
     /// the process.
     pub fn start_draining(&self) {
@@ -262,7 +290,7 @@ impl LocalHost {
             host_id: self.config.id,
             region: self.config.region.clone(),
             coordinates: self.config.coordinates,
-            addresses: self.addresses.clone(),
+            addresses: self.addresses(),
             capacity: HostCapacity {
                 max_connections: self.config.max_connections,
                 bandwidth: self.config.bandwidth_mbps,
@@ -497,6 +525,7 @@ pub(crate) mod tests {
             credential_ttl: Duration::from_secs(60),
             public_host: "192.0.2.1".to_owned(),
             port: 3478,
+            port_fixed: false,
             tcp_port: None,
             tls_port: None,
             extra_urls: Vec::new(),
@@ -509,6 +538,71 @@ pub(crate) mod tests {
         assert_eq!(record.last_heartbeat, 7);
         let text = serde_json::to_string(&record).unwrap();
         assert!(text.contains("\"draining\":true"), "{text}");
+    }
+
+    #[test]
+    fn the_dataplanes_listeners_replace_the_configured_ports_unless_fixed() {
+        let config = HostConfig {
+            id: HostId(uuid::Uuid::from_bytes([1; 16])),
+            region: String::new(),
+            coordinates: None,
+            relay_url: None,
+            quic_addr: None,
+            max_connections: 10,
+            bandwidth_mbps: 100.0,
+            heartbeat_interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+        };
+        let mut turn = TurnConfig {
+            secrets: vec![boson_shared::TurnSecret::new("s")],
+            secrets_file: None,
+            max_allocations_per_user: 10,
+            allowed_peers: Vec::new(),
+            denied_peers: Vec::new(),
+            credential_ttl: Duration::from_secs(60),
+            public_host: "192.0.2.1".to_owned(),
+            port: 3478,
+            port_fixed: false,
+            tcp_port: None,
+            tls_port: None,
+            extra_urls: Vec::new(),
+        };
+        let local = LocalHost::new(&config, &turn, UnixMillis(5));
+        assert_eq!(
+            local.addresses().turn_urls(),
+            ["turn:192.0.2.1:3478?transport=udp"]
+        );
+        assert!(local.handle_listening(3479, Some(3480), Some(443)));
+        assert!(
+            !local.handle_listening(3479, Some(3480), Some(443)),
+            "no change"
+        );
+        assert_eq!(
+            local.record(UnixMillis(6)).addresses.turn_urls(),
+            [
+                "turn:192.0.2.1:3479?transport=udp",
+                "turn:192.0.2.1:3480?transport=tcp",
+                "turns:192.0.2.1:443?transport=tcp",
+            ]
+        );
+        // A dataplane restarted without its stream listeners takes their URLs away.
+        assert!(local.handle_listening(3479, None, None));
+        assert_eq!(
+            local.addresses().turn_urls(),
+            ["turn:192.0.2.1:3479?transport=udp"]
+        );
+
+        turn.port_fixed = true;
+        let fixed = LocalHost::new(&config, &turn, UnixMillis(5));
+        fixed.handle_listening(3479, Some(3479), None);
+        assert_eq!(
+            fixed.addresses().turn_urls(),
+            [
+                "turn:192.0.2.1:3478?transport=udp",
+                "turn:192.0.2.1:3479?transport=tcp",
+            ],
+            "the operator's UDP port stays"
+        );
     }
 
     #[test]

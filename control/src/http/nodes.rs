@@ -223,7 +223,7 @@ pub(super) async fn register(
     } else {
         StatusCode::CREATED
     };
-    let turn = &state.config.turn;
+    let addresses = state.own_addresses();
     Ok((
         status,
         Json(RegisterResponse {
@@ -235,8 +235,8 @@ pub(super) async fn register(
             expires_at: issued.expires_at.0,
             heartbeat_interval: state.config.nodes.heartbeat_interval.as_secs().max(1),
             stun_servers: vec![HostPort {
-                host: turn.public_host.clone(),
-                port: turn.port,
+                host: addresses.turn_host,
+                port: addresses.turn_port,
             }],
             // Relay hosts change while a node runs: it reads them from `GET /api/v1/hosts`
             // (and its routes from `POST /api/v1/routing/request`), not from this snapshot.

@@ -24,7 +24,7 @@ use boson_shared::plane::{Command, Event, Generation, Grant, HostId};
 use crate::AppState;
 use crate::clock::UnixMillis;
 use crate::domain::grants::{self, Epoch, GrantTable, GrantUpdate};
-use crate::domain::hosts::{self, HostLoad, HostRecord};
+use crate::domain::hosts::{self, HostAddresses, HostLoad, HostRecord};
 use crate::domain::presence::PresenceChange;
 use crate::io::cache::CacheError;
 use crate::io::store::StoreError;
@@ -155,6 +155,16 @@ impl AppState {
                 let mut view = self.lock_allocations();
                 view.handle_expired(core, relay);
                 self.metrics.set_turn_allocations(&view);
+            }
+            Event::Listening { udp, tcp, tls } => {
+                if self.host.handle_listening(udp, tcp, tls) {
+                    tracing::info!(
+                        udp,
+                        tcp = ?tcp,
+                        tls = ?tls,
+                        "the dataplane's STUN/TURN listeners: ICE URLs and the host record follow"
+                    );
+                }
             }
         }
     }
@@ -425,6 +435,11 @@ impl AppState {
     /// This host's record at `now`.
     pub(crate) fn own_record(&self, now: UnixMillis) -> HostRecord {
         self.host.record(now)
+    }
+
+    /// This host's public addresses now (its TURN ports as the dataplane reported them).
+    pub fn own_addresses(&self) -> HostAddresses {
+        self.host.addresses()
     }
 
     async fn live_grants(&self, now: UnixMillis) -> Result<Vec<Grant>, StoreError> {

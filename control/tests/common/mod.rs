@@ -256,6 +256,7 @@ impl TestServer {
                     format!("h{index}.example.test")
                 },
                 port: 3478,
+                port_fixed: false,
                 tcp_port: None,
                 tls_port: None,
                 extra_urls: vec!["stun:stun.example.test:3478".to_owned()],
