@@ -516,6 +516,16 @@ impl<P: Presence> Hub<P> {
         }
     }
 
+    /// The presence lookup this hub was built with.
+    pub const fn presence(&self) -> &P {
+        &self.presence
+    }
+
+    /// The presence lookup this hub was built with, to update.
+    pub const fn presence_mut(&mut self) -> &mut P {
+        &mut self.presence
+    }
+
     /// Where `dest` is: on this hub, elsewhere per the presence lookup, or nowhere.
     pub fn route(&self, dest: &NodeId) -> Route {
         if let Some(&conn) = self.by_node.get(dest) {
