@@ -45,8 +45,9 @@ impl fmt::Display for ConnId {
     }
 }
 
-/// Where a node is connected when it is not connected to this hub. The shell plugs in its
-/// view of other cores and hosts; a closure `Fn(&NodeId) -> bool` works.
+/// Where a node is connected when it is not connected to this hub. A relay core plugs in
+/// its [`Directory`](super::Directory) of other cores, hosts and QUIC sessions, and routes
+/// with [`Hub::route_frame`]; a closure `Fn(&NodeId) -> bool` works for tests.
 pub trait Presence {
     /// Whether `node` is reachable through another core or host.
     fn is_remote(&self, node: &NodeId) -> bool;
