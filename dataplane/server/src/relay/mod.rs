@@ -35,6 +35,7 @@
 //!
 //! Not where a frame goes: proto's [`Hub::route_frame`] decides that for every frame, from
 //! a client of this core, another core or a mesh link, and `route.rs` executes its [`Hop`].
+//!
 //! Tokens: [`Authenticator`] (the binary checks the JWT and the control plane's grant).
 //! Write batching: everything a connection has queued is copied into one scratch buffer and
 //! written with one syscall; when the socket is full the rest waits in the connection's own
