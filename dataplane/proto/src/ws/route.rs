@@ -39,7 +39,7 @@
 //! * which core holds the mesh link of each host ([`Directory::mesh_up`],
 //!   [`Directory::mesh_down`], and [`Directory::mesh_here`] when this core takes one).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use boson_shared::{HostId, NodeId};
 
@@ -121,7 +121,10 @@ drop_reasons!(RouteDrop {
 pub struct Directory {
     nodes: HashMap<NodeId, Location>,
     /// Which other core holds the mesh link of each host (this core's own are in the hub).
-    mesh_cores: HashMap<HostId, usize>,
+    /// Few entries, as in the hub's own map of links; a B-tree, because one more hashed key
+    /// type in this crate moved the compiler's inlining of SipHash on the TURN core's
+    /// peer-to-client path (`benches/icount.sh`: +20 instructions a packet).
+    mesh_cores: BTreeMap<HostId, usize>,
     drops: DropCounters<RouteDrop>,
 }
 
