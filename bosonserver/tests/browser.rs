@@ -341,7 +341,8 @@ impl Home {
 }
 
 /// Headless Chromium in a process group of its own, killed with the whole group when
-/// dropped, however the test ends.
+/// dropped, however the test ends (and, should the test be killed, by `PR_SET_PDEATHSIG`:
+/// its zygote and renderers then exit with it).
 struct Browser {
     child: Child,
     log: PathBuf,
@@ -352,7 +353,9 @@ impl Browser {
         let profile = home.0.join("chromium-profile");
         let log = home.0.join("chromium.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("chromium")
+        let mut command = Command::new("chromium");
+        boson_testsupport::die_with_parent(&mut command);
+        let child = command
             .args([
                 "--headless",
                 "--no-sandbox",
