@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests, coturn's
-# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests, and iproute2,
-# iptables, wireguard-go, wireguard-tools, ping and iperf3 for the network-namespace tests
-# (testsupport/'s simulated internet, the node agent's WireGuard tunnels).
+# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests, iproute2, iptables,
+# wireguard-go, wireguard-tools, ping and iperf3 for the network-namespace tests
+# (testsupport/'s simulated internet, the node agent's WireGuard tunnels), and Chromium with
+# NSS's certutil for the browser test (bosonserver/tests/browser.rs).
 # Exports BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL; stops both on exit.
 
 services_dir=""
@@ -70,8 +71,27 @@ install_netns_tools_if_missing() {
     fi
 }
 
+# The browser test: headless Chromium relaying through our TURN server, and certutil to make
+# it trust the test's CA (an NSS database in a throw-away HOME). Installed when root; else
+# that test skips (or fails under CI) by itself.
+install_browser_if_missing() {
+    local need=()
+    command -v chromium >/dev/null || need+=(chromium)
+    command -v certutil >/dev/null || need+=(libnss3-tools)
+    [ ${#need[@]} -gt 0 ] || return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing ${need[*]} from Debian's packages" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing ${need[*]}: the browser test will skip" >&2
+        return 1
+    fi
+}
+
 start_test_services() {
     install_netns_tools_if_missing || true
+    install_browser_if_missing || true
     if [ -n "${BOSON_TEST_DATABASE_URL:-}" ] && [ -n "${BOSON_TEST_REDIS_URL:-}" ]; then
         echo "using BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL as given" >&2
         return 0
