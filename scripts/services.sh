@@ -31,21 +31,29 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# Installs the Debian packages named after $1 when root and apt-get is there; else says
+# what is missing and why that matters ($1) and fails. Nothing to install: succeeds.
+apt_install() {
+    local why=$1
+    shift
+    [ $# -gt 0 ] || return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing $* from Debian's packages" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "missing $*: $why" >&2
+        return 1
+    fi
+}
+
 install_if_missing() {
     local need=()
     [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ] || need+=(postgresql)
     command -v redis-server >/dev/null || need+=(redis-server)
     # coturn's own client and peer, for the TURN interop tests.
     command -v turnutils_uclient >/dev/null || need+=(coturn)
-    [ ${#need[@]} -gt 0 ] || return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing ${need[*]} from Debian's packages" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-        echo "missing ${need[*]}: install them (or set BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL)" >&2
-        return 1
-    fi
+    apt_install "install them (or set BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL)" "${need[@]}"
 }
 
 # The network-namespace tests need root anyway: home routers NAT with iptables, nodes run
@@ -60,15 +68,7 @@ install_netns_tools_if_missing() {
     command -v wg >/dev/null || need+=(wireguard-tools)
     command -v ping >/dev/null || need+=(iputils-ping)
     command -v iperf3 >/dev/null || need+=(iperf3)
-    [ ${#need[@]} -gt 0 ] || return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing ${need[*]} from Debian's packages" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-        echo "missing ${need[*]}: the network-namespace tests will skip" >&2
-        return 1
-    fi
+    apt_install "the network-namespace tests will skip" "${need[@]}"
 }
 
 # The browser test: headless Chromium relaying through our TURN server, and certutil to make
@@ -78,15 +78,7 @@ install_browser_if_missing() {
     local need=()
     command -v chromium >/dev/null || need+=(chromium)
     command -v certutil >/dev/null || need+=(libnss3-tools)
-    [ ${#need[@]} -gt 0 ] || return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing ${need[*]} from Debian's packages" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-        echo "missing ${need[*]}: the browser test will skip" >&2
-        return 1
-    fi
+    apt_install "the browser test will skip" "${need[@]}"
 }
 
 start_test_services() {

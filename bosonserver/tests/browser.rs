@@ -245,29 +245,7 @@ fn ice_turn(server: &common::Running) -> (Vec<String>, String, String) {
     let http = common::Http::new();
     let node = common::node_body(&common::node_id(0xb7, 1), &common::wg_key(0xb7, 1));
     let token = http.register(&server.base, &node);
-    let (status, ice) = http.get_auth(&format!("{}/api/v1/turn/ice", server.base), &token);
-    assert_eq!(status, 200, "{ice}");
-    let turn = ice["iceServers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| {
-            s["urls"][0]
-                .as_str()
-                .is_some_and(|u| u.starts_with("turn:"))
-        })
-        .unwrap_or_else(|| panic!("no TURN server in {ice}"));
-    let urls = turn["urls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_owned())
-        .collect();
-    (
-        urls,
-        turn["username"].as_str().unwrap().to_owned(),
-        turn["credential"].as_str().unwrap().to_owned(),
-    )
+    http.ice_turn(&server.base, &token)
 }
 
 /// A test CA, and a certificate for `localhost` and `127.0.0.1` signed by it, as PEM files.
