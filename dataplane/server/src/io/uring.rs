@@ -56,7 +56,7 @@ use super::bufs::{SLOT_SIZE, TAILROOM};
 use super::{
     BufId, BufPool, CONTROL_LEN, Datagram, HEADROOM, Io, IoCounters, OverflowSeen, RX_START,
     RawAddr, SocketId, SocketRole, Sockets, Waker, decode_addr, enable_overflow_count,
-    overflow_total,
+    parse_control,
 };
 
 /// Size of the source-address area of a multishot `RecvMsg` buffer: holds a `sockaddr_in6`
@@ -117,7 +117,7 @@ pub(crate) fn probe() -> anyhow::Result<()> {
         .name("boson-uring-probe".into())
         .spawn(|| {
             let waker = Arc::new(Waker::new().context("creating an eventfd")?);
-            let _uring = Uring::new(64, waker)?;
+            let _uring = Uring::new(64, waker, false)?;
             Ok(())
         })
         .context("spawning the io_uring probe thread")?
@@ -186,7 +186,7 @@ enum RecvState {
 
 impl Uring {
     /// Sets up a ring with a pool of `buffers` slots (a power of two, at least 2).
-    pub(crate) fn new(buffers: usize, waker: Arc<Waker>) -> anyhow::Result<Self> {
+    pub(crate) fn new(buffers: usize, waker: Arc<Waker>, _offload: bool) -> anyhow::Result<Self> {
         let (ring, deferred) = build_ring().context("io_uring_setup failed")?;
         ensure!(
             ring.params().is_feature_ext_arg(),
@@ -481,7 +481,7 @@ impl Uring {
             match types::RecvMsgOut::parse(slot, recv_msg) {
                 Err(()) => None,
                 Ok(out) => {
-                    let overflow = overflow_total(out.control_data());
+                    let overflow = parse_control(out.control_data()).overflow;
                     if out.is_payload_truncated() {
                         Some((None, overflow))
                     } else {
