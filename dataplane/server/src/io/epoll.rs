@@ -35,9 +35,10 @@ use std::time::Duration;
 
 use super::bufs::{MAX_PAYLOAD, SLOT_SIZE};
 use super::{
-    BufId, BufPool, CONTROL_LEN, Datagram, GSO_MAX_BYTES, GSO_MAX_SEGMENT, GSO_MAX_SEGMENTS, Io,
-    IoCounters, Offload, OverflowSeen, RX_START, RawAddr, SocketId, SocketRole, Sockets, Waker,
-    decode_addr, enable_offload, enable_overflow_count, log_gso_failed, parse_control,
+    BufId, BufPool, CONTROL_LEN, Datagram, GSO_MAX_SEGMENTS, Io, IoCounters, Offload, OverflowSeen,
+    PendingSend, RX_START, RawAddr, SocketId, SocketRole, Sockets, Waker, decode_addr,
+    enable_offload, enable_overflow_count, gso_group, log_gso_failed, parse_control,
+    write_segment_cmsg,
 };
 
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
@@ -60,7 +61,7 @@ const AUX_TOKEN: u64 = u64::MAX - 1;
 const SPILL_LEN: usize = 65_536;
 
 /// Control data of a GSO send: `CMSG_SPACE(2)` for the `u16` segment size.
-const TX_CONTROL_LEN: usize = size_of::<libc::cmsghdr>() + 8;
+const TX_CONTROL_LEN: usize = super::SEGMENT_CONTROL_LEN;
 
 /// The epoll [`Io`] backend of one worker.
 pub(crate) struct Epoll {
@@ -94,13 +95,6 @@ struct Entry {
     role: SocketRole,
     overflow: OverflowSeen,
     offload: Offload,
-}
-
-struct PendingSend {
-    socket: SocketId,
-    dst: SocketAddr,
-    buf: BufId,
-    range: Range<usize>,
 }
 
 /// Headers for one `recvmmsg` call; rebuilt per call, boxed so the pointers between them
@@ -421,26 +415,11 @@ impl Epoll {
             while msgs < BATCH && next < run.end {
                 let first = &self.pending[next];
                 let size = first.range.len();
-                let mut end = next + 1;
-                if gso && size <= GSO_MAX_SEGMENT && size > 0 {
-                    let mut bytes = size;
-                    while end < run.end
-                        && end - next < GSO_MAX_SEGMENTS
-                        && bytes + size <= GSO_MAX_BYTES
-                    {
-                        let send = &self.pending[end];
-                        let len = send.range.len();
-                        if send.dst != first.dst || len > size || len == 0 {
-                            break;
-                        }
-                        bytes += len;
-                        end += 1;
-                        if len < size {
-                            // A shorter datagram ends the group.
-                            break;
-                        }
-                    }
-                }
+                let end = if gso {
+                    next + gso_group(&self.pending[next..run.end])
+                } else {
+                    next + 1
+                };
                 let (addr, addr_len) = RawAddr::encode(first.dst);
                 self.tx.names[msgs] = addr;
                 let iov_start = iov;
@@ -530,25 +509,6 @@ impl Epoll {
                 done += sent;
             }
         }
-    }
-}
-
-/// Writes a `UDP_SEGMENT` control message with segment size `size` into `control`.
-fn write_segment_cmsg(control: &mut [u64; TX_CONTROL_LEN / 8], size: usize) {
-    // SAFETY: all-zero is a valid cmsghdr.
-    let mut hdr: libc::cmsghdr = unsafe { std::mem::zeroed() };
-    hdr.cmsg_level = libc::SOL_UDP;
-    hdr.cmsg_type = libc::UDP_SEGMENT;
-    hdr.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
-    let size = u16::try_from(size).unwrap_or_else(|_| unreachable!("at most GSO_MAX_SEGMENT"));
-    let base = control.as_mut_ptr().cast::<u8>();
-    // SAFETY: the area holds a cmsghdr and a u16 behind it (TX_CONTROL_LEN); unaligned
-    // writes need no alignment.
-    unsafe {
-        base.cast::<libc::cmsghdr>().write_unaligned(hdr);
-        base.add(size_of::<libc::cmsghdr>())
-            .cast::<u16>()
-            .write_unaligned(size);
     }
 }
 
