@@ -254,6 +254,13 @@ struct TurnArgs {
     /// The core the server runs on, to measure how busy it was.
     #[arg(long)]
     server_core: Option<usize>,
+    /// Send each turn's datagrams as one UDP GSO message (--batch at most 64); the sinks
+    /// receive with GRO.
+    #[arg(long)]
+    gso: bool,
+    /// One peer sink per allocation instead of one shared.
+    #[arg(long)]
+    sink_per_allocation: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -469,8 +476,10 @@ struct RunArgs {
     /// max,20k,50k,100k.
     #[arg(long, value_delimiter = ',')]
     loads: Option<Vec<Rate>>,
-    /// TURN servers, comma separated, in the order each round visits them. Default:
-    /// boson-uring,boson-epoll,coturn,raw.
+    /// TURN servers, comma separated, in the order each round visits them: boson-uring,
+    /// boson-epoll, boson-uring-nogso, boson-epoll-nogso (--no-udp-offload), coturn,
+    /// coturn-src (--coturn-src, with --udp-gso --multiplex-peer; needs
+    /// --sink-per-allocation), raw. Default: boson-uring,boson-epoll,coturn,raw.
     #[arg(long, value_delimiter = ',', conflicts_with = "relays")]
     servers: Option<Vec<ServerKind>>,
     /// The WebSocket relays instead of TURN: bosonserver's relay against the
@@ -520,6 +529,18 @@ struct RunArgs {
     /// coturn's turnserver binary.
     #[arg(long, default_value = "turnserver")]
     turnserver: PathBuf,
+    /// coturn's turnserver built from its current source by benches/coturn-src.sh (the
+    /// coturn-src server); skipped with a message when absent.
+    #[arg(long, default_value = "target/coturn/bin/turnserver")]
+    coturn_src: PathBuf,
+    /// The generator sends each turn's datagrams of a flow as one UDP GSO message (at most
+    /// 64, as WireGuard peers batch) and its sinks receive with GRO.
+    #[arg(long)]
+    gso: bool,
+    /// One peer sink per allocation instead of one shared (coturn's --multiplex-peer allows
+    /// one allocation per peer address).
+    #[arg(long)]
+    sink_per_allocation: bool,
     /// TURN REST secret given to both TURN servers.
     #[arg(long, default_value = "bench-secret")]
     secret: String,
@@ -621,6 +642,8 @@ fn turn(args: TurnArgs) -> anyhow::Result<()> {
         user_prefix: format!("bench{}", std::process::id()),
         server_pid: args.server_pid,
         server_core: args.server_core,
+        gso: args.gso,
+        sink_per_flow: args.sink_per_allocation,
     };
     config.validate()?;
     let progress = if args.quiet {
@@ -827,7 +850,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let loads = args.loads.unwrap_or_else(|| TURN_LOADS.to_vec());
     let sizes = args.sizes.unwrap_or_else(|| SIZES.to_vec());
     ensure!(!sizes.is_empty() && !loads.is_empty(), "no sizes or loads");
-    let mut servers = args.servers.unwrap_or_else(|| ServerKind::ALL.to_vec());
+    let mut servers = args.servers.unwrap_or_else(|| ServerKind::DEFAULT.to_vec());
+    if servers.contains(&ServerKind::CoturnSrc) && !args.coturn_src.is_file() {
+        eprintln!(
+            "warning: {} not found (build it with benches/coturn-src.sh); skipping coturn-src",
+            args.coturn_src.display()
+        );
+        servers.retain(|s| *s != ServerKind::CoturnSrc);
+    }
     ensure!(!servers.is_empty(), "no servers");
     ensure!(
         args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
@@ -857,6 +887,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         batch: args.batch,
         bosonserver,
         turnserver: args.turnserver,
+        coturn_src: args.coturn_src,
+        gso: args.gso,
+        sink_per_flow: args.sink_per_allocation,
         bench,
         secret: args.secret,
         server_core: args.server_core,

@@ -29,22 +29,43 @@ pub enum ServerKind {
     BosonUring,
     /// `bosonserver run --io-backend epoll`.
     BosonEpoll,
-    /// coturn's `turnserver`.
+    /// `bosonserver run --io-backend uring --no-udp-offload`.
+    BosonUringNogso,
+    /// `bosonserver run --io-backend epoll --no-udp-offload`.
+    BosonEpollNogso,
+    /// coturn's `turnserver` (Debian's, or whatever `--turnserver` names).
     Coturn,
+    /// coturn built from its current source (`benches/coturn-src.sh`), with
+    /// `--udp-gso --multiplex-peer`.
+    CoturnSrc,
     /// `boson-bench raw-forwarder`.
     Raw,
 }
 
 impl ServerKind {
     /// Every server, in the order rounds visit them.
-    pub const ALL: [Self; 4] = [Self::BosonUring, Self::BosonEpoll, Self::Coturn, Self::Raw];
+    pub const ALL: [Self; 7] = [
+        Self::BosonUring,
+        Self::BosonEpoll,
+        Self::BosonUringNogso,
+        Self::BosonEpollNogso,
+        Self::Coturn,
+        Self::CoturnSrc,
+        Self::Raw,
+    ];
+
+    /// The servers a run visits unless told otherwise.
+    pub const DEFAULT: [Self; 4] = [Self::BosonUring, Self::BosonEpoll, Self::Coturn, Self::Raw];
 
     /// Short name for tables and the plot.
     pub const fn name(self) -> &'static str {
         match self {
             Self::BosonUring => "boson-uring",
             Self::BosonEpoll => "boson-epoll",
+            Self::BosonUringNogso => "boson-uring-nogso",
+            Self::BosonEpollNogso => "boson-epoll-nogso",
             Self::Coturn => "coturn",
+            Self::CoturnSrc => "coturn-src",
             Self::Raw => "raw",
         }
     }
@@ -52,8 +73,10 @@ impl ServerKind {
     /// Whether this is one of ours.
     pub const fn is_ours(self) -> bool {
         match self {
-            Self::BosonUring | Self::BosonEpoll => true,
-            Self::Coturn | Self::Raw => false,
+            Self::BosonUring | Self::BosonEpoll | Self::BosonUringNogso | Self::BosonEpollNogso => {
+                true
+            }
+            Self::Coturn | Self::CoturnSrc | Self::Raw => false,
         }
     }
 }
@@ -386,7 +409,7 @@ pub fn ratios(medians: &[Median]) -> Vec<Ratio> {
     let mut out = Vec::new();
     for (payload, rate) in cases {
         for ours in ServerKind::ALL.into_iter().filter(|s| s.is_ours()) {
-            for against in [ServerKind::Coturn, ServerKind::Raw] {
+            for against in [ServerKind::Coturn, ServerKind::CoturnSrc, ServerKind::Raw] {
                 let (Some(a), Some(b)) = (find(ours, payload, rate), find(against, payload, rate))
                 else {
                     continue;

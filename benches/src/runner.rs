@@ -82,6 +82,12 @@ pub struct RunConfig {
     pub bosonserver: PathBuf,
     /// coturn's `turnserver` binary.
     pub turnserver: PathBuf,
+    /// coturn's `turnserver` built from source (`benches/coturn-src.sh`).
+    pub coturn_src: PathBuf,
+    /// The generator sends UDP GSO batches and its sinks receive with GRO.
+    pub gso: bool,
+    /// One sink per allocation (needed by coturn's `--multiplex-peer`).
+    pub sink_per_flow: bool,
     /// This binary (to start the raw forwarder).
     pub bench: PathBuf,
     /// TURN REST secret given to both TURN servers.
@@ -163,6 +169,8 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
                         user_prefix: format!("bench{}-{scenario_id}", std::process::id()),
                         server_pid: Some(running.pid()),
                         server_core: Some(config.server_core),
+                        gso: config.gso,
+                        sink_per_flow: config.sink_per_flow,
                     };
                     let result = generator::run(&load, &current);
                     let (outcome, error) = match result {
@@ -268,12 +276,17 @@ impl Running {
 
     fn target(&self, secret: &str) -> Target {
         match self.kind {
-            ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => Target::Turn {
-                server: self.addr,
-                secret: secret.to_owned(),
-            },
             ServerKind::Raw => Target::Raw {
                 forwarder: self.addr,
+            },
+            ServerKind::BosonUring
+            | ServerKind::BosonEpoll
+            | ServerKind::BosonUringNogso
+            | ServerKind::BosonEpollNogso
+            | ServerKind::Coturn
+            | ServerKind::CoturnSrc => Target::Turn {
+                server: self.addr,
+                secret: secret.to_owned(),
             },
         }
     }
@@ -296,10 +309,7 @@ fn free_udp_port() -> anyhow::Result<u16> {
 /// other tests on the machine) rarely share ports. Both servers survive a busy port.
 fn relay_base(kind: ServerKind) -> u16 {
     let slot = u16::try_from(std::process::id() % 8).unwrap_or(0);
-    let offset = match kind {
-        ServerKind::BosonUring | ServerKind::BosonEpoll => 0,
-        ServerKind::Coturn | ServerKind::Raw => RELAY_PORTS,
-    };
+    let offset = if kind.is_ours() { 0 } else { RELAY_PORTS };
     50_000 + slot * 2 * RELAY_PORTS + offset
 }
 
@@ -310,8 +320,11 @@ fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Resu
     let relay = relay_base(kind);
     let relay_range = format!("{relay}-{}", relay + RELAY_PORTS - 1);
     let command = match kind {
-        ServerKind::BosonUring | ServerKind::BosonEpoll => {
-            let backend = if kind == ServerKind::BosonUring {
+        ServerKind::BosonUring
+        | ServerKind::BosonEpoll
+        | ServerKind::BosonUringNogso
+        | ServerKind::BosonEpollNogso => {
+            let backend = if matches!(kind, ServerKind::BosonUring | ServerKind::BosonUringNogso) {
                 "uring"
             } else {
                 "epoll"
@@ -327,14 +340,25 @@ fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Resu
                 .args(["--relay-ports", &relay_range])
                 .args(["--turn-static-secret", &config.secret])
                 .arg("--danger-allow-loopback-peers");
+            if matches!(
+                kind,
+                ServerKind::BosonUringNogso | ServerKind::BosonEpollNogso
+            ) {
+                command.arg("--no-udp-offload");
+            }
             for var in BOSON_CONFIG_VARS {
                 command.env_remove(var);
             }
             command.env("RUST_LOG", "warn");
             command
         }
-        ServerKind::Coturn => {
-            let mut command = pinned(config.server_core, &config.turnserver);
+        ServerKind::Coturn | ServerKind::CoturnSrc => {
+            let binary = if kind == ServerKind::CoturnSrc {
+                &config.coturn_src
+            } else {
+                &config.turnserver
+            };
+            let mut command = pinned(config.server_core, binary);
             command
                 .args(["-n", "--use-auth-secret"])
                 .arg(format!("--static-auth-secret={}", config.secret))
@@ -354,6 +378,11 @@ fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Resu
                     "--simple-log",
                     "--no-software-attribute",
                 ]);
+            if kind == ServerKind::CoturnSrc {
+                // Batched sends (recvmmsg is on by default); multiplex allows one allocation
+                // per peer address, hence `--sink-per-allocation`.
+                command.args(["--udp-gso", "--multiplex-peer"]);
+            }
             command
         }
         ServerKind::Raw => {
@@ -390,7 +419,12 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
     let tid = TransactionId::new([0x42; 12]);
     let probe = match running.kind {
         ServerKind::Raw => forwarder::setup_message(0),
-        ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => {
+        ServerKind::BosonUring
+        | ServerKind::BosonEpoll
+        | ServerKind::BosonUringNogso
+        | ServerKind::BosonEpollNogso
+        | ServerKind::Coturn
+        | ServerKind::CoturnSrc => {
             let mut buf = [0u8; 64];
             let encoder = Encoder::new(&mut buf, MessageType::BINDING_REQUEST, tid)?;
             let len = encoder.finish(Trailer::new())?;
@@ -416,10 +450,13 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
         let answer = &buf[..len];
         let ready = match running.kind {
             ServerKind::Raw => answer == forwarder::SETUP_OK,
-            ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => {
-                Message::parse(answer)
-                    .is_ok_and(|m| m.transaction_id() == tid && m.class() == Class::SuccessResponse)
-            }
+            ServerKind::BosonUring
+            | ServerKind::BosonEpoll
+            | ServerKind::BosonUringNogso
+            | ServerKind::BosonEpollNogso
+            | ServerKind::Coturn
+            | ServerKind::CoturnSrc => Message::parse(answer)
+                .is_ok_and(|m| m.transaction_id() == tid && m.class() == Class::SuccessResponse),
         };
         if ready {
             return Ok(());
