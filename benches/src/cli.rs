@@ -19,11 +19,12 @@ use crate::nodes::{self, NodeCredential, TokenKeys};
 use crate::quic_baseline::{self, QuicBaselineConfig};
 use crate::quic_client::ClientSetup;
 use crate::quic_generator::{self, QuicLoadConfig};
+use crate::relay_load::{PacketLimit, RelayLoad, RelayOutcome};
 use crate::report::ServerKind;
 use crate::runner::{self, RunConfig};
 use crate::ws_baseline::{self, BaselineConfig};
 use crate::ws_client::Auth;
-use crate::ws_generator::{self, WsLoadConfig, WsOutcome};
+use crate::ws_generator::{self, WsLoadConfig};
 use crate::ws_report::WsServerKind;
 use crate::ws_runner::{self, WsRunConfig};
 use crate::{clock, ctl_load, forwarder, plot};
@@ -279,14 +280,12 @@ struct ForwarderArgs {
     lifetime: Duration,
 }
 
+/// What `ws` and `quic` share: the relay, the nodes, the load and the measurements.
 #[derive(Debug, clap::Args)]
-struct WsArgs {
-    /// The relay's TCP address, on loopback.
+struct RelayLoadArgs {
+    /// The relay's address, on loopback: TCP for `ws`, UDP for `quic`.
     #[arg(long)]
     relay: SocketAddr,
-    /// The upgrade path.
-    #[arg(long, default_value = ws_baseline::PATH)]
-    path: String,
     /// Register the nodes with bosonserver's REST API at this address (its --http-listen)
     /// and use the tokens it issues. Without it, tokens are minted with --jwt-secret.
     #[arg(long)]
@@ -294,14 +293,10 @@ struct WsArgs {
     /// HS256 secret to mint node tokens with (the baseline's --jwt-secret).
     #[arg(long, default_value = DEFAULT_JWT_SECRET)]
     jwt_secret: String,
-    /// How the token is presented: `header` (Authorization: Bearer on the upgrade) or
-    /// `message` (an AUTH message after it).
-    #[arg(long, value_enum, default_value = "header")]
-    auth: AuthArg,
     /// Sender/receiver pairs (2 connections each).
     #[arg(long, default_value_t = 8)]
     pairs: usize,
-    /// Packet bytes per SEND (RECV carries the same).
+    /// Packet bytes per SEND (RECV carries the same); over QUIC at most 1145.
     #[arg(long, default_value_t = 100)]
     size: usize,
     /// Offered load: `max` or messages per second, all pairs together (`20000`, `20k`).
@@ -314,7 +309,8 @@ struct WsArgs {
     /// 10 s more while messages keep arriving).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     drain: Duration,
-    /// Frames per write at most.
+    /// Messages per send at most: WebSocket frames per write, QUIC datagrams per sender
+    /// turn.
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Generator threads; pairs are shared among them.
@@ -335,6 +331,62 @@ struct WsArgs {
     /// Write the outcome as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+impl RelayLoadArgs {
+    /// The scenario, without its nodes yet.
+    fn load(&self) -> RelayLoad {
+        RelayLoad {
+            relay: self.relay,
+            nodes: Vec::new(),
+            pairs: self.pairs,
+            packet: self.size,
+            rate: self.rate,
+            duration: self.duration,
+            drain: self.drain,
+            batch: self.batch,
+            threads: self.threads,
+            cores: self.cores.clone(),
+            server_pid: self.server_pid,
+            server_core: self.server_core,
+        }
+    }
+
+    /// Checks the scenario against `limit`, prepares the nodes, runs `generate` with a
+    /// progress bar, prints the one-line table and writes the JSON.
+    fn run(
+        &self,
+        limit: PacketLimit,
+        generate: impl FnOnce(RelayLoad, &ProgressBar) -> anyhow::Result<RelayOutcome>,
+    ) -> anyhow::Result<()> {
+        let mut load = self.load();
+        load.validate_settings(limit)?;
+        load.nodes = prepare_nodes(self.api, &self.jwt_secret, 2 * self.pairs)?;
+        let (packet, rate) = (load.packet, load.rate);
+        let progress = bar(self.quiet);
+        let outcome = generate(load, &progress)?;
+        progress.finish_and_clear();
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", ws_table_header())?;
+        writeln!(out, "{}", ws_table_row(packet, rate, &outcome))?;
+        if let Some(path) = &self.json {
+            write_json(path, &outcome)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct WsArgs {
+    #[command(flatten)]
+    load: RelayLoadArgs,
+    /// The upgrade path.
+    #[arg(long, default_value = ws_baseline::PATH)]
+    path: String,
+    /// How the token is presented: `header` (Authorization: Bearer on the upgrade) or
+    /// `message` (an AUTH message after it).
+    #[arg(long, value_enum, default_value = "header")]
+    auth: AuthArg,
 }
 
 /// `--auth`.
@@ -379,57 +431,12 @@ struct WsBaselineArgs {
 
 #[derive(Debug, clap::Args)]
 struct QuicArgs {
-    /// The relay's UDP address, on loopback.
-    #[arg(long)]
-    relay: SocketAddr,
+    #[command(flatten)]
+    load: RelayLoadArgs,
     /// The relay's certificate (PEM), the only one trusted: bosonserver's
     /// `<data-dir>/relay-cert.pem`, or the baseline's --cert. It must name `localhost`.
     #[arg(long)]
     cert: PathBuf,
-    /// Register the nodes with bosonserver's REST API at this address (its --http-listen)
-    /// and use the tokens it issues. Without it, tokens are minted with --jwt-secret.
-    #[arg(long)]
-    api: Option<SocketAddr>,
-    /// HS256 secret to mint node tokens with (the baseline's --jwt-secret).
-    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
-    jwt_secret: String,
-    /// Sender/receiver pairs (2 connections each).
-    #[arg(long, default_value_t = 8)]
-    pairs: usize,
-    /// Packet bytes per SEND (RECV carries the same), at most 1145.
-    #[arg(long, default_value_t = 100)]
-    size: usize,
-    /// Offered load: `max` or messages per second, all pairs together (`20000`, `20k`).
-    #[arg(long, default_value = "max")]
-    rate: Rate,
-    /// How long to send.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// After sending stops, the nodes are polled until nothing arrived for this long (at
-    /// most 10 s more while messages keep arriving).
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    drain: Duration,
-    /// Datagrams queued per sender turn at most.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Generator threads; pairs are shared among them.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Cores to pin the generator threads to, comma separated (round robin).
-    #[arg(long, value_delimiter = ',')]
-    cores: Vec<usize>,
-    /// The relay's pid, to measure its CPU time per message.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// The core the relay runs on, to measure how busy it was.
-    #[arg(long)]
-    server_core: Option<usize>,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
-    /// Write the outcome as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -707,82 +714,18 @@ fn prepare_nodes(
 }
 
 fn ws(args: WsArgs) -> anyhow::Result<()> {
-    let nodes = prepare_nodes(args.api, &args.jwt_secret, 2 * args.pairs)?;
-    let config = WsLoadConfig {
-        relay: args.relay,
-        path: args.path,
-        auth: args.auth.into(),
-        nodes,
-        pairs: args.pairs,
-        packet: args.size,
-        rate: args.rate,
-        duration: args.duration,
-        drain: args.drain,
-        batch: args.batch,
-        threads: args.threads,
-        cores: args.cores,
-        server_pid: args.server_pid,
-        server_core: args.server_core,
-    };
-    config.validate()?;
-    let progress = bar(args.quiet);
-    let outcome = ws_generator::run(&config, &progress)?;
-    progress.finish_and_clear();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", ws_table_header())?;
-    writeln!(
-        out,
-        "{}",
-        ws_table_row(config.packet, config.rate, &outcome)
-    )?;
-    if let Some(path) = args.json {
-        write_json(&path, &outcome)?;
-    }
-    Ok(())
+    let (path, auth) = (args.path, args.auth.into());
+    args.load.run(ws_generator::LIMIT, |load, progress| {
+        ws_generator::run(&WsLoadConfig { load, path, auth }, progress)
+    })
 }
 
 fn quic(args: QuicArgs) -> anyhow::Result<()> {
-    quic_generator::validate_settings(
-        args.relay,
-        args.pairs,
-        args.size,
-        args.rate,
-        args.duration,
-        args.drain,
-        args.batch,
-        args.threads,
-    )?;
-    let setup = ClientSetup::from_file(&args.cert)?;
-    let nodes = prepare_nodes(args.api, &args.jwt_secret, 2 * args.pairs)?;
-    let config = QuicLoadConfig {
-        relay: args.relay,
-        setup,
-        nodes,
-        pairs: args.pairs,
-        packet: args.size,
-        rate: args.rate,
-        duration: args.duration,
-        drain: args.drain,
-        batch: args.batch,
-        threads: args.threads,
-        cores: args.cores,
-        server_pid: args.server_pid,
-        server_core: args.server_core,
-    };
-    let progress = bar(args.quiet);
-    let outcome = quic_generator::run(&config, &progress)?;
-    progress.finish_and_clear();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", ws_table_header())?;
-    writeln!(
-        out,
-        "{}",
-        ws_table_row(config.packet, config.rate, &outcome)
-    )?;
-    if let Some(path) = args.json {
-        write_json(&path, &outcome)?;
-    }
-    Ok(())
+    let cert = args.cert;
+    args.load.run(quic_generator::LIMIT, |load, progress| {
+        let setup = ClientSetup::from_file(&cert)?;
+        quic_generator::run(&QuicLoadConfig { load, setup }, progress)
+    })
 }
 
 /// The header of the WebSocket and QUIC generators' one-line table.
@@ -791,7 +734,7 @@ fn ws_table_header() -> &'static str {
      |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 }
 
-fn ws_table_row(packet: usize, rate: Rate, o: &WsOutcome) -> String {
+fn ws_table_row(packet: usize, rate: Rate, o: &RelayOutcome) -> String {
     format!(
         "| {packet} B | {rate} | {:.0} | {:.0} | {:.1} | {:.2}% | {:.1} | {:.1} | {:.1} | {} | {:.0}% | {} | {} | {} | {} | {} | {} | {} |",
         o.sent_mps,
@@ -986,38 +929,26 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     // Checks pairs, sizes, threads and batch once, before any relay starts.
-    let localhost = SocketAddr::from(([127, 0, 0, 1], 1));
     for &packet in &config.packets {
+        let load = RelayLoad {
+            relay: SocketAddr::from(([127, 0, 0, 1], 1)),
+            nodes: Vec::new(),
+            pairs: config.pairs,
+            packet,
+            rate: Rate::Max,
+            duration: config.duration,
+            drain: config.drain,
+            batch: config.batch,
+            threads: config.threads,
+            cores: Vec::new(),
+            server_pid: None,
+            server_core: None,
+        };
         if config.servers.iter().any(|s| !s.is_quic()) {
-            WsLoadConfig {
-                relay: localhost,
-                path: ws_baseline::PATH.to_owned(),
-                auth: Auth::Header,
-                nodes: Vec::new(),
-                pairs: config.pairs,
-                packet,
-                rate: Rate::Max,
-                duration: config.duration,
-                drain: config.drain,
-                batch: config.batch,
-                threads: config.threads,
-                cores: Vec::new(),
-                server_pid: None,
-                server_core: None,
-            }
-            .validate_settings()?;
+            load.validate_settings(ws_generator::LIMIT)?;
         }
         if config.servers.iter().any(|s| s.is_quic()) {
-            quic_generator::validate_settings(
-                localhost,
-                config.pairs,
-                packet,
-                Rate::Max,
-                config.duration,
-                config.drain,
-                config.batch,
-                config.threads,
-            )?;
+            load.validate_settings(quic_generator::LIMIT)?;
         }
     }
     let report = ws_runner::run(&config)?;

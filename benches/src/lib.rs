@@ -13,11 +13,11 @@
 //!
 //! * [`generator`]: the TURN load generator (allocations, ChannelData flood, sinks).
 //! * [`forwarder`]: the raw forwarder, the ceiling the relays are compared against.
-//! * [`ws_generator`]: the WebSocket load generator (pairs of nodes, SEND → RECV), over
-//!   [`ws_client`], its own minimal client codec and handshake.
+//! * [`relay_load`]: the node relays' load generator (pairs of nodes, SEND → RECV, paced,
+//!   timed and drained) over a transport: [`ws_generator`] over WebSocket, with
+//!   [`ws_client`], its own minimal client codec and handshake, and [`quic_generator`] over
+//!   QUIC DATAGRAM frames, with [`quic_client`], quinn-proto driven without a runtime.
 //! * [`ws_baseline`]: the tokio-tungstenite relay our WebSocket relay is compared against.
-//! * [`quic_generator`]: the QUIC load generator (the same pairs over DATAGRAM frames), over
-//!   [`quic_client`], quinn-proto driven without a runtime.
 //! * [`quic_baseline`]: the quinn relay our QUIC relay is compared against.
 //! * [`ctl_load`]: the control-plane load generator (`boson-bench ctl`): registrations,
 //!   heartbeats, routing and ICE requests against `bosonserver control` on SQLite or
@@ -54,6 +54,7 @@ pub mod procfs;
 pub mod quic_baseline;
 pub mod quic_client;
 pub mod quic_generator;
+pub mod relay_load;
 pub mod report;
 pub mod runner;
 pub mod turn_client;

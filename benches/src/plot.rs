@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::generator::Rate;
-use crate::report::{Median, Report, ServerKind};
+use crate::report::{Median, Report, Server, ServerKind, Summary};
 use crate::ws_report::{WsMedian, WsReport, WsServerKind};
 
 /// The font used when none is given.
@@ -89,20 +89,12 @@ fn register_font(path: &Path) -> anyhow::Result<()> {
 
 /// Draws `report` into `png`.
 pub fn draw(report: &Report, png: &Path) -> anyhow::Result<()> {
-    let mut payloads: Vec<usize> = report.medians.iter().map(|m| m.payload).collect();
-    payloads.sort_unstable();
-    payloads.dedup();
-    ensure!(!payloads.is_empty(), "the report has no results to plot");
-    let root = BitMapBackend::new(png, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let payloads = sizes(&report.medians)?;
     let title = format!(
         "TURN ChannelData relay on one core: {} ({} CPUs), {} s/round, {} flows",
         report.machine.cpu_model, report.machine.nproc, report.duration_s, report.flows
     );
-    let root = root
-        .titled(&title, ("sans-serif", 20))
-        .map_err(|e| anyhow!("{e}"))?;
-    let rows = root.split_evenly((payloads.len(), 2));
+    let (root, rows) = canvas(png, &title, payloads.len())?;
     for (row, payload) in payloads.iter().enumerate() {
         let medians: Vec<&Median> = report
             .medians
@@ -120,19 +112,7 @@ pub fn draw(report: &Report, png: &Path) -> anyhow::Result<()> {
             .collect();
         let caption = format!("{payload} B payload: delivered kpps at max offered rate (median)");
         bars_panel(&rows[row * 2], &caption, "kpps", bars)?;
-        let lines = ServerKind::ALL
-            .into_iter()
-            .map(|server| Line {
-                label: server.name(),
-                color: color(server),
-                points: fixed_load_p99(
-                    medians
-                        .iter()
-                        .filter(|m| m.server == server)
-                        .map(|m| (m.rate, m.rounds, m.p99_us)),
-                ),
-            })
-            .collect();
+        let lines = p99_lines(&medians, color);
         let caption = format!("{payload} B payload: p99 one-way latency at fixed offered load");
         lines_panel(&rows[row * 2 + 1], &caption, "offered kpps", lines)?;
     }
@@ -142,12 +122,7 @@ pub fn draw(report: &Report, png: &Path) -> anyhow::Result<()> {
 
 /// Draws a WebSocket `report` into `png`.
 pub fn draw_ws(report: &WsReport, png: &Path) -> anyhow::Result<()> {
-    let mut packets: Vec<usize> = report.medians.iter().map(|m| m.packet).collect();
-    packets.sort_unstable();
-    packets.dedup();
-    ensure!(!packets.is_empty(), "the report has no results to plot");
-    let root = BitMapBackend::new(png, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let packets = sizes(&report.medians)?;
     let transports = if report.medians.iter().any(|m| m.server.is_quic()) {
         "Node relays over QUIC and WebSocket"
     } else {
@@ -161,10 +136,7 @@ pub fn draw_ws(report: &WsReport, png: &Path) -> anyhow::Result<()> {
         report.duration_s,
         report.pairs
     );
-    let root = root
-        .titled(&title, ("sans-serif", 20))
-        .map_err(|e| anyhow!("{e}"))?;
-    let rows = root.split_evenly((packets.len(), 2));
+    let (root, rows) = canvas(png, &title, packets.len())?;
     for (row, packet) in packets.iter().enumerate() {
         let medians: Vec<&WsMedian> = report
             .medians
@@ -193,19 +165,7 @@ pub fn draw_ws(report: &WsReport, png: &Path) -> anyhow::Result<()> {
         let caption =
             format!("{packet} B packets: delivered k messages/s at max offered rate (median)");
         bars_panel(&rows[row * 2], &caption, "k msg/s", bars)?;
-        let lines = WsServerKind::ALL
-            .into_iter()
-            .map(|server| Line {
-                label: server.name(),
-                color: ws_color(server),
-                points: fixed_load_p99(
-                    medians
-                        .iter()
-                        .filter(|m| m.server == server)
-                        .map(|m| (m.rate, m.rounds, m.p99_us)),
-                ),
-            })
-            .collect();
+        let lines = p99_lines(&medians, ws_color);
         let caption = format!("{packet} B packets: p99 one-way latency at fixed offered load");
         lines_panel(&rows[row * 2 + 1], &caption, "offered k msg/s", lines)?;
     }
@@ -213,11 +173,44 @@ pub fn draw_ws(report: &WsReport, png: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// (offered thousands per second, p99) of the fixed loads that have results.
-fn fixed_load_p99(medians: impl Iterator<Item = (Rate, usize, f64)>) -> Vec<(f64, f64)> {
-    medians
-        .filter(|&(_, rounds, _)| rounds > 0)
-        .filter_map(|(rate, _, p99)| Some((rate.pps()? as f64 / 1_000.0, p99)))
+/// The packet sizes of `medians`, sorted, once; an error if there are none.
+fn sizes<M: Summary>(medians: &[M]) -> anyhow::Result<Vec<usize>> {
+    let mut sizes: Vec<usize> = medians.iter().map(Summary::size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    ensure!(!sizes.is_empty(), "the report has no results to plot");
+    Ok(sizes)
+}
+
+/// The image in `png`, white, under `title`, and its two panels (bars, lines) per size row.
+fn canvas<'a>(
+    png: &'a Path,
+    title: &str,
+    rows: usize,
+) -> anyhow::Result<(Area<'a>, Vec<Area<'a>>)> {
+    let root = BitMapBackend::new(png, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| anyhow!("{e}"))?;
+    let panels = root.split_evenly((rows, 2));
+    Ok((root, panels))
+}
+
+/// One line per server of (offered thousands per second, p99) at the fixed loads that have
+/// results, from the medians of one size.
+fn p99_lines<M: Summary>(medians: &[&M], color: fn(M::Server) -> RGBColor) -> Vec<Line> {
+    M::Server::ALL
+        .iter()
+        .map(|&server| Line {
+            label: server.name(),
+            color: color(server),
+            points: medians
+                .iter()
+                .filter(|m| m.server() == server && m.rounds() > 0)
+                .filter_map(|m| Some((m.rate().pps()? as f64 / 1_000.0, m.p99_us())))
+                .collect(),
+        })
         .collect()
 }
 

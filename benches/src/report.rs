@@ -1,5 +1,10 @@
 //! The runner's results: every round's record, medians per (server, payload, load), ratios
 //! between servers, the JSON file that holds them and the Markdown tables printed from them.
+//!
+//! What every report shares, the TURN runner's here and the node relays' in
+//! [`ws_report`](crate::ws_report), is generic over [`Scenario`] (one record) and
+//! [`Summary`] (one median): the grouping of records into medians, the failures, the
+//! background noise line, the lookup of a median and the cases ratios are computed for.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,7 +14,146 @@ use serde::{Deserialize, Serialize};
 use crate::generator::{Outcome, Rate};
 use crate::maths::{median, ratio};
 
-/// A server under test.
+/// A kind of server a report compares.
+pub trait Server: Copy + Ord + 'static {
+    /// Every server, in the order rounds visit them.
+    const ALL: &'static [Self];
+    /// Short name for tables and the plot.
+    fn name(self) -> &'static str;
+}
+
+/// One scenario of one round, as a report reads it.
+pub trait Scenario {
+    /// The servers this report compares.
+    type Server: Server;
+    /// What a scenario measured.
+    type Outcome;
+    /// Round number, from 1.
+    fn round(&self) -> usize;
+    /// The server.
+    fn server(&self) -> Self::Server;
+    /// Bytes per packet (TURN: payload; node relays: packet).
+    fn size(&self) -> usize;
+    /// Offered load.
+    fn rate(&self) -> Rate;
+    /// What was measured, unless the scenario failed.
+    fn outcome(&self) -> Option<&Self::Outcome>;
+    /// Why it failed.
+    fn error(&self) -> Option<&str>;
+    /// Other tenants' load before this server's turn of the round.
+    fn background_busy(&self) -> Option<f64>;
+    /// Packets or messages `outcome` delivered.
+    fn received(outcome: &Self::Outcome) -> u64;
+
+    /// `round R server SIZE B RATE`: how tables and failures name a scenario.
+    fn label(&self) -> String {
+        format!(
+            "round {} {} {} B {}",
+            self.round(),
+            self.server().name(),
+            self.size(),
+            self.rate()
+        )
+    }
+}
+
+/// Medians over the rounds of one (server, size, load), as a report reads them.
+pub trait Summary {
+    /// The servers this report compares.
+    type Server: Server;
+    /// The server.
+    fn server(&self) -> Self::Server;
+    /// Bytes per packet.
+    fn size(&self) -> usize;
+    /// Offered load.
+    fn rate(&self) -> Rate;
+    /// Rounds that produced a result.
+    fn rounds(&self) -> usize;
+    /// p99 one-way latency, µs.
+    fn p99_us(&self) -> f64;
+}
+
+/// A (server, size, load): what medians are taken over.
+pub type Case<S> = (S, usize, Rate);
+
+/// The outcomes of `records` per (server, size, load), in the order of the servers' kinds,
+/// size, load; a scenario that failed in every round keeps an empty entry.
+pub fn group<S: Scenario>(records: &[S]) -> BTreeMap<Case<S::Server>, Vec<&S::Outcome>> {
+    let mut groups: BTreeMap<Case<S::Server>, Vec<&S::Outcome>> = BTreeMap::new();
+    for record in records {
+        let entry = groups
+            .entry((record.server(), record.size(), record.rate()))
+            .or_default();
+        if let Some(outcome) = record.outcome() {
+            entry.push(outcome);
+        }
+    }
+    groups
+}
+
+/// The median of `f` over `outcomes`, 0 without any.
+pub fn median_of<O>(outcomes: &[&O], f: impl Fn(&O) -> f64) -> f64 {
+    median(&outcomes.iter().map(|o| f(o)).collect::<Vec<_>>()).unwrap_or(0.0)
+}
+
+/// The median of `f` over the outcomes that have it.
+pub fn median_maybe<O>(outcomes: &[&O], f: impl Fn(&O) -> Option<f64>) -> Option<f64> {
+    median(&outcomes.iter().filter_map(|o| f(o)).collect::<Vec<_>>())
+}
+
+/// The scenarios that failed or delivered nothing, each with why; `first_line` keeps only
+/// an error's first line (the rest, a server's log, is in the tables).
+pub fn silent<S: Scenario>(records: &[S], first_line: bool) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.outcome().is_none_or(|o| S::received(o) == 0))
+        .map(|r| {
+            let error = r.error();
+            let error = if first_line {
+                error.and_then(|e| e.lines().next())
+            } else {
+                error
+            };
+            format!("{}: {}", r.label(), error.unwrap_or("delivered nothing"))
+        })
+        .collect()
+}
+
+/// The line on other tenants' CPU before each `whose` turn, with a blank line after; empty
+/// when the runs did not sample it.
+pub fn background_line<S: Scenario>(records: &[S], whose: &str) -> String {
+    let background: Vec<f64> = records
+        .iter()
+        .filter_map(Scenario::background_busy)
+        .collect();
+    let Some(mid) = median(&background) else {
+        return String::new();
+    };
+    let max = background.iter().copied().fold(0.0, f64::max);
+    format!(
+        "Other tenants' CPU before each {whose} turn (whole machine): median {:.0}%, max {:.0}%.\n\n",
+        mid * 100.0,
+        max * 100.0
+    )
+}
+
+/// The median of `server` at (`size`, `rate`), if it has a result.
+pub fn find<M: Summary>(medians: &[M], server: M::Server, size: usize, rate: Rate) -> Option<&M> {
+    medians
+        .iter()
+        .find(|m| m.server() == server && m.size() == size && m.rate() == rate)
+        .filter(|m| m.rounds() > 0)
+}
+
+/// Every (size, load) of `medians`, sorted, once.
+pub fn cases<M: Summary>(medians: &[M]) -> Vec<(usize, Rate)> {
+    let mut cases: Vec<(usize, Rate)> = medians.iter().map(|m| (m.size(), m.rate())).collect();
+    cases.sort();
+    cases.dedup();
+    cases
+}
+
+/// A TURN server under test.
 #[derive(
     Debug,
     Clone,
@@ -42,9 +186,8 @@ pub enum ServerKind {
     Raw,
 }
 
-impl ServerKind {
-    /// Every server, in the order rounds visit them.
-    pub const ALL: [Self; 7] = [
+impl Server for ServerKind {
+    const ALL: &'static [Self] = &[
         Self::BosonUring,
         Self::BosonEpoll,
         Self::BosonUringNogso,
@@ -54,11 +197,7 @@ impl ServerKind {
         Self::Raw,
     ];
 
-    /// The servers a run visits unless told otherwise.
-    pub const DEFAULT: [Self; 4] = [Self::BosonUring, Self::BosonEpoll, Self::Coturn, Self::Raw];
-
-    /// Short name for tables and the plot.
-    pub const fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::BosonUring => "boson-uring",
             Self::BosonEpoll => "boson-epoll",
@@ -69,6 +208,11 @@ impl ServerKind {
             Self::Raw => "raw",
         }
     }
+}
+
+impl ServerKind {
+    /// The servers a run visits unless told otherwise.
+    pub const DEFAULT: [Self; 4] = [Self::BosonUring, Self::BosonEpoll, Self::Coturn, Self::Raw];
 
     /// Whether this is one of ours.
     pub const fn is_ours(self) -> bool {
@@ -174,6 +318,67 @@ pub struct Median {
     pub server_ingress_drops: f64,
 }
 
+impl Scenario for Record {
+    type Server = ServerKind;
+    type Outcome = Outcome;
+
+    fn round(&self) -> usize {
+        self.round
+    }
+
+    fn server(&self) -> ServerKind {
+        self.server
+    }
+
+    fn size(&self) -> usize {
+        self.payload
+    }
+
+    fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    fn background_busy(&self) -> Option<f64> {
+        self.background_busy
+    }
+
+    fn received(outcome: &Outcome) -> u64 {
+        outcome.received
+    }
+}
+
+impl Summary for Median {
+    type Server = ServerKind;
+
+    fn server(&self) -> ServerKind {
+        self.server
+    }
+
+    fn size(&self) -> usize {
+        self.payload
+    }
+
+    fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    fn rounds(&self) -> usize {
+        self.rounds
+    }
+
+    fn p99_us(&self) -> f64 {
+        self.p99_us
+    }
+}
+
 /// One of our servers against a reference, for one (payload, load).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ratio {
@@ -234,20 +439,7 @@ impl Report {
 
     /// The (server, payload, load) combinations that delivered nothing in some round, or failed.
     pub fn silent(&self) -> Vec<String> {
-        self.records
-            .iter()
-            .filter(|r| r.outcome.as_ref().is_none_or(|o| o.received == 0))
-            .map(|r| {
-                let why = r.error.as_deref().unwrap_or("delivered nothing");
-                format!(
-                    "round {} {} {} B {}: {why}",
-                    r.round,
-                    r.server.name(),
-                    r.payload,
-                    r.rate
-                )
-            })
-            .collect()
+        silent(&self.records, false)
     }
 
     /// What a smoke run must not see: a combination that delivered nothing or failed, and at
@@ -259,13 +451,7 @@ impl Report {
             let (Some(o), Some(_)) = (&record.outcome, record.rate.pps()) else {
                 continue;
             };
-            let name = format!(
-                "round {} {} {} B {}",
-                record.round,
-                record.server.name(),
-                record.payload,
-                record.rate
-            );
+            let name = record.label();
             if o.lost > 0 {
                 failures.push(format!(
                     "{name}: {} of {} packets lost at a fixed rate",
@@ -281,21 +467,7 @@ impl Report {
 
     /// The medians and ratios as Markdown tables.
     pub fn tables(&self) -> String {
-        let mut out = String::new();
-        let background: Vec<f64> = self
-            .records
-            .iter()
-            .filter_map(|r| r.background_busy)
-            .collect();
-        if let Some(mid) = median(&background) {
-            let max = background.iter().copied().fold(0.0, f64::max);
-            let _ = writeln!(
-                out,
-                "Other tenants' CPU before each server's turn (whole machine): median {:.0}%, max {:.0}%.\n",
-                mid * 100.0,
-                max * 100.0
-            );
-        }
+        let mut out = background_line(&self.records, "server's");
         let _ = writeln!(
             out,
             "| server | payload | offered | sent pps | delivered pps | loss | p50 µs | p99 µs | p999 µs | server CPU | core busy (softirq) | CPU ns/pkt | sink drops | server drops | rounds |"
@@ -355,41 +527,28 @@ impl Report {
 
 /// Medians per (server, payload, load), in the order of [`ServerKind::ALL`], payload, load.
 pub fn medians(records: &[Record]) -> Vec<Median> {
-    let mut groups: BTreeMap<(ServerKind, usize, Rate), Vec<&Outcome>> = BTreeMap::new();
-    for record in records {
-        let entry = groups
-            .entry((record.server, record.payload, record.rate))
-            .or_default();
-        if let Some(outcome) = &record.outcome {
-            entry.push(outcome);
-        }
-    }
-    groups
+    group(records)
         .into_iter()
         .map(|((server, payload, rate), outcomes)| {
-            let of = |f: &dyn Fn(&Outcome) -> f64| {
-                median(&outcomes.iter().map(|o| f(o)).collect::<Vec<_>>()).unwrap_or(0.0)
-            };
-            let maybe = |f: &dyn Fn(&Outcome) -> Option<f64>| {
-                median(&outcomes.iter().filter_map(|o| f(o)).collect::<Vec<_>>())
-            };
+            let of = |f: fn(&Outcome) -> f64| median_of(&outcomes, f);
+            let maybe = |f: fn(&Outcome) -> Option<f64>| median_maybe(&outcomes, f);
             Median {
                 server,
                 payload,
                 rate,
                 rounds: outcomes.len(),
-                sent_pps: of(&|o| o.sent_pps),
-                delivered_pps: of(&|o| o.delivered_pps),
-                loss_ratio: of(&|o| o.loss_ratio),
-                p50_us: of(&|o| o.latency.p50_us),
-                p99_us: of(&|o| o.latency.p99_us),
-                p999_us: of(&|o| o.latency.p999_us),
-                cpu_ns_per_packet: maybe(&|o| o.cpu_ns_per_packet),
-                server_cpu_util: maybe(&|o| o.server_cpu_s.map(|cpu| cpu / o.window_s)),
-                server_core_busy: maybe(&|o| o.server_core_busy),
-                server_core_softirq: maybe(&|o| o.server_core_softirq),
-                sink_drops: of(&|o| o.sink_drops as f64),
-                server_ingress_drops: of(&|o| o.server_ingress_drops as f64),
+                sent_pps: of(|o| o.sent_pps),
+                delivered_pps: of(|o| o.delivered_pps),
+                loss_ratio: of(|o| o.loss_ratio),
+                p50_us: of(|o| o.latency.p50_us),
+                p99_us: of(|o| o.latency.p99_us),
+                p999_us: of(|o| o.latency.p999_us),
+                cpu_ns_per_packet: maybe(|o| o.cpu_ns_per_packet),
+                server_cpu_util: maybe(|o| o.server_cpu_s.map(|cpu| cpu / o.window_s)),
+                server_core_busy: maybe(|o| o.server_core_busy),
+                server_core_softirq: maybe(|o| o.server_core_softirq),
+                sink_drops: of(|o| o.sink_drops as f64),
+                server_ingress_drops: of(|o| o.server_ingress_drops as f64),
             }
         })
         .collect()
@@ -397,21 +556,14 @@ pub fn medians(records: &[Record]) -> Vec<Median> {
 
 /// Ours (uring, epoll) against coturn and raw, for every (payload, load) both have.
 pub fn ratios(medians: &[Median]) -> Vec<Ratio> {
-    let find = |server: ServerKind, payload: usize, rate: Rate| {
-        medians
-            .iter()
-            .find(|m| m.server == server && m.payload == payload && m.rate == rate)
-            .filter(|m| m.rounds > 0)
-    };
-    let mut cases: Vec<(usize, Rate)> = medians.iter().map(|m| (m.payload, m.rate)).collect();
-    cases.sort();
-    cases.dedup();
     let mut out = Vec::new();
-    for (payload, rate) in cases {
-        for ours in ServerKind::ALL.into_iter().filter(|s| s.is_ours()) {
+    for (payload, rate) in cases(medians) {
+        for &ours in ServerKind::ALL.iter().filter(|s| s.is_ours()) {
             for against in [ServerKind::Coturn, ServerKind::CoturnSrc, ServerKind::Raw] {
-                let (Some(a), Some(b)) = (find(ours, payload, rate), find(against, payload, rate))
-                else {
+                let (Some(a), Some(b)) = (
+                    find(medians, ours, payload, rate),
+                    find(medians, against, payload, rate),
+                ) else {
                     continue;
                 };
                 out.push(Ratio {

@@ -22,7 +22,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::generator::{self, LoadConfig, Rate, Target};
 use crate::process::{ServerProcess, ensure_file, pinned};
-use crate::report::{Machine, Record, Report, ServerKind};
+use crate::report::{Machine, Record, Report, Server, ServerKind};
 use crate::{forwarder, procfs};
 
 /// Variables that would change bosonserver's configuration if inherited.
@@ -105,19 +105,94 @@ pub struct RunConfig {
     pub command: String,
 }
 
-/// Runs every round and returns the report.
-pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
-    let machine = Machine::detect();
-    let scenarios =
-        config.rounds * config.servers.len() * config.payloads.len() * config.rates.len();
-    let (multi, overall, current) = progress_bars(config.quiet, scenarios);
+/// What a runner does in its rounds: start each server, run each scenario against it, and
+/// make a record of each result. [`rounds`] does the rest, for the TURN runner here and the
+/// node relays' [`ws_runner`](crate::ws_runner).
+pub trait Turns {
+    /// The servers it compares.
+    type Server: Server;
+    /// A server started and ready.
+    type Started: Started;
+    /// What a scenario measured.
+    type Outcome;
+    /// One scenario's record in the report.
+    type Record;
+    /// Starts `server`, the runner's `turn`th start (from 1, for its log's name).
+    fn start(&mut self, server: Self::Server, turn: usize) -> anyhow::Result<Self::Started>;
+    /// Runs one scenario against `started`.
+    fn scenario(
+        &mut self,
+        started: &Self::Started,
+        size: usize,
+        rate: Rate,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<Self::Outcome>;
+    /// What a scenario's record says when its server did not start.
+    fn start_error(error: String) -> String {
+        error
+    }
+    /// The record of one scenario.
+    fn record(done: Done<Self::Server, Self::Outcome>) -> Self::Record;
+}
 
+/// A server a runner started.
+pub trait Started {
+    /// Its process.
+    fn process(&self) -> &ServerProcess;
+    /// Stops it.
+    fn stop(self);
+}
+
+/// Where a runner's rounds go.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan<'a, S> {
+    /// Servers, in the order each round visits them.
+    pub servers: &'a [S],
+    /// Rounds.
+    pub rounds: usize,
+    /// Packet sizes.
+    pub sizes: &'a [usize],
+    /// Offered loads.
+    pub rates: &'a [Rate],
+    /// Before each server's turn, wait up to this long for the machine to be quiet.
+    pub idle_wait: Duration,
+    /// No progress bars.
+    pub quiet: bool,
+}
+
+/// One scenario's place and result, which a runner makes its record of.
+#[derive(Debug)]
+pub struct Done<S, O> {
+    /// Round number, from 1.
+    pub round: usize,
+    /// The server.
+    pub server: S,
+    /// Packet size.
+    pub size: usize,
+    /// Offered load.
+    pub rate: Rate,
+    /// What was measured, unless the scenario failed.
+    pub outcome: Option<O>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Other tenants' load before this server's turn of the round.
+    pub background_busy: Option<f64>,
+}
+
+/// Rounds of A B C … over `plan.servers`: each round samples the machine's background load
+/// before each server's turn, starts the server, runs every (size, load) scenario against
+/// it and stops it. A server that does not start gets a failed record for each of its
+/// scenarios; a failed scenario is recorded with its error and the server's log tail is
+/// printed.
+pub fn rounds<T: Turns>(plan: &Plan<'_, T::Server>, turns: &mut T) -> Vec<T::Record> {
+    let scenarios = plan.rounds * plan.servers.len() * plan.sizes.len() * plan.rates.len();
+    let (multi, overall, current) = progress_bars(plan.quiet, scenarios);
     let mut records = Vec::with_capacity(scenarios);
-    let mut scenario_id = 0usize;
-    for round in 1..=config.rounds {
-        for &server in &config.servers {
-            overall.set_message(format!("round {round}/{} {}", config.rounds, server.name()));
-            let background = wait_quiet(config.idle_wait);
+    let mut turn = 0usize;
+    for round in 1..=plan.rounds {
+        for &server in plan.servers {
+            overall.set_message(format!("round {round}/{} {}", plan.rounds, server.name()));
+            let background = wait_quiet(plan.idle_wait);
             if background.is_some_and(|busy| busy >= QUIET_BELOW) {
                 multi.suspend(|| {
                     eprintln!(
@@ -127,83 +202,88 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
                     );
                 });
             }
-            let running = match start_server(config, server, scenario_id) {
-                Ok(running) => running,
+            turn += 1;
+            let done = |size, rate, outcome, error| {
+                T::record(Done {
+                    round,
+                    server,
+                    size,
+                    rate,
+                    outcome,
+                    error,
+                    background_busy: background,
+                })
+            };
+            let started = match turns.start(server, turn) {
+                Ok(started) => started,
                 Err(error) => {
                     let error = format!("{error:#}");
                     multi.suspend(|| eprintln!("{} failed to start: {error}", server.name()));
-                    for &payload in &config.payloads {
-                        for &rate in &config.rates {
-                            records.push(Record {
-                                round,
-                                server,
-                                payload,
+                    for &size in plan.sizes {
+                        for &rate in plan.rates {
+                            records.push(done(
+                                size,
                                 rate,
-                                outcome: None,
-                                error: Some(format!("server did not start: {error}")),
-                                background_busy: background,
-                            });
+                                None,
+                                Some(T::start_error(error.clone())),
+                            ));
                             overall.inc(1);
                         }
                     }
                     continue;
                 }
             };
-            for &payload in &config.payloads {
-                for &rate in &config.rates {
-                    scenario_id += 1;
+            for &size in plan.sizes {
+                for &rate in plan.rates {
                     overall.set_message(format!(
-                        "round {round}/{} {} {payload} B {rate}",
-                        config.rounds,
+                        "round {round}/{} {} {size} B {rate}",
+                        plan.rounds,
                         server.name()
                     ));
-                    let load = LoadConfig {
-                        target: running.target(&config.secret),
-                        flows: config.flows,
-                        payload,
-                        rate,
-                        duration: config.duration,
-                        drain: config.drain,
-                        batch: config.batch,
-                        core: Some(config.generator_core),
-                        user_prefix: format!("bench{}-{scenario_id}", std::process::id()),
-                        server_pid: Some(running.pid()),
-                        server_core: Some(config.server_core),
-                        gso: config.gso,
-                        sink_per_flow: config.sink_per_flow,
-                    };
-                    let result = generator::run(&load, &current);
-                    let (outcome, error) = match result {
+                    let (outcome, error) = match turns.scenario(&started, size, rate, &current) {
                         Ok(outcome) => (Some(outcome), None),
                         Err(error) => {
                             let error = format!("{error:#}");
                             multi.suspend(|| {
                                 eprintln!(
-                                    "{} {payload} B {rate}: {error}\n{}",
+                                    "{} {size} B {rate}: {error}\n{}",
                                     server.name(),
-                                    running.log_tail()
+                                    started.process().log_tail()
                                 );
                             });
                             (None, Some(error))
                         }
                     };
-                    records.push(Record {
-                        round,
-                        server,
-                        payload,
-                        rate,
-                        outcome,
-                        error,
-                        background_busy: background,
-                    });
+                    records.push(done(size, rate, outcome, error));
                     overall.inc(1);
                 }
             }
-            running.stop();
+            started.stop();
         }
     }
     current.finish_and_clear();
     overall.finish_and_clear();
+    records
+}
+
+/// Runs every round and returns the report.
+pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
+    let machine = Machine::detect();
+    let plan = Plan {
+        servers: &config.servers,
+        rounds: config.rounds,
+        sizes: &config.payloads,
+        rates: &config.rates,
+        idle_wait: config.idle_wait,
+        quiet: config.quiet,
+    };
+    let records = rounds(
+        &plan,
+        &mut TurnTurns {
+            config,
+            scenario_id: 0,
+        },
+    );
     Ok(Report::new(
         machine,
         config.command.clone(),
@@ -211,6 +291,67 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
         config.flows,
         records,
     ))
+}
+
+/// The TURN runner's turns.
+struct TurnTurns<'a> {
+    config: &'a RunConfig,
+    /// Scenarios run so far: each gets TURN users of its own.
+    scenario_id: usize,
+}
+
+impl Turns for TurnTurns<'_> {
+    type Server = ServerKind;
+    type Started = Running;
+    type Outcome = generator::Outcome;
+    type Record = Record;
+
+    fn start(&mut self, server: ServerKind, turn: usize) -> anyhow::Result<Running> {
+        start_server(self.config, server, turn)
+    }
+
+    fn scenario(
+        &mut self,
+        running: &Running,
+        payload: usize,
+        rate: Rate,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<generator::Outcome> {
+        let config = self.config;
+        self.scenario_id += 1;
+        let load = LoadConfig {
+            target: running.target(&config.secret),
+            flows: config.flows,
+            payload,
+            rate,
+            duration: config.duration,
+            drain: config.drain,
+            batch: config.batch,
+            core: Some(config.generator_core),
+            user_prefix: format!("bench{}-{}", std::process::id(), self.scenario_id),
+            server_pid: Some(running.pid()),
+            server_core: Some(config.server_core),
+            gso: config.gso,
+            sink_per_flow: config.sink_per_flow,
+        };
+        generator::run(&load, progress)
+    }
+
+    fn start_error(error: String) -> String {
+        format!("server did not start: {error}")
+    }
+
+    fn record(done: Done<ServerKind, generator::Outcome>) -> Record {
+        Record {
+            round: done.round,
+            server: done.server,
+            payload: done.size,
+            rate: done.rate,
+            outcome: done.outcome,
+            error: done.error,
+            background_busy: done.background_busy,
+        }
+    }
 }
 
 /// The runner's two progress bars on stderr (hidden if `quiet`): scenarios done of
@@ -290,9 +431,11 @@ impl Running {
             },
         }
     }
+}
 
-    fn log_tail(&self) -> String {
-        self.process.log_tail()
+impl Started for Running {
+    fn process(&self) -> &ServerProcess {
+        &self.process
     }
 
     fn stop(self) {
@@ -438,7 +581,7 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
             bail!(
                 "{} exited during start-up ({status})\n{}",
                 running.kind.name(),
-                running.log_tail()
+                running.process.log_tail()
             );
         }
         let _ = socket.send(&probe);
@@ -466,7 +609,7 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
         "{} did not answer on {} within {READY_TIMEOUT:?}\n{}",
         running.kind.name(),
         running.addr,
-        running.log_tail()
+        running.process.log_tail()
     )
 }
 

@@ -8,9 +8,12 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::generator::Rate;
-use crate::maths::{median, ratio};
-use crate::report::Machine;
-use crate::ws_generator::WsOutcome;
+use crate::maths::ratio;
+use crate::relay_load::RelayOutcome;
+use crate::report::{
+    Machine, Scenario, Server, Summary, background_line, cases, find, group, median_maybe,
+    median_of, silent,
+};
 
 /// A node relay under test: over WebSocket or over QUIC.
 #[derive(
@@ -38,25 +41,15 @@ pub enum WsServerKind {
     QuicBaseline,
 }
 
-impl WsServerKind {
-    /// Every relay, in the order rounds visit them.
-    pub const ALL: [Self; 4] = [
+impl Server for WsServerKind {
+    const ALL: &'static [Self] = &[
         Self::BosonWs,
         Self::WsBaseline,
         Self::BosonQuic,
         Self::QuicBaseline,
     ];
 
-    /// The comparisons a report makes when both sides have results: each of ours against
-    /// its baseline, and our QUIC relay against our WebSocket relay.
-    pub const COMPARISONS: [(Self, Self); 3] = [
-        (Self::BosonWs, Self::WsBaseline),
-        (Self::BosonQuic, Self::QuicBaseline),
-        (Self::BosonQuic, Self::BosonWs),
-    ];
-
-    /// Short name for tables and the plot.
-    pub const fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::BosonWs => "boson-ws",
             Self::WsBaseline => "ws-baseline",
@@ -64,6 +57,16 @@ impl WsServerKind {
             Self::QuicBaseline => "quic-baseline",
         }
     }
+}
+
+impl WsServerKind {
+    /// The comparisons a report makes when both sides have results: each of ours against
+    /// its baseline, and our QUIC relay against our WebSocket relay.
+    pub const COMPARISONS: [(Self, Self); 3] = [
+        (Self::BosonWs, Self::WsBaseline),
+        (Self::BosonQuic, Self::QuicBaseline),
+        (Self::BosonQuic, Self::BosonWs),
+    ];
 
     /// Whether the relay is driven over QUIC.
     pub const fn is_quic(self) -> bool {
@@ -83,7 +86,7 @@ pub struct WsRecord {
     /// Offered load, messages per second.
     pub rate: Rate,
     /// What was measured, unless the scenario failed.
-    pub outcome: Option<WsOutcome>,
+    pub outcome: Option<RelayOutcome>,
     /// Why it failed.
     pub error: Option<String>,
     /// Share of the whole machine busy just before this relay's turn of the round (ours
@@ -139,6 +142,67 @@ pub struct WsMedian {
     pub peer_gone: f64,
     /// Connections the relay closed.
     pub closed: f64,
+}
+
+impl Scenario for WsRecord {
+    type Server = WsServerKind;
+    type Outcome = RelayOutcome;
+
+    fn round(&self) -> usize {
+        self.round
+    }
+
+    fn server(&self) -> WsServerKind {
+        self.server
+    }
+
+    fn size(&self) -> usize {
+        self.packet
+    }
+
+    fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    fn outcome(&self) -> Option<&RelayOutcome> {
+        self.outcome.as_ref()
+    }
+
+    fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    fn background_busy(&self) -> Option<f64> {
+        self.background_busy
+    }
+
+    fn received(outcome: &RelayOutcome) -> u64 {
+        outcome.received
+    }
+}
+
+impl Summary for WsMedian {
+    type Server = WsServerKind;
+
+    fn server(&self) -> WsServerKind {
+        self.server
+    }
+
+    fn size(&self) -> usize {
+        self.packet
+    }
+
+    fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    fn rounds(&self) -> usize {
+        self.rounds
+    }
+
+    fn p99_us(&self) -> f64 {
+        self.p99_us
+    }
 }
 
 /// One relay against another (one of [`WsServerKind::COMPARISONS`]), for one (packet, load).
@@ -229,25 +293,8 @@ impl WsReport {
 
     /// The scenarios that failed or delivered nothing.
     pub fn silent(&self) -> Vec<String> {
-        self.records
-            .iter()
-            .filter(|r| r.outcome.as_ref().is_none_or(|o| o.received == 0))
-            .map(|r| {
-                // The first line only: the full error, with the relay's log, is in the tables.
-                let why = r
-                    .error
-                    .as_deref()
-                    .and_then(|e| e.lines().next())
-                    .unwrap_or("delivered nothing");
-                format!(
-                    "round {} {} {} B {}: {why}",
-                    r.round,
-                    r.server.name(),
-                    r.packet,
-                    r.rate
-                )
-            })
-            .collect()
+        // The first line only: the full error, with the relay's log, is in the tables.
+        silent(&self.records, true)
     }
 
     /// What a smoke run must not see: failures, and at fixed rates any loss, a sending rate
@@ -258,13 +305,7 @@ impl WsReport {
         let mut failures = self.silent();
         for record in &self.records {
             let Some(o) = &record.outcome else { continue };
-            let name = format!(
-                "round {} {} {} B {}",
-                record.round,
-                record.server.name(),
-                record.packet,
-                record.rate
-            );
+            let name = record.label();
             let mut fail = |what: String| failures.push(format!("{name}: {what}"));
             if o.closed > 0 || o.foreign > 0 || o.peer_gone > 0 {
                 fail(format!(
@@ -307,21 +348,7 @@ impl WsReport {
 
     /// The medians, ratios, per-round throughput at max rate and errors as Markdown.
     pub fn tables(&self) -> String {
-        let mut out = String::new();
-        let background: Vec<f64> = self
-            .records
-            .iter()
-            .filter_map(|r| r.background_busy)
-            .collect();
-        if let Some(mid) = median(&background) {
-            let max = background.iter().copied().fold(0.0, f64::max);
-            let _ = writeln!(
-                out,
-                "Other tenants' CPU before each relay's turn (whole machine): median {:.0}%, max {:.0}%.\n",
-                mid * 100.0,
-                max * 100.0
-            );
-        }
+        let mut out = background_line(&self.records, "relay's");
         let _ = writeln!(
             out,
             "| server | packet | offered | sent msg/s | delivered msg/s | MB/s | loss | p50 µs | p99 µs | p999 µs | server CPU | CPU ns/msg | gen idle | gen ns/msg | gen CPU ns/msg | gen drops | relay drops | PEER_GONE | closed | rounds |"
@@ -444,46 +471,33 @@ impl WsReport {
 
 /// Medians per (server, packet, load), in the order of [`WsServerKind::ALL`], packet, load.
 pub fn medians(records: &[WsRecord]) -> Vec<WsMedian> {
-    let mut groups: BTreeMap<(WsServerKind, usize, Rate), Vec<&WsOutcome>> = BTreeMap::new();
-    for record in records {
-        let entry = groups
-            .entry((record.server, record.packet, record.rate))
-            .or_default();
-        if let Some(outcome) = &record.outcome {
-            entry.push(outcome);
-        }
-    }
-    groups
+    group(records)
         .into_iter()
         .map(|((server, packet, rate), outcomes)| {
-            let of = |f: &dyn Fn(&WsOutcome) -> f64| {
-                median(&outcomes.iter().map(|o| f(o)).collect::<Vec<_>>()).unwrap_or(0.0)
-            };
-            let maybe = |f: &dyn Fn(&WsOutcome) -> Option<f64>| {
-                median(&outcomes.iter().filter_map(|o| f(o)).collect::<Vec<_>>())
-            };
+            let of = |f: fn(&RelayOutcome) -> f64| median_of(&outcomes, f);
+            let maybe = |f: fn(&RelayOutcome) -> Option<f64>| median_maybe(&outcomes, f);
             WsMedian {
                 server,
                 packet,
                 rate,
                 rounds: outcomes.len(),
-                sent_mps: of(&|o| o.sent_mps),
-                delivered_mps: of(&|o| o.delivered_mps),
-                delivered_mbps: of(&|o| o.delivered_mbps),
-                loss_ratio: of(&|o| o.loss_ratio),
-                p50_us: of(&|o| o.latency.p50_us),
-                p99_us: of(&|o| o.latency.p99_us),
-                p999_us: of(&|o| o.latency.p999_us),
-                cpu_ns_per_message: maybe(&|o| o.cpu_ns_per_message),
-                server_cpu_util: maybe(&|o| o.server_cpu_s.map(|cpu| cpu / o.window_s)),
-                server_core_busy: maybe(&|o| o.server_core_busy),
-                generator_idle: of(&|o| o.generator_idle),
-                generator_ns_per_message: maybe(&|o| o.generator_ns_per_message),
-                generator_cpu_ns_per_message: maybe(&|o| o.generator_cpu_ns_per_message),
-                generator_drops: maybe(&|o| o.generator_drops.map(|d| d as f64)),
-                relay_drops: maybe(&|o| o.relay_drops.map(|d| d as f64)),
-                peer_gone: of(&|o| o.peer_gone as f64),
-                closed: of(&|o| o.closed as f64),
+                sent_mps: of(|o| o.sent_mps),
+                delivered_mps: of(|o| o.delivered_mps),
+                delivered_mbps: of(|o| o.delivered_mbps),
+                loss_ratio: of(|o| o.loss_ratio),
+                p50_us: of(|o| o.latency.p50_us),
+                p99_us: of(|o| o.latency.p99_us),
+                p999_us: of(|o| o.latency.p999_us),
+                cpu_ns_per_message: maybe(|o| o.cpu_ns_per_message),
+                server_cpu_util: maybe(|o| o.server_cpu_s.map(|cpu| cpu / o.window_s)),
+                server_core_busy: maybe(|o| o.server_core_busy),
+                generator_idle: of(|o| o.generator_idle),
+                generator_ns_per_message: maybe(|o| o.generator_ns_per_message),
+                generator_cpu_ns_per_message: maybe(|o| o.generator_cpu_ns_per_message),
+                generator_drops: maybe(|o| o.generator_drops.map(|d| d as f64)),
+                relay_drops: maybe(|o| o.relay_drops.map(|d| d as f64)),
+                peer_gone: of(|o| o.peer_gone as f64),
+                closed: of(|o| o.closed as f64),
             }
         })
         .collect()
@@ -492,15 +506,7 @@ pub fn medians(records: &[WsRecord]) -> Vec<WsMedian> {
 /// Every comparison of [`WsServerKind::COMPARISONS`], for every (packet, load) both sides
 /// have results for, in that order.
 pub fn ratios(medians: &[WsMedian]) -> Vec<WsRatio> {
-    let find = |server: WsServerKind, packet: usize, rate: Rate| {
-        medians
-            .iter()
-            .find(|m| m.server == server && m.packet == packet && m.rate == rate)
-            .filter(|m| m.rounds > 0)
-    };
-    let mut cases: Vec<(usize, Rate)> = medians.iter().map(|m| (m.packet, m.rate)).collect();
-    cases.sort();
-    cases.dedup();
+    let cases = cases(medians);
     WsServerKind::COMPARISONS
         .into_iter()
         .flat_map(|(ours, vs)| {
@@ -509,8 +515,8 @@ pub fn ratios(medians: &[WsMedian]) -> Vec<WsRatio> {
                 .map(move |&(packet, rate)| (ours, vs, packet, rate))
         })
         .filter_map(|(ours, vs, packet, rate)| {
-            let a = find(ours, packet, rate)?;
-            let b = find(vs, packet, rate)?;
+            let a = find(medians, ours, packet, rate)?;
+            let b = find(medians, vs, packet, rate)?;
             Some(WsRatio {
                 ours,
                 vs,
@@ -529,9 +535,9 @@ mod tests {
     use super::*;
     use crate::accounting::LatencySummary;
 
-    fn outcome(rate: Rate, delivered_mps: f64, cpu_ns: f64) -> WsOutcome {
+    fn outcome(rate: Rate, delivered_mps: f64, cpu_ns: f64) -> RelayOutcome {
         let sent = (delivered_mps * 2.0) as u64;
-        WsOutcome {
+        RelayOutcome {
             sent,
             received: sent,
             lost: 0,

@@ -40,11 +40,12 @@ use crate::process::{ServerProcess, ensure_file, pinned};
 use crate::quic_baseline;
 use crate::quic_client::{ClientSetup, QuicNode};
 use crate::quic_generator::{self, QuicLoadConfig};
-use crate::report::Machine;
-use crate::runner::{BOSON_CONFIG_VARS, QUIET_BELOW, progress_bars, wait_quiet};
+use crate::relay_load::{RelayLoad, RelayOutcome};
+use crate::report::{Machine, Server as _};
+use crate::runner::{BOSON_CONFIG_VARS, Done, Plan, Started, Turns, rounds};
 use crate::ws_baseline;
 use crate::ws_client::{self, Auth};
-use crate::ws_generator::{self, WsLoadConfig, WsOutcome};
+use crate::ws_generator::{self, WsLoadConfig};
 use crate::ws_report::{WsRecord, WsReport, WsRunInfo, WsServerKind};
 
 /// bosonserver's flag for the WebSocket relay's TCP listener.
@@ -112,86 +113,15 @@ pub struct WsRunConfig {
 pub fn run(config: &WsRunConfig) -> anyhow::Result<WsReport> {
     TokenKeys::new(config.jwt_secret.as_bytes())?;
     let machine = Machine::detect();
-    let scenarios =
-        config.rounds * config.servers.len() * config.packets.len() * config.rates.len();
-    let (multi, overall, current) = progress_bars(config.quiet, scenarios);
-    let mut records = Vec::with_capacity(scenarios);
-    let mut scenario_id = 0usize;
-    for round in 1..=config.rounds {
-        for &server in &config.servers {
-            overall.set_message(format!("round {round}/{} {}", config.rounds, server.name()));
-            let background = wait_quiet(config.idle_wait);
-            if background.is_some_and(|busy| busy >= QUIET_BELOW) {
-                multi.suspend(|| {
-                    eprintln!(
-                        "warning: the machine is busy ({:.0}% CPU) before {} in round {round}",
-                        background.unwrap_or_default() * 100.0,
-                        server.name()
-                    );
-                });
-            }
-            scenario_id += 1;
-            let relay = match start(config, server, scenario_id) {
-                Ok(relay) => relay,
-                Err(error) => {
-                    let error = format!("{error:#}");
-                    multi.suspend(|| eprintln!("{} failed: {error}", server.name()));
-                    for &packet in &config.packets {
-                        for &rate in &config.rates {
-                            records.push(WsRecord {
-                                round,
-                                server,
-                                packet,
-                                rate,
-                                outcome: None,
-                                error: Some(error.clone()),
-                                background_busy: background,
-                            });
-                            overall.inc(1);
-                        }
-                    }
-                    continue;
-                }
-            };
-            for &packet in &config.packets {
-                for &rate in &config.rates {
-                    overall.set_message(format!(
-                        "round {round}/{} {} {packet} B {rate}",
-                        config.rounds,
-                        server.name()
-                    ));
-                    let result = run_scenario(config, &relay, packet, rate, &current);
-                    let (outcome, error) = match result {
-                        Ok(outcome) => (Some(outcome), None),
-                        Err(error) => {
-                            let error = format!("{error:#}");
-                            multi.suspend(|| {
-                                eprintln!(
-                                    "{} {packet} B {rate}: {error}\n{}",
-                                    server.name(),
-                                    relay.process.log_tail()
-                                );
-                            });
-                            (None, Some(error))
-                        }
-                    };
-                    records.push(WsRecord {
-                        round,
-                        server,
-                        packet,
-                        rate,
-                        outcome,
-                        error,
-                        background_busy: background,
-                    });
-                    overall.inc(1);
-                }
-            }
-            relay.process.stop();
-        }
-    }
-    current.finish_and_clear();
-    overall.finish_and_clear();
+    let plan = Plan {
+        servers: &config.servers,
+        rounds: config.rounds,
+        sizes: &config.packets,
+        rates: &config.rates,
+        idle_wait: config.idle_wait,
+        quiet: config.quiet,
+    };
+    let records = rounds(&plan, &mut RelayTurns(config));
     let info = WsRunInfo {
         machine,
         command: config.command.clone(),
@@ -202,6 +132,42 @@ pub fn run(config: &WsRunConfig) -> anyhow::Result<WsReport> {
     Ok(WsReport::new(info, config.duration.as_secs_f64(), records))
 }
 
+/// The node relay runner's turns.
+struct RelayTurns<'a>(&'a WsRunConfig);
+
+impl Turns for RelayTurns<'_> {
+    type Server = WsServerKind;
+    type Started = Relay;
+    type Outcome = RelayOutcome;
+    type Record = WsRecord;
+
+    fn start(&mut self, server: WsServerKind, turn: usize) -> anyhow::Result<Relay> {
+        start(self.0, server, turn)
+    }
+
+    fn scenario(
+        &mut self,
+        relay: &Relay,
+        packet: usize,
+        rate: Rate,
+        progress: &indicatif::ProgressBar,
+    ) -> anyhow::Result<RelayOutcome> {
+        run_scenario(self.0, relay, packet, rate, progress)
+    }
+
+    fn record(done: Done<WsServerKind, RelayOutcome>) -> WsRecord {
+        WsRecord {
+            round: done.round,
+            server: done.server,
+            packet: done.size,
+            rate: done.rate,
+            outcome: done.outcome,
+            error: done.error,
+            background_busy: done.background_busy,
+        }
+    }
+}
+
 /// Runs one scenario against `relay` with the generator of its transport.
 fn run_scenario(
     config: &WsRunConfig,
@@ -209,46 +175,34 @@ fn run_scenario(
     packet: usize,
     rate: Rate,
     progress: &indicatif::ProgressBar,
-) -> anyhow::Result<WsOutcome> {
-    let nodes = relay.nodes[..2 * config.pairs].to_vec();
-    let server_pid = Some(relay.process.pid());
-    let server_core = Some(config.server_core);
-    let cores = vec![config.generator_core];
+) -> anyhow::Result<RelayOutcome> {
+    let load = RelayLoad {
+        relay: relay.addr,
+        nodes: relay.nodes[..2 * config.pairs].to_vec(),
+        pairs: config.pairs,
+        packet,
+        rate,
+        duration: config.duration,
+        drain: config.drain,
+        batch: config.batch,
+        threads: config.threads,
+        cores: vec![config.generator_core],
+        server_pid: Some(relay.process.pid()),
+        server_core: Some(config.server_core),
+    };
     match &relay.quic {
         Some(setup) => quic_generator::run(
             &QuicLoadConfig {
-                relay: relay.addr,
+                load,
                 setup: setup.clone(),
-                nodes,
-                pairs: config.pairs,
-                packet,
-                rate,
-                duration: config.duration,
-                drain: config.drain,
-                batch: config.batch,
-                threads: config.threads,
-                cores,
-                server_pid,
-                server_core,
             },
             progress,
         ),
         None => ws_generator::run(
             &WsLoadConfig {
-                relay: relay.addr,
+                load,
                 path: ws_baseline::PATH.to_owned(),
                 auth: Auth::Header,
-                nodes,
-                pairs: config.pairs,
-                packet,
-                rate,
-                duration: config.duration,
-                drain: config.drain,
-                batch: config.batch,
-                threads: config.threads,
-                cores,
-                server_pid,
-                server_core,
             },
             progress,
         ),
@@ -264,6 +218,16 @@ struct Relay {
     nodes: Vec<NodeCredential>,
     /// For a QUIC relay: the clients' TLS, trusting its certificate.
     quic: Option<ClientSetup>,
+}
+
+impl Started for Relay {
+    fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+
+    fn stop(self) {
+        self.process.stop();
+    }
 }
 
 /// Starts `kind`, waits until it accepts, prepares the nodes and probes one session.

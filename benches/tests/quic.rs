@@ -2,14 +2,15 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use boson_bench::clock;
 use boson_bench::generator::Rate;
-use boson_bench::nodes::{NodeCredential, TokenKeys};
+
 use boson_bench::quic_baseline::{self, QuicRelay};
 use boson_bench::quic_client::{ClientSetup, MAX_PACKET, QuicNode};
 use boson_bench::quic_generator::{self, QuicLoadConfig};
@@ -51,29 +52,10 @@ fn baseline() -> Baseline {
     }
 }
 
-fn nodes(count: usize) -> Vec<NodeCredential> {
-    let now = i64::try_from(clock::unix_now()).unwrap();
-    TokenKeys::new(SECRET)
-        .unwrap()
-        .mint_nodes(count, now)
-        .unwrap()
-}
-
 fn config(baseline: &Baseline, pairs: usize, rate: Rate) -> QuicLoadConfig {
     QuicLoadConfig {
-        relay: baseline.addr,
+        load: common::load(baseline.addr, SECRET, pairs, rate),
         setup: baseline.setup.clone(),
-        nodes: nodes(2 * pairs),
-        pairs,
-        packet: 100,
-        rate,
-        duration: Duration::from_millis(500),
-        drain: Duration::from_millis(500),
-        batch: 16,
-        threads: 1,
-        cores: Vec::new(),
-        server_pid: None,
-        server_core: None,
     }
 }
 
@@ -81,28 +63,11 @@ fn config(baseline: &Baseline, pairs: usize, rate: Rate) -> QuicLoadConfig {
 fn a_fixed_rate_through_the_baseline_loses_nothing() {
     let baseline = baseline();
     let mut config = config(&baseline, 4, Rate::Pps(4_000));
-    config.threads = 2;
-    config.packet = 1100;
+    config.load.threads = 2;
+    config.load.packet = 1100;
     let outcome = quic_generator::run(&config, &ProgressBar::hidden()).unwrap();
-    assert!(
-        (1_600..=2_400).contains(&outcome.sent),
-        "paced at 4k/s for 0.5 s: {outcome:?}"
-    );
-    assert_eq!(outcome.received, outcome.sent, "{outcome:?}");
-    assert_eq!(outcome.lost, 0);
-    assert_eq!(
-        outcome.reordered, 0,
-        "one path, one relay task: {outcome:?}"
-    );
-    assert_eq!(
-        (outcome.foreign, outcome.peer_gone, outcome.closed),
-        (0, 0, 0),
-        "{outcome:?}"
-    );
+    common::assert_paced_without_loss(&outcome, 1100);
     assert_eq!(outcome.generator_drops, Some(0), "{outcome:?}");
-    assert!(outcome.latency.p50_us > 0.0, "{outcome:?}");
-    let mbps = outcome.delivered_mps * 1100.0 / 1e6;
-    assert!((outcome.delivered_mbps - mbps).abs() < 1e-9);
 }
 
 #[test]
@@ -114,28 +79,23 @@ fn max_rate_through_the_baseline() {
     assert!(outcome.received <= outcome.sent, "{outcome:?}");
     assert_eq!((outcome.foreign, outcome.closed), (0, 0), "{outcome:?}");
     assert!(outcome.generator_ns_per_message.is_some(), "{outcome:?}");
-    // Every RECV that arrived was relayed and counted by the baseline once its connections
-    // closed.
-    for _ in 0..100 {
-        if baseline.relay.stats().relayed.load(Ordering::Relaxed) >= outcome.received {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the baseline counted fewer RECVs than arrived: {outcome:?}");
+    common::assert_relay_counted(
+        || baseline.relay.stats().relayed.load(Ordering::Relaxed),
+        &outcome,
+    );
 }
 
 #[test]
 fn the_largest_packet_fits_and_one_more_byte_does_not() {
     let baseline = baseline();
     let mut config = config(&baseline, 1, Rate::Pps(1_000));
-    config.packet = MAX_PACKET;
-    config.duration = Duration::from_millis(300);
+    config.load.packet = MAX_PACKET;
+    config.load.duration = Duration::from_millis(300);
     let outcome = quic_generator::run(&config, &ProgressBar::hidden()).unwrap();
     assert!(outcome.sent > 0, "{outcome:?}");
     assert_eq!(outcome.received, outcome.sent, "{outcome:?}");
 
-    let node = &nodes(1)[0];
+    let node = &common::nodes(SECRET, 1)[0];
     let error = QuicNode::connect(
         &baseline.setup,
         baseline.addr,
@@ -156,14 +116,7 @@ fn the_largest_packet_fits_and_one_more_byte_does_not() {
 fn refused_tokens_are_reported_clearly() {
     let baseline = baseline();
     let mut config = config(&baseline, 1, Rate::Pps(100));
-    let other = TokenKeys::new(b"another secret, also 32 bytes long!")
-        .unwrap()
-        .mint(
-            &config.nodes[0].node,
-            i64::try_from(clock::unix_now()).unwrap(),
-        )
-        .unwrap();
-    config.nodes[0].token = other;
+    common::spoil_first_token(&mut config.load);
     let error = quic_generator::run(&config, &ProgressBar::hidden()).unwrap_err();
     let text = format!("{error:#}");
     assert!(text.contains("pair 0 sender"), "{text}");

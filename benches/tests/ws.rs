@@ -2,13 +2,17 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use boson_bench::clock;
 use boson_bench::generator::Rate;
-use boson_bench::nodes::{NodeCredential, TokenKeys};
+use boson_bench::nodes::TokenKeys;
 use boson_bench::ws_baseline::{self, Relay};
 use boson_bench::ws_client::Auth;
 use boson_bench::ws_generator::{self, WsLoadConfig};
@@ -32,30 +36,11 @@ fn baseline() -> (tokio::runtime::Runtime, SocketAddr, Arc<Relay>) {
     (runtime, addr, relay)
 }
 
-fn nodes(count: usize) -> Vec<NodeCredential> {
-    let now = i64::try_from(clock::unix_now()).unwrap();
-    TokenKeys::new(SECRET)
-        .unwrap()
-        .mint_nodes(count, now)
-        .unwrap()
-}
-
 fn config(relay: SocketAddr, pairs: usize, rate: Rate) -> WsLoadConfig {
     WsLoadConfig {
-        relay,
+        load: common::load(relay, SECRET, pairs, rate),
         path: ws_baseline::PATH.to_owned(),
         auth: Auth::Header,
-        nodes: nodes(2 * pairs),
-        pairs,
-        packet: 100,
-        rate,
-        duration: Duration::from_millis(500),
-        drain: Duration::from_millis(500),
-        batch: 16,
-        threads: 1,
-        cores: Vec::new(),
-        server_pid: None,
-        server_core: None,
     }
 }
 
@@ -63,24 +48,10 @@ fn config(relay: SocketAddr, pairs: usize, rate: Rate) -> WsLoadConfig {
 fn a_fixed_rate_through_the_baseline_loses_nothing() {
     let (_runtime, addr, _relay) = baseline();
     let mut config = config(addr, 4, Rate::Pps(4_000));
-    config.threads = 2;
-    config.packet = 1200;
+    config.load.threads = 2;
+    config.load.packet = 1200;
     let outcome = ws_generator::run(&config, &ProgressBar::hidden()).unwrap();
-    assert!(
-        (1_600..=2_400).contains(&outcome.sent),
-        "paced at 4k/s for 0.5 s: {outcome:?}"
-    );
-    assert_eq!(outcome.received, outcome.sent, "{outcome:?}");
-    assert_eq!(outcome.lost, 0);
-    assert_eq!(outcome.reordered, 0, "TCP keeps order: {outcome:?}");
-    assert_eq!(
-        (outcome.foreign, outcome.peer_gone, outcome.closed),
-        (0, 0, 0),
-        "{outcome:?}"
-    );
-    assert!(outcome.latency.p50_us > 0.0, "{outcome:?}");
-    let mbps = outcome.delivered_mps * 1200.0 / 1e6;
-    assert!((outcome.delivered_mbps - mbps).abs() < 1e-9);
+    common::assert_paced_without_loss(&outcome, 1200);
 }
 
 #[test]
@@ -100,32 +71,14 @@ fn max_rate_and_auth_messages_through_the_baseline() {
             .generator_cpu_ns_per_message
             .is_some_and(|ns| ns > 0.0)
     );
-    // Every RECV that arrived was counted by the baseline, once its connections closed.
-    for _ in 0..100 {
-        let relayed = relay
-            .stats()
-            .relayed
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if relayed >= outcome.received {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the baseline counted fewer RECVs than arrived: {outcome:?}");
+    common::assert_relay_counted(|| relay.stats().relayed.load(Ordering::Relaxed), &outcome);
 }
 
 #[test]
 fn refused_tokens_are_reported_clearly() {
     let (_runtime, addr, _relay) = baseline();
     let mut config = config(addr, 1, Rate::Pps(100));
-    let other = TokenKeys::new(b"another secret, also 32 bytes long!")
-        .unwrap()
-        .mint(
-            &config.nodes[0].node,
-            i64::try_from(clock::unix_now()).unwrap(),
-        )
-        .unwrap();
-    config.nodes[0].token = other;
+    common::spoil_first_token(&mut config.load);
     let error = ws_generator::run(&config, &ProgressBar::hidden()).unwrap_err();
     let text = format!("{error:#}");
     assert!(text.contains("pair 0 sender"), "{text}");

@@ -187,6 +187,10 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the REST API to {listen}"))?;
+    // The signal handlers go in before the server says it listens: a supervisor (or a
+    // test) that sends SIGTERM as soon as it reads that line must get a drain, not the
+    // default action that kills the process mid-request.
+    let first_signal = shutdown_signal();
     let scheme = if state.config.api_tls.is_some() {
         "https"
     } else {
@@ -200,7 +204,7 @@ async fn serve_control(config: Config, planes: Option<Planes>) -> anyhow::Result
     );
     let drain_state = state.clone();
     let shutdown = async move {
-        shutdown_signal().await;
+        first_signal.await;
         // Listen for the second signal now, before the drain starts: one sent while the
         // drain looks up its alternate host and publishes itself must not be lost.
         let second = shutdown_signal();

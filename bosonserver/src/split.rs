@@ -104,18 +104,23 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
         .with_context(|| format!("claiming the dataplane end of {}", path.display()))?;
     let incarnation = end.incarnation().get();
     let (dataplane, pump, _) = start_dataplane(&config, plan, &run.relay, &data_dir, end)?;
-    tracing::info!(
-        segment = %path.display(),
-        incarnation,
-        "dataplane attached to the segment"
-    );
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the signal runtime")?
         .block_on(async {
-            tokio::spawn(ignore_hangup());
-            crate::shutdown_signal().await;
+            tokio::spawn(ignore_hangup(tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::hangup(),
+            )));
+            // Handlers first, then the line a supervisor waits for: a SIGTERM sent as soon
+            // as it is read must stop the dataplane cleanly, not kill it.
+            let signal = crate::shutdown_signal();
+            tracing::info!(
+                segment = %path.display(),
+                incarnation,
+                "dataplane attached to the segment"
+            );
+            signal.await;
         });
     drop(pump);
     dataplane
@@ -125,10 +130,9 @@ pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
 }
 
 /// SIGHUP belongs to the control plane (it re-reads the TURN secrets file and pushes the
-/// secrets here); a dataplane sent one with it must not end.
-async fn ignore_hangup() {
-    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
+/// secrets here); a dataplane sent one with it must not end. `hangup` is installed by the caller, before the dataplane says it is attached.
+async fn ignore_hangup(hangup: std::io::Result<tokio::signal::unix::Signal>) {
+    let Ok(mut hangup) = hangup else {
         return;
     };
     while hangup.recv().await.is_some() {

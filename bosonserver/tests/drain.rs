@@ -212,3 +212,22 @@ fn a_second_signal_ends_the_drain_at_once() {
         .expect("a second signal stops the drain");
     assert!(status.success(), "{status}");
 }
+
+/// A SIGTERM sent the moment the server says it listens (as a supervisor or this test
+/// harness may) finds the handlers in place: a clean exit, not death by the signal's
+/// default action. The window was a few milliseconds, so it is tried several times.
+#[test]
+fn a_sigterm_right_after_the_listening_line_is_handled() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = start(dir.path(), "60s");
+        server.signal("TERM");
+        let status = server
+            .wait_exit(Duration::from_secs(20))
+            .expect("the server stops on SIGTERM");
+        assert!(
+            status.success(),
+            "{status}: killed by the signal, not drained"
+        );
+    }
+}

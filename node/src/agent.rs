@@ -24,6 +24,7 @@ use crate::config::{Config, RouteChoice, RouteKind, WgMode};
 use crate::control::{Bandwidth, Control, ControlError, HeartbeatFigures, NodeInfo};
 use crate::failover::TransportChoice;
 use crate::fragment::{self, Reassembler};
+use crate::heartbeat::{Answer, HeartbeatPolicy, Next};
 use crate::metrics::{self, PeerFigures, Snapshot};
 use crate::relay_conn;
 use crate::route::{self, RouteSelector};
@@ -883,10 +884,10 @@ fn save_token(path: &Path, token: &str) {
     }
 }
 
-/// How often a heartbeat that failed for a transient reason (no answer, 5xx, 429) is tried
-/// again on the same server, with the backoff (1 s, 2 s, 4 s, 8 s and jitter: about 15 s in
-/// all), before the agent registers again, this server first.
-const HEARTBEAT_RETRIES: u32 = 4;
+/// How long one heartbeat may take before the next control plane is tried: a dead host
+/// drops packets, and its silence must not hold the node's liveness up for the whole
+/// request timeout.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether a failed heartbeat says nothing about the token: the server did not answer, was
 /// overloaded or failed inside. A 401, 403 or 404 (token revoked, node deleted) is not.
@@ -897,8 +898,9 @@ fn is_transient(err: &ControlError) -> bool {
     }
 }
 
-/// Heartbeats at the interval the server gave; re-registers after a 401 (lost token) and
-/// moves to the next server when one stays unreachable.
+/// Heartbeats at the interval the server gave, moving to the next control plane at once
+/// when one does not answer and registering again only when the token is refused
+/// ([`crate::heartbeat`]'s decisions).
 async fn heartbeats(
     controls: Vec<Control>,
     info: NodeInfo,
@@ -908,12 +910,40 @@ async fn heartbeats(
 ) {
     let mut rng = StdRng::from_os_rng();
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut policy = HeartbeatPolicy::new(controls.len());
     let mut cpu = CpuMeter::new();
     let mut last_bytes = (0u64, 0u64);
     let mut last_at = clock::now();
+    let mut next = Next::Beat {
+        server: session_tx.borrow().server,
+        after: session_tx.borrow().heartbeat,
+    };
     loop {
+        let (server, after) = match next {
+            Next::Beat { server, after } => (server, after),
+            Next::Register { order } => {
+                register_again(
+                    &controls,
+                    &info,
+                    &shared,
+                    &session_tx,
+                    &token_file,
+                    &order,
+                    &mut backoff,
+                    &mut rng,
+                )
+                .await;
+                policy.handle_registered();
+                let session = session_tx.borrow().clone();
+                next = Next::Beat {
+                    server: session.server,
+                    after: session.heartbeat,
+                };
+                continue;
+            }
+        };
+        tokio::time::sleep(after).await;
         let session = session_tx.borrow().clone();
-        tokio::time::sleep(session.heartbeat).await;
         let now = clock::now();
         let secs = now.duration_since(last_at).as_secs_f64().max(1e-3);
         last_at = now;
@@ -943,66 +973,90 @@ async fn heartbeats(
             },
         };
         last_bytes = (tx, rx);
-        let control = &controls[session.server];
-        let mut retries = 0;
-        let beat = loop {
-            match control.heartbeat(&info.node, &session.token, figures).await {
-                Ok(()) => break Ok(()),
-                Err(err) => {
-                    shared.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
-                    warn!(%err, "heartbeat failed");
-                    // A server that is restarting or briefly overloaded still holds the
-                    // registration: registering again would revoke the token that the live
-                    // relay session uses and cut the tunnel for nothing. Only a refusal of
-                    // the token itself, or a server that stays away, leads to a new one.
-                    if !is_transient(&err) || retries == HEARTBEAT_RETRIES {
-                        break Err(err);
-                    }
-                    retries += 1;
-                    tokio::time::sleep(backoff.next_delay(&mut rng)).await;
+        let control = &controls[server];
+        let result = match tokio::time::timeout(
+            HEARTBEAT_TIMEOUT,
+            control.heartbeat(&info.node, &session.token, figures),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(ControlError::Unreachable {
+                url: control.base().to_owned(),
+                detail: format!("no answer within {HEARTBEAT_TIMEOUT:?}"),
+            }),
+        };
+        let answer = match result {
+            Ok(()) => {
+                shared.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                if server != session.server {
+                    info!(
+                        server = control.base(),
+                        "heartbeats moved to this control plane"
+                    );
+                    session_tx.send_modify(|s| s.server = server);
+                }
+                Answer::Accepted
+            }
+            Err(err) => {
+                shared.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+                warn!(%err, "heartbeat failed");
+                if is_transient(&err) {
+                    Answer::Transient
+                } else {
+                    Answer::Refused
                 }
             }
         };
-        if beat.is_ok() {
-            shared.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
-            backoff.reset();
-            continue;
-        }
-        // Lost token, unreachable server or a refusal: register again, this server first,
-        // then the others, until one accepts.
-        loop {
-            let mut done = false;
-            for offset in 0..controls.len() {
-                let index = (session.server + offset) % controls.len();
-                let token = (offset == 0).then_some(session.token.as_str());
-                let mut result = controls[index].register(&info, token).await;
-                if token.is_some() && matches!(&result, Err(e) if e.status() == Some(401)) {
-                    // The token is no longer good (a restart with a new key, or the node was
-                    // deleted): register afresh.
-                    result = controls[index].register(&info, None).await;
-                }
-                match result {
-                    Ok(registered) => {
-                        shared.registrations.fetch_add(1, Ordering::Relaxed);
-                        info!(server = controls[index].base(), "registered again");
-                        save_token(&token_file, &registered.session_token);
-                        let _ = session_tx.send(Session {
-                            token: registered.session_token,
-                            server: index,
-                            heartbeat: Duration::from_secs(registered.heartbeat_interval.max(1)),
-                        });
-                        done = true;
-                        break;
-                    }
-                    Err(err) => warn!(%err, "registration failed"),
-                }
+        next = policy.handle_answer(server, answer, session.heartbeat, &mut rng);
+    }
+}
+
+/// Registers again, trying the control planes in `order` (each with the current token,
+/// which every control plane of the deployment accepts), round after round with backoff,
+/// until one accepts; publishes the new session.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the heartbeat task's state, passed down once"
+)]
+async fn register_again(
+    controls: &[Control],
+    info: &NodeInfo,
+    shared: &Shared,
+    session_tx: &watch::Sender<Session>,
+    token_file: &Path,
+    order: &[usize],
+    backoff: &mut Backoff,
+    rng: &mut StdRng,
+) {
+    let token = session_tx.borrow().token.clone();
+    let mut token = Some(token);
+    loop {
+        for &index in order {
+            let mut result = controls[index].register(info, token.as_deref()).await;
+            if token.is_some() && matches!(&result, Err(e) if e.status() == Some(401)) {
+                // The token is no longer good (a restart with a new key, or the node was
+                // deleted): register afresh, here and from now on.
+                token = None;
+                result = controls[index].register(info, None).await;
             }
-            if done {
-                backoff.reset();
-                break;
+            match result {
+                Ok(registered) => {
+                    shared.registrations.fetch_add(1, Ordering::Relaxed);
+                    info!(server = controls[index].base(), "registered again");
+                    save_token(token_file, &registered.session_token);
+                    let _ = session_tx.send(Session {
+                        token: registered.session_token,
+                        server: index,
+                        heartbeat: Duration::from_secs(registered.heartbeat_interval.max(1)),
+                    });
+                    backoff.reset();
+                    return;
+                }
+                Err(err) => warn!(%err, "registration failed"),
             }
-            tokio::time::sleep(backoff.next_delay(&mut rng)).await;
         }
+        tokio::time::sleep(backoff.next_delay(rng)).await;
     }
 }
 

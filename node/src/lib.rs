@@ -30,6 +30,7 @@ pub mod direct;
 mod direct_conn;
 pub mod failover;
 pub mod fragment;
+pub mod heartbeat;
 pub mod keys;
 pub mod metrics;
 pub mod nat;

@@ -49,7 +49,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(agent::run(config, shutdown_signal())) {
+            // The handlers go in before the agent starts, so a SIGTERM at any point of its
+            // start (registration, say) deregisters cleanly instead of killing it.
+            match runtime.block_on(async { agent::run(config, shutdown_signal()).await }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err}");
@@ -60,20 +62,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT sent after this call: the handlers are installed when it
+/// is called, not when the future is first polled. Must be called inside the runtime.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process can only be killed: run until then.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the process can only be killed: run until then.
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 

@@ -61,7 +61,16 @@ pub(crate) async fn run(mut task: TurnTask) {
     let mut failover = Failover::new(task.controls.len(), first);
     let mut failed: Option<String> = None;
     loop {
-        match allocate_and_run(&mut task, &mut known, &mut failover, &mut failed).await {
+        let mut allocated = false;
+        match allocate_and_run(
+            &mut task,
+            &mut known,
+            &mut failover,
+            &mut failed,
+            &mut allocated,
+        )
+        .await
+        {
             Ok(true) => return,
             Ok(false) => {}
             Err(err) => warn!("TURN route: {err:#}"),
@@ -69,12 +78,27 @@ pub(crate) async fn run(mut task: TurnTask) {
         for peer in &task.shared.peers {
             peer.route_ready.store(false, Ordering::Relaxed);
         }
-        let delay = backoff.next_delay(&mut rng);
+        let delay = retry_delay(&mut backoff, allocated, &mut rng);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = task.stop.changed() => return,
         }
     }
+}
+
+/// The wait before the next allocation, after one that was granted (`allocated`) or not. A
+/// granted allocation is a success: the backoff starts over, so an allocation lost after a
+/// long good run is replaced after the first step, not after the longest wait that earlier
+/// failures had built up.
+fn retry_delay(
+    backoff: &mut Backoff,
+    allocated: bool,
+    rng: &mut impl rand_core::RngCore,
+) -> Duration {
+    if allocated {
+        backoff.reset();
+    }
+    backoff.next_delay(rng)
 }
 
 /// The first `turn:` URL over UDP, with its credential.
@@ -97,12 +121,14 @@ fn turn_server(ice: &crate::control::IceResponse) -> Option<(String, String, Str
     })
 }
 
-/// One allocation's life; `Ok(true)` when stopping.
+/// One allocation's life; `Ok(true)` when stopping. Sets `allocated` once the server
+/// granted the allocation.
 async fn allocate_and_run(
     task: &mut TurnTask,
     known: &mut BTreeMap<NodeId, SocketAddr>,
     failover: &mut Failover,
     failed: &mut Option<String>,
+    allocated: &mut bool,
 ) -> anyhow::Result<bool> {
     let session = task.session.borrow().clone();
     // Every control plane shares the token's key: the first that answers in time and
@@ -171,6 +197,7 @@ async fn allocate_and_run(
             match event {
                 TurnEvent::Allocated { relayed, mapped } => {
                     info!(%relayed, %mapped, server = %server, "TURN allocation ready");
+                    *allocated = true;
                     announce_at = clock::now();
                 }
                 TurnEvent::ChannelBound(addr) => {
@@ -272,5 +299,34 @@ async fn allocate_and_run(
             }
             _ = task.stop.changed() => return Ok(true),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    #[test]
+    fn a_granted_allocation_starts_the_backoff_over() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        // Failures build the wait up to the maximum...
+        let mut last = Duration::ZERO;
+        for _ in 0..8 {
+            last = retry_delay(&mut backoff, false, &mut rng);
+        }
+        assert!(last >= Duration::from_secs(5), "{last:?}");
+        // ...then an allocation that was granted (and lost after a good run) is replaced
+        // after the first step, and failures grow from there again.
+        let after_success = retry_delay(&mut backoff, true, &mut rng);
+        assert!(
+            after_success <= Duration::from_millis(500),
+            "{after_success:?}"
+        );
+        let next = retry_delay(&mut backoff, false, &mut rng);
+        assert!(next <= Duration::from_secs(1), "{next:?}");
     }
 }
