@@ -16,12 +16,13 @@
 # --rev    the revision (default 8024aa6, coturn 4.17.1, the one measured in RESULTS.md)
 #
 # Needs git, a C compiler, cmake, pkg-config, libevent and OpenSSL headers: as root with
-# apt-get (Debian) it installs what is missing (cmake pkg-config libevent-dev libssl-dev);
+# apt-get (Debian) it installs what is missing (cmake pkg-config libevent-dev libssl-dev
+# libmicrohttpd-dev, which coturn's Prometheus exporter needs at build time);
 # otherwise it names them.
 set -euo pipefail
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -50,7 +51,7 @@ while (($#)); do
     esac
 done
 
-packages=(cmake pkg-config libevent-dev libssl-dev)
+packages=(cmake pkg-config libevent-dev libssl-dev libmicrohttpd-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
