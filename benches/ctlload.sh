@@ -2,25 +2,29 @@
 # The control-plane benchmark: release builds, then `boson-bench ctl` on SQLite and on a
 # throw-away PostgreSQL + Redis (started, and installed from Debian's packages when missing
 # and root, by scripts/services.sh), at the population sizes given (default 1000,10000).
-# Writes benches/results-ctl-sqlite.json and benches/results-ctl-pg.json.
-#   benches/ctlload.sh [--sizes 1000,10000,50000] [--debug] [extra args of `ctl`]
+# Writes benches/results-ctl-sqlite.json and benches/results-ctl-pg.json, and plots the cost
+# against N from both into benches/results-ctl.svg (benches/plot_ctl.py).
+#   benches/ctlload.sh [--sizes 1000,10000,100000] [--debug] [--no-build] [extra args of `ctl`]
+# --no-build uses the binaries already in $CARGO_TARGET_DIR (or target/).
 # Each size gets a fresh SQLite data directory, or a fresh PostgreSQL database (ctl_<n>) and
 # Redis key prefix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=1000,10000
 profile=release
+build=1
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --sizes) sizes="$2"; shift 2 ;;
         --debug) profile=debug; shift ;;
+        --no-build) build=0; shift ;;
         *) extra+=("$1"); shift ;;
     esac
 done
-if [ "$profile" = release ]; then
+if [ "$build" = 1 ] && [ "$profile" = release ]; then
     cargo build --release --locked -p bosonserver -p boson-bench
-else
+elif [ "$build" = 1 ]; then
     cargo build --locked -p bosonserver -p boson-bench
 fi
 bin="${CARGO_TARGET_DIR:-target}/$profile"
@@ -44,3 +48,6 @@ done
 norm=$(for n in ${sizes//,/ }; do echo "$n" | tr 'A-Z' 'a-z' | sed -e 's/k$/000/' -e 's/m$/000000/'; done | paste -sd,)
 "$bin/boson-bench" ctl --nodes "$norm" --json benches/results-ctl-pg.json \
     --database-url "$base/ctl_{n}" --redis-url "$BOSON_TEST_REDIS_URL" "${extra[@]}"
+
+python3 benches/plot_ctl.py benches/results-ctl-sqlite.json benches/results-ctl-pg.json \
+    -o benches/results-ctl.svg

@@ -83,7 +83,7 @@ done
 # RelayShell::turn, on two lengths of run; the difference over the difference in frames, so
 # the dataplane's start, the handshakes and the warm-up cancel.
 for size in 100 1200; do
-    shell_toggle='boson_dataplane::relay::RelayShell::turn'
+    shell_toggle='boson_dataplane::relay::shell::<impl boson_dataplane::relay::RelayShell>::turn'
     read -r calls1 total1 < <(count ws-shell "$size" "$shell_frames" "$shell_toggle") || exit 1
     read -r calls2 total2 < <(count ws-shell "$size" "$((2 * shell_frames))" "$shell_toggle") ||
         exit 1

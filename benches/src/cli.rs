@@ -407,9 +407,10 @@ impl From<AuthArg> for Auth {
     }
 }
 
+/// What both relay baselines take: where to listen, the token secret, threads, lifetime.
 #[derive(Debug, clap::Args)]
-struct WsBaselineArgs {
-    /// Address to listen on.
+struct BaselineArgs {
+    /// Address to listen on (TCP for `ws-baseline`, UDP for `quic-baseline`).
     #[arg(long)]
     listen: SocketAddr,
     /// HS256 secret node tokens are verified with (at least 32 bytes).
@@ -418,12 +419,18 @@ struct WsBaselineArgs {
     /// tokio worker threads (match the compared server's --workers).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Messages each connection's outbound channel holds before dropping.
-    #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
-    queue: usize,
     /// Exit after this long.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     lifetime: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct WsBaselineArgs {
+    #[command(flatten)]
+    baseline: BaselineArgs,
+    /// Messages each connection's outbound channel holds before dropping.
+    #[arg(long, default_value_t = ws_baseline::DEFAULT_QUEUE)]
+    queue: usize,
     /// Never yield between SENDs (to measure what the cooperative yield is worth).
     #[arg(long, hide = true)]
     no_coop: bool,
@@ -441,15 +448,8 @@ struct QuicArgs {
 
 #[derive(Debug, clap::Args)]
 struct QuicBaselineArgs {
-    /// UDP address to listen on.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// HS256 secret node tokens are verified with (at least 32 bytes).
-    #[arg(long, default_value = DEFAULT_JWT_SECRET)]
-    jwt_secret: String,
-    /// tokio worker threads (match the compared server's --workers).
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    #[command(flatten)]
+    baseline: BaselineArgs,
     /// Certificate chain (PEM); with --key, a self-signed one for `localhost` is written
     /// to both paths if neither file exists.
     #[arg(long)]
@@ -457,9 +457,6 @@ struct QuicBaselineArgs {
     /// Private key (PEM).
     #[arg(long)]
     key: PathBuf,
-    /// Exit after this long.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    lifetime: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -604,21 +601,21 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Ws(args) => ws(args),
         Command::WsBaseline(args) => ws_baseline::run(&BaselineConfig {
-            listen: args.listen,
-            secret: args.jwt_secret.into_bytes(),
-            workers: args.workers,
+            listen: args.baseline.listen,
+            secret: args.baseline.jwt_secret.into_bytes(),
+            workers: args.baseline.workers,
             queue: args.queue,
-            lifetime: args.lifetime,
+            lifetime: args.baseline.lifetime,
             coop: !args.no_coop,
         }),
         Command::Quic(args) => quic(args),
         Command::QuicBaseline(args) => quic_baseline::run(&QuicBaselineConfig {
-            listen: args.listen,
-            secret: args.jwt_secret.into_bytes(),
-            workers: args.workers,
+            listen: args.baseline.listen,
+            secret: args.baseline.jwt_secret.into_bytes(),
+            workers: args.baseline.workers,
             cert: args.cert,
             key: args.key,
-            lifetime: args.lifetime,
+            lifetime: args.baseline.lifetime,
         }),
         Command::Run(args) => run(args),
         Command::Plot(args) => plot::plot_file(&args.json, &args.out, &args.font),
@@ -842,18 +839,35 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
     let report = runner::run(&config)?;
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", report.tables())?;
     let failures = if args.smoke {
         report.smoke_failures()
     } else {
         report.silent()
     };
+    finish_run(
+        args.json.as_deref(),
+        &report,
+        &report.tables(),
+        &failures,
+        "TURN",
+    )
+}
+
+/// Writes a runner's `report` as JSON to `json` if given, prints its `tables`, and fails
+/// with the `failures` of the `what` run if there are any.
+fn finish_run(
+    json: Option<&Path>,
+    report: &impl serde::Serialize,
+    tables: &str,
+    failures: &[String],
+    what: &str,
+) -> anyhow::Result<()> {
+    if let Some(path) = json {
+        write_json(path, report)?;
+    }
+    writeln!(std::io::stdout().lock(), "{tables}")?;
     if !failures.is_empty() {
-        bail!("the TURN run failed:\n  {}", failures.join("\n  "));
+        bail!("the {what} run failed:\n  {}", failures.join("\n  "));
     }
     Ok(())
 }
@@ -952,21 +966,19 @@ fn run_ws(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let report = ws_runner::run(&config)?;
-    if let Some(path) = &args.json {
-        write_json(path, &report)?;
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", report.tables())?;
     let failures = if args.smoke {
         report.smoke_failures()
     } else {
         report.silent()
     };
-    if !failures.is_empty() {
-        let what = if args.quic { "QUIC" } else { "WebSocket" };
-        bail!("the {what} run failed:\n  {}", failures.join("\n  "));
-    }
-    Ok(())
+    let what = if args.quic { "QUIC" } else { "WebSocket" };
+    finish_run(
+        args.json.as_deref(),
+        &report,
+        &report.tables(),
+        &failures,
+        what,
+    )
 }
 
 /// `--bosonserver`, made absolute (servers run in a directory of their own), or the

@@ -73,6 +73,75 @@ pub trait Summary {
     fn p99_us(&self) -> f64;
 }
 
+/// Implements [`Scenario`] for a record type and [`Summary`] for its median type, whose
+/// size field is named `$size` (`payload` for TURN, `packet` for the node relays).
+macro_rules! scenario_and_summary {
+    ($record:ty, $median:ty, $server:ty, $outcome:ty, $size:ident) => {
+        impl $crate::report::Scenario for $record {
+            type Server = $server;
+            type Outcome = $outcome;
+
+            fn round(&self) -> usize {
+                self.round
+            }
+
+            fn server(&self) -> $server {
+                self.server
+            }
+
+            fn size(&self) -> usize {
+                self.$size
+            }
+
+            fn rate(&self) -> Rate {
+                self.rate
+            }
+
+            fn outcome(&self) -> Option<&$outcome> {
+                self.outcome.as_ref()
+            }
+
+            fn error(&self) -> Option<&str> {
+                self.error.as_deref()
+            }
+
+            fn background_busy(&self) -> Option<f64> {
+                self.background_busy
+            }
+
+            fn received(outcome: &$outcome) -> u64 {
+                outcome.received
+            }
+        }
+
+        impl $crate::report::Summary for $median {
+            type Server = $server;
+
+            fn server(&self) -> $server {
+                self.server
+            }
+
+            fn size(&self) -> usize {
+                self.$size
+            }
+
+            fn rate(&self) -> Rate {
+                self.rate
+            }
+
+            fn rounds(&self) -> usize {
+                self.rounds
+            }
+
+            fn p99_us(&self) -> f64 {
+                self.p99_us
+            }
+        }
+    };
+}
+
+pub(crate) use scenario_and_summary;
+
 /// A (server, size, load): what medians are taken over.
 pub type Case<S> = (S, usize, Rate);
 
@@ -318,66 +387,7 @@ pub struct Median {
     pub server_ingress_drops: f64,
 }
 
-impl Scenario for Record {
-    type Server = ServerKind;
-    type Outcome = Outcome;
-
-    fn round(&self) -> usize {
-        self.round
-    }
-
-    fn server(&self) -> ServerKind {
-        self.server
-    }
-
-    fn size(&self) -> usize {
-        self.payload
-    }
-
-    fn rate(&self) -> Rate {
-        self.rate
-    }
-
-    fn outcome(&self) -> Option<&Outcome> {
-        self.outcome.as_ref()
-    }
-
-    fn error(&self) -> Option<&str> {
-        self.error.as_deref()
-    }
-
-    fn background_busy(&self) -> Option<f64> {
-        self.background_busy
-    }
-
-    fn received(outcome: &Outcome) -> u64 {
-        outcome.received
-    }
-}
-
-impl Summary for Median {
-    type Server = ServerKind;
-
-    fn server(&self) -> ServerKind {
-        self.server
-    }
-
-    fn size(&self) -> usize {
-        self.payload
-    }
-
-    fn rate(&self) -> Rate {
-        self.rate
-    }
-
-    fn rounds(&self) -> usize {
-        self.rounds
-    }
-
-    fn p99_us(&self) -> f64 {
-        self.p99_us
-    }
-}
+scenario_and_summary!(Record, Median, ServerKind, Outcome, payload);
 
 /// One of our servers against a reference, for one (payload, load).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

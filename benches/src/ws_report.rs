@@ -11,8 +11,8 @@ use crate::generator::Rate;
 use crate::maths::ratio;
 use crate::relay_load::RelayOutcome;
 use crate::report::{
-    Machine, Scenario, Server, Summary, background_line, cases, find, group, median_maybe,
-    median_of, silent,
+    Machine, Scenario, Server, background_line, cases, find, group, median_maybe, median_of,
+    scenario_and_summary, silent,
 };
 
 /// A node relay under test: over WebSocket or over QUIC.
@@ -144,66 +144,7 @@ pub struct WsMedian {
     pub closed: f64,
 }
 
-impl Scenario for WsRecord {
-    type Server = WsServerKind;
-    type Outcome = RelayOutcome;
-
-    fn round(&self) -> usize {
-        self.round
-    }
-
-    fn server(&self) -> WsServerKind {
-        self.server
-    }
-
-    fn size(&self) -> usize {
-        self.packet
-    }
-
-    fn rate(&self) -> Rate {
-        self.rate
-    }
-
-    fn outcome(&self) -> Option<&RelayOutcome> {
-        self.outcome.as_ref()
-    }
-
-    fn error(&self) -> Option<&str> {
-        self.error.as_deref()
-    }
-
-    fn background_busy(&self) -> Option<f64> {
-        self.background_busy
-    }
-
-    fn received(outcome: &RelayOutcome) -> u64 {
-        outcome.received
-    }
-}
-
-impl Summary for WsMedian {
-    type Server = WsServerKind;
-
-    fn server(&self) -> WsServerKind {
-        self.server
-    }
-
-    fn size(&self) -> usize {
-        self.packet
-    }
-
-    fn rate(&self) -> Rate {
-        self.rate
-    }
-
-    fn rounds(&self) -> usize {
-        self.rounds
-    }
-
-    fn p99_us(&self) -> f64 {
-        self.p99_us
-    }
-}
+scenario_and_summary!(WsRecord, WsMedian, WsServerKind, RelayOutcome, packet);
 
 /// One relay against another (one of [`WsServerKind::COMPARISONS`]), for one (packet, load).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

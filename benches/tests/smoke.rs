@@ -120,12 +120,7 @@ fn smoke(servers: &str, json: &Path) -> Report {
             .arg(json)
             .env_remove("CI"),
     );
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let report: Report = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert!(report.silent().is_empty());
     report
@@ -169,6 +164,26 @@ fn smoke_run_of_bosonserver_when_built() {
     assert_eq!(report.smoke_failures(), Vec::<String>::new());
 }
 
+/// Whether a bosonserver build sits next to the test's `boson-bench`; says so if not.
+fn bosonserver_built() -> bool {
+    let bench = Path::new(env!("CARGO_BIN_EXE_boson-bench"));
+    let built = bench.with_file_name("bosonserver").is_file();
+    if !built {
+        eprintln!("skipped: no bosonserver build next to boson-bench (cargo build -p bosonserver)");
+    }
+    built
+}
+
+/// Fails with the run's stdout and stderr unless it exited 0.
+fn assert_success(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// `run --ws --smoke` against the given relays; the exit status and the report.
 fn ws_smoke(servers: &str, json: &Path) -> (std::process::Output, Option<WsReport>) {
     relay_smoke("--ws", servers, json)
@@ -193,12 +208,7 @@ fn relay_smoke(mode: &str, servers: &str, json: &Path) -> (std::process::Output,
 fn ws_smoke_run_of_the_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let (output, report) = ws_smoke("ws-baseline", &dir.path().join("ws.json"));
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let report = report.unwrap();
     assert_eq!(
         report.records.len(),
@@ -213,19 +223,13 @@ fn ws_smoke_run_of_the_baseline() {
 /// with ratios.
 #[test]
 fn ws_smoke_run_of_bosonserver_when_built() {
-    let bench = Path::new(env!("CARGO_BIN_EXE_boson-bench"));
-    if !bench.with_file_name("bosonserver").is_file() {
-        eprintln!("skipped: no bosonserver build next to boson-bench (cargo build -p bosonserver)");
+    if !bosonserver_built() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let (output, report) = ws_smoke("boson-ws,ws-baseline", &dir.path().join("ws.json"));
     let report = report.unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert_eq!(report.smoke_failures(), Vec::<String>::new());
     assert!(!report.ratios.is_empty());
     assert!(report.ratios.iter().all(|r| r.delivered.is_some()));
@@ -235,12 +239,7 @@ fn ws_smoke_run_of_bosonserver_when_built() {
 fn quic_smoke_run_of_the_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let (output, report) = relay_smoke("--quic", "quic-baseline", &dir.path().join("quic.json"));
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let report = report.unwrap();
     let sizes: Vec<usize> = report.records.iter().map(|r| r.packet).collect();
     assert_eq!(
@@ -264,9 +263,7 @@ fn quic_smoke_run_of_the_baseline() {
 /// comparison has a ratio.
 #[test]
 fn quic_smoke_run_of_bosonserver_when_built() {
-    let bench = Path::new(env!("CARGO_BIN_EXE_boson-bench"));
-    if !bench.with_file_name("bosonserver").is_file() {
-        eprintln!("skipped: no bosonserver build next to boson-bench (cargo build -p bosonserver)");
+    if !bosonserver_built() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -275,12 +272,7 @@ fn quic_smoke_run_of_bosonserver_when_built() {
         "boson-quic,quic-baseline,boson-ws",
         &dir.path().join("quic.json"),
     );
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let report = report.unwrap();
     assert_eq!(report.records.len(), 12);
     assert_eq!(report.smoke_failures(), Vec::<String>::new());

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail, ensure};
 use boson_dataplane::relay::EventSink;
-use boson_dataplane::{Dataplane, DataplaneConfig, IoBackend, WorkerInfo};
+use boson_dataplane::{Dataplane, DataplaneConfig, IoBackend, StunAlternate, WorkerInfo};
 use boson_dataplane_proto::turn::{PeerFilter, PortTable};
-use boson_dataplane_proto::{Server, TurnConfig};
+use boson_dataplane_proto::{BindingConfig, Server, TurnConfig};
 use boson_shared::Cidr;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
@@ -30,6 +30,18 @@ pub(crate) struct DataplaneArgs {
     /// Relay ports, `FIRST-LAST`, shared by the workers.
     #[arg(long, env = "BOSON_RELAY_PORTS", default_value = "49152-65535")]
     relay_ports: PortRange,
+
+    /// UDP port of a second STUN address for RFC 5780 NAT behaviour discovery: Binding only,
+    /// answered on every worker. The listener's Binding answers then carry RESPONSE-ORIGIN
+    /// and OTHER-ADDRESS naming it, so a node learns whether its NAT maps by destination.
+    /// Default: none.
+    #[arg(long, env = "BOSON_STUN_ALT_PORT")]
+    stun_alt_port: Option<u16>,
+
+    /// IP of the second STUN address, when the host has a second address clients reach
+    /// directly. Default: the TURN listener's IP (and `--relay-ip` in the answers).
+    #[arg(long, env = "BOSON_STUN_ALT_IP", requires = "stun_alt_port")]
+    stun_alt_ip: Option<IpAddr>,
 
     /// Dataplane worker threads, one pinned to each core. Default: every core.
     #[arg(long, env = "BOSON_WORKERS")]
@@ -156,6 +168,45 @@ fn ephemeral_overlap(
     Some(low..=high)
 }
 
+/// The host's two STUN addresses (RFC 5780).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StunAddresses {
+    /// Where the second address is bound.
+    listen: SocketAddr,
+    /// The listener as clients reach it: RESPONSE-ORIGIN of its answers.
+    primary: SocketAddr,
+    /// The second address as clients reach it: OTHER-ADDRESS of the listener's answers.
+    alternate: SocketAddr,
+}
+
+/// The second STUN address from `--stun-alt-port` and `--stun-alt-ip`, beside the listener
+/// `turn_listen` that clients reach at `public_ip:public_port`.
+fn stun_alternate(
+    turn_listen: SocketAddr,
+    public_ip: Ipv4Addr,
+    public_port: u16,
+    alt_port: u16,
+    alt_ip: Option<IpAddr>,
+) -> anyhow::Result<StunAddresses> {
+    ensure!(alt_port != 0, "--stun-alt-port may not be 0");
+    let listen_ip = alt_ip.unwrap_or(turn_listen.ip());
+    let listen = SocketAddr::new(listen_ip, alt_port);
+    ensure!(
+        listen != turn_listen && !(alt_ip.is_none() && alt_port == turn_listen.port()),
+        "--stun-alt-port {alt_port} is the TURN listener's port: the second STUN address must \
+         differ from the first in its port or (with --stun-alt-ip) its IP"
+    );
+    let public = match alt_ip {
+        Some(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::V4(public_ip),
+    };
+    Ok(StunAddresses {
+        listen,
+        primary: SocketAddr::new(IpAddr::V4(public_ip), public_port),
+        alternate: SocketAddr::new(public, alt_port),
+    })
+}
+
 /// Validated dataplane settings.
 #[derive(Debug, Clone)]
 pub(crate) struct DataplanePlan {
@@ -192,9 +243,12 @@ impl DataplaneArgs {
     /// Validates the settings. The TURN settings the control plane owns (secrets, quota, peer
     /// lists, public host) come from its configuration, so ICE credentials and the TURN server
     /// agree from the start; the control plane pushes them again when it attaches.
+    /// `announced_port` is `--turn-port` when given (the STUN/TURN port clients reach,
+    /// behind a port mapping); otherwise they reach the listener's port.
     pub(crate) fn plan(
         self,
         settings: &boson_control::config::TurnConfig,
+        announced_port: Option<u16>,
     ) -> anyhow::Result<DataplanePlan> {
         let public_host = settings.public_host.as_str();
         let relay_ip = match (
@@ -237,6 +291,30 @@ impl DataplaneArgs {
             ensure!(workers >= 1, "--workers must be at least 1");
             shell.workers = workers;
         }
+        let stun_addresses = match self.stun_alt_port {
+            Some(port) => {
+                ensure!(
+                    self.turn_listen.port() != 0,
+                    "--stun-alt-port needs a fixed --turn-listen port: the second address's \
+                     answers name the listener's"
+                );
+                let alt = stun_alternate(
+                    self.turn_listen,
+                    relay_ip,
+                    announced_port.unwrap_or(self.turn_listen.port()),
+                    port,
+                    self.stun_alt_ip,
+                )?;
+                shell.stun_alternate = Some(StunAlternate {
+                    listen: alt.listen,
+                    binding: BindingConfig::new()
+                        .with_known_attributes(|t| t.is_stun())
+                        .with_other_address(alt.alternate, alt.primary),
+                });
+                Some(alt)
+            }
+            None => None,
+        };
         // The relay address is added by the TURN config; the listener's, and every address of
         // the host's interfaces but loopback (the built-in rules keep loopback out, and
         // --danger-allow-loopback-peers must still open it), are this host's too.
@@ -270,6 +348,9 @@ impl DataplaneArgs {
             .with_port_table(table)
             .with_password_algorithms(self.turn_sha256_passwords)
             .with_peer_filter(peers.filter(&settings.allowed_peers, &settings.denied_peers));
+        if let Some(alt) = stun_addresses {
+            turn = turn.with_other_address(alt.primary, alt.alternate);
+        }
         // Any worker may end up holding every port of the shared range.
         let total = turn.ports().len();
         turn = turn.with_allocation_quota(total, settings.max_allocations_per_user);
@@ -373,7 +454,7 @@ mod tests {
             port: 3478,
             extra_urls: Vec::new(),
         };
-        let plan = args.plan(&settings).unwrap();
+        let plan = args.plan(&settings, None).unwrap();
         let filter = plan.peer_policy().filter(&settings.allowed_peers, &[]);
         let addresses = boson_dataplane::interface_addresses().unwrap();
         // The operator allowed every IPv4 address: the host's own stay limited to its live
@@ -407,6 +488,31 @@ mod tests {
         assert_eq!(ephemeral_overlap(&(61000..=65535), linux, ""), None);
         assert_eq!(ephemeral_overlap(&(1..=2), "garbage", ""), None);
         assert_eq!(ephemeral_overlap(&(49152..=65535), linux, "x-y"), None);
+    }
+
+    #[test]
+    fn the_second_stun_address() {
+        let listen: SocketAddr = "0.0.0.0:3478".parse().unwrap();
+        let public: Ipv4Addr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            stun_alternate(listen, public, 3478, 3479, None).unwrap(),
+            StunAddresses {
+                listen: "0.0.0.0:3479".parse().unwrap(),
+                primary: "192.0.2.1:3478".parse().unwrap(),
+                alternate: "192.0.2.1:3479".parse().unwrap(),
+            }
+        );
+        let other_ip =
+            stun_alternate(listen, public, 3478, 3478, "192.0.2.2".parse().ok()).unwrap();
+        assert_eq!(other_ip.listen, "192.0.2.2:3478".parse().unwrap());
+        assert_eq!(other_ip.alternate, "192.0.2.2:3478".parse().unwrap());
+        for (port, ip) in [(3478, None), (0, None), (3478, Some("0.0.0.0"))] {
+            assert!(
+                stun_alternate(listen, public, 3478, port, ip.and_then(|i| i.parse().ok()))
+                    .is_err(),
+                "{port} {ip:?}"
+            );
+        }
     }
 
     #[test]

@@ -95,12 +95,13 @@ fn main() -> anyhow::Result<()> {
 
 /// Both planes: the dataplane's pinned worker threads, and the control plane on tokio.
 fn run_all(args: RunArgs) -> anyhow::Result<()> {
-    let explicit_turn_port = args.control.turn_port.is_some();
+    let announced_port = args.control.turn_port;
+    let explicit_turn_port = announced_port.is_some();
     let data_dir = args.control.data_dir.clone();
     let mut config = args.control.resolve().context("invalid configuration")?;
     let plan = args
         .dataplane
-        .plan(&config.turn)
+        .plan(&config.turn, announced_port)
         .context("invalid configuration")?;
     // Both ends of one in-memory segment: the same rings as two processes would share.
     let segment = boson_channel::Segment::create(

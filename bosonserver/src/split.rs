@@ -91,10 +91,11 @@ pub(crate) fn run_control(args: ControlProcessArgs) -> anyhow::Result<()> {
 pub(crate) fn run_dataplane(args: DataplaneProcessArgs) -> anyhow::Result<()> {
     let DataplaneProcessArgs { segment: path, run } = args;
     let data_dir = run.control.data_dir.clone();
+    let announced_port = run.control.turn_port;
     let config = run.control.resolve().context("invalid configuration")?;
     let plan = run
         .dataplane
-        .plan(&config.turn)
+        .plan(&config.turn, announced_port)
         .context("invalid configuration")?;
     // Before binding any port: a segment of another shape or build is a startup error.
     let segment = Segment::open_or_create(planes::spec(plan.workers())?, &path)

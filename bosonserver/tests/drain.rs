@@ -10,12 +10,7 @@
 
 mod common;
 
-#[allow(
-    dead_code,
-    reason = "shared with the dataplane's tests; this file uses part of it"
-)]
-#[path = "../../dataplane/server/tests/common/ws_client.rs"]
-mod ws_client;
+use boson_testsupport::ws_client;
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -33,16 +28,9 @@ const CHANNEL: u16 = 0x4000;
 
 fn start(dir: &std::path::Path, drain_timeout: &str) -> common::Running {
     let ports = turn::relay_ports(64);
-    common::start(
+    common::start_local(
         dir,
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--relay-ports",
             &ports,
             "--danger-allow-loopback-peers",

@@ -28,12 +28,7 @@
 
 mod common;
 
-#[allow(
-    dead_code,
-    reason = "shared with the dataplane's tests; this file uses part of it"
-)]
-#[path = "../../dataplane/server/tests/common/ws_client.rs"]
-mod ws_client;
+use boson_testsupport::ws_client;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};

@@ -16,12 +16,7 @@
 
 mod common;
 
-#[allow(
-    dead_code,
-    reason = "shared with the dataplane's tests; this file uses part of it"
-)]
-#[path = "../../dataplane/server/tests/common/ws_client.rs"]
-mod ws_client;
+use boson_testsupport::ws_client;
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -61,16 +56,9 @@ fn services() -> Option<PathBuf> {
 }
 
 fn start_server(dir: &Path, postgres: &Postgres, redis: &Redis, ports: &str) -> common::Running {
-    common::start(
+    common::start_local(
         dir,
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--relay-ports",
             ports,
             "--danger-allow-loopback-peers",

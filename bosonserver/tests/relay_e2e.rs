@@ -10,12 +10,7 @@
 
 mod common;
 
-#[allow(
-    dead_code,
-    reason = "shared with the dataplane's tests; this file uses part of it"
-)]
-#[path = "../../dataplane/server/tests/common/ws_client.rs"]
-mod ws_client;
+use boson_testsupport::ws_client;
 
 use boson_shared::NodeId;
 use ws_client::{Client, connect};
@@ -23,19 +18,7 @@ use ws_client::{Client, connect};
 #[test]
 fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(
-        dir.path(),
-        &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ],
-        true,
-    );
+    let server = common::start_local(dir.path(), &[], true);
     let relay = server.relay.expect("the relay runs by default");
     let http = common::Http::new();
     let (id_a, id_b) = (
@@ -136,16 +119,9 @@ fn registered_nodes_relay_through_wss() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, made.cert.pem()).unwrap();
     std::fs::write(&key_path, made.signing_key.serialize_pem()).unwrap();
-    let server = common::start(
+    let server = common::start_local(
         dir.path(),
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--relay-cert",
             cert_path.to_str().unwrap(),
             "--relay-key",

@@ -12,12 +12,7 @@
 
 mod common;
 
-#[allow(
-    dead_code,
-    reason = "shared with the dataplane's tests; this file uses part of it"
-)]
-#[path = "../../dataplane/server/tests/common/ws_client.rs"]
-mod ws_client;
+use boson_testsupport::ws_client;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -205,16 +200,9 @@ fn metric(text: &str, name: &str, event: Option<&str>) -> u64 {
 fn churn_leaves_memory_descriptors_and_counters_flat() {
     let dir = tempfile::tempdir().unwrap();
     let ports = turn::relay_ports(1024);
-    let server = common::start(
+    let server = common::start_local(
         dir.path(),
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--relay-ports",
             &ports,
             "--danger-allow-loopback-peers",

@@ -248,16 +248,9 @@ fn reference_coturn_relays_send_indications_without_loss() {
 /// coturn's `--allow-loopback-peers` above.
 fn bosonserver(dir: &std::path::Path, relay_base: u16) -> common::Running {
     let relay_ports = format!("{relay_base}-{}", relay_base + RELAY_RANGE - 1);
-    common::start(
+    common::start_local(
         dir,
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--no-pin",
             "--turn-static-secret",
             SECRET,

@@ -29,16 +29,9 @@ fn now() -> Instant {
 /// `bosonserver run` on loopback, two workers, relay ports `ports`, and no
 /// `--danger-allow-loopback-peers`: loopback is this host's own address and nothing else.
 fn server(dir: &std::path::Path, ports: &str) -> common::Running {
-    common::start(
+    common::start_local(
         dir,
         &[
-            "run",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
             "--no-pin",
             "--turn-static-secret",
             SECRET,

@@ -2,6 +2,10 @@
 //! rings of [`Command`]s (control → dataplane) and [`Event`]s (dataplane → control), a stats
 //! block per core, and each side's liveness.
 //!
+//! The same ring, in memory of its own ([`private_ring`]), is the relay's hand-off between
+//! two cores of one process; [`RingProducer::push_parts`] gathers a record from several
+//! slices and [`RingConsumer::drain`] lends records where they lie.
+//!
 //! Contract: no clock (heartbeats are times the caller supplies), no threads, no blocking,
 //! and no allocation per message once buffers are warm beyond what a decoded value owns (a
 //! `TurnSecrets` list, an allocation's user name). The only I/O is creating, opening and
@@ -164,7 +168,12 @@ pub use layout::{
     Field, HeaderError, Incarnation, LAYOUT_VERSION, MAGIC, MAX_CORES, MAX_RING_BYTES,
     MAX_STATS_SLOTS, MIN_RING_BYTES, PAGE, SegmentSpec, Side, SpecError,
 };
-pub use ring::{Corruption, RingStatus};
+#[cfg(not(loom))]
+pub use ring::private_ring;
+pub use ring::{
+    Consumer as RingConsumer, Corruption, OutOfRecord, Producer as RingProducer, PushError, Record,
+    RingStatus,
+};
 #[cfg(not(loom))]
 pub use segment::{
     AttachError, Backing, ClaimError, CoreId, CreateError, Observer, OpenError, PeerAttached, Pid,

@@ -76,6 +76,50 @@ fn loom_spsc_ring_delivers_in_order_across_the_wrap() {
 }
 
 #[test]
+fn loom_gathered_messages_drain_in_place_across_the_wrap() {
+    model(|| {
+        let ring = tiny_ring();
+        // Parts that end mid-word; the second and third messages cannot both be in the ring,
+        // and the third wraps, so the drain's single head store must free the space.
+        let messages: [&[&[u8]]; 3] = [&[b"a"], &[b"0123", b"456", b"789ab"], &[b"wx", b"yz!"]];
+        let mut producer = Producer::new(ring.clone());
+        let sender = thread::spawn(move || {
+            for parts in messages {
+                loop {
+                    match producer.push_parts(parts) {
+                        Ok(()) => break,
+                        Err(PushError::Full) => spin(),
+                        Err(other) => panic!("push failed: {other:?}"),
+                    }
+                }
+            }
+        });
+        let mut consumer = Consumer::new(ring.clone());
+        let mut received = Vec::new();
+        while received.len() < messages.len() {
+            let drained = consumer
+                .drain(|record| {
+                    let mut bytes = vec![0; record.len()];
+                    record.read(0, &mut bytes).unwrap();
+                    received.push(bytes);
+                })
+                .unwrap();
+            if drained == 0 {
+                spin();
+            }
+        }
+        sender.join().unwrap();
+        let expected: Vec<Vec<u8>> = messages.iter().map(|parts| parts.concat()).collect();
+        assert_eq!(received, expected);
+        let status = ring.status();
+        assert_eq!(
+            (status.committed, status.consumed, status.depth_bytes),
+            (3, 3, 0)
+        );
+    });
+}
+
+#[test]
 fn loom_consumer_restart_resumes_from_the_shared_head() {
     model(|| {
         let ring = tiny_ring();

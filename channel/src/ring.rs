@@ -19,6 +19,12 @@
 //!
 //! Nothing here trusts the other side: a corrupt index or length is reported as
 //! [`Corruption`] and the consumer skips to the producer's tail (counted as a resync).
+//!
+//! Besides the segment's rings, [`private_ring`] makes a ring in memory of its own for a
+//! hand-off inside one process (the relay's core-to-core records). A producer can gather
+//! several slices into one message ([`Producer::push_parts`]), and a consumer can read
+//! messages where they lie ([`Consumer::drain`] lends each as a [`Record`]) instead of
+//! copying each into a buffer first.
 
 use std::sync::Arc;
 
@@ -197,9 +203,40 @@ impl Ring {
     }
 }
 
+/// Bytes before a private ring's data: its control block (see [`private_ring`]).
+const PRIVATE_DATA: usize = 256;
+const _: () = assert!(RESYNCS < PRIVATE_DATA / WORD);
+
+/// A ring of `capacity` data bytes in a memory file of its own, for a single-producer
+/// single-consumer hand-off between two threads of one process. `capacity` must be a power
+/// of two from 8 to 2^31; anything else is an [`std::io::ErrorKind::InvalidInput`] error.
+#[cfg(not(loom))]
+pub fn private_ring(capacity: u32) -> std::io::Result<(Producer, Consumer)> {
+    if !capacity.is_power_of_two() || !(8..=1 << 31).contains(&capacity) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("ring capacity {capacity} is not a power of two from 8 to 2^31"),
+        ));
+    }
+    let len = PRIVATE_DATA + capacity as usize;
+    let file = crate::mem::memfd(c"boson-ring")?;
+    file.set_len(len as u64)?;
+    let mem = Arc::new(Mem::map(file, len)?);
+    let ring = Ring::new(
+        mem,
+        RingRegion {
+            control: 0,
+            data: PRIVATE_DATA,
+            capacity,
+        },
+    );
+    Ok((Producer::new(ring.clone()), Consumer::new(ring)))
+}
+
 /// Why a push failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PushError {
+#[non_exhaustive]
+pub enum PushError {
     /// Not enough free space now.
     Full,
     /// Larger than the ring can ever hold.
@@ -209,8 +246,8 @@ pub(crate) enum PushError {
 }
 
 /// The writing end of a ring. Exactly one may exist per ring (the side's attach lock and
-/// the ends' types see to it).
-pub(crate) struct Producer {
+/// the ends' types see to it; a [`private_ring`] has no other).
+pub struct Producer {
     ring: Ring,
     /// Our position: only we write the tail word, so this is its value.
     tail: Pos,
@@ -235,12 +272,19 @@ impl Producer {
     }
 
     /// Appends one message, or fails without side effects.
-    pub(crate) fn push(&mut self, payload: &[u8]) -> Result<(), PushError> {
-        if payload.len() > self.ring.max_payload() {
+    pub fn push(&mut self, payload: &[u8]) -> Result<(), PushError> {
+        self.push_parts(&[payload])
+    }
+
+    /// Appends one message made of `parts` back to back (a header and a body, say, without
+    /// first joining them), or fails without side effects.
+    pub fn push_parts(&mut self, parts: &[&[u8]]) -> Result<(), PushError> {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if len > self.ring.max_payload() {
             return Err(PushError::TooLarge);
         }
         // Fits in u32: the payload is at most the capacity, itself at most 2^31.
-        let frame = (LEN_PREFIX + payload.len()).next_multiple_of(WORD) as u32;
+        let frame = (LEN_PREFIX + len).next_multiple_of(WORD) as u32;
         if !self.tail.bytes.is_multiple_of(WORD as u32) {
             return Err(PushError::Corrupt(Corruption::Misaligned {
                 pos: self.tail.bytes,
@@ -254,7 +298,7 @@ impl Producer {
                 return Err(PushError::Full);
             }
         }
-        self.write_frame(payload);
+        self.write_frame(len, parts);
         self.tail = self.tail.advance(frame);
         // Release: pairs with the consumer's Acquire load of the tail, so the frame's bytes
         // (stored Relaxed in `write_frame`) are visible before the frame is.
@@ -265,7 +309,7 @@ impl Producer {
     }
 
     /// Counts a message the caller gives up on.
-    pub(crate) fn record_drop(&self) {
+    pub fn record_drop(&self) {
         // Relaxed: a counter with one writer, read only as a gauge.
         self.ring.word(DROPPED).fetch_add(1, Ordering::Relaxed);
     }
@@ -281,29 +325,76 @@ impl Producer {
         Ok(self.ring.capacity - used)
     }
 
-    fn write_frame(&self, payload: &[u8]) {
-        // Relaxed data stores: published by the Release store of the tail in `push`.
-        let (first, rest) = payload.split_at(payload.len().min(LEN_PREFIX));
+    fn write_frame(&self, len: usize, parts: &[&[u8]]) {
         let mut prefix = [0; WORD];
-        prefix[..LEN_PREFIX].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        prefix[LEN_PREFIX..LEN_PREFIX + first.len()].copy_from_slice(first);
-        let mut pos = self.tail.bytes;
-        self.ring
-            .data_word(pos)
-            .store(u64::from_le_bytes(prefix), Ordering::Relaxed);
-        for chunk in rest.chunks(WORD) {
-            pos = pos.wrapping_add(WORD as u32);
+        prefix[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+        let mut writer = WordWriter {
+            ring: &self.ring,
+            pos: self.tail.bytes,
+            word: prefix,
+            fill: LEN_PREFIX,
+        };
+        for part in parts {
+            writer.write(part);
+        }
+        writer.finish();
+    }
+
+    /// The ring's counters.
+    pub fn status(&self) -> RingStatus {
+        self.ring.status()
+    }
+}
+
+/// Stores a frame's bytes word by word from the frame's start, whatever the slices' bounds.
+struct WordWriter<'a> {
+    ring: &'a Ring,
+    /// Position of the next word to store.
+    pos: u32,
+    /// The word being filled (zero beyond `fill`, so the padding is zero).
+    word: [u8; WORD],
+    fill: usize,
+}
+
+impl WordWriter<'_> {
+    fn write(&mut self, mut bytes: &[u8]) {
+        if self.fill > 0 {
+            let take = bytes.len().min(WORD - self.fill);
+            self.word[self.fill..self.fill + take].copy_from_slice(&bytes[..take]);
+            self.fill += take;
+            bytes = &bytes[take..];
+            if self.fill < WORD {
+                return;
+            }
+            self.store(u64::from_le_bytes(self.word));
+        }
+        let mut chunks = bytes.chunks_exact(WORD);
+        for chunk in &mut chunks {
             let mut word = [0; WORD];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.ring
-                .data_word(pos)
-                .store(u64::from_le_bytes(word), Ordering::Relaxed);
+            word.copy_from_slice(chunk);
+            self.store(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        self.word = [0; WORD];
+        self.word[..rest.len()].copy_from_slice(rest);
+        self.fill = rest.len();
+    }
+
+    fn store(&mut self, word: u64) {
+        // Relaxed data stores: published by the Release store of the tail in `push_parts`.
+        self.ring.data_word(self.pos).store(word, Ordering::Relaxed);
+        self.pos = self.pos.wrapping_add(WORD as u32);
+    }
+
+    fn finish(mut self) {
+        if self.fill > 0 {
+            self.store(u64::from_le_bytes(self.word));
         }
     }
 }
 
 /// The reading end of a ring; exactly one may exist per ring.
-pub(crate) struct Consumer {
+pub struct Consumer {
     ring: Ring,
     /// Our position: only we write the head word.
     head: Pos,
@@ -329,7 +420,7 @@ impl Consumer {
     ///
     /// On corruption the consumer skips everything committed so far (counted in
     /// [`RingStatus::resyncs`]) and the next call carries on with what follows.
-    pub(crate) fn pop(&mut self, out: &mut Vec<u8>) -> Result<bool, Corruption> {
+    pub fn pop(&mut self, out: &mut Vec<u8>) -> Result<bool, Corruption> {
         if self.head == self.tail {
             // Acquire: pairs with the producer's Release store of the tail, so the bytes
             // of every frame up to it are visible.
@@ -338,8 +429,14 @@ impl Consumer {
                 return Ok(false);
             }
         }
-        match self.read_frame(out) {
-            Ok(frame) => {
+        match self.check_frame() {
+            Ok((len, frame)) => {
+                Record {
+                    ring: &self.ring,
+                    start: self.head.bytes,
+                    len,
+                }
+                .copy_to_vec(out);
                 self.head = self.head.advance(frame);
                 // Release: pairs with the producer's Acquire load of the head, so our reads
                 // of this frame happen before it reuses the bytes.
@@ -355,14 +452,56 @@ impl Consumer {
         }
     }
 
+    /// Lends every message committed so far to `f`, oldest first, where it lies in the ring
+    /// (no copy into a buffer), then frees their space at once. Returns how many there were.
+    ///
+    /// On corruption the consumer skips everything committed so far (counted in
+    /// [`RingStatus::resyncs`]); the messages lent before it stay consumed.
+    pub fn drain(&mut self, mut f: impl FnMut(Record<'_>)) -> Result<usize, Corruption> {
+        // Acquire: pairs with the producer's Release store of the tail, so the bytes of every
+        // frame up to it are visible.
+        self.tail = Pos::unpack(self.ring.word(TAIL).load(Ordering::Acquire));
+        let mut count = 0;
+        while self.head != self.tail {
+            match self.check_frame() {
+                Ok((len, frame)) => {
+                    f(Record {
+                        ring: &self.ring,
+                        start: self.head.bytes,
+                        len,
+                    });
+                    self.head = self.head.advance(frame);
+                    count += 1;
+                }
+                Err(corruption) => {
+                    self.resync();
+                    return Err(corruption);
+                }
+            }
+        }
+        if count > 0 {
+            // Release: pairs with the producer's Acquire load of the head, so `f`'s reads of
+            // these frames happen before it reuses the bytes.
+            self.ring
+                .word(HEAD)
+                .store(self.head.pack(), Ordering::Release);
+        }
+        Ok(count)
+    }
+
     /// Counts a consumed message that its reader could not make sense of.
-    pub(crate) fn record_undecodable(&self) {
+    pub fn record_undecodable(&self) {
         // Relaxed: a counter with one writer, read only as a gauge.
         self.ring.word(UNDECODABLE).fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Reads the frame at the head into `out`; returns the frame's length.
-    fn read_frame(&self, out: &mut Vec<u8>) -> Result<u32, Corruption> {
+    /// The ring's counters.
+    pub fn status(&self) -> RingStatus {
+        self.ring.status()
+    }
+
+    /// Checks the frame at the head; returns its payload length and its frame length.
+    fn check_frame(&self) -> Result<(u32, u32), Corruption> {
         let (head, tail) = (self.head, self.tail);
         for pos in [head.bytes, tail.bytes] {
             if !pos.is_multiple_of(WORD as u32) {
@@ -381,7 +520,7 @@ impl Consumer {
                 bytes: used,
             });
         }
-        // Relaxed data loads: ordered by the Acquire load of the tail in `pop`.
+        // Relaxed data loads: ordered by the Acquire load of the tail in `pop` or `drain`.
         let prefix = self
             .ring
             .data_word(head.bytes)
@@ -397,22 +536,7 @@ impl Consumer {
                 available: used,
             });
         }
-        let len = len as usize;
-        out.clear();
-        out.reserve(len);
-        out.extend_from_slice(&prefix[LEN_PREFIX..LEN_PREFIX + len.min(LEN_PREFIX)]);
-        let mut pos = head.bytes;
-        while out.len() < len {
-            pos = pos.wrapping_add(WORD as u32);
-            let word = self
-                .ring
-                .data_word(pos)
-                .load(Ordering::Relaxed)
-                .to_le_bytes();
-            let take = (len - out.len()).min(WORD);
-            out.extend_from_slice(&word[..take]);
-        }
-        Ok(frame as u32)
+        Ok((len, frame as u32))
     }
 
     /// Skips to the producer's current tail.
@@ -426,6 +550,103 @@ impl Consumer {
             .store(self.head.pack(), Ordering::Release);
         // Relaxed: a counter with one writer.
         self.ring.word(RESYNCS).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One message lent by [`Consumer::drain`], read where it lies in the ring. Its bytes may
+/// wrap past the end of the ring's data, so it is read by copying ranges out of it.
+pub struct Record<'a> {
+    ring: &'a Ring,
+    /// Position of the frame (its length prefix).
+    start: u32,
+    len: u32,
+}
+
+/// A read past the end of a [`Record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bytes {start}..{end} of a {len}-byte record")]
+pub struct OutOfRecord {
+    /// First byte asked for.
+    pub start: usize,
+    /// End of the range asked for.
+    pub end: usize,
+    /// The record's length.
+    pub len: usize,
+}
+
+impl Record<'_> {
+    /// The message's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the message is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies the message's bytes from `offset` into all of `dst`.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), OutOfRecord> {
+        let end = offset.saturating_add(dst.len());
+        if end > self.len() {
+            return Err(OutOfRecord {
+                start: offset,
+                end,
+                len: self.len(),
+            });
+        }
+        // Offset from the frame's start; fits in u32, as the frame fits in the ring.
+        let mut at = LEN_PREFIX + offset;
+        let mut done = 0;
+        while done < dst.len() {
+            let within = at % WORD;
+            // Relaxed data loads: ordered by the consumer's Acquire load of the tail.
+            let word = self
+                .ring
+                .data_word(self.start.wrapping_add((at - within) as u32))
+                .load(Ordering::Relaxed)
+                .to_le_bytes();
+            let take = (WORD - within).min(dst.len() - done);
+            dst[done..done + take].copy_from_slice(&word[within..within + take]);
+            done += take;
+            at += take;
+        }
+        Ok(())
+    }
+
+    /// The `N` bytes from `offset`.
+    pub fn array<const N: usize>(&self, offset: usize) -> Result<[u8; N], OutOfRecord> {
+        let mut bytes = [0; N];
+        self.read(offset, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Replaces the contents of `out` with the message's bytes from `offset` on.
+    pub fn copy_suffix_to_vec(&self, offset: usize, out: &mut Vec<u8>) -> Result<(), OutOfRecord> {
+        let Some(len) = self.len().checked_sub(offset) else {
+            return Err(OutOfRecord {
+                start: offset,
+                end: offset,
+                len: self.len(),
+            });
+        };
+        out.clear();
+        out.resize(len, 0);
+        self.read(offset, out)
+    }
+
+    /// Replaces the contents of `out` with the message.
+    pub fn copy_to_vec(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(self.len(), 0);
+        // In range by construction.
+        let _ = self.read(0, out);
+    }
+}
+
+impl std::fmt::Debug for Record<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record").field("len", &self.len).finish()
     }
 }
 
@@ -738,5 +959,116 @@ mod tests {
         assert!(consumer.pop(&mut out).unwrap());
         assert_eq!(out, b"third");
         assert_eq!(ring.status().committed, 3);
+    }
+    #[test]
+    fn gathered_messages_drain_in_place_across_the_wrap() {
+        let (mut producer, mut consumer) = private_ring(64).unwrap();
+        let mut model = VecDeque::new();
+        let mut state = 0x9e37_79b9_u32;
+        let mut lent = 0;
+        for i in 0..3000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let message = payload(i % 41, i);
+            // Split at two pseudo-random points: empty parts and parts that end mid-word.
+            let a = state as usize % (message.len() + 1);
+            let b = a + (state as usize >> 8) % (message.len() - a + 1);
+            let parts = [&message[..a], &message[a..b], &[][..], &message[b..]];
+            match producer.push_parts(&parts) {
+                Ok(()) => model.push_back(message),
+                Err(PushError::Full) => {}
+                Err(other) => panic!("push {i}: {other:?}"),
+            }
+            if state.is_multiple_of(3) {
+                let drained = consumer
+                    .drain(|record| {
+                        let expected = model.pop_front().expect("a pushed message");
+                        assert_eq!(record.len(), expected.len());
+                        let mut whole = Vec::new();
+                        record.copy_to_vec(&mut whole);
+                        assert_eq!(whole, expected, "message {i}");
+                        // Any range, read where it lies.
+                        let from = expected.len() / 3;
+                        let mut part = vec![0; expected.len() - from - expected.len() / 4];
+                        record.read(from, &mut part).unwrap();
+                        assert_eq!(part, expected[from..from + part.len()]);
+                        lent += 1;
+                    })
+                    .unwrap();
+                assert!(drained <= 8);
+                assert_eq!(consumer.status().depth_messages, 0);
+            }
+        }
+        assert!(lent > 1000, "the mix must exercise the ring: {lent}");
+        // Wider than the ring in total, but each message fits once drained.
+        producer.push_parts(&[&[1; 30], &[2; 30]]).unwrap();
+        assert_eq!(
+            producer.push_parts(&[&[1; 30], &[2; 31]]),
+            Err(PushError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn records_refuse_reads_past_their_end() {
+        let (mut producer, mut consumer) = private_ring(64).unwrap();
+        producer.push_parts(&[b"head", b"er", b"body"]).unwrap();
+        let count = consumer
+            .drain(|record| {
+                assert_eq!(record.array::<6>(0), Ok(*b"header"));
+                assert_eq!(record.array::<4>(6), Ok(*b"body"));
+                let mut out = Vec::new();
+                record.copy_suffix_to_vec(6, &mut out).unwrap();
+                assert_eq!(out, b"body");
+                record.copy_suffix_to_vec(10, &mut out).unwrap();
+                assert!(out.is_empty());
+                assert_eq!(
+                    record.array::<4>(7),
+                    Err(OutOfRecord {
+                        start: 7,
+                        end: 11,
+                        len: 10
+                    })
+                );
+                assert!(record.copy_suffix_to_vec(11, &mut out).is_err());
+                assert!(record.read(usize::MAX, &mut [0]).is_err());
+            })
+            .unwrap();
+        assert_eq!(count, 1);
+        assert_eq!(consumer.drain(|_| panic!("empty")), Ok(0));
+    }
+
+    #[test]
+    fn drain_reports_corruption_and_resumes_after_it() {
+        let ring = ring(64);
+        let mut producer = Producer::new(ring.clone());
+        let mut consumer = Consumer::new(ring.clone());
+        producer.push(b"kept").unwrap();
+        assert_eq!(consumer.drain(|_| {}), Ok(1));
+        // A length prefix claiming more than was committed.
+        producer.push(b"x").unwrap();
+        ring.data_word(8).store(40, Ordering::SeqCst);
+        assert_eq!(
+            consumer.drain(|_| panic!("a corrupt frame was lent")),
+            Err(Corruption::FrameLength {
+                len: 40,
+                available: 8
+            })
+        );
+        assert_eq!(ring.status().resyncs, 1);
+        producer.push(b"after").unwrap();
+        let mut seen = Vec::new();
+        assert_eq!(consumer.drain(|r| r.copy_to_vec(&mut seen)), Ok(1));
+        assert_eq!(seen, b"after");
+    }
+
+    #[test]
+    fn private_rings_need_a_power_of_two_capacity() {
+        for bad in [0, 4, 12, 100, u32::MAX] {
+            let error = private_ring(bad).err().expect("refused");
+            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{bad}");
+        }
+        let (producer, _consumer) = private_ring(1 << 12).unwrap();
+        assert_eq!(producer.status().capacity_bytes, 4096);
     }
 }

@@ -112,6 +112,19 @@ pub struct ControlArgs {
     #[arg(long, env = "BOSON_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// How long node heartbeats wait in memory before they are written to the database, in
+    /// one batch; `0s` writes each one as it arrives. A crash loses at most this much of the
+    /// nodes' last-seen times and metrics, never a registration. At most a quarter of
+    /// --node-timeout.
+    #[arg(long, env = "BOSON_HEARTBEAT_FLUSH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_flush_interval: Duration,
+
+    /// How often hosts sharing a PostgreSQL database read each other's node changes into their
+    /// routing index and grants when no change notification (LISTEN/NOTIFY) arrives: the
+    /// staleness bound if notifications are lost.
+    #[arg(long, env = "BOSON_INDEX_SYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub index_sync_interval: Duration,
+
     /// Registrations accepted per client IP address per minute.
     #[arg(long, env = "BOSON_REGISTER_RATE_LIMIT", default_value_t = 20)]
     pub register_rate_limit: u32,
@@ -340,6 +353,10 @@ pub struct NodePolicy {
     pub heartbeat_interval: Duration,
     /// How often the server marks silent nodes inactive.
     pub sweep_interval: Duration,
+    /// How long heartbeats wait in memory before a batch writes them; zero writes each.
+    pub heartbeat_flush_interval: Duration,
+    /// Poll interval of the routing index sync between hosts on PostgreSQL.
+    pub index_sync_interval: Duration,
 }
 
 /// The STUN/TURN port of RFC 8489 §18.6 and RFC 8656 §18.7.
@@ -361,6 +378,18 @@ impl ControlArgs {
         ensure!(
             self.node_timeout >= Duration::from_millis(100),
             "--node-timeout must be at least 100ms"
+        );
+        ensure!(
+            self.heartbeat_flush_interval <= self.node_timeout / 4,
+            "--heartbeat-flush-interval ({}) must be at most a quarter of --node-timeout ({}), \
+             so a buffered heartbeat reaches the database well before the node would time out",
+            humantime::format_duration(self.heartbeat_flush_interval),
+            humantime::format_duration(self.node_timeout)
+        );
+        ensure!(
+            self.index_sync_interval >= Duration::from_millis(10)
+                && self.index_sync_interval <= Duration::from_secs(3600),
+            "--index-sync-interval must be between 10ms and 1h"
         );
         ensure!(
             self.token_ttl >= Duration::from_secs(60),
@@ -526,6 +555,8 @@ impl ControlArgs {
                 timeout: self.node_timeout,
                 heartbeat_interval: self.heartbeat_interval,
                 sweep_interval: sweep_interval(self.node_timeout),
+                heartbeat_flush_interval: self.heartbeat_flush_interval,
+                index_sync_interval: self.index_sync_interval,
             },
             register_rate_limit: self.register_rate_limit,
             max_body_bytes: self.max_body_bytes,

@@ -39,6 +39,7 @@ use crate::config::Config;
 use crate::domain::allocations::AllocationView;
 use crate::domain::auth::Tokens;
 use crate::domain::grants::GrantTable;
+use crate::domain::heartbeats::{Heartbeat, HeartbeatBuffer};
 use crate::domain::hosts::LocalHost;
 use crate::domain::model::{NodeRecord, NodeStatus};
 use crate::domain::presence::{LocalSessions, RemotePresence};
@@ -71,6 +72,8 @@ pub struct App {
     host: LocalHost,
     /// The grants the dataplane was told about.
     grants: Mutex<GrantTable>,
+    /// When the last grant sync read the store; `None` before the first (a full read).
+    grants_synced: Mutex<Option<clock::UnixMillis>>,
     /// Relay sessions on this host, from the dataplane's events.
     sessions: Mutex<LocalSessions>,
     /// Nodes on other hosts, as the dataplane was told.
@@ -89,6 +92,12 @@ pub struct App {
     route_index: Mutex<RouteIndex>,
     /// Until when the index has read the store's changes (see [`index_sync_forever`]).
     index_synced: Mutex<clock::UnixMillis>,
+    /// Heartbeats not written to the store yet (see [`domain::heartbeats`]).
+    heartbeats: Mutex<HeartbeatBuffer>,
+    /// Whether the last batch write or readiness ping reached the database: while it did
+    /// not, heartbeats are written directly (and answer 503 like every other request)
+    /// instead of piling up in memory unacknowledged.
+    store_reachable: AtomicBool,
 }
 
 /// Renders Prometheus text appended to `/metrics`.
@@ -152,6 +161,7 @@ impl AppState {
             extra_metrics: OnceLock::new(),
             host,
             grants: Mutex::new(grants),
+            grants_synced: Mutex::new(None),
             sessions: Mutex::new(LocalSessions::default()),
             remote: Mutex::new(RemotePresence::default()),
             turn_secrets,
@@ -161,6 +171,8 @@ impl AppState {
             draining: AtomicBool::new(false),
             route_index: Mutex::new(route_index),
             index_synced: Mutex::new(started),
+            heartbeats: Mutex::new(HeartbeatBuffer::default()),
+            store_reachable: AtomicBool::new(true),
         })))
     }
 
@@ -210,29 +222,112 @@ impl AppState {
         self.with_route_index(|index| index.remove(node));
     }
 
+    fn lock_heartbeats(&self) -> std::sync::MutexGuard<'_, HeartbeatBuffer> {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether heartbeats are written behind, in batches, rather than one by one: when
+    /// configured, and while the database answers.
+    pub(crate) fn writes_behind(&self) -> bool {
+        !self.config.nodes.heartbeat_flush_interval.is_zero()
+            && self.store_reachable.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the database answered the last batch write or readiness ping.
+    pub(crate) fn set_store_reachable(&self, reachable: bool) {
+        self.store_reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    /// Holds a heartbeat for the next batch write.
+    pub(crate) fn buffer_heartbeat(&self, node: NodeId, generation: i64, beat: Heartbeat) {
+        self.lock_heartbeats().record(node, generation, beat);
+    }
+
+    /// Drops the heartbeat waiting for `node`: a write that must win goes to the store now.
+    pub(crate) fn forget_heartbeat(&self, node: NodeId) {
+        self.lock_heartbeats().forget(node);
+    }
+
+    /// Shows a record read from the store with the heartbeat still waiting for it.
+    pub(crate) fn with_pending_heartbeat(&self, mut record: NodeRecord) -> NodeRecord {
+        self.lock_heartbeats().apply(&mut record);
+        record
+    }
+
+    /// Writes every waiting heartbeat to the store in one batch and wakes the other hosts;
+    /// returns how many rows it wrote. On failure the batch goes back, under anything newer.
+    pub async fn flush_heartbeats(&self) -> Result<u64, io::store::StoreError> {
+        let batch = self.lock_heartbeats().take();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match self.store.flush_heartbeats(&batch).await {
+            Ok(written) => {
+                self.set_store_reachable(true);
+                self.metrics.observe_heartbeat_flush(batch.len());
+                if let Err(error) = self.notify_changed().await {
+                    tracing::debug!("change notification not sent: {error}");
+                }
+                Ok(written)
+            }
+            Err(error) => {
+                if matches!(error, io::store::StoreError::Unavailable(_)) {
+                    self.set_store_reachable(false);
+                }
+                self.lock_heartbeats().restore(batch);
+                Err(error)
+            }
+        }
+    }
+
+    /// Tells the hosts sharing the store that this one changed nodes (see
+    /// [`index_sync_forever`]).
+    pub(crate) async fn notify_changed(&self) -> Result<(), io::store::StoreError> {
+        self.store
+            .notify_changed(&domain::hosts::host_id_string(self.host_id()))
+            .await
+    }
+
+    /// Heartbeats waiting to be written.
+    pub fn pending_heartbeats(&self) -> usize {
+        self.lock_heartbeats().len()
+    }
+
     /// Reads the nodes the store saw since the last sync (registrations and heartbeats
-    /// through other hosts sharing it) into the routing index; returns how many.
+    /// through other hosts sharing it) into the routing index, and drops the nodes deleted
+    /// since; returns how many rows it read.
     pub async fn sync_route_index(&self) -> anyhow::Result<usize> {
         let now = self.clock.now();
         let since = *self
             .index_synced
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Another host's clock may run behind ours: read back a margin before the last sync.
-        let nodes = self
-            .store
-            .seen_since(since.saturating_sub(INDEX_SYNC_MARGIN))
-            .await?;
-        let count = nodes.len();
+        // Another host's clock may run behind ours, and its heartbeats reach the store up to
+        // one flush interval after they arrived: read back a margin before the last sync.
+        let from = since
+            .saturating_sub(INDEX_SYNC_MARGIN)
+            .saturating_sub(self.config.nodes.heartbeat_flush_interval);
+        let nodes = self.store.seen_since(from).await?;
+        let deleted = self.store.deletions_since(from).await?;
+        let count = nodes.len() + deleted.len();
         self.with_route_index(|index| {
             for node in nodes {
                 index.upsert(node, now);
             }
+            for (node, generation) in deleted {
+                if index.get(node).is_some_and(|r| r.generation <= generation) {
+                    index.remove(node);
+                }
+            }
         });
-        *self
+        // Never back: a slow sync that began before the last one read less than it.
+        let mut synced = self
             .index_synced
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *synced = (*synced).max(now);
         Ok(count)
     }
 
@@ -268,6 +363,9 @@ pub async fn serve(
     let mut background = JoinSet::new();
     background.spawn(sweep_forever(state.clone()));
     background.spawn(mesh_forever(state.clone()));
+    if !state.config.nodes.heartbeat_flush_interval.is_zero() {
+        background.spawn(flush_forever(state.clone()));
+    }
     if state.store.backend() == io::store::Backend::Postgres {
         background.spawn(index_sync_forever(state.clone()));
     }
@@ -277,6 +375,13 @@ pub async fn serve(
     background.abort_all();
     // Wait until they are gone, so that no heartbeat publishes this host after it left.
     while background.join_next().await.is_some() {}
+    // A clean shutdown loses no heartbeat.
+    if let Err(error) = state.flush_heartbeats().await {
+        tracing::warn!(
+            pending = state.pending_heartbeats(),
+            "heartbeats not written at shutdown: {error}"
+        );
+    }
     state.leave().await;
     state.store.close().await;
     served
@@ -290,6 +395,11 @@ async fn sweep_forever(state: AppState) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        // The store must see this host's waiting heartbeats before it judges who is silent.
+        if let Err(error) = state.flush_heartbeats().await {
+            tracing::warn!("writing heartbeats before the sweep failed: {error}");
+            continue;
+        }
         let since = state.grant_epoch();
         let cutoff = state.clock.now().saturating_sub(policy.timeout);
         match state.store.sweep(cutoff).await {
@@ -303,29 +413,88 @@ async fn sweep_forever(state: AppState) {
             }
             Err(error) => tracing::warn!("sweeping silent nodes failed: {error}"),
         }
+        // Deletions are read back by the other hosts' syncs for a little while only.
+        let forget_before = state.clock.now().saturating_sub(policy.timeout * 2);
+        if let Err(error) = state.store.prune_deletions(forget_before).await {
+            tracing::warn!("pruning old deletions failed: {error}");
+        }
     }
 }
 
-/// How often hosts sharing a PostgreSQL store read each other's node changes into their
-/// routing index: the staleness bound of a registration or heartbeat made through another
-/// host (a node deleted through another host stays until it times out).
-pub const INDEX_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How far before the last sync each sync reads back, for clocks of hosts that disagree.
-const INDEX_SYNC_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Every [`INDEX_SYNC_INTERVAL`], [`AppState::sync_route_index`] (PostgreSQL only: a SQLite
-/// store belongs to one process, whose own writes update its index as they happen).
-async fn index_sync_forever(state: AppState) {
-    let mut ticks = tokio::time::interval(INDEX_SYNC_INTERVAL);
+/// Every `heartbeat_flush_interval`, [`AppState::flush_heartbeats`].
+async fn flush_forever(state: AppState) {
+    let mut ticks = tokio::time::interval(state.config.nodes.heartbeat_flush_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        if let Err(error) = state.flush_heartbeats().await {
+            tracing::warn!(
+                pending = state.pending_heartbeats(),
+                "writing heartbeats failed (kept for the next try): {error}"
+            );
+        }
+    }
+}
+
+/// How far before the last sync each sync reads back, for clocks of hosts that disagree.
+pub(crate) const INDEX_SYNC_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`AppState::sync_route_index`] whenever a host sharing the PostgreSQL store says it changed
+/// nodes (`NOTIFY`, see [`io::store::ChangeListener`]: the staleness bound is then one
+/// notification and one sync, milliseconds on a LAN), and every `index_sync_interval` in case
+/// notifications were lost (PostgreSQL only: a SQLite store belongs to one process, whose own
+/// writes update its index as they happen). A host ignores its own notifications, and answers
+/// each burst of the others' with one sync after [`NOTIFY_COALESCE`].
+async fn index_sync_forever(state: AppState) {
+    let mut ticks = tokio::time::interval(state.config.nodes.index_sync_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut listener = None;
+    let own = domain::hosts::host_id_string(state.host_id());
+    loop {
+        if listener.is_none() {
+            match io::store::ChangeListener::connect(&state.config.database_url, &own).await {
+                Ok(connected) => listener = Some(connected),
+                Err(error) => tracing::warn!(
+                    "listening for node changes failed ({error}); polling every {}",
+                    humantime::format_duration(state.config.nodes.index_sync_interval)
+                ),
+            }
+        }
+        tokio::select! {
+            _ = ticks.tick() => {}
+            changed = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match changed {
+                    // Only this host's own changes: its index has them already.
+                    Ok(0) => continue,
+                    Ok(_) => {
+                        // Let a burst (a registration storm, every host's flush) end, and
+                        // answer it with one sync.
+                        tokio::time::sleep(NOTIFY_COALESCE).await;
+                        if let Some(listener) = listener.as_mut() {
+                            listener.drain();
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!("listening for node changes failed: {error}");
+                        listener = None;
+                    }
+                }
+            }
+        }
         if let Err(error) = state.sync_route_index().await {
             tracing::warn!("syncing the routing index failed: {error:#}");
         }
     }
 }
+
+/// How long a notified host waits for more notifications before it syncs: the staleness
+/// bound's own share, and the most syncs a second notifications cause (10).
+const NOTIFY_COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Every `host_heartbeat_interval` (the first at once): this host's heartbeat, then the
 /// presence poll and the grant sync.

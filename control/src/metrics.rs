@@ -27,6 +27,8 @@ pub struct Metrics {
     plane_commands: IntCounterVec,
     relay_hosts: IntGauge,
     connections_refused: IntCounter,
+    heartbeats_flushed: IntCounter,
+    heartbeat_flushes: IntCounter,
     turn_allocations: IntGaugeVec,
     turn_allocation_users: IntGauge,
 }
@@ -96,6 +98,16 @@ impl Metrics {
             "bosonserver_http_connections_refused_total",
             "HTTP connections closed on accept because their IP address had too many open.",
         )?;
+        let heartbeats_flushed = IntCounter::new(
+            "bosonserver_heartbeats_flushed_total",
+            "Node heartbeats written to the database in batches (write-behind).",
+        )?;
+        let heartbeat_flushes = IntCounter::new(
+            "bosonserver_heartbeat_flushes_total",
+            "Batch writes of node heartbeats to the database.",
+        )?;
+        registry.register(Box::new(heartbeats_flushed.clone()))?;
+        registry.register(Box::new(heartbeat_flushes.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(plane_commands.clone()))?;
         registry.register(Box::new(relay_hosts.clone()))?;
@@ -116,6 +128,8 @@ impl Metrics {
             plane_commands,
             relay_hosts,
             connections_refused,
+            heartbeats_flushed,
+            heartbeat_flushes,
             turn_allocations,
             turn_allocation_users,
         })
@@ -141,6 +155,13 @@ impl Metrics {
     pub fn set_relay_hosts(&self, count: usize) {
         self.relay_hosts
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one batch write of `count` heartbeats.
+    pub fn observe_heartbeat_flush(&self, count: usize) {
+        self.heartbeat_flushes.inc();
+        self.heartbeats_flushed
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
     /// Counts one connection refused by the per-IP limit.

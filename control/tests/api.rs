@@ -869,10 +869,18 @@ async fn listing_filters_and_requires_a_token(backend: Backend) {
     assert_eq!(ids(&body), vec![b.id.to_string()]);
     let (_, body) = server.get("/api/v1/nodes?country=us", Some(&token)).await;
     assert_eq!(body["count"], 2);
+    assert_eq!(body["nextOffset"], Value::Null, "{body}");
+    // A page says where the next one starts, and the last one that there is none.
+    let (_, body) = server.get("/api/v1/nodes?limit=2", Some(&token)).await;
+    assert_eq!(body["count"], 2);
+    assert_eq!(body["nextOffset"], 2, "{body}");
     let (_, body) = server
         .get("/api/v1/nodes?limit=2&offset=2", Some(&token))
         .await;
     assert_eq!(body["count"], 1);
+    assert_eq!(body["nextOffset"], Value::Null, "{body}");
+    let (_, body) = server.get("/api/v1/nodes?limit=3", Some(&token)).await;
+    assert_eq!(body["nextOffset"], Value::Null, "exactly full: {body}");
 
     server.post(
         &format!("/api/v1/nodes/{}/heartbeat", c.id),

@@ -21,6 +21,7 @@ use boson_dataplane_proto::stun::{
     PacketKind, Realm, Software, Trailer, TransactionId, UnknownAttributes, Username,
     XorMappedAddress, classify,
 };
+use boson_dataplane_proto::testing::XorShift;
 use boson_dataplane_proto::turn::attr::{
     Data, EvenPort, Lifetime, RequestedAddressFamily, RequestedTransport, ReservationToken,
     XorPeerAddress, XorRelayedAddress,
@@ -796,32 +797,6 @@ enum AttrChoice {
         attr: u16,
         value: Vec<u8>,
     },
-}
-
-/// xorshift64*: a deterministic RNG seeded from the input.
-#[derive(Debug)]
-struct XorShift(u64);
-
-impl RngCore for XorShift {
-    fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0.max(1);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
 }
 
 #[allow(

@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) drop_unknown_peer: AtomicU64,
     /// The direct route's drops.
     pub(crate) direct: direct_conn::Counters,
+    /// Wakes the direct task when a peer's `reachable` was set.
+    pub(crate) direct_wakeup: tokio::sync::Notify,
 }
 
 /// One peer's socket and counters.
@@ -93,6 +95,9 @@ pub(crate) struct PeerState {
     pub(crate) route_ready: AtomicBool,
     /// Direct route: punching found a path that answers.
     pub(crate) direct_up: AtomicBool,
+    /// The relay said the peer is reachable (PEER_PRESENT, or our session opened) since
+    /// the direct task last looked: it signals the peer again at once.
+    pub(crate) reachable: AtomicBool,
     /// Direct paths found so far.
     pub(crate) direct_paths: AtomicU64,
     /// `--route auto`: which route packets to the peer take.
@@ -336,6 +341,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             gone: AtomicBool::new(false),
             route_ready: AtomicBool::new(false),
             direct_up: AtomicBool::new(false),
+            reachable: AtomicBool::new(false),
             direct_paths: AtomicU64::new(0),
             selector: Mutex::new(RouteSelector::new(route::AUTO_ROUTES.to_vec())),
             route: Mutex::new(None),
@@ -359,6 +365,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         drop_no_route: AtomicU64::new(0),
         drop_unknown_peer: AtomicU64::new(0),
         direct: direct_conn::Counters::default(),
+        direct_wakeup: tokio::sync::Notify::new(),
     });
     // The direct route's socket, bound now so that NAT discovery learns its mapping: the
     // address the peers are told to punch towards.
@@ -747,6 +754,7 @@ async fn discover_nat(
     info!(
         mapped = ?report.mapped,
         nat_type = %report.nat_type,
+        mapping = ?report.mapping,
         reason = %report.reason,
         "NAT discovery"
     );
@@ -814,7 +822,7 @@ fn stun_destination(url: &str) -> Option<String> {
     })
 }
 
-/// Runs one [`crate::nat::BindingProbe`] from `socket` (the direct route's, whose mapping
+/// Runs one [`crate::nat::NatDiscovery`] from `socket` (the direct route's, whose mapping
 /// the peers punch towards), bounded by [`NAT_DISCOVERY`].
 async fn probe_nat(
     control: &Control,
@@ -835,27 +843,33 @@ async fn probe_nat(
     if destinations.is_empty() {
         return Err(anyhow!("the server lists no STUN destination"));
     }
-    let start = clock::now();
-    let deadline = start + NAT_DISCOVERY;
-    let mut probe = crate::nat::BindingProbe::new(&destinations, start, &mut StdRng::from_os_rng());
+    let config = crate::nat::DiscoveryConfig {
+        deadline: Some(NAT_DISCOVERY),
+        ..crate::nat::DiscoveryConfig::default()
+    };
+    let mut discovery = crate::nat::NatDiscovery::new(
+        &destinations,
+        config,
+        clock::now(),
+        &mut StdRng::from_os_rng(),
+    );
     let mut buf = vec![0u8; 1500];
+    let mut out = [0u8; 64];
     loop {
         let now = clock::now();
-        while let Some((to, bytes)) = probe.poll_transmit(now) {
-            if let Err(err) = socket.send_to(&bytes, to).await {
+        while let Some((to, len)) = discovery.poll_transmit(now, &mut out) {
+            if let Err(err) = socket.send_to(&out[..len], to).await {
                 debug!(%to, %err, "STUN request not sent");
             }
         }
-        let Some(next) = probe.poll_timeout() else {
+        discovery.handle_timeout(now);
+        let Some(next) = discovery.poll_timeout() else {
             break;
         };
-        if now >= deadline {
-            break;
-        }
-        let wait = next.min(deadline).saturating_duration_since(now);
+        let wait = next.saturating_duration_since(now);
         match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
             Ok(Ok((len, from))) => {
-                probe.handle_input(from, &buf[..len]);
+                let _ = discovery.handle_input(clock::now(), from, &buf[..len]);
             }
             Ok(Err(err)) => {
                 // An ICMP error from an earlier send; the retransmissions go on.
@@ -865,7 +879,9 @@ async fn probe_nat(
             Err(_) => {}
         }
     }
-    Ok(probe.report())
+    let destinations: Vec<String> = discovery.destinations().map(|d| d.to_string()).collect();
+    debug!(destinations = %destinations.join(","), ignored = ?discovery.ignored(), "NAT discovery done");
+    Ok(discovery.report())
 }
 
 /// Keeps the session token in the state dir (mode 0600), so a restart can re-register.

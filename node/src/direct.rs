@@ -54,7 +54,8 @@
 //!
 //! Inputs: [`handle_signal`](DirectPath::handle_signal),
 //! [`handle_probe`](DirectPath::handle_probe), [`handle_timeout`](DirectPath::handle_timeout),
-//! [`set_local_candidates`](DirectPath::set_local_candidates). After each, drain
+//! [`set_local_candidates`](DirectPath::set_local_candidates),
+//! [`handle_peer_reachable`](DirectPath::handle_peer_reachable). After each, drain
 //! [`poll_transmit`](DirectPath::poll_transmit) (probes to send from the direct socket),
 //! [`poll_signal`](DirectPath::poll_signal) (signalling for the relay session) and
 //! [`poll_event`](DirectPath::poll_event), then sleep until
@@ -314,6 +315,25 @@ impl<R: RngCore> DirectPath<R> {
     /// The counters.
     pub const fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// The relay says the peer is reachable now: PEER_PRESENT for it, or this agent's own
+    /// relay session just became ready. Signalling sent before may have been lost (the
+    /// relay drops it while either end is not connected, or between hosts whose mesh link
+    /// is not up yet), and a punch that heard nothing from the peer gives up after
+    /// [`PUNCH_TIMEOUT`] and goes quiet until [`RETRY_INTERVAL`]: two agents that both
+    /// gave up so would wait that long for each other. So the candidates go at once, a
+    /// wait for the peer starts over, and a given-up punch starts again. An up path, or a
+    /// punch under way (which signals every [`SIGNAL_INTERVAL`] anyway), is left alone.
+    pub fn handle_peer_reachable(&mut self, now: Instant) {
+        match self.state {
+            State::Up { .. } | State::Punching { .. } => {}
+            State::Waiting { .. } | State::Failed { .. } => {
+                self.state = State::Waiting { since: now };
+                self.send_signal(now);
+                self.start_punching(now);
+            }
+        }
     }
 
     /// New local candidates (after NAT discovery, say): the peer is told at once.

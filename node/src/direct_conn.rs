@@ -185,6 +185,14 @@ pub(crate) async fn run(mut task: DirectTask) {
                     }
                 }
             }
+            () = shared.direct_wakeup.notified() => {
+                let now = clock::now();
+                for (i, path) in paths.iter_mut().enumerate() {
+                    if shared.peers[i].reachable.swap(false, Ordering::Relaxed) {
+                        path.handle_peer_reachable(now);
+                    }
+                }
+            }
             _ = task.stop.changed() => return,
         }
     }

@@ -517,6 +517,11 @@ pub(crate) fn handle_event(shared: &Shared, event: Event, ready: &mut bool, drai
             shared.relay_open.store(true, Ordering::Relaxed);
             shared.relay_sessions.fetch_add(1, Ordering::Relaxed);
             info!(%node, "relay session ready");
+            // What was signalled while the session was down is lost: again, at once.
+            for peer in &shared.peers {
+                peer.reachable.store(true, Ordering::Relaxed);
+            }
+            shared.direct_wakeup.notify_one();
         }
         Event::PeerGone(node) => {
             if let Some(peer) = shared.peer(&node)
@@ -528,6 +533,8 @@ pub(crate) fn handle_event(shared: &Shared, event: Event, ready: &mut bool, drai
         Event::PeerPresent(node) => {
             if let Some(peer) = shared.peer(&node) {
                 peer.gone.store(false, Ordering::Relaxed);
+                peer.reachable.store(true, Ordering::Relaxed);
+                shared.direct_wakeup.notify_one();
             }
         }
         Event::ReconnectHint => *drain = true,

@@ -35,6 +35,7 @@ use boson_dataplane_proto::stun::{
     AttrType, Class, Encoder, LongTermKey, Message, MessageType, Method, Nonce, Realm, Trailer,
     TransactionId, Username,
 };
+use boson_dataplane_proto::testing::XorShift;
 use boson_dataplane_proto::turn::attr::{RequestedTransport, XorPeerAddress, XorRelayedAddress};
 use boson_dataplane_proto::ws::frame::{OpCode, encode_masked};
 use boson_dataplane_proto::ws::relay::node_id;
@@ -44,7 +45,6 @@ use boson_dataplane_proto::{
     Server, TurnConfig, WsConfig,
 };
 use boson_shared::{TurnCredential, TurnSecret};
-use rand_core::RngCore;
 
 mod shell;
 
@@ -61,12 +61,12 @@ const CHANNEL: u16 = 0x4000;
 mod measure {
     use super::{
         ClientAction, ClientAddr, ConnId, Hub, HubEvent, Instant, LocalOnly, PeerAction, PeerAddr,
-        RelayPort, Server, Xorshift,
+        RelayPort, Server, XorShift,
     };
 
     #[inline(never)]
     pub(crate) fn turn_to_peer(
-        server: &mut Server<Xorshift>,
+        server: &mut Server<XorShift>,
         now: Instant,
         from: ClientAddr,
         packet: &[u8],
@@ -77,7 +77,7 @@ mod measure {
 
     #[inline(never)]
     pub(crate) fn turn_to_client(
-        server: &mut Server<Xorshift>,
+        server: &mut Server<XorShift>,
         now: Instant,
         port: RelayPort,
         from: PeerAddr,
@@ -117,32 +117,6 @@ mod measure {
     }
 }
 
-/// xorshift64*: the TURN server's RNG, seeded, so every run takes the same paths.
-#[derive(Debug, Clone)]
-pub(crate) struct Xorshift(u64);
-
-impl RngCore for Xorshift {
-    fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0.max(1);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
-
 #[expect(
     clippy::disallowed_methods,
     reason = "virtual time needs an origin; its value never matters"
@@ -157,7 +131,7 @@ fn addr(s: &str) -> Result<SocketAddr, String> {
 
 /// A TURN server with one allocation for [`CLIENT`], channel [`CHANNEL`] bound to [`PEER`].
 struct Turn {
-    server: Server<Xorshift>,
+    server: Server<XorShift>,
     now: Instant,
     client: ClientAddr,
     port: RelayPort,
@@ -175,7 +149,7 @@ impl Turn {
         .map_err(|e| format!("TURN config: {e}"))?;
         let now = epoch();
         let mut turn = Self {
-            server: Server::new(config, Xorshift(0x5EED), now, UNIX_START),
+            server: Server::new(config, XorShift(0x5EED), now, UNIX_START),
             now,
             client: ClientAddr::new(addr(CLIENT)?),
             port: RelayPort::new(0),

@@ -55,6 +55,23 @@ pub(crate) fn start(dir: &Path, args: &[&str], dataplane: bool) -> Running {
     spawn(&[], dir, args, true, dataplane)
 }
 
+/// `bosonserver run` on loopback with ephemeral REST and STUN/TURN ports and 2 workers, then
+/// `args`, in `dir`: [`start`] with the arguments most tests begin with.
+#[allow(dead_code, reason = "not every test file starts a local server")]
+pub(crate) fn start_local(dir: &Path, args: &[&str], dataplane: bool) -> Running {
+    let local = [
+        "run",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--turn-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ];
+    let args: Vec<&str> = local.iter().chain(args).copied().collect();
+    start(dir, &args, dataplane)
+}
+
 /// As [`start`], run through `wrapper` (such as `ip netns exec NAME`), which must exec the
 /// binary in place so that the child's pid is the server's.
 #[allow(

@@ -6,12 +6,10 @@
 //! A token carries the node's registration `gen`eration. Every re-registration bumps it, so the
 //! store refuses tokens minted before the latest registration (see `Store::heartbeat`).
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use boson_shared::NodeId;
-use boson_shared::token::{AUDIENCE, Claims, ISSUER, LifetimeError, REQUIRED_CLAIMS};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use boson_shared::token::{Claims, Keys, VerifyError};
 
 use crate::clock::UnixMillis;
 use crate::config::JwtConfig;
@@ -69,30 +67,18 @@ impl TokenError {
     }
 }
 
-/// Issues and verifies node tokens.
+/// Issues and verifies node tokens: [`Keys`], the one implementation the benchmarks'
+/// baselines share, with the configured lifetime and the node's registration generation.
 pub struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    keys: Keys,
     ttl: Duration,
 }
 
 impl Tokens {
     /// Keys from the configured secret.
     pub fn new(config: &JwtConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
-        validation.required_spec_claims = HashSet::from(REQUIRED_CLAIMS.map(String::from));
-        // Expiry is checked against the caller's `now` in `verify`.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
         Self {
-            encoding: EncodingKey::from_secret(&config.secret),
-            decoding: DecodingKey::from_secret(&config.secret),
-            validation,
+            keys: Keys::new(&config.secret),
             ttl: config.ttl,
         }
     }
@@ -111,38 +97,23 @@ impl Tokens {
             now.as_secs(),
             expires_at.as_secs(),
         );
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        let token = self.keys.sign(&claims)?;
         Ok(IssuedToken {
             token,
             expires_at: UnixMillis(expires_at.as_secs() * 1000),
         })
     }
 
-    /// Checks signature, algorithm, issuer, audience and lifetime of `token` at `now`.
-    ///
-    /// Tokens whose header names a key (`kid`, `jku`, `jwk`, `x5u`, `x5c`) are refused before
-    /// their signature is checked: this server never issues them, there is one key, and a
-    /// header that picks the key is the lever of key-confusion attacks.
+    /// Checks signature, algorithm, issuer, audience and lifetime of `token` at `now`
+    /// ([`Keys::verify`]: a header that names a key is refused too).
     pub fn verify(&self, token: &str, now: UnixMillis) -> Result<NodeToken, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
-        if header.kid.is_some()
-            || header.jku.is_some()
-            || header.jwk.is_some()
-            || header.x5u.is_some()
-            || header.x5c.is_some()
-        {
-            return Err(TokenError::Invalid);
-        }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| TokenError::Invalid)?;
-        let claims = data.claims;
-        claims.check_lifetime(now.as_secs()).map_err(|error| {
-            if error == LifetimeError::Expired {
-                TokenError::Expired
-            } else {
-                TokenError::Invalid
-            }
-        })?;
+        let claims = self
+            .keys
+            .verify(token, now.as_secs())
+            .map_err(|error| match error {
+                VerifyError::Expired => TokenError::Expired,
+                VerifyError::Invalid | _ => TokenError::Invalid,
+            })?;
         let node_id = claims.sub.parse().map_err(|_| TokenError::Invalid)?;
         Ok(NodeToken {
             node_id,
@@ -165,6 +136,9 @@ impl Tokens {
 mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use boson_shared::token::{AUDIENCE, ISSUER};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
     use super::*;
 

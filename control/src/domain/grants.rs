@@ -10,9 +10,12 @@
 //! * local events, as the API sees them: [`GrantTable::handle_grant`] (registration,
 //!   heartbeat), [`GrantTable::handle_revoke`] (deletion, an `offline` heartbeat),
 //!   [`GrantTable::handle_stale`] (the sweeper found the node silent);
-//! * [`GrantTable::handle_sync`] with every live grant read from the store, every host
-//!   heartbeat interval, so the grants of nodes that registered through other hosts arrive
-//!   here too;
+//! * [`GrantTable::handle_sync`] with every live grant read from the store, at the first sync,
+//!   and then [`GrantTable::handle_changes`] with only the rows that changed since the last
+//!   sync (registrations and heartbeats as [`GrantUpdate::Live`], deletions and inactive
+//!   nodes as [`GrantUpdate::Gone`]) every host heartbeat interval, so the grants of nodes
+//!   that registered through other hosts arrive here too, and a sync reads what changed, not
+//!   every live node;
 //! * [`GrantTable::resync`] when the dataplane restarted (`Event::NeedGrants`): `ClearGrants`
 //!   and then every live grant.
 //!
@@ -28,6 +31,20 @@ use boson_shared::NodeId;
 use boson_shared::plane::{Command, Generation, Grant, UnixMs};
 
 use crate::clock::UnixMillis;
+
+/// One node's row as an incremental sync read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantUpdate {
+    /// Live: this is its grant.
+    Live(Grant),
+    /// Deleted, inactive or lapsed at this generation.
+    Gone {
+        /// The node.
+        node: NodeId,
+        /// Its generation then.
+        generation: Generation,
+    },
+}
 
 /// A point in the table's history; see [`GrantTable::epoch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,6 +62,10 @@ pub struct GrantTable {
 struct Entry {
     grant: Grant,
     changed: u64,
+    /// The latest expiry heard of for this generation but not sent yet (not due for renewal
+    /// when it was heard): [`GrantTable::handle_changes`] sends it once it is due, since an
+    /// incremental sync does not read the row again.
+    latest: UnixMs,
 }
 
 /// The grant a node gets at `now`: for its `generation`, until `last_seen + node_timeout` or
@@ -113,6 +134,11 @@ impl GrantTable {
             Some(old) => self.needs_renewal(&old.grant, &grant, now),
         };
         if !send {
+            if let Some(old) = self.entries.get_mut(&grant.node)
+                && old.grant.generation == grant.generation
+            {
+                old.latest = old.latest.max(grant.expires_at);
+            }
             return None;
         }
         self.changes += 1;
@@ -121,6 +147,7 @@ impl GrantTable {
             Entry {
                 grant,
                 changed: self.changes,
+                latest: grant.expires_at,
             },
         );
         Some(Command::Grant(grant))
@@ -191,6 +218,82 @@ impl GrantTable {
                 self.entries.remove(&grant.node);
             }
             commands.extend(self.handle_grant(grant, now));
+        }
+        commands
+    }
+
+    /// `changes` holds the rows that changed in the store since the last sync, read after
+    /// `since`: grant what is new or renewed, revoke what is gone, and revoke every grant that
+    /// has lapsed by `now` (a node silent through other hosts changes no row). Entries
+    /// changed here after `since` are newer than the read and stay as they are, and a `Gone`
+    /// of an older generation than the one held spares it.
+    pub fn handle_changes(
+        &mut self,
+        changes: impl IntoIterator<Item = GrantUpdate>,
+        since: Epoch,
+        now: UnixMs,
+    ) -> Vec<Command> {
+        let mut commands = Vec::new();
+        for change in changes {
+            let node = match change {
+                GrantUpdate::Live(grant) => grant.node,
+                GrantUpdate::Gone { node, .. } => node,
+            };
+            if self
+                .entries
+                .get(&node)
+                .is_some_and(|entry| entry.changed > since.0)
+            {
+                continue;
+            }
+            match change {
+                GrantUpdate::Live(grant) => {
+                    // The store is the truth for entries it has seen since they last changed
+                    // here, even if its generation is lower (a restored database).
+                    if self
+                        .entries
+                        .get(&node)
+                        .is_some_and(|entry| entry.grant.generation > grant.generation)
+                    {
+                        self.entries.remove(&node);
+                    }
+                    commands.extend(self.handle_grant(grant, now));
+                }
+                GrantUpdate::Gone { generation, .. } => {
+                    commands.extend(self.handle_revoke(node, Some(generation)));
+                }
+            }
+        }
+        // Renewals heard of earlier that are due now.
+        let due: Vec<Grant> = self
+            .entries
+            .values()
+            .filter(|entry| entry.latest > now)
+            .filter(|entry| {
+                let later = Grant {
+                    expires_at: entry.latest,
+                    ..entry.grant
+                };
+                self.needs_renewal(&entry.grant, &later, now)
+            })
+            .map(|entry| Grant {
+                expires_at: entry.latest,
+                ..entry.grant
+            })
+            .collect();
+        for grant in due {
+            commands.extend(self.handle_grant(grant, now));
+        }
+        let lapsed: Vec<NodeId> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.grant.expires_at <= now)
+            .map(|(node, _)| *node)
+            .collect();
+        for node in lapsed {
+            self.entries.remove(&node);
+            self.changes += 1;
+            commands.push(Command::Revoke { node });
         }
         commands
     }
@@ -348,6 +451,75 @@ mod tests {
             grant(6, 1, 100_000),
         ];
         assert_eq!(t.handle_sync(again, since, 61_000), Vec::new());
+    }
+
+    #[test]
+    fn handle_changes_applies_what_changed_and_drops_what_lapsed() {
+        let mut t = table();
+        t.handle_grant(grant(1, 1, 90_000), 0); // will lapse, no row changes
+        t.handle_grant(grant(2, 1, 90_000), 0); // renewed through another host in time
+        t.handle_grant(grant(3, 2, 200_000), 0); // deleted through another host
+        t.handle_grant(grant(4, 3, 200_000), 0); // an old registration's deletion
+        t.handle_grant(grant(7, 1, 200_000), 0); // unchanged: stays, nothing sent
+        let since = t.epoch();
+        t.handle_grant(grant(5, 2, 200_000), 1_000); // re-registered here after the read
+        let changes = [
+            GrantUpdate::Live(grant(2, 1, 150_000)),
+            GrantUpdate::Gone {
+                node: node(3),
+                generation: 2,
+            },
+            GrantUpdate::Gone {
+                node: node(4),
+                generation: 2,
+            },
+            GrantUpdate::Gone {
+                node: node(5),
+                generation: 1,
+            },
+            GrantUpdate::Live(grant(6, 1, 180_000)), // registered through another host
+        ];
+        let commands = t.handle_changes(changes, since, 95_000);
+        assert_eq!(
+            commands,
+            vec![
+                Command::Grant(grant(2, 1, 150_000)),
+                Command::Revoke { node: node(3) },
+                Command::Grant(grant(6, 1, 180_000)),
+                Command::Revoke { node: node(1) },
+            ]
+        );
+        assert_eq!(t.get(node(1)), None);
+        assert_eq!(t.get(node(4)), Some(grant(4, 3, 200_000)));
+        assert_eq!(t.get(node(5)), Some(grant(5, 2, 200_000)));
+        assert_eq!(t.get(node(7)), Some(grant(7, 1, 200_000)));
+        // Nothing changed: nothing read, nothing sent.
+        let since = t.epoch();
+        assert_eq!(t.handle_changes([], since, 96_000), Vec::new());
+    }
+
+    #[test]
+    fn handle_changes_sends_a_renewal_read_earlier_once_it_is_due() {
+        let mut t = table();
+        t.handle_grant(grant(8, 1, 100_000), 0);
+        let since = t.epoch();
+        // Read at 50 s: 50 s left, more than half the timeout: not sent yet.
+        let read = [GrantUpdate::Live(grant(8, 1, 140_000))];
+        assert_eq!(t.handle_changes(read, since, 50_000), Vec::new());
+        // No row changes again, but at 60 s the renewal is due.
+        let since = t.epoch();
+        assert_eq!(
+            t.handle_changes([], since, 60_000),
+            vec![Command::Grant(grant(8, 1, 140_000))]
+        );
+        assert_eq!(t.handle_changes([], t.epoch(), 61_000), Vec::new());
+        // Heard of, but lapsed by the time it would be due: revoked, not re-granted.
+        t.handle_grant(grant(9, 1, 100_000), 0);
+        t.handle_changes([GrantUpdate::Live(grant(9, 1, 110_000))], t.epoch(), 50_000);
+        assert_eq!(
+            t.handle_changes([], t.epoch(), 120_000),
+            vec![Command::Revoke { node: node(9) },]
+        );
     }
 
     #[test]

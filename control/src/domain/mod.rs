@@ -7,6 +7,7 @@ pub mod allocations;
 pub mod auth;
 pub mod client_addr;
 pub mod grants;
+pub mod heartbeats;
 pub mod hosts;
 pub mod model;
 pub mod presence;

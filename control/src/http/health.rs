@@ -28,6 +28,7 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("timed out".to_owned()),
     };
+    state.set_store_reachable(database.is_ok());
     let redis = if state.cache.is_redis() {
         Some(
             match tokio::time::timeout(READY_TIMEOUT, state.cache.ping()).await {
@@ -77,6 +78,11 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // The gauges count from the store: write what this host holds first (one batch per
+    // scrape at most), so they include the heartbeats written behind.
+    if let Err(error) = state.flush_heartbeats().await {
+        tracing::warn!("metrics: heartbeats not written: {error}");
+    }
     let activity = match state.store.activity().await {
         Ok(activity) => Some(activity),
         Err(error) => {

@@ -110,7 +110,13 @@ pub(super) async fn register(
         state.store.insert(&record).await?
     };
     match outcome {
-        WriteOutcome::Written => state.index_node(&record),
+        WriteOutcome::Written => {
+            state.forget_heartbeat(record.node_id);
+            state.index_node(&record);
+            if let Err(error) = state.notify_changed().await {
+                tracing::debug!("change notification not sent: {error}");
+            }
+        }
         WriteOutcome::KeyInUse => {
             return Err(ApiError::conflict(
                 "public_key_in_use",
@@ -211,26 +217,56 @@ pub(super) async fn heartbeat(
         status,
         at: now,
     };
-    match state
-        .store
-        .heartbeat(node_id, token.generation, &beat)
-        .await?
-    {
-        HeartbeatOutcome::Recorded => {}
-        HeartbeatOutcome::NotFound => {
-            return Err(ApiError::not_found(
-                "node_not_found",
-                "no such node; register again",
-            ));
+    // The fast path: a live node of this generation, as the routing index knows it, has its
+    // heartbeat held for the next batch write (see `domain::heartbeats`), with no database
+    // round trip. Anything else (an `offline` heartbeat, a node the index does not hold, a
+    // token the index says is revoked) is written at once, as before.
+    let indexed = if status == NodeStatus::Active && state.writes_behind() {
+        state.with_route_index(|index| {
+            index
+                .get(node_id)
+                .filter(|record| record.generation == token.generation)
+                .map(|record| NodeRecord::clone(record))
+        })
+    } else {
+        None
+    };
+    let node = if let Some(mut record) = indexed {
+        record.metrics = Some(beat.metrics.clone());
+        record.reported_status = beat.reported_status;
+        record.status = beat.status;
+        record.last_seen = beat.at;
+        state.buffer_heartbeat(node_id, token.generation, beat);
+        Some(record)
+    } else {
+        state.forget_heartbeat(node_id);
+        match state
+            .store
+            .heartbeat(node_id, token.generation, &beat)
+            .await?
+        {
+            // The database answers (again): the next heartbeats may be written behind.
+            HeartbeatOutcome::Recorded => state.set_store_reachable(true),
+            HeartbeatOutcome::NotFound => {
+                return Err(ApiError::not_found(
+                    "node_not_found",
+                    "no such node; register again",
+                ));
+            }
+            HeartbeatOutcome::Revoked => return Err(token_error(TokenError::Revoked)),
         }
-        HeartbeatOutcome::Revoked => return Err(token_error(TokenError::Revoked)),
-    }
+        let node = state.store.find(node_id).await?;
+        if let Err(error) = state.notify_changed().await {
+            tracing::debug!("change notification not sent: {error}");
+        }
+        node
+    };
     match status {
         NodeStatus::Active => state.grant(node_id, token.generation, now, token.expires_at),
         NodeStatus::Inactive => state.revoke(node_id, Some(token.generation)),
     }
     state.metrics.observe_node_latency(latency);
-    if let Some(node) = state.store.find(node_id).await? {
+    if let Some(node) = node {
         state.index_node(&node);
         publish_presence(&state, &node).await;
     }
@@ -252,11 +288,15 @@ pub(super) struct ListQuery {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct NodeList {
     nodes: Vec<NodeView>,
     count: usize,
     limit: i64,
     offset: i64,
+    /// Where the next page starts; `None` on the last page. A page holds at most
+    /// [`MAX_PAGE`] nodes, so a reader that wants them all must follow it.
+    next_offset: Option<i64>,
 }
 
 pub(super) async fn list_nodes(
@@ -311,18 +351,20 @@ pub(super) async fn list_nodes(
         region: query.region,
         country: query.country.map(|c| c.to_ascii_uppercase()),
         status,
-        limit,
+        // One more than asked, to tell whether another page follows.
+        limit: limit + 1,
         offset,
     };
-    let nodes: Vec<NodeView> = state
-        .store
-        .list(&filter)
-        .await?
-        .iter()
-        .map(NodeRecord::view)
+    let mut records = state.store.list(&filter).await?;
+    let more = records.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let nodes: Vec<NodeView> = records
+        .into_iter()
+        .map(|record| state.with_pending_heartbeat(record).view())
         .collect();
     Ok(Json(NodeList {
         count: nodes.len(),
+        next_offset: more.then(|| offset.saturating_add(limit)),
         nodes,
         limit,
         offset,
@@ -335,7 +377,7 @@ pub(super) async fn get_node(
     NodePath(node_id): NodePath,
 ) -> Result<Json<NodeView>, ApiError> {
     match state.store.find(node_id).await? {
-        Some(node) => Ok(Json(node.view())),
+        Some(node) => Ok(Json(state.with_pending_heartbeat(node).view())),
         None => Err(ApiError::not_found(
             "node_not_found",
             format!("no node {node_id}"),
@@ -359,12 +401,20 @@ pub(super) async fn delete_node(
     if token.node_id != node_id {
         return Err(ApiError::forbidden("a node may only delete itself"));
     }
-    if !state.store.delete(node_id, token.generation).await? {
+    state.forget_heartbeat(node_id);
+    if !state
+        .store
+        .delete(node_id, token.generation, state.clock.now())
+        .await?
+    {
         // Re-registered (or deleted) since the token was checked.
         return Err(token_error(TokenError::Revoked));
     }
     state.revoke(node_id, None);
     state.unindex_node(node_id);
+    if let Err(error) = state.notify_changed().await {
+        tracing::debug!("change notification not sent: {error}");
+    }
     if let Err(error) = state.cache.clear_presence(node_id).await {
         tracing::warn!(node = %node_id, "presence not withdrawn: {error}");
     }

@@ -23,7 +23,7 @@ use boson_shared::plane::{Command, Event, Generation, Grant, HostId};
 
 use crate::AppState;
 use crate::clock::UnixMillis;
-use crate::domain::grants::{self, Epoch, GrantTable};
+use crate::domain::grants::{self, Epoch, GrantTable, GrantUpdate};
 use crate::domain::hosts::{self, HostLoad, HostRecord};
 use crate::domain::presence::PresenceChange;
 use crate::io::cache::CacheError;
@@ -277,17 +277,68 @@ impl AppState {
         Ok(())
     }
 
-    /// Reads every live node from the store and sends the dataplane the grants and
-    /// revocations that bring it in step (nodes registered or gone through other hosts, grants
-    /// that lapsed).
-    pub async fn sync_grants(&self) -> Result<(), StoreError> {
+    /// Brings the dataplane's grants in step with the store (nodes registered, renewed or gone
+    /// through other hosts, grants that lapsed) and returns how many rows it read. The first
+    /// sync reads every live node; each later one only the rows changed since the previous
+    /// one (read back a margin for clock skew and the heartbeats other hosts write behind),
+    /// with the deletions since, so its cost follows the rate of change, not the population.
+    pub async fn sync_grants(&self) -> Result<usize, StoreError> {
+        // (This host's own heartbeats, maybe not written yet, are in the table already.)
         let since = self.lock_grants().epoch();
         let now = self.clock.now();
-        let fresh = self.live_grants(now).await?;
+        let cursor = *self.lock_grants_synced();
+        let Some(cursor) = cursor else {
+            let fresh = self.live_grants(now).await?;
+            let rows = fresh.len();
+            let mut table = self.lock_grants();
+            let commands = table.handle_sync(fresh, since, grants::unix_ms(now));
+            self.emit(commands);
+            drop(table);
+            self.advance_grants_synced(now);
+            return Ok(rows);
+        };
+        let from = cursor
+            .saturating_sub(crate::INDEX_SYNC_MARGIN)
+            .saturating_sub(self.config.nodes.heartbeat_flush_interval);
+        let changes = self.store.grant_changes(from).await?;
+        let deleted = self.store.deletions_since(from).await?;
+        let rows = changes.len() + deleted.len();
+        let timeout = self.config.nodes.timeout;
+        let updates = changes
+            .iter()
+            .map(|change| {
+                let source = change.source;
+                let live = (change.status == crate::domain::model::NodeStatus::Active)
+                    .then(|| {
+                        grants::grant_for(
+                            source.node_id,
+                            source.generation,
+                            source.last_seen,
+                            source.token_expires_at,
+                            now,
+                            timeout,
+                        )
+                    })
+                    .flatten();
+                live.map_or(
+                    GrantUpdate::Gone {
+                        node: source.node_id,
+                        generation: source.generation,
+                    },
+                    GrantUpdate::Live,
+                )
+            })
+            .chain(
+                deleted
+                    .into_iter()
+                    .map(|(node, generation)| GrantUpdate::Gone { node, generation }),
+            );
         let mut table = self.lock_grants();
-        let commands = table.handle_sync(fresh, since, grants::unix_ms(now));
+        let commands = table.handle_changes(updates, since, grants::unix_ms(now));
         self.emit(commands);
-        Ok(())
+        drop(table);
+        self.advance_grants_synced(now);
+        Ok(rows)
     }
 
     /// For a restarted dataplane: the TURN settings (secrets in use, quota, peer lists),
@@ -430,6 +481,19 @@ impl AppState {
                 None => tracing::debug!("no command sink yet: dropped {command:?}"),
             }
         }
+    }
+
+    /// Moves the grant sync's cursor to `now`, never back: a slow sync that began earlier
+    /// than the last one must not make the next read again what that one read.
+    fn advance_grants_synced(&self, now: UnixMillis) {
+        let mut cursor = self.lock_grants_synced();
+        *cursor = Some(cursor.map_or(now, |old| old.max(now)));
+    }
+
+    fn lock_grants_synced(&self) -> std::sync::MutexGuard<'_, Option<UnixMillis>> {
+        self.grants_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_grants(&self) -> std::sync::MutexGuard<'_, GrantTable> {

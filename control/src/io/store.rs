@@ -84,18 +84,7 @@ pub enum HeartbeatOutcome {
     Revoked,
 }
 
-/// A heartbeat to record.
-#[derive(Debug, Clone)]
-pub struct Heartbeat {
-    /// Metrics sent.
-    pub metrics: NodeMetrics,
-    /// Health the node reported.
-    pub reported_status: Option<ReportedStatus>,
-    /// Status it gets.
-    pub status: NodeStatus,
-    /// When it arrived.
-    pub at: UnixMillis,
-}
+pub use crate::domain::heartbeats::Heartbeat;
 
 /// Filters of [`Store::list`]. `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -132,6 +121,68 @@ pub struct Activity {
     pub nodes: i64,
     /// Sum of their reported active connections.
     pub connections: i64,
+}
+
+/// Heartbeats written by one statement of [`Store::flush_heartbeats`] (7 values each, within
+/// SQLite's and PostgreSQL's limits on bound values).
+pub const FLUSH_CHUNK: usize = 1000;
+
+/// The PostgreSQL `LISTEN`/`NOTIFY` channel on which a host says it changed nodes.
+pub const CHANGES_CHANNEL: &str = "boson_node_changes";
+
+/// Wakes up when another host (or this one) says it changed nodes: PostgreSQL `LISTEN` on
+/// [`CHANGES_CHANNEL`], on a connection of its own that sqlx re-establishes after a loss
+/// (notifications sent meanwhile are lost: the poll behind it catches up).
+pub struct ChangeListener {
+    listener: sqlx::postgres::PgListener,
+    /// The payload of this host's own notifications, which it ignores.
+    own: String,
+}
+
+impl std::fmt::Debug for ChangeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeListener")
+    }
+}
+
+impl ChangeListener {
+    /// Connects to the PostgreSQL at `url` and listens, ignoring the notifications whose
+    /// payload is `own` (this host's id, see [`Store::notify_changed`]).
+    pub async fn connect(url: &str, own: &str) -> Result<Self, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(Self {
+            listener,
+            own: own.to_owned(),
+        })
+    }
+
+    /// Waits for the next notification, then takes every one already buffered with it (one
+    /// sync answers them all); returns how many came from other hosts.
+    pub async fn changed(&mut self) -> Result<usize, StoreError> {
+        let first = self.listener.recv().await?;
+        let mut count = usize::from(first.payload() != self.own);
+        count += self.drain();
+        Ok(count)
+    }
+
+    /// Takes every notification already buffered; returns how many came from other hosts.
+    pub fn drain(&mut self) -> usize {
+        let mut count = 0;
+        while let Some(note) = self.listener.next_buffered() {
+            count += usize::from(note.payload() != self.own);
+        }
+        count
+    }
+}
+
+/// A node's row as the incremental grant sync reads it ([`Store::grant_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantChange {
+    /// What its grant is made of.
+    pub source: GrantSource,
+    /// Its status: an inactive node loses its grant.
+    pub status: NodeStatus,
 }
 
 /// The node registry.
@@ -411,14 +462,134 @@ impl Store {
         Ok(row.map(|row| row.try_get("generation")).transpose()?)
     }
 
-    /// Deletes `node_id` if its generation is still `generation`; returns whether it did.
-    pub async fn delete(&self, node_id: NodeId, generation: i64) -> Result<bool, StoreError> {
+    /// Deletes `node_id` if its generation is still `generation`, leaving a tombstone stamped
+    /// `now` for the other hosts' incremental syncs ([`Self::deletions_since`]); returns
+    /// whether it did.
+    pub async fn delete(
+        &self,
+        node_id: NodeId,
+        generation: i64,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM nodes WHERE node_id = $1 AND generation = $2")
             .bind(node_id.to_string())
             .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO node_deletions (node_id, generation, deleted_at_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(node_id.to_string())
+        .bind(generation)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Nodes deleted at or after `since`, with the generation each had.
+    pub async fn deletions_since(
+        &self,
+        since: UnixMillis,
+    ) -> Result<Vec<(NodeId, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node_id, generation FROM node_deletions WHERE deleted_at_ms >= $1 \
+             ORDER BY deleted_at_ms",
+        )
+        .bind(since.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    parse_id(&row.try_get::<String, _>("node_id")?)?,
+                    row.try_get("generation")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Forgets deletions older than `cutoff`; returns how many.
+    pub async fn prune_deletions(&self, cutoff: UnixMillis) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM node_deletions WHERE deleted_at_ms < $1")
+            .bind(cutoff.0)
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done.rows_affected())
+    }
+
+    /// Writes a batch of heartbeats taken in memory (see [`crate::domain::heartbeats`]) with
+    /// one statement per [`FLUSH_CHUNK`] of them. A heartbeat is written only if the row still
+    /// has its generation (not re-registered or deleted since) and was not seen later (an
+    /// `offline` heartbeat written directly since wins); returns how many rows were written.
+    pub async fn flush_heartbeats(
+        &self,
+        beats: &[(NodeId, i64, Heartbeat)],
+    ) -> Result<u64, StoreError> {
+        let mut written = 0;
+        for chunk in beats.chunks(FLUSH_CHUNK) {
+            let mut sql = String::from(
+                "UPDATE nodes SET metrics = v.column2, active_connections = v.column3, \
+                 reported_status = v.column4, status = v.column5, last_seen_ms = v.column6 \
+                 FROM (VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = i * 7;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), \
+                     CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), \
+                     CAST(${} AS BIGINT))",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7
+                ));
+            }
+            sql.push_str(
+                ") AS v WHERE nodes.node_id = v.column1 AND nodes.generation = v.column7 \
+                 AND nodes.last_seen_ms <= v.column6",
+            );
+            // Built from placeholder numbers only; every value is bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (node, generation, beat) in chunk {
+                query = query
+                    .bind(node.to_string())
+                    .bind(to_json(&beat.metrics)?)
+                    .bind(active_connections(Some(&beat.metrics)))
+                    .bind(beat.reported_status.map(reported_str))
+                    .bind(beat.status.as_str())
+                    .bind(beat.at.0)
+                    .bind(*generation);
+            }
+            written += query.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(written)
+    }
+
+    /// Wakes the hosts that listen for node changes (PostgreSQL `NOTIFY` on
+    /// [`CHANGES_CHANNEL`], with the sender's host id as payload so it can ignore its own);
+    /// nothing on SQLite, whose one process sees its own writes.
+    pub async fn notify_changed(&self, sender: &str) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(sender)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// What the grants of active nodes seen since `cutoff` are made of, by node id.
@@ -438,6 +609,34 @@ impl Store {
                     generation: row.try_get("generation")?,
                     last_seen: UnixMillis(row.try_get("last_seen_ms")?),
                     token_expires_at: UnixMillis(row.try_get("token_expires_ms")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Rows seen at or after `since`, active or not: what the incremental grant sync reads.
+    pub async fn grant_changes(&self, since: UnixMillis) -> Result<Vec<GrantChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node_id, generation, status, last_seen_ms, token_expires_ms FROM nodes \
+             WHERE status IN ($1, $2) AND last_seen_ms >= $3",
+        )
+        .bind(NodeStatus::Active.as_str())
+        .bind(NodeStatus::Inactive.as_str())
+        .bind(since.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(GrantChange {
+                    source: GrantSource {
+                        node_id: parse_id(&row.try_get::<String, _>("node_id")?)?,
+                        generation: row.try_get("generation")?,
+                        last_seen: UnixMillis(row.try_get("last_seen_ms")?),
+                        token_expires_at: UnixMillis(row.try_get("token_expires_ms")?),
+                    },
+                    status: NodeStatus::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?,
                 })
             })
             .collect()

@@ -60,6 +60,12 @@ pub(crate) struct Options {
     pub(crate) api_tls: Option<boson_control::config::ApiTls>,
     /// `--trusted-proxies`.
     pub(crate) trusted_proxies: Vec<boson_shared::Cidr>,
+    /// `--heartbeat-flush-interval`.
+    pub(crate) heartbeat_flush_interval: Duration,
+    /// `--index-sync-interval`.
+    pub(crate) index_sync_interval: Duration,
+    /// How often silent nodes are swept (and waiting heartbeats flushed before it).
+    pub(crate) sweep_interval: Duration,
 }
 
 impl Default for Options {
@@ -78,6 +84,9 @@ impl Default for Options {
             turn_secrets_file: None,
             api_tls: None,
             trusted_proxies: Vec::new(),
+            heartbeat_flush_interval: Duration::from_secs(1),
+            index_sync_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_millis(20),
         }
     }
 }
@@ -229,7 +238,9 @@ impl TestServer {
             nodes: NodePolicy {
                 timeout: options.node_timeout,
                 heartbeat_interval: options.node_timeout / 3,
-                sweep_interval: Duration::from_millis(20),
+                sweep_interval: options.sweep_interval,
+                heartbeat_flush_interval: options.heartbeat_flush_interval,
+                index_sync_interval: options.index_sync_interval,
             },
             register_rate_limit: options.register_rate_limit,
             max_body_bytes: 16 * 1024,
@@ -294,6 +305,15 @@ impl TestServer {
             task.abort();
             let _ = task.await;
         }
+    }
+
+    /// [`Self::kill`], handing back the data directory like [`Self::stop_keeping_data`].
+    pub(crate) async fn kill_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self._dir
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -369,6 +389,18 @@ impl TestServer {
             .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
             .parse()
             .unwrap()
+    }
+
+    /// Stops the server cleanly and hands back its data directory (the SQLite file), so a
+    /// test can read what it left in the store.
+    pub(crate) async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        self._dir
     }
 
     pub(crate) async fn stop(mut self) {

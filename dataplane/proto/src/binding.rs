@@ -13,7 +13,20 @@
 //!    unknown comprehension-required attributes;
 //! 4. a Binding request with unknown comprehension-required attributes → 420 error response
 //!    with UNKNOWN-ATTRIBUTES;
-//! 5. any other Binding request → success response with XOR-MAPPED-ADDRESS.
+//! 5. any other Binding request → success response with XOR-MAPPED-ADDRESS, and, when the
+//!    responder is one of two addresses of an RFC 5780 server
+//!    ([`BindingConfig::with_other_address`]), RESPONSE-ORIGIN and OTHER-ADDRESS.
+//!
+//! # NAT behaviour discovery ([RFC 5780])
+//!
+//! A server with a second STUN address (another port, another IP, or both) runs one
+//! responder on each, each configured with its own public address (RESPONSE-ORIGIN) and the
+//! other's (OTHER-ADDRESS). A client that sends Binding requests from one socket to both and
+//! compares the XOR-MAPPED-ADDRESSes learns whether its NAT maps by destination (RFC 5780
+//! §4.3). CHANGE-REQUEST (RFC 5780 §7.2), which asks for an answer from the other address,
+//! is not supported: it is comprehension-required and unknown here, so a request carrying it
+//! gets a 420 listing it, as RFC 5780 §6 allows; the filtering test that needs it is not
+//! offered.
 //!
 //! Responses echo the transaction id, carry SOFTWARE if configured, and end with FINGERPRINT
 //! when the request did. Binding needs no authentication, so MESSAGE-INTEGRITY in a request is
@@ -24,6 +37,7 @@
 //!
 //! [RFC 8489 §6.3]: https://www.rfc-editor.org/rfc/rfc8489#section-6.3
 //! [RFC 8489 §9]: https://www.rfc-editor.org/rfc/rfc8489#section-9
+//! [RFC 5780]: https://www.rfc-editor.org/rfc/rfc5780
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -31,7 +45,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::stats::{DropReason, Stats};
 use crate::stun::{
     AttrType, Class, EncodeError, Encoder, ErrorCode, ErrorCodeAttr, Message, MessageType, Method,
-    PacketKind, Software, Trailer, UnknownAttributes, XorMappedAddress, classify,
+    OtherAddress, PacketKind, ResponseOrigin, Software, Trailer, UnknownAttributes,
+    XorMappedAddress, classify,
 };
 
 /// At most this many distinct unknown attribute types are listed in a 420 response. A
@@ -84,6 +99,15 @@ impl fmt::Display for ClientAddr {
 pub struct BindingConfig {
     software: Option<Software<'static>>,
     is_known: fn(AttrType) -> bool,
+    /// RESPONSE-ORIGIN and OTHER-ADDRESS, for a server with a second address.
+    rfc5780: Option<OtherAddressPair>,
+}
+
+/// This responder's public address and the server's other one (RFC 5780 §7.3, §7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OtherAddressPair {
+    origin: SocketAddr,
+    other: SocketAddr,
 }
 
 impl BindingConfig {
@@ -98,7 +122,16 @@ impl BindingConfig {
         Self {
             software: None,
             is_known: AttrType::is_stun,
+            rfc5780: None,
         }
+    }
+
+    /// Makes this responder one of the two addresses of an RFC 5780 server: success
+    /// responses carry RESPONSE-ORIGIN `origin` (this responder's address as clients reach
+    /// it) and OTHER-ADDRESS `other` (the server's other address, as clients reach it).
+    pub const fn with_other_address(mut self, origin: SocketAddr, other: SocketAddr) -> Self {
+        self.rfc5780 = Some(OtherAddressPair { origin, other });
+        self
     }
 
     /// Adds SOFTWARE with this description to every response.
@@ -254,6 +287,10 @@ fn write_success(
 ) -> Result<usize, EncodeError> {
     let mut enc = Encoder::new(out, MessageType::BINDING_SUCCESS, request.transaction_id())?;
     enc.add(&XorMappedAddress(src.reflexive()))?;
+    if let Some(pair) = config.rfc5780 {
+        enc.add(&ResponseOrigin(pair.origin))?;
+        enc.add(&OtherAddress(pair.other))?;
+    }
     let len = finish(config, enc, request)?;
     Ok(len)
 }
@@ -486,6 +523,59 @@ mod tests {
                 .iter()
                 .eq(types[..MAX_UNKNOWN_REPORTED].iter().copied())
         );
+    }
+
+    #[test]
+    fn an_rfc5780_responder_names_its_origin_and_the_other_address() {
+        let origin: SocketAddr = "192.0.2.10:3478".parse().unwrap();
+        let other: SocketAddr = "192.0.2.10:3479".parse().unwrap();
+        let mut server = StunServer::new(BindingConfig::new().with_other_address(origin, other));
+        let req = request(
+            MessageType::BINDING_REQUEST,
+            &[],
+            Trailer::new().with_fingerprint(),
+        );
+        let (_, resp) = respond(&mut server, &req);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+        assert_eq!(
+            m.get::<XorMappedAddress>(),
+            Ok(Some(XorMappedAddress(src().get())))
+        );
+        assert_eq!(m.get::<ResponseOrigin>(), Ok(Some(ResponseOrigin(origin))));
+        assert_eq!(m.get::<OtherAddress>(), Ok(Some(OtherAddress(other))));
+        assert_eq!(m.verify_fingerprint(), Ok(()));
+        // A plain responder names neither.
+        let (_, resp) = respond(&mut StunServer::new(BindingConfig::new()), &req);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.get::<ResponseOrigin>(), Ok(None));
+        assert_eq!(m.get::<OtherAddress>(), Ok(None));
+    }
+
+    #[test]
+    fn change_request_is_refused_with_420() {
+        // CHANGE-REQUEST (0x0003, RFC 5780 §7.2) asking for another IP and port.
+        let mut server = StunServer::new(BindingConfig::new().with_other_address(
+            "192.0.2.10:3478".parse().unwrap(),
+            "192.0.2.10:3479".parse().unwrap(),
+        ));
+        let req = request(
+            MessageType::BINDING_REQUEST,
+            &[(AttrType::new(0x0003), &[0, 0, 0, 6])],
+            Trailer::new(),
+        );
+        let (_, resp) = respond(&mut server, &req);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.message_type(), MessageType::BINDING_ERROR);
+        let err = m.get::<ErrorCodeAttr<'_>>().unwrap().unwrap();
+        assert_eq!(err.code(), ErrorCode::UNKNOWN_ATTRIBUTE);
+        let unknown: Vec<_> = m
+            .get::<UnknownAttributes<'_>>()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(unknown, [AttrType::new(0x0003)]);
     }
 
     #[test]

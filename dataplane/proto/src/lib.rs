@@ -90,6 +90,8 @@ pub mod binding;
 pub mod quic;
 pub mod stats;
 pub mod stun;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod turn;
 pub mod ws;
 

@@ -6,6 +6,42 @@
 
 use crate::stun::{ErrorCode, ParseError};
 
+/// Writes a drop reason enum's table from one list of `Variant => "label"`: `ALL` (every
+/// reason, in the list's order, which is the declaration order), `COUNT`, the stable
+/// `as_str` labels, and the [`Reason`] impl that indexes [`DropCounters`] by it. The list is
+/// also `as_str`'s match, so the compiler refuses a list that leaves a reason out.
+macro_rules! drop_reasons {
+    ($reason:ty { $($variant:ident => $label:literal,)+ }) => {
+        impl $reason {
+            /// Every reason, in declaration order (the order of
+            /// [`DropCounters::iter`](crate::stats::DropCounters::iter)).
+            pub const ALL: [Self; [$(stringify!($variant)),+].len()] = [$(Self::$variant),+];
+
+            /// Number of reasons.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Stable `snake_case` label for metrics and logs.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label,)+
+                }
+            }
+        }
+
+        impl $crate::stats::Reason for $reason {
+            type Counts = [u64; Self::COUNT];
+            const ALL: &'static [Self] = &Self::ALL;
+
+            #[inline]
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+pub(crate) use drop_reasons;
+
 /// Why a datagram was dropped without a response.
 ///
 /// Drops are not errors: the server counts them and returns them so the shell can log at debug
@@ -64,74 +100,30 @@ pub enum DropReason {
     PayloadTooLarge,
 }
 
-impl DropReason {
-    /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
-    pub const ALL: [Self; 22] = [
-        Self::NotStun,
-        Self::Truncated,
-        Self::BadLength,
-        Self::BadMagicCookie,
-        Self::MalformedAttribute,
-        Self::BadFingerprint,
-        Self::UnexpectedResponse,
-        Self::UnsupportedMethod,
-        Self::UnknownAttributeInIndication,
-        Self::BufferTooSmall,
-        Self::ChannelDataTruncated,
-        Self::ChannelDataTrailingBytes,
-        Self::UnboundChannel,
-        Self::NoAllocation,
-        Self::NoPermission,
-        Self::PeerFiltered,
-        Self::NotARelayPort,
-        Self::PeerFamilyMismatch,
-        Self::MalformedIndication,
-        Self::UnexpectedIndication,
-        Self::RateLimited,
-        Self::PayloadTooLarge,
-    ];
-
-    /// Number of reasons.
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// Stable `snake_case` label for metrics and logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::NotStun => "not_stun",
-            Self::Truncated => "truncated",
-            Self::BadLength => "bad_length",
-            Self::BadMagicCookie => "bad_magic_cookie",
-            Self::MalformedAttribute => "malformed_attribute",
-            Self::BadFingerprint => "bad_fingerprint",
-            Self::UnexpectedResponse => "unexpected_response",
-            Self::UnsupportedMethod => "unsupported_method",
-            Self::UnknownAttributeInIndication => "unknown_attribute_in_indication",
-            Self::BufferTooSmall => "buffer_too_small",
-            Self::ChannelDataTruncated => "channel_data_truncated",
-            Self::ChannelDataTrailingBytes => "channel_data_trailing_bytes",
-            Self::UnboundChannel => "unbound_channel",
-            Self::NoAllocation => "no_allocation",
-            Self::NoPermission => "no_permission",
-            Self::PeerFiltered => "peer_filtered",
-            Self::NotARelayPort => "not_a_relay_port",
-            Self::PeerFamilyMismatch => "peer_family_mismatch",
-            Self::MalformedIndication => "malformed_indication",
-            Self::UnexpectedIndication => "unexpected_indication",
-            Self::RateLimited => "rate_limited",
-            Self::PayloadTooLarge => "payload_too_large",
-        }
-    }
-}
-
-impl Reason for DropReason {
-    type Counts = [u64; Self::COUNT];
-    const ALL: &'static [Self] = &Self::ALL;
-
-    #[inline]
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+drop_reasons!(DropReason {
+    NotStun => "not_stun",
+    Truncated => "truncated",
+    BadLength => "bad_length",
+    BadMagicCookie => "bad_magic_cookie",
+    MalformedAttribute => "malformed_attribute",
+    BadFingerprint => "bad_fingerprint",
+    UnexpectedResponse => "unexpected_response",
+    UnsupportedMethod => "unsupported_method",
+    UnknownAttributeInIndication => "unknown_attribute_in_indication",
+    BufferTooSmall => "buffer_too_small",
+    ChannelDataTruncated => "channel_data_truncated",
+    ChannelDataTrailingBytes => "channel_data_trailing_bytes",
+    UnboundChannel => "unbound_channel",
+    NoAllocation => "no_allocation",
+    NoPermission => "no_permission",
+    PeerFiltered => "peer_filtered",
+    NotARelayPort => "not_a_relay_port",
+    PeerFamilyMismatch => "peer_family_mismatch",
+    MalformedIndication => "malformed_indication",
+    UnexpectedIndication => "unexpected_indication",
+    RateLimited => "rate_limited",
+    PayloadTooLarge => "payload_too_large",
+});
 
 impl From<ParseError> for DropReason {
     fn from(err: ParseError) -> Self {
@@ -158,6 +150,18 @@ pub trait Reason: Copy + 'static {
     const ALL: &'static [Self];
     /// Position in [`ALL`](Self::ALL) and in the counter array.
     fn index(self) -> usize;
+}
+
+/// Checks that `R::ALL` is in index order and `label` gives every reason a label of its own.
+#[cfg(test)]
+pub(crate) fn assert_reasons_in_order_with_unique_labels<R: Reason>(label: fn(R) -> &'static str) {
+    for (i, reason) in R::ALL.iter().enumerate() {
+        assert_eq!(reason.index(), i);
+    }
+    let mut labels: Vec<_> = R::ALL.iter().map(|&r| label(r)).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    assert_eq!(labels.len(), R::ALL.len());
 }
 
 /// One counter per reason of `R` ([`DropReason`] by default: the TURN core's).
@@ -328,13 +332,7 @@ mod tests {
 
     #[test]
     fn all_is_in_declaration_order_with_unique_labels() {
-        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
-            assert_eq!(reason.index(), i);
-        }
-        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
-        labels.sort_unstable();
-        labels.dedup();
-        assert_eq!(labels.len(), DropReason::COUNT);
+        assert_reasons_in_order_with_unique_labels(DropReason::as_str);
     }
 
     #[test]

@@ -118,6 +118,21 @@ pub struct DataplaneConfig {
     /// Receives the cores' events (TURN allocations created and ended), called on the worker
     /// threads; it must only queue. Default: none (the events are dropped).
     pub events: Option<relay::EventSink>,
+    /// A second STUN address for RFC 5780 NAT behaviour discovery, answered on every worker
+    /// beside the listener. Default: none.
+    pub stun_alternate: Option<StunAlternate>,
+}
+
+/// The second STUN address of a host (RFC 5780): a Binding-only responder on every worker,
+/// whose answers name their origin and the listener as the other address.
+#[derive(Debug, Clone, Copy)]
+pub struct StunAlternate {
+    /// Bound by every worker with SO_REUSEPORT, like the listener. A fixed port: the
+    /// listener's answers announce it.
+    pub listen: SocketAddr,
+    /// Its responders' configuration (RESPONSE-ORIGIN this address, OTHER-ADDRESS the
+    /// listener's, both as clients reach them).
+    pub binding: boson_dataplane_proto::BindingConfig,
 }
 
 impl std::fmt::Debug for DataplaneConfig {
@@ -133,6 +148,7 @@ impl std::fmt::Debug for DataplaneConfig {
             .field("udp_offload", &self.udp_offload)
             .field("relay", &self.relay)
             .field("events", &self.events.is_some())
+            .field("stun_alternate", &self.stun_alternate)
             .finish()
     }
 }
@@ -150,6 +166,7 @@ impl Default for DataplaneConfig {
             udp_offload: true,
             relay: None,
             events: None,
+            stun_alternate: None,
         }
     }
 }
@@ -185,6 +202,20 @@ where
     config.validate().context("invalid dataplane config")?;
     let backend = io::resolve(config.backend)?;
     let listeners = bind_listeners(config.listen, config.workers)?;
+    let mut alternates = match &config.stun_alternate {
+        Some(alternate) => {
+            ensure!(
+                alternate.listen.port() != 0,
+                "the second STUN address needs a fixed port (the listener's answers name it)"
+            );
+            bind_listeners(alternate.listen, config.workers)
+                .context("binding the second STUN address")?
+                .into_iter()
+                .map(|socket| Some((socket, alternate.binding)))
+                .collect()
+        }
+        None => (0..config.workers).map(|_| None).collect::<Vec<_>>(),
+    };
     let local_addr = listeners[0]
         .local_addr()
         .context("reading the listener address")?;
@@ -256,6 +287,7 @@ where
             stats: Arc::clone(&stats),
             relay: wirings[index].take(),
             events: config.events.clone(),
+            stun_alternate: alternates[index].take(),
         };
         let make_core = Arc::clone(&make_core);
         let ready = ready_tx.clone();
@@ -292,6 +324,9 @@ where
             "node relay listening"
         );
     }
+    if let Some(alternate) = &config.stun_alternate {
+        tracing::info!(listen = %alternate.listen, "second STUN address (RFC 5780) listening");
+    }
     tracing::info!(
         %local_addr,
         workers = config.workers,
@@ -307,17 +342,17 @@ fn bind_listeners(listen: SocketAddr, workers: usize) -> anyhow::Result<Vec<UdpS
     if listen.port() != 0 {
         // Another process of this user that holds the port with SO_REUSEPORT would silently
         // share it with us, each getting half of the clients. A plain bind fails on any holder.
-        drop(worker::bind_udp(listen, false).with_context(|| {
+        drop(io::socket::bind_udp(listen, false).with_context(|| {
             format!("the STUN/TURN port {listen} is in use (is another server running?)")
         })?);
     }
-    let first = worker::bind_udp(listen, true)
+    let first = io::socket::bind_udp(listen, true)
         .with_context(|| format!("binding the listener socket on {listen}"))?;
     let addr = first.local_addr().context("reading the listener address")?;
     let mut sockets = Vec::with_capacity(workers);
     sockets.push(first);
     for _ in 1..workers {
-        let socket = worker::bind_udp(addr, true)
+        let socket = io::socket::bind_udp(addr, true)
             .with_context(|| format!("binding another SO_REUSEPORT listener on {addr}"))?;
         sockets.push(socket);
     }

@@ -34,12 +34,12 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use boson_dataplane_proto::{ClientAddr, DropReason};
-use socket2::{Domain, Protocol, Socket, Type};
+use boson_dataplane_proto::{BindingConfig, BindingOutcome, ClientAddr, DropReason, StunServer};
 
 use crate::clock;
 use crate::io::bufs::SLOT_SIZE;
 use crate::io::epoll::Epoll;
+use crate::io::socket::bind_udp;
 use crate::io::uring::Uring;
 use crate::io::{CONTROL_LEN, Datagram, Io, IoBackend, RX_START, SocketId, SocketRole, Waker};
 use crate::packet_core::{
@@ -51,22 +51,6 @@ use crate::stats::{SharedStats, WorkerCounters};
 /// At most one dropped datagram is logged per this interval per worker; the rest are
 /// counted in the next log line.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Receive buffer asked for on listener sockets: absorbs bursts while a worker handles a
-/// turn. The kernel caps it at `net.core.rmem_max`.
-const LISTENER_RCVBUF: usize = 4 << 20;
-
-/// Receive buffer asked for on relay sockets. One relay socket carries the peers' traffic of
-/// one allocation, which arrives in bursts too (a browser's data channels, a WireGuard peer's
-/// batches); the system default (`net.core.rmem_default`, about 208 KiB) overflowed under a
-/// browser's load. A quarter of the listener's: a worker may hold thousands of these, and
-/// the kernel charges only what is queued. Capped by `net.core.rmem_max` as well.
-const RELAY_RCVBUF: usize = 1 << 20;
-
-/// Whether the short receive buffer of a listener, resp. relay, socket was logged (once per
-/// process: every socket of the kind gets the same cap).
-static LISTENER_RCVBUF_SHORT: AtomicBool = AtomicBool::new(false);
-static RELAY_RCVBUF_SHORT: AtomicBool = AtomicBool::new(false);
 
 /// What a core constructor learns about the worker it will run on.
 #[derive(Debug, Clone, Copy)]
@@ -194,6 +178,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) stats: Arc<SharedStats>,
     pub(crate) relay: Option<RelayWiring>,
     pub(crate) events: Option<EventSink>,
+    /// The socket on the host's second STUN address and its responder's configuration.
+    pub(crate) stun_alternate: Option<(UdpSocket, BindingConfig)>,
 }
 
 /// Body of a worker thread: pins, sets up, reports readiness on `ready`, then runs the loop
@@ -262,51 +248,6 @@ where
     }
 }
 
-/// Binds a UDP socket, with SO_REUSEPORT for listeners (every worker binds the same port and
-/// the kernel spreads clients over them by 4-tuple hash), and a larger receive buffer than
-/// the system's default ([`LISTENER_RCVBUF`], [`RELAY_RCVBUF`]). An IPv6 wildcard accepts
-/// IPv4 too.
-pub(crate) fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-        size_recv_buffer(&socket, LISTENER_RCVBUF, "listener", &LISTENER_RCVBUF_SHORT);
-    } else {
-        size_recv_buffer(&socket, RELAY_RCVBUF, "relay", &RELAY_RCVBUF_SHORT);
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// Asks for a `wanted`-byte receive buffer and reads back what the kernel granted: it caps
-/// the request at `net.core.rmem_max` (and reports twice what it grants, its bookkeeping
-/// share included). Best effort: a smaller buffer only means earlier drops under bursts
-/// (counted as `rx_overflow`), so a short one is logged once per kind, not refused.
-fn size_recv_buffer(socket: &Socket, wanted: usize, kind: &str, logged: &AtomicBool) {
-    let granted = socket
-        .set_recv_buffer_size(wanted)
-        .and_then(|()| socket.recv_buffer_size())
-        .map(|reported| reported / 2);
-    match granted {
-        Ok(granted) if granted >= wanted => {}
-        outcome => {
-            if !logged.swap(true, Ordering::Relaxed) {
-                let granted = outcome.map_or_else(|err| err.to_string(), |g| format!("{g} bytes"));
-                tracing::warn!(
-                    kind,
-                    wanted,
-                    %granted,
-                    "UDP {kind} sockets get a smaller receive buffer than asked for; raise \
-                     net.core.rmem_max to at least {wanted} for fewer drops under bursts"
-                );
-            }
-        }
-    }
-}
-
 /// Counters only the worker itself keeps.
 #[derive(Debug, Default)]
 struct ShellCounters {
@@ -365,6 +306,8 @@ pub(crate) struct Worker<C, I> {
     /// The QUIC relay's socket, and the buffer its datagrams are written into.
     quic_socket: Option<SocketId>,
     quic_buf: Vec<u8>,
+    /// The socket on the second STUN address (RFC 5780) and its Binding-only responder.
+    stun_alternate: Option<(SocketId, StunServer)>,
 }
 
 impl<C: PacketCore, I: Io> Worker<C, I> {
@@ -382,6 +325,14 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             now,
             unix_now: clock::unix_now(),
         });
+        let stun_alternate = match setup.stun_alternate {
+            Some((socket, binding)) => Some((
+                io.register(socket, SocketRole::StunAlternate)
+                    .context("registering the second STUN socket")?,
+                StunServer::new(binding),
+            )),
+            None => None,
+        };
         let mut quic_socket = None;
         let relay = match setup.relay {
             Some(mut wiring) => {
@@ -415,6 +366,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             events: setup.events,
             quic_socket,
             quic_buf: Vec::with_capacity(64 * 1024),
+            stun_alternate,
         })
     }
 
@@ -507,6 +459,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 SocketRole::Listener => self.on_listener(now, datagram),
                 SocketRole::Relay(port) => self.on_relay(now, port, datagram),
                 SocketRole::Quic => self.on_quic(now, datagram),
+                SocketRole::StunAlternate => self.on_stun_alternate(now, datagram),
             }
             self.run_commands();
         }
@@ -573,6 +526,39 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             }
             ClientAction::Drop(reason) => {
                 self.io.release(buf);
+                self.io.release(out);
+                self.drop_log.record(now, self.index, reason, from);
+            }
+        }
+    }
+
+    /// A datagram on the second STUN address: Binding only, answered from that socket.
+    fn on_stun_alternate(&mut self, now: Instant, datagram: Datagram) {
+        let Datagram { from, buf, len, .. } = datagram;
+        let Some((socket, responder)) = &mut self.stun_alternate else {
+            self.io.release(buf);
+            return;
+        };
+        let socket = *socket;
+        let Some(out) = self.io.alloc() else {
+            self.counters.no_tx_buffer += 1;
+            self.io.release(buf);
+            return;
+        };
+        let (rx, tx) = self.io.bufs().pair_mut(&buf, &out);
+        let packet = &rx[RX_START..RX_START + len];
+        let outcome = responder.handle_datagram(ClientAddr::new(from), packet, tx);
+        self.io.release(buf);
+        match outcome {
+            BindingOutcome::Reply { dst, len } if len <= SLOT_SIZE => {
+                self.io.send(socket, dst.get(), out, 0..len);
+            }
+            BindingOutcome::Reply { .. } => {
+                self.counters.bad_core_range += 1;
+                self.io.release(out);
+            }
+            BindingOutcome::Absorb => self.io.release(out),
+            BindingOutcome::Drop(reason) => {
                 self.io.release(out);
                 self.drop_log.record(now, self.index, reason, from);
             }
@@ -696,6 +682,12 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
     fn publish(&mut self, now: Instant) {
         let io = self.io.counters();
         let core = self.core.stats();
+        // The second STUN address's responder counts into the same Binding and drop figures.
+        let none = boson_dataplane_proto::Stats::default();
+        let alt = self
+            .stun_alternate
+            .as_ref()
+            .map_or(&none, |(_, responder)| responder.stats());
         let ws = self
             .relay
             .as_mut()
@@ -721,10 +713,10 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             rx_rearms: io.rx_rearms,
             turns: self.counters.turns,
             budget_exhausted: self.counters.budget_exhausted,
-            binding_requests: core.binding_requests,
-            binding_success: core.binding_success,
-            binding_errors: core.binding_errors,
-            binding_indications: core.binding_indications,
+            binding_requests: core.binding_requests + alt.binding_requests,
+            binding_success: core.binding_success + alt.binding_success,
+            binding_errors: core.binding_errors + alt.binding_errors,
+            binding_indications: core.binding_indications + alt.binding_indications,
             allocations: core.allocations,
             allocations_created: core.allocations_created,
             allocations_expired: core.allocations_expired,
@@ -767,7 +759,12 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             quic_drops: ws.quic_drops,
             quic_oversized_tx: ws.quic_oversized_tx,
         };
-        self.shared.publish(&counters, core.drops.iter());
+        self.shared.publish(
+            &counters,
+            core.drops
+                .iter()
+                .map(|(reason, count)| (reason, count + alt.drops.get(reason))),
+        );
     }
 }
 
@@ -777,26 +774,6 @@ mod tests {
     use boson_shared::TurnSecret;
 
     use super::*;
-
-    /// Relay sockets get [`RELAY_RCVBUF`] where `net.core.rmem_max` allows it, and what it
-    /// allows otherwise; never the system default.
-    #[test]
-    fn relay_sockets_get_a_sized_receive_buffer() {
-        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let socket = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
-        assert_eq!(granted, RELAY_RCVBUF.min(rmem_max));
-        let listener = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
-        let granted = socket2::SockRef::from(&listener)
-            .recv_buffer_size()
-            .unwrap()
-            / 2;
-        assert_eq!(granted, LISTENER_RCVBUF.min(rmem_max));
-    }
 
     #[test]
     fn updates_wait_newest_of_each_kind_and_are_taken_once() {

@@ -310,3 +310,82 @@ fn survives_a_burst_larger_than_the_pool_uring() {
 fn survives_a_burst_larger_than_the_pool_epoll() {
     survives_a_burst_larger_than_the_pool(IoBackend::Epoll);
 }
+
+/// A Binding request to `server` from `socket`: the response's source and the message.
+fn exchange(
+    socket: &UdpSocket,
+    server: std::net::SocketAddr,
+    tid: [u8; 12],
+) -> (std::net::SocketAddr, Vec<u8>) {
+    let request = common::binding_request(tid);
+    let mut buf = [0u8; 1500];
+    for _ in 0..3 {
+        socket.send_to(&request, server).unwrap();
+        if let Ok((len, from)) = socket.recv_from(&mut buf) {
+            return (from, buf[..len].to_vec());
+        }
+    }
+    panic!("no Binding response from {server}");
+}
+
+/// The second STUN address (RFC 5780): every worker answers on it too, from it, and both
+/// addresses' answers name their origin and the other address; the counters include it.
+fn answers_on_the_second_address(backend: IoBackend) {
+    use boson_dataplane::StunAlternate;
+    use boson_dataplane_proto::stun::{Message, OtherAddress, ResponseOrigin, XorMappedAddress};
+    if !available(backend) {
+        return;
+    }
+    // Fixed ports: each answer names the other's.
+    let free = || {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    };
+    let (primary, alternate) = (free(), free());
+    let mut config = config(backend, 2);
+    config.listen = primary;
+    config.stun_alternate = Some(StunAlternate {
+        listen: alternate,
+        binding: BindingConfig::new().with_other_address(alternate, primary),
+    });
+    let dataplane = start(config, move |_| {
+        StunServer::new(BindingConfig::new().with_other_address(primary, alternate))
+    })
+    .unwrap();
+    let socket = client();
+    for (to, other, tid) in [(primary, alternate, [1; 12]), (alternate, primary, [2; 12])] {
+        let (from, response) = exchange(&socket, to, tid);
+        assert_eq!(from, to, "answered from the address asked");
+        let m = Message::parse(&response).unwrap();
+        assert_eq!(
+            m.get::<XorMappedAddress>().unwrap().unwrap().0,
+            socket.local_addr().unwrap()
+        );
+        assert_eq!(m.get::<ResponseOrigin>().unwrap().unwrap().0, to);
+        assert_eq!(m.get::<OtherAddress>().unwrap().unwrap().0, other);
+    }
+    // Garbage on the second address is a counted drop, not an answer.
+    socket.send_to(b"\x00\x01garbage", alternate).unwrap();
+    let stats = wait_for(
+        || dataplane.stats(),
+        |s| {
+            total(s, |w| w.counters.binding_success) >= 2
+                && s.iter()
+                    .map(|w| w.drop_count(DropReason::Truncated))
+                    .sum::<u64>()
+                    >= 1
+        },
+    );
+    assert!(total(&stats, |w| w.counters.binding_success) >= 2);
+    dataplane.shutdown().unwrap();
+}
+
+#[test]
+fn answers_on_the_second_address_uring() {
+    answers_on_the_second_address(IoBackend::Uring);
+}
+
+#[test]
+fn answers_on_the_second_address_epoll() {
+    answers_on_the_second_address(IoBackend::Epoll);
+}

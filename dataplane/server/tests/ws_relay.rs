@@ -24,7 +24,7 @@ use boson_dataplane::{Dataplane, IoBackend, start};
 use boson_dataplane_proto::ws::WsConfig;
 use boson_dataplane_proto::ws::frame::OpCode;
 use boson_shared::NodeId;
-use common::ws_client::{Client, Incoming, connect};
+use boson_testsupport::ws_client::{Client, Incoming, connect};
 
 fn relay_config(ws: WsConfig) -> RelayConfig {
     let mut relay = RelayConfig::new(Arc::new(common::relay_authenticate));

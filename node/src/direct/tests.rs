@@ -100,6 +100,8 @@ struct World {
     /// Every probe that crossed the internet, as (src, dst, bytes): what an eavesdropper
     /// on the path sees.
     captured: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    /// Signalling sent before this instant is lost (the relay not carrying it yet).
+    signals_lost_until: Instant,
 }
 
 fn node(n: u8) -> NodeId {
@@ -136,6 +138,7 @@ impl World {
             signals: Vec::new(),
             black_hole: [false; 2],
             captured: Vec::new(),
+            signals_lost_until: now,
         }
     }
 
@@ -147,8 +150,10 @@ impl World {
             }
             while let Some(signal) = self.sides[i].path.poll_signal() {
                 self.sides[i].signals_sent += 1;
-                self.signals
-                    .push((self.now + SIGNAL_LATENCY, 1 - i, signal));
+                if self.now >= self.signals_lost_until {
+                    self.signals
+                        .push((self.now + SIGNAL_LATENCY, 1 - i, signal));
+                }
             }
             while let Some(event) = self.sides[i].path.poll_event() {
                 self.sides[i].events.push((self.now, event));
@@ -482,4 +487,50 @@ fn a_silent_peer_is_given_up_and_the_relay_goes_quiet() {
         "{signals}"
     );
     assert!(p.poll_transmit().is_none());
+}
+
+/// Both agents punch while the relay does not carry their signalling yet (a mesh link not
+/// up, a session still opening): both give up after PUNCH_TIMEOUT and go quiet. Before,
+/// nothing restarted them until RETRY_INTERVAL (30 s: longer than the end-to-end test waits
+/// for a tunnel); now the relay's word that the peer is reachable does, at once.
+#[test]
+fn a_peer_that_becomes_reachable_is_signalled_again_at_once() {
+    for told in [false, true] {
+        let mut world = World::new([Nat::EndpointIndependent, Nat::EndpointIndependent]);
+        let t0 = world.now;
+        world.signals_lost_until = t0 + PUNCH_TIMEOUT + Duration::from_secs(1);
+        world.drain();
+        world.run_until(world.signals_lost_until);
+        for i in 0..2 {
+            assert!(
+                world.first(i, |e| *e == DirectEvent::Failed).is_some(),
+                "side {i}"
+            );
+            assert!(
+                world
+                    .first(i, |e| matches!(e, DirectEvent::Up(_)))
+                    .is_none()
+            );
+        }
+        if told {
+            // Side 1's relay says side 0 is present (or its session just opened).
+            world.sides[1].path.handle_peer_reachable(world.now);
+            world.drain();
+        }
+        let told_at = world.now;
+        world.run_until(t0 + RETRY_INTERVAL);
+        let up = [0, 1].map(|i| world.first(i, |e| matches!(e, DirectEvent::Up(_))));
+        if told {
+            for (i, at) in up.iter().enumerate() {
+                let at = at.unwrap_or_else(|| panic!("side {i} never came up"));
+                assert!(
+                    at - told_at < Duration::from_secs(1),
+                    "side {i}: {:?}",
+                    at - told_at
+                );
+            }
+        } else {
+            assert_eq!(up, [None, None], "quiet until the retry");
+        }
+    }
 }

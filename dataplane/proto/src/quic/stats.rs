@@ -4,7 +4,7 @@
 //! owns its counters, the shell reads them with `stats()` and aggregates on scrape. The
 //! [`DropReason::as_str`] labels are stable metric label values.
 
-use crate::stats::{DropCounters, Reason, RelayCounters};
+use crate::stats::{DropCounters, RelayCounters, drop_reasons};
 
 /// Why a datagram (UDP, or a QUIC DATAGRAM frame, or a control message) was dropped. Drops
 /// are counted, never errors.
@@ -44,50 +44,18 @@ pub enum DropReason {
     ResponseBacklog,
 }
 
-impl DropReason {
-    /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
-    pub const ALL: [Self; 10] = [
-        Self::Unroutable,
-        Self::Unauthenticated,
-        Self::Oversized,
-        Self::Malformed,
-        Self::UnknownType,
-        Self::SendBufferFull,
-        Self::PeerGone,
-        Self::EventBacklog,
-        Self::ControlBacklog,
-        Self::ResponseBacklog,
-    ];
-
-    /// Number of reasons.
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// Stable `snake_case` label for metrics and logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Unroutable => "unroutable",
-            Self::Unauthenticated => "unauthenticated",
-            Self::Oversized => "oversized",
-            Self::Malformed => "malformed",
-            Self::UnknownType => "unknown_type",
-            Self::SendBufferFull => "send_buffer_full",
-            Self::PeerGone => "peer_gone",
-            Self::EventBacklog => "event_backlog",
-            Self::ControlBacklog => "control_backlog",
-            Self::ResponseBacklog => "response_backlog",
-        }
-    }
-}
-
-impl Reason for DropReason {
-    type Counts = [u64; Self::COUNT];
-    const ALL: &'static [Self] = &Self::ALL;
-
-    #[inline]
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+drop_reasons!(DropReason {
+    Unroutable => "unroutable",
+    Unauthenticated => "unauthenticated",
+    Oversized => "oversized",
+    Malformed => "malformed",
+    UnknownType => "unknown_type",
+    SendBufferFull => "send_buffer_full",
+    PeerGone => "peer_gone",
+    EventBacklog => "event_backlog",
+    ControlBacklog => "control_backlog",
+    ResponseBacklog => "response_backlog",
+});
 
 /// Counters of one [`QuicRelay`](super::QuicRelay). Monotonic except the gauges, which say
 /// so.
@@ -160,12 +128,6 @@ mod tests {
 
     #[test]
     fn all_is_in_declaration_order_with_unique_labels() {
-        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
-            assert_eq!(reason.index(), i);
-        }
-        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
-        labels.sort_unstable();
-        labels.dedup();
-        assert_eq!(labels.len(), DropReason::COUNT);
+        crate::stats::assert_reasons_in_order_with_unique_labels(DropReason::as_str);
     }
 }

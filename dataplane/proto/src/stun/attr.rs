@@ -70,6 +70,12 @@ impl AttrType {
     /// [RFC 8489 §14.7](https://www.rfc-editor.org/rfc/rfc8489#section-14.7)
     pub const FINGERPRINT: Self = Self(0x8028); // CRC-32 ^ 0x5354554E (4)
 
+    // NAT behaviour discovery, comprehension-optional. RFC 5780 §7
+    /// [RFC 5780 §7.3](https://www.rfc-editor.org/rfc/rfc5780#section-7.3)
+    pub const RESPONSE_ORIGIN: Self = Self(0x802B); // as MAPPED-ADDRESS
+    /// [RFC 5780 §7.4](https://www.rfc-editor.org/rfc/rfc5780#section-7.4)
+    pub const OTHER_ADDRESS: Self = Self(0x802C); // as MAPPED-ADDRESS
+
     // TURN, comprehension-required. RFC 8656 §18
     /// [RFC 8656 §18.1](https://www.rfc-editor.org/rfc/rfc8656#section-18.1)
     pub const CHANNEL_NUMBER: Self = Self(0x000C); // channel (2) | RFFU (2)
@@ -178,6 +184,8 @@ impl AttrType {
             Self::SOFTWARE => "SOFTWARE",
             Self::ALTERNATE_SERVER => "ALTERNATE-SERVER",
             Self::FINGERPRINT => "FINGERPRINT",
+            Self::RESPONSE_ORIGIN => "RESPONSE-ORIGIN",
+            Self::OTHER_ADDRESS => "OTHER-ADDRESS",
             Self::CHANNEL_NUMBER => "CHANNEL-NUMBER",
             Self::LIFETIME => "LIFETIME",
             Self::XOR_PEER_ADDRESS => "XOR-PEER-ADDRESS",
@@ -401,6 +409,24 @@ address_attribute!(
     /// request's address family. [RFC 8489 §14.15](https://www.rfc-editor.org/rfc/rfc8489#section-14.15)
     AlternateServer,
     AttrType::ALTERNATE_SERVER,
+    Plain
+);
+
+address_attribute!(
+    /// RESPONSE-ORIGIN: the address a Binding response was sent from, in the clear, so the
+    /// client can tell which of the server's addresses answered.
+    /// [RFC 5780 §7.3](https://www.rfc-editor.org/rfc/rfc5780#section-7.3)
+    ResponseOrigin,
+    AttrType::RESPONSE_ORIGIN,
+    Plain
+);
+
+address_attribute!(
+    /// OTHER-ADDRESS: the server's other address (another IP, port or both), where the
+    /// client sends the requests that show whether its NAT's mapping depends on the
+    /// destination. [RFC 5780 §7.4](https://www.rfc-editor.org/rfc/rfc5780#section-7.4)
+    OtherAddress,
+    AttrType::OTHER_ADDRESS,
     Plain
 );
 

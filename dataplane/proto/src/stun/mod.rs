@@ -56,8 +56,8 @@ mod message;
 pub mod password;
 
 pub use attr::{
-    AlternateServer, AttrType, Attribute, ErrorCode, ErrorCodeAttr, MappedAddress, Nonce, Realm,
-    Software, UnknownAttributes, Username, XorMappedAddress,
+    AlternateServer, AttrType, Attribute, ErrorCode, ErrorCodeAttr, MappedAddress, Nonce,
+    OtherAddress, Realm, ResponseOrigin, Software, UnknownAttributes, Username, XorMappedAddress,
 };
 pub(crate) use attr::{address_value_len, decode_xor_address, encode_xor_address};
 pub use encode::{Encoder, Trailer};

@@ -4,7 +4,7 @@
 //! secrets, advertised relay address, port range), then adjusted with `with_*` methods. Each
 //! default below says why it is what it is.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub struct TurnConfig {
     pub(crate) relay_ip: Ipv4Addr,
     pub(crate) ports: Arc<PortTable>,
     pub(crate) software: Option<Software<'static>>,
+    /// RESPONSE-ORIGIN and OTHER-ADDRESS of Binding responses (RFC 5780), when set.
+    pub(crate) other_address: Option<(SocketAddr, SocketAddr)>,
     pub(crate) default_lifetime: u32,
     pub(crate) max_lifetime: u32,
     pub(crate) permission_lifetime: u32,
@@ -138,6 +140,7 @@ impl TurnConfig {
             relay_ip,
             ports,
             software: None,
+            other_address: None,
             default_lifetime: secs(DEFAULT_LIFETIME),
             max_lifetime: secs(MAX_LIFETIME),
             permission_lifetime: secs(PERMISSION_LIFETIME),
@@ -176,6 +179,15 @@ impl TurnConfig {
     /// hands the client's next socket to (see [`PortTable`]).
     pub fn with_port_table(mut self, table: Arc<PortTable>) -> Self {
         self.ports = table;
+        self
+    }
+
+    /// Binding success responses carry RESPONSE-ORIGIN `origin` (this listener's address as
+    /// clients reach it) and OTHER-ADDRESS `other` (the host's second STUN address), for
+    /// RFC 5780 NAT behaviour discovery; see
+    /// [`BindingConfig::with_other_address`](crate::BindingConfig::with_other_address).
+    pub const fn with_other_address(mut self, origin: SocketAddr, other: SocketAddr) -> Self {
+        self.other_address = Some((origin, other));
         self
     }
 

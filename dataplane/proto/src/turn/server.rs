@@ -255,6 +255,9 @@ impl<R: RngCore> Server<R> {
         if let Some(software) = config.software {
             binding = binding.with_software(software);
         }
+        if let Some((origin, other)) = config.other_address {
+            binding = binding.with_other_address(origin, other);
+        }
         let nonce_key = NonceKey::new(&mut rng);
         let limiter = RateLimiter::new(
             &mut rng,

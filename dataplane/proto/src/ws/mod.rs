@@ -132,6 +132,7 @@
 //! is sent, and queues nothing.
 
 pub mod frame;
+pub mod handoff;
 pub mod handshake;
 mod hub;
 pub(crate) use hub::GoneLimiter;

@@ -4,7 +4,7 @@
 //! [`Stats`], the shell reads them with `stats()` and aggregates on scrape. The
 //! [`DropReason::as_str`] labels are stable metric label values.
 
-use crate::stats::{DropCounters, Reason, RelayCounters};
+use crate::stats::{DropCounters, RelayCounters, drop_reasons};
 
 /// Why a relay message (or a queued frame) was dropped. Drops are counted, never errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,46 +31,16 @@ pub enum DropReason {
     NoMeshLink,
 }
 
-impl DropReason {
-    /// Every reason, in declaration order (the order of [`DropCounters::iter`]).
-    pub const ALL: [Self; 8] = [
-        Self::QueueFull,
-        Self::Unauthenticated,
-        Self::UnknownType,
-        Self::Malformed,
-        Self::PeerGone,
-        Self::Closing,
-        Self::MeshQueueFull,
-        Self::NoMeshLink,
-    ];
-
-    /// Number of reasons.
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// Stable `snake_case` label for metrics and logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::QueueFull => "queue_full",
-            Self::Unauthenticated => "unauthenticated",
-            Self::UnknownType => "unknown_type",
-            Self::Malformed => "malformed",
-            Self::PeerGone => "peer_gone",
-            Self::Closing => "closing",
-            Self::MeshQueueFull => "mesh_queue_full",
-            Self::NoMeshLink => "no_mesh_link",
-        }
-    }
-}
-
-impl Reason for DropReason {
-    type Counts = [u64; Self::COUNT];
-    const ALL: &'static [Self] = &Self::ALL;
-
-    #[inline]
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+drop_reasons!(DropReason {
+    QueueFull => "queue_full",
+    Unauthenticated => "unauthenticated",
+    UnknownType => "unknown_type",
+    Malformed => "malformed",
+    PeerGone => "peer_gone",
+    Closing => "closing",
+    MeshQueueFull => "mesh_queue_full",
+    NoMeshLink => "no_mesh_link",
+});
 
 /// Counters of one [`Session`](super::Session), or of a whole [`Hub`](super::Hub) (its
 /// sessions, live and gone, plus the hub's own). Monotonic except the gauges, which say so.
@@ -225,13 +195,7 @@ mod tests {
 
     #[test]
     fn all_is_in_declaration_order_with_unique_labels() {
-        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
-            assert_eq!(reason.index(), i);
-        }
-        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
-        labels.sort_unstable();
-        labels.dedup();
-        assert_eq!(labels.len(), DropReason::COUNT);
+        crate::stats::assert_reasons_in_order_with_unique_labels(DropReason::as_str);
     }
 
     #[test]

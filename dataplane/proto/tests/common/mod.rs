@@ -27,38 +27,13 @@ use boson_dataplane_proto::{
     Server, TurnConfig,
 };
 use boson_shared::{TurnCredential, TurnSecret};
-use rand_core::RngCore;
 
 pub const REALM: &str = "boson.test";
 pub const RELAY_IP: [u8; 4] = [203, 0, 113, 1];
 /// Unix time at the harness's start.
 pub const UNIX_START: u64 = 1_700_000_000;
 
-/// xorshift64*: a tiny deterministic RNG for tests.
-#[derive(Debug, Clone)]
-pub struct XorShift(pub u64);
-
-impl RngCore for XorShift {
-    fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0.max(1);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        for chunk in dst.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
+pub use boson_dataplane_proto::testing::XorShift;
 
 #[expect(
     clippy::disallowed_methods,

@@ -67,6 +67,7 @@
 
 pub(crate) mod bufs;
 pub(crate) mod epoll;
+pub(crate) mod socket;
 pub(crate) mod uring;
 
 use std::io;
@@ -159,6 +160,8 @@ pub(crate) enum SocketRole {
     Relay(RelayPort),
     /// The worker's SO_REUSEPORT socket of the QUIC node relay.
     Quic,
+    /// The worker's SO_REUSEPORT socket on the host's second STUN address (RFC 5780).
+    StunAlternate,
 }
 
 /// Handle of a registered socket. The generation makes a handle of a closed socket stale even

@@ -107,8 +107,6 @@ pub(crate) fn total(stats: &[WorkerStatsSnapshot], f: impl Fn(&WorkerStatsSnapsh
     stats.iter().map(f).sum()
 }
 
-pub(crate) mod ws_client;
-
 /// Relay tokens of the tests are `node.<uuid>`; anything else is refused.
 pub(crate) fn relay_authenticate(
     token: &[u8],

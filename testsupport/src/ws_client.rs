@@ -1,5 +1,6 @@
 //! A blocking relay client for the tests: RFC 6455 client framing over any `Read + Write`
-//! (plain TCP or rustls), using the codec of `boson_dataplane_proto::ws`.
+//! (plain TCP or rustls), using the codec of `boson_dataplane_proto::ws`. The dataplane's
+//! relay tests and bosonserver's black-box tests share it.
 
 #![allow(
     clippy::wildcard_enum_match_arm,
@@ -16,17 +17,17 @@ use boson_shared::NodeId;
 
 /// A frame from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Incoming {
+pub enum Incoming {
     Binary(Vec<u8>),
     Ping(Vec<u8>),
     Close(Option<u16>),
 }
 
 /// A relay message (type byte, whole payload), or the close code that ended the session.
-pub(crate) type Received = Result<(u8, Vec<u8>), Option<u16>>;
+pub type Received = Result<(u8, Vec<u8>), Option<u16>>;
 
-pub(crate) struct Client<S> {
-    pub(crate) stream: S,
+pub struct Client<S> {
+    pub stream: S,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -34,7 +35,7 @@ pub(crate) struct Client<S> {
     mask: u32,
 }
 
-pub(crate) fn connect(addr: SocketAddr) -> TcpStream {
+pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
     stream
@@ -44,7 +45,7 @@ pub(crate) fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 impl<S: Read + Write> Client<S> {
-    pub(crate) fn new(stream: S) -> Self {
+    pub fn new(stream: S) -> Self {
         Self {
             stream,
             buf: vec![0; 1 << 18],
@@ -57,7 +58,7 @@ impl<S: Read + Write> Client<S> {
 
     /// Sends the upgrade request (with `Authorization: Bearer` when `token` is given) and
     /// returns the status code of the response.
-    pub(crate) fn upgrade(&mut self, token: Option<&str>) -> io::Result<u16> {
+    pub fn upgrade(&mut self, token: Option<&str>) -> io::Result<u16> {
         let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let request = format!(
             "GET /relay HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -110,7 +111,7 @@ impl<S: Read + Write> Client<S> {
     }
 
     /// Queues a masked frame; [`flush`](Self::flush) writes the batch.
-    pub(crate) fn queue_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+    pub fn queue_frame(&mut self, opcode: OpCode, payload: &[u8]) {
         let mask = self.next_mask();
         let at = self.out.len();
         self.out.resize(at + payload.len() + 14, 0);
@@ -118,7 +119,7 @@ impl<S: Read + Write> Client<S> {
         self.out.truncate(at + n);
     }
 
-    pub(crate) fn queue_send(&mut self, dest: &NodeId, packet: &[u8]) {
+    pub fn queue_send(&mut self, dest: &NodeId, packet: &[u8]) {
         let mut payload = Vec::with_capacity(17 + packet.len());
         payload.push(0x01);
         payload.extend_from_slice(dest.as_bytes());
@@ -126,31 +127,31 @@ impl<S: Read + Write> Client<S> {
         self.queue_frame(OpCode::Binary, &payload);
     }
 
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
+    pub fn flush(&mut self) -> io::Result<()> {
         self.stream.write_all(&self.out)?;
         self.stream.flush()?;
         self.out.clear();
         Ok(())
     }
 
-    pub(crate) fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
+    pub fn send_frame(&mut self, opcode: OpCode, payload: &[u8]) -> io::Result<()> {
         self.queue_frame(opcode, payload);
         self.flush()
     }
 
-    pub(crate) fn send(&mut self, dest: &NodeId, packet: &[u8]) -> io::Result<()> {
+    pub fn send(&mut self, dest: &NodeId, packet: &[u8]) -> io::Result<()> {
         self.queue_send(dest, packet);
         self.flush()
     }
 
-    pub(crate) fn auth(&mut self, token: &str) -> io::Result<()> {
+    pub fn auth(&mut self, token: &str) -> io::Result<()> {
         let mut payload = vec![0x05];
         payload.extend_from_slice(token.as_bytes());
         self.send_frame(OpCode::Binary, &payload)
     }
 
     /// The next server frame (server frames are never masked).
-    pub(crate) fn recv(&mut self) -> io::Result<Incoming> {
+    pub fn recv(&mut self) -> io::Result<Incoming> {
         loop {
             let avail = &self.buf[self.start..self.end];
             if avail.len() >= 2 {
@@ -186,7 +187,7 @@ impl<S: Read + Write> Client<S> {
     }
 
     /// The next relay message, answering pings on the way.
-    pub(crate) fn recv_message(&mut self) -> io::Result<Received> {
+    pub fn recv_message(&mut self) -> io::Result<Received> {
         loop {
             match self.recv()? {
                 Incoming::Binary(payload) => {
@@ -199,7 +200,7 @@ impl<S: Read + Write> Client<S> {
     }
 
     /// Waits for READY and returns the node id it names.
-    pub(crate) fn ready(&mut self) -> NodeId {
+    pub fn ready(&mut self) -> NodeId {
         let (kind, payload) = self.recv_message().unwrap().expect("READY, not a close");
         assert_eq!(kind, 0x07, "expected READY, got {payload:?}");
         match Message::parse(&payload).unwrap() {
@@ -209,7 +210,7 @@ impl<S: Read + Write> Client<S> {
     }
 
     /// The next RECV as (source, packet).
-    pub(crate) fn recv_packet(&mut self) -> (NodeId, Vec<u8>) {
+    pub fn recv_packet(&mut self) -> (NodeId, Vec<u8>) {
         loop {
             let (_, payload) = self.recv_message().unwrap().expect("a frame, not a close");
             match Message::parse(&payload).unwrap() {
@@ -221,6 +222,6 @@ impl<S: Read + Write> Client<S> {
     }
 }
 
-pub(crate) const fn relay_prefix_len() -> usize {
+pub const fn relay_prefix_len() -> usize {
     relay::PREFIX_LEN
 }
