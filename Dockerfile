@@ -65,7 +65,7 @@ VOLUME ["/data"]
 # API, STUN/TURN, the node relay (WebSocket on tcp, QUIC to come on udp) and the TURN relay
 # ports (publishing 16k ports through docker-proxy is slow: prefer --network host, see
 # deploy/README.md).
-EXPOSE 8080/tcp 3478/udp 8443/tcp 8443/udp 49152-65535/udp
+EXPOSE 8080/tcp 3478/udp 3478/tcp 5349/tcp 8443/tcp 8443/udp 49152-65535/udp
 # Ready means the database and Redis answer too, which is what "healthy" should mean here.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["/usr/local/bin/bosonserver", "healthcheck"]
@@ -94,7 +94,7 @@ USER 10001:10001
 # API, STUN/TURN, the node relay (WebSocket on tcp, QUIC to come on udp) and the TURN relay
 # ports (publishing 16k ports through docker-proxy is slow: prefer --network host, see
 # deploy/README.md).
-EXPOSE 8080/tcp 3478/udp 8443/tcp 8443/udp 49152-65535/udp
+EXPOSE 8080/tcp 3478/udp 3478/tcp 5349/tcp 8443/tcp 8443/udp 49152-65535/udp
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/bosonserver", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/bosonserver"]

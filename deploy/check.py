@@ -295,7 +295,7 @@ def check_dockerfile() -> int | None:
         if not healthcheck or "healthcheck" not in healthcheck[1]:
             problem("Dockerfile", f"stage {name}: HEALTHCHECK must run `bosonserver healthcheck`")
         exposed = set(" ".join(re.findall(r"^EXPOSE (.*)$", stage, re.M)).split())
-        wanted = {"3478/udp", "8443/tcp", "8443/udp", f"{relay_ports}/udp"}
+        wanted = {"3478/udp", "3478/tcp", "5349/tcp", "8443/tcp", "8443/udp", f"{relay_ports}/udp"}
         if missing := wanted - exposed:
             problem("Dockerfile", f"stage {name}: EXPOSE lacks {sorted(missing)}")
         for env_line in re.findall(r"^ENV (.*)$", stage, re.M):

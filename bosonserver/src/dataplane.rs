@@ -22,6 +22,42 @@ pub(crate) struct DataplaneArgs {
     #[arg(long, env = "BOSON_TURN_LISTEN", default_value = "0.0.0.0:3478")]
     turn_listen: SocketAddr,
 
+    /// TCP address of the STUN/TURN-over-TCP listener (RFC 8656 §3.1; `turn:…?transport=tcp`).
+    /// Default: the UDP listener's address (3478/tcp).
+    #[arg(long, env = "BOSON_TURN_TCP_LISTEN")]
+    turn_tcp_listen: Option<SocketAddr>,
+
+    /// Run no STUN/TURN-over-TCP listener.
+    #[arg(long, env = "BOSON_NO_TURN_TCP", conflicts_with = "turn_tcp_listen")]
+    no_turn_tcp: bool,
+
+    /// TCP address of the STUN/TURN-over-TLS listener (`turns:`). Default with
+    /// --turn-tls-cert: port 5349 on the UDP listener's IP; 443 helps clients behind
+    /// firewalls that let only HTTPS out.
+    #[arg(long, env = "BOSON_TURN_TLS_LISTEN", requires = "turn_tls_cert")]
+    turn_tls_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain of the TURN-over-TLS listener; reloaded when the file changes.
+    #[arg(long, env = "BOSON_TURN_TLS_CERT", requires = "turn_tls_key")]
+    turn_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of the TURN-over-TLS listener.
+    #[arg(long, env = "BOSON_TURN_TLS_KEY", requires = "turn_tls_cert")]
+    turn_tls_key: Option<std::path::PathBuf>,
+
+    /// TURN TCP and TLS connections one IP address (IPv6: one /64) may hold at once.
+    #[arg(long, env = "BOSON_TURN_TCP_MAX_PER_IP", default_value_t = 64)]
+    turn_tcp_max_per_ip: u32,
+
+    /// A TURN TCP or TLS connection that delivers no complete message for this long is
+    /// closed.
+    #[arg(long, env = "BOSON_TURN_TCP_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    turn_tcp_idle_timeout: std::time::Duration,
+
+    /// A TURN TLS handshake that takes longer is abandoned.
+    #[arg(long, env = "BOSON_TURN_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    turn_tls_handshake_timeout: std::time::Duration,
+
     /// IPv4 address clients reach relayed allocations at (XOR-RELAYED-ADDRESS). Default:
     /// `--public-host` when it is an IPv4 address, else the listener's address.
     #[arg(long, env = "BOSON_RELAY_IP")]
@@ -291,6 +327,7 @@ impl DataplaneArgs {
             ensure!(workers >= 1, "--workers must be at least 1");
             shell.workers = workers;
         }
+        shell.stream = self.stream_config()?;
         let stun_addresses = match self.stun_alt_port {
             Some(port) => {
                 ensure!(
@@ -362,6 +399,45 @@ impl DataplaneArgs {
         })
     }
 }
+
+impl DataplaneArgs {
+    /// The TCP and TLS listeners and their limits.
+    fn stream_config(&self) -> anyhow::Result<boson_dataplane::turn_stream::StreamConfig> {
+        ensure!(
+            self.turn_tcp_max_per_ip >= 1,
+            "--turn-tcp-max-per-ip must be at least 1"
+        );
+        ensure!(
+            !self.turn_tcp_idle_timeout.is_zero() && !self.turn_tls_handshake_timeout.is_zero(),
+            "--turn-tcp-idle-timeout and --turn-tls-handshake-timeout must be more than 0"
+        );
+        let mut config = boson_dataplane::turn_stream::StreamConfig {
+            tcp: match (self.no_turn_tcp, self.turn_tcp_listen) {
+                (true, _) => None,
+                (false, Some(addr)) => Some(addr),
+                (false, None) => Some(self.turn_listen),
+            },
+            ..Default::default()
+        };
+        if let (Some(cert), Some(key)) = (&self.turn_tls_cert, &self.turn_tls_key) {
+            config.tls = Some(boson_tls::TlsSource {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+            config.tls_listen = Some(
+                self.turn_tls_listen
+                    .unwrap_or(SocketAddr::new(self.turn_listen.ip(), TURN_TLS_PORT)),
+            );
+        }
+        config.limits.max_connections_per_ip = self.turn_tcp_max_per_ip;
+        config.limits.idle_timeout = self.turn_tcp_idle_timeout;
+        config.limits.handshake_timeout = self.turn_tls_handshake_timeout;
+        Ok(config)
+    }
+}
+
+/// The STUN/TURN-over-TLS port ([RFC 8489 §18.6](https://www.rfc-editor.org/rfc/rfc8489#section-18.6)).
+const TURN_TLS_PORT: u16 = 5349;
 
 impl DataplanePlan {
     /// Worker threads, one per core: the segment's core count.
@@ -452,6 +528,8 @@ mod tests {
             credential_ttl: std::time::Duration::from_secs(60),
             public_host: "192.0.2.1".to_owned(),
             port: 3478,
+            tcp_port: None,
+            tls_port: None,
             extra_urls: Vec::new(),
         };
         let plan = args.plan(&settings, None).unwrap();

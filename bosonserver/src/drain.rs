@@ -146,6 +146,8 @@ mod tests {
             addresses: HostAddresses {
                 turn_host: turn_host.to_owned(),
                 turn_port: 3478,
+                turn_tcp_port: None,
+                turn_tls_port: None,
                 relay_url: None,
                 quic_addr: None,
             },

@@ -116,6 +116,8 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
     if !explicit_turn_port {
         config.turn.port = dataplane.local_addr().port();
     }
+    config.turn.tcp_port = dataplane.turn_tcp_addr().map(|a| a.port());
+    config.turn.tls_port = dataplane.turn_tls_addr().map(|a| a.port());
     let planes = Planes {
         link,
         drain: Some((dataplane.drain_handle(), args.drain.drain_timeout)),

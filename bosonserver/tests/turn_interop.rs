@@ -1,6 +1,7 @@
 //! coturn's own test client, `turnutils_uclient`, against a TURN server on loopback, with
 //! coturn's `turnutils_peer` as the peer. The same runs go against coturn itself (the
-//! reference, proving the harness) and against `bosonserver`.
+//! reference, proving the harness) and against `bosonserver`, over UDP, TCP (`-t`) and TLS
+//! (`-t -S`).
 //!
 //! coturn's tools come from Debian's `coturn` package; `scripts/test.sh` installs it. Without
 //! them these tests are skipped with a message, except when `CI` is set: then they fail.
@@ -247,21 +248,24 @@ fn reference_coturn_relays_send_indications_without_loss() {
 /// `bosonserver run` on loopback with the interop secret; peers on loopback are allowed, as
 /// coturn's `--allow-loopback-peers` above.
 fn bosonserver(dir: &std::path::Path, relay_base: u16) -> common::Running {
+    bosonserver_with(dir, relay_base, &[])
+}
+
+/// [`bosonserver`] with `extra` arguments.
+fn bosonserver_with(dir: &std::path::Path, relay_base: u16, extra: &[&str]) -> common::Running {
     let relay_ports = format!("{relay_base}-{}", relay_base + RELAY_RANGE - 1);
-    common::start_local(
-        dir,
-        &[
-            "--no-pin",
-            "--turn-static-secret",
-            SECRET,
-            "--turn-realm",
-            "interop",
-            "--relay-ports",
-            &relay_ports,
-            "--danger-allow-loopback-peers",
-        ],
-        true,
-    )
+    let mut args = vec![
+        "--no-pin",
+        "--turn-static-secret",
+        SECRET,
+        "--turn-realm",
+        "interop",
+        "--relay-ports",
+        &relay_ports,
+        "--danger-allow-loopback-peers",
+    ];
+    args.extend_from_slice(extra);
+    common::start_local(dir, &args, true)
 }
 
 /// The first port of a relay range of [`RELAY_RANGE`] ports that is free now. Each test has
@@ -371,4 +375,99 @@ fn ice_credentials_from_the_api_relay_coturns_client_without_loss() {
         "{:?}",
         forged.output.lines().rev().take(5).collect::<Vec<_>>()
     );
+}
+
+/// A node's ICE servers from the API of `server`: (TURN URLs, username, password).
+fn ice_turn(server: &common::Running, node_id: &str) -> (Vec<String>, String, String) {
+    let http = common::Http::new();
+    let node = serde_json::json!({
+        "nodeId": node_id,
+        "publicKey": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+        "networkInfo": {"ipv4": "192.168.1.1", "natType": "Symmetric", "localPort": 51820},
+        "capabilities": {"maxConnections": 10, "bandwidth": {"up": 10, "down": 10}},
+        "location": {"country": "DE", "region": "DE-BE"}
+    });
+    let token = http.register(&server.base, &node);
+    let (status, ice) = http.get_auth(&format!("{}/api/v1/turn/ice", server.base), &token);
+    assert_eq!(status, 200, "{ice}");
+    let turn = &ice["iceServers"][1];
+    let urls = turn["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_owned())
+        .collect();
+    (
+        urls,
+        turn["username"].as_str().unwrap().to_owned(),
+        turn["credential"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The port of the URL in `urls` that starts with `prefix` (`turn:` or `turns:`) and asks for
+/// TCP.
+fn tcp_port(urls: &[String], prefix: &str) -> u16 {
+    let url = urls
+        .iter()
+        .find(|u| u.starts_with(prefix) && u.ends_with("?transport=tcp"))
+        .unwrap_or_else(|| panic!("no {prefix} URL over TCP in {urls:?}"));
+    let port = url.rsplit(':').next().unwrap().split('?').next().unwrap();
+    port.parse().unwrap()
+}
+
+/// coturn's client over TCP (`-t`): the URL `/api/v1/turn/ice` lists for TCP, its
+/// credentials, ChannelData (padded on the stream) to the peer and back, none lost; then
+/// Send and Data indications; then client to client.
+#[test]
+fn bosonserver_relays_over_tcp_without_loss() {
+    if !have_coturn_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = bosonserver(dir.path(), relay_base(4));
+    let (urls, username, password) = ice_turn(&server, "7d2f6a10-5b7e-4c1a-9f00-0123456789ac");
+    assert!(
+        !urls.iter().any(|u| u.starts_with("turns:")),
+        "no TLS listener, no turns: URL: {urls:?}"
+    );
+    let port = tcp_port(&urls, "turn:");
+    let credentials = ["-u", username.as_str(), "-w", password.as_str()];
+    assert_lossless(&uclient_with(&credentials, port, &["-t"], 10, 1000), 10_000);
+    assert_lossless(&uclient(port, &["-t", "-s"], 10, 1000), 10_000);
+    assert_lossless(&uclient(port, &["-t", "-y"], 10, 1000), 12_000);
+}
+
+/// coturn's client over TLS (`-t -S`) on the `turns:` URL, with the certificate reloaded
+/// from its files.
+#[test]
+fn bosonserver_relays_over_tls_without_loss() {
+    if !have_coturn_tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let server = bosonserver_with(
+        dir.path(),
+        relay_base(5),
+        &[
+            "--turn-tls-listen",
+            "127.0.0.1:0",
+            "--turn-tls-cert",
+            cert.to_str().unwrap(),
+            "--turn-tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let (urls, username, password) = ice_turn(&server, "7d2f6a10-5b7e-4c1a-9f00-0123456789ad");
+    let port = tcp_port(&urls, "turns:");
+    assert_ne!(port, tcp_port(&urls, "turn:"));
+    let credentials = ["-u", username.as_str(), "-w", password.as_str()];
+    assert_lossless(
+        &uclient_with(&credentials, port, &["-t", "-S"], 10, 1000),
+        10_000,
+    );
+    assert_lossless(&uclient(port, &["-t", "-S", "-y"], 4, 500), 2_000);
 }

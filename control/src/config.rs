@@ -340,6 +340,11 @@ pub struct TurnConfig {
     pub public_host: String,
     /// Port of our STUN/TURN listener.
     pub port: u16,
+    /// Port of our TURN-over-TCP listener, when it runs: set by the binary from the
+    /// dataplane it started.
+    pub tcp_port: Option<u16>,
+    /// Port of our TURN-over-TLS listener, when it runs: as `tcp_port`.
+    pub tls_port: Option<u16>,
     /// Other ICE servers handed out beside ours.
     pub extra_urls: Vec<String>,
 }
@@ -549,6 +554,8 @@ impl ControlArgs {
                 credential_ttl: self.turn_credential_ttl,
                 public_host: self.public_host,
                 port: self.turn_port.unwrap_or(DEFAULT_TURN_PORT),
+                tcp_port: None,
+                tls_port: None,
                 extra_urls: self.extra_ice_urls,
             },
             nodes: NodePolicy {

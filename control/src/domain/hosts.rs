@@ -58,6 +58,12 @@ pub struct HostAddresses {
     pub turn_host: String,
     /// UDP port of its STUN/TURN listener.
     pub turn_port: u16,
+    /// Port of its TURN-over-TCP listener, when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_tcp_port: Option<u16>,
+    /// Port of its TURN-over-TLS listener (`turns:`), when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_tls_port: Option<u16>,
     /// `ws://` or `wss://` URL of its WebSocket relay.
     #[serde(default)]
     pub relay_url: Option<String>,
@@ -79,6 +85,20 @@ impl HostAddresses {
             uri_host(&self.turn_host),
             self.turn_port
         )
+    }
+
+    /// Every TURN URL of the host: UDP, then `turn:HOST:PORT?transport=tcp` and
+    /// `turns:HOST:PORT?transport=tcp` when it runs those listeners (RFC 7065).
+    pub fn turn_urls(&self) -> Vec<String> {
+        let host = uri_host(&self.turn_host);
+        let mut urls = vec![self.turn_url()];
+        if let Some(port) = self.turn_tcp_port {
+            urls.push(format!("turn:{host}:{port}?transport=tcp"));
+        }
+        if let Some(port) = self.turn_tls_port {
+            urls.push(format!("turns:{host}:{port}?transport=tcp"));
+        }
+        urls
     }
 }
 
@@ -205,6 +225,8 @@ impl LocalHost {
             addresses: HostAddresses {
                 turn_host: turn.public_host.clone(),
                 turn_port: turn.port,
+                turn_tcp_port: turn.tcp_port,
+                turn_tls_port: turn.tls_port,
                 relay_url: config.relay_url.clone(),
                 quic_addr: config.quic_addr.clone(),
             },
@@ -296,6 +318,8 @@ pub(crate) mod tests {
             addresses: HostAddresses {
                 turn_host: format!("h{n}.example.test"),
                 turn_port: 3478,
+                turn_tcp_port: None,
+                turn_tls_port: None,
                 relay_url: None,
                 quic_addr: None,
             },
@@ -422,6 +446,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn turn_urls_list_tcp_and_tls_only_when_the_host_runs_them() {
+        let mut addresses = host(1, "US-CA", HostLoad::default()).addresses;
+        assert_eq!(
+            addresses.turn_urls(),
+            ["turn:h1.example.test:3478?transport=udp"]
+        );
+        addresses.turn_tcp_port = Some(3478);
+        addresses.turn_tls_port = Some(443);
+        addresses.turn_host = "2001:db8::1".to_owned();
+        assert_eq!(
+            addresses.turn_urls(),
+            [
+                "turn:[2001:db8::1]:3478?transport=udp",
+                "turn:[2001:db8::1]:3478?transport=tcp",
+                "turns:[2001:db8::1]:443?transport=tcp",
+            ]
+        );
+        let json = serde_json::to_value(&addresses).unwrap();
+        assert_eq!(json["turnTlsPort"], 443);
+        let old: HostAddresses = serde_json::from_value(serde_json::json!({
+            "turnHost": "h.example.test", "turnPort": 3478
+        }))
+        .unwrap();
+        assert_eq!(
+            old.turn_tcp_port, None,
+            "records of older versions have none"
+        );
+    }
+
+    #[test]
     fn a_draining_host_says_so_from_its_next_record() {
         let config = HostConfig {
             id: HostId(uuid::Uuid::from_bytes([3; 16])),
@@ -443,6 +497,8 @@ pub(crate) mod tests {
             credential_ttl: Duration::from_secs(60),
             public_host: "192.0.2.1".to_owned(),
             port: 3478,
+            tcp_port: None,
+            tls_port: None,
             extra_urls: Vec::new(),
         };
         let local = LocalHost::new(&config, &turn, UnixMillis(5));

@@ -81,7 +81,12 @@ pub(super) async fn ice_servers(
             credential: None,
             credential_type: None,
         },
-        with_credential(chosen.iter().map(|h| h.addresses.turn_url()).collect()),
+        with_credential(
+            chosen
+                .iter()
+                .flat_map(|h| h.addresses.turn_urls())
+                .collect(),
+        ),
     ];
     // Extra TURN servers are assumed to share our secret (coturn's use-auth-secret).
     let (stun, relay): (Vec<String>, Vec<String>) = turn

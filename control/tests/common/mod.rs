@@ -233,6 +233,8 @@ impl TestServer {
                     format!("h{index}.example.test")
                 },
                 port: 3478,
+                tcp_port: None,
+                tls_port: None,
                 extra_urls: vec!["stun:stun.example.test:3478".to_owned()],
             },
             nodes: NodePolicy {

@@ -53,44 +53,63 @@ use crate::stun::{
 /// legitimate client sends a handful; the bound keeps the response small whatever the request.
 pub const MAX_UNKNOWN_REPORTED: usize = 16;
 
-/// The transport address a datagram came from, as the shell's socket reported it.
+/// The transport address a client's messages come from, as the shell's socket reported it,
+/// and whether they come over a stream (TCP or TLS) or as datagrams. The two are different
+/// 5-tuples (RFC 8656 §2.2): a UDP client and a TCP client with the same address and port
+/// are different clients, and what goes back to a stream client goes over its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientAddr(SocketAddr);
+pub struct ClientAddr {
+    addr: SocketAddr,
+    stream: bool,
+}
 
 impl ClientAddr {
     /// Wraps the source address of a received datagram.
     pub const fn new(addr: SocketAddr) -> Self {
-        Self(addr)
+        Self {
+            addr,
+            stream: false,
+        }
+    }
+
+    /// Wraps the remote address of a stream (TCP or TLS) connection.
+    pub const fn new_stream(addr: SocketAddr) -> Self {
+        Self { addr, stream: true }
+    }
+
+    /// Whether this client speaks over a stream connection rather than datagrams.
+    pub const fn is_stream(self) -> bool {
+        self.stream
     }
 
     /// The address as the socket reported it: where replies go.
     pub const fn get(self) -> SocketAddr {
-        self.0
+        self.addr
     }
 
     /// The address to report to the client: as [`get`](Self::get), except that an
     /// IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, what a dual-stack socket reports for an
     /// IPv4 peer) becomes the IPv4 address the client actually has.
     pub fn reflexive(self) -> SocketAddr {
-        match self.0 {
+        match self.addr {
             SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
                 Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-                None => self.0,
+                None => self.addr,
             },
-            SocketAddr::V4(_) => self.0,
+            SocketAddr::V4(_) => self.addr,
         }
     }
 }
 
 impl From<SocketAddr> for ClientAddr {
     fn from(addr: SocketAddr) -> Self {
-        Self(addr)
+        Self::new(addr)
     }
 }
 
 impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        self.addr.fmt(f)
     }
 }
 

@@ -48,6 +48,7 @@
 //! * `drain` (private, re-exported: [`DrainHandle`]): graceful shutdown.
 //! * `settings` (private, re-exported: [`SettingsHandle`]): setting changes for every
 //!   worker's core.
+//! * [`turn_stream`]: STUN and TURN over TCP and TLS on the same workers.
 
 pub mod clock;
 mod drain;
@@ -58,6 +59,7 @@ pub mod packet_core;
 pub mod relay;
 mod settings;
 mod stats;
+pub mod turn_stream;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -118,6 +120,8 @@ pub struct DataplaneConfig {
     /// Receives the cores' events (TURN allocations created and ended), called on the worker
     /// threads; it must only queue. Default: none (the events are dropped).
     pub events: Option<relay::EventSink>,
+    /// STUN and TURN over TCP and TLS on the same workers. Default: no listener.
+    pub stream: turn_stream::StreamConfig,
     /// A second STUN address for RFC 5780 NAT behaviour discovery, answered on every worker
     /// beside the listener. Default: none.
     pub stun_alternate: Option<StunAlternate>,
@@ -148,6 +152,7 @@ impl std::fmt::Debug for DataplaneConfig {
             .field("udp_offload", &self.udp_offload)
             .field("relay", &self.relay)
             .field("events", &self.events.is_some())
+            .field("stream", &self.stream)
             .field("stun_alternate", &self.stun_alternate)
             .finish()
     }
@@ -166,6 +171,7 @@ impl Default for DataplaneConfig {
             udp_offload: true,
             relay: None,
             events: None,
+            stream: turn_stream::StreamConfig::default(),
             stun_alternate: None,
         }
     }
@@ -255,6 +261,8 @@ where
             None,
         ),
     };
+    let stream = turn_stream::wire(&config.stream, config.workers)?;
+    let mut stream_wirings = stream.wirings.into_iter();
     let mut dataplane = Dataplane {
         workers: Vec::with_capacity(config.workers),
         local_addr,
@@ -262,7 +270,15 @@ where
         relay_addr,
         relay_handle,
         reload_stop: None,
+        stream_addrs: (stream.tcp_addr, stream.tls_addr),
+        stream_reload_stop: None,
     };
+    if let Some(reloader) = stream.reloader {
+        dataplane.stream_reload_stop = Some(
+            boson_tls::spawn_reloader(reloader, config.stream.tls_reload_interval)
+                .context("starting the TURN certificate reloader")?,
+        );
+    }
     if let (Some(tls), Some(relay)) = (tls, &config.relay) {
         dataplane.reload_stop = Some(
             boson_tls::spawn_reloader(tls, relay.tls_reload_interval)
@@ -287,6 +303,7 @@ where
             stats: Arc::clone(&stats),
             relay: wirings[index].take(),
             events: config.events.clone(),
+            stream: stream_wirings.next(),
             stun_alternate: alternates[index].take(),
         };
         let make_core = Arc::clone(&make_core);
@@ -322,6 +339,13 @@ where
             relay_addr = %addr,
             tls = config.relay.as_ref().is_some_and(|r| r.tls.is_some()),
             "node relay listening"
+        );
+    }
+    if dataplane.stream_addrs != (None, None) {
+        tracing::info!(
+            tcp = ?dataplane.stream_addrs.0,
+            tls = ?dataplane.stream_addrs.1,
+            "STUN/TURN over TCP/TLS started"
         );
     }
     if let Some(alternate) = &config.stun_alternate {
@@ -379,6 +403,9 @@ pub struct Dataplane {
     relay_addr: Option<SocketAddr>,
     relay_handle: Option<relay::RelayHandle>,
     reload_stop: Option<boson_tls::ReloadStop>,
+    /// The TURN TCP and TLS listeners' addresses.
+    stream_addrs: (Option<SocketAddr>, Option<SocketAddr>),
+    stream_reload_stop: Option<boson_tls::ReloadStop>,
 }
 
 #[derive(Debug)]
@@ -397,6 +424,17 @@ impl Dataplane {
     /// The node relay's TCP address, if it runs (with the actual port when configured with 0).
     pub const fn relay_addr(&self) -> Option<SocketAddr> {
         self.relay_addr
+    }
+
+    /// The TURN-over-TCP listener's address, if it runs (the actual port when configured
+    /// with 0).
+    pub const fn turn_tcp_addr(&self) -> Option<SocketAddr> {
+        self.stream_addrs.0
+    }
+
+    /// The TURN-over-TLS listener's address, if it runs.
+    pub const fn turn_tls_addr(&self) -> Option<SocketAddr> {
+        self.stream_addrs.1
     }
 
     /// Hands `command` to every worker's relay and wakes them. A no-op without a relay.
@@ -462,6 +500,7 @@ impl Dataplane {
 
     fn stop(&mut self) -> anyhow::Result<()> {
         self.reload_stop.take();
+        self.stream_reload_stop.take();
         for worker in &self.workers {
             worker.control.request_shutdown();
         }

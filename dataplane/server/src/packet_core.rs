@@ -107,6 +107,10 @@ pub trait PacketCore {
     /// it, for cores without such settings.
     fn handle_update(&mut self, _now: Instant, _update: &CoreUpdate) {}
 
+    /// The stream (TCP or TLS) connection of `client` closed. The default does nothing, for
+    /// cores that keep no state per client.
+    fn handle_client_closed(&mut self, _now: Instant, _client: ClientAddr) {}
+
     /// The next event for the control plane, in the order they happened. The default has
     /// none.
     fn poll_event(&mut self) -> Option<TurnEvent> {
@@ -218,6 +222,10 @@ impl<R: RngCore> PacketCore for Server<R> {
             CoreUpdate::SetPeerFilter(filter) => self.set_peer_filter(now, filter.clone()),
             CoreUpdate::SetAlternateServer(alternate) => self.set_alternate_server(*alternate),
         }
+    }
+
+    fn handle_client_closed(&mut self, now: Instant, client: ClientAddr) {
+        Self::handle_client_closed(self, now, client);
     }
 
     fn poll_event(&mut self) -> Option<TurnEvent> {

@@ -190,6 +190,35 @@ worker_counters! {
     quic_drops,
     /// QUIC relay: datagrams larger than a buffer slot, not sent.
     quic_oversized_tx,
+    /// TURN over TCP/TLS: connections accepted (those closed at once for a cap included).
+    turn_stream_accepted,
+    /// TURN over TCP/TLS: open connections (a gauge).
+    turn_stream_connections,
+    /// TURN over TCP/TLS: frames (STUN messages, ChannelData) received.
+    turn_stream_frames_in,
+    /// TURN over TCP/TLS: connections the client closed or reset.
+    turn_stream_closed_peer,
+    /// TURN over TCP/TLS: connections closed on a socket error.
+    turn_stream_closed_error,
+    /// TURN over TCP/TLS: connections closed on a TLS failure.
+    turn_stream_closed_tls,
+    /// TURN over TCP/TLS: connections closed on a frame header that is not STUN or
+    /// ChannelData, or is malformed.
+    turn_stream_closed_framing,
+    /// TURN over TCP/TLS: connections closed on a frame longer than the bound.
+    turn_stream_closed_too_long,
+    /// TURN over TCP/TLS: connections closed after the idle timeout.
+    turn_stream_closed_idle,
+    /// TURN over TCP/TLS: connections closed after the TLS handshake timeout.
+    turn_stream_closed_handshake_timeout,
+    /// TURN over TCP/TLS: connections closed at once: their address held its cap.
+    turn_stream_closed_too_many_per_ip,
+    /// TURN over TCP/TLS: connections closed at once: the worker held its cap.
+    turn_stream_closed_worker_full,
+    /// TURN over TCP/TLS: frames for a client whose write queue was full, dropped.
+    turn_stream_tx_queue_full,
+    /// TURN over TCP/TLS: frames for a client whose connection had closed, dropped.
+    turn_stream_tx_no_connection,
 }
 
 /// One worker's counters at some instant.
@@ -344,7 +373,7 @@ mod tests {
         let shared = SharedStats::new(2, Some(0), IoBackend::Uring);
         let counters = WorkerCounters {
             packets_in: 5,
-            quic_oversized_tx: 9,
+            turn_stream_tx_no_connection: 9,
             ..WorkerCounters::default()
         };
         let drops = DropReason::ALL.into_iter().map(|r| (r, 3));

@@ -47,6 +47,9 @@ use crate::packet_core::{
 };
 use crate::relay::{EventSink, RelayShell, RelayWiring};
 use crate::stats::{SharedStats, WorkerCounters};
+use crate::turn_stream::{Mux, StreamShell, StreamWiring};
+
+mod stream;
 
 /// At most one dropped datagram is logged per this interval per worker; the rest are
 /// counted in the next log line.
@@ -178,6 +181,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) stats: Arc<SharedStats>,
     pub(crate) relay: Option<RelayWiring>,
     pub(crate) events: Option<EventSink>,
+    pub(crate) stream: Option<StreamWiring>,
     /// The socket on the host's second STUN address and its responder's configuration.
     pub(crate) stun_alternate: Option<(UdpSocket, BindingConfig)>,
 }
@@ -306,6 +310,10 @@ pub(crate) struct Worker<C, I> {
     /// The QUIC relay's socket, and the buffer its datagrams are written into.
     quic_socket: Option<SocketId>,
     quic_buf: Vec<u8>,
+    /// TURN over TCP and TLS (`turn_stream`), and the epoll fd over its and the node
+    /// relay's sets when both run.
+    stream: Option<StreamShell>,
+    _mux: Option<Mux>,
     /// The socket on the second STUN address (RFC 5780) and its Binding-only responder.
     stun_alternate: Option<(SocketId, StunServer)>,
 }
@@ -344,11 +352,35 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 }
                 let shell = RelayShell::new(setup.index, wiring, now)
                     .context("setting up the node relay")?;
-                io.watch_aux(shell.poll_fd())
-                    .context("watching the node relay's sockets")?;
                 Some(shell)
             }
             None => None,
+        };
+        let stream = match setup.stream {
+            Some(wiring) => {
+                Some(StreamShell::new(wiring).context("setting up the TURN stream listeners")?)
+            }
+            None => None,
+        };
+        let mux = match (&relay, &stream) {
+            (Some(relay), Some(stream)) => {
+                let mux = Mux::new(&[relay.poll_fd(), stream.poll_fd()])
+                    .context("joining the relay's and the TURN streams' epoll sets")?;
+                io.watch_aux(mux.raw_fd())
+                    .context("watching the TCP sockets")?;
+                Some(mux)
+            }
+            (Some(relay), None) => {
+                io.watch_aux(relay.poll_fd())
+                    .context("watching the node relay's sockets")?;
+                None
+            }
+            (None, Some(stream)) => {
+                io.watch_aux(stream.poll_fd())
+                    .context("watching the TURN stream sockets")?;
+                None
+            }
+            (None, None) => None,
         };
         Ok(Self {
             index: setup.index,
@@ -366,6 +398,8 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             events: setup.events,
             quic_socket,
             quic_buf: Vec::with_capacity(64 * 1024),
+            stream,
+            _mux: mux,
             stun_alternate,
         })
     }
@@ -376,6 +410,9 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
         let result = self.event_loop();
         if let Some(relay) = &mut self.relay {
             relay.close_all(clock::now());
+        }
+        if let Some(stream) = &mut self.stream {
+            stream.close_all();
         }
         self.io.close();
         self.relays.clear();
@@ -409,15 +446,18 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             // 2. Completions and input, within the budget.
             let exhausted = self.handle_input(now);
             // 2b. The node relay: cross-core rings, TCP sockets, its timers, its writes.
+            let aux_ready = self.io.take_aux_ready();
             let relay_more = match &mut self.relay {
                 Some(relay) => {
-                    relay.turn(now, self.io.take_aux_ready());
+                    relay.turn(now, aux_ready);
                     let more = relay.has_more();
                     self.send_quic(now);
                     more
                 }
                 None => false,
             };
+            // 2c. TURN over TCP and TLS: accept, read, hand frames to the core.
+            let stream_more = self.stream_turn(now, aux_ready);
             // 3. Re-arm the timer.
             let mut deadline = self.core.poll_timeout();
             // 4. Fire timers.
@@ -432,15 +472,19 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                     (a, b) => a.or(b),
                 };
             }
+            deadline = self.stream_timeout(now, deadline);
             // 5. Control.
             if self.control.is_shutdown() {
                 return Ok(());
             }
             self.forward_events();
 
+            if let Some(stream) = &mut self.stream {
+                stream.flush();
+            }
             self.io.flush();
             self.publish(now);
-            wait = if exhausted || relay_more {
+            wait = if exhausted || relay_more || stream_more {
                 self.counters.budget_exhausted += 1;
                 Some(Duration::ZERO)
             } else {
@@ -607,6 +651,9 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             .core
             .handle_relay(now, port, PeerAddr::new(from), slot, len)
         {
+            PeerAction::Forward { dst, range } if dst.is_stream() => {
+                self.forward_to_stream(dst, buf, range);
+            }
             PeerAction::Forward { dst, range } => {
                 if range.start <= range.end && range.end <= SLOT_SIZE - CONTROL_LEN {
                     let range = CONTROL_LEN + range.start..CONTROL_LEN + range.end;
@@ -693,6 +740,11 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             .as_mut()
             .map(|relay| relay.counters(now))
             .unwrap_or_default();
+        let stream = self
+            .stream
+            .as_ref()
+            .map(StreamShell::counters)
+            .unwrap_or_default();
         let counters = WorkerCounters {
             packets_in: io.rx_packets,
             bytes_in: io.rx_bytes,
@@ -758,6 +810,20 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             quic_packets_out: ws.quic_packets_out,
             quic_drops: ws.quic_drops,
             quic_oversized_tx: ws.quic_oversized_tx,
+            turn_stream_accepted: stream.accepted,
+            turn_stream_connections: stream.connections,
+            turn_stream_frames_in: stream.frames_in,
+            turn_stream_closed_peer: stream.closed_peer,
+            turn_stream_closed_error: stream.closed_error,
+            turn_stream_closed_tls: stream.closed_tls,
+            turn_stream_closed_framing: stream.closed_framing,
+            turn_stream_closed_too_long: stream.closed_too_long,
+            turn_stream_closed_idle: stream.closed_idle,
+            turn_stream_closed_handshake_timeout: stream.closed_handshake_timeout,
+            turn_stream_closed_too_many_per_ip: stream.closed_too_many_per_ip,
+            turn_stream_closed_worker_full: stream.closed_worker_full,
+            turn_stream_tx_queue_full: stream.tx_queue_full,
+            turn_stream_tx_no_connection: stream.tx_no_connection,
         };
         self.shared.publish(
             &counters,

@@ -415,6 +415,14 @@ impl<R: RngCore> Server<R> {
         }
     }
 
+    /// The stream connection of `client` closed: its allocation, if any, is deleted at once
+    /// (its relayed traffic had nowhere left to go), as a Refresh with lifetime 0 would.
+    pub fn handle_client_closed(&mut self, now: Instant, client: ClientAddr) {
+        if let Some(port) = self.by_client.get(&client).copied() {
+            self.end_allocation(port, Ending::Deleted, now);
+        }
+    }
+
     /// Replaces the TURN REST secrets (newest first; the first is the one credentials are
     /// minted with, every one verifies). Every request from now on, Refresh included, must
     /// verify under one of `secrets`; allocations made under a secret that is gone keep

@@ -16,8 +16,9 @@
 //! Over a stream there is no datagram boundary to fall back on: a frame's length comes only
 //! from its header, so one wrong length would shift every later frame. [`frame_len`] therefore
 //! checks everything a header can be checked for before trusting its length (the top bits,
-//! STUN's magic cookie and 4-byte length, a channel number in 0x4000..=0x4FFF, the size
-//! bound), and [`Reassembler`] reports the first header that fails as a [`CloseReason`]: the
+//! STUN's magic cookie and 4-byte length, the size bound; any channel number the top bits
+//! allow, 0x4000..=0x7FFF, is taken, as [`ChannelNumber`](super::ChannelNumber) takes them
+//! over UDP: RFC 5766 clients such as coturn's use the upper half), and [`Reassembler`] reports the first header that fails as a [`CloseReason`]: the
 //! connection is closed and the reason counted, never guessed past. A length that passes these
 //! checks but lies is caught one frame later, when the bytes it claimed end inside what
 //! should be the next header, or by the TURN server when the message does not parse. What
@@ -58,8 +59,6 @@ pub enum CloseReason {
     BadMagicCookie,
     /// A STUN Message Length that is not a multiple of 4.
     UnalignedLength,
-    /// A ChannelData channel number outside 0x4000..=0x4FFF (0x5000..=0x7FFF are reserved).
-    BadChannelNumber,
     /// A frame longer than the connection's bound.
     FrameTooLong,
     /// The connection stayed idle (no complete frame) past the idle timeout.
@@ -77,7 +76,6 @@ impl CloseReason {
             Self::NotStunOrChannelData => "stream_not_stun",
             Self::BadMagicCookie => "stream_bad_magic_cookie",
             Self::UnalignedLength => "stream_unaligned_length",
-            Self::BadChannelNumber => "stream_bad_channel_number",
             Self::FrameTooLong => "stream_frame_too_long",
             Self::Idle => "stream_idle",
             Self::HandshakeTimeout => "stream_handshake_timeout",
@@ -97,7 +95,7 @@ pub fn frame_len(stream: &[u8], max_frame: usize) -> Result<Option<usize>, Close
         0b01 => false,
         _ => return Err(CloseReason::NotStunOrChannelData),
     };
-    let Some(&[b0, b1, l0, l1]) = stream.first_chunk::<4>() else {
+    let Some(&[_, _, l0, l1]) = stream.first_chunk::<4>() else {
         return Ok(None);
     };
     let length = usize::from(u16::from_be_bytes([l0, l1]));
@@ -116,9 +114,6 @@ pub fn frame_len(stream: &[u8], max_frame: usize) -> Result<Option<usize>, Close
         }
         HEADER_LEN + length
     } else {
-        if !(0x4000..=0x4FFF).contains(&u16::from_be_bytes([b0, b1])) {
-            return Err(CloseReason::BadChannelNumber);
-        }
         (4 + length).next_multiple_of(4)
     };
     if total > max_frame {
@@ -309,10 +304,11 @@ impl ConnectionCap {
 }
 
 /// The source a connection counts against: the address, or an IPv6 address's /64 (one
-/// subscriber's prefix).
+/// subscriber's prefix). An IPv4-mapped address (a dual-stack socket's view of an IPv4
+/// client) is its IPv4 address, not one /64 for every IPv4 client.
 fn source(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    match ip.to_canonical() {
+        ip @ IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
             let mut octets = v6.octets();
             octets[8..].fill(0);
@@ -412,7 +408,7 @@ mod tests {
         no_cookie[5] ^= 1;
         let mut unaligned = stun(0);
         unaligned[3] = 2;
-        let cases: [(&str, Vec<u8>, CloseReason); 7] = [
+        let cases: [(&str, Vec<u8>, CloseReason); 6] = [
             (
                 "top bits 0b10",
                 vec![0x80, 0, 0, 0],
@@ -435,11 +431,6 @@ mod tests {
                 CloseReason::UnalignedLength,
             ),
             (
-                "reserved channel",
-                vec![0x50, 0x00, 0x00, 0x04, 1, 2, 3, 4],
-                CloseReason::BadChannelNumber,
-            ),
-            (
                 "STUN longer than the bound",
                 stun(48),
                 CloseReason::FrameTooLong,
@@ -452,6 +443,10 @@ mod tests {
                 assert_eq!(closed, Some(reason), "{name}, chunk {chunk}");
             }
         }
+        // RFC 5766's channel numbers above 0x4FFF are ChannelData too (coturn's client uses
+        // them), as the server takes them over UDP.
+        let upper = vec![0x6D, 0x56, 0x00, 0x04, 1, 2, 3, 4];
+        assert_eq!(run(&upper, 3, 64), (vec![upper.clone()], None));
         // After the error the connection takes nothing more.
         let mut r = Reassembler::new(64);
         r.spare()[0] = 0xFF;
@@ -492,6 +487,12 @@ mod tests {
         assert_eq!(cap.try_open(a), Err(CloseReason::TooManyConnections));
         assert!(cap.try_open(v6a).is_ok());
         assert!(cap.try_open(v6b).is_ok(), "the same /64");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(
+            cap.try_open(mapped),
+            Err(CloseReason::TooManyConnections),
+            "a mapped IPv4 address counts as the IPv4 address"
+        );
         assert_eq!(cap.try_open(v6a), Err(CloseReason::TooManyConnections));
         assert_eq!(cap.sources(), 2);
         cap.close(a);

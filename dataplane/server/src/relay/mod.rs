@@ -63,7 +63,7 @@ mod conn;
 mod cross_core;
 mod directory;
 mod mesh;
-mod poller;
+pub(crate) mod poller;
 mod quic_bridge;
 mod recv_frame;
 mod route;
