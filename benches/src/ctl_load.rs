@@ -532,9 +532,10 @@ fn register_all(
                 let mut tally = Tally::new();
                 let mut tokens = Vec::new();
                 for index in (thread..population.len()).step_by(threads) {
-                    let body = serde_json::to_vec(&population[index].register_body(&mut rng))?;
+                    // A registration is two requests: the challenge, then the registration
+                    // answering it (one X25519 and one HMAC here, as on a real node).
                     let sent = clock::now();
-                    let answer = conn.request("POST", "/api/v1/nodes/register", None, Some(&body));
+                    let answer = register_one(&mut conn, &population[index], &mut rng);
                     let latency = clock::now().saturating_duration_since(sent);
                     let outcome = match answer {
                         Ok((status, body)) => {
@@ -584,6 +585,24 @@ fn register_all(
         first.1 = by_index;
     }
     Ok(out)
+}
+
+/// `POST /api/v1/nodes/challenge`, then `POST /api/v1/nodes/register` with the proof: the
+/// registration's status and body (the challenge's when that is refused).
+fn register_one(
+    conn: &mut Conn,
+    node: &SimNode,
+    rng: &mut StdRng,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let (status, body) = conn.request("POST", "/api/v1/nodes/challenge", None, None)?;
+    if status != 200 {
+        return Ok((status, body));
+    }
+    let challenge: boson_shared::key_proof::Challenge =
+        serde_json::from_slice(&body).context("the challenge is not JSON")?;
+    let proof = node.prove(&challenge, clock::unix_now())?;
+    let body = serde_json::to_vec(&node.register_body(rng, &proof))?;
+    conn.request("POST", "/api/v1/nodes/register", None, Some(&body))
 }
 
 fn token_of(body: &[u8]) -> Option<String> {

@@ -16,6 +16,7 @@
 //! ranking of every live node, the expensive case), a quarter with a preferred region, a
 //! tenth with a latency bound.
 
+use boson_shared::key_proof::{Challenge, KeyProof};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng as _};
 use serde_json::{Value, json};
@@ -61,6 +62,8 @@ pub const CAPACITIES: [(u32, f64, u32); 5] = [
 pub struct SimNode {
     /// Its id, a v4 UUID.
     pub node_id: String,
+    /// Its WireGuard private key, which registrations prove.
+    pub secret: [u8; 32],
     /// Its WireGuard public key, base64.
     pub public_key: String,
     /// `FullCone` … `Symmetric`.
@@ -99,7 +102,7 @@ pub fn population(count: usize, seed: u64) -> Vec<SimNode> {
             let mut id: [u8; 16] = rng.random();
             id[6] = (id[6] & 0x0F) | 0x40;
             id[8] = (id[8] & 0x3F) | 0x80;
-            let key: [u8; 32] = rng.random();
+            let secret: [u8; 32] = rng.random();
             let (nat, _) = weighted(&NAT_MIX, |m| m.1, &mut rng);
             let regions: Vec<usize> = (0..REGIONS.len()).collect();
             let region = weighted(&regions, |&r| REGIONS[r].3, &mut rng);
@@ -113,7 +116,8 @@ pub fn population(count: usize, seed: u64) -> Vec<SimNode> {
             let [_, b, c, d] = host.to_be_bytes();
             SimNode {
                 node_id: uuid_text(&id),
-                public_key: base64_32(&key),
+                secret,
+                public_key: base64_32(&boson_shared::key_proof::public_key(&secret)),
                 nat,
                 region,
                 coordinates,
@@ -155,8 +159,14 @@ fn metrics<R: Rng + ?Sized>(node: &SimNode, rng: &mut R) -> Value {
 }
 
 impl SimNode {
-    /// `POST /api/v1/nodes/register`.
-    pub fn register_body<R: Rng + ?Sized>(&self, rng: &mut R) -> Value {
+    /// The key proof answering `challenge` at `unix_secs`.
+    pub fn prove(&self, challenge: &Challenge, unix_secs: u64) -> anyhow::Result<KeyProof> {
+        let id = self.node_id.parse()?;
+        Ok(challenge.answer(&self.secret, id, unix_secs)?)
+    }
+
+    /// `POST /api/v1/nodes/register`, with `key_proof` (see [`SimNode::prove`]).
+    pub fn register_body<R: Rng + ?Sized>(&self, rng: &mut R, key_proof: &KeyProof) -> Value {
         let (region, country, _, _) = REGIONS[self.region];
         let [a, b, c, d] = self.ipv4;
         json!({
@@ -174,6 +184,7 @@ impl SimNode {
             },
             "location": {"country": country, "region": region, "coordinates": self.coordinates},
             "metrics": metrics(self, rng),
+            "keyProof": key_proof,
         })
     }
 
@@ -234,7 +245,27 @@ mod tests {
     fn bodies_are_what_the_api_takes() {
         let mut rng = StdRng::seed_from_u64(1);
         let node = &population(1, 3)[0];
-        let body = node.register_body(&mut rng);
+        let server = [0x22; 32];
+        let challenge = Challenge {
+            nonce: "n".repeat(32),
+            server_public_key: base64_32(&boson_shared::key_proof::public_key(&server)),
+        };
+        let proof = node.prove(&challenge, 1_800_000_000).unwrap();
+        let body = node.register_body(&mut rng, &proof);
+        assert_eq!(body["keyProof"]["nonce"], challenge.nonce);
+        let public: boson_shared::WgPublicKey = node.public_key.parse().unwrap();
+        assert_eq!(
+            boson_shared::key_proof::verify(
+                &server,
+                public.as_bytes(),
+                &challenge.nonce,
+                node.node_id.parse().unwrap(),
+                1_800_000_000,
+                body["keyProof"]["proof"].as_str().unwrap()
+            ),
+            Ok(()),
+            "the server verifies it with the registered key"
+        );
         assert_eq!(body["nodeId"], node.node_id.as_str());
         assert_eq!(node.node_id.len(), 36);
         assert_eq!(&node.node_id[14..15], "4", "a v4 UUID");

@@ -99,7 +99,8 @@ pub fn random_node() -> NodeId {
 
 /// Registers `count` fresh nodes with the REST API at `api` and returns their tokens.
 ///
-/// Each registration is one request; bosonserver limits registrations per source address
+/// Each registration is two requests, a challenge and the registration proving the node's
+/// (freshly made) WireGuard key with it; bosonserver limits registrations per source address
 /// (`--register-rate-limit`, 20 a minute by default), so benchmarks start it with a high
 /// limit. A refusal is an error that quotes the answer.
 pub fn register(api: SocketAddr, count: usize) -> anyhow::Result<Vec<NodeCredential>> {
@@ -110,13 +111,25 @@ pub fn register(api: SocketAddr, count: usize) -> anyhow::Result<Vec<NodeCredent
 
 fn register_one(api: SocketAddr) -> anyhow::Result<NodeCredential> {
     let node = random_node();
-    let key = WgPublicKey::from_bytes(rand::random());
+    let secret: [u8; 32] = rand::random();
+    let key = WgPublicKey::from_bytes(boson_shared::key_proof::public_key(&secret));
+    let (status, challenge) = post_json(api, "/api/v1/nodes/challenge", &serde_json::Value::Null)?;
+    if status != 200 {
+        bail!(
+            "POST /api/v1/nodes/challenge on {api} answered {status}: {}",
+            String::from_utf8_lossy(&challenge)
+        );
+    }
+    let challenge: boson_shared::key_proof::Challenge =
+        serde_json::from_slice(&challenge).context("the challenge is not JSON")?;
+    let proof = challenge.answer(&secret, node, crate::clock::unix_now())?;
     let body = serde_json::json!({
         "nodeId": node.to_string(),
         "publicKey": key.to_base64(),
         "networkInfo": {"ipv4": "127.0.0.1", "natType": "Symmetric", "localPort": 51820},
         "capabilities": {"maxConnections": 16, "bandwidth": {"up": 1000, "down": 1000}},
-        "location": {"country": "US", "region": "bench"}
+        "location": {"country": "US", "region": "bench"},
+        "keyProof": proof
     });
     let (status, answer) = post_json(api, "/api/v1/nodes/register", &body)?;
     if status != 201 && status != 200 {

@@ -12,9 +12,9 @@
 //!
 //! | relay | command (on 127.0.0.1, free ports) | tokens |
 //! |---|---|---|
-//! | boson-ws | `bosonserver run --http-listen H --relay-listen R --turn-listen T --workers W --no-pin --jwt-secret S --register-rate-limit 1000000 …` | `POST /api/v1/nodes/register` on H |
+//! | boson-ws | `bosonserver run --http-listen H --relay-listen R --turn-listen T --workers W --no-pin --jwt-secret S --register-rate-limit 1000000 …` | `POST /api/v1/nodes/challenge`, then `/register` with the key proof, on H |
 //! | ws-baseline | `boson-bench ws-baseline --listen R --jwt-secret S --workers W --queue Q` | minted with S |
-//! | boson-quic | the same as boson-ws; QUIC on UDP R, trusting the development certificate it writes to its data dir | `POST /api/v1/nodes/register` on H |
+//! | boson-quic | the same as boson-ws; QUIC on UDP R, trusting the development certificate it writes to its data dir | `POST /api/v1/nodes/challenge`, then `/register` with the key proof, on H |
 //! | quic-baseline | `boson-bench quic-baseline --listen R --jwt-secret S --workers W --cert C --key K`, C and K a fresh self-signed pair | minted with S |
 //!
 //! If bosonserver does not serve the relay (an old build, or one started without it), its

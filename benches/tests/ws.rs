@@ -98,20 +98,20 @@ fn bosonserver_issues_tokens_the_baseline_accepts_when_built() {
     }
     let secret = "a bosonserver test secret, 32 bytes or more";
     let dir = tempfile::tempdir().unwrap();
-    let free = |udp: bool| {
-        if udp {
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        } else {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
+    let free_tcp = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    // TURN listens on UDP and, by default, TCP at the same port: free on both.
+    let free_tcp_and_udp = || loop {
+        let addr = free_tcp();
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            break addr;
         }
     };
-    let (api, turn) = (free(false), free(true));
+    let (api, turn) = (free_tcp(), free_tcp_and_udp());
     let mut child = std::process::Command::new(&bosonserver)
         .args(["run", "--http-listen", &api.to_string()])
         .args([
@@ -130,20 +130,31 @@ fn bosonserver_issues_tokens_the_baseline_accepts_when_built() {
         .env("RUST_LOG", "warn")
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
         .spawn()
         .unwrap();
+    // A debug build starting beside max-rate tests on a busy machine: a generous 60 s,
+    // and the server's own words if it exits or never listens.
     let mut registered = None;
-    for _ in 0..200 {
+    let mut exited = None;
+    for _ in 0..1200 {
         if std::net::TcpStream::connect(api).is_ok() {
             registered = Some(boson_bench::nodes::register(api, 3));
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
-    let nodes = registered.expect("the REST API never came up").unwrap();
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    let Some(registered) = registered else {
+        panic!("the REST API never came up (exit: {exited:?}); the server said:\n{log}");
+    };
+    let nodes = registered.unwrap_or_else(|error| panic!("{error:#}; the server said:\n{log}"));
     let keys = TokenKeys::new(secret.as_bytes()).unwrap();
     let now = i64::try_from(clock::unix_now()).unwrap();
     assert_eq!(nodes.len(), 3);

@@ -194,6 +194,11 @@ impl Host {
         format!("turn:{}:{TURN_PORT}?transport=udp", self.ip)
     }
 
+    /// TURN over TCP listens on the UDP port's number by default (issue 14).
+    fn turn_tcp_url(&self) -> String {
+        format!("turn:{}:{TURN_PORT}?transport=tcp", self.ip)
+    }
+
     fn server(&mut self) -> &mut common::Running {
         self.server.as_mut().unwrap()
     }
@@ -681,7 +686,13 @@ fn scenario(k: u8, shared_redis: bool) {
     for host in [&*a, &*b, &*c] {
         let (urls, username, password) = ice(&http, host, &token_x);
         let named: BTreeSet<&str> = urls.iter().map(String::as_str).collect();
-        let want: BTreeSet<String> = [a.turn_url(), b.turn_url()].into();
+        let want: BTreeSet<String> = [
+            a.turn_url(),
+            a.turn_tcp_url(),
+            b.turn_url(),
+            b.turn_tcp_url(),
+        ]
+        .into();
         let want: BTreeSet<&str> = want.iter().map(String::as_str).collect();
         assert_eq!(named, want, "ICE for X from host {}", host.name);
         for target in [&*a, &*b] {
@@ -712,7 +723,9 @@ fn scenario(k: u8, shared_redis: bool) {
         let (urls, _, _) = ice(&http, host, &token_z);
         for url in &urls {
             assert!(
-                [&*a, &*b, &*c].iter().any(|h| h.turn_url() == *url),
+                [&*a, &*b, &*c]
+                    .iter()
+                    .any(|h| h.turn_url() == *url || h.turn_tcp_url() == *url),
                 "{url}"
             );
         }
@@ -849,7 +862,16 @@ fn scenario(k: u8, shared_redis: bool) {
         );
         let (urls, _, _) = ice(&http, host, &token_z);
         let named: BTreeSet<String> = urls.into_iter().collect();
-        assert_eq!(named, [a.turn_url(), c.turn_url()].into());
+        assert_eq!(
+            named,
+            [
+                a.turn_url(),
+                a.turn_tcp_url(),
+                c.turn_url(),
+                c.turn_tcp_url()
+            ]
+            .into()
+        );
     }
     assert!(
         b.server().child.try_wait().unwrap().is_none(),

@@ -324,7 +324,12 @@ fn postgres_and_redis_outage_under_traffic() {
     postgres.start();
     redis.start();
     wait_ready(&http, &base);
-    let register = http.call(POST, &register_url, None, Some(&new_node));
+    let register = http.call(
+        POST,
+        &register_url,
+        None,
+        Some(&http.prove(&base, &new_node)),
+    );
     assert_eq!(register.0, 201, "{}", register.2);
     let (status, _, node) = http.call(GET, &kept_url, Some(&kept_token), None);
     assert_eq!(status, 200, "{node}");
@@ -363,5 +368,6 @@ fn postgres_and_redis_outage_under_traffic() {
     assert_eq!(status, 200, "{node}");
     let another = common::node_body(&common::node_id(TAG, 3), &common::wg_key(TAG, 3));
     let register_url = format!("{base}/api/v1/nodes/register");
+    let another = http.prove(&base, &another);
     assert_eq!(http.call(POST, &register_url, None, Some(&another)).0, 201);
 }

@@ -56,7 +56,7 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     // old token no longer opens one; the new token does.
     let (status, body) = http.post(
         &format!("{}/api/v1/nodes/register", server.base),
-        &common::node_body(id_b, key_b),
+        &http.prove(&server.base, &common::node_body(id_b, key_b)),
         Some(&token_b),
     );
     assert!(status == 200 || status == 201, "{status} {body}");

@@ -42,6 +42,17 @@ mod mapped {
         /// Maps the first `len` bytes of `file`, shared and writable. `len` must be a non-zero
         /// multiple of the word size and at most the file's length.
         pub(crate) fn map(file: File, len: usize) -> io::Result<Self> {
+            Self::map_with(file, len, false)
+        }
+
+        /// [`Mem::map`], with every page allocated and mapped now (`MAP_POPULATE`), so the
+        /// memory is paid for at start and the resident size does not creep up as traffic
+        /// first reaches each page.
+        pub(crate) fn map_populated(file: File, len: usize) -> io::Result<Self> {
+            Self::map_with(file, len, true)
+        }
+
+        fn map_with(file: File, len: usize, populate: bool) -> io::Result<Self> {
             if len == 0 || !len.is_multiple_of(WORD) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -55,8 +66,35 @@ mod mapped {
                     "mapping would extend past the end of the file",
                 ));
             }
-            let map = MmapOptions::new().len(len).map_raw(&file)?;
+            let mut options = MmapOptions::new();
+            options.len(len);
+            if populate {
+                options.populate();
+            }
+            let map = options.map_raw(&file)?;
             Ok(Self { map, file })
+        }
+
+        /// How many of the mapping's pages are resident now (mincore), and how many it has.
+        #[cfg(test)]
+        pub(crate) fn resident_pages(&self) -> io::Result<(usize, usize)> {
+            // SAFETY: sysconf has no preconditions.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+                .map_err(|_| io::Error::last_os_error())?;
+            let mut vec = vec![0u8; self.map.len().div_ceil(page)];
+            // SAFETY: the mapping is live and page-aligned for `map.len()` bytes, and `vec`
+            // has one byte per page of it, as mincore requires.
+            let rc = unsafe {
+                libc::mincore(
+                    self.map.as_mut_ptr().cast(),
+                    self.map.len(),
+                    vec.as_mut_ptr(),
+                )
+            };
+            if rc == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok((vec.iter().filter(|&&b| b & 1 == 1).count(), vec.len()))
         }
 
         /// The whole mapping as words.

@@ -221,7 +221,10 @@ pub fn private_ring(capacity: u32) -> std::io::Result<(Producer, Consumer)> {
     let len = PRIVATE_DATA + capacity as usize;
     let file = crate::mem::memfd(c"boson-ring")?;
     file.set_len(len as u64)?;
-    let mem = Arc::new(Mem::map(file, len)?);
+    // Populated: a ring is a fixed reservation, so its pages are resident from the start
+    // rather than one by one as the producer first writes them (which looks like a leak
+    // until the ring has wrapped once).
+    let mem = Arc::new(Mem::map_populated(file, len)?);
     let ring = Ring::new(
         mem,
         RingRegion {
@@ -1070,5 +1073,16 @@ mod tests {
         }
         let (producer, _consumer) = private_ring(1 << 12).unwrap();
         assert_eq!(producer.status().capacity_bytes, 4096);
+    }
+
+    /// A ring is a fixed reservation: all of it is resident from the start, so the process's
+    /// resident size does not grow page by page as traffic first reaches each part of it.
+    #[test]
+    fn a_private_ring_is_resident_from_the_start() {
+        let capacity = 1 << 20;
+        let (producer, _consumer) = private_ring(capacity).unwrap();
+        let (resident, pages) = producer.ring().mem.resident_pages().unwrap();
+        assert!(pages >= (capacity as usize).div_ceil(64 << 10));
+        assert_eq!(resident, pages);
     }
 }

@@ -15,6 +15,8 @@ use boson_shared::plane::{HostId, MAX_PEER_CIDRS};
 use boson_shared::{Cidr, TurnSecret};
 use rand::RngCore as _;
 
+use crate::domain::key_proof::ServerKey;
+
 /// Control-plane settings as given on the command line or in the environment.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlArgs {
@@ -45,6 +47,13 @@ pub struct ControlArgs {
     /// HS256 secret for node tokens, at least 32 bytes. Default: a generated development secret.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// The control plane's static X25519 private key for key proofs at registration, standard
+    /// base64 of 32 bytes (`wg genkey` makes one). Every host of a deployment must have the
+    /// same. Default: generated on first start and kept in the database, which every host
+    /// sharing it reads.
+    #[arg(long, env = "BOSON_KEY_PROOF_SECRET", hide_env_values = true, value_parser = parse_server_key)]
+    pub key_proof_secret: Option<ServerKey>,
 
     /// How long a node token is valid.
     #[arg(long, env = "BOSON_TOKEN_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -226,6 +235,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// Node tokens.
     pub jwt: JwtConfig,
+    /// The key-proof key when configured; `None`: the one kept in the database.
+    pub key_proof_secret: Option<ServerKey>,
     /// ICE servers and TURN credentials.
     pub turn: TurnConfig,
     /// Liveness of nodes.
@@ -545,6 +556,7 @@ impl ControlArgs {
                 secret: jwt_secret,
                 ttl: self.token_ttl,
             },
+            key_proof_secret: self.key_proof_secret,
             turn: TurnConfig {
                 secrets: turn_secrets,
                 secrets_file: self.turn_secrets_file,
@@ -597,6 +609,11 @@ impl ControlArgs {
             routing_seed: self.routing_seed,
         })
     }
+}
+
+/// `--key-proof-secret`.
+fn parse_server_key(text: &str) -> Result<ServerKey, String> {
+    ServerKey::parse(text)
 }
 
 /// `LAT,LON` in degrees.
@@ -777,6 +794,7 @@ mod tests {
         let first = args(&["--data-dir", data]).resolve().unwrap();
         assert!(first.database_url.starts_with("sqlite://"));
         assert!(first.redis.is_none());
+        assert!(first.key_proof_secret.is_none(), "kept in the database");
         assert_eq!(first.jwt.secret.len(), 64);
         let second = args(&["--data-dir", data]).resolve().unwrap();
         assert_eq!(
@@ -831,6 +849,7 @@ mod tests {
             &["--api-key", "/k.pem"],
             &["--trusted-proxies", "10.0.0.0/33"],
             &["--trusted-proxies", "proxy.example"],
+            &["--key-proof-secret", "c2hvcnQ="],
         ] {
             let mut argv = vec!["test"];
             argv.extend_from_slice(bad);

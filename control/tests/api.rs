@@ -34,8 +34,9 @@ async fn register_heartbeat_and_metrics(backend: Backend) {
         return;
     };
     let node = Node::new("US-CA");
+    let registration = server.registration(&node).await;
     let (status, body) = server
-        .post("/api/v1/nodes/register", None, &node.registration())
+        .post("/api/v1/nodes/register", None, &registration)
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["status"], "registered");
@@ -129,15 +130,18 @@ async fn reregistration_is_refused_unless_it_is_safe(backend: Backend) {
     let token = server.register(&node).await;
     let register = "/api/v1/nodes/register";
 
-    let mut new_key = node.clone();
-    new_key.key = Node::new("US-NY").key;
-    let (status, body) = server.post(register, None, &new_key.registration()).await;
+    let new_key = node.with_key_of(&Node::new("US-NY"));
+    let (status, body) = server
+        .post(register, None, &server.registration(&new_key).await)
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("public_key_mismatch")),
         "{body}"
     );
-    let (status, body) = server.post(register, None, &node.registration()).await;
+    let (status, body) = server
+        .post(register, None, &server.registration(&node).await)
+        .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("node_active")),
@@ -147,7 +151,11 @@ async fn reregistration_is_refused_unless_it_is_safe(backend: Backend) {
     let other = Node::new("US-NY");
     let other_token = server.register(&other).await;
     let (status, body) = server
-        .post(register, Some(&other_token), &new_key.registration())
+        .post(
+            register,
+            Some(&other_token),
+            &server.registration(&new_key).await,
+        )
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -155,11 +163,10 @@ async fn reregistration_is_refused_unless_it_is_safe(backend: Backend) {
         "{body}"
     );
 
-    // A key another node holds stays with it.
-    let mut steal = node.clone();
-    steal.key = other.key.clone();
+    // A key another node holds stays with it (even proved by its holder).
+    let steal = node.with_key_of(&other);
     let (status, body) = server
-        .post(register, Some(&token), &steal.registration())
+        .post(register, Some(&token), &server.registration(&steal).await)
         .await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -169,7 +176,7 @@ async fn reregistration_is_refused_unless_it_is_safe(backend: Backend) {
 
     // The node itself rotates its key; its old token dies with the old registration.
     let (status, body) = server
-        .post(register, Some(&token), &new_key.registration())
+        .post(register, Some(&token), &server.registration(&new_key).await)
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["node"]["publicKey"], new_key.key);
@@ -184,7 +191,9 @@ async fn reregistration_is_refused_unless_it_is_safe(backend: Backend) {
 
     // Once silent past the timeout, the same key may come back without a token.
     server.clock.advance(Duration::from_secs(91));
-    let (status, body) = server.post(register, None, &new_key.registration()).await;
+    let (status, body) = server
+        .post(register, None, &server.registration(&new_key).await)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(server.heartbeat(&node, &new_token, 0).await.0, 401);
     server.stop().await;
@@ -1060,7 +1069,7 @@ async fn concurrent_registrations_of_one_id_create_it_once(backend: Backend) {
     for _ in 0..8 {
         let http = server.http.clone();
         let url = server.url("/api/v1/nodes/register");
-        let body = node.registration();
+        let body = server.registration(&node).await;
         tasks.push(tokio::spawn(async move {
             let response = http.post(url).json(&body).send().await.unwrap();
             let status = response.status().as_u16();
@@ -1136,7 +1145,11 @@ async fn forged_and_stale_tokens_are_refused(backend: Backend) {
     // Re-registration revokes the first token; a token claiming a newer generation than the
     // node's is no better.
     let (status, body) = server
-        .post("/api/v1/nodes/register", Some(&token), &node.registration())
+        .post(
+            "/api/v1/nodes/register",
+            Some(&token),
+            &server.registration(&node).await,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let current = body["sessionToken"].as_str().unwrap().to_owned();
@@ -1425,16 +1438,30 @@ async fn replayed_registrations_and_tokens_change_nothing(backend: Backend) {
         return;
     };
     let node = Node::new("SE-AB");
-    let body = node.registration();
+    let body = server.registration(&node).await;
     let (status, first) = server.post("/api/v1/nodes/register", None, &body).await;
     assert_eq!(status, 201, "{first}");
     let token = first["sessionToken"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/nodes/{}", node.id);
     let (_, before) = server.get(&path, Some(&token)).await;
 
-    // The identical body again, as an eavesdropper or a retrying proxy would send it.
+    // The identical body again, as an eavesdropper or a retrying proxy would send it: its
+    // proof answered its challenge already.
     server.clock.advance(Duration::from_secs(1));
     let (status, replay) = server.post("/api/v1/nodes/register", None, &body).await;
+    assert_eq!(
+        (status, replay["error"]["code"].as_str()),
+        (403, Some("nonce_unknown")),
+        "{replay}"
+    );
+    // With a fresh proof but no token, the live node is not taken over either.
+    let (status, replay) = server
+        .post(
+            "/api/v1/nodes/register",
+            None,
+            &server.registration(&node).await,
+        )
+        .await;
     assert_eq!(
         (status, replay["error"]["code"].as_str()),
         (409, Some("node_active")),
@@ -1451,14 +1478,22 @@ async fn replayed_registrations_and_tokens_change_nothing(backend: Backend) {
     // The node re-registers; the token captured before is dead everywhere, also for
     // registering again (which would otherwise hand out a fresh token).
     let (status, renewed) = server
-        .post("/api/v1/nodes/register", Some(&token), &body)
+        .post(
+            "/api/v1/nodes/register",
+            Some(&token),
+            &server.registration(&node).await,
+        )
         .await;
     assert_eq!(status, 200, "{renewed}");
     let current = renewed["sessionToken"].as_str().unwrap().to_owned();
     server.take_commands();
     for (status, body) in [
         server
-            .post("/api/v1/nodes/register", Some(&token), &body)
+            .post(
+                "/api/v1/nodes/register",
+                Some(&token),
+                &server.registration(&node).await,
+            )
             .await,
         server.heartbeat(&node, &token, 0).await,
         server.get("/api/v1/turn/ice", Some(&token)).await,
@@ -1510,28 +1545,40 @@ async fn oversized_streamed_bodies_are_refused(backend: Backend) {
     server.stop().await;
 }
 
-/// A registration while a dependency is down answers 503, not 500.
+/// A registration while a dependency is down answers 503, not 500: with a proof when the
+/// challenge can still be had (the database is down but Redis, which keeps challenges, is
+/// not), else with the challenge's own 503 and a registration that fails as early.
 async fn assert_registration_unavailable(server: &TestServer) {
-    let (status, body) = server
-        .post(
-            "/api/v1/nodes/register",
-            None,
-            &Node::new("US-CA").registration(),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (503, Some("unavailable")),
-        "{body}"
-    );
-    let response = server
-        .http
-        .post(server.url("/api/v1/nodes/register"))
-        .json(&Node::new("US-CA").registration())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["retry-after"], "5");
+    for _ in 0..2 {
+        let node = Node::new("US-CA");
+        let challenge = server
+            .http
+            .post(server.url("/api/v1/nodes/challenge"))
+            .send()
+            .await
+            .unwrap();
+        let body = if challenge.status() == 200 {
+            let challenge = challenge.json().await.unwrap();
+            node.registration_answering(&challenge, server.clock_secs())
+        } else {
+            assert_eq!(challenge.status(), 503);
+            assert_eq!(challenge.headers()["retry-after"], "5");
+            let body: Value = challenge.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unavailable", "{body}");
+            node.registration()
+        };
+        let response = server
+            .http
+            .post(server.url("/api/v1/nodes/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "5");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    }
 }
 
 /// Redis holds presence with the node timeout as its expiry.
@@ -2063,7 +2110,7 @@ async fn every_request_field_is_validated_and_named(backend: Backend) {
     }
 
     // The bounds themselves are accepted.
-    let mut edge = Node::new("US-CA").registration();
+    let mut edge = server.registration(&Node::new("US-CA")).await;
     for (field, value) in [
         ("heartbeatInterval", json!(86_400)),
         ("capabilities.maxConnections", json!(1_000_000)),

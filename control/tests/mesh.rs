@@ -86,7 +86,11 @@ async fn grants_follow_registration_heartbeats_and_removal(backend: Backend) {
 
     // Re-registration: a new generation.
     let (status, body) = server
-        .post("/api/v1/nodes/register", Some(&token), &node.registration())
+        .post(
+            "/api/v1/nodes/register",
+            Some(&token),
+            &server.registration(&node).await,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let token = body["sessionToken"].as_str().unwrap().to_owned();

@@ -267,9 +267,23 @@ async fn the_document_matches_the_router_and_the_handlers(backend: Backend) {
 
     // The example registration is accepted, and a second node (the same example under
     // another id and key) gives routing something to rank.
+    // Its key proof is made afresh, with a key pair the test holds (the example's public key
+    // and proof are placeholders nobody can answer a challenge with).
     let register_op = &doc["paths"]["/api/v1/nodes/register"]["post"];
-    let example = register_op["requestBody"]["content"]["application/json"]["example"].clone();
-    let node_id = example["nodeId"].as_str().unwrap().to_owned();
+    let documented = register_op["requestBody"]["content"]["application/json"]["example"].clone();
+    let node_id = documented["nodeId"].as_str().unwrap().to_owned();
+    let holder = common::Node {
+        id: node_id.parse().unwrap(),
+        ..common::Node::new("US-CA")
+    };
+    let proved = |challenge: &common::Challenge| {
+        let mut body = documented.clone();
+        body["publicKey"] = json!(holder.key);
+        body["keyProof"] =
+            holder.registration_answering(challenge, server.clock_secs())["keyProof"].clone();
+        body
+    };
+    let example = proved(&server.challenge().await);
     let (status, body) = server.post("/api/v1/nodes/register", None, &example).await;
     assert_eq!(status, 201, "{body}");
     assert_fits(
@@ -279,17 +293,16 @@ async fn the_document_matches_the_router_and_the_handlers(backend: Backend) {
         "register 201",
     );
     let token = body["sessionToken"].as_str().unwrap().to_owned();
-    let mut peer = example.clone();
-    peer["nodeId"] = json!(uuid::Uuid::new_v4());
-    peer["publicKey"] = json!(common::base64_encode(&[9u8; 32]));
+    let mut peer = server.registration(&common::Node::new("US-CA")).await;
     peer["networkInfo"]["natType"] = json!("Symmetric");
     assert_eq!(
         server.post("/api/v1/nodes/register", None, &peer).await.0,
         201
     );
     // Registering the example again with its token: the documented 200.
+    let again = proved(&server.challenge().await);
     let (status, body) = server
-        .post("/api/v1/nodes/register", Some(&token), &example)
+        .post("/api/v1/nodes/register", Some(&token), &again)
         .await;
     assert_eq!(status, 200, "{body}");
     assert_fits(

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Node, Options, TestServer};
+use common::{Backend, Challenge, Node, Options, TestServer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -25,10 +25,22 @@ async fn server(trusted: &[&str], options: Options) -> TestServer {
 
 /// Registers `node` with extra headers; returns the status and body.
 async fn register(server: &TestServer, node: &Node, headers: &[(&str, &str)]) -> (u16, Value) {
+    // The challenge through the same proxy, as the client behind it would ask.
+    let mut challenge = server.http.post(server.url("/api/v1/nodes/challenge"));
+    for (name, value) in headers {
+        challenge = challenge.header(*name, *value);
+    }
+    let challenge = challenge.send().await.unwrap();
+    if challenge.status() != 200 {
+        let status = challenge.status().as_u16();
+        return (status, challenge.json().await.unwrap());
+    }
+    let challenge: Challenge = challenge.json().await.unwrap();
+    let body = node.registration_answering(&challenge, server.clock_secs());
     let mut request = server
         .http
         .post(server.url("/api/v1/nodes/register"))
-        .json(&node.registration());
+        .json(&body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -158,16 +170,35 @@ async fn register_raw(server: &TestServer, prefix: &[u8], node: &Node) -> Option
         .map(|(status, _)| status)
 }
 
-/// As [`register_raw`], with the response body.
+/// As [`register_raw`], with the response body. The challenge is fetched the same way (its
+/// answer, when it is not 200, is returned instead), as a client behind that proxy would.
 async fn register_raw_body(
     server: &TestServer,
     prefix: &[u8],
     node: &Node,
 ) -> Option<(u16, Value)> {
+    let (status, challenge) = raw_post(server, prefix, "/api/v1/nodes/challenge", "").await?;
+    if status != 200 {
+        return Some((status, challenge));
+    }
+    let challenge: Challenge = serde_json::from_value(challenge).unwrap();
+    let body = node
+        .registration_answering(&challenge, server.clock_secs())
+        .to_string();
+    raw_post(server, prefix, "/api/v1/nodes/register", &body).await
+}
+
+/// One POST on its own connection that first sends `prefix`: the status, and the body as
+/// JSON (`Null` if it is not), or `None` if the server closed without answering.
+async fn raw_post(
+    server: &TestServer,
+    prefix: &[u8],
+    path: &str,
+    body: &str,
+) -> Option<(u16, Value)> {
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let body = node.registration().to_string();
     let request = format!(
-        "POST /api/v1/nodes/register HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );

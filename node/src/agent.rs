@@ -277,14 +277,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         RouteChoice::Direct => RouteKind::Direct,
     };
     let node = node_id(&config.state_dir, config.node_id).map_err(RuntimeError)?;
-    let (key, wg_port) = match &config.wg {
+    let (secret, wg_port) = match &config.wg {
         WgMode::Interface(iface) => {
-            let key = crate::wg::public_key(iface).await.map_err(RuntimeError)?;
+            let secret = crate::wg::private_key(iface).await.map_err(RuntimeError)?;
             let port = crate::wg::listen_port(iface).await.map_err(RuntimeError)?;
-            (key, port)
+            (secret, port)
         }
-        WgMode::ListenPort { port, public_key } => (*public_key, *port),
+        WgMode::ListenPort { port, private_key } => (private_key.clone(), *port),
     };
+    let key = secret.public_key();
     let wg_endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, wg_port));
     let extra = match &config.ca_pem {
         Some(pem) => tls::parse_ca(pem).map_err(RuntimeError)?,
@@ -377,6 +378,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let info = NodeInfo {
         node,
         key,
+        secret,
         ipv4: local_ipv4(&config.servers[0].to_string()).await,
         wg_port,
         stun_mapped: None,

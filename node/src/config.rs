@@ -178,8 +178,8 @@ pub enum WgMode {
     ListenPort {
         /// WireGuard's UDP port.
         port: u16,
-        /// The public key derived from the private key file.
-        public_key: WgPublicKey,
+        /// The private key file's key: it proves the registration, and gives the public key.
+        private_key: crate::keys::WgSecret,
     },
 }
 
@@ -280,7 +280,7 @@ impl RunArgs {
                 })?;
                 WgMode::ListenPort {
                     port,
-                    public_key: crate::keys::public_key(private),
+                    private_key: crate::keys::WgSecret::from_bytes(private),
                 }
             }
             _ => {

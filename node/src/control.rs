@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use boson_shared::key_proof::Challenge;
 use boson_shared::{NodeId, WgPublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -90,6 +91,8 @@ pub struct NodeInfo {
     pub node: NodeId,
     /// Its WireGuard key.
     pub key: WgPublicKey,
+    /// The private key of `key`, which every registration proves it holds.
+    pub secret: crate::keys::WgSecret,
     /// Its own IPv4 address as it sees it.
     pub ipv4: Ipv4Addr,
     /// WireGuard's listen port.
@@ -253,13 +256,36 @@ impl Control {
         &self.base
     }
 
-    /// `POST /api/v1/nodes/register`, with the current token when re-registering.
+    /// `POST /api/v1/nodes/challenge`, then `POST /api/v1/nodes/register` answering it
+    /// (with the current token when re-registering): every registration proves the node holds
+    /// its WireGuard private key.
     pub async fn register(
         &self,
         info: &NodeInfo,
         token: Option<&str>,
     ) -> Result<Registered, ControlError> {
+        let challenge: Challenge = self
+            .send(
+                "the registration challenge",
+                "POST",
+                "/api/v1/nodes/challenge",
+                None,
+                None,
+            )
+            .await?;
+        let proof = challenge
+            .answer(
+                info.secret.as_bytes(),
+                info.node,
+                crate::clock::unix_ms() / 1000,
+            )
+            .map_err(|e| ControlError::Malformed {
+                what: "the registration challenge",
+                url: self.base.to_string(),
+                detail: e.to_string(),
+            })?;
         let body = json!({
+            "keyProof": proof,
             "nodeId": info.node.to_string(),
             "publicKey": info.key.to_base64(),
             "networkInfo": {

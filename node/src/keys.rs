@@ -1,7 +1,35 @@
-//! WireGuard keys: the public key of a private key file (X25519, as `wg pubkey` does).
+//! WireGuard keys: the public key of a private key file (X25519, as `wg pubkey` does), and
+//! the private key itself, kept for the key proof at registration.
 
 use boson_shared::WgPublicKey;
 use x25519_dalek::{PublicKey, StaticSecret};
+
+/// A WireGuard private key. Its `Debug` prints the public key only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WgSecret([u8; 32]);
+
+impl WgSecret {
+    /// Wraps the 32 bytes of a private key.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw key, for proving possession of it.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Its public key.
+    pub fn public_key(&self) -> WgPublicKey {
+        public_key(self.0)
+    }
+}
+
+impl std::fmt::Debug for WgSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WgSecret(public {})", self.public_key())
+    }
+}
 
 /// The public key of a WireGuard private key (clamped as X25519 requires).
 pub fn public_key(private: [u8; 32]) -> WgPublicKey {

@@ -9,13 +9,15 @@ use boson_shared::WgPublicKey;
 use tokio::process::Command;
 
 use crate::config::parse_key;
+use crate::keys::WgSecret;
 
-/// `wg show IFACE public-key`.
-pub async fn public_key(iface: &str) -> anyhow::Result<WgPublicKey> {
-    let out = wg(&["show", iface, "public-key"]).await?;
+/// `wg show IFACE private-key`: the key the registration proves it holds (the public key is
+/// derived from it). Needs the privileges that configuring the interface needs anyway.
+pub async fn private_key(iface: &str) -> anyhow::Result<WgSecret> {
+    let out = wg(&["show", iface, "private-key"]).await?;
     let key = parse_key(out.trim())
-        .map_err(|e| anyhow::anyhow!("`wg show {iface} public-key` printed a key that {e}"))?;
-    Ok(WgPublicKey::from_bytes(key))
+        .map_err(|e| anyhow::anyhow!("`wg show {iface} private-key` printed a key that {e}"))?;
+    Ok(WgSecret::from_bytes(key))
 }
 
 /// `wg show IFACE listen-port`.

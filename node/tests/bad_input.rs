@@ -124,7 +124,8 @@ fn an_unreachable_server_exits_1_after_trying_each() {
     no_panic(&stderr);
 }
 
-/// A server that answers every request with `response`.
+/// A server that answers every request with `response`, except the registration
+/// challenge, which it answers as the API does (so the registration itself gets `response`).
 fn fake_server(response: &'static str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -133,7 +134,22 @@ fn fake_server(response: &'static str) -> u16 {
             let Ok(mut stream) = stream else { continue };
             let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
             let mut buf = [0u8; 8192];
-            let _ = stream.read(&mut buf);
+            let read = stream.read(&mut buf).unwrap_or(0);
+            if buf[..read].starts_with(b"POST /api/v1/nodes/challenge ") {
+                let body = format!(
+                    "{{\"nonce\":\"{}\",\"serverPublicKey\":\"{}\",\"expiresAt\":0,\"expiresIn\":60}}",
+                    "A".repeat(32),
+                    // Any X25519 key of full order: the RFC 7748 §6.1 example's.
+                    "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+                );
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                continue;
+            }
             let _ = stream.write_all(response.as_bytes());
         }
     });

@@ -48,7 +48,7 @@ fn the_agent_registers_the_mapped_address_a_stun_binding_found() {
     // The server holds it: another node reads A's registration.
     let (status, body) = post(
         &format!("{}/api/v1/nodes/register", server.base),
-        &register_body(&b),
+        &register_body(&server.base, &b),
     );
     assert_eq!(status, 201, "{body}");
     let token = body["sessionToken"].as_str().unwrap().to_owned();
@@ -95,7 +95,7 @@ fn a_second_stun_port_shows_the_mapping_behaviour() {
     );
     let (status, body) = post(
         &format!("{}/api/v1/nodes/register", server.base),
-        &register_body(&b),
+        &register_body(&server.base, &b),
     );
     assert_eq!(status, 201, "{body}");
     let token = body["sessionToken"].as_str().unwrap().to_owned();

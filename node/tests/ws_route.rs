@@ -132,7 +132,7 @@ fn two_agents_carry_every_packet_both_ways_over_the_ws_relay() {
     assert_eq!(code, 1, "status after the agent stopped");
     let (status, body) = common::post(
         &format!("{}/api/v1/nodes/register", server.base),
-        &common::register_body(&a),
+        &common::register_body(&server.base, &a),
     );
     assert_eq!(status, 201, "A was deleted on SIGTERM: {body}");
 }

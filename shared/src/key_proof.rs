@@ -21,7 +21,10 @@
 //! single-use nonce that expires, a time within a window) is the verifier's business; this
 //! module only binds the proof to all three.
 //!
-//! Not wired into registration yet: this is the shared building block.
+//! Every client that registers a node (the node agent, the benchmarks, the tests) answers a
+//! challenge through [`Challenge::answer`]: it reads the answer of
+//! `POST /api/v1/nodes/challenge` into a [`Challenge`] and puts the [`KeyProof`] it returns
+//! into the registration as `keyProof`. Only the HTTP transport is the client's own.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,7 +32,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::NodeId;
+use crate::{NodeId, WgPublicKey};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -52,6 +55,50 @@ pub enum KeyProofError {
     /// The proof does not match: another key, node id, nonce or time.
     #[error("key proof does not verify")]
     Mismatch,
+}
+
+/// The answer of `POST /api/v1/nodes/challenge`, as a registering client reads it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Challenge {
+    /// The single-use nonce, opaque text.
+    pub nonce: String,
+    /// The control plane's static X25519 public key, standard base64 (as WireGuard keys).
+    pub server_public_key: String,
+}
+
+/// The `keyProof` member of a registration request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyProof {
+    /// The challenge's nonce, as it was handed out.
+    pub nonce: String,
+    /// Unix seconds at proving.
+    pub time: u64,
+    /// [`prove`]'s output: 43 characters of base64url.
+    pub proof: String,
+}
+
+impl Challenge {
+    /// The proof that the holder of `node_secret` (the WireGuard private key) registers
+    /// `node` at `unix_secs`, in answer to this challenge.
+    pub fn answer(
+        &self,
+        node_secret: &[u8; 32],
+        node: NodeId,
+        unix_secs: u64,
+    ) -> Result<KeyProof, KeyProofError> {
+        let server: WgPublicKey = self
+            .server_public_key
+            .parse()
+            .map_err(|_| KeyProofError::Malformed)?;
+        let proof = prove(node_secret, server.as_bytes(), &self.nonce, node, unix_secs)?;
+        Ok(KeyProof {
+            nonce: self.nonce.clone(),
+            time: unix_secs,
+            proof,
+        })
+    }
 }
 
 /// The proof the holder of `node_secret` gives for registering `node` with the server's
@@ -193,6 +240,25 @@ mod tests {
                 "{nonce} {node} {secs}"
             );
         }
+    }
+
+    #[test]
+    fn a_challenge_answer_verifies_with_the_server_key() {
+        let challenge = Challenge {
+            nonce: NONCE.to_owned(),
+            server_public_key: WgPublicKey::from_bytes(public_key(&SERVER_SECRET)).to_base64(),
+        };
+        let answer = challenge.answer(&NODE_SECRET, node(), NOW).unwrap();
+        assert_eq!((answer.nonce.as_str(), answer.time), (NONCE, NOW));
+        assert_eq!(answer.proof, proof());
+        let garbled = Challenge {
+            server_public_key: "not base64".to_owned(),
+            ..challenge
+        };
+        assert_eq!(
+            garbled.answer(&NODE_SECRET, node(), NOW),
+            Err(KeyProofError::Malformed)
+        );
     }
 
     #[test]

@@ -264,11 +264,42 @@ impl Http {
         })
     }
 
-    /// Registers `node` with the server at `base`, asserting 201, and returns its token.
+    /// Registers `node` (a [`node_body`]) with the server at `base`, asserting 201, and
+    /// returns its token.
     pub(crate) fn register(&self, base: &str, node: &Value) -> String {
-        let (status, body) = self.post(&format!("{base}/api/v1/nodes/register"), node, None);
+        let node = self.prove(base, node);
+        let (status, body) = self.post(&format!("{base}/api/v1/nodes/register"), &node, None);
         assert_eq!(status, 201, "{body}");
         body["sessionToken"].as_str().unwrap().to_owned()
+    }
+
+    /// `node` (a [`node_body`], whose `publicKey` holds a seed of the node's private key)
+    /// ready to send: its real public key, and the proof answering a fresh challenge of
+    /// `base`, made at the server's time (the challenge's expiry less its lifetime). The
+    /// private key is the seed's SHA-256: X25519 clamps the low bits of a key's first byte,
+    /// where the tests' seeds differ.
+    pub(crate) fn prove(&self, base: &str, node: &Value) -> Value {
+        let (status, challenge) = self.post(
+            &format!("{base}/api/v1/nodes/challenge"),
+            &Value::Null,
+            None,
+        );
+        assert_eq!(status, 200, "{challenge}");
+        let now = challenge["expiresAt"].as_u64().unwrap() / 1000
+            - challenge["expiresIn"].as_u64().unwrap();
+        let challenge: boson_shared::key_proof::Challenge =
+            serde_json::from_value(challenge).unwrap();
+        let seed: boson_shared::WgPublicKey = node["publicKey"].as_str().unwrap().parse().unwrap();
+        let secret: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(seed.as_bytes()).into();
+        let mut node = node.clone();
+        node["publicKey"] =
+            boson_shared::WgPublicKey::from_bytes(boson_shared::key_proof::public_key(&secret))
+                .to_base64()
+                .into();
+        let id = node["nodeId"].as_str().unwrap().parse().unwrap();
+        node["keyProof"] =
+            serde_json::to_value(challenge.answer(&secret, id, now).unwrap()).unwrap();
+        node
     }
 
     /// Any request: its status, `Retry-After` header and JSON body (panics if not JSON).
@@ -380,7 +411,9 @@ pub(crate) async fn quic_join(
     (conn, (send, recv))
 }
 
-/// A registration body for node `id` with WireGuard key `key`.
+/// A registration body for node `id` whose WireGuard private key is derived from `key`
+/// (base64 of 32 bytes), to be sent through [`Http::register`] or [`Http::prove`], which put
+/// its public key in its place and prove it.
 pub(crate) fn node_body(id: &str, key: &str) -> Value {
     serde_json::json!({
         "nodeId": id,
@@ -396,7 +429,7 @@ pub(crate) fn node_id(tag: u8, i: u16) -> String {
     format!("6f1d3a52-8a5e-4c1e-9a{tag:02x}-{i:012x}")
 }
 
-/// A distinct, valid WireGuard public key (base64 of 32 bytes) for node `i` of `tag`.
+/// A distinct key seed (base64 of 32 bytes) for node `i` of `tag`: see [`node_body`].
 pub(crate) fn wg_key(tag: u8, i: u16) -> String {
     let mut bytes = [7u8; 32];
     bytes[0] = tag;

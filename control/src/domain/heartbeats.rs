@@ -11,8 +11,10 @@
 //!
 //! Driving it: [`HeartbeatBuffer::record`] for each heartbeat taken on the fast path,
 //! [`HeartbeatBuffer::forget`] when a write that must win goes to the store directly,
-//! [`HeartbeatBuffer::take`] to write a batch, [`HeartbeatBuffer::restore`] with what a failed
-//! write could not store, [`HeartbeatBuffer::apply`] to show a read the newest state.
+//! [`HeartbeatBuffer::take`] to write a batch, then [`HeartbeatBuffer::written`] when it is
+//! stored or [`HeartbeatBuffer::restore`] with what a failed write could not store, and
+//! [`HeartbeatBuffer::apply`] to show a read the newest state. A batch being written is still
+//! shown to reads: until its write commits the store does not have it either.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +41,14 @@ pub struct Heartbeat {
 #[derive(Debug, Default)]
 pub struct HeartbeatBuffer {
     pending: BTreeMap<NodeId, (i64, Heartbeat)>,
+    /// Taken for a batch write that has not finished.
+    writing: BTreeMap<NodeId, (i64, Heartbeat)>,
+}
+
+/// Whether `beat` of `generation` should replace `held`: not when `held` is of a newer
+/// generation, or of the same one and newer.
+fn supersedes(held: Option<&(i64, Heartbeat)>, generation: i64, beat: &Heartbeat) -> bool {
+    !matches!(held, Some((g, old)) if *g > generation || (*g == generation && old.at > beat.at))
 }
 
 impl HeartbeatBuffer {
@@ -55,12 +65,8 @@ impl HeartbeatBuffer {
     /// Holds `beat` of `node` (with a token of `generation`) until the next batch. It replaces
     /// a waiting one of the same or an older generation that is not newer.
     pub fn record(&mut self, node: NodeId, generation: i64, beat: Heartbeat) {
-        match self.pending.get(&node) {
-            Some((held, old))
-                if *held > generation || (*held == generation && old.at > beat.at) => {}
-            _ => {
-                self.pending.insert(node, (generation, beat));
-            }
+        if supersedes(self.pending.get(&node), generation, &beat) {
+            self.pending.insert(node, (generation, beat));
         }
     }
 
@@ -68,36 +74,66 @@ impl HeartbeatBuffer {
     /// `offline` heartbeat) is going to the store directly.
     pub fn forget(&mut self, node: NodeId) {
         self.pending.remove(&node);
+        self.writing.remove(&node);
     }
 
-    /// Everything waiting, by node id, for one batch write.
+    /// Everything waiting, by node id, for one batch write. Reads keep seeing it until
+    /// [`Self::written`] or [`Self::restore`].
     pub fn take(&mut self) -> Vec<(NodeId, i64, Heartbeat)> {
-        std::mem::take(&mut self.pending)
+        let batch: Vec<_> = std::mem::take(&mut self.pending)
             .into_iter()
             .map(|(node, (generation, beat))| (node, generation, beat))
-            .collect()
+            .collect();
+        for (node, generation, beat) in &batch {
+            if supersedes(self.writing.get(node), *generation, beat) {
+                self.writing.insert(*node, (*generation, beat.clone()));
+            }
+        }
+        batch
+    }
+
+    /// `batch` (from [`Self::take`]) is in the store: reads find it there now.
+    pub fn written(&mut self, batch: &[(NodeId, i64, Heartbeat)]) {
+        for (node, generation, beat) in batch {
+            self.settle(*node, *generation, beat);
+        }
     }
 
     /// Puts back a batch whose write failed, under anything recorded since (which is newer).
     pub fn restore(&mut self, batch: Vec<(NodeId, i64, Heartbeat)>) {
         for (node, generation, beat) in batch {
+            self.settle(node, generation, &beat);
             self.record(node, generation, beat);
+        }
+    }
+
+    /// Ends the write of `beat`: no longer shown from the batch (a newer batch's stays).
+    fn settle(&mut self, node: NodeId, generation: i64, beat: &Heartbeat) {
+        if self
+            .writing
+            .get(&node)
+            .is_some_and(|(g, held)| *g == generation && held == beat)
+        {
+            self.writing.remove(&node);
         }
     }
 
     /// Shows `record`, read from the store, with the heartbeat waiting for it, if that is of
     /// its generation and newer.
     pub fn apply(&self, record: &mut NodeRecord) {
-        let Some((generation, beat)) = self.pending.get(&record.node_id) else {
-            return;
-        };
-        if *generation != record.generation || beat.at < record.last_seen {
-            return;
+        // The batch being written first, then anything newer still waiting over it.
+        for held in [&self.writing, &self.pending] {
+            let Some((generation, beat)) = held.get(&record.node_id) else {
+                continue;
+            };
+            if *generation != record.generation || beat.at < record.last_seen {
+                continue;
+            }
+            record.metrics = Some(beat.metrics.clone());
+            record.reported_status = beat.reported_status;
+            record.status = beat.status;
+            record.last_seen = beat.at;
         }
-        record.metrics = Some(beat.metrics.clone());
-        record.reported_status = beat.reported_status;
-        record.status = beat.status;
-        record.last_seen = beat.at;
     }
 }
 
@@ -204,6 +240,31 @@ mod tests {
         other.generation = 3;
         buffer.apply(&mut other);
         assert_eq!(other.last_seen, UnixMillis(40), "re-registered since");
+        // Taken for a batch write: still shown until the write is done, as the store does
+        // not have it yet.
+        let batch = buffer.take();
+        let mut writing = record.clone();
+        buffer.apply(&mut writing);
+        assert_eq!(
+            writing.last_seen,
+            UnixMillis(50),
+            "its batch is being written"
+        );
+        buffer.written(&batch);
+        let mut stored = record.clone();
+        buffer.apply(&mut stored);
+        assert_eq!(
+            stored.last_seen,
+            UnixMillis(40),
+            "read from the store once written"
+        );
+        // A failed write goes back and stays shown.
+        buffer.record(node(1), 2, beat(50, 7.0));
+        let batch = buffer.take();
+        buffer.restore(batch);
+        let mut restored = record.clone();
+        buffer.apply(&mut restored);
+        assert_eq!(restored.last_seen, UnixMillis(50));
         buffer.forget(node(1));
         let mut forgotten = record;
         buffer.apply(&mut forgotten);

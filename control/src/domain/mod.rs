@@ -9,6 +9,7 @@ pub mod client_addr;
 pub mod grants;
 pub mod heartbeats;
 pub mod hosts;
+pub mod key_proof;
 pub mod model;
 pub mod presence;
 pub mod registry;

@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use boson_shared::key_proof::{KeyProof, PROOF_LEN};
 use boson_shared::{NodeId, WgPublicKey};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +44,11 @@ pub struct RegisterRequest {
     /// The node's preferred heartbeat interval in seconds; the server answers with its own.
     #[serde(default)]
     pub heartbeat_interval: Option<u32>,
+    /// The proof that the node holds the private key of `publicKey`, answering a challenge of
+    /// `POST /api/v1/nodes/challenge`. Required; optional here so that its absence gets its
+    /// own error.
+    #[serde(default)]
+    pub key_proof: Option<KeyProof>,
 }
 
 /// How a node can be reached.
@@ -237,6 +243,19 @@ pub struct ValidRegistration {
     pub registration: Registration,
     /// Initial metrics.
     pub metrics: Option<NodeMetrics>,
+    /// The proof of the key, well formed; verified by [`crate::domain::key_proof`].
+    pub key_proof: ValidKeyProof,
+}
+
+/// A `keyProof` whose fields have the right shape (not yet verified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidKeyProof {
+    /// A nonce-shaped string.
+    pub nonce: String,
+    /// Unix seconds.
+    pub time: u64,
+    /// 43 characters of base64url.
+    pub proof: String,
 }
 
 /// A node as the API returns it.
@@ -439,6 +458,7 @@ impl RegisterRequest {
                 format!("must be from 1 to {MAX_HEARTBEAT_INTERVAL} seconds"),
             )?;
         }
+        let key_proof = check_key_proof(self.key_proof)?;
         Ok(ValidRegistration {
             node_id,
             public_key,
@@ -448,8 +468,46 @@ impl RegisterRequest {
                 location,
             },
             metrics: self.metrics,
+            key_proof,
         })
     }
+}
+
+/// The shape of `keyProof`: present, a nonce as the challenge endpoint makes them, a proof of
+/// [`PROOF_LEN`] base64url characters.
+fn check_key_proof(proof: Option<KeyProof>) -> Result<ValidKeyProof, FieldError> {
+    let code = "invalid_key_proof";
+    let proof = proof.ok_or_else(|| {
+        field_error(
+            code,
+            "keyProof",
+            "is required: {nonce, time, proof} answering POST /api/v1/nodes/challenge",
+        )
+    })?;
+    check(
+        crate::domain::key_proof::is_nonce_shaped(&proof.nonce),
+        code,
+        "keyProof.nonce",
+        format!(
+            "must be the nonce of a challenge ({} base64url characters)",
+            crate::domain::key_proof::NONCE_LEN
+        ),
+    )?;
+    check(
+        proof.proof.len() == PROOF_LEN
+            && proof
+                .proof
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        code,
+        "keyProof.proof",
+        format!("must be {PROOF_LEN} base64url characters (an HMAC-SHA256, unpadded)"),
+    )?;
+    Ok(ValidKeyProof {
+        nonce: proof.nonce,
+        time: proof.time,
+        proof: proof.proof,
+    })
 }
 
 impl HeartbeatRequest {

@@ -115,6 +115,11 @@ mod tests {
                 },
             },
             metrics: None,
+            key_proof: crate::domain::model::ValidKeyProof {
+                nonce: String::new(),
+                time: 0,
+                proof: String::new(),
+            },
         }
     }
 

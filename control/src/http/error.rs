@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::domain::key_proof::{NONCE_TTL, ProofRefusal, TIME_WINDOW};
 use crate::domain::model::FieldError;
 use crate::domain::registry::Refusal;
 use crate::io::store::StoreError;
@@ -80,6 +81,19 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "too many requests from this address; retry later",
+            )
+        }
+    }
+
+    /// 503 with `Retry-After`: the deployment holds as many unanswered key-proof
+    /// challenges as it keeps.
+    pub(crate) fn too_many_challenges(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_challenges",
+                "too many unanswered challenges; retry later",
             )
         }
     }
@@ -250,6 +264,52 @@ impl From<Refusal> for ApiError {
                 "node_active",
                 "this node is active; authenticate with its token to re-register it",
             ),
+        }
+    }
+}
+
+impl From<ProofRefusal> for ApiError {
+    fn from(refusal: ProofRefusal) -> Self {
+        let forbidden = |code, field, message: String| {
+            Self::new(StatusCode::FORBIDDEN, code, message).with_field(field)
+        };
+        match refusal {
+            ProofRefusal::Stale => forbidden(
+                "key_proof_stale",
+                "keyProof.time",
+                format!(
+                    "keyProof.time is more than {} s from the server's clock; \
+                     check the node's clock",
+                    TIME_WINDOW.as_secs()
+                ),
+            ),
+            ProofRefusal::UnknownNonce => forbidden(
+                "nonce_unknown",
+                "keyProof.nonce",
+                "keyProof.nonce was not handed out, or was used already; \
+                 get a new one from POST /api/v1/nodes/challenge"
+                    .to_owned(),
+            ),
+            ProofRefusal::ExpiredNonce => forbidden(
+                "nonce_expired",
+                "keyProof.nonce",
+                format!(
+                    "keyProof.nonce expired (challenges last {} s); get a new one",
+                    NONCE_TTL.as_secs()
+                ),
+            ),
+            ProofRefusal::Mismatch => forbidden(
+                "key_proof_mismatch",
+                "keyProof.proof",
+                "keyProof.proof does not verify: it was not made with the private key of \
+                 publicKey for this nodeId, nonce and time"
+                    .to_owned(),
+            ),
+            ProofRefusal::SmallOrderKey => Self::invalid(
+                "invalid_public_key",
+                "publicKey has small order: it cannot be a WireGuard key",
+            )
+            .with_field("publicKey"),
         }
     }
 }

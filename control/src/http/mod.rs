@@ -22,7 +22,7 @@ use axum::routing::{MethodRouter, delete, get, post};
 use self::health::{health, live, metrics, ready};
 use self::hosts::list_hosts;
 use self::ice::ice_servers;
-use self::nodes::{delete_node, get_node, heartbeat, list_nodes, register};
+use self::nodes::{challenge, delete_node, get_node, heartbeat, list_nodes, register};
 use self::routing::request_route;
 use crate::AppState;
 use crate::http::error::ApiError;
@@ -35,6 +35,7 @@ pub(super) const MAX_PAGE: i64 = 1000;
 /// the document with what is really served.
 fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     vec![
+        (Method::POST, "/api/v1/nodes/challenge", post(challenge)),
         (Method::POST, "/api/v1/nodes/register", post(register)),
         (Method::GET, "/api/v1/nodes", get(list_nodes)),
         (Method::GET, "/api/v1/nodes/{node_id}", get(get_node)),

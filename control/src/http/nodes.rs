@@ -15,9 +15,10 @@ use super::MAX_PAGE;
 use super::extract::{ApiJson, ApiQuery, MaybeNodeAuth, NodeAuth, NodePath, token_error};
 use crate::AppState;
 use crate::domain::auth::TokenError;
+use crate::domain::key_proof::{self, MAX_OUTSTANDING, NONCE_TTL};
 use crate::domain::model::{
     FieldError, HeartbeatRequest, MAX_REGION_LEN, NodeRecord, NodeStatus, NodeView,
-    RegisterRequest, ReportedStatus, check_country, check_text,
+    RegisterRequest, ReportedStatus, ValidRegistration, check_country, check_text,
 };
 use crate::domain::registry::{self, Decision};
 use crate::http::error::ApiError;
@@ -51,6 +52,95 @@ pub(super) struct HostPort {
     port: u16,
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ChallengeResponse {
+    nonce: String,
+    server_public_key: String,
+    expires_at: i64,
+    expires_in: u64,
+}
+
+/// Counts one request of `bucket` from `peer` against the registration limit.
+async fn rate_limit(
+    state: &AppState,
+    bucket: &str,
+    peer: SocketAddr,
+    now: crate::clock::UnixMillis,
+) -> Result<(), ApiError> {
+    let limit = state.config.register_rate_limit;
+    let decision = state
+        .cache
+        .hit(bucket, &peer.ip().to_string(), limit, REGISTER_WINDOW, now)
+        .await
+        .map_err(|e| ApiError::unavailable("the rate limiter", e.into()))?;
+    if let RateDecision::Deny { retry_after_secs } = decision {
+        return Err(ApiError::rate_limited(retry_after_secs));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/nodes/challenge`: a fresh single-use nonce for the key proof of one
+/// registration, and the server's public key to prove against. Remembered in Redis, or in
+/// the SQL store without it, so that any host of the deployment takes the answer.
+pub(super) async fn challenge(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Json<ChallengeResponse>, ApiError> {
+    let now = state.clock.now();
+    rate_limit(&state, "challenge", peer, now).await?;
+    let nonce = key_proof::new_nonce(&mut rand::rng());
+    let expires_at = now.saturating_add(NONCE_TTL);
+    // Expired challenges are remembered one more lifetime, so a late answer hears "expired".
+    let forget_before = now.saturating_sub(NONCE_TTL);
+    let issued = match state
+        .cache
+        .issue_nonce(&nonce, expires_at, forget_before, MAX_OUTSTANDING)
+        .await
+        .map_err(|e| ApiError::unavailable("Redis", e.into()))?
+    {
+        Some(issued) => issued,
+        None => {
+            state
+                .store
+                .issue_nonce(&nonce, expires_at, forget_before, MAX_OUTSTANDING)
+                .await?
+        }
+    };
+    if !issued {
+        return Err(ApiError::too_many_challenges(NONCE_TTL.as_secs()));
+    }
+    Ok(Json(ChallengeResponse {
+        nonce,
+        server_public_key: state.key_proof.public().to_base64(),
+        expires_at: expires_at.0,
+        expires_in: NONCE_TTL.as_secs(),
+    }))
+}
+
+/// Checks the registration's key proof: its time, its nonce (taken out of the shared state
+/// first, so it answers once whatever the outcome), then the MAC.
+async fn check_key_proof(
+    state: &AppState,
+    valid: &ValidRegistration,
+    now: crate::clock::UnixMillis,
+) -> Result<(), ApiError> {
+    let proof = &valid.key_proof;
+    key_proof::check_time(proof.time, now)?;
+    let expiry = match state
+        .cache
+        .take_nonce(&proof.nonce)
+        .await
+        .map_err(|e| ApiError::unavailable("Redis", e.into()))?
+    {
+        Some(expiry) => expiry,
+        None => state.store.take_nonce(&proof.nonce).await?,
+    };
+    key_proof::check_nonce(expiry, now)?;
+    key_proof::verify(&state.key_proof, &valid.public_key, valid.node_id, proof)?;
+    Ok(())
+}
+
 pub(super) async fn register(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -58,23 +148,10 @@ pub(super) async fn register(
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
     let now = state.clock.now();
-    let limit = state.config.register_rate_limit;
-    let decision = state
-        .cache
-        .hit(
-            "register",
-            &peer.ip().to_string(),
-            limit,
-            REGISTER_WINDOW,
-            now,
-        )
-        .await
-        .map_err(|e| ApiError::unavailable("the rate limiter", e.into()))?;
-    if let RateDecision::Deny { retry_after_secs } = decision {
-        return Err(ApiError::rate_limited(retry_after_secs));
-    }
+    rate_limit(&state, "register", peer, now).await?;
 
     let valid = request.validate(peer.ip())?;
+    check_key_proof(&state, &valid, now).await?;
     let existing = state.store.find(valid.node_id).await?;
     let node_timeout = state.config.nodes.timeout;
     let (generation, registered_at) =

@@ -16,6 +16,10 @@
 //! | `host:{host}` | string | host timeout | the host's [`HostRecord`] as JSON |
 //! | `relay:{node}` | string | host timeout | the host the node holds its relay session on |
 //! | `relay-nodes:{host}` | set | host timeout | the nodes holding relay sessions on the host |
+//! | `keyproof-nonces` | sorted set | two nonce lifetimes | outstanding key-proof challenges, scored by expiry (unix ms) |
+//!
+//! Without Redis, key-proof challenges live in the SQL store instead ([`crate::io::store`]),
+//! so hosts sharing a database share them either way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -50,6 +54,20 @@ pub enum CacheError {
 /// Deletes `KEYS[1]` only if it still holds `ARGV[1]`: a host withdraws a node's relay
 /// presence only if no other host has taken it over since.
 const DELETE_IF_EQUAL: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Remembers a key-proof challenge: drops those that expired before `ARGV[1]`, refuses (0)
+/// when `ARGV[2]` are outstanding, else adds `ARGV[4]` scored `ARGV[3]` (its expiry) and
+/// keeps the set for `ARGV[5]` ms after this last addition.
+const ISSUE_NONCE: &str = "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1]) \
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end \
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4]) \
+redis.call('PEXPIRE', KEYS[1], ARGV[5]) \
+return 1";
+
+/// Takes a key-proof challenge out: its score (expiry), or nil.
+const TAKE_NONCE: &str = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1]) \
+if s then redis.call('ZREM', KEYS[1], ARGV[1]) end \
+return s";
 
 /// The outcome of counting one request against a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +219,61 @@ impl Cache {
             }
         };
         Ok(rate_decision(count, limit, start, window, now))
+    }
+
+    /// Remembers a key-proof challenge `nonce` until `expires_at` in Redis (unless `max` are
+    /// outstanding: `Some(false)`), forgetting those that expired before `forget_before`.
+    /// `None` in process: the caller keeps it in the store.
+    pub async fn issue_nonce(
+        &self,
+        nonce: &str,
+        expires_at: UnixMillis,
+        forget_before: UnixMillis,
+        max: u64,
+    ) -> Result<Option<bool>, CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(None);
+        };
+        let keep_ms = expires_at.0.saturating_sub(forget_before.0).max(1);
+        let added: i64 = redis::cmd("EVAL")
+            .arg(ISSUE_NONCE)
+            .arg(1)
+            .arg(format!("{prefix}keyproof-nonces"))
+            .arg(forget_before.0)
+            .arg(max)
+            .arg(expires_at.0)
+            .arg(nonce)
+            .arg(keep_ms)
+            .query_async(&mut conn.clone())
+            .await?;
+        Ok(Some(added == 1))
+    }
+
+    /// Takes `nonce` out of Redis (it answers once): `Some(expiry)` if it was there,
+    /// `Some(None)` if not. `None` in process: the caller asks the store.
+    pub async fn take_nonce(&self, nonce: &str) -> Result<Option<Option<UnixMillis>>, CacheError> {
+        let Self::Redis { conn, prefix } = self else {
+            return Ok(None);
+        };
+        let key = format!("{prefix}keyproof-nonces");
+        let score: Option<String> = redis::cmd("EVAL")
+            .arg(TAKE_NONCE)
+            .arg(1)
+            .arg(&key)
+            .arg(nonce)
+            .query_async(&mut conn.clone())
+            .await?;
+        score
+            .map(|text| {
+                text.parse::<i64>()
+                    .map(UnixMillis)
+                    .map_err(|_| CacheError::Corrupt {
+                        key: key.clone(),
+                        message: format!("score {text:?} is not unix ms"),
+                    })
+            })
+            .transpose()
+            .map(Some)
     }
 
     /// Publishes that `node` is alive on this host, for `ttl`.

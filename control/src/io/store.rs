@@ -493,13 +493,18 @@ impl Store {
         Ok(true)
     }
 
-    /// Nodes deleted at or after `since`, with the generation each had.
+    /// Nodes deleted at or after `since` and not registered again since, with the
+    /// generation each had. A node registered again after its deletion has a row, which is
+    /// the truth: its tombstone must not revoke the new registration (a new row starts its
+    /// generations over, so the tombstone's generation does not tell them apart), and the
+    /// row's own sync replaces whatever grant the deleted registration left.
     pub async fn deletions_since(
         &self,
         since: UnixMillis,
     ) -> Result<Vec<(NodeId, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT node_id, generation FROM node_deletions WHERE deleted_at_ms >= $1 \
+             AND NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node_id = node_deletions.node_id) \
              ORDER BY deleted_at_ms",
         )
         .bind(since.0)
@@ -793,6 +798,70 @@ impl Store {
             nodes: row.try_get("nodes")?,
             connections: row.try_get("connections")?,
         })
+    }
+
+    /// Remembers a key-proof challenge `nonce` until `expires_at`, unless `max` are
+    /// outstanding already (then `false`). Challenges that expired before `forget_before` are
+    /// dropped first.
+    pub async fn issue_nonce(
+        &self,
+        nonce: &str,
+        expires_at: UnixMillis,
+        forget_before: UnixMillis,
+        max: u64,
+    ) -> Result<bool, StoreError> {
+        sqlx::query("DELETE FROM key_proof_nonces WHERE expires_at_ms < $1")
+            .bind(forget_before.0)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM key_proof_nonces")
+            .fetch_one(&self.pool)
+            .await?;
+        let outstanding: i64 = row.try_get("n")?;
+        if u64::try_from(outstanding).unwrap_or(0) >= max {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO key_proof_nonces (nonce, expires_at_ms) VALUES ($1, $2)")
+            .bind(nonce)
+            .bind(expires_at.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
+    }
+
+    /// Takes `nonce` out (it answers once): its expiry, or `None` if it is not there (never
+    /// handed out, answered already, or forgotten).
+    pub async fn take_nonce(&self, nonce: &str) -> Result<Option<UnixMillis>, StoreError> {
+        let row =
+            sqlx::query("DELETE FROM key_proof_nonces WHERE nonce = $1 RETURNING expires_at_ms")
+                .bind(nonce)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .map(|row| row.try_get("expires_at_ms"))
+            .transpose()?
+            .map(UnixMillis))
+    }
+
+    /// The deployment secret `name`, set to `generated` if it has none yet. Every host of the
+    /// database gets the same value, whichever wrote it first.
+    pub async fn deployment_secret(
+        &self,
+        name: &str,
+        generated: &str,
+    ) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO deployment_secrets (name, value) VALUES ($1, $2)              ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(generated)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM deployment_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
     }
 
     async fn key_taken(&self, node: &NodeRecord) -> Result<bool, StoreError> {

@@ -20,6 +20,7 @@ use boson_control::config::{
     Config, HostConfig, HttpLimits, JwtConfig, NodePolicy, RedisConfig, TurnConfig,
 };
 use boson_shared::TurnSecret;
+pub(crate) use boson_shared::key_proof::Challenge;
 use boson_shared::plane::{Command, HostId};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
@@ -60,6 +61,8 @@ pub(crate) struct Options {
     pub(crate) api_tls: Option<boson_control::config::ApiTls>,
     /// `--trusted-proxies`.
     pub(crate) trusted_proxies: Vec<boson_shared::Cidr>,
+    /// [`TestServer::start_cluster`]'s hosts share PostgreSQL only, not Redis.
+    pub(crate) cluster_without_redis: bool,
     /// `--heartbeat-flush-interval`.
     pub(crate) heartbeat_flush_interval: Duration,
     /// `--index-sync-interval`.
@@ -84,6 +87,7 @@ impl Default for Options {
             turn_secrets_file: None,
             api_tls: None,
             trusted_proxies: Vec::new(),
+            cluster_without_redis: false,
             heartbeat_flush_interval: Duration::from_secs(1),
             index_sync_interval: Duration::from_secs(1),
             sweep_interval: Duration::from_millis(20),
@@ -185,13 +189,14 @@ impl TestServer {
         Some(Self::start_member(backend, &options, &shared, 1, dir).await)
     }
 
-    /// `n` hosts sharing one database, one Redis prefix and one clock (PostgreSQL and Redis
-    /// only: SQLite is one host's file). Host `i` (from 1) serves TURN as `hI.example.test`.
+    /// `n` hosts sharing one database, one Redis prefix (unless
+    /// [`Options::cluster_without_redis`]) and one clock (PostgreSQL and Redis only: SQLite is
+    /// one host's file). Host `i` (from 1) serves TURN as `hI.example.test`.
     pub(crate) async fn start_cluster(n: u8, options: Options) -> Option<Vec<Self>> {
         let (pg, redis) = postgres_and_redis()?;
         let shared = Shared {
             database_url: fresh_postgres_database(&pg).await,
-            redis: Some(RedisConfig {
+            redis: (!options.cluster_without_redis).then(|| RedisConfig {
                 url: redis,
                 prefix: format!("boson-test:{}:", uuid::Uuid::new_v4().simple()),
             }),
@@ -220,6 +225,7 @@ impl TestServer {
                 secret: JWT_SECRET.to_vec(),
                 ttl: Duration::from_secs(3600),
             },
+            key_proof_secret: None,
             turn: TurnConfig {
                 secrets: vec![TurnSecret::new(TURN_SECRET), TurnSecret::new("older")],
                 secrets_file: options.turn_secrets_file.clone(),
@@ -355,11 +361,32 @@ impl TestServer {
 
     /// Registers `node` and returns its token, asserting 201.
     pub(crate) async fn register(&self, node: &Node) -> String {
-        let (status, body) = self
-            .post("/api/v1/nodes/register", None, &node.registration())
-            .await;
+        let body = self.registration(node).await;
+        let (status, body) = self.post("/api/v1/nodes/register", None, &body).await;
         assert_eq!(status, 201, "{body}");
         body["sessionToken"].as_str().unwrap().to_owned()
+    }
+
+    /// A fresh challenge of this server (asserting 200).
+    pub(crate) async fn challenge(&self) -> Challenge {
+        let (status, body) = self
+            .send(reqwest::Method::POST, "/api/v1/nodes/challenge", None, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// `node`'s registration with the answer to a fresh challenge of this server, proved at
+    /// the server's (manual) clock.
+    pub(crate) async fn registration(&self, node: &Node) -> Value {
+        let challenge = self.challenge().await;
+        node.registration_answering(&challenge, self.clock_secs())
+    }
+
+    /// The manual clock in unix seconds.
+    pub(crate) fn clock_secs(&self) -> u64 {
+        use boson_control::clock::Clock as _;
+        u64::try_from(self.clock.now().as_secs()).unwrap()
     }
 
     pub(crate) async fn heartbeat(&self, node: &Node, token: &str, active: u32) -> (u16, Value) {
@@ -419,22 +446,56 @@ impl TestServer {
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
     pub(crate) id: uuid::Uuid,
+    /// Its WireGuard private key.
+    pub(crate) secret: [u8; 32],
+    /// Its WireGuard public key, base64.
     pub(crate) key: String,
     pub(crate) region: &'static str,
     pub(crate) nat: &'static str,
 }
 
+/// A `keyProof` of the right shape that answers no challenge: what a body without a real
+/// proof carries, so that it reaches the proof check (and is refused there).
+pub(crate) fn unanswered_key_proof() -> Value {
+    json!({"nonce": "A".repeat(32), "time": START.as_secs(), "proof": "A".repeat(43)})
+}
+
 impl Node {
     pub(crate) fn new(region: &'static str) -> Self {
-        let key: [u8; 32] = rand_bytes();
+        let secret: [u8; 32] = rand_bytes();
         Self {
             id: uuid::Uuid::new_v4(),
-            key: base64_encode(&key),
+            secret,
+            key: base64_encode(&boson_shared::key_proof::public_key(&secret)),
             region,
             nat: "FullCone",
         }
     }
 
+    /// This node (same id) with `other`'s key pair.
+    pub(crate) fn with_key_of(&self, other: &Self) -> Self {
+        Self {
+            secret: other.secret,
+            key: other.key.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// The registration answering `challenge`, proved at `unix_secs`.
+    pub(crate) fn registration_answering(&self, challenge: &Challenge, unix_secs: u64) -> Value {
+        let proof = challenge
+            .answer(
+                &self.secret,
+                self.id.to_string().parse().unwrap(),
+                unix_secs,
+            )
+            .unwrap();
+        let mut body = self.registration();
+        body["keyProof"] = serde_json::to_value(proof).unwrap();
+        body
+    }
+
+    /// The registration with [`unanswered_key_proof`].
     pub(crate) fn registration(&self) -> Value {
         json!({
             "nodeId": self.id,
@@ -449,7 +510,8 @@ impl Node {
             },
             "location": {"country": &self.region[..2], "region": self.region, "coordinates": [37.7749, -122.4194]},
             "metrics": {"latency": 50, "jitter": 5, "packetLoss": 0.1, "cpuUsage": 30, "memoryUsage": 40},
-            "heartbeatInterval": 30
+            "heartbeatInterval": 30,
+            "keyProof": unanswered_key_proof()
         })
     }
 }

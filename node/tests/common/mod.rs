@@ -277,6 +277,8 @@ pub(crate) fn try_start_server_in(
 pub(crate) struct Node {
     pub(crate) id: String,
     pub(crate) public_key: String,
+    /// The private key the key file holds.
+    pub(crate) private: [u8; 32],
     pub(crate) key_file: PathBuf,
     pub(crate) state_dir: PathBuf,
     pub(crate) wg: UdpSocket,
@@ -299,6 +301,7 @@ impl Node {
         Self {
             id,
             public_key: public.to_base64(),
+            private,
             key_file,
             state_dir: dir.join(format!("state{n}")),
             wg,
@@ -491,13 +494,29 @@ pub(crate) fn drain(socket: &UdpSocket) {
 }
 
 /// A registration body for `node`.
-pub(crate) fn register_body(node: &Node) -> serde_json::Value {
+pub(crate) fn register_body(base: &str, node: &Node) -> serde_json::Value {
+    let (status, challenge) = http(
+        "POST",
+        &format!("{base}/api/v1/nodes/challenge"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{challenge}");
+    let challenge: boson_shared::key_proof::Challenge = serde_json::from_value(challenge).unwrap();
+    let proof = challenge
+        .answer(
+            &node.private,
+            node.id.parse().unwrap(),
+            boson_node::clock::unix_ms() / 1000,
+        )
+        .unwrap();
     serde_json::json!({
         "nodeId": node.id,
         "publicKey": node.public_key,
         "networkInfo": {"ipv4": "127.0.0.1", "natType": "Symmetric", "localPort": node.wg_port()},
         "capabilities": {"maxConnections": 10, "bandwidth": {"up": 1, "down": 1}},
-        "location": {"country": "ZZ", "region": "test"}
+        "location": {"country": "ZZ", "region": "test"},
+        "keyProof": proof
     })
 }
 
