@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail, ensure};
+use boson_dataplane::nofile::{self, Nofile};
 use boson_dataplane::relay::EventSink;
 use boson_dataplane::{Dataplane, DataplaneConfig, IoBackend, StunAlternate, WorkerInfo};
 use boson_dataplane_proto::turn::{PeerFilter, PortTable};
@@ -436,6 +437,51 @@ impl DataplaneArgs {
     }
 }
 
+impl DataplanePlan {
+    /// Says once when the open-file limit (already raised to its hard ceiling in `main`) is
+    /// below what this configuration can hold open, and how to raise it.
+    fn warn_if_descriptors_short(&self) {
+        let ports = self.turn.ports();
+        let relay_ports = u64::from(ports.end() - ports.start()) + 1;
+        let relay = self
+            .shell
+            .relay
+            .as_ref()
+            .map_or(0, |relay| relay.max_connections_per_worker);
+        let stream = if self.shell.stream.tcp.is_some() || self.shell.stream.tls_listen.is_some() {
+            self.shell.stream.max_connections_per_worker
+        } else {
+            0
+        };
+        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let need = nofile::descriptors_needed(
+            relay_ports,
+            as_u64(self.shell.workers),
+            as_u64(relay),
+            as_u64(stream),
+            DESCRIPTOR_BASE,
+        );
+        match Nofile::current() {
+            Ok(limit) if limit.soft < need => tracing::warn!(
+                limit = limit.soft,
+                hard = limit.hard,
+                need,
+                "the open-file limit is below what this configuration can hold open ({relay_ports} \
+                 relay ports, and per worker {relay} relay and {stream} TURN-over-TCP/TLS \
+                 connections): clients past the limit are refused. Raise it (systemd: \
+                 LimitNOFILE; Docker: ulimits nofile; shell: ulimit -n), or lower \
+                 --relay-ports or --relay-max-connections"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!("cannot read the open-file limit: {error}"),
+        }
+    }
+}
+
+/// Descriptors beyond relay sockets and client connections: listeners, rings, wakers, the
+/// database and HTTP connections of the control plane.
+const DESCRIPTOR_BASE: u64 = 1024;
+
 /// The STUN/TURN-over-TLS port ([RFC 8489 §18.6](https://www.rfc-editor.org/rfc/rfc8489#section-18.6)).
 const TURN_TLS_PORT: u16 = 5349;
 
@@ -464,6 +510,7 @@ impl DataplanePlan {
 
     /// Starts the workers.
     pub(crate) fn start(self) -> anyhow::Result<Dataplane> {
+        self.warn_if_descriptors_short();
         let shell = self.shell.clone();
         boson_dataplane::start(shell, move |info: WorkerInfo| {
             let config = self.turn.clone();

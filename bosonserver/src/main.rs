@@ -85,6 +85,11 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Every relay socket and client connection is a descriptor: use all the hard limit allows
+    // (the dataplane says when even that is short of its configuration).
+    if let Err(error) = boson_dataplane::nofile::Nofile::raise_to_hard() {
+        tracing::warn!("cannot raise the open-file limit: {error}");
+    }
     match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::Run(args) => run_all(*args),
         Command::Control(args) => split::run_control(*args),

@@ -55,6 +55,7 @@ mod drain;
 mod ifaddrs;
 mod io;
 pub mod metrics;
+pub mod nofile;
 pub mod packet_core;
 pub mod relay;
 mod settings;
