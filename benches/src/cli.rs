@@ -278,6 +278,10 @@ struct ForwarderArgs {
     /// Exit after this long.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     lifetime: Duration,
+    /// UDP GRO on receive and GSO on send (the ceiling for batching peers) instead of
+    /// recvmmsg/sendmmsg.
+    #[arg(long)]
+    gso: bool,
 }
 
 /// What `ws` and `quic` share: the relay, the nodes, the load and the measurements.
@@ -595,7 +599,12 @@ pub fn main() -> anyhow::Result<()> {
         Command::Turn(args) => turn(args),
         Command::RawForwarder(args) => {
             let socket = forwarder::bind(args.listen)?;
-            let stats = forwarder::run(&socket, args.lifetime)?;
+            let batching = if args.gso {
+                forwarder::Batching::GroGso
+            } else {
+                forwarder::Batching::Mmsg
+            };
+            let stats = forwarder::run(&socket, args.lifetime, batching)?;
             eprintln!("raw forwarder done: {stats:?}");
             Ok(())
         }
@@ -799,6 +808,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         servers.retain(|s| *s != ServerKind::CoturnSrc);
     }
     ensure!(!servers.is_empty(), "no servers");
+    ensure!(
+        !args.sink_per_allocation
+            || !servers
+                .iter()
+                .any(|s| matches!(s, ServerKind::Raw | ServerKind::RawGso)),
+        "--sink-per-allocation: the raw forwarder (raw, raw-gso) has one sink; \
+         measure it in a run without that flag"
+    );
     ensure!(
         args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
         "--duration must be above 0 and at most 10 min"

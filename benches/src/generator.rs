@@ -474,6 +474,7 @@ fn load(
             let result = if config.gso {
                 mmsg::send_gso(
                     flow.socket()?,
+                    None,
                     frames[..due].iter().map(Vec::as_slice),
                     frame_len,
                     &mut gso_iovs,

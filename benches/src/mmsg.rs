@@ -284,11 +284,12 @@ impl SendBatch {
 }
 
 /// Sends `packets` (all of `segment` bytes but the last, which may be shorter; at most 64
-/// and 65,000 bytes in all) on the connected `socket` as one UDP GSO message: the kernel
-/// splits it into the datagrams. Returns how many went (all or, with a full send buffer or
-/// an interrupted call, none).
+/// and 65,000 bytes in all) on `socket`, to `dst` or, if `None`, to the address it is
+/// connected to, as one UDP GSO message: the kernel splits it into the datagrams. Returns
+/// how many went (all or, with a full send buffer or an interrupted call, none).
 pub fn send_gso<'p>(
     socket: &impl AsRawFd,
+    dst: Option<SocketAddrV4>,
     packets: impl IntoIterator<Item = &'p [u8]>,
     segment: usize,
     iovs: &mut Vec<libc::iovec>,
@@ -321,12 +322,17 @@ pub fn send_gso<'p>(
     }
     // SAFETY: all-zero is a valid msghdr.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    let mut name = dst.map(sockaddr_in);
+    if let Some(name) = name.as_mut() {
+        msg.msg_name = ptr::from_mut(name).cast();
+        msg.msg_namelen = sockaddr_in_len();
+    }
     msg.msg_iov = iovs.as_mut_ptr();
     msg.msg_iovlen = iovs.len();
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = size_of::<[u64; 3]>();
-    // SAFETY: the header points at `iovs` (packets borrowed for `'p`) and `control`, alive
-    // for the call; the kernel only reads them.
+    // SAFETY: the header points at `iovs` (packets borrowed for `'p`), `control` and `name`,
+    // alive for the call; the kernel only reads them.
     let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, libc::MSG_DONTWAIT) };
     let count = iovs.len();
     iovs.clear();
@@ -427,7 +433,14 @@ mod tests {
             .map(|i| vec![i; if i == 9 { 30 } else { 100 }])
             .collect();
         let mut iovs = Vec::new();
-        let sent = send_gso(&sender, packets.iter().map(Vec::as_slice), 100, &mut iovs).unwrap();
+        let sent = send_gso(
+            &sender,
+            None,
+            packets.iter().map(Vec::as_slice),
+            100,
+            &mut iovs,
+        )
+        .unwrap();
         assert_eq!(sent, 10);
         let mut recv = RecvBatch::new(4, 65_536);
         let mut got = Vec::new();

@@ -34,6 +34,7 @@ fn color(server: ServerKind) -> RGBColor {
         ServerKind::Coturn => RGBColor(0xd6, 0x27, 0x28),
         ServerKind::CoturnSrc => RGBColor(0xff, 0x7f, 0x0e),
         ServerKind::Raw => RGBColor(0x7f, 0x7f, 0x7f),
+        ServerKind::RawGso => RGBColor(0x3f, 0x3f, 0x3f),
     }
 }
 

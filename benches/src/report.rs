@@ -253,6 +253,8 @@ pub enum ServerKind {
     CoturnSrc,
     /// `boson-bench raw-forwarder`.
     Raw,
+    /// `boson-bench raw-forwarder --gso`: GRO receives and GSO sends.
+    RawGso,
 }
 
 impl Server for ServerKind {
@@ -264,6 +266,7 @@ impl Server for ServerKind {
         Self::Coturn,
         Self::CoturnSrc,
         Self::Raw,
+        Self::RawGso,
     ];
 
     fn name(self) -> &'static str {
@@ -275,6 +278,7 @@ impl Server for ServerKind {
             Self::Coturn => "coturn",
             Self::CoturnSrc => "coturn-src",
             Self::Raw => "raw",
+            Self::RawGso => "raw-gso",
         }
     }
 }
@@ -289,7 +293,7 @@ impl ServerKind {
             Self::BosonUring | Self::BosonEpoll | Self::BosonUringNogso | Self::BosonEpollNogso => {
                 true
             }
-            Self::Coturn | Self::CoturnSrc | Self::Raw => false,
+            Self::Coturn | Self::CoturnSrc | Self::Raw | Self::RawGso => false,
         }
     }
 }
@@ -569,7 +573,12 @@ pub fn ratios(medians: &[Median]) -> Vec<Ratio> {
     let mut out = Vec::new();
     for (payload, rate) in cases(medians) {
         for &ours in ServerKind::ALL.iter().filter(|s| s.is_ours()) {
-            for against in [ServerKind::Coturn, ServerKind::CoturnSrc, ServerKind::Raw] {
+            for against in [
+                ServerKind::Coturn,
+                ServerKind::CoturnSrc,
+                ServerKind::Raw,
+                ServerKind::RawGso,
+            ] {
                 let (Some(a), Some(b)) = (
                     find(medians, ours, payload, rate),
                     find(medians, against, payload, rate),

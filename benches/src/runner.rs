@@ -417,7 +417,7 @@ impl Running {
 
     fn target(&self, secret: &str) -> Target {
         match self.kind {
-            ServerKind::Raw => Target::Raw {
+            ServerKind::Raw | ServerKind::RawGso => Target::Raw {
                 forwarder: self.addr,
             },
             ServerKind::BosonUring
@@ -528,12 +528,15 @@ fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Resu
             }
             command
         }
-        ServerKind::Raw => {
+        ServerKind::Raw | ServerKind::RawGso => {
             let lifetime = scenario_budget(config) + Duration::from_secs(30);
             let mut command = pinned(config.server_core, &config.bench);
             command
                 .args(["raw-forwarder", "--listen", &addr.to_string(), "--lifetime"])
                 .arg(format!("{}s", lifetime.as_secs()));
+            if kind == ServerKind::RawGso {
+                command.arg("--gso");
+            }
             command
         }
     };
@@ -561,7 +564,7 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let tid = TransactionId::new([0x42; 12]);
     let probe = match running.kind {
-        ServerKind::Raw => forwarder::setup_message(0),
+        ServerKind::Raw | ServerKind::RawGso => forwarder::setup_message(0),
         ServerKind::BosonUring
         | ServerKind::BosonEpoll
         | ServerKind::BosonUringNogso
@@ -592,7 +595,7 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
         };
         let answer = &buf[..len];
         let ready = match running.kind {
-            ServerKind::Raw => answer == forwarder::SETUP_OK,
+            ServerKind::Raw | ServerKind::RawGso => answer == forwarder::SETUP_OK,
             ServerKind::BosonUring
             | ServerKind::BosonEpoll
             | ServerKind::BosonUringNogso

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use boson_bench::clock;
-use boson_bench::forwarder;
+use boson_bench::forwarder::{self, Batching};
 use boson_bench::generator::{self, LoadConfig, Rate, Target};
 use boson_bench::report::Report;
 use boson_bench::ws_report::WsReport;
@@ -25,7 +25,9 @@ fn generator_through_the_raw_forwarder_in_process() {
     let socket = forwarder::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr: SocketAddr = socket.local_addr().unwrap();
     let deadline = clock::now() + Duration::from_secs(5);
-    let thread = std::thread::spawn(move || forwarder::run_until(&socket, deadline).unwrap());
+    let thread = std::thread::spawn(move || {
+        forwarder::run_until(&socket, deadline, Batching::Mmsg).unwrap()
+    });
     let config = LoadConfig {
         target: Target::Raw { forwarder: addr },
         flows: 3,
@@ -63,7 +65,9 @@ fn gso_generator_through_the_raw_forwarder_in_process() {
     let socket = forwarder::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr: SocketAddr = socket.local_addr().unwrap();
     let deadline = clock::now() + Duration::from_secs(5);
-    let thread = std::thread::spawn(move || forwarder::run_until(&socket, deadline).unwrap());
+    let thread = std::thread::spawn(move || {
+        forwarder::run_until(&socket, deadline, Batching::Mmsg).unwrap()
+    });
     let config = LoadConfig {
         target: Target::Raw { forwarder: addr },
         flows: 2,
@@ -89,6 +93,47 @@ fn gso_generator_through_the_raw_forwarder_in_process() {
     let stats = thread.join().unwrap();
     assert_eq!(stats.forwarded, outcome.received + outcome.sink_drops);
     assert_eq!(outcome.sent, stats.forwarded, "{outcome:?}");
+}
+
+/// The forwarder's GRO/GSO mode: GSO batches from the generator at max rate arrive as GRO
+/// runs and leave as GSO sends, a send for many datagrams, and every forwarded datagram
+/// arrives at the sink, stamped and whole.
+#[test]
+fn gso_generator_through_the_gro_gso_forwarder_in_process() {
+    let socket = forwarder::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = socket.local_addr().unwrap();
+    let deadline = clock::now() + Duration::from_secs(5);
+    let thread = std::thread::spawn(move || {
+        forwarder::run_until(&socket, deadline, Batching::GroGso).unwrap()
+    });
+    let config = LoadConfig {
+        target: Target::Raw { forwarder: addr },
+        flows: 2,
+        payload: 1200,
+        rate: Rate::Max,
+        duration: Duration::from_millis(300),
+        drain: Duration::from_millis(300),
+        batch: 64,
+        core: None,
+        user_prefix: "test".into(),
+        server_pid: None,
+        server_core: None,
+        gso: true,
+        sink_per_flow: false,
+    };
+    let outcome = generator::run(&config, &ProgressBar::hidden()).unwrap();
+    assert!(outcome.received > 1_000, "{outcome:?}");
+    assert_eq!(outcome.foreign, 0, "{outcome:?}");
+    let stats = thread.join().unwrap();
+    assert_eq!(
+        stats.forwarded,
+        outcome.received + outcome.sink_drops,
+        "{stats:?}"
+    );
+    assert!(
+        stats.sends * 4 <= stats.forwarded,
+        "GSO sends carry runs of datagrams: {stats:?}"
+    );
 }
 
 /// Held by every `run --smoke` of this file: they pin their servers and generators to the
