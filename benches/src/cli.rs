@@ -844,7 +844,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         batch: args.batch,
         bosonserver,
         turnserver: args.turnserver,
-        coturn_src: args.coturn_src,
+        // Absolute: the server runs in its own temporary directory, where a relative path
+        // (the default, target/coturn/bin/turnserver) names nothing.
+        coturn_src: std::path::absolute(&args.coturn_src).unwrap_or(args.coturn_src),
         gso: args.gso,
         sink_per_flow: args.sink_per_allocation,
         bench,
