@@ -97,7 +97,8 @@ fn gso_generator_through_the_raw_forwarder_in_process() {
 
 /// The forwarder's GRO/GSO mode: GSO batches from the generator at max rate arrive as GRO
 /// runs and leave as GSO sends, a send for many datagrams, and every forwarded datagram
-/// arrives at the sink, stamped and whole.
+/// arrives at the sink, stamped and whole, or is dropped there (at max rate the sink can
+/// overflow).
 #[test]
 fn gso_generator_through_the_gro_gso_forwarder_in_process() {
     let socket = forwarder::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -125,10 +126,13 @@ fn gso_generator_through_the_gro_gso_forwarder_in_process() {
     assert!(outcome.received > 1_000, "{outcome:?}");
     assert_eq!(outcome.foreign, 0, "{outcome:?}");
     let stats = thread.join().unwrap();
-    assert_eq!(
-        stats.forwarded,
-        outcome.received + outcome.sink_drops,
-        "{stats:?}"
+    // The sink's drops come from /proc/net/udp, which counts skbs: a GSO batch the full sink
+    // drops counts once, for up to GSO_SEGMENTS datagrams.
+    assert!(
+        outcome.received <= stats.forwarded
+            && stats.forwarded - outcome.received
+                <= outcome.sink_drops * forwarder::GSO_SEGMENTS as u64,
+        "forwarded datagrams are received or dropped at the sink: {stats:?} {outcome:?}"
     );
     assert!(
         stats.sends * 4 <= stats.forwarded,
