@@ -46,6 +46,7 @@ pub mod status;
 mod testing;
 pub mod tls;
 pub mod turn;
+pub mod turn_blocking;
 mod turn_conn;
 pub mod wg;
 pub mod ws;
