@@ -442,8 +442,11 @@ async fn sweep_forever(state: AppState) {
             }
             Err(error) => tracing::warn!("sweeping silent nodes failed: {error}"),
         }
-        // Deletions are read back by the other hosts' syncs for a little while only.
-        let forget_before = state.clock.now().saturating_sub(policy.timeout * 2);
+        // Tombstones are kept while the other hosts' syncs read them back, and while a token
+        // of the deleted registration can live: a new registration of the id numbers its
+        // generations after them (`registry::tombstone_retention`).
+        let retention = domain::registry::tombstone_retention(policy.timeout, state.config.jwt.ttl);
+        let forget_before = state.clock.now().saturating_sub(retention);
         if let Err(error) = state.store.prune_deletions(forget_before).await {
             tracing::warn!("pruning old deletions failed: {error}");
         }

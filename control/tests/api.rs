@@ -25,6 +25,8 @@ on_both_backends!(
     concurrent_registrations_of_one_id_create_it_once,
     forged_and_stale_tokens_are_refused,
     replayed_registrations_and_tokens_change_nothing,
+    a_deleted_nodes_tokens_stay_dead_when_its_id_registers_again,
+    migration_lifts_rows_registered_again_above_their_tombstones,
     oversized_streamed_bodies_are_refused,
     every_request_field_is_validated_and_named,
 );
@@ -1515,6 +1517,201 @@ async fn replayed_registrations_and_tokens_change_nothing(backend: Backend) {
     assert_eq!(status, 200);
     assert_eq!(node_now["status"], "active", "{node_now}");
     server.stop().await;
+}
+
+/// A node deleted and registered again under the same id gets a new generation, never its
+/// deleted registration's: a token captured before the deletion stays dead (401 with a JSON
+/// body) on every authenticated call, and so does the relay grant it was made for, while the
+/// new registration's token works. Twice, so that the generations follow the highest the id
+/// ever had, not just the last deletion.
+async fn a_deleted_nodes_tokens_stay_dead_when_its_id_registers_again(backend: Backend) {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("FR-IDF");
+    let path = format!("/api/v1/nodes/{}", node.id);
+    let mut dead: Vec<String> = Vec::new();
+    let mut token = server.register(&node).await;
+    let mut generations = vec![granted_generation(&server.take_commands(), &node)];
+    for _ in 0..2 {
+        let (status, body) = server.send(Method::DELETE, &path, Some(&token), None).await;
+        assert_eq!(status, 200, "{body}");
+        dead.push(token);
+        server.clock.advance(Duration::from_secs(1));
+        token = server.register(&node).await;
+        generations.push(granted_generation(&server.take_commands(), &node));
+        for old in &dead {
+            for (what, (status, body)) in [
+                ("get", server.get(&path, Some(old)).await),
+                ("heartbeat", server.heartbeat(&node, old, 0).await),
+                ("ice", server.get("/api/v1/turn/ice", Some(old)).await),
+                (
+                    "delete",
+                    server.send(Method::DELETE, &path, Some(old), None).await,
+                ),
+            ] {
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (401, Some("token_revoked")),
+                    "{what} with a token of the deleted registration: {body}"
+                );
+            }
+        }
+        assert_eq!(
+            server.take_commands(),
+            vec![],
+            "no grant or revocation for a dead token"
+        );
+        let (status, body) = server.get(&path, Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "active", "{body}");
+        let (status, body) = server.heartbeat(&node, &token, 1).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The relay accepts only the grant's generation: each registration's is new.
+    assert!(
+        generations.windows(2).all(|pair| pair[0] < pair[1]),
+        "{generations:?}"
+    );
+    server.stop().await;
+}
+
+/// A store where a node id was registered again before generations followed the tombstones
+/// (its row back at its deleted registration's generation, so the deleted registration's
+/// token works again) is repaired by migration 0005: the row is lifted above its tombstone.
+async fn migration_lifts_rows_registered_again_above_their_tombstones(backend: Backend) {
+    use sqlx::Connection as _;
+
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let node = Node::new("FR-IDF");
+    let path = format!("/api/v1/nodes/{}", node.id);
+    let old = server.register(&node).await;
+    let (status, body) = server.send(Method::DELETE, &path, Some(&old), None).await;
+    assert_eq!(status, 200, "{body}");
+    server.register(&node).await;
+    // What an older version left: the new row at the deleted one's generation, and the
+    // migration not applied yet.
+    let url = server.state.config.database_url.clone();
+    let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
+    for sql in [
+        "UPDATE nodes SET generation = 1",
+        "DELETE FROM _sqlx_migrations WHERE version = 5",
+    ] {
+        sqlx::query(sql).execute(&mut db).await.unwrap();
+    }
+    db.close().await.unwrap();
+    assert_eq!(
+        server.get(&path, Some(&old)).await.0,
+        200,
+        "the hole the migration closes"
+    );
+
+    let store = boson_control::io::store::Store::connect(&url)
+        .await
+        .unwrap();
+    store.close().await;
+    let (status, body) = server.get(&path, Some(&old)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked")),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+/// A registration racing a deletion of the same id (on PostgreSQL, where the two run side by
+/// side): the insert waits for the deletion's transaction, then numbers its generation after
+/// the tombstone that transaction wrote, which its own statement could not yet see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_racing_a_deletion_numbers_after_its_tombstone() {
+    use sqlx::Connection as _;
+
+    let Some(server) = TestServer::start(Backend::PostgresRedis).await else {
+        return;
+    };
+    let node = Node::new("FR-IDF");
+    let old = server.register(&node).await;
+    let id: boson_shared::NodeId = node.id.to_string().parse().unwrap();
+    let mut record = server.state.store.find(id).await.unwrap().unwrap();
+    assert_eq!(record.generation, 1);
+
+    // Another host deletes the node, and has not committed yet.
+    let url = server.state.config.database_url.clone();
+    let mut deleter = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut deletion = deleter.begin().await.unwrap();
+    sqlx::query("DELETE FROM nodes WHERE node_id = $1")
+        .bind(node.id.to_string())
+        .execute(&mut *deletion)
+        .await
+        .unwrap();
+    // (Stamped now, as a deletion is: the sweeper prunes old tombstones.)
+    sqlx::query(
+        "INSERT INTO node_deletions (node_id, generation, deleted_at_ms) VALUES ($1, 1, $2)",
+    )
+    .bind(node.id.to_string())
+    .bind(common::START.0)
+    .execute(&mut *deletion)
+    .await
+    .unwrap();
+    let store = server.state.store.clone();
+    let insert = tokio::spawn(async move {
+        let outcome = store.insert(&mut record).await.unwrap();
+        (outcome, record.generation)
+    });
+    // The insert waits on the deleted row's key.
+    let mut watcher = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = sqlx::query(
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if sqlx::Row::get::<i64, _>(&row, "n") > 0 {
+                return;
+            }
+            assert!(!insert.is_finished(), "the insert did not wait");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "the insert never waited");
+    deletion.commit().await.unwrap();
+    let (outcome, generation) = insert.await.unwrap();
+    assert_eq!(outcome, boson_control::io::store::WriteOutcome::Written);
+    assert_eq!(generation, 2, "after the tombstone committed meanwhile");
+    let (status, body) = server
+        .get(&format!("/api/v1/nodes/{}", node.id), Some(&old))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("token_revoked")),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+/// The generation of the one grant for `node` among `commands`.
+fn granted_generation(commands: &[boson_shared::plane::Command], node: &Node) -> i64 {
+    let id: boson_shared::NodeId = node.id.to_string().parse().unwrap();
+    let grants: Vec<i64> = commands
+        .iter()
+        .filter_map(|command| {
+            if let boson_shared::plane::Command::Grant(grant) = command
+                && grant.node == id
+            {
+                Some(grant.generation)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(grants.len(), 1, "{commands:?}");
+    grants[0]
 }
 
 /// Bodies without a length, streamed in chunks past the limit, get 413 like any other.

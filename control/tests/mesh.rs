@@ -201,7 +201,7 @@ async fn a_restarted_dataplane_gets_every_live_grant(backend: Backend) {
         .unwrap();
     record.node_id = node_id(&stranger);
     record.public_key = stranger.key.parse().unwrap();
-    server.state.store.insert(&record).await.unwrap();
+    server.state.store.insert(&mut record).await.unwrap();
     server.state.sync_grants().await.unwrap();
     assert_eq!(server.take_commands(), vec![grant(&stranger, 1, expiry)]);
     server.state.sync_grants().await.unwrap();
@@ -615,24 +615,6 @@ async fn hosts_share_the_load_and_drop_a_silent_one() {
     }
 }
 
-/// The node ids an untargeted routing request through `host` ranks.
-async fn routed(host: &TestServer, client: &Node, token: &str) -> Vec<String> {
-    let request = json!({
-        "clientId": client.id,
-        "clientNetworkInfo": {"ipv4": "192.168.1.2", "natType": "FullCone"}
-    });
-    let (status, body) = host
-        .post("/api/v1/routing/request", Some(token), &request)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["path"][0].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Two hosts on one PostgreSQL: a node registered through one is in the other's routing index
 /// after its next sync (the background task does it every second; the test calls it), and
 /// leaves it the same way when it goes offline through the first.
@@ -646,13 +628,10 @@ async fn the_routing_index_follows_the_other_hosts_through_the_store() {
     let target = Node::new("DE-BE");
     let target_token = hosts[0].register(&target).await;
     let target_id = target.id.to_string();
-    assert_eq!(
-        routed(&hosts[0], &client, &client_token).await[0],
-        target_id
-    );
+    assert_eq!(hosts[0].routed(&client, &client_token).await[0], target_id);
 
     hosts[1].state.sync_route_index().await.unwrap();
-    let seen = routed(&hosts[1], &client, &client_token).await;
+    let seen = hosts[1].routed(&client, &client_token).await;
     assert!(seen.contains(&target_id), "{seen:?}");
 
     let (status, body) = hosts[0]
@@ -664,9 +643,9 @@ async fn the_routing_index_follows_the_other_hosts_through_the_store() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert!(routed(&hosts[0], &client, &client_token).await.is_empty());
+    assert!(hosts[0].routed(&client, &client_token).await.is_empty());
     hosts[1].state.sync_route_index().await.unwrap();
-    let seen = routed(&hosts[1], &client, &client_token).await;
+    let seen = hosts[1].routed(&client, &client_token).await;
     assert!(!seen.contains(&target_id), "{seen:?}");
     for host in hosts {
         host.stop().await;

@@ -164,24 +164,6 @@ async fn a_node_that_stops_heartbeating_still_expires(backend: Backend) {
     server.stop().await;
 }
 
-/// The node ids an untargeted routing request through `host` ranks.
-async fn routed(host: &TestServer, client: &Node, token: &str) -> Vec<String> {
-    let request = json!({
-        "clientId": client.id,
-        "clientNetworkInfo": {"ipv4": "192.168.1.2", "natType": "FullCone"}
-    });
-    let (status, body) = host
-        .post("/api/v1/routing/request", Some(token), &request)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["path"][0].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// Two hosts on one PostgreSQL: a heartbeat held by one reaches the other's routing index once
 /// written, even when it is written long after it arrived (the sync reads back one flush
 /// interval), and both hosts then agree on the node.
@@ -217,7 +199,7 @@ async fn two_hosts_agree_on_heartbeats_written_behind() {
     hosts[0].clock.advance(Duration::from_secs(70));
     beat(&hosts[0], &client, &client_token, 5.0).await;
     let target_id = target.id.to_string();
-    let seen = routed(&hosts[0], &client, &client_token).await;
+    let seen = hosts[0].routed(&client, &client_token).await;
     assert!(seen.contains(&target_id), "{seen:?}");
     for host in &hosts {
         let (status, body) = host
@@ -248,17 +230,9 @@ fn granted(commands: &[boson_shared::plane::Command], node: &Node) -> bool {
 /// through the other host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grant_sync_reads_what_changed_not_every_node() {
-    let options = Options {
-        sweep_interval: Duration::from_secs(3600),
-        index_sync_interval: Duration::from_secs(3600),
-        ..Options::default()
-    };
-    let Some(hosts) = TestServer::start_cluster(2, options).await else {
+    let Some((front, back)) = TestServer::start_grant_sync_pair().await else {
         return;
     };
-    let (front, back) = (&hosts[0], &hosts[1]);
-    // The first sync (at start) read everything there was: nothing.
-    back.state.sync_grants().await.unwrap();
     let mut nodes = Vec::new();
     let mut rows_when_three_beat = Vec::new();
     // Every event 5 s (of the shared clock) after the last sync, every sync 5 s after it:
@@ -283,7 +257,7 @@ async fn the_grant_sync_reads_what_changed_not_every_node() {
         }
         front.clock.advance(Duration::from_secs(5));
         for (node, token) in &nodes[..3] {
-            beat(front, node, token, 3.0).await;
+            beat(&front, node, token, 3.0).await;
         }
         front.state.flush_heartbeats().await.unwrap();
         front.clock.advance(Duration::from_secs(5));
@@ -330,9 +304,8 @@ async fn the_grant_sync_reads_what_changed_not_every_node() {
     back.state.sync_grants().await.unwrap();
     let commands = back.take_commands();
     assert!(revoked(&commands, &nodes[0].0), "{commands:?}");
-    for host in hosts {
-        host.stop().await;
-    }
+    front.stop().await;
+    back.stop().await;
 }
 
 /// Two hosts on one PostgreSQL, polling each other only once an hour: a registration, a
@@ -359,7 +332,8 @@ async fn changes_reach_the_other_host_by_notification() {
     let within = Duration::from_secs(5);
     let seen = tokio::time::timeout(within, async {
         loop {
-            if routed(&hosts[1], &client, &client_token)
+            if hosts[1]
+                .routed(&client, &client_token)
                 .await
                 .contains(&target_id)
             {
@@ -385,7 +359,8 @@ async fn changes_reach_the_other_host_by_notification() {
     assert_eq!(status, 200, "{body}");
     let gone = tokio::time::timeout(within, async {
         loop {
-            if !routed(&hosts[1], &client, &client_token)
+            if !hosts[1]
+                .routed(&client, &client_token)
                 .await
                 .contains(&target_id)
             {
@@ -407,20 +382,13 @@ async fn changes_reach_the_other_host_by_notification() {
 /// A node deleted and registered again under the same id (an agent that deregisters on a
 /// clean stop and starts again) keeps the grant of its new registration on the other
 /// hosts: the deletion's tombstone, which their syncs keep reading for a while, must not
-/// revoke it. (A new row starts its generations over, so the tombstone's generation cannot
-/// tell the two registrations apart.)
+/// revoke it. (The new row's generation follows the tombstone's, which is what tells the two
+/// registrations apart: were generations to start over, the tombstone would revoke it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_registered_again_after_its_deletion_keeps_its_grant() {
-    let options = Options {
-        sweep_interval: Duration::from_secs(3600),
-        index_sync_interval: Duration::from_secs(3600),
-        ..Options::default()
-    };
-    let Some(hosts) = TestServer::start_cluster(2, options).await else {
+    let Some((front, back)) = TestServer::start_grant_sync_pair().await else {
         return;
     };
-    let (front, back) = (&hosts[0], &hosts[1]);
-    back.state.sync_grants().await.unwrap();
     front.clock.advance(Duration::from_secs(5));
     let node = Node::new("DE-BE");
     let token = front.register(&node).await;
@@ -444,14 +412,13 @@ async fn a_node_registered_again_after_its_deletion_keeps_its_grant() {
     front.clock.advance(Duration::from_secs(1));
     back.state.sync_grants().await.unwrap();
     let commands = back.take_commands();
-    // (Granted already: the new registration's grant is of the same generation as the
-    // deleted one's, which the table still holds, so no new command is needed.)
+    // The new registration's generation is a new grant.
+    assert!(granted(&commands, &node), "{commands:?}");
     assert!(!revoked(&commands, &node), "{commands:?}");
     front.clock.advance(Duration::from_secs(1));
     back.state.sync_grants().await.unwrap();
     let commands = back.take_commands();
     assert!(!revoked(&commands, &node), "{commands:?}");
-    for host in hosts {
-        host.stop().await;
-    }
+    front.stop().await;
+    back.stop().await;
 }

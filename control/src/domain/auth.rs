@@ -83,6 +83,12 @@ impl Tokens {
         }
     }
 
+    /// When a token issued at `now` expires (whole seconds, as its `exp` claim says):
+    /// [`IssuedToken::expires_at`] of [`Self::issue`] at the same `now`.
+    pub fn expiry(&self, now: UnixMillis) -> UnixMillis {
+        UnixMillis(now.saturating_add(self.ttl).as_secs() * 1000)
+    }
+
     /// A token for `node_id` at registration `generation`, valid from `now` for the configured TTL.
     pub fn issue(
         &self,
@@ -90,7 +96,7 @@ impl Tokens {
         generation: i64,
         now: UnixMillis,
     ) -> anyhow::Result<IssuedToken> {
-        let expires_at = now.saturating_add(self.ttl);
+        let expires_at = self.expiry(now);
         let claims = Claims::new(
             &node_id.to_string(),
             generation,
@@ -98,10 +104,7 @@ impl Tokens {
             expires_at.as_secs(),
         );
         let token = self.keys.sign(&claims)?;
-        Ok(IssuedToken {
-            token,
-            expires_at: UnixMillis(expires_at.as_secs() * 1000),
-        })
+        Ok(IssuedToken { token, expires_at })
     }
 
     /// Checks signature, algorithm, issuer, audience and lifetime of `token` at `now`
@@ -175,6 +178,7 @@ mod tests {
         assert_eq!(keys.verify(&issued.token, NOW), Ok(ok));
         let expiry = NOW.saturating_add(Duration::from_secs(3600));
         assert_eq!(issued.expires_at, expiry);
+        assert_eq!(keys.expiry(NOW), expiry, "known before the token is signed");
         assert_eq!(
             keys.verify(&issued.token, expiry.saturating_add(Duration::from_secs(5))),
             Ok(ok)

@@ -140,9 +140,7 @@ impl HeartbeatBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::model::{
-        Bandwidth, Capabilities, Location, NatType, NetworkInfo, Registration,
-    };
+    use crate::domain::fixtures;
 
     fn node(n: u8) -> NodeId {
         NodeId::from_bytes([n; 16])
@@ -200,38 +198,12 @@ mod tests {
     fn apply_shows_a_waiting_heartbeat_of_the_same_generation_only() {
         let mut buffer = HeartbeatBuffer::default();
         buffer.record(node(1), 2, beat(50, 7.0));
-        let record = NodeRecord {
-            node_id: node(1),
-            public_key: boson_shared::WgPublicKey::from_bytes([1; 32]),
-            generation: 2,
-            registration: Registration {
-                network_info: NetworkInfo {
-                    ipv4: [192, 0, 2, 1].into(),
-                    ipv6: None,
-                    nat_type: NatType::FullCone,
-                    stun_mapped_address: None,
-                    local_port: 51820,
-                    public_ip: None,
-                },
-                capabilities: Capabilities {
-                    max_connections: 10,
-                    bandwidth: Bandwidth { up: 1.0, down: 1.0 },
-                    routing: false,
-                    natting: false,
-                },
-                location: Location {
-                    country: "DE".into(),
-                    region: "DE-BE".into(),
-                    coordinates: None,
-                },
-            },
-            status: NodeStatus::Active,
-            reported_status: None,
-            metrics: None,
-            registered_at: UnixMillis(0),
-            last_seen: UnixMillis(40),
-            token_expires_at: UnixMillis(0),
-        };
+        let record = fixtures::node_record(
+            node(1),
+            boson_shared::WgPublicKey::from_bytes([1; 32]),
+            2,
+            UnixMillis(40),
+        );
         let mut shown = record.clone();
         buffer.apply(&mut shown);
         assert_eq!(shown.last_seen, UnixMillis(50));

@@ -6,6 +6,8 @@
 pub mod allocations;
 pub mod auth;
 pub mod client_addr;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod grants;
 pub mod heartbeats;
 pub mod hosts;

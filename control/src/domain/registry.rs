@@ -10,7 +10,9 @@ use crate::domain::model::{NodeStatus, ValidRegistration};
 /// What to do with a registration.
 #[derive(Debug)]
 pub enum Decision {
-    /// A new node: generation 1.
+    /// A new node (or one deleted before): its generation follows the highest its id ever
+    /// had, so a deleted registration's tokens stay dead (the store numbers it, see
+    /// `Store::insert`).
     Create,
     /// Replace the stored registration; the generation goes up, revoking older tokens.
     Replace,
@@ -66,6 +68,24 @@ pub fn decide(
     }
 }
 
+/// How long a deletion's tombstone must be kept, for nodes that go silent after `node_timeout`
+/// and tokens that live `token_ttl`.
+///
+/// Two readers need it. The other hosts' incremental syncs read a deletion from its tombstone,
+/// for which twice the node timeout is plenty. And a node id registered again numbers its
+/// generations after its tombstones: once a tombstone is gone, its generation may be handed
+/// out again, which is safe only when no token of it can still be accepted. Every such token
+/// was issued before the deletion, so it is dead by the TTL after it, plus the verification
+/// leeway and a margin for hosts whose clocks disagree (the tombstone is stamped by the
+/// deleting host, pruned by another, the token checked by a third).
+pub fn tombstone_retention(node_timeout: Duration, token_ttl: Duration) -> Duration {
+    let leeway = Duration::from_secs(boson_shared::token::LEEWAY_SECS.unsigned_abs());
+    let token_life = token_ttl
+        .saturating_add(leeway)
+        .saturating_add(crate::INDEX_SYNC_MARGIN);
+    node_timeout.saturating_mul(2).max(token_life)
+}
+
 /// Whether the node counts as active at `now`, whatever the sweeper has stored so far.
 pub fn is_live(node: &NodeRecord, now: UnixMillis, node_timeout: Duration) -> bool {
     node.status == NodeStatus::Active && node.last_seen >= now.saturating_sub(node_timeout)
@@ -76,9 +96,7 @@ mod tests {
     use boson_shared::{NodeId, WgPublicKey};
 
     use super::*;
-    use crate::domain::model::{
-        Bandwidth, Capabilities, Location, NatType, NetworkInfo, Registration,
-    };
+    use crate::domain::fixtures;
 
     const TIMEOUT: Duration = Duration::from_secs(90);
     const NOW: UnixMillis = UnixMillis(10_000_000);
@@ -93,27 +111,7 @@ mod tests {
         ValidRegistration {
             node_id: id(node),
             public_key: WgPublicKey::from_bytes([key; 32]),
-            registration: Registration {
-                network_info: NetworkInfo {
-                    ipv4: [10, 0, 0, 1].into(),
-                    ipv6: None,
-                    nat_type: NatType::FullCone,
-                    stun_mapped_address: None,
-                    local_port: 51820,
-                    public_ip: None,
-                },
-                capabilities: Capabilities {
-                    max_connections: 10,
-                    bandwidth: Bandwidth { up: 1.0, down: 1.0 },
-                    routing: false,
-                    natting: false,
-                },
-                location: Location {
-                    country: "DE".into(),
-                    region: "DE-BE".into(),
-                    coordinates: None,
-                },
-            },
+            registration: fixtures::registration(),
             metrics: None,
             key_proof: crate::domain::model::ValidKeyProof {
                 nonce: String::new(),
@@ -124,19 +122,7 @@ mod tests {
     }
 
     fn stored(node: u8, key: u8, last_seen: UnixMillis) -> NodeRecord {
-        let r = request(node, key);
-        NodeRecord {
-            node_id: r.node_id,
-            public_key: r.public_key,
-            generation: 4,
-            registration: r.registration,
-            status: NodeStatus::Active,
-            reported_status: None,
-            metrics: None,
-            registered_at: UnixMillis(0),
-            last_seen,
-            token_expires_at: UnixMillis(0),
-        }
+        fixtures::node_record(id(node), WgPublicKey::from_bytes([key; 32]), 4, last_seen)
     }
 
     fn token(node: u8, generation: i64) -> Option<NodeToken> {
@@ -154,6 +140,21 @@ mod tests {
                 panic!("expected a refusal, got {other:?}")
             }
         }
+    }
+
+    #[test]
+    fn tombstones_outlive_every_token_of_their_generation() {
+        let hour = Duration::from_secs(3600);
+        // The token TTL rules unless the node timeout is long.
+        assert_eq!(
+            tombstone_retention(TIMEOUT, hour),
+            hour + Duration::from_secs(7)
+        );
+        assert_eq!(tombstone_retention(hour, Duration::from_secs(60)), 2 * hour);
+        // Never shorter than a token accepted at its expiry plus the leeway.
+        let ttl = Duration::from_secs(60);
+        let leeway = Duration::from_secs(5);
+        assert!(tombstone_retention(Duration::from_secs(1), ttl) > ttl + leeway);
     }
 
     #[test]

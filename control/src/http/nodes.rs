@@ -157,6 +157,8 @@ pub(super) async fn register(
     let (generation, registered_at) =
         match registry::decide(existing.as_ref(), &valid, token, now, node_timeout) {
             Decision::Refuse(refusal) => return Err(refusal.into()),
+            // The store numbers a new row after the id's deleted registrations (see
+            // `Store::insert`); this 1 is replaced by what it stores.
             Decision::Create => (1, now),
             Decision::Replace => existing
                 .as_ref()
@@ -165,11 +167,7 @@ pub(super) async fn register(
                     ApiError::internal(anyhow::anyhow!("replace without a stored node"))
                 })?,
         };
-    let issued = state
-        .tokens
-        .issue(valid.node_id, generation, now)
-        .map_err(ApiError::internal)?;
-    let record = NodeRecord {
+    let mut record = NodeRecord {
         node_id: valid.node_id,
         public_key: valid.public_key,
         generation,
@@ -179,12 +177,12 @@ pub(super) async fn register(
         metrics: valid.metrics,
         registered_at,
         last_seen: now,
-        token_expires_at: issued.expires_at,
+        token_expires_at: state.tokens.expiry(now),
     };
     let outcome = if existing.is_some() {
         state.store.replace(&record).await?
     } else {
-        state.store.insert(&record).await?
+        state.store.insert(&mut record).await?
     };
     match outcome {
         WriteOutcome::Written => {
@@ -207,6 +205,11 @@ pub(super) async fn register(
             ));
         }
     }
+    // Signed once the generation is stored: a new row's is the store's choice.
+    let issued = state
+        .tokens
+        .issue(record.node_id, record.generation, now)
+        .map_err(ApiError::internal)?;
     if let Some(metrics) = &record.metrics {
         state.metrics.observe_node_latency(metrics.latency);
     }

@@ -293,20 +293,32 @@ impl Store {
             .transpose()
     }
 
-    /// Creates a node.
-    pub async fn insert(&self, node: &NodeRecord) -> Result<WriteOutcome, StoreError> {
+    /// Creates a node. Its generation is the store's to choose, whatever `node.generation`
+    /// holds: one after the highest the node id ever had (its tombstones in
+    /// `node_deletions`), so that a token of a deleted registration never matches the id's
+    /// next one. On [`WriteOutcome::Written`], `node.generation` is the one stored.
+    ///
+    /// The generation is computed in the transaction of the insert, after it: the insert
+    /// waits for any transaction that deleted the id's previous row and has not committed yet
+    /// (on PostgreSQL, its unique index waits; SQLite writes one transaction at a time), and
+    /// the statement after it (a new snapshot under PostgreSQL's read committed) then sees
+    /// that deletion's tombstone. Tombstones are kept at least as long as a token lives (see
+    /// [`crate::domain::registry::tombstone_retention`]), so this holds for every token that
+    /// can still be accepted.
+    pub async fn insert(&self, node: &mut NodeRecord) -> Result<WriteOutcome, StoreError> {
         if self.key_taken(node).await? {
             return Ok(WriteOutcome::KeyInUse);
         }
-        let result = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
             "INSERT INTO nodes (node_id, public_key, generation, registration, country, region, \
              status, reported_status, metrics, active_connections, registered_at_ms, last_seen_ms, \
              token_expires_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             VALUES ($1, $2, (SELECT COALESCE(MAX(generation), 0) + 1 FROM node_deletions \
+             WHERE node_id = $1), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(node.node_id.to_string())
         .bind(node.public_key.to_base64())
-        .bind(node.generation)
         .bind(to_json(&node.registration)?)
         .bind(node.registration.location.country.clone())
         .bind(node.registration.location.region.clone())
@@ -317,9 +329,25 @@ impl Store {
         .bind(node.registered_at.0)
         .bind(node.last_seen.0)
         .bind(node.token_expires_at.0)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
-        self.unique_outcome(node, result.map(|_| ())).await
+        if let Err(error) = inserted {
+            // Dropping the transaction rolls it back.
+            drop(tx);
+            return self.unique_outcome(node, Err(error)).await;
+        }
+        // Again, now that the insert has waited out any deletion of the id in flight.
+        let row = sqlx::query(
+            "UPDATE nodes SET generation = (SELECT COALESCE(MAX(generation), 0) + 1 \
+             FROM node_deletions WHERE node_id = $1) WHERE node_id = $1 RETURNING generation",
+        )
+        .bind(node.node_id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let generation: i64 = row.try_get("generation")?;
+        tx.commit().await?;
+        node.generation = generation;
+        Ok(WriteOutcome::Written)
     }
 
     /// Re-registers a node whose stored generation is `node.generation - 1`.
@@ -493,18 +521,15 @@ impl Store {
         Ok(true)
     }
 
-    /// Nodes deleted at or after `since` and not registered again since, with the
-    /// generation each had. A node registered again after its deletion has a row, which is
-    /// the truth: its tombstone must not revoke the new registration (a new row starts its
-    /// generations over, so the tombstone's generation does not tell them apart), and the
-    /// row's own sync replaces whatever grant the deleted registration left.
+    /// Nodes deleted at or after `since`, with the generation each had. A node registered
+    /// again since has a row of a higher generation than any of its tombstones (see
+    /// [`Self::insert`]), which the readers' "up to this generation" checks spare.
     pub async fn deletions_since(
         &self,
         since: UnixMillis,
     ) -> Result<Vec<(NodeId, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT node_id, generation FROM node_deletions WHERE deleted_at_ms >= $1 \
-             AND NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node_id = node_deletions.node_id) \
              ORDER BY deleted_at_ms",
         )
         .bind(since.0)

@@ -210,6 +210,23 @@ impl TestServer {
         Some(hosts)
     }
 
+    /// Two hosts of one PostgreSQL ([`Self::start_cluster`]) that leave syncing to the test:
+    /// they sweep and sync their routing index by themselves only once an hour. The second
+    /// (the "back" host, the first being the "front") has had its first grant sync, which
+    /// read every live node there was: none.
+    pub(crate) async fn start_grant_sync_pair() -> Option<(Self, Self)> {
+        let options = Options {
+            sweep_interval: Duration::from_secs(3600),
+            index_sync_interval: Duration::from_secs(3600),
+            ..Options::default()
+        };
+        let mut hosts = Self::start_cluster(2, options).await?;
+        let back = hosts.pop().unwrap();
+        let front = hosts.pop().unwrap();
+        back.state.sync_grants().await.unwrap();
+        Some((front, back))
+    }
+
     async fn start_member(
         backend: Backend,
         options: &Options,
@@ -396,6 +413,25 @@ impl TestServer {
             &json!({"metrics": {"latency": 12.5, "cpuUsage": 30, "activeConnections": active}}),
         )
         .await
+    }
+
+    /// The node ids an untargeted routing request through this host ranks for `client`
+    /// (asserting 200).
+    pub(crate) async fn routed(&self, client: &Node, token: &str) -> Vec<String> {
+        let request = json!({
+            "clientId": client.id,
+            "clientNetworkInfo": {"ipv4": "192.168.1.2", "natType": "FullCone"}
+        });
+        let (status, body) = self
+            .post("/api/v1/routing/request", Some(token), &request)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["path"][0].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// The Prometheus text.
