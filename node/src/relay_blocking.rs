@@ -73,7 +73,7 @@ pub enum UpgradeError {
     #[error("relay connection: {0}")]
     Io(#[from] io::Error),
     /// The server refused the upgrade, or the handshake timed out.
-    #[error("relay upgrade: {}", .0.as_str())]
+    #[error("relay upgrade: {0}")]
     Closed(CloseReason),
 }
 
@@ -290,6 +290,14 @@ impl<S: Read + Write, R: RngCore> BlockingClient<S, R> {
     pub fn into_parts(self) -> (S, Vec<u8>) {
         let rest = self.buf[self.start..self.end].to_vec();
         (self.stream, rest)
+    }
+
+    /// The stream, the bytes read from it that the session has not consumed, and the
+    /// session itself, for a caller that drives the core on from here (a load generator's
+    /// non-blocking loop).
+    pub fn into_session(self) -> (S, Vec<u8>, RelayClient<R>) {
+        let rest = self.buf[self.start..self.end].to_vec();
+        (self.stream, rest, self.core)
     }
 
     /// The session's core: its state and counters.

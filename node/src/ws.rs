@@ -189,6 +189,22 @@ impl CloseReason {
     }
 }
 
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Handshake(err) => write!(f, "upgrade refused: {err}"),
+            Self::PeerMisbehaved(violation) => write!(f, "protocol error: {violation:?}"),
+            Self::PeerClosed(Some(code)) => write!(f, "closed by the server with {}", code.get()),
+            Self::Rejected => f.write_str("token refused (1008)"),
+            Self::PeerClosed(None)
+            | Self::HandshakeTimeout
+            | Self::ReadyTimeout
+            | Self::IdleTimeout
+            | Self::Local => f.write_str(self.as_str()),
+        }
+    }
+}
+
 /// How the server broke the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -263,6 +279,50 @@ pub struct Stats {
     pub malformed: u64,
     /// Pings from the server (each answered with a pong unless the session is closing).
     pub pings: u64,
+}
+
+/// A SEND frame masked once, from [`RelayClient::dangerous_send_template`]: a load
+/// generator copies it and writes into each copy only the bytes that differ per packet,
+/// already masked, instead of masking every byte of every packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendTemplate {
+    frame: Vec<u8>,
+    /// Where the packet starts in the frame.
+    packet_at: usize,
+    mask: [u8; 4],
+}
+
+impl SendTemplate {
+    /// The whole frame: header, then the masked SEND.
+    pub fn bytes(&self) -> &[u8] {
+        &self.frame
+    }
+
+    /// Bytes of the frame on the wire.
+    pub const fn len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Never: a frame has a header.
+    pub const fn is_empty(&self) -> bool {
+        self.frame.is_empty()
+    }
+
+    /// Writes `bytes` at offset `at` of the packet into `frame`, a copy of
+    /// [`bytes`](Self::bytes), masked as the frame is (masking is positional, RFC 6455
+    /// §5.3); the rest of the copy is left as it is. Bytes beyond the packet are dropped.
+    pub fn write_packet(&self, frame: &mut [u8], at: usize, bytes: &[u8]) {
+        let start = self.packet_at + at;
+        let end = (start + bytes.len()).min(self.frame.len()).min(frame.len());
+        let Some(slot) = frame.get_mut(start..end) else {
+            return;
+        };
+        slot.copy_from_slice(&bytes[..slot.len()]);
+        // The payload starts at `packet_at - PREFIX_LEN`: rotate the key to this offset.
+        let offset = start - (self.packet_at - relay::PREFIX_LEN);
+        let key = std::array::from_fn(|i| self.mask[(offset + i) % 4]);
+        frame::apply_mask(slot, key);
+    }
 }
 
 /// One masked control frame: 2-byte header, 4-byte key, at most 125 bytes of payload.
@@ -425,6 +485,31 @@ impl<R: RngCore> RelayClient<R> {
                 Err(SendError::TooLarge(packet.len()))
             }
         }
+    }
+
+    /// A SEND frame to `dest` carrying `packet`, masked once, for a load generator to stamp
+    /// copies of ([`SendTemplate`]). Dangerous: every copy goes with the same masking key,
+    /// where RFC 6455 §5.3 wants a fresh one per frame (so that no payload can steer a
+    /// proxy on the path). Only for generators on a path without one, where masking each
+    /// packet would cost more than the relay's own work.
+    pub fn dangerous_send_template(
+        &mut self,
+        dest: &NodeId,
+        packet: &[u8],
+    ) -> Result<SendTemplate, SendError> {
+        if relay::PREFIX_LEN + packet.len() > self.config.max_message {
+            return Err(SendError::TooLarge(packet.len()));
+        }
+        let mask = self.mask();
+        let mut frame = vec![0u8; frame::MAX_CLIENT_HEADER_LEN + relay::PREFIX_LEN + packet.len()];
+        let len = relay::encode_send(dest, packet, mask, &mut frame)
+            .map_err(|_| SendError::TooLarge(packet.len()))?;
+        frame.truncate(len);
+        Ok(SendTemplate {
+            packet_at: len - packet.len(),
+            frame,
+            mask,
+        })
     }
 
     /// The next event, in the order they arose.
@@ -942,6 +1027,33 @@ mod tests {
             Some(CloseCode::POLICY_VIOLATION)
         );
         assert_eq!(CloseReason::IdleTimeout.server_code(), None);
+    }
+
+    #[test]
+    fn a_stamped_template_is_the_send_frame_of_the_stamped_packet() {
+        let mut client = open(epoch());
+        let template = client.dangerous_send_template(&PEER, &[0; 40]).unwrap();
+        for at in [0, 1, 3, 17, 38] {
+            let mut frame = template.bytes().to_vec();
+            template.write_packet(&mut frame, at, b"stamp");
+            let (opcode, payload, end) = client_frame(&frame);
+            assert_eq!((opcode, end), (OpCode::Binary, frame.len()));
+            let mut want = [0u8; 40];
+            let fits = (40 - at).min(5);
+            want[at..at + fits].copy_from_slice(&b"stamp"[..fits]);
+            assert_eq!(
+                Message::parse(&payload).unwrap(),
+                Message::Send {
+                    dest: PEER,
+                    packet: &want
+                },
+                "stamped at {at}"
+            );
+        }
+        assert_eq!(
+            client.dangerous_send_template(&PEER, &vec![0; DEFAULT_MAX_MESSAGE]),
+            Err(SendError::TooLarge(DEFAULT_MAX_MESSAGE))
+        );
     }
 
     #[test]
