@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sourced by scripts/test.sh: throw-away PostgreSQL and Redis for the tests, coturn's
-# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests, and iproute2,
-# iptables, wireguard-go, wireguard-tools, ping and iperf3 for the network-namespace tests
-# (testsupport/'s simulated internet, the node agent's WireGuard tunnels).
+# tools (turnutils_uclient, turnutils_peer) for the TURN interop tests, iproute2, iptables,
+# wireguard-go, wireguard-tools, ping and iperf3 for the network-namespace tests
+# (testsupport/'s simulated internet, the node agent's WireGuard tunnels), and Chromium with
+# NSS's certutil for the browser test (bosonserver/tests/browser.rs).
 # Exports BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL; stops both on exit.
 
 services_dir=""
@@ -30,21 +31,29 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# Installs the Debian packages named after $1 when root and apt-get is there; else says
+# what is missing and why that matters ($1) and fails. Nothing to install: succeeds.
+apt_install() {
+    local why=$1
+    shift
+    [ $# -gt 0 ] || return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing $* from Debian's packages" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "missing $*: $why" >&2
+        return 1
+    fi
+}
+
 install_if_missing() {
     local need=()
     [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ] || need+=(postgresql)
     command -v redis-server >/dev/null || need+=(redis-server)
     # coturn's own client and peer, for the TURN interop tests.
     command -v turnutils_uclient >/dev/null || need+=(coturn)
-    [ ${#need[@]} -gt 0 ] || return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing ${need[*]} from Debian's packages" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-        echo "missing ${need[*]}: install them (or set BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL)" >&2
-        return 1
-    fi
+    apt_install "install them (or set BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL)" "${need[@]}"
 }
 
 # The network-namespace tests need root anyway: home routers NAT with iptables, nodes run
@@ -59,19 +68,22 @@ install_netns_tools_if_missing() {
     command -v wg >/dev/null || need+=(wireguard-tools)
     command -v ping >/dev/null || need+=(iputils-ping)
     command -v iperf3 >/dev/null || need+=(iperf3)
-    [ ${#need[@]} -gt 0 ] || return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing ${need[*]} from Debian's packages" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-        echo "missing ${need[*]}: the network-namespace tests will skip" >&2
-        return 1
-    fi
+    apt_install "the network-namespace tests will skip" "${need[@]}"
+}
+
+# The browser test: headless Chromium relaying through our TURN server, and certutil to make
+# it trust the test's CA (an NSS database in a throw-away HOME). Installed when root; else
+# that test skips (or fails under CI) by itself.
+install_browser_if_missing() {
+    local need=()
+    command -v chromium >/dev/null || need+=(chromium)
+    command -v certutil >/dev/null || need+=(libnss3-tools)
+    apt_install "the browser test will skip" "${need[@]}"
 }
 
 start_test_services() {
     install_netns_tools_if_missing || true
+    install_browser_if_missing || true
     if [ -n "${BOSON_TEST_DATABASE_URL:-}" ] && [ -n "${BOSON_TEST_REDIS_URL:-}" ]; then
         echo "using BOSON_TEST_DATABASE_URL and BOSON_TEST_REDIS_URL as given" >&2
         return 0

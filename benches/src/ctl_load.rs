@@ -17,7 +17,7 @@
 //! memory (`VmRSS`) before and after registering gives the memory per node.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 
 use crate::ctl_population::{self, SimNode};
-use crate::process::{ServerProcess, ensure_file};
+use crate::process::{ServerProcess, ensure_file, free_tcp_port};
 use crate::report::Machine;
 use crate::runner::BOSON_CONFIG_VARS;
 use crate::{clock, procfs};
@@ -310,10 +310,6 @@ fn start(config: &CtlConfig, nodes: usize) -> anyhow::Result<Server> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(Server { process, api })
-}
-
-fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The resident memory of `pid`, bytes (`VmRSS` of `/proc/PID/status`).

@@ -2,6 +2,7 @@
 //! directory of their own, dying with the runner, and stopped when their guard drops.
 
 use std::fs::File;
+use std::net::{TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,6 +15,29 @@ pub fn pinned(core: usize, program: &Path) -> Command {
     let mut command = Command::new("taskset");
     command.arg("-c").arg(core.to_string()).arg(program);
     command
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A port on 127.0.0.1 that was free a moment ago for both TCP and UDP: for a server that
+/// binds one port number over both (a TURN listener, whose TCP side is on by default; the
+/// node relay and its QUIC counterpart).
+pub fn free_tcp_and_udp_port() -> anyhow::Result<u16> {
+    for _ in 0..32 {
+        let port = free_tcp_port()?;
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port free for both TCP and UDP in 32 tries")
 }
 
 /// Fails with a build hint if `path` is not a file.

@@ -21,7 +21,7 @@ use boson_dataplane_proto::stun::{Class, Encoder, Message, MessageType, Trailer,
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::generator::{self, LoadConfig, Rate, Target};
-use crate::process::{ServerProcess, ensure_file, pinned};
+use crate::process::{ServerProcess, ensure_file, free_tcp_and_udp_port, pinned};
 use crate::report::{Machine, Record, Report, Server, ServerKind};
 use crate::{forwarder, procfs};
 
@@ -430,11 +430,6 @@ impl Started for Running {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// The first relay port for this process's servers: spread by pid so concurrent runs (and
 /// other tests on the machine) rarely share ports. Both servers survive a busy port.
 fn relay_base(kind: ServerKind) -> u16 {
@@ -448,7 +443,8 @@ fn relay_base(kind: ServerKind) -> u16 {
 
 fn start_server(config: &RunConfig, kind: ServerKind, id: usize) -> anyhow::Result<Running> {
     let dir = ServerProcess::tempdir(kind.name())?;
-    let port = free_udp_port()?;
+    // bosonserver and coturn listen on TCP too, on the same port number.
+    let port = free_tcp_and_udp_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let relay = relay_base(kind);
     let relay_range = format!("{relay}-{}", relay + RELAY_PORTS - 1);

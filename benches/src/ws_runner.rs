@@ -27,7 +27,7 @@
 //! Every wait is bounded: start-up (10 s), each connection's set-up (5 s), the load (its
 //! duration plus drain), the stop of a relay (SIGTERM, then SIGKILL after 3 s).
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,7 +36,9 @@ use anyhow::{Context as _, bail};
 use crate::clock;
 use crate::generator::Rate;
 use crate::nodes::{self, NodeCredential, TokenKeys};
-use crate::process::{ServerProcess, ensure_file, pinned};
+use crate::process::{
+    ServerProcess, ensure_file, free_tcp_and_udp_port, free_tcp_port, free_udp_port, pinned,
+};
 use crate::quic_baseline;
 use crate::quic_client::{ClientSetup, QuicNode};
 use crate::quic_generator::{self, QuicLoadConfig};
@@ -239,9 +241,10 @@ fn start(config: &WsRunConfig, kind: WsServerKind, id: usize) -> anyhow::Result<
         WsServerKind::BosonWs | WsServerKind::BosonQuic => {
             ensure_file(&config.bosonserver, "cargo build --release -p bosonserver")?;
             // The QUIC relay binds the WebSocket relay's port number over UDP.
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_relay_port()?));
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_tcp_and_udp_port()?));
             let api = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
-            let turn = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+            // The TURN listener's TCP side binds the same port number.
+            let turn = SocketAddr::from(([127, 0, 0, 1], free_tcp_and_udp_port()?));
             let data = dir.path().join("data");
             let mut command = pinned(config.server_core, &config.bosonserver);
             command
@@ -443,27 +446,6 @@ fn probe_quic(
 fn turn_budget(config: &WsRunConfig) -> Duration {
     let per = config.duration + config.drain + Duration::from_secs(10);
     per * u32::try_from(config.packets.len() * config.rates.len()).unwrap_or(u32::MAX)
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A port on 127.0.0.1 that was free a moment ago for both TCP and UDP.
-fn free_relay_port() -> anyhow::Result<u16> {
-    for _ in 0..32 {
-        let port = free_tcp_port()?;
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no port free for both TCP and UDP in 32 tries")
-}
-
-/// A UDP port on 127.0.0.1 that was free a moment ago.
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// TURN relay ports for bosonserver's (idle) TURN dataplane: 100 ports, spread by pid, apart

@@ -355,24 +355,7 @@ fn check_relay_routes(answer: &Value, target: u16, live: &[&Host]) -> String {
 /// `GET /api/v1/turn/ice` from `host` for the holder of `token`: the TURN URLs and the
 /// credential.
 fn ice(http: &common::Http, host: &Host, token: &str) -> (Vec<String>, String, String) {
-    let (status, answer) = http.get_auth(&format!("{}/api/v1/turn/ice", host.base()), token);
-    assert_eq!(status, 200, "{answer}");
-    let servers = answer["iceServers"].as_array().unwrap();
-    let turn = servers
-        .iter()
-        .find(|s| s["username"].is_string())
-        .unwrap_or_else(|| panic!("no TURN server in {answer}"));
-    let urls = turn["urls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_owned())
-        .collect();
-    (
-        urls,
-        turn["username"].as_str().unwrap().to_owned(),
-        turn["credential"].as_str().unwrap().to_owned(),
-    )
+    http.ice_turn(&host.base(), token)
 }
 
 /// Sends probes from `a` to `b` until one arrives (the hosts link and learn where the nodes

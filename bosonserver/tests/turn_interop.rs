@@ -388,20 +388,7 @@ fn ice_turn(server: &common::Running, node_id: &str) -> (Vec<String>, String, St
         "location": {"country": "DE", "region": "DE-BE"}
     });
     let token = http.register(&server.base, &node);
-    let (status, ice) = http.get_auth(&format!("{}/api/v1/turn/ice", server.base), &token);
-    assert_eq!(status, 200, "{ice}");
-    let turn = &ice["iceServers"][1];
-    let urls = turn["urls"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap().to_owned())
-        .collect();
-    (
-        urls,
-        turn["username"].as_str().unwrap().to_owned(),
-        turn["credential"].as_str().unwrap().to_owned(),
-    )
+    http.ice_turn(&server.base, &token)
 }
 
 /// The port of the URL in `urls` that starts with `prefix` (`turn:` or `turns:`) and asks for

@@ -263,3 +263,47 @@ fn connections_past_the_per_address_cap_are_closed_and_counted() {
     }
     eprintln!("{ATTEMPTS} refused connections took {flood:?}");
 }
+
+/// A client over TLS that sends faster than the server reads (a browser's data channel does)
+/// is served whole: rustls holds at most 16 KiB of decrypted input, and a server that asks it
+/// for more records while that much waits gets an error instead, which once closed the
+/// connection (found by the browser test, `browser.rs`).
+#[test]
+fn a_burst_over_tls_is_answered_whole() {
+    const REQUESTS: usize = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _, tls) = server(dir.path(), &[]);
+    let http = common::Http::new();
+    let pem = std::fs::read(dir.path().join("turn-cert.pem")).unwrap();
+    let cert = rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let mut stream = rustls::StreamOwned::new(client, connect(tls));
+    for round in 0..3u8 {
+        // 40 000 bytes in one write: several TLS records, more than rustls buffers.
+        let burst: Vec<u8> = (0..REQUESTS).flat_map(|_| binding(round)).collect();
+        stream.write_all(&burst).unwrap();
+        stream.flush().unwrap();
+        for i in 0..REQUESTS {
+            let mut header = [0u8; 20];
+            stream
+                .read_exact(&mut header)
+                .unwrap_or_else(|e| panic!("round {round}, answer {i}: {e}"));
+            assert_eq!(&header[..2], &[0x01, 0x01], "Binding success");
+            assert_eq!(&header[8..20], &[round; 12]);
+            let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+            let mut rest = vec![0u8; len];
+            stream.read_exact(&mut rest).unwrap();
+        }
+    }
+    assert_eq!(closes(&http, &running.base, "error"), 0);
+}

@@ -64,6 +64,22 @@ pub fn installed(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Makes the process `command` starts die (SIGKILL) when the thread that starts it ends, even
+/// if no destructor runs (a test killed by a timeout): `PR_SET_PDEATHSIG`.
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Whether this process runs as root.
 #[must_use]
 pub fn is_root() -> bool {

@@ -273,6 +273,30 @@ impl Http {
         body["sessionToken"].as_str().unwrap().to_owned()
     }
 
+    /// `GET /api/v1/turn/ice` from the server at `base` for the holder of `token`, asserting
+    /// 200: the TURN entry's URLs, username and credential.
+    pub(crate) fn ice_turn(&self, base: &str, token: &str) -> (Vec<String>, String, String) {
+        let (status, answer) = self.get_auth(&format!("{base}/api/v1/turn/ice"), token);
+        assert_eq!(status, 200, "{answer}");
+        let turn = answer["iceServers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["username"].is_string())
+            .unwrap_or_else(|| panic!("no TURN server in {answer}"));
+        let urls = turn["urls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect();
+        (
+            urls,
+            turn["username"].as_str().unwrap().to_owned(),
+            turn["credential"].as_str().unwrap().to_owned(),
+        )
+    }
+
     /// `node` (a [`node_body`], whose `publicKey` holds a seed of the node's private key)
     /// ready to send: its real public key, and the proof answering a fresh challenge of
     /// `base`, made at the server's time (the challenge's expiry less its lifetime). The

@@ -170,6 +170,16 @@ proptest! {
             Message::parse(&out[frame.start + recv.header_len..frame.end]),
             Ok(Message::Recv { src: node_id(src), packet: &packet })
         );
+        // The in-place RECV frame and the one the shell builds from a QUIC packet agree,
+        // and both parse back to the source and packet.
+        let mut built = Vec::new();
+        relay::encode_recv_frame(&mut built, &node_id(src), &packet);
+        prop_assert_eq!(&built[..], &out[frame]);
+        prop_assert_eq!(
+            relay::parse_recv_frame(&built),
+            Some((node_id(src), &packet[..]))
+        );
+        let _ = relay::parse_recv_frame(&bytes);
     }
 
     #[test]

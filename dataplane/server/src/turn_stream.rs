@@ -12,7 +12,9 @@
 //! relay's (both through one nested epoll fd when both run, see `Mux`). So io_uring and
 //! epoll drive the same readiness code: a readable connection is read with plain `read`s
 //! (through rustls for TLS) and written with `write`s, each connection's replies and peers'
-//! data batched per turn.
+//! data batched per turn. A TLS connection's socket is read only once rustls's decrypted
+//! input has all been taken: rustls holds at most 16 KiB of it and refuses to read on past
+//! that, so a client that sends faster than its frames are handled waits in TCP instead.
 //!
 //! # Limits, each with a counted close (`StreamCounters`)
 //!
@@ -301,21 +303,28 @@ impl Conn {
                     Ok(n)
                 }
                 Err(err) if would_block(&err) => Ok(0),
-                Err(_) => Err(Closing::Error),
+                Err(err) => Err(io_failed(self.client, "read", &err)),
             };
         };
         let mut eof = false;
-        match tls.read_tls(&mut self.stream) {
-            Ok(0) => eof = true,
-            Ok(_) => {}
-            Err(err) if would_block(&err) => {}
-            Err(_) => return Err(Closing::Error),
-        }
-        if let Err(err) = tls.process_new_packets() {
-            tracing::debug!(client = %self.client, %err, "TURN TLS failed");
-            // Best effort: the alert rustls queued.
-            let _ = tls.write_tls(&mut self.stream);
-            return Err(Closing::Tls);
+        // rustls holds at most 16 KiB of decrypted input and answers a read_tls beyond that
+        // with an error: the socket is read only once what it decrypted has been taken (a
+        // client sending faster than the frames are handled, as a browser's data channel
+        // does, fills it).
+        let pending = match tls.process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read(),
+            Err(err) => return Err(tls_failed(tls, &mut self.stream, self.client, &err)),
+        };
+        if pending == 0 {
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(err) if would_block(&err) => {}
+                Err(err) => return Err(io_failed(self.client, "TLS read", &err)),
+            }
+            if let Err(err) = tls.process_new_packets() {
+                return Err(tls_failed(tls, &mut self.stream, self.client, &err));
+            }
         }
         let spare = self.rx.spare();
         let mut added = 0;
@@ -351,7 +360,7 @@ impl Conn {
                         Ok(0) => return Err(Closing::Error),
                         Ok(n) => self.tx_head += n,
                         Err(err) if would_block(&err) => return Ok(false),
-                        Err(_) => return Err(Closing::Error),
+                        Err(err) => return Err(io_failed(self.client, "write", &err)),
                     }
                 }
             }
@@ -361,7 +370,7 @@ impl Conn {
                         Ok(0) => return Err(Closing::Error),
                         Ok(_) => {}
                         Err(err) if would_block(&err) => return Ok(false),
-                        Err(_) => return Err(Closing::Error),
+                        Err(err) => return Err(io_failed(self.client, "TLS write", &err)),
                     }
                 }
                 if tls.is_handshaking() || self.tx_head == self.tx.len() {
@@ -385,6 +394,26 @@ impl Conn {
         }
         Ok(self.tx_head == self.tx.len() && !self.tls.as_ref().is_some_and(|t| t.wants_write()))
     }
+}
+
+/// The TLS layer of a connection failed with `err` (a bad record, an alert): logged, the
+/// alert rustls queued sent (best effort), closed as [`Closing::Tls`].
+fn tls_failed(
+    tls: &mut rustls::ServerConnection,
+    stream: &mut TcpStream,
+    client: ClientAddr,
+    err: &rustls::Error,
+) -> Closing {
+    tracing::debug!(%client, %err, "TURN TLS failed");
+    let _ = tls.write_tls(stream);
+    Closing::Tls
+}
+
+/// A connection's socket `what` failed with `err`: logged (at debug; a reset by the client is
+/// common) and closed as [`Closing::Error`].
+fn io_failed(client: ClientAddr, what: &str, err: &io::Error) -> Closing {
+    tracing::debug!(%client, %err, "TURN stream {what} failed");
+    Closing::Error
 }
 
 fn would_block(err: &io::Error) -> bool {

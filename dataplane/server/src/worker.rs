@@ -41,7 +41,9 @@ use crate::io::bufs::SLOT_SIZE;
 use crate::io::epoll::Epoll;
 use crate::io::socket::bind_udp;
 use crate::io::uring::Uring;
-use crate::io::{CONTROL_LEN, Datagram, Io, IoBackend, RX_START, SocketId, SocketRole, Waker};
+use crate::io::{
+    BufId, CONTROL_LEN, Datagram, Io, IoBackend, RX_START, SocketId, SocketRole, Waker,
+};
 use crate::packet_core::{
     ClientAction, Command, CoreUpdate, PacketCore, PeerAction, PeerAddr, RelayPort, TurnEvent,
 };
@@ -543,21 +545,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 payload,
             } => {
                 self.io.release(out);
-                let relay = self.relays.get(&port).copied();
-                match relay {
-                    _ if payload.start > payload.end || payload.end > len => {
-                        self.counters.bad_core_range += 1;
-                        self.io.release(buf);
-                    }
-                    Some(socket) => {
-                        let range = RX_START + payload.start..RX_START + payload.end;
-                        self.io.send(socket, peer.get(), buf, range);
-                    }
-                    None => {
-                        self.counters.relay_missing += 1;
-                        self.io.release(buf);
-                    }
-                }
+                self.send_relayed(port, peer, buf, payload, len);
             }
             ClientAction::Absorb => {
                 self.io.release(buf);
@@ -567,6 +555,33 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 self.io.release(buf);
                 self.io.release(out);
                 self.drop_log.record(now, self.index, reason, from);
+            }
+        }
+    }
+
+    /// A client's relayed data, `buf[RX_START + payload]` of a `len`-byte packet the core
+    /// read, out of the relay socket of `port` to `peer` (a datagram or a stream frame alike);
+    /// `buf` is released when the range is bad or the port has no socket, and counted.
+    fn send_relayed(
+        &mut self,
+        port: RelayPort,
+        peer: PeerAddr,
+        buf: BufId,
+        payload: std::ops::Range<usize>,
+        len: usize,
+    ) {
+        match self.relays.get(&port).copied() {
+            _ if payload.start > payload.end || payload.end > len => {
+                self.counters.bad_core_range += 1;
+                self.io.release(buf);
+            }
+            Some(socket) => {
+                let range = RX_START + payload.start..RX_START + payload.end;
+                self.io.send(socket, peer.get(), buf, range);
+            }
+            None => {
+                self.counters.relay_missing += 1;
+                self.io.release(buf);
             }
         }
     }

@@ -105,6 +105,9 @@ async fn recv_datagram(conn: &quinn::Connection) -> (NodeId, Vec<u8>) {
     )
 }
 
+/// What A sends B until B is reachable from A's core.
+const PROBE: &[u8] = b"probe";
+
 async fn quic_exchange(backend: IoBackend) {
     if !common::available(backend) {
         return;
@@ -117,6 +120,23 @@ async fn quic_exchange(backend: IoBackend) {
     let (client_b, got) = quic_join(addr, &cert, &token(&b)).await.unwrap();
     assert_eq!(got, b);
 
+    // With two workers, A and B may be on different cores: B's arrival reaches A's core
+    // through the cross-core ring a moment after B's READY, and a packet A's core reads
+    // before that is answered PEER_GONE (on A's stream). Probe until one gets through; the
+    // reader below skips probes that were still on their way.
+    let mut through = false;
+    // Up to 30 s: only a starved machine needs more than the first probe or two.
+    for _ in 0..300 {
+        send_datagram(&client_a.conn, &b, PROBE);
+        let read = client_b.conn.read_datagram();
+        if let Ok(datagram) = tokio::time::timeout(Duration::from_millis(100), read).await {
+            assert_eq!(&datagram.unwrap()[17..], PROBE);
+            through = true;
+            break;
+        }
+    }
+    assert!(through, "B never became reachable from A");
+
     // 100k packets A → B, at most 32 in flight: none lost, none reordered. The sender waits
     // for the reader's progress (not spinning, which on two cores would starve the workers),
     // and stops as soon as the reader fails, so a loss is a failure, not a hang.
@@ -125,13 +145,18 @@ async fn quic_exchange(backend: IoBackend) {
     let reader = {
         let conn = client_b.conn.clone();
         tokio::spawn(async move {
-            for seq in 0..COUNT {
+            let mut seq = 0;
+            while seq < COUNT {
                 let (src, packet) = recv_datagram(&conn).await;
                 assert_eq!(src, a);
+                if packet == PROBE {
+                    continue;
+                }
                 let got = u64::from_le_bytes(packet[..8].try_into().unwrap());
                 assert_eq!(got, seq, "lost or reordered");
                 assert_eq!(packet.len(), 200);
-                progress.send_replace(seq + 1);
+                seq += 1;
+                progress.send_replace(seq);
             }
         })
     };

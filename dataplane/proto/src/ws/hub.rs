@@ -45,8 +45,9 @@ impl fmt::Display for ConnId {
     }
 }
 
-/// Where a node is connected when it is not connected to this hub. The shell plugs in its
-/// view of other cores and hosts; a closure `Fn(&NodeId) -> bool` works.
+/// Where a node is connected when it is not connected to this hub. A relay core plugs in
+/// its [`Directory`](super::Directory) of other cores, hosts and QUIC sessions, and routes
+/// with [`Hub::route_frame`]; a closure `Fn(&NodeId) -> bool` works for tests.
 pub trait Presence {
     /// Whether `node` is reachable through another core or host.
     fn is_remote(&self, node: &NodeId) -> bool;
@@ -514,6 +515,16 @@ impl<P: Presence> Hub<P> {
             self.drain(now, conn, None);
             self.after(conn);
         }
+    }
+
+    /// The presence lookup this hub was built with.
+    pub const fn presence(&self) -> &P {
+        &self.presence
+    }
+
+    /// The presence lookup this hub was built with, to update.
+    pub const fn presence_mut(&mut self) -> &mut P {
+        &mut self.presence
     }
 
     /// Where `dest` is: on this hub, elsewhere per the presence lookup, or nowhere.

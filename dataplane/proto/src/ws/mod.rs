@@ -139,6 +139,7 @@ pub(crate) use hub::GoneLimiter;
 mod mesh;
 mod queue;
 pub mod relay;
+pub mod route;
 mod session;
 mod stats;
 
@@ -152,6 +153,7 @@ pub use mesh::{
     MAX_PENDING_GONE, MeshClient, MeshCloseReason, MeshError, MeshEvent, MeshHandshakeError,
     MeshInput, MeshState, MeshViolation,
 };
+pub use route::{Directory, Hop, Location, Origin, RouteDrop};
 pub use session::{CloseReason, Session, SessionError, SessionEvent, SessionState, Violation};
 pub use stats::{DropReason, MeshStats, Stats};
 

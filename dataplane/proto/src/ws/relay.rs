@@ -66,7 +66,7 @@ use std::ops::Range;
 
 use boson_shared::NodeId;
 
-use super::frame::{self, BufferTooSmall, MAX_SERVER_HEADER_LEN, OpCode};
+use super::frame::{self, BufferTooSmall, FrameHeader, MAX_SERVER_HEADER_LEN, OpCode};
 use super::handshake::MAX_TOKEN_LEN;
 
 /// Length of a NodeId on the wire.
@@ -336,6 +336,38 @@ pub fn encode_recv(
     Ok(frame)
 }
 
+/// The source and packet of a RECV frame, `[header][0x02][src][packet]`, as the relay
+/// builds them (one unmasked final binary frame; see [`encode_recv_frame`]); `None` for
+/// anything else.
+pub fn parse_recv_frame(frame: &[u8]) -> Option<(NodeId, &[u8])> {
+    let header = FrameHeader::parse(frame).ok()??;
+    if !header.fin
+        || header.opcode != OpCode::Binary
+        || header.mask.is_some()
+        || header.frame_len() != Some(frame.len())
+    {
+        return None;
+    }
+    if let Message::Recv { src, packet } = Message::parse(frame.get(header.header_len..)?).ok()? {
+        Some((src, packet))
+    } else {
+        None
+    }
+}
+
+/// Writes a RECV frame of `packet` from `src` into `buf`, cleared first, with one copy of
+/// the packet; reserve the largest frame's capacity once and this does not allocate.
+pub fn encode_recv_frame(buf: &mut Vec<u8>, src: &NodeId, packet: &[u8]) {
+    let payload = PREFIX_LEN + packet.len();
+    buf.clear();
+    buf.resize(frame::header_len(payload, false), 0);
+    // `buf` was sized for exactly this header.
+    let _ = frame::encode_header(true, OpCode::Binary, payload, None, buf);
+    buf.push(MessageType::Recv as u8);
+    buf.extend_from_slice(node_bytes(src));
+    buf.extend_from_slice(packet);
+}
+
 /// Writes the head of a FORWARD frame into `out`: the server frame header for a message of
 /// `recv_payload_len + NODE_ID_LEN` bytes, then `[0x08][dest]`; returns its length. The
 /// frame is complete when followed by the RECV payload `[0x02][src][packet]` without its
@@ -446,10 +478,29 @@ mod tests {
     use hex_literal::hex;
 
     use super::*;
-    use crate::ws::frame::FrameHeader;
 
     const A: [u8; 16] = hex!("00112233445566778899aabbccddeeff");
     const B: [u8; 16] = hex!("ffeeddccbbaa99887766554433221100");
+
+    #[test]
+    fn recv_frame_round_trip() {
+        let mut buf = Vec::new();
+        for len in [0, 100, 125 - PREFIX_LEN + 1, 70_000] {
+            let packet: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            encode_recv_frame(&mut buf, &node_id(A), &packet);
+            let (src, body) = parse_recv_frame(&buf).unwrap();
+            assert_eq!((src, body), (node_id(A), &packet[..]));
+            // Truncated, trailing bytes, not a RECV: refused.
+            assert_eq!(parse_recv_frame(&buf[..buf.len() - 1]), None);
+            let mut longer = buf.clone();
+            longer.push(0);
+            assert_eq!(parse_recv_frame(&longer), None);
+        }
+        let mut notice = [0u8; MAX_NOTICE_FRAME];
+        let len = encode_notice(MessageType::PeerGone, Some(&node_id(B)), &mut notice);
+        assert_eq!(parse_recv_frame(&notice[..len]), None);
+        assert_eq!(parse_recv_frame(&[]), None);
+    }
 
     #[test]
     fn parses_every_type() {

@@ -31,8 +31,6 @@ impl RelayShell {
             };
             let hub = &mut self.hub;
             let mut quic = self.quic.as_mut();
-            let directory = &self.directory;
-            let mesh_cores = &mut self.mesh_cores;
             let counters = &mut self.counters;
             let mut replaced = Vec::new();
             let mut gone = Vec::new();
@@ -47,31 +45,17 @@ impl RelayShell {
                 match record {
                     CoreRecord::Frame { dest, frame } => {
                         counters.cross_core_in += 1;
-                        deliver_remote(
-                            now,
-                            hub,
-                            quic.as_deref_mut(),
-                            directory,
-                            counters,
-                            &dest,
-                            frame,
-                        );
+                        deliver_remote(now, hub, quic.as_deref_mut(), counters, &dest, frame);
                     }
                     CoreRecord::Arrive { node, epoch } => {
-                        directory.arrive(node, from, epoch);
+                        hub.directory_mut().arrive(node, from, epoch);
                         replaced.push((node, epoch));
                     }
                     CoreRecord::Leave { node, epoch } => {
-                        directory.leave(&node, from, epoch);
+                        hub.directory_mut().leave(&node, from, epoch);
                     }
-                    CoreRecord::MeshUp(host) => {
-                        mesh_cores.insert(host, from);
-                    }
-                    CoreRecord::MeshDown(host) => {
-                        if mesh_cores.get(&host) == Some(&from) {
-                            mesh_cores.remove(&host);
-                        }
-                    }
+                    CoreRecord::MeshUp(host) => hub.directory_mut().mesh_up(host, from),
+                    CoreRecord::MeshDown(host) => hub.directory_mut().mesh_down(&host, from),
                     CoreRecord::Gone { src, dest } => gone.push((src, dest)),
                 }
             });

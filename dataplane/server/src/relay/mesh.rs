@@ -101,9 +101,9 @@ impl RelayShell {
                     let (input, start) = conn.take_input();
                     let mut gone_src = None;
                     if let Some(bytes) = input.get(start + frame.start..start + frame.end)
-                        && !self.route_frame(now, &dest, bytes)
+                        && !self.route_and_send(now, &dest, bytes, Origin::Mesh)
                     {
-                        gone_src = recv_parts(bytes).map(|(src, _)| src);
+                        gone_src = relay::parse_recv_frame(bytes).map(|(src, _)| src);
                     }
                     if let Some(conn) = self.conns.get_mut(index).and_then(|s| s.conn.as_mut()) {
                         conn.restore_input(input);
@@ -201,7 +201,7 @@ impl RelayShell {
                     c.mesh_host = Some(host);
                 }
                 self.counters.mesh_links += 1;
-                self.mesh_cores.remove(&host);
+                self.hub.directory_mut().mesh_here(&host);
                 self.broadcast(CoreRecord::MeshUp(host));
             }
             Ok(_) => {}

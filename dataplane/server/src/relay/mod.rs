@@ -14,11 +14,12 @@
 //!
 //! # Cross-core hand-off
 //!
-//! A node's session lives on the core whose listener accepted its connection. Every core keeps
-//! a `Directory` of the nodes connected to the other cores, kept current by presence records
-//! every core broadcasts when a session is accepted or ends. A SEND whose destination is on
-//! another core comes out of the hub as [`Forward::Remote`] with the finished RECV frame in the
-//! sender's input buffer; the shell appends it to the SPSC ring of that core pair (a
+//! A node's session lives on the core whose listener accepted its connection. Every core's
+//! hub owns a [`Directory`] of the nodes connected to the other cores, kept current by presence
+//! records every core broadcasts when a session is accepted or ends. A SEND whose destination
+//! is on another core comes out of the hub as [`Forward::Remote`] with the finished RECV frame
+//! in the sender's input buffer; the hub's [`Hub::route_frame`] says where it goes (a
+//! [`Hop`]) and the shell appends it to the SPSC ring of that core pair (a
 //! [`boson_channel::private_ring`], the loom-checked ring of the planes' segment; one copy,
 //! instead of the copy into a local destination's queue) and wakes the core once per turn. The
 //! receiving core drains the ring in place, copies each frame into one reusable buffer and
@@ -31,6 +32,9 @@
 //! node it holds closes its own with 4000 (replaced), so a node has one session per host.
 //!
 //! # What the shell decides
+//!
+//! Not where a frame goes: proto's [`Hub::route_frame`] decides that for every frame, from
+//! a client of this core, another core or a mesh link, and `route.rs` executes its [`Hop`].
 //!
 //! Tokens: [`Authenticator`] (the binary checks the JWT and the control plane's grant).
 //! Write batching: everything a connection has queued is copied into one scratch buffer and
@@ -48,12 +52,10 @@
 //! | `shell.rs` | building the shell, one worker turn, commands, counters, closing |
 //! | `sessions.rs` | TCP and TLS connections: accept, read into the hub, its events, flush, close |
 //! | `conn.rs`, `poller.rs` | one connection's buffers and TLS state; the relay's epoll set |
-//! | `directory.rs` | where nodes not on this core are (another core, another host, QUIC) |
-//! | `cross_core.rs` | the cross-core rings: proto's `ws::handoff` records in and out |
-//! | `route.rs` | where a RECV frame not for a local WebSocket session goes |
+//! | `cross_core.rs` | the cross-core rings: proto's `ws::handoff` records in and out, presence into the directory |
+//! | `route.rs` | executing the hub's [`Hop`] for a RECV frame: ring, QUIC, mesh, or a counted drop |
 //! | `quic_bridge.rs` | the core's QUIC relay and packets between QUIC and the hub |
 //! | `mesh.rs` | mesh links to other relay hosts, both sides |
-//! | `recv_frame.rs` | reading and building the WebSocket RECV frame |
 //! | `wire.rs` | every worker's listeners, rings and QUIC sockets, built once |
 //!
 //! Sockets are bound by `io::socket`; the relay imports nothing from `worker.rs`, which
@@ -61,22 +63,18 @@
 
 mod conn;
 mod cross_core;
-mod directory;
 mod mesh;
 pub(crate) mod poller;
 mod quic_bridge;
-mod recv_frame;
 mod route;
 mod sessions;
 mod shell;
 mod wire;
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -84,12 +82,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use boson_channel::{RingConsumer, RingProducer, private_ring};
 use boson_dataplane_proto::quic::{self, QuicConfig, QuicEvent, QuicRelay};
-use boson_dataplane_proto::ws::frame::{self, CloseCode};
+use boson_dataplane_proto::ws::frame::CloseCode;
 use boson_dataplane_proto::ws::handoff::{self, CoreRecord};
-use boson_dataplane_proto::ws::relay::{self, MessageType};
+use boson_dataplane_proto::ws::relay;
 use boson_dataplane_proto::ws::{
-    ConnId, Delivery, Forward, Hub, HubEvent, MeshClient, MeshEvent, MeshInput, Presence, Route,
-    WsConfig,
+    ConnId, Delivery, Directory, Forward, Hop, Hub, HubEvent, MeshClient, MeshEvent, MeshInput,
+    Origin, Presence, Route, RouteDrop, WsConfig,
 };
 use boson_shared::plane::{Event, HostId, Transport};
 use boson_shared::{MeshKey, NodeId};
@@ -98,11 +96,9 @@ use crate::io::Waker;
 use crate::io::socket::{bind_tcp, bind_udp};
 use conn::{Conn, ConnKind, Flush, ReadOutcome};
 use cross_core::{push_record, ring_capacity};
-use directory::{Directory, Location};
 use mesh::forward_mesh;
 use poller::{Poller, Ready};
 use quic_bridge::deliver_quic;
-use recv_frame::{build_recv, recv_parts};
 use route::{deliver_remote, notify_gone_here};
 pub(crate) use wire::{RelayWiring, wire};
 
@@ -408,7 +404,6 @@ pub(crate) struct RelayShell {
     poller: Poller,
     listener: TcpListener,
     hub: Hub<Directory>,
-    directory: Directory,
     conns: Vec<Slot>,
     free: Vec<usize>,
     by_hub: HashMap<ConnId, usize>,
@@ -423,8 +418,6 @@ pub(crate) struct RelayShell {
     epochs: Arc<AtomicU64>,
     links: Arc<Mutex<BTreeSet<HostId>>>,
     mesh: Option<MeshSettings>,
-    /// Which core holds the mesh session of each host (this core's own are in the hub).
-    mesh_cores: HashMap<HostId, usize>,
     /// Connections that are receiving ends of mesh links (few): their timers.
     mesh_clients: Vec<usize>,
     ws: WsConfig,

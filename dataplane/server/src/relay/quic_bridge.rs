@@ -64,8 +64,7 @@ impl RelayShell {
                     let Some((node, epoch)) = self.quic_sessions.remove(&conn) else {
                         continue;
                     };
-                    if self.directory.get(&node) == Some(Location::Quic { epoch }) {
-                        self.directory.0.borrow_mut().remove(&node);
+                    if self.hub.directory_mut().quic_down(&node, epoch) {
                         self.broadcast(CoreRecord::Leave { node, epoch });
                         self.emit(Event::NodeDisconnected {
                             node,
@@ -90,10 +89,7 @@ impl RelayShell {
             let _ = self.hub.close(now, old, CloseCode::REPLACED);
         }
         self.quic_sessions.insert(conn, (node, epoch));
-        self.directory
-            .0
-            .borrow_mut()
-            .insert(node, Location::Quic { epoch });
+        self.hub.directory_mut().quic_up(node, epoch);
         self.broadcast(CoreRecord::Arrive { node, epoch });
         self.emit(Event::NodeConnected {
             node,
@@ -112,29 +108,29 @@ impl RelayShell {
         dest: &NodeId,
         packet: &[u8],
     ) {
-        if let Some(Location::Quic { .. }) = self.directory.get(dest) {
-            if let Some(quic) = self.quic.as_mut()
-                && matches!(quic.deliver(now, dest, src, packet), quic::Delivery::Queued)
-            {
-                self.counters.quic_packets_out += 1;
-                self.counters.packets_relayed += 1;
+        let hop = self.hub.route_frame(dest, Origin::Client);
+        match hop {
+            // QUIC to QUIC: no WebSocket frame.
+            Hop::Quic => {
+                if let Some(quic) = self.quic.as_mut()
+                    && matches!(quic.deliver(now, dest, src, packet), quic::Delivery::Queued)
+                {
+                    self.counters.quic_packets_out += 1;
+                    self.counters.packets_relayed += 1;
+                }
+                return;
             }
-            return;
-        }
-        let route = self.hub.route(dest);
-        if matches!(route, Route::Unknown) {
-            if let Some(quic) = self.quic.as_mut() {
-                quic.peer_gone(now, conn, dest);
+            Hop::Drop(RouteDrop::UnknownNode) => {
+                if let Some(quic) = self.quic.as_mut() {
+                    quic.peer_gone(now, conn, dest);
+                }
+                return;
             }
-            return;
+            Hop::Session(_) | Hop::Core(_) | Hop::Mesh(_) | Hop::Drop(_) => {}
         }
         let mut frame = std::mem::take(&mut self.frame_scratch);
-        build_recv(&mut frame, src, packet);
-        let delivered = match route {
-            Route::Local(_) => matches!(self.hub.handle_remote(dest, &frame), Delivery::Queued(_)),
-            Route::Remote(_) | Route::Unknown => self.deliver_frame(now, dest, &frame, false),
-        };
-        if delivered {
+        relay::encode_recv_frame(&mut frame, src, packet);
+        if self.send_hop(now, dest, &frame, hop) {
             self.counters.packets_relayed += 1;
         }
         self.frame_scratch = frame;
@@ -150,7 +146,7 @@ pub(super) fn deliver_quic(
     dest: &NodeId,
     frame: &[u8],
 ) -> Option<bool> {
-    let (src, packet) = recv_parts(frame)?;
+    let (src, packet) = relay::parse_recv_frame(frame)?;
     let queued = matches!(
         quic?.deliver(now, dest, &src, packet),
         quic::Delivery::Queued

@@ -1,31 +1,56 @@
-//! Where a finished RECV frame goes once the hub has found it is not for one of this core's
-//! WebSocket sessions: another core, a QUIC session here, a mesh host, or nowhere.
+//! Executing the core's routing decision: proto's [`Hub::route_frame`] says where a RECV
+//! frame goes (a [`Hop`]); the shell pushes it to the cross-core ring, hands it to the QUIC
+//! relay or the mesh link, or counts the drop. Nothing here decides a route.
 
 use super::*;
 
 impl RelayShell {
-    /// A finished RECV frame for `dest` that arrived from outside this core's hub clients (a
-    /// mesh link): to a local session, another core, or nowhere.
-    /// Returns whether it was handed on (false: `dest` is connected nowhere here).
-    pub(super) fn route_frame(&mut self, now: Instant, dest: &NodeId, frame: &[u8]) -> bool {
-        match self.hub.route(dest) {
-            Route::Local(_) => {
+    /// A finished RECV frame for `dest` from `from` (a client of this core, or a mesh link),
+    /// routed by the hub and sent on. Returns whether it was handed on.
+    pub(super) fn route_and_send(
+        &mut self,
+        now: Instant,
+        dest: &NodeId,
+        frame: &[u8],
+        from: Origin,
+    ) -> bool {
+        let hop = self.hub.route_frame(dest, from);
+        self.send_hop(now, dest, frame, hop)
+    }
+
+    /// Sends a RECV frame for `dest` where `hop` says. Returns whether it was handed on.
+    pub(super) fn send_hop(&mut self, now: Instant, dest: &NodeId, frame: &[u8], hop: Hop) -> bool {
+        match hop {
+            Hop::Session(_) => {
                 let queued = matches!(self.hub.handle_remote(dest, frame), Delivery::Queued(_));
                 if !queued {
                     self.counters.cross_core_gone += 1;
                 }
                 queued
             }
-            // Never back out over the mesh: a packet from another host is for our nodes.
-            Route::Remote(_) | Route::Unknown => self.deliver_frame(now, dest, frame, true),
+            Hop::Quic => {
+                match deliver_quic(now, self.quic.as_mut(), &mut self.counters, dest, frame) {
+                    Some(queued) => queued,
+                    None => {
+                        self.counters.cross_core_gone += 1;
+                        false
+                    }
+                }
+            }
+            Hop::Core(core) => self.push_frame(core, dest, frame),
+            Hop::Mesh(host) => forward_mesh(&mut self.hub, &mut self.counters, &host, dest, frame),
+            Hop::Drop(reason) => {
+                count_drop(&mut self.counters, reason);
+                false
+            }
         }
     }
 
     /// Another host found `dest` connected nowhere there (a mesh peer's GONE): `src`, our
     /// node, gets a PEER_GONE from the core it is on (rate-limited per pair there).
     pub(super) fn tell_gone(&mut self, now: Instant, src: &NodeId, dest: &NodeId) {
-        match self.directory.get(src) {
-            Some(Location::Core { core, .. }) if core != self.core => {
+        match self.hub.route_frame(src, Origin::Mesh) {
+            Hop::Core(core) if core != self.core => {
                 if let Some(tx) = self.outbound.get_mut(core).and_then(Option::as_mut) {
                     if push_record(
                         tx,
@@ -40,81 +65,53 @@ impl RelayShell {
                     }
                 }
             }
-            Some(Location::Core { .. } | Location::Quic { .. }) | None => {
+            Hop::Core(_) | Hop::Session(_) | Hop::Quic => {
                 notify_gone_here(now, &mut self.hub, self.quic.as_mut(), src, dest);
             }
-            Some(Location::Host(_)) => {}
-        }
-    }
-
-    /// A finished RECV frame for `dest`, which is not a hub client of this core: to the core
-    /// or host it is on, or to its QUIC session here. Returns whether it was handed on.
-    pub(super) fn deliver_frame(
-        &mut self,
-        now: Instant,
-        dest: &NodeId,
-        frame: &[u8],
-        from_mesh: bool,
-    ) -> bool {
-        match self.directory.get(dest) {
-            Some(Location::Core { core, .. }) => self.push_frame(core, dest, frame),
-            Some(Location::Quic { .. }) => {
-                match deliver_quic(now, self.quic.as_mut(), &mut self.counters, dest, frame) {
-                    Some(queued) => queued,
-                    None => {
-                        self.counters.cross_core_gone += 1;
-                        false
-                    }
-                }
-            }
-            Some(Location::Host(host)) if !from_mesh => self.send_to_host(&host, dest, frame),
-            Some(Location::Host(_)) | None => {
-                self.counters.cross_core_gone += 1;
-                false
-            }
-        }
-    }
-
-    /// Over the mesh link of `host`: from this core if it holds the link, else via the core
-    /// that does.
-    pub(super) fn send_to_host(&mut self, host: &HostId, dest: &NodeId, frame: &[u8]) -> bool {
-        if self.hub.mesh_conn(host).is_some() {
-            forward_mesh(&mut self.hub, &mut self.counters, host, dest, frame)
-        } else if let Some(&core) = self.mesh_cores.get(host) {
-            // That core's inbound handling forwards it (see `deliver_remote`).
-            self.push_frame(core, dest, frame)
-        } else {
-            self.counters.mesh_no_link += 1;
-            false
+            // `src` is on another host, or nowhere: nobody here to tell.
+            Hop::Mesh(_) | Hop::Drop(_) => {}
         }
     }
 }
 
-/// A RECV frame from another core for `dest`: to its local session (WebSocket or QUIC), or
-/// on over the mesh when `dest` is on another host and this core holds that host's link.
+/// A RECV frame from another core for `dest`: to its session here (WebSocket or QUIC), or
+/// on over this core's mesh link when `dest` is on another host.
 pub(super) fn deliver_remote(
     now: Instant,
     hub: &mut Hub<Directory>,
     quic: Option<&mut QuicRelay>,
-    directory: &Directory,
     counters: &mut RelayCounters,
     dest: &NodeId,
     frame: &[u8],
 ) {
-    match hub.handle_remote(dest, frame) {
-        Delivery::Queued(_) => {}
-        Delivery::Malformed => counters.cross_core_gone += 1,
-        Delivery::Gone => match directory.get(dest) {
-            Some(Location::Host(host)) => {
-                forward_mesh(hub, counters, &host, dest, frame);
+    match hub.route_frame(dest, Origin::Core) {
+        Hop::Session(_) => {
+            if !matches!(hub.handle_remote(dest, frame), Delivery::Queued(_)) {
+                counters.cross_core_gone += 1;
             }
-            Some(Location::Quic { .. }) => {
-                if deliver_quic(now, quic, counters, dest, frame) != Some(true) {
-                    counters.cross_core_gone += 1;
-                }
+        }
+        Hop::Quic => {
+            if deliver_quic(now, quic, counters, dest, frame) != Some(true) {
+                counters.cross_core_gone += 1;
             }
-            Some(Location::Core { .. }) | None => counters.cross_core_gone += 1,
-        },
+        }
+        Hop::Mesh(host) => {
+            forward_mesh(hub, counters, &host, dest, frame);
+        }
+        // The core never passes a frame from another core on to a third.
+        Hop::Core(_) => counters.cross_core_gone += 1,
+        Hop::Drop(reason) => count_drop(counters, reason),
+    }
+}
+
+/// A routing drop in the shell's counters: `mesh_no_link` for a host without a link,
+/// `cross_core_gone` for a destination gone (or not to be reached from where the frame
+/// came); the core counts every reason apart ([`Directory::drops`]).
+fn count_drop(counters: &mut RelayCounters, reason: RouteDrop) {
+    if reason == RouteDrop::NoMeshLink {
+        counters.mesh_no_link += 1;
+    } else {
+        counters.cross_core_gone += 1;
     }
 }
 

@@ -181,7 +181,7 @@ impl RelayShell {
                 // Lend the input buffer out while the frame is routed.
                 let (input, start) = conn.take_input();
                 if let Some(bytes) = input.get(start + frame.start..start + frame.end)
-                    && self.deliver_frame(now, dest, bytes, false)
+                    && self.route_and_send(now, dest, bytes, Origin::Client)
                 {
                     self.counters.packets_relayed += 1;
                 }

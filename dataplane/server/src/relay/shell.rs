@@ -22,15 +22,13 @@ impl RelayShell {
         poller
             .add(listener.as_raw_fd(), LISTENER_TOKEN)
             .context("watching the relay listener")?;
-        let directory = Directory::default();
         let input_len = config.ws.min_input_buffer();
         let workers = wakers.len();
         Ok(Self {
             core,
             poller,
             listener,
-            hub: Hub::new(config.ws.clone(), directory.clone(), now),
-            directory,
+            hub: Hub::new(config.ws.clone(), Directory::new(), now),
             conns: Vec::new(),
             free: Vec::new(),
             by_hub: HashMap::new(),
@@ -43,7 +41,6 @@ impl RelayShell {
             epochs,
             links,
             mesh: config.mesh,
-            mesh_cores: HashMap::new(),
             mesh_clients: Vec::new(),
             frame_scratch: Vec::with_capacity(config.ws.max_frame()),
             quic_sessions: std::collections::BTreeMap::new(),
@@ -155,7 +152,7 @@ impl RelayShell {
                 }
                 Order::Command(RelayCommand::Presence { node, host }) => {
                     tracing::debug!(core = self.core, %node, ?host, "presence");
-                    self.directory.set_host(node, host);
+                    self.hub.directory_mut().set_host(node, host);
                 }
                 Order::MeshLink(link) => self.open_mesh_link(now, *link),
             }

@@ -107,20 +107,7 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
                 payload,
             } => {
                 self.io.release(out);
-                match self.relays.get(&port).copied() {
-                    _ if payload.start > payload.end || payload.end > len => {
-                        self.counters.bad_core_range += 1;
-                        self.io.release(buf);
-                    }
-                    Some(socket) => {
-                        let range = RX_START + payload.start..RX_START + payload.end;
-                        self.io.send(socket, peer.get(), buf, range);
-                    }
-                    None => {
-                        self.counters.relay_missing += 1;
-                        self.io.release(buf);
-                    }
-                }
+                self.send_relayed(port, peer, buf, payload, len);
             }
             ClientAction::Drop(reason) => {
                 self.io.release(buf);
