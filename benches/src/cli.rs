@@ -20,7 +20,7 @@ use crate::quic_baseline::{self, QuicBaselineConfig};
 use crate::quic_client::ClientSetup;
 use crate::quic_generator::{self, QuicLoadConfig};
 use crate::relay_load::{PacketLimit, RelayLoad, RelayOutcome};
-use crate::report::{Server as _, ServerKind};
+use crate::report::ServerKind;
 use crate::runner::{self, RunConfig};
 use crate::ws_baseline::{self, BaselineConfig};
 use crate::ws_client::Auth;
@@ -259,6 +259,13 @@ struct TurnArgs {
     /// The core the server runs on, to measure how busy it was.
     #[arg(long)]
     server_core: Option<usize>,
+    /// Send each turn's datagrams as one UDP GSO message (--batch at most 64); the sinks
+    /// receive with GRO.
+    #[arg(long)]
+    gso: bool,
+    /// One peer sink per allocation instead of one shared.
+    #[arg(long)]
+    sink_per_allocation: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -275,6 +282,10 @@ struct ForwarderArgs {
     /// Exit after this long.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     lifetime: Duration,
+    /// UDP GRO on receive and GSO on send (the ceiling for batching peers) instead of
+    /// recvmmsg/sendmmsg.
+    #[arg(long)]
+    gso: bool,
 }
 
 /// What `ws` and `quic` share: the relay, the nodes, the load and the measurements.
@@ -477,8 +488,11 @@ struct RunArgs {
     /// max,20k,50k,100k.
     #[arg(long, value_delimiter = ',')]
     loads: Option<Vec<Rate>>,
-    /// TURN servers, comma separated, in the order each round visits them. Default:
-    /// boson-uring,boson-epoll,coturn,raw; with --tcp boson-uring,boson-epoll,coturn.
+    /// TURN servers, comma separated, in the order each round visits them: boson-uring,
+    /// boson-epoll, boson-uring-nogso, boson-epoll-nogso (--no-udp-offload), coturn,
+    /// coturn-src (--coturn-src, with --udp-gso --multiplex-peer; needs
+    /// --sink-per-allocation), raw. Default: boson-uring,boson-epoll,coturn,raw; with --tcp
+    /// boson-uring,boson-epoll,coturn.
     #[arg(long, value_delimiter = ',', conflicts_with = "relays")]
     servers: Option<Vec<ServerKind>>,
     /// TURN over TCP: the clients reach each TURN server through its TCP listener (the
@@ -532,6 +546,18 @@ struct RunArgs {
     /// coturn's turnserver binary.
     #[arg(long, default_value = "turnserver")]
     turnserver: PathBuf,
+    /// coturn's turnserver built from its current source by benches/coturn-src.sh (the
+    /// coturn-src server); skipped with a message when absent.
+    #[arg(long, default_value = "target/coturn/bin/turnserver")]
+    coturn_src: PathBuf,
+    /// The generator sends each turn's datagrams of a flow as one UDP GSO message (at most
+    /// 64, as WireGuard peers batch) and its sinks receive with GRO.
+    #[arg(long)]
+    gso: bool,
+    /// One peer sink per allocation instead of one shared (coturn's --multiplex-peer allows
+    /// one allocation per peer address).
+    #[arg(long)]
+    sink_per_allocation: bool,
     /// TURN REST secret given to both TURN servers.
     #[arg(long, default_value = "bench-secret")]
     secret: String,
@@ -582,7 +608,12 @@ pub fn main() -> anyhow::Result<()> {
         Command::Turn(args) => turn(args),
         Command::RawForwarder(args) => {
             let socket = forwarder::bind(args.listen)?;
-            let stats = forwarder::run(&socket, args.lifetime)?;
+            let batching = if args.gso {
+                forwarder::Batching::GroGso
+            } else {
+                forwarder::Batching::Mmsg
+            };
+            let stats = forwarder::run(&socket, args.lifetime, batching)?;
             eprintln!("raw forwarder done: {stats:?}");
             Ok(())
         }
@@ -633,6 +664,8 @@ fn turn(args: TurnArgs) -> anyhow::Result<()> {
         user_prefix: format!("bench{}", std::process::id()),
         server_pid: args.server_pid,
         server_core: args.server_core,
+        gso: args.gso,
+        sink_per_flow: args.sink_per_allocation,
     };
     config.validate()?;
     let progress = if args.quiet {
@@ -783,13 +816,35 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         if args.tcp {
             tcp_runner::SERVERS.to_vec()
         } else {
-            ServerKind::ALL.to_vec()
+            ServerKind::DEFAULT.to_vec()
         }
     });
+    if servers.contains(&ServerKind::CoturnSrc) && !args.coturn_src.is_file() {
+        eprintln!(
+            "warning: {} not found (build it with benches/coturn-src.sh); skipping coturn-src",
+            args.coturn_src.display()
+        );
+        servers.retain(|s| *s != ServerKind::CoturnSrc);
+    }
     ensure!(!servers.is_empty(), "no servers");
     ensure!(
-        !args.tcp || !servers.contains(&ServerKind::Raw),
-        "the raw forwarder has no TCP listener: leave raw out of --servers with --tcp"
+        !args.tcp
+            || !servers
+                .iter()
+                .any(|s| matches!(s, ServerKind::Raw | ServerKind::RawGso)),
+        "the raw forwarder has no TCP listener: leave raw and raw-gso out of --servers with --tcp"
+    );
+    ensure!(
+        !args.tcp || (!args.gso && !args.sink_per_allocation),
+        "--gso and --sink-per-allocation are UDP-only: leave them out with --tcp"
+    );
+    ensure!(
+        !args.sink_per_allocation
+            || !servers
+                .iter()
+                .any(|s| matches!(s, ServerKind::Raw | ServerKind::RawGso)),
+        "--sink-per-allocation: the raw forwarder (raw, raw-gso) has one sink; \
+         measure it in a run without that flag"
     );
     ensure!(
         args.duration > Duration::ZERO && args.duration <= Duration::from_secs(600),
@@ -819,6 +874,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         batch: args.batch,
         bosonserver,
         turnserver: args.turnserver,
+        // Absolute: the server runs in its own temporary directory, where a relative path
+        // (the default, target/coturn/bin/turnserver) names nothing.
+        coturn_src: std::path::absolute(&args.coturn_src).unwrap_or(args.coturn_src),
+        gso: args.gso,
+        sink_per_flow: args.sink_per_allocation,
         bench,
         secret: args.secret,
         server_core: args.server_core,

@@ -2,7 +2,9 @@
 //!
 //! # Setup
 //!
-//! * One **sink**: a UDP socket on 127.0.0.1 that every flow's peer address points at.
+//! * One **sink**: a UDP socket on 127.0.0.1 that every flow's peer address points at; or,
+//!   with `sink_per_flow`, one sink per flow (coturn's `--multiplex-peer` allows one
+//!   allocation per peer address).
 //! * Per flow, one **client socket** on 127.0.0.1 (a TURN allocation is keyed by the client's
 //!   5-tuple, so N allocations need N sockets). Against a TURN server the flow allocates with a
 //!   REST credential minted from the shared secret (user `<prefix>-<flow>`), answers the 401
@@ -19,6 +21,11 @@
 //! around a payload of the requested size that starts with a [`Stamp`]. Sending stops after the
 //! duration; the sink then drains until everything arrived or the drain time passed. Finally
 //! each allocation is deleted (Refresh with LIFETIME 0).
+//!
+//! With `gso`, each turn's datagrams for a flow leave as one UDP GSO `sendmsg` (at most 64
+//! segments and 65,000 bytes, as a WireGuard peer batches them), and the sinks turn on
+//! `UDP_GRO` and split what arrives coalesced: the generator then offers far more than one
+//! datagram per system call allows.
 //!
 //! Busy polling keeps latency honest (no sleep between a packet's arrival and its timestamp)
 //! at the price of one fully used core: the generator's.
@@ -37,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use crate::accounting::{Delivery, LatencySummary, loss_ratio, lost};
 use crate::clock::{self, Epoch};
 use crate::forwarder;
-use crate::mmsg::{RecvBatch, SendBatch, Wait};
+use crate::mmsg::{self, RecvBatch, SendBatch, Wait};
 use crate::payload::{STAMP_LEN, Stamp};
 use crate::procfs;
 use crate::turn_client::TurnSession;
@@ -50,6 +57,12 @@ pub(crate) const CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 
 /// Requested sink receive queue; the kernel caps it at `net.core.rmem_max` unless root.
 const SINK_RCVBUF: usize = 16 << 20;
+
+/// At most this many datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// At most this many bytes in one GSO send.
+const GSO_MAX_BYTES: usize = 65_000;
 
 /// An offered load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -175,6 +188,11 @@ pub struct LoadConfig {
     /// The core the server runs on, whose busy and softirq time (`/proc/stat`) is measured
     /// over the load phase, if known.
     pub server_core: Option<usize>,
+    /// Send each turn's datagrams as one UDP GSO message, and receive at the sinks with
+    /// GRO.
+    pub gso: bool,
+    /// One sink per flow instead of one shared by all (TURN only).
+    pub sink_per_flow: bool,
 }
 
 impl LoadConfig {
@@ -187,6 +205,14 @@ impl LoadConfig {
             "payload size must be {STAMP_LEN}..={MAX_PAYLOAD} bytes"
         );
         ensure!((1..=1024).contains(&self.batch), "batch must be 1..=1024");
+        ensure!(
+            !self.gso || self.batch <= GSO_MAX_SEGMENTS,
+            "with GSO the batch is at most {GSO_MAX_SEGMENTS} datagrams"
+        );
+        ensure!(
+            !self.sink_per_flow || matches!(self.target, Target::Turn { .. }),
+            "the raw forwarder has one sink"
+        );
         ensure!(
             self.duration > Duration::ZERO && self.duration <= Duration::from_secs(3600),
             "duration must be above 0 and at most 1 h"
@@ -280,10 +306,20 @@ pub fn run(config: &LoadConfig, progress: &ProgressBar) -> anyhow::Result<Outcom
             "cannot pin the generator to core {core}; running unpinned"
         ));
     }
-    let sink = bind_sink()?;
-    let sink_addr = v4(sink.local_addr()?)?;
-    let mut flows = set_up(config, sink_addr)?;
-    let outcome = load(config, &sink, sink_addr, &mut flows, progress);
+    let sink_count = if config.sink_per_flow {
+        config.flows
+    } else {
+        1
+    };
+    let sinks = (0..sink_count)
+        .map(|_| bind_sink(config.gso))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sink_addrs = sinks
+        .iter()
+        .map(|sink| v4(sink.local_addr()?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut flows = set_up(config, &sink_addrs)?;
+    let outcome = load(config, &sinks, &sink_addrs, &mut flows, progress);
     for flow in &mut flows {
         if let Some(session) = flow.session.as_mut()
             && let Err(error) = session.release()
@@ -294,11 +330,13 @@ pub fn run(config: &LoadConfig, progress: &ProgressBar) -> anyhow::Result<Outcom
     outcome
 }
 
-/// Opens the flows: allocations, permissions and channels, or forwarder setup.
-fn set_up(config: &LoadConfig, sink: SocketAddrV4) -> anyhow::Result<Vec<Flow>> {
+/// Opens the flows: allocations, permissions and channels, or forwarder setup. Flow `i`
+/// sends to sink `i` modulo their number.
+fn set_up(config: &LoadConfig, sinks: &[SocketAddrV4]) -> anyhow::Result<Vec<Flow>> {
     let channel = ChannelNumber::MIN;
     let mut flows = Vec::with_capacity(config.flows);
     for index in 0..config.flows {
+        let sink = sinks[index % sinks.len()];
         let flow = match &config.target {
             Target::Turn { server, secret } => {
                 let expires = clock::unix_now() + CREDENTIAL_TTL.as_secs();
@@ -350,24 +388,35 @@ fn raw_setup(forwarder: SocketAddr, sink_port: u16) -> anyhow::Result<UdpSocket>
     bail!("the raw forwarder at {forwarder} does not answer its setup message")
 }
 
-/// The peer sink: a non-blocking UDP socket on 127.0.0.1 with a large receive queue.
-pub(crate) fn bind_sink() -> anyhow::Result<UdpSocket> {
+/// A peer sink: a non-blocking UDP socket on 127.0.0.1 with a large receive queue, with
+/// `UDP_GRO` if `gro`.
+pub(crate) fn bind_sink(gro: bool) -> anyhow::Result<UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     let _ = socket.set_recv_buffer_size(SINK_RCVBUF);
     socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     socket.set_nonblocking(true)?;
+    if gro {
+        mmsg::enable_gro(&socket).context("UDP_GRO on a sink (Linux 5.0+)")?;
+    }
     Ok(socket.into())
 }
 
 /// The send/drain loop and its result.
 fn load(
     config: &LoadConfig,
-    sink: &UdpSocket,
-    sink_addr: SocketAddrV4,
+    sinks: &[UdpSocket],
+    sink_addrs: &[SocketAddrV4],
     flows: &mut [Flow],
     progress: &ProgressBar,
 ) -> anyhow::Result<Outcome> {
     let frame_len = channel_data::HEADER_LEN + config.payload;
+    // A GSO send holds at most GSO_MAX_BYTES.
+    let batch = if config.gso {
+        config.batch.min(GSO_MAX_BYTES / frame_len).max(1)
+    } else {
+        config.batch
+    };
+    let mut gso_iovs = Vec::with_capacity(batch);
     let header = channel_data::encode_header(
         ChannelNumber::MIN,
         u16::try_from(config.payload).context("payload size")?,
@@ -380,7 +429,11 @@ fn load(
         })
         .collect();
     let mut send = SendBatch::new(config.batch);
-    let mut recv = RecvBatch::new(64, 2048);
+    let mut recv = if config.gso {
+        RecvBatch::new(16, 65_536)
+    } else {
+        RecvBatch::new(64, 2048)
+    };
     let mut delivery = Delivery::new(flows.len());
     let (mut sent, mut send_errors) = (0u64, 0u64);
     let mut next_flow = 0usize;
@@ -403,7 +456,7 @@ fn load(
         if now >= end {
             break;
         }
-        let due = config.rate.due(now - start, sent, config.batch);
+        let due = config.rate.due(now - start, sent, batch);
         if due > 0 {
             let flow_index = next_flow;
             next_flow = (next_flow + 1) % flows.len();
@@ -420,11 +473,22 @@ fn load(
                     stamp.encode(slot);
                 }
             }
-            match send.send(
-                flow.socket()?,
-                None,
-                frames[..due].iter().map(Vec::as_slice),
-            ) {
+            let result = if config.gso {
+                mmsg::send_gso(
+                    flow.socket()?,
+                    None,
+                    frames[..due].iter().map(Vec::as_slice),
+                    frame_len,
+                    &mut gso_iovs,
+                )
+            } else {
+                send.send(
+                    flow.socket()?,
+                    None,
+                    frames[..due].iter().map(Vec::as_slice),
+                )
+            };
+            match result {
                 Ok(accepted) => {
                     flow.next_seq += accepted as u64;
                     sent += accepted as u64;
@@ -432,7 +496,9 @@ fn load(
                 Err(_) => send_errors += 1,
             }
         }
-        drain_once(sink, &mut recv, &mut delivery, epoch)?;
+        for sink in sinks {
+            drain_once(sink, &mut recv, &mut delivery, epoch)?;
+        }
         if now.saturating_duration_since(last_progress) >= Duration::from_millis(100) {
             last_progress = now;
             progress.set_position(u64::try_from((now - start).as_millis()).unwrap_or(0));
@@ -448,7 +514,11 @@ fn load(
     let drain_end = stopped + config.drain;
     // Bounded by `drain_end`.
     while delivery.received() < sent && clock::now() < drain_end {
-        if drain_once(sink, &mut recv, &mut delivery, epoch)? == 0 {
+        let mut got = 0;
+        for sink in sinks {
+            got += drain_once(sink, &mut recv, &mut delivery, epoch)?;
+        }
+        if got == 0 {
             std::thread::sleep(Duration::from_micros(100));
         }
     }
@@ -478,7 +548,10 @@ fn load(
         sent_pps: sent as f64 / elapsed_s,
         delivered_pps: received as f64 / elapsed_s,
         latency: delivery.latency(),
-        sink_drops: procfs::udp_drops(sink_addr.port()).unwrap_or(0),
+        sink_drops: sink_addrs
+            .iter()
+            .map(|sink| procfs::udp_drops(sink.port()).unwrap_or(0))
+            .sum(),
         server_ingress_drops: ingress_after.saturating_sub(ingress_before),
         server_cpu_s,
         cpu_ns_per_packet: server_cpu_s
@@ -501,13 +574,17 @@ pub(crate) fn drain_once(
         return Ok(0);
     }
     let received_ns = epoch.nanos(clock::now());
+    let mut datagrams = 0;
     for i in 0..received {
-        match Stamp::decode(recv.packet(i)) {
-            Some(stamp) => delivery.handle(stamp.flow, stamp.seq, stamp.sent_ns, received_ns),
-            None => delivery.handle_foreign(),
+        for packet in recv.datagrams(i) {
+            datagrams += 1;
+            match Stamp::decode(packet) {
+                Some(stamp) => delivery.handle(stamp.flow, stamp.seq, stamp.sent_ns, received_ns),
+                None => delivery.handle_foreign(),
+            }
         }
     }
-    Ok(received)
+    Ok(datagrams)
 }
 
 pub(crate) fn v4(addr: SocketAddr) -> anyhow::Result<SocketAddrV4> {
@@ -576,8 +653,17 @@ mod tests {
             user_prefix: "t".into(),
             server_pid: None,
             server_core: None,
+            gso: false,
+            sink_per_flow: false,
         };
         config.validate().unwrap();
+        let mut bad = config.clone();
+        bad.sink_per_flow = true;
+        assert!(bad.validate().is_err(), "the raw forwarder has one sink");
+        let mut bad = config.clone();
+        bad.gso = true;
+        bad.batch = 65;
+        assert!(bad.validate().is_err(), "at most 64 GSO segments");
         let mut bad = config.clone();
         bad.payload = STAMP_LEN - 1;
         assert!(bad.validate().is_err());

@@ -17,8 +17,10 @@
 //! * [`forwarder`]: the raw forwarder, the ceiling the relays are compared against.
 //! * [`relay_load`]: the node relays' load generator (pairs of nodes, SEND → RECV, paced,
 //!   timed and drained) over a transport: [`ws_generator`] over WebSocket, with
-//!   [`ws_client`], its own minimal client codec and handshake, and [`quic_generator`] over
-//!   QUIC DATAGRAM frames, with [`quic_client`], quinn-proto driven without a runtime.
+//!   [`ws_client`], the node agent's relay session (`boson-node`) with a pre-masked SEND
+//!   template, and [`quic_generator`] over
+//!   QUIC DATAGRAM frames, with [`quic_client`], quinn-proto driven without a runtime around
+//!   the node agent's AUTH, control-stream reader and datagrams (`boson_node::quic`).
 //! * [`ws_baseline`]: the tokio-tungstenite relay our WebSocket relay is compared against.
 //! * [`quic_baseline`]: the quinn relay our QUIC relay is compared against.
 //! * [`ctl_load`]: the control-plane load generator (`boson-bench ctl`): registrations,
@@ -36,7 +38,8 @@
 //! * Pure parts, unit tested: [`payload`] (sequence number and timestamp in each packet),
 //!   [`accounting`] (loss, reordering, percentiles), [`maths`] (medians and ratios),
 //!   [`procfs`] (CPU time and socket drops from `/proc`), [`turn_client`]'s message codec,
-//!   [`ws_client`]'s frame codec, [`quic_client`]'s datagrams and control messages.
+//!   [`ws_client`]'s SEND template (read back with tungstenite), [`quic_client`]'s
+//!   datagrams (the node agent's framing, `boson_node::quic`).
 //! * `unsafe` is confined to system calls: [`mmsg`] (batched `sendmmsg`/`recvmmsg`),
 //!   [`process`] (`prctl`, `kill`) and [`procfs`] (`sysconf`).
 

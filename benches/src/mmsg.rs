@@ -29,7 +29,52 @@ pub struct RecvBatch {
     sources: Vec<libc::sockaddr_in>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Control data per receive (the `UDP_GRO` segment size), `u64`s for alignment.
+    controls: Vec<[u64; 4]>,
+    /// The GRO segment size of each receive, 0 for a single datagram.
+    segments: Vec<usize>,
     filled: usize,
+}
+
+/// Turns on `UDP_GRO` on `socket`: a receive may then hold a run of one sender's datagrams
+/// (see [`RecvBatch::datagrams`]).
+pub fn enable_gro(socket: &impl AsRawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: plain setsockopt on a live fd with a c_int option value.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            ptr::from_ref(&one).cast(),
+            libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4),
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The `UDP_GRO` segment size in a receive's control data, if any.
+fn gro_segment(control: &[u8]) -> Option<usize> {
+    const HDR: usize = size_of::<libc::cmsghdr>();
+    let mut rest = control;
+    while rest.len() >= HDR {
+        // SAFETY: `rest` holds at least a cmsghdr; read_unaligned copes with any alignment.
+        let hdr = unsafe { rest.as_ptr().cast::<libc::cmsghdr>().read_unaligned() };
+        let len = hdr.cmsg_len;
+        if len < HDR || len > rest.len() {
+            return None;
+        }
+        if hdr.cmsg_level == libc::SOL_UDP && hdr.cmsg_type == libc::UDP_GRO {
+            let value = rest.get(HDR..HDR + 4)?;
+            return usize::try_from(i32::from_ne_bytes(value.try_into().ok()?)).ok();
+        }
+        rest = rest.get(len.next_multiple_of(size_of::<usize>())..)?;
+    }
+    None
 }
 
 impl RecvBatch {
@@ -43,6 +88,8 @@ impl RecvBatch {
             sources: vec![zeroed_sockaddr_in(); count],
             iovs: Vec::with_capacity(count),
             hdrs: Vec::with_capacity(count),
+            controls: vec![[0; 4]; count],
+            segments: vec![0; count],
             filled: 0,
         }
     }
@@ -64,13 +111,17 @@ impl RecvBatch {
         }
         let sources = self.sources.as_mut_ptr();
         let iovs = self.iovs.as_mut_ptr();
+        let controls = self.controls.as_mut_ptr();
         for i in 0..count {
             let mut hdr = zeroed_mmsghdr();
-            // SAFETY (both `add`s): `i < count`, the length of `sources` and of `iovs`.
+            // SAFETY (the `add`s): `i < count`, the length of `sources`, `iovs` and
+            // `controls`.
             hdr.msg_hdr.msg_name = unsafe { sources.add(i) }.cast();
             hdr.msg_hdr.msg_namelen = sockaddr_in_len();
             hdr.msg_hdr.msg_iov = unsafe { iovs.add(i) };
             hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_control = unsafe { controls.add(i) }.cast();
+            hdr.msg_hdr.msg_controllen = size_of::<[u64; 4]>();
             self.hdrs.push(hdr);
         }
         let flags = match wait {
@@ -96,6 +147,15 @@ impl RecvBatch {
         for i in 0..received {
             self.lens[i] =
                 usize::try_from(self.hdrs[i].msg_len).map_or(0, |len| len.min(self.slot));
+            let control_len = self.hdrs[i]
+                .msg_hdr
+                .msg_controllen
+                .min(size_of::<[u64; 4]>());
+            // SAFETY: the kernel wrote `control_len` bytes of control data there.
+            let control = unsafe {
+                std::slice::from_raw_parts(self.controls[i].as_ptr().cast::<u8>(), control_len)
+            };
+            self.segments[i] = gro_segment(control).unwrap_or(0);
         }
         self.filled = received;
         Ok(received)
@@ -117,6 +177,19 @@ impl RecvBatch {
             return &[];
         }
         &self.buf[i * self.slot..i * self.slot + self.lens[i]]
+    }
+
+    /// The datagrams of the `i`th receive: one, or with GRO the run it holds.
+    pub fn datagrams(&self, i: usize) -> std::slice::Chunks<'_, u8> {
+        let packet = self.packet(i);
+        let segment = self
+            .segments
+            .get(i)
+            .copied()
+            .filter(|&s| s > 0 && i < self.filled)
+            .unwrap_or(packet.len())
+            .max(1);
+        packet.chunks(segment)
     }
 
     /// Where the `i`th datagram came from, if it was IPv4.
@@ -210,6 +283,65 @@ impl SendBatch {
     }
 }
 
+/// Sends `packets` (all of `segment` bytes but the last, which may be shorter; at most 64
+/// and 65,000 bytes in all) on `socket`, to `dst` or, if `None`, to the address it is
+/// connected to, as one UDP GSO message: the kernel splits it into the datagrams. Returns
+/// how many went (all or, with a full send buffer or an interrupted call, none).
+pub fn send_gso<'p>(
+    socket: &impl AsRawFd,
+    dst: Option<SocketAddrV4>,
+    packets: impl IntoIterator<Item = &'p [u8]>,
+    segment: usize,
+    iovs: &mut Vec<libc::iovec>,
+) -> io::Result<usize> {
+    iovs.clear();
+    for packet in packets {
+        iovs.push(libc::iovec {
+            // sendmsg only reads through this pointer.
+            iov_base: packet.as_ptr().cast_mut().cast(),
+            iov_len: packet.len(),
+        });
+    }
+    if iovs.is_empty() {
+        return Ok(0);
+    }
+    let mut control = [0u64; 3];
+    // SAFETY: all-zero is a valid cmsghdr.
+    let mut cmsg: libc::cmsghdr = unsafe { mem::zeroed() };
+    cmsg.cmsg_level = libc::SOL_UDP;
+    cmsg.cmsg_type = libc::UDP_SEGMENT;
+    cmsg.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
+    let segment = u16::try_from(segment).map_err(|_| io::Error::other("segment too large"))?;
+    // SAFETY: `control` holds a cmsghdr and a u16 behind it; unaligned writes.
+    unsafe {
+        let base = control.as_mut_ptr().cast::<u8>();
+        base.cast::<libc::cmsghdr>().write_unaligned(cmsg);
+        base.add(size_of::<libc::cmsghdr>())
+            .cast::<u16>()
+            .write_unaligned(segment);
+    }
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    let mut name = dst.map(sockaddr_in);
+    if let Some(name) = name.as_mut() {
+        msg.msg_name = ptr::from_mut(name).cast();
+        msg.msg_namelen = sockaddr_in_len();
+    }
+    msg.msg_iov = iovs.as_mut_ptr();
+    msg.msg_iovlen = iovs.len();
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; 3]>();
+    // SAFETY: the header points at `iovs` (packets borrowed for `'p`), `control` and `name`,
+    // alive for the call; the kernel only reads them.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, libc::MSG_DONTWAIT) };
+    let count = iovs.len();
+    iovs.clear();
+    match usize::try_from(sent) {
+        Ok(_) => Ok(count),
+        Err(_) => quiet_error(io::Error::last_os_error()),
+    }
+}
+
 /// `Ok(0)` for the errors that only mean "nothing this time".
 fn quiet_error(error: io::Error) -> io::Result<usize> {
     let nothing = matches!(
@@ -286,6 +418,43 @@ mod tests {
         }
         assert_eq!(got, packets[..4]);
         assert_eq!(recv.packet(99), &[] as &[u8]);
+    }
+
+    #[test]
+    fn a_gso_batch_arrives_as_one_gro_receive_and_splits_back() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        enable_gro(&receiver).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.connect(receiver.local_addr().unwrap()).unwrap();
+        let packets: Vec<Vec<u8>> = (0..10u8)
+            .map(|i| vec![i; if i == 9 { 30 } else { 100 }])
+            .collect();
+        let mut iovs = Vec::new();
+        let sent = send_gso(
+            &sender,
+            None,
+            packets.iter().map(Vec::as_slice),
+            100,
+            &mut iovs,
+        )
+        .unwrap();
+        assert_eq!(sent, 10);
+        let mut recv = RecvBatch::new(4, 65_536);
+        let mut got = Vec::new();
+        let mut receives = 0;
+        while got.len() < 10 {
+            let n = recv.recv(&receiver, Wait::ForOne).unwrap();
+            assert!(n > 0, "timed out");
+            receives += n;
+            for i in 0..recv.len() {
+                got.extend(recv.datagrams(i).map(<[u8]>::to_vec));
+            }
+        }
+        assert_eq!(got, packets);
+        assert_eq!(receives, 1, "one coalesced receive");
     }
 
     #[test]

@@ -29,8 +29,12 @@ fn color(server: ServerKind) -> RGBColor {
     match server {
         ServerKind::BosonUring => RGBColor(0x1f, 0x77, 0xb4),
         ServerKind::BosonEpoll => RGBColor(0x2c, 0xa0, 0x2c),
+        ServerKind::BosonUringNogso => RGBColor(0x9e, 0xc9, 0xe8),
+        ServerKind::BosonEpollNogso => RGBColor(0x98, 0xdf, 0x8a),
         ServerKind::Coturn => RGBColor(0xd6, 0x27, 0x28),
+        ServerKind::CoturnSrc => RGBColor(0xff, 0x7f, 0x0e),
         ServerKind::Raw => RGBColor(0x7f, 0x7f, 0x7f),
+        ServerKind::RawGso => RGBColor(0x3f, 0x3f, 0x3f),
     }
 }
 

@@ -13,6 +13,10 @@
 //!
 //! # Protocol (the relay's, `boson_dataplane_proto::quic`)
 //!
+//! What goes on the control stream and in the datagrams is the node agent's own
+//! (`boson_node::quic`: the AUTH frame, the control stream's reader, the SEND and RECV
+//! datagrams); this module is the I/O around it.
+//!
 //! ALPN `boson-relay/1`, TLS 1.3 trusting the certificate the caller gives. On connect the
 //! client opens its one bidirectional stream and writes AUTH (`[len: 2][0x05][token]`); the
 //! relay answers READY (`[00 11][0x07][node]`). From then on SENDs go out as DATAGRAM frames
@@ -32,8 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use boson_dataplane_proto::quic::{ALPN, wire};
-use boson_dataplane_proto::ws::relay::{self, MessageType, PREFIX_LEN};
+use boson_dataplane_proto::quic::ALPN;
+use boson_dataplane_proto::ws::relay::PREFIX_LEN;
+use boson_node::quic::ControlStream;
+use boson_node::ws::Event as RelayEvent;
 use boson_shared::NodeId;
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
@@ -159,10 +165,13 @@ pub struct QuicNode {
     conn: Connection,
     /// The node READY named.
     node: NodeId,
-    token: Vec<u8>,
+    token: String,
     control: Option<StreamId>,
-    /// Control-stream bytes read but not parsed.
-    inbox: Vec<u8>,
+    /// The control stream's reader (the node agent's), and its events.
+    control_stream: ControlStream,
+    events: Vec<RelayEvent>,
+    /// The control stream broke: nothing more is read from it.
+    control_broken: bool,
     ready: bool,
     lost: Option<ConnectionError>,
     /// quinn takes every UDP datagram as an owned `BytesMut`; this one is reclaimed once the
@@ -216,9 +225,11 @@ impl QuicNode {
             handle,
             conn,
             node,
-            token: token.as_bytes().to_vec(),
+            token: token.to_owned(),
             control: None,
-            inbox: Vec::new(),
+            control_stream: ControlStream::default(),
+            events: Vec::new(),
+            control_broken: false,
             ready: false,
             lost: None,
             rx: BytesMut::with_capacity(RECV_SLOT),
@@ -390,11 +401,7 @@ impl QuicNode {
             .open(Dir::Bi)
             .context("the relay grants no stream")?;
         self.control = Some(id);
-        let mut message = Vec::with_capacity(1 + self.token.len());
-        message.push(MessageType::Auth as u8);
-        message.extend_from_slice(&self.token);
-        let mut frame = Vec::with_capacity(2 + message.len());
-        wire::encode_control(&message, &mut frame).context("the token is too long")?;
+        let frame = ControlStream::auth(&self.token).context("the token is too long")?;
         let written = self
             .conn
             .send_stream(id)
@@ -407,12 +414,26 @@ impl QuicNode {
     /// Reads the control stream and handles every whole message.
     fn read_control(&mut self, polled: &mut Polled) {
         let Some(id) = self.control else { return };
+        if self.control_broken {
+            return;
+        }
         let mut stream = self.conn.recv_stream(id);
         let mut ended = false;
+        let ignored = self.control_stream.ignored;
         if let Ok(mut chunks) = stream.read(true) {
             loop {
                 match chunks.next(usize::MAX) {
-                    Ok(Some(chunk)) => self.inbox.extend_from_slice(&chunk.bytes),
+                    Ok(Some(chunk)) => {
+                        if self
+                            .control_stream
+                            .handle(&chunk.bytes, &mut self.events)
+                            .is_err()
+                        {
+                            polled.foreign += 1;
+                            self.control_broken = true;
+                            break;
+                        }
+                    }
                     Ok(None) | Err(ReadError::Reset(_)) => {
                         ended = true;
                         break;
@@ -422,29 +443,15 @@ impl QuicNode {
             }
             let _ = chunks.finalize();
         }
-        let mut at = 0;
-        loop {
-            match wire::parse_control(&self.inbox[at..]) {
-                Ok(Some((message, len))) => {
-                    match control_message(message) {
-                        Control::Ready(node) if !self.ready && node == self.node => {
-                            self.ready = true;
-                        }
-                        Control::PeerGone => polled.peer_gone += 1,
-                        Control::Notice => {}
-                        Control::Ready(_) | Control::Foreign => polled.foreign += 1,
-                    }
-                    at += len;
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    polled.foreign += 1;
-                    at = self.inbox.len();
-                    break;
-                }
+        polled.foreign += self.control_stream.ignored - ignored;
+        for event in self.events.drain(..) {
+            match event {
+                RelayEvent::Ready(node) if !self.ready && node == self.node => self.ready = true,
+                RelayEvent::PeerGone(_) => polled.peer_gone += 1,
+                RelayEvent::PeerPresent(_) | RelayEvent::ReconnectHint | RelayEvent::Rtt(_) => {}
+                RelayEvent::Ready(_) | RelayEvent::Closed(_) => polled.foreign += 1,
             }
         }
-        self.inbox.drain(..at);
         if ended && self.lost.is_none() {
             // The relay never finishes its side: an ended control stream means trouble.
             polled.foreign += 1;
@@ -536,47 +543,17 @@ pub enum SendError {
     Closed,
 }
 
-/// A control-stream message as the generator sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Control {
-    Ready(NodeId),
-    PeerGone,
-    /// PEER_PRESENT or RECONNECT_HINT: nothing to count.
-    Notice,
-    /// Anything else.
-    Foreign,
-}
-
-fn control_message(message: &[u8]) -> Control {
-    match relay::Message::parse(message) {
-        Ok(relay::Message::Ready(node)) => Control::Ready(node),
-        Ok(relay::Message::PeerGone(_)) => Control::PeerGone,
-        Ok(relay::Message::PeerPresent(_) | relay::Message::ReconnectHint) => Control::Notice,
-        Ok(
-            relay::Message::Send { .. }
-            | relay::Message::Recv { .. }
-            | relay::Message::Auth { .. }
-            | relay::Message::Forward { .. }
-            | relay::Message::Gone { .. },
-        )
-        | Err(_) => Control::Foreign,
-    }
-}
-
 /// A SEND datagram to `dest` with a `packet`-byte packet of zeros (the generator stamps the
 /// first [`STAMP_LEN`](crate::payload::STAMP_LEN) bytes of the packet).
 pub fn send_template(dest: &NodeId, packet: usize) -> Vec<u8> {
-    let mut datagram = Vec::with_capacity(PREFIX_LEN + packet);
-    wire::encode_datagram(MessageType::Send, dest, &vec![0; packet], &mut datagram);
-    datagram
+    boson_node::quic::send_datagram(dest, &vec![0; packet])
 }
 
 /// The packet of a RECV datagram from `src`, if that is what `datagram` is.
 pub fn recv_packet<'a>(datagram: &'a [u8], src: &NodeId) -> Option<&'a [u8]> {
-    match relay::Message::parse(datagram) {
-        Ok(relay::Message::Recv { src: from, packet }) if from == *src => Some(packet),
-        Ok(_) | Err(_) => None,
-    }
+    boson_node::quic::parse_recv(datagram)
+        .filter(|(from, _)| from == src)
+        .map(|(_, packet)| packet)
 }
 
 /// A non-blocking UDP socket on 127.0.0.1 connected to `relay`, with a large receive buffer.
@@ -605,6 +582,9 @@ fn socket(relay: SocketAddr) -> anyhow::Result<UdpSocket> {
 
 #[cfg(test)]
 mod tests {
+    use boson_dataplane_proto::quic::wire;
+    use boson_dataplane_proto::ws::relay::{self, MessageType};
+
     use super::*;
     use crate::nodes::random_node;
 
@@ -627,22 +607,6 @@ mod tests {
         assert_eq!(recv_packet(&recv, &dest), None, "another source");
         assert_eq!(recv_packet(&template, &dest), None, "not a RECV");
         assert_eq!(recv_packet(&[0x02, 1, 2], &src), None, "truncated");
-    }
-
-    #[test]
-    fn control_messages() {
-        let node = random_node();
-        let mut notice = [0u8; wire::MAX_NOTICE_FRAME];
-        let len = wire::encode_notice(MessageType::Ready, Some(&node), &mut notice);
-        let (message, framed) = wire::parse_control(&notice[..len]).unwrap().unwrap();
-        assert_eq!(framed, len);
-        assert_eq!(control_message(message), Control::Ready(node));
-        let len = wire::encode_notice(MessageType::PeerGone, Some(&node), &mut notice);
-        assert_eq!(control_message(&notice[2..len]), Control::PeerGone);
-        let len = wire::encode_notice(MessageType::ReconnectHint, None, &mut notice);
-        assert_eq!(control_message(&notice[2..len]), Control::Notice);
-        assert_eq!(control_message(&[0x05, b't']), Control::Foreign, "AUTH");
-        assert_eq!(control_message(&[0xee]), Control::Foreign);
     }
 
     #[test]

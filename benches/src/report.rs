@@ -242,31 +242,58 @@ pub enum ServerKind {
     BosonUring,
     /// `bosonserver run --io-backend epoll`.
     BosonEpoll,
-    /// coturn's `turnserver`.
+    /// `bosonserver run --io-backend uring --no-udp-offload`.
+    BosonUringNogso,
+    /// `bosonserver run --io-backend epoll --no-udp-offload`.
+    BosonEpollNogso,
+    /// coturn's `turnserver` (Debian's, or whatever `--turnserver` names).
     Coturn,
+    /// coturn built from its current source (`benches/coturn-src.sh`), with
+    /// `--udp-gso --multiplex-peer`.
+    CoturnSrc,
     /// `boson-bench raw-forwarder`.
     Raw,
+    /// `boson-bench raw-forwarder --gso`: GRO receives and GSO sends.
+    RawGso,
 }
 
 impl Server for ServerKind {
-    const ALL: &'static [Self] = &[Self::BosonUring, Self::BosonEpoll, Self::Coturn, Self::Raw];
+    const ALL: &'static [Self] = &[
+        Self::BosonUring,
+        Self::BosonEpoll,
+        Self::BosonUringNogso,
+        Self::BosonEpollNogso,
+        Self::Coturn,
+        Self::CoturnSrc,
+        Self::Raw,
+        Self::RawGso,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::BosonUring => "boson-uring",
             Self::BosonEpoll => "boson-epoll",
+            Self::BosonUringNogso => "boson-uring-nogso",
+            Self::BosonEpollNogso => "boson-epoll-nogso",
             Self::Coturn => "coturn",
+            Self::CoturnSrc => "coturn-src",
             Self::Raw => "raw",
+            Self::RawGso => "raw-gso",
         }
     }
 }
 
 impl ServerKind {
+    /// The servers a run visits unless told otherwise.
+    pub const DEFAULT: [Self; 4] = [Self::BosonUring, Self::BosonEpoll, Self::Coturn, Self::Raw];
+
     /// Whether this is one of ours.
     pub const fn is_ours(self) -> bool {
         match self {
-            Self::BosonUring | Self::BosonEpoll => true,
-            Self::Coturn | Self::Raw => false,
+            Self::BosonUring | Self::BosonEpoll | Self::BosonUringNogso | Self::BosonEpollNogso => {
+                true
+            }
+            Self::Coturn | Self::CoturnSrc | Self::Raw | Self::RawGso => false,
         }
     }
 }
@@ -546,7 +573,12 @@ pub fn ratios(medians: &[Median]) -> Vec<Ratio> {
     let mut out = Vec::new();
     for (payload, rate) in cases(medians) {
         for &ours in ServerKind::ALL.iter().filter(|s| s.is_ours()) {
-            for against in [ServerKind::Coturn, ServerKind::Raw] {
+            for against in [
+                ServerKind::Coturn,
+                ServerKind::CoturnSrc,
+                ServerKind::Raw,
+                ServerKind::RawGso,
+            ] {
                 let (Some(a), Some(b)) = (
                     find(medians, ours, payload, rate),
                     find(medians, against, payload, rate),

@@ -82,6 +82,12 @@ pub struct RunConfig {
     pub bosonserver: PathBuf,
     /// coturn's `turnserver` binary.
     pub turnserver: PathBuf,
+    /// coturn's `turnserver` built from source (`benches/coturn-src.sh`).
+    pub coturn_src: PathBuf,
+    /// The generator sends UDP GSO batches and its sinks receive with GRO.
+    pub gso: bool,
+    /// One sink per allocation (needed by coturn's `--multiplex-peer`).
+    pub sink_per_flow: bool,
     /// This binary (to start the raw forwarder).
     pub bench: PathBuf,
     /// TURN REST secret given to both TURN servers.
@@ -325,6 +331,8 @@ impl Turns for TurnTurns<'_> {
             user_prefix: format!("bench{}-{}", std::process::id(), self.scenario_id),
             server_pid: Some(running.pid()),
             server_core: Some(config.server_core),
+            gso: config.gso,
+            sink_per_flow: config.sink_per_flow,
         };
         generator::run(&load, progress)
     }
@@ -414,12 +422,17 @@ impl Running {
 
     fn target(&self, secret: &str) -> Target {
         match self.kind {
-            ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => Target::Turn {
+            ServerKind::Raw | ServerKind::RawGso => Target::Raw {
+                forwarder: self.addr,
+            },
+            ServerKind::BosonUring
+            | ServerKind::BosonEpoll
+            | ServerKind::BosonUringNogso
+            | ServerKind::BosonEpollNogso
+            | ServerKind::Coturn
+            | ServerKind::CoturnSrc => Target::Turn {
                 server: self.addr,
                 secret: secret.to_owned(),
-            },
-            ServerKind::Raw => Target::Raw {
-                forwarder: self.addr,
             },
         }
     }
@@ -439,10 +452,7 @@ impl Started for Running {
 /// other tests on the machine) rarely share ports. Both servers survive a busy port.
 fn relay_base(kind: ServerKind) -> u16 {
     let slot = u16::try_from(std::process::id() % 8).unwrap_or(0);
-    let offset = match kind {
-        ServerKind::BosonUring | ServerKind::BosonEpoll => 0,
-        ServerKind::Coturn | ServerKind::Raw => RELAY_PORTS,
-    };
+    let offset = if kind.is_ours() { 0 } else { RELAY_PORTS };
     50_000 + slot * 2 * RELAY_PORTS + offset
 }
 
@@ -458,8 +468,11 @@ pub(crate) fn start_server(
     let relay = relay_base(kind);
     let relay_range = format!("{relay}-{}", relay + RELAY_PORTS - 1);
     let command = match kind {
-        ServerKind::BosonUring | ServerKind::BosonEpoll => {
-            let backend = if kind == ServerKind::BosonUring {
+        ServerKind::BosonUring
+        | ServerKind::BosonEpoll
+        | ServerKind::BosonUringNogso
+        | ServerKind::BosonEpollNogso => {
+            let backend = if matches!(kind, ServerKind::BosonUring | ServerKind::BosonUringNogso) {
                 "uring"
             } else {
                 "epoll"
@@ -475,14 +488,25 @@ pub(crate) fn start_server(
                 .args(["--relay-ports", &relay_range])
                 .args(["--turn-static-secret", &config.secret])
                 .arg("--danger-allow-loopback-peers");
+            if matches!(
+                kind,
+                ServerKind::BosonUringNogso | ServerKind::BosonEpollNogso
+            ) {
+                command.arg("--no-udp-offload");
+            }
             for var in BOSON_CONFIG_VARS {
                 command.env_remove(var);
             }
             command.env("RUST_LOG", "warn");
             command
         }
-        ServerKind::Coturn => {
-            let mut command = pinned(config.server_core, &config.turnserver);
+        ServerKind::Coturn | ServerKind::CoturnSrc => {
+            let binary = if kind == ServerKind::CoturnSrc {
+                &config.coturn_src
+            } else {
+                &config.turnserver
+            };
+            let mut command = pinned(config.server_core, binary);
             command
                 .args(["-n", "--use-auth-secret"])
                 .arg(format!("--static-auth-secret={}", config.secret))
@@ -502,14 +526,22 @@ pub(crate) fn start_server(
                     "--simple-log",
                     "--no-software-attribute",
                 ]);
+            if kind == ServerKind::CoturnSrc {
+                // Batched sends (recvmmsg is on by default); multiplex allows one allocation
+                // per peer address, hence `--sink-per-allocation`.
+                command.args(["--udp-gso", "--multiplex-peer"]);
+            }
             command
         }
-        ServerKind::Raw => {
+        ServerKind::Raw | ServerKind::RawGso => {
             let lifetime = scenario_budget(config) + Duration::from_secs(30);
             let mut command = pinned(config.server_core, &config.bench);
             command
                 .args(["raw-forwarder", "--listen", &addr.to_string(), "--lifetime"])
                 .arg(format!("{}s", lifetime.as_secs()));
+            if kind == ServerKind::RawGso {
+                command.arg("--gso");
+            }
             command
         }
     };
@@ -537,8 +569,13 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let tid = TransactionId::new([0x42; 12]);
     let probe = match running.kind {
-        ServerKind::Raw => forwarder::setup_message(0),
-        ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => {
+        ServerKind::Raw | ServerKind::RawGso => forwarder::setup_message(0),
+        ServerKind::BosonUring
+        | ServerKind::BosonEpoll
+        | ServerKind::BosonUringNogso
+        | ServerKind::BosonEpollNogso
+        | ServerKind::Coturn
+        | ServerKind::CoturnSrc => {
             let mut buf = [0u8; 64];
             let encoder = Encoder::new(&mut buf, MessageType::BINDING_REQUEST, tid)?;
             let len = encoder.finish(Trailer::new())?;
@@ -563,11 +600,14 @@ fn wait_ready(running: &mut Running) -> anyhow::Result<()> {
         };
         let answer = &buf[..len];
         let ready = match running.kind {
-            ServerKind::Raw => answer == forwarder::SETUP_OK,
-            ServerKind::BosonUring | ServerKind::BosonEpoll | ServerKind::Coturn => {
-                Message::parse(answer)
-                    .is_ok_and(|m| m.transaction_id() == tid && m.class() == Class::SuccessResponse)
-            }
+            ServerKind::Raw | ServerKind::RawGso => answer == forwarder::SETUP_OK,
+            ServerKind::BosonUring
+            | ServerKind::BosonEpoll
+            | ServerKind::BosonUringNogso
+            | ServerKind::BosonEpollNogso
+            | ServerKind::Coturn
+            | ServerKind::CoturnSrc => Message::parse(answer)
+                .is_ok_and(|m| m.transaction_id() == tid && m.class() == Class::SuccessResponse),
         };
         if ready {
             return Ok(());

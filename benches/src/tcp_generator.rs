@@ -73,6 +73,10 @@ pub fn run(config: &LoadConfig, progress: &ProgressBar) -> anyhow::Result<Outcom
     let Target::Turn { server, secret } = &config.target else {
         bail!("TURN over TCP needs a TURN server, not the raw forwarder");
     };
+    ensure!(
+        !config.gso && !config.sink_per_flow,
+        "GSO and a sink per allocation are UDP-only settings, not for TURN over TCP"
+    );
     if let Some(core) = config.core
         && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
     {
@@ -80,7 +84,7 @@ pub fn run(config: &LoadConfig, progress: &ProgressBar) -> anyhow::Result<Outcom
             "cannot pin the generator to core {core}; running unpinned"
         ));
     }
-    let sink = generator::bind_sink()?;
+    let sink = generator::bind_sink(false)?;
     let sink_addr = generator::v4(sink.local_addr()?)?;
     let mut flows = Vec::with_capacity(config.flows);
     for index in 0..config.flows {

@@ -36,7 +36,10 @@ pub const SERVERS: [ServerKind; 3] = [
 /// Runs every round over TCP and returns the report.
 pub fn run(config: &RunConfig) -> anyhow::Result<Report> {
     ensure!(
-        config.servers.iter().all(|s| *s != ServerKind::Raw),
+        !config
+            .servers
+            .iter()
+            .any(|s| matches!(s, ServerKind::Raw | ServerKind::RawGso)),
         "the raw forwarder has no TCP listener: leave it out of --servers with --tcp"
     );
     let machine = Machine::detect();
@@ -111,6 +114,8 @@ impl Turns for TcpTurns<'_> {
             user_prefix: format!("tcp{}-{}", std::process::id(), self.scenario_id),
             server_pid: Some(running.pid()),
             server_core: Some(config.server_core),
+            gso: false,
+            sink_per_flow: false,
         };
         tcp_generator::run(&load, progress)
     }

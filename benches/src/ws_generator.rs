@@ -5,9 +5,10 @@
 //!
 //! # Setup
 //!
-//! For each pair, two connections ([`ws_client::connect`]): TCP with `TCP_NODELAY`, the
-//! upgrade on the relay's path with `Authorization: Bearer <token>` (or an AUTH message), and
-//! the wait for READY. Nodes and tokens come from the caller ([`crate::nodes`]): registered
+//! For each pair, two connections ([`ws_client::connect`], the node agent's relay session):
+//! TCP with `TCP_NODELAY`, the upgrade on the relay's path with `Authorization: Bearer
+//! <token>` (or an AUTH message), and the wait for READY. Each connection's session core
+//! goes on reading its frames (RECVs, notices, pings, a Close) in the loop below. Nodes and tokens come from the caller ([`crate::nodes`]): registered
 //! through bosonserver's REST API, or minted for the baseline.
 //!
 //! # One turn of a thread
@@ -16,9 +17,9 @@
 //!   full batch; at a fixed rate at most once per [`PACING_TICK`] unless a batch is due),
 //!   stamps that many copies of its pre-masked [`SendTemplate`] (24 bytes each) and writes
 //!   them with **one** `write`; a partial write is finished before anything new is built;
-//! * each receiver reads once (up to 256 KiB) and parses every whole frame: a RECV from its
-//!   partner is accounted ([`Delivery`]: sequence, reordering, one-way latency from the
-//!   [`Stamp`], one clock read per `read`); a Ping is answered;
+//! * each receiver reads once (up to 256 KiB) and hands every whole frame to its session: a
+//!   RECV from its partner is accounted ([`Delivery`]: sequence, reordering, one-way latency
+//!   from the [`Stamp`], one clock read per `read`); the session answers a Ping;
 //! * every millisecond, the senders' sockets are read too (PEER_GONE, pings, a Close).
 //!
 //! The drain reads the receivers only. *Write stalls* count writes that would block.
@@ -34,16 +35,15 @@ use crate::accounting::Delivery;
 use crate::clock::{self, Epoch};
 use crate::generator::Rate;
 use crate::nodes::NodeCredential;
-use crate::payload::Stamp;
+use crate::payload::{STAMP_LEN, Stamp};
 use crate::relay_load::{
     self, CONNECT_TIMEOUT, Drained, PACING_TICK, PacketLimit, RelayLoad, RelayOutcome, Thread,
     Transport,
 };
-use crate::ws_client::{
-    self, Auth, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, SendTemplate, encode_client_frame,
-    parse_recv, parse_server_frame,
-};
+use crate::ws_client::{self, Auth};
 use boson_dataplane_proto::ws::relay::{self, NODE_ID_LEN};
+use boson_node::ws::{Event, Input, RelayClient, SendTemplate};
+use rand::rngs::StdRng;
 
 /// Largest packet: the relay's 64 KiB message cap minus the 17-byte prefix.
 pub const MAX_PACKET: usize = 64 * 1024 - relay::PREFIX_LEN;
@@ -112,9 +112,12 @@ impl Transport for WsLoadConfig {
                 )
             })
         };
-        let tx = open(sender, "sender")?;
+        let mut tx = open(sender, "sender")?;
         let rx = open(receiver, "receiver")?;
-        let template = SendTemplate::new(&receiver.node, self.load.packet, tx.mask);
+        let template = tx
+            .session
+            .dangerous_send_template(&receiver.node, &vec![0; self.load.packet.max(STAMP_LEN)])
+            .with_context(|| format!("pair {index}: a {}-byte packet", self.load.packet))?;
         let frame_len = template.len();
         Ok(Pair {
             flow: u32::try_from(index).unwrap_or(u32::MAX),
@@ -231,7 +234,9 @@ fn read_senders(thread: &mut Thread<Pair>) -> bool {
 #[derive(Debug)]
 pub struct Endpoint {
     stream: TcpStream,
-    mask: [u8; 4],
+    session: RelayClient<StdRng>,
+    /// Control frames the session queued (pongs, a Close) not yet written.
+    control: Vec<u8>,
     inbox: Vec<u8>,
     filled: usize,
     open: bool,
@@ -246,7 +251,8 @@ impl Endpoint {
         inbox[..filled].copy_from_slice(&connection.leftover[..filled]);
         Ok(Self {
             stream,
-            mask: connection.mask,
+            session: connection.session,
+            control: Vec::new(),
             inbox,
             filled,
             open: true,
@@ -257,9 +263,9 @@ impl Endpoint {
     /// socket down; best effort.
     fn close(&mut self, frame_boundary: bool) {
         if frame_boundary && self.open {
-            let mut frame = Vec::with_capacity(8);
-            encode_client_frame(OP_CLOSE, &1000u16.to_be_bytes(), self.mask, &mut frame);
-            let _ = self.stream.write(&frame);
+            self.session.close(clock::now());
+            self.session.poll_transmit(&mut self.control);
+            let _ = self.stream.write(&self.control);
         }
         let _ = self.stream.shutdown(Shutdown::Both);
     }
@@ -320,8 +326,10 @@ impl Pair {
                     seq: self.built + i as u64,
                     sent_ns,
                 };
+                let mut plain = [0u8; STAMP_LEN];
+                stamp.encode(&mut plain);
                 let frame = &mut self.out[i * self.frame_len..(i + 1) * self.frame_len];
-                self.template.stamp(frame, &stamp);
+                self.template.write_packet(frame, 0, &plain);
             }
             self.built += due as u64;
             self.batch_frames = due;
@@ -406,62 +414,60 @@ fn read_endpoint(
             return read;
         }
     }
-    let received_ns = epoch.nanos(clock::now());
+    let now = clock::now();
+    let received_ns = epoch.nanos(now);
     let mut at = 0;
-    let mut pong = None;
     loop {
-        let frame = match parse_server_frame(&endpoint.inbox[at..endpoint.filled]) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(_) => {
-                endpoint.open = false;
-                read.closed = true;
-                return read;
-            }
-        };
-        let (frame, len) = frame;
-        match frame.opcode {
-            OP_BINARY => match (parse_recv(frame.payload), expect) {
-                (Some((src, packet)), Some((flow, want))) if src == want => {
-                    match Stamp::decode(packet) {
+        let input = endpoint
+            .session
+            .handle_input(now, &mut endpoint.inbox[at..endpoint.filled]);
+        match input {
+            Input::NeedMore => break,
+            Input::Consumed(consumed) => at += consumed,
+            Input::Recv {
+                src,
+                ref packet,
+                consumed,
+            } => {
+                let packet = &endpoint.inbox[at + packet.start..at + packet.end];
+                match expect {
+                    Some((flow, want)) if src.as_bytes() == want => match Stamp::decode(packet) {
                         Some(stamp) if stamp.flow == flow => {
                             delivery.handle(stamp.flow, stamp.seq, stamp.sent_ns, received_ns);
                         }
                         Some(_) | None => read.foreign += 1,
-                    }
+                    },
+                    Some(_) | None => read.foreign += 1,
                 }
-                _ => match relay::Message::parse(frame.payload) {
-                    Ok(relay::Message::PeerGone(_)) => read.peer_gone += 1,
-                    Ok(
-                        relay::Message::PeerPresent(_)
-                        | relay::Message::ReconnectHint
-                        | relay::Message::Ready(_),
-                    ) => {}
-                    Ok(_) | Err(_) => read.foreign += 1,
-                },
-            },
-            OP_PING => pong = Some(frame.payload.to_vec()),
-            OP_CLOSE => {
-                endpoint.open = false;
-                read.closed = true;
-                return read;
+                at += consumed;
             }
-            _ => read.foreign += 1,
         }
-        at += len;
+        while let Some(event) = endpoint.session.poll_event() {
+            match event {
+                Event::PeerGone(_) => read.peer_gone += 1,
+                Event::Closed(_) => {
+                    endpoint.open = false;
+                    read.closed = true;
+                    return read;
+                }
+                Event::Ready(_) | Event::PeerPresent(_) | Event::ReconnectHint | Event::Rtt(_) => {}
+            }
+        }
     }
     endpoint.inbox.copy_within(at..endpoint.filled, 0);
     endpoint.filled -= at;
-    if let Some(payload) = pong
-        && may_write
-    {
-        let mut frame = Vec::with_capacity(payload.len() + 6);
-        encode_client_frame(OP_PONG, &payload, endpoint.mask, &mut frame);
+    if may_write {
         // A pong is at most 131 bytes; if even that does not fit, the stream cannot go on
-        // without a torn frame.
-        if !matches!(endpoint.stream.write(&frame), Ok(n) if n == frame.len()) {
-            endpoint.open = false;
-            read.closed = true;
+        // without a torn frame. While a batch is half written the pong waits in the session.
+        endpoint.session.poll_transmit(&mut endpoint.control);
+        if !endpoint.control.is_empty() {
+            if matches!(endpoint.stream.write(&endpoint.control), Ok(n) if n == endpoint.control.len())
+            {
+                endpoint.control.clear();
+            } else {
+                endpoint.open = false;
+                read.closed = true;
+            }
         }
     }
     read

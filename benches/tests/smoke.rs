@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use boson_bench::clock;
-use boson_bench::forwarder;
+use boson_bench::forwarder::{self, Batching};
 use boson_bench::generator::{self, LoadConfig, Rate, Target};
 use boson_bench::report::Report;
 use boson_bench::ws_report::WsReport;
@@ -26,7 +26,9 @@ fn generator_through_the_raw_forwarder_in_process() {
     let socket = forwarder::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr: SocketAddr = socket.local_addr().unwrap();
     let deadline = clock::now() + Duration::from_secs(5);
-    let thread = std::thread::spawn(move || forwarder::run_until(&socket, deadline).unwrap());
+    let thread = std::thread::spawn(move || {
+        forwarder::run_until(&socket, deadline, Batching::Mmsg).unwrap()
+    });
     let config = LoadConfig {
         target: Target::Raw { forwarder: addr },
         flows: 3,
@@ -39,6 +41,8 @@ fn generator_through_the_raw_forwarder_in_process() {
         user_prefix: "test".into(),
         server_pid: None,
         server_core: None,
+        gso: false,
+        sink_per_flow: false,
     };
     let outcome = generator::run(&config, &ProgressBar::hidden()).unwrap();
     assert!(
@@ -53,6 +57,88 @@ fn generator_through_the_raw_forwarder_in_process() {
     let stats = thread.join().unwrap();
     assert_eq!(stats.setups, 3, "one setup per flow");
     assert_eq!(stats.forwarded, outcome.received + outcome.sink_drops);
+}
+
+/// GSO sends: each turn's datagrams of a flow leave as one message, which the forwarder
+/// (no GRO) receives split by the kernel; every one arrives, stamped, at the GRO sink.
+#[test]
+fn gso_generator_through_the_raw_forwarder_in_process() {
+    let socket = forwarder::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = socket.local_addr().unwrap();
+    let deadline = clock::now() + Duration::from_secs(5);
+    let thread = std::thread::spawn(move || {
+        forwarder::run_until(&socket, deadline, Batching::Mmsg).unwrap()
+    });
+    let config = LoadConfig {
+        target: Target::Raw { forwarder: addr },
+        flows: 2,
+        payload: 1200,
+        rate: Rate::Pps(10_000),
+        duration: Duration::from_millis(500),
+        drain: Duration::from_millis(300),
+        batch: 64,
+        core: None,
+        user_prefix: "test".into(),
+        server_pid: None,
+        server_core: None,
+        gso: true,
+        sink_per_flow: false,
+    };
+    let outcome = generator::run(&config, &ProgressBar::hidden()).unwrap();
+    assert!(
+        (3_000..=6_000).contains(&outcome.sent),
+        "paced at 10k pps for 0.5 s: {outcome:?}"
+    );
+    assert!(outcome.received > 0, "{outcome:?}");
+    assert_eq!(outcome.foreign, 0, "{outcome:?}");
+    let stats = thread.join().unwrap();
+    assert_eq!(stats.forwarded, outcome.received + outcome.sink_drops);
+    assert_eq!(outcome.sent, stats.forwarded, "{outcome:?}");
+}
+
+/// The forwarder's GRO/GSO mode: GSO batches from the generator at max rate arrive as GRO
+/// runs and leave as GSO sends, a send for many datagrams, and every forwarded datagram
+/// arrives at the sink, stamped and whole, or is dropped there (at max rate the sink can
+/// overflow).
+#[test]
+fn gso_generator_through_the_gro_gso_forwarder_in_process() {
+    let socket = forwarder::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = socket.local_addr().unwrap();
+    let deadline = clock::now() + Duration::from_secs(5);
+    let thread = std::thread::spawn(move || {
+        forwarder::run_until(&socket, deadline, Batching::GroGso).unwrap()
+    });
+    let config = LoadConfig {
+        target: Target::Raw { forwarder: addr },
+        flows: 2,
+        payload: 1200,
+        rate: Rate::Max,
+        duration: Duration::from_millis(300),
+        drain: Duration::from_millis(300),
+        batch: 64,
+        core: None,
+        user_prefix: "test".into(),
+        server_pid: None,
+        server_core: None,
+        gso: true,
+        sink_per_flow: false,
+    };
+    let outcome = generator::run(&config, &ProgressBar::hidden()).unwrap();
+    assert!(outcome.received > 1_000, "{outcome:?}");
+    assert_eq!(outcome.foreign, 0, "{outcome:?}");
+    let stats = thread.join().unwrap();
+    // The sink's drops come from /proc/net/udp, which counts skbs: a GSO batch the full sink
+    // drops counts once, for up to GSO_SEGMENTS datagrams.
+    assert!(
+        outcome.received <= stats.forwarded
+            && stats.forwarded - outcome.received
+                <= outcome.sink_drops * forwarder::GSO_SEGMENTS as u64,
+        "forwarded datagrams are received or dropped at the sink: {stats:?} {outcome:?}"
+    );
+    assert!(
+        stats.sends * 4 <= stats.forwarded,
+        "GSO sends carry runs of datagrams: {stats:?}"
+    );
 }
 
 /// Held by every `run --smoke` of this file: they pin their servers and generators to the

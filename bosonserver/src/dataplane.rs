@@ -92,6 +92,11 @@ pub(crate) struct DataplaneArgs {
     #[arg(long, env = "BOSON_NO_PIN")]
     no_pin: bool,
 
+    /// Turn UDP segmentation offload off: no GRO on the TURN sockets' receives (one datagram
+    /// per receive) and no GSO on their sends. On by default where the kernel allows it.
+    #[arg(long, env = "BOSON_NO_UDP_OFFLOAD")]
+    no_udp_offload: bool,
+
     /// TURN realm.
     #[arg(long, env = "BOSON_TURN_REALM", default_value = "bosonserver")]
     turn_realm: String,
@@ -311,6 +316,7 @@ impl DataplaneArgs {
         let mut shell = DataplaneConfig {
             listen: self.turn_listen,
             pin: !self.no_pin,
+            udp_offload: !self.no_udp_offload,
             backend: match self.io_backend {
                 Backend::Auto => IoBackend::Auto,
                 Backend::Uring => IoBackend::Uring,

@@ -10,19 +10,17 @@
 
 mod common;
 
-use boson_testsupport::ws_client;
-
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use boson_node::relay_blocking::Received;
+use boson_node::ws::Auth;
 use boson_shared::NodeId;
 use common::turn::{self, TurnClient};
-use ws_client::{Client, connect};
+use common::{WsClient as Client, ws_connect as connect, ws_upgrade};
 
 const SECRET: &str = "drain-turn-secret";
 const JWT_SECRET: &str = "drain-jwt-secret-0123456789abcdef-0123";
-/// RECONNECT_HINT's message type.
-const RECONNECT_HINT: u8 = 0x06;
 /// The first channel number.
 const CHANNEL: u16 = 0x4000;
 
@@ -82,20 +80,15 @@ fn session(server: &common::Running, http: &common::Http, i: u16) -> (Client<Tcp
         &server.base,
         &common::node_body(&id, &common::wg_key(0xd1, i)),
     );
-    let mut client = Client::new(connect(server.relay.unwrap()));
-    assert_eq!(client.upgrade(Some(&token)).unwrap(), 101);
+    let mut client = ws_upgrade(connect(server.relay.unwrap()), Auth::Bearer(&token)).unwrap();
     let node: NodeId = id.parse().unwrap();
-    assert_eq!(client.ready(), node);
+    assert_eq!(client.ready().unwrap(), node);
     (client, node)
 }
 
-/// The next relay message's type, answering pings.
-fn next_type(client: &mut Client<TcpStream>) -> u8 {
-    client
-        .recv_message()
-        .unwrap()
-        .expect("a message, not a close")
-        .0
+/// The next relay message, answering pings.
+fn next_message(client: &mut Client<TcpStream>) -> Received {
+    client.recv().unwrap()
 }
 
 fn wait_until_draining(http: &common::Http, base: &str) {
@@ -133,13 +126,13 @@ fn sigterm_drains_then_exits_when_everything_has_ended() {
     let mut late = TurnClient::new(turn_addr, SECRET, "after", turn::unix_now());
     assert_eq!(late.allocate().unwrap().code, Some(403));
     // Established sessions are told to move, and keep relaying meanwhile.
-    assert_eq!(next_type(&mut a), RECONNECT_HINT);
-    assert_eq!(next_type(&mut b), RECONNECT_HINT);
+    assert_eq!(next_message(&mut a), Received::ReconnectHint);
+    assert_eq!(next_message(&mut b), Received::ReconnectHint);
     a.send(&node_b, b"still here").unwrap();
-    assert_eq!(b.recv_packet(), (node_a, b"still here".to_vec()));
+    assert_eq!(b.recv_packet().unwrap(), (node_a, b"still here".to_vec()));
     // The API still serves, and a session opened now is told to move at once.
     let (mut c, _) = session(&server, &http, 3);
-    assert_eq!(next_type(&mut c), RECONNECT_HINT);
+    assert_eq!(next_message(&mut c), Received::ReconnectHint);
     assert!(
         server.wait_exit(Duration::from_millis(500)).is_none(),
         "it waits while allocations and sessions remain"

@@ -28,19 +28,19 @@
 
 mod common;
 
-use boson_testsupport::ws_client;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use boson_node::relay_blocking::Received;
+use boson_node::ws::Auth;
 use boson_shared::NodeId;
 use boson_testsupport::netns::Internet;
 use common::services::{Postgres, Redis, installed, is_root, postgres_bin};
 use common::turn::TurnClient;
+use common::{WsClient as Client, ws_connect as connect, ws_upgrade};
 use serde_json::{Value, json};
-use ws_client::{Client, connect};
 
 const MESH_KEY: &str = "netns-mesh-key-0123456789abcdef-0123";
 const JWT_SECRET: &str = "netns-jwt-secret-0123456789abcdef-0123";
@@ -252,15 +252,10 @@ fn register(http: &common::Http, host: &Host, i: u16, region: &str) -> String {
 
 /// A relay session of node `i` on `host`.
 fn join(host: &Host, i: u16, token: &str) -> Client<TcpStream> {
-    let mut client = Client::new(connect(host.relay()));
+    let mut client = ws_upgrade(connect(host.relay()), Auth::Bearer(token))
+        .unwrap_or_else(|e| panic!("node {i} on host {}: {e}", host.name));
     assert_eq!(
-        client.upgrade(Some(token)).unwrap(),
-        101,
-        "node {i} on host {}",
-        host.name
-    );
-    assert_eq!(
-        client.ready(),
+        client.ready().unwrap(),
         node_id(i).1,
         "node {i} on host {}",
         host.name
@@ -371,24 +366,24 @@ fn wait_path(
     what: &str,
 ) {
     let short = Some(Duration::from_millis(100));
-    b.stream.set_read_timeout(short).unwrap();
+    b.stream().set_read_timeout(short).unwrap();
     let deadline = now() + Duration::from_secs(15);
     'probing: loop {
         assert!(now() < deadline, "{what}: nothing got through in 15 s");
         a.send(&b_id, b"probe").unwrap();
-        while let Ok(message) = b.recv_message() {
-            if let Ok((0x02, payload)) = message {
-                assert_eq!(&payload[1..17], a_id.as_bytes(), "{what}");
+        while let Ok(message) = b.recv() {
+            if let Received::Packet { src, .. } = message {
+                assert_eq!(src, a_id, "{what}");
                 break 'probing;
             }
         }
     }
-    a.stream.set_read_timeout(short).unwrap();
-    while a.recv_message().is_ok() {}
-    while b.recv_message().is_ok() {}
+    a.stream().set_read_timeout(short).unwrap();
+    while a.recv().is_ok() {}
+    while b.recv().is_ok() {}
     let long = Some(Duration::from_secs(10));
-    a.stream.set_read_timeout(long).unwrap();
-    b.stream.set_read_timeout(long).unwrap();
+    a.stream().set_read_timeout(long).unwrap();
+    b.stream().set_read_timeout(long).unwrap();
 }
 
 /// `count` numbered packets each way, [`WINDOW`] at a time: all arrive, in order.
@@ -403,23 +398,23 @@ fn exchange(
     while next < count {
         let end = (next + WINDOW).min(count);
         for i in next..end {
-            a.queue_send(&b_id, &packet(i));
+            a.queue_send(&b_id, &packet(i)).unwrap();
         }
         a.flush().unwrap();
         for i in next..end {
             assert_eq!(
-                b.recv_packet(),
+                b.recv_packet().unwrap(),
                 (a_id, packet(i)),
                 "{what}: packet {i} there"
             );
         }
         for i in next..end {
-            b.queue_send(&a_id, &packet(i));
+            b.queue_send(&a_id, &packet(i)).unwrap();
         }
         b.flush().unwrap();
         for i in next..end {
             assert_eq!(
-                a.recv_packet(),
+                a.recv_packet().unwrap(),
                 (b_id, packet(i)),
                 "{what}: packet {i} back"
             );
@@ -448,33 +443,35 @@ fn quic_round_trip(
             break;
         }
     }
-    x.stream
+    x.stream()
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    while x.recv_message().is_ok() {}
-    x.stream
+    while x.recv().is_ok() {}
+    x.stream()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut datagram = vec![0x01];
     datagram.extend_from_slice(x_id.as_bytes());
     datagram.extend_from_slice(b"from quic");
     q.conn.send_datagram(datagram.into()).unwrap();
-    assert_eq!(x.recv_packet(), (q_id, b"from quic".to_vec()));
+    assert_eq!(x.recv_packet().unwrap(), (q_id, b"from quic".to_vec()));
 }
 
 /// Reads relay messages until RECONNECT_HINT; panics on a close or after 5 s.
 fn wait_reconnect_hint(client: &mut Client<TcpStream>, what: &str) {
     let deadline = now() + Duration::from_secs(5);
     client
-        .stream
+        .stream()
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     loop {
         assert!(now() < deadline, "{what}: no RECONNECT_HINT in 5 s");
-        match client.recv_message() {
-            Ok(Ok((0x06, _))) => return,
-            Ok(Ok(_)) | Err(_) => {}
-            Ok(Err(code)) => panic!("{what}: closed ({code:?}) instead of a RECONNECT_HINT"),
+        match client.recv() {
+            Ok(Received::ReconnectHint) => return,
+            Ok(Received::Closed(reason)) => {
+                panic!("{what}: closed ({reason:?}) instead of a RECONNECT_HINT")
+            }
+            Ok(_) | Err(_) => {}
         }
     }
 }
@@ -864,7 +861,7 @@ fn scenario(k: u8, shared_redis: bool) {
     assert_eq!(records[&b.id]["draining"], true, "{:?}", records.keys());
     // Still relaying for the node it holds.
     client_y
-        .stream
+        .stream()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     exchange(

@@ -16,8 +16,6 @@
 
 mod common;
 
-use boson_testsupport::ws_client;
-
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,12 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use boson_node::ws::Auth;
 use boson_shared::NodeId;
 use common::services::{Postgres, Redis, installed, postgres_bin};
 use common::turn::{self, TurnClient};
+use common::{WsClient as Client, ws_connect as connect, ws_upgrade};
 use reqwest::Method;
 use serde_json::Value;
-use ws_client::{Client, connect};
 
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
@@ -190,9 +189,9 @@ fn ws_round_trip(
 ) -> bool {
     let packet = i.to_le_bytes();
     a.send(&node_b, &packet).is_ok()
-        && b.recv_packet() == (node_a, packet.to_vec())
+        && b.recv_packet().unwrap() == (node_a, packet.to_vec())
         && b.send(&node_a, &packet).is_ok()
-        && a.recv_packet() == (node_b, packet.to_vec())
+        && a.recv_packet().unwrap() == (node_b, packet.to_vec())
 }
 
 /// A relay session of node `i`, registered now.
@@ -202,10 +201,9 @@ fn session(server: &common::Running, http: &common::Http, i: u16) -> (Client<Tcp
         &server.base,
         &common::node_body(&id, &common::wg_key(TAG, i)),
     );
-    let mut client = Client::new(connect(server.relay.unwrap()));
-    assert_eq!(client.upgrade(Some(&token)).unwrap(), 101);
+    let mut client = ws_upgrade(connect(server.relay.unwrap()), Auth::Bearer(&token)).unwrap();
     let node: NodeId = id.parse().unwrap();
-    assert_eq!(client.ready(), node);
+    assert_eq!(client.ready().unwrap(), node);
     (client, node)
 }
 

@@ -10,10 +10,9 @@
 
 mod common;
 
-use boson_testsupport::ws_client;
-
+use boson_node::ws::Auth;
 use boson_shared::NodeId;
-use ws_client::{Client, connect};
+use common::{ws_connect as connect, ws_upgrade};
 
 #[test]
 fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
@@ -31,26 +30,22 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     let token_b = http.register(&server.base, &common::node_body(id_b, key_b));
     let (a, b): (NodeId, NodeId) = (id_a.parse().unwrap(), id_b.parse().unwrap());
 
-    let mut client_a = Client::new(connect(relay));
-    assert_eq!(client_a.upgrade(Some(&token_a)).unwrap(), 101);
-    assert_eq!(client_a.ready(), a);
-    let mut client_b = Client::new(connect(relay));
-    assert_eq!(client_b.upgrade(None).unwrap(), 101);
-    client_b.auth(&token_b).unwrap();
-    assert_eq!(client_b.ready(), b);
+    let mut client_a = ws_upgrade(connect(relay), Auth::Bearer(&token_a)).unwrap();
+    assert_eq!(client_a.ready().unwrap(), a);
+    let mut client_b = ws_upgrade(connect(relay), Auth::Message(&token_b)).unwrap();
+    assert_eq!(client_b.ready().unwrap(), b);
 
     for i in 0..1000u32 {
         let packet = [&i.to_le_bytes()[..], &[7u8; 500]].concat();
         client_a.send(&b, &packet).unwrap();
-        assert_eq!(client_b.recv_packet(), (a, packet.clone()));
+        assert_eq!(client_b.recv_packet().unwrap(), (a, packet.clone()));
         client_b.send(&a, &packet).unwrap();
-        assert_eq!(client_a.recv_packet(), (b, packet));
+        assert_eq!(client_a.recv_packet().unwrap(), (b, packet));
     }
 
     // A token that is not the API's: refused with 1008.
-    let mut forged = Client::new(connect(relay));
-    assert_eq!(forged.upgrade(Some(&format!("{token_a}x"))).unwrap(), 101);
-    assert_eq!(forged.recv_message().unwrap(), Err(Some(1008)));
+    let mut forged = ws_upgrade(connect(relay), Auth::Bearer(&format!("{token_a}x"))).unwrap();
+    assert_eq!(forged.recv().unwrap().close_code(), Some(1008));
 
     // B re-registers with its token (a new generation): its live session is closed and the
     // old token no longer opens one; the new token does.
@@ -61,15 +56,16 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
     );
     assert!(status == 200 || status == 201, "{status} {body}");
     let new_token_b = body["sessionToken"].as_str().unwrap().to_owned();
-    assert_eq!(client_b.recv_message().unwrap(), Err(Some(1008)));
-    let mut old = Client::new(connect(relay));
-    assert_eq!(old.upgrade(Some(&token_b)).unwrap(), 101);
-    assert_eq!(old.recv_message().unwrap(), Err(Some(1008)));
-    let mut renewed = Client::new(connect(relay));
-    assert_eq!(renewed.upgrade(Some(&new_token_b)).unwrap(), 101);
-    assert_eq!(renewed.ready(), b);
+    assert_eq!(client_b.recv().unwrap().close_code(), Some(1008));
+    let mut old = ws_upgrade(connect(relay), Auth::Bearer(&token_b)).unwrap();
+    assert_eq!(old.recv().unwrap().close_code(), Some(1008));
+    let mut renewed = ws_upgrade(connect(relay), Auth::Bearer(&new_token_b)).unwrap();
+    assert_eq!(renewed.ready().unwrap(), b);
     client_a.send(&b, b"welcome back").unwrap();
-    assert_eq!(renewed.recv_packet(), (a, b"welcome back".to_vec()));
+    assert_eq!(
+        renewed.recv_packet().unwrap(),
+        (a, b"welcome back".to_vec())
+    );
 
     // A third node over QUIC, trusting the development certificate the server wrote.
     let id_c = "6f1d3a52-8a5e-4c1e-9a43-3b0d2b7f5a03";
@@ -87,7 +83,7 @@ fn registered_nodes_relay_through_ws_and_reregistration_revokes() {
         datagram.extend_from_slice(&packet);
         quic.send_datagram(datagram.into()).unwrap();
         assert_eq!(
-            client_a.recv_packet(),
+            client_a.recv_packet().unwrap(),
             (c, packet.clone()),
             "QUIC → WebSocket"
         );
@@ -145,25 +141,23 @@ fn registered_nodes_relay_through_wss() {
     );
     let (a, b): (NodeId, NodeId) = (id_a.parse().unwrap(), id_b.parse().unwrap());
     let cert = made.cert.der().clone();
-    let mut client_a = tls_client(relay, &cert);
-    assert_eq!(client_a.upgrade(Some(&token_a)).unwrap(), 101);
-    assert_eq!(client_a.ready(), a);
-    let mut client_b = tls_client(relay, &cert);
-    assert_eq!(client_b.upgrade(Some(&token_b)).unwrap(), 101);
-    assert_eq!(client_b.ready(), b);
+    let mut client_a = ws_upgrade(tls_client(relay, &cert), Auth::Bearer(&token_a)).unwrap();
+    assert_eq!(client_a.ready().unwrap(), a);
+    let mut client_b = ws_upgrade(tls_client(relay, &cert), Auth::Bearer(&token_b)).unwrap();
+    assert_eq!(client_b.ready().unwrap(), b);
     for i in 0..1000u32 {
         let packet = [&i.to_le_bytes()[..], &[1u8; 1200]].concat();
         client_a.send(&b, &packet).unwrap();
-        assert_eq!(client_b.recv_packet(), (a, packet.clone()));
+        assert_eq!(client_b.recv_packet().unwrap(), (a, packet.clone()));
         client_b.send(&a, &packet).unwrap();
-        assert_eq!(client_a.recv_packet(), (b, packet));
+        assert_eq!(client_a.recv_packet().unwrap(), (b, packet));
     }
 }
 
 fn tls_client(
     addr: std::net::SocketAddr,
     trust: &rustls::pki_types::CertificateDer<'static>,
-) -> Client<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trust.clone()).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -175,5 +169,5 @@ fn tls_client(
     let conn =
         rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
             .unwrap();
-    Client::new(rustls::StreamOwned::new(conn, connect(addr)))
+    rustls::StreamOwned::new(conn, connect(addr))
 }

@@ -14,16 +14,16 @@
 
 mod common;
 
-use boson_testsupport::ws_client;
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use boson_node::relay_blocking::Received;
+use boson_node::ws::Auth;
 use boson_shared::NodeId;
+use common::{WsClient as Client, ws_connect as connect, ws_upgrade};
 use rustls::pki_types::{CertificateDer, ServerName};
-use ws_client::{Client, connect};
 
 /// A relay session's stream: TLS over TCP.
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -172,18 +172,21 @@ fn host_with_key(
 /// (1008) is retried for up to five seconds, as a real node would.
 fn join(pki: &Pki, relay: SocketAddr, token: &str, node: NodeId) -> Client<Tls> {
     for _ in 0..100 {
-        let mut client = Client::new(pki.connect(relay));
-        assert_eq!(client.upgrade(Some(token)).unwrap(), 101);
-        match client.recv_message().unwrap() {
-            Ok((0x07, payload)) => {
-                assert_eq!(&payload[1..], node.as_bytes(), "READY names the node");
+        let mut client = ws_upgrade(pki.connect(relay), Auth::Bearer(token)).unwrap();
+        match client.recv().unwrap() {
+            Received::Ready(ready) => {
+                assert_eq!(ready, node, "READY names the node");
                 return client;
             }
-            Ok((kind, payload)) => panic!("expected READY, got {kind}: {payload:?}"),
-            Err(code) => {
-                assert_eq!(code, Some(1008), "only a missing grant is retried");
+            closed @ Received::Closed(_) => {
+                assert_eq!(
+                    closed.close_code(),
+                    Some(1008),
+                    "only a missing grant is retried"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
+            other => panic!("expected READY, got {other:?}"),
         }
     }
     panic!("{node} was never granted a session");
@@ -215,15 +218,15 @@ fn relay_across(
     // Until the hosts have linked and learnt each other's nodes, a SEND across is dropped
     // (counted) or answered PEER_GONE; probe until one gets through, within a few heartbeats.
     client_x
-        .stream
+        .stream()
         .sock
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut through = false;
     for _ in 0..100 {
         client_y.send(&x, b"probe").unwrap();
-        if let Ok(Ok((0x02, payload))) = client_x.recv_message() {
-            assert_eq!(&payload[1..17], y.as_bytes());
+        if let Ok(Received::Packet { src, .. }) = client_x.recv() {
+            assert_eq!(src, y);
             through = true;
             break;
         }
@@ -240,14 +243,14 @@ fn relay_across(
         panic!("no packet crossed the mesh in 20 s");
     }
     // Drain stray probes, then exchange numbered packets both ways, in order and complete.
-    while client_x.recv_message().is_ok() {}
+    while client_x.recv().is_ok() {}
     client_x
-        .stream
+        .stream()
         .sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     client_y
-        .stream
+        .stream()
         .sock
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -256,13 +259,13 @@ fn relay_across(
     for _ in 0..100 {
         client_x.send(&y, b"back").unwrap();
         loop {
-            match client_y.recv_message() {
-                Ok(Ok((0x02, _))) => {
+            match client_y.recv() {
+                Ok(Received::Packet { .. }) => {
                     back = true;
                     break;
                 }
-                Ok(Ok(_)) => {}
-                _ => break,
+                Ok(Received::Closed(_)) | Err(_) => break,
+                Ok(_) => {}
             }
         }
         if back {
@@ -270,9 +273,9 @@ fn relay_across(
         }
     }
     assert!(back, "no packet crossed the mesh the other way");
-    while client_y.recv_message().is_ok() {}
+    while client_y.recv().is_ok() {}
     client_y
-        .stream
+        .stream()
         .sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -280,12 +283,16 @@ fn relay_across(
         let packet = [&i.to_le_bytes()[..], &[9u8; 300]].concat();
         client_y.send(&x, &packet).unwrap();
         assert_eq!(
-            client_x.recv_packet(),
+            client_x.recv_packet().unwrap(),
             (y, packet.clone()),
             "packet {i} Y→X"
         );
         client_x.send(&y, &packet).unwrap();
-        assert_eq!(client_y.recv_packet(), (x, packet), "packet {i} X→Y");
+        assert_eq!(
+            client_y.recv_packet().unwrap(),
+            (x, packet),
+            "packet {i} X→Y"
+        );
     }
     (client_x, client_y, y)
 }
@@ -332,13 +339,13 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     }
     assert!(reached, "no packet reached the QUIC node across the mesh");
     client_y
-        .stream
+        .stream()
         .sock
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    while client_y.recv_message().is_ok() {}
+    while client_y.recv().is_ok() {}
     client_y
-        .stream
+        .stream()
         .sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -346,7 +353,7 @@ fn nodes_on_two_hosts_relay_over_the_mesh() {
     datagram.extend_from_slice(y.as_bytes());
     datagram.extend_from_slice(b"from quic");
     quic.send_datagram(datagram.into()).unwrap();
-    assert_eq!(client_y.recv_packet(), (c, b"from quic".to_vec()));
+    assert_eq!(client_y.recv_packet().unwrap(), (c, b"from quic".to_vec()));
 
     // A fresh client: the pooled connection may have idled past the server's header timeout.
     let metrics = common::Http::new().text(&format!("{}/metrics", host_b.base));
@@ -450,17 +457,21 @@ fn peer_gone_reaches_a_sender_on_another_host() {
     let x: NodeId = "7a1d3a52-8a5e-4c1e-9a43-3b0d2b7f5c01".parse().unwrap();
     drop(client_x);
     client_y
-        .stream
+        .stream()
         .sock
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let mut gone = false;
     for _ in 0..200 {
         client_y.send(&x, b"to X, who left").unwrap();
-        while let Ok(Ok((kind, payload))) = client_y.recv_message() {
-            if kind == 0x03 {
-                assert_eq!(&payload[1..], x.as_bytes(), "PEER_GONE names X");
-                gone = true;
+        loop {
+            match client_y.recv() {
+                Ok(Received::PeerGone(node)) => {
+                    assert_eq!(node, x, "PEER_GONE names X");
+                    gone = true;
+                }
+                Ok(Received::Closed(_)) | Err(_) => break,
+                Ok(_) => {}
             }
         }
         if gone {

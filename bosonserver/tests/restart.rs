@@ -11,8 +11,6 @@
 
 mod common;
 
-use boson_testsupport::ws_client;
-
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
@@ -21,9 +19,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+use boson_node::relay_blocking::Received;
+use boson_node::ws::Auth;
 use boson_shared::{NodeId, TurnSecret};
 use common::turn::{self, TurnClient};
-use ws_client::{Client, connect};
+use common::{WsClient as Client, ws_connect as connect, ws_upgrade};
 
 /// Both processes must agree on these; set explicitly so neither generates its own.
 const ENV: &[(&str, &str)] = &[
@@ -203,12 +203,11 @@ fn dataplane_args<'a>(segment: &'a str, workers: &'a str) -> Vec<&'a str> {
 /// a refusal (1008) is retried for up to five seconds, as a real node would.
 fn join(relay: SocketAddr, token: &str, node: NodeId) -> Client<TcpStream> {
     for _ in 0..100 {
-        let mut client = Client::new(connect(relay));
-        assert_eq!(client.upgrade(Some(token)).unwrap(), 101);
-        match client.recv_message().unwrap() {
-            Ok((0x07, _)) => return client,
-            Ok((kind, payload)) => panic!("expected READY, got {kind}: {payload:?}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        let mut client = ws_upgrade(connect(relay), Auth::Bearer(token)).unwrap();
+        match client.recv().unwrap() {
+            Received::Ready(_) => return client,
+            Received::Closed(_) => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("expected READY, got {other:?}"),
         }
     }
     panic!("{node} was never granted a session");
@@ -305,7 +304,7 @@ fn control_plane_killed_and_restarted_while_a_relay_stream_flows() {
     let counted = Arc::clone(&received);
     let receiver = std::thread::spawn(move || {
         for seq in 0..PACKETS {
-            let (src, packet) = client_b.recv_packet();
+            let (src, packet) = client_b.recv_packet().unwrap();
             assert_eq!(src, a);
             let got = u32::from_le_bytes(packet[..4].try_into().unwrap());
             assert_eq!(
@@ -354,9 +353,15 @@ fn control_plane_killed_and_restarted_while_a_relay_stream_flows() {
     let mut client_c = join(relay, &token_c, c);
     let mut client_a = client_a;
     client_a.send(&c, b"after the restart").unwrap();
-    assert_eq!(client_c.recv_packet(), (a, b"after the restart".to_vec()));
+    assert_eq!(
+        client_c.recv_packet().unwrap(),
+        (a, b"after the restart".to_vec())
+    );
     client_c.send(&b, b"and onwards").unwrap();
-    assert_eq!(client_b.recv_packet(), (c, b"and onwards".to_vec()));
+    assert_eq!(
+        client_b.recv_packet().unwrap(),
+        (c, b"and onwards".to_vec())
+    );
 }
 
 #[test]
@@ -382,7 +387,10 @@ fn dataplane_killed_and_restarted_gets_every_grant_again() {
     let mut client_a = join(relay, &token_a, a);
     let mut client_b = join(relay, &token_b, b);
     client_a.send(&b, b"hello again").unwrap();
-    assert_eq!(client_b.recv_packet(), (a, b"hello again".to_vec()));
+    assert_eq!(
+        client_b.recv_packet().unwrap(),
+        (a, b"hello again".to_vec())
+    );
     let metrics = wait_metrics(&http, &base, "the second dataplane", |m| {
         metric(m, "bosonserver_channel_relay_sessions ") == Some(2.0)
     });
@@ -406,12 +414,9 @@ fn a_token_is_good_on_the_relay_as_soon_as_registration_answers() {
     for i in 0..20u16 {
         let id = common::node_id(9, i);
         let token = http.register(&base, &common::node_body(&id, &common::wg_key(9, i)));
-        let mut client = Client::new(connect(relay));
-        assert_eq!(client.upgrade(Some(&token)).unwrap(), 101);
-        match client.recv_message().unwrap() {
-            Ok((0x07, payload)) => {
-                assert_eq!(&payload[1..], id.parse::<NodeId>().unwrap().as_bytes())
-            }
+        let mut client = ws_upgrade(connect(relay), Auth::Bearer(&token)).unwrap();
+        match client.recv().unwrap() {
+            Received::Ready(node) => assert_eq!(node, id.parse::<NodeId>().unwrap()),
             other => panic!("node {i}: expected READY at once, got {other:?}"),
         }
     }

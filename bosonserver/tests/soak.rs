@@ -12,16 +12,16 @@
 
 mod common;
 
-use boson_testsupport::ws_client;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use boson_node::relay_blocking::Received;
+use boson_node::ws::Auth;
 use boson_shared::NodeId;
 use common::turn::{self, TurnClient};
-use ws_client::{Client, connect};
+use common::{WsClient as Client, ws_connect as connect, ws_upgrade};
 
 const SECRET: &str = "soak-turn-secret";
 const JWT_SECRET: &str = "soak-jwt-secret-0123456789abcdef-01234";
@@ -127,11 +127,10 @@ fn ws_cycle(relay: SocketAddr, nodes: &[(NodeId, String); 2], tally: &Tally, cyc
     let mut sessions: Vec<Client<std::net::TcpStream>> = nodes
         .iter()
         .map(|(node, token)| {
-            let mut client = Client::new(connect(relay));
-            assert_eq!(client.upgrade(Some(token)).unwrap(), 101);
-            assert_eq!(client.ready(), *node);
+            let mut client = ws_upgrade(connect(relay), Auth::Bearer(token)).unwrap();
+            assert_eq!(client.ready().unwrap(), *node);
             client
-                .stream
+                .stream()
                 .set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
             tally.ws_connections.fetch_add(1, Ordering::Relaxed);
@@ -159,27 +158,25 @@ fn deliver(
     packet: &[u8],
     tally: &Tally,
 ) {
-    use boson_dataplane_proto::ws::relay::Message;
     for attempt in 0..10 {
         if attempt > 0 {
             tally.ws_resends.fetch_add(1, Ordering::Relaxed);
         }
         sender.send(&dest, packet).unwrap();
         loop {
-            let payload = match receiver.recv_message() {
-                Ok(Ok((_, payload))) => payload,
-                Ok(Err(code)) => panic!("session of {dest} closed: {code:?}"),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            };
-            match Message::parse(&payload).unwrap() {
-                Message::Recv {
+            match receiver.recv() {
+                Ok(Received::Packet {
                     src: from,
                     packet: got,
-                } if from == src && got == packet => return,
+                }) if from == src && got == packet => return,
                 // An earlier resend, or a notice.
-                Message::Recv { .. } | Message::PeerPresent(_) | Message::PeerGone(_) => {}
-                other => panic!("unexpected {other:?}"),
+                Ok(Received::Packet { .. } | Received::PeerPresent(_) | Received::PeerGone(_)) => {}
+                Ok(Received::Closed(reason)) => {
+                    panic!("session of {dest} closed: {reason:?}")
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
             }
         }
     }

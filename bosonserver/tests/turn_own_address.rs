@@ -116,14 +116,14 @@ fn a_udp_service_inside_the_relay_range_gets_nothing_and_the_client_403() {
     }
     wait_drops(&http, &server.base, "not_a_relay_port", 3);
     alice
-        .socket
+        .socket()
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     assert_eq!(alice.recv_channel_data(), None);
     let mut buf = [0u8; 64];
-    alice.socket.set_nonblocking(true).unwrap();
+    alice.socket().set_nonblocking(true).unwrap();
     assert!(
-        alice.socket.recv_from(&mut buf).is_err(),
+        alice.socket().recv_from(&mut buf).is_err(),
         "nothing from the host's own non-relay ports reaches the client"
     );
     assert_eq!(

@@ -7,7 +7,8 @@
 //! bytes and return what to send, with no socket, clock or thread ([`ws`]: the WebSocket
 //! relay session; [`direct`]: hole punching; [`backoff`]; [`status`] and [`metrics`]
 //! formatting), and a thin tokio shell drives them ([`agent`], `relay_conn`,
-//! `direct_conn`, [`control`], [`wg`]). Every codec is
+//! `direct_conn`, [`control`], [`wg`]); [`relay_blocking`] drives the relay session from
+//! plain threads, for the project's tests and tools. Every codec is
 //! `boson-dataplane-proto`'s: this crate writes none of its own.
 //!
 //! # Data path
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod nat;
 pub mod quic;
 mod quic_conn;
+pub mod relay_blocking;
 mod relay_conn;
 pub mod route;
 pub mod signal;
@@ -44,6 +46,7 @@ pub mod status;
 mod testing;
 pub mod tls;
 pub mod turn;
+pub mod turn_blocking;
 mod turn_conn;
 pub mod wg;
 pub mod ws;

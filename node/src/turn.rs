@@ -157,6 +157,320 @@ impl Request {
             Self::Probe => "Binding",
         }
     }
+
+    /// What goes on the wire; `None` for a channel number out of range (never made).
+    fn wire(self) -> Option<TurnRequest> {
+        Some(match self {
+            Self::Allocate => TurnRequest::Allocate {
+                lifetime: Some(LIFETIME),
+            },
+            Self::Refresh => TurnRequest::Refresh { lifetime: LIFETIME },
+            Self::ChannelBind { peer, number } => TurnRequest::ChannelBind {
+                number: ChannelNumber::new(number)?,
+                peer,
+            },
+            Self::Probe => TurnRequest::Binding,
+        })
+    }
+}
+
+/// One TURN request as it goes on the wire: what [`TurnClient`] sends, and what a
+/// request-level client ([`crate::turn_blocking`]) sends one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnRequest {
+    /// Allocate a UDP relay; LIFETIME when given, else the server's default.
+    Allocate {
+        /// Seconds asked for.
+        lifetime: Option<u32>,
+    },
+    /// Refresh the allocation for `lifetime` seconds; 0 deletes it.
+    Refresh {
+        /// Seconds asked for.
+        lifetime: u32,
+    },
+    /// Install a permission for the peer's address.
+    CreatePermission(SocketAddr),
+    /// Bind `number` to `peer` (installing the permission too).
+    ChannelBind {
+        /// The channel.
+        number: ChannelNumber,
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+    /// A Binding request, never signed: the liveness probe.
+    Binding,
+}
+
+impl TurnRequest {
+    /// The STUN method.
+    pub const fn method(self) -> Method {
+        match self {
+            Self::Allocate { .. } => Method::ALLOCATE,
+            Self::Refresh { .. } => Method::REFRESH,
+            Self::CreatePermission(_) => Method::CREATE_PERMISSION,
+            Self::ChannelBind { .. } => Method::CHANNEL_BIND,
+            Self::Binding => Method::BINDING,
+        }
+    }
+
+    /// Whether `credentials` sign it (every request but Binding, once challenged).
+    pub const fn is_signed(self, credentials: &Credentials) -> bool {
+        credentials.auth.is_some() && !matches!(self, Self::Binding)
+    }
+
+    /// Encodes the request with `txid` into `buf`, signed by `credentials` once a challenge
+    /// taught them realm and nonce; the length, or `None` if `buf` is too small.
+    pub fn encode(
+        self,
+        credentials: &Credentials,
+        txid: TransactionId,
+        buf: &mut [u8],
+    ) -> Option<usize> {
+        let kind = MessageType::new(self.method(), Class::Request);
+        let mut enc = Encoder::new(buf, kind, txid).ok()?;
+        match self {
+            Self::Allocate { lifetime } => {
+                enc.add(&RequestedTransport(UDP)).ok()?;
+                if let Some(lifetime) = lifetime {
+                    enc.add(&Lifetime(lifetime)).ok()?;
+                }
+            }
+            Self::Refresh { lifetime } => enc.add(&Lifetime(lifetime)).ok()?,
+            Self::CreatePermission(peer) => enc.add(&XorPeerAddress(peer)).ok()?,
+            Self::Binding => return enc.finish(Trailer::new().with_fingerprint()).ok(),
+            Self::ChannelBind { number, peer } => {
+                enc.add(&number).ok()?;
+                enc.add(&XorPeerAddress(peer)).ok()?;
+            }
+        }
+        credentials.finish(enc)
+    }
+}
+
+/// What a final answer to a request says, parsed: its error code, and the addresses and
+/// lifetime a success carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The STUN error code; `None` for a success.
+    pub code: Option<u16>,
+    relayed: Option<SocketAddr>,
+    mapped: Option<SocketAddr>,
+    lifetime: Option<u32>,
+}
+
+impl Answer {
+    /// Reads a response.
+    pub fn parse(message: &Message<'_>) -> Self {
+        Self {
+            code: message
+                .get::<ErrorCodeAttr<'_>>()
+                .ok()
+                .flatten()
+                .map(|error| error.code().as_u16()),
+            relayed: message
+                .get::<XorRelayedAddress>()
+                .ok()
+                .flatten()
+                .map(|a| a.0),
+            mapped: message
+                .get::<XorMappedAddress>()
+                .ok()
+                .flatten()
+                .map(|a| a.0),
+            lifetime: message.get::<Lifetime>().ok().flatten().map(|l| l.0),
+        }
+    }
+
+    /// Whether it is a success.
+    pub const fn is_success(&self) -> bool {
+        self.code.is_none()
+    }
+
+    /// XOR-RELAYED-ADDRESS (an Allocate's success).
+    pub const fn relayed(&self) -> Option<SocketAddr> {
+        self.relayed
+    }
+
+    /// XOR-MAPPED-ADDRESS (an Allocate's success).
+    pub const fn mapped(&self) -> Option<SocketAddr> {
+        self.mapped
+    }
+
+    /// LIFETIME (an Allocate's or a Refresh's success).
+    pub const fn lifetime(&self) -> Option<u32> {
+        self.lifetime
+    }
+}
+
+/// Which challenge an error answer was ([`Credentials::handle_challenge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// 401 with a NONCE: sign with the long-term key.
+    Unauthenticated,
+    /// 438 Stale Nonce: sign again with the new nonce.
+    StaleNonce,
+}
+
+/// The signing half of a TURN client ([RFC 8489 §9.2]): the long-term credential, and the
+/// realm, nonce and password algorithm the server's challenges taught.
+///
+/// [RFC 8489 §9.2]: https://www.rfc-editor.org/rfc/rfc8489#section-9.2
+#[derive(Debug)]
+pub struct Credentials {
+    username: String,
+    password: String,
+    auth: Option<Auth>,
+}
+
+impl Credentials {
+    /// The REST credential `username`/`password` (as `/api/v1/turn/ice` gives it).
+    pub fn new(username: &str, password: &str) -> Self {
+        Self {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            auth: None,
+        }
+    }
+
+    /// Learns realm, nonce and key from `message` when it is a challenge (a 401, or a 438
+    /// Stale Nonce, with a NONCE): the request may go again, signed anew. `None` for any
+    /// other answer.
+    pub fn handle_challenge(&mut self, message: &Message<'_>) -> Option<Challenge> {
+        if message.class() != Class::ErrorResponse {
+            return None;
+        }
+        let code = message.get::<ErrorCodeAttr<'_>>().ok().flatten()?.code();
+        let challenge = if code == ErrorCode::UNAUTHENTICATED {
+            Challenge::Unauthenticated
+        } else if code.as_u16() == 438 {
+            Challenge::StaleNonce
+        } else {
+            return None;
+        };
+        let nonce = message.get::<Nonce<'_>>().ok().flatten()?;
+        let realm = message
+            .get::<Realm<'_>>()
+            .ok()
+            .flatten()
+            .map(|r| r.as_str().to_owned())
+            .or_else(|| self.auth.as_ref().map(|a| a.realm.clone()))
+            .unwrap_or_default();
+        // SHA-256 when the server offers it under the nonce cookie (RFC 8489 §9.2.3), else
+        // MD5, the key every server takes.
+        let offered = message
+            .get::<PasswordAlgorithms<'_>>()
+            .ok()
+            .flatten()
+            .filter(|list| {
+                password::nonce_offers_password_algorithms(nonce.as_str())
+                    && list.contains(PasswordAlgorithm::SHA256)
+            });
+        let sha256 = offered.and_then(|list| {
+            let key = LongTermKey::derive_with(
+                PasswordAlgorithm::SHA256,
+                &self.username,
+                &realm,
+                &self.password,
+            )?;
+            Some((key, list.as_bytes().to_vec()))
+        });
+        let (key, algorithms) = match sha256 {
+            Some((key, algorithms)) => (key, Some(algorithms)),
+            None => (
+                LongTermKey::derive(&self.username, &realm, &self.password),
+                None,
+            ),
+        };
+        self.auth = Some(Auth {
+            realm,
+            nonce: nonce.as_str().to_owned(),
+            key,
+            algorithms,
+        });
+        Some(challenge)
+    }
+
+    /// Whether `message` carries a MESSAGE-INTEGRITY under the key in use.
+    pub fn verify(&self, message: &Message<'_>) -> bool {
+        self.auth.as_ref().is_some_and(|auth| {
+            message
+                .verify_integrity(auth.key.as_integrity_key())
+                .is_ok()
+        })
+    }
+
+    /// The password algorithm of the key in use, once a challenge gave realm and nonce.
+    pub fn password_algorithm(&self) -> Option<PasswordAlgorithm> {
+        self.auth.as_ref().map(|auth| auth.key.algorithm())
+    }
+
+    /// Finishes `enc`: USERNAME, REALM, NONCE and MESSAGE-INTEGRITY(-SHA256) once a
+    /// challenge was learnt, FINGERPRINT always.
+    fn finish(&self, mut enc: Encoder<'_>) -> Option<usize> {
+        let Some(auth) = &self.auth else {
+            return enc.finish(Trailer::new().with_fingerprint()).ok();
+        };
+        enc.add(&Username::new(&self.username).ok()?).ok()?;
+        enc.add(&Realm::new(&auth.realm).ok()?).ok()?;
+        enc.add(&Nonce::new(&auth.nonce).ok()?).ok()?;
+        let trailer = match &auth.algorithms {
+            Some(algorithms) => {
+                enc.add_raw(AttrType::PASSWORD_ALGORITHMS, algorithms)
+                    .ok()?;
+                enc.add(&PasswordAlgorithmAttr(auth.key.algorithm())).ok()?;
+                Trailer::new().with_integrity_sha256(auth.key.as_integrity_key())
+            }
+            None => Trailer::new().with_integrity(auth.key.as_integrity_key()),
+        };
+        enc.finish(trailer.with_fingerprint()).ok()
+    }
+}
+
+/// Appends a ChannelData frame carrying `payload` on `number` to `out`. No padding: it is
+/// optional over UDP ([RFC 8656 §12.5]).
+///
+/// [RFC 8656 §12.5]: https://www.rfc-editor.org/rfc/rfc8656#section-12.5
+pub fn encode_channel_data(
+    number: ChannelNumber,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), SendError> {
+    let len = u16::try_from(payload.len()).map_err(|_| SendError::TooLarge)?;
+    out.extend_from_slice(&channel_data::encode_header(number, len));
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Appends a Send indication with `txid` carrying `payload` to `peer` to `out`.
+pub fn encode_send_indication(
+    txid: TransactionId,
+    peer: SocketAddr,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), SendError> {
+    let start = out.len();
+    out.resize(start + payload.len() + 64, 0);
+    let written = (|| {
+        let mut enc = Encoder::new(
+            &mut out[start..],
+            MessageType::new(Method::SEND, Class::Indication),
+            txid,
+        )
+        .ok()?;
+        enc.add(&XorPeerAddress(peer)).ok()?;
+        enc.add(&Data(payload)).ok()?;
+        enc.finish(Trailer::new()).ok()
+    })();
+    match written {
+        Some(len) => {
+            out.truncate(start + len);
+            Ok(())
+        }
+        None => {
+            out.truncate(start);
+            Err(SendError::TooLarge)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -199,10 +513,8 @@ impl std::fmt::Debug for Auth {
 /// A TURN client for one allocation, generic over the RNG that picks transaction ids.
 #[derive(Debug)]
 pub struct TurnClient<R> {
-    username: String,
-    password: String,
+    credentials: Credentials,
     rng: R,
-    auth: Option<Auth>,
     pending: BTreeMap<[u8; 12], Pending>,
     /// Datagrams for the server.
     out: VecDeque<Vec<u8>>,
@@ -237,10 +549,8 @@ impl<R: RngCore> TurnClient<R> {
     /// (as `/api/v1/turn/ice` gives it).
     pub fn new(username: &str, password: &str, now: Instant, rng: R) -> Self {
         let mut client = Self {
-            username: username.to_owned(),
-            password: password.to_owned(),
+            credentials: Credentials::new(username, password),
             rng,
-            auth: None,
             pending: BTreeMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -321,37 +631,11 @@ impl<R: RngCore> TurnClient<R> {
         }
         let channel = self.channels.get(&peer).ok_or(SendError::NoPermission)?;
         if channel.bound {
-            let len = u16::try_from(payload.len()).map_err(|_| SendError::TooLarge)?;
             let number = ChannelNumber::new(channel.number).ok_or(SendError::NoPermission)?;
-            out.extend_from_slice(&channel_data::encode_header(number, len));
-            out.extend_from_slice(payload);
-            // Padding to 4 bytes is optional over UDP (RFC 8656 §12.5): none.
-            return Ok(());
+            return encode_channel_data(number, payload, out);
         }
-        let start = out.len();
-        out.resize(start + payload.len() + 64, 0);
         let txid = self.transaction_id();
-        let written = (|| {
-            let mut enc = Encoder::new(
-                &mut out[start..],
-                MessageType::new(Method::SEND, Class::Indication),
-                txid,
-            )
-            .ok()?;
-            enc.add(&XorPeerAddress(peer)).ok()?;
-            enc.add(&Data(payload)).ok()?;
-            enc.finish(Trailer::new()).ok()
-        })();
-        match written {
-            Some(len) => {
-                out.truncate(start + len);
-                Ok(())
-            }
-            None => {
-                out.truncate(start);
-                Err(SendError::TooLarge)
-            }
-        }
+        encode_send_indication(txid, peer, payload, out)
     }
 
     /// The next datagram for the server.
@@ -453,7 +737,7 @@ impl<R: RngCore> TurnClient<R> {
 
     /// The password algorithm of the key in use, once a challenge gave realm and nonce.
     pub fn password_algorithm(&self) -> Option<PasswordAlgorithm> {
-        self.auth.as_ref().map(|auth| auth.key.algorithm())
+        self.credentials.password_algorithm()
     }
 
     /// Whether the allocation failed for good.
@@ -484,46 +768,16 @@ impl<R: RngCore> TurnClient<R> {
                 bytes: buf,
                 next_send: now + RTO,
                 sends: 1,
-                authenticated: self.auth.is_some() && request != Request::Probe,
+                authenticated: request
+                    .wire()
+                    .is_some_and(|wire| wire.is_signed(&self.credentials)),
                 auth_retries,
             },
         );
     }
 
     fn encode(&self, buf: &mut [u8], request: Request, txid: TransactionId) -> Option<usize> {
-        let kind = MessageType::new(request.method(), Class::Request);
-        let mut enc = Encoder::new(buf, kind, txid).ok()?;
-        match request {
-            Request::Allocate => {
-                enc.add(&RequestedTransport(UDP)).ok()?;
-                enc.add(&Lifetime(LIFETIME)).ok()?;
-            }
-            Request::Refresh => enc.add(&Lifetime(LIFETIME)).ok()?,
-            Request::Probe => return enc.finish(Trailer::new().with_fingerprint()).ok(),
-            Request::ChannelBind { peer, number } => {
-                enc.add(&ChannelNumber::new(number)?).ok()?;
-                enc.add(&XorPeerAddress(peer)).ok()?;
-            }
-        }
-        let len = match &self.auth {
-            Some(auth) => {
-                enc.add(&Username::new(&self.username).ok()?).ok()?;
-                enc.add(&Realm::new(&auth.realm).ok()?).ok()?;
-                enc.add(&Nonce::new(&auth.nonce).ok()?).ok()?;
-                let trailer = match &auth.algorithms {
-                    Some(algorithms) => {
-                        enc.add_raw(AttrType::PASSWORD_ALGORITHMS, algorithms)
-                            .ok()?;
-                        enc.add(&PasswordAlgorithmAttr(auth.key.algorithm())).ok()?;
-                        Trailer::new().with_integrity_sha256(auth.key.as_integrity_key())
-                    }
-                    None => Trailer::new().with_integrity(auth.key.as_integrity_key()),
-                };
-                enc.finish(trailer.with_fingerprint()).ok()?
-            }
-            None => enc.finish(Trailer::new().with_fingerprint()).ok()?,
-        };
-        Some(len)
+        request.wire()?.encode(&self.credentials, txid, buf)
     }
 
     fn handle_response(&mut self, now: Instant, message: &Message<'_>) {
@@ -549,58 +803,15 @@ impl<R: RngCore> TurnClient<R> {
         if message.class() == Class::ErrorResponse {
             let error = message.get::<ErrorCodeAttr<'_>>().ok().flatten();
             let code = error.map_or(0, |e| e.code().as_u16());
-            let challenge = code == ErrorCode::UNAUTHENTICATED.as_u16() || code == 438;
-            if challenge && pending.auth_retries < 2 {
-                let realm = message.get::<Realm<'_>>().ok().flatten();
-                let nonce = message.get::<Nonce<'_>>().ok().flatten();
-                if let Some(nonce) = nonce {
-                    let realm = realm
-                        .map(|r| r.as_str().to_owned())
-                        .or_else(|| self.auth.as_ref().map(|a| a.realm.clone()))
-                        .unwrap_or_default();
-                    // SHA-256 when the server offers it under the nonce cookie (RFC 8489
-                    // §9.2.3), else MD5, the key every server takes.
-                    let offered = message
-                        .get::<PasswordAlgorithms<'_>>()
-                        .ok()
-                        .flatten()
-                        .filter(|list| {
-                            password::nonce_offers_password_algorithms(nonce.as_str())
-                                && list.contains(PasswordAlgorithm::SHA256)
-                        });
-                    let (key, algorithms) = match offered {
-                        Some(list) => (
-                            LongTermKey::derive_with(
-                                PasswordAlgorithm::SHA256,
-                                &self.username,
-                                &realm,
-                                &self.password,
-                            ),
-                            Some(list.as_bytes().to_vec()),
-                        ),
-                        None => (None, None),
-                    };
-                    let (key, algorithms) = match key {
-                        Some(key) => (key, algorithms),
-                        None => (
-                            LongTermKey::derive(&self.username, &realm, &self.password),
-                            None,
-                        ),
-                    };
-                    if code == 438 {
-                        self.stats.stale_nonces += 1;
-                    } else {
-                        self.stats.challenges += 1;
-                    }
-                    self.auth = Some(Auth {
-                        realm,
-                        nonce: nonce.as_str().to_owned(),
-                        key,
-                        algorithms,
-                    });
-                    self.start(now, request, pending.auth_retries + 1);
-                    return;
+            if pending.auth_retries < 2
+                && let Some(challenge) = self.credentials.handle_challenge(message)
+            {
+                match challenge {
+                    Challenge::StaleNonce => self.stats.stale_nonces += 1,
+                    Challenge::Unauthenticated => self.stats.challenges += 1,
                 }
+                self.start(now, request, pending.auth_retries + 1);
+                return;
             }
             self.fail(TurnError::Refused {
                 method: request.name(),
@@ -610,16 +821,9 @@ impl<R: RngCore> TurnClient<R> {
             return;
         }
         // A success must carry MESSAGE-INTEGRITY under our key when we sent one.
-        if pending.authenticated {
-            let verified = self.auth.as_ref().is_some_and(|auth| {
-                message
-                    .verify_integrity(auth.key.as_integrity_key())
-                    .is_ok()
-            });
-            if !verified {
-                self.fail(TurnError::Malformed(request.name()));
-                return;
-            }
+        if pending.authenticated && !self.credentials.verify(message) {
+            self.fail(TurnError::Malformed(request.name()));
+            return;
         }
         match request {
             Request::Allocate => {

@@ -11,6 +11,9 @@
 //!      └──non-101 / timeout / Close / violation / unanswered ping ──────────────────▲
 //! ```
 //!
+//! The token goes in the upgrade's `Authorization: Bearer` header, or in an AUTH message
+//! right after the 101 ([`Auth`]).
+//!
 //! # Driving it
 //!
 //! * **Inputs**: [`RelayClient::handle_input`] with the bytes read so far (it consumes the
@@ -30,7 +33,9 @@ use boson_dataplane_proto::ws::DEFAULT_MAX_MESSAGE;
 use boson_dataplane_proto::ws::frame::{
     self, CloseCode, ClosePayload, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode,
 };
-use boson_dataplane_proto::ws::handshake::{ClientUpgrade, RequestError, ResponseError};
+use boson_dataplane_proto::ws::handshake::{
+    ClientUpgrade, MAX_TOKEN_LEN, RequestError, ResponseError,
+};
 use boson_dataplane_proto::ws::relay::{self, Message, MessageType, RelayError};
 use boson_shared::NodeId;
 use rand_core::RngCore;
@@ -68,6 +73,19 @@ impl Default for ClientConfig {
             max_message: DEFAULT_MAX_MESSAGE,
         }
     }
+}
+
+/// How a session presents the node's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth<'a> {
+    /// In the upgrade request's `Authorization: Bearer` header: no extra round trip.
+    Bearer(&'a str),
+    /// In an AUTH message, the first frame after the 101: for a path whose proxies strip
+    /// the header.
+    Message(&'a str),
+    /// Not at all: the server closes the session (1008) at its authentication deadline.
+    /// Only tests of that deadline want this.
+    Withheld,
 }
 
 /// What [`RelayClient::handle_input`] did with the bytes.
@@ -141,6 +159,21 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// The code of the Close the server ended the session with, if it sent one: a refused
+    /// token's 1008 included.
+    pub const fn server_code(self) -> Option<CloseCode> {
+        match self {
+            Self::Rejected => Some(CloseCode::POLICY_VIOLATION),
+            Self::PeerClosed(code) => code,
+            Self::Handshake(_)
+            | Self::HandshakeTimeout
+            | Self::ReadyTimeout
+            | Self::PeerMisbehaved(_)
+            | Self::IdleTimeout
+            | Self::Local => None,
+        }
+    }
+
     /// Stable `snake_case` label for logs and metrics.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -152,6 +185,22 @@ impl CloseReason {
             Self::PeerClosed(_) => "peer_closed",
             Self::IdleTimeout => "keepalive_timeout",
             Self::Local => "closing",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Handshake(err) => write!(f, "upgrade refused: {err}"),
+            Self::PeerMisbehaved(violation) => write!(f, "protocol error: {violation:?}"),
+            Self::PeerClosed(Some(code)) => write!(f, "closed by the server with {}", code.get()),
+            Self::Rejected => f.write_str("token refused (1008)"),
+            Self::PeerClosed(None)
+            | Self::HandshakeTimeout
+            | Self::ReadyTimeout
+            | Self::IdleTimeout
+            | Self::Local => f.write_str(self.as_str()),
         }
     }
 }
@@ -228,6 +277,52 @@ pub struct Stats {
     pub unknown_types: u64,
     /// Relay messages too short or too long for their type, ignored.
     pub malformed: u64,
+    /// Pings from the server (each answered with a pong unless the session is closing).
+    pub pings: u64,
+}
+
+/// A SEND frame masked once, from [`RelayClient::dangerous_send_template`]: a load
+/// generator copies it and writes into each copy only the bytes that differ per packet,
+/// already masked, instead of masking every byte of every packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendTemplate {
+    frame: Vec<u8>,
+    /// Where the packet starts in the frame.
+    packet_at: usize,
+    mask: [u8; 4],
+}
+
+impl SendTemplate {
+    /// The whole frame: header, then the masked SEND.
+    pub fn bytes(&self) -> &[u8] {
+        &self.frame
+    }
+
+    /// Bytes of the frame on the wire.
+    pub const fn len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Never: a frame has a header.
+    pub const fn is_empty(&self) -> bool {
+        self.frame.is_empty()
+    }
+
+    /// Writes `bytes` at offset `at` of the packet into `frame`, a copy of
+    /// [`bytes`](Self::bytes), masked as the frame is (masking is positional, RFC 6455
+    /// §5.3); the rest of the copy is left as it is. Bytes beyond the packet are dropped.
+    pub fn write_packet(&self, frame: &mut [u8], at: usize, bytes: &[u8]) {
+        let start = self.packet_at + at;
+        let end = (start + bytes.len()).min(self.frame.len()).min(frame.len());
+        let Some(slot) = frame.get_mut(start..end) else {
+            return;
+        };
+        slot.copy_from_slice(&bytes[..slot.len()]);
+        // The payload starts at `packet_at - PREFIX_LEN`: rotate the key to this offset.
+        let offset = start - (self.packet_at - relay::PREFIX_LEN);
+        let key = std::array::from_fn(|i| self.mask[(offset + i) % 4]);
+        frame::apply_mask(slot, key);
+    }
 }
 
 /// One masked control frame: 2-byte header, 4-byte key, at most 125 bytes of payload.
@@ -241,6 +336,8 @@ pub struct RelayClient<R> {
     rng: R,
     state: Inner,
     upgrade: ClientUpgrade,
+    /// The AUTH message to send after the 101, for [`Auth::Message`].
+    auth_message: Option<Vec<u8>>,
     /// Bytes waiting to be written: the request, then control frames.
     out: Vec<u8>,
     close_queued: bool,
@@ -271,11 +368,36 @@ impl<R: RngCore> RelayClient<R> {
         path: &str,
         token: &str,
         now: Instant,
+        rng: R,
+    ) -> Result<Self, RequestError> {
+        Self::with_auth(config, host, path, Auth::Bearer(token), now, rng)
+    }
+
+    /// As [`new`](Self::new), presenting the token as `auth` says.
+    pub fn with_auth(
+        config: ClientConfig,
+        host: &str,
+        path: &str,
+        auth: Auth<'_>,
+        now: Instant,
         mut rng: R,
     ) -> Result<Self, RequestError> {
         let mut nonce = [0u8; 16];
         rng.fill_bytes(&mut nonce);
-        let upgrade = ClientUpgrade::new(host, path, Some(token.as_bytes()), nonce)?;
+        let (bearer, auth_message) = match auth {
+            Auth::Bearer(token) => (Some(token.as_bytes()), None),
+            Auth::Message(token) if token.is_empty() || token.len() > MAX_TOKEN_LEN => {
+                return Err(RequestError::InvalidToken);
+            }
+            Auth::Message(token) => {
+                let mut message = Vec::with_capacity(1 + token.len());
+                message.push(MessageType::Auth as u8);
+                message.extend_from_slice(token.as_bytes());
+                (None, Some(message))
+            }
+            Auth::Withheld => (None, None),
+        };
+        let upgrade = ClientUpgrade::new(host, path, bearer, nonce)?;
         let mut out = Vec::with_capacity(upgrade.request().len() + CONTROL_FRAME_LEN);
         out.extend_from_slice(upgrade.request());
         let mut upgrade = upgrade;
@@ -286,6 +408,7 @@ impl<R: RngCore> RelayClient<R> {
             rng,
             state: Inner::Upgrading { deadline },
             upgrade,
+            auth_message,
             out,
             close_queued: false,
             events: VecDeque::new(),
@@ -334,6 +457,59 @@ impl<R: RngCore> RelayClient<R> {
         self.stats.sent_packets += 1;
         self.stats.sent_bytes += packet.len() as u64;
         Ok(())
+    }
+
+    /// Appends a masked SEND frame whatever the session's state, bypassing the checks of
+    /// [`encode_send`](Self::encode_send) (a packet larger than the relay's cap is still
+    /// refused). The server drops SENDs before READY: tests use this to check that it
+    /// does.
+    pub fn dangerous_encode_send(
+        &mut self,
+        dest: &NodeId,
+        packet: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SendError> {
+        let start = out.len();
+        out.resize(
+            start + frame::MAX_CLIENT_HEADER_LEN + relay::PREFIX_LEN + packet.len(),
+            0,
+        );
+        let mask = self.mask();
+        match relay::encode_send(dest, packet, mask, &mut out[start..]) {
+            Ok(written) => {
+                out.truncate(start + written);
+                Ok(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                Err(SendError::TooLarge(packet.len()))
+            }
+        }
+    }
+
+    /// A SEND frame to `dest` carrying `packet`, masked once, for a load generator to stamp
+    /// copies of ([`SendTemplate`]). Dangerous: every copy goes with the same masking key,
+    /// where RFC 6455 §5.3 wants a fresh one per frame (so that no payload can steer a
+    /// proxy on the path). Only for generators on a path without one, where masking each
+    /// packet would cost more than the relay's own work.
+    pub fn dangerous_send_template(
+        &mut self,
+        dest: &NodeId,
+        packet: &[u8],
+    ) -> Result<SendTemplate, SendError> {
+        if relay::PREFIX_LEN + packet.len() > self.config.max_message {
+            return Err(SendError::TooLarge(packet.len()));
+        }
+        let mask = self.mask();
+        let mut frame = vec![0u8; frame::MAX_CLIENT_HEADER_LEN + relay::PREFIX_LEN + packet.len()];
+        let len = relay::encode_send(dest, packet, mask, &mut frame)
+            .map_err(|_| SendError::TooLarge(packet.len()))?;
+        frame.truncate(len);
+        Ok(SendTemplate {
+            packet_at: len - packet.len(),
+            frame,
+            mask,
+        })
     }
 
     /// The next event, in the order they arose.
@@ -435,6 +611,11 @@ impl<R: RngCore> RelayClient<R> {
         matches!(self.state, Inner::Closed(_))
     }
 
+    /// The session's timers and limits.
+    pub const fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// The counters.
     pub const fn stats(&self) -> &Stats {
         &self.stats
@@ -453,6 +634,23 @@ impl<R: RngCore> RelayClient<R> {
                     deadline: now + self.config.ready_timeout,
                 };
                 self.last_ping = now;
+                if let Some(message) = self.auth_message.take() {
+                    let start = self.out.len();
+                    self.out
+                        .resize(start + frame::MAX_CLIENT_HEADER_LEN + message.len(), 0);
+                    let mask = self.mask();
+                    match frame::encode_masked(
+                        true,
+                        OpCode::Binary,
+                        mask,
+                        &message,
+                        &mut self.out[start..],
+                    ) {
+                        Ok(written) => self.out.truncate(start + written),
+                        // Cannot happen: the buffer was sized for the message above.
+                        Err(_) => self.out.truncate(start),
+                    }
+                }
                 Input::Consumed(len)
             }
             Err(err) => {
@@ -484,11 +682,12 @@ impl<R: RngCore> RelayClient<R> {
         let closing = matches!(self.state, Inner::Closing { .. });
         match header.opcode {
             OpCode::Ping if !closing => {
+                self.stats.pings += 1;
                 let mask = self.mask();
                 let pong = input[payload].to_vec();
                 self.queue_control(OpCode::Pong, &pong, mask);
             }
-            OpCode::Ping => {}
+            OpCode::Ping => self.stats.pings += 1,
             OpCode::Pong => self.handle_pong(now),
             OpCode::Close => self.handle_close(&input[payload]),
             OpCode::Continuation => self.fail(Violation::Fragmented),
@@ -747,6 +946,112 @@ mod tests {
         assert!(client.is_open());
         assert_eq!(
             client.encode_send(&PEER, &vec![0; DEFAULT_MAX_MESSAGE], &mut out),
+            Err(SendError::TooLarge(DEFAULT_MAX_MESSAGE))
+        );
+    }
+
+    #[test]
+    fn a_token_in_an_auth_message_follows_the_101() {
+        let now = epoch();
+        let mut client = RelayClient::with_auth(
+            ClientConfig::default(),
+            "h",
+            "/relay",
+            Auth::Message("tok.en"),
+            now,
+            StdRng::seed_from_u64(5),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert!(client.poll_transmit(&mut out));
+        let request = handshake::parse_request(&out, "/relay").unwrap().unwrap();
+        assert_eq!(request.token, None, "no Authorization header");
+        let mut response = [0u8; handshake::MAX_RESPONSE_LEN];
+        let len = handshake::write_response(&request.accept, &mut response).unwrap();
+        let _ = client.handle_input(now, &mut response[..len]);
+        out.clear();
+        assert!(client.poll_transmit(&mut out), "AUTH queued after the 101");
+        let (opcode, payload, end) = client_frame(&out);
+        assert_eq!((opcode, end), (OpCode::Binary, out.len()));
+        assert_eq!(
+            Message::parse(&payload).unwrap(),
+            Message::Auth { token: b"tok.en" }
+        );
+        // Nothing before READY but through the escape hatch.
+        assert_eq!(
+            client.encode_send(&PEER, b"x", &mut out),
+            Err(SendError::NotOpen)
+        );
+        out.clear();
+        client.dangerous_encode_send(&PEER, b"x", &mut out).unwrap();
+        let (_, payload, _) = client_frame(&out);
+        assert_eq!(
+            Message::parse(&payload).unwrap(),
+            Message::Send {
+                dest: PEER,
+                packet: b"x"
+            }
+        );
+        // A withheld token sends neither header nor message; an empty one is refused.
+        let mut client = RelayClient::with_auth(
+            ClientConfig::default(),
+            "h",
+            "/relay",
+            Auth::Withheld,
+            now,
+            StdRng::seed_from_u64(6),
+        )
+        .unwrap();
+        out.clear();
+        let _ = client.poll_transmit(&mut out);
+        let request = handshake::parse_request(&out, "/relay").unwrap().unwrap();
+        assert_eq!(request.token, None);
+        let len = handshake::write_response(&request.accept, &mut response).unwrap();
+        let _ = client.handle_input(now, &mut response[..len]);
+        out.clear();
+        assert!(!client.poll_transmit(&mut out));
+        assert_eq!(
+            RelayClient::with_auth(
+                ClientConfig::default(),
+                "h",
+                "/relay",
+                Auth::Message(""),
+                now,
+                StdRng::seed_from_u64(7),
+            )
+            .unwrap_err(),
+            RequestError::InvalidToken
+        );
+        assert_eq!(
+            CloseReason::Rejected.server_code(),
+            Some(CloseCode::POLICY_VIOLATION)
+        );
+        assert_eq!(CloseReason::IdleTimeout.server_code(), None);
+    }
+
+    #[test]
+    fn a_stamped_template_is_the_send_frame_of_the_stamped_packet() {
+        let mut client = open(epoch());
+        let template = client.dangerous_send_template(&PEER, &[0; 40]).unwrap();
+        for at in [0, 1, 3, 17, 38] {
+            let mut frame = template.bytes().to_vec();
+            template.write_packet(&mut frame, at, b"stamp");
+            let (opcode, payload, end) = client_frame(&frame);
+            assert_eq!((opcode, end), (OpCode::Binary, frame.len()));
+            let mut want = [0u8; 40];
+            let fits = (40 - at).min(5);
+            want[at..at + fits].copy_from_slice(&b"stamp"[..fits]);
+            assert_eq!(
+                Message::parse(&payload).unwrap(),
+                Message::Send {
+                    dest: PEER,
+                    packet: &want
+                },
+                "stamped at {at}"
+            );
+        }
+        assert_eq!(
+            client.dangerous_send_template(&PEER, &vec![0; DEFAULT_MAX_MESSAGE]),
             Err(SendError::TooLarge(DEFAULT_MAX_MESSAGE))
         );
     }

@@ -12,7 +12,6 @@
 //!   sharing a database, a Redis and a mesh key; [`http`], a minimal client to probe them.
 //! - [`services`]: private PostgreSQL and Redis servers a test can stop, start and reach from
 //!   its namespaces.
-//! - [`ws_client`]: a blocking client of the WebSocket node relay, over TCP or TLS.
 //! - [`require`]: what a test needs from the machine (root, programs); a test skips with a
 //!   message without it, except when `CI` is set: then it fails.
 
@@ -27,7 +26,6 @@ pub mod netns;
 pub mod relay;
 pub mod services;
 pub mod wireguard;
-pub mod ws_client;
 
 use std::process::{Command, Stdio};
 

@@ -110,6 +110,12 @@ pub struct DataplaneConfig {
     /// times `budget`. Default: 1024 (2 MiB): half for the receive ring, half for replies and
     /// sends in flight.
     pub buffers: usize,
+    /// UDP segmentation offload on the listener and relay sockets: GRO on receive (a batch
+    /// of one sender's datagrams in one receive, split into its datagrams for the core) and
+    /// GSO on send (consecutive datagrams of one size to one address in one send). Where the
+    /// kernel refuses it, sockets fall back to one datagram per message, counted as
+    /// `udp_offload_refused` and logged once. Default: on.
+    pub udp_offload: bool,
     /// The node relay (WebSocket over TCP, optionally TLS) on the same workers. Default: off.
     pub relay: Option<relay::RelayConfig>,
     /// Receives the cores' events (TURN allocations created and ended), called on the worker
@@ -144,6 +150,7 @@ impl std::fmt::Debug for DataplaneConfig {
             .field("relay_ip", &self.relay_ip)
             .field("budget", &self.budget)
             .field("buffers", &self.buffers)
+            .field("udp_offload", &self.udp_offload)
             .field("relay", &self.relay)
             .field("events", &self.events.is_some())
             .field("stream", &self.stream)
@@ -162,6 +169,7 @@ impl Default for DataplaneConfig {
             relay_ip: None,
             budget: 256,
             buffers: 1024,
+            udp_offload: true,
             relay: None,
             events: None,
             stream: turn_stream::StreamConfig::default(),
@@ -291,6 +299,7 @@ where
             relay_ip,
             budget: config.budget,
             buffers: config.buffers,
+            udp_offload: config.udp_offload,
             control: Arc::clone(&control),
             stats: Arc::clone(&stats),
             relay: wirings[index].take(),

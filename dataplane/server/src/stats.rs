@@ -76,6 +76,14 @@ worker_counters! {
     /// Datagrams the kernel dropped at a full receive queue of a listener or relay socket
     /// (`SO_RXQ_OVFL`).
     rx_overflow,
+    /// GRO segments dropped because no buffer slot was free to split them into.
+    rx_no_buffer,
+    /// Receives that held several datagrams coalesced by GRO.
+    rx_gro_batches,
+    /// Sends that carried several datagrams as GSO segments.
+    tx_gso_sends,
+    /// Sockets on which the kernel refused UDP GRO or GSO, and GSO sends it refused.
+    udp_offload_refused,
     /// Listener datagrams dropped because no buffer was free for the reply.
     no_tx_buffer,
     /// Relay actions naming a port without a relay socket.

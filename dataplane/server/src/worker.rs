@@ -178,6 +178,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) relay_ip: IpAddr,
     pub(crate) budget: usize,
     pub(crate) buffers: usize,
+    pub(crate) udp_offload: bool,
     pub(crate) control: Arc<Control>,
     pub(crate) stats: Arc<SharedStats>,
     pub(crate) relay: Option<RelayWiring>,
@@ -209,20 +210,24 @@ where
     }
     let waker = Arc::clone(&setup.control.waker);
     match setup.backend {
-        IoBackend::Epoll => match Epoll::new(setup.buffers, waker).context("setting up epoll") {
-            Ok(io) => launch(setup, io, make_core, ready),
-            Err(err) => {
-                let _ = ready.send(Err(err));
-                Ok(())
+        IoBackend::Epoll => {
+            match Epoll::new(setup.buffers, waker, setup.udp_offload).context("setting up epoll") {
+                Ok(io) => launch(setup, io, make_core, ready),
+                Err(err) => {
+                    let _ = ready.send(Err(err));
+                    Ok(())
+                }
             }
-        },
-        IoBackend::Uring | IoBackend::Auto => match Uring::new(setup.buffers, waker) {
-            Ok(io) => launch(setup, io, make_core, ready),
-            Err(err) => {
-                let _ = ready.send(Err(err.context("setting up io_uring")));
-                Ok(())
+        }
+        IoBackend::Uring | IoBackend::Auto => {
+            match Uring::new(setup.buffers, waker, setup.udp_offload) {
+                Ok(io) => launch(setup, io, make_core, ready),
+                Err(err) => {
+                    let _ = ready.send(Err(err.context("setting up io_uring")));
+                    Ok(())
+                }
             }
-        },
+        }
     }
 }
 
@@ -763,6 +768,10 @@ impl<C: PacketCore, I: Io> Worker<C, I> {
             sends_failed: io.tx_failed,
             rx_truncated: io.rx_truncated,
             rx_overflow: io.rx_overflow,
+            rx_no_buffer: io.rx_no_buffer,
+            rx_gro_batches: io.rx_gro_batches,
+            tx_gso_sends: io.tx_gso_sends,
+            udp_offload_refused: io.udp_offload_refused,
             no_tx_buffer: self.counters.no_tx_buffer,
             relay_missing: self.counters.relay_missing,
             bad_core_range: self.counters.bad_core_range,

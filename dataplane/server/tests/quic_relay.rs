@@ -20,8 +20,9 @@ use std::time::Duration;
 use boson_dataplane::relay::RelayConfig;
 use boson_dataplane::{Dataplane, IoBackend, start};
 use boson_dataplane_proto::quic::{ALPN, QuicConfig};
+use boson_node::relay_blocking::Received;
+use boson_node::ws::Auth;
 use boson_shared::NodeId;
-use boson_testsupport::ws_client::{Client, connect};
 use rustls::pki_types::CertificateDer;
 
 fn start_quic(backend: IoBackend, workers: usize) -> (Dataplane, CertificateDer<'static>) {
@@ -178,9 +179,9 @@ async fn quic_exchange(backend: IoBackend) {
     // A QUIC client and a WebSocket client, both ways.
     let c = node(3);
     let ws = tokio::task::spawn_blocking(move || {
-        let mut client = Client::new(connect(addr));
-        assert_eq!(client.upgrade(Some(&token(&c))).unwrap(), 101);
-        assert_eq!(client.ready(), c);
+        let mut client =
+            common::ws_upgrade(common::ws_connect(addr), Auth::Bearer(&token(&c))).unwrap();
+        assert_eq!(client.ready().unwrap(), c);
         client
     })
     .await
@@ -195,14 +196,14 @@ async fn quic_exchange(backend: IoBackend) {
         let ws2 = Arc::clone(&ws);
         through = tokio::task::spawn_blocking(move || {
             let mut ws = ws2.lock().unwrap();
-            ws.stream
+            ws.stream()
                 .set_read_timeout(Some(Duration::from_millis(100)))
                 .unwrap();
-            let got = matches!(ws.recv_message(), Ok(Ok((0x02, _))));
+            let got = matches!(ws.recv(), Ok(Received::Packet { .. }));
             if got {
-                while ws.recv_message().is_ok() {}
+                while ws.recv().is_ok() {}
             }
-            ws.stream
+            ws.stream()
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             got
@@ -221,7 +222,7 @@ async fn quic_exchange(backend: IoBackend) {
         let expected = packet.clone();
         tokio::task::spawn_blocking(move || {
             let mut ws = ws2.lock().unwrap();
-            assert_eq!(ws.recv_packet(), (a, expected));
+            assert_eq!(ws.recv_packet().unwrap(), (a, expected));
             ws.send(&a, &packet).unwrap();
         })
         .await

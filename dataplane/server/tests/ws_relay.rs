@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +23,15 @@ use std::time::Duration;
 use boson_dataplane::relay::{RelayCommand, RelayConfig};
 use boson_dataplane::{Dataplane, IoBackend, start};
 use boson_dataplane_proto::ws::WsConfig;
-use boson_dataplane_proto::ws::frame::OpCode;
+use boson_dataplane_proto::ws::frame::{CloseCode, ClosePayload, FrameHeader, OpCode};
+use boson_node::relay_blocking::{BlockingSender, Received};
+use boson_node::ws::Auth;
 use boson_shared::NodeId;
-use boson_testsupport::ws_client::{Client, Incoming, connect};
+use common::{WsClient as Client, ws_connect as connect, ws_upgrade};
+use rand::SeedableRng as _;
+use rand::rngs::StdRng;
+
+type Sender = BlockingSender<TcpStream, StdRng>;
 
 fn relay_config(ws: WsConfig) -> RelayConfig {
     let mut relay = RelayConfig::new(Arc::new(common::relay_authenticate));
@@ -41,9 +48,8 @@ fn start_relay(backend: IoBackend, workers: usize, ws: WsConfig) -> Dataplane {
 
 /// A client authenticated as `node` with the Bearer header, READY received.
 fn join(addr: SocketAddr, node: &NodeId) -> Client<TcpStream> {
-    let mut client = Client::new(connect(addr));
-    assert_eq!(client.upgrade(Some(&token(node))).unwrap(), 101);
-    assert_eq!(client.ready(), *node);
+    let mut client = ws_upgrade(connect(addr), Auth::Bearer(&token(node))).unwrap();
+    assert_eq!(client.ready().unwrap(), *node);
     client
 }
 
@@ -103,7 +109,7 @@ fn join_on_other_worker(
 /// Sends `count` sequence-numbered packets from `tx` to `dest` with at most `window` in
 /// flight, while `rx` (on its own thread) checks every one arrives in order from `src`.
 fn stream_packets(
-    mut tx: Client<TcpStream>,
+    mut tx: Sender,
     mut rx: Client<TcpStream>,
     src: NodeId,
     dest: NodeId,
@@ -115,7 +121,7 @@ fn stream_packets(
     let seen = Arc::clone(&received);
     let reader = thread::spawn(move || {
         for seq in 0..count {
-            let (from, packet) = rx.recv_packet();
+            let (from, packet) = rx.recv_packet().unwrap();
             assert_eq!(from, src);
             assert_eq!(packet.len(), size);
             let got = u64::from_le_bytes(packet[..8].try_into().unwrap());
@@ -136,7 +142,7 @@ fn stream_packets(
             while seq < limit {
                 packet[..8].copy_from_slice(&seq.to_le_bytes());
                 packet[8..].fill((seq % 251) as u8);
-                tx.queue_send(&dest, &packet);
+                tx.queue_send(&dest, &packet).unwrap();
                 seq += 1;
             }
             tx.flush().unwrap();
@@ -145,9 +151,11 @@ fn stream_packets(
     (writer, reader)
 }
 
-fn split(client: Client<TcpStream>) -> (Client<TcpStream>, Client<TcpStream>) {
-    let clone = client.stream.try_clone().unwrap();
-    (client, Client::new(clone))
+/// A writer on a clone of the session's socket, for another thread, and the session.
+fn split(client: Client<TcpStream>) -> (Sender, Client<TcpStream>) {
+    let clone = client.stream().try_clone().unwrap();
+    let sender = client.sender(clone, StdRng::from_os_rng()).unwrap();
+    (sender, client)
 }
 
 fn cross_core_exchange(backend: IoBackend) {
@@ -168,8 +176,7 @@ fn cross_core_exchange(backend: IoBackend) {
         .unwrap();
     let client_b = join_on_other_worker(&dataplane, addr, &b, worker_a);
 
-    // Both directions at once; the readers of the split clients read after READY, so no
-    // bytes are buffered in the readers we drop.
+    // Both directions at once.
     let (a_tx, a_rx) = split(client_a);
     let (b_tx, b_rx) = split(client_b);
     const COUNT: u64 = 100_000;
@@ -214,10 +221,8 @@ fn same_core_exchange_and_auth_message() {
     let dataplane = start_relay(IoBackend::Epoll, 1, WsConfig::new());
     let addr = dataplane.relay_addr().unwrap();
     let (a, b) = (node(3), node(4));
-    let mut client_a = Client::new(connect(addr));
-    assert_eq!(client_a.upgrade(None).unwrap(), 101);
-    client_a.auth(&token(&a)).unwrap();
-    assert_eq!(client_a.ready(), a);
+    let mut client_a = ws_upgrade(connect(addr), Auth::Message(&token(&a))).unwrap();
+    assert_eq!(client_a.ready().unwrap(), a);
     let client_b = join(addr, &b);
     let (a_tx, _a_rx) = split(client_a);
     let (_b_tx, b_rx) = split(client_b);
@@ -238,22 +243,22 @@ fn refused_tokens_get_nothing_and_1008() {
     let mut receiver = join(addr, &victim);
 
     // A forged token: closed with 1008 (policy), nothing relayed.
-    let mut forged = Client::new(connect(addr));
-    assert_eq!(forged.upgrade(Some("node.not-a-uuid")).unwrap(), 101);
-    forged.send(&victim, b"sneaky").ok();
-    assert_eq!(forged.recv_message().unwrap(), Err(Some(1008)));
+    let mut forged = ws_upgrade(connect(addr), Auth::Bearer("node.not-a-uuid")).unwrap();
+    forged.dangerous_queue_send(&victim, b"sneaky").unwrap();
+    forged.flush().ok();
+    assert_eq!(forged.recv().unwrap().close_code(), Some(1008));
 
     // No token at all: closed when the auth deadline passes, nothing relayed meanwhile.
-    let mut silent = Client::new(connect(addr));
-    assert_eq!(silent.upgrade(None).unwrap(), 101);
-    silent.send(&victim, b"sneaky").unwrap();
-    assert_eq!(silent.recv_message().unwrap(), Err(Some(1008)));
+    let mut silent = ws_upgrade(connect(addr), Auth::Withheld).unwrap();
+    silent.dangerous_queue_send(&victim, b"sneaky").unwrap();
+    silent.flush().unwrap();
+    assert_eq!(silent.recv().unwrap().close_code(), Some(1008));
 
     // The receiver got none of it: the next thing it sees is a genuine packet.
     let sender = node(6);
     let mut honest = join(addr, &sender);
     honest.send(&victim, b"hello").unwrap();
-    assert_eq!(receiver.recv_packet(), (sender, b"hello".to_vec()));
+    assert_eq!(receiver.recv_packet().unwrap(), (sender, b"hello".to_vec()));
     let rejected: u64 = dataplane
         .stats()
         .iter()
@@ -276,17 +281,16 @@ fn newer_session_replaces_older_across_cores() {
     for round in 0..6u8 {
         let mut new = join(addr, &a);
         assert_eq!(
-            old.recv_message().unwrap(),
-            Err(Some(4000)),
+            old.recv().unwrap().close_code(),
+            Some(4000),
             "round {round}"
         );
-        // The client completes the closing handshake; the server then closes the socket.
-        old.send_frame(OpCode::Close, &4000u16.to_be_bytes())
-            .unwrap();
+        // The client completed the closing handshake (the session echoed the Close); the
+        // server then closes the socket.
         let mut rest = Vec::new();
         use std::io::Read as _;
         assert_eq!(
-            old.stream.read_to_end(&mut rest).unwrap(),
+            old.stream_mut().read_to_end(&mut rest).unwrap(),
             0,
             "nothing after Close"
         );
@@ -295,7 +299,7 @@ fn newer_session_replaces_older_across_cores() {
             "the replaced session to be counted out",
         );
         peer_client.send(&a, &[round]).unwrap();
-        assert_eq!(new.recv_packet(), (peer, vec![round]));
+        assert_eq!(new.recv_packet().unwrap(), (peer, vec![round]));
         old = new;
     }
     dataplane.shutdown().unwrap();
@@ -308,9 +312,11 @@ fn unknown_destination_gets_peer_gone() {
     let mut client = join(addr, &node(9));
     let nobody = node(10);
     client.send(&nobody, b"anyone?").unwrap();
-    let (kind, payload) = client.recv_message().unwrap().unwrap();
-    assert_eq!(kind, 0x03, "PEER_GONE");
-    assert_eq!(&payload[1..], nobody.as_bytes());
+    assert_eq!(
+        client.recv().unwrap(),
+        Received::PeerGone(nobody),
+        "PEER_GONE"
+    );
     dataplane.shutdown().unwrap();
 }
 
@@ -346,24 +352,23 @@ fn rfc6455_violations_close_with_their_codes() {
         ("fragmented control", vec![0x09, 0x80, 0, 0, 0, 0], 1002),
     ];
     for (what, frame, code) in cases {
-        let mut client = Client::new(connect(addr));
-        assert_eq!(client.upgrade(None).unwrap(), 101, "{what}");
+        let mut client = ws_upgrade(connect(addr), Auth::Withheld).expect(what);
+        // Bytes no session would write: straight to the socket.
         use std::io::Write as _;
-        client.stream.write_all(&frame).unwrap();
+        client.stream_mut().write_all(&frame).unwrap();
         match client.recv().unwrap() {
-            Incoming::Close(got) => assert_eq!(got, Some(code), "{what}"),
+            closed @ Received::Closed(_) => assert_eq!(closed.close_code(), Some(code), "{what}"),
             other => panic!("{what}: {other:?}"),
         }
     }
     // A request that is not an upgrade gets an HTTP error.
-    let mut plain = Client::new(connect(addr));
+    let mut plain = connect(addr);
     use std::io::{Read as _, Write as _};
     plain
-        .stream
         .write_all(b"GET /relay HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut response = String::new();
-    plain.stream.read_to_string(&mut response).unwrap();
+    plain.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 4"), "{response}");
     dataplane.shutdown().unwrap();
 }
@@ -376,14 +381,14 @@ fn a_client_that_never_reads_costs_bounded_memory() {
     let (sink, source) = (node(11), node(12));
     let stuck = join(addr, &sink);
     // Make the kernel buffer small so backpressure reaches the relay quickly.
-    socket2::SockRef::from(&stuck.stream)
+    socket2::SockRef::from(stuck.stream())
         .set_recv_buffer_size(4096)
         .unwrap();
     let mut sender = join(addr, &source);
     let packet = vec![7u8; 1200];
     for _ in 0..20 {
         for _ in 0..1000 {
-            sender.queue_send(&sink, &packet);
+            sender.queue_send(&sink, &packet).unwrap();
         }
         sender.flush().unwrap();
     }
@@ -403,8 +408,7 @@ fn a_client_that_never_reads_costs_bounded_memory() {
     assert!(c.ws_queued_frames <= 64, "queued: {}", c.ws_queued_frames);
     // The sender is unaffected: its own session still works.
     sender.send(&node(99), b"x").unwrap();
-    let (kind, _) = sender.recv_message().unwrap().unwrap();
-    assert_eq!(kind, 0x03);
+    assert!(matches!(sender.recv().unwrap(), Received::PeerGone(_)));
     drop(stuck);
     dataplane.shutdown().unwrap();
 }
@@ -416,7 +420,7 @@ fn revocation_closes_the_session() {
     let a = node(13);
     let mut client = join(addr, &a);
     dataplane.relay_command(&RelayCommand::Revoke(a));
-    assert_eq!(client.recv_message().unwrap(), Err(Some(1008)));
+    assert_eq!(client.recv().unwrap().close_code(), Some(1008));
     dataplane.shutdown().unwrap();
 }
 
@@ -431,28 +435,47 @@ fn ping_pong_keepalive_keeps_the_session() {
     // Answering each ping keeps the session through three of them, more than the 200 ms a
     // silent session would get: counted, not timed, so a busy machine cannot fail it. The
     // read timeout only bounds a relay that stopped pinging.
+    // The session answers them itself; a short read timeout lets the test count them.
     client
-        .stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .stream()
+        .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
-    for ping in 0..3 {
+    let mut reads = 0;
+    while client.core().stats().pings < 3 {
         match client.recv() {
-            Ok(Incoming::Ping(p)) => client.send_frame(OpCode::Pong, &p).unwrap(),
-            other => panic!("ping {ping}: expected a ping, got {other:?}"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            other => panic!(
+                "pings so far {}: got {other:?}",
+                client.core().stats().pings
+            ),
         }
+        reads += 1;
+        assert!(reads < 200, "the relay stopped pinging");
     }
-    // And one that stops answering is closed with 1001.
-    let mut quiet = join(addr, &node(15));
-    loop {
-        match quiet.recv().unwrap() {
-            Incoming::Ping(_) => {}
-            Incoming::Close(code) => {
-                assert_eq!(code, Some(1001));
-                break;
+    assert!(client.core().is_open());
+    // And one that stops answering is closed with 1001. A session always answers pings,
+    // so this silence is the test's own: the raw socket after READY, read with proto's
+    // frame codec.
+    let (mut quiet, mut bytes) = join(addr, &node(15)).into_parts();
+    let code = loop {
+        if let Some(header) = FrameHeader::parse(&bytes).unwrap()
+            && let Some(end) = header.frame_len().filter(|&end| end <= bytes.len())
+        {
+            let payload = bytes[header.header_len..end].to_vec();
+            bytes.drain(..end);
+            match header.opcode {
+                OpCode::Ping => continue,
+                OpCode::Close => break ClosePayload::parse(&payload).unwrap().code,
+                other => panic!("{other:?}"),
             }
-            Incoming::Binary(b) => panic!("{b:?}"),
         }
-    }
+        let mut chunk = [0u8; 512];
+        use std::io::Read as _;
+        let n = quiet.read(&mut chunk).unwrap();
+        assert_ne!(n, 0, "closed without a Close frame");
+        bytes.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(code.map(CloseCode::get), Some(1001));
     dataplane.shutdown().unwrap();
 }
 
@@ -469,10 +492,7 @@ fn write_cert(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'stati
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-fn tls_client(
-    addr: SocketAddr,
-    trust: &rustls::pki_types::CertificateDer<'static>,
-) -> Client<TlsStream> {
+fn tls_client(addr: SocketAddr, trust: &rustls::pki_types::CertificateDer<'static>) -> TlsStream {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trust.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -483,7 +503,7 @@ fn tls_client(
         .with_no_client_auth();
     let conn =
         rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
-    Client::new(rustls::StreamOwned::new(conn, connect(addr)))
+    rustls::StreamOwned::new(conn, connect(addr))
 }
 
 #[test]
@@ -502,38 +522,31 @@ fn wss_relays_and_reloads_its_certificate() {
     let addr = dataplane.relay_addr().unwrap();
 
     let (a, b) = (node(20), node(21));
-    let mut client_a = tls_client(addr, &first);
-    assert_eq!(client_a.upgrade(Some(&token(&a))).unwrap(), 101);
-    assert_eq!(client_a.ready(), a);
-    let mut client_b = tls_client(addr, &first);
-    assert_eq!(client_b.upgrade(Some(&token(&b))).unwrap(), 101);
-    assert_eq!(client_b.ready(), b);
+    let mut client_a = ws_upgrade(tls_client(addr, &first), Auth::Bearer(&token(&a))).unwrap();
+    assert_eq!(client_a.ready().unwrap(), a);
+    let mut client_b = ws_upgrade(tls_client(addr, &first), Auth::Bearer(&token(&b))).unwrap();
+    assert_eq!(client_b.ready().unwrap(), b);
     for i in 0..2000u32 {
         let packet = [&i.to_le_bytes()[..], &[0xab; 1000]].concat();
         client_a.send(&b, &packet).unwrap();
-        assert_eq!(client_b.recv_packet(), (a, packet));
+        assert_eq!(client_b.recv_packet().unwrap(), (a, packet));
     }
 
     // A renewed certificate: new connections get it, established ones go on.
     let second = write_cert(dir.path());
     wait_for(
-        || {
-            let mut probe = tls_client(addr, &second);
-            probe.upgrade(None).is_ok()
-        },
+        || ws_upgrade(tls_client(addr, &second), Auth::Withheld).is_ok(),
         "the new certificate to be served",
     );
-    let mut stale = tls_client(addr, &first);
     assert!(
-        stale.upgrade(None).is_err(),
+        ws_upgrade(tls_client(addr, &first), Auth::Withheld).is_err(),
         "the old certificate is retired"
     );
     client_b.send(&a, b"still here").unwrap();
-    assert_eq!(client_a.recv_packet(), (b, b"still here".to_vec()));
+    assert_eq!(client_a.recv_packet().unwrap(), (b, b"still here".to_vec()));
 
     // Plain text to the TLS port is a TLS failure, counted.
-    let mut plain = Client::new(connect(addr));
-    assert!(plain.upgrade(None).is_err());
+    assert!(ws_upgrade(connect(addr), Auth::Withheld).is_err());
     wait_for(
         || {
             dataplane
@@ -556,10 +569,9 @@ fn token(node: &NodeId) -> String {
     common::relay_token(node)
 }
 
-/// Finishes the TLS handshake of `client` and returns the connection's mesh channel
+/// Finishes the TLS handshake of `stream` and returns the connection's mesh channel
 /// binding: its exporter keying material, as the mesh linker computes it.
-fn tls_binding(client: &mut Client<TlsStream>) -> boson_shared::ChannelBinding {
-    let stream = &mut client.stream;
+fn tls_binding(stream: &mut TlsStream) -> boson_shared::ChannelBinding {
     while stream.conn.is_handshaking() {
         stream.conn.complete_io(&mut stream.sock).unwrap();
     }
@@ -616,11 +628,10 @@ fn a_mesh_token_is_bound_to_its_tls_connection() {
     let mut link = tls_client(addr, &cert);
     let binding = tls_binding(&mut link);
     let token = key.token(peer_host, this_host, &binding, unix_now());
-    assert_eq!(link.upgrade(Some(&token)).unwrap(), 101);
-    let (kind, payload) = link.recv_message().unwrap().expect("READY, not a close");
+    let mut link = ws_upgrade(link, Auth::Bearer(&token)).unwrap();
     assert_eq!(
-        (kind, &payload[1..]),
-        (0x07, &peer_host.as_bytes()[..]),
+        link.recv().unwrap(),
+        Received::Ready(NodeId::from_bytes(*peer_host.as_bytes())),
         "READY names the peer host"
     );
 
@@ -631,8 +642,8 @@ fn a_mesh_token_is_bound_to_its_tls_connection() {
         other, binding,
         "every connection has its own exporter secret"
     );
-    assert_eq!(replay.upgrade(Some(&token)).unwrap(), 101);
-    assert_eq!(replay.recv_message().unwrap(), Err(Some(1008)));
+    let mut replay = ws_upgrade(replay, Auth::Bearer(&token)).unwrap();
+    assert_eq!(replay.recv().unwrap().close_code(), Some(1008));
 
     // A token bound to no connection (a plain link's): refused on TLS too.
     let mut plain = tls_client(addr, &cert);
@@ -643,16 +654,16 @@ fn a_mesh_token_is_bound_to_its_tls_connection() {
         &boson_shared::ChannelBinding::PLAIN,
         unix_now(),
     );
-    assert_eq!(plain.upgrade(Some(&unbound)).unwrap(), 101);
-    assert_eq!(plain.recv_message().unwrap(), Err(Some(1008)));
+    let mut plain = ws_upgrade(plain, Auth::Bearer(&unbound)).unwrap();
+    assert_eq!(plain.recv().unwrap().close_code(), Some(1008));
 
     // The genuine link is untouched: no Close (4000, replaced) came to it.
-    link.stream
+    link.stream()
         .sock
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     assert!(
-        link.recv_message().is_err(),
+        link.recv().is_err(),
         "the genuine link got nothing (no 4000 replacement, no close)"
     );
     dataplane.shutdown().unwrap();

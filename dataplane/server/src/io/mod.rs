@@ -190,26 +190,42 @@ impl SocketId {
     }
 }
 
-/// Room for the control data of a receive: one `SO_RXQ_OVFL` message, `CMSG_SPACE(4)`
-/// (a 16-byte `cmsghdr` and a `u32` padded to 8). See [`overflow_total`].
-pub(crate) const CONTROL_LEN: usize = size_of::<libc::cmsghdr>() + 8;
+/// Room for the control data of a receive: one `SO_RXQ_OVFL` message and one `UDP_GRO`
+/// message, `CMSG_SPACE(4)` each (a 16-byte `cmsghdr` and an `int` padded to 8). See
+/// [`parse_control`].
+pub(crate) const CONTROL_LEN: usize = 2 * (size_of::<libc::cmsghdr>() + 8);
 
 /// Where a received payload starts in its slot, on both backends: behind the control data,
 /// with [`HEADROOM`] free in front of it for the core (see the [module docs](self)).
 pub(crate) const RX_START: usize = CONTROL_LEN + HEADROOM;
 
+/// At most this many segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS`).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+
+/// At most this many payload bytes in one GSO send: below what one IPv4 or IPv6 datagram
+/// carries (65,507 and 65,527 bytes).
+pub(crate) const GSO_MAX_BYTES: usize = 65_000;
+
+/// Only datagrams up to this size are sent as GSO segments: the kernel refuses a segment
+/// larger than the path MTU, where a plain send would fragment. 1,452 is what fits a
+/// 1500-byte MTU behind IPv6 and UDP headers.
+pub(crate) const GSO_MAX_SEGMENT: usize = 1452;
+
 /// Asks the kernel to report, with received datagrams, how many it dropped at this socket
 /// (`SO_RXQ_OVFL`: its receive queue was full). Best effort: without it the drops are not
 /// counted, which the caller logs.
 fn enable_overflow_count(socket: &UdpSocket) -> io::Result<()> {
-    let one: libc::c_int = 1;
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
+}
+
+fn set_int_option(socket: &UdpSocket, level: i32, name: i32, value: libc::c_int) -> io::Result<()> {
     // SAFETY: plain setsockopt on a live fd with a c_int option value.
     let ret = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RXQ_OVFL,
-            (&raw const one).cast(),
+            level,
+            name,
+            (&raw const value).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -220,26 +236,180 @@ fn enable_overflow_count(socket: &UdpSocket) -> io::Result<()> {
     }
 }
 
-/// The `SO_RXQ_OVFL` value in the control data of a receive: how many datagrams the kernel
-/// had dropped at the socket, in all, when this one was queued. `None` when the control data
-/// holds none (the kernel sends it only once the socket has dropped something).
-fn overflow_total(control: &[u8]) -> Option<u32> {
+/// UDP segmentation offload on one socket: what the kernel agreed to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Offload {
+    /// `UDP_GRO` is on: a receive may hand over several datagrams of one sender coalesced,
+    /// with their segment size in the control data.
+    pub(crate) gro: bool,
+    /// The kernel knows `UDP_SEGMENT`: a send may carry several datagrams to one address.
+    pub(crate) gso: bool,
+}
+
+/// Logged once per process: a kernel that refuses UDP offload refuses it on every socket.
+static OFFLOAD_REFUSED_LOGGED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Turns on GRO and checks for GSO on `socket` (Linux 5.0 and 4.18). What the kernel
+/// refuses stays off; the second return value says whether it refused anything (the caller
+/// counts it), and the first refusal in the process is logged.
+fn enable_offload(socket: &UdpSocket) -> (Offload, bool) {
+    let gro = set_int_option(socket, libc::SOL_UDP, libc::UDP_GRO, 1);
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: plain getsockopt on a live fd into a c_int with its length.
+    let gso = if unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    } == 0
+    {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    let offload = Offload {
+        gro: gro.is_ok(),
+        gso: gso.is_ok(),
+    };
+    let refused = gro.as_ref().err().or(gso.as_ref().err());
+    if let Some(err) = refused
+        && !OFFLOAD_REFUSED_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            %err,
+            gro = offload.gro,
+            gso = offload.gso,
+            "the kernel refuses UDP GRO or GSO; datagrams go one per system call \
+             (counted as udp_offload_refused)"
+        );
+    }
+    (offload, refused.is_some())
+}
+
+/// A send queued for the next flush.
+struct PendingSend {
+    socket: SocketId,
+    dst: SocketAddr,
+    buf: BufId,
+    range: Range<usize>,
+}
+
+/// How many of `sends` (all from one socket that may use GSO) leave as one GSO message: the
+/// first and those behind it to the same address with its size, ended early by a shorter
+/// one, within the kernel's limits.
+fn gso_group(sends: &[PendingSend]) -> usize {
+    let Some(first) = sends.first() else {
+        return 0;
+    };
+    let size = first.range.len();
+    if size == 0 || size > GSO_MAX_SEGMENT {
+        return 1;
+    }
+    let mut bytes = size;
+    let mut end = 1;
+    while end < sends.len() && end < GSO_MAX_SEGMENTS && bytes + size <= GSO_MAX_BYTES {
+        let send = &sends[end];
+        let len = send.range.len();
+        if send.dst != first.dst || len > size || len == 0 {
+            break;
+        }
+        bytes += len;
+        end += 1;
+        if len < size {
+            break;
+        }
+    }
+    end
+}
+
+/// Control data of a GSO send: `CMSG_SPACE(2)` for the `u16` segment size.
+const SEGMENT_CONTROL_LEN: usize = size_of::<libc::cmsghdr>() + 8;
+
+/// Writes a `UDP_SEGMENT` control message with segment size `size` into `control`.
+fn write_segment_cmsg(control: &mut [u64; SEGMENT_CONTROL_LEN / 8], size: usize) {
+    // SAFETY: all-zero is a valid cmsghdr.
+    let mut hdr: libc::cmsghdr = unsafe { std::mem::zeroed() };
+    hdr.cmsg_level = libc::SOL_UDP;
+    hdr.cmsg_type = libc::UDP_SEGMENT;
+    hdr.cmsg_len = size_of::<libc::cmsghdr>() + size_of::<u16>();
+    let size = u16::try_from(size).unwrap_or_else(|_| unreachable!("at most GSO_MAX_SEGMENT"));
+    let base = control.as_mut_ptr().cast::<u8>();
+    // SAFETY: the area holds a cmsghdr and a u16 behind it; unaligned writes need no
+    // alignment.
+    unsafe {
+        base.cast::<libc::cmsghdr>().write_unaligned(hdr);
+        base.add(size_of::<libc::cmsghdr>())
+            .cast::<u16>()
+            .write_unaligned(size);
+    }
+}
+
+/// Logs, once per process, that a GSO send failed and GSO is off for that socket.
+fn log_gso_failed(err: &io::Error) {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            %err,
+            "a GSO send failed (the route's device may lack checksum offload); GSO is off \
+             for that socket from now on (counted as udp_offload_refused)"
+        );
+    }
+}
+
+/// What the control data of one receive says.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ControlData {
+    /// The `SO_RXQ_OVFL` value: how many datagrams the kernel had dropped at the socket, in
+    /// all, when this one was queued. `None` when the control data holds none (the kernel
+    /// sends it only once the socket has dropped something).
+    overflow: Option<u32>,
+    /// The `UDP_GRO` segment size: the receive holds datagrams of this size back to back
+    /// (the last may be shorter). `None` for a single datagram.
+    segment: Option<usize>,
+}
+
+/// Reads the control data of a receive.
+fn parse_control(control: &[u8]) -> ControlData {
     const HDR: usize = size_of::<libc::cmsghdr>();
+    let mut out = ControlData::default();
     let mut rest = control;
     while rest.len() >= HDR {
         // SAFETY: `rest` holds at least a cmsghdr; read_unaligned copes with any alignment.
         let hdr = unsafe { rest.as_ptr().cast::<libc::cmsghdr>().read_unaligned() };
         let len = hdr.cmsg_len;
         if len < HDR || len > rest.len() {
-            return None;
+            break;
         }
-        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SO_RXQ_OVFL {
-            let value = rest.get(HDR..HDR + 4)?;
-            return Some(u32::from_ne_bytes(value.try_into().ok()?));
+        let value = rest
+            .get(HDR..HDR + 4)
+            .and_then(|v| v.try_into().ok())
+            .map(u32::from_ne_bytes);
+        match (hdr.cmsg_level, hdr.cmsg_type) {
+            (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) => out.overflow = value.or(out.overflow),
+            (libc::SOL_UDP, libc::UDP_GRO) => {
+                out.segment = value
+                    .and_then(|v| usize::try_from(v).ok())
+                    .filter(|&v| v > 0);
+            }
+            _ => {}
         }
-        rest = rest.get(len.next_multiple_of(size_of::<usize>())..)?;
+        let Some(next) = rest.get(len.next_multiple_of(size_of::<usize>())..) else {
+            break;
+        };
+        rest = next;
     }
-    None
+    out
+}
+
+/// The `SO_RXQ_OVFL` value in the control data of a receive (see [`ControlData`]).
+#[cfg(test)]
+fn overflow_total(control: &[u8]) -> Option<u32> {
+    parse_control(control).overflow
 }
 
 /// The kernel's drop total of one socket, as last seen in its datagrams' control data.
@@ -284,8 +454,17 @@ pub(crate) struct IoCounters {
     pub(crate) tx_packets: u64,
     /// Bytes the kernel accepted for sending.
     pub(crate) tx_bytes: u64,
-    /// Sends that failed (socket buffer full, unreachable, socket gone, …).
+    /// Sends that failed (socket buffer full, unreachable, socket gone, …), in datagrams.
     pub(crate) tx_failed: u64,
+    /// Receives that held several datagrams coalesced by GRO, split into their segments.
+    pub(crate) rx_gro_batches: u64,
+    /// Received datagrams (GRO segments) dropped because no buffer slot was free.
+    pub(crate) rx_no_buffer: u64,
+    /// Sends that carried several datagrams as GSO segments.
+    pub(crate) tx_gso_sends: u64,
+    /// Sockets on which the kernel refused UDP GRO or GSO, and GSO sends it refused (GSO is
+    /// then off for that socket).
+    pub(crate) udp_offload_refused: u64,
 }
 
 /// The I/O surface both backends implement; see the [module docs](self).
@@ -648,7 +827,7 @@ mod tests {
     #[test]
     fn epoll_counts_kernel_overflow_drops() {
         let waker = Arc::new(Waker::new().unwrap());
-        overflow_counted(epoll::Epoll::new(64, waker).unwrap());
+        overflow_counted(epoll::Epoll::new(64, waker, true).unwrap());
     }
 
     #[test]
@@ -662,7 +841,7 @@ mod tests {
             return;
         }
         let waker = Arc::new(Waker::new().unwrap());
-        overflow_counted(uring::Uring::new(64, waker).unwrap());
+        overflow_counted(uring::Uring::new(64, waker, true).unwrap());
     }
 
     #[test]
@@ -682,7 +861,7 @@ mod tests {
             bytes
         };
         let ovfl = cmsg(libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 7);
-        assert_eq!(ovfl.len(), CONTROL_LEN);
+        assert_eq!(2 * ovfl.len(), CONTROL_LEN);
         assert_eq!(overflow_total(&ovfl), Some(7));
         assert_eq!(overflow_total(&[]), None);
         assert_eq!(overflow_total(&ovfl[..HDR + 2]), None, "cut short");
@@ -700,10 +879,194 @@ mod tests {
         assert_eq!(seen.update(2), 4, "the kernel's counter wraps");
     }
 
+    /// Sends `data` from `socket` to `dst` as one GSO message of `segment`-byte datagrams.
+    pub(crate) fn send_gso(socket: &UdpSocket, dst: SocketAddr, data: &[u8], segment: u16) {
+        let (mut addr, addr_len) = RawAddr::encode(dst);
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        };
+        let mut control = [0u64; 3];
+        // SAFETY: all-zero is a valid cmsghdr and msghdr.
+        let mut hdr: libc::cmsghdr = unsafe { std::mem::zeroed() };
+        hdr.cmsg_level = libc::SOL_UDP;
+        hdr.cmsg_type = libc::UDP_SEGMENT;
+        hdr.cmsg_len = size_of::<libc::cmsghdr>() + 2;
+        // SAFETY: the control area holds a cmsghdr and a u16.
+        unsafe {
+            let base = control.as_mut_ptr().cast::<u8>();
+            base.cast::<libc::cmsghdr>().write_unaligned(hdr);
+            base.add(size_of::<libc::cmsghdr>())
+                .cast::<u16>()
+                .write_unaligned(segment);
+        }
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&raw mut addr).cast();
+        msg.msg_namelen = addr_len;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<libc::cmsghdr>() + 8;
+        // SAFETY: every pointer in `msg` is live for the call.
+        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, 0) };
+        assert_eq!(
+            usize::try_from(sent).ok(),
+            Some(data.len()),
+            "GSO send: {}",
+            io::Error::last_os_error()
+        );
+    }
+
+    /// Datagram `i` of a test batch: its index in every byte, `len` bytes.
+    fn segment_bytes(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|j| (i * 7 + j) as u8).collect()
+    }
+
+    /// Polls until `count` datagrams were reaped (or two seconds passed).
+    fn reap_n<I: Io>(io: &mut I, count: usize) -> Vec<Datagram> {
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            while let Some(datagram) = io.reap() {
+                got.push(datagram);
+            }
+            if got.len() >= count {
+                break;
+            }
+            io.submit_and_wait(Some(Duration::from_millis(20))).unwrap();
+        }
+        got
+    }
+
+    /// A GSO sender's batch of `full` 1204-byte datagrams and a 500-byte last one arrives as
+    /// one datagram each, in order, with its bytes; sent on, to two destinations
+    /// interleaved in runs, each arrives once, in order. With `offload` the receive was one
+    /// GRO batch and the sends GSO messages (one per run of a destination); without, neither.
+    fn gro_gso_relay<I: Io>(mut io: I, offload: bool) {
+        const SEGMENT: usize = 1204;
+        let full = 20;
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let id = io
+            .register(socket, SocketRole::Relay(RelayPort::new(addr.port())))
+            .unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sizes: Vec<usize> = (0..full).map(|_| SEGMENT).chain([500]).collect();
+        let batch: Vec<u8> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &len)| segment_bytes(i, len))
+            .collect();
+        // Registered sockets start receiving at the next submit; GRO is on already.
+        io.submit_and_wait(Some(Duration::ZERO)).unwrap();
+        send_gso(&sender, addr, &batch, SEGMENT as u16);
+
+        let got = reap_n(&mut io, sizes.len());
+        assert_eq!(got.len(), sizes.len(), "one datagram per segment");
+        for (i, datagram) in got.iter().enumerate() {
+            assert_eq!(datagram.from, sender.local_addr().unwrap());
+            assert_eq!(datagram.len, sizes[i], "segment {i}");
+            let slot = io.bufs().slot_mut(&datagram.buf);
+            assert_eq!(
+                slot[RX_START..RX_START + datagram.len],
+                segment_bytes(i, sizes[i]),
+                "segment {i}"
+            );
+        }
+        let counters = io.counters();
+        assert_eq!(counters.rx_packets, sizes.len() as u64);
+        assert_eq!(counters.rx_gro_batches, u64::from(offload));
+
+        // Runs: 8 to A, 6 to B, the rest (7, the short one last) to A.
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let dst = |i: usize| if (8..14).contains(&i) { &b } else { &a };
+        for (i, datagram) in got.into_iter().enumerate() {
+            let len = datagram.len;
+            let to = dst(i).local_addr().unwrap();
+            io.send(id, to, datagram.buf, RX_START..RX_START + len);
+        }
+        io.flush();
+        for _ in 0..100 {
+            if io.counters().tx_packets == sizes.len() as u64 {
+                break;
+            }
+            io.submit_and_wait(Some(Duration::from_millis(20))).unwrap();
+            // io_uring counts sends as their completions are reaped.
+            while let Some(d) = io.reap() {
+                io.release(d.buf);
+            }
+        }
+        let counters = io.counters();
+        assert_eq!(counters.tx_packets, sizes.len() as u64);
+        assert_eq!(counters.tx_gso_sends, if offload { 3 } else { 0 });
+        assert_eq!(counters.tx_failed, 0);
+        let mut buf = vec![0u8; 65536];
+        for (name, s) in [("A", &a), ("B", &b)] {
+            let expect: Vec<usize> = (0..sizes.len())
+                .filter(|&i| std::ptr::eq(dst(i), s))
+                .collect();
+            for i in expect {
+                let (len, from) = s.recv_from(&mut buf).unwrap();
+                assert_eq!(from, addr);
+                assert_eq!(
+                    buf[..len],
+                    segment_bytes(i, sizes[i]),
+                    "{name}: datagram {i}"
+                );
+            }
+        }
+        io.unregister(id);
+        io.close();
+    }
+
+    #[test]
+    fn epoll_splits_gro_batches_and_sends_gso() {
+        let waker = Arc::new(Waker::new().unwrap());
+        gro_gso_relay(epoll::Epoll::new(64, waker, true).unwrap(), true);
+    }
+
+    #[test]
+    fn uring_splits_gro_batches_and_sends_gso() {
+        if let Err(err) = check_uring() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "io_uring unavailable in CI: {err:#}"
+            );
+            eprintln!("skipped: io_uring unavailable: {err:#}");
+            return;
+        }
+        let waker = Arc::new(Waker::new().unwrap());
+        gro_gso_relay(uring::Uring::new(64, waker, true).unwrap(), true);
+    }
+
+    #[test]
+    fn uring_without_offload_relays_a_gso_batch_datagram_by_datagram() {
+        if let Err(err) = check_uring() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "io_uring unavailable in CI: {err:#}"
+            );
+            eprintln!("skipped: io_uring unavailable: {err:#}");
+            return;
+        }
+        let waker = Arc::new(Waker::new().unwrap());
+        gro_gso_relay(uring::Uring::new(64, waker, false).unwrap(), false);
+    }
+
+    #[test]
+    fn epoll_without_offload_relays_a_gso_batch_datagram_by_datagram() {
+        let waker = Arc::new(Waker::new().unwrap());
+        gro_gso_relay(epoll::Epoll::new(64, waker, false).unwrap(), false);
+    }
+
     #[test]
     fn epoll_round_trip() {
         let waker = Arc::new(Waker::new().unwrap());
-        round_trip(epoll::Epoll::new(64, waker).unwrap());
+        round_trip(epoll::Epoll::new(64, waker, true).unwrap());
     }
 
     #[test]
@@ -713,7 +1076,7 @@ mod tests {
             return;
         }
         let waker = Arc::new(Waker::new().unwrap());
-        round_trip(uring::Uring::new(64, waker).unwrap());
+        round_trip(uring::Uring::new(64, waker, true).unwrap());
     }
 
     #[test]

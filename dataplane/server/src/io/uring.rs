@@ -32,6 +32,20 @@
 //! multishot receive ends with `ENOBUFS`; the socket is re-armed at the next submit once
 //! slots are back.
 //!
+//! # UDP offload (GRO and GSO)
+//!
+//! With offload on, sockets get `UDP_GRO` and receive into a second provided buffer ring
+//! ([`BGID_GRO`], [`GRO_BUFS`] buffers of 64 KiB and the header areas): a coalesced batch
+//! does not fit a slot. Each completion's segments (their size is in the control data) are
+//! copied into one slot each and queued for [`reap`](Io::reap), in order, and the large buffer
+//! goes back to its ring at once. Sends are queued by [`send`](Io::send) and pushed at the next
+//! submit: consecutive sends from one socket to one address of one size (the last may be
+//! shorter) become one `SENDMSG` with a `UDP_SEGMENT` control message and one iovec per slot,
+//! whose header lives in the first slot's [`SendMeta`] and whose slots are chained through
+//! `SendMeta::next`, so the completion returns them all. A GSO send the kernel refuses turns
+//! GSO off for that socket (counted, logged once); that group is lost like a send to a full
+//! buffer.
+//!
 //! # Lifetimes of kernel-visible memory
 //!
 //! Slots, the buffer ring, the shared `msghdr` of the receives and the per-slot `msghdr` of
@@ -52,11 +66,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
-use super::bufs::{SLOT_SIZE, TAILROOM};
+use std::collections::VecDeque;
+
+use super::bufs::{MAX_PAYLOAD, SLOT_SIZE, TAILROOM};
 use super::{
-    BufId, BufPool, CONTROL_LEN, Datagram, HEADROOM, Io, IoCounters, OverflowSeen, RX_START,
-    RawAddr, SocketId, SocketRole, Sockets, Waker, decode_addr, enable_overflow_count,
-    overflow_total,
+    BufId, BufPool, CONTROL_LEN, Datagram, GSO_MAX_SEGMENTS, HEADROOM, Io, IoCounters, Offload,
+    OverflowSeen, PendingSend, RX_START, RawAddr, SEGMENT_CONTROL_LEN, SocketId, SocketRole,
+    Sockets, Waker, decode_addr, enable_offload, enable_overflow_count, gso_group, log_gso_failed,
+    parse_control, write_segment_cmsg,
 };
 
 /// Size of the source-address area of a multishot `RecvMsg` buffer: holds a `sockaddr_in6`
@@ -74,8 +91,22 @@ const SQ_ENTRIES: u32 = 1024;
 /// Completion queue size: room for a few turns of receives and send completions.
 const CQ_ENTRIES: u32 = 8 * SQ_ENTRIES;
 
-/// Buffer group id of the worker's (single) buffer ring.
+/// Buffer group id of the worker's ring of slots.
 const BGID: u16 = 0;
+
+/// Buffer group id of the ring of large buffers that GRO sockets receive into.
+const BGID_GRO: u16 = 1;
+
+/// Buffers in the GRO ring. A completion's buffer goes back to the ring as soon as its
+/// segments are copied out, so a few suffice.
+const GRO_BUFS: u16 = 16;
+
+/// Size of one GRO buffer: the `RecvMsg` header, name and control areas ([`RX_START`]
+/// bytes) and the largest UDP datagram, rounded up to pages.
+const GRO_BUF_LEN: usize = (RX_START + 65_536).next_multiple_of(4096);
+
+/// No further slot in a GSO group's chain.
+const CHAIN_END: u16 = u16::MAX;
 
 /// Length the ring advertises per slot: the kernel leaves the tailroom alone.
 const RING_BUF_LEN: u32 = (SLOT_SIZE - TAILROOM) as u32;
@@ -92,6 +123,7 @@ mod user_data {
     pub(super) const CANCEL: u64 = 4;
     pub(super) const PROBE: u64 = 5;
     pub(super) const AUX: u64 = 6;
+    pub(super) const RECV_GRO: u64 = 7;
 
     const SHIFT: u32 = 56;
 
@@ -117,7 +149,7 @@ pub(crate) fn probe() -> anyhow::Result<()> {
         .name("boson-uring-probe".into())
         .spawn(|| {
             let waker = Arc::new(Waker::new().context("creating an eventfd")?);
-            let _uring = Uring::new(64, waker)?;
+            let _uring = Uring::new(64, waker, false)?;
             Ok(())
         })
         .context("spawning the io_uring probe thread")?
@@ -145,6 +177,12 @@ pub(crate) struct Uring {
     aux_ready: bool,
     inflight_recvs: usize,
     inflight_sends: usize,
+    /// Sends queued by [`Io::send`], grouped and pushed at the next submit.
+    pending: Vec<PendingSend>,
+    /// Segments of a GRO receive not yet reaped.
+    queue: VecDeque<Datagram>,
+    /// Turn GRO and GSO on for every registered socket.
+    offload: bool,
     counters: IoCounters,
     closed: bool,
     /// Every operation completed after `close`: `mem` may be freed.
@@ -157,14 +195,69 @@ struct KernelMem {
     bufring: BufRing,
     /// Template of every multishot receive: only `msg_namelen` and `msg_controllen` matter.
     recv_msg: Box<libc::msghdr>,
-    /// Per slot: the header, iovec and destination of the send that slot is in.
+    /// Per slot: the header, iovecs, destination and control data of the send that slot
+    /// heads.
     sends: Box<[SendMeta]>,
+    /// The GRO ring and its buffers, with UDP offload on.
+    gro: Option<GroRing>,
 }
 
 struct SendMeta {
     msg: libc::msghdr,
-    iov: libc::iovec,
+    /// One per datagram of a GSO group (one for a plain send).
+    iovs: [libc::iovec; GSO_MAX_SEGMENTS],
     addr: RawAddr,
+    control: [u64; SEGMENT_CONTROL_LEN / 8],
+    /// The next slot of the group this slot is in, or [`CHAIN_END`].
+    next: u16,
+    /// Datagrams in the send this slot heads.
+    segments: u16,
+    /// The socket it goes from (to turn GSO off there if the kernel refuses it).
+    socket: SocketId,
+}
+
+/// Large buffers for GRO sockets' receives: a coalesced batch does not fit a slot, so it
+/// lands here and is copied out into one slot per segment.
+struct GroRing {
+    ring: BufRing,
+    base: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl GroRing {
+    fn new() -> Self {
+        let layout = std::alloc::Layout::from_size_align(usize::from(GRO_BUFS) * GRO_BUF_LEN, 4096)
+            .unwrap_or_else(|_| unreachable!("1 MiB, page-aligned"));
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(base) = NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        let mut ring = BufRing::new(GRO_BUFS);
+        for bid in 0..GRO_BUFS {
+            ring.push(bid, Self::ptr(base, bid), GRO_BUF_LEN as u32);
+        }
+        Self { ring, base, layout }
+    }
+
+    fn ptr(base: NonNull<u8>, bid: u16) -> *mut u8 {
+        assert!(bid < GRO_BUFS, "GRO buffer {bid} out of range");
+        // SAFETY: in bounds of the allocation.
+        unsafe { base.as_ptr().add(usize::from(bid) * GRO_BUF_LEN) }
+    }
+
+    /// Hands buffer `bid` back to the kernel (visible after `publish`).
+    fn recycle(&mut self, bid: u16) {
+        let ptr = Self::ptr(self.base, bid);
+        self.ring.push(bid, ptr, GRO_BUF_LEN as u32);
+    }
+}
+
+impl Drop for GroRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) };
+    }
 }
 
 struct Entry {
@@ -172,6 +265,7 @@ struct Entry {
     role: SocketRole,
     state: RecvState,
     overflow: OverflowSeen,
+    offload: Offload,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +280,7 @@ enum RecvState {
 
 impl Uring {
     /// Sets up a ring with a pool of `buffers` slots (a power of two, at least 2).
-    pub(crate) fn new(buffers: usize, waker: Arc<Waker>) -> anyhow::Result<Self> {
+    pub(crate) fn new(buffers: usize, waker: Arc<Waker>, offload: bool) -> anyhow::Result<Self> {
         let (ring, deferred) = build_ring().context("io_uring_setup failed")?;
         ensure!(
             ring.params().is_feature_ext_arg(),
@@ -246,10 +340,38 @@ impl Uring {
                 // SAFETY: all-zero is a valid msghdr and iovec.
                 msg: unsafe { std::mem::zeroed() },
                 // SAFETY: as above.
-                iov: unsafe { std::mem::zeroed() },
+                iovs: unsafe { std::mem::zeroed() },
                 addr: RawAddr::zeroed(),
+                control: [0; SEGMENT_CONTROL_LEN / 8],
+                next: CHAIN_END,
+                segments: 0,
+                socket: SocketId::from_u64(0),
             })
             .collect();
+        let gro = if offload {
+            let gro = GroRing::new();
+            // SAFETY: the ring is page-aligned, has GRO_BUFS entries, and lives in `mem`
+            // until it is unregistered in `Drop` (or leaked).
+            match unsafe {
+                ring.submitter().register_buf_ring_with_flags(
+                    gro.ring.addr(),
+                    GRO_BUFS,
+                    BGID_GRO,
+                    0,
+                )
+            } {
+                Ok(()) => {
+                    gro.ring.publish();
+                    Some(gro)
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot register the GRO buffer ring; no GRO on io_uring");
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         let mut uring = Self {
             ring,
@@ -258,6 +380,7 @@ impl Uring {
                 bufring,
                 recv_msg,
                 sends,
+                gro,
             }),
             sockets: Sockets::new(),
             ring_target,
@@ -270,6 +393,9 @@ impl Uring {
             aux_ready: false,
             inflight_recvs: 0,
             inflight_sends: 0,
+            pending: Vec::with_capacity(SQ_ENTRIES as usize),
+            queue: VecDeque::new(),
+            offload,
             counters: IoCounters::default(),
             closed: false,
             drained: false,
@@ -387,6 +513,17 @@ impl Uring {
     fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Datagram> {
         let (kind, payload) = user_data::unpack(cqe.user_data());
         let flags = cqe.flags();
+        if kind == user_data::RECV_GRO {
+            let id = SocketId::from_u64(payload);
+            if !cqueue::more(flags) {
+                self.inflight_recvs -= 1;
+                self.recv_ended(id, cqe.result());
+            }
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.received_gro(id, cqe.result(), bid);
+            }
+            return None;
+        }
         let buf = cqueue::buffer_select(flags).map(|bid| {
             self.in_ring -= 1;
             BufId::from_kernel(bid)
@@ -402,21 +539,44 @@ impl Uring {
             }
             user_data::SEND => {
                 self.inflight_sends -= 1;
+                let head = u16::try_from(payload).unwrap_or_else(|_| unreachable!("slot id"));
+                let meta = &self.mem.sends[usize::from(head)];
+                let segments = u64::from(meta.segments);
+                let socket = meta.socket;
                 match u64::try_from(cqe.result()) {
                     Ok(sent) => {
-                        self.counters.tx_packets += 1;
+                        self.counters.tx_packets += segments;
                         self.counters.tx_bytes += sent;
+                        if segments > 1 {
+                            self.counters.tx_gso_sends += 1;
+                        }
                     }
                     Err(_) => {
-                        self.counters.tx_failed += 1;
-                        tracing::debug!(
-                            err = %io::Error::from_raw_os_error(-cqe.result()),
-                            "send failed"
-                        );
+                        let err = io::Error::from_raw_os_error(-cqe.result());
+                        self.counters.tx_failed += segments;
+                        if segments > 1
+                            && matches!(-cqe.result(), libc::EIO | libc::EINVAL | libc::EMSGSIZE)
+                        {
+                            // The kernel refused the GSO message: no more GSO on this socket
+                            // (this group is lost, as a full socket buffer would lose it).
+                            log_gso_failed(&err);
+                            self.counters.udp_offload_refused += 1;
+                            if let Some(entry) = self.sockets.get_mut(socket) {
+                                entry.offload.gso = false;
+                            }
+                        } else {
+                            tracing::debug!(%err, "send failed");
+                        }
                     }
                 }
-                let slot = u16::try_from(payload).unwrap_or_else(|_| unreachable!("slot id"));
-                self.release(BufId::from_kernel(slot));
+                // The group's slots, head first.
+                let mut slot = head;
+                while slot != CHAIN_END {
+                    let next =
+                        std::mem::replace(&mut self.mem.sends[usize::from(slot)].next, CHAIN_END);
+                    self.release(BufId::from_kernel(slot));
+                    slot = next;
+                }
                 None
             }
             user_data::WAKE => {
@@ -461,6 +621,158 @@ impl Uring {
         }
     }
 
+    /// Queues the datagrams of a receive completion on a GRO socket, which carried GRO buffer
+    /// `bid`, one slot per segment; the buffer goes straight back to the kernel.
+    fn received_gro(&mut self, id: SocketId, result: i32, bid: u16) {
+        let role = match self.sockets.get(id) {
+            Some(entry) if entry.state != RecvState::Closing => Some(entry.role),
+            _ => None,
+        };
+        let KernelMem {
+            pool,
+            recv_msg,
+            gro,
+            ..
+        } = &mut *self.mem;
+        let Some(gro) = gro else {
+            return;
+        };
+        let (Some(role), Ok(filled)) = (role, usize::try_from(result)) else {
+            gro.recycle(bid);
+            return;
+        };
+        // SAFETY: the kernel handed buffer `bid` back with this completion and gets it again
+        // only through `recycle` below: nothing else reads or writes it meanwhile.
+        let buffer = unsafe {
+            std::slice::from_raw_parts(GroRing::ptr(gro.base, bid), filled.min(GRO_BUF_LEN))
+        };
+        let mut overflow = None;
+        if let Ok(out) = types::RecvMsgOut::parse(buffer, recv_msg) {
+            let control = parse_control(out.control_data());
+            overflow = control.overflow;
+            let payload = out.payload_data();
+            let segment = control.segment.unwrap_or(payload.len()).max(1);
+            let count = payload.len().div_ceil(segment).max(1) as u64;
+            match decode_addr(out.name_data()) {
+                _ if out.is_payload_truncated() || segment > MAX_PAYLOAD => {
+                    self.counters.rx_truncated += count;
+                }
+                None => {}
+                Some(from) => {
+                    if count > 1 {
+                        self.counters.rx_gro_batches += 1;
+                    }
+                    for (i, chunk) in payload.chunks(segment).enumerate() {
+                        let Some(buf) = pool.alloc() else {
+                            self.counters.rx_no_buffer += count - i as u64;
+                            break;
+                        };
+                        pool.slot_mut(&buf)[RX_START..RX_START + chunk.len()]
+                            .copy_from_slice(chunk);
+                        self.counters.rx_packets += 1;
+                        self.counters.rx_bytes += chunk.len() as u64;
+                        self.queue.push_back(Datagram {
+                            role,
+                            from,
+                            buf,
+                            len: chunk.len(),
+                        });
+                    }
+                }
+            }
+        }
+        gro.recycle(bid);
+        if let Some(total) = overflow
+            && let Some(entry) = self.sockets.get_mut(id)
+        {
+            self.counters.rx_overflow += entry.overflow.update(total);
+        }
+    }
+
+    /// Pushes the queued sends: one SQE per datagram, or per GSO group where the socket
+    /// allows.
+    fn push_sends(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut start = 0;
+        while start < pending.len() {
+            let socket = pending[start].socket;
+            let entry = self.sockets.get(socket);
+            let gso = entry.is_some_and(|e| e.offload.gso);
+            let end = if gso {
+                let same = pending[start..]
+                    .iter()
+                    .take_while(|p| p.socket == socket)
+                    .count();
+                start + gso_group(&pending[start..start + same])
+            } else {
+                start + 1
+            };
+            let Some(fd) = entry.map(|e| e.socket.as_raw_fd()) else {
+                for send in &pending[start..end] {
+                    self.counters.tx_failed += 1;
+                    self.release(BufId::from_kernel(send.buf.index()));
+                }
+                start = end;
+                continue;
+            };
+            let group = &pending[start..end];
+            let head = group[0].buf.index();
+            let size = group[0].range.len();
+            for (i, send) in group.iter().enumerate() {
+                let index = send.buf.index();
+                let base = self.mem.pool.slot_ptr(index);
+                let meta = &mut self.mem.sends[usize::from(head)];
+                meta.iovs[i] = libc::iovec {
+                    // SAFETY: `range` lies within the slot (asserted in `send`).
+                    iov_base: unsafe { base.add(send.range.start) }.cast(),
+                    iov_len: send.range.len(),
+                };
+                let next = group.get(i + 1).map_or(CHAIN_END, |s| s.buf.index());
+                self.mem.sends[usize::from(index)].next = next;
+            }
+            let segments = end - start;
+            let meta = &mut self.mem.sends[usize::from(head)];
+            let (addr, addr_len) = RawAddr::encode(group[0].dst);
+            meta.addr = addr;
+            meta.segments = u16::try_from(segments).unwrap_or_else(|_| unreachable!("<= 64"));
+            meta.socket = socket;
+            meta.msg.msg_name = (&raw mut meta.addr).cast();
+            meta.msg.msg_namelen = addr_len;
+            meta.msg.msg_iov = meta.iovs.as_mut_ptr();
+            meta.msg.msg_iovlen = segments;
+            if segments > 1 {
+                write_segment_cmsg(&mut meta.control, size);
+                meta.msg.msg_control = meta.control.as_mut_ptr().cast();
+                meta.msg.msg_controllen = SEGMENT_CONTROL_LEN;
+            } else {
+                meta.msg.msg_control = std::ptr::null_mut();
+                meta.msg.msg_controllen = 0;
+            }
+            let sqe = opcode::SendMsg::new(types::Fd(fd), &raw const meta.msg)
+                .build()
+                .user_data(user_data::pack(user_data::SEND, u64::from(head)));
+            // SAFETY: the header, iovecs, address, control data and slots belong to this send
+            // until its completion returns the slots (`complete`); the socket closes only
+            // after its receive is cancelled, which is submitted after this SQE.
+            match unsafe { self.push(&sqe) } {
+                Ok(()) => self.inflight_sends += 1,
+                Err(_) => {
+                    self.counters.tx_failed += segments as u64;
+                    for send in &pending[start..end] {
+                        let index = send.buf.index();
+                        self.mem.sends[usize::from(index)].next = CHAIN_END;
+                        self.release(BufId::from_kernel(index));
+                    }
+                }
+            }
+            start = end;
+        }
+        // Every slot is the kernel's now or back in the pool: the tokens are spent (the
+        // completions re-create them from the chains).
+        pending.clear();
+        self.pending = pending;
+    }
+
     /// Turns a receive completion that carried slot `buf` into a datagram, or drops it.
     fn received(&mut self, id: SocketId, result: i32, buf: BufId) -> Option<Datagram> {
         let role = match self.sockets.get(id) {
@@ -481,7 +793,7 @@ impl Uring {
             match types::RecvMsgOut::parse(slot, recv_msg) {
                 Err(()) => None,
                 Ok(out) => {
-                    let overflow = overflow_total(out.control_data());
+                    let overflow = parse_control(out.control_data()).overflow;
                     if out.is_payload_truncated() {
                         Some((None, overflow))
                     } else {
@@ -553,13 +865,18 @@ impl Uring {
             if entry.state != RecvState::Idle {
                 continue;
             }
+            let (group, kind) = if entry.offload.gro {
+                (BGID_GRO, user_data::RECV_GRO)
+            } else {
+                (BGID, user_data::RECV)
+            };
             let sqe = opcode::RecvMsgMulti::new(
                 types::Fd(entry.socket.as_raw_fd()),
                 &raw const *self.mem.recv_msg,
-                BGID,
+                group,
             )
             .build()
-            .user_data(user_data::pack(user_data::RECV, id.to_u64()));
+            .user_data(user_data::pack(kind, id.to_u64()));
             entry.state = RecvState::Armed;
             // SAFETY: the msghdr lives in `mem`; the socket stays open until the receive's
             // final completion (`recv_ended`).
@@ -625,11 +942,23 @@ impl Io for Uring {
         if let Err(err) = enable_overflow_count(&socket) {
             tracing::debug!(%err, "SO_RXQ_OVFL refused: this socket's overflow drops go uncounted");
         }
+        let mut offload = Offload::default();
+        if self.offload {
+            let refused;
+            (offload, refused) = enable_offload(&socket);
+            self.counters.udp_offload_refused += u64::from(refused);
+            if offload.gro && self.mem.gro.is_none() {
+                // No ring to receive batches into: one datagram per receive.
+                let _ = super::set_int_option(&socket, libc::SOL_UDP, libc::UDP_GRO, 0);
+                offload.gro = false;
+            }
+        }
         let id = self.sockets.insert(Entry {
             socket,
             role,
             state: RecvState::Idle,
             overflow: OverflowSeen::default(),
+            offload,
         });
         // Armed at the next submit; datagrams queue in the socket meanwhile.
         self.rearm.push(id);
@@ -647,7 +976,14 @@ impl Io for Uring {
             RecvState::Closing => {}
             RecvState::Armed => {
                 entry.state = RecvState::Closing;
-                let sqe = opcode::AsyncCancel::new(user_data::pack(user_data::RECV, id.to_u64()))
+                let kind = if entry.offload.gro {
+                    user_data::RECV_GRO
+                } else {
+                    user_data::RECV
+                };
+                // Sends queued from this socket go first.
+                self.push_sends();
+                let sqe = opcode::AsyncCancel::new(user_data::pack(kind, id.to_u64()))
                     .build()
                     .user_data(user_data::pack(user_data::CANCEL, 0));
                 // SAFETY: a cancel references no memory.
@@ -659,7 +995,11 @@ impl Io for Uring {
     }
 
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.push_sends();
         self.mem.bufring.publish();
+        if let Some(gro) = &self.mem.gro {
+            gro.ring.publish();
+        }
         self.arm_receives();
         self.arm_waker();
         self.arm_aux();
@@ -668,6 +1008,9 @@ impl Io for Uring {
 
     fn reap(&mut self) -> Option<Datagram> {
         loop {
+            if let Some(datagram) = self.queue.pop_front() {
+                return Some(datagram);
+            }
             let cqe = self.next_cqe()?;
             if let Some(datagram) = self.complete(&cqe) {
                 return Some(datagram);
@@ -693,38 +1036,15 @@ impl Io for Uring {
 
     fn send(&mut self, socket: SocketId, dst: SocketAddr, buf: BufId, range: Range<usize>) {
         assert!(range.start <= range.end && range.end <= SLOT_SIZE);
-        let Some(fd) = self.sockets.get(socket).map(|e| e.socket.as_raw_fd()) else {
-            self.counters.tx_failed += 1;
-            self.release(buf);
-            return;
-        };
-        let index = buf.index();
-        let base = self.mem.pool.slot_ptr(index);
-        let meta = &mut self.mem.sends[usize::from(index)];
-        let (addr, addr_len) = RawAddr::encode(dst);
-        meta.addr = addr;
-        meta.iov = libc::iovec {
-            // SAFETY: `range` lies within the slot (asserted above).
-            iov_base: unsafe { base.add(range.start) }.cast(),
-            iov_len: range.len(),
-        };
-        meta.msg.msg_name = (&raw mut meta.addr).cast();
-        meta.msg.msg_namelen = addr_len;
-        meta.msg.msg_iov = &raw mut meta.iov;
-        meta.msg.msg_iovlen = 1;
-        let sqe = opcode::SendMsg::new(types::Fd(fd), &raw const meta.msg)
-            .build()
-            .user_data(user_data::pack(user_data::SEND, u64::from(index)));
-        // SAFETY: the header, iovec, address and slot belong to this send until its
-        // completion returns the slot (`complete`); the socket closes only after its receive
-        // is cancelled, which is submitted after this SQE.
-        match unsafe { self.push(&sqe) } {
-            Ok(()) => self.inflight_sends += 1,
-            Err(_) => {
-                self.counters.tx_failed += 1;
-                self.release(buf);
-            }
+        if self.pending.len() == SQ_ENTRIES as usize {
+            self.push_sends();
         }
+        self.pending.push(PendingSend {
+            socket,
+            dst,
+            buf,
+            range,
+        });
     }
 
     fn flush(&mut self) {}
@@ -746,6 +1066,7 @@ impl Io for Uring {
         if self.closed {
             return;
         }
+        self.push_sends();
         let ids: Vec<SocketId> = self.sockets.ids().collect();
         for id in ids {
             self.unregister(id);
@@ -798,6 +1119,9 @@ impl Drop for Uring {
         self.close();
         if self.drained {
             let _ = self.ring.submitter().unregister_buf_ring(BGID);
+            if self.mem.gro.is_some() {
+                let _ = self.ring.submitter().unregister_buf_ring(BGID_GRO);
+            }
             // SAFETY: every operation has completed and the ring is unregistered, so the
             // kernel holds no reference into `mem`; it is not used again.
             unsafe { ManuallyDrop::drop(&mut self.mem) };
