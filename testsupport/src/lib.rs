@@ -12,6 +12,7 @@
 //!   sharing a database, a Redis and a mesh key; [`http`], a minimal client to probe them.
 //! - [`services`]: private PostgreSQL and Redis servers a test can stop, start and reach from
 //!   its namespaces.
+//! - [`udp`]: UDP as a batching peer sends it (one GSO message of many datagrams).
 //! - [`require`]: what a test needs from the machine (root, programs); a test skips with a
 //!   message without it, except when `CI` is set: then it fails.
 
@@ -25,6 +26,7 @@ pub mod http;
 pub mod netns;
 pub mod relay;
 pub mod services;
+pub mod udp;
 pub mod wireguard;
 
 use std::process::{Command, Stdio};

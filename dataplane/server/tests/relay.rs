@@ -218,7 +218,7 @@ fn relays_both_ways(backend: IoBackend) {
         .enumerate()
         .flat_map(|(i, &len)| datagram(i, len))
         .collect();
-    common::send_gso(&peer, relay, &batch, 200);
+    boson_testsupport::udp::send_gso(&peer, relay, &batch, 200);
     for (i, &len) in sizes.iter().enumerate() {
         let (got, from) = recv(&client);
         assert_eq!(from, server);

@@ -879,45 +879,6 @@ mod tests {
         assert_eq!(seen.update(2), 4, "the kernel's counter wraps");
     }
 
-    /// Sends `data` from `socket` to `dst` as one GSO message of `segment`-byte datagrams.
-    pub(crate) fn send_gso(socket: &UdpSocket, dst: SocketAddr, data: &[u8], segment: u16) {
-        let (mut addr, addr_len) = RawAddr::encode(dst);
-        let mut iov = libc::iovec {
-            iov_base: data.as_ptr().cast_mut().cast(),
-            iov_len: data.len(),
-        };
-        let mut control = [0u64; 3];
-        // SAFETY: all-zero is a valid cmsghdr and msghdr.
-        let mut hdr: libc::cmsghdr = unsafe { std::mem::zeroed() };
-        hdr.cmsg_level = libc::SOL_UDP;
-        hdr.cmsg_type = libc::UDP_SEGMENT;
-        hdr.cmsg_len = size_of::<libc::cmsghdr>() + 2;
-        // SAFETY: the control area holds a cmsghdr and a u16.
-        unsafe {
-            let base = control.as_mut_ptr().cast::<u8>();
-            base.cast::<libc::cmsghdr>().write_unaligned(hdr);
-            base.add(size_of::<libc::cmsghdr>())
-                .cast::<u16>()
-                .write_unaligned(segment);
-        }
-        // SAFETY: as above.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&raw mut addr).cast();
-        msg.msg_namelen = addr_len;
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of::<libc::cmsghdr>() + 8;
-        // SAFETY: every pointer in `msg` is live for the call.
-        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, 0) };
-        assert_eq!(
-            usize::try_from(sent).ok(),
-            Some(data.len()),
-            "GSO send: {}",
-            io::Error::last_os_error()
-        );
-    }
-
     /// Datagram `i` of a test batch: its index in every byte, `len` bytes.
     fn segment_bytes(i: usize, len: usize) -> Vec<u8> {
         (0..len).map(|j| (i * 7 + j) as u8).collect()
@@ -959,7 +920,7 @@ mod tests {
             .collect();
         // Registered sockets start receiving at the next submit; GRO is on already.
         io.submit_and_wait(Some(Duration::ZERO)).unwrap();
-        send_gso(&sender, addr, &batch, SEGMENT as u16);
+        boson_testsupport::udp::send_gso(&sender, addr, &batch, SEGMENT as u16);
 
         let got = reap_n(&mut io, sizes.len());
         assert_eq!(got.len(), sizes.len(), "one datagram per segment");
