@@ -71,7 +71,7 @@ count() {
 }
 
 measured=()
-for scenario in turn-to-peer turn-to-client hub-local; do
+for scenario in turn-to-peer turn-to-client hub-local cross-core; do
     for size in 100 1200; do
         read -r calls total < <(count "$scenario" "$size" "$iterations" 'boson_icount::measure::*') ||
             exit 1

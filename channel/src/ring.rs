@@ -1012,6 +1012,35 @@ mod tests {
         );
     }
 
+    /// Every range of records that start at every offset of a small ring, and so wrap at every
+    /// point: the word loops' first, whole and last words, on both sides of the wrap.
+    #[test]
+    fn every_range_of_a_record_reads_right_across_the_wrap() {
+        let (mut producer, mut consumer) = private_ring(128).unwrap();
+        for round in 0..64 {
+            // Moves the next record's start by one word each round.
+            producer.push(b"").unwrap();
+            consumer.drain(|_| {}).unwrap();
+            let message = payload(61 + round % 3, round);
+            let (a, b) = (round % 13, 20 + round % 29);
+            producer
+                .push_parts(&[&message[..a], &message[a..b], &message[b..]])
+                .unwrap();
+            let drained = consumer
+                .drain(|record| {
+                    for from in 0..=message.len() {
+                        for len in 0..=message.len() - from {
+                            let mut part = vec![0xee; len];
+                            record.read(from, &mut part).unwrap();
+                            assert_eq!(part, message[from..from + len], "round {round}");
+                        }
+                    }
+                })
+                .unwrap();
+            assert_eq!(drained, 1);
+        }
+    }
+
     #[test]
     fn records_refuse_reads_past_their_end() {
         let (mut producer, mut consumer) = private_ring(64).unwrap();

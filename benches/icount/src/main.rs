@@ -23,6 +23,11 @@
 //!   collects inside `RelayShell::turn` instead, and `calls` is the frames relayed after the
 //!   warm-up.
 //!
+//! * `cross-core`: a WebSocket RECV frame handed from one worker to another through the
+//!   relay's cross-core ring, as the shell does it: the record encoded
+//!   ([`CoreRecord::encode`]) and gathered into the ring ([`RingProducer::push_parts`]), then
+//!   drained on the other side, copied out and parsed ([`CoreRecord::parse`]).
+//!
 //! Every iteration's outcome is checked (outside the measured functions); a run in which any
 //! packet was not relayed exits non-zero, so a guard never measures a drop path by mistake.
 
@@ -31,6 +36,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use boson_channel::{RingConsumer, RingProducer};
 use boson_dataplane_proto::stun::{
     AttrType, Class, Encoder, LongTermKey, Message, MessageType, Method, Nonce, Realm, Trailer,
     TransactionId, Username,
@@ -38,13 +44,14 @@ use boson_dataplane_proto::stun::{
 use boson_dataplane_proto::testing::XorShift;
 use boson_dataplane_proto::turn::attr::{RequestedTransport, XorPeerAddress, XorRelayedAddress};
 use boson_dataplane_proto::ws::frame::{OpCode, encode_masked};
+use boson_dataplane_proto::ws::handoff::{CoreRecord, MAX_HEADER_LEN};
 use boson_dataplane_proto::ws::relay::node_id;
 use boson_dataplane_proto::ws::{Forward, LocalOnly};
 use boson_dataplane_proto::{
     ClientAction, ClientAddr, ConnId, HEADROOM, Hub, HubEvent, PeerAction, PeerAddr, RelayPort,
     Server, TurnConfig, WsConfig,
 };
-use boson_shared::{TurnCredential, TurnSecret};
+use boson_shared::{NodeId, TurnCredential, TurnSecret};
 
 mod shell;
 
@@ -60,9 +67,36 @@ const CHANNEL: u16 = 0x4000;
 /// packet each. Never inlined, so each is a symbol of its own.
 mod measure {
     use super::{
-        ClientAction, ClientAddr, ConnId, Hub, HubEvent, Instant, LocalOnly, PeerAction, PeerAddr,
-        RelayPort, Server, XorShift,
+        ClientAction, ClientAddr, ConnId, CoreRecord, Hub, HubEvent, Instant, LocalOnly,
+        MAX_HEADER_LEN, NodeId, PeerAction, PeerAddr, RelayPort, RingConsumer, RingProducer,
+        Server, XorShift,
     };
+
+    /// One frame for `dest` through the ring, as `relay/cross_core.rs` pushes and drains it.
+    /// Returns whether the frame that came out is the one that went in.
+    #[inline(never)]
+    pub(crate) fn cross_core(
+        tx: &mut RingProducer,
+        rx: &mut RingConsumer,
+        dest: &NodeId,
+        frame: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> bool {
+        let mut header = [0; MAX_HEADER_LEN];
+        let (header, body) = CoreRecord::Frame { dest: *dest, frame }.encode(&mut header);
+        if tx.push_parts(&[header, body]).is_err() {
+            return false;
+        }
+        let mut same = false;
+        let drained = rx.drain(|record| {
+            record.copy_to_vec(scratch);
+            same = matches!(
+                CoreRecord::parse(scratch),
+                Ok(CoreRecord::Frame { dest: d, frame: f }) if d == *dest && f.len() == frame.len()
+            );
+        });
+        same && drained == Ok(1)
+    }
 
     #[inline(never)]
     pub(crate) fn turn_to_peer(
@@ -283,6 +317,28 @@ fn turn_to_client(size: usize, iterations: usize) -> Result<(), String> {
     check(relayed, iterations)
 }
 
+/// The relay's cross-core ring at its default size: `WARM_UP + iterations` frames of `size`
+/// bytes from one worker to another, each drained before the next (a worker drains its
+/// inbound rings every turn).
+fn cross_core(size: usize, iterations: usize) -> Result<(), String> {
+    let (mut tx, mut rx) =
+        boson_channel::private_ring(4 << 20).map_err(|e| format!("a ring: {e}"))?;
+    let dest = NodeId::from_bytes([0xBB; 16]);
+    let frame = vec![0x5A; size];
+    let mut scratch = Vec::new();
+    let mut relayed = 0;
+    for _ in 0..WARM_UP + iterations {
+        relayed += usize::from(measure::cross_core(
+            &mut tx,
+            &mut rx,
+            &dest,
+            &frame,
+            &mut scratch,
+        ));
+    }
+    check(relayed, WARM_UP + iterations)
+}
+
 fn hub_local(size: usize, iterations: usize) -> Result<(), String> {
     let now = epoch();
     let mut hub = Hub::new(WsConfig::new(), LocalOnly, now);
@@ -368,8 +424,7 @@ fn check(relayed: usize, iterations: usize) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage =
-        "usage: boson-icount turn-to-peer|turn-to-client|hub-local|ws-shell SIZE ITERATIONS";
+    let usage = "usage: boson-icount turn-to-peer|turn-to-client|hub-local|cross-core|ws-shell SIZE ITERATIONS";
     let [scenario, size, iterations] = args.as_slice() else {
         let _ = writeln!(std::io::stderr(), "{usage}");
         return ExitCode::from(2);
@@ -384,6 +439,7 @@ fn main() -> ExitCode {
         "turn-to-peer" => turn_to_peer(size, iterations).map(|()| WARM_UP + iterations),
         "turn-to-client" => turn_to_client(size, iterations).map(|()| WARM_UP + iterations),
         "hub-local" => hub_local(size, iterations).map(|()| WARM_UP + iterations),
+        "cross-core" => cross_core(size, iterations).map(|()| WARM_UP + iterations),
         "ws-shell" => shell::ws_shell(size, iterations),
         _ => Err(usage.to_owned()),
     };
