@@ -182,6 +182,15 @@ impl Ring {
         &self.mem.words()[self.data + offset / WORD]
     }
 
+    /// The `n` data words from position `pos` (a multiple of 8) on, as the part before the
+    /// end of the data and the part that wraps to its start. `n` words at most fill the ring.
+    fn data_words(&self, pos: u32, n: usize) -> (&[AtomicU64], &[AtomicU64]) {
+        let words = &self.mem.words()[self.data..self.data + self.capacity as usize / WORD];
+        let first = (pos & (self.capacity - 1)) as usize / WORD;
+        let before = n.min(words.len() - first);
+        (&words[first..first + before], &words[..n - before])
+    }
+
     /// The ring's counters.
     pub(crate) fn status(&self) -> RingStatus {
         // Acquire on the head, then the tail: the consumer read a tail at least this far
@@ -331,9 +340,12 @@ impl Producer {
     fn write_frame(&self, len: usize, parts: &[&[u8]]) {
         let mut prefix = [0; WORD];
         prefix[..LEN_PREFIX].copy_from_slice(&(len as u32).to_le_bytes());
+        let (first, wrapped) = self
+            .ring
+            .data_words(self.tail.bytes, (LEN_PREFIX + len).div_ceil(WORD));
         let mut writer = WordWriter {
-            ring: &self.ring,
-            pos: self.tail.bytes,
+            first,
+            wrapped,
             word: prefix,
             fill: LEN_PREFIX,
         };
@@ -351,9 +363,9 @@ impl Producer {
 
 /// Stores a frame's bytes word by word from the frame's start, whatever the slices' bounds.
 struct WordWriter<'a> {
-    ring: &'a Ring,
-    /// Position of the next word to store.
-    pos: u32,
+    /// The frame's words still to store: up to the end of the data, then from its start.
+    first: &'a [AtomicU64],
+    wrapped: &'a [AtomicU64],
     /// The word being filled (zero beyond `fill`, so the padding is zero).
     word: [u8; WORD],
     fill: usize,
@@ -371,11 +383,20 @@ impl WordWriter<'_> {
             }
             self.store(u64::from_le_bytes(self.word));
         }
+        // Whole words in tight loops over each part of the frame's words: one load and one
+        // store per word.
         let mut chunks = bytes.chunks_exact(WORD);
-        for chunk in &mut chunks {
-            let mut word = [0; WORD];
-            word.copy_from_slice(chunk);
-            self.store(u64::from_le_bytes(word));
+        for part in [&mut self.first, &mut self.wrapped] {
+            let mut stored = 0;
+            for (slot, chunk) in part.iter().zip(&mut chunks) {
+                let mut word = [0; WORD];
+                word.copy_from_slice(chunk);
+                // Relaxed data stores: published by the Release store of the tail in
+                // `push_parts`.
+                slot.store(u64::from_le_bytes(word), Ordering::Relaxed);
+                stored += 1;
+            }
+            *part = &part[stored..];
         }
         let rest = chunks.remainder();
         self.word = [0; WORD];
@@ -384,9 +405,18 @@ impl WordWriter<'_> {
     }
 
     fn store(&mut self, word: u64) {
+        let part = if self.first.is_empty() {
+            &mut self.wrapped
+        } else {
+            &mut self.first
+        };
+        // The frame's words were counted from its length, which the parts add up to.
+        let Some((slot, rest)) = part.split_first() else {
+            unreachable!("a frame's bytes fill exactly its words")
+        };
         // Relaxed data stores: published by the Release store of the tail in `push_parts`.
-        self.ring.data_word(self.pos).store(word, Ordering::Relaxed);
-        self.pos = self.pos.wrapping_add(WORD as u32);
+        slot.store(word, Ordering::Relaxed);
+        *part = rest;
     }
 
     fn finish(mut self) {
@@ -598,21 +628,42 @@ impl Record<'_> {
                 len: self.len(),
             });
         }
+        if dst.is_empty() {
+            return Ok(());
+        }
         // Offset from the frame's start; fits in u32, as the frame fits in the ring.
-        let mut at = LEN_PREFIX + offset;
-        let mut done = 0;
-        while done < dst.len() {
-            let within = at % WORD;
-            // Relaxed data loads: ordered by the consumer's Acquire load of the tail.
-            let word = self
-                .ring
-                .data_word(self.start.wrapping_add((at - within) as u32))
-                .load(Ordering::Relaxed)
-                .to_le_bytes();
-            let take = (WORD - within).min(dst.len() - done);
-            dst[done..done + take].copy_from_slice(&word[within..within + take]);
-            done += take;
-            at += take;
+        let at = LEN_PREFIX + offset;
+        let within = at % WORD;
+        let (mut first, mut wrapped) = self.ring.data_words(
+            self.start.wrapping_add((at - within) as u32),
+            (within + dst.len()).div_ceil(WORD),
+        );
+        let mut dst = dst;
+        // The end of a word the range starts inside.
+        if within != 0 {
+            let word = take_word(&mut first, &mut wrapped);
+            let take = (WORD - within).min(dst.len());
+            let (head, rest) = dst.split_at_mut(take);
+            head.copy_from_slice(&word[within..within + take]);
+            dst = rest;
+        }
+        // Whole words in tight loops over each part, one load and one 8-byte store each (a
+        // copy of a length known only at run time would be a call per word).
+        for part in [&mut first, &mut wrapped] {
+            let mut chunks = dst.chunks_exact_mut(WORD);
+            let mut copied = 0;
+            for (chunk, word) in (&mut chunks).zip(part.iter()) {
+                // Relaxed data loads: ordered by the consumer's Acquire load of the tail.
+                chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+                copied += 1;
+            }
+            *part = &part[copied..];
+            dst = &mut dst[copied * WORD..];
+        }
+        // The start of the last word.
+        if !dst.is_empty() {
+            let word = take_word(&mut first, &mut wrapped);
+            dst.copy_from_slice(&word[..dst.len()]);
         }
         Ok(())
     }
@@ -644,6 +695,20 @@ impl Record<'_> {
         out.resize(self.len(), 0);
         // In range by construction.
         let _ = self.read(0, out);
+    }
+}
+
+/// The next of a frame's words (`first`, then `wrapped`), as bytes; zeros past its end, which
+/// its callers never reach (a record's words are counted from its length).
+fn take_word<'a>(first: &mut &'a [AtomicU64], wrapped: &mut &'a [AtomicU64]) -> [u8; WORD] {
+    let part = if first.is_empty() { wrapped } else { first };
+    match part.split_first() {
+        Some((word, rest)) => {
+            *part = rest;
+            // Relaxed data loads: ordered by the consumer's Acquire load of the tail.
+            word.load(Ordering::Relaxed).to_le_bytes()
+        }
+        None => [0; WORD],
     }
 }
 
