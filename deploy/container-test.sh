@@ -25,7 +25,7 @@ DOCKER=/usr/bin/docker
 COMPOSE=/usr/bin/docker-compose
 export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1 DOCKER_HOST=unix:///var/run/docker.sock
 STATE=/run/boson-container-test
-PACKAGES=(docker.io debootstrap docker-compose coturn curl iproute2 iptables python3)
+PACKAGES=(docker.io debootstrap docker-compose coturn curl iproute2 iptables python3 python3-cryptography)
 # Everything the test creates is named after this, so a shared daemon's other objects are safe.
 PREFIX=boson-ct
 # What the EXIT trap of `run` does after its own cleanup (`all` sets it to down).
@@ -245,12 +245,40 @@ container_logs() { "$DOCKER" logs "$1" 2>&1 | tail -n "${2:-40}" >&2; }
 
 # register PORT: registers a new node through the API; prints its id.
 register() {
-    local port=$1 id key body status
+    local port=$1 id status
+    # A registration proves it holds the WireGuard key (issue 15): a fresh X25519 key, the
+    # server's challenge, and the MAC of shared/src/key_proof.rs, computed here in Python.
+    status=$(curl -s -o "$WORK/challenge.json" -w '%{http_code}' -X POST \
+        "http://127.0.0.1:$port/api/v1/nodes/challenge")
+    [ "$status" = 200 ] || die "the key-proof challenge answered $status: $(cat "$WORK/challenge.json")"
     id=$(python3 -c 'import uuid; print(uuid.uuid4())')
-    key=$(head -c 32 /dev/urandom | base64)
-    body='{"nodeId":"'$id'","publicKey":"'$key'","networkInfo":{"ipv4":"192.0.2.7","natType":"FullCone","localPort":51820},"capabilities":{"maxConnections":10,"bandwidth":{"up":10,"down":10}},"location":{"country":"US","region":"US-CA"}}'
+    python3 - "$WORK/challenge.json" "$id" >"$WORK/register-body.json" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+challenge = json.load(open(sys.argv[1]))
+node = sys.argv[2]
+key = X25519PrivateKey.generate()
+server = X25519PublicKey.from_public_bytes(base64.b64decode(challenge["serverPublicKey"]))
+secs = int(time.time())
+message = "|".join(["boson-keyproof-v1", challenge["nonce"], node, str(secs)]).encode()
+proof = hmac.new(key.exchange(server), message, hashlib.sha256).digest()
+print(json.dumps({
+    "nodeId": node,
+    "publicKey": base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode(),
+    "networkInfo": {"ipv4": "192.0.2.7", "natType": "FullCone", "localPort": 51820},
+    "capabilities": {"maxConnections": 10, "bandwidth": {"up": 10, "down": 10}},
+    "location": {"country": "US", "region": "US-CA"},
+    "keyProof": {
+        "nonce": challenge["nonce"],
+        "time": secs,
+        "proof": base64.urlsafe_b64encode(proof).rstrip(b"=").decode(),
+    },
+}))
+PY
     status=$(curl -s -o "$WORK/register.json" -w '%{http_code}' -H 'content-type: application/json' \
-        -d "$body" "http://127.0.0.1:$port/api/v1/nodes/register")
+        -d @"$WORK/register-body.json" "http://127.0.0.1:$port/api/v1/nodes/register")
     [ "$status" = 201 ] || die "registering a node answered $status: $(cat "$WORK/register.json")"
     echo "$id"
 }
