@@ -405,18 +405,12 @@ impl WordWriter<'_> {
     }
 
     fn store(&mut self, word: u64) {
-        let part = if self.first.is_empty() {
-            &mut self.wrapped
-        } else {
-            &mut self.first
-        };
         // The frame's words were counted from its length, which the parts add up to.
-        let Some((slot, rest)) = part.split_first() else {
+        let Some(slot) = next_word(&mut self.first, &mut self.wrapped) else {
             unreachable!("a frame's bytes fill exactly its words")
         };
         // Relaxed data stores: published by the Release store of the tail in `push_parts`.
         slot.store(word, Ordering::Relaxed);
-        *part = rest;
     }
 
     fn finish(mut self) {
@@ -698,18 +692,23 @@ impl Record<'_> {
     }
 }
 
-/// The next of a frame's words (`first`, then `wrapped`), as bytes; zeros past its end, which
-/// its callers never reach (a record's words are counted from its length).
-fn take_word<'a>(first: &mut &'a [AtomicU64], wrapped: &mut &'a [AtomicU64]) -> [u8; WORD] {
+/// Takes the next of a frame's words: from `first`, then from `wrapped` (the part past the
+/// end of the data). The producer stores and the consumer loads through it.
+fn next_word<'a>(
+    first: &mut &'a [AtomicU64],
+    wrapped: &mut &'a [AtomicU64],
+) -> Option<&'a AtomicU64> {
     let part = if first.is_empty() { wrapped } else { first };
-    match part.split_first() {
-        Some((word, rest)) => {
-            *part = rest;
-            // Relaxed data loads: ordered by the consumer's Acquire load of the tail.
-            word.load(Ordering::Relaxed).to_le_bytes()
-        }
-        None => [0; WORD],
-    }
+    let (word, rest) = part.split_first()?;
+    *part = rest;
+    Some(word)
+}
+
+/// The next of a frame's words as bytes; zeros past its end, which its callers never reach
+/// (a record's words are counted from its length).
+fn take_word<'a>(first: &mut &'a [AtomicU64], wrapped: &mut &'a [AtomicU64]) -> [u8; WORD] {
+    // Relaxed data loads: ordered by the consumer's Acquire load of the tail.
+    next_word(first, wrapped).map_or([0; WORD], |word| word.load(Ordering::Relaxed).to_le_bytes())
 }
 
 impl std::fmt::Debug for Record<'_> {
