@@ -100,6 +100,26 @@ pub struct BlockingClient<S, R> {
     closed_reported: bool,
 }
 
+impl<S: Read + Write> BlockingClient<S, rand::rngs::StdRng> {
+    /// [`upgrade`](Self::upgrade) at the relay's `/relay`, with a session that never pings:
+    /// the server's keepalive is then the only one on the connection (what the relay's tests
+    /// exercise), and a split-off sender's writes never interleave with a ping.
+    pub fn upgrade_without_pings(stream: S, auth: Auth<'_>) -> Result<Self, UpgradeError> {
+        use rand::SeedableRng as _;
+        Self::upgrade(
+            stream,
+            ClientConfig {
+                ping_interval: Duration::from_secs(24 * 3600),
+                ..ClientConfig::default()
+            },
+            "relay",
+            "/relay",
+            auth,
+            rand::rngs::StdRng::from_os_rng(),
+        )
+    }
+}
+
 impl<S: Read + Write, R: RngCore> BlockingClient<S, R> {
     /// Opens a session on `stream`: writes the upgrade request for `host` and `path`, reads
     /// the 101 and, with [`Auth::Message`], sends the AUTH message. READY follows

@@ -568,23 +568,11 @@ pub(crate) fn ws_connect(addr: SocketAddr) -> std::net::TcpStream {
     boson_node::relay_blocking::connect(addr, Duration::from_secs(10)).unwrap()
 }
 
-/// Upgrades `stream` to a relay session at `/relay`, presenting the token as `auth` says.
-/// The session never pings: the relays' keepalive is theirs to test, and the tests read
-/// at their own pace.
+/// Upgrades `stream` to a relay session at `/relay`, presenting the token as `auth` says; the
+/// session never pings.
 pub(crate) fn ws_upgrade<S: std::io::Read + std::io::Write>(
     stream: S,
     auth: boson_node::ws::Auth<'_>,
 ) -> Result<WsClient<S>, boson_node::relay_blocking::UpgradeError> {
-    use rand::SeedableRng as _;
-    WsClient::upgrade(
-        stream,
-        boson_node::ws::ClientConfig {
-            ping_interval: Duration::from_secs(24 * 3600),
-            ..boson_node::ws::ClientConfig::default()
-        },
-        "relay",
-        "/relay",
-        auth,
-        rand::rngs::StdRng::from_os_rng(),
-    )
+    WsClient::upgrade_without_pings(stream, auth)
 }
